@@ -1,0 +1,283 @@
+//! Configuration: one clap struct (flags with `BATON_*` env twins) plus an optional TOML
+//! file for named rate-limit policies and input limits.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+use crate::ratelimit::{Algorithm, LimitSpec};
+
+/// Command-line flags; each has an environment twin.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "baton", version, about = "gRPC coordination service on Redis")]
+pub struct Flags {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "BATON_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[arg(long, env = "BATON_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+
+    /// Redis URL (`redis://`, `rediss://`, `redis+unix://`). Without it Baton starts a
+    /// private, non-persistent `redis-server` child: development only.
+    #[arg(long, env = "BATON_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Redis URL for the cache alone (e.g. an `allkeys-lru` instance); default: `--redis-url`.
+    #[arg(long, env = "BATON_CACHE_REDIS_URL")]
+    pub cache_redis_url: Option<String>,
+
+    /// Upper bound on every Redis call; past it the RPC answers UNAVAILABLE.
+    /// Overrides `limits.redis_timeout` from the config file.
+    #[arg(long, env = "BATON_REDIS_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Option<Duration>,
+
+    /// How long shutdown may take, from SIGTERM to exit.
+    #[arg(long, env = "BATON_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// After SIGTERM, how long to keep answering (with health `""` NOT_SERVING) before
+    /// refusing new work, so load balancers see the replica leave first.
+    #[arg(long, env = "BATON_SHUTDOWN_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// Log format.
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// TOML file with policies and limits (see README).
+    #[arg(long, env = "BATON_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The `redis-server` binary used for the embedded development Redis.
+    #[arg(long, env = "BATON_REDIS_SERVER_BIN", default_value = "redis-server")]
+    pub redis_server_bin: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Bounds enforced on requests before any Redis call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Longest accepted ttl or period.
+    pub max_ttl: Duration,
+    /// The sliding-window log keeps one entry per admitted unit, so its `limit` is capped.
+    pub max_sliding_window_limit: u64,
+    pub redis_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 512,
+            max_value_bytes: 1024 * 1024,
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_sliding_window_limit: 10_000,
+            redis_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A named rate limit from the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub spec: LimitSpec,
+    /// Answer allowed (degraded) rather than UNAVAILABLE when Redis is down.
+    pub fail_open: bool,
+}
+
+/// Everything the server needs, flags and file merged and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub flags: Flags,
+    pub limits: Limits,
+    pub policies: BTreeMap<String, Policy>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    policies: BTreeMap<String, FilePolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_key_bytes: Option<usize>,
+    max_value_bytes: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    max_ttl: Option<Duration>,
+    max_sliding_window_limit: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    redis_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum FileAlgorithm {
+    FixedWindow,
+    SlidingWindow,
+    TokenBucket,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePolicy {
+    algorithm: FileAlgorithm,
+    limit: u64,
+    #[serde(with = "humantime_serde")]
+    period: Duration,
+    #[serde(default)]
+    burst: u64,
+    #[serde(default)]
+    fail_open: bool,
+}
+
+impl Config {
+    /// Merges the flags with the optional file and checks every value.
+    pub fn load(flags: Flags) -> Result<Self, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let path = flags.config.clone().unwrap_or_default();
+        let invalid = |message: String| ConfigError::Invalid { path: path.clone(), message };
+
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_key_bytes: file.limits.max_key_bytes.unwrap_or(defaults.max_key_bytes),
+            max_value_bytes: file.limits.max_value_bytes.unwrap_or(defaults.max_value_bytes),
+            max_ttl: file.limits.max_ttl.unwrap_or(defaults.max_ttl),
+            max_sliding_window_limit: file
+                .limits
+                .max_sliding_window_limit
+                .unwrap_or(defaults.max_sliding_window_limit),
+            redis_timeout: flags
+                .redis_timeout
+                .or(file.limits.redis_timeout)
+                .unwrap_or(defaults.redis_timeout),
+        };
+        if limits.max_key_bytes == 0 || limits.max_key_bytes > 64 * 1024 {
+            return Err(invalid("limits.max_key_bytes must be 1..=65536".into()));
+        }
+        if limits.redis_timeout.is_zero() {
+            return Err(invalid("limits.redis_timeout must be positive".into()));
+        }
+        if limits.max_ttl < Duration::from_secs(1) {
+            return Err(invalid("limits.max_ttl must be at least 1s".into()));
+        }
+
+        let mut policies = BTreeMap::new();
+        for (name, policy) in file.policies {
+            let algorithm = match policy.algorithm {
+                FileAlgorithm::FixedWindow => Algorithm::FixedWindow,
+                FileAlgorithm::SlidingWindow => Algorithm::SlidingWindow,
+                FileAlgorithm::TokenBucket => Algorithm::TokenBucket,
+            };
+            let spec = LimitSpec::new(algorithm, policy.limit, policy.period, policy.burst, &limits)
+                .map_err(|why| invalid(format!("policies.{name}: {why}")))?;
+            policies.insert(name, Policy { spec, fail_open: policy.fail_open });
+        }
+        Ok(Self { flags, limits, policies })
+    }
+
+    /// The effective configuration for the start-up log, with secrets redacted.
+    pub fn redacted_summary(&self) -> String {
+        format!(
+            "listen={} metrics_listen={} redis_url={} cache_redis_url={} redis_timeout={:?} \
+             shutdown_grace={:?} shutdown_delay={:?} limits={:?} policies=[{}]",
+            self.flags.listen,
+            self.flags.metrics_listen,
+            self.flags.redis_url.as_deref().map(redact_url).unwrap_or_else(|| "embedded".into()),
+            self.flags.cache_redis_url.as_deref().map(redact_url).unwrap_or_else(|| "same".into()),
+            self.limits.redis_timeout,
+            self.flags.shutdown_grace,
+            self.flags.shutdown_delay,
+            self.limits,
+            self.policies.keys().cloned().collect::<Vec<_>>().join(","),
+        )
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text)
+        .map_err(|err| ConfigError::Parse { path: path.to_owned(), message: err.to_string() })
+}
+
+/// Hides the password in `redis://user:password@host` forms.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("redis://:hunter2@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact_url("rediss://u:p@h"), "rediss://u:***@h");
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn parses_policies_and_rejects_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nmax_key_bytes = 100\n[policies.api]\nalgorithm = \"token_bucket\"\nlimit = 10\nperiod = \"1s\"\nburst = 5\nfail_open = true\n",
+        )
+        .unwrap();
+        let flags = Flags::parse_from(["baton", "--config", path.to_str().unwrap()]);
+        let config = Config::load(flags).unwrap();
+        assert_eq!(config.limits.max_key_bytes, 100);
+        let policy = &config.policies["api"];
+        assert!(policy.fail_open);
+        assert_eq!(policy.spec.burst, 5);
+
+        std::fs::write(&path, "[policies.bad]\nalgorithm = \"fixed_window\"\nlimit = 0\nperiod = \"1s\"\n").unwrap();
+        let flags = Flags::parse_from(["baton", "--config", path.to_str().unwrap()]);
+        let err = Config::load(flags).unwrap_err().to_string();
+        assert!(err.contains("policies.bad") && err.contains("limit"), "{err}");
+
+        std::fs::write(&path, "[limits]\nunknown = 1\n").unwrap();
+        let flags = Flags::parse_from(["baton", "--config", path.to_str().unwrap()]);
+        assert!(matches!(Config::load(flags), Err(ConfigError::Parse { .. })));
+    }
+}

@@ -1,0 +1,145 @@
+//! The one error type that crosses into gRPC, and its single mapping to `tonic::Status`
+//! with `google.rpc.ErrorInfo`, `BadRequest` and `RetryInfo` details.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::store::StoreError;
+
+/// The ErrorInfo domain of every Baton error.
+pub const ERROR_DOMAIN: &str = "baton.v1";
+
+/// How long clients are told to wait before retrying an UNAVAILABLE call: about one health
+/// ping interval, the soonest Baton can notice that Redis is back.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// Bad input, rejected before any Redis call.
+    #[error("{field}: {description}")]
+    InvalidArgument { field: String, description: String },
+    /// Redis unreachable, or slower than the configured timeout.
+    #[error("storage unavailable")]
+    Unavailable,
+    /// Redis refused a write because it is out of memory.
+    #[error("storage is out of memory")]
+    StorageFull,
+    /// A lease or token that is not the current one.
+    #[error("{message}")]
+    FailedPrecondition { reason: &'static str, message: String },
+    /// A compare-and-set version mismatch.
+    #[error("{message}")]
+    Aborted { reason: &'static str, message: String },
+    #[error("{message}")]
+    AlreadyExists { reason: &'static str, message: String },
+    #[error("{message}")]
+    NotFound { reason: &'static str, message: String },
+    /// A bug or an unexpected reply; the cause is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), description: description.into() }
+    }
+
+    /// The ErrorInfo reason clients branch on.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_FIELD",
+            Self::Unavailable => "STORAGE_UNAVAILABLE",
+            Self::StorageFull => "STORAGE_FULL",
+            Self::FailedPrecondition { reason, .. }
+            | Self::Aborted { reason, .. }
+            | Self::AlreadyExists { reason, .. }
+            | Self::NotFound { reason, .. } => reason,
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::Unavailable => Code::Unavailable,
+            Self::StorageFull => Code::ResourceExhausted,
+            Self::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Self::Aborted { .. } => Code::Aborted,
+            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::NotFound { .. } => Code::NotFound,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => Self::Unavailable,
+            StoreError::OutOfMemory => Self::StorageFull,
+            StoreError::Unexpected(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        let mut details = ErrorDetails::new();
+        details.set_error_info(err.reason(), ERROR_DOMAIN, []);
+        match &err {
+            Error::InvalidArgument { field, description } => {
+                details.add_bad_request_violation(field.clone(), description.clone());
+            }
+            Error::Unavailable => {
+                details.set_retry_info(Some(RETRY_DELAY));
+            }
+            Error::Internal(cause) => {
+                tracing::error!(error.cause = %cause, "internal error");
+            }
+            _ => {}
+        }
+        Status::with_error_details(err.code(), err.to_string(), details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason_of(status: &Status) -> String {
+        status.get_details_error_info().expect("error info").reason
+    }
+
+    #[test]
+    fn invalid_argument_names_the_field() {
+        let status = Status::from(Error::invalid("limits[0].key", "must not be empty"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(reason_of(&status), "INVALID_FIELD");
+        let bad_request = status.get_details_bad_request().expect("bad request");
+        assert_eq!(bad_request.field_violations[0].field, "limits[0].key");
+    }
+
+    #[test]
+    fn unavailable_carries_retry_info() {
+        let status = Status::from(Error::from(StoreError::Unavailable("timeout".into())));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(reason_of(&status), "STORAGE_UNAVAILABLE");
+        assert!(status.get_details_retry_info().is_some());
+    }
+
+    #[test]
+    fn internal_hides_the_cause() {
+        let status = Status::from(Error::Internal("secret detail".into()));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+
+    #[test]
+    fn storage_full_is_resource_exhausted() {
+        let status = Status::from(Error::from(StoreError::OutOfMemory));
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(reason_of(&status), "STORAGE_FULL");
+    }
+}

@@ -1,0 +1,65 @@
+//! `baton`: parses configuration, initialises telemetry, binds, and runs the server.
+
+use std::process::ExitCode;
+
+use baton::config::{Config, Flags};
+use baton::server::{self, RedisUrls};
+use baton::store::embedded::EmbeddedRedis;
+use baton::{signal, telemetry};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let config = match Config::load(flags) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("baton: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing(config.flags.log_format);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "baton failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(config = %config.redacted_summary(), "starting");
+    // Started here, on the main thread, so the child's death signal follows the process.
+    let embedded = match &config.flags.redis_url {
+        Some(_) => None,
+        None => {
+            let embedded = EmbeddedRedis::start(&config.flags.redis_server_bin)?;
+            tracing::warn!(
+                redis.pid = embedded.pid(),
+                "DEVELOPMENT MODE: no --redis-url given, using a private embedded redis-server; \
+                 all data is lost on exit"
+            );
+            Some(embedded)
+        }
+    };
+    let main_url = match (&config.flags.redis_url, &embedded) {
+        (Some(url), _) => url.clone(),
+        (None, Some(embedded)) => embedded.url(),
+        (None, None) => unreachable!("embedded redis starts when no url is given"),
+    };
+    let redis = RedisUrls { main: main_url, cache: config.flags.cache_redis_url.clone() };
+
+    let metrics = telemetry::install_metrics()?;
+    let metrics_listener = tokio::net::TcpListener::bind(config.flags.metrics_listen).await?;
+    let grpc_listener = tokio::net::TcpListener::bind(config.flags.listen).await?;
+    tracing::info!(
+        grpc_addr = %grpc_listener.local_addr()?,
+        metrics_addr = %metrics_listener.local_addr()?,
+        "serving"
+    );
+    let _metrics_server = telemetry::serve_metrics(metrics_listener, metrics);
+    server::run(config, redis, grpc_listener, signal::terminated()).await?;
+    drop(embedded);
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! The tonic server: services, health, reflection, tower layers and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Config;
+use crate::proto::v1::cache_service_server::CacheServiceServer;
+use crate::proto::v1::job_queue_service_server::JobQueueServiceServer;
+use crate::proto::v1::lock_service_server::LockServiceServer;
+use crate::proto::v1::rate_limiter_service_server::RateLimiterServiceServer;
+use crate::proto::v1::session_store_service_server::SessionStoreServiceServer;
+use crate::proto::{self, v1 as pb};
+use crate::ratelimit::RateLimiter;
+use crate::ratelimit::grpc::RateLimiterGrpc;
+use crate::store::health::{EvictionConcern, spawn_pinger};
+use crate::store::{KeyBuilder, Store, StoreError};
+use crate::task::TaskGuard;
+use crate::telemetry::GrpcMetricsLayer;
+
+/// The health name that follows only the process: Kubernetes' liveness probe.
+pub const LIVENESS: &str = "liveness";
+/// Most concurrent streams per HTTP/2 connection: workers and KeepAlive clients hold many.
+const MAX_CONCURRENT_STREAMS: u32 = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("redis configuration: {0}")]
+    Store(#[from] StoreError),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("grpc transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Where the server reaches Redis; the embedded dev Redis resolves to a URL too.
+#[derive(Debug, Clone)]
+pub struct RedisUrls {
+    pub main: String,
+    pub cache: Option<String>,
+}
+
+// Services whose issues have not landed: every RPC answers UNIMPLEMENTED (the generated
+// default stubs), and their health names still follow Redis.
+struct LockUnimplemented;
+impl pb::lock_service_server::LockService for LockUnimplemented {}
+struct CacheUnimplemented;
+impl pb::cache_service_server::CacheService for CacheUnimplemented {}
+struct SessionUnimplemented;
+impl pb::session_store_service_server::SessionStoreService for SessionUnimplemented {}
+struct QueueUnimplemented;
+impl pb::job_queue_service_server::JobQueueService for QueueUnimplemented {}
+
+/// Serves until `shutdown` resolves, then drains: health `""` goes NOT_SERVING at once,
+/// new work is still taken for `shutdown_delay` (so load balancers see the replica leave
+/// before it refuses connections), then in-flight calls finish, all within `shutdown_grace`.
+pub async fn run(
+    config: Config,
+    redis: RedisUrls,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let timeout = config.limits.redis_timeout;
+    let main_store = Store::new("main", &redis.main, timeout)?;
+    let cache_store = match &redis.cache {
+        Some(url) if *url != redis.main => Some(Store::new("cache", url, timeout)?),
+        _ => None,
+    };
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
+
+    let main_services = [
+        RateLimiterServiceServer::<RateLimiterGrpc>::NAME,
+        LockServiceServer::<LockUnimplemented>::NAME,
+        SessionStoreServiceServer::<SessionUnimplemented>::NAME,
+        JobQueueServiceServer::<QueueUnimplemented>::NAME,
+    ];
+    let cache_service = CacheServiceServer::<CacheUnimplemented>::NAME;
+    let mut _pingers: Vec<TaskGuard> = Vec::new();
+    match &cache_store {
+        Some(cache_store) => {
+            _pingers.push(follow_store(&reporter, main_store.clone(), EvictionConcern::DurableState, &main_services).await);
+            _pingers.push(follow_store(&reporter, cache_store.clone(), EvictionConcern::CacheOnly, &[cache_service]).await);
+        }
+        None => {
+            let mut all = main_services.to_vec();
+            all.push(cache_service);
+            _pingers.push(follow_store(&reporter, main_store.clone(), EvictionConcern::DurableState, &all).await);
+        }
+    }
+
+    // grpcurl speaks reflection v1; Python's grpcio-reflection only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let rate_limiter = RateLimiterGrpc::new(
+        RateLimiter::new(main_store.clone(), KeyBuilder::default()),
+        Arc::new(config.policies.clone()),
+        config.limits.clone(),
+    );
+
+    let (stop_serving, stop_serving_rx) = oneshot::channel::<()>();
+    let router = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .http2_max_local_error_reset_streams(Some(1024))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .layer(GrpcMetricsLayer)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(internal_error_for_panic))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RateLimiterServiceServer::new(rate_limiter))
+        .add_service(LockServiceServer::new(LockUnimplemented))
+        .add_service(CacheServiceServer::new(CacheUnimplemented))
+        .add_service(SessionStoreServiceServer::new(SessionUnimplemented))
+        .add_service(JobQueueServiceServer::new(QueueUnimplemented));
+    let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stop_serving_rx.await;
+    }));
+
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut serving => {
+            return match result {
+                Ok(outcome) => outcome.map_err(ServeError::from),
+                Err(join_error) => panic!("grpc server task failed: {join_error}"),
+            };
+        }
+    }
+
+    let grace = config.flags.shutdown_grace;
+    let drain_deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(shutdown_grace = ?grace, "shutdown begins");
+    reporter.set_service_status("", ServingStatus::NotServing).await;
+    tokio::time::sleep(config.flags.shutdown_delay.min(grace)).await;
+    let _ = stop_serving.send(());
+    match tokio::time::timeout_at(drain_deadline, serving).await {
+        Ok(Ok(outcome)) => outcome?,
+        Ok(Err(join_error)) => tracing::error!(error = %join_error, "grpc server task failed while draining"),
+        Err(_) => tracing::warn!("shutdown grace period over; exiting with calls in flight"),
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Makes `names` follow the health of `store`.
+async fn follow_store(
+    reporter: &HealthReporter,
+    store: Store,
+    concern: EvictionConcern,
+    names: &[&'static str],
+) -> TaskGuard {
+    for name in names {
+        reporter.set_service_status(*name, ServingStatus::NotServing).await;
+    }
+    let reporter = reporter.clone();
+    let names = names.to_vec();
+    spawn_pinger(store, concern, move |up| {
+        let reporter = reporter.clone();
+        let names = names.clone();
+        let status = if up { ServingStatus::Serving } else { ServingStatus::NotServing };
+        async move {
+            for name in names {
+                reporter.set_service_status(name, status).await;
+            }
+        }
+    })
+}
+
+/// A panicking handler answers INTERNAL instead of taking the connection (or process) down.
+fn internal_error_for_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> http::Response<tonic::body::Body> {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %detail, "handler panicked");
+    tonic::Status::internal("internal error").into_http()
+}

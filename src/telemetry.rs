@@ -1,0 +1,168 @@
+//! Logs (text or JSON), the Prometheus recorder and its `/metrics` endpoint, and the
+//! per-RPC metrics layer.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+use crate::task::TaskGuard;
+
+/// Seconds; from sub-millisecond cache hits to multi-second waits.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the global tracing subscriber; `RUST_LOG` refines the default `info` level.
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Installs the global metrics recorder with real histograms (not summaries).
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    Ok(PrometheusBuilder::new().set_buckets(LATENCY_BUCKETS)?.install_recorder()?)
+}
+
+/// Serves `GET /metrics` (any path, in fact) on `listener`: Prometheus needs nothing more,
+/// and a hand-rolled responder avoids a second HTTP stack.
+pub fn serve_metrics(listener: TcpListener, handle: PrometheusHandle) -> TaskGuard {
+    TaskGuard::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 1024];
+                // One read is enough to consume a scrape's request line and headers.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut request)).await;
+                handle.run_upkeep();
+                let body = handle.render();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(body.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    })
+}
+
+/// Counts every RPC and records its latency by service, method and gRPC code.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let (service, method) = split_path(request.uri().path());
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let result = response.await;
+            // Errors come "trailers-only", with grpc-status in the headers; a success's
+            // status sits in trailers we do not wait for, so its absence means OK.
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<i32>().ok())
+                    .map(code_name)
+                    .unwrap_or("OK"),
+                Err(_) => "UNKNOWN",
+            };
+            let labels = [("service", service), ("method", method), ("code", code.to_owned())];
+            metrics::counter!("baton_grpc_requests_total", &labels).increment(1);
+            metrics::histogram!("baton_grpc_request_duration_seconds", &labels)
+                .record(started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+fn split_path(path: &str) -> (String, String) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or_default().to_owned();
+    let method = parts.next().unwrap_or_default().to_owned();
+    (service, method)
+}
+
+fn code_name(code: i32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    usize::try_from(code).ok().and_then(|index| NAMES.get(index)).copied().unwrap_or("UNKNOWN")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_grpc_paths() {
+        assert_eq!(
+            split_path("/baton.v1.RateLimiterService/Check"),
+            ("baton.v1.RateLimiterService".into(), "Check".into())
+        );
+    }
+
+    #[test]
+    fn names_codes() {
+        assert_eq!(code_name(0), "OK");
+        assert_eq!(code_name(14), "UNAVAILABLE");
+        assert_eq!(code_name(99), "UNKNOWN");
+    }
+}
