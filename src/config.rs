@@ -172,14 +172,8 @@ impl Config {
             max_key_bytes: file.limits.max_key_bytes.unwrap_or(defaults.max_key_bytes),
             max_value_bytes: file.limits.max_value_bytes.unwrap_or(defaults.max_value_bytes),
             max_ttl: file.limits.max_ttl.unwrap_or(defaults.max_ttl),
-            max_sliding_window_limit: file
-                .limits
-                .max_sliding_window_limit
-                .unwrap_or(defaults.max_sliding_window_limit),
-            redis_timeout: flags
-                .redis_timeout
-                .or(file.limits.redis_timeout)
-                .unwrap_or(defaults.redis_timeout),
+            max_sliding_window_limit: file.limits.max_sliding_window_limit.unwrap_or(defaults.max_sliding_window_limit),
+            redis_timeout: flags.redis_timeout.or(file.limits.redis_timeout).unwrap_or(defaults.redis_timeout),
         };
         if limits.max_key_bytes == 0 || limits.max_key_bytes > 64 * 1024 {
             return Err(invalid("limits.max_key_bytes must be 1..=65536".into()));
@@ -224,10 +218,8 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    toml::from_str(&text)
-        .map_err(|err| ConfigError::Parse { path: path.to_owned(), message: err.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|err| ConfigError::Parse { path: path.to_owned(), message: err.to_string() })
 }
 
 /// Hides the password in `redis://user:password@host` forms.

@@ -35,10 +35,7 @@ pub fn duration_to_proto(value: Duration) -> prost_types::Duration {
 
 /// A timestamp from Unix microseconds (as Redis's clock gives them).
 pub fn timestamp_from_micros(micros: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: (micros / 1_000_000) as i64,
-        nanos: ((micros % 1_000_000) * 1000) as i32,
-    }
+    prost_types::Timestamp { seconds: (micros / 1_000_000) as i64, nanos: ((micros % 1_000_000) * 1000) as i32 }
 }
 
 /// The current wall-clock time in Unix microseconds; only for values that no replica

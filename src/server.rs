@@ -88,8 +88,10 @@ pub async fn run(
     let mut _pingers: Vec<TaskGuard> = Vec::new();
     match &cache_store {
         Some(cache_store) => {
-            _pingers.push(follow_store(&reporter, main_store.clone(), EvictionConcern::DurableState, &main_services).await);
-            _pingers.push(follow_store(&reporter, cache_store.clone(), EvictionConcern::CacheOnly, &[cache_service]).await);
+            _pingers
+                .push(follow_store(&reporter, main_store.clone(), EvictionConcern::DurableState, &main_services).await);
+            _pingers
+                .push(follow_store(&reporter, cache_store.clone(), EvictionConcern::CacheOnly, &[cache_service]).await);
         }
         None => {
             let mut all = main_services.to_vec();

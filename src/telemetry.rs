@@ -14,9 +14,8 @@ use crate::config::LogFormat;
 use crate::task::TaskGuard;
 
 /// Seconds; from sub-millisecond cache hits to multi-second waits.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Installs the global tracing subscriber; `RUST_LOG` refines the default `info` level.
 pub fn init_tracing(format: LogFormat) {
@@ -110,8 +109,7 @@ where
             };
             let labels = [("service", service), ("method", method), ("code", code.to_owned())];
             metrics::counter!("baton_grpc_requests_total", &labels).increment(1);
-            metrics::histogram!("baton_grpc_request_duration_seconds", &labels)
-                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("baton_grpc_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
             result
         })
     }

@@ -68,7 +68,8 @@ async fn assert_outage(baton: &Baton, client: &mut RateLimiterServiceClient<Chan
     assert!(status.get_details_retry_info().is_some());
     assert!(took < Duration::from_secs(3), "UNAVAILABLE took {took:?}");
 
-    let flipped = eventually(PATIENCE, "services NOT_SERVING", || all_services_are(baton, ServingStatus::NotServing)).await;
+    let flipped =
+        eventually(PATIENCE, "services NOT_SERVING", || all_services_are(baton, ServingStatus::NotServing)).await;
     eprintln!("health went NOT_SERVING {flipped:?} after the first failed check");
     process_health_stays_serving(baton).await;
 

@@ -5,8 +5,8 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::AcquireRequest;
+use baton::proto::v1::lock_service_client::LockServiceClient;
 use common::{Baton, PATIENCE, Redis, eventually, health_status, unique};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -24,10 +24,8 @@ async fn health_names_and_unknown_names() {
         async move { health_status(&mut health, "baton.v1.RateLimiterService").await == Some(ServingStatus::Serving) }
     })
     .await;
-    let unknown = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "nope".into() })
-        .await
-        .expect_err("unknown name");
+    let unknown =
+        health.check(tonic_health::pb::HealthCheckRequest { service: "nope".into() }).await.expect_err("unknown name");
     assert_eq!(unknown.code(), Code::NotFound);
 }
 
@@ -44,7 +42,7 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
         "grpc.health.v1.Health",
     ];
 
-    use tonic_reflection::pb::v1 as v1;
+    use tonic_reflection::pb::v1;
     let mut client = v1::server_reflection_client::ServerReflectionClient::new(baton.channel().await);
     let request = v1::ServerReflectionRequest {
         host: String::new(),

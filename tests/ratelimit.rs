@@ -5,11 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use baton::proto::duration_to_proto;
 use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use baton::proto::v1::{
     Algorithm, CheckRequest, CheckResponse, Limit, LimitRequest, ResetRequest, limit_request, reset_request,
 };
-use baton::proto::duration_to_proto;
 use common::{Baton, Redis, unique};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -268,11 +268,7 @@ async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
     let cases: Vec<(&str, CheckRequest, &str)> = vec![
         ("empty key", request(vec![item("", ok, 1)]), "limits[0].key"),
         ("513-byte key", request(vec![item(&"k".repeat(513), ok, 1)]), "limits[0].key"),
-        (
-            "zero period",
-            request(vec![item("k", Limit { period: None, ..ok }, 1)]),
-            "limits[0].limit.period",
-        ),
+        ("zero period", request(vec![item("k", Limit { period: None, ..ok }, 1)]), "limits[0].limit.period"),
         ("negative period", request(vec![item("k", negative, 1)]), "limits[0].limit.period"),
         ("limit 0", request(vec![item("k", Limit { limit: 0, ..ok }, 1)]), "limits[0].limit.limit"),
         ("17 limits", request(seventeen), "limits"),
@@ -308,10 +304,7 @@ async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
         assert_eq!(bad_request.field_violations[0].field, field, "{name}");
         assert_eq!(status.get_details_error_info().unwrap().reason, "INVALID_FIELD");
     }
-    let status = client
-        .reset(ResetRequest { key: "k".into(), source: None })
-        .await
-        .expect_err("reset without a limit");
+    let status = client.reset(ResetRequest { key: "k".into(), source: None }).await.expect_err("reset without a limit");
     assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "limit");
     assert_eq!(redis.dbsize(), 0, "rejected requests wrote {:?}", redis.keys());
 }

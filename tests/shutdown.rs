@@ -43,7 +43,9 @@ async fn embedded_redis_serves_and_leaves_nothing_behind() {
     let redis_pid: u32 = baton
         .logs()
         .iter()
-        .find_map(|line| line.find("\"redis.pid\":").map(|at| line[at + 12..].split([',', '}']).next().unwrap().to_owned()))
+        .find_map(|line| {
+            line.find("\"redis.pid\":").map(|at| line[at + 12..].split([',', '}']).next().unwrap().to_owned())
+        })
         .expect("the dev-mode warning names the redis pid")
         .parse()
         .unwrap();
@@ -63,7 +65,9 @@ async fn embedded_redis_dies_with_a_sigkilled_baton() {
     let redis_pid: u32 = baton
         .logs()
         .iter()
-        .find_map(|line| line.find("\"redis.pid\":").map(|at| line[at + 12..].split([',', '}']).next().unwrap().to_owned()))
+        .find_map(|line| {
+            line.find("\"redis.pid\":").map(|at| line[at + 12..].split([',', '}']).next().unwrap().to_owned())
+        })
         .expect("redis pid logged")
         .parse()
         .unwrap();
@@ -89,7 +93,14 @@ fn bad_configuration_exits_non_zero_with_a_clear_message() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--redis-timeout"));
 
     let output = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["--redis-server-bin", "/nonexistent/redis-server", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "--redis-server-bin",
+            "/nonexistent/redis-server",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert_ne!(output.status.code(), Some(0));

@@ -33,11 +33,11 @@ impl RateLimiterGrpc {
     fn resolve(&self, prefix: &str, source: Option<&limit_request::Source>) -> Result<(LimitSpec, bool), Error> {
         match source {
             None => Err(Error::invalid(field_name(prefix, "limit"), "one of limit or policy is required")),
-            Some(limit_request::Source::Policy(name)) => {
-                self.policies.get(name).map(|policy| (policy.spec, policy.fail_open)).ok_or_else(|| {
-                    Error::invalid(field_name(prefix, "policy"), format!("unknown policy {name:?}"))
-                })
-            }
+            Some(limit_request::Source::Policy(name)) => self
+                .policies
+                .get(name)
+                .map(|policy| (policy.spec, policy.fail_open))
+                .ok_or_else(|| Error::invalid(field_name(prefix, "policy"), format!("unknown policy {name:?}"))),
             Some(limit_request::Source::Limit(limit)) => {
                 let field = field_name(prefix, "limit");
                 let algorithm = match pb::Algorithm::try_from(limit.algorithm) {

@@ -205,13 +205,9 @@ impl RateLimiter {
         args.push(if dry_run { b"1".to_vec() } else { b"0".to_vec() });
         for check in checks {
             let spec = &check.spec;
-            for value in [
-                u64::from(spec.algorithm.script_code()),
-                spec.limit,
-                spec.period_micros(),
-                spec.burst,
-                check.cost,
-            ] {
+            for value in
+                [u64::from(spec.algorithm.script_code()), spec.limit, spec.period_micros(), spec.burst, check.cost]
+            {
                 args.push(value.to_string().into_bytes());
             }
         }
@@ -234,7 +230,8 @@ impl RateLimiter {
 
     /// Forgets the counter of `key` under `spec`; returns whether one existed.
     pub async fn reset(&self, key: &str, spec: &LimitSpec) -> Result<bool, Error> {
-        let deleted: i64 = self.store.command("ratelimit_reset", redis::cmd("DEL").arg(self.counter_key(key, spec))).await?;
+        let deleted: i64 =
+            self.store.command("ratelimit_reset", redis::cmd("DEL").arg(self.counter_key(key, spec))).await?;
         Ok(deleted > 0)
     }
 

@@ -97,20 +97,14 @@ impl Store {
             .set_max_delay(Duration::from_millis(500));
         let multiplexed = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|err| StoreError::Unexpected(err.to_string()))?;
-        let manager = bb8_redis::RedisConnectionManager::new(url)
-            .map_err(|err| StoreError::Unexpected(err.to_string()))?;
+        let manager =
+            bb8_redis::RedisConnectionManager::new(url).map_err(|err| StoreError::Unexpected(err.to_string()))?;
         let dedicated = bb8::Pool::builder()
             .max_size(DEDICATED_POOL_SIZE)
             .min_idle(Some(0))
             .connection_timeout(timeout)
             .build_unchecked(manager);
-        Ok(Self {
-            name,
-            multiplexed,
-            dedicated,
-            timeout,
-            reachable: Arc::new(AtomicBool::new(true)),
-        })
+        Ok(Self { name, multiplexed, dedicated, timeout, reachable: Arc::new(AtomicBool::new(true)) })
     }
 
     pub fn name(&self) -> &'static str {
@@ -156,11 +150,7 @@ impl Store {
     }
 
     /// Runs one non-blocking command within the Redis timeout.
-    pub async fn command<T: FromRedisValue>(
-        &self,
-        op: &'static str,
-        cmd: &redis::Cmd,
-    ) -> Result<T, StoreError> {
+    pub async fn command<T: FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T, StoreError> {
         let mut conn = self.multiplexed.clone();
         self.timed(op, async move { cmd.query_async(&mut conn).await }).await
     }
@@ -186,10 +176,8 @@ impl Store {
             "instance" => self.name, "op" => op, "outcome" => outcome
         )
         .record(started.elapsed().as_secs_f64());
-        if let Err(err) = &result {
-            if err.is_transient() {
-                self.set_reachable(false);
-            }
+        if matches!(&result, Err(err) if err.is_transient()) {
+            self.set_reachable(false);
         }
         result
     }

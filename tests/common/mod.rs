@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// How long tests wait for state that becomes true later: several times every product
 /// bound, because the test machine is shared and noisy.
@@ -87,16 +87,22 @@ impl Redis {
                 self.child = None;
                 return false;
             }
-            if let Ok(client) = redis::Client::open(self.url()) {
-                if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) {
-                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                        return true;
-                    }
-                }
+            if self.answers_ping() {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    fn answers_ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
+            return false;
+        };
+        redis::cmd("PING").query::<String>(&mut conn).is_ok()
     }
 
     pub fn url(&self) -> String {
@@ -132,10 +138,7 @@ impl Redis {
 
     /// A direct connection for inspecting what Baton wrote.
     pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .unwrap()
+        redis::Client::open(self.url()).unwrap().get_connection_with_timeout(Duration::from_secs(2)).unwrap()
     }
 
     pub fn dbsize(&self) -> i64 {
@@ -191,7 +194,8 @@ impl Baton {
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let (Some(grpc), Some(metrics)) = (json_field(&line, "grpc_addr"), json_field(&line, "metrics_addr")) {
+                if let (Some(grpc), Some(metrics)) = (json_field(&line, "grpc_addr"), json_field(&line, "metrics_addr"))
+                {
                     let _ = addrs_tx.send((grpc.parse().unwrap(), metrics.parse().unwrap()));
                 }
                 if std::env::var_os("BATON_TEST_LOGS").is_some() {

@@ -1,0 +1,55 @@
+# Baton — the README's two commands are `make run` and `make test`; both install what a
+# fresh machine lacks (redis-server from the OS packages, the pinned buf CLI from npm).
+
+CARGO ?= cargo
+BUF := tools/node_modules/.bin/buf
+# Integration tests start their own redis-server and baton processes; two at a time keeps
+# the timing tests honest on a 2-core machine.
+TEST_THREADS ?= 2
+
+.PHONY: run test deps redis-server buf lint fmt-check clippy cargo-test bench clean
+
+run: redis-server
+	$(CARGO) run --release --bin baton -- $(ARGS)
+
+test: deps lint cargo-test
+
+deps: redis-server buf
+
+redis-server:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		echo "redis-server is missing: installing the redis-server OS package"; \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; \
+		command -v redis-server >/dev/null || { echo "could not install redis-server"; exit 1; }; \
+	fi
+	@redis-server --version
+
+buf: $(BUF)
+
+$(BUF): tools/package.json tools/package-lock.json
+	@echo "installing the pinned buf CLI (npm)"
+	cd tools && npm ci --no-fund --no-audit --loglevel=error
+	@touch $(BUF)
+
+lint: buf fmt-check clippy
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+
+# A machine without rustfmt or clippy (no rustup network here) says so and skips the check.
+fmt-check:
+	@if $(CARGO) fmt --version >/dev/null 2>&1; then \
+		$(CARGO) fmt --all -- --check; \
+	else echo "rustfmt is not installed: skipping the format check"; fi
+
+clippy:
+	@if $(CARGO) clippy --version >/dev/null 2>&1; then \
+		$(CARGO) clippy --all-targets --locked -- -D warnings; \
+	else echo "clippy is not installed: skipping the lint"; fi
+
+cargo-test:
+	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
+
+clean:
+	$(CARGO) clean
+	rm -rf tools/node_modules
