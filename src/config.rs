@@ -54,6 +54,16 @@ pub struct Flags {
     #[arg(long, env = "BATON_CONFIG")]
     pub config: Option<PathBuf>,
 
+    /// Replicas that must acknowledge (Redis `WAIT`) a lock grant or renewal before it is
+    /// answered; unacknowledged grants are undone and answer UNAVAILABLE. 0 = don't wait.
+    #[arg(long, env = "BATON_LOCK_MIN_REPLICAS", default_value_t = 0)]
+    pub lock_min_replicas: u32,
+
+    /// A lock's fencing counter is forgotten after this long without grants; a fresh one
+    /// starts from the Redis clock in microseconds (see README).
+    #[arg(long, env = "BATON_LOCK_FENCE_IDLE", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub lock_fence_idle: Duration,
+
     /// The `redis-server` binary used for the embedded development Redis.
     #[arg(long, env = "BATON_REDIS_SERVER_BIN", default_value = "redis-server")]
     pub redis_server_bin: PathBuf,
@@ -203,7 +213,8 @@ impl Config {
     pub fn redacted_summary(&self) -> String {
         format!(
             "listen={} metrics_listen={} redis_url={} cache_redis_url={} redis_timeout={:?} \
-             shutdown_grace={:?} shutdown_delay={:?} limits={:?} policies=[{}]",
+             shutdown_grace={:?} shutdown_delay={:?} lock_min_replicas={} lock_fence_idle={:?} \
+             limits={:?} policies=[{}]",
             self.flags.listen,
             self.flags.metrics_listen,
             self.flags.redis_url.as_deref().map(redact_url).unwrap_or_else(|| "embedded".into()),
@@ -211,6 +222,8 @@ impl Config {
             self.limits.redis_timeout,
             self.flags.shutdown_grace,
             self.flags.shutdown_delay,
+            self.flags.lock_min_replicas,
+            self.flags.lock_fence_idle,
             self.limits,
             self.policies.keys().cloned().collect::<Vec<_>>().join(","),
         )

@@ -8,13 +8,15 @@
 //! - [`server`]: the tonic server, health, reflection, layers, graceful shutdown.
 //! - [`store`]: the only module that speaks to Redis: connections, timeouts, scripts,
 //!   keys, the health pinger and the embedded development Redis.
-//! - [`ratelimit`]: one module per pattern; `grpc.rs` inside each is its tonic face.
+//! - [`ratelimit`], [`lock`]: one module per pattern; `grpc.rs` inside each is its tonic face.
 //! - [`error`]: the single mapping from errors to gRPC statuses.
 //! - [`telemetry`]: logs, Prometheus metrics.
 //! - [`proto`]: generated code and proto conversions.
 
 pub mod config;
+pub mod deadline;
 pub mod error;
+pub mod lock;
 pub mod proto;
 pub mod ratelimit;
 pub mod server;

@@ -11,7 +11,11 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
+use crate::lock::grpc::LockGrpc;
+use crate::lock::{LockManager, LockSettings};
 use crate::proto::v1::cache_service_server::CacheServiceServer;
 use crate::proto::v1::job_queue_service_server::JobQueueServiceServer;
 use crate::proto::v1::lock_service_server::LockServiceServer;
@@ -21,6 +25,7 @@ use crate::proto::{self, v1 as pb};
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::grpc::RateLimiterGrpc;
 use crate::store::health::{EvictionConcern, spawn_pinger};
+use crate::store::notify::Notifier;
 use crate::store::{KeyBuilder, Store, StoreError};
 use crate::task::TaskGuard;
 use crate::telemetry::GrpcMetricsLayer;
@@ -49,8 +54,6 @@ pub struct RedisUrls {
 
 // Services whose issues have not landed: every RPC answers UNIMPLEMENTED (the generated
 // default stubs), and their health names still follow Redis.
-struct LockUnimplemented;
-impl pb::lock_service_server::LockService for LockUnimplemented {}
 struct CacheUnimplemented;
 impl pb::cache_service_server::CacheService for CacheUnimplemented {}
 struct SessionUnimplemented;
@@ -80,7 +83,7 @@ pub async fn run(
 
     let main_services = [
         RateLimiterServiceServer::<RateLimiterGrpc>::NAME,
-        LockServiceServer::<LockUnimplemented>::NAME,
+        LockServiceServer::<LockGrpc>::NAME,
         SessionStoreServiceServer::<SessionUnimplemented>::NAME,
         JobQueueServiceServer::<QueueUnimplemented>::NAME,
     ];
@@ -115,6 +118,17 @@ pub async fn run(
         config.limits.clone(),
     );
 
+    // Long-lived streams end on this at shutdown; otherwise they would hold the drain open.
+    let streams_shutdown = CancellationToken::new();
+    let notifier = Notifier::start(main_store.clone());
+    let lock_settings =
+        LockSettings { fence_idle: config.flags.lock_fence_idle, min_replicas: config.flags.lock_min_replicas };
+    let lock_service = LockGrpc::new(
+        LockManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), lock_settings),
+        config.limits.clone(),
+        streams_shutdown.clone(),
+    );
+
     let (stop_serving, stop_serving_rx) = oneshot::channel::<()>();
     let router = Server::builder()
         .tcp_nodelay(true)
@@ -128,7 +142,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RateLimiterServiceServer::new(rate_limiter))
-        .add_service(LockServiceServer::new(LockUnimplemented))
+        .add_service(LockServiceServer::new(lock_service))
         .add_service(CacheServiceServer::new(CacheUnimplemented))
         .add_service(SessionStoreServiceServer::new(SessionUnimplemented))
         .add_service(JobQueueServiceServer::new(QueueUnimplemented));
@@ -150,6 +164,7 @@ pub async fn run(
     let drain_deadline = tokio::time::Instant::now() + grace;
     tracing::info!(shutdown_grace = ?grace, "shutdown begins");
     reporter.set_service_status("", ServingStatus::NotServing).await;
+    streams_shutdown.cancel();
     tokio::time::sleep(config.flags.shutdown_delay.min(grace)).await;
     let _ = stop_serving.send(());
     match tokio::time::timeout_at(drain_deadline, serving).await {

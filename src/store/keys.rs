@@ -11,12 +11,14 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
     RateLimit,
+    Lock,
 }
 
 impl Pattern {
     fn segment(self) -> &'static str {
         match self {
             Self::RateLimit => "rl",
+            Self::Lock => "lock",
         }
     }
 }
@@ -30,6 +32,12 @@ pub struct KeyBuilder {
 impl KeyBuilder {
     pub fn new(namespace: impl Into<String>) -> Self {
         Self { namespace: namespace.into() }
+    }
+
+    /// The pub/sub channel on which scripts announce changes to `unit` (lock releases,
+    /// ready jobs). Shaped like a key so one `baton:*` subscription hears every channel.
+    pub fn channel(&self, pattern: Pattern, unit: &str) -> String {
+        self.key(pattern, unit, "notify")
     }
 
     /// The key of `part` of `unit` under `pattern`.

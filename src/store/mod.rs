@@ -9,6 +9,7 @@
 pub mod embedded;
 pub mod health;
 pub mod keys;
+pub mod notify;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,42 @@ use redis::{ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind};
 pub use keys::KeyBuilder;
 
 /// The pool that hands out dedicated connections.
-pub type DedicatedPool = bb8::Pool<bb8_redis::RedisConnectionManager>;
+pub type DedicatedPool = bb8::Pool<DedicatedConnections>;
+
+/// Opens the pool's connections. bb8-redis's manager would do, but it cannot configure
+/// the connection, and redis 1.x's default 500 ms response timeout breaks `WAIT` and
+/// other deliberately long calls; every call here is bounded by [`Store`]'s own timeout.
+#[derive(Debug, Clone)]
+pub struct DedicatedConnections {
+    client: redis::Client,
+    connect_timeout: Duration,
+}
+
+impl bb8::ManageConnection for DedicatedConnections {
+    type Connection = redis::aio::MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Self::Connection, Self::Error> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None);
+        self.client.get_multiplexed_async_connection_with_config(&config).await
+    }
+
+    async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        // bb8 checks on checkout (test_on_check_out stays on): a connection broken by a
+        // Redis restart is replaced instead of failing the caller.
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(self.connect_timeout, ping.query_async::<String>(conn)).await {
+            Ok(result) => result.map(drop),
+            Err(_) => Err(RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "ping timed out"))),
+        }
+    }
+
+    fn has_broken(&self, _: &mut Self::Connection) -> bool {
+        false
+    }
+}
 
 /// Dedicated connections are few: shared listeners and `WAIT`, never one per request.
 const DEDICATED_POOL_SIZE: u32 = 8;
@@ -74,6 +110,7 @@ impl From<RedisError> for StoreError {
 pub struct Store {
     /// Label in logs and metrics (`main`, `cache`).
     name: &'static str,
+    client: redis::Client,
     multiplexed: ConnectionManager,
     dedicated: DedicatedPool,
     timeout: Duration,
@@ -95,16 +132,15 @@ impl Store {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let multiplexed = ConnectionManager::new_lazy_with_config(client, config)
+        let multiplexed = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|err| StoreError::Unexpected(err.to_string()))?;
-        let manager =
-            bb8_redis::RedisConnectionManager::new(url).map_err(|err| StoreError::Unexpected(err.to_string()))?;
+        let manager = DedicatedConnections { client: client.clone(), connect_timeout: timeout };
         let dedicated = bb8::Pool::builder()
             .max_size(DEDICATED_POOL_SIZE)
             .min_idle(Some(0))
             .connection_timeout(timeout)
             .build_unchecked(manager);
-        Ok(Self { name, multiplexed, dedicated, timeout, reachable: Arc::new(AtomicBool::new(true)) })
+        Ok(Self { name, client, multiplexed, dedicated, timeout, reachable: Arc::new(AtomicBool::new(true)) })
     }
 
     pub fn name(&self) -> &'static str {
@@ -118,6 +154,49 @@ impl Store {
     /// The pool of dedicated connections, for blocking commands and subscriptions.
     pub fn dedicated(&self) -> &DedicatedPool {
         &self.dedicated
+    }
+
+    /// A pub/sub connection of its own (one per process: see [`notify`]).
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
+        match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await {
+            Ok(result) => result.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Unavailable("pub/sub connect timed out".into())),
+        }
+    }
+
+    /// Runs a script on a dedicated connection, then `WAIT`s on that same connection (WAIT
+    /// covers only its own connection's writes, and blocks, so never the multiplexed one)
+    /// for `replicas` acknowledgements. Returns the reply and how many replicas acknowledged.
+    pub async fn run_script_replicated<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        script: &Script,
+        keys: &[String],
+        args: &[Vec<u8>],
+        replicas: u32,
+    ) -> Result<(T, u32), StoreError> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg.as_slice());
+        }
+        let pool = self.dedicated.clone();
+        // WAIT gets most of the budget; the script itself is sub-millisecond.
+        let wait_ms = (self.timeout.as_millis() as u64 * 3 / 4).max(1);
+        self.timed(op, async move {
+            let mut conn = pool.get().await.map_err(|err| match err {
+                bb8::RunError::User(err) => err,
+                bb8::RunError::TimedOut => {
+                    RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "pool checkout timed out"))
+                }
+            })?;
+            let reply: T = invocation.invoke_async(&mut *conn).await?;
+            let acknowledged: u32 = redis::cmd("WAIT").arg(replicas).arg(wait_ms).query_async(&mut *conn).await?;
+            Ok((reply, acknowledged))
+        })
+        .await
     }
 
     /// True unless a recent call or ping failed; see [`Store::reachable`].

@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -224,6 +225,10 @@ impl Baton {
 
     pub async fn rate_limiter(&self) -> RateLimiterServiceClient<Channel> {
         RateLimiterServiceClient::new(self.channel().await)
+    }
+
+    pub async fn locks(&self) -> LockServiceClient<Channel> {
+        LockServiceClient::new(self.channel().await)
     }
 
     pub async fn health(&self) -> HealthClient<Channel> {

@@ -1,0 +1,46 @@
+-- Grants a lease on lock KEYS[1..3] if fewer than `permits` leases are held.
+--
+-- KEYS[4]  request key: request_id -> lease_id, so a retried Acquire gets its lease back
+--          (ignored unless ARGV[6] is "1")
+-- ARGV[1]  new lease id     ARGV[2] ttl µs     ARGV[3] permits
+-- ARGV[4]  owner            ARGV[5] fence counter idle expiry, ms
+-- ARGV[6]  "1" when a request id was given
+-- Returns {1, lease_id, token, expires_us, ttl_us} when granted (or re-granted), else
+--         {0, owner, token, expires_us, expires_in_us} of the lease expiring first.
+purge_expired()
+
+if ARGV[6] == '1' then
+  local prior = redis.call('GET', KEYS[4])
+  if prior then
+    local expires = redis.call('ZSCORE', KEYS[1], prior)
+    local info = redis.call('HGET', KEYS[2], prior)
+    if expires and info then
+      local token, ttl = parse_lease(info)
+      return {1, prior, token, tonumber(expires), ttl}
+    end
+  end
+end
+
+local permits = tonumber(ARGV[3])
+if redis.call('ZCARD', KEYS[1]) < permits then
+  -- A fresh counter starts at Redis's clock in µs: above every token granted before it
+  -- expired, as long as the clock has not stepped back (see README).
+  if redis.call('EXISTS', KEYS[3]) == 0 then
+    redis.call('SET', KEYS[3], int(now))
+  end
+  local token = redis.call('INCR', KEYS[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  local ttl = tonumber(ARGV[2])
+  local expires = now + ttl
+  redis.call('ZADD', KEYS[1], int(expires), ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], int(token) .. '|' .. int(ttl) .. '|' .. ARGV[4])
+  expire_with_latest()
+  if ARGV[6] == '1' then
+    redis.call('SET', KEYS[4], ARGV[1], 'PX', int(math.ceil(ttl / 1000)))
+  end
+  return {1, ARGV[1], token, expires, ttl}
+end
+
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local token, _, owner = parse_lease(redis.call('HGET', KEYS[2], first[1]) or '0|0|')
+return {0, owner, token, tonumber(first[2]), tonumber(first[2]) - now}

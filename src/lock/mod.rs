@@ -1,0 +1,364 @@
+//! Fenced distributed locks and semaphores.
+//!
+//! A lock is a set of leases in Redis, each with a secret `lease_id`, an expiry on Redis's
+//! clock and a fencing token from a per-name counter that only grows. Waiters are woken
+//! through the process's one pub/sub listener ([`Notifier`]) when a lease is released, and
+//! by their own timer when the soonest lease expires — never by blind polling, never with a
+//! connection each. Within one process, waiters on a lock are served in arrival order.
+
+pub mod grpc;
+
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::Duration;
+
+use redis::Script;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::store::keys::Pattern;
+use crate::store::notify::Notifier;
+use crate::store::{KeyBuilder, Store, StoreError};
+
+macro_rules! lock_script {
+    ($file:literal) => {
+        LazyLock::new(|| Script::new(concat!(include_str!("prelude.lua"), "\n", include_str!($file))))
+    };
+}
+
+static ACQUIRE: LazyLock<Script> = lock_script!("acquire.lua");
+static RENEW: LazyLock<Script> = lock_script!("renew.lua");
+static RELEASE: LazyLock<Script> = lock_script!("release.lua");
+static DESCRIBE: LazyLock<Script> = lock_script!("describe.lua");
+
+pub const MIN_TTL: Duration = Duration::from_millis(100);
+pub const MAX_TTL: Duration = Duration::from_secs(3600);
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+pub const MAX_PERMITS: u32 = 10_000;
+/// A waiter re-checks at least this often, in case a release notification was lost.
+const SAFETY_RECHECK: Duration = Duration::from_secs(1);
+/// Lease ids are 128 bits from the OS CSPRNG, hex-encoded.
+const LEASE_ID_BYTES: usize = 16;
+
+/// A granted lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub lease_id: String,
+    pub fencing_token: u64,
+    /// Unix µs on Redis's clock.
+    pub expires_at_micros: u64,
+    pub ttl: Duration,
+}
+
+/// Someone else's lease, as shown to others (never its lease id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub owner: String,
+    pub fencing_token: u64,
+    pub expires_at_micros: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquisition {
+    Acquired(Lease),
+    /// Not acquired; the lease expiring first.
+    Busy(Holder),
+}
+
+/// A validated Acquire.
+#[derive(Debug, Clone)]
+pub struct AcquireParams {
+    pub name: String,
+    pub ttl: Duration,
+    /// Zero: try once.
+    pub wait: Duration,
+    pub owner: String,
+    /// 1 for a mutex.
+    pub permits: u32,
+    pub request_id: Option<String>,
+}
+
+/// Settings from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct LockSettings {
+    /// A fencing counter idle this long is forgotten (and restarts from the clock).
+    pub fence_idle: Duration,
+    /// Replicas that must acknowledge a grant or renewal (`WAIT`); 0 = don't wait.
+    pub min_replicas: u32,
+}
+
+enum TryOutcome {
+    Acquired(Lease),
+    Busy { holder: Holder, expires_in: Duration },
+}
+
+#[derive(Clone)]
+pub struct LockManager {
+    store: Store,
+    keys: KeyBuilder,
+    notifier: Notifier,
+    settings: LockSettings,
+    /// One FIFO queue per lock name with waiters in this process; only its head talks
+    /// to Redis.
+    local_queues: Arc<Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>,
+}
+
+impl LockManager {
+    pub fn new(store: Store, keys: KeyBuilder, notifier: Notifier, settings: LockSettings) -> Self {
+        Self { store, keys, notifier, settings, local_queues: Arc::default() }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Takes the lock, or one permit, waiting up to `params.wait`.
+    pub async fn acquire(&self, params: &AcquireParams) -> Result<Acquisition, Error> {
+        let started = Instant::now();
+        let lease_id = new_lease_id();
+        if params.wait.is_zero() {
+            return match self.try_acquire(params, &lease_id).await? {
+                TryOutcome::Acquired(lease) => Ok(self.granted(lease, started)),
+                TryOutcome::Busy { holder, .. } => {
+                    metrics::counter!("baton_lock_contended_total").increment(1);
+                    Ok(Acquisition::Busy(holder))
+                }
+            };
+        }
+
+        // Waiters in this process line up first, so they are served in arrival order.
+        let deadline = started + params.wait;
+        let queue = self.local_queue(&params.name);
+        let _turn = tokio::time::timeout_at(deadline, queue.lock()).await;
+        let mut contended = false;
+        let wake = self.notifier.watch(&self.keys.channel(Pattern::Lock, &params.name));
+        loop {
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (holder, expires_in) = match self.try_acquire(params, &lease_id).await? {
+                TryOutcome::Acquired(lease) => return Ok(self.granted(lease, started)),
+                TryOutcome::Busy { holder, expires_in } => (holder, expires_in),
+            };
+            if !contended {
+                contended = true;
+                metrics::counter!("baton_lock_contended_total").increment(1);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Acquisition::Busy(holder));
+            }
+            // Woken by a release, by the soonest lease's expiry, or by the safety re-check.
+            let nap = (deadline - now).min(expires_in + Duration::from_millis(1)).min(SAFETY_RECHECK);
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    fn granted(&self, lease: Lease, started: Instant) -> Acquisition {
+        metrics::counter!("baton_lock_acquired_total").increment(1);
+        metrics::histogram!("baton_lock_wait_seconds").record(started.elapsed().as_secs_f64());
+        Acquisition::Acquired(lease)
+    }
+
+    async fn try_acquire(&self, params: &AcquireParams, lease_id: &str) -> Result<TryOutcome, Error> {
+        let mut keys = self.lock_keys(&params.name);
+        let request_key = match &params.request_id {
+            Some(request_id) => self.keys.key(Pattern::Lock, &params.name, &format!("req:{request_id}")),
+            // Unused by the script, but every KEYS entry must share the lock's slot.
+            None => self.keys.key(Pattern::Lock, &params.name, "req"),
+        };
+        keys.push(request_key);
+        let args = vec![
+            lease_id.as_bytes().to_vec(),
+            micros(params.ttl).to_string().into_bytes(),
+            params.permits.to_string().into_bytes(),
+            params.owner.as_bytes().to_vec(),
+            self.settings.fence_idle.as_millis().to_string().into_bytes(),
+            if params.request_id.is_some() { b"1".to_vec() } else { b"0".to_vec() },
+        ];
+        let reply: redis::Value = self.run_replicated("lock_acquire", &ACQUIRE, &keys, &args, &params.name).await?;
+        let fields = Fields::new(reply)?;
+        if fields.int(0)? == 1 {
+            Ok(TryOutcome::Acquired(Lease {
+                name: params.name.clone(),
+                lease_id: fields.string(1)?,
+                fencing_token: fields.uint(2)?,
+                expires_at_micros: fields.uint(3)?,
+                ttl: Duration::from_micros(fields.uint(4)?),
+            }))
+        } else {
+            Ok(TryOutcome::Busy {
+                holder: Holder {
+                    owner: fields.string(1)?,
+                    fencing_token: fields.uint(2)?,
+                    expires_at_micros: fields.uint(3)?,
+                },
+                expires_in: Duration::from_micros(fields.uint(4)?),
+            })
+        }
+    }
+
+    /// Extends a held lease; `ttl` zero keeps its current ttl.
+    pub async fn renew(&self, name: &str, lease_id: &str, ttl: Duration) -> Result<Lease, Error> {
+        let args = vec![lease_id.as_bytes().to_vec(), micros(ttl).to_string().into_bytes()];
+        let reply: redis::Value = self.run_replicated("lock_renew", &RENEW, &self.lock_keys(name), &args, name).await?;
+        let fields = Fields::new(reply)?;
+        if fields.int(0)? != 1 {
+            metrics::counter!("baton_lock_renew_failed_total").increment(1);
+            return Err(Error::FailedPrecondition {
+                reason: "LEASE_NOT_HELD",
+                message: format!("lease on {name:?} is not held: it expired, was released, or never existed"),
+            });
+        }
+        Ok(Lease {
+            name: name.to_owned(),
+            lease_id: lease_id.to_owned(),
+            fencing_token: fields.uint(1)?,
+            expires_at_micros: fields.uint(2)?,
+            ttl: Duration::from_micros(fields.uint(3)?),
+        })
+    }
+
+    /// Releases a lease if it is still held; a lease that is gone is `false`, not an error.
+    pub async fn release(&self, name: &str, lease_id: &str) -> Result<bool, Error> {
+        let args = vec![lease_id.as_bytes().to_vec(), self.keys.channel(Pattern::Lock, name).into_bytes()];
+        let released: i64 = self.store.run_script("lock_release", &RELEASE, &self.lock_keys(name), &args).await?;
+        if released == 1 {
+            metrics::counter!("baton_lock_released_total").increment(1);
+        }
+        Ok(released == 1)
+    }
+
+    /// The live leases, soonest expiry first.
+    pub async fn describe(&self, name: &str) -> Result<Vec<Holder>, Error> {
+        let reply: redis::Value = self.store.run_script("lock_describe", &DESCRIBE, &self.lock_keys(name), &[]).await?;
+        let fields = Fields::new(reply)?;
+        (0..fields.len() / 3)
+            .map(|i| {
+                Ok(Holder {
+                    owner: fields.string(i * 3)?,
+                    fencing_token: fields.uint(i * 3 + 1)?,
+                    expires_at_micros: fields.uint(i * 3 + 2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs a granting script; with `--lock-min-replicas`, on a dedicated connection
+    /// followed by `WAIT`, undoing the grant when too few replicas acknowledged it.
+    async fn run_replicated(
+        &self,
+        op: &'static str,
+        script: &Script,
+        keys: &[String],
+        args: &[Vec<u8>],
+        name: &str,
+    ) -> Result<redis::Value, Error> {
+        if self.settings.min_replicas == 0 {
+            return Ok(self.store.run_script(op, script, keys, args).await?);
+        }
+        let (reply, acknowledged): (redis::Value, u32) =
+            self.store.run_script_replicated(op, script, keys, args, self.settings.min_replicas).await?;
+        if acknowledged >= self.settings.min_replicas {
+            return Ok(reply);
+        }
+        tracing::warn!(
+            lock.name = %name,
+            replicas.acknowledged = acknowledged,
+            replicas.required = self.settings.min_replicas,
+            "grant not replicated in time; undoing it"
+        );
+        let fields = Fields::new(reply)?;
+        if fields.int(0)? == 1 {
+            // The lease id is args[0] for both Acquire and Renew. An undone renewal loses
+            // the lease: safer than a lease that a failover could silently revoke.
+            let lease_id = String::from_utf8_lossy(&args[0]).into_owned();
+            self.release(name, &lease_id).await?;
+        }
+        Err(StoreError::Unavailable(format!("{acknowledged} of {} replicas acknowledged", self.settings.min_replicas))
+            .into())
+    }
+
+    fn lock_keys(&self, name: &str) -> Vec<String> {
+        ["holders", "leases", "fence"].iter().map(|part| self.keys.key(Pattern::Lock, name, part)).collect()
+    }
+
+    fn local_queue(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut queues = self.local_queues.lock().expect("queues lock");
+        if let Some(queue) = queues.get(name).and_then(Weak::upgrade) {
+            return queue;
+        }
+        queues.retain(|_, queue| queue.strong_count() > 0);
+        let queue = Arc::new(tokio::sync::Mutex::new(()));
+        queues.insert(name.to_owned(), Arc::downgrade(&queue));
+        queue
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A fresh lease id: 128 bits from the OS CSPRNG.
+pub fn new_lease_id() -> String {
+    let mut bytes = [0u8; LEASE_ID_BYTES];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Whether `lease_id` has the form Baton hands out.
+pub fn is_well_formed_lease_id(lease_id: &str) -> bool {
+    lease_id.len() == LEASE_ID_BYTES * 2 && lease_id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Typed access to a script's flat array reply.
+struct Fields(Vec<redis::Value>);
+
+impl Fields {
+    fn new(reply: redis::Value) -> Result<Self, Error> {
+        match reply {
+            redis::Value::Array(values) => Ok(Self(values)),
+            other => Err(Error::Internal(format!("lock script returned {other:?}"))),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn int(&self, index: usize) -> Result<i64, Error> {
+        match self.0.get(index) {
+            Some(redis::Value::Int(value)) => Ok(*value),
+            other => Err(Error::Internal(format!("lock script field {index}: expected an integer, got {other:?}"))),
+        }
+    }
+
+    fn uint(&self, index: usize) -> Result<u64, Error> {
+        u64::try_from(self.int(index)?).map_err(|_| Error::Internal(format!("lock script field {index} is negative")))
+    }
+
+    fn string(&self, index: usize) -> Result<String, Error> {
+        match self.0.get(index) {
+            Some(redis::Value::BulkString(bytes)) => Ok(String::from_utf8_lossy(bytes).into_owned()),
+            other => Err(Error::Internal(format!("lock script field {index}: expected a string, got {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_ids_are_128_random_bits() {
+        let (a, b) = (new_lease_id(), new_lease_id());
+        assert_ne!(a, b);
+        assert!(is_well_formed_lease_id(&a));
+        assert!(!is_well_formed_lease_id("not-a-lease"));
+        assert!(!is_well_formed_lease_id(&a.to_uppercase()));
+    }
+}

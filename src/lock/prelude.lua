@@ -1,0 +1,44 @@
+-- Shared by every lock script (prepended at load time).
+--
+-- A lock `name` is three keys sharing the hash tag {name}:
+--   KEYS[1] holders  sorted set: lease_id -> expiry, µs on Redis's clock
+--   KEYS[2] leases   hash: lease_id -> "<fencing token>|<ttl µs>|<owner>"
+--   KEYS[3] fence    the fencing counter (INCR), expiring after a long idle time
+-- A lease is held while its expiry is in the future; expired entries are dropped lazily
+-- by whichever script touches the lock next.
+
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+
+-- Numbers handed to redis.call are formatted with 14 significant digits, too few for µs
+-- timestamps: format integers explicitly.
+local function int(x)
+  return string.format('%d', x)
+end
+
+local function purge_expired()
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', int(now))
+  if #expired > 0 then
+    redis.call('HDEL', KEYS[2], unpack(expired))
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now))
+  end
+  return #expired
+end
+
+-- "<token>|<ttl>|<owner>" -> token, ttl, owner (the owner may itself contain '|').
+local function parse_lease(info)
+  local token, ttl, owner = string.match(info, '^(%d+)|(%d+)|(.*)$')
+  return tonumber(token), tonumber(ttl), owner
+end
+
+-- Both structures live exactly as long as the longest lease.
+local function expire_with_latest()
+  local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if #latest == 0 then
+    redis.call('DEL', KEYS[1], KEYS[2])
+  else
+    local at = int(math.ceil(tonumber(latest[2]) / 1000) + 1)
+    redis.call('PEXPIREAT', KEYS[1], at)
+    redis.call('PEXPIREAT', KEYS[2], at)
+  end
+end

@@ -1,0 +1,14 @@
+-- Releases a lease if it is still held (compare-and-delete), and wakes waiters.
+--
+-- ARGV[1] lease id    ARGV[2] the lock's notification channel
+-- Returns 1 when released, 0 when the lease was not held.
+local freed = purge_expired()
+local released = redis.call('ZREM', KEYS[1], ARGV[1])
+if released == 1 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  expire_with_latest()
+end
+if released == 1 or freed > 0 then
+  redis.call('PUBLISH', ARGV[2], '1')
+end
+return released

@@ -1,0 +1,20 @@
+-- Extends a held lease to now + ttl; the fencing token stays.
+--
+-- ARGV[1] lease id    ARGV[2] ttl µs, or "0" for the lease's current ttl
+-- Returns {1, token, expires_us, ttl_us} or {0} when the lease is not held (expired,
+-- released, or never existed).
+purge_expired()
+local info = redis.call('HGET', KEYS[2], ARGV[1])
+if not info then
+  return {0}
+end
+local token, current_ttl, owner = parse_lease(info)
+local ttl = tonumber(ARGV[2])
+if ttl == 0 then
+  ttl = current_ttl
+end
+local expires = now + ttl
+redis.call('ZADD', KEYS[1], 'XX', int(expires), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], int(token) .. '|' .. int(ttl) .. '|' .. owner)
+expire_with_latest()
+return {1, token, expires, ttl}

@@ -1,0 +1,505 @@
+//! LockService against a real Redis: mutual exclusion and fencing across two baton
+//! processes, semaphores, expiry, foreign leases, waiting, KeepAlive through client and
+//! server failures, request ids, replication acknowledgements, bad input.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton::proto::duration_to_proto;
+use baton::proto::v1::lock_service_client::LockServiceClient;
+use baton::proto::v1::{
+    AcquireRequest, AcquireResponse, DescribeRequest, KeepAliveRequest, Lease, ReleaseRequest, RenewRequest,
+};
+use common::{Baton, PATIENCE, Redis, eventually, unique};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+type Locks = LockServiceClient<Channel>;
+
+fn acquire_request(name: &str, ttl: Duration, wait: Duration, permits: u32) -> AcquireRequest {
+    AcquireRequest {
+        name: name.to_owned(),
+        ttl: Some(duration_to_proto(ttl)),
+        wait_timeout: Some(duration_to_proto(wait)),
+        owner: "test".into(),
+        permits,
+        request_id: String::new(),
+    }
+}
+
+async fn acquire(locks: &mut Locks, name: &str, ttl: Duration, wait: Duration) -> AcquireResponse {
+    locks.acquire(acquire_request(name, ttl, wait, 1)).await.expect("acquire").into_inner()
+}
+
+async fn hold(locks: &mut Locks, name: &str, ttl: Duration) -> Lease {
+    let response = acquire(locks, name, ttl, Duration::ZERO).await;
+    assert!(response.acquired, "{name} was not free");
+    response.lease.unwrap()
+}
+
+async fn release(locks: &mut Locks, lease: &Lease) -> bool {
+    let request = ReleaseRequest { name: lease.name.clone(), lease_id: lease.lease_id.clone() };
+    locks.release(request).await.expect("release").into_inner().released
+}
+
+async fn is_held(locks: &mut Locks, name: &str) -> bool {
+    locks.describe(DescribeRequest { name: name.to_owned() }).await.unwrap().into_inner().held
+}
+
+/// A downstream resource that accepts a write only with a token above every token it has
+/// seen — `UPDATE … SET fence = $token WHERE fence < $token` — and counts how many
+/// writers are inside at once.
+#[derive(Default)]
+struct FencedResource {
+    highest_token: Mutex<u64>,
+    inside: AtomicU32,
+    most_inside: AtomicU32,
+}
+
+impl FencedResource {
+    fn write(&self, token: u64) -> bool {
+        let mut highest = self.highest_token.lock().unwrap();
+        if token <= *highest {
+            return false;
+        }
+        *highest = token;
+        true
+    }
+
+    fn enter(&self) -> u32 {
+        let now_inside = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_inside.fetch_max(now_inside, Ordering::SeqCst);
+        now_inside
+    }
+
+    fn leave(&self) {
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// `clients` callers spread over `batons` each do `cycles` acquire → critical section →
+/// release on one lock; returns the resource they shared.
+async fn contend(batons: &[&Baton], name: &str, permits: u32, clients: usize, cycles: usize) -> Arc<FencedResource> {
+    let resource = Arc::new(FencedResource::default());
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let mut locks = batons[client % batons.len()].locks().await;
+        let (resource, name) = (resource.clone(), name.to_owned());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..cycles {
+                let request = acquire_request(&name, Duration::from_secs(10), Duration::from_secs(60), permits);
+                let response = locks.acquire(request).await.expect("acquire").into_inner();
+                assert!(response.acquired, "waited a minute without getting the lock");
+                let lease = response.lease.unwrap();
+                let inside = resource.enter();
+                assert!(inside <= permits, "{inside} holders of a lock with {permits} permits");
+                if permits == 1 {
+                    assert!(resource.write(lease.fencing_token), "token {} not above the last", lease.fencing_token);
+                }
+                tokio::task::yield_now().await;
+                resource.leave();
+                assert!(release(&mut locks, &lease).await);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    resource
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_exclusion_and_increasing_tokens_across_two_batons() {
+    let redis = Redis::start();
+    let (first, second) = (Baton::start(Some(&redis.url()), &[]), Baton::start(Some(&redis.url()), &[]));
+    let resource = contend(&[&first, &second], &unique("mutex"), 1, 32, 100).await;
+    assert_eq!(resource.most_inside.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_never_exceeds_its_permits() {
+    let redis = Redis::start();
+    let (first, second) = (Baton::start(Some(&redis.url()), &[]), Baton::start(Some(&redis.url()), &[]));
+    let resource = contend(&[&first, &second], &unique("sem"), 3, 32, 20).await;
+    // The checker saw the permits used concurrently, never more.
+    assert_eq!(resource.most_inside.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_cannot_be_renewed_or_released_and_the_next_token_is_greater() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = baton.locks().await;
+    let name = unique("expiry");
+    let lease = hold(&mut locks, &name, Duration::from_millis(300)).await;
+    let busy = acquire(&mut locks, &name, Duration::from_secs(1), Duration::ZERO).await;
+    assert!(!busy.acquired);
+    assert_eq!(busy.holder.unwrap().fencing_token, lease.fencing_token);
+
+    eventually(PATIENCE, "lease expired", || {
+        let (mut locks, name) = (locks.clone(), name.clone());
+        async move { !is_held(&mut locks, &name).await }
+    })
+    .await;
+    let renew = RenewRequest { name: name.clone(), lease_id: lease.lease_id.clone(), ttl: None };
+    let status = locks.renew(renew).await.expect_err("renewing an expired lease");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(status.get_details_error_info().unwrap().reason, "LEASE_NOT_HELD");
+    assert!(!release(&mut locks, &lease).await);
+
+    let next = hold(&mut locks, &name, Duration::from_secs(1)).await;
+    assert!(next.fencing_token > lease.fencing_token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_extends_and_keeps_the_token() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = baton.locks().await;
+    let lease = hold(&mut locks, &unique("renew"), Duration::from_millis(500)).await;
+    let renew = RenewRequest {
+        name: lease.name.clone(),
+        lease_id: lease.lease_id.clone(),
+        ttl: Some(duration_to_proto(Duration::from_secs(5))),
+    };
+    let renewed = locks.renew(renew).await.unwrap().into_inner().lease.unwrap();
+    assert_eq!(renewed.fencing_token, lease.fencing_token);
+    assert!(renewed.expires_at.unwrap().seconds >= lease.expires_at.unwrap().seconds + 4);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(is_held(&mut locks, &lease.name).await, "the renewal did not extend the lease");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_or_malformed_lease_id_can_neither_renew_nor_release() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = baton.locks().await;
+    let lease = hold(&mut locks, &unique("foreign"), Duration::from_secs(30)).await;
+    let foreign = baton::lock::new_lease_id();
+
+    let renew = RenewRequest { name: lease.name.clone(), lease_id: foreign.clone(), ttl: None };
+    assert_eq!(locks.renew(renew).await.unwrap_err().code(), Code::FailedPrecondition);
+    let released = locks
+        .release(ReleaseRequest { name: lease.name.clone(), lease_id: foreign })
+        .await
+        .unwrap()
+        .into_inner()
+        .released;
+    assert!(!released);
+    for malformed in ["", "xyz", "'; DROP TABLE locks; --", &"a".repeat(33)] {
+        let status = locks
+            .release(ReleaseRequest { name: lease.name.clone(), lease_id: malformed.to_owned() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "lease_id");
+    }
+    assert!(is_held(&mut locks, &lease.name).await);
+    assert!(release(&mut locks, &lease).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_gets_the_lock_soon_after_release_and_gives_up_on_time() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = baton.locks().await;
+    let name = unique("wait");
+    let lease = hold(&mut locks, &name, Duration::from_secs(30)).await;
+
+    let waiter = {
+        let (mut locks, name) = (locks.clone(), name.clone());
+        tokio::spawn(async move {
+            let response = acquire(&mut locks, &name, Duration::from_secs(5), Duration::from_secs(5)).await;
+            (response.acquired, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(release(&mut locks, &lease).await);
+    let released_at = Instant::now();
+    let (acquired, acquired_at) = waiter.await.unwrap();
+    assert!(acquired);
+    let handoff = acquired_at.saturating_duration_since(released_at);
+    eprintln!("handoff after release: {handoff:?}");
+    assert!(handoff <= Duration::from_millis(500), "waiter got the lock {handoff:?} after release");
+
+    // Never released: the 2 s wait ends with acquired = false, not before 2 s, within 3 s.
+    let started = Instant::now();
+    let response = acquire(&mut locks, &name, Duration::from_secs(1), Duration::from_secs(2)).await;
+    let waited = started.elapsed();
+    assert!(!response.acquired);
+    assert!(response.holder.is_some());
+    assert!(waited >= Duration::from_secs(2) && waited <= Duration::from_secs(3), "waited {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_is_woken_by_expiry_too() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = baton.locks().await;
+    let name = unique("expiry-wake");
+    let lease = hold(&mut locks, &name, Duration::from_millis(400)).await;
+    let started = Instant::now();
+    let response = acquire(&mut locks, &name, Duration::from_secs(1), Duration::from_secs(5)).await;
+    assert!(response.acquired);
+    assert!(response.lease.unwrap().fencing_token > lease.fencing_token);
+    assert!(started.elapsed() < Duration::from_millis(1500), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_waiters_use_a_constant_number_of_redis_connections() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = baton.locks().await;
+    let name = unique("crowd");
+    let lease = hold(&mut locks, &name, Duration::from_secs(60)).await;
+    let acquired = Arc::new(AtomicU32::new(0));
+    let mut waiters = Vec::new();
+    for _ in 0..1000 {
+        let (mut locks, name, acquired) = (locks.clone(), name.clone(), acquired.clone());
+        waiters.push(tokio::spawn(async move {
+            let response = acquire(&mut locks, &name, Duration::from_secs(10), Duration::from_secs(60)).await;
+            assert!(response.acquired);
+            acquired.fetch_add(1, Ordering::SeqCst);
+            assert!(release(&mut locks, &response.lease.unwrap()).await);
+        }));
+    }
+    // Let every waiter reach baton and start waiting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(acquired.load(Ordering::SeqCst), 0);
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut redis.connection()).unwrap();
+    let connections = clients.lines().count();
+    eprintln!("redis connections with 1000 waiters: {connections}");
+    // baton: multiplexed + pub/sub (+ a pooled one at most); this test: 1.
+    assert!(connections <= 5, "{connections} connections:\n{clients}");
+
+    assert!(release(&mut locks, &lease).await);
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+    assert_eq!(acquired.load(Ordering::SeqCst), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_id_gets_the_same_lease() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = baton.locks().await;
+    let name = unique("retry");
+    let request = AcquireRequest {
+        request_id: "req-42".into(),
+        ..acquire_request(&name, Duration::from_secs(30), Duration::ZERO, 1)
+    };
+    let first = locks.acquire(request.clone()).await.unwrap().into_inner();
+    let second = locks.acquire(request).await.unwrap().into_inner();
+    assert!(first.acquired && second.acquired);
+    let (first, second) = (first.lease.unwrap(), second.lease.unwrap());
+    assert_eq!(first.lease_id, second.lease_id);
+    assert_eq!(first.fencing_token, second.fencing_token);
+    let other = AcquireRequest {
+        request_id: "req-43".into(),
+        ..acquire_request(&name, Duration::from_secs(30), Duration::ZERO, 1)
+    };
+    assert!(!locks.acquire(other).await.unwrap().into_inner().acquired);
+}
+
+async fn keep_alive(locks: &mut Locks, lease: &Lease) -> tonic::Streaming<baton::proto::v1::KeepAliveResponse> {
+    let request = KeepAliveRequest { name: lease.name.clone(), lease_id: lease.lease_id.clone(), ttl: None };
+    locks.keep_alive(request).await.expect("keepalive").into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_holds_the_lock_and_cancelling_it_frees_the_lock_at_once() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = baton.locks().await;
+    let name = unique("keepalive");
+    let ttl = Duration::from_millis(300);
+    let lease = hold(&mut locks, &name, ttl).await;
+    let mut stream = keep_alive(&mut locks, &lease).await;
+    let started = Instant::now();
+    let mut renewals = 0;
+    while started.elapsed() < ttl * 3 + Duration::from_millis(100) {
+        let renewal = stream.next().await.expect("stream open").expect("renewal");
+        assert_eq!(renewal.lease.unwrap().fencing_token, lease.fencing_token);
+        renewals += 1;
+    }
+    assert!(renewals >= 4, "{renewals} renewals in 3 ttl");
+    assert!(is_held(&mut locks, &name).await);
+
+    drop(stream);
+    let started = Instant::now();
+    let response = acquire(&mut locks, &name, Duration::from_secs(1), Duration::from_secs(2)).await;
+    assert!(response.acquired);
+    assert!(started.elapsed() <= Duration::from_millis(500), "freed after {:?}", started.elapsed());
+}
+
+/// Run as a child process by the next test: holds a KeepAlive until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_child_process() {
+    let (Ok(addr), Ok(name)) = (std::env::var("BATON_CHILD_ADDR"), std::env::var("BATON_CHILD_LOCK")) else {
+        return; // Not running as the child: nothing to do.
+    };
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut locks = LockServiceClient::new(channel);
+    let lease = hold(&mut locks, &name, Duration::from_secs(30)).await;
+    let mut stream = keep_alive(&mut locks, &lease).await;
+    stream.next().await.unwrap().unwrap();
+    println!("HOLDING");
+    while stream.next().await.is_some() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_keepalive_client_process_frees_the_lock_at_once() {
+    use std::io::BufRead;
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = baton.locks().await;
+    let name = unique("client-killed");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["keepalive_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .env("BATON_CHILD_ADDR", baton.addr.to_string())
+        .env("BATON_CHILD_LOCK", &name)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let holding =
+        tokio::task::spawn_blocking(move || stdout.lines().map_while(Result::ok).any(|l| l.contains("HOLDING")));
+    assert!(holding.await.unwrap(), "the child never held the lock");
+    assert!(is_held(&mut locks, &name).await);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let started = Instant::now();
+    let response = acquire(&mut locks, &name, Duration::from_secs(1), Duration::from_secs(5)).await;
+    assert!(response.acquired);
+    // The lease had a 30 s ttl: only the disconnect can have freed it this fast.
+    assert!(started.elapsed() <= Duration::from_millis(500), "freed after {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_baton_frees_a_kept_alive_lock_after_ttl_not_before() {
+    let redis = Redis::start();
+    let mut doomed = Baton::start(Some(&redis.url()), &[]);
+    let survivor = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = survivor.locks().await;
+    let name = unique("baton-killed");
+    let ttl = Duration::from_secs(3);
+    let lease = hold(&mut doomed.locks().await, &name, ttl).await;
+    let mut stream = keep_alive(&mut doomed.locks().await, &lease).await;
+    stream.next().await.unwrap().unwrap();
+    doomed.sigkill();
+    let killed_at = Instant::now();
+    // The last renewal was at most ttl/3 before the kill, so the lease outlives it by at
+    // least 2 s; check well inside that.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(is_held(&mut locks, &name).await, "freed before its ttl");
+    let response = acquire(&mut locks, &name, Duration::from_secs(1), PATIENCE).await;
+    assert!(response.acquired);
+    let freed_after = killed_at.elapsed();
+    assert!(freed_after <= ttl + Duration::from_secs(2), "freed {freed_after:?} after the kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_keepalive_with_unavailable_and_another_baton_resumes_it() {
+    let redis = Redis::start();
+    let mut leaving = Baton::start(Some(&redis.url()), &["--shutdown-delay", "100ms"]);
+    let staying = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = staying.locks().await;
+    let name = unique("baton-drained");
+    let ttl = Duration::from_millis(600);
+    let lease = hold(&mut leaving.locks().await, &name, ttl).await;
+    let mut stream = keep_alive(&mut leaving.locks().await, &lease).await;
+    stream.next().await.unwrap().unwrap();
+
+    leaving.sigterm();
+    let ended = loop {
+        match stream.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => panic!("stream ended without a status"),
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable);
+    assert!(is_held(&mut locks, &name).await, "shutdown must not release the lease");
+
+    let mut resumed = keep_alive(&mut locks, &lease).await;
+    let started = Instant::now();
+    while started.elapsed() < ttl * 3 {
+        let renewal = resumed.next().await.unwrap().expect("renewal on the other baton");
+        assert_eq!(renewal.lease.unwrap().fencing_token, lease.fencing_token);
+    }
+    assert!(is_held(&mut locks, &name).await);
+    let status = tokio::task::spawn_blocking(move || leaving.wait_exit(PATIENCE)).await.unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_not_acknowledged_by_a_replica_are_undone() {
+    let primary = Redis::start();
+    let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    eventually(PATIENCE, "replica connected", || async {
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut primary.connection()).unwrap();
+        info.contains("connected_slaves:1") && info.contains("state=online")
+    })
+    .await;
+    let baton = Baton::start(Some(&primary.url()), &["--lock-min-replicas", "1"]);
+    let mut locks = baton.locks().await;
+    let name = unique("replicated");
+    let lease = hold(&mut locks, &name, Duration::from_secs(30)).await;
+    assert!(release(&mut locks, &lease).await);
+
+    replica.freeze();
+    let status = locks
+        .acquire(acquire_request(&name, Duration::from_secs(30), Duration::ZERO, 1))
+        .await
+        .expect_err("no replica can acknowledge");
+    replica.thaw();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(!is_held(&mut locks, &name).await, "the unacknowledged grant was not undone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = baton.locks().await;
+    let second = Duration::from_secs(1);
+    let negative = prost_types::Duration { seconds: -5, nanos: 0 };
+    let cases: Vec<(&str, AcquireRequest, &str)> = vec![
+        ("ttl 0", AcquireRequest { ttl: None, ..acquire_request("n", second, second, 1) }, "ttl"),
+        ("ttl 2 h", acquire_request("n", Duration::from_secs(7200), second, 1), "ttl"),
+        ("ttl 50 ms", acquire_request("n", Duration::from_millis(50), second, 1), "ttl"),
+        ("negative ttl", AcquireRequest { ttl: Some(negative), ..acquire_request("n", second, second, 1) }, "ttl"),
+        (
+            "negative wait",
+            AcquireRequest { wait_timeout: Some(negative), ..acquire_request("n", second, second, 1) },
+            "wait_timeout",
+        ),
+        ("empty name", acquire_request("", second, second, 1), "name"),
+        ("513-byte name", acquire_request(&"n".repeat(513), second, second, 1), "name"),
+        ("huge permits", acquire_request("n", second, second, 1_000_000), "permits"),
+        ("long owner", AcquireRequest { owner: "o".repeat(300), ..acquire_request("n", second, second, 1) }, "owner"),
+    ];
+    for (what, request, field) in cases {
+        let status = locks.acquire(request).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}");
+        assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, field, "{what}");
+    }
+    let renew = RenewRequest { name: "n".into(), lease_id: "bad".into(), ttl: None };
+    assert_eq!(locks.renew(renew).await.unwrap_err().code(), Code::InvalidArgument);
+    let keepalive = KeepAliveRequest { name: "n".into(), lease_id: "bad".into(), ttl: None };
+    assert_eq!(locks.keep_alive(keepalive).await.unwrap_err().code(), Code::InvalidArgument);
+    let renew = RenewRequest {
+        name: "n".into(),
+        lease_id: baton::lock::new_lease_id(),
+        ttl: Some(duration_to_proto(Duration::from_secs(7200))),
+    };
+    let status = locks.renew(renew).await.unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "ttl");
+    assert_eq!(redis.dbsize(), 0, "rejected requests wrote {:?}", redis.keys());
+}
