@@ -7,12 +7,15 @@ BUF := tools/node_modules/.bin/buf
 # the timing tests honest on a 2-core machine.
 TEST_THREADS ?= 2
 
-.PHONY: run test deps redis-server buf lint fmt-check clippy cargo-test bench clean
+.PHONY: run test deps redis-server buf lint fmt-check clippy cargo-test bench clean clients-test gen
+
+# Client SDKs (clients/go, clients/python, clients/node): `make gen`, `make clients-test`.
+-include clients/clients.mk
 
 run: redis-server
 	$(CARGO) run --release --bin baton -- $(ARGS)
 
-test: deps lint cargo-test
+test: deps lint cargo-test clients-test
 
 deps: redis-server buf
 
@@ -53,3 +56,6 @@ cargo-test:
 clean:
 	$(CARGO) clean
 	rm -rf tools/node_modules
+
+# Until clients/clients.mk defines it, there is nothing to test there.
+clients-test::
