@@ -64,6 +64,22 @@ pub struct Flags {
     #[arg(long, env = "BATON_LOCK_FENCE_IDLE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub lock_fence_idle: Duration,
 
+    /// How long succeeded and cancelled jobs, with their results, are kept.
+    #[arg(long, env = "BATON_QUEUE_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub queue_retention: Duration,
+
+    /// How long dead jobs are kept for inspection and redrive.
+    #[arg(long, env = "BATON_QUEUE_DEAD_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub queue_dead_retention: Duration,
+
+    /// Visibility timeout of a Consume that does not set one.
+    #[arg(long, env = "BATON_QUEUE_VISIBILITY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub queue_visibility_timeout: Duration,
+
+    /// Largest `max_in_flight` a Consume may ask for.
+    #[arg(long, env = "BATON_QUEUE_MAX_IN_FLIGHT", default_value_t = 1000)]
+    pub queue_max_in_flight: u32,
+
     /// The `redis-server` binary used for the embedded development Redis.
     #[arg(long, env = "BATON_REDIS_SERVER_BIN", default_value = "redis-server")]
     pub redis_server_bin: PathBuf,
@@ -191,6 +207,12 @@ impl Config {
         if limits.redis_timeout.is_zero() {
             return Err(invalid("limits.redis_timeout must be positive".into()));
         }
+        if flags.queue_max_in_flight == 0 {
+            return Err(invalid("--queue-max-in-flight must be at least 1".into()));
+        }
+        if flags.queue_visibility_timeout < Duration::from_secs(1) {
+            return Err(invalid("--queue-visibility-timeout must be at least 1s".into()));
+        }
         if limits.max_ttl < Duration::from_secs(1) {
             return Err(invalid("limits.max_ttl must be at least 1s".into()));
         }
@@ -214,6 +236,7 @@ impl Config {
         format!(
             "listen={} metrics_listen={} redis_url={} cache_redis_url={} redis_timeout={:?} \
              shutdown_grace={:?} shutdown_delay={:?} lock_min_replicas={} lock_fence_idle={:?} \
+             queue_retention={:?} queue_dead_retention={:?} queue_visibility_timeout={:?} queue_max_in_flight={} \
              limits={:?} policies=[{}]",
             self.flags.listen,
             self.flags.metrics_listen,
@@ -224,6 +247,10 @@ impl Config {
             self.flags.shutdown_delay,
             self.flags.lock_min_replicas,
             self.flags.lock_fence_idle,
+            self.flags.queue_retention,
+            self.flags.queue_dead_retention,
+            self.flags.queue_visibility_timeout,
+            self.flags.queue_max_in_flight,
             self.limits,
             self.policies.keys().cloned().collect::<Vec<_>>().join(","),
         )

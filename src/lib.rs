@@ -18,6 +18,7 @@ pub mod deadline;
 pub mod error;
 pub mod lock;
 pub mod proto;
+pub mod queue;
 pub mod ratelimit;
 pub mod server;
 pub mod signal;

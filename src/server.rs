@@ -22,6 +22,8 @@ use crate::proto::v1::lock_service_server::LockServiceServer;
 use crate::proto::v1::rate_limiter_service_server::RateLimiterServiceServer;
 use crate::proto::v1::session_store_service_server::SessionStoreServiceServer;
 use crate::proto::{self, v1 as pb};
+use crate::queue::grpc::{JobQueueGrpc, QueueLimits};
+use crate::queue::{QueueManager, QueueSettings};
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::grpc::RateLimiterGrpc;
 use crate::store::health::{EvictionConcern, spawn_pinger};
@@ -58,8 +60,6 @@ struct CacheUnimplemented;
 impl pb::cache_service_server::CacheService for CacheUnimplemented {}
 struct SessionUnimplemented;
 impl pb::session_store_service_server::SessionStoreService for SessionUnimplemented {}
-struct QueueUnimplemented;
-impl pb::job_queue_service_server::JobQueueService for QueueUnimplemented {}
 
 /// Serves until `shutdown` resolves, then drains: health `""` goes NOT_SERVING at once,
 /// new work is still taken for `shutdown_delay` (so load balancers see the replica leave
@@ -85,7 +85,7 @@ pub async fn run(
         RateLimiterServiceServer::<RateLimiterGrpc>::NAME,
         LockServiceServer::<LockGrpc>::NAME,
         SessionStoreServiceServer::<SessionUnimplemented>::NAME,
-        JobQueueServiceServer::<QueueUnimplemented>::NAME,
+        JobQueueServiceServer::<JobQueueGrpc>::NAME,
     ];
     let cache_service = CacheServiceServer::<CacheUnimplemented>::NAME;
     let mut _pingers: Vec<TaskGuard> = Vec::new();
@@ -129,6 +129,21 @@ pub async fn run(
         streams_shutdown.clone(),
     );
 
+    let queue_settings =
+        QueueSettings { retention: config.flags.queue_retention, dead_retention: config.flags.queue_dead_retention };
+    let queue_limits = QueueLimits {
+        default_visibility: config.flags.queue_visibility_timeout,
+        max_in_flight: config.flags.queue_max_in_flight,
+        default_max_in_flight: QueueLimits::default().default_max_in_flight.min(config.flags.queue_max_in_flight),
+        ..QueueLimits::default()
+    };
+    let queue_service = JobQueueGrpc::new(
+        QueueManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), queue_settings),
+        config.limits.clone(),
+        queue_limits,
+        streams_shutdown.clone(),
+    );
+
     let (stop_serving, stop_serving_rx) = oneshot::channel::<()>();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -144,7 +159,7 @@ pub async fn run(
         .add_service(LockServiceServer::new(lock_service))
         .add_service(CacheServiceServer::new(CacheUnimplemented))
         .add_service(SessionStoreServiceServer::new(SessionUnimplemented))
-        .add_service(JobQueueServiceServer::new(QueueUnimplemented));
+        .add_service(JobQueueServiceServer::new(queue_service));
     // Server::tcp_nodelay applies only to listeners tonic binds itself; without it,
     // ping-pong RPCs stall ~40 ms on delayed ACKs (measured on lock hand-offs).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)));

@@ -12,6 +12,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub enum Pattern {
     RateLimit,
     Lock,
+    Queue,
 }
 
 impl Pattern {
@@ -19,6 +20,7 @@ impl Pattern {
         match self {
             Self::RateLimit => "rl",
             Self::Lock => "lock",
+            Self::Queue => "queue",
         }
     }
 }

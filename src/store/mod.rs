@@ -233,6 +233,12 @@ impl Store {
         self.timed(op, async move { invocation.invoke_async(&mut conn).await }).await
     }
 
+    /// Runs a pipeline (one round trip) within the Redis timeout.
+    pub async fn pipeline<T: FromRedisValue>(&self, op: &'static str, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        let mut conn = self.multiplexed.clone();
+        self.timed(op, async move { pipe.query_async(&mut conn).await }).await
+    }
+
     /// Runs one non-blocking command within the Redis timeout.
     pub async fn command<T: FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T, StoreError> {
         let mut conn = self.multiplexed.clone();

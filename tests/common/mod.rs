@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use baton::proto::v1::job_queue_service_client::JobQueueServiceClient;
 use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use tonic::transport::Channel;
@@ -229,6 +230,10 @@ impl Baton {
 
     pub async fn locks(&self) -> LockServiceClient<Channel> {
         LockServiceClient::new(self.channel().await)
+    }
+
+    pub async fn queues(&self) -> JobQueueServiceClient<Channel> {
+        JobQueueServiceClient::new(self.channel().await)
     }
 
     pub async fn health(&self) -> HealthClient<Channel> {

@@ -1,0 +1,43 @@
+package baton
+
+import (
+	"fmt"
+	"net"
+	"strings"
+
+	"google.golang.org/grpc/resolver"
+)
+
+// addressListResolver resolves "ipv4:host:port,host:port" (and "ipv6:[::1]:port,…"), the
+// fixed-list target syntax of gRPC's C core and grpc-js, which grpc-go lacks. It is
+// registered per connection (grpc.WithResolvers), never globally.
+type addressListResolver struct {
+	scheme string
+}
+
+func (b addressListResolver) Scheme() string { return b.scheme }
+
+func (b addressListResolver) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
+	list := target.URL.Opaque
+	if list == "" {
+		list = strings.TrimPrefix(target.URL.Path, "/")
+	}
+	var endpoints []resolver.Endpoint
+	for _, address := range strings.Split(list, ",") {
+		host, _, err := net.SplitHostPort(address)
+		if err != nil || net.ParseIP(host) == nil {
+			return nil, fmt.Errorf("baton: %q in a %s: target is not an IP address with a port", address, b.scheme)
+		}
+		endpoints = append(endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: address}}})
+	}
+	if err := cc.UpdateState(resolver.State{Endpoints: endpoints}); err != nil {
+		return nil, err
+	}
+	return staticResolver{}, nil
+}
+
+// staticResolver has nothing to re-resolve: the list is the target itself.
+type staticResolver struct{}
+
+func (staticResolver) ResolveNow(resolver.ResolveNowOptions) {}
+func (staticResolver) Close()                                {}

@@ -1,0 +1,23 @@
+-- Cancels a job: a waiting one is removed; an active one ends CANCELLED at once, its
+-- holder's Ack is refused and its stream is told (it finds `cancelled_lease`).
+--
+-- KEYS[1] job  KEYS[2] ready  KEYS[3] ready_since  KEYS[4] scheduled  KEYS[5] active
+-- ARGV: job_id, retention ms, notify channel
+-- Returns {cancelled (0|1), state after}.
+local state, lease = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease'))
+if not state then
+  return {0, 'MISSING'}
+end
+if state ~= 'READY' and state ~= 'SCHEDULED' and state ~= 'FAILED' and state ~= 'ACTIVE' then
+  return {0, state}
+end
+for i = 2, 5 do
+  redis.call('ZREM', KEYS[i], ARGV[1])
+end
+redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'lease', '', 'finished_at', int(now))
+if state == 'ACTIVE' then
+  redis.call('HSET', KEYS[1], 'cancelled_lease', lease)
+  redis.call('PUBLISH', ARGV[3], 'cancelled')
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {1, 'CANCELLED'}

@@ -1,0 +1,550 @@
+//! `baton.v1.JobQueueService`: validation, the Consume stream, and proto mapping.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::BoxStream;
+use tonic::{Request, Response, Status};
+
+use crate::config::Limits;
+use crate::error::Error;
+use crate::proto::v1::job_queue_service_server::JobQueueService;
+use crate::proto::v1::{
+    self as pb, AckRequest, AckResponse, CancelJobRequest, CancelJobResponse, ConsumeRequest, ConsumeResponse,
+    EnqueueBatchRequest, EnqueueBatchResponse, EnqueueRequest, EnqueueResponse, ExtendRequest, ExtendResponse,
+    GetJobRequest, GetJobResponse, GetQueueStatsRequest, GetQueueStatsResponse, ListDeadJobsRequest,
+    ListDeadJobsResponse, NackRequest, NackResponse, PauseQueueRequest, PauseQueueResponse, ResumeQueueRequest,
+    ResumeQueueResponse, RetryDeadJobsRequest, RetryDeadJobsResponse, consume_response, enqueue_request,
+};
+use crate::proto::{duration_from_proto, duration_to_proto, now_micros, timestamp_from_micros};
+use crate::queue::{
+    Backoff, Delivery, Job, JobState, LeaseRef, LeaseStatus, MAX_PRIORITY, MIN_PRIORITY, NewJob, QueueManager,
+};
+use crate::validate;
+
+/// Defaults and bounds for jobs and consumers (configurable).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub default_max_attempts: u32,
+    pub max_attempts: u32,
+    pub default_backoff: Duration,
+    pub default_visibility: Duration,
+    pub max_visibility: Duration,
+    pub default_max_in_flight: u32,
+    pub max_in_flight: u32,
+    pub default_dedup_ttl: Duration,
+    pub max_batch: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            default_max_attempts: 3,
+            max_attempts: 1000,
+            default_backoff: Duration::from_secs(1),
+            default_visibility: Duration::from_secs(30),
+            max_visibility: Duration::from_secs(12 * 3600),
+            default_max_in_flight: 16,
+            max_in_flight: 1000,
+            default_dedup_ttl: Duration::from_secs(3600),
+            max_batch: 1000,
+        }
+    }
+}
+
+const MIN_VISIBILITY: Duration = Duration::from_secs(1);
+const MAX_TYPE_BYTES: usize = 256;
+const MAX_TYPE_FILTERS: usize = 32;
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+const DEFAULT_DEAD_PAGE: usize = 100;
+const MAX_DEAD_PAGE: usize = 1000;
+/// A waiting consumer re-checks at least this often, in case a notification was lost.
+const SAFETY_RECHECK: Duration = Duration::from_secs(1);
+/// While Redis is unreachable a consumer stays open and retries this often.
+const OUTAGE_RETRY: Duration = Duration::from_millis(500);
+
+pub struct JobQueueGrpc {
+    queues: QueueManager,
+    limits: Limits,
+    queue_limits: QueueLimits,
+    /// Cancelled at server shutdown: streams end UNAVAILABLE and leave their leases alone.
+    shutdown: CancellationToken,
+}
+
+impl JobQueueGrpc {
+    pub fn new(queues: QueueManager, limits: Limits, queue_limits: QueueLimits, shutdown: CancellationToken) -> Self {
+        Self { queues, limits, queue_limits, shutdown }
+    }
+
+    fn new_job(&self, field: &str, request: EnqueueRequest) -> Result<NewJob, Error> {
+        let at = |name: &str| if field.is_empty() { name.to_owned() } else { format!("{field}.{name}") };
+        validate::key(&at("queue"), &request.queue, &self.limits)?;
+        if request.payload.len() > self.limits.max_value_bytes {
+            return Err(Error::invalid(
+                at("payload"),
+                format!("must be at most {} bytes", self.limits.max_value_bytes),
+            ));
+        }
+        if request.r#type.len() > MAX_TYPE_BYTES {
+            return Err(Error::invalid(at("type"), format!("must be at most {MAX_TYPE_BYTES} bytes")));
+        }
+        if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&request.priority) {
+            return Err(Error::invalid(at("priority"), format!("must be between {MIN_PRIORITY} and {MAX_PRIORITY}")));
+        }
+        let max_attempts = match request.max_attempts {
+            0 => self.queue_limits.default_max_attempts,
+            n if n > self.queue_limits.max_attempts => {
+                return Err(Error::invalid(
+                    at("max_attempts"),
+                    format!("must be at most {}", self.queue_limits.max_attempts),
+                ));
+            }
+            n => n,
+        };
+        let backoff = self.backoff(&at("backoff"), request.backoff.as_ref())?;
+        let (delay, run_at_micros) = match &request.schedule {
+            None => (Duration::ZERO, 0),
+            Some(enqueue_request::Schedule::Delay(delay)) => {
+                let delay = duration_from_proto(&at("delay"), Some(delay))?.unwrap_or_default();
+                if delay > self.limits.max_ttl {
+                    return Err(Error::invalid(at("delay"), format!("must be at most {:?}", self.limits.max_ttl)));
+                }
+                (delay, 0)
+            }
+            Some(enqueue_request::Schedule::RunAt(run_at)) => {
+                if run_at.seconds < 0 || !(0..1_000_000_000).contains(&run_at.nanos) {
+                    return Err(Error::invalid(at("run_at"), "must be a valid timestamp after 1970"));
+                }
+                let micros = run_at.seconds as u64 * 1_000_000 + run_at.nanos as u64 / 1000;
+                if micros > now_micros() + self.limits.max_ttl.as_micros() as u64 {
+                    return Err(Error::invalid(at("run_at"), format!("must be within {:?}", self.limits.max_ttl)));
+                }
+                (Duration::ZERO, micros)
+            }
+        };
+        let dedup = match request.dedup_key.as_str() {
+            "" => None,
+            key => {
+                validate::key(&at("dedup_key"), key, &self.limits)?;
+                let ttl = duration_from_proto(&at("dedup_ttl"), request.dedup_ttl.as_ref())?
+                    .unwrap_or(self.queue_limits.default_dedup_ttl);
+                if ttl > self.limits.max_ttl {
+                    return Err(Error::invalid(at("dedup_ttl"), format!("must be at most {:?}", self.limits.max_ttl)));
+                }
+                Some((key.to_owned(), ttl))
+            }
+        };
+        Ok(NewJob {
+            queue: request.queue,
+            job_type: request.r#type,
+            payload: request.payload,
+            priority: request.priority,
+            max_attempts,
+            backoff,
+            delay,
+            run_at_micros,
+            dedup,
+        })
+    }
+
+    fn backoff(&self, field: &str, backoff: Option<&pb::Backoff>) -> Result<Backoff, Error> {
+        let Some(backoff) = backoff else {
+            let initial = self.queue_limits.default_backoff;
+            return Ok(Backoff { initial, max: initial, multiplier: 1.0 });
+        };
+        let initial = duration_from_proto(&format!("{field}.initial"), backoff.initial.as_ref())?
+            .unwrap_or(self.queue_limits.default_backoff);
+        let max =
+            duration_from_proto(&format!("{field}.max"), backoff.max.as_ref())?.unwrap_or(initial.max(initial * 32));
+        if initial > self.limits.max_ttl || max > self.limits.max_ttl {
+            return Err(Error::invalid(field, format!("delays must be at most {:?}", self.limits.max_ttl)));
+        }
+        if max < initial {
+            return Err(Error::invalid(format!("{field}.max"), "must be at least initial"));
+        }
+        let multiplier = if backoff.multiplier == 0.0 { 1.0 } else { backoff.multiplier };
+        if !(1.0..=100.0).contains(&multiplier) {
+            return Err(Error::invalid(format!("{field}.multiplier"), "must be between 1 and 100 (0 means 1)"));
+        }
+        Ok(Backoff { initial, max, multiplier })
+    }
+
+    fn visibility(&self, field: &str, value: Option<&prost_types::Duration>) -> Result<Duration, Error> {
+        let visibility = duration_from_proto(field, value)?.unwrap_or(self.queue_limits.default_visibility);
+        if !(MIN_VISIBILITY..=self.queue_limits.max_visibility).contains(&visibility) {
+            return Err(Error::invalid(
+                field,
+                format!("must be between {MIN_VISIBILITY:?} and {:?}", self.queue_limits.max_visibility),
+            ));
+        }
+        Ok(visibility)
+    }
+}
+
+fn lease(lease_id: &str) -> Result<LeaseRef, Error> {
+    LeaseRef::parse(lease_id).ok_or_else(|| Error::invalid("lease_id", "is not a lease id issued by Baton"))
+}
+
+fn state_to_proto(state: JobState) -> pb::JobState {
+    match state {
+        JobState::Scheduled => pb::JobState::Scheduled,
+        JobState::Ready => pb::JobState::Ready,
+        JobState::Active => pb::JobState::Active,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Dead => pb::JobState::Dead,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+fn job_to_proto(job: Job) -> pb::Job {
+    pb::Job {
+        job_id: job.job_id,
+        queue: job.queue,
+        r#type: job.job_type,
+        payload: job.payload,
+        priority: job.priority,
+        state: state_to_proto(job.state) as i32,
+        attempts: job.attempts,
+        max_attempts: job.max_attempts,
+        created_at: Some(timestamp_from_micros(job.created_at_micros)),
+        run_at: Some(timestamp_from_micros(job.run_at_micros)),
+        last_error: job.last_error,
+        result: job.result,
+        dedup_key: job.dedup_key,
+        backoff: Some(pb::Backoff {
+            initial: Some(duration_to_proto(job.backoff.initial)),
+            max: Some(duration_to_proto(job.backoff.max)),
+            multiplier: job.backoff.multiplier,
+        }),
+        finished_at: job.finished_at_micros.map(timestamp_from_micros),
+    }
+}
+
+fn delivery_to_proto(delivery: Delivery) -> ConsumeResponse {
+    ConsumeResponse {
+        event: Some(consume_response::Event::Delivery(pb::Delivery {
+            lease_id: delivery.lease.lease_id(),
+            attempt: delivery.attempt,
+            lease_expires_at: Some(timestamp_from_micros(delivery.lease_deadline_micros)),
+            job: Some(job_to_proto(delivery.job)),
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl JobQueueService for JobQueueGrpc {
+    async fn enqueue(&self, request: Request<EnqueueRequest>) -> Result<Response<EnqueueResponse>, Status> {
+        let job = self.new_job("", request.into_inner())?;
+        let (job_id, duplicate) = self.queues.enqueue(&job).await?;
+        Ok(Response::new(EnqueueResponse { job_id, duplicate }))
+    }
+
+    async fn enqueue_batch(
+        &self,
+        request: Request<EnqueueBatchRequest>,
+    ) -> Result<Response<EnqueueBatchResponse>, Status> {
+        let requests = request.into_inner().requests;
+        if requests.is_empty() || requests.len() > self.queue_limits.max_batch {
+            return Err(
+                Error::invalid("requests", format!("must hold 1 to {} jobs", self.queue_limits.max_batch)).into()
+            );
+        }
+        // Validate the whole batch before writing any of it.
+        let jobs = requests
+            .into_iter()
+            .enumerate()
+            .map(|(index, request)| self.new_job(&format!("requests[{index}]"), request))
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = self.queues.enqueue_batch(&jobs).await?;
+        Ok(Response::new(EnqueueBatchResponse {
+            results: results.into_iter().map(|(job_id, duplicate)| EnqueueResponse { job_id, duplicate }).collect(),
+        }))
+    }
+
+    async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<BoxStream<ConsumeResponse>>, Status> {
+        let request = request.into_inner();
+        validate::key("queue", &request.queue, &self.limits)?;
+        let max_in_flight = match request.max_in_flight {
+            0 => self.queue_limits.default_max_in_flight,
+            n if n > self.queue_limits.max_in_flight => {
+                return Err(Error::invalid(
+                    "max_in_flight",
+                    format!("must be at most {}", self.queue_limits.max_in_flight),
+                )
+                .into());
+            }
+            n => n,
+        };
+        let visibility = self.visibility("visibility_timeout", request.visibility_timeout.as_ref())?;
+        if request.types.len() > MAX_TYPE_FILTERS {
+            return Err(Error::invalid("types", format!("must hold at most {MAX_TYPE_FILTERS} types")).into());
+        }
+        let (sender, receiver) = mpsc::channel(max_in_flight as usize + 4);
+        let consumer = Consumer {
+            queues: self.queues.clone(),
+            queue: request.queue,
+            types: request.types,
+            max_in_flight: max_in_flight as usize,
+            visibility,
+            sender,
+            shutdown: self.shutdown.clone(),
+            held: Vec::new(),
+        };
+        tokio::spawn(consumer.run());
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        let request = request.into_inner();
+        if request.result.len() > self.limits.max_value_bytes {
+            return Err(
+                Error::invalid("result", format!("must be at most {} bytes", self.limits.max_value_bytes)).into()
+            );
+        }
+        self.queues.ack(&lease(&request.lease_id)?, &request.result).await?;
+        Ok(Response::new(AckResponse {}))
+    }
+
+    async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
+        let request = request.into_inner();
+        let lease = lease(&request.lease_id)?;
+        if request.error.len() > MAX_ERROR_BYTES {
+            return Err(Error::invalid("error", format!("must be at most {MAX_ERROR_BYTES} bytes")).into());
+        }
+        let retry_after = duration_from_proto("retry_after", request.retry_after.as_ref())?.unwrap_or_default();
+        if retry_after > self.limits.max_ttl {
+            return Err(Error::invalid("retry_after", format!("must be at most {:?}", self.limits.max_ttl)).into());
+        }
+        let (state, run_at) = self.queues.nack(&lease, &request.error, retry_after, request.dead_letter).await?;
+        Ok(Response::new(NackResponse {
+            state: state_to_proto(state) as i32,
+            run_at: (run_at > 0).then(|| timestamp_from_micros(run_at)),
+        }))
+    }
+
+    async fn extend(&self, request: Request<ExtendRequest>) -> Result<Response<ExtendResponse>, Status> {
+        let request = request.into_inner();
+        let lease = lease(&request.lease_id)?;
+        let visibility = self.visibility("visibility_timeout", request.visibility_timeout.as_ref())?;
+        let deadline = self.queues.extend(&lease, visibility).await?;
+        Ok(Response::new(ExtendResponse { lease_expires_at: Some(timestamp_from_micros(deadline)) }))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        match self.queues.get_job(&job_id).await? {
+            Some(job) => Ok(Response::new(GetJobResponse { job: Some(job_to_proto(job)) })),
+            None => Err(job_not_found(&job_id).into()),
+        }
+    }
+
+    async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<CancelJobResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        match self.queues.cancel(&job_id).await? {
+            (_, None) => Err(job_not_found(&job_id).into()),
+            (cancelled, Some(state)) => {
+                Ok(Response::new(CancelJobResponse { cancelled, state: state_to_proto(state) as i32 }))
+            }
+        }
+    }
+
+    async fn get_queue_stats(
+        &self,
+        request: Request<GetQueueStatsRequest>,
+    ) -> Result<Response<GetQueueStatsResponse>, Status> {
+        let queue = request.into_inner().queue;
+        validate::key("queue", &queue, &self.limits)?;
+        let stats = self.queues.stats(&queue).await?;
+        Ok(Response::new(GetQueueStatsResponse {
+            ready: stats.ready,
+            scheduled: stats.scheduled,
+            active: stats.active,
+            dead: stats.dead,
+            paused: stats.paused,
+            oldest_ready_age: Some(duration_to_proto(stats.oldest_ready_age)),
+        }))
+    }
+
+    async fn list_dead_jobs(
+        &self,
+        request: Request<ListDeadJobsRequest>,
+    ) -> Result<Response<ListDeadJobsResponse>, Status> {
+        let request = request.into_inner();
+        validate::key("queue", &request.queue, &self.limits)?;
+        let page_size = match request.page_size as usize {
+            0 => DEFAULT_DEAD_PAGE,
+            n => n.min(MAX_DEAD_PAGE),
+        };
+        let offset: usize = match request.page_token.as_str() {
+            "" => 0,
+            token => token.parse().map_err(|_| Error::invalid("page_token", "is not a token this RPC returned"))?,
+        };
+        let (jobs, more) = self.queues.list_dead(&request.queue, offset, page_size).await?;
+        Ok(Response::new(ListDeadJobsResponse {
+            jobs: jobs.into_iter().map(job_to_proto).collect(),
+            next_page_token: if more { (offset + page_size).to_string() } else { String::new() },
+        }))
+    }
+
+    async fn retry_dead_jobs(
+        &self,
+        request: Request<RetryDeadJobsRequest>,
+    ) -> Result<Response<RetryDeadJobsResponse>, Status> {
+        let request = request.into_inner();
+        validate::key("queue", &request.queue, &self.limits)?;
+        if request.job_ids.len() > self.queue_limits.max_batch {
+            return Err(Error::invalid("job_ids", format!("must hold at most {}", self.queue_limits.max_batch)).into());
+        }
+        for (index, job_id) in request.job_ids.iter().enumerate() {
+            if crate::queue::queue_of_job(job_id).as_deref() != Some(request.queue.as_str()) {
+                return Err(Error::invalid(format!("job_ids[{index}]"), "is not a job of this queue").into());
+            }
+        }
+        let retried = self.queues.retry_dead(&request.queue, &request.job_ids).await?;
+        Ok(Response::new(RetryDeadJobsResponse { retried }))
+    }
+
+    async fn pause_queue(&self, request: Request<PauseQueueRequest>) -> Result<Response<PauseQueueResponse>, Status> {
+        let queue = request.into_inner().queue;
+        validate::key("queue", &queue, &self.limits)?;
+        self.queues.pause(&queue).await?;
+        Ok(Response::new(PauseQueueResponse {}))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<ResumeQueueRequest>,
+    ) -> Result<Response<ResumeQueueResponse>, Status> {
+        let queue = request.into_inner().queue;
+        validate::key("queue", &queue, &self.limits)?;
+        self.queues.resume(&queue).await?;
+        Ok(Response::new(ResumeQueueResponse {}))
+    }
+}
+
+fn job_not_found(job_id: &str) -> Error {
+    Error::NotFound {
+        reason: "JOB_NOT_FOUND",
+        message: format!("no job {job_id:?} (it may have passed its retention)"),
+    }
+}
+
+/// One Consume stream: pushes ready jobs while it has credit, learns from Redis which of
+/// its leases were settled (whichever replica the Acks went through) or cancelled, and
+/// sleeps on the process's one notification path in between.
+struct Consumer {
+    queues: QueueManager,
+    queue: String,
+    types: Vec<String>,
+    max_in_flight: usize,
+    visibility: Duration,
+    sender: mpsc::Sender<Result<ConsumeResponse, Status>>,
+    shutdown: CancellationToken,
+    /// Leases this stream delivered and has not seen settled.
+    held: Vec<LeaseRef>,
+}
+
+enum Wake {
+    Work,
+    ClientGone,
+    Shutdown,
+}
+
+impl Consumer {
+    async fn run(mut self) {
+        let wake = self.queues.watch(&self.queue);
+        metrics::gauge!("baton_queue_consumers").increment(1.0);
+        loop {
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let nap = match self.step().await {
+                Ok(Some(nap)) => nap,
+                Ok(None) => break, // the client is gone
+                Err(Error::Unavailable) => OUTAGE_RETRY,
+                Err(err) => {
+                    let _ = self.sender.send(Err(err.into())).await;
+                    break;
+                }
+            };
+            let woke = tokio::select! {
+                () = &mut notified => Wake::Work,
+                () = tokio::time::sleep(nap) => Wake::Work,
+                () = self.sender.closed() => Wake::ClientGone,
+                () = self.shutdown.cancelled() => Wake::Shutdown,
+            };
+            match woke {
+                Wake::Work => {}
+                Wake::ClientGone => break,
+                Wake::Shutdown => {
+                    // The workers still finish and Ack through another replica.
+                    let status = Status::unavailable("baton is shutting down; reconnect to another replica");
+                    let _ = self.sender.send(Err(status)).await;
+                    metrics::gauge!("baton_queue_consumers").decrement(1.0);
+                    return;
+                }
+            }
+        }
+        self.hand_back().await;
+        metrics::gauge!("baton_queue_consumers").decrement(1.0);
+    }
+
+    /// Refreshes credit, delivers what fits; returns how long to sleep, or None when the
+    /// client went away.
+    async fn step(&mut self) -> Result<Option<Duration>, Error> {
+        let statuses = self.queues.held(&self.held).await?;
+        let mut still_held = Vec::with_capacity(self.held.len());
+        for (lease, status) in std::mem::take(&mut self.held).into_iter().zip(statuses) {
+            match status {
+                LeaseStatus::Held => still_held.push(lease),
+                LeaseStatus::Gone => {}
+                LeaseStatus::Cancelled => {
+                    let event = consume_response::Event::Cancelled(pb::JobCancelled {
+                        job_id: lease.job_id.clone(),
+                        lease_id: lease.lease_id(),
+                    });
+                    if self.sender.send(Ok(ConsumeResponse { event: Some(event) })).await.is_err() {
+                        self.held = still_held;
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        self.held = still_held;
+        let credit = self.max_in_flight.saturating_sub(self.held.len());
+        if credit == 0 {
+            // Nothing to fetch until an Ack frees a slot (notified) or the safety re-check.
+            return Ok(Some(SAFETY_RECHECK));
+        }
+        let (deliveries, next_event) = self.queues.fetch(&self.queue, credit, self.visibility, &self.types).await?;
+        let filled = !deliveries.is_empty() && deliveries.len() == credit;
+        for delivery in deliveries {
+            let lease = delivery.lease.clone();
+            // Counted as held before sending: if the send fails, hand_back returns it.
+            self.held.push(lease);
+            if self.sender.send(Ok(delivery_to_proto(delivery))).await.is_err() {
+                return Ok(None);
+            }
+        }
+        if filled {
+            // Credit used up; wait for an Ack (notified) or the safety re-check.
+            return Ok(Some(SAFETY_RECHECK));
+        }
+        let until_next = next_event.map(|d| d + Duration::from_millis(1)).unwrap_or(SAFETY_RECHECK);
+        Ok(Some(until_next.min(SAFETY_RECHECK)))
+    }
+
+    /// The client cancelled or disconnected: its un-acked jobs are ready again at once.
+    async fn hand_back(&mut self) {
+        let leases = std::mem::take(&mut self.held);
+        match self.queues.hand_back(&self.queue, &leases).await {
+            Ok(count) if count > 0 => tracing::debug!(queue = %self.queue, count, "consumer left; jobs handed back"),
+            Ok(_) => {}
+            // They come back when their visibility timeout passes, as if baton had died.
+            Err(err) => tracing::warn!(queue = %self.queue, error = %err, "consumer left; hand-back failed"),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+-- Tells a consumer which of its leases are still its own: the credit check that works
+-- whichever replica the Acks went through.
+--
+-- KEYS: job keys; ARGV: the matching lease tokens.
+-- Returns one code per job: 1 still held, 2 cancelled while held, 0 finished or lost.
+local codes = {}
+for i, job in ipairs(KEYS) do
+  local state, lease, cancelled = unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease'))
+  if state == 'ACTIVE' and lease == ARGV[i] then
+    codes[i] = 1
+  elseif state == 'CANCELLED' and cancelled == ARGV[i] then
+    codes[i] = 2
+  else
+    codes[i] = 0
+  end
+end
+return codes

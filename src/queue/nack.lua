@@ -1,0 +1,36 @@
+-- Fails one delivery: schedules a retry after the backoff (or `retry_after`), or moves the
+-- job to the dead set when asked or when its attempts are spent.
+--
+-- KEYS[1] job   KEYS[2] active   KEYS[3] scheduled   KEYS[4] dead
+-- ARGV: job_id, token, error, retry_after_us (0: the job's backoff), dead_letter (0|1),
+--       jitter in [0, 1), dead retention ms, notify channel
+-- Returns {state, run_at_us} or {0, reason}.
+local state, lease, cancelled = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease', 'cancelled_lease'))
+if state == 'CANCELLED' and cancelled == ARGV[2] then
+  return {0, 'JOB_CANCELLED'}
+end
+if state ~= 'ACTIVE' or lease ~= ARGV[2] then
+  return {0, 'JOB_NOT_LEASED'}
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'last_error', ARGV[3])
+redis.call('PUBLISH', ARGV[8], 'done')
+local attempts, max_attempts, initial, cap, multiplier = unpack(redis.call('HMGET', KEYS[1],
+  'attempts', 'max_attempts', 'backoff_initial', 'backoff_max', 'backoff_multiplier'))
+if ARGV[5] == '1' or tonumber(attempts) >= tonumber(max_attempts) then
+  make_dead(KEYS[4], ARGV[1], KEYS[1], ARGV[7], nil)
+  return {'DEAD', 0}
+end
+local delay = tonumber(ARGV[4])
+if delay == 0 then
+  multiplier = tonumber(multiplier)
+  delay = math.min(tonumber(cap), tonumber(initial) * multiplier ^ (tonumber(attempts) - 1))
+  -- Exponential backoff spreads retries ("equal jitter"); a fixed one stays exact.
+  if multiplier > 1 then
+    delay = delay / 2 + delay / 2 * tonumber(ARGV[6])
+  end
+end
+local run_at = now + math.floor(delay)
+redis.call('ZADD', KEYS[3], int(run_at), ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'FAILED', 'lease', '', 'run_at', int(run_at))
+return {'FAILED', run_at}

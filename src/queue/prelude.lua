@@ -1,0 +1,50 @@
+-- Shared by every queue script (prepended at load time).
+--
+-- A queue `q` is these keys, all sharing the hash tag {q}:
+--   ready         sorted set: job id -> rank (priority band, then the time it became due)
+--   ready_since   sorted set: job id -> the time it became due, µs (for the oldest-ready age)
+--   scheduled     sorted set: job id -> run_at µs (delayed jobs and retries in backoff)
+--   active        sorted set: job id -> lease deadline µs
+--   dead          sorted set: job id -> when it died, µs
+--   paused        string, present while the queue is paused
+--   job:<id>      hash: the job (see job.rs for the fields)
+-- Scripts that choose which job to touch (fetch, reap) build job keys from ARGV's prefix,
+-- which is the queue's own `job:` prefix, so they stay in the queue's slot.
+
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+
+-- Numbers handed to redis.call are formatted with 14 significant digits, too few for µs
+-- timestamps: format integers explicitly.
+local function int(x)
+  return string.format('%d', x)
+end
+
+-- Higher priority first, then earlier due. Priorities are -1000..=1000 and due times are ms
+-- since 2026-01-01 (2^41 ms = 69 years), so the rank stays an exact integer in a double.
+local RANK_EPOCH_MS = 1767225600000
+local function rank(priority, due_us)
+  local due_ms = math.max(0, math.floor(due_us / 1000) - RANK_EPOCH_MS)
+  return (1000 - priority) * 2199023255552 + due_ms
+end
+
+local function make_ready(ready, ready_since, id, job, due)
+  redis.call('ZADD', ready, int(rank(tonumber(redis.call('HGET', job, 'priority')), due)), id)
+  redis.call('ZADD', ready_since, int(due), id)
+  redis.call('HSET', job, 'state', 'READY', 'due', int(due), 'lease', '')
+end
+
+local function make_dead(dead, id, job, retention_ms, reason)
+  redis.call('ZADD', dead, int(now), id)
+  redis.call('HSET', job, 'state', 'DEAD', 'lease', '', 'finished_at', int(now))
+  if reason then
+    redis.call('HSET', job, 'last_error', reason)
+  end
+  redis.call('PEXPIRE', job, retention_ms)
+end
+
+-- Whether `token` is the current lease of an active job.
+local function holds(job, token)
+  local state, lease = unpack(redis.call('HMGET', job, 'state', 'lease'))
+  return state == 'ACTIVE' and lease == token
+end

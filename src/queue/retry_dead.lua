@@ -1,0 +1,19 @@
+-- Redrives dead jobs: each becomes ready with fresh attempts.
+--
+-- KEYS[1] ready  KEYS[2] ready_since  KEYS[3] dead, then job keys; ARGV: job ids, then the
+-- notify channel last.
+-- Returns how many were redriven.
+local retried = 0
+for i = 4, #KEYS do
+  local id = ARGV[i - 3]
+  if redis.call('ZREM', KEYS[3], id) == 1 and redis.call('HGET', KEYS[i], 'state') == 'DEAD' then
+    redis.call('PERSIST', KEYS[i])
+    redis.call('HSET', KEYS[i], 'attempts', 0, 'finished_at', '')
+    make_ready(KEYS[1], KEYS[2], id, KEYS[i], now)
+    retried = retried + 1
+  end
+end
+if retried > 0 then
+  redis.call('PUBLISH', ARGV[#ARGV], 'ready')
+end
+return retried

@@ -1,0 +1,508 @@
+//! JobQueueService against a real Redis: no job lost or duplicated across consumers and
+//! baton processes, redelivery after consumer and baton deaths, fenced leases, retries and
+//! dead letters, priorities, delays, dedup, cancellation, credit, pause, bad input.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton::proto::duration_to_proto;
+use baton::proto::v1::job_queue_service_client::JobQueueServiceClient;
+use baton::proto::v1::{
+    AckRequest, Backoff, CancelJobRequest, ConsumeRequest, ConsumeResponse, Delivery, EnqueueBatchRequest,
+    EnqueueRequest, GetJobRequest, GetQueueStatsRequest, JobState, ListDeadJobsRequest, NackRequest, PauseQueueRequest,
+    ResumeQueueRequest, RetryDeadJobsRequest, consume_response, enqueue_request,
+};
+use common::{Baton, PATIENCE, Redis, eventually, unique};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+type Queues = JobQueueServiceClient<Channel>;
+
+fn job(queue: &str, payload: &str) -> EnqueueRequest {
+    EnqueueRequest { queue: queue.to_owned(), payload: payload.as_bytes().to_vec(), ..Default::default() }
+}
+
+async fn enqueue(queues: &mut Queues, request: EnqueueRequest) -> String {
+    queues.enqueue(request).await.expect("enqueue").into_inner().job_id
+}
+
+async fn consume(
+    queues: &mut Queues,
+    queue: &str,
+    max_in_flight: u32,
+    visibility: Duration,
+) -> tonic::Streaming<ConsumeResponse> {
+    let request = ConsumeRequest {
+        queue: queue.to_owned(),
+        max_in_flight,
+        visibility_timeout: Some(duration_to_proto(visibility)),
+        ..Default::default()
+    };
+    queues.consume(request).await.expect("consume").into_inner()
+}
+
+/// The next event on a stream, within `patience`.
+async fn next_event(
+    stream: &mut tonic::Streaming<ConsumeResponse>,
+    patience: Duration,
+) -> Option<consume_response::Event> {
+    match tokio::time::timeout(patience, stream.next()).await {
+        Ok(Some(Ok(response))) => response.event,
+        Ok(Some(Err(status))) => panic!("stream failed: {status:?}"),
+        Ok(None) => panic!("stream ended"),
+        Err(_) => None,
+    }
+}
+
+async fn next_delivery(stream: &mut tonic::Streaming<ConsumeResponse>, patience: Duration) -> Option<Delivery> {
+    match next_event(stream, patience).await {
+        Some(consume_response::Event::Delivery(delivery)) => Some(delivery),
+        Some(other) => panic!("expected a delivery, got {other:?}"),
+        None => None,
+    }
+}
+
+async fn ack(queues: &mut Queues, delivery: &Delivery) -> Result<(), tonic::Status> {
+    queues.ack(AckRequest { lease_id: delivery.lease_id.clone(), result: Vec::new() }).await.map(drop)
+}
+
+async fn job_state(queues: &mut Queues, job_id: &str) -> JobState {
+    let job = queues.get_job(GetJobRequest { job_id: job_id.to_owned() }).await.unwrap().into_inner().job.unwrap();
+    JobState::try_from(job.state).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_jobs_over_eight_streams_and_two_batons_are_each_delivered_once() {
+    let redis = Redis::start();
+    let batons = [Baton::start(Some(&redis.url()), &[]), Baton::start(Some(&redis.url()), &[])];
+    let queue = unique("bulk");
+    let mut producer = batons[0].queues().await;
+    let mut expected = HashSet::new();
+    for batch in 0..10 {
+        let requests = (0..1000).map(|i| job(&queue, &format!("{batch}-{i}"))).collect();
+        let results = producer.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap().into_inner().results;
+        expected.extend(results.into_iter().map(|r| r.job_id));
+    }
+    assert_eq!(expected.len(), 10_000);
+
+    let seen: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let mut queues = batons[worker % 2].queues().await;
+        let (queue, seen) = (queue.clone(), seen.clone());
+        workers.push(tokio::spawn(async move {
+            let mut stream = consume(&mut queues, &queue, 16, Duration::from_secs(60)).await;
+            // A worker stops after 2 s without work: the queue has drained.
+            while let Some(delivery) = next_delivery(&mut stream, Duration::from_secs(2)).await {
+                let job_id = delivery.job.as_ref().unwrap().job_id.clone();
+                *seen.lock().unwrap().entry(job_id).or_default() += 1;
+                ack(&mut queues, &delivery).await.expect("ack");
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(seen.len(), 10_000, "jobs lost");
+    let duplicates: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicates.is_empty(), "delivered twice: {duplicates:?}");
+    assert!(seen.keys().all(|id| expected.contains(id)));
+    let stats = producer.get_queue_stats(GetQueueStatsRequest { queue }).await.unwrap().into_inner();
+    assert_eq!((stats.ready, stats.active, stats.scheduled, stats.dead), (0, 0, 0, 0));
+}
+
+/// Run as a child process by the next test: leases 50 jobs and holds them until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_consumer_child_process() {
+    let (Ok(addr), Ok(queue)) = (std::env::var("BATON_CHILD_ADDR"), std::env::var("BATON_CHILD_QUEUE")) else {
+        return; // Not running as the child: nothing to do.
+    };
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut queues = JobQueueServiceClient::new(channel);
+    let mut stream = consume(&mut queues, &queue, 50, Duration::from_secs(120)).await;
+    for _ in 0..50 {
+        next_delivery(&mut stream, PATIENCE).await.expect("a job for the child");
+    }
+    println!("HOLDING");
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_a_killed_consumer_process_are_redelivered_at_once() {
+    use std::io::BufRead;
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("killed-consumer");
+    let requests = (0..50).map(|i| job(&queue, &i.to_string())).collect();
+    queues.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap();
+
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["queue_consumer_child_process", "--exact", "--nocapture", "--test-threads=1"])
+        .env("BATON_CHILD_ADDR", baton.addr.to_string())
+        .env("BATON_CHILD_QUEUE", &queue)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let holding =
+        tokio::task::spawn_blocking(move || stdout.lines().map_while(Result::ok).any(|l| l.contains("HOLDING")));
+    assert!(holding.await.unwrap(), "the child never leased its jobs");
+    let stats = queues.get_queue_stats(GetQueueStatsRequest { queue: queue.clone() }).await.unwrap().into_inner();
+    assert_eq!((stats.active, stats.ready), (50, 0));
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = Instant::now();
+    let mut stream = consume(&mut queues, &queue, 64, Duration::from_secs(60)).await;
+    let mut redelivered = HashSet::new();
+    while redelivered.len() < 50 {
+        let delivery = next_delivery(&mut stream, PATIENCE).await.expect("redelivery");
+        assert_eq!(delivery.attempt, 2);
+        redelivered.insert(delivery.job.unwrap().job_id);
+    }
+    // The visibility timeout was 120 s: only the disconnect can have returned them.
+    assert!(killed_at.elapsed() < Duration::from_secs(5), "took {:?}", killed_at.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_of_a_sigkilled_baton_return_after_the_visibility_timeout() {
+    let redis = Redis::start();
+    let mut doomed = Baton::start(Some(&redis.url()), &[]);
+    let survivor = Baton::start(Some(&redis.url()), &[]);
+    let queue = unique("killed-baton");
+    let mut queues = survivor.queues().await;
+    for i in 0..5 {
+        enqueue(&mut queues, job(&queue, &i.to_string())).await;
+    }
+    let visibility = Duration::from_secs(2);
+    let mut doomed_queues = doomed.queues().await;
+    let mut stream = consume(&mut doomed_queues, &queue, 5, visibility).await;
+    for _ in 0..5 {
+        next_delivery(&mut stream, PATIENCE).await.unwrap();
+    }
+    doomed.sigkill();
+    let killed_at = Instant::now();
+    let mut other = consume(&mut queues, &queue, 5, Duration::from_secs(60)).await;
+    let mut redelivered = 0;
+    while redelivered < 5 {
+        let delivery = next_delivery(&mut other, PATIENCE).await.expect("redelivered");
+        assert_eq!(delivery.attempt, 2);
+        redelivered += 1;
+    }
+    let took = killed_at.elapsed();
+    assert!(took >= visibility - Duration::from_millis(300), "redelivered {took:?} after the kill, before the timeout");
+    assert!(took <= visibility + Duration::from_secs(3), "redelivered only {took:?} after the kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_unavailable_and_acks_go_through_the_other_baton() {
+    let redis = Redis::start();
+    let leaving = Baton::start(Some(&redis.url()), &["--shutdown-delay", "100ms"]);
+    let staying = Baton::start(Some(&redis.url()), &[]);
+    let queue = unique("drained");
+    let mut queues = staying.queues().await;
+    for i in 0..3 {
+        enqueue(&mut queues, job(&queue, &i.to_string())).await;
+    }
+    let mut stream = consume(&mut leaving.queues().await, &queue, 3, Duration::from_secs(60)).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next_delivery(&mut stream, PATIENCE).await.unwrap());
+    }
+    leaving.sigterm();
+    let ended = loop {
+        match stream.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => panic!("stream ended without a status"),
+        }
+    };
+    assert_eq!(ended.code(), Code::Unavailable);
+    for delivery in &held {
+        ack(&mut queues, delivery).await.expect("ack through the other baton");
+        assert_eq!(job_state(&mut queues, &delivery.job.as_ref().unwrap().job_id).await, JobState::Succeeded);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_lease_cannot_ack_a_newer_delivery() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("fenced");
+    enqueue(&mut queues, job(&queue, "x")).await;
+    let mut first = consume(&mut queues, &queue, 1, Duration::from_secs(1)).await;
+    let old = next_delivery(&mut first, PATIENCE).await.unwrap();
+    drop(first);
+    // Handed back when the stream closed; the next stream gets a new delivery.
+    let mut second = consume(&mut queues, &queue, 1, Duration::from_secs(30)).await;
+    let new = next_delivery(&mut second, PATIENCE).await.unwrap();
+    assert_eq!(new.job.as_ref().unwrap().job_id, old.job.as_ref().unwrap().job_id);
+    assert_eq!(new.attempt, 2);
+
+    let status = ack(&mut queues, &old).await.expect_err("an old lease");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(status.get_details_error_info().unwrap().reason, "JOB_NOT_LEASED");
+    let nack = NackRequest { lease_id: old.lease_id.clone(), ..Default::default() };
+    assert_eq!(queues.nack(nack).await.unwrap_err().code(), Code::FailedPrecondition);
+    ack(&mut queues, &new).await.expect("the current lease acks");
+    ack(&mut queues, &new).await.expect("a repeated ack is fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_always_fails_dies_after_max_attempts_respecting_backoff_and_can_be_redriven() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("poison");
+    let backoff = Duration::from_millis(400);
+    let request = EnqueueRequest {
+        max_attempts: 3,
+        backoff: Some(Backoff { initial: Some(duration_to_proto(backoff)), max: None, multiplier: 1.0 }),
+        ..job(&queue, "bad")
+    };
+    let job_id = enqueue(&mut queues, request).await;
+    let mut stream = consume(&mut queues, &queue, 1, Duration::from_secs(30)).await;
+    let mut last_nack: Option<Instant> = None;
+    for attempt in 1..=3 {
+        let delivery = next_delivery(&mut stream, PATIENCE).await.expect("a delivery");
+        if let Some(nacked_at) = last_nack {
+            let gap = nacked_at.elapsed();
+            assert!(gap >= backoff - Duration::from_millis(20), "attempt {attempt} came {gap:?} after the nack");
+        }
+        assert_eq!(delivery.attempt, attempt);
+        let request =
+            NackRequest { lease_id: delivery.lease_id, error: format!("boom {attempt}"), ..Default::default() };
+        let state = queues.nack(request).await.unwrap().into_inner().state;
+        last_nack = Some(Instant::now());
+        let expected = if attempt < 3 { JobState::Failed } else { JobState::Dead };
+        assert_eq!(JobState::try_from(state).unwrap(), expected);
+    }
+    assert!(next_delivery(&mut stream, Duration::from_millis(1500)).await.is_none(), "a dead job was delivered");
+    assert_eq!(job_state(&mut queues, &job_id).await, JobState::Dead);
+    let dead = queues
+        .list_dead_jobs(ListDeadJobsRequest { queue: queue.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dead.jobs.len(), 1);
+    assert_eq!(dead.jobs[0].last_error, "boom 3");
+
+    let retried = queues
+        .retry_dead_jobs(RetryDeadJobsRequest { queue: queue.clone(), job_ids: vec![] })
+        .await
+        .unwrap()
+        .into_inner()
+        .retried;
+    assert_eq!(retried, 1);
+    let delivery = next_delivery(&mut stream, PATIENCE).await.expect("redriven");
+    assert_eq!(delivery.job.unwrap().job_id, job_id);
+    assert_eq!(delivery.attempt, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priorities_first_then_fifo_within_a_priority() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("priorities");
+    let mut expected: Vec<(i32, usize, String)> = Vec::new();
+    for i in 0..30 {
+        let priority = [0, 10, -5][i % 3];
+        let id = enqueue(&mut queues, EnqueueRequest { priority, ..job(&queue, &i.to_string()) }).await;
+        expected.push((-priority, i, id));
+    }
+    expected.sort();
+    let mut stream = consume(&mut queues, &queue, 1, Duration::from_secs(30)).await;
+    for (_, _, id) in expected {
+        let delivery = next_delivery(&mut stream, PATIENCE).await.unwrap();
+        assert_eq!(delivery.job.as_ref().unwrap().job_id, id);
+        ack(&mut queues, &delivery).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_job_is_never_delivered_early() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("delayed");
+    let mut stream = consume(&mut queues, &queue, 1, Duration::from_secs(30)).await;
+    let delay = Duration::from_millis(500);
+    let enqueued_at = Instant::now();
+    let request = EnqueueRequest {
+        schedule: Some(enqueue_request::Schedule::Delay(duration_to_proto(delay))),
+        ..job(&queue, "later")
+    };
+    let job_id = enqueue(&mut queues, request).await;
+    assert_eq!(job_state(&mut queues, &job_id).await, JobState::Scheduled);
+    let delivery = next_delivery(&mut stream, PATIENCE).await.expect("delivered");
+    let after = enqueued_at.elapsed();
+    assert!(after >= delay, "delivered after {after:?}");
+    eprintln!("delayed job delivered {:?} late", after - delay);
+    assert!(after <= delay + Duration::from_secs(2), "delivered only after {after:?}");
+    assert_eq!(delivery.job.unwrap().job_id, job_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_dedup_key_returns_the_first_job() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("dedup");
+    let request = EnqueueRequest { dedup_key: "invoice-7".into(), ..job(&queue, "send") };
+    let first = queues.enqueue(request.clone()).await.unwrap().into_inner();
+    let second = queues.enqueue(request).await.unwrap().into_inner();
+    assert!(!first.duplicate && second.duplicate);
+    assert_eq!(first.job_id, second.job_id);
+    let stats = queues.get_queue_stats(GetQueueStatsRequest { queue }).await.unwrap().into_inner();
+    assert_eq!(stats.ready, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_active_job_tells_its_holder_and_refuses_its_ack() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("cancel");
+    let waiting = enqueue(&mut queues, EnqueueRequest { priority: -1, ..job(&queue, "later") }).await;
+    let active = enqueue(&mut queues, job(&queue, "now")).await;
+    let mut stream = consume(&mut queues, &queue, 1, Duration::from_secs(30)).await;
+    let delivery = next_delivery(&mut stream, PATIENCE).await.unwrap();
+    assert_eq!(delivery.job.as_ref().unwrap().job_id, active);
+
+    // A waiting job is simply removed.
+    queues.cancel_job(CancelJobRequest { job_id: waiting.clone() }).await.unwrap();
+    assert_eq!(job_state(&mut queues, &waiting).await, JobState::Cancelled);
+
+    let cancelled = queues.cancel_job(CancelJobRequest { job_id: active.clone() }).await.unwrap().into_inner();
+    assert!(cancelled.cancelled);
+    match next_event(&mut stream, PATIENCE).await {
+        Some(consume_response::Event::Cancelled(notice)) => {
+            assert_eq!(notice.job_id, active);
+            assert_eq!(notice.lease_id, delivery.lease_id);
+        }
+        other => panic!("expected JobCancelled, got {other:?}"),
+    }
+    let status = ack(&mut queues, &delivery).await.expect_err("ack of a cancelled job");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_eq!(status.get_details_error_info().unwrap().reason, "JOB_CANCELLED");
+    assert_eq!(job_state(&mut queues, &active).await, JobState::Cancelled);
+    // The cancellation freed the stream's credit, and the cancelled waiting job never comes.
+    assert!(next_delivery(&mut stream, Duration::from_millis(1500)).await.is_none());
+    let missing = baton::queue::new_job_id(&queue);
+    assert_eq!(queues.cancel_job(CancelJobRequest { job_id: missing }).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_streams_use_a_constant_number_of_redis_connections() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let queues = baton.queues().await;
+    let queue = unique("idle");
+    let mut streams = Vec::new();
+    for _ in 0..1000 {
+        streams.push(consume(&mut queues.clone(), &queue, 1, Duration::from_secs(30)).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut redis.connection()).unwrap();
+    let connections = clients.lines().count();
+    eprintln!("redis connections with 1000 idle consumers: {connections}");
+    assert!(connections <= 5, "{connections} connections:\n{clients}");
+    // They are live: one job reaches exactly one of them.
+    let mut producer = queues.clone();
+    let job_id = enqueue(&mut producer, job(&queue, "wake")).await;
+    eventually(PATIENCE, "job delivered", || {
+        let (mut producer, job_id) = (producer.clone(), job_id.clone());
+        async move { job_state(&mut producer, &job_id).await == JobState::Active }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credit_is_counted_right_when_acks_go_through_another_baton() {
+    let redis = Redis::start();
+    let (a, b) = (Baton::start(Some(&redis.url()), &[]), Baton::start(Some(&redis.url()), &[]));
+    let queue = unique("credit");
+    let mut through_b = b.queues().await;
+    for i in 0..20 {
+        enqueue(&mut through_b, job(&queue, &i.to_string())).await;
+    }
+    let mut stream = consume(&mut a.queues().await, &queue, 4, Duration::from_secs(30)).await;
+    let mut outstanding: Vec<Delivery> = Vec::new();
+    let mut received = 0;
+    while received < 20 {
+        match next_delivery(&mut stream, Duration::from_millis(700)).await {
+            Some(delivery) => {
+                received += 1;
+                outstanding.push(delivery);
+                assert!(outstanding.len() <= 4, "{} outstanding with max_in_flight 4", outstanding.len());
+            }
+            None => {
+                assert_eq!(outstanding.len(), 4, "the stream stalled with free credit");
+                let settled = outstanding.remove(0);
+                ack(&mut through_b, &settled).await.unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_queue_delivers_nothing_until_resumed() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("paused");
+    queues.pause_queue(PauseQueueRequest { queue: queue.clone() }).await.unwrap();
+    enqueue(&mut queues, job(&queue, "held back")).await;
+    let mut stream = consume(&mut queues, &queue, 1, Duration::from_secs(30)).await;
+    assert!(next_delivery(&mut stream, Duration::from_millis(1500)).await.is_none());
+    let stats = queues.get_queue_stats(GetQueueStatsRequest { queue: queue.clone() }).await.unwrap().into_inner();
+    assert!(stats.paused);
+    assert_eq!(stats.ready, 1);
+    queues.resume_queue(ResumeQueueRequest { queue }).await.unwrap();
+    assert!(next_delivery(&mut stream, PATIENCE).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let cases: Vec<(&str, EnqueueRequest, &str)> = vec![
+        ("empty queue", job("", "x"), "queue"),
+        ("oversized payload", EnqueueRequest { payload: vec![0; 1024 * 1024 + 1], ..job("q", "") }, "payload"),
+        ("priority", EnqueueRequest { priority: 5000, ..job("q", "x") }, "priority"),
+        (
+            "negative delay",
+            EnqueueRequest {
+                schedule: Some(enqueue_request::Schedule::Delay(prost_types::Duration { seconds: -1, nanos: 0 })),
+                ..job("q", "x")
+            },
+            "delay",
+        ),
+    ];
+    for (what, request, field) in cases {
+        let status = queues.enqueue(request).await.expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}");
+        assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, field, "{what}");
+    }
+    let batch = EnqueueBatchRequest { requests: vec![job("q", "ok"), job("", "bad")] };
+    let status = queues.enqueue_batch(batch).await.unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "requests[1].queue");
+    let too_many = ConsumeRequest { queue: "q".into(), max_in_flight: 100_000, ..Default::default() };
+    let status = queues.consume(too_many).await.map(drop).unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "max_in_flight");
+    let status = queues.ack(AckRequest { lease_id: "forged".into(), result: vec![] }).await.unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "lease_id");
+    let status = queues.get_job(GetJobRequest { job_id: "nope".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(redis.dbsize(), 0, "rejected requests wrote {:?}", redis.keys());
+}
