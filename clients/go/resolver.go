@@ -17,11 +17,22 @@ type addressListResolver struct {
 
 func (b addressListResolver) Scheme() string { return b.scheme }
 
-func (b addressListResolver) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
-	list := target.URL.Opaque
-	if list == "" {
-		list = strings.TrimPrefix(target.URL.Path, "/")
+// OverrideAuthority names the first replica: a comma-separated list is not a valid
+// :authority, and servers reset streams that carry one.
+func (b addressListResolver) OverrideAuthority(target resolver.Target) string {
+	first, _, _ := strings.Cut(addressList(target), ",")
+	return first
+}
+
+func addressList(target resolver.Target) string {
+	if target.URL.Opaque != "" {
+		return target.URL.Opaque
 	}
+	return strings.TrimPrefix(target.URL.Path, "/")
+}
+
+func (b addressListResolver) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
+	list := addressList(target)
 	var endpoints []resolver.Endpoint
 	for _, address := range strings.Split(list, ",") {
 		host, _, err := net.SplitHostPort(address)

@@ -6,7 +6,7 @@
 -- ARGV[1] job key prefix   ARGV[2] count   ARGV[3] visibility µs   ARGV[4] dead retention ms
 -- ARGV[5] notify channel   ARGV[6] number of type filters, then the types, then `count`
 --         lease tokens
--- Returns {next_event_in_us (-1: nothing pending), then per delivery:
+-- Returns {next_event_in_us (-1: nothing pending), leases reclaimed, then per delivery:
 --          {job_id, attempt, lease_token, lease_deadline_us, HGETALL of the job}}.
 local prefix = ARGV[1]
 local count = tonumber(ARGV[2])
@@ -30,6 +30,7 @@ end
 
 -- Leases past their deadline (a consumer or a whole baton died) go back, keeping their
 -- place, or die once their attempts are spent.
+local reclaimed = 0
 local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', int(now), 'LIMIT', 0, 1000)
 for _, id in ipairs(expired) do
   local job = prefix .. id
@@ -40,14 +41,17 @@ for _, id in ipairs(expired) do
   else
     make_ready(KEYS[1], KEYS[2], id, job, tonumber(was_due))
     redis.call('HINCRBY', job, 'expired_leases', 1)
+    reclaimed = reclaimed + 1
     became_ready = true
   end
 end
 if became_ready then
   redis.call('PUBLISH', ARGV[5], 'ready')
 end
+-- Dead jobs past their retention: their hashes have expired; drop the index entries too.
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', int(now - tonumber(ARGV[4]) * 1000))
 
-local replies = {-1}
+local replies = {-1, reclaimed}
 if count > 0 and redis.call('EXISTS', KEYS[6]) == 0 then
   -- With a type filter, look a bounded way down the queue (see README).
   local window = count

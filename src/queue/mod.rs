@@ -305,6 +305,11 @@ impl QueueManager {
             Some(redis::Value::Int(micros)) if micros >= 0 => Some(Duration::from_micros(micros as u64)),
             _ => None,
         };
+        if let Some(redis::Value::Int(reclaimed)) = items.next()
+            && reclaimed > 0
+        {
+            metrics::counter!("baton_queue_redelivered_total", "cause" => "lease_expired").increment(reclaimed as u64);
+        }
         let mut deliveries = Vec::new();
         for item in items {
             let redis::Value::Array(parts) = item else {

@@ -1,0 +1,109 @@
+package baton_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	baton "github.com/baton-dev/baton/clients/go"
+	batonv1 "github.com/baton-dev/baton/clients/go/gen/baton/v1"
+	"github.com/baton-dev/baton/clients/go/internal/batontest"
+)
+
+func TestInvalidArgumentNamesTheField(t *testing.T) {
+	client, _ := server(t)
+	_, err := client.Allow(testContext(t), "", 5, time.Minute)
+	var batonErr *baton.Error
+	if !errors.Is(err, baton.ErrInvalidArgument) || !errors.As(err, &batonErr) {
+		t.Fatalf("empty key: got %v, want an INVALID_ARGUMENT *baton.Error", err)
+	}
+	if batonErr.Reason != "INVALID_FIELD" || batonErr.Field != "limits[0].key" {
+		t.Fatalf("got reason %q field %q, want INVALID_FIELD on limits[0].key", batonErr.Reason, batonErr.Field)
+	}
+}
+
+func TestFailedPreconditionFromAGeneratedStub(t *testing.T) {
+	client, _ := server(t)
+	_, err := client.Locks.Renew(testContext(t), &batonv1.RenewRequest{
+		Name:    unique("order"),
+		LeaseId: "0123456789abcdef0123456789abcdef",
+	})
+	err = baton.FromError(err)
+	if !errors.Is(err, baton.ErrLeaseNotHeld) || !errors.Is(err, baton.ErrFailedPrecondition) {
+		t.Fatalf("renewing a lease never granted: got %v, want FAILED_PRECONDITION LEASE_NOT_HELD", err)
+	}
+}
+
+func TestUnavailableWhenRedisIsDownCarriesRetryAfter(t *testing.T) {
+	client, redis := server(t)
+	ctx := testContext(t)
+	if _, err := client.Allow(ctx, unique("warmup"), 5, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	redis.Stop()
+	var batonErr *baton.Error
+	batontest.Eventually(t, 10*time.Second, "Allow fails UNAVAILABLE", func() bool {
+		_, err := client.Allow(ctx, unique("login"), 5, time.Minute)
+		return errors.Is(err, baton.ErrUnavailable) && errors.As(err, &batonErr)
+	})
+	if batonErr.Reason != "STORAGE_UNAVAILABLE" || batonErr.RetryAfter <= 0 {
+		t.Fatalf("got reason %q retry after %s, want STORAGE_UNAVAILABLE with a positive RetryAfter",
+			batonErr.Reason, batonErr.RetryAfter)
+	}
+}
+
+// recordingLimiter answers Check after an optional delay and keeps the last call's metadata.
+type recordingLimiter struct {
+	batonv1.UnimplementedRateLimiterServiceServer
+	delay    time.Duration
+	metadata chan metadata.MD
+}
+
+func (r *recordingLimiter) Check(ctx context.Context, _ *batonv1.CheckRequest) (*batonv1.CheckResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	r.metadata <- md
+	select {
+	case <-time.After(r.delay):
+	case <-ctx.Done():
+	}
+	return &batonv1.CheckResponse{Allowed: true}, nil
+}
+
+func fakeLimiter(t *testing.T, limiter *recordingLimiter) string {
+	t.Helper()
+	listener, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	grpcServer := grpc.NewServer()
+	batonv1.RegisterRateLimiterServiceServer(grpcServer, limiter)
+	go grpcServer.Serve(listener)
+	t.Cleanup(grpcServer.Stop)
+	return listener.Addr().String()
+}
+
+func TestAPIKeyTravelsInMetadata(t *testing.T) {
+	limiter := &recordingLimiter{metadata: make(chan metadata.MD, 1)}
+	client := connect(t, fakeLimiter(t, limiter), baton.WithAPIKey("k-123"))
+	if _, err := client.Allow(testContext(t), "key", 1, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := (<-limiter.metadata).Get(baton.APIKeyHeader); len(got) != 1 || got[0] != "k-123" {
+		t.Fatalf("x-api-key metadata: got %q, want [k-123]", got)
+	}
+}
+
+func TestDefaultTimeoutBoundsCallsWithoutDeadline(t *testing.T) {
+	limiter := &recordingLimiter{delay: 5 * time.Second, metadata: make(chan metadata.MD, 1)}
+	client := connect(t, fakeLimiter(t, limiter), baton.WithDefaultTimeout(100*time.Millisecond))
+	started := time.Now()
+	_, err := client.Allow(context.Background(), "key", 1, time.Second)
+	if !errors.Is(err, baton.ErrDeadlineExceeded) || time.Since(started) > 3*time.Second {
+		t.Fatalf("got %v after %s, want DEADLINE_EXCEEDED after about 100ms", err, time.Since(started))
+	}
+}
