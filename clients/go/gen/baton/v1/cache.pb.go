@@ -968,11 +968,13 @@ func (x *InvalidateTagRequest) GetTag() string {
 	return ""
 }
 
-// InvalidateTagResponse reports what was invalidated.
+// InvalidateTagResponse reports the invalidation.
 type InvalidateTagResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// How many fresh entries carrying the tag were invalidated.
-	Invalidated   uint64 `protobuf:"varint,1,opt,name=invalidated,proto3" json:"invalidated,omitempty"`
+	// Always true once the call succeeds: every entry set with the tag before it now reads as
+	// missing. Entries are not counted — invalidation costs O(1) Redis work however many
+	// entries carry the tag (a per-tag generation stamp, checked on read).
+	Invalidated   bool `protobuf:"varint,1,opt,name=invalidated,proto3" json:"invalidated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1007,11 +1009,11 @@ func (*InvalidateTagResponse) Descriptor() ([]byte, []int) {
 	return file_baton_v1_cache_proto_rawDescGZIP(), []int{15}
 }
 
-func (x *InvalidateTagResponse) GetInvalidated() uint64 {
+func (x *InvalidateTagResponse) GetInvalidated() bool {
 	if x != nil {
 		return x.Invalidated
 	}
-	return 0
+	return false
 }
 
 // FetchRequest reads an entry with stampede protection.
@@ -1357,7 +1359,7 @@ const file_baton_v1_cache_proto_rawDesc = "" +
 	"\x14InvalidateTagRequest\x12\x10\n" +
 	"\x03tag\x18\x01 \x01(\tR\x03tag\"9\n" +
 	"\x15InvalidateTagResponse\x12 \n" +
-	"\vinvalidated\x18\x01 \x01(\x04R\vinvalidated\"\x96\x01\n" +
+	"\vinvalidated\x18\x01 \x01(\bR\vinvalidated\"\x96\x01\n" +
 	"\fFetchRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
 	"\tlease_ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bleaseTtl\x12<\n" +

@@ -240,10 +240,14 @@ export interface InvalidateTagRequest {
   tag: string;
 }
 
-/** InvalidateTagResponse reports what was invalidated. */
+/** InvalidateTagResponse reports the invalidation. */
 export interface InvalidateTagResponse {
-  /** How many fresh entries carrying the tag were invalidated. */
-  invalidated: bigint;
+  /**
+   * Always true once the call succeeds: every entry set with the tag before it now reads as
+   * missing. Entries are not counted — invalidation costs O(1) Redis work however many
+   * entries carry the tag (a per-tag generation stamp, checked on read).
+   */
+  invalidated: boolean;
 }
 
 /** FetchRequest reads an entry with stampede protection. */
@@ -1749,16 +1753,13 @@ export const InvalidateTagRequest: MessageFns<InvalidateTagRequest> = {
 };
 
 function createBaseInvalidateTagResponse(): InvalidateTagResponse {
-  return { invalidated: 0n };
+  return { invalidated: false };
 }
 
 export const InvalidateTagResponse: MessageFns<InvalidateTagResponse> = {
   encode(message: InvalidateTagResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.invalidated !== 0n) {
-      if (BigInt.asUintN(64, message.invalidated) !== message.invalidated) {
-        throw new globalThis.Error("value provided for field message.invalidated of type uint64 too large");
-      }
-      writer.uint32(8).uint64(message.invalidated);
+    if (message.invalidated !== false) {
+      writer.uint32(8).bool(message.invalidated);
     }
     return writer;
   },
@@ -1781,7 +1782,7 @@ export const InvalidateTagResponse: MessageFns<InvalidateTagResponse> = {
               break;
             }
 
-            message.invalidated = reader.uint64() as bigint;
+            message.invalidated = reader.bool();
             continue;
           }
         }
@@ -1797,13 +1798,13 @@ export const InvalidateTagResponse: MessageFns<InvalidateTagResponse> = {
   },
 
   fromJSON(object: any): InvalidateTagResponse {
-    return { invalidated: isSet(object.invalidated) ? BigInt(object.invalidated) : 0n };
+    return { invalidated: isSet(object.invalidated) ? globalThis.Boolean(object.invalidated) : false };
   },
 
   toJSON(message: InvalidateTagResponse): unknown {
     const obj: any = {};
-    if (message.invalidated !== 0n) {
-      obj.invalidated = message.invalidated.toString();
+    if (message.invalidated !== false) {
+      obj.invalidated = message.invalidated;
     }
     return obj;
   },
@@ -1813,9 +1814,7 @@ export const InvalidateTagResponse: MessageFns<InvalidateTagResponse> = {
   },
   fromPartial(object: DeepPartial<InvalidateTagResponse>): InvalidateTagResponse {
     const message = createBaseInvalidateTagResponse();
-    message.invalidated = (object.invalidated !== undefined && object.invalidated !== null)
-      ? BigInt(object.invalidated)
-      : 0n;
+    message.invalidated = object.invalidated ?? false;
     return message;
   },
 };

@@ -157,8 +157,8 @@ class InvalidateTagRequest(_message.Message):
 class InvalidateTagResponse(_message.Message):
     __slots__ = ("invalidated",)
     INVALIDATED_FIELD_NUMBER: _ClassVar[int]
-    invalidated: int
-    def __init__(self, invalidated: _Optional[int] = ...) -> None: ...
+    invalidated: bool
+    def __init__(self, invalidated: _Optional[bool] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
     __slots__ = ("key", "lease_ttl", "wait_timeout")
