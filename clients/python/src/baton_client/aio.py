@@ -1,0 +1,91 @@
+"""The asyncio client: the same helpers as :class:`baton_client.Client`, awaitable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from . import _connection
+from ._connection import DEFAULT_TIMEOUT
+from .client import Stubs
+from .lock import AsyncLocks
+from .ratelimit import AsyncRateLimits
+
+
+def _details(
+    details: grpc.aio.ClientCallDetails, api_key: str | None, timeout: float | None
+) -> grpc.aio.ClientCallDetails:
+    return grpc.aio.ClientCallDetails(
+        details.method,
+        timeout if details.timeout is None else details.timeout,
+        _connection.with_api_key(details.metadata, api_key),  # type: ignore[arg-type]
+        details.credentials,
+        details.wait_for_ready,
+    )
+
+
+class _UnaryDefaults(grpc.aio.UnaryUnaryClientInterceptor):
+    """API key and default timeout on unary calls."""
+
+    def __init__(self, api_key: str | None, default_timeout: float | None) -> None:
+        self._api_key = api_key
+        self._default_timeout = default_timeout
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_details(details, self._api_key, self._default_timeout), request)
+
+
+class _StreamDefaults(grpc.aio.UnaryStreamClientInterceptor):
+    """API key on server streams, which get no default timeout: they are meant to stay open."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self._api_key = api_key
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_details(details, self._api_key, None), request)
+
+
+class AsyncClient(AsyncRateLimits, AsyncLocks):
+    """A connection to Baton for asyncio code; create it inside the running event loop.
+    Arguments as for :class:`baton_client.Client`."""
+
+    def __init__(
+        self,
+        target: str | Sequence[str],
+        *,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        load_balancing: str = "round_robin",
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        target = _connection.target_of(target)
+        channel_options = [*_connection.channel_options(target, load_balancing), *options]
+        credentials = _connection.credentials_of(tls, root_certificates)
+        interceptors = [_UnaryDefaults(api_key, timeout), _StreamDefaults(api_key)]
+        if credentials is None:
+            self.channel = grpc.aio.insecure_channel(
+                target, options=channel_options, interceptors=interceptors
+            )
+        else:
+            self.channel = grpc.aio.secure_channel(
+                target, credentials, options=channel_options, interceptors=interceptors
+            )
+        self.stubs = Stubs(self.channel)
+        self._default_timeout = timeout
+        self._rate_limits = self.stubs.rate_limits
+        self._locks = self.stubs.locks
+
+    async def close(self) -> None:
+        """Closes the channel; see :meth:`baton_client.Client.close`."""
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,145 @@
+"""The sync client: one channel to a Baton deployment, the generated stubs, the helpers."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from . import _connection
+from ._connection import DEFAULT_TIMEOUT
+from .lock import Locks
+from .pb.baton.v1 import (
+    cache_pb2_grpc,
+    lock_pb2_grpc,
+    queue_pb2_grpc,
+    ratelimit_pb2_grpc,
+    session_pb2_grpc,
+)
+from .ratelimit import RateLimits
+
+
+class Stubs:
+    """The generated stubs of every service on one channel, for RPCs the helpers do not
+    cover. Their errors are raw ``grpc.RpcError``; ``baton_client.from_rpc_error`` maps them."""
+
+    def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
+        self.rate_limits = ratelimit_pb2_grpc.RateLimiterServiceStub(channel)
+        self.locks = lock_pb2_grpc.LockServiceStub(channel)
+        self.cache = cache_pb2_grpc.CacheServiceStub(channel)
+        self.sessions = session_pb2_grpc.SessionStoreServiceStub(channel)
+        self.queue = queue_pb2_grpc.JobQueueServiceStub(channel)
+
+
+class _CallDetails(
+    collections.namedtuple(
+        "_CallDetails",
+        ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"],
+    ),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _CallDefaults(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds the API key to every call and the default timeout to unary calls without one
+    (streams such as KeepAlive are meant to stay open)."""
+
+    def __init__(self, api_key: str | None, default_timeout: float | None) -> None:
+        self._api_key = api_key
+        self._default_timeout = default_timeout
+
+    def _details(self, details: grpc.ClientCallDetails, unary: bool) -> _CallDetails:
+        timeout = details.timeout
+        if timeout is None and unary:
+            timeout = self._default_timeout
+        return _CallDetails(
+            details.method,
+            timeout,
+            _connection.with_api_key(details.metadata, self._api_key),
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
+        return continuation(self._details(details, unary=True), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: Any, request: Any
+    ) -> Any:
+        return continuation(self._details(details, unary=False), request)
+
+    def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: Any, requests: Any
+    ) -> Any:
+        return continuation(self._details(details, unary=False), requests)
+
+    def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: Any, requests: Any
+    ) -> Any:
+        return continuation(self._details(details, unary=False), requests)
+
+
+class Client(RateLimits, Locks):
+    """A connection to Baton; thread-safe, one per process.
+
+    Args:
+        target: a gRPC target — ``"dns:///baton.prod.svc.cluster.local:50051"`` (a headless
+            Service resolves to every pod), ``"127.0.0.1:50051"`` — or a list of ``ip:port``
+            replicas.
+        api_key: sent in the ``x-api-key`` header of every call; use TLS outside a trusted
+            network.
+        tls: encrypt with the system's root certificates (or ``root_certificates``).
+        root_certificates: PEM roots to trust; implies TLS.
+        timeout: seconds allowed to unary calls without a timeout of their own (``None``:
+            unbounded).
+        load_balancing: ``"round_robin"`` (spread calls over every resolved replica) or
+            ``"pick_first"``.
+        options: extra gRPC channel options.
+    """
+
+    def __init__(
+        self,
+        target: str | Sequence[str],
+        *,
+        api_key: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        load_balancing: str = "round_robin",
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        target = _connection.target_of(target)
+        channel_options = [*_connection.channel_options(target, load_balancing), *options]
+        credentials = _connection.credentials_of(tls, root_certificates)
+        if credentials is None:
+            raw = grpc.insecure_channel(target, options=channel_options)
+        else:
+            raw = grpc.secure_channel(target, credentials, options=channel_options)
+        self._raw_channel = raw
+        self.channel: grpc.Channel = grpc.intercept_channel(raw, _CallDefaults(api_key, timeout))
+        self.stubs = Stubs(self.channel)
+        self._default_timeout = timeout
+        self._rate_limits = self.stubs.rate_limits
+        self._locks = self.stubs.locks
+
+    def close(self) -> None:
+        """Closes the channel. Leases still held stop being kept alive and expire after their
+        ttl; release them first to hand them over at once."""
+        self._raw_channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,148 @@
+"""Baton errors as Python exceptions, built from the google.rpc details Baton attaches.
+
+Branch on the exception class and on ``reason`` (``google.rpc.ErrorInfo.reason``, such as
+``"LEASE_NOT_HELD"``), never on the message text.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class BatonError(Exception):
+    """A failed Baton call.
+
+    Attributes:
+        code: the gRPC status code.
+        reason: ``ErrorInfo.reason`` (UPPER_SNAKE, e.g. ``"STORAGE_UNAVAILABLE"``), or ``""``
+            when the server sent none (a transport failure, for instance).
+        field: the request field an INVALID_ARGUMENT names (``BadRequest``), else ``None``.
+        retry_after: seconds to wait before retrying (``RetryInfo``), else ``None``.
+        message: the server's text, for logs only.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode,
+        reason: str = "",
+        field: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}{f' ({reason})' if reason else ''}: {message}")
+        self.message = message
+        self.code = code
+        self.reason = reason
+        self.field = field
+        self.retry_after = retry_after
+
+
+class InvalidArgument(BatonError):
+    """Bad input; ``field`` names it. Nothing was written."""
+
+
+class FailedPrecondition(BatonError):
+    """A lease or token that is not the current one (``reason`` ``LEASE_NOT_HELD``, …)."""
+
+
+class Unavailable(BatonError):
+    """Baton or its Redis is unreachable; retry after ``retry_after`` where that is safe."""
+
+
+class DeadlineExceeded(BatonError):
+    """The call's deadline passed."""
+
+
+class Aborted(BatonError):
+    """A compare-and-set version mismatch."""
+
+
+class AlreadyExists(BatonError):
+    """Something that must be new exists already."""
+
+
+class NotFound(BatonError):
+    """The session or job does not exist."""
+
+
+class ResourceExhausted(BatonError):
+    """Redis is out of memory, or a message is over a size limit."""
+
+
+class Unauthenticated(BatonError):
+    """Missing or invalid API key."""
+
+
+class PermissionDenied(BatonError):
+    """The API key is valid but not for this namespace."""
+
+
+class Unimplemented(BatonError):
+    """The server does not offer this RPC (yet)."""
+
+
+class Internal(BatonError):
+    """A server bug; the cause is in the server's logs."""
+
+
+_CLASS_BY_CODE: dict[grpc.StatusCode, type[BatonError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.INTERNAL: Internal,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> BatonError:
+    """Turns an error raised by a generated stub (sync or asyncio) into a BatonError."""
+    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+    message: str = error.details() or ""  # type: ignore[attr-defined]
+    reason, field, retry_after = "", None, None
+    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key != _STATUS_DETAILS_KEY:
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                if bad_request.field_violations:
+                    field = bad_request.field_violations[0].field
+    cls = _CLASS_BY_CODE.get(code, BatonError)
+    return cls(message, code=code, reason=reason, field=field, retry_after=retry_after)
+
+
+class LockNotAcquired(Exception):
+    """The lock stayed held by others for the whole wait."""
+
+    def __init__(self, name: str, holder_owner: str) -> None:
+        super().__init__(f"lock {name!r} is held by {holder_owner!r}")
+        self.name = name
+        self.holder_owner = holder_owner
+
+
+class LeaseLost(Exception):
+    """The lease is gone while it was meant to be held: Baton answered LEASE_NOT_HELD, an
+    error no retry can fix occurred, or no renewal was confirmed for a whole ttl. Another
+    holder may have the lock now; the fencing token is what protects the resource.
+    ``__cause__`` is the BatonError that revealed the loss, if any."""

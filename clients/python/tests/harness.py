@@ -1,0 +1,128 @@
+"""Real redis-server and baton processes for the client's tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+START_PATIENCE = 30.0
+_GRPC_ADDR = re.compile(rb'"grpc_addr":"([^"]+)"')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def eventually(condition: Callable[[], bool], what: str, patience: float = 10.0) -> None:
+    deadline = time.monotonic() + patience
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true within {patience}s")
+        time.sleep(0.02)
+
+
+def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+    process.wait(timeout=30)
+
+
+class Redis:
+    """A private, non-persistent redis-server on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_PATIENCE
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        """SIGKILL: an outage, not a shutdown."""
+        _stop(self.process, signal.SIGKILL)
+
+
+def baton_binary() -> str:
+    """$BATON_BIN, else <repo>/target/debug/baton, built if missing."""
+    if binary := os.environ.get("BATON_BIN"):
+        return binary
+    binary = REPO / "target" / "debug" / "baton"
+    if not binary.exists():
+        subprocess.run(["cargo", "build", "--bin", "baton"], cwd=REPO, check=True)
+    return str(binary)
+
+
+class Baton:
+    """One baton server process; ``addr`` comes from its JSON "serving" log line."""
+
+    def __init__(self, redis: Redis, log_dir: Path, listen: str = "127.0.0.1:0") -> None:
+        # A file, not a pipe: a pipe nobody drains would block baton once full.
+        self.log_path = log_dir / f"baton-{time.monotonic_ns()}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    baton_binary(),
+                    "--listen",
+                    listen,
+                    "--metrics-listen",
+                    "127.0.0.1:0",
+                    "--log-format",
+                    "json",
+                    "--redis-url",
+                    redis.url,
+                    "--shutdown-delay",
+                    "200ms",
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + START_PATIENCE
+        while True:
+            match = _GRPC_ADDR.search(self.log_path.read_bytes())
+            if match:
+                self.addr = match.group(1).decode()
+                return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"baton did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.02)
+
+    def terminate(self) -> None:
+        """SIGTERM: a graceful shutdown; waits for the exit."""
+        _stop(self.process, signal.SIGTERM)
+
+    def kill(self) -> None:
+        _stop(self.process, signal.SIGKILL)
