@@ -101,6 +101,10 @@ pub struct Limits {
     /// The sliding-window log keeps one entry per admitted unit, so its `limit` is capped.
     pub max_sliding_window_limit: u64,
     pub redis_timeout: Duration,
+    /// Largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+    /// Most keys in one cache batch.
+    pub max_batch_keys: usize,
 }
 
 impl Default for Limits {
@@ -111,6 +115,8 @@ impl Default for Limits {
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             max_sliding_window_limit: 10_000,
             redis_timeout: Duration::from_secs(1),
+            max_message_bytes: 4 * 1024 * 1024,
+            max_batch_keys: 1000,
         }
     }
 }
@@ -160,6 +166,8 @@ struct FileLimits {
     max_sliding_window_limit: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     redis_timeout: Option<Duration>,
+    max_message_bytes: Option<usize>,
+    max_batch_keys: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,7 +208,18 @@ impl Config {
             max_ttl: file.limits.max_ttl.unwrap_or(defaults.max_ttl),
             max_sliding_window_limit: file.limits.max_sliding_window_limit.unwrap_or(defaults.max_sliding_window_limit),
             redis_timeout: flags.redis_timeout.or(file.limits.redis_timeout).unwrap_or(defaults.redis_timeout),
+            max_message_bytes: file.limits.max_message_bytes.unwrap_or(defaults.max_message_bytes),
+            max_batch_keys: file.limits.max_batch_keys.unwrap_or(defaults.max_batch_keys),
         };
+        if limits.max_message_bytes < 64 * 1024 {
+            return Err(invalid("limits.max_message_bytes must be at least 65536".into()));
+        }
+        if limits.max_value_bytes >= limits.max_message_bytes {
+            return Err(invalid("limits.max_value_bytes must be below limits.max_message_bytes".into()));
+        }
+        if limits.max_batch_keys == 0 {
+            return Err(invalid("limits.max_batch_keys must be at least 1".into()));
+        }
         if limits.max_key_bytes == 0 || limits.max_key_bytes > 64 * 1024 {
             return Err(invalid("limits.max_key_bytes must be 1..=65536".into()));
         }

@@ -26,6 +26,9 @@ pub enum Error {
     /// Redis refused a write because it is out of memory.
     #[error("storage is out of memory")]
     StorageFull,
+    /// An answer that would not fit in one gRPC message.
+    #[error("the response would exceed the {limit}-byte message limit")]
+    ResponseTooLarge { limit: usize },
     /// A lease or token that is not the current one.
     #[error("{message}")]
     FailedPrecondition { reason: &'static str, message: String },
@@ -52,6 +55,7 @@ impl Error {
             Self::InvalidArgument { .. } => "INVALID_FIELD",
             Self::Unavailable => "STORAGE_UNAVAILABLE",
             Self::StorageFull => "STORAGE_FULL",
+            Self::ResponseTooLarge { .. } => "RESPONSE_TOO_LARGE",
             Self::FailedPrecondition { reason, .. }
             | Self::Aborted { reason, .. }
             | Self::AlreadyExists { reason, .. }
@@ -64,7 +68,7 @@ impl Error {
         match self {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::Unavailable => Code::Unavailable,
-            Self::StorageFull => Code::ResourceExhausted,
+            Self::StorageFull | Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
             Self::FailedPrecondition { .. } => Code::FailedPrecondition,
             Self::Aborted { .. } => Code::Aborted,
             Self::AlreadyExists { .. } => Code::AlreadyExists,

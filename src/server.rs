@@ -13,6 +13,8 @@ use tonic_health::server::HealthReporter;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::CacheManager;
+use crate::cache::grpc::CacheGrpc;
 use crate::config::Config;
 use crate::lock::grpc::LockGrpc;
 use crate::lock::{LockManager, LockSettings};
@@ -56,8 +58,6 @@ pub struct RedisUrls {
 
 // Services whose issues have not landed: every RPC answers UNIMPLEMENTED (the generated
 // default stubs), and their health names still follow Redis.
-struct CacheUnimplemented;
-impl pb::cache_service_server::CacheService for CacheUnimplemented {}
 struct SessionUnimplemented;
 impl pb::session_store_service_server::SessionStoreService for SessionUnimplemented {}
 
@@ -87,7 +87,7 @@ pub async fn run(
         SessionStoreServiceServer::<SessionUnimplemented>::NAME,
         JobQueueServiceServer::<JobQueueGrpc>::NAME,
     ];
-    let cache_service = CacheServiceServer::<CacheUnimplemented>::NAME;
+    let cache_service = CacheServiceServer::<CacheGrpc>::NAME;
     let mut _pingers: Vec<TaskGuard> = Vec::new();
     match &cache_store {
         Some(cache_store) => {
@@ -144,6 +144,22 @@ pub async fn run(
         streams_shutdown.clone(),
     );
 
+    // The cache may live on its own (evicting) Redis, with its own notification listener.
+    let cache_notifier = match &cache_store {
+        Some(store) => Notifier::start(store.clone()),
+        None => notifier.clone(),
+    };
+    let cache_service = CacheGrpc::new(
+        CacheManager::new(
+            cache_store.clone().unwrap_or_else(|| main_store.clone()),
+            KeyBuilder::default(),
+            cache_notifier,
+            config.limits.max_ttl,
+        ),
+        config.limits.clone(),
+    );
+    let max_message = config.limits.max_message_bytes;
+
     let (stop_serving, stop_serving_rx) = oneshot::channel::<()>();
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -155,11 +171,11 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RateLimiterServiceServer::new(rate_limiter))
-        .add_service(LockServiceServer::new(lock_service))
-        .add_service(CacheServiceServer::new(CacheUnimplemented))
-        .add_service(SessionStoreServiceServer::new(SessionUnimplemented))
-        .add_service(JobQueueServiceServer::new(queue_service));
+        .add_service(with_message_limit!(RateLimiterServiceServer::new(rate_limiter), max_message))
+        .add_service(with_message_limit!(LockServiceServer::new(lock_service), max_message))
+        .add_service(with_message_limit!(CacheServiceServer::new(cache_service), max_message))
+        .add_service(with_message_limit!(SessionStoreServiceServer::new(SessionUnimplemented), max_message))
+        .add_service(with_message_limit!(JobQueueServiceServer::new(queue_service), max_message));
     // Server::tcp_nodelay applies only to listeners tonic binds itself; without it,
     // ping-pong RPCs stall ~40 ms on delayed ACKs (measured on lock hand-offs).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)));
@@ -192,6 +208,14 @@ pub async fn run(
     tracing::info!("shutdown complete");
     Ok(())
 }
+
+/// Applies the configured message limit both ways (tonic's default is 4 MiB in, unlimited out).
+macro_rules! with_message_limit {
+    ($service:expr, $limit:expr) => {
+        $service.max_decoding_message_size($limit).max_encoding_message_size($limit)
+    };
+}
+use with_message_limit;
 
 /// Makes `names` follow the health of `store`.
 async fn follow_store(

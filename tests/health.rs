@@ -5,8 +5,8 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use baton::proto::v1::GetRequest;
-use baton::proto::v1::cache_service_client::CacheServiceClient;
+use baton::proto::v1::GetSessionRequest;
+use baton::proto::v1::session_store_service_client::SessionStoreServiceClient;
 use common::{Baton, PATIENCE, Redis, eventually, health_status, unique};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -83,8 +83,9 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
 async fn services_not_yet_built_answer_unimplemented() {
     let redis = Redis::start();
     let baton = Baton::start(Some(&redis.url()), &[]);
-    let mut cache = CacheServiceClient::new(baton.channel().await);
-    let status = cache.get(GetRequest { key: unique("key") }).await.unwrap_err();
+    let mut sessions = SessionStoreServiceClient::new(baton.channel().await);
+    let status =
+        sessions.get_session(GetSessionRequest { session_id: unique("id"), ..Default::default() }).await.unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented);
 }
 

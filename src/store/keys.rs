@@ -13,6 +13,9 @@ pub enum Pattern {
     RateLimit,
     Lock,
     Queue,
+    Cache,
+    /// A cache tag's generation stamp (its own slot: tags span many entries).
+    CacheTag,
 }
 
 impl Pattern {
@@ -21,6 +24,8 @@ impl Pattern {
             Self::RateLimit => "rl",
             Self::Lock => "lock",
             Self::Queue => "queue",
+            Self::Cache => "cache",
+            Self::CacheTag => "ctag",
         }
     }
 }

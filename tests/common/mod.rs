@@ -9,6 +9,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use baton::proto::v1::cache_service_client::CacheServiceClient;
 use baton::proto::v1::job_queue_service_client::JobQueueServiceClient;
 use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
@@ -234,6 +235,10 @@ impl Baton {
 
     pub async fn queues(&self) -> JobQueueServiceClient<Channel> {
         JobQueueServiceClient::new(self.channel().await)
+    }
+
+    pub async fn cache(&self) -> CacheServiceClient<Channel> {
+        CacheServiceClient::new(self.channel().await)
     }
 
     pub async fn health(&self) -> HealthClient<Channel> {

@@ -1,0 +1,133 @@
+// What every service helper shares: targets, channel options, call defaults, durations,
+// backoff.
+
+import {
+  ChannelCredentials,
+  ChannelOptions,
+  credentials as grpcCredentials,
+  InterceptingCall,
+  Interceptor,
+} from "@grpc/grpc-js";
+
+import { Duration } from "./gen/google/protobuf/duration";
+
+export const API_KEY_HEADER = "x-api-key";
+/** Milliseconds allowed to unary calls made without a deadline of their own. */
+export const DEFAULT_TIMEOUT_MS = 10_000;
+
+export interface ConnectionOptions {
+  /**
+   * A gRPC target ("dns:///baton.prod.svc.cluster.local:50051" — a headless Service resolves
+   * to every pod —, "127.0.0.1:50051") or a list of "ip:port" replicas.
+   */
+  target: string | string[];
+  /** Sent in the x-api-key header of every call; use TLS outside a trusted network. */
+  apiKey?: string;
+  /** true: TLS with the system roots; or explicit channel credentials. Default: plaintext. */
+  tls?: boolean | ChannelCredentials;
+  /** For unary calls without a deadline of their own; 0 leaves them unbounded. */
+  timeoutMs?: number;
+  /** "round_robin" (the default: spread calls over every resolved replica) or "pick_first". */
+  loadBalancing?: "round_robin" | "pick_first";
+  /** Extra grpc-js channel options. */
+  channelOptions?: ChannelOptions;
+}
+
+export function targetOf(target: string | string[]): string {
+  if (typeof target === "string") {
+    return target;
+  }
+  if (target.length === 0) {
+    throw new TypeError("target: at least one address is required");
+  }
+  return `${target[0].startsWith("[") ? "ipv6" : "ipv4"}:${target.join(",")}`;
+}
+
+export function channelOptionsOf(target: string, options: ConnectionOptions): ChannelOptions {
+  const channelOptions: ChannelOptions = {
+    "grpc.service_config": JSON.stringify({
+      loadBalancingConfig: [{ [options.loadBalancing ?? "round_robin"]: {} }],
+    }),
+  };
+  const [scheme, addresses] = [target.slice(0, target.indexOf(":")), target.slice(target.indexOf(":") + 1)];
+  if ((scheme === "ipv4" || scheme === "ipv6") && addresses.includes(",")) {
+    // The default :authority would be the whole comma-separated list, which is not a valid
+    // authority: servers reset every stream that carries it.
+    channelOptions["grpc.default_authority"] = addresses.split(",")[0];
+  }
+  return { ...channelOptions, ...options.channelOptions };
+}
+
+export function credentialsOf(tls: ConnectionOptions["tls"]): ChannelCredentials {
+  if (tls === true) {
+    return grpcCredentials.createSsl();
+  }
+  return tls || grpcCredentials.createInsecure();
+}
+
+/**
+ * Adds the API key to every call, and the default deadline to unary calls without one
+ * (streams such as KeepAlive are meant to stay open).
+ */
+export function callDefaults(apiKey: string | undefined, timeoutMs: number): Interceptor {
+  return (options, nextCall) => {
+    const definition = options.method_definition;
+    const unary = !definition.requestStream && !definition.responseStream;
+    if (unary && options.deadline === undefined && timeoutMs > 0) {
+      options = { ...options, deadline: Date.now() + timeoutMs };
+    }
+    return new InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        if (apiKey) {
+          metadata.set(API_KEY_HEADER, apiKey);
+        }
+        next(metadata, listener);
+      },
+    });
+  };
+}
+
+export function msToDuration(ms: number): Duration {
+  const whole = Math.floor(ms / 1000);
+  return { seconds: BigInt(whole), nanos: Math.round((ms - whole * 1000) * 1e6) };
+}
+
+export function durationToMs(duration: Duration | undefined): number {
+  return duration === undefined ? 0 : Number(duration.seconds) * 1000 + duration.nanos / 1e6;
+}
+
+/** Capped exponential backoff with jitter, never shorter than the server's RetryInfo. */
+export class Backoff {
+  private static readonly FIRST_MS = 50;
+  private static readonly MAX_MS = 2000;
+  private nextMs = Backoff.FIRST_MS;
+
+  reset(): void {
+    this.nextMs = Backoff.FIRST_MS;
+  }
+
+  delayMs(retryAfterMs: number | undefined): number {
+    const delay = this.nextMs / 2 + Math.random() * this.nextMs;
+    this.nextMs = Math.min(this.nextMs * 2, Backoff.MAX_MS);
+    return Math.max(delay, retryAfterMs ?? 0);
+  }
+}
+
+/** Resolves after ms, or early (false) when signal aborts. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) {
+      resolve(false);
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve(true);
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}

@@ -1,0 +1,455 @@
+//! A versioned cache with compare-and-set, tags, batches and stampede-proof Fetch/Fill.
+//!
+//! Each entry is one hash written by Lua scripts (see `prelude.lua`). Tags live in other
+//! Cluster slots, so they are generation stamps: a write records each tag's generation,
+//! `InvalidateTag` bumps the generation (O(1), however many entries carry it), and a read
+//! compares the recorded stamps with the current ones. `Fetch` hands one caller across all
+//! replicas a fill token; the rest wait on the process's notification path for the `Fill`.
+
+pub mod grpc;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use futures::future::join_all;
+use redis::Script;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::store::keys::Pattern;
+use crate::store::notify::Notifier;
+use crate::store::{KeyBuilder, Store};
+
+macro_rules! cache_script {
+    ($file:literal) => {
+        LazyLock::new(|| Script::new(concat!(include_str!("prelude.lua"), "\n", include_str!($file))))
+    };
+}
+
+static GET: LazyLock<Script> = cache_script!("get.lua");
+static SET: LazyLock<Script> = cache_script!("set.lua");
+static DELETE: LazyLock<Script> = cache_script!("delete.lua");
+static FETCH: LazyLock<Script> = cache_script!("fetch.lua");
+static FILL: LazyLock<Script> = cache_script!("fill.lua");
+
+/// A waiter re-checks at least this often, in case a notification was lost.
+const SAFETY_RECHECK: Duration = Duration::from_secs(1);
+const TOKEN_BYTES: usize = 16;
+
+/// A cache entry as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    pub version: u64,
+    pub expires_at_micros: u64,
+    /// Past its ttl, served within its stale_ttl.
+    pub stale: bool,
+}
+
+/// A validated write.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub ttl: Duration,
+    pub stale_ttl: Duration,
+    pub tags: Vec<String>,
+    pub if_version: u64,
+    pub if_absent: bool,
+}
+
+/// Why a conditional write did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteRefused {
+    VersionMismatch,
+    AlreadyExists,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchOutcome {
+    Hit(Entry),
+    /// A stale entry; the token, if any, makes this caller the one refresher.
+    Stale(Entry, Option<String>),
+    /// A miss: this caller must load the value and Fill it.
+    Fill(String),
+    /// A miss whose fill did not land within the wait.
+    TimedOut,
+}
+
+/// Tag stamps as stored in an entry.
+fn encode_tags(stamps: &[(String, u64)]) -> Vec<u8> {
+    let mut encoded = Vec::new();
+    for (index, (tag, generation)) in stamps.iter().enumerate() {
+        if index > 0 {
+            encoded.push(0);
+        }
+        encoded.extend_from_slice(tag.as_bytes());
+        encoded.push(0);
+        encoded.extend_from_slice(generation.to_string().as_bytes());
+    }
+    encoded
+}
+
+fn decode_tags(encoded: &[u8]) -> Vec<(String, u64)> {
+    let mut parts = encoded.split(|byte| *byte == 0);
+    let mut stamps = Vec::new();
+    while let (Some(tag), Some(generation)) = (parts.next(), parts.next()) {
+        let generation = std::str::from_utf8(generation).ok().and_then(|g| g.parse().ok()).unwrap_or(0);
+        stamps.push((String::from_utf8_lossy(tag).into_owned(), generation));
+    }
+    stamps
+}
+
+fn stamped_tags(stamps: &[(String, u64)]) -> HashSet<String> {
+    stamps.iter().map(|(tag, _)| tag.clone()).collect()
+}
+
+fn new_token() -> String {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// An entry read by a script, with its tag stamps not yet checked.
+struct RawEntry {
+    entry: Entry,
+    stamps: Vec<(String, u64)>,
+}
+
+fn decode_entry(parts: &[redis::Value], stale: bool) -> Result<RawEntry, Error> {
+    let field = |index: usize| -> Result<Vec<u8>, Error> {
+        match parts.get(index) {
+            Some(redis::Value::BulkString(bytes)) => Ok(bytes.clone()),
+            other => Err(Error::Internal(format!("cache script field {index}: {other:?}"))),
+        }
+    };
+    let number = |index: usize| -> Result<u64, Error> {
+        String::from_utf8_lossy(&field(index)?)
+            .parse()
+            .map_err(|_| Error::Internal(format!("cache script field {index} is not a number")))
+    };
+    Ok(RawEntry {
+        entry: Entry { value: field(1)?, version: number(2)?, expires_at_micros: number(3)?, stale },
+        stamps: decode_tags(&field(4)?),
+    })
+}
+
+fn code_of(parts: &[redis::Value]) -> Result<i64, Error> {
+    match parts.first() {
+        Some(redis::Value::Int(code)) => Ok(*code),
+        other => Err(Error::Internal(format!("cache script code: {other:?}"))),
+    }
+}
+
+fn text_of(value: Option<&redis::Value>) -> String {
+    match value {
+        Some(redis::Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        Some(redis::Value::SimpleString(text)) => text.clone(),
+        _ => String::new(),
+    }
+}
+
+fn array(reply: redis::Value) -> Result<Vec<redis::Value>, Error> {
+    match reply {
+        redis::Value::Array(parts) => Ok(parts),
+        other => Err(Error::Internal(format!("cache script returned {other:?}"))),
+    }
+}
+
+#[derive(Clone)]
+pub struct CacheManager {
+    store: Store,
+    keys: KeyBuilder,
+    notifier: Notifier,
+    /// Tag generations outlive every entry stamped with them.
+    tag_ttl: Duration,
+}
+
+impl CacheManager {
+    pub fn new(store: Store, keys: KeyBuilder, notifier: Notifier, max_ttl: Duration) -> Self {
+        Self { store, keys, notifier, tag_ttl: max_ttl * 3 }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn entry_key(&self, key: &str) -> String {
+        self.keys.key(Pattern::Cache, key, "e")
+    }
+
+    fn tag_key(&self, tag: &str) -> String {
+        self.keys.key(Pattern::CacheTag, tag, "gen")
+    }
+
+    fn channel(&self, key: &str) -> String {
+        self.keys.channel(Pattern::Cache, key)
+    }
+
+    /// Current generations of `tags` (0 for a tag never invalidated), one MGET.
+    async fn generations(&self, tags: HashSet<String>) -> Result<HashMap<String, u64>, Error> {
+        let tags: Vec<String> = tags.into_iter().collect();
+        if tags.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut mget = redis::cmd("MGET");
+        for tag in &tags {
+            mget.arg(self.tag_key(tag));
+        }
+        let values: Vec<Option<u64>> = self.store.command("cache_tag_generations", &mget).await?;
+        Ok(tags.into_iter().zip(values.into_iter().map(Option::unwrap_or_default)).collect())
+    }
+
+    fn stamps_current(stamps: &[(String, u64)], generations: &HashMap<String, u64>) -> bool {
+        stamps.iter().all(|(tag, generation)| generations.get(tag).copied().unwrap_or(0) == *generation)
+    }
+
+    /// Keeps the entries whose tags were not invalidated since they were written.
+    async fn check_tags(&self, raw: Vec<Option<RawEntry>>) -> Result<Vec<Option<RawEntry>>, Error> {
+        let tags = raw.iter().flatten().flat_map(|r| r.stamps.iter().map(|(tag, _)| tag.clone())).collect();
+        let generations = self.generations(tags).await?;
+        let mut checked = Vec::with_capacity(raw.len());
+        for item in raw {
+            checked.push(item.filter(|r| Self::stamps_current(&r.stamps, &generations)));
+        }
+        Ok(checked)
+    }
+
+    async fn read_raw(&self, key: &str) -> Result<Option<RawEntry>, Error> {
+        let reply: redis::Value = self.store.run_script("cache_get", &GET, &[self.entry_key(key)], &[]).await?;
+        let parts = array(reply)?;
+        if code_of(&parts)? != 1 {
+            return Ok(None);
+        }
+        Ok(Some(decode_entry(&parts, false)?))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
+        let raw = self.read_raw(key).await?;
+        let entry = self.check_tags(vec![raw]).await?.pop().flatten().map(|r| r.entry);
+        let outcome = if entry.is_some() { "hit" } else { "miss" };
+        metrics::counter!("baton_cache_reads_total", "outcome" => outcome).increment(1);
+        Ok(entry)
+    }
+
+    /// Reads many keys: their scripts pipeline on the multiplexed connection, then one
+    /// MGET checks every tag involved.
+    pub async fn batch_get(&self, keys: &[String]) -> Result<Vec<Option<Entry>>, Error> {
+        let raw: Vec<Option<RawEntry>> =
+            join_all(keys.iter().map(|key| self.read_raw(key))).await.into_iter().collect::<Result<_, _>>()?;
+        Ok(self.check_tags(raw).await?.into_iter().map(|r| r.map(|r| r.entry)).collect())
+    }
+
+    /// The version of `key`'s value if a tag invalidation hides it (so conditional writes
+    /// treat it as absent), else -1.
+    async fn hidden_version(&self, key: &str) -> Result<i64, Error> {
+        let Some(raw) = self.read_raw(key).await? else {
+            return Ok(-1);
+        };
+        let generations = self.generations(stamped_tags(&raw.stamps)).await?;
+        Ok(if Self::stamps_current(&raw.stamps, &generations) { -1 } else { raw.entry.version as i64 })
+    }
+
+    pub async fn set(&self, write: &Write) -> Result<Result<Entry, WriteRefused>, Error> {
+        let generations = self.generations(write.tags.iter().cloned().collect()).await?;
+        let stamps: Vec<(String, u64)> =
+            write.tags.iter().map(|tag| (tag.clone(), generations.get(tag).copied().unwrap_or(0))).collect();
+        let hidden = if write.if_version > 0 || write.if_absent { self.hidden_version(&write.key).await? } else { -1 };
+        let args = vec![
+            write.value.clone(),
+            write.ttl.as_micros().to_string().into_bytes(),
+            write.stale_ttl.as_micros().to_string().into_bytes(),
+            encode_tags(&stamps),
+            write.if_version.to_string().into_bytes(),
+            if write.if_absent { b"1".to_vec() } else { b"0".to_vec() },
+            hidden.to_string().into_bytes(),
+            self.channel(&write.key).into_bytes(),
+        ];
+        let reply: redis::Value =
+            self.store.run_script("cache_set", &SET, &[self.entry_key(&write.key)], &args).await?;
+        let parts = array(reply)?;
+        if code_of(&parts)? == 1 {
+            metrics::counter!("baton_cache_writes_total").increment(1);
+            return Ok(Ok(decode_entry(&parts, false)?.entry));
+        }
+        Ok(Err(match text_of(parts.get(1)).as_str() {
+            "ALREADY_EXISTS" => WriteRefused::AlreadyExists,
+            _ => WriteRefused::VersionMismatch,
+        }))
+    }
+
+    pub async fn batch_set(&self, writes: &[Write]) -> Result<Vec<Result<Entry, WriteRefused>>, Error> {
+        join_all(writes.iter().map(|write| self.set(write))).await.into_iter().collect()
+    }
+
+    /// Deletes `key`; `Err(VersionMismatch)` when `if_version` does not match.
+    pub async fn delete(&self, key: &str, if_version: u64) -> Result<Result<bool, WriteRefused>, Error> {
+        let args = vec![if_version.to_string().into_bytes()];
+        let reply: redis::Value = self.store.run_script("cache_delete", &DELETE, &[self.entry_key(key)], &args).await?;
+        match reply {
+            redis::Value::Int(deleted) => Ok(Ok(deleted == 1)),
+            _ => Ok(Err(WriteRefused::VersionMismatch)),
+        }
+    }
+
+    /// Hides every entry written with `tag` so far: one INCR, however many entries.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<(), Error> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("INCR").arg(self.tag_key(tag)).ignore();
+        pipe.cmd("PEXPIRE").arg(self.tag_key(tag)).arg(self.tag_ttl.as_millis() as u64).ignore();
+        let _: () = self.store.pipeline("cache_invalidate_tag", &pipe).await?;
+        metrics::counter!("baton_cache_invalidations_total").increment(1);
+        Ok(())
+    }
+
+    /// Reads with stampede protection; waits up to `wait` for another caller's fill.
+    pub async fn fetch(&self, key: &str, lease_ttl: Duration, wait: Duration) -> Result<FetchOutcome, Error> {
+        let deadline = Instant::now() + wait;
+        let token = new_token();
+        let mut outcome = self.fetch_once(key, &token, lease_ttl, true).await?;
+        let FetchStep::Wait(mut lease_left) = outcome else {
+            return Ok(self.finished(outcome));
+        };
+        metrics::counter!("baton_cache_fill_waits_total").increment(1);
+        let wake = self.notifier.watch(&self.channel(key));
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                metrics::counter!("baton_cache_fill_timeouts_total").increment(1);
+                return Ok(FetchOutcome::TimedOut);
+            }
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // A waiter never takes over the fill (the API promises it the value or a
+            // timeout), so it only needs waking when the value lands.
+            let nap = (deadline - now).min(SAFETY_RECHECK).min(lease_left.max(Duration::from_millis(1)));
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+            outcome = self.fetch_once(key, &token, lease_ttl, false).await?;
+            match outcome {
+                FetchStep::Wait(left) => lease_left = if left.is_zero() { SAFETY_RECHECK } else { left },
+                _ => return Ok(self.finished(outcome)),
+            }
+        }
+    }
+
+    fn finished(&self, step: FetchStep) -> FetchOutcome {
+        let outcome = match step {
+            FetchStep::Done(outcome) => outcome,
+            FetchStep::Wait(_) => FetchOutcome::TimedOut,
+        };
+        let label = match &outcome {
+            FetchOutcome::Hit(_) => "hit",
+            FetchOutcome::Stale(..) => "stale",
+            FetchOutcome::Fill(_) => "fill",
+            FetchOutcome::TimedOut => "timeout",
+        };
+        metrics::counter!("baton_cache_fetches_total", "outcome" => label).increment(1);
+        outcome
+    }
+
+    async fn fetch_once(
+        &self,
+        key: &str,
+        token: &str,
+        lease_ttl: Duration,
+        may_grant: bool,
+    ) -> Result<FetchStep, Error> {
+        let mut hidden = -1i64;
+        loop {
+            let args = vec![
+                token.as_bytes().to_vec(),
+                lease_ttl.as_micros().to_string().into_bytes(),
+                if may_grant { b"1".to_vec() } else { b"0".to_vec() },
+                hidden.to_string().into_bytes(),
+            ];
+            let reply: redis::Value =
+                self.store.run_script("cache_fetch", &FETCH, &[self.entry_key(key)], &args).await?;
+            let parts = array(reply)?;
+            let code = code_of(&parts)?;
+            if code == 1 || code == 2 {
+                let raw = decode_entry(&parts, code == 2)?;
+                let generations = self.generations(stamped_tags(&raw.stamps)).await?;
+                if !Self::stamps_current(&raw.stamps, &generations) && hidden < 0 {
+                    // A tag invalidation hides this value: ask again, treating it as missing.
+                    hidden = raw.entry.version as i64;
+                    continue;
+                }
+                return Ok(FetchStep::Done(if code == 1 {
+                    FetchOutcome::Hit(raw.entry)
+                } else {
+                    let token = Some(text_of(parts.get(5))).filter(|t| !t.is_empty());
+                    FetchOutcome::Stale(raw.entry, token)
+                }));
+            }
+            if code == 3 {
+                return Ok(FetchStep::Done(FetchOutcome::Fill(text_of(parts.get(1)))));
+            }
+            let left: u64 = text_of(parts.get(1)).parse().unwrap_or(0);
+            return Ok(FetchStep::Wait(Duration::from_micros(left)));
+        }
+    }
+
+    /// Stores a loader's value, or gives its token up (`abandon`). `Ok(None)` for an abandon.
+    pub async fn fill(&self, write: &Write, token: &str, abandon: bool) -> Result<Option<Entry>, Error> {
+        let generations = self.generations(write.tags.iter().cloned().collect()).await?;
+        let stamps: Vec<(String, u64)> =
+            write.tags.iter().map(|tag| (tag.clone(), generations.get(tag).copied().unwrap_or(0))).collect();
+        let args = vec![
+            token.as_bytes().to_vec(),
+            write.value.clone(),
+            write.ttl.as_micros().to_string().into_bytes(),
+            write.stale_ttl.as_micros().to_string().into_bytes(),
+            encode_tags(&stamps),
+            if abandon { b"1".to_vec() } else { b"0".to_vec() },
+            self.channel(&write.key).into_bytes(),
+        ];
+        let reply: redis::Value =
+            self.store.run_script("cache_fill", &FILL, &[self.entry_key(&write.key)], &args).await?;
+        let parts = array(reply)?;
+        match code_of(&parts)? {
+            1 => {
+                metrics::counter!("baton_cache_fills_total").increment(1);
+                Ok(Some(decode_entry(&parts, false)?.entry))
+            }
+            2 => Ok(None),
+            _ => Err(Error::FailedPrecondition {
+                reason: "FILL_TOKEN_STALE",
+                message: "the fill token is no longer current: the key was written or deleted, or its lease expired"
+                    .into(),
+            }),
+        }
+    }
+}
+
+enum FetchStep {
+    Done(FetchOutcome),
+    /// Someone else is filling; their lease has this long left.
+    Wait(Duration),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_stamps_round_trip() {
+        let stamps = vec![("user:1".to_owned(), 3), ("team".to_owned(), 0)];
+        assert_eq!(decode_tags(&encode_tags(&stamps)), stamps);
+        assert!(decode_tags(b"").is_empty());
+    }
+
+    #[test]
+    fn stamps_are_current_only_when_every_generation_matches() {
+        let stamps = vec![("a".to_owned(), 1), ("b".to_owned(), 0)];
+        let mut generations = HashMap::from([("a".to_owned(), 1)]);
+        assert!(CacheManager::stamps_current(&stamps, &generations));
+        generations.insert("b".to_owned(), 1);
+        assert!(!CacheManager::stamps_current(&stamps, &generations));
+    }
+}
