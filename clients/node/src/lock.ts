@@ -188,7 +188,14 @@ export class Lease {
         leaseId: this.leaseId,
         ttl: msToDuration(this.ttlMs),
       });
-      const call = this.stub.keepAlive(request);
+      let call: ClientReadableStream<KeepAliveResponse>;
+      try {
+        call = this.stub.keepAlive(request);
+      } catch (error) {
+        // The client was closed while the lease was held; the loss timer ends it.
+        resolve(error);
+        return;
+      }
       this.call = call;
       call.on("data", (response: KeepAliveResponse) => {
         this.renewed(response.lease);

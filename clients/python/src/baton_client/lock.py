@@ -252,7 +252,13 @@ class Lease(_LeaseState):
     def _keep_alive(self) -> None:
         backoff = Backoff()
         while not self._ended.is_set():
-            call = self._stub.KeepAlive(self._keep_alive_request())
+            try:
+                call = self._stub.KeepAlive(self._keep_alive_request())
+            except ValueError as closed:  # the client was closed while the lease was held
+                loss = LeaseLost(f"client closed while holding {self.name!r}")
+                loss.__cause__ = closed
+                self._lose(loss)
+                return
             with self._guard:
                 if self._ended.is_set():
                     call.cancel()
