@@ -80,6 +80,22 @@ pub struct Flags {
     #[arg(long, env = "BATON_QUEUE_MAX_IN_FLIGHT", default_value_t = 1000)]
     pub queue_max_in_flight: u32,
 
+    /// Idle timeout of a session that does not set one.
+    #[arg(long, env = "BATON_SESSION_IDLE_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub session_idle_timeout: Duration,
+
+    /// Absolute timeout of a session that does not set one.
+    #[arg(long, env = "BATON_SESSION_ABSOLUTE_TIMEOUT", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub session_absolute_timeout: Duration,
+
+    /// Most bytes of data (keys and values) in one session.
+    #[arg(long, env = "BATON_SESSION_MAX_BYTES", default_value_t = 64 * 1024)]
+    pub session_max_bytes: usize,
+
+    /// Most live sessions per subject; creating one more evicts the oldest. 0 = unlimited.
+    #[arg(long, env = "BATON_SESSION_MAX_PER_SUBJECT", default_value_t = 0)]
+    pub session_max_per_subject: usize,
+
     /// The `redis-server` binary used for the embedded development Redis.
     #[arg(long, env = "BATON_REDIS_SERVER_BIN", default_value = "redis-server")]
     pub redis_server_bin: PathBuf,
@@ -256,6 +272,7 @@ impl Config {
             "listen={} metrics_listen={} redis_url={} cache_redis_url={} redis_timeout={:?} \
              shutdown_grace={:?} shutdown_delay={:?} lock_min_replicas={} lock_fence_idle={:?} \
              queue_retention={:?} queue_dead_retention={:?} queue_visibility_timeout={:?} queue_max_in_flight={} \
+             session_idle_timeout={:?} session_absolute_timeout={:?} session_max_bytes={} session_max_per_subject={} \
              limits={:?} policies=[{}]",
             self.flags.listen,
             self.flags.metrics_listen,
@@ -270,6 +287,10 @@ impl Config {
             self.flags.queue_dead_retention,
             self.flags.queue_visibility_timeout,
             self.flags.queue_max_in_flight,
+            self.flags.session_idle_timeout,
+            self.flags.session_absolute_timeout,
+            self.flags.session_max_bytes,
+            self.flags.session_max_per_subject,
             self.limits,
             self.policies.keys().cloned().collect::<Vec<_>>().join(","),
         )

@@ -22,6 +22,7 @@ pub mod proto;
 pub mod queue;
 pub mod ratelimit;
 pub mod server;
+pub mod session;
 pub mod signal;
 pub mod store;
 pub mod task;

@@ -18,16 +18,18 @@ use crate::cache::grpc::CacheGrpc;
 use crate::config::Config;
 use crate::lock::grpc::LockGrpc;
 use crate::lock::{LockManager, LockSettings};
+use crate::proto;
 use crate::proto::v1::cache_service_server::CacheServiceServer;
 use crate::proto::v1::job_queue_service_server::JobQueueServiceServer;
 use crate::proto::v1::lock_service_server::LockServiceServer;
 use crate::proto::v1::rate_limiter_service_server::RateLimiterServiceServer;
 use crate::proto::v1::session_store_service_server::SessionStoreServiceServer;
-use crate::proto::{self, v1 as pb};
 use crate::queue::grpc::{JobQueueGrpc, QueueLimits};
 use crate::queue::{QueueManager, QueueSettings};
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::grpc::RateLimiterGrpc;
+use crate::session::grpc::{SessionDefaults, SessionGrpc};
+use crate::session::{SessionManager, SessionSettings};
 use crate::store::health::{EvictionConcern, spawn_pinger};
 use crate::store::notify::Notifier;
 use crate::store::{KeyBuilder, Store, StoreError};
@@ -56,11 +58,6 @@ pub struct RedisUrls {
     pub cache: Option<String>,
 }
 
-// Services whose issues have not landed: every RPC answers UNIMPLEMENTED (the generated
-// default stubs), and their health names still follow Redis.
-struct SessionUnimplemented;
-impl pb::session_store_service_server::SessionStoreService for SessionUnimplemented {}
-
 /// Serves until `shutdown` resolves, then drains: health `""` goes NOT_SERVING at once,
 /// new work is still taken for `shutdown_delay` (so load balancers see the replica leave
 /// before it refuses connections), then in-flight calls finish, all within `shutdown_grace`.
@@ -84,7 +81,7 @@ pub async fn run(
     let main_services = [
         RateLimiterServiceServer::<RateLimiterGrpc>::NAME,
         LockServiceServer::<LockGrpc>::NAME,
-        SessionStoreServiceServer::<SessionUnimplemented>::NAME,
+        SessionStoreServiceServer::<SessionGrpc>::NAME,
         JobQueueServiceServer::<JobQueueGrpc>::NAME,
     ];
     let cache_service = CacheServiceServer::<CacheGrpc>::NAME;
@@ -158,6 +155,24 @@ pub async fn run(
         ),
         config.limits.clone(),
     );
+    let sessions = SessionManager::new(
+        main_store.clone(),
+        KeyBuilder::default(),
+        SessionSettings {
+            max_data_bytes: config.flags.session_max_bytes,
+            max_per_subject: config.flags.session_max_per_subject,
+        },
+    );
+    let _session_gauge = sessions.spawn_gauge();
+    let session_service = SessionGrpc::new(
+        sessions,
+        config.limits.clone(),
+        SessionDefaults {
+            idle_timeout: config.flags.session_idle_timeout,
+            absolute_timeout: config.flags.session_absolute_timeout,
+            max_data_bytes: config.flags.session_max_bytes,
+        },
+    );
     let max_message = config.limits.max_message_bytes;
 
     let (stop_serving, stop_serving_rx) = oneshot::channel::<()>();
@@ -174,7 +189,7 @@ pub async fn run(
         .add_service(with_message_limit!(RateLimiterServiceServer::new(rate_limiter), max_message))
         .add_service(with_message_limit!(LockServiceServer::new(lock_service), max_message))
         .add_service(with_message_limit!(CacheServiceServer::new(cache_service), max_message))
-        .add_service(with_message_limit!(SessionStoreServiceServer::new(SessionUnimplemented), max_message))
+        .add_service(with_message_limit!(SessionStoreServiceServer::new(session_service), max_message))
         .add_service(with_message_limit!(JobQueueServiceServer::new(queue_service), max_message));
     // Server::tcp_nodelay applies only to listeners tonic binds itself; without it,
     // ping-pong RPCs stall ~40 ms on delayed ACKs (measured on lock hand-offs).

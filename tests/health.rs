@@ -1,13 +1,11 @@
-//! Health names, reflection (v1 and v1alpha), metrics, and the services not yet built.
+//! Health names, reflection (v1 and v1alpha) and metrics.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use baton::proto::v1::GetSessionRequest;
-use baton::proto::v1::session_store_service_client::SessionStoreServiceClient;
-use common::{Baton, PATIENCE, Redis, eventually, health_status, unique};
+use common::{Baton, PATIENCE, Redis, eventually, health_status};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -77,16 +75,6 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
         ),
         "v1alpha did not describe the rate limiter: {reply:?}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn services_not_yet_built_answer_unimplemented() {
-    let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
-    let mut sessions = SessionStoreServiceClient::new(baton.channel().await);
-    let status =
-        sessions.get_session(GetSessionRequest { session_id: unique("id"), ..Default::default() }).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

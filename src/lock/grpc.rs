@@ -20,7 +20,6 @@ use crate::proto::v1::{
 };
 use crate::proto::{duration_from_proto, duration_to_proto, timestamp_from_micros};
 use crate::{deadline, validate};
-use tonic::codegen::BoxStream;
 
 const MAX_OWNER_BYTES: usize = 256;
 const MAX_REQUEST_ID_BYTES: usize = 128;
@@ -93,6 +92,8 @@ fn holder_to_proto(holder: Holder) -> pb::Holder {
 
 #[tonic::async_trait]
 impl LockService for LockGrpc {
+    type KeepAliveStream = ReceiverStream<Result<KeepAliveResponse, Status>>;
+
     async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
         let caller_deadline = deadline::remaining(request.metadata());
         let request = request.into_inner();
@@ -164,10 +165,7 @@ impl LockService for LockGrpc {
         }))
     }
 
-    async fn keep_alive(
-        &self,
-        request: Request<KeepAliveRequest>,
-    ) -> Result<Response<BoxStream<KeepAliveResponse>>, Status> {
+    async fn keep_alive(&self, request: Request<KeepAliveRequest>) -> Result<Response<Self::KeepAliveStream>, Status> {
         let request = request.into_inner();
         self.lease_ref(&request.name, &request.lease_id)?;
         let ttl = optional_ttl("ttl", request.ttl.as_ref())?;
@@ -176,7 +174,7 @@ impl LockService for LockGrpc {
         let (sender, receiver) = mpsc::channel(4);
         let _ = sender.try_send(Ok(KeepAliveResponse { lease: Some(lease_to_proto(first.clone())) }));
         tokio::spawn(keep_renewing(self.locks.clone(), first, sender, self.shutdown.clone()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use crate::config::Limits;
@@ -236,6 +235,8 @@ fn delivery_to_proto(delivery: Delivery) -> ConsumeResponse {
 
 #[tonic::async_trait]
 impl JobQueueService for JobQueueGrpc {
+    type ConsumeStream = ReceiverStream<Result<ConsumeResponse, Status>>;
+
     async fn enqueue(&self, request: Request<EnqueueRequest>) -> Result<Response<EnqueueResponse>, Status> {
         let job = self.new_job("", request.into_inner())?;
         let (job_id, duplicate) = self.queues.enqueue(&job).await?;
@@ -264,7 +265,7 @@ impl JobQueueService for JobQueueGrpc {
         }))
     }
 
-    async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<BoxStream<ConsumeResponse>>, Status> {
+    async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<Self::ConsumeStream>, Status> {
         let request = request.into_inner();
         validate::key("queue", &request.queue, &self.limits)?;
         let max_in_flight = match request.max_in_flight {
@@ -294,7 +295,7 @@ impl JobQueueService for JobQueueGrpc {
             held: Vec::new(),
         };
         tokio::spawn(consumer.run());
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {

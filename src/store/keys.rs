@@ -16,6 +16,10 @@ pub enum Pattern {
     Cache,
     /// A cache tag's generation stamp (its own slot: tags span many entries).
     CacheTag,
+    /// A session, keyed by the SHA-256 of its id.
+    Session,
+    /// A subject's index of its sessions.
+    SessionIndex,
 }
 
 impl Pattern {
@@ -26,6 +30,8 @@ impl Pattern {
             Self::Queue => "queue",
             Self::Cache => "cache",
             Self::CacheTag => "ctag",
+            Self::Session => "sess",
+            Self::SessionIndex => "sessidx",
         }
     }
 }
@@ -45,6 +51,11 @@ impl KeyBuilder {
     /// ready jobs). Shaped like a key so one `baton:*` subscription hears every channel.
     pub fn channel(&self, pattern: Pattern, unit: &str) -> String {
         self.key(pattern, unit, "notify")
+    }
+
+    /// The namespace these keys belong to.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     /// The key of `part` of `unit` under `pattern`.

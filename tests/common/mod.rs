@@ -13,6 +13,7 @@ use baton::proto::v1::cache_service_client::CacheServiceClient;
 use baton::proto::v1::job_queue_service_client::JobQueueServiceClient;
 use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
+use baton::proto::v1::session_store_service_client::SessionStoreServiceClient;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -239,6 +240,10 @@ impl Baton {
 
     pub async fn cache(&self) -> CacheServiceClient<Channel> {
         CacheServiceClient::new(self.channel().await)
+    }
+
+    pub async fn sessions(&self) -> SessionStoreServiceClient<Channel> {
+        SessionStoreServiceClient::new(self.channel().await)
     }
 
     pub async fn health(&self) -> HealthClient<Channel> {

@@ -1,0 +1,427 @@
+//! Sessions after the OWASP Session Management Cheat Sheet: 256-bit ids from the OS
+//! CSPRNG that Redis never sees (only their SHA-256), idle and absolute timeouts, rotation
+//! that keeps the data, and a per-subject index for "log out everywhere".
+//!
+//! A session lives in its own slot (its hash); a subject's index lives in the subject's.
+//! Index entries are written first and read tolerantly: a crash between the two steps
+//! leaves at worst an index entry pointing at nothing, which readers drop.
+
+pub mod grpc;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use redis::Script;
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+use crate::store::keys::Pattern;
+use crate::store::{KeyBuilder, Store};
+use crate::task::TaskGuard;
+
+macro_rules! session_script {
+    ($file:literal) => {
+        LazyLock::new(|| Script::new(concat!(include_str!("prelude.lua"), "\n", include_str!($file))))
+    };
+}
+
+static CREATE: LazyLock<Script> = session_script!("create.lua");
+static GET: LazyLock<Script> = session_script!("get.lua");
+static UPDATE: LazyLock<Script> = session_script!("update.lua");
+static ROTATE: LazyLock<Script> = session_script!("rotate.lua");
+static DELETE: LazyLock<Script> = session_script!("delete.lua");
+
+/// 256 bits.
+const ID_BYTES: usize = 32;
+/// How often the active-sessions gauge is refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// A session as returned to callers (never with its id).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Session {
+    pub handle: String,
+    pub subject: String,
+    pub data: BTreeMap<String, Vec<u8>>,
+    pub attributes: BTreeMap<String, String>,
+    pub version: u64,
+    pub created_at_micros: u64,
+    pub last_seen_at_micros: u64,
+    pub idle_expires_at_micros: u64,
+    pub absolute_expires_at_micros: u64,
+}
+
+/// A validated CreateSession.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// A client-chosen id, already checked for form.
+    pub session_id: Option<String>,
+    pub subject: String,
+    pub data: BTreeMap<String, Vec<u8>>,
+    pub attributes: BTreeMap<String, String>,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+}
+
+/// Settings from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    /// Most bytes of data keys and values in one session.
+    pub max_data_bytes: usize,
+    /// Most live sessions per subject (the oldest are evicted); 0 = unlimited.
+    pub max_per_subject: usize,
+}
+
+/// A new session id: 256 bits from the OS CSPRNG, base64url without padding.
+pub fn new_session_id() -> String {
+    let mut bytes = [0u8; ID_BYTES];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `id` has the form of a session id: 22..=256 characters of `[A-Za-z0-9_-]`,
+/// at least 128 bits by its form.
+pub fn is_well_formed_id(id: &str) -> bool {
+    (22..=256).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The SHA-256 of an id, hex: the only form Redis sees.
+fn id_hash(id: &str) -> String {
+    hex(&Sha256::digest(id.as_bytes()))
+}
+
+/// The public handle: a one-way function of the hash, so it leads back neither to the id
+/// nor (without the index) to the session key.
+fn handle_of(hash: &str) -> String {
+    let digest = Sha256::digest(format!("baton-session-handle:{hash}").as_bytes());
+    URL_SAFE_NO_PAD.encode(&digest[..16])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[derive(Clone)]
+pub struct SessionManager {
+    store: Store,
+    keys: KeyBuilder,
+    settings: SessionSettings,
+}
+
+impl SessionManager {
+    pub fn new(store: Store, keys: KeyBuilder, settings: SessionSettings) -> Self {
+        Self { store, keys, settings }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn session_key(&self, hash: &str) -> String {
+        self.keys.key(Pattern::Session, hash, "s")
+    }
+
+    fn index_key(&self, subject: &str) -> String {
+        self.keys.key(Pattern::SessionIndex, subject, "i")
+    }
+
+    /// All sessions of the namespace whose absolute deadline is ahead, for the gauge.
+    fn active_key(&self) -> String {
+        self.keys.key(Pattern::SessionIndex, "*active*", "all")
+    }
+
+    /// Keeps `baton_sessions_active` fresh; see README for what it counts.
+    pub fn spawn_gauge(&self) -> TaskGuard {
+        let manager = self.clone();
+        TaskGuard::spawn(async move {
+            let mut interval = tokio::time::interval(GAUGE_INTERVAL);
+            loop {
+                interval.tick().await;
+                let now = crate::proto::now_micros();
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZREMRANGEBYSCORE").arg(manager.active_key()).arg("-inf").arg(now).ignore();
+                pipe.cmd("ZCARD").arg(manager.active_key());
+                if let Ok((count,)) = manager.store.pipeline::<(u64,)>("session_gauge", &pipe).await {
+                    metrics::gauge!("baton_sessions_active", "namespace" => manager.keys.namespace().to_owned())
+                        .set(count as f64);
+                }
+            }
+        })
+    }
+
+    /// Creates a session; returns its id and state. `Ok(None)`: the client-chosen id exists.
+    pub async fn create(&self, new: &NewSession) -> Result<Option<(String, Session)>, Error> {
+        let id = new.session_id.clone().unwrap_or_else(new_session_id);
+        let hash = id_hash(&id);
+        let handle = handle_of(&hash);
+        let absolute_deadline = crate::proto::now_micros() + new.absolute_timeout.as_micros() as u64;
+        // Index first: a crash after it leaves an entry that readers drop.
+        let mut pipe = redis::pipe();
+        if !new.subject.is_empty() {
+            let index = self.index_key(&new.subject);
+            pipe.cmd("ZADD").arg(&index).arg(crate::proto::now_micros()).arg(&hash).ignore();
+            pipe.cmd("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("GT").ignore();
+            // GT does not apply to a key without a TTL; NX covers the first member.
+            pipe.cmd("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("NX").ignore();
+        }
+        pipe.cmd("ZADD").arg(self.active_key()).arg(absolute_deadline).arg(&hash).ignore();
+        let _: () = self.store.pipeline("session_index", &pipe).await?;
+
+        let size: usize = new.data.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let mut args: Vec<Vec<u8>> = vec![
+            new.subject.clone().into_bytes(),
+            handle.into_bytes(),
+            new.idle_timeout.as_micros().to_string().into_bytes(),
+            new.absolute_timeout.as_micros().to_string().into_bytes(),
+            size.to_string().into_bytes(),
+            new.data.len().to_string().into_bytes(),
+        ];
+        for (key, value) in &new.data {
+            args.push(key.clone().into_bytes());
+            args.push(value.clone());
+        }
+        args.push(new.attributes.len().to_string().into_bytes());
+        for (key, value) in &new.attributes {
+            args.push(key.clone().into_bytes());
+            args.push(value.clone().into_bytes());
+        }
+        let reply: redis::Value =
+            self.store.run_script("session_create", &CREATE, &[self.session_key(&hash)], &args).await?;
+        let Some(session) = decode(reply)? else {
+            return Ok(None);
+        };
+        metrics::counter!("baton_sessions_created_total").increment(1);
+        if self.settings.max_per_subject > 0 && !new.subject.is_empty() {
+            self.evict_beyond_limit(&new.subject).await?;
+        }
+        Ok(Some((id, session)))
+    }
+
+    /// Drops the oldest sessions of a subject above the configured maximum.
+    async fn evict_beyond_limit(&self, subject: &str) -> Result<(), Error> {
+        let sessions = self.live_index(subject).await?;
+        let excess = sessions.len().saturating_sub(self.settings.max_per_subject);
+        if excess > 0 {
+            let oldest: Vec<String> = sessions.into_iter().take(excess).map(|(hash, _)| hash).collect();
+            self.remove(subject, &oldest).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str, touch: bool) -> Result<Option<Session>, Error> {
+        let args = vec![if touch { b"1".to_vec() } else { b"0".to_vec() }];
+        let reply: redis::Value =
+            self.store.run_script("session_get", &GET, &[self.session_key(&id_hash(id))], &args).await?;
+        decode(reply)
+    }
+
+    /// Merges `set`, removes `remove`; `Err(Aborted)` on a version mismatch.
+    pub async fn update(
+        &self,
+        id: &str,
+        set: &BTreeMap<String, Vec<u8>>,
+        remove: &[String],
+        if_version: u64,
+    ) -> Result<Option<Session>, Error> {
+        let mut args: Vec<Vec<u8>> = vec![
+            if_version.to_string().into_bytes(),
+            self.settings.max_data_bytes.to_string().into_bytes(),
+            set.len().to_string().into_bytes(),
+        ];
+        for (key, value) in set {
+            args.push(key.clone().into_bytes());
+            args.push(value.clone());
+        }
+        args.push(remove.len().to_string().into_bytes());
+        args.extend(remove.iter().map(|key| key.clone().into_bytes()));
+        let reply: redis::Value =
+            self.store.run_script("session_update", &UPDATE, &[self.session_key(&id_hash(id))], &args).await?;
+        if let redis::Value::Array(parts) = &reply
+            && parts.len() == 1
+        {
+            return Err(match &parts[0] {
+                redis::Value::BulkString(code) if code == b"TOO_LARGE" => {
+                    Error::invalid("set", format!("session data would exceed {} bytes", self.settings.max_data_bytes))
+                }
+                _ => Error::Aborted {
+                    reason: "VERSION_MISMATCH",
+                    message: "the session's version is not if_version".into(),
+                },
+            });
+        }
+        decode(reply)
+    }
+
+    /// Moves a session to a new id; the old id is dead at once.
+    pub async fn rotate(&self, id: &str) -> Result<Option<(String, Session)>, Error> {
+        let old_hash = id_hash(id);
+        // Peek at the subject so the index can take the new hash first.
+        let Some(current) = self.get(id, false).await? else {
+            return Ok(None);
+        };
+        let new_id = new_session_id();
+        let new_hash = id_hash(&new_id);
+        if !current.subject.is_empty() {
+            let index = self.index_key(&current.subject);
+            let mut pipe = redis::pipe();
+            pipe.cmd("ZADD").arg(&index).arg(current.created_at_micros).arg(&new_hash).ignore();
+            let _: () = self.store.pipeline("session_index", &pipe).await?;
+        }
+        let keys = [self.session_key(&old_hash), self.session_key(&new_hash)];
+        let args = vec![handle_of(&new_hash).into_bytes()];
+        let reply: redis::Value = self.store.run_script("session_rotate", &ROTATE, &keys, &args).await?;
+        let Some(session) = decode(reply)? else {
+            return Ok(None);
+        };
+        let mut pipe = redis::pipe();
+        if !session.subject.is_empty() {
+            pipe.cmd("ZREM").arg(self.index_key(&session.subject)).arg(&old_hash).ignore();
+        }
+        pipe.cmd("ZREM").arg(self.active_key()).arg(&old_hash).ignore();
+        pipe.cmd("ZADD").arg(self.active_key()).arg(session.absolute_expires_at_micros).arg(&new_hash).ignore();
+        let _: () = self.store.pipeline("session_index", &pipe).await?;
+        metrics::counter!("baton_sessions_rotated_total").increment(1);
+        Ok(Some((new_id, session)))
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<bool, Error> {
+        let hash = id_hash(id);
+        let (deleted, subject): (i64, String) =
+            self.store.run_script("session_delete", &DELETE, &[self.session_key(&hash)], &[]).await?;
+        let mut pipe = redis::pipe();
+        if !subject.is_empty() {
+            pipe.cmd("ZREM").arg(self.index_key(&subject)).arg(&hash).ignore();
+        }
+        pipe.cmd("ZREM").arg(self.active_key()).arg(&hash).ignore();
+        let _: () = self.store.pipeline("session_index", &pipe).await?;
+        Ok(deleted == 1)
+    }
+
+    /// The subject's live sessions, oldest first, as (hash, session); dangling index
+    /// entries are dropped on the way.
+    async fn live_index(&self, subject: &str) -> Result<Vec<(String, Session)>, Error> {
+        let index = self.index_key(subject);
+        let hashes: Vec<String> =
+            self.store.command("session_list", redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1)).await?;
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Each session lives in its own slot: one read each, pipelined on the connection.
+        let replies = futures::future::join_all(hashes.iter().map(|hash| self.peek(hash))).await;
+        let mut live = Vec::new();
+        let mut dangling = Vec::new();
+        for (hash, reply) in hashes.into_iter().zip(replies) {
+            match decode(reply?)? {
+                Some(session) => live.push((hash, session)),
+                None => dangling.push(hash),
+            }
+        }
+        if !dangling.is_empty() {
+            let _: i64 =
+                self.store.command("session_index_clean", redis::cmd("ZREM").arg(&index).arg(&dangling)).await?;
+            metrics::counter!("baton_sessions_expired_total").increment(dangling.len() as u64);
+        }
+        Ok(live)
+    }
+
+    async fn peek(&self, hash: &str) -> Result<redis::Value, Error> {
+        Ok(self.store.run_script("session_get", &GET, &[self.session_key(hash)], &[b"0".to_vec()]).await?)
+    }
+
+    pub async fn list(&self, subject: &str) -> Result<Vec<Session>, Error> {
+        Ok(self.live_index(subject).await?.into_iter().map(|(_, session)| session).collect())
+    }
+
+    /// Revokes the subject's sessions with these handles (all when empty), except one.
+    pub async fn revoke(&self, subject: &str, handles: &[String], except_handle: &str) -> Result<u64, Error> {
+        let doomed: Vec<String> = self
+            .live_index(subject)
+            .await?
+            .into_iter()
+            .filter(|(_, session)| handles.is_empty() || handles.contains(&session.handle))
+            .filter(|(_, session)| session.handle != except_handle)
+            .map(|(hash, _)| hash)
+            .collect();
+        let revoked = self.remove(subject, &doomed).await?;
+        metrics::counter!("baton_sessions_revoked_total").increment(revoked);
+        Ok(revoked)
+    }
+
+    async fn remove(&self, subject: &str, hashes: &[String]) -> Result<u64, Error> {
+        if hashes.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for hash in hashes {
+            pipe.cmd("DEL").arg(self.session_key(hash));
+        }
+        pipe.cmd("ZREM").arg(self.index_key(subject)).arg(hashes).ignore();
+        pipe.cmd("ZREM").arg(self.active_key()).arg(hashes).ignore();
+        let deleted: Vec<i64> = self.store.pipeline("session_revoke", &pipe).await?;
+        Ok(deleted.into_iter().filter(|d| *d == 1).count() as u64)
+    }
+}
+
+/// A session from a script's HGETALL reply; `None` for the scripts' 0 (missing).
+fn decode(reply: redis::Value) -> Result<Option<Session>, Error> {
+    let redis::Value::Array(parts) = reply else {
+        return Ok(None);
+    };
+    let mut fields: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut parts = parts.into_iter();
+    while let (Some(redis::Value::BulkString(name)), Some(redis::Value::BulkString(value))) =
+        (parts.next(), parts.next())
+    {
+        fields.insert(String::from_utf8_lossy(&name).into_owned(), value);
+    }
+    let text = |name: &str| fields.get(name).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let number = |name: &str| text(name).parse::<u64>().unwrap_or(0);
+    if !fields.contains_key("abs_exp") {
+        return Err(Error::Internal("session script returned a hash without deadlines".into()));
+    }
+    let mut session = Session {
+        handle: text("handle"),
+        subject: text("subject"),
+        version: number("ver"),
+        created_at_micros: number("created"),
+        last_seen_at_micros: number("last_seen"),
+        idle_expires_at_micros: number("idle_exp"),
+        absolute_expires_at_micros: number("abs_exp"),
+        ..Session::default()
+    };
+    for (name, value) in fields {
+        if let Some(key) = name.strip_prefix("d:") {
+            session.data.insert(key.to_owned(), value);
+        } else if let Some(key) = name.strip_prefix("a:") {
+            session.attributes.insert(key.to_owned(), String::from_utf8_lossy(&value).into_owned());
+        }
+    }
+    Ok(Some(session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_256_bits_and_well_formed() {
+        let id = new_session_id();
+        assert_eq!(URL_SAFE_NO_PAD.decode(&id).unwrap().len(), 32);
+        assert!(is_well_formed_id(&id));
+        assert!(!is_well_formed_id("short"));
+        assert!(!is_well_formed_id(&"a+b/".repeat(10)));
+        assert!(!is_well_formed_id(&"a".repeat(257)));
+    }
+
+    #[test]
+    fn hashes_and_handles_do_not_contain_the_id() {
+        let id = new_session_id();
+        let hash = id_hash(&id);
+        let handle = handle_of(&hash);
+        assert_eq!(hash.len(), 64);
+        assert!(!hash.contains(&id) && !handle.contains(&id));
+        assert_ne!(handle_of(&id_hash(&new_session_id())), handle);
+    }
+}

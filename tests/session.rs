@@ -1,0 +1,336 @@
+//! SessionStoreService against a real Redis: id strength, no ids at rest, idle and
+//! absolute timeouts, rotation, revoke-all, optimistic concurrency, no resurrection.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use baton::proto::duration_to_proto;
+use baton::proto::v1::session_store_service_client::SessionStoreServiceClient;
+use baton::proto::v1::{
+    CreateSessionRequest, DeleteSessionRequest, GetSessionRequest, ListSessionsRequest, RevokeSessionsRequest,
+    RotateSessionRequest, Session, UpdateSessionRequest,
+};
+use common::{Baton, Redis, unique};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+type Sessions = SessionStoreServiceClient<Channel>;
+
+fn create_request(subject: &str) -> CreateSessionRequest {
+    CreateSessionRequest {
+        subject: subject.to_owned(),
+        data: HashMap::from([("cart".to_owned(), b"3 items".to_vec())]),
+        attributes: HashMap::from([("ip".to_owned(), "127.0.0.1".to_owned())]),
+        ..Default::default()
+    }
+}
+
+async fn create(sessions: &mut Sessions, request: CreateSessionRequest) -> (String, Session) {
+    let response = sessions.create_session(request).await.expect("create").into_inner();
+    (response.session_id, response.session.unwrap())
+}
+
+async fn get(sessions: &mut Sessions, id: &str, no_touch: bool) -> Result<Session, tonic::Status> {
+    sessions
+        .get_session(GetSessionRequest { session_id: id.to_owned(), no_touch })
+        .await
+        .map(|r| r.into_inner().session.unwrap())
+}
+
+fn short_lived(subject: &str, idle_ms: u64, absolute_ms: u64) -> CreateSessionRequest {
+    CreateSessionRequest {
+        idle_timeout: Some(duration_to_proto(Duration::from_millis(idle_ms))),
+        absolute_timeout: Some(duration_to_proto(Duration::from_millis(absolute_ms))),
+        ..create_request(subject)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_ids_are_distinct_256_bit_values_and_never_stored() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let sessions = baton.sessions().await;
+    let mut ids = HashSet::new();
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let mut sessions = sessions.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..6250 {
+                // Half with a subject (indexed), half anonymous.
+                let subject = if i % 2 == 0 { format!("user-{worker}") } else { String::new() };
+                ids.push(create(&mut sessions, create_request(&subject)).await.0);
+            }
+            ids
+        }));
+    }
+    for task in tasks {
+        ids.extend(task.await.unwrap());
+    }
+    assert_eq!(ids.len(), 100_000);
+    assert!(ids.iter().all(|id| URL_SAFE_NO_PAD.decode(id).map(|b| b.len()) == Ok(32)));
+
+    // No key and no stored value contains any id: every 43-byte window of every key name and
+    // every DUMP is looked up among the ids.
+    let mut conn = redis.connection();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert!(keys.len() > 100_000, "only {} keys", keys.len());
+    // Index by the first 8 bytes, so each window costs one u64 lookup.
+    let prefix = |bytes: &[u8]| u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    let by_prefix: HashMap<u64, &[u8]> = ids.iter().map(|id| (prefix(id.as_bytes()), id.as_bytes())).collect();
+    let mut leaked = 0;
+    for chunk in keys.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("DUMP").arg(key);
+        }
+        let dumps: Vec<Vec<u8>> = pipe.query(&mut conn).unwrap();
+        for blob in chunk.iter().chain(dumps.iter()) {
+            leaked += blob
+                .windows(43)
+                .filter(|window| by_prefix.get(&prefix(window)).is_some_and(|id| *id == *window))
+                .count();
+        }
+    }
+    assert_eq!(leaked, 0, "session ids found in Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_slides_with_touches_and_the_absolute_timeout_does_not() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut sessions = baton.sessions().await;
+
+    // Untouched: gone after the idle timeout.
+    let (idle, _) = create(&mut sessions, short_lived("u", 400, 60_000)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get(&mut sessions, &idle, true).await.unwrap_err().code(), Code::NotFound);
+
+    // Touched every 150 ms: alive well past the 400 ms idle timeout...
+    let (touched, created) = create(&mut sessions, short_lived("u", 400, 1500)).await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1000) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let session = get(&mut sessions, &touched, false).await.expect("kept alive by touches");
+        assert!(
+            session.idle_expires_at.unwrap().seconds * 1000
+                + i64::from(session.idle_expires_at.unwrap().nanos / 1_000_000)
+                <= created.absolute_expires_at.unwrap().seconds * 1000
+                    + i64::from(created.absolute_expires_at.unwrap().nanos / 1_000_000)
+        );
+    }
+    // ...but never past the absolute timeout, however often it is touched.
+    let mut ended = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if get(&mut sessions, &touched, false).await.is_err() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the session outlived its absolute timeout");
+    assert!(started.elapsed() >= Duration::from_millis(1300), "ended early: {:?}", started.elapsed());
+
+    // no_touch reads do not slide.
+    let (peeked, _) = create(&mut sessions, short_lived("u", 500, 60_000)).await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let _ = get(&mut sessions, &peeked, true).await;
+    }
+    assert_eq!(get(&mut sessions, &peeked, true).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_moves_the_data_and_kills_the_old_id() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut sessions = baton.sessions().await;
+    let subject = unique("rotating");
+    let (old_id, original) = create(&mut sessions, create_request(&subject)).await;
+    let update = UpdateSessionRequest {
+        session_id: old_id.clone(),
+        set: HashMap::from([("role".to_owned(), b"user".to_vec())]),
+        ..Default::default()
+    };
+    sessions.update_session(update).await.unwrap();
+    let rotated =
+        sessions.rotate_session(RotateSessionRequest { session_id: old_id.clone() }).await.unwrap().into_inner();
+    let new = rotated.session.unwrap();
+    assert_ne!(rotated.session_id, old_id);
+    assert_eq!(new.data.get("role").map(Vec::as_slice), Some(&b"user"[..]));
+    assert_eq!(new.data.get("cart").map(Vec::as_slice), Some(&b"3 items"[..]));
+    assert_eq!(new.version, 2, "rotation keeps the version history");
+    assert_eq!(new.absolute_expires_at, original.absolute_expires_at);
+    assert_ne!(new.handle, original.handle);
+    assert_eq!(get(&mut sessions, &old_id, true).await.unwrap_err().code(), Code::NotFound);
+    assert!(get(&mut sessions, &rotated.session_id, true).await.is_ok());
+    // Writes through the old id cannot bring it back.
+    let update = UpdateSessionRequest { session_id: old_id.clone(), ..Default::default() };
+    assert_eq!(sessions.update_session(update).await.unwrap_err().code(), Code::NotFound);
+    let listed = sessions.list_sessions(ListSessionsRequest { subject }).await.unwrap().into_inner().sessions;
+    assert_eq!(listed.iter().map(|s| s.handle.clone()).collect::<Vec<_>>(), vec![new.handle]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_all_sessions_of_a_subject_leaves_none_but_the_exception() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut sessions = baton.sessions().await;
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    let mut alice_ids = Vec::new();
+    for _ in 0..50 {
+        alice_ids.push(create(&mut sessions, create_request(&alice)).await);
+    }
+    let (bob_id, _) = create(&mut sessions, create_request(&bob)).await;
+    let listed =
+        sessions.list_sessions(ListSessionsRequest { subject: alice.clone() }).await.unwrap().into_inner().sessions;
+    assert_eq!(listed.len(), 50);
+
+    let keep = alice_ids[7].1.handle.clone();
+    let revoke = RevokeSessionsRequest { subject: alice.clone(), handles: vec![], except_handle: keep.clone() };
+    assert_eq!(sessions.revoke_sessions(revoke).await.unwrap().into_inner().revoked, 49);
+    let left =
+        sessions.list_sessions(ListSessionsRequest { subject: alice.clone() }).await.unwrap().into_inner().sessions;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].handle, keep);
+    for (index, (id, _)) in alice_ids.iter().enumerate() {
+        assert_eq!(get(&mut sessions, id, true).await.is_ok(), index == 7);
+    }
+    assert!(get(&mut sessions, &bob_id, true).await.is_ok(), "another subject was touched");
+
+    let revoke = RevokeSessionsRequest { subject: alice.clone(), ..Default::default() };
+    assert_eq!(sessions.revoke_sessions(revoke).await.unwrap().into_inner().revoked, 1);
+    assert!(
+        sessions.list_sessions(ListSessionsRequest { subject: alice }).await.unwrap().into_inner().sessions.is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_with_one_version_have_one_winner_and_deletes_stay_deleted() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let sessions = baton.sessions().await;
+    let (id, session) = create(&mut sessions.clone(), create_request("racer")).await;
+    let mut racers = Vec::new();
+    for racer in 0..20 {
+        let (mut sessions, id) = (sessions.clone(), id.clone());
+        racers.push(tokio::spawn(async move {
+            let update = UpdateSessionRequest {
+                session_id: id,
+                set: HashMap::from([("winner".to_owned(), racer.to_string().into_bytes())]),
+                if_version: session.version,
+                ..Default::default()
+            };
+            sessions.update_session(update).await.map(drop).map_err(|s| s.code())
+        }));
+    }
+    let mut winners = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(()) => winners += 1,
+            Err(code) => assert_eq!(code, Code::Aborted),
+        }
+    }
+    assert_eq!(winners, 1);
+
+    // Updates racing a delete: whatever the order, the session stays deleted.
+    for _ in 0..20 {
+        let (id, _) = create(&mut sessions.clone(), create_request("racer")).await;
+        let updater = {
+            let (mut sessions, id) = (sessions.clone(), id.clone());
+            tokio::spawn(async move {
+                for i in 0..5 {
+                    let update = UpdateSessionRequest {
+                        session_id: id.clone(),
+                        set: HashMap::from([("n".to_owned(), vec![i])]),
+                        ..Default::default()
+                    };
+                    let _ = sessions.update_session(update).await;
+                    let _ = get(&mut sessions, &id, false).await;
+                }
+            })
+        };
+        sessions.clone().delete_session(DeleteSessionRequest { session_id: id.clone() }).await.unwrap();
+        updater.await.unwrap();
+        assert_eq!(get(&mut sessions.clone(), &id, true).await.unwrap_err().code(), Code::NotFound, "resurrected");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_batons_see_the_same_sessions_and_client_chosen_ids_work() {
+    let redis = Redis::start();
+    let (a, b) = (Baton::start(Some(&redis.url()), &[]), Baton::start(Some(&redis.url()), &[]));
+    let (mut on_a, mut on_b) = (a.sessions().await, b.sessions().await);
+    let (id, _) = create(&mut on_a, create_request("shared")).await;
+    assert_eq!(get(&mut on_b, &id, false).await.unwrap().data["cart"], b"3 items");
+
+    // express-session style: the framework picks the id.
+    let chosen = "s3cr3t-Framework_Chosen-Id_0123456789";
+    let request = CreateSessionRequest { session_id: chosen.into(), ..create_request("shared") };
+    let (returned, _) = create(&mut on_a, request.clone()).await;
+    assert_eq!(returned, chosen);
+    assert!(get(&mut on_b, chosen, true).await.is_ok());
+    let status = on_b.create_session(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ids_and_inputs_are_rejected_and_write_nothing() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut sessions = baton.sessions().await;
+    for bad in ["", "short", "has spaces in it, twenty-two+", "plus+and/slash/are/not/base64url", &"a".repeat(300)] {
+        let status = get(&mut sessions, bad, false).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+        assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "session_id");
+    }
+    // Well formed but unknown: NOT_FOUND, never INTERNAL.
+    let unknown = baton::session::new_session_id();
+    assert_eq!(get(&mut sessions, &unknown, false).await.unwrap_err().code(), Code::NotFound);
+    let update = UpdateSessionRequest { session_id: unknown.clone(), ..Default::default() };
+    assert_eq!(sessions.update_session(update).await.unwrap_err().code(), Code::NotFound);
+    let rotate = RotateSessionRequest { session_id: unknown.clone() };
+    assert_eq!(sessions.rotate_session(rotate).await.unwrap_err().code(), Code::NotFound);
+
+    let too_short = CreateSessionRequest { session_id: "only-21-characters-xx".into(), ..create_request("x") };
+    let status = sessions.create_session(too_short).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let huge =
+        CreateSessionRequest { data: HashMap::from([("blob".to_owned(), vec![0; 70 * 1024])]), ..create_request("x") };
+    let status = sessions.create_session(huge).await.unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "data");
+    let zero = CreateSessionRequest {
+        idle_timeout: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+        ..create_request("x")
+    };
+    let status = sessions.create_session(zero).await.unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "idle_timeout");
+    let status = sessions.list_sessions(ListSessionsRequest { subject: String::new() }).await.unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "subject");
+    assert_eq!(redis.dbsize(), 0, "rejected requests wrote {:?}", redis.keys());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_over_the_size_limit_is_refused_whole() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &["--session-max-bytes", "1000"]);
+    let mut sessions = baton.sessions().await;
+    let (id, _) = create(&mut sessions, create_request("sized")).await;
+    let update = UpdateSessionRequest {
+        session_id: id.clone(),
+        set: HashMap::from([("a".to_owned(), vec![1; 600])]),
+        ..Default::default()
+    };
+    sessions.update_session(update.clone()).await.unwrap();
+    let second = UpdateSessionRequest { set: HashMap::from([("b".to_owned(), vec![2; 600])]), ..update };
+    let status = sessions.update_session(second).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let session = get(&mut sessions, &id, true).await.unwrap();
+    assert!(!session.data.contains_key("b"));
+    assert_eq!(session.version, 2);
+}
