@@ -23,6 +23,9 @@ pub enum Error {
     /// Redis unreachable, or slower than the configured timeout.
     #[error("storage unavailable")]
     Unavailable,
+    /// This replica is shutting down: streams end so that clients resume on another one.
+    #[error("baton is shutting down; resume on another replica")]
+    ShuttingDown,
     /// Redis refused a write because it is out of memory.
     #[error("storage is out of memory")]
     StorageFull,
@@ -54,6 +57,7 @@ impl Error {
         match self {
             Self::InvalidArgument { .. } => "INVALID_FIELD",
             Self::Unavailable => "STORAGE_UNAVAILABLE",
+            Self::ShuttingDown => "SHUTTING_DOWN",
             Self::StorageFull => "STORAGE_FULL",
             Self::ResponseTooLarge { .. } => "RESPONSE_TOO_LARGE",
             Self::FailedPrecondition { reason, .. }
@@ -67,7 +71,7 @@ impl Error {
     fn code(&self) -> Code {
         match self {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
-            Self::Unavailable => Code::Unavailable,
+            Self::Unavailable | Self::ShuttingDown => Code::Unavailable,
             Self::StorageFull | Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
             Self::FailedPrecondition { .. } => Code::FailedPrecondition,
             Self::Aborted { .. } => Code::Aborted,
@@ -98,6 +102,10 @@ impl From<Error> for Status {
             }
             Error::Unavailable => {
                 details.set_retry_info(Some(RETRY_DELAY));
+            }
+            // Another replica can take the call right away.
+            Error::ShuttingDown => {
+                details.set_retry_info(Some(Duration::ZERO));
             }
             Error::Internal(cause) => {
                 tracing::error!(error.cause = %cause, "internal error");

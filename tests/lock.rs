@@ -425,6 +425,7 @@ async fn sigterm_ends_keepalive_with_unavailable_and_another_baton_resumes_it() 
         }
     };
     assert_eq!(ended.code(), Code::Unavailable);
+    assert_eq!(ended.get_details_error_info().unwrap().reason, "SHUTTING_DOWN");
     assert!(is_held(&mut locks, &name).await, "shutdown must not release the lease");
 
     let mut resumed = keep_alive(&mut locks, &lease).await;

@@ -225,6 +225,7 @@ async fn sigterm_ends_streams_unavailable_and_acks_go_through_the_other_baton() 
         }
     };
     assert_eq!(ended.code(), Code::Unavailable);
+    assert_eq!(ended.get_details_error_info().unwrap().reason, "SHUTTING_DOWN");
     for delivery in &held {
         ack(&mut queues, delivery).await.expect("ack through the other baton");
         assert_eq!(job_state(&mut queues, &delivery.job.as_ref().unwrap().job_id).await, JobState::Succeeded);

@@ -200,8 +200,7 @@ async fn keep_renewing(
                 return;
             }
             () = shutdown.cancelled() => {
-                let status = Status::unavailable("baton is shutting down; resume KeepAlive on another replica");
-                let _ = sender.send(Err(status)).await;
+                let _ = sender.send(Err(Error::ShuttingDown.into())).await;
                 return;
             }
             () = tokio::time::sleep(next) => {}

@@ -482,8 +482,7 @@ impl Consumer {
                 Wake::ClientGone => break,
                 Wake::Shutdown => {
                     // The workers still finish and Ack through another replica.
-                    let status = Status::unavailable("baton is shutting down; reconnect to another replica");
-                    let _ = self.sender.send(Err(status)).await;
+                    let _ = self.sender.send(Err(Error::ShuttingDown.into())).await;
                     metrics::gauge!("baton_queue_consumers").decrement(1.0);
                     return;
                 }
