@@ -7,15 +7,17 @@ BUF := tools/node_modules/.bin/buf
 # the timing tests honest on a 2-core machine.
 TEST_THREADS ?= 2
 
-.PHONY: run test deps redis-server buf lint fmt-check clippy cargo-test bench clean clients-test gen
+.PHONY: run test deps redis-server buf lint fmt-check clippy cargo-test bench clean clients-test gen deploy-test
 
 # Client SDKs (clients/go, clients/python, clients/node): `make gen`, `make clients-test`.
 -include clients/clients.mk
+# Container image and Kubernetes manifests checks (deploy/): `make deploy-test`.
+-include deploy/deploy.mk
 
 run: redis-server
 	$(CARGO) run --release --bin baton -- $(ARGS)
 
-test: deps lint cargo-test clients-test
+test: deps lint cargo-test clients-test deploy-test
 
 deps: redis-server buf
 
@@ -57,5 +59,6 @@ clean:
 	$(CARGO) clean
 	rm -rf tools/node_modules
 
-# Until clients/clients.mk defines it, there is nothing to test there.
+# Until clients/clients.mk and deploy/deploy.mk define them, there is nothing to test there.
 clients-test::
+deploy-test::

@@ -96,6 +96,15 @@ pub struct Flags {
     #[arg(long, env = "BATON_SESSION_MAX_PER_SUBJECT", default_value_t = 0)]
     pub session_max_per_subject: usize,
 
+    /// Close client connections after this age (with `--max-connection-age-grace` for calls
+    /// in flight), so long-lived HTTP/2 connections spread onto new replicas. 0 = never.
+    #[arg(long, env = "BATON_MAX_CONNECTION_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// How long a connection past its maximum age may finish its calls.
+    #[arg(long, env = "BATON_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Duration,
+
     /// The `redis-server` binary used for the embedded development Redis.
     #[arg(long, env = "BATON_REDIS_SERVER_BIN", default_value = "redis-server")]
     pub redis_server_bin: PathBuf,
@@ -273,6 +282,7 @@ impl Config {
              shutdown_grace={:?} shutdown_delay={:?} lock_min_replicas={} lock_fence_idle={:?} \
              queue_retention={:?} queue_dead_retention={:?} queue_visibility_timeout={:?} queue_max_in_flight={} \
              session_idle_timeout={:?} session_absolute_timeout={:?} session_max_bytes={} session_max_per_subject={} \
+             max_connection_age={:?} max_connection_age_grace={:?} \
              limits={:?} policies=[{}]",
             self.flags.listen,
             self.flags.metrics_listen,
@@ -291,6 +301,8 @@ impl Config {
             self.flags.session_absolute_timeout,
             self.flags.session_max_bytes,
             self.flags.session_max_per_subject,
+            self.flags.max_connection_age,
+            self.flags.max_connection_age_grace,
             self.limits,
             self.policies.keys().cloned().collect::<Vec<_>>().join(","),
         )

@@ -176,7 +176,13 @@ pub async fn run(
     let max_message = config.limits.max_message_bytes;
 
     let (stop_serving, stop_serving_rx) = oneshot::channel::<()>();
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if !config.flags.max_connection_age.is_zero() {
+        builder = builder
+            .max_connection_age(config.flags.max_connection_age)
+            .max_connection_age_grace(config.flags.max_connection_age_grace);
+    }
+    let router = builder
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .http2_max_local_error_reset_streams(Some(1024))
