@@ -8,9 +8,15 @@
 //   - resolver.go: the "ipv4:" and "ipv6:" address-list targets
 //   - ratelimit.go: [Client.Allow]
 //   - lock.go: [Client.Lock] and [*Lease], held through KeepAlive
+//   - cache.go: [Client.CacheGet], [Client.CacheSet], [Client.CacheDelete],
+//     [Client.InvalidateTag] and [Client.GetOrLoad] (one loader per miss, via Fetch/Fill)
+//   - session.go: [Client.CreateSession] and the rest of the session store
+//   - sessionhttp.go: [SessionManager], net/http middleware keeping web sessions in Baton
+//   - queue.go: [Client.Enqueue] and [Client.Consume], the worker loop
 //   - gen/baton/v1: the generated stubs for every service (`make gen`), reachable as
 //     [Client.RateLimits], [Client.Locks], [Client.Cache], [Client.Sessions], [Client.Queue]
 //
-// Only these helpers retry, and only where the API makes it safe: Acquire with a
-// request_id, Release, and resuming KeepAlive on another replica.
+// The helpers retry only where the API makes it safe: Acquire with a request_id, Enqueue
+// with a dedup key, reads, Release, Delete, Ack and Nack, and resuming KeepAlive and Consume
+// streams on another replica.
 package baton

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	baton "github.com/baton-dev/baton/clients/go"
 	batonv1 "github.com/baton-dev/baton/clients/go/gen/baton/v1"
@@ -105,5 +106,35 @@ func TestDefaultTimeoutBoundsCallsWithoutDeadline(t *testing.T) {
 	_, err := client.Allow(context.Background(), "key", 1, time.Second)
 	if !errors.Is(err, baton.ErrDeadlineExceeded) || time.Since(started) > 3*time.Second {
 		t.Fatalf("got %v after %s, want DEADLINE_EXCEEDED after about 100ms", err, time.Since(started))
+	}
+}
+
+func TestFailedPreconditionForAStaleFillTokenAndJobLease(t *testing.T) {
+	client, _ := server(t)
+	ctx := testContext(t)
+	key := unique("profile")
+	fetched, err := client.Cache.Fetch(ctx, &batonv1.FetchRequest{Key: key})
+	if err != nil || fetched.GetFillToken() == "" {
+		t.Fatalf("Fetch of a missing key: %v %v, want a fill token", fetched, err)
+	}
+	if _, err := client.CacheSet(ctx, key, []byte("newer"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	_, err = client.Cache.Fill(ctx, &batonv1.FillRequest{Key: key, FillToken: fetched.GetFillToken(), Value: []byte("older"), Ttl: durationpb.New(time.Minute)})
+	if err = baton.FromError(err); !errors.Is(err, baton.ErrFillTokenStale) {
+		t.Fatalf("Fill after a Set: got %v, want FAILED_PRECONDITION FILL_TOKEN_STALE", err)
+	}
+
+	queue := unique("emails")
+	if _, err := client.Enqueue(ctx, queue, nil, baton.WithMaxAttempts(1)); err != nil {
+		t.Fatal(err)
+	}
+	nacked := make(chan string, 1)
+	consumeInBackground(t, client, queue, 1, func(_ context.Context, job *baton.Job) ([]byte, error) {
+		return nil, errors.New("failed")
+	}, baton.WithOnSettled(func(job *baton.Job, _ error) { nacked <- job.LeaseID() }))
+	_, err = client.Queue.Ack(ctx, &batonv1.AckRequest{LeaseId: <-nacked})
+	if err = baton.FromError(err); !errors.Is(err, baton.ErrJobNotLeased) {
+		t.Fatalf("Ack after Nack: got %v, want FAILED_PRECONDITION JOB_NOT_LEASED", err)
 	}
 }
