@@ -9,7 +9,7 @@ from conftest import unique
 from harness import free_port
 
 import baton_client
-from baton_client.pb.baton.v1 import lock_pb2
+from baton_client.pb.baton.v1 import lock_pb2, queue_pb2
 
 
 async def test_allow_denies_past_the_limit(async_client: baton_client.AsyncClient) -> None:
@@ -84,3 +84,78 @@ async def test_keep_alive_resumes_on_another_replica_when_one_shuts_down(start_b
         described = await client.stubs.locks.Describe(lock_pb2.DescribeRequest(name=lease.name))
         assert [holder.fencing_token for holder in described.holders] == [lease.fencing_token]
         await lease.release()
+
+
+async def test_get_or_load_runs_one_loader_for_50_concurrent_callers(
+    async_client: baton_client.AsyncClient,
+) -> None:
+    key = unique("profile")
+    loads = 0
+
+    async def load() -> bytes:
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0.2)  # a slow database
+        return b'{"name":"Ada"}'
+
+    values = await asyncio.gather(*(async_client.get_or_load(key, 60, load) for _ in range(50)))
+    assert values == [b'{"name":"Ada"}'] * 50
+    assert loads == 1
+
+
+async def test_consume_acks_nacks_and_cancels_the_handler_task(
+    async_client: baton_client.AsyncClient,
+) -> None:
+    queue = unique("emails")
+    backoff = baton_client.RetryBackoff(initial=0.01, max=0.01, multiplier=1)
+    flaky = await async_client.enqueue(queue, b"flaky", retry_backoff=backoff)
+    endless = await async_client.enqueue(queue, b"endless")
+    outcomes: list[tuple[bytes, int, BaseException | None]] = []
+    endless_started = asyncio.Event()
+    endless_cancelled = asyncio.Event()
+
+    async def handle(job: baton_client.Job) -> bytes | None:
+        if job.payload == b"endless":
+            endless_started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                endless_cancelled.set()
+                raise
+        if job.attempt == 1:
+            raise ValueError("first attempt fails")
+        return b"done"
+
+    stop = asyncio.Event()
+    consumer = asyncio.create_task(
+        async_client.consume(
+            queue,
+            handle,
+            2,
+            stop=stop,
+            on_settled=lambda job, error: outcomes.append((job.payload, job.attempt, error)),
+        )
+    )
+    await asyncio.wait_for(endless_started.wait(), 10)
+    await async_client.stubs.queue.CancelJob(queue_pb2.CancelJobRequest(job_id=endless.job_id))
+    await asyncio.wait_for(endless_cancelled.wait(), 10)
+    while len(outcomes) < 3:
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.wait_for(consumer, 10)
+
+    by_job = {(payload, attempt): error for payload, attempt, error in outcomes}
+    assert isinstance(by_job[(b"flaky", 1)], ValueError)
+    assert by_job[(b"flaky", 2)] is None
+    assert isinstance(by_job[(b"endless", 1)], baton_client.JobCancelled)
+    job = (await async_client.stubs.queue.GetJob(queue_pb2.GetJobRequest(job_id=flaky.job_id))).job
+    assert job.result == b"done" and job.last_error == "first attempt fails"
+
+
+async def test_sessions_round_trip(async_client: baton_client.AsyncClient) -> None:
+    subject = unique("user")
+    session_id, _ = await async_client.create_session(subject, {"theme": b"dark"})
+    assert (await async_client.get_session(session_id)).data == {"theme": b"dark"}
+    assert await async_client.revoke_sessions(subject) == 1
+    with pytest.raises(baton_client.NotFound):
+        await async_client.get_session(session_id, touch=False)

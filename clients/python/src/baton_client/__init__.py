@@ -7,10 +7,15 @@ Layout:
   ``.stubs``, the generated stubs of every service (``pb/``, from ``make gen``)
 - ``ratelimit``: ``allow()``
 - ``lock``: ``lock()`` / ``acquire()`` and the leases they hold through KeepAlive
+- ``cache``: ``cache_get/set/delete()``, ``invalidate_tag()``, ``get_or_load()``
+- ``session``: ``create_session()`` … ``revoke_sessions()``; ``django_sessions``: a Django
+  session engine on them
+- ``queue``: ``enqueue()`` and ``consume()``, the worker loop
 - ``errors``: ``BatonError`` and its subclasses, from ``google.rpc`` error details
 """
 
 from .aio import AsyncClient
+from .cache import CacheEntry
 from .client import Client
 from .errors import (
     Aborted,
@@ -20,6 +25,8 @@ from .errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
+    JobCancelled,
+    JobLeaseLost,
     LeaseLost,
     LockNotAcquired,
     NotFound,
@@ -31,7 +38,9 @@ from .errors import (
     from_rpc_error,
 )
 from .lock import AsyncLease, Lease
+from .queue import Enqueued, Job, RetryBackoff
 from .ratelimit import Algorithm, Decision
+from .session import Session
 
 __all__ = [
     "Aborted",
@@ -40,18 +49,25 @@ __all__ = [
     "AsyncClient",
     "AsyncLease",
     "BatonError",
+    "CacheEntry",
     "Client",
     "DeadlineExceeded",
     "Decision",
+    "Enqueued",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
+    "Job",
+    "JobCancelled",
+    "JobLeaseLost",
     "Lease",
     "LeaseLost",
     "LockNotAcquired",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "RetryBackoff",
+    "Session",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",

@@ -10,9 +10,12 @@ import grpc.aio
 
 from . import _connection
 from ._connection import DEFAULT_TIMEOUT
+from .cache import AsyncCache
 from .client import Stubs
 from .lock import AsyncLocks
+from .queue import AsyncQueue
 from .ratelimit import AsyncRateLimits
+from .session import AsyncSessions
 
 
 def _details(
@@ -48,7 +51,7 @@ class _StreamDefaults(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(_details(details, self._api_key, None), request)
 
 
-class AsyncClient(AsyncRateLimits, AsyncLocks):
+class AsyncClient(AsyncRateLimits, AsyncLocks, AsyncCache, AsyncSessions, AsyncQueue):
     """A connection to Baton for asyncio code; create it inside the running event loop.
     Arguments as for :class:`baton_client.Client`."""
 
@@ -79,6 +82,9 @@ class AsyncClient(AsyncRateLimits, AsyncLocks):
         self._default_timeout = timeout
         self._rate_limits = self.stubs.rate_limits
         self._locks = self.stubs.locks
+        self._cache = self.stubs.cache
+        self._sessions = self.stubs.sessions
+        self._queue = self.stubs.queue
 
     async def close(self) -> None:
         """Closes the channel; see :meth:`baton_client.Client.close`."""

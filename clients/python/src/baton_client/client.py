@@ -10,6 +10,7 @@ import grpc
 
 from . import _connection
 from ._connection import DEFAULT_TIMEOUT
+from .cache import Cache
 from .lock import Locks
 from .pb.baton.v1 import (
     cache_pb2_grpc,
@@ -18,7 +19,9 @@ from .pb.baton.v1 import (
     ratelimit_pb2_grpc,
     session_pb2_grpc,
 )
+from .queue import Queue
 from .ratelimit import RateLimits
+from .session import Sessions
 
 
 class Stubs:
@@ -90,7 +93,7 @@ class _CallDefaults(
         return continuation(self._details(details, unary=False), requests)
 
 
-class Client(RateLimits, Locks):
+class Client(RateLimits, Locks, Cache, Sessions, Queue):
     """A connection to Baton; thread-safe, one per process.
 
     Args:
@@ -132,6 +135,9 @@ class Client(RateLimits, Locks):
         self._default_timeout = timeout
         self._rate_limits = self.stubs.rate_limits
         self._locks = self.stubs.locks
+        self._cache = self.stubs.cache
+        self._sessions = self.stubs.sessions
+        self._queue = self.stubs.queue
 
     def close(self) -> None:
         """Closes the channel. Leases still held stop being kept alive and expire after their

@@ -146,3 +146,14 @@ class LeaseLost(Exception):
     error no retry can fix occurred, or no renewal was confirmed for a whole ttl. Another
     holder may have the lock now; the fencing token is what protects the resource.
     ``__cause__`` is the BatonError that revealed the loss, if any."""
+
+
+class JobCancelled(Exception):
+    """CancelJob was called for a job while its handler ran: the job was not acked (Baton
+    would refuse the Ack)."""
+
+
+class JobLeaseLost(Exception):
+    """Baton refused to extend a running job's lease (``JOB_NOT_LEASED``): it expired or the
+    job went to another worker, whose result is the one that counts. The job was not acked.
+    ``__cause__`` is the FailedPrecondition."""
