@@ -15,8 +15,11 @@ import { LockServiceClient } from "./gen/baton/v1/lock";
 import { JobQueueServiceClient } from "./gen/baton/v1/queue";
 import { RateLimiterServiceClient } from "./gen/baton/v1/ratelimit";
 import { SessionStoreServiceClient } from "./gen/baton/v1/session";
+import { CacheEntry, CacheHelpers, CacheSetOptions, GetOrLoadOptions } from "./cache";
 import { acquire, Lease, LockOptions } from "./lock";
+import { ConsumeOptions, Enqueued, EnqueueOptions, JobHandler, QueueHelpers } from "./queue";
 import { allow, AllowOptions, Decision } from "./ratelimit";
+import { CreateSessionOptions, Session, SessionHelpers, SessionUpdate } from "./session";
 
 /**
  * The generated stubs of every service on one channel, for RPCs the helpers do not cover.
@@ -34,6 +37,9 @@ export interface Stubs {
 export class BatonClient {
   readonly stubs: Stubs;
   private readonly defaultTimeoutMs: number;
+  private readonly cache: CacheHelpers;
+  private readonly sessions: SessionHelpers;
+  private readonly queue: QueueHelpers;
 
   constructor(options: ConnectionOptions) {
     const target = targetOf(options.target);
@@ -53,6 +59,9 @@ export class BatonClient {
       sessions: new SessionStoreServiceClient(target, credentials, shared),
       queue: new JobQueueServiceClient(target, credentials, shared),
     };
+    this.cache = new CacheHelpers(this.stubs.cache, this.defaultTimeoutMs);
+    this.sessions = new SessionHelpers(this.stubs.sessions, this.defaultTimeoutMs);
+    this.queue = new QueueHelpers(this.stubs.queue, this.defaultTimeoutMs);
   }
 
   /** Consumes one unit (or `cost`) of a limit on `key`; see AllowOptions. */
@@ -82,6 +91,103 @@ export class BatonClient {
     }
     await lease.release();
     return result;
+  }
+
+  /** The fresh entry of `key`, or undefined. Retried on UNAVAILABLE. */
+  cacheGet(key: string, signal?: AbortSignal): Promise<CacheEntry | undefined> {
+    return this.cache.get(key, signal);
+  }
+
+  /**
+   * Writes `key` for `ttlMs`, optionally only at a version (`ifVersion`) or when absent
+   * (`ifAbsent`). Not retried: a conditional write whose answer was lost would fail its retry.
+   */
+  cacheSet(key: string, value: Uint8Array | string, options: CacheSetOptions): Promise<CacheEntry> {
+    return this.cache.set(key, value, options);
+  }
+
+  /** Removes `key`; false when there was nothing to remove. Retried on UNAVAILABLE. */
+  cacheDelete(key: string, options?: { ifVersion?: bigint; signal?: AbortSignal }): Promise<boolean> {
+    return this.cache.delete(key, options);
+  }
+
+  /** Makes every entry written with `tag` read as missing. */
+  invalidateTag(tag: string, signal?: AbortSignal): Promise<void> {
+    return this.cache.invalidateTag(tag, signal);
+  }
+
+  /**
+   * The cached value of `key`, or `loader()`'s, stored for `ttlMs`. Across every caller of
+   * every process one loader runs per miss; the others wait for its value. If the loader
+   * rejects, the duty passes at once to a waiting caller and the rejection propagates. A stale
+   * entry (see `staleTtlMs`) is refreshed by one caller while the others get it at once; if
+   * that refresh fails, its caller gets the stale value too.
+   */
+  getOrLoad(key: string, options: GetOrLoadOptions, loader: () => Promise<Uint8Array | string>): Promise<Buffer> {
+    return this.cache.getOrLoad(key, options, loader);
+  }
+
+  /**
+   * Starts a session of `subject` (a user id); resolves with its secret id — give it to the
+   * user agent, never log it — and the session. Not retried: a retry after a lost answer
+   * would start a second session.
+   */
+  createSession(
+    subject: string,
+    data?: Record<string, Uint8Array>,
+    options?: CreateSessionOptions,
+  ): Promise<{ sessionId: string; session: Session }> {
+    return this.sessions.create(subject, data, options);
+  }
+
+  /**
+   * Reads a session and (unless `touch: false`) slides its idle timeout; NotFoundError
+   * (reason SESSION_NOT_FOUND) once it has ended. Retried on UNAVAILABLE.
+   */
+  getSession(sessionId: string, options?: { touch?: boolean; signal?: AbortSignal }): Promise<Session> {
+    return this.sessions.get(sessionId, options);
+  }
+
+  /** Merges `set` into the data and removes `remove`, atomically; never revives an ended session. */
+  updateSession(sessionId: string, update: SessionUpdate): Promise<Session> {
+    return this.sessions.update(sessionId, update);
+  }
+
+  /** A new id for the session, the old one dead at once: do it when privileges change. */
+  rotateSession(sessionId: string, signal?: AbortSignal): Promise<{ sessionId: string; session: Session }> {
+    return this.sessions.rotate(sessionId, signal);
+  }
+
+  /** Ends a session (log-out); false when it had already ended. Retried on UNAVAILABLE. */
+  deleteSession(sessionId: string, signal?: AbortSignal): Promise<boolean> {
+    return this.sessions.delete(sessionId, signal);
+  }
+
+  /** The live sessions of `subject`, oldest first ("your devices"). */
+  listSessions(subject: string, signal?: AbortSignal): Promise<Session[]> {
+    return this.sessions.list(subject, signal);
+  }
+
+  /**
+   * Ends every session of `subject` ("log out everywhere") — or only `handles` — except
+   * `exceptHandle`; resolves with how many ended. Not retried: a retry would also end
+   * sessions started in between.
+   */
+  revokeSessions(subject: string, options?: { handles?: string[]; exceptHandle?: string; signal?: AbortSignal }): Promise<number> {
+    return this.sessions.revoke(subject, options);
+  }
+
+  /** Adds a job to `queue`; retried on UNAVAILABLE only with a `dedupKey`. */
+  enqueue(queue: string, payload?: Uint8Array | string, options?: EnqueueOptions): Promise<Enqueued> {
+    return this.queue.enqueue(queue, payload, options);
+  }
+
+  /**
+   * Runs `handler` on the jobs of `queue`, `concurrency` at a time, until `options.signal`
+   * aborts; see ConsumeOptions and JobHandler.
+   */
+  consume(queue: string, handler: JobHandler, options?: ConsumeOptions): Promise<void> {
+    return this.queue.consume(queue, handler, options);
   }
 
   /**

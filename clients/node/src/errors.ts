@@ -146,3 +146,26 @@ export class LeaseLostError extends Error {
     this.name = "LeaseLostError";
   }
 }
+
+/**
+ * CancelJob was called for a job while its handler ran: the handler's signal aborts with this
+ * reason, and the job is not acked (Baton would refuse the Ack).
+ */
+export class JobCancelledError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "JobCancelledError";
+  }
+}
+
+/**
+ * Baton refused to extend a running job's lease (JOB_NOT_LEASED): it expired or the job went
+ * to another worker, whose result is the one that counts. The handler's signal aborts with
+ * this reason and the job is not acked. `cause` is the FailedPreconditionError.
+ */
+export class JobLeaseLostError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "JobLeaseLostError";
+  }
+}

@@ -3,11 +3,25 @@
 //
 // Layout: client.ts (BatonClient: connection options and `stubs`, the generated stubs of
 // every service in gen/, from `make gen`), ratelimit.ts (allow), lock.ts (lock, withLock,
-// Lease), errors.ts (BatonError and its subclasses, from google.rpc error details).
+// Lease), cache.ts (cacheGet/Set/Delete, invalidateTag, getOrLoad), session.ts (createSession
+// … revokeSessions), queue.ts (enqueue, consume), errors.ts (BatonError and its subclasses,
+// from google.rpc error details). express-session.ts, a session Store for Express, is
+// imported on its own ("@baton-dev/baton-client/express-session") so that this module does
+// not need express-session.
 
 export { BatonClient, type Stubs } from "./client";
 export { API_KEY_HEADER, type ConnectionOptions, DEFAULT_TIMEOUT_MS } from "./connection";
 export * from "./errors";
+export type { CacheEntry, CacheSetOptions, GetOrLoadOptions } from "./cache";
 export { Lease, type LockOptions } from "./lock";
+export {
+  type ConsumeOptions,
+  DEFAULT_VISIBILITY_TIMEOUT_MS,
+  type Enqueued,
+  type EnqueueOptions,
+  type Job,
+  type JobHandler,
+} from "./queue";
+export type { CreateSessionOptions, Session, SessionUpdate } from "./session";
 export type { AlgorithmName, AllowOptions, Decision } from "./ratelimit";
 export * as pb from "./pb";
