@@ -54,6 +54,14 @@ clippy:
 
 cargo-test:
 	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
+	@# The benchmark is a measurement, not a test: this 5-second smoke only proves it runs.
+	$(CARGO) run --locked --quiet --bin baton-bench -- --baton target/debug/baton \
+		--duration 300ms --concurrency 4 --streams 200 > /dev/null
+
+# Results go to bench/results/<date>.md; copy the table into the README.
+bench: redis-server
+	$(CARGO) build --release --locked --bin baton --bin baton-bench
+	target/release/baton-bench --baton target/release/baton --report bench/results/$$(date +%F).md
 
 clean:
 	$(CARGO) clean

@@ -31,6 +31,7 @@ if run_at > now then
   redis.call('HSET', KEYS[1], 'state', 'SCHEDULED')
 else
   make_ready(KEYS[2], KEYS[3], id, KEYS[1], now)
-  redis.call('PUBLISH', ARGV[13], 'ready')
 end
+-- Waiting consumers wake: to take a ready job, or to set their timer for a scheduled one.
+redis.call('PUBLISH', ARGV[13], 'enqueued')
 return {id, 0}

@@ -1,0 +1,628 @@
+//! `baton-bench`: the load generator behind `make bench`.
+//!
+//! Starts its own `redis-server` and `baton` (the binary given with `--baton`), then runs
+//! every scenario at several concurrencies for a fixed time and reports throughput and
+//! latency percentiles, each beside the raw Redis equivalent measured by `redis-benchmark`
+//! in the same run, and beside a bare tonic server (the machine's gRPC ceiling).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use baton::proto::duration_to_proto;
+use baton::proto::v1::cache_service_client::CacheServiceClient;
+use baton::proto::v1::job_queue_service_client::JobQueueServiceClient;
+use baton::proto::v1::lock_service_client::LockServiceClient;
+use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
+use baton::proto::v1::session_store_service_client::SessionStoreServiceClient;
+use baton::proto::v1::{
+    AckRequest, AcquireRequest, Algorithm, CheckRequest, ConsumeRequest, CreateSessionRequest, EnqueueBatchRequest,
+    EnqueueRequest, GetRequest, GetSessionRequest, KeepAliveRequest, Limit, LimitRequest, ReleaseRequest, SetRequest,
+    consume_response, enqueue_request, limit_request,
+};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(about = "Baton's benchmark: every pattern against raw Redis in the same run")]
+struct Args {
+    /// The baton binary to measure (build it with --release).
+    #[arg(long, default_value = "target/release/baton")]
+    baton: PathBuf,
+    /// How long each measurement runs.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Concurrent callers, comma-separated.
+    #[arg(long, default_value = "1,16,64", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Idle streams for the memory measurement (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    streams: usize,
+    /// Write the Markdown report here as well as to stdout.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+/// One measured row of the report.
+struct Row {
+    scenario: String,
+    concurrency: usize,
+    ops_per_sec: f64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    /// The raw Redis figure this row is compared with, ops/s.
+    baseline: Option<f64>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis(port: u16) -> Process {
+    let redis = Process(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH"),
+    );
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return redis;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server did not start");
+}
+
+fn start_baton(binary: &PathBuf, redis_port: u16) -> (Process, SocketAddr) {
+    let mut child = Command::new(binary)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--redis-url", &format!("redis://127.0.0.1:{redis_port}"), "--queue-max-in-flight", "1000"])
+        .env("RUST_LOG", "warn,baton=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("baton exited").unwrap();
+        if let Some(at) = line.find("\"grpc_addr\":\"") {
+            let rest = &line[at + 13..];
+            break rest[..rest.find('"').unwrap()].parse().unwrap();
+        }
+    };
+    // Keep draining its logs so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (Process(child), addr)
+}
+
+async fn channels(addr: SocketAddr, count: usize) -> Vec<Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..count {
+        channels.push(Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap());
+    }
+    channels
+}
+
+/// Runs `op` from `concurrency` callers for `duration`; callers spread over a few HTTP/2
+/// connections as a real client pool would.
+async fn load<F, Fut>(concurrency: usize, duration: Duration, op: F) -> (f64, Histogram<u64>)
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let op = op.clone();
+        workers.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut iteration = 0u64;
+            while Instant::now() < deadline {
+                let t0 = Instant::now();
+                op(worker, iteration).await;
+                histogram.record(t0.elapsed().as_micros().max(1) as u64).unwrap();
+                iteration += 1;
+            }
+            histogram
+        }));
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for worker in workers {
+        total.add(worker.await.unwrap()).unwrap();
+    }
+    (total.len() as f64 / started.elapsed().as_secs_f64(), total)
+}
+
+fn row(scenario: &str, concurrency: usize, (rate, histogram): (f64, Histogram<u64>), baseline: Option<f64>) -> Row {
+    Row {
+        scenario: scenario.to_owned(),
+        concurrency,
+        ops_per_sec: rate,
+        p50_us: histogram.value_at_quantile(0.5),
+        p99_us: histogram.value_at_quantile(0.99),
+        p999_us: histogram.value_at_quantile(0.999),
+        baseline,
+    }
+}
+
+/// `redis-benchmark` for one command at one concurrency; returns requests per second.
+fn redis_benchmark(port: u16, concurrency: usize, duration: Duration, command: &[&str]) -> f64 {
+    // redis-benchmark counts requests, not time: size the run from a short probe.
+    let probe = run_redis_benchmark(port, concurrency, 20_000, command);
+    let requests = ((probe * duration.as_secs_f64()) as u64).max(20_000);
+    run_redis_benchmark(port, concurrency, requests, command)
+}
+
+fn run_redis_benchmark(port: u16, concurrency: usize, requests: u64, command: &[&str]) -> f64 {
+    let output = Command::new("redis-benchmark")
+        .args(["-p", &port.to_string(), "-c", &concurrency.to_string(), "-n", &requests.to_string()])
+        .args(["-r", "100000", "--csv"])
+        .args(command)
+        .output()
+        .expect("redis-benchmark (redis-tools) on PATH");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|line| line.split(',').nth(1))
+        .and_then(|rps| rps.trim_matches('"').parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn script_sha(port: u16, script: &str) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "SCRIPT", "LOAD", script])
+        .output()
+        .expect("redis-cli on PATH");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Generous enough never to deny in a run; the sliding log is capped at 10,000 per key.
+fn limit_for(algorithm: Algorithm) -> u64 {
+    if algorithm == Algorithm::SlidingWindow { 10_000 } else { 1_000_000 }
+}
+
+fn limit(algorithm: Algorithm) -> Limit {
+    Limit {
+        algorithm: algorithm as i32,
+        limit: limit_for(algorithm),
+        period: Some(duration_to_proto(Duration::from_secs(60))),
+        burst: 0,
+    }
+}
+
+fn check_request(keys: &[String], algorithm: Algorithm) -> CheckRequest {
+    CheckRequest {
+        limits: keys
+            .iter()
+            .map(|key| LimitRequest {
+                key: key.clone(),
+                source: Some(limit_request::Source::Limit(limit(algorithm))),
+                cost: 1,
+            })
+            .collect(),
+        dry_run: false,
+        fail_open: false,
+    }
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn redis_clients(port: u16) -> usize {
+    let output = Command::new("redis-cli").args(["-p", &port.to_string(), "CLIENT", "LIST"]).output().unwrap();
+    String::from_utf8_lossy(&output.stdout).lines().count().saturating_sub(1)
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let redis_port = free_port();
+    let _redis = start_redis(redis_port);
+    let (baton_process, addr) = start_baton(&args.baton, redis_port);
+    let baton_pid = baton_process.0.id();
+    let pool = channels(addr, 8).await;
+    let channel = move |worker: usize| pool[worker % pool.len()].clone();
+    let d = args.duration;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+
+    // The machine's gRPC ceiling: the same server's health Check, which touches no Redis.
+    for &c in &args.concurrency {
+        let channel = channel.clone();
+        let result = load(c, d, move |w, _| {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel(w));
+            async move {
+                let _ = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+            }
+        })
+        .await;
+        rows.push(row("gRPC ceiling: Health/Check (no Redis)", c, result, None));
+    }
+
+    // Rate limits, against EVALSHA of the same script.
+    let check_sha = script_sha(redis_port, include_str!("../ratelimit/check.lua"));
+    for (name, algorithm, code) in [
+        ("Check fixed window", Algorithm::FixedWindow, "1"),
+        ("Check sliding window", Algorithm::SlidingWindow, "2"),
+        ("Check token bucket (GCRA)", Algorithm::TokenBucket, "3"),
+    ] {
+        for &c in &args.concurrency {
+            let cap = limit_for(algorithm).to_string();
+            let burst = if algorithm == Algorithm::TokenBucket { cap.as_str() } else { "0" };
+            // Each algorithm keeps its own state type, so each gets its own keys.
+            let raw_key = format!("bench:raw:{code}:__rand_int__");
+            let raw = redis_benchmark(
+                redis_port,
+                c,
+                d,
+                &["EVALSHA", &check_sha, "1", &raw_key, "0", code, &cap, "60000000", burst, "1"],
+            );
+            let channel = channel.clone();
+            let result = load(c, d, move |w, i| {
+                let mut client = RateLimiterServiceClient::new(channel(w));
+                let key = format!("k{}", (w as u64 * 1_000_003 + i) % 100_000);
+                async move {
+                    client.check(check_request(&[key], algorithm)).await.expect("check");
+                }
+            })
+            .await;
+            rows.push(row(name, c, result, Some(raw)));
+        }
+    }
+    for &c in &args.concurrency {
+        let channel = channel.clone();
+        let result = load(c, d, move |w, i| {
+            let mut client = RateLimiterServiceClient::new(channel(w));
+            let user = (w as u64 * 1_000_003 + i) % 100_000;
+            let keys = [format!("{{u{user}}}:a"), format!("{{u{user}}}:b"), format!("{{u{user}}}:c")];
+            async move {
+                client.check(check_request(&keys, Algorithm::TokenBucket)).await.expect("check");
+            }
+        })
+        .await;
+        rows.push(row("Check 3 limits (GCRA)", c, result, None));
+    }
+
+    // Locks: acquire + release cycles on distinct names, and on one contended name.
+    for &c in &args.concurrency {
+        let raw = redis_benchmark(redis_port, c, d, &["SET", "lock:__rand_int__", "owner", "NX", "PX", "10000"]);
+        let channel = channel.clone();
+        let result = load(c, d, move |w, i| {
+            let mut locks = LockServiceClient::new(channel(w));
+            let name = format!("order:{w}:{i}");
+            async move {
+                let request = AcquireRequest {
+                    name: name.clone(),
+                    ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                    ..Default::default()
+                };
+                let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("free lock");
+                locks.release(ReleaseRequest { name, lease_id: lease.lease_id }).await.expect("release");
+            }
+        })
+        .await;
+        rows.push(row("Lock acquire+release cycle, distinct names", c, result, Some(raw / 2.0)));
+    }
+    for &c in &args.concurrency {
+        let channel = channel.clone();
+        let result = load(c, d, move |w, _| {
+            let mut locks = LockServiceClient::new(channel(w));
+            async move {
+                let request = AcquireRequest {
+                    name: "contended".into(),
+                    ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                    wait_timeout: Some(duration_to_proto(Duration::from_secs(30))),
+                    ..Default::default()
+                };
+                let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("acquired");
+                locks.release(ReleaseRequest { name: "contended".into(), lease_id: lease.lease_id }).await.unwrap();
+            }
+        })
+        .await;
+        rows.push(row("Lock acquire+release cycle, one contended name", c, result, None));
+    }
+    // Hand-off: how long after a release a waiter holds the lock.
+    {
+        let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        let mut holder = LockServiceClient::new(channel(0));
+        let waiter = LockServiceClient::new(channel(1));
+        for round in 0..200 {
+            let name = format!("handoff:{round}");
+            let request = |wait: u64| AcquireRequest {
+                name: name.clone(),
+                ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                wait_timeout: Some(duration_to_proto(Duration::from_secs(wait))),
+                ..Default::default()
+            };
+            let lease = holder.acquire(request(0)).await.unwrap().into_inner().lease.unwrap();
+            let mut waiting = waiter.clone();
+            let wait_request = request(5);
+            let waiting = tokio::spawn(async move {
+                waiting.acquire(wait_request).await.unwrap();
+                Instant::now()
+            });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let released = Instant::now();
+            holder.release(ReleaseRequest { name: name.clone(), lease_id: lease.lease_id }).await.unwrap();
+            let acquired = waiting.await.unwrap();
+            handoff.record(acquired.saturating_duration_since(released).as_micros().max(1) as u64).unwrap();
+        }
+        notes.push(format!(
+            "Lock hand-off (release → waiter holds it), 200 rounds: p50 {} µs, p99 {} µs, max {} µs",
+            handoff.value_at_quantile(0.5),
+            handoff.value_at_quantile(0.99),
+            handoff.max()
+        ));
+    }
+
+    // Cache Get and Set against GET and SET.
+    {
+        let mut cache = CacheServiceClient::new(channel(0));
+        for key in 0..10_000 {
+            cache
+                .set(SetRequest {
+                    key: format!("user:{key}"),
+                    value: vec![b'x'; 100],
+                    ttl: Some(duration_to_proto(Duration::from_secs(600))),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    }
+    for &c in &args.concurrency {
+        let raw = redis_benchmark(redis_port, c, d, &["GET", "user:__rand_int__"]);
+        let channel1 = channel.clone();
+        let result = load(c, d, move |w, i| {
+            let mut cache = CacheServiceClient::new(channel1(w));
+            let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
+            async move {
+                cache.get(GetRequest { key }).await.expect("get");
+            }
+        })
+        .await;
+        rows.push(row("Cache Get (hit, 100 B)", c, result, Some(raw)));
+        let raw = redis_benchmark(
+            redis_port,
+            c,
+            d,
+            &[
+                "SET",
+                "user:__rand_int__",
+                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            ],
+        );
+        let channel2 = channel.clone();
+        let result = load(c, d, move |w, i| {
+            let mut cache = CacheServiceClient::new(channel2(w));
+            let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
+            async move {
+                let request = SetRequest {
+                    key,
+                    value: vec![b'y'; 100],
+                    ttl: Some(duration_to_proto(Duration::from_secs(600))),
+                    ..Default::default()
+                };
+                cache.set(request).await.expect("set");
+            }
+        })
+        .await;
+        rows.push(row("Cache Set (100 B)", c, result, Some(raw)));
+    }
+
+    // Sessions: GetSession (with touch) against HGETALL.
+    let session_ids: Arc<Vec<String>> = {
+        let mut sessions = SessionStoreServiceClient::new(channel(0));
+        let mut ids = Vec::new();
+        for user in 0..1000 {
+            let request = CreateSessionRequest { subject: format!("user:{user}"), ..Default::default() };
+            ids.push(sessions.create_session(request).await.unwrap().into_inner().session_id);
+        }
+        Arc::new(ids)
+    };
+    for &c in &args.concurrency {
+        let raw = redis_benchmark(redis_port, c, d, &["HGETALL", "session:__rand_int__"]);
+        let (channel, ids) = (channel.clone(), session_ids.clone());
+        let result = load(c, d, move |w, i| {
+            let mut sessions = SessionStoreServiceClient::new(channel(w));
+            let session_id = ids[((w as u64 * 31 + i) % ids.len() as u64) as usize].clone();
+            async move {
+                sessions.get_session(GetSessionRequest { session_id, no_touch: false }).await.expect("session");
+            }
+        })
+        .await;
+        rows.push(row("Session GetSession", c, result, Some(raw)));
+    }
+
+    // Queue end to end: producers enqueue in batches, consumers ack every job.
+    {
+        let queue = "bench-e2e";
+        let acked = Arc::new(AtomicU64::new(0));
+        let stop = Instant::now() + d;
+        let mut consumers = Vec::new();
+        for worker in 0..4 {
+            let mut queues = JobQueueServiceClient::new(channel(worker));
+            let acked = acked.clone();
+            consumers.push(tokio::spawn(async move {
+                let request = ConsumeRequest { queue: queue.into(), max_in_flight: 256, ..Default::default() };
+                let mut stream = queues.consume(request).await.unwrap().into_inner();
+                let mut pending = tokio::task::JoinSet::new();
+                while Instant::now() < stop {
+                    let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await
+                    else {
+                        continue;
+                    };
+                    if let Some(consume_response::Event::Delivery(delivery)) = event.event {
+                        let (mut queues, acked) = (queues.clone(), acked.clone());
+                        pending.spawn(async move {
+                            queues.ack(AckRequest { lease_id: delivery.lease_id, result: vec![] }).await.unwrap();
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        });
+                    }
+                }
+                while pending.join_next().await.is_some() {}
+            }));
+        }
+        let started = Instant::now();
+        let mut producers = Vec::new();
+        for worker in 0..2 {
+            let mut queues = JobQueueServiceClient::new(channel(4 + worker));
+            let acked = acked.clone();
+            producers.push(tokio::spawn(async move {
+                let mut enqueued = 0u64;
+                while Instant::now() < stop {
+                    // Keep the backlog bounded so the figure is throughput, not queue growth.
+                    if enqueued > acked.load(Ordering::Relaxed) + 20_000 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                    let requests = (0..100)
+                        .map(|_| EnqueueRequest { queue: queue.into(), payload: vec![b'j'; 64], ..Default::default() })
+                        .collect();
+                    queues.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap();
+                    enqueued += 100;
+                }
+            }));
+        }
+        for task in producers.into_iter().chain(consumers) {
+            task.await.unwrap();
+        }
+        let rate = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+        notes.push(format!("Queue end to end (2 producers with EnqueueBatch of 100, 4 consumer streams with max_in_flight 256): {rate:.0} jobs/s acked"));
+    }
+    // Delayed jobs: how late after their due time are they delivered?
+    {
+        let mut queues = JobQueueServiceClient::new(channel(0));
+        let request = ConsumeRequest { queue: "bench-delay".into(), max_in_flight: 64, ..Default::default() };
+        let mut stream = queues.consume(request).await.unwrap().into_inner();
+        let mut lateness = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for _ in 0..50 {
+            let enqueued = Instant::now();
+            let request = EnqueueRequest {
+                queue: "bench-delay".into(),
+                schedule: Some(enqueue_request::Schedule::Delay(duration_to_proto(Duration::from_millis(200)))),
+                ..Default::default()
+            };
+            queues.enqueue(request).await.unwrap();
+            let Some(Ok(event)) = stream.next().await else { break };
+            let late = enqueued.elapsed().saturating_sub(Duration::from_millis(200));
+            lateness.record(late.as_micros().max(1) as u64).unwrap();
+            if let Some(consume_response::Event::Delivery(delivery)) = event.event {
+                queues.ack(AckRequest { lease_id: delivery.lease_id, result: vec![] }).await.unwrap();
+            }
+        }
+        notes.push(format!(
+            "Delayed job lateness (200 ms delay, 50 jobs, idle machine): p50 {} ms, p99 {} ms",
+            lateness.value_at_quantile(0.5) / 1000,
+            lateness.value_at_quantile(0.99) / 1000
+        ));
+    }
+
+    // Memory and connections with many idle streams.
+    if args.streams > 0 {
+        let before = rss_mib(baton_pid);
+        let stream_channels = channels(addr, (args.streams / 5000).max(1)).await;
+        let mut held = Vec::new();
+        for i in 0..args.streams {
+            let mut queues = JobQueueServiceClient::new(stream_channels[i % stream_channels.len()].clone());
+            let request = ConsumeRequest { queue: format!("idle-{}", i % 100), max_in_flight: 1, ..Default::default() };
+            held.push(queues.consume(request).await.unwrap().into_inner());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        notes.push(format!(
+            "{} idle Consume streams: baton RSS {:.0} MiB (from {:.0} MiB), Redis connections {}",
+            args.streams,
+            rss_mib(baton_pid),
+            before,
+            redis_clients(redis_port)
+        ));
+        drop(held);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = rss_mib(baton_pid);
+        let mut held = Vec::new();
+        for i in 0..args.streams {
+            let mut locks = LockServiceClient::new(stream_channels[i % stream_channels.len()].clone());
+            let name = format!("keepalive:{i}");
+            let request = AcquireRequest {
+                name: name.clone(),
+                ttl: Some(duration_to_proto(Duration::from_secs(60))),
+                ..Default::default()
+            };
+            let lease = locks.acquire(request).await.unwrap().into_inner().lease.unwrap();
+            let request = KeepAliveRequest { name, lease_id: lease.lease_id, ttl: None };
+            held.push(locks.keep_alive(request).await.unwrap().into_inner());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        notes.push(format!(
+            "{} KeepAlive streams: baton RSS {:.0} MiB (from {:.0} MiB), Redis connections {}",
+            args.streams,
+            rss_mib(baton_pid),
+            before,
+            redis_clients(redis_port)
+        ));
+    }
+
+    let report = render(&args, &rows, &notes);
+    println!("{report}");
+    if let Some(path) = &args.report {
+        std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new("."))).unwrap();
+        std::fs::write(path, &report).unwrap();
+    }
+}
+
+fn render(args: &Args, rows: &[Row], notes: &[String]) -> String {
+    let redis_version = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mut out = format!(
+        "# Baton benchmark\n\nMachine: {cores} cores; Redis, baton and this load generator share it. {redis_version}. \
+         Each figure is {:?} of load; \"× raw\" is Baton's throughput over `redis-benchmark` running the \
+         equivalent Redis command at the same concurrency in the same run (for lock cycles: half of \
+         `SET NX PX` ops/s, since a cycle is two operations).\n\n\
+         | scenario | callers | ops/s | × raw | p50 µs | p99 µs | p99.9 µs |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        args.duration
+    );
+    for r in rows {
+        let ratio =
+            r.baseline.filter(|b| *b > 0.0).map(|b| format!("{:.2}", r.ops_per_sec / b)).unwrap_or_else(|| "–".into());
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} |\n",
+            r.scenario, r.concurrency, r.ops_per_sec, ratio, r.p50_us, r.p99_us, r.p999_us
+        ));
+    }
+    out.push('\n');
+    for note in notes {
+        out.push_str(&format!("- {note}\n"));
+    }
+    out
+}
