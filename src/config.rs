@@ -23,7 +23,7 @@ pub struct Flags {
     #[arg(long, env = "BATON_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
 
-    /// Redis URL (`redis://`, `rediss://`, `redis+unix://`). Without it Baton starts a
+    /// Redis URL (`redis://[user:password@]host:port/db`, `redis+unix://`). Without it Baton starts a
     /// private, non-persistent `redis-server` child: development only.
     #[arg(long, env = "BATON_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -96,14 +96,12 @@ pub struct Flags {
     #[arg(long, env = "BATON_SESSION_MAX_PER_SUBJECT", default_value_t = 0)]
     pub session_max_per_subject: usize,
 
-    /// Close client connections after this age (with `--max-connection-age-grace` for calls
-    /// in flight), so long-lived HTTP/2 connections spread onto new replicas. 0 = never.
+    /// Ask clients (HTTP/2 GOAWAY) to move to a new connection after this age, so long-lived
+    /// connections spread onto new replicas. Calls and streams already open on the old
+    /// connection are never cut: there is deliberately no grace deadline, since cutting a
+    /// KeepAlive or Consume stream would release its lease or hand back its jobs. 0 = never.
     #[arg(long, env = "BATON_MAX_CONNECTION_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
-
-    /// How long a connection past its maximum age may finish its calls.
-    #[arg(long, env = "BATON_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub max_connection_age_grace: Duration,
 
     /// The `redis-server` binary used for the embedded development Redis.
     #[arg(long, env = "BATON_REDIS_SERVER_BIN", default_value = "redis-server")]
@@ -282,7 +280,7 @@ impl Config {
              shutdown_grace={:?} shutdown_delay={:?} lock_min_replicas={} lock_fence_idle={:?} \
              queue_retention={:?} queue_dead_retention={:?} queue_visibility_timeout={:?} queue_max_in_flight={} \
              session_idle_timeout={:?} session_absolute_timeout={:?} session_max_bytes={} session_max_per_subject={} \
-             max_connection_age={:?} max_connection_age_grace={:?} \
+             max_connection_age={:?} \
              limits={:?} policies=[{}]",
             self.flags.listen,
             self.flags.metrics_listen,
@@ -302,7 +300,6 @@ impl Config {
             self.flags.session_max_bytes,
             self.flags.session_max_per_subject,
             self.flags.max_connection_age,
-            self.flags.max_connection_age_grace,
             self.limits,
             self.policies.keys().cloned().collect::<Vec<_>>().join(","),
         )
