@@ -4,12 +4,22 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"os"
 	"testing"
 	"time"
 
 	baton "github.com/baton-dev/baton/clients/go"
 	"github.com/baton-dev/baton/clients/go/internal/batontest"
 )
+
+func TestMain(m *testing.M) {
+	// The child process of TestTwoWorkersOneKilledMidJob.
+	if target := os.Getenv("DOOMED_WORKER_TARGET"); target != "" {
+		runDoomedWorker(target, os.Getenv("DOOMED_WORKER_QUEUE"))
+		return
+	}
+	os.Exit(m.Run())
+}
 
 // server starts a private redis-server and baton for one test and returns a client for it.
 func server(t *testing.T, options ...baton.Option) (*baton.Client, *batontest.Redis) {

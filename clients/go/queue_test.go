@@ -184,14 +184,13 @@ func TestCancelJobAbortsItsHandlerAndItIsNotAcked(t *testing.T) {
 	}
 }
 
-// TestHelperDoomedWorker is not a test: TestTwoWorkersOneKilledMidJob runs it in a child
-// process, which takes jobs, says so on stdout, and hangs until it is killed.
-func TestHelperDoomedWorker(t *testing.T) {
-	target, queue := os.Getenv("DOOMED_WORKER_TARGET"), os.Getenv("DOOMED_WORKER_QUEUE")
-	if target == "" {
-		t.Skip("only run as a child of TestTwoWorkersOneKilledMidJob")
+// runDoomedWorker is what TestTwoWorkersOneKilledMidJob runs in a child process (see
+// TestMain): it takes jobs, says so on stdout, and hangs until it is killed.
+func runDoomedWorker(target, queue string) {
+	client, err := baton.New(target)
+	if err != nil {
+		panic(err)
 	}
-	client := connect(t, target)
 	_ = client.Consume(context.Background(), queue, 2, func(ctx context.Context, job *baton.Job) ([]byte, error) {
 		fmt.Printf("started %s\n", job.ID)
 		<-ctx.Done()
@@ -213,7 +212,7 @@ func TestTwoWorkersOneKilledMidJob(t *testing.T) {
 		enqueued[job.JobID] = true
 	}
 
-	doomed := exec.Command(os.Args[0], "-test.run=^TestHelperDoomedWorker$", "-test.count=1")
+	doomed := exec.Command(os.Args[0])
 	doomed.Env = append(os.Environ(), "DOOMED_WORKER_TARGET="+client.Conn().Target(), "DOOMED_WORKER_QUEUE="+queue)
 	stdout, err := doomed.StdoutPipe()
 	if err != nil {
