@@ -3,12 +3,13 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 5] = [
+const PROTOS: [&str; 6] = [
     "proto/baton/v1/ratelimit.proto",
     "proto/baton/v1/lock.proto",
     "proto/baton/v1/cache.proto",
     "proto/baton/v1/session.proto",
     "proto/baton/v1/queue.proto",
+    "proto/envoy/service/ratelimit/v3/rls.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -158,6 +158,8 @@ pub struct Config {
     pub flags: Flags,
     pub limits: Limits,
     pub policies: BTreeMap<String, Policy>,
+    /// Envoy's descriptors mapped to limits (`[envoy]` in the file).
+    pub envoy: crate::envoy::EnvoyRules,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +179,8 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     policies: BTreeMap<String, FilePolicy>,
+    #[serde(default)]
+    envoy: crate::envoy::EnvoyFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,7 +274,8 @@ impl Config {
                 .map_err(|why| invalid(format!("policies.{name}: {why}")))?;
             policies.insert(name, Policy { spec, fail_open: policy.fail_open });
         }
-        Ok(Self { flags, limits, policies })
+        let envoy = crate::envoy::EnvoyRules::from_file(file.envoy, &limits).map_err(invalid)?;
+        Ok(Self { flags, limits, policies, envoy })
     }
 
     /// The effective configuration for the start-up log, with secrets redacted.

@@ -16,6 +16,7 @@
 pub mod cache;
 pub mod config;
 pub mod deadline;
+pub mod envoy;
 pub mod error;
 pub mod lock;
 pub mod proto;

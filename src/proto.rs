@@ -6,7 +6,40 @@ pub mod v1 {
     tonic::include_proto!("baton.v1");
 }
 
-/// The encoded descriptor set of `baton.v1`, served by reflection.
+/// Envoy's rate limit service API (the subset `ShouldRateLimit` uses), in Envoy's packages.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod envoy {
+    pub mod service {
+        pub mod ratelimit {
+            pub mod v3 {
+                tonic::include_proto!("envoy.service.ratelimit.v3");
+            }
+        }
+    }
+    pub mod extensions {
+        pub mod common {
+            pub mod ratelimit {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.extensions.common.ratelimit.v3");
+                }
+            }
+        }
+    }
+    pub mod config {
+        pub mod core {
+            pub mod v3 {
+                tonic::include_proto!("envoy.config.core.v3");
+            }
+        }
+    }
+    pub mod r#type {
+        pub mod v3 {
+            tonic::include_proto!("envoy.r#type.v3");
+        }
+    }
+}
+
+/// The encoded descriptor set of `baton.v1` (and the Envoy API), served by reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("baton_descriptor");
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -16,9 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::CacheManager;
 use crate::cache::grpc::CacheGrpc;
 use crate::config::Config;
+use crate::envoy::grpc::EnvoyGrpc;
 use crate::lock::grpc::LockGrpc;
 use crate::lock::{LockManager, LockSettings};
 use crate::proto;
+use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::proto::v1::cache_service_server::CacheServiceServer;
 use crate::proto::v1::job_queue_service_server::JobQueueServiceServer;
 use crate::proto::v1::lock_service_server::LockServiceServer;
@@ -80,6 +82,7 @@ pub async fn run(
 
     let main_services = [
         RateLimiterServiceServer::<RateLimiterGrpc>::NAME,
+        RateLimitServiceServer::<EnvoyGrpc>::NAME,
         LockServiceServer::<LockGrpc>::NAME,
         SessionStoreServiceServer::<SessionGrpc>::NAME,
         JobQueueServiceServer::<JobQueueGrpc>::NAME,
@@ -173,6 +176,11 @@ pub async fn run(
             max_data_bytes: config.flags.session_max_bytes,
         },
     );
+    let envoy_service = EnvoyGrpc::new(
+        RateLimiter::new(main_store.clone(), KeyBuilder::default()),
+        Arc::new(config.envoy.clone()),
+        config.limits.clone(),
+    );
     let max_message = config.limits.max_message_bytes;
 
     let (stop_serving, stop_serving_rx) = oneshot::channel::<()>();
@@ -196,7 +204,8 @@ pub async fn run(
         .add_service(with_message_limit!(LockServiceServer::new(lock_service), max_message))
         .add_service(with_message_limit!(CacheServiceServer::new(cache_service), max_message))
         .add_service(with_message_limit!(SessionStoreServiceServer::new(session_service), max_message))
-        .add_service(with_message_limit!(JobQueueServiceServer::new(queue_service), max_message));
+        .add_service(with_message_limit!(JobQueueServiceServer::new(queue_service), max_message))
+        .add_service(with_message_limit!(RateLimitServiceServer::new(envoy_service), max_message));
     // Server::tcp_nodelay applies only to listeners tonic binds itself; without it,
     // ping-pong RPCs stall ~40 ms on delayed ACKs (measured on lock hand-offs).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)));
