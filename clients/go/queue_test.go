@@ -310,3 +310,12 @@ func TestConsumeReconnectsAfterAShutdownAndAcksTheJobInHand(t *testing.T) {
 	}
 	batontest.Eventually(t, 10*time.Second, "both acked", func() bool { return record.ackedCount() == 2 })
 }
+
+func TestConsumeReturnsAnErrorNoRetryCanFix(t *testing.T) {
+	client, _ := server(t)
+	err := client.Consume(testContext(t), "", 1, func(context.Context, *baton.Job) ([]byte, error) { return nil, nil })
+	var batonErr *baton.Error
+	if !errors.As(err, &batonErr) || !errors.Is(err, baton.ErrInvalidArgument) || batonErr.Field != "queue" {
+		t.Fatalf("consuming an empty queue name: got %v, want INVALID_ARGUMENT on queue", err)
+	}
+}

@@ -4,7 +4,7 @@ import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { BatonClient, ConsumeOptions, Job, JobCancelledError, JobHandler } from "../src";
+import { BatonClient, ConsumeOptions, InvalidArgumentError, Job, JobCancelledError, JobHandler } from "../src";
 import { CancelJobRequest, GetJobRequest, JobState, Job as JobMessage } from "../src/gen/baton/v1/queue";
 import { unary } from "../src/unary";
 import { Environment, eventually, unique } from "./harness";
@@ -204,4 +204,12 @@ test("consume reconnects after a shutdown and acks the job in hand", async () =>
     worker.close();
     producer.close();
   }
+});
+
+test("consume rejects with an error no retry can fix", async () => {
+  await assert.rejects(client.consume("", async () => undefined), (error) => {
+    assert.ok(error instanceof InvalidArgumentError, String(error));
+    assert.equal(error.field, "queue");
+    return true;
+  });
 });
