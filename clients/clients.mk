@@ -3,7 +3,8 @@
 #   make gen           regenerate every client's stubs from proto/ (the output is committed)
 #   make clients-test  install each client's pinned deps, fail if the committed stubs drift from
 #                      proto/, then run go vet + go test, ruff + pytest, tsc + node --test, each
-#                      against real redis-server and baton processes started by the tests
+#                      against real redis-server and baton processes started by the tests; the
+#                      vet/lint/type-check steps also cover each client's examples/
 #
 # Everything comes from the package registries (Go proxy, PyPI, npm) at pinned versions; the
 # code generators run locally, so generation needs no other network access.
