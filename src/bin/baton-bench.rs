@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +47,13 @@ struct Args {
     /// Write the Markdown report here as well as to stdout.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Also measure the peers a user would pick instead (BullMQ, node-redlock) with the
+    /// Node scripts in this directory (bench/peers, after `npm ci`), against the same Redis.
+    #[arg(long)]
+    peers: Option<PathBuf>,
 }
+
+const LOCK_DISTINCT: &str = "Lock acquire+release cycle, distinct names";
 
 /// One measured row of the report.
 struct Row {
@@ -328,7 +334,7 @@ async fn main() {
             }
         })
         .await;
-        rows.push(row("Lock acquire+release cycle, distinct names", c, result, Some(raw / 2.0)));
+        rows.push(row(LOCK_DISTINCT, c, result, Some(raw / 2.0)));
     }
     for &c in &args.concurrency {
         let channel = channel.clone();
@@ -462,7 +468,7 @@ async fn main() {
     }
 
     // Queue end to end: producers enqueue in batches, consumers ack every job.
-    {
+    let queue_rate = {
         let queue = "bench-e2e";
         let acked = Arc::new(AtomicU64::new(0));
         let stop = Instant::now() + d;
@@ -516,7 +522,8 @@ async fn main() {
         }
         let rate = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
         notes.push(format!("Queue end to end (2 producers with EnqueueBatch of 100, 4 consumer streams with max_in_flight 256): {rate:.0} jobs/s acked"));
-    }
+        rate
+    };
     // Delayed jobs: how late after their due time are they delivered?
     {
         let mut queues = JobQueueServiceClient::new(channel(0));
@@ -543,6 +550,10 @@ async fn main() {
             lateness.value_at_quantile(0.5) / 1000,
             lateness.value_at_quantile(0.99) / 1000
         ));
+    }
+
+    if let Some(dir) = &args.peers {
+        notes.extend(peer_notes(dir, redis_port, d, &args.concurrency, queue_rate, &rows));
     }
 
     // Memory and connections with many idle streams.
@@ -595,6 +606,84 @@ async fn main() {
         std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new("."))).unwrap();
         std::fs::write(path, &report).unwrap();
     }
+}
+
+/// BullMQ and node-redlock, each beside the Baton figure it compares with.
+fn peer_notes(dir: &Path, port: u16, d: Duration, concurrency: &[usize], queue_rate: f64, rows: &[Row]) -> Vec<String> {
+    let mut notes = Vec::new();
+    match run_peer(dir, "bullmq.mjs", port, d, &[]) {
+        Some(line) => {
+            let rate = json_number(&line, "jobs_per_sec").unwrap_or(0.0);
+            notes.push(format!(
+                "BullMQ {} end to end (ioredis {}, {} producers with addBulk of {}, one Worker with concurrency \
+                 {}, completed jobs removed, same backlog bound): {rate:.0} jobs/s \
+                 (Baton: {queue_rate:.0} jobs/s = {:.2}× BullMQ)",
+                json_string(&line, "version").unwrap_or("?"),
+                json_string(&line, "ioredis").unwrap_or("?"),
+                json_number(&line, "producers").unwrap_or(0.0),
+                json_number(&line, "batch").unwrap_or(0.0),
+                json_number(&line, "concurrency").unwrap_or(0.0),
+                queue_rate / rate,
+            ));
+        }
+        None => notes.push("BullMQ end to end: not measured (node bullmq.mjs failed, see its stderr)".into()),
+    }
+    let levels = concurrency.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    match run_peer(dir, "redlock.mjs", port, d, &["--concurrency", &levels]) {
+        Some(line) => {
+            let version = json_string(&line, "version").unwrap_or("?");
+            for &c in concurrency {
+                let rate = json_number(&line, &format!("cycles_per_sec_c{c}")).unwrap_or(0.0);
+                let baton = rows.iter().find(|r| r.scenario == LOCK_DISTINCT && r.concurrency == c);
+                notes.push(format!(
+                    "node-redlock {version} acquire+release cycles at {c} tasks (distinct names, one ioredis \
+                     connection): {rate:.0}/s, p50 {} µs, p99 {} µs \
+                     (Baton distinct-name cycles at {c}: {:.0}/s = {:.2}× node-redlock)",
+                    json_number(&line, &format!("p50_us_c{c}")).unwrap_or(0.0),
+                    json_number(&line, &format!("p99_us_c{c}")).unwrap_or(0.0),
+                    baton.map_or(0.0, |r| r.ops_per_sec),
+                    baton.map_or(0.0, |r| r.ops_per_sec) / rate,
+                ));
+            }
+        }
+        None => notes.push("node-redlock cycles: not measured (node redlock.mjs failed, see its stderr)".into()),
+    }
+    notes
+}
+
+/// Runs one peer script with the bench's Redis and duration; returns the JSON line it prints.
+fn run_peer(dir: &Path, script: &str, port: u16, d: Duration, extra: &[&str]) -> Option<String> {
+    let output = Command::new("node")
+        .arg(dir.join(script))
+        .args(["--port", &port.to_string(), "--duration", &d.as_secs_f64().to_string()])
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .output();
+    match output {
+        Ok(output) if output.status.success() => {
+            String::from_utf8_lossy(&output.stdout).lines().rev().find(|line| line.starts_with('{')).map(str::to_owned)
+        }
+        Ok(output) => {
+            eprintln!("node {script}: {}", output.status);
+            None
+        }
+        Err(err) => {
+            eprintln!("cannot run node {script}: {err}");
+            None
+        }
+    }
+}
+
+/// A number field of the flat JSON object a peer script prints.
+fn json_number(line: &str, key: &str) -> Option<f64> {
+    let rest = &line[line.find(&format!("\"{key}\":"))? + key.len() + 3..];
+    rest[..rest.find([',', '}']).unwrap_or(rest.len())].trim().parse().ok()
+}
+
+/// A string field of the flat JSON object a peer script prints.
+fn json_string<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = &line[line.find(&format!("\"{key}\":\""))? + key.len() + 4..];
+    Some(&rest[..rest.find('"')?])
 }
 
 fn render(args: &Args, rows: &[Row], notes: &[String]) -> String {

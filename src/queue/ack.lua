@@ -1,7 +1,7 @@
 -- Completes a job held under `token`. Repeating an applied Ack answers OK.
 --
 -- KEYS[1] job   KEYS[2] active
--- ARGV: job_id, token, result, retention ms, notify channel
+-- ARGV: job_id, token, result, retention ms, the holding stream's channel
 -- Returns 1 done, or {0, reason} when the lease is not the current one.
 local state, lease, cancelled = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease', 'cancelled_lease'))
 if state == 'SUCCEEDED' and lease == ARGV[2] then
@@ -16,5 +16,5 @@ end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'SUCCEEDED', 'result', ARGV[3], 'finished_at', int(now))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], 'done')
+redis.call('PUBLISH', ARGV[5], 'settled')
 return 1

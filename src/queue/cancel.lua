@@ -2,7 +2,8 @@
 -- holder's Ack is refused and its stream is told (it finds `cancelled_lease`).
 --
 -- KEYS[1] job  KEYS[2] ready  KEYS[3] ready_since  KEYS[4] scheduled  KEYS[5] active
--- ARGV: job_id, retention ms, notify channel
+-- ARGV: job_id, retention ms, the queue's channel (a stream's is it plus ':' and the
+--       first 16 hex digits of its lease tokens)
 -- Returns {cancelled (0|1), state after}.
 local state, lease = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease'))
 if not state then
@@ -17,7 +18,7 @@ end
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'lease', '', 'finished_at', int(now))
 if state == 'ACTIVE' then
   redis.call('HSET', KEYS[1], 'cancelled_lease', lease)
-  redis.call('PUBLISH', ARGV[3], 'cancelled')
+  redis.call('PUBLISH', ARGV[3] .. ':' .. string.sub(lease, 1, 16), 'cancelled')
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, 'CANCELLED'}

@@ -1,6 +1,6 @@
 //! `baton.v1.JobQueueService`: validation, the Consume stream, and proto mapping.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -61,6 +61,8 @@ const DEFAULT_DEAD_PAGE: usize = 100;
 const MAX_DEAD_PAGE: usize = 1000;
 /// A waiting consumer re-checks at least this often, in case a notification was lost.
 const SAFETY_RECHECK: Duration = Duration::from_secs(1);
+/// How long a stream lets Acks of its leases accumulate before re-reading them.
+const REFRESH_COALESCE: Duration = Duration::from_millis(2);
 /// While Redis is unreachable a consumer stays open and retries this often.
 const OUTAGE_RETRY: Duration = Duration::from_millis(500);
 
@@ -285,6 +287,7 @@ impl JobQueueService for JobQueueGrpc {
         }
         let (sender, receiver) = mpsc::channel(max_in_flight as usize + 4);
         let consumer = Consumer {
+            stream_id: crate::queue::new_stream_id(),
             queues: self.queues.clone(),
             queue: request.queue,
             types: request.types,
@@ -293,6 +296,8 @@ impl JobQueueService for JobQueueGrpc {
             sender,
             shutdown: self.shutdown.clone(),
             held: Vec::new(),
+            refresh_due: false,
+            last_refresh: Instant::now(),
         };
         tokio::spawn(consumer.run());
         Ok(Response::new(ReceiverStream::new(receiver)))
@@ -437,6 +442,8 @@ fn job_not_found(job_id: &str) -> Error {
 /// its leases were settled (whichever replica the Acks went through) or cancelled, and
 /// sleeps on the process's one notification path in between.
 struct Consumer {
+    /// Prefixes this stream's lease tokens; its settlements are announced on its channel.
+    stream_id: String,
     queues: QueueManager,
     queue: String,
     types: Vec<String>,
@@ -446,22 +453,30 @@ struct Consumer {
     shutdown: CancellationToken,
     /// Leases this stream delivered and has not seen settled.
     held: Vec<LeaseRef>,
+    /// Set when one of this stream's leases was settled or cancelled elsewhere.
+    refresh_due: bool,
+    last_refresh: Instant,
 }
 
 enum Wake {
     Work,
+    OwnLease,
     ClientGone,
     Shutdown,
 }
 
 impl Consumer {
     async fn run(mut self) {
-        let wake = self.queues.watch(&self.queue);
+        let queue_wake = self.queues.watch(&self.queue);
+        let own_wake = self.queues.watch_stream(&self.queue, &self.stream_id);
         metrics::gauge!("baton_queue_consumers").increment(1.0);
         loop {
-            let notified = wake.notified();
+            let notified = queue_wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let own_notified = own_wake.notified();
+            tokio::pin!(own_notified);
+            own_notified.as_mut().enable();
             let nap = match self.step().await {
                 Ok(Some(nap)) => nap,
                 Ok(None) => break, // the client is gone
@@ -472,6 +487,7 @@ impl Consumer {
                 }
             };
             let woke = tokio::select! {
+                () = &mut own_notified => Wake::OwnLease,
                 () = &mut notified => Wake::Work,
                 () = tokio::time::sleep(nap) => Wake::Work,
                 () = self.sender.closed() => Wake::ClientGone,
@@ -479,6 +495,14 @@ impl Consumer {
             };
             match woke {
                 Wake::Work => {}
+                Wake::OwnLease => {
+                    self.refresh_due = true;
+                    // Acks come in bursts: let a few land before re-reading the leases.
+                    let since = self.last_refresh.elapsed();
+                    if since < REFRESH_COALESCE {
+                        tokio::time::sleep(REFRESH_COALESCE - since).await;
+                    }
+                }
                 Wake::ClientGone => break,
                 Wake::Shutdown => {
                     // The workers still finish and Ack through another replica.
@@ -495,31 +519,21 @@ impl Consumer {
     /// Refreshes credit, delivers what fits; returns how long to sleep, or None when the
     /// client went away.
     async fn step(&mut self) -> Result<Option<Duration>, Error> {
-        let statuses = self.queues.held(&self.held).await?;
-        let mut still_held = Vec::with_capacity(self.held.len());
-        for (lease, status) in std::mem::take(&mut self.held).into_iter().zip(statuses) {
-            match status {
-                LeaseStatus::Held => still_held.push(lease),
-                LeaseStatus::Gone => {}
-                LeaseStatus::Cancelled => {
-                    let event = consume_response::Event::Cancelled(pb::JobCancelled {
-                        job_id: lease.job_id.clone(),
-                        lease_id: lease.lease_id(),
-                    });
-                    if self.sender.send(Ok(ConsumeResponse { event: Some(event) })).await.is_err() {
-                        self.held = still_held;
-                        return Ok(None);
-                    }
-                }
+        // Credit is re-read from Redis when this stream's own leases changed, or on the
+        // safety interval (a lost notification must not strand the stream at zero credit).
+        if self.refresh_due || self.last_refresh.elapsed() >= SAFETY_RECHECK {
+            self.refresh_held().await?;
+            if self.sender.is_closed() {
+                return Ok(None);
             }
         }
-        self.held = still_held;
         let credit = self.max_in_flight.saturating_sub(self.held.len());
         if credit == 0 {
             // Nothing to fetch until an Ack frees a slot (notified) or the safety re-check.
             return Ok(Some(SAFETY_RECHECK));
         }
-        let (deliveries, next_event) = self.queues.fetch(&self.queue, credit, self.visibility, &self.types).await?;
+        let (deliveries, next_event) =
+            self.queues.fetch(&self.queue, &self.stream_id, credit, self.visibility, &self.types).await?;
         let filled = !deliveries.is_empty() && deliveries.len() == credit;
         for delivery in deliveries {
             let lease = delivery.lease.clone();
@@ -535,6 +549,31 @@ impl Consumer {
         }
         let until_next = next_event.map(|d| d + Duration::from_millis(1)).unwrap_or(SAFETY_RECHECK);
         Ok(Some(until_next.min(SAFETY_RECHECK)))
+    }
+
+    /// Drops settled leases and tells the client about cancelled ones.
+    async fn refresh_held(&mut self) -> Result<(), Error> {
+        self.refresh_due = false;
+        self.last_refresh = Instant::now();
+        let statuses = self.queues.held(&self.held).await?;
+        let mut still_held = Vec::with_capacity(self.held.len());
+        for (lease, status) in std::mem::take(&mut self.held).into_iter().zip(statuses) {
+            match status {
+                LeaseStatus::Held => still_held.push(lease),
+                LeaseStatus::Gone => {}
+                LeaseStatus::Cancelled => {
+                    let event = consume_response::Event::Cancelled(pb::JobCancelled {
+                        job_id: lease.job_id.clone(),
+                        lease_id: lease.lease_id(),
+                    });
+                    // If the client is gone the send fails; `step` sees the closed sender and
+                    // the leases still held are handed back.
+                    let _ = self.sender.send(Ok(ConsumeResponse { event: Some(event) })).await;
+                }
+            }
+        }
+        self.held = still_held;
+        Ok(())
     }
 
     /// The client cancelled or disconnected: its un-acked jobs are ready again at once.

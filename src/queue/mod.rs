@@ -46,6 +46,7 @@ static STATS: LazyLock<Script> = queue_script!("stats.lua");
 pub const MIN_PRIORITY: i32 = -1000;
 pub const MAX_PRIORITY: i32 = 1000;
 const LEASE_TOKEN_BYTES: usize = 16;
+const STREAM_ID_BYTES: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobState {
@@ -171,10 +172,22 @@ pub fn queue_of_job(job_id: &str) -> Option<String> {
     (!queue.is_empty()).then_some(queue)
 }
 
-fn new_lease_token() -> String {
-    let mut bytes = [0u8; LEASE_TOKEN_BYTES];
-    getrandom::fill(&mut bytes).expect("the OS random source is available");
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer).expect("the OS random source is available");
+    buffer.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// A consumer stream's id: the first half of every lease token it is given, so that a
+/// settlement (through any replica) can wake exactly the stream that held the lease.
+pub fn new_stream_id() -> String {
+    random_hex(STREAM_ID_BYTES)
+}
+
+/// A lease token: the stream's id, then 64 random bits of its own. Both halves come from
+/// the OS CSPRNG, so the whole token is 128 unguessable bits.
+fn new_lease_token(stream_id: &str) -> String {
+    format!("{stream_id}{}", random_hex(LEASE_TOKEN_BYTES - STREAM_ID_BYTES))
 }
 
 /// Retention and defaults from the command line.
@@ -224,6 +237,21 @@ impl QueueManager {
 
     fn channel(&self, queue: &str) -> String {
         self.keys.channel(Pattern::Queue, queue)
+    }
+
+    /// The channel of one consumer stream: settlements of its leases are announced here,
+    /// so an Ack wakes the one stream whose credit it frees, not every consumer.
+    fn stream_channel(&self, queue: &str, stream_id: &str) -> String {
+        format!("{}:{stream_id}", self.channel(queue))
+    }
+
+    fn lease_channel(&self, lease: &LeaseRef) -> String {
+        self.stream_channel(&lease.queue, &lease.token[..STREAM_ID_BYTES * 2])
+    }
+
+    /// The wake-up for one consumer stream's own leases.
+    pub fn watch_stream(&self, queue: &str, stream_id: &str) -> Arc<Notify> {
+        self.notifier.watch(&self.stream_channel(queue, stream_id))
     }
 
     /// The wake-up that fires when jobs become ready, are settled or are cancelled.
@@ -277,6 +305,7 @@ impl QueueManager {
     pub async fn fetch(
         &self,
         queue: &str,
+        stream_id: &str,
         count: usize,
         visibility: Duration,
         types: &[String],
@@ -285,7 +314,7 @@ impl QueueManager {
             .iter()
             .map(|part| self.key(queue, part))
             .collect();
-        let tokens: Vec<String> = (0..count).map(|_| new_lease_token()).collect();
+        let tokens: Vec<String> = (0..count).map(|_| new_lease_token(stream_id)).collect();
         let mut args: Vec<Vec<u8>> = vec![
             self.key(queue, "job:").into_bytes(),
             count.to_string().into_bytes(),
@@ -353,7 +382,7 @@ impl QueueManager {
             lease.token.clone().into_bytes(),
             result.to_vec(),
             self.settings.retention.as_millis().to_string().into_bytes(),
-            self.channel(&lease.queue).into_bytes(),
+            self.lease_channel(lease).into_bytes(),
         ];
         let reply: redis::Value = self.store.run_script("queue_ack", &ACK, &keys, &args).await?;
         match reply {
@@ -386,6 +415,7 @@ impl QueueManager {
             if dead_letter { b"1".to_vec() } else { b"0".to_vec() },
             jitter.to_string().into_bytes(),
             self.settings.dead_retention.as_millis().to_string().into_bytes(),
+            self.lease_channel(lease).into_bytes(),
             self.channel(q).into_bytes(),
         ];
         let reply: (String, redis::Value) = self.store.run_script("queue_nack", &NACK, &keys, &args).await?;
@@ -601,7 +631,8 @@ mod tests {
     fn job_and_lease_ids_carry_their_queue() {
         let job_id = new_job_id("emails:high");
         assert_eq!(queue_of_job(&job_id).as_deref(), Some("emails:high"));
-        let lease = LeaseRef { queue: "emails:high".into(), job_id: job_id.clone(), token: new_lease_token() };
+        let lease =
+            LeaseRef { queue: "emails:high".into(), job_id: job_id.clone(), token: new_lease_token(&new_stream_id()) };
         assert_eq!(LeaseRef::parse(&lease.lease_id()), Some(lease));
     }
 

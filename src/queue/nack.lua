@@ -3,7 +3,7 @@
 --
 -- KEYS[1] job   KEYS[2] active   KEYS[3] scheduled   KEYS[4] dead
 -- ARGV: job_id, token, error, retry_after_us (0: the job's backoff), dead_letter (0|1),
---       jitter in [0, 1), dead retention ms, notify channel
+--       jitter in [0, 1), dead retention ms, the holding stream's channel, the queue's channel
 -- Returns {state, run_at_us} or {0, reason}.
 local state, lease, cancelled = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease', 'cancelled_lease'))
 if state == 'CANCELLED' and cancelled == ARGV[2] then
@@ -14,7 +14,7 @@ if state ~= 'ACTIVE' or lease ~= ARGV[2] then
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'last_error', ARGV[3])
-redis.call('PUBLISH', ARGV[8], 'done')
+redis.call('PUBLISH', ARGV[8], 'settled')
 local attempts, max_attempts, initial, cap, multiplier = unpack(redis.call('HMGET', KEYS[1],
   'attempts', 'max_attempts', 'backoff_initial', 'backoff_max', 'backoff_multiplier'))
 if ARGV[5] == '1' or tonumber(attempts) >= tonumber(max_attempts) then
@@ -33,4 +33,6 @@ end
 local run_at = now + math.floor(delay)
 redis.call('ZADD', KEYS[3], int(run_at), ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'FAILED', 'lease', '', 'run_at', int(run_at))
+-- Waiting consumers set their timers for the retry.
+redis.call('PUBLISH', ARGV[9], 'scheduled')
 return {'FAILED', run_at}
