@@ -124,7 +124,7 @@ type JobQueueServiceClient interface {
 	// GetJob reads a job in any state. Finished jobs (SUCCEEDED, DEAD, CANCELLED) are kept
 	// for a configured retention time, after which they are NOT_FOUND.
 	//
-	// Failures: NOT_FOUND (reason NOT_FOUND) when the job does not exist or is past
+	// Failures: NOT_FOUND (reason JOB_NOT_FOUND) when the job does not exist or is past
 	// retention; INVALID_ARGUMENT (malformed job_id); UNAVAILABLE; RESOURCE_EXHAUSTED
 	// (reason RESPONSE_TOO_LARGE) when the job would not fit in one message;
 	// DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE.
@@ -134,7 +134,7 @@ type JobQueueServiceClient interface {
 	// (JobCancelled) and its Ack, Nack and Extend are refused. Either way the job becomes
 	// CANCELLED. A finished job (SUCCEEDED, DEAD, CANCELLED) is left as it is.
 	//
-	// Failures: NOT_FOUND (reason NOT_FOUND) when the job does not exist; INVALID_ARGUMENT
+	// Failures: NOT_FOUND (reason JOB_NOT_FOUND) when the job does not exist; INVALID_ARGUMENT
 	// (malformed job_id); UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED.
 	// Safe to retry on UNAVAILABLE: a retry of an applied cancel answers `cancelled = false`
 	// with state CANCELLED.
@@ -412,7 +412,7 @@ type JobQueueServiceServer interface {
 	// GetJob reads a job in any state. Finished jobs (SUCCEEDED, DEAD, CANCELLED) are kept
 	// for a configured retention time, after which they are NOT_FOUND.
 	//
-	// Failures: NOT_FOUND (reason NOT_FOUND) when the job does not exist or is past
+	// Failures: NOT_FOUND (reason JOB_NOT_FOUND) when the job does not exist or is past
 	// retention; INVALID_ARGUMENT (malformed job_id); UNAVAILABLE; RESOURCE_EXHAUSTED
 	// (reason RESPONSE_TOO_LARGE) when the job would not fit in one message;
 	// DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE.
@@ -422,7 +422,7 @@ type JobQueueServiceServer interface {
 	// (JobCancelled) and its Ack, Nack and Extend are refused. Either way the job becomes
 	// CANCELLED. A finished job (SUCCEEDED, DEAD, CANCELLED) is left as it is.
 	//
-	// Failures: NOT_FOUND (reason NOT_FOUND) when the job does not exist; INVALID_ARGUMENT
+	// Failures: NOT_FOUND (reason JOB_NOT_FOUND) when the job does not exist; INVALID_ARGUMENT
 	// (malformed job_id); UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED.
 	// Safe to retry on UNAVAILABLE: a retry of an applied cancel answers `cancelled = false`
 	// with state CANCELLED.

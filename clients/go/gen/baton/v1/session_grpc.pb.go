@@ -54,7 +54,7 @@ const (
 type SessionStoreServiceClient interface {
 	// CreateSession starts a session and returns its new secret session_id.
 	//
-	// Failures: ALREADY_EXISTS (reason ALREADY_EXISTS) when a client-chosen session_id is
+	// Failures: ALREADY_EXISTS (reason SESSION_EXISTS) when a client-chosen session_id is
 	// already in use; INVALID_ARGUMENT (empty or oversized subject, malformed client-chosen
 	// session_id, data or attributes over the configured maximum, timeouts out of range);
 	// UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED.
@@ -65,7 +65,7 @@ type SessionStoreServiceClient interface {
 	// GetSession reads a session and, unless `no_touch`, slides its idle timeout (never past
 	// its absolute timeout) and updates last_seen_at.
 	//
-	// Failures: NOT_FOUND (reason NOT_FOUND) when the id is unknown, expired, deleted, rotated
+	// Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the id is unknown, expired, deleted, rotated
 	// away or revoked; INVALID_ARGUMENT (malformed session_id); UNAVAILABLE;
 	// RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE) when the session would not fit in one
 	// message; DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE.
@@ -74,7 +74,7 @@ type SessionStoreServiceClient interface {
 	// one atomic step that gives the session a new version. It also slides the idle timeout
 	// like GetSession.
 	//
-	// Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+	// Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
 	// GetSession); ABORTED (reason VERSION_MISMATCH) when `if_version` is set and the session
 	// is at another version; INVALID_ARGUMENT (malformed session_id, a key both set and
 	// removed, data over the configured maximum); UNAVAILABLE; RESOURCE_EXHAUSTED;
@@ -86,7 +86,7 @@ type SessionStoreServiceClient interface {
 	// subject, data, attributes, created_at and absolute expiry; the old id is dead at once.
 	// Use it on privilege changes (log-in, sudo) against session fixation.
 	//
-	// Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+	// Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
 	// GetSession); INVALID_ARGUMENT (malformed session_id); UNAVAILABLE; RESOURCE_EXHAUSTED;
 	// DEADLINE_EXCEEDED. Not safe to retry: if the first attempt was applied and its answer
 	// lost, the old id is dead (the retry answers NOT_FOUND) and the new id is lost with the
@@ -222,7 +222,7 @@ func (c *sessionStoreServiceClient) RevokeSessions(ctx context.Context, in *Revo
 type SessionStoreServiceServer interface {
 	// CreateSession starts a session and returns its new secret session_id.
 	//
-	// Failures: ALREADY_EXISTS (reason ALREADY_EXISTS) when a client-chosen session_id is
+	// Failures: ALREADY_EXISTS (reason SESSION_EXISTS) when a client-chosen session_id is
 	// already in use; INVALID_ARGUMENT (empty or oversized subject, malformed client-chosen
 	// session_id, data or attributes over the configured maximum, timeouts out of range);
 	// UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED.
@@ -233,7 +233,7 @@ type SessionStoreServiceServer interface {
 	// GetSession reads a session and, unless `no_touch`, slides its idle timeout (never past
 	// its absolute timeout) and updates last_seen_at.
 	//
-	// Failures: NOT_FOUND (reason NOT_FOUND) when the id is unknown, expired, deleted, rotated
+	// Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the id is unknown, expired, deleted, rotated
 	// away or revoked; INVALID_ARGUMENT (malformed session_id); UNAVAILABLE;
 	// RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE) when the session would not fit in one
 	// message; DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE.
@@ -242,7 +242,7 @@ type SessionStoreServiceServer interface {
 	// one atomic step that gives the session a new version. It also slides the idle timeout
 	// like GetSession.
 	//
-	// Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+	// Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
 	// GetSession); ABORTED (reason VERSION_MISMATCH) when `if_version` is set and the session
 	// is at another version; INVALID_ARGUMENT (malformed session_id, a key both set and
 	// removed, data over the configured maximum); UNAVAILABLE; RESOURCE_EXHAUSTED;
@@ -254,7 +254,7 @@ type SessionStoreServiceServer interface {
 	// subject, data, attributes, created_at and absolute expiry; the old id is dead at once.
 	// Use it on privilege changes (log-in, sudo) against session fixation.
 	//
-	// Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+	// Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
 	// GetSession); INVALID_ARGUMENT (malformed session_id); UNAVAILABLE; RESOURCE_EXHAUSTED;
 	// DEADLINE_EXCEEDED. Not safe to retry: if the first attempt was applied and its answer
 	// lost, the old id is dead (the retry answers NOT_FOUND) and the new id is lost with the

@@ -2265,7 +2265,7 @@ export const SessionStoreServiceService = {
   /**
    * CreateSession starts a session and returns its new secret session_id.
    *
-   * Failures: ALREADY_EXISTS (reason ALREADY_EXISTS) when a client-chosen session_id is
+   * Failures: ALREADY_EXISTS (reason SESSION_EXISTS) when a client-chosen session_id is
    * already in use; INVALID_ARGUMENT (empty or oversized subject, malformed client-chosen
    * session_id, data or attributes over the configured maximum, timeouts out of range);
    * UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED.
@@ -2287,7 +2287,7 @@ export const SessionStoreServiceService = {
    * GetSession reads a session and, unless `no_touch`, slides its idle timeout (never past
    * its absolute timeout) and updates last_seen_at.
    *
-   * Failures: NOT_FOUND (reason NOT_FOUND) when the id is unknown, expired, deleted, rotated
+   * Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the id is unknown, expired, deleted, rotated
    * away or revoked; INVALID_ARGUMENT (malformed session_id); UNAVAILABLE;
    * RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE) when the session would not fit in one
    * message; DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE.
@@ -2306,7 +2306,7 @@ export const SessionStoreServiceService = {
    * one atomic step that gives the session a new version. It also slides the idle timeout
    * like GetSession.
    *
-   * Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+   * Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
    * GetSession); ABORTED (reason VERSION_MISMATCH) when `if_version` is set and the session
    * is at another version; INVALID_ARGUMENT (malformed session_id, a key both set and
    * removed, data over the configured maximum); UNAVAILABLE; RESOURCE_EXHAUSTED;
@@ -2329,7 +2329,7 @@ export const SessionStoreServiceService = {
    * subject, data, attributes, created_at and absolute expiry; the old id is dead at once.
    * Use it on privilege changes (log-in, sudo) against session fixation.
    *
-   * Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+   * Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
    * GetSession); INVALID_ARGUMENT (malformed session_id); UNAVAILABLE; RESOURCE_EXHAUSTED;
    * DEADLINE_EXCEEDED. Not safe to retry: if the first attempt was applied and its answer
    * lost, the old id is dead (the retry answers NOT_FOUND) and the new id is lost with the
@@ -2409,7 +2409,7 @@ export interface SessionStoreServiceServer extends UntypedServiceImplementation 
   /**
    * CreateSession starts a session and returns its new secret session_id.
    *
-   * Failures: ALREADY_EXISTS (reason ALREADY_EXISTS) when a client-chosen session_id is
+   * Failures: ALREADY_EXISTS (reason SESSION_EXISTS) when a client-chosen session_id is
    * already in use; INVALID_ARGUMENT (empty or oversized subject, malformed client-chosen
    * session_id, data or attributes over the configured maximum, timeouts out of range);
    * UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED.
@@ -2422,7 +2422,7 @@ export interface SessionStoreServiceServer extends UntypedServiceImplementation 
    * GetSession reads a session and, unless `no_touch`, slides its idle timeout (never past
    * its absolute timeout) and updates last_seen_at.
    *
-   * Failures: NOT_FOUND (reason NOT_FOUND) when the id is unknown, expired, deleted, rotated
+   * Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the id is unknown, expired, deleted, rotated
    * away or revoked; INVALID_ARGUMENT (malformed session_id); UNAVAILABLE;
    * RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE) when the session would not fit in one
    * message; DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE.
@@ -2433,7 +2433,7 @@ export interface SessionStoreServiceServer extends UntypedServiceImplementation 
    * one atomic step that gives the session a new version. It also slides the idle timeout
    * like GetSession.
    *
-   * Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+   * Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
    * GetSession); ABORTED (reason VERSION_MISMATCH) when `if_version` is set and the session
    * is at another version; INVALID_ARGUMENT (malformed session_id, a key both set and
    * removed, data over the configured maximum); UNAVAILABLE; RESOURCE_EXHAUSTED;
@@ -2447,7 +2447,7 @@ export interface SessionStoreServiceServer extends UntypedServiceImplementation 
    * subject, data, attributes, created_at and absolute expiry; the old id is dead at once.
    * Use it on privilege changes (log-in, sudo) against session fixation.
    *
-   * Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+   * Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
    * GetSession); INVALID_ARGUMENT (malformed session_id); UNAVAILABLE; RESOURCE_EXHAUSTED;
    * DEADLINE_EXCEEDED. Not safe to retry: if the first attempt was applied and its answer
    * lost, the old id is dead (the retry answers NOT_FOUND) and the new id is lost with the
@@ -2490,7 +2490,7 @@ export interface SessionStoreServiceClient extends Client {
   /**
    * CreateSession starts a session and returns its new secret session_id.
    *
-   * Failures: ALREADY_EXISTS (reason ALREADY_EXISTS) when a client-chosen session_id is
+   * Failures: ALREADY_EXISTS (reason SESSION_EXISTS) when a client-chosen session_id is
    * already in use; INVALID_ARGUMENT (empty or oversized subject, malformed client-chosen
    * session_id, data or attributes over the configured maximum, timeouts out of range);
    * UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED.
@@ -2517,7 +2517,7 @@ export interface SessionStoreServiceClient extends Client {
    * GetSession reads a session and, unless `no_touch`, slides its idle timeout (never past
    * its absolute timeout) and updates last_seen_at.
    *
-   * Failures: NOT_FOUND (reason NOT_FOUND) when the id is unknown, expired, deleted, rotated
+   * Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the id is unknown, expired, deleted, rotated
    * away or revoked; INVALID_ARGUMENT (malformed session_id); UNAVAILABLE;
    * RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE) when the session would not fit in one
    * message; DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE.
@@ -2542,7 +2542,7 @@ export interface SessionStoreServiceClient extends Client {
    * one atomic step that gives the session a new version. It also slides the idle timeout
    * like GetSession.
    *
-   * Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+   * Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
    * GetSession); ABORTED (reason VERSION_MISMATCH) when `if_version` is set and the session
    * is at another version; INVALID_ARGUMENT (malformed session_id, a key both set and
    * removed, data over the configured maximum); UNAVAILABLE; RESOURCE_EXHAUSTED;
@@ -2570,7 +2570,7 @@ export interface SessionStoreServiceClient extends Client {
    * subject, data, attributes, created_at and absolute expiry; the old id is dead at once.
    * Use it on privilege changes (log-in, sudo) against session fixation.
    *
-   * Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+   * Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
    * GetSession); INVALID_ARGUMENT (malformed session_id); UNAVAILABLE; RESOURCE_EXHAUSTED;
    * DEADLINE_EXCEEDED. Not safe to retry: if the first attempt was applied and its answer
    * lost, the old id is dead (the retry answers NOT_FOUND) and the new id is lost with the

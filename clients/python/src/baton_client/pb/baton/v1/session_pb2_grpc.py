@@ -115,7 +115,7 @@ class SessionStoreServiceServicer:
     def CreateSession(self, request, context):
         """CreateSession starts a session and returns its new secret session_id.
 
-        Failures: ALREADY_EXISTS (reason ALREADY_EXISTS) when a client-chosen session_id is
+        Failures: ALREADY_EXISTS (reason SESSION_EXISTS) when a client-chosen session_id is
         already in use; INVALID_ARGUMENT (empty or oversized subject, malformed client-chosen
         session_id, data or attributes over the configured maximum, timeouts out of range);
         UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED.
@@ -131,7 +131,7 @@ class SessionStoreServiceServicer:
         """GetSession reads a session and, unless `no_touch`, slides its idle timeout (never past
         its absolute timeout) and updates last_seen_at.
 
-        Failures: NOT_FOUND (reason NOT_FOUND) when the id is unknown, expired, deleted, rotated
+        Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the id is unknown, expired, deleted, rotated
         away or revoked; INVALID_ARGUMENT (malformed session_id); UNAVAILABLE;
         RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE) when the session would not fit in one
         message; DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE.
@@ -145,7 +145,7 @@ class SessionStoreServiceServicer:
         one atomic step that gives the session a new version. It also slides the idle timeout
         like GetSession.
 
-        Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+        Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
         GetSession); ABORTED (reason VERSION_MISMATCH) when `if_version` is set and the session
         is at another version; INVALID_ARGUMENT (malformed session_id, a key both set and
         removed, data over the configured maximum); UNAVAILABLE; RESOURCE_EXHAUSTED;
@@ -162,7 +162,7 @@ class SessionStoreServiceServicer:
         subject, data, attributes, created_at and absolute expiry; the old id is dead at once.
         Use it on privilege changes (log-in, sudo) against session fixation.
 
-        Failures: NOT_FOUND (reason NOT_FOUND) when the session does not exist (as for
+        Failures: NOT_FOUND (reason SESSION_NOT_FOUND) when the session does not exist (as for
         GetSession); INVALID_ARGUMENT (malformed session_id); UNAVAILABLE; RESOURCE_EXHAUSTED;
         DEADLINE_EXCEEDED. Not safe to retry: if the first attempt was applied and its answer
         lost, the old id is dead (the retry answers NOT_FOUND) and the new id is lost with the
