@@ -160,6 +160,8 @@ pub struct Config {
     pub policies: BTreeMap<String, Policy>,
     /// Envoy's descriptors mapped to limits (`[envoy]` in the file).
     pub envoy: crate::envoy::EnvoyRules,
+    /// API keys; empty = authentication off.
+    pub api_keys: crate::auth::ApiKeys,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +183,8 @@ struct FileConfig {
     policies: BTreeMap<String, FilePolicy>,
     #[serde(default)]
     envoy: crate::envoy::EnvoyFile,
+    #[serde(default)]
+    api_keys: Vec<crate::auth::ApiKeyFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -275,7 +279,8 @@ impl Config {
             policies.insert(name, Policy { spec, fail_open: policy.fail_open });
         }
         let envoy = crate::envoy::EnvoyRules::from_file(file.envoy, &limits).map_err(invalid)?;
-        Ok(Self { flags, limits, policies, envoy })
+        let api_keys = crate::auth::ApiKeys::from_file(file.api_keys).map_err(invalid)?;
+        Ok(Self { flags, limits, policies, envoy, api_keys })
     }
 
     /// The effective configuration for the start-up log, with secrets redacted.

@@ -13,6 +13,7 @@ use tonic_health::server::HealthReporter;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::AuthLayer;
 use crate::cache::CacheManager;
 use crate::cache::grpc::CacheGrpc;
 use crate::config::Config;
@@ -184,6 +185,12 @@ pub async fn run(
     let max_message = config.limits.max_message_bytes;
 
     let (stop_serving, stop_serving_rx) = oneshot::channel::<()>();
+    if !config.api_keys.is_enabled() {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF: no api_keys in the config, so anyone who reaches this port \
+             can use every service in the default namespace"
+        );
+    }
     let mut builder = Server::builder();
     if !config.flags.max_connection_age.is_zero() {
         // No max_connection_age_grace: with one, tonic closes the connection outright at
@@ -197,6 +204,7 @@ pub async fn run(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .layer(GrpcMetricsLayer)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(internal_error_for_panic))
+        .layer(AuthLayer::new(config.api_keys.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

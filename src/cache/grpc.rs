@@ -121,34 +121,38 @@ fn refused(refusal: WriteRefused) -> Error {
 #[tonic::async_trait]
 impl CacheService for CacheGrpc {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let key = request.into_inner().key;
         validate::key("key", &key, &self.limits)?;
-        let entry = self.cache.get(&key).await?;
+        let entry = self.cache.scoped(&namespace).get(&key).await?;
         Ok(Response::new(GetResponse { found: entry.is_some(), entry: entry.map(entry_to_proto) }))
     }
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let r = request.into_inner();
         let write =
             self.write("", r.key, r.value, r.ttl.as_ref(), r.stale_ttl.as_ref(), r.tags, r.if_version, r.if_absent)?;
-        let entry = self.cache.set(&write).await?.map_err(refused)?;
+        let entry = self.cache.scoped(&namespace).set(&write).await?.map_err(refused)?;
         Ok(Response::new(SetResponse { entry: Some(entry_to_proto(entry)) }))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         validate::key("key", &request.key, &self.limits)?;
-        let deleted = self.cache.delete(&request.key, request.if_version).await?.map_err(refused)?;
+        let deleted = self.cache.scoped(&namespace).delete(&request.key, request.if_version).await?.map_err(refused)?;
         Ok(Response::new(DeleteResponse { deleted }))
     }
 
     async fn batch_get(&self, request: Request<BatchGetRequest>) -> Result<Response<BatchGetResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let keys = request.into_inner().keys;
         self.batch_len("keys", keys.len())?;
         for (index, key) in keys.iter().enumerate() {
             validate::key(&format!("keys[{index}]"), key, &self.limits)?;
         }
-        let entries = self.cache.batch_get(&keys).await?;
+        let entries = self.cache.scoped(&namespace).batch_get(&keys).await?;
         let size: usize = keys.iter().map(|k| k.len() + ENTRY_OVERHEAD_BYTES).sum::<usize>()
             + entries.iter().flatten().map(|e| e.value.len()).sum::<usize>();
         if size > self.limits.max_message_bytes {
@@ -164,6 +168,7 @@ impl CacheService for CacheGrpc {
     }
 
     async fn batch_set(&self, request: Request<BatchSetRequest>) -> Result<Response<BatchSetResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let items = request.into_inner().entries;
         self.batch_len("entries", items.len())?;
         // The whole batch is validated before anything is written.
@@ -183,7 +188,7 @@ impl CacheService for CacheGrpc {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let outcomes = self.cache.batch_set(&writes).await?;
+        let outcomes = self.cache.scoped(&namespace).batch_set(&writes).await?;
         let results = writes
             .into_iter()
             .zip(outcomes)
@@ -210,13 +215,15 @@ impl CacheService for CacheGrpc {
         &self,
         request: Request<InvalidateTagRequest>,
     ) -> Result<Response<InvalidateTagResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let tag = request.into_inner().tag;
         self.tag("tag", &tag)?;
-        self.cache.invalidate_tag(&tag).await?;
+        self.cache.scoped(&namespace).invalidate_tag(&tag).await?;
         Ok(Response::new(InvalidateTagResponse { invalidated: true }))
     }
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let caller_deadline = deadline::remaining(request.metadata());
         let request = request.into_inner();
         validate::key("key", &request.key, &self.limits)?;
@@ -235,7 +242,7 @@ impl CacheService for CacheGrpc {
         if let Some(left) = caller_deadline {
             wait = wait.min(left.saturating_sub(DEADLINE_MARGIN));
         }
-        let response = match self.cache.fetch(&request.key, lease_ttl, wait).await? {
+        let response = match self.cache.scoped(&namespace).fetch(&request.key, lease_ttl, wait).await? {
             FetchOutcome::Hit(entry) => {
                 FetchResponse { found: true, entry: Some(entry_to_proto(entry)), fill_token: String::new() }
             }
@@ -249,6 +256,7 @@ impl CacheService for CacheGrpc {
     }
 
     async fn fill(&self, request: Request<FillRequest>) -> Result<Response<FillResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let r = request.into_inner();
         if r.fill_token.is_empty() || r.fill_token.len() > 64 {
             return Err(Error::invalid("fill_token", "is not a token Fetch returned").into());
@@ -267,7 +275,7 @@ impl CacheService for CacheGrpc {
         } else {
             self.write("", r.key, r.value, r.ttl.as_ref(), r.stale_ttl.as_ref(), r.tags, 0, false)?
         };
-        let entry = self.cache.fill(&write, &r.fill_token, r.abandon).await?;
+        let entry = self.cache.scoped(&namespace).fill(&write, &r.fill_token, r.abandon).await?;
         Ok(Response::new(FillResponse { entry: entry.map(entry_to_proto) }))
     }
 }

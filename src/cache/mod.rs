@@ -171,6 +171,11 @@ impl CacheManager {
         Self { store, keys, notifier, tag_ttl: max_ttl * 3 }
     }
 
+    /// The same manager acting for another tenant namespace.
+    pub fn scoped(&self, namespace: &str) -> Self {
+        Self { keys: KeyBuilder::new(namespace), ..self.clone() }
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -117,6 +117,7 @@ impl RateLimitService for EnvoyGrpc {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         if request.domain.is_empty() {
             return Err(Error::invalid("domain", "is required").into());
@@ -158,7 +159,7 @@ impl RateLimitService for EnvoyGrpc {
         let mut headers_from: Option<(u64, u64, std::time::Duration)> = None;
         if !enforced.is_empty() {
             let checks = merged(&enforced);
-            let verdict = self.limiter.check(&checks, false, false).await?;
+            let verdict = self.limiter.scoped(&namespace).check(&checks, false, false).await?;
             if !verdict.allowed {
                 overall = Code::OverLimit;
             }
@@ -174,7 +175,8 @@ impl RateLimitService for EnvoyGrpc {
         }
         // Shadow-mode descriptors count on their own and never block.
         for counted in &shadowed {
-            let verdict = self.limiter.check(std::slice::from_ref(&counted.check), false, false).await?;
+            let verdict =
+                self.limiter.scoped(&namespace).check(std::slice::from_ref(&counted.check), false, false).await?;
             statuses[counted.index] = status_for(counted, &verdict.outcomes[0], false);
         }
 

@@ -95,6 +95,7 @@ impl LockService for LockGrpc {
     type KeepAliveStream = ReceiverStream<Result<KeepAliveResponse, Status>>;
 
     async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let caller_deadline = deadline::remaining(request.metadata());
         let request = request.into_inner();
         validate::key("name", &request.name, &self.limits)?;
@@ -129,7 +130,7 @@ impl LockService for LockGrpc {
             permits: request.permits.max(1),
             request_id,
         };
-        let response = match self.locks.acquire(&params).await? {
+        let response = match self.locks.scoped(&namespace).acquire(&params).await? {
             Acquisition::Acquired(lease) => {
                 AcquireResponse { acquired: true, lease: Some(lease_to_proto(lease)), holder: None }
             }
@@ -141,24 +142,27 @@ impl LockService for LockGrpc {
     }
 
     async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         self.lease_ref(&request.name, &request.lease_id)?;
         let ttl = optional_ttl("ttl", request.ttl.as_ref())?;
-        let lease = self.locks.renew(&request.name, &request.lease_id, ttl).await?;
+        let lease = self.locks.scoped(&namespace).renew(&request.name, &request.lease_id, ttl).await?;
         Ok(Response::new(RenewResponse { lease: Some(lease_to_proto(lease)) }))
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         self.lease_ref(&request.name, &request.lease_id)?;
-        let released = self.locks.release(&request.name, &request.lease_id).await?;
+        let released = self.locks.scoped(&namespace).release(&request.name, &request.lease_id).await?;
         Ok(Response::new(ReleaseResponse { released }))
     }
 
     async fn describe(&self, request: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         validate::key("name", &request.name, &self.limits)?;
-        let holders = self.locks.describe(&request.name).await?;
+        let holders = self.locks.scoped(&namespace).describe(&request.name).await?;
         Ok(Response::new(DescribeResponse {
             held: !holders.is_empty(),
             holders: holders.into_iter().map(holder_to_proto).collect(),
@@ -166,14 +170,15 @@ impl LockService for LockGrpc {
     }
 
     async fn keep_alive(&self, request: Request<KeepAliveRequest>) -> Result<Response<Self::KeepAliveStream>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         self.lease_ref(&request.name, &request.lease_id)?;
         let ttl = optional_ttl("ttl", request.ttl.as_ref())?;
         // The first renewal proves the lease is held; failing it fails the call itself.
-        let first = self.locks.renew(&request.name, &request.lease_id, ttl).await?;
+        let first = self.locks.scoped(&namespace).renew(&request.name, &request.lease_id, ttl).await?;
         let (sender, receiver) = mpsc::channel(4);
         let _ = sender.try_send(Ok(KeepAliveResponse { lease: Some(lease_to_proto(first.clone())) }));
-        tokio::spawn(keep_renewing(self.locks.clone(), first, sender, self.shutdown.clone()));
+        tokio::spawn(keep_renewing(self.locks.scoped(&namespace), first, sender, self.shutdown.clone()));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }

@@ -109,6 +109,11 @@ impl LockManager {
         Self { store, keys, notifier, settings, local_queues: Arc::default() }
     }
 
+    /// The same manager acting for another tenant namespace.
+    pub fn scoped(&self, namespace: &str) -> Self {
+        Self { keys: KeyBuilder::new(namespace), ..self.clone() }
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -129,10 +134,11 @@ impl LockManager {
 
         // Waiters in this process line up first, so they are served in arrival order.
         let deadline = started + params.wait;
-        let queue = self.local_queue(&params.name);
+        let channel = self.keys.channel(Pattern::Lock, &params.name);
+        let queue = self.local_queue(&channel);
         let _turn = tokio::time::timeout_at(deadline, queue.lock()).await;
         let mut contended = false;
-        let wake = self.notifier.watch(&self.keys.channel(Pattern::Lock, &params.name));
+        let wake = self.notifier.watch(&channel);
         loop {
             let notified = wake.notified();
             tokio::pin!(notified);
@@ -287,14 +293,15 @@ impl LockManager {
         ["holders", "leases", "fence"].iter().map(|part| self.keys.key(Pattern::Lock, name, part)).collect()
     }
 
-    fn local_queue(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// `channel` names the lock across tenants (it carries the namespace).
+    fn local_queue(&self, channel: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut queues = self.local_queues.lock().expect("queues lock");
-        if let Some(queue) = queues.get(name).and_then(Weak::upgrade) {
+        if let Some(queue) = queues.get(channel).and_then(Weak::upgrade) {
             return queue;
         }
         queues.retain(|_, queue| queue.strong_count() > 0);
         let queue = Arc::new(tokio::sync::Mutex::new(()));
-        queues.insert(name.to_owned(), Arc::downgrade(&queue));
+        queues.insert(channel.to_owned(), Arc::downgrade(&queue));
         queue
     }
 }

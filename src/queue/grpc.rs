@@ -240,8 +240,9 @@ impl JobQueueService for JobQueueGrpc {
     type ConsumeStream = ReceiverStream<Result<ConsumeResponse, Status>>;
 
     async fn enqueue(&self, request: Request<EnqueueRequest>) -> Result<Response<EnqueueResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let job = self.new_job("", request.into_inner())?;
-        let (job_id, duplicate) = self.queues.enqueue(&job).await?;
+        let (job_id, duplicate) = self.queues.scoped(&namespace).enqueue(&job).await?;
         Ok(Response::new(EnqueueResponse { job_id, duplicate }))
     }
 
@@ -249,6 +250,7 @@ impl JobQueueService for JobQueueGrpc {
         &self,
         request: Request<EnqueueBatchRequest>,
     ) -> Result<Response<EnqueueBatchResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let requests = request.into_inner().requests;
         if requests.is_empty() || requests.len() > self.queue_limits.max_batch {
             return Err(
@@ -261,13 +263,14 @@ impl JobQueueService for JobQueueGrpc {
             .enumerate()
             .map(|(index, request)| self.new_job(&format!("requests[{index}]"), request))
             .collect::<Result<Vec<_>, _>>()?;
-        let results = self.queues.enqueue_batch(&jobs).await?;
+        let results = self.queues.scoped(&namespace).enqueue_batch(&jobs).await?;
         Ok(Response::new(EnqueueBatchResponse {
             results: results.into_iter().map(|(job_id, duplicate)| EnqueueResponse { job_id, duplicate }).collect(),
         }))
     }
 
     async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<Self::ConsumeStream>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         validate::key("queue", &request.queue, &self.limits)?;
         let max_in_flight = match request.max_in_flight {
@@ -288,7 +291,7 @@ impl JobQueueService for JobQueueGrpc {
         let (sender, receiver) = mpsc::channel(max_in_flight as usize + 4);
         let consumer = Consumer {
             stream_id: crate::queue::new_stream_id(),
-            queues: self.queues.clone(),
+            queues: self.queues.scoped(&namespace),
             queue: request.queue,
             types: request.types,
             max_in_flight: max_in_flight as usize,
@@ -304,17 +307,19 @@ impl JobQueueService for JobQueueGrpc {
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         if request.result.len() > self.limits.max_value_bytes {
             return Err(
                 Error::invalid("result", format!("must be at most {} bytes", self.limits.max_value_bytes)).into()
             );
         }
-        self.queues.ack(&lease(&request.lease_id)?, &request.result).await?;
+        self.queues.scoped(&namespace).ack(&lease(&request.lease_id)?, &request.result).await?;
         Ok(Response::new(AckResponse {}))
     }
 
     async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         let lease = lease(&request.lease_id)?;
         if request.error.len() > MAX_ERROR_BYTES {
@@ -324,7 +329,8 @@ impl JobQueueService for JobQueueGrpc {
         if retry_after > self.limits.max_ttl {
             return Err(Error::invalid("retry_after", format!("must be at most {:?}", self.limits.max_ttl)).into());
         }
-        let (state, run_at) = self.queues.nack(&lease, &request.error, retry_after, request.dead_letter).await?;
+        let (state, run_at) =
+            self.queues.scoped(&namespace).nack(&lease, &request.error, retry_after, request.dead_letter).await?;
         Ok(Response::new(NackResponse {
             state: state_to_proto(state) as i32,
             run_at: (run_at > 0).then(|| timestamp_from_micros(run_at)),
@@ -332,24 +338,27 @@ impl JobQueueService for JobQueueGrpc {
     }
 
     async fn extend(&self, request: Request<ExtendRequest>) -> Result<Response<ExtendResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         let lease = lease(&request.lease_id)?;
         let visibility = self.visibility("visibility_timeout", request.visibility_timeout.as_ref())?;
-        let deadline = self.queues.extend(&lease, visibility).await?;
+        let deadline = self.queues.scoped(&namespace).extend(&lease, visibility).await?;
         Ok(Response::new(ExtendResponse { lease_expires_at: Some(timestamp_from_micros(deadline)) }))
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<GetJobResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let job_id = request.into_inner().job_id;
-        match self.queues.get_job(&job_id).await? {
+        match self.queues.scoped(&namespace).get_job(&job_id).await? {
             Some(job) => Ok(Response::new(GetJobResponse { job: Some(job_to_proto(job)) })),
             None => Err(job_not_found(&job_id).into()),
         }
     }
 
     async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<CancelJobResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let job_id = request.into_inner().job_id;
-        match self.queues.cancel(&job_id).await? {
+        match self.queues.scoped(&namespace).cancel(&job_id).await? {
             (_, None) => Err(job_not_found(&job_id).into()),
             (cancelled, Some(state)) => {
                 Ok(Response::new(CancelJobResponse { cancelled, state: state_to_proto(state) as i32 }))
@@ -361,9 +370,10 @@ impl JobQueueService for JobQueueGrpc {
         &self,
         request: Request<GetQueueStatsRequest>,
     ) -> Result<Response<GetQueueStatsResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let queue = request.into_inner().queue;
         validate::key("queue", &queue, &self.limits)?;
-        let stats = self.queues.stats(&queue).await?;
+        let stats = self.queues.scoped(&namespace).stats(&queue).await?;
         Ok(Response::new(GetQueueStatsResponse {
             ready: stats.ready,
             scheduled: stats.scheduled,
@@ -378,6 +388,7 @@ impl JobQueueService for JobQueueGrpc {
         &self,
         request: Request<ListDeadJobsRequest>,
     ) -> Result<Response<ListDeadJobsResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         validate::key("queue", &request.queue, &self.limits)?;
         let page_size = match request.page_size as usize {
@@ -388,7 +399,7 @@ impl JobQueueService for JobQueueGrpc {
             "" => 0,
             token => token.parse().map_err(|_| Error::invalid("page_token", "is not a token this RPC returned"))?,
         };
-        let (jobs, more) = self.queues.list_dead(&request.queue, offset, page_size).await?;
+        let (jobs, more) = self.queues.scoped(&namespace).list_dead(&request.queue, offset, page_size).await?;
         Ok(Response::new(ListDeadJobsResponse {
             jobs: jobs.into_iter().map(job_to_proto).collect(),
             next_page_token: if more { (offset + page_size).to_string() } else { String::new() },
@@ -399,6 +410,7 @@ impl JobQueueService for JobQueueGrpc {
         &self,
         request: Request<RetryDeadJobsRequest>,
     ) -> Result<Response<RetryDeadJobsResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         validate::key("queue", &request.queue, &self.limits)?;
         if request.job_ids.len() > self.queue_limits.max_batch {
@@ -409,14 +421,15 @@ impl JobQueueService for JobQueueGrpc {
                 return Err(Error::invalid(format!("job_ids[{index}]"), "is not a job of this queue").into());
             }
         }
-        let retried = self.queues.retry_dead(&request.queue, &request.job_ids).await?;
+        let retried = self.queues.scoped(&namespace).retry_dead(&request.queue, &request.job_ids).await?;
         Ok(Response::new(RetryDeadJobsResponse { retried }))
     }
 
     async fn pause_queue(&self, request: Request<PauseQueueRequest>) -> Result<Response<PauseQueueResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let queue = request.into_inner().queue;
         validate::key("queue", &queue, &self.limits)?;
-        self.queues.pause(&queue).await?;
+        self.queues.scoped(&namespace).pause(&queue).await?;
         Ok(Response::new(PauseQueueResponse {}))
     }
 
@@ -424,9 +437,10 @@ impl JobQueueService for JobQueueGrpc {
         &self,
         request: Request<ResumeQueueRequest>,
     ) -> Result<Response<ResumeQueueResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let queue = request.into_inner().queue;
         validate::key("queue", &queue, &self.limits)?;
-        self.queues.resume(&queue).await?;
+        self.queues.scoped(&namespace).resume(&queue).await?;
         Ok(Response::new(ResumeQueueResponse {}))
     }
 }

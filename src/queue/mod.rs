@@ -223,6 +223,11 @@ impl QueueManager {
         Self { store, keys, notifier, settings }
     }
 
+    /// The same manager acting for another tenant namespace.
+    pub fn scoped(&self, namespace: &str) -> Self {
+        Self { keys: KeyBuilder::new(namespace), ..self.clone() }
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -89,9 +89,10 @@ impl RateLimiterGrpc {
 #[tonic::async_trait]
 impl RateLimiterService for RateLimiterGrpc {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         let (checks, fail_open) = self.validate_check(&request)?;
-        let verdict = self.limiter.check(&checks, request.dry_run, fail_open).await?;
+        let verdict = self.limiter.scoped(&namespace).check(&checks, request.dry_run, fail_open).await?;
         Ok(Response::new(CheckResponse {
             allowed: verdict.allowed,
             results: verdict
@@ -111,6 +112,7 @@ impl RateLimiterService for RateLimiterGrpc {
     }
 
     async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         validate::key("key", &request.key, &self.limits)?;
         let source = request.source.map(|source| match source {
@@ -118,7 +120,7 @@ impl RateLimiterService for RateLimiterGrpc {
             pb::reset_request::Source::Policy(name) => limit_request::Source::Policy(name),
         });
         let (spec, _) = self.resolve("", source.as_ref())?;
-        let existed = self.limiter.reset(&request.key, &spec).await?;
+        let existed = self.limiter.scoped(&namespace).reset(&request.key, &spec).await?;
         Ok(Response::new(ResetResponse { existed }))
     }
 }

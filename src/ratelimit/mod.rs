@@ -188,6 +188,11 @@ impl RateLimiter {
         Self { store, keys }
     }
 
+    /// The same manager acting for another tenant namespace.
+    pub fn scoped(&self, namespace: &str) -> Self {
+        Self { keys: KeyBuilder::new(namespace), ..self.clone() }
+    }
+
     /// The store whose health this service's health name follows.
     pub fn store(&self) -> &Store {
         &self.store

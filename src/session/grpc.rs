@@ -116,6 +116,7 @@ impl SessionStoreService for SessionGrpc {
         &self,
         request: Request<CreateSessionRequest>,
     ) -> Result<Response<CreateSessionResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let r = request.into_inner();
         let chosen_id = match r.session_id.as_str() {
             "" => None,
@@ -148,7 +149,7 @@ impl SessionStoreService for SessionGrpc {
             idle_timeout: idle_timeout.min(absolute_timeout),
             absolute_timeout,
         };
-        match self.sessions.create(&new).await? {
+        match self.sessions.scoped(&namespace).create(&new).await? {
             Some((session_id, session)) => {
                 Ok(Response::new(CreateSessionResponse { session_id, session: Some(session_to_proto(session)) }))
             }
@@ -160,8 +161,14 @@ impl SessionStoreService for SessionGrpc {
     }
 
     async fn get_session(&self, request: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let r = request.into_inner();
-        let session = self.sessions.get(session_id(&r.session_id)?, !r.no_touch).await?.ok_or_else(not_found)?;
+        let session = self
+            .sessions
+            .scoped(&namespace)
+            .get(session_id(&r.session_id)?, !r.no_touch)
+            .await?
+            .ok_or_else(not_found)?;
         Ok(Response::new(GetSessionResponse { session: Some(session_to_proto(session)) }))
     }
 
@@ -169,13 +176,15 @@ impl SessionStoreService for SessionGrpc {
         &self,
         request: Request<UpdateSessionRequest>,
     ) -> Result<Response<UpdateSessionResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let r = request.into_inner();
         let id = session_id(&r.session_id)?;
         let set = self.data("set", &r.set)?;
         if r.remove.len() > MAX_DATA_KEYS {
             return Err(Error::invalid("remove", format!("must hold at most {MAX_DATA_KEYS} keys")).into());
         }
-        let session = self.sessions.update(id, &set, &r.remove, r.if_version).await?.ok_or_else(not_found)?;
+        let session =
+            self.sessions.scoped(&namespace).update(id, &set, &r.remove, r.if_version).await?.ok_or_else(not_found)?;
         Ok(Response::new(UpdateSessionResponse { session: Some(session_to_proto(session)) }))
     }
 
@@ -183,8 +192,10 @@ impl SessionStoreService for SessionGrpc {
         &self,
         request: Request<RotateSessionRequest>,
     ) -> Result<Response<RotateSessionResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let r = request.into_inner();
-        let (session_id, session) = self.sessions.rotate(session_id(&r.session_id)?).await?.ok_or_else(not_found)?;
+        let (session_id, session) =
+            self.sessions.scoped(&namespace).rotate(session_id(&r.session_id)?).await?.ok_or_else(not_found)?;
         Ok(Response::new(RotateSessionResponse { session_id, session: Some(session_to_proto(session)) }))
     }
 
@@ -192,8 +203,9 @@ impl SessionStoreService for SessionGrpc {
         &self,
         request: Request<DeleteSessionRequest>,
     ) -> Result<Response<DeleteSessionResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let r = request.into_inner();
-        let deleted = self.sessions.delete(session_id(&r.session_id)?).await?;
+        let deleted = self.sessions.scoped(&namespace).delete(session_id(&r.session_id)?).await?;
         Ok(Response::new(DeleteSessionResponse { deleted }))
     }
 
@@ -201,9 +213,10 @@ impl SessionStoreService for SessionGrpc {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let r = request.into_inner();
         self.subject("subject", &r.subject, true)?;
-        let sessions = self.sessions.list(&r.subject).await?;
+        let sessions = self.sessions.scoped(&namespace).list(&r.subject).await?;
         Ok(Response::new(ListSessionsResponse { sessions: sessions.into_iter().map(session_to_proto).collect() }))
     }
 
@@ -211,12 +224,13 @@ impl SessionStoreService for SessionGrpc {
         &self,
         request: Request<RevokeSessionsRequest>,
     ) -> Result<Response<RevokeSessionsResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
         let r = request.into_inner();
         self.subject("subject", &r.subject, true)?;
         if r.handles.len() > MAX_HANDLES {
             return Err(Error::invalid("handles", format!("must hold at most {MAX_HANDLES}")).into());
         }
-        let revoked = self.sessions.revoke(&r.subject, &r.handles, &r.except_handle).await?;
+        let revoked = self.sessions.scoped(&namespace).revoke(&r.subject, &r.handles, &r.except_handle).await?;
         Ok(Response::new(RevokeSessionsResponse { revoked }))
     }
 }

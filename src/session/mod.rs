@@ -115,6 +115,11 @@ impl SessionManager {
         Self { store, keys, settings }
     }
 
+    /// The same manager acting for another tenant namespace.
+    pub fn scoped(&self, namespace: &str) -> Self {
+        Self { keys: KeyBuilder::new(namespace), ..self.clone() }
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -1,0 +1,238 @@
+//! API keys: who may call, as which tenant, and which RPCs.
+//!
+//! Keys are configured as SHA-256 hashes (the file never holds a key). A request presents
+//! its key as `authorization: Bearer <key>` (or `x-api-key: <key>`); Baton hashes it and
+//! compares the hash with every configured hash in constant time — every byte of every
+//! entry is compared, with no early exit — so response timing reveals nothing about how
+//! close a guess was. A matched key gives the request its tenant namespace (every Redis key
+//! it touches is under `baton:<namespace>:`) and the RPCs it may call.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::ERROR_DOMAIN;
+use crate::store::keys::DEFAULT_NAMESPACE;
+
+/// `[[api_keys]]` in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    /// Hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+    /// The tenant namespace this key acts in.
+    pub tenant: String,
+    /// Services (`baton.v1.JobQueueService`) or RPCs (`baton.v1.JobQueueService/Ack`) this
+    /// key may call; empty = all.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct ApiKey {
+    hash: [u8; 32],
+    tenant: String,
+    allow: Vec<String>,
+}
+
+/// The tenant a request acts for, set by [`AuthLayer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant(pub String);
+
+/// The namespace of a request: its API key's tenant, or the default one when auth is off.
+pub fn namespace<T>(request: &tonic::Request<T>) -> String {
+    request.extensions().get::<Tenant>().map(|t| t.0.clone()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+}
+
+/// The validated key set; empty means authentication is off.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    keys: Vec<ApiKey>,
+}
+
+impl ApiKeys {
+    pub fn from_file(entries: Vec<ApiKeyFile>) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        for (index, entry) in entries.into_iter().enumerate() {
+            let bytes = decode_hex(&entry.sha256)
+                .ok_or_else(|| format!("api_keys[{index}].sha256 must be 64 hex digits (a SHA-256)"))?;
+            let tenant_ok = !entry.tenant.is_empty()
+                && entry.tenant.len() <= 64
+                && entry.tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !tenant_ok {
+                return Err(format!("api_keys[{index}].tenant must be 1 to 64 characters of [A-Za-z0-9_-]"));
+            }
+            keys.push(ApiKey { hash: bytes, tenant: entry.tenant, allow: entry.allow });
+        }
+        Ok(Self { keys })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    fn find(&self, presented: &str) -> Option<&ApiKey> {
+        let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for key in &self.keys {
+            // Constant time per entry, and every entry is visited.
+            let difference = key.hash.iter().zip(hash.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if difference == 0 {
+                found = Some(key);
+            }
+        }
+        found
+    }
+}
+
+fn decode_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0u8; 32];
+    for (index, chunk) in text.as_bytes().chunks(2).enumerate() {
+        bytes[index] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(bytes)
+}
+
+/// Paths that stay open: probes must work without keys, and so must reflection (grpcurl).
+fn is_open(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+fn allowed(key: &ApiKey, path: &str) -> bool {
+    let rpc = path.trim_start_matches('/');
+    let service = rpc.split('/').next().unwrap_or_default();
+    key.allow.is_empty() || key.allow.iter().any(|allow| allow == rpc || allow == service)
+}
+
+fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        return value.strip_prefix("Bearer ").map(str::trim);
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn refusal(code: tonic::Code, reason: &str, message: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, []);
+    Status::with_error_details(code, message, details)
+}
+
+/// Checks API keys before any handler runs.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    keys: Arc<ApiKeys>,
+}
+
+impl AuthLayer {
+    pub fn new(keys: ApiKeys) -> Self {
+        Self { keys: Arc::new(keys) }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth { inner, keys: self.keys.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    inner: S,
+    keys: Arc<ApiKeys>,
+}
+
+impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for Auth<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        if !self.keys.is_enabled() || is_open(request.uri().path()) {
+            return Box::pin(self.inner.call(request));
+        }
+        let refused = match presented_key(request.headers()).and_then(|key| self.keys.find(key)) {
+            None => Some(refusal(
+                tonic::Code::Unauthenticated,
+                "API_KEY_INVALID",
+                "a valid API key is required (authorization: Bearer <key>)",
+            )),
+            Some(key) if !allowed(key, request.uri().path()) => {
+                Some(refusal(tonic::Code::PermissionDenied, "RPC_NOT_ALLOWED", "this API key may not call this RPC"))
+            }
+            Some(key) => {
+                request.extensions_mut().insert(Tenant(key.tenant.clone()));
+                None
+            }
+        };
+        match refused {
+            Some(status) => Box::pin(async move { Ok(status.into_http()) }),
+            None => Box::pin(self.inner.call(request)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> ApiKeys {
+        let hash = |key: &str| Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>();
+        ApiKeys::from_file(vec![
+            ApiKeyFile { sha256: hash("admin-key"), tenant: "acme".into(), allow: vec![] },
+            ApiKeyFile {
+                sha256: hash("worker-key"),
+                tenant: "acme".into(),
+                allow: vec!["baton.v1.JobQueueService/Consume".into(), "baton.v1.JobQueueService/Ack".into()],
+            },
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn finds_keys_by_hash_and_checks_permissions() {
+        let keys = keys();
+        assert!(keys.find("wrong").is_none());
+        let admin = keys.find("admin-key").unwrap();
+        assert!(allowed(admin, "/baton.v1.LockService/Acquire"));
+        let worker = keys.find("worker-key").unwrap();
+        assert!(allowed(worker, "/baton.v1.JobQueueService/Ack"));
+        assert!(!allowed(worker, "/baton.v1.JobQueueService/Enqueue"));
+        assert!(!allowed(worker, "/baton.v1.LockService/Acquire"));
+    }
+
+    #[test]
+    fn rejects_malformed_entries() {
+        let bad = ApiKeys::from_file(vec![ApiKeyFile { sha256: "abc".into(), tenant: "t".into(), allow: vec![] }]);
+        assert!(bad.unwrap_err().contains("sha256"));
+        let bad = ApiKeys::from_file(vec![ApiKeyFile { sha256: "0".repeat(64), tenant: "a b".into(), allow: vec![] }]);
+        assert!(bad.unwrap_err().contains("tenant"));
+    }
+
+    #[test]
+    fn reads_bearer_and_x_api_key() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(presented_key(&headers), Some("abc"));
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-api-key", "xyz".parse().unwrap());
+        assert_eq!(presented_key(&headers), Some("xyz"));
+    }
+}
