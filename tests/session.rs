@@ -334,3 +334,21 @@ async fn an_update_over_the_size_limit_is_refused_whole() {
     assert!(!session.data.contains_key("b"));
     assert_eq!(session.version, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_sessions_beyond_the_per_subject_maximum_are_evicted() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &["--session-max-per-subject", "3"]);
+    let mut sessions = baton.sessions().await;
+    let subject = unique("capped");
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(create(&mut sessions, create_request(&subject)).await.0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let listed = sessions.list_sessions(ListSessionsRequest { subject }).await.unwrap().into_inner().sessions;
+    assert_eq!(listed.len(), 3);
+    for (index, id) in ids.iter().enumerate() {
+        assert_eq!(get(&mut sessions, id, true).await.is_ok(), index >= 2, "session {index}");
+    }
+}

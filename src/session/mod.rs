@@ -369,9 +369,13 @@ impl SessionManager {
     }
 }
 
-/// A session from a script's HGETALL reply; `None` for the scripts' 0 (missing).
+/// A session from a script's HGETALL reply; `None` for the scripts' 0 (missing) or -1
+/// (found expired and deleted, counted here).
 fn decode(reply: redis::Value) -> Result<Option<Session>, Error> {
     let redis::Value::Array(parts) = reply else {
+        if reply == redis::Value::Int(-1) {
+            metrics::counter!("baton_sessions_expired_total").increment(1);
+        }
         return Ok(None);
     };
     let mut fields: HashMap<String, Vec<u8>> = HashMap::new();

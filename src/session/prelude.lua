@@ -16,7 +16,9 @@ local function int(x)
   return string.format('%d', x)
 end
 
--- The session at `key` if it is alive, else nil (an expired one is deleted on sight).
+-- The session at `key` if it is alive, else nil (an expired one is deleted on sight, and
+-- `expired_on_read` tells the caller so, for the metric).
+local expired_on_read = false
 local function live(key)
   local idle_exp, abs_exp = unpack(redis.call('HMGET', key, 'idle_exp', 'abs_exp'))
   if not idle_exp then
@@ -24,6 +26,7 @@ local function live(key)
   end
   if tonumber(idle_exp) <= now or tonumber(abs_exp) <= now then
     redis.call('DEL', key)
+    expired_on_read = true
     return nil
   end
   return {idle_exp = tonumber(idle_exp), abs_exp = tonumber(abs_exp)}
