@@ -273,7 +273,9 @@ async fn main() {
     }
 
     // Rate limits, against EVALSHA of the same script.
-    let check_sha = script_sha(redis_port, include_str!("../ratelimit/check.lua"));
+    // The same source baton loads: the common prelude, then the script.
+    let check_source = [include_str!("../store/prelude.lua"), include_str!("../ratelimit/check.lua")].join("\n");
+    let check_sha = script_sha(redis_port, &check_source);
     for (name, algorithm, code) in [
         ("Check fixed window", Algorithm::FixedWindow, "1"),
         ("Check sliding window", Algorithm::SlidingWindow, "2"),

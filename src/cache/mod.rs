@@ -23,7 +23,7 @@ use crate::store::{KeyBuilder, Store};
 
 macro_rules! cache_script {
     ($file:literal) => {
-        LazyLock::new(|| Script::new(concat!(include_str!("prelude.lua"), "\n", include_str!($file))))
+        LazyLock::new(|| crate::store::script(&[include_str!("prelude.lua"), include_str!($file)]))
     };
 }
 

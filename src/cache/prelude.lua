@@ -9,15 +9,6 @@
 --   fill, fill_exp   the current fill token and its lease deadline, µs
 -- The hash itself expires at max(stale, fill_exp).
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-
--- Numbers handed to redis.call are formatted with 14 significant digits, too few for µs
--- timestamps: format integers explicitly.
-local function int(x)
-  return string.format('%d', x)
-end
-
 local function read_entry()
   local v, ver, exp, stale, tags, fill, fill_exp =
     unpack(redis.call('HMGET', KEYS[1], 'v', 'ver', 'exp', 'stale', 'tags', 'fill', 'fill_exp'))

@@ -22,7 +22,7 @@ use crate::store::{KeyBuilder, Store, StoreError};
 
 macro_rules! lock_script {
     ($file:literal) => {
-        LazyLock::new(|| Script::new(concat!(include_str!("prelude.lua"), "\n", include_str!($file))))
+        LazyLock::new(|| crate::store::script(&[include_str!("prelude.lua"), include_str!($file)]))
     };
 }
 

@@ -7,15 +7,6 @@
 -- A lease is held while its expiry is in the future; expired entries are dropped lazily
 -- by whichever script touches the lock next.
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-
--- Numbers handed to redis.call are formatted with 14 significant digits, too few for µs
--- timestamps: format integers explicitly.
-local function int(x)
-  return string.format('%d', x)
-end
-
 local function purge_expired()
   local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', int(now))
   if #expired > 0 then

@@ -3,15 +3,13 @@
 -- KEYS[1] job   KEYS[2] active
 -- ARGV: job_id, token, result, retention ms, the holding stream's channel
 -- Returns 1 done, or {0, reason} when the lease is not the current one.
-local state, lease, cancelled = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease', 'cancelled_lease'))
+local state, lease = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease'))
 if state == 'SUCCEEDED' and lease == ARGV[2] then
   return 1
 end
-if state == 'CANCELLED' and cancelled == ARGV[2] then
-  return {0, 'JOB_CANCELLED'}
-end
-if state ~= 'ACTIVE' or lease ~= ARGV[2] then
-  return {0, 'JOB_NOT_LEASED'}
+local refusal = lease_refusal(KEYS[1], ARGV[2])
+if refusal then
+  return {0, refusal}
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'SUCCEEDED', 'result', ARGV[3], 'finished_at', int(now))

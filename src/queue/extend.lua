@@ -3,12 +3,9 @@
 -- KEYS[1] job   KEYS[2] active
 -- ARGV: job_id, token, visibility µs
 -- Returns {1, deadline_us} or {0, reason}.
-local state, lease, cancelled = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease', 'cancelled_lease'))
-if state == 'CANCELLED' and cancelled == ARGV[2] then
-  return {0, 'JOB_CANCELLED'}
-end
-if state ~= 'ACTIVE' or lease ~= ARGV[2] then
-  return {0, 'JOB_NOT_LEASED'}
+local refusal = lease_refusal(KEYS[1], ARGV[2])
+if refusal then
+  return {0, refusal}
 end
 local deadline = now + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[2], 'XX', int(deadline), ARGV[1])

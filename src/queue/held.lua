@@ -5,10 +5,10 @@
 -- Returns one code per job: 1 still held, 2 cancelled while held, 0 finished or lost.
 local codes = {}
 for i, job in ipairs(KEYS) do
-  local state, lease, cancelled = unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease'))
-  if state == 'ACTIVE' and lease == ARGV[i] then
+  local refusal = lease_refusal(job, ARGV[i])
+  if refusal == nil then
     codes[i] = 1
-  elseif state == 'CANCELLED' and cancelled == ARGV[i] then
+  elseif refusal == 'JOB_CANCELLED' then
     codes[i] = 2
   else
     codes[i] = 0

@@ -5,12 +5,9 @@
 -- ARGV: job_id, token, error, retry_after_us (0: the job's backoff), dead_letter (0|1),
 --       jitter in [0, 1), dead retention ms, the holding stream's channel, the queue's channel
 -- Returns {state, run_at_us} or {0, reason}.
-local state, lease, cancelled = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease', 'cancelled_lease'))
-if state == 'CANCELLED' and cancelled == ARGV[2] then
-  return {0, 'JOB_CANCELLED'}
-end
-if state ~= 'ACTIVE' or lease ~= ARGV[2] then
-  return {0, 'JOB_NOT_LEASED'}
+local refusal = lease_refusal(KEYS[1], ARGV[2])
+if refusal then
+  return {0, refusal}
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'last_error', ARGV[3])

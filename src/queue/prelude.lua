@@ -11,15 +11,6 @@
 -- Scripts that choose which job to touch (fetch, reap) build job keys from ARGV's prefix,
 -- which is the queue's own `job:` prefix, so they stay in the queue's slot.
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-
--- Numbers handed to redis.call are formatted with 14 significant digits, too few for µs
--- timestamps: format integers explicitly.
-local function int(x)
-  return string.format('%d', x)
-end
-
 -- Higher priority first, then earlier due. Priorities are -1000..=1000 and due times are ms
 -- since 2026-01-01 (2^41 ms = 69 years), so the rank stays an exact integer in a double.
 local RANK_EPOCH_MS = 1767225600000
@@ -41,6 +32,19 @@ local function make_dead(dead, id, job, retention_ms, reason)
     redis.call('HSET', job, 'last_error', reason)
   end
   redis.call('PEXPIRE', job, retention_ms)
+end
+
+-- Why `token` may not settle the job: nil when it is the job's current lease,
+-- 'JOB_CANCELLED' when the job was cancelled under it, else 'JOB_NOT_LEASED'.
+local function lease_refusal(job, token)
+  local state, lease, cancelled = unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease'))
+  if state == 'ACTIVE' and lease == token then
+    return nil
+  end
+  if state == 'CANCELLED' and cancelled == token then
+    return 'JOB_CANCELLED'
+  end
+  return 'JOB_NOT_LEASED'
 end
 
 -- Whether `token` is the current lease of an active job.

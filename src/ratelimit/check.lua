@@ -16,19 +16,11 @@
 --                 members older than one period are trimmed, so ZCARD is the usage.
 --   GCRA          string: the theoretical arrival time (TAT) in µs, as "%.17g".
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local dry_run = ARGV[1] == '1'
 
 -- GCRA compares floating-point sums of period/limit; this slack (a hundredth of a µs)
 -- keeps rounding from denying a request that lands exactly on its emission time.
 local EPSILON = 0.01
-
--- Numbers handed to redis.call are formatted with 14 significant digits, too few for µs
--- timestamps (16 digits): format every integer argument explicitly.
-local function int(x)
-  return string.format('%d', x)
-end
 
 local replies = {0}
 local writes = {}

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::store::keys::Pattern;
 use crate::store::{KeyBuilder, Store};
 
-static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("check.lua")));
+static CHECK: LazyLock<Script> = LazyLock::new(|| crate::store::script(&[include_str!("check.lua")]));
 
 /// Most limits one Check may carry.
 pub const MAX_LIMITS_PER_CHECK: usize = 16;

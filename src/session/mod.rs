@@ -24,7 +24,7 @@ use crate::task::TaskGuard;
 
 macro_rules! session_script {
     ($file:literal) => {
-        LazyLock::new(|| Script::new(concat!(include_str!("prelude.lua"), "\n", include_str!($file))))
+        LazyLock::new(|| crate::store::script(&[include_str!("prelude.lua"), include_str!($file)]))
     };
 }
 

@@ -7,15 +7,6 @@
 -- checks that the session exists and is in time before writing, so no write can bring
 -- back a session that was deleted, rotated away, revoked or expired.
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-
--- Numbers handed to redis.call are formatted with 14 significant digits, too few for µs
--- timestamps: format integers explicitly.
-local function int(x)
-  return string.format('%d', x)
-end
-
 -- The session at `key` if it is alive, else nil (an expired one is deleted on sight, and
 -- `expired_on_read` tells the caller so, for the metric).
 local expired_on_read = false

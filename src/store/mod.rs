@@ -20,6 +20,20 @@ use redis::{ErrorKind, FromRedisValue, RedisError, Script, ServerErrorKind};
 
 pub use keys::KeyBuilder;
 
+/// The clock and integer helpers every script starts with (`prelude.lua`).
+const SCRIPT_PRELUDE: &str = include_str!("prelude.lua");
+
+/// Builds a script from its parts (a pattern's shared prelude, then the script itself),
+/// after the common prelude. Called once per script, from a `LazyLock`.
+pub fn script(parts: &[&str]) -> Script {
+    let mut source = String::from(SCRIPT_PRELUDE);
+    for part in parts {
+        source.push('\n');
+        source.push_str(part);
+    }
+    Script::new(&source)
+}
+
 /// The pool that hands out dedicated connections.
 pub type DedicatedPool = bb8::Pool<DedicatedConnections>;
 
