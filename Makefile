@@ -58,10 +58,13 @@ cargo-test:
 	$(CARGO) run --locked --quiet --bin baton-bench -- --baton target/debug/baton \
 		--duration 300ms --concurrency 4 --streams 200 > /dev/null
 
-# Results go to bench/results/<date>.md; copy the table into the README.
+# Results go to bench/results/<date>.md; copy the table into the README. The peers (BullMQ,
+# node-redlock: pinned in bench/peers) run against the bench's own Redis in the same run.
 bench: redis-server
 	$(CARGO) build --release --locked --bin baton --bin baton-bench
-	target/release/baton-bench --baton target/release/baton --report bench/results/$$(date +%F).md
+	npm ci --prefix bench/peers --no-fund --no-audit --loglevel=error
+	target/release/baton-bench --baton target/release/baton --peers bench/peers \
+		--report bench/results/$$(date +%F).md
 
 clean:
 	$(CARGO) clean
