@@ -81,6 +81,13 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
 async fn metrics_count_rpcs_by_method_and_code() {
     let redis = Redis::start();
     let baton = Baton::start(Some(&redis.url()), &[]);
+    // The first health ping has completed (and set the Redis gauges) once this is SERVING.
+    let health = baton.health().await;
+    eventually(PATIENCE, "rate limiter SERVING", || {
+        let mut health = health.clone();
+        async move { health_status(&mut health, "baton.v1.RateLimiterService").await == Some(ServingStatus::Serving) }
+    })
+    .await;
     let mut client = baton.rate_limiter().await;
     let _ = client.check(baton::proto::v1::CheckRequest::default()).await.unwrap_err();
     let scrape = {

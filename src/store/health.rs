@@ -42,6 +42,8 @@ where
             interval.tick().await;
             let up = ping(&store).await;
             store.set_reachable(up);
+            // Before the health names change, so whoever sees SERVING also sees the gauge.
+            metrics::gauge!("baton_redis_up", "instance" => store.name()).set(if up { 1.0 } else { 0.0 });
             if last != Some(up) {
                 if up {
                     tracing::info!(redis.instance = store.name(), "redis reachable");
@@ -52,7 +54,6 @@ where
                 on_change(up).await;
                 last = Some(up);
             }
-            metrics::gauge!("baton_redis_up", "instance" => store.name()).set(if up { 1.0 } else { 0.0 });
             let state = store.dedicated().state();
             metrics::gauge!("baton_redis_pool_connections", "instance" => store.name(), "state" => "idle")
                 .set(f64::from(state.idle_connections));
