@@ -29,6 +29,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    let terminated = signal::terminated();
     tracing::info!(config = %config.redacted_summary(), "starting");
     // Started here, on the main thread, so the child's death signal follows the process.
     let embedded = match &config.flags.redis_url {
@@ -59,7 +60,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "serving"
     );
     let _metrics_server = telemetry::serve_metrics(metrics_listener, metrics);
-    server::run(config, redis, grpc_listener, signal::terminated()).await?;
+    server::run(config, redis, grpc_listener, terminated).await?;
     drop(embedded);
     Ok(())
 }
