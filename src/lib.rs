@@ -23,6 +23,7 @@ pub mod lock;
 pub mod proto;
 pub mod queue;
 pub mod ratelimit;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod signal;

@@ -106,9 +106,7 @@ fn stamped_tags(stamps: &[(String, u64)]) -> HashSet<String> {
 }
 
 fn new_token() -> String {
-    let mut bytes = [0u8; TOKEN_BYTES];
-    getrandom::fill(&mut bytes).expect("the OS random source is available");
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::secret::random_hex(TOKEN_BYTES)
 }
 
 /// An entry read by a script, with its tag stamps not yet checked.

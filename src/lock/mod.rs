@@ -312,14 +312,12 @@ fn micros(duration: Duration) -> u64 {
 
 /// A fresh lease id: 128 bits from the OS CSPRNG.
 pub fn new_lease_id() -> String {
-    let mut bytes = [0u8; LEASE_ID_BYTES];
-    getrandom::fill(&mut bytes).expect("the OS random source is available");
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::secret::random_hex(LEASE_ID_BYTES)
 }
 
 /// Whether `lease_id` has the form Baton hands out.
 pub fn is_well_formed_lease_id(lease_id: &str) -> bool {
-    lease_id.len() == LEASE_ID_BYTES * 2 && lease_id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    crate::secret::is_hex(lease_id, LEASE_ID_BYTES)
 }
 
 /// Typed access to a script's flat array reply.

@@ -145,9 +145,7 @@ pub struct LeaseRef {
 impl LeaseRef {
     pub fn parse(lease_id: &str) -> Option<Self> {
         let (token, job_id) = lease_id.split_once('.')?;
-        let well_formed_token =
-            token.len() == LEASE_TOKEN_BYTES * 2 && token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !well_formed_token {
+        if !crate::secret::is_hex(token, LEASE_TOKEN_BYTES) {
             return None;
         }
         let queue = queue_of_job(job_id)?;
@@ -172,22 +170,16 @@ pub fn queue_of_job(job_id: &str) -> Option<String> {
     (!queue.is_empty()).then_some(queue)
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buffer = vec![0u8; bytes];
-    getrandom::fill(&mut buffer).expect("the OS random source is available");
-    buffer.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// A consumer stream's id: the first half of every lease token it is given, so that a
 /// settlement (through any replica) can wake exactly the stream that held the lease.
 pub fn new_stream_id() -> String {
-    random_hex(STREAM_ID_BYTES)
+    crate::secret::random_hex(STREAM_ID_BYTES)
 }
 
 /// A lease token: the stream's id, then 64 random bits of its own. Both halves come from
 /// the OS CSPRNG, so the whole token is 128 unguessable bits.
 fn new_lease_token(stream_id: &str) -> String {
-    format!("{stream_id}{}", random_hex(LEASE_TOKEN_BYTES - STREAM_ID_BYTES))
+    format!("{stream_id}{}", crate::secret::random_hex(LEASE_TOKEN_BYTES - STREAM_ID_BYTES))
 }
 
 /// Retention and defaults from the command line.

@@ -76,9 +76,7 @@ pub struct SessionSettings {
 
 /// A new session id: 256 bits from the OS CSPRNG, base64url without padding.
 pub fn new_session_id() -> String {
-    let mut bytes = [0u8; ID_BYTES];
-    getrandom::fill(&mut bytes).expect("the OS random source is available");
-    URL_SAFE_NO_PAD.encode(bytes)
+    URL_SAFE_NO_PAD.encode(crate::secret::random_bytes(ID_BYTES))
 }
 
 /// Whether `id` has the form of a session id: 22..=256 characters of `[A-Za-z0-9_-]`,
@@ -89,7 +87,7 @@ pub fn is_well_formed_id(id: &str) -> bool {
 
 /// The SHA-256 of an id, hex: the only form Redis sees.
 fn id_hash(id: &str) -> String {
-    hex(&Sha256::digest(id.as_bytes()))
+    crate::secret::hex(&Sha256::digest(id.as_bytes()))
 }
 
 /// The public handle: a one-way function of the hash, so it leads back neither to the id
@@ -97,10 +95,6 @@ fn id_hash(id: &str) -> String {
 fn handle_of(hash: &str) -> String {
     let digest = Sha256::digest(format!("baton-session-handle:{hash}").as_bytes());
     URL_SAFE_NO_PAD.encode(&digest[..16])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 #[derive(Clone)]
