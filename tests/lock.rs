@@ -448,7 +448,9 @@ async fn grants_not_acknowledged_by_a_replica_are_undone() {
         info.contains("connected_slaves:1") && info.contains("state=online")
     })
     .await;
-    let baton = Baton::start(Some(&primary.url()), &["--lock-min-replicas", "1"]);
+    // A busy CI machine can take well over the default 1 s budget to get a replica's
+    // first acknowledgement; WAIT gets three quarters of this.
+    let baton = Baton::start(Some(&primary.url()), &["--lock-min-replicas", "1", "--redis-timeout", "8s"]);
     let mut locks = baton.locks().await;
     let name = unique("replicated");
     let lease = hold(&mut locks, &name, Duration::from_secs(30)).await;
