@@ -10,6 +10,8 @@ use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
 use crate::ratelimit::{Algorithm, LimitSpec};
+use crate::store::topology::UrlList;
+use crate::store::{SentinelSettings, Topology};
 
 /// Command-line flags; each has an environment twin.
 #[derive(Debug, Clone, Parser)]
@@ -24,9 +26,30 @@ pub struct Flags {
     pub metrics_listen: SocketAddr,
 
     /// Redis URL (`redis://[user:password@]host:port/db`, `redis+unix://`). Without it Baton starts a
-    /// private, non-persistent `redis-server` child: development only.
+    /// private, non-persistent `redis-server` child: development only. With `--redis-mode
+    /// cluster` it lists seed nodes, with `sentinel` the sentinels, comma-separated
+    /// (`redis://user:password@h1:7000,h2:7001`); its credentials and database are the data
+    /// nodes' in every mode.
     #[arg(long, env = "BATON_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// How the Redis URLs are reached: one server, a Redis Cluster, or a master found (and
+    /// followed across failovers) through Sentinel. Applies to `--cache-redis-url` too.
+    #[arg(long, env = "BATON_REDIS_MODE", value_enum, default_value_t = RedisMode::Standalone)]
+    pub redis_mode: RedisMode,
+
+    /// The master name the sentinels monitor (`sentinel monitor <name> …`); required with
+    /// `--redis-mode sentinel`.
+    #[arg(long, env = "BATON_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// Username for the sentinels themselves (their own ACL), if they require one.
+    #[arg(long, env = "BATON_REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
+
+    /// Password for the sentinels themselves (their own `requirepass`), if they require one.
+    #[arg(long, env = "BATON_REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
 
     /// Redis URL for the cache alone (e.g. an `allkeys-lru` instance); default: `--redis-url`.
     #[arg(long, env = "BATON_CACHE_REDIS_URL")]
@@ -106,6 +129,13 @@ pub struct Flags {
     /// The `redis-server` binary used for the embedded development Redis.
     #[arg(long, env = "BATON_REDIS_SERVER_BIN", default_value = "redis-server")]
     pub redis_server_bin: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedisMode {
+    Standalone,
+    Cluster,
+    Sentinel,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -266,6 +296,7 @@ impl Config {
         if limits.max_ttl < Duration::from_secs(1) {
             return Err(invalid("limits.max_ttl must be at least 1s".into()));
         }
+        check_redis_mode(&flags).map_err(invalid)?;
 
         let mut policies = BTreeMap::new();
         for (name, policy) in file.policies {
@@ -283,10 +314,23 @@ impl Config {
         Ok(Self { flags, limits, policies, envoy, api_keys })
     }
 
+    /// How the Redis URLs are to be reached.
+    pub fn redis_topology(&self) -> Topology {
+        match self.flags.redis_mode {
+            RedisMode::Standalone => Topology::Standalone,
+            RedisMode::Cluster => Topology::Cluster,
+            RedisMode::Sentinel => Topology::Sentinel(SentinelSettings {
+                master_name: self.flags.redis_sentinel_master.clone().unwrap_or_default(),
+                username: self.flags.redis_sentinel_username.clone(),
+                password: self.flags.redis_sentinel_password.clone(),
+            }),
+        }
+    }
+
     /// The effective configuration for the start-up log, with secrets redacted.
     pub fn redacted_summary(&self) -> String {
         format!(
-            "listen={} metrics_listen={} redis_url={} cache_redis_url={} redis_timeout={:?} \
+            "listen={} metrics_listen={} redis_mode={:?} redis_url={} cache_redis_url={} redis_timeout={:?} \
              shutdown_grace={:?} shutdown_delay={:?} lock_min_replicas={} lock_fence_idle={:?} \
              queue_retention={:?} queue_dead_retention={:?} queue_visibility_timeout={:?} queue_max_in_flight={} \
              session_idle_timeout={:?} session_absolute_timeout={:?} session_max_bytes={} session_max_per_subject={} \
@@ -294,6 +338,7 @@ impl Config {
              limits={:?} policies=[{}]",
             self.flags.listen,
             self.flags.metrics_listen,
+            self.flags.redis_mode,
             self.flags.redis_url.as_deref().map(redact_url).unwrap_or_else(|| "embedded".into()),
             self.flags.cache_redis_url.as_deref().map(redact_url).unwrap_or_else(|| "same".into()),
             self.limits.redis_timeout,
@@ -321,8 +366,49 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(&text).map_err(|err| ConfigError::Parse { path: path.to_owned(), message: err.to_string() })
 }
 
-/// Hides the password in `redis://user:password@host` forms.
+/// The flags that only make sense together with some `--redis-mode`.
+fn check_redis_mode(flags: &Flags) -> Result<(), String> {
+    let needs_url = |mode: &str| format!("--redis-mode {mode} needs --redis-url (there is no embedded {mode})");
+    match flags.redis_mode {
+        RedisMode::Standalone => {
+            if flags.redis_sentinel_master.is_some() {
+                return Err("--redis-sentinel-master needs --redis-mode sentinel".into());
+            }
+        }
+        RedisMode::Cluster => {
+            if flags.redis_url.is_none() {
+                return Err(needs_url("cluster"));
+            }
+            // WAIT acknowledges only the writes of its own connection, which in a Cluster
+            // would have to be a dedicated connection per master; see docs/operations.md.
+            if flags.lock_min_replicas > 0 {
+                return Err("--lock-min-replicas is not supported with --redis-mode cluster: set \
+                            min-replicas-to-write on the cluster's masters instead (see docs/operations.md)"
+                    .into());
+            }
+        }
+        RedisMode::Sentinel => {
+            if flags.redis_url.is_none() {
+                return Err(needs_url("sentinel"));
+            }
+            if flags.redis_sentinel_master.as_deref().is_none_or(str::is_empty) {
+                return Err("--redis-mode sentinel needs --redis-sentinel-master".into());
+            }
+        }
+    }
+    for url in [&flags.redis_url, &flags.cache_redis_url].into_iter().flatten() {
+        if flags.redis_mode != RedisMode::Standalone {
+            UrlList::parse(url).map_err(|why| format!("redis url {}: {why}", redact_url(url)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Hides the password in `redis://user:password@host` forms, and in each URL of a list.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') && url.matches("://").count() > 1 {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -344,6 +430,8 @@ mod tests {
         assert_eq!(redact_url("redis://:hunter2@h:6379/0"), "redis://:***@h:6379/0");
         assert_eq!(redact_url("rediss://u:p@h"), "rediss://u:***@h");
         assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(redact_url("redis://u:p@a:1,b:2/0"), "redis://u:***@a:1,b:2/0");
+        assert_eq!(redact_url("redis://u:p@a:1,redis://u:p@b:2"), "redis://u:***@a:1,redis://u:***@b:2");
     }
 
     #[test]
@@ -370,5 +458,30 @@ mod tests {
         std::fs::write(&path, "[limits]\nunknown = 1\n").unwrap();
         let flags = Flags::parse_from(["baton", "--config", path.to_str().unwrap()]);
         assert!(matches!(Config::load(flags), Err(ConfigError::Parse { .. })));
+    }
+}
+
+#[cfg(test)]
+mod redis_mode_tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["baton"];
+        argv.extend_from_slice(args);
+        Config::load(Flags::parse_from(argv)).map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn modes_ask_for_what_they_need() {
+        assert!(load(&["--redis-mode", "cluster"]).unwrap_err().contains("--redis-url"));
+        let err = load(&["--redis-mode", "cluster", "--redis-url", "redis://a:1", "--lock-min-replicas", "1"]);
+        assert!(err.unwrap_err().contains("--lock-min-replicas"));
+        let err = load(&["--redis-mode", "sentinel", "--redis-url", "redis://a:1"]).unwrap_err();
+        assert!(err.contains("--redis-sentinel-master"), "{err}");
+        assert!(load(&["--redis-sentinel-master", "m"]).unwrap_err().contains("sentinel"));
+        let config = load(&["--redis-mode", "sentinel", "--redis-url", "redis://a:1,b:2", "--redis-sentinel-master", "m"])
+            .unwrap();
+        assert!(matches!(config.redis_topology(), Topology::Sentinel(settings) if settings.master_name == "m"));
+        assert_eq!(load(&["--redis-mode", "cluster", "--redis-url", "redis://a:1,b:2"]).unwrap().redis_topology(), Topology::Cluster);
     }
 }

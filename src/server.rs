@@ -71,9 +71,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let timeout = config.limits.redis_timeout;
-    let main_store = Store::new("main", &redis.main, timeout)?;
+    let topology = config.redis_topology();
+    let main_store = Store::open("main", &redis.main, &topology, timeout)?;
     let cache_store = match &redis.cache {
-        Some(url) if *url != redis.main => Some(Store::new("cache", url, timeout)?),
+        Some(url) if *url != redis.main => Some(Store::open("cache", url, &topology, timeout)?),
         _ => None,
     };
 

@@ -154,12 +154,13 @@ impl RateLimitService for EnvoyGrpc {
             if matched.shadow_mode { shadowed.push(counted) } else { enforced.push(counted) }
         }
 
-        // Every enforced descriptor in one atomic check: all consume, or none does.
+        // Every enforced descriptor in one atomic check: all consume, or none does (on a
+        // Redis Cluster, all of one slot: descriptors cannot be made to share a hash tag).
         let mut overall = Code::Ok;
         let mut headers_from: Option<(u64, u64, std::time::Duration)> = None;
         if !enforced.is_empty() {
             let checks = merged(&enforced);
-            let verdict = self.limiter.scoped(&namespace).check(&checks, false, false).await?;
+            let verdict = self.limiter.scoped(&namespace).check_per_slot(&checks).await?;
             if !verdict.allowed {
                 overall = Code::OverLimit;
             }

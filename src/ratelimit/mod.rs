@@ -15,9 +15,16 @@ use redis::Script;
 use crate::config::Limits;
 use crate::error::Error;
 use crate::store::keys::Pattern;
+use crate::store::topology::{Slot, slot_of};
 use crate::store::{KeyBuilder, Store};
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| crate::store::script(&[include_str!("check.lua")]));
+
+/// Why a Check whose counters span Cluster slots is refused: one script touches one slot.
+/// The key builder wraps a key in its own `{…}`, so keys share a slot exactly when they
+/// agree up to their first `}`.
+pub const HASH_TAG_RULE: &str = "in Redis Cluster mode every key of one Check must share a hash tag: \
+    start each key with the same {tag}, e.g. {user:42}:minute and {user:42}:hour";
 
 /// Most limits one Check may carry.
 pub const MAX_LIMITS_PER_CHECK: usize = 16;
@@ -201,6 +208,11 @@ impl RateLimiter {
     /// Evaluates `checks` atomically: all consume their cost, or none does.
     /// The checks must already be validated (cost within `max_cost`, no duplicates).
     pub async fn check(&self, checks: &[LimitCheck], dry_run: bool, fail_open: bool) -> Result<Verdict, Error> {
+        if self.store.is_cluster()
+            && let Some(index) = self.first_in_another_slot(checks)
+        {
+            return Err(Error::invalid(format!("limits[{index}].key"), HASH_TAG_RULE));
+        }
         if fail_open && !self.store.is_reachable() {
             metrics::counter!("baton_ratelimit_degraded_total").increment(1);
             return Ok(Verdict::degraded());
@@ -231,6 +243,48 @@ impl RateLimiter {
         )
         .increment(1);
         Ok(verdict)
+    }
+
+    /// The index of the first check whose counter is not in the first one's Cluster slot.
+    fn first_in_another_slot(&self, checks: &[LimitCheck]) -> Option<usize> {
+        let mut slots = checks.iter().map(|check| slot_of(&self.counter_key(&check.key, &check.spec)));
+        let first = slots.next()?;
+        slots.position(|slot| slot != first).map(|at| at + 1)
+    }
+
+    /// Like [`RateLimiter::check`], but on a Redis Cluster the checks are split by slot and
+    /// each group is atomic on its own (Envoy's descriptors cannot be made to share a hash
+    /// tag); the verdict's outcomes keep the order of `checks`.
+    pub async fn check_per_slot(&self, checks: &[LimitCheck]) -> Result<Verdict, Error> {
+        if !self.store.is_cluster() || self.first_in_another_slot(checks).is_none() {
+            return self.check(checks, false, false).await;
+        }
+        let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
+        for (index, check) in checks.iter().enumerate() {
+            let slot = slot_of(&self.counter_key(&check.key, &check.spec));
+            match groups.iter_mut().find(|(group, _)| *group == slot) {
+                Some((_, members)) => members.push(index),
+                None => groups.push((slot, vec![index])),
+            }
+        }
+        let verdicts = futures::future::try_join_all(groups.iter().map(|(_, members)| {
+            let group: Vec<LimitCheck> = members.iter().map(|&index| checks[index].clone()).collect();
+            async move { self.check(&group, false, false).await }
+        }))
+        .await?;
+        let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; checks.len()];
+        let mut merged = Verdict { allowed: true, outcomes: Vec::new(), retry_after: Duration::ZERO, degraded: false };
+        for ((_, members), verdict) in groups.iter().zip(verdicts) {
+            merged.allowed &= verdict.allowed;
+            merged.retry_after = merged.retry_after.max(verdict.retry_after);
+            for (&index, outcome) in members.iter().zip(verdict.outcomes) {
+                outcomes[index] = Some(outcome);
+            }
+        }
+        merged.outcomes = outcomes.into_iter().collect::<Option<_>>().ok_or_else(|| {
+            Error::Internal("a rate-limit group answered fewer outcomes than it had limits".into())
+        })?;
+        Ok(merged)
     }
 
     /// Forgets the counter of `key` under `spec`; returns whether one existed.

@@ -32,6 +32,8 @@ static CREATE: LazyLock<Script> = session_script!("create.lua");
 static GET: LazyLock<Script> = session_script!("get.lua");
 static UPDATE: LazyLock<Script> = session_script!("update.lua");
 static ROTATE: LazyLock<Script> = session_script!("rotate.lua");
+static TAKE: LazyLock<Script> = session_script!("take.lua");
+static PUT: LazyLock<Script> = session_script!("put.lua");
 static DELETE: LazyLock<Script> = session_script!("delete.lua");
 
 /// 256 bits.
@@ -156,17 +158,19 @@ impl SessionManager {
         let hash = id_hash(&id);
         let handle = handle_of(&hash);
         let absolute_deadline = crate::proto::now_micros() + new.absolute_timeout.as_micros() as u64;
-        // Index first: a crash after it leaves an entry that readers drop.
-        let mut pipe = redis::pipe();
+        // Index first: a crash after it leaves an entry that readers drop. The subject's
+        // index and the namespace's gauge set live in different Cluster slots.
+        let mut index_pipe = redis::pipe();
         if !new.subject.is_empty() {
             let index = self.index_key(&new.subject);
-            pipe.cmd("ZADD").arg(&index).arg(crate::proto::now_micros()).arg(&hash).ignore();
-            pipe.cmd("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("GT").ignore();
+            index_pipe.cmd("ZADD").arg(&index).arg(crate::proto::now_micros()).arg(&hash).ignore();
+            index_pipe.cmd("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("GT").ignore();
             // GT does not apply to a key without a TTL; NX covers the first member.
-            pipe.cmd("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("NX").ignore();
+            index_pipe.cmd("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("NX").ignore();
         }
-        pipe.cmd("ZADD").arg(self.active_key()).arg(absolute_deadline).arg(&hash).ignore();
-        let _: () = self.store.pipeline("session_index", &pipe).await?;
+        let mut active_pipe = redis::pipe();
+        active_pipe.cmd("ZADD").arg(self.active_key()).arg(absolute_deadline).arg(&hash).ignore();
+        self.pipelines("session_index", &[index_pipe, active_pipe]).await?;
 
         let size: usize = new.data.iter().map(|(k, v)| k.len() + v.len()).sum();
         let mut args: Vec<Vec<u8>> = vec![
@@ -268,33 +272,65 @@ impl SessionManager {
             pipe.cmd("ZADD").arg(&index).arg(current.created_at_micros).arg(&new_hash).ignore();
             let _: () = self.store.pipeline("session_index", &pipe).await?;
         }
-        let keys = [self.session_key(&old_hash), self.session_key(&new_hash)];
-        let args = vec![handle_of(&new_hash).into_bytes()];
-        let reply: redis::Value = self.store.run_script("session_rotate", &ROTATE, &keys, &args).await?;
+        let reply = if self.store.is_cluster() {
+            self.move_across_slots(&old_hash, &new_hash).await?
+        } else {
+            let keys = [self.session_key(&old_hash), self.session_key(&new_hash)];
+            let args = vec![handle_of(&new_hash).into_bytes()];
+            self.store.run_script("session_rotate", &ROTATE, &keys, &args).await?
+        };
         let Some(session) = decode(reply)? else {
             return Ok(None);
         };
-        let mut pipe = redis::pipe();
+        let mut index_pipe = redis::pipe();
         if !session.subject.is_empty() {
-            pipe.cmd("ZREM").arg(self.index_key(&session.subject)).arg(&old_hash).ignore();
+            index_pipe.cmd("ZREM").arg(self.index_key(&session.subject)).arg(&old_hash).ignore();
         }
-        pipe.cmd("ZREM").arg(self.active_key()).arg(&old_hash).ignore();
-        pipe.cmd("ZADD").arg(self.active_key()).arg(session.absolute_expires_at_micros).arg(&new_hash).ignore();
-        let _: () = self.store.pipeline("session_index", &pipe).await?;
+        let mut active_pipe = redis::pipe();
+        active_pipe.cmd("ZREM").arg(self.active_key()).arg(&old_hash).ignore();
+        active_pipe.cmd("ZADD").arg(self.active_key()).arg(session.absolute_expires_at_micros).arg(&new_hash).ignore();
+        self.pipelines("session_index", &[index_pipe, active_pipe]).await?;
         metrics::counter!("baton_sessions_rotated_total").increment(1);
         Ok(Some((new_id, session)))
+    }
+
+    /// Rotation where the old and new session keys are in different Cluster slots: take
+    /// the session from the old key, then put it under the new one. The order means a crash
+    /// between the two loses the session rather than leaving the old id alive.
+    async fn move_across_slots(&self, old_hash: &str, new_hash: &str) -> Result<redis::Value, Error> {
+        let taken: redis::Value =
+            self.store.run_script("session_rotate_take", &TAKE, &[self.session_key(old_hash)], &[]).await?;
+        let redis::Value::Array(fields) = taken else {
+            return Ok(taken);
+        };
+        let mut args = vec![handle_of(new_hash).into_bytes()];
+        for field in fields {
+            match field {
+                redis::Value::BulkString(bytes) => args.push(bytes),
+                _ => return Err(Error::Internal("session hash with a non-string field".into())),
+            }
+        }
+        Ok(self.store.run_script("session_rotate_put", &PUT, &[self.session_key(new_hash)], &args).await?)
+    }
+
+    /// Runs single-slot pipelines concurrently; for steps whose mutual order is free.
+    async fn pipelines(&self, op: &'static str, pipes: &[redis::Pipeline]) -> Result<(), Error> {
+        let runs = pipes.iter().filter(|pipe| !pipe.is_empty()).map(|pipe| self.store.pipeline::<()>(op, pipe));
+        futures::future::try_join_all(runs).await?;
+        Ok(())
     }
 
     pub async fn delete(&self, id: &str) -> Result<bool, Error> {
         let hash = id_hash(id);
         let (deleted, subject): (i64, String) =
             self.store.run_script("session_delete", &DELETE, &[self.session_key(&hash)], &[]).await?;
-        let mut pipe = redis::pipe();
+        let mut index_pipe = redis::pipe();
         if !subject.is_empty() {
-            pipe.cmd("ZREM").arg(self.index_key(&subject)).arg(&hash).ignore();
+            index_pipe.cmd("ZREM").arg(self.index_key(&subject)).arg(&hash).ignore();
         }
-        pipe.cmd("ZREM").arg(self.active_key()).arg(&hash).ignore();
-        let _: () = self.store.pipeline("session_index", &pipe).await?;
+        let mut active_pipe = redis::pipe();
+        active_pipe.cmd("ZREM").arg(self.active_key()).arg(&hash).ignore();
+        self.pipelines("session_index", &[index_pipe, active_pipe]).await?;
         Ok(deleted == 1)
     }
 
@@ -352,13 +388,19 @@ impl SessionManager {
         if hashes.is_empty() {
             return Ok(0);
         }
-        let mut pipe = redis::pipe();
-        for hash in hashes {
-            pipe.cmd("DEL").arg(self.session_key(hash));
-        }
-        pipe.cmd("ZREM").arg(self.index_key(subject)).arg(hashes).ignore();
-        pipe.cmd("ZREM").arg(self.active_key()).arg(hashes).ignore();
-        let deleted: Vec<i64> = self.store.pipeline("session_revoke", &pipe).await?;
+        // Sessions first, index entries after: a crash between leaves dangling entries,
+        // which readers drop, never a live session its subject can no longer list. Each
+        // session is its own Cluster slot; the DELs still pipeline on the connection.
+        let deletes = hashes.iter().map(|hash| {
+            let key = self.session_key(hash);
+            async move { self.store.command::<i64>("session_revoke", redis::cmd("DEL").arg(key)).await }
+        });
+        let deleted = futures::future::try_join_all(deletes).await?;
+        let mut index_pipe = redis::pipe();
+        index_pipe.cmd("ZREM").arg(self.index_key(subject)).arg(hashes).ignore();
+        let mut active_pipe = redis::pipe();
+        active_pipe.cmd("ZREM").arg(self.active_key()).arg(hashes).ignore();
+        self.pipelines("session_revoke", &[index_pipe, active_pipe]).await?;
         Ok(deleted.into_iter().filter(|d| *d == 1).count() as u64)
     }
 }

@@ -2,7 +2,8 @@
 -- in the same step.
 -- KEYS[1] old session  KEYS[2] new session;  ARGV[1] new handle
 -- Returns the HGETALL of the new session, or 0 when the old one is missing or expired.
--- (Both keys are in one script: fine on a single Redis or Sentinel; see README for Cluster.)
+-- (Both keys in one script: on a single Redis or Sentinel. On a Redis Cluster the two keys
+-- are in different slots, and take.lua then put.lua do the same in two steps.)
 local session = live(KEYS[1])
 if not session then
   return 0

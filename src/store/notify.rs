@@ -78,16 +78,27 @@ impl Notifier {
 }
 
 async fn listen(store: Store, waiters: Arc<Waiters>) {
+    let mut master_changes = store.master_changes();
     loop {
         match store.pubsub().await {
             Ok(mut pubsub) => match pubsub.psubscribe(CHANNEL_PATTERN).await {
                 Ok(()) => {
                     tracing::debug!(redis.instance = store.name(), "notification listener subscribed");
+                    if let Some(changes) = &mut master_changes {
+                        changes.mark_unchanged();
+                    }
                     // Whatever was published while we were away is lost: everyone re-checks.
                     waiters.wake_all();
                     let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        waiters.wake(message.get_channel_name());
+                    loop {
+                        tokio::select! {
+                            message = messages.next() => match message {
+                                Some(message) => waiters.wake(message.get_channel_name()),
+                                None => break,
+                            },
+                            // Under Sentinel, a new master: move the subscription there.
+                            Ok(()) = master_changed(&mut master_changes) => break,
+                        }
                     }
                     tracing::debug!(redis.instance = store.name(), "notification listener disconnected");
                 }
@@ -97,5 +108,13 @@ async fn listen(store: Store, waiters: Arc<Waiters>) {
         }
         waiters.wake_all();
         tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+/// Resolves when the followed master changes; never without Sentinel.
+async fn master_changed(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Result<(), ()> {
+    match changes {
+        Some(changes) => changes.changed().await.map_err(drop),
+        None => std::future::pending().await,
     }
 }

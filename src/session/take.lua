@@ -1,0 +1,12 @@
+-- Takes a live session away from its id, for a rotation across Cluster slots: the first
+-- of two steps (`put.lua` writes it under the new id). A crash between them loses the
+-- session (its user signs in again) but can never leave two live ids.
+-- KEYS[1] old session
+-- Returns the HGETALL of the session as it was, or 0 when it is missing or expired.
+local session = live(KEYS[1])
+if not session then
+  return 0
+end
+local fields = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return fields
