@@ -479,9 +479,13 @@ mod redis_mode_tests {
         let err = load(&["--redis-mode", "sentinel", "--redis-url", "redis://a:1"]).unwrap_err();
         assert!(err.contains("--redis-sentinel-master"), "{err}");
         assert!(load(&["--redis-sentinel-master", "m"]).unwrap_err().contains("sentinel"));
-        let config = load(&["--redis-mode", "sentinel", "--redis-url", "redis://a:1,b:2", "--redis-sentinel-master", "m"])
-            .unwrap();
+        let config =
+            load(&["--redis-mode", "sentinel", "--redis-url", "redis://a:1,b:2", "--redis-sentinel-master", "m"])
+                .unwrap();
         assert!(matches!(config.redis_topology(), Topology::Sentinel(settings) if settings.master_name == "m"));
-        assert_eq!(load(&["--redis-mode", "cluster", "--redis-url", "redis://a:1,b:2"]).unwrap().redis_topology(), Topology::Cluster);
+        assert_eq!(
+            load(&["--redis-mode", "cluster", "--redis-url", "redis://a:1,b:2"]).unwrap().redis_topology(),
+            Topology::Cluster
+        );
     }
 }

@@ -281,9 +281,10 @@ impl RateLimiter {
                 outcomes[index] = Some(outcome);
             }
         }
-        merged.outcomes = outcomes.into_iter().collect::<Option<_>>().ok_or_else(|| {
-            Error::Internal("a rate-limit group answered fewer outcomes than it had limits".into())
-        })?;
+        merged.outcomes = outcomes
+            .into_iter()
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::Internal("a rate-limit group answered fewer outcomes than it had limits".into()))?;
         Ok(merged)
     }
 

@@ -28,8 +28,8 @@ use redis::{Cmd, ErrorKind, FromRedisValue, RedisError, RedisFuture, Script, Ser
 
 pub use keys::KeyBuilder;
 use sentinel::SentinelFollower;
-pub use topology::{SentinelSettings, Topology};
 use topology::UrlList;
+pub use topology::{SentinelSettings, Topology};
 
 /// The clock and integer helpers every script starts with (`prelude.lua`).
 const SCRIPT_PRELUDE: &str = include_str!("prelude.lua");
@@ -57,8 +57,8 @@ fn script_source(script: &Script) -> Option<Arc<str>> {
 }
 
 fn nodelay(url: &str) -> Result<redis::ConnectionInfo, StoreError> {
-    let info = redis::IntoConnectionInfo::into_connection_info(url)
-        .map_err(|err| StoreError::Unexpected(err.to_string()))?;
+    let info =
+        redis::IntoConnectionInfo::into_connection_info(url).map_err(|err| StoreError::Unexpected(err.to_string()))?;
     // redis-rs leaves Nagle on: pipelined and ping-pong traffic then stalls ~40 ms on
     // delayed ACKs (measured: lock hand-offs took 44 ms each).
     Ok(info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
@@ -244,7 +244,10 @@ enum PubSubTarget {
     /// Classic PUBLISH reaches every node of a Cluster, so any live node will do; the seeds
     /// come first, then the nodes the cluster reports, taken in turn so a dead node is
     /// skipped on the next reconnect.
-    Cluster { urls: UrlList, next: Arc<AtomicUsize> },
+    Cluster {
+        urls: UrlList,
+        next: Arc<AtomicUsize>,
+    },
     Sentinel(SentinelFollower),
 }
 
@@ -305,9 +308,8 @@ impl Store {
                     .max_retry_wait(250)
                     .build()
                     .map_err(unexpected)?;
-                let cluster_config = redis::cluster::ClusterConfig::new()
-                    .set_connection_timeout(timeout)
-                    .set_response_timeout(timeout);
+                let cluster_config =
+                    redis::cluster::ClusterConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
                 let multiplexed = client.get_pending_async_connection_with_config(cluster_config);
                 (
                     Multiplexed::Cluster(multiplexed),

@@ -59,7 +59,9 @@ impl UrlList {
         if pieces.len() > 1 && pieces.iter().all(|piece| piece.contains("://")) {
             let parsed: Vec<UrlList> = pieces.iter().map(|piece| Self::parse_one(piece)).collect::<Result<_, _>>()?;
             let first = &parsed[0];
-            if parsed.iter().any(|url| url.scheme != first.scheme || url.userinfo != first.userinfo || url.rest != first.rest)
+            if parsed
+                .iter()
+                .any(|url| url.scheme != first.scheme || url.userinfo != first.userinfo || url.rest != first.rest)
             {
                 return Err("every URL of a list must share scheme, credentials and database".into());
             }
@@ -120,7 +122,11 @@ pub fn cluster_node_hosts(nodes: &str) -> Vec<String> {
         if host.is_empty() || host.starts_with(':') {
             continue;
         }
-        if flags.split(',').any(|flag| flag == "master") { masters.push(host.to_owned()) } else { others.push(host.to_owned()) }
+        if flags.split(',').any(|flag| flag == "master") {
+            masters.push(host.to_owned())
+        } else {
+            others.push(host.to_owned())
+        }
     }
     masters.extend(others);
     masters
