@@ -100,8 +100,18 @@ async fn rate_limits_are_exact_per_key_and_a_check_spanning_slots_names_the_hash
     assert_eq!(allowed.len(), keys.len());
     assert!(allowed.values().all(|n| *n == 100), "allowed per key: {allowed:?}");
 
-    // Keys that start with one {tag} share a slot: checked together, atomically.
+    // Scripts are loaded per node: after every node forgot them (as a promoted replica
+    // or a new node has never known them), the next calls load them where they run.
+    for node in &cluster.nodes {
+        let _: () = node.query(redis::cmd("SCRIPT").arg("FLUSH")).expect("script flush");
+    }
     let mut client = clients[0].clone();
+    for key in &keys {
+        let response = client.check(check_request(vec![item(key, fixed(100))], true)).await.unwrap();
+        assert!(!response.into_inner().allowed, "{key} forgot its count");
+    }
+
+    // Keys that start with one {tag} share a slot: checked together, atomically.
     let tag = unique("user");
     let (minute, hour) = (format!("{{{tag}}}:minute"), format!("{{{tag}}}:hour"));
     for _ in 0..3 {
@@ -536,4 +546,42 @@ async fn an_acl_user_reaches_every_master_scripts_and_notifications_included() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let status = common::health_status(&mut health, "baton.v1.LockService").await;
     assert_eq!(status, Some(tonic_health::pb::health_check_response::ServingStatus::NotServing));
+}
+
+// ─── Envoy's ShouldRateLimit ───────────────────────────────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_descriptors_in_different_slots_are_each_counted_exactly() {
+    use baton::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use baton::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use baton::proto::envoy::service::ratelimit::v3::RateLimitRequest;
+    use baton::proto::envoy::service::ratelimit::v3::rate_limit_response::Code as EnvoyCode;
+    use baton::proto::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+
+    let cluster = RedisCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.toml");
+    let config = "[[envoy.domains]]\ndomain = \"edge\"\n[[envoy.domains.descriptors]]\nkey = \"remote_address\"\n\
+                  rate_limit = { unit = \"minute\", requests_per_unit = 3 }\n";
+    std::fs::write(&path, config).unwrap();
+    let baton = Baton::start(Some(&cluster.url()), &["--redis-mode", "cluster", "--config", path.to_str().unwrap()]);
+    let mut envoy = RateLimitServiceClient::new(baton.channel().await);
+    let addresses = spread_names("10.0.0", 2);
+    let descriptors: Vec<RateLimitDescriptor> = addresses
+        .iter()
+        .map(|address| RateLimitDescriptor {
+            entries: vec![Entry { key: "remote_address".into(), value: address.clone() }],
+            limit: None,
+            hits_addend: None,
+        })
+        .collect();
+    let request = || RateLimitRequest { domain: "edge".into(), descriptors: descriptors.clone(), hits_addend: 0 };
+    for remaining in [2, 1, 0] {
+        let response = envoy.should_rate_limit(request()).await.unwrap().into_inner();
+        assert_eq!(response.overall_code, EnvoyCode::Ok as i32);
+        assert!(response.statuses.iter().all(|status| status.limit_remaining == remaining), "{response:?}");
+    }
+    let over = envoy.should_rate_limit(request()).await.unwrap().into_inner();
+    assert_eq!(over.overall_code, EnvoyCode::OverLimit as i32);
+    assert!(over.statuses.iter().all(|status| status.code == EnvoyCode::OverLimit as i32));
 }

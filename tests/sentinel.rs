@@ -223,6 +223,36 @@ async fn a_killed_master_is_followed_and_the_fenced_resource_never_accepts_out_o
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_grants_wait_for_the_replica_of_the_master_the_sentinels_name() {
+    let mut set = SentinelSet::start(Auth::none());
+    let mut args = set.baton_args();
+    args.extend(["--lock-min-replicas".to_owned(), "1".to_owned(), "--redis-timeout".to_owned(), "2s".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let baton = Baton::start(None, &args);
+    wait_serving(&baton, "baton.v1.LockService").await;
+    let mut locks = baton.locks().await;
+    let request = |name: &str| AcquireRequest {
+        name: name.to_owned(),
+        ttl: Some(duration_to_proto(Duration::from_secs(10))),
+        wait_timeout: None,
+        owner: "replicated".into(),
+        permits: 1,
+        request_id: String::new(),
+    };
+    let granted = locks.acquire(request(&common::unique("replicated"))).await.unwrap().into_inner();
+    assert!(granted.acquired, "the replica did not acknowledge the grant");
+
+    // Without its replica the master cannot have a grant acknowledged: it is undone.
+    let replica = set.data.iter().map(|node| node.port).find(|port| Some(*port) != set.master_port()).unwrap();
+    set.node_on(replica).kill();
+    let name = common::unique("unreplicated");
+    let status = locks.acquire(request(&name)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    let describe = baton::proto::v1::DescribeRequest { name };
+    assert!(!locks.describe(describe).await.unwrap().into_inner().held, "an unacknowledged grant was kept");
+}
+
 // ─── Queues ────────────────────────────────────────────────────────────────────────────
 
 type Queues = JobQueueServiceClient<Channel>;

@@ -132,6 +132,9 @@ impl bb8::ManageConnection for DedicatedConnections {
     }
 
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
+        if <Self as bb8::ManageConnection>::has_broken(self, conn) {
+            return Err(RedisError::from((ErrorKind::Io, "connection to a replaced master")));
+        }
         // bb8 checks on checkout (test_on_check_out stays on): a connection broken by a
         // Redis restart is replaced instead of failing the caller.
         let ping = redis::cmd("PING");
@@ -183,6 +186,9 @@ impl From<RedisError> for StoreError {
             || err.is_connection_refusal()
             || err.is_io_error()
             || err.code() == Some("BUSY")
+            // A master with min-replicas-to-write that sees too few replicas, as after a
+            // failover until the old master rejoins.
+            || err.code() == Some("NOREPLICAS")
             || matches!(
                 err.kind(),
                 ErrorKind::Server(
@@ -366,17 +372,17 @@ impl Store {
 
     /// A pub/sub connection of its own (one per process: see [`notify`]).
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
-        let connect = async {
-            match &self.pubsub {
-                PubSubTarget::Standalone(client) => client.get_async_pubsub().await.map_err(StoreError::from),
-                PubSubTarget::Sentinel(follower) => {
-                    follower.master().await?.client.get_async_pubsub().await.map_err(StoreError::from)
-                }
-                PubSubTarget::Cluster { urls, next } => self.cluster_pubsub(urls, next).await,
-            }
+        let client = match &self.pubsub {
+            PubSubTarget::Standalone(client) => client.clone(),
+            // Bounded node by node.
+            PubSubTarget::Cluster { urls, next } => return self.cluster_pubsub(urls, next).await,
+            PubSubTarget::Sentinel(follower) => match tokio::time::timeout(self.timeout, follower.master()).await {
+                Ok(master) => master?.client,
+                Err(_) => return Err(StoreError::Unavailable("no redis master known".into())),
+            },
         };
-        match tokio::time::timeout(self.timeout * 2, connect).await {
-            Ok(result) => result,
+        match tokio::time::timeout(self.timeout, client.get_async_pubsub()).await {
+            Ok(result) => result.map_err(StoreError::from),
             Err(_) => Err(StoreError::Unavailable("pub/sub connect timed out".into())),
         }
     }
