@@ -10,6 +10,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // rediss:// connections use the process-wide rustls provider; the listener names its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let flags = Flags::parse();
     let config = match Config::load(flags) {
         Ok(config) => config,

@@ -561,7 +561,7 @@ async fn main() {
     // Memory and connections with many idle streams.
     if args.streams > 0 {
         let before = rss_mib(baton_pid);
-        let stream_channels = channels(addr, (args.streams / 5000).max(1)).await;
+        let stream_channels = channels(addr, args.streams.div_ceil(1000).max(1)).await;
         let mut held = Vec::new();
         for i in 0..args.streams {
             let mut queues = JobQueueServiceClient::new(stream_channels[i % stream_channels.len()].clone());
