@@ -13,17 +13,19 @@ CARGO_DENY := tools/cargo/bin/cargo-deny
 CARGO_DENY_STAMP := tools/cargo/.cargo-deny-$(CARGO_DENY_VERSION)
 ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 
-.PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench clean clients-test gen deploy-test
+.PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench clean clients-test gen deploy-test abuse-test
 
 # Client SDKs (clients/go, clients/python, clients/node): `make gen`, `make clients-test`.
 -include clients/clients.mk
 # Container image and Kubernetes manifests checks (deploy/): `make deploy-test`.
 -include deploy/deploy.mk
+# Raw HTTP/2 abuse tests (tests/abuse/): `make abuse-test`.
+-include tests/abuse/abuse.mk
 
 run: redis-server
 	$(CARGO) run --release --bin baton -- $(ARGS)
 
-test: deps lint cargo-test clients-test deploy-test
+test: deps lint cargo-test abuse-test clients-test deploy-test
 
 deps: redis-server buf
 
@@ -94,3 +96,4 @@ clean:
 # Until clients/clients.mk and deploy/deploy.mk define them, there is nothing to test there.
 clients-test::
 deploy-test::
+abuse-test::
