@@ -47,10 +47,20 @@ struct Args {
     /// Write the Markdown report here as well as to stdout.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Run only these scenario groups (comma-separated: ceiling, check, lock, cache,
+    /// session, queue); default all. For profiling one path at a time.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Also measure the peers a user would pick instead (BullMQ, node-redlock) with the
     /// Node scripts in this directory (bench/peers, after `npm ci`), against the same Redis.
     #[arg(long)]
     peers: Option<PathBuf>,
+}
+
+impl Args {
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 const LOCK_DISTINCT: &str = "Lock acquire+release cycle, distinct names";
@@ -259,218 +269,228 @@ async fn main() {
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
-    // The machine's gRPC ceiling: the same server's health Check, which touches no Redis.
-    for &c in &args.concurrency {
-        let channel = channel.clone();
-        let result = load(c, d, move |w, _| {
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel(w));
-            async move {
-                let _ = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
-            }
-        })
-        .await;
-        rows.push(row("gRPC ceiling: Health/Check (no Redis)", c, result, None));
+    if args.runs("ceiling") {
+        // The machine's gRPC ceiling: the same server's health Check, which touches no Redis.
+        for &c in &args.concurrency {
+            let channel = channel.clone();
+            let result = load(c, d, move |w, _| {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel(w));
+                async move {
+                    let _ = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+                }
+            })
+            .await;
+            rows.push(row("gRPC ceiling: Health/Check (no Redis)", c, result, None));
+        }
     }
 
-    // Rate limits, against EVALSHA of the same script.
-    // The same source baton loads: the common prelude, then the script.
-    let check_source = [include_str!("../store/prelude.lua"), include_str!("../ratelimit/check.lua")].join("\n");
-    let check_sha = script_sha(redis_port, &check_source);
-    for (name, algorithm, code) in [
-        ("Check fixed window", Algorithm::FixedWindow, "1"),
-        ("Check sliding window", Algorithm::SlidingWindow, "2"),
-        ("Check token bucket (GCRA)", Algorithm::TokenBucket, "3"),
-    ] {
+    if args.runs("check") {
+        // Rate limits, against EVALSHA of the same script.
+        // The same source baton loads: the common prelude, then the script.
+        let check_source = [include_str!("../store/prelude.lua"), include_str!("../ratelimit/check.lua")].join("\n");
+        let check_sha = script_sha(redis_port, &check_source);
+        for (name, algorithm, code) in [
+            ("Check fixed window", Algorithm::FixedWindow, "1"),
+            ("Check sliding window", Algorithm::SlidingWindow, "2"),
+            ("Check token bucket (GCRA)", Algorithm::TokenBucket, "3"),
+        ] {
+            for &c in &args.concurrency {
+                let cap = limit_for(algorithm).to_string();
+                let burst = if algorithm == Algorithm::TokenBucket { cap.as_str() } else { "0" };
+                // Each algorithm keeps its own state type, so each gets its own keys.
+                let raw_key = format!("bench:raw:{code}:__rand_int__");
+                let raw = redis_benchmark(
+                    redis_port,
+                    c,
+                    d,
+                    &["EVALSHA", &check_sha, "1", &raw_key, "0", code, &cap, "60000000", burst, "1"],
+                );
+                let channel = channel.clone();
+                let result = load(c, d, move |w, i| {
+                    let mut client = RateLimiterServiceClient::new(channel(w));
+                    let key = format!("k{}", (w as u64 * 1_000_003 + i) % 100_000);
+                    async move {
+                        client.check(check_request(&[key], algorithm)).await.expect("check");
+                    }
+                })
+                .await;
+                rows.push(row(name, c, result, Some(raw)));
+            }
+        }
         for &c in &args.concurrency {
-            let cap = limit_for(algorithm).to_string();
-            let burst = if algorithm == Algorithm::TokenBucket { cap.as_str() } else { "0" };
-            // Each algorithm keeps its own state type, so each gets its own keys.
-            let raw_key = format!("bench:raw:{code}:__rand_int__");
+            let channel = channel.clone();
+            let result = load(c, d, move |w, i| {
+                let mut client = RateLimiterServiceClient::new(channel(w));
+                let user = (w as u64 * 1_000_003 + i) % 100_000;
+                let keys = [format!("{{u{user}}}:a"), format!("{{u{user}}}:b"), format!("{{u{user}}}:c")];
+                async move {
+                    client.check(check_request(&keys, Algorithm::TokenBucket)).await.expect("check");
+                }
+            })
+            .await;
+            rows.push(row("Check 3 limits (GCRA)", c, result, None));
+        }
+    }
+
+    if args.runs("lock") {
+        // Locks: acquire + release cycles on distinct names, and on one contended name.
+        for &c in &args.concurrency {
+            let raw = redis_benchmark(redis_port, c, d, &["SET", "lock:__rand_int__", "owner", "NX", "PX", "10000"]);
+            let channel = channel.clone();
+            let result = load(c, d, move |w, i| {
+                let mut locks = LockServiceClient::new(channel(w));
+                let name = format!("order:{w}:{i}");
+                async move {
+                    let request = AcquireRequest {
+                        name: name.clone(),
+                        ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                        ..Default::default()
+                    };
+                    let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("free lock");
+                    locks.release(ReleaseRequest { name, lease_id: lease.lease_id }).await.expect("release");
+                }
+            })
+            .await;
+            rows.push(row(LOCK_DISTINCT, c, result, Some(raw / 2.0)));
+        }
+        for &c in &args.concurrency {
+            let channel = channel.clone();
+            let result = load(c, d, move |w, _| {
+                let mut locks = LockServiceClient::new(channel(w));
+                async move {
+                    let request = AcquireRequest {
+                        name: "contended".into(),
+                        ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                        wait_timeout: Some(duration_to_proto(Duration::from_secs(30))),
+                        ..Default::default()
+                    };
+                    let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("acquired");
+                    locks.release(ReleaseRequest { name: "contended".into(), lease_id: lease.lease_id }).await.unwrap();
+                }
+            })
+            .await;
+            rows.push(row("Lock acquire+release cycle, one contended name", c, result, None));
+        }
+        // Hand-off: how long after a release a waiter holds the lock.
+        {
+            let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut holder = LockServiceClient::new(channel(0));
+            let waiter = LockServiceClient::new(channel(1));
+            for round in 0..200 {
+                let name = format!("handoff:{round}");
+                let request = |wait: u64| AcquireRequest {
+                    name: name.clone(),
+                    ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                    wait_timeout: Some(duration_to_proto(Duration::from_secs(wait))),
+                    ..Default::default()
+                };
+                let lease = holder.acquire(request(0)).await.unwrap().into_inner().lease.unwrap();
+                let mut waiting = waiter.clone();
+                let wait_request = request(5);
+                let waiting = tokio::spawn(async move {
+                    waiting.acquire(wait_request).await.unwrap();
+                    Instant::now()
+                });
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let released = Instant::now();
+                holder.release(ReleaseRequest { name: name.clone(), lease_id: lease.lease_id }).await.unwrap();
+                let acquired = waiting.await.unwrap();
+                handoff.record(acquired.saturating_duration_since(released).as_micros().max(1) as u64).unwrap();
+            }
+            notes.push(format!(
+                "Lock hand-off (release → waiter holds it), 200 rounds: p50 {} µs, p99 {} µs, max {} µs",
+                handoff.value_at_quantile(0.5),
+                handoff.value_at_quantile(0.99),
+                handoff.max()
+            ));
+        }
+    }
+
+    if args.runs("cache") {
+        // Cache Get and Set against GET and SET.
+        {
+            let mut cache = CacheServiceClient::new(channel(0));
+            for key in 0..10_000 {
+                cache
+                    .set(SetRequest {
+                        key: format!("user:{key}"),
+                        value: vec![b'x'; 100],
+                        ttl: Some(duration_to_proto(Duration::from_secs(600))),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        for &c in &args.concurrency {
+            let raw = redis_benchmark(redis_port, c, d, &["GET", "user:__rand_int__"]);
+            let channel1 = channel.clone();
+            let result = load(c, d, move |w, i| {
+                let mut cache = CacheServiceClient::new(channel1(w));
+                let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
+                async move {
+                    cache.get(GetRequest { key }).await.expect("get");
+                }
+            })
+            .await;
+            rows.push(row("Cache Get (hit, 100 B)", c, result, Some(raw)));
             let raw = redis_benchmark(
                 redis_port,
                 c,
                 d,
-                &["EVALSHA", &check_sha, "1", &raw_key, "0", code, &cap, "60000000", burst, "1"],
+                &[
+                    "SET",
+                    "user:__rand_int__",
+                    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                ],
             );
-            let channel = channel.clone();
+            let channel2 = channel.clone();
             let result = load(c, d, move |w, i| {
-                let mut client = RateLimiterServiceClient::new(channel(w));
-                let key = format!("k{}", (w as u64 * 1_000_003 + i) % 100_000);
+                let mut cache = CacheServiceClient::new(channel2(w));
+                let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
                 async move {
-                    client.check(check_request(&[key], algorithm)).await.expect("check");
+                    let request = SetRequest {
+                        key,
+                        value: vec![b'y'; 100],
+                        ttl: Some(duration_to_proto(Duration::from_secs(600))),
+                        ..Default::default()
+                    };
+                    cache.set(request).await.expect("set");
                 }
             })
             .await;
-            rows.push(row(name, c, result, Some(raw)));
+            rows.push(row("Cache Set (100 B)", c, result, Some(raw)));
         }
-    }
-    for &c in &args.concurrency {
-        let channel = channel.clone();
-        let result = load(c, d, move |w, i| {
-            let mut client = RateLimiterServiceClient::new(channel(w));
-            let user = (w as u64 * 1_000_003 + i) % 100_000;
-            let keys = [format!("{{u{user}}}:a"), format!("{{u{user}}}:b"), format!("{{u{user}}}:c")];
-            async move {
-                client.check(check_request(&keys, Algorithm::TokenBucket)).await.expect("check");
-            }
-        })
-        .await;
-        rows.push(row("Check 3 limits (GCRA)", c, result, None));
     }
 
-    // Locks: acquire + release cycles on distinct names, and on one contended name.
-    for &c in &args.concurrency {
-        let raw = redis_benchmark(redis_port, c, d, &["SET", "lock:__rand_int__", "owner", "NX", "PX", "10000"]);
-        let channel = channel.clone();
-        let result = load(c, d, move |w, i| {
-            let mut locks = LockServiceClient::new(channel(w));
-            let name = format!("order:{w}:{i}");
-            async move {
-                let request = AcquireRequest {
-                    name: name.clone(),
-                    ttl: Some(duration_to_proto(Duration::from_secs(10))),
-                    ..Default::default()
-                };
-                let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("free lock");
-                locks.release(ReleaseRequest { name, lease_id: lease.lease_id }).await.expect("release");
+    if args.runs("session") {
+        // Sessions: GetSession (with touch) against HGETALL.
+        let session_ids: Arc<Vec<String>> = {
+            let mut sessions = SessionStoreServiceClient::new(channel(0));
+            let mut ids = Vec::new();
+            for user in 0..1000 {
+                let request = CreateSessionRequest { subject: format!("user:{user}"), ..Default::default() };
+                ids.push(sessions.create_session(request).await.unwrap().into_inner().session_id);
             }
-        })
-        .await;
-        rows.push(row(LOCK_DISTINCT, c, result, Some(raw / 2.0)));
-    }
-    for &c in &args.concurrency {
-        let channel = channel.clone();
-        let result = load(c, d, move |w, _| {
-            let mut locks = LockServiceClient::new(channel(w));
-            async move {
-                let request = AcquireRequest {
-                    name: "contended".into(),
-                    ttl: Some(duration_to_proto(Duration::from_secs(10))),
-                    wait_timeout: Some(duration_to_proto(Duration::from_secs(30))),
-                    ..Default::default()
-                };
-                let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("acquired");
-                locks.release(ReleaseRequest { name: "contended".into(), lease_id: lease.lease_id }).await.unwrap();
-            }
-        })
-        .await;
-        rows.push(row("Lock acquire+release cycle, one contended name", c, result, None));
-    }
-    // Hand-off: how long after a release a waiter holds the lock.
-    {
-        let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-        let mut holder = LockServiceClient::new(channel(0));
-        let waiter = LockServiceClient::new(channel(1));
-        for round in 0..200 {
-            let name = format!("handoff:{round}");
-            let request = |wait: u64| AcquireRequest {
-                name: name.clone(),
-                ttl: Some(duration_to_proto(Duration::from_secs(10))),
-                wait_timeout: Some(duration_to_proto(Duration::from_secs(wait))),
-                ..Default::default()
-            };
-            let lease = holder.acquire(request(0)).await.unwrap().into_inner().lease.unwrap();
-            let mut waiting = waiter.clone();
-            let wait_request = request(5);
-            let waiting = tokio::spawn(async move {
-                waiting.acquire(wait_request).await.unwrap();
-                Instant::now()
-            });
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let released = Instant::now();
-            holder.release(ReleaseRequest { name: name.clone(), lease_id: lease.lease_id }).await.unwrap();
-            let acquired = waiting.await.unwrap();
-            handoff.record(acquired.saturating_duration_since(released).as_micros().max(1) as u64).unwrap();
+            Arc::new(ids)
+        };
+        for &c in &args.concurrency {
+            let raw = redis_benchmark(redis_port, c, d, &["HGETALL", "session:__rand_int__"]);
+            let (channel, ids) = (channel.clone(), session_ids.clone());
+            let result = load(c, d, move |w, i| {
+                let mut sessions = SessionStoreServiceClient::new(channel(w));
+                let session_id = ids[((w as u64 * 31 + i) % ids.len() as u64) as usize].clone();
+                async move {
+                    sessions.get_session(GetSessionRequest { session_id, no_touch: false }).await.expect("session");
+                }
+            })
+            .await;
+            rows.push(row("Session GetSession", c, result, Some(raw)));
         }
-        notes.push(format!(
-            "Lock hand-off (release → waiter holds it), 200 rounds: p50 {} µs, p99 {} µs, max {} µs",
-            handoff.value_at_quantile(0.5),
-            handoff.value_at_quantile(0.99),
-            handoff.max()
-        ));
-    }
-
-    // Cache Get and Set against GET and SET.
-    {
-        let mut cache = CacheServiceClient::new(channel(0));
-        for key in 0..10_000 {
-            cache
-                .set(SetRequest {
-                    key: format!("user:{key}"),
-                    value: vec![b'x'; 100],
-                    ttl: Some(duration_to_proto(Duration::from_secs(600))),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-        }
-    }
-    for &c in &args.concurrency {
-        let raw = redis_benchmark(redis_port, c, d, &["GET", "user:__rand_int__"]);
-        let channel1 = channel.clone();
-        let result = load(c, d, move |w, i| {
-            let mut cache = CacheServiceClient::new(channel1(w));
-            let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
-            async move {
-                cache.get(GetRequest { key }).await.expect("get");
-            }
-        })
-        .await;
-        rows.push(row("Cache Get (hit, 100 B)", c, result, Some(raw)));
-        let raw = redis_benchmark(
-            redis_port,
-            c,
-            d,
-            &[
-                "SET",
-                "user:__rand_int__",
-                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-            ],
-        );
-        let channel2 = channel.clone();
-        let result = load(c, d, move |w, i| {
-            let mut cache = CacheServiceClient::new(channel2(w));
-            let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
-            async move {
-                let request = SetRequest {
-                    key,
-                    value: vec![b'y'; 100],
-                    ttl: Some(duration_to_proto(Duration::from_secs(600))),
-                    ..Default::default()
-                };
-                cache.set(request).await.expect("set");
-            }
-        })
-        .await;
-        rows.push(row("Cache Set (100 B)", c, result, Some(raw)));
-    }
-
-    // Sessions: GetSession (with touch) against HGETALL.
-    let session_ids: Arc<Vec<String>> = {
-        let mut sessions = SessionStoreServiceClient::new(channel(0));
-        let mut ids = Vec::new();
-        for user in 0..1000 {
-            let request = CreateSessionRequest { subject: format!("user:{user}"), ..Default::default() };
-            ids.push(sessions.create_session(request).await.unwrap().into_inner().session_id);
-        }
-        Arc::new(ids)
-    };
-    for &c in &args.concurrency {
-        let raw = redis_benchmark(redis_port, c, d, &["HGETALL", "session:__rand_int__"]);
-        let (channel, ids) = (channel.clone(), session_ids.clone());
-        let result = load(c, d, move |w, i| {
-            let mut sessions = SessionStoreServiceClient::new(channel(w));
-            let session_id = ids[((w as u64 * 31 + i) % ids.len() as u64) as usize].clone();
-            async move {
-                sessions.get_session(GetSessionRequest { session_id, no_touch: false }).await.expect("session");
-            }
-        })
-        .await;
-        rows.push(row("Session GetSession", c, result, Some(raw)));
     }
 
     // Queue end to end: producers enqueue in batches, consumers ack every job.
-    let queue_rate = {
+    let queue_rate = if args.runs("queue") {
         let queue = "bench-e2e";
         let acked = Arc::new(AtomicU64::new(0));
         let stop = Instant::now() + d;
@@ -525,9 +545,11 @@ async fn main() {
         let rate = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
         notes.push(format!("Queue end to end (2 producers with EnqueueBatch of 100, 4 consumer streams with max_in_flight 256): {rate:.0} jobs/s acked"));
         rate
+    } else {
+        0.0
     };
     // Delayed jobs: how late after their due time are they delivered?
-    {
+    if args.runs("queue") {
         let mut queues = JobQueueServiceClient::new(channel(0));
         let request = ConsumeRequest { queue: "bench-delay".into(), max_in_flight: 64, ..Default::default() };
         let mut stream = queues.consume(request).await.unwrap().into_inner();
