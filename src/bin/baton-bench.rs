@@ -75,6 +75,8 @@ struct Row {
     p999_us: u64,
     /// The raw Redis figure this row is compared with, ops/s.
     baseline: Option<f64>,
+    /// Baton's CPU time per operation, µs.
+    cpu_us_per_op: Option<f64>,
 }
 
 fn free_port() -> u16 {
@@ -137,14 +139,38 @@ async fn channels(addr: SocketAddr, count: usize) -> Vec<Channel> {
     channels
 }
 
+/// The baton process whose CPU time each measurement charges to its operations.
+static MEASURED_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// CPU time (user + system) a process has used so far, in microseconds.
+fn cpu_micros(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000 / per_second
+}
+
+/// One load run: throughput, latencies, and baton's CPU time per operation — the figure
+/// that stays comparable when the machine is noisy.
+struct Measured {
+    rate: f64,
+    histogram: Histogram<u64>,
+    cpu_us_per_op: Option<f64>,
+}
+
 /// Runs `op` from `concurrency` callers for `duration`; callers spread over a few HTTP/2
 /// connections as a real client pool would.
-async fn load<F, Fut>(concurrency: usize, duration: Duration, op: F) -> (f64, Histogram<u64>)
+async fn load<F, Fut>(concurrency: usize, duration: Duration, op: F) -> Measured
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let op = Arc::new(op);
+    let cpu_before = MEASURED_PID.get().map(|pid| cpu_micros(*pid));
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = Vec::new();
@@ -166,14 +192,22 @@ where
     for worker in workers {
         total.add(worker.await.unwrap()).unwrap();
     }
-    (total.len() as f64 / started.elapsed().as_secs_f64(), total)
+    let cpu_us_per_op = match (cpu_before, MEASURED_PID.get()) {
+        (Some(before), Some(pid)) if !total.is_empty() => {
+            Some(cpu_micros(*pid).saturating_sub(before) as f64 / total.len() as f64)
+        }
+        _ => None,
+    };
+    Measured { rate: total.len() as f64 / started.elapsed().as_secs_f64(), histogram: total, cpu_us_per_op }
 }
 
-fn row(scenario: &str, concurrency: usize, (rate, histogram): (f64, Histogram<u64>), baseline: Option<f64>) -> Row {
+fn row(scenario: &str, concurrency: usize, measured: Measured, baseline: Option<f64>) -> Row {
+    let Measured { rate, histogram, cpu_us_per_op } = measured;
     Row {
         scenario: scenario.to_owned(),
         concurrency,
         ops_per_sec: rate,
+        cpu_us_per_op,
         p50_us: histogram.value_at_quantile(0.5),
         p99_us: histogram.value_at_quantile(0.99),
         p999_us: histogram.value_at_quantile(0.999),
@@ -263,6 +297,7 @@ async fn main() {
     let _redis = start_redis(redis_port);
     let (baton_process, addr) = start_baton(&args.baton, redis_port);
     let baton_pid = baton_process.0.id();
+    MEASURED_PID.set(baton_pid).expect("set once");
     let pool = channels(addr, 8).await;
     let channel = move |worker: usize| pool[worker % pool.len()].clone();
     let d = args.duration;
@@ -721,16 +756,18 @@ fn render(args: &Args, rows: &[Row], notes: &[String]) -> String {
         "# Baton benchmark\n\nMachine: {cores} cores; Redis, baton and this load generator share it. {redis_version}. \
          Each figure is {:?} of load; \"× raw\" is Baton's throughput over `redis-benchmark` running the \
          equivalent Redis command at the same concurrency in the same run (for lock cycles: half of \
-         `SET NX PX` ops/s, since a cycle is two operations).\n\n\
-         | scenario | callers | ops/s | × raw | p50 µs | p99 µs | p99.9 µs |\n|---|---:|---:|---:|---:|---:|---:|\n",
+         `SET NX PX` ops/s, since a cycle is two operations). \"baton CPU\" is the baton process's \
+         user + system time per operation: unlike ops/s, it hardly moves when the machine is busy.\n\n\
+         | scenario | callers | ops/s | × raw | p50 µs | p99 µs | p99.9 µs | baton CPU µs/op |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
         args.duration
     );
     for r in rows {
         let ratio =
             r.baseline.filter(|b| *b > 0.0).map(|b| format!("{:.2}", r.ops_per_sec / b)).unwrap_or_else(|| "–".into());
+        let cpu = r.cpu_us_per_op.map(|cpu| format!("{cpu:.0}")).unwrap_or_else(|| "–".into());
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} |\n",
-            r.scenario, r.concurrency, r.ops_per_sec, ratio, r.p50_us, r.p99_us, r.p999_us
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |\n",
+            r.scenario, r.concurrency, r.ops_per_sec, ratio, r.p50_us, r.p99_us, r.p999_us, cpu
         ));
     }
     out.push('\n');
