@@ -6,18 +6,26 @@ BUF := tools/node_modules/.bin/buf
 # Integration tests start their own redis-server and baton processes; two at a time keeps
 # the timing tests honest on a 2-core machine.
 TEST_THREADS ?= 2
+# cargo-deny from crates.io, pinned; advisories from the offline RustSec snapshot beside
+# the repository (../shared/advisory-db) when the machine has one.
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := tools/cargo/bin/cargo-deny
+CARGO_DENY_STAMP := tools/cargo/.cargo-deny-$(CARGO_DENY_VERSION)
+ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 
-.PHONY: run test deps redis-server buf lint fmt-check clippy cargo-test bench clean clients-test gen deploy-test
+.PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench clean clients-test gen deploy-test abuse-test
 
 # Client SDKs (clients/go, clients/python, clients/node): `make gen`, `make clients-test`.
 -include clients/clients.mk
 # Container image and Kubernetes manifests checks (deploy/): `make deploy-test`.
 -include deploy/deploy.mk
+# Raw HTTP/2 abuse tests (tests/abuse/): `make abuse-test`.
+-include tests/abuse/abuse.mk
 
 run: redis-server
 	$(CARGO) run --release --bin baton -- $(ARGS)
 
-test: deps lint cargo-test clients-test deploy-test
+test: deps lint cargo-test abuse-test clients-test deploy-test
 
 deps: redis-server buf
 
@@ -37,7 +45,7 @@ $(BUF): tools/package.json tools/package-lock.json
 	cd tools && npm ci --no-fund --no-audit --loglevel=error
 	@touch $(BUF)
 
-lint: buf fmt-check clippy
+lint: buf fmt-check clippy deny
 	$(BUF) lint
 	$(BUF) format -d --exit-code
 
@@ -51,6 +59,21 @@ clippy:
 	@if $(CARGO) clippy --version >/dev/null 2>&1; then \
 		$(CARGO) clippy --all-targets --locked -- -D warnings; \
 	else echo "clippy is not installed: skipping the lint"; fi
+
+$(CARGO_DENY_STAMP):
+	@echo "installing cargo-deny $(CARGO_DENY_VERSION) (crates.io)"
+	$(CARGO) install --locked --quiet cargo-deny --version $(CARGO_DENY_VERSION) --root tools/cargo
+	@touch $@
+
+# Licences, bans and sources always; advisories against the snapshot, without network.
+deny: $(CARGO_DENY_STAMP)
+	@if [ -n "$(ADVISORY_SNAPSHOT)" ]; then \
+		tools/advisory-db.sh "$(ADVISORY_SNAPSHOT)" target/advisory-db && \
+		$(CARGO_DENY) --offline check; \
+	else \
+		echo "no RustSec snapshot at ../shared/advisory-db: checking bans, licences and sources only"; \
+		$(CARGO_DENY) --offline check bans licenses sources; \
+	fi
 
 cargo-test:
 	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
@@ -68,8 +91,9 @@ bench: redis-server
 
 clean:
 	$(CARGO) clean
-	rm -rf tools/node_modules
+	rm -rf tools/node_modules tools/cargo
 
 # Until clients/clients.mk and deploy/deploy.mk define them, there is nothing to test there.
 clients-test::
 deploy-test::
+abuse-test::

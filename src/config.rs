@@ -126,6 +126,24 @@ pub struct Flags {
     #[arg(long, env = "BATON_MAX_CONNECTION_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
 
+    /// Certificate chain (PEM) to serve gRPC over TLS; with `--tls-key`. The files are
+    /// re-read when they change, so certificates rotate without a restart.
+    #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA bundle (PEM): with it, every client must present a certificate it signed (mTLS).
+    #[arg(long, env = "BATON_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// CA bundle (PEM) that `rediss://` servers are verified against, instead of the
+    /// system's roots.
+    #[arg(long, env = "BATON_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+
     /// The `redis-server` binary used for the embedded development Redis.
     #[arg(long, env = "BATON_REDIS_SERVER_BIN", default_value = "redis-server")]
     pub redis_server_bin: PathBuf,
@@ -192,6 +210,51 @@ pub struct Config {
     pub envoy: crate::envoy::EnvoyRules,
     /// API keys; empty = authentication off.
     pub api_keys: crate::auth::ApiKeys,
+    pub server: ServerSettings,
+}
+
+/// The gRPC listener's transport settings (`[server]` in the file). The defaults close
+/// what tonic and hyper leave open: unlimited streams per connection, no limit on
+/// locally reset streams, no keepalive, and calls without a deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// HTTP/2 `MAX_CONCURRENT_STREAMS`: enough for a worker's Consume and KeepAlive
+    /// streams; clients holding more open several connections.
+    pub max_concurrent_streams: u32,
+    /// Streams the server may reset for protocol errors before it answers GOAWAY.
+    pub max_local_error_reset_streams: usize,
+    /// HTTP/2 PING interval; a peer that does not answer within `keepalive_timeout` is
+    /// disconnected, which also closes idle connections of vanished clients.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub tcp_keepalive: Duration,
+    /// A connection that has not finished its TLS handshake or HTTP/2 preface by then
+    /// is closed.
+    pub handshake_timeout: Duration,
+    /// The deadline of a unary call whose client set none; answered DEADLINE_EXCEEDED.
+    /// Streams (Consume, KeepAlive) and waits the client asked for (Acquire, Fetch) are
+    /// bounded by their own validated limits instead.
+    pub default_deadline: Duration,
+    /// Serve gRPC server reflection (grpcurl, Postman).
+    pub reflection: bool,
+    /// How often the TLS files are checked for changes.
+    pub tls_reload_interval: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 1024,
+            max_local_error_reset_streams: 256,
+            keepalive_interval: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            default_deadline: Duration::from_secs(30),
+            reflection: true,
+            tls_reload_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +278,28 @@ struct FileConfig {
     envoy: crate::envoy::EnvoyFile,
     #[serde(default)]
     api_keys: Vec<crate::auth::ApiKeyFile>,
+    #[serde(default)]
+    server: FileServer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    max_concurrent_streams: Option<u32>,
+    max_local_error_reset_streams: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    keepalive_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    keepalive_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    tcp_keepalive: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    handshake_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    default_deadline: Option<Duration>,
+    reflection: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    tls_reload_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -311,7 +396,8 @@ impl Config {
         }
         let envoy = crate::envoy::EnvoyRules::from_file(file.envoy, &limits).map_err(invalid)?;
         let api_keys = crate::auth::ApiKeys::from_file(file.api_keys).map_err(invalid)?;
-        Ok(Self { flags, limits, policies, envoy, api_keys })
+        let server = server_settings(file.server).map_err(invalid)?;
+        Ok(Self { flags, limits, policies, envoy, api_keys, server })
     }
 
     /// How the Redis URLs are to be reached.
@@ -334,8 +420,8 @@ impl Config {
              shutdown_grace={:?} shutdown_delay={:?} lock_min_replicas={} lock_fence_idle={:?} \
              queue_retention={:?} queue_dead_retention={:?} queue_visibility_timeout={:?} queue_max_in_flight={} \
              session_idle_timeout={:?} session_absolute_timeout={:?} session_max_bytes={} session_max_per_subject={} \
-             max_connection_age={:?} \
-             limits={:?} policies=[{}]",
+             max_connection_age={:?} tls={} mtls={} \
+             limits={:?} server={:?} policies=[{}]",
             self.flags.listen,
             self.flags.metrics_listen,
             self.flags.redis_mode,
@@ -355,10 +441,48 @@ impl Config {
             self.flags.session_max_bytes,
             self.flags.session_max_per_subject,
             self.flags.max_connection_age,
+            self.flags.tls_cert.is_some(),
+            self.flags.tls_client_ca.is_some(),
             self.limits,
+            self.server,
             self.policies.keys().cloned().collect::<Vec<_>>().join(","),
         )
     }
+}
+
+fn server_settings(file: FileServer) -> Result<ServerSettings, String> {
+    let defaults = ServerSettings::default();
+    let settings = ServerSettings {
+        max_concurrent_streams: file.max_concurrent_streams.unwrap_or(defaults.max_concurrent_streams),
+        max_local_error_reset_streams: file
+            .max_local_error_reset_streams
+            .unwrap_or(defaults.max_local_error_reset_streams),
+        keepalive_interval: file.keepalive_interval.unwrap_or(defaults.keepalive_interval),
+        keepalive_timeout: file.keepalive_timeout.unwrap_or(defaults.keepalive_timeout),
+        tcp_keepalive: file.tcp_keepalive.unwrap_or(defaults.tcp_keepalive),
+        handshake_timeout: file.handshake_timeout.unwrap_or(defaults.handshake_timeout),
+        default_deadline: file.default_deadline.unwrap_or(defaults.default_deadline),
+        reflection: file.reflection.unwrap_or(defaults.reflection),
+        tls_reload_interval: file.tls_reload_interval.unwrap_or(defaults.tls_reload_interval),
+    };
+    if settings.max_concurrent_streams == 0 {
+        return Err("server.max_concurrent_streams must be at least 1".into());
+    }
+    if settings.max_local_error_reset_streams == 0 {
+        return Err("server.max_local_error_reset_streams must be at least 1".into());
+    }
+    let durations = [
+        ("keepalive_interval", settings.keepalive_interval),
+        ("keepalive_timeout", settings.keepalive_timeout),
+        ("tcp_keepalive", settings.tcp_keepalive),
+        ("handshake_timeout", settings.handshake_timeout),
+        ("default_deadline", settings.default_deadline),
+        ("tls_reload_interval", settings.tls_reload_interval),
+    ];
+    if let Some((name, _)) = durations.iter().find(|(_, value)| *value < Duration::from_millis(100)) {
+        return Err(format!("server.{name} must be at least 100ms"));
+    }
+    Ok(settings)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -98,7 +98,7 @@ impl From<Error> for Status {
         details.set_error_info(err.reason(), ERROR_DOMAIN, []);
         match &err {
             Error::InvalidArgument { field, description } => {
-                details.add_bad_request_violation(field.clone(), description.clone());
+                details.add_bad_request_violation(bounded(field), bounded(description));
             }
             Error::Unavailable => {
                 details.set_retry_info(Some(RETRY_DELAY));
@@ -112,8 +112,23 @@ impl From<Error> for Status {
             }
             _ => {}
         }
-        Status::with_error_details(err.code(), err.to_string(), details)
+        Status::with_error_details(err.code(), bounded(&err.to_string()), details)
     }
+}
+
+/// Longest text an error echoes back: messages quote request fields, and a trailer of
+/// hundreds of kilobytes would break the client's HTTP/2 header limits.
+const MAX_ECHO_BYTES: usize = 512;
+
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_ECHO_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_ECHO_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
 }
 
 #[cfg(test)]
@@ -122,6 +137,14 @@ mod tests {
 
     fn reason_of(status: &Status) -> String {
         status.get_details_error_info().expect("error info").reason
+    }
+
+    #[test]
+    fn long_echoes_are_cut_on_a_character_boundary() {
+        let status = Status::from(Error::invalid("policy", format!("unknown policy {:?}", "é".repeat(100_000))));
+        assert!(status.message().len() < 1024, "{} bytes", status.message().len());
+        let violation = &status.get_details_bad_request().unwrap().field_violations[0];
+        assert!(violation.description.len() < 1024 && violation.description.ends_with("bytes in all)"));
     }
 
     #[test]

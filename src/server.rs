@@ -1,7 +1,6 @@
 //! The tonic server: services, health, reflection, tower layers and graceful shutdown.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -17,7 +16,9 @@ use crate::auth::AuthLayer;
 use crate::cache::CacheManager;
 use crate::cache::grpc::CacheGrpc;
 use crate::config::Config;
+use crate::deadline::DefaultDeadlineLayer;
 use crate::envoy::grpc::EnvoyGrpc;
+use crate::listener::{handshaken, http2_preface};
 use crate::lock::grpc::LockGrpc;
 use crate::lock::{LockManager, LockSettings};
 use crate::proto;
@@ -38,11 +39,10 @@ use crate::store::notify::Notifier;
 use crate::store::{KeyBuilder, Store, StoreError};
 use crate::task::TaskGuard;
 use crate::telemetry::GrpcMetricsLayer;
+use crate::tls::{ReloadingTls, TlsError, TlsFiles};
 
 /// The health name that follows only the process: Kubernetes' liveness probe.
 pub const LIVENESS: &str = "liveness";
-/// Most concurrent streams per HTTP/2 connection: workers and KeepAlive clients hold many.
-const MAX_CONCURRENT_STREAMS: u32 = 65_536;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -52,6 +52,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("grpc transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Where the server reaches Redis; the embedded dev Redis resolves to a URL too.
@@ -70,11 +72,24 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let tls = match (&config.flags.tls_cert, &config.flags.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files =
+                TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: config.flags.tls_client_ca.clone() };
+            Some(ReloadingTls::start(files, config.server.tls_reload_interval)?)
+        }
+        _ => None,
+    };
     let timeout = config.limits.redis_timeout;
+    let redis_tls_root = match &config.flags.redis_tls_ca {
+        Some(path) => Some(std::fs::read(path).map_err(|source| TlsError::Read { path: path.clone(), source })?),
+        None => None,
+    };
+    let redis_tls_root = redis_tls_root.as_deref();
     let topology = config.redis_topology();
-    let main_store = Store::open("main", &redis.main, &topology, timeout)?;
+    let main_store = Store::open("main", &redis.main, &topology, timeout, redis_tls_root)?;
     let cache_store = match &redis.cache {
-        Some(url) if *url != redis.main => Some(Store::open("cache", url, &topology, timeout)?),
+        Some(url) if *url != redis.main => Some(Store::open("cache", url, &topology, timeout, redis_tls_root)?),
         _ => None,
     };
 
@@ -192,23 +207,29 @@ pub async fn run(
              can use every service in the default namespace"
         );
     }
+    let transport = &config.server;
     let mut builder = Server::builder();
     if !config.flags.max_connection_age.is_zero() {
         // No max_connection_age_grace: with one, tonic closes the connection outright at
         // age + grace instead of sending GOAWAY at the age (measured in deploy/tests).
         builder = builder.max_connection_age(config.flags.max_connection_age);
     }
+    let (reflection_v1, reflection_v1alpha) = match transport.reflection {
+        true => (Some(reflection_v1), Some(reflection_v1alpha)),
+        false => (None, None),
+    };
     let router = builder
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .http2_max_local_error_reset_streams(Some(1024))
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(transport.keepalive_interval))
+        .http2_keepalive_timeout(Some(transport.keepalive_timeout))
+        .http2_max_local_error_reset_streams(Some(transport.max_local_error_reset_streams))
+        .max_concurrent_streams(transport.max_concurrent_streams)
         .layer(GrpcMetricsLayer)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(internal_error_for_panic))
         .layer(AuthLayer::new(config.api_keys.clone()))
+        .layer(DefaultDeadlineLayer::new(transport.default_deadline))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(with_message_limit!(RateLimiterServiceServer::new(rate_limiter), max_message))
         .add_service(with_message_limit!(LockServiceServer::new(lock_service), max_message))
         .add_service(with_message_limit!(CacheServiceServer::new(cache_service), max_message))
@@ -217,10 +238,20 @@ pub async fn run(
         .add_service(with_message_limit!(RateLimitServiceServer::new(envoy_service), max_message));
     // Server::tcp_nodelay applies only to listeners tonic binds itself; without it,
     // ping-pong RPCs stall ~40 ms on delayed ACKs (measured on lock hand-offs).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)));
-    let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+    let tcp = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(transport.tcp_keepalive));
+    let stop = async {
         let _ = stop_serving_rx.await;
-    }));
+    };
+    let mut serving = match tls {
+        Some(tls) => {
+            let incoming = handshaken(tcp, transport.handshake_timeout, move |stream| tls.handshake(stream));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+        None => {
+            let incoming = handshaken(tcp, transport.handshake_timeout, http2_preface);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+    };
 
     tokio::select! {
         () = shutdown => {}

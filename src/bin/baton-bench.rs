@@ -47,10 +47,20 @@ struct Args {
     /// Write the Markdown report here as well as to stdout.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Run only these scenario groups (comma-separated: ceiling, check, lock, cache,
+    /// session, queue); default all. For profiling one path at a time.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
     /// Also measure the peers a user would pick instead (BullMQ, node-redlock) with the
     /// Node scripts in this directory (bench/peers, after `npm ci`), against the same Redis.
     #[arg(long)]
     peers: Option<PathBuf>,
+}
+
+impl Args {
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 const LOCK_DISTINCT: &str = "Lock acquire+release cycle, distinct names";
@@ -65,6 +75,8 @@ struct Row {
     p999_us: u64,
     /// The raw Redis figure this row is compared with, ops/s.
     baseline: Option<f64>,
+    /// Baton's CPU time per operation, µs.
+    cpu_us_per_op: Option<f64>,
 }
 
 fn free_port() -> u16 {
@@ -127,14 +139,38 @@ async fn channels(addr: SocketAddr, count: usize) -> Vec<Channel> {
     channels
 }
 
+/// The baton process whose CPU time each measurement charges to its operations.
+static MEASURED_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// CPU time (user + system) a process has used so far, in microseconds.
+fn cpu_micros(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000 / per_second
+}
+
+/// One load run: throughput, latencies, and baton's CPU time per operation — the figure
+/// that stays comparable when the machine is noisy.
+struct Measured {
+    rate: f64,
+    histogram: Histogram<u64>,
+    cpu_us_per_op: Option<f64>,
+}
+
 /// Runs `op` from `concurrency` callers for `duration`; callers spread over a few HTTP/2
 /// connections as a real client pool would.
-async fn load<F, Fut>(concurrency: usize, duration: Duration, op: F) -> (f64, Histogram<u64>)
+async fn load<F, Fut>(concurrency: usize, duration: Duration, op: F) -> Measured
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let op = Arc::new(op);
+    let cpu_before = MEASURED_PID.get().map(|pid| cpu_micros(*pid));
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = Vec::new();
@@ -156,14 +192,22 @@ where
     for worker in workers {
         total.add(worker.await.unwrap()).unwrap();
     }
-    (total.len() as f64 / started.elapsed().as_secs_f64(), total)
+    let cpu_us_per_op = match (cpu_before, MEASURED_PID.get()) {
+        (Some(before), Some(pid)) if !total.is_empty() => {
+            Some(cpu_micros(*pid).saturating_sub(before) as f64 / total.len() as f64)
+        }
+        _ => None,
+    };
+    Measured { rate: total.len() as f64 / started.elapsed().as_secs_f64(), histogram: total, cpu_us_per_op }
 }
 
-fn row(scenario: &str, concurrency: usize, (rate, histogram): (f64, Histogram<u64>), baseline: Option<f64>) -> Row {
+fn row(scenario: &str, concurrency: usize, measured: Measured, baseline: Option<f64>) -> Row {
+    let Measured { rate, histogram, cpu_us_per_op } = measured;
     Row {
         scenario: scenario.to_owned(),
         concurrency,
         ops_per_sec: rate,
+        cpu_us_per_op,
         p50_us: histogram.value_at_quantile(0.5),
         p99_us: histogram.value_at_quantile(0.99),
         p999_us: histogram.value_at_quantile(0.999),
@@ -253,224 +297,235 @@ async fn main() {
     let _redis = start_redis(redis_port);
     let (baton_process, addr) = start_baton(&args.baton, redis_port);
     let baton_pid = baton_process.0.id();
+    MEASURED_PID.set(baton_pid).expect("set once");
     let pool = channels(addr, 8).await;
     let channel = move |worker: usize| pool[worker % pool.len()].clone();
     let d = args.duration;
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
-    // The machine's gRPC ceiling: the same server's health Check, which touches no Redis.
-    for &c in &args.concurrency {
-        let channel = channel.clone();
-        let result = load(c, d, move |w, _| {
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel(w));
-            async move {
-                let _ = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
-            }
-        })
-        .await;
-        rows.push(row("gRPC ceiling: Health/Check (no Redis)", c, result, None));
+    if args.runs("ceiling") {
+        // The machine's gRPC ceiling: the same server's health Check, which touches no Redis.
+        for &c in &args.concurrency {
+            let channel = channel.clone();
+            let result = load(c, d, move |w, _| {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel(w));
+                async move {
+                    let _ = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+                }
+            })
+            .await;
+            rows.push(row("gRPC ceiling: Health/Check (no Redis)", c, result, None));
+        }
     }
 
-    // Rate limits, against EVALSHA of the same script.
-    // The same source baton loads: the common prelude, then the script.
-    let check_source = [include_str!("../store/prelude.lua"), include_str!("../ratelimit/check.lua")].join("\n");
-    let check_sha = script_sha(redis_port, &check_source);
-    for (name, algorithm, code) in [
-        ("Check fixed window", Algorithm::FixedWindow, "1"),
-        ("Check sliding window", Algorithm::SlidingWindow, "2"),
-        ("Check token bucket (GCRA)", Algorithm::TokenBucket, "3"),
-    ] {
+    if args.runs("check") {
+        // Rate limits, against EVALSHA of the same script.
+        // The same source baton loads: the common prelude, then the script.
+        let check_source = [include_str!("../store/prelude.lua"), include_str!("../ratelimit/check.lua")].join("\n");
+        let check_sha = script_sha(redis_port, &check_source);
+        for (name, algorithm, code) in [
+            ("Check fixed window", Algorithm::FixedWindow, "1"),
+            ("Check sliding window", Algorithm::SlidingWindow, "2"),
+            ("Check token bucket (GCRA)", Algorithm::TokenBucket, "3"),
+        ] {
+            for &c in &args.concurrency {
+                let cap = limit_for(algorithm).to_string();
+                let burst = if algorithm == Algorithm::TokenBucket { cap.as_str() } else { "0" };
+                // Each algorithm keeps its own state type, so each gets its own keys.
+                let raw_key = format!("bench:raw:{code}:__rand_int__");
+                let raw = redis_benchmark(
+                    redis_port,
+                    c,
+                    d,
+                    &["EVALSHA", &check_sha, "1", &raw_key, "0", code, &cap, "60000000", burst, "1"],
+                );
+                let channel = channel.clone();
+                let result = load(c, d, move |w, i| {
+                    let mut client = RateLimiterServiceClient::new(channel(w));
+                    let key = format!("k{}", (w as u64 * 1_000_003 + i) % 100_000);
+                    async move {
+                        client.check(check_request(&[key], algorithm)).await.expect("check");
+                    }
+                })
+                .await;
+                rows.push(row(name, c, result, Some(raw)));
+            }
+        }
         for &c in &args.concurrency {
-            let cap = limit_for(algorithm).to_string();
-            let burst = if algorithm == Algorithm::TokenBucket { cap.as_str() } else { "0" };
-            // Each algorithm keeps its own state type, so each gets its own keys.
-            let raw_key = format!("bench:raw:{code}:__rand_int__");
+            let channel = channel.clone();
+            let result = load(c, d, move |w, i| {
+                let mut client = RateLimiterServiceClient::new(channel(w));
+                let user = (w as u64 * 1_000_003 + i) % 100_000;
+                let keys = [format!("{{u{user}}}:a"), format!("{{u{user}}}:b"), format!("{{u{user}}}:c")];
+                async move {
+                    client.check(check_request(&keys, Algorithm::TokenBucket)).await.expect("check");
+                }
+            })
+            .await;
+            rows.push(row("Check 3 limits (GCRA)", c, result, None));
+        }
+    }
+
+    if args.runs("lock") {
+        // Locks: acquire + release cycles on distinct names, and on one contended name.
+        for &c in &args.concurrency {
+            let raw = redis_benchmark(redis_port, c, d, &["SET", "lock:__rand_int__", "owner", "NX", "PX", "10000"]);
+            let channel = channel.clone();
+            let result = load(c, d, move |w, i| {
+                let mut locks = LockServiceClient::new(channel(w));
+                let name = format!("order:{w}:{i}");
+                async move {
+                    let request = AcquireRequest {
+                        name: name.clone(),
+                        ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                        ..Default::default()
+                    };
+                    let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("free lock");
+                    locks.release(ReleaseRequest { name, lease_id: lease.lease_id }).await.expect("release");
+                }
+            })
+            .await;
+            rows.push(row(LOCK_DISTINCT, c, result, Some(raw / 2.0)));
+        }
+        for &c in &args.concurrency {
+            let channel = channel.clone();
+            let result = load(c, d, move |w, _| {
+                let mut locks = LockServiceClient::new(channel(w));
+                async move {
+                    let request = AcquireRequest {
+                        name: "contended".into(),
+                        ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                        wait_timeout: Some(duration_to_proto(Duration::from_secs(30))),
+                        ..Default::default()
+                    };
+                    let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("acquired");
+                    locks.release(ReleaseRequest { name: "contended".into(), lease_id: lease.lease_id }).await.unwrap();
+                }
+            })
+            .await;
+            rows.push(row("Lock acquire+release cycle, one contended name", c, result, None));
+        }
+        // Hand-off: how long after a release a waiter holds the lock.
+        {
+            let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut holder = LockServiceClient::new(channel(0));
+            let waiter = LockServiceClient::new(channel(1));
+            for round in 0..200 {
+                let name = format!("handoff:{round}");
+                let request = |wait: u64| AcquireRequest {
+                    name: name.clone(),
+                    ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                    wait_timeout: Some(duration_to_proto(Duration::from_secs(wait))),
+                    ..Default::default()
+                };
+                let lease = holder.acquire(request(0)).await.unwrap().into_inner().lease.unwrap();
+                let mut waiting = waiter.clone();
+                let wait_request = request(5);
+                let waiting = tokio::spawn(async move {
+                    waiting.acquire(wait_request).await.unwrap();
+                    Instant::now()
+                });
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let released = Instant::now();
+                holder.release(ReleaseRequest { name: name.clone(), lease_id: lease.lease_id }).await.unwrap();
+                let acquired = waiting.await.unwrap();
+                handoff.record(acquired.saturating_duration_since(released).as_micros().max(1) as u64).unwrap();
+            }
+            notes.push(format!(
+                "Lock hand-off (release → waiter holds it), 200 rounds: p50 {} µs, p99 {} µs, max {} µs",
+                handoff.value_at_quantile(0.5),
+                handoff.value_at_quantile(0.99),
+                handoff.max()
+            ));
+        }
+    }
+
+    if args.runs("cache") {
+        // Cache Get and Set against GET and SET.
+        {
+            let mut cache = CacheServiceClient::new(channel(0));
+            for key in 0..10_000 {
+                cache
+                    .set(SetRequest {
+                        key: format!("user:{key}"),
+                        value: vec![b'x'; 100],
+                        ttl: Some(duration_to_proto(Duration::from_secs(600))),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        for &c in &args.concurrency {
+            let raw = redis_benchmark(redis_port, c, d, &["GET", "user:__rand_int__"]);
+            let channel1 = channel.clone();
+            let result = load(c, d, move |w, i| {
+                let mut cache = CacheServiceClient::new(channel1(w));
+                let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
+                async move {
+                    cache.get(GetRequest { key }).await.expect("get");
+                }
+            })
+            .await;
+            rows.push(row("Cache Get (hit, 100 B)", c, result, Some(raw)));
             let raw = redis_benchmark(
                 redis_port,
                 c,
                 d,
-                &["EVALSHA", &check_sha, "1", &raw_key, "0", code, &cap, "60000000", burst, "1"],
+                &[
+                    "SET",
+                    "user:__rand_int__",
+                    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+                ],
             );
-            let channel = channel.clone();
+            let channel2 = channel.clone();
             let result = load(c, d, move |w, i| {
-                let mut client = RateLimiterServiceClient::new(channel(w));
-                let key = format!("k{}", (w as u64 * 1_000_003 + i) % 100_000);
+                let mut cache = CacheServiceClient::new(channel2(w));
+                let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
                 async move {
-                    client.check(check_request(&[key], algorithm)).await.expect("check");
+                    let request = SetRequest {
+                        key,
+                        value: vec![b'y'; 100],
+                        ttl: Some(duration_to_proto(Duration::from_secs(600))),
+                        ..Default::default()
+                    };
+                    cache.set(request).await.expect("set");
                 }
             })
             .await;
-            rows.push(row(name, c, result, Some(raw)));
+            rows.push(row("Cache Set (100 B)", c, result, Some(raw)));
         }
-    }
-    for &c in &args.concurrency {
-        let channel = channel.clone();
-        let result = load(c, d, move |w, i| {
-            let mut client = RateLimiterServiceClient::new(channel(w));
-            let user = (w as u64 * 1_000_003 + i) % 100_000;
-            let keys = [format!("{{u{user}}}:a"), format!("{{u{user}}}:b"), format!("{{u{user}}}:c")];
-            async move {
-                client.check(check_request(&keys, Algorithm::TokenBucket)).await.expect("check");
-            }
-        })
-        .await;
-        rows.push(row("Check 3 limits (GCRA)", c, result, None));
     }
 
-    // Locks: acquire + release cycles on distinct names, and on one contended name.
-    for &c in &args.concurrency {
-        let raw = redis_benchmark(redis_port, c, d, &["SET", "lock:__rand_int__", "owner", "NX", "PX", "10000"]);
-        let channel = channel.clone();
-        let result = load(c, d, move |w, i| {
-            let mut locks = LockServiceClient::new(channel(w));
-            let name = format!("order:{w}:{i}");
-            async move {
-                let request = AcquireRequest {
-                    name: name.clone(),
-                    ttl: Some(duration_to_proto(Duration::from_secs(10))),
-                    ..Default::default()
-                };
-                let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("free lock");
-                locks.release(ReleaseRequest { name, lease_id: lease.lease_id }).await.expect("release");
+    if args.runs("session") {
+        // Sessions: GetSession (with touch) against HGETALL.
+        let session_ids: Arc<Vec<String>> = {
+            let mut sessions = SessionStoreServiceClient::new(channel(0));
+            let mut ids = Vec::new();
+            for user in 0..1000 {
+                let request = CreateSessionRequest { subject: format!("user:{user}"), ..Default::default() };
+                ids.push(sessions.create_session(request).await.unwrap().into_inner().session_id);
             }
-        })
-        .await;
-        rows.push(row(LOCK_DISTINCT, c, result, Some(raw / 2.0)));
-    }
-    for &c in &args.concurrency {
-        let channel = channel.clone();
-        let result = load(c, d, move |w, _| {
-            let mut locks = LockServiceClient::new(channel(w));
-            async move {
-                let request = AcquireRequest {
-                    name: "contended".into(),
-                    ttl: Some(duration_to_proto(Duration::from_secs(10))),
-                    wait_timeout: Some(duration_to_proto(Duration::from_secs(30))),
-                    ..Default::default()
-                };
-                let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("acquired");
-                locks.release(ReleaseRequest { name: "contended".into(), lease_id: lease.lease_id }).await.unwrap();
-            }
-        })
-        .await;
-        rows.push(row("Lock acquire+release cycle, one contended name", c, result, None));
-    }
-    // Hand-off: how long after a release a waiter holds the lock.
-    {
-        let mut handoff = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-        let mut holder = LockServiceClient::new(channel(0));
-        let waiter = LockServiceClient::new(channel(1));
-        for round in 0..200 {
-            let name = format!("handoff:{round}");
-            let request = |wait: u64| AcquireRequest {
-                name: name.clone(),
-                ttl: Some(duration_to_proto(Duration::from_secs(10))),
-                wait_timeout: Some(duration_to_proto(Duration::from_secs(wait))),
-                ..Default::default()
-            };
-            let lease = holder.acquire(request(0)).await.unwrap().into_inner().lease.unwrap();
-            let mut waiting = waiter.clone();
-            let wait_request = request(5);
-            let waiting = tokio::spawn(async move {
-                waiting.acquire(wait_request).await.unwrap();
-                Instant::now()
-            });
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            let released = Instant::now();
-            holder.release(ReleaseRequest { name: name.clone(), lease_id: lease.lease_id }).await.unwrap();
-            let acquired = waiting.await.unwrap();
-            handoff.record(acquired.saturating_duration_since(released).as_micros().max(1) as u64).unwrap();
+            Arc::new(ids)
+        };
+        for &c in &args.concurrency {
+            let raw = redis_benchmark(redis_port, c, d, &["HGETALL", "session:__rand_int__"]);
+            let (channel, ids) = (channel.clone(), session_ids.clone());
+            let result = load(c, d, move |w, i| {
+                let mut sessions = SessionStoreServiceClient::new(channel(w));
+                let session_id = ids[((w as u64 * 31 + i) % ids.len() as u64) as usize].clone();
+                async move {
+                    sessions.get_session(GetSessionRequest { session_id, no_touch: false }).await.expect("session");
+                }
+            })
+            .await;
+            rows.push(row("Session GetSession", c, result, Some(raw)));
         }
-        notes.push(format!(
-            "Lock hand-off (release → waiter holds it), 200 rounds: p50 {} µs, p99 {} µs, max {} µs",
-            handoff.value_at_quantile(0.5),
-            handoff.value_at_quantile(0.99),
-            handoff.max()
-        ));
-    }
-
-    // Cache Get and Set against GET and SET.
-    {
-        let mut cache = CacheServiceClient::new(channel(0));
-        for key in 0..10_000 {
-            cache
-                .set(SetRequest {
-                    key: format!("user:{key}"),
-                    value: vec![b'x'; 100],
-                    ttl: Some(duration_to_proto(Duration::from_secs(600))),
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-        }
-    }
-    for &c in &args.concurrency {
-        let raw = redis_benchmark(redis_port, c, d, &["GET", "user:__rand_int__"]);
-        let channel1 = channel.clone();
-        let result = load(c, d, move |w, i| {
-            let mut cache = CacheServiceClient::new(channel1(w));
-            let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
-            async move {
-                cache.get(GetRequest { key }).await.expect("get");
-            }
-        })
-        .await;
-        rows.push(row("Cache Get (hit, 100 B)", c, result, Some(raw)));
-        let raw = redis_benchmark(
-            redis_port,
-            c,
-            d,
-            &[
-                "SET",
-                "user:__rand_int__",
-                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-            ],
-        );
-        let channel2 = channel.clone();
-        let result = load(c, d, move |w, i| {
-            let mut cache = CacheServiceClient::new(channel2(w));
-            let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
-            async move {
-                let request = SetRequest {
-                    key,
-                    value: vec![b'y'; 100],
-                    ttl: Some(duration_to_proto(Duration::from_secs(600))),
-                    ..Default::default()
-                };
-                cache.set(request).await.expect("set");
-            }
-        })
-        .await;
-        rows.push(row("Cache Set (100 B)", c, result, Some(raw)));
-    }
-
-    // Sessions: GetSession (with touch) against HGETALL.
-    let session_ids: Arc<Vec<String>> = {
-        let mut sessions = SessionStoreServiceClient::new(channel(0));
-        let mut ids = Vec::new();
-        for user in 0..1000 {
-            let request = CreateSessionRequest { subject: format!("user:{user}"), ..Default::default() };
-            ids.push(sessions.create_session(request).await.unwrap().into_inner().session_id);
-        }
-        Arc::new(ids)
-    };
-    for &c in &args.concurrency {
-        let raw = redis_benchmark(redis_port, c, d, &["HGETALL", "session:__rand_int__"]);
-        let (channel, ids) = (channel.clone(), session_ids.clone());
-        let result = load(c, d, move |w, i| {
-            let mut sessions = SessionStoreServiceClient::new(channel(w));
-            let session_id = ids[((w as u64 * 31 + i) % ids.len() as u64) as usize].clone();
-            async move {
-                sessions.get_session(GetSessionRequest { session_id, no_touch: false }).await.expect("session");
-            }
-        })
-        .await;
-        rows.push(row("Session GetSession", c, result, Some(raw)));
     }
 
     // Queue end to end: producers enqueue in batches, consumers ack every job.
-    let queue_rate = {
+    let queue_rate = if args.runs("queue") {
         let queue = "bench-e2e";
         let acked = Arc::new(AtomicU64::new(0));
         let stop = Instant::now() + d;
@@ -525,9 +580,11 @@ async fn main() {
         let rate = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
         notes.push(format!("Queue end to end (2 producers with EnqueueBatch of 100, 4 consumer streams with max_in_flight 256): {rate:.0} jobs/s acked"));
         rate
+    } else {
+        0.0
     };
     // Delayed jobs: how late after their due time are they delivered?
-    {
+    if args.runs("queue") {
         let mut queues = JobQueueServiceClient::new(channel(0));
         let request = ConsumeRequest { queue: "bench-delay".into(), max_in_flight: 64, ..Default::default() };
         let mut stream = queues.consume(request).await.unwrap().into_inner();
@@ -561,7 +618,7 @@ async fn main() {
     // Memory and connections with many idle streams.
     if args.streams > 0 {
         let before = rss_mib(baton_pid);
-        let stream_channels = channels(addr, (args.streams / 5000).max(1)).await;
+        let stream_channels = channels(addr, args.streams.div_ceil(1000).max(1)).await;
         let mut held = Vec::new();
         for i in 0..args.streams {
             let mut queues = JobQueueServiceClient::new(stream_channels[i % stream_channels.len()].clone());
@@ -699,16 +756,18 @@ fn render(args: &Args, rows: &[Row], notes: &[String]) -> String {
         "# Baton benchmark\n\nMachine: {cores} cores; Redis, baton and this load generator share it. {redis_version}. \
          Each figure is {:?} of load; \"× raw\" is Baton's throughput over `redis-benchmark` running the \
          equivalent Redis command at the same concurrency in the same run (for lock cycles: half of \
-         `SET NX PX` ops/s, since a cycle is two operations).\n\n\
-         | scenario | callers | ops/s | × raw | p50 µs | p99 µs | p99.9 µs |\n|---|---:|---:|---:|---:|---:|---:|\n",
+         `SET NX PX` ops/s, since a cycle is two operations). \"baton CPU\" is the baton process's \
+         user + system time per operation: unlike ops/s, it hardly moves when the machine is busy.\n\n\
+         | scenario | callers | ops/s | × raw | p50 µs | p99 µs | p99.9 µs | baton CPU µs/op |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
         args.duration
     );
     for r in rows {
         let ratio =
             r.baseline.filter(|b| *b > 0.0).map(|b| format!("{:.2}", r.ops_per_sec / b)).unwrap_or_else(|| "–".into());
+        let cpu = r.cpu_us_per_op.map(|cpu| format!("{cpu:.0}")).unwrap_or_else(|| "–".into());
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} |\n",
-            r.scenario, r.concurrency, r.ops_per_sec, ratio, r.p50_us, r.p99_us, r.p999_us
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |\n",
+            r.scenario, r.concurrency, r.ops_per_sec, ratio, r.p50_us, r.p99_us, r.p999_us, cpu
         ));
     }
     out.push('\n');

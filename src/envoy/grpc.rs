@@ -15,7 +15,7 @@ use crate::proto::envoy::service::ratelimit::v3::rate_limit_response::{
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use crate::proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use crate::proto::envoy::r#type::v3::RateLimitUnit;
-use crate::ratelimit::{Algorithm, LimitCheck, LimitOutcome, LimitSpec, RateLimiter};
+use crate::ratelimit::{Algorithm, LimitCheck, LimitOutcome, LimitSpec, RateLimiter, Verdict};
 
 /// Envoy sends one descriptor per matching action; a request with more is malformed.
 const MAX_DESCRIPTORS: usize = 256;
@@ -101,7 +101,7 @@ fn merged(counted: &[Counted]) -> Vec<LimitCheck> {
     let mut position: HashMap<(String, LimitSpec), usize> = HashMap::new();
     for c in counted {
         match position.get(&(c.check.key.clone(), c.check.spec)) {
-            Some(&at) => checks[at].cost += c.check.cost,
+            Some(&at) => checks[at].cost = checks[at].cost.saturating_add(c.check.cost),
             None => {
                 position.insert((c.check.key.clone(), c.check.spec), checks.len());
                 checks.push(c.check.clone());
@@ -109,6 +109,27 @@ fn merged(counted: &[Counted]) -> Vec<LimitCheck> {
         }
     }
     checks
+}
+
+impl EnvoyGrpc {
+    /// Checks (and counts) `checks` atomically. Envoy's hits are not bounded like Check's
+    /// cost: a check costing more than its limit can ever admit is over limit outright,
+    /// so the whole request only looks (dry run, costs capped) and counts nothing.
+    async fn checked(&self, namespace: &str, mut checks: Vec<LimitCheck>) -> Result<Verdict, Error> {
+        let impossible: Vec<bool> = checks.iter().map(|check| check.cost > check.spec.max_cost()).collect();
+        let dry_run = impossible.contains(&true);
+        for check in &mut checks {
+            check.cost = check.cost.min(check.spec.max_cost());
+        }
+        let mut verdict = self.limiter.scoped(namespace).check_per_slot(&checks, dry_run).await?;
+        if dry_run {
+            verdict.allowed = false;
+            for (outcome, impossible) in verdict.outcomes.iter_mut().zip(impossible) {
+                outcome.allowed &= !impossible;
+            }
+        }
+        Ok(verdict)
+    }
 }
 
 #[tonic::async_trait]
@@ -160,7 +181,7 @@ impl RateLimitService for EnvoyGrpc {
         let mut headers_from: Option<(u64, u64, std::time::Duration)> = None;
         if !enforced.is_empty() {
             let checks = merged(&enforced);
-            let verdict = self.limiter.scoped(&namespace).check_per_slot(&checks).await?;
+            let verdict = self.checked(&namespace, checks.clone()).await?;
             if !verdict.allowed {
                 overall = Code::OverLimit;
             }
@@ -176,8 +197,7 @@ impl RateLimitService for EnvoyGrpc {
         }
         // Shadow-mode descriptors count on their own and never block.
         for counted in &shadowed {
-            let verdict =
-                self.limiter.scoped(&namespace).check(std::slice::from_ref(&counted.check), false, false).await?;
+            let verdict = self.checked(&namespace, vec![counted.check.clone()]).await?;
             statuses[counted.index] = status_for(counted, &verdict.outcomes[0], false);
         }
 

@@ -118,10 +118,14 @@ impl JobQueueGrpc {
                 if run_at.seconds < 0 || !(0..1_000_000_000).contains(&run_at.nanos) {
                     return Err(Error::invalid(at("run_at"), "must be a valid timestamp after 1970"));
                 }
-                let micros = run_at.seconds as u64 * 1_000_000 + run_at.nanos as u64 / 1000;
-                if micros > now_micros() + self.limits.max_ttl.as_micros() as u64 {
+                let latest = now_micros() + self.limits.max_ttl.as_micros() as u64;
+                let micros = (run_at.seconds as u64)
+                    .checked_mul(1_000_000)
+                    .map(|micros| micros + run_at.nanos as u64 / 1000)
+                    .filter(|micros| *micros <= latest);
+                let Some(micros) = micros else {
                     return Err(Error::invalid(at("run_at"), format!("must be within {:?}", self.limits.max_ttl)));
-                }
+                };
                 (Duration::ZERO, micros)
             }
         };
@@ -157,10 +161,17 @@ impl JobQueueGrpc {
         };
         let initial = duration_from_proto(&format!("{field}.initial"), backoff.initial.as_ref())?
             .unwrap_or(self.queue_limits.default_backoff);
-        let max =
-            duration_from_proto(&format!("{field}.max"), backoff.max.as_ref())?.unwrap_or(initial.max(initial * 32));
-        if initial > self.limits.max_ttl || max > self.limits.max_ttl {
-            return Err(Error::invalid(field, format!("delays must be at most {:?}", self.limits.max_ttl)));
+        if initial > self.limits.max_ttl {
+            return Err(Error::invalid(
+                format!("{field}.initial"),
+                format!("must be at most {:?}", self.limits.max_ttl),
+            ));
+        }
+        // Default ceiling: five doublings, within max_ttl.
+        let max = duration_from_proto(&format!("{field}.max"), backoff.max.as_ref())?
+            .unwrap_or_else(|| initial.saturating_mul(32).min(self.limits.max_ttl).max(initial));
+        if max > self.limits.max_ttl {
+            return Err(Error::invalid(format!("{field}.max"), format!("must be at most {:?}", self.limits.max_ttl)));
         }
         if max < initial {
             return Err(Error::invalid(format!("{field}.max"), "must be at least initial"));
@@ -395,9 +406,13 @@ impl JobQueueService for JobQueueGrpc {
             0 => DEFAULT_DEAD_PAGE,
             n => n.min(MAX_DEAD_PAGE),
         };
+        // Tokens are offsets this RPC returned; anything past Redis' signed range is not one.
         let offset: usize = match request.page_token.as_str() {
             "" => 0,
-            token => token.parse().map_err(|_| Error::invalid("page_token", "is not a token this RPC returned"))?,
+            token => {
+                token.parse::<u32>().map_err(|_| Error::invalid("page_token", "is not a token this RPC returned"))?
+                    as usize
+            }
         };
         let (jobs, more) = self.queues.scoped(&namespace).list_dead(&request.queue, offset, page_size).await?;
         Ok(Response::new(ListDeadJobsResponse {

@@ -255,9 +255,9 @@ impl RateLimiter {
     /// Like [`RateLimiter::check`], but on a Redis Cluster the checks are split by slot and
     /// each group is atomic on its own (Envoy's descriptors cannot be made to share a hash
     /// tag); the verdict's outcomes keep the order of `checks`.
-    pub async fn check_per_slot(&self, checks: &[LimitCheck]) -> Result<Verdict, Error> {
+    pub async fn check_per_slot(&self, checks: &[LimitCheck], dry_run: bool) -> Result<Verdict, Error> {
         if !self.store.is_cluster() || self.first_in_another_slot(checks).is_none() {
-            return self.check(checks, false, false).await;
+            return self.check(checks, dry_run, false).await;
         }
         let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
         for (index, check) in checks.iter().enumerate() {
@@ -269,7 +269,7 @@ impl RateLimiter {
         }
         let verdicts = futures::future::try_join_all(groups.iter().map(|(_, members)| {
             let group: Vec<LimitCheck> = members.iter().map(|&index| checks[index].clone()).collect();
-            async move { self.check(&group, false, false).await }
+            async move { self.check(&group, dry_run, false).await }
         }))
         .await?;
         let mut outcomes: Vec<Option<LimitOutcome>> = vec![None; checks.len()];

@@ -83,17 +83,23 @@ fn policy_evicts(policy: &str, concern: EvictionConcern) -> bool {
 }
 
 async fn warn_if_evicting(store: &Store, concern: EvictionConcern) {
-    let reply: Result<Vec<String>, _> =
-        store.command("config_get", redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy")).await;
-    match reply.as_deref() {
-        Ok([_, policy]) if policy_evicts(policy, concern) => tracing::warn!(
+    // INFO rather than CONFIG GET: the ACL rules in the README need not grant CONFIG.
+    let reply = store.command::<String>("info", redis::cmd("INFO").arg("memory")).await;
+    let policy = reply
+        .as_deref()
+        .map(|info| info.lines().find_map(|line| line.trim_end().strip_prefix("maxmemory_policy:")).map(str::to_owned));
+    match policy {
+        Ok(Some(policy)) if policy_evicts(&policy, concern) => tracing::warn!(
             redis.instance = store.name(),
             maxmemory_policy = %policy,
             "REDIS CAN EVICT KEYS: locks, sessions and queued jobs can silently vanish; \
              set maxmemory-policy noeviction on this instance (and give the cache its own \
              allkeys-lru instance with --cache-redis-url)"
         ),
-        Ok(_) => {}
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            tracing::warn!(redis.instance = store.name(), "INFO shows no maxmemory_policy; make sure it is noeviction")
+        }
         Err(err) => tracing::warn!(
             redis.instance = store.name(),
             error = %err,

@@ -64,6 +64,21 @@ fn nodelay(url: &str) -> Result<redis::ConnectionInfo, StoreError> {
     Ok(info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
 }
 
+pub(crate) fn tls_certificates(root: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates { client_tls: None, root_cert: Some(root.to_vec()) }
+}
+
+/// A client for one node: Nagle off, and `tls_root` (PEM), when given, as the only root
+/// trusted for a `rediss://` server.
+pub(crate) fn node_client(url: &str, tls_root: Option<&[u8]>) -> Result<redis::Client, StoreError> {
+    let info = nodelay(url)?;
+    match tls_root {
+        Some(root) => redis::Client::build_with_tls(info, tls_certificates(root)),
+        None => redis::Client::open(info),
+    }
+    .map_err(|err| StoreError::Unexpected(err.to_string()))
+}
+
 /// The pool that hands out dedicated connections.
 pub type DedicatedPool = bb8::Pool<DedicatedConnections>;
 
@@ -80,7 +95,8 @@ pub struct DedicatedConnections {
 /// user, `WAIT` after a lock grant, is refused at start-up in cluster mode.
 #[derive(Clone)]
 enum DedicatedTarget {
-    Standalone(redis::Client),
+    // Boxed: a client with its TLS settings is far larger than the other variants.
+    Standalone(Box<redis::Client>),
     Sentinel(SentinelFollower),
     Cluster,
 }
@@ -114,7 +130,7 @@ impl bb8::ManageConnection for DedicatedConnections {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None);
         let (client, epoch) = match &self.target {
-            DedicatedTarget::Standalone(client) => (client.clone(), 0),
+            DedicatedTarget::Standalone(client) => ((**client).clone(), 0),
             DedicatedTarget::Sentinel(follower) => {
                 // The epoch before the lookup: a switch during the connect marks it stale.
                 let epoch = follower.epoch();
@@ -253,6 +269,7 @@ enum PubSubTarget {
     Cluster {
         urls: UrlList,
         next: Arc<AtomicUsize>,
+        tls_root: Option<Arc<[u8]>>,
     },
     Sentinel(SentinelFollower),
 }
@@ -275,14 +292,22 @@ pub struct Store {
 
 impl Store {
     /// A store on one Redis server; see [`Store::open`].
-    pub fn new(name: &'static str, url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        Self::open(name, url, &Topology::Standalone, timeout)
+    pub fn new(name: &'static str, url: &str, timeout: Duration, tls_root: Option<&[u8]>) -> Result<Self, StoreError> {
+        Self::open(name, url, &Topology::Standalone, timeout, tls_root)
     }
 
     /// Prepares connections without connecting: Baton starts (and reports NOT_SERVING for
     /// the affected services) even while Redis is down. `url` lists the seed nodes of a
     /// Cluster or the sentinels (`redis://user:pass@h1:p1,h2:p2/db`, see [`UrlList`]).
-    pub fn open(name: &'static str, url: &str, topology: &Topology, timeout: Duration) -> Result<Self, StoreError> {
+    /// `tls_root` (PEM) replaces the system's roots for verifying `rediss://` servers, in
+    /// every topology and for every node.
+    pub fn open(
+        name: &'static str,
+        url: &str,
+        topology: &Topology,
+        timeout: Duration,
+        tls_root: Option<&[u8]>,
+    ) -> Result<Self, StoreError> {
         let unexpected = |err: RedisError| StoreError::Unexpected(err.to_string());
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
@@ -293,39 +318,46 @@ impl Store {
             .set_max_delay(Duration::from_millis(500));
         let (multiplexed, pubsub, target) = match topology {
             Topology::Standalone => {
-                let client = redis::Client::open(nodelay(url)?).map_err(unexpected)?;
+                let client = node_client(url, tls_root)?;
                 let multiplexed =
                     ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unexpected)?;
                 (
                     Multiplexed::Standalone(multiplexed),
                     PubSubTarget::Standalone(client.clone()),
-                    DedicatedTarget::Standalone(client),
+                    DedicatedTarget::Standalone(Box::new(client)),
                 )
             }
             Topology::Cluster => {
                 let urls = UrlList::parse(url).map_err(StoreError::Unexpected)?;
                 let seeds = urls.urls().iter().map(|url| nodelay(url)).collect::<Result<Vec<_>, _>>()?;
-                let client = redis::cluster::ClusterClientBuilder::new(seeds)
+                let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
                     .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true))
                     // A moved slot or a failed-over master is retried on the new owner
                     // within the call's own timeout; more retries only wait longer.
                     .retries(2)
                     .min_retry_wait(50)
-                    .max_retry_wait(250)
-                    .build()
-                    .map_err(unexpected)?;
+                    .max_retry_wait(250);
+                if let Some(root) = tls_root {
+                    builder = builder.certs(tls_certificates(root));
+                }
+                let client = builder.build().map_err(unexpected)?;
                 let cluster_config =
                     redis::cluster::ClusterConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
                 let multiplexed = client.get_pending_async_connection_with_config(cluster_config);
                 (
                     Multiplexed::Cluster(multiplexed),
-                    PubSubTarget::Cluster { urls, next: Arc::new(AtomicUsize::new(0)) },
+                    PubSubTarget::Cluster {
+                        urls,
+                        next: Arc::new(AtomicUsize::new(0)),
+                        tls_root: tls_root.map(Arc::from),
+                    },
                     DedicatedTarget::Cluster,
                 )
             }
             Topology::Sentinel(settings) => {
                 let urls = UrlList::parse(url).map_err(StoreError::Unexpected)?;
-                let follower = SentinelFollower::start(&urls, settings, timeout, config).map_err(unexpected)?;
+                let follower =
+                    SentinelFollower::start(&urls, settings, timeout, config, tls_root).map_err(unexpected)?;
                 (
                     Multiplexed::Sentinel(follower.clone()),
                     PubSubTarget::Sentinel(follower.clone()),
@@ -375,7 +407,9 @@ impl Store {
         let client = match &self.pubsub {
             PubSubTarget::Standalone(client) => client.clone(),
             // Bounded node by node.
-            PubSubTarget::Cluster { urls, next } => return self.cluster_pubsub(urls, next).await,
+            PubSubTarget::Cluster { urls, next, tls_root } => {
+                return self.cluster_pubsub(urls, next, tls_root.as_deref()).await;
+            }
             PubSubTarget::Sentinel(follower) => match tokio::time::timeout(self.timeout, follower.master()).await {
                 Ok(master) => master?.client,
                 Err(_) => return Err(StoreError::Unavailable("no redis master known".into())),
@@ -388,7 +422,12 @@ impl Store {
     }
 
     /// Subscribes on the next live node: the seeds, then every node `CLUSTER NODES` names.
-    async fn cluster_pubsub(&self, urls: &UrlList, next: &AtomicUsize) -> Result<redis::aio::PubSub, StoreError> {
+    async fn cluster_pubsub(
+        &self,
+        urls: &UrlList,
+        next: &AtomicUsize,
+        tls_root: Option<&[u8]>,
+    ) -> Result<redis::aio::PubSub, StoreError> {
         let mut hosts = urls.hosts.clone();
         let nodes: Result<String, _> = self.command("cluster_nodes", redis::cmd("CLUSTER").arg("NODES")).await;
         if let Ok(nodes) = nodes {
@@ -403,7 +442,7 @@ impl Store {
         for offset in 0..hosts.len() {
             let host = &hosts[(start + offset) % hosts.len()];
             let attempt = async {
-                let client = redis::Client::open(nodelay(&urls.url_for(host))?)?;
+                let client = node_client(&urls.url_for(host), tls_root)?;
                 Ok::<_, StoreError>(client.get_async_pubsub().await?)
             };
             match tokio::time::timeout(self.timeout, attempt).await {

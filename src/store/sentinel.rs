@@ -40,6 +40,8 @@ struct Shared {
     data: UrlList,
     timeout: Duration,
     manager_config: ConnectionManagerConfig,
+    /// The PEM root for `rediss://` data nodes and sentinels, when not the system's.
+    tls_root: Option<Vec<u8>>,
     current: RwLock<Option<Master>>,
     /// Bumped on every change of master; 0 until the first one is known.
     epoch: watch::Sender<u64>,
@@ -60,6 +62,7 @@ impl SentinelFollower {
         settings: &SentinelSettings,
         timeout: Duration,
         manager_config: ConnectionManagerConfig,
+        tls_root: Option<&[u8]>,
     ) -> Result<Self, RedisError> {
         let mut sentinels = Vec::with_capacity(urls.hosts.len());
         for url in urls.urls() {
@@ -72,7 +75,10 @@ impl SentinelFollower {
                 redis_settings = redis_settings.set_password(password);
             }
             let info = url.as_str().into_connection_info()?.set_redis_settings(redis_settings);
-            sentinels.push(redis::Client::open(info)?);
+            sentinels.push(match tls_root {
+                Some(root) => redis::Client::build_with_tls(info, crate::store::tls_certificates(root))?,
+                None => redis::Client::open(info)?,
+            });
         }
         let (epoch, _) = watch::channel(0);
         let shared = Arc::new(Shared {
@@ -81,6 +87,7 @@ impl SentinelFollower {
             data: urls.clone(),
             timeout,
             manager_config,
+            tls_root: tls_root.map(<[u8]>::to_vec),
             current: RwLock::new(None),
             epoch,
             lookup_now: Notify::new(),
@@ -176,7 +183,7 @@ fn switch_to(shared: &Shared, host: String) {
     if current.as_ref().is_some_and(|master| master.host == host) {
         return;
     }
-    let opened = data_node(&shared.data.url_for(&host)).and_then(|client| {
+    let opened = data_node(shared, &host).and_then(|client| {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), shared.manager_config.clone())?;
         Ok((client, conn))
     });
@@ -194,10 +201,9 @@ fn switch_to(shared: &Shared, host: String) {
     }
 }
 
-fn data_node(url: &str) -> Result<redis::Client, RedisError> {
-    // Same reason as Store::open: Nagle plus delayed ACKs cost ~40 ms per ping-pong.
-    let info = url.into_connection_info()?.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    redis::Client::open(info)
+fn data_node(shared: &Shared, host: &str) -> Result<redis::Client, RedisError> {
+    crate::store::node_client(&shared.data.url_for(host), shared.tls_root.as_deref())
+        .map_err(|err| RedisError::from((ErrorKind::InvalidClientConfig, "bad data node address", err.to_string())))
 }
 
 /// Asks the sentinels in turn; the first named master that confirms its role wins.
@@ -245,7 +251,7 @@ async fn lookup(shared: &Shared) -> Result<String, String> {
 }
 
 async fn is_master(shared: &Shared, host: &str, config: &redis::AsyncConnectionConfig) -> Result<bool, RedisError> {
-    let client = data_node(&shared.data.url_for(host))?;
+    let client = data_node(shared, host)?;
     let role = async {
         let mut conn = client.get_multiplexed_async_connection_with_config(config).await?;
         redis::cmd("ROLE").query_async::<Value>(&mut conn).await
@@ -253,6 +259,8 @@ async fn is_master(shared: &Shared, host: &str, config: &redis::AsyncConnectionC
     match tokio::time::timeout(shared.timeout, role).await {
         Ok(Ok(Value::Array(parts))) => Ok(matches!(parts.first(), Some(Value::BulkString(role)) if role == b"master")),
         Ok(Ok(_)) => Ok(false),
+        // An ACL without +role: the sentinels' word is all there is.
+        Ok(Err(err)) if err.code() == Some("NOPERM") => Ok(true),
         Ok(Err(err)) => Err(err),
         Err(_) => Err(RedisError::from((ErrorKind::Io, "ROLE timed out"))),
     }

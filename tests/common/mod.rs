@@ -23,7 +23,7 @@ use tonic_health::pb::health_client::HealthClient;
 /// bound, because the test machine is shared and noisy.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
