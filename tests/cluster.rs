@@ -1,8 +1,8 @@
 //! Every service against a 3-master Redis Cluster started by the harness (`redis-server
 //! --cluster-enabled yes` ×3 + `redis-cli --cluster create`): the acceptance behaviours of
 //! each pattern hold with their keys spread over all three masters, notifications cross
-//! nodes, a rate-limit Check spanning slots is refused naming the hash-tag rule, and an
-//! ACL user works.
+//! nodes, a rate-limit Check spanning slots is refused naming the hash-tag rule, and the
+//! README's minimal ACL user (plus its cluster additions) works.
 
 mod common;
 
@@ -508,9 +508,13 @@ async fn queues_on_every_master_deliver_each_job_once_in_priority_order_and_neve
 
 // ─── Credentials ───────────────────────────────────────────────────────────────────────
 
+/// The README's minimal ACL rules plus what it adds for cluster mode.
+const README_CLUSTER_ACL: &str = "resetkeys ~baton:* resetchannels &baton:* -@all +@read +@write +@scripting \
+     +@pubsub +@connection -@dangerous +info +wait +time +cluster|slots +cluster|nodes";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_reaches_every_master_scripts_and_notifications_included() {
-    let cluster = RedisCluster::start_with_auth(3, Auth::acl_user("baton", "s3cret-pass"));
+    let cluster = RedisCluster::start_with_auth(3, Auth::acl_user_with("baton", "s3cret-pass", README_CLUSTER_ACL));
     let baton = cluster_baton(&cluster);
     let mut limiter: RateLimiterServiceClient<Channel> = baton.rate_limiter().await;
     let mut locks = baton.locks().await;
@@ -538,6 +542,8 @@ async fn an_acl_user_reaches_every_master_scripts_and_notifications_included() {
     let delivery = next_delivery(&mut stream, PATIENCE).await.expect("a delivery");
     ack(&mut queues, &delivery).await;
     cluster.assert_keys_on_every_master();
+    let denied: Vec<_> = baton.logs().into_iter().filter(|line| line.contains("NOPERM")).collect();
+    assert!(denied.is_empty(), "ACL denials: {denied:#?}");
 
     // A wrong password is a start that never turns SERVING, not a crash.
     let wrong = format!("redis://baton:wrong@{}", cluster.nodes[0].addr());

@@ -67,6 +67,10 @@ async fn promoted(set: &SentinelSet, old: u16) -> (u16, Instant) {
     }
 }
 
+/// The README's minimal ACL rules plus what it adds for sentinel mode.
+const README_SENTINEL_ACL: &str = "resetkeys ~baton:* resetchannels &baton:* -@all +@read +@write +@scripting \
+     +@pubsub +@connection -@dangerous +info +wait +time +role";
+
 // ─── Locks ─────────────────────────────────────────────────────────────────────────────
 
 /// What the fencing resource and the clients saw.
@@ -87,7 +91,7 @@ struct LockRun {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_is_followed_and_the_fenced_resource_never_accepts_out_of_token_order() {
-    let mut set = SentinelSet::start(Auth::acl_user("baton", "lock-secret"));
+    let mut set = SentinelSet::start(Auth::acl_user_with("baton", "lock-secret", README_SENTINEL_ACL));
     let batons = [sentinel_baton(&set), sentinel_baton(&set)];
     for baton in &batons {
         wait_serving(baton, "baton.v1.LockService").await;
@@ -220,6 +224,7 @@ async fn a_killed_master_is_followed_and_the_fenced_resource_never_accepts_out_o
     assert!(run.accepted.len() > grants_before, "no write accepted after the failover");
     for baton in &batons {
         assert!(baton.logs().iter().any(|line| line.contains("redis master changed")), "no switch logged");
+        assert!(!baton.logs().iter().any(|line| line.contains("NOPERM")), "ACL denials in the logs");
     }
 }
 

@@ -243,8 +243,11 @@ async fn the_default_deadline_ends_stuck_calls_but_not_streams_or_asked_for_wait
     redis.thaw();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(took < Duration::from_secs(10), "answered after {took:?}");
+    // Redis answers again. Whether `released` is true races with the release that dropping
+    // the KeepAlive stream above queued behind the freeze (the API releases such a lease at
+    // once), so only the answer is checked.
     let release = ReleaseRequest { name, lease_id: lease.lease_id };
-    assert!(locks.release(release).await.unwrap().into_inner().released);
+    locks.release(release).await.expect("a release after the thaw");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,10 +84,22 @@ fn policy_evicts(policy: &str, concern: EvictionConcern) -> bool {
 
 async fn warn_if_evicting(store: &Store, concern: EvictionConcern) {
     // INFO rather than CONFIG GET: the ACL rules in the README need not grant CONFIG.
-    let reply = store.command::<String>("info", redis::cmd("INFO").arg("memory")).await;
-    let policy = reply
-        .as_deref()
-        .map(|info| info.lines().find_map(|line| line.trim_end().strip_prefix("maxmemory_policy:")).map(str::to_owned));
+    // On a Redis Cluster, every master's: the most dangerous policy among them counts.
+    let reply = store.info("info", Some("memory")).await;
+    let policy = reply.map(|infos| {
+        let policies: Vec<Option<String>> = infos
+            .iter()
+            .map(|info| {
+                info.lines().find_map(|line| line.trim_end().strip_prefix("maxmemory_policy:")).map(str::to_owned)
+            })
+            .collect();
+        let evicting = policies.iter().flatten().find(|policy| policy_evicts(policy, concern)).cloned();
+        match evicting {
+            Some(policy) => Some(policy),
+            None if policies.iter().any(Option::is_none) => None,
+            None => policies.into_iter().flatten().next(),
+        }
+    });
     match policy {
         Ok(Some(policy)) if policy_evicts(&policy, concern) => tracing::warn!(
             redis.instance = store.name(),
@@ -117,13 +129,16 @@ const INFO_GAUGES: &[(&str, &str)] = &[
     ("connected_clients", "baton_redis_connected_clients"),
 ];
 
+/// On a Redis Cluster the gauges are sums over the masters.
 async fn export_info(store: &Store) {
-    let Ok(info) = store.command::<String>("info", &redis::cmd("INFO")).await else {
+    let Ok(infos) = store.info("info", None).await else {
         return;
     };
-    for (field, value) in parse_info(&info) {
-        if let Some((_, metric)) = INFO_GAUGES.iter().find(|(name, _)| *name == field) {
-            metrics::gauge!(*metric, "instance" => store.name()).set(value);
+    for (field, metric) in INFO_GAUGES {
+        let values: Vec<f64> =
+            infos.iter().flat_map(|info| parse_info(info).filter(|(name, _)| name == field).map(|(_, v)| v)).collect();
+        if !values.is_empty() {
+            metrics::gauge!(*metric, "instance" => store.name()).set(values.iter().sum::<f64>());
         }
     }
 }

@@ -548,6 +548,20 @@ impl Store {
         self.timed(op, async move { pipe.query_async(&mut conn).await }).await
     }
 
+    /// `INFO [section]` of every master: one reply on a single server, one per master on
+    /// a Redis Cluster (where the cluster connection asks them all).
+    pub async fn info(&self, op: &'static str, section: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let mut cmd = redis::cmd("INFO");
+        if let Some(section) = section {
+            cmd.arg(section);
+        }
+        if self.is_cluster() {
+            let per_node: HashMap<String, String> = self.command(op, &cmd).await?;
+            return Ok(per_node.into_values().collect());
+        }
+        Ok(vec![self.command(op, &cmd).await?])
+    }
+
     /// Runs one non-blocking command within the Redis timeout.
     pub async fn command<T: FromRedisValue>(&self, op: &'static str, cmd: &redis::Cmd) -> Result<T, StoreError> {
         let mut conn = self.multiplexed.clone();

@@ -329,6 +329,9 @@ pub fn unique(name: &str) -> String {
 pub struct Auth {
     pub user: Option<String>,
     pub password: Option<String>,
+    /// ACL rules of `user` instead of everything; an `admin` user (same password, every
+    /// right) then serves replication, the sentinels, redis-cli and the harness.
+    pub rules: Option<String>,
 }
 
 impl Auth {
@@ -337,11 +340,24 @@ impl Auth {
     }
 
     pub fn requirepass(password: &str) -> Self {
-        Self { user: None, password: Some(password.to_owned()) }
+        Self { user: None, password: Some(password.to_owned()), rules: None }
     }
 
     pub fn acl_user(user: &str, password: &str) -> Self {
-        Self { user: Some(user.to_owned()), password: Some(password.to_owned()) }
+        Self { user: Some(user.to_owned()), password: Some(password.to_owned()), rules: None }
+    }
+
+    /// An ACL user with only `rules` (e.g. the README's minimal set).
+    pub fn acl_user_with(user: &str, password: &str, rules: &str) -> Self {
+        Self { rules: Some(rules.to_owned()), ..Self::acl_user(user, password) }
+    }
+
+    /// Who the harness, replicas and sentinels authenticate as.
+    fn admin(&self) -> Auth {
+        match &self.rules {
+            Some(_) => Self::acl_user("admin", self.password.as_deref().unwrap_or_default()),
+            None => self.clone(),
+        }
     }
 
     /// `user:password@`, `:password@` or nothing, for URLs.
@@ -355,6 +371,12 @@ impl Auth {
 
     /// redis-server arguments that require these credentials, from clients and replicas.
     fn server_args(&self) -> Vec<String> {
+        if let (Some(rules), Some(user), Some(password)) = (&self.rules, &self.user, &self.password) {
+            let mut args = vec!["--user".to_owned(), user.clone(), "on".to_owned(), format!(">{password}")];
+            args.extend(rules.split_whitespace().map(str::to_owned));
+            args.extend(self.admin().server_args());
+            return args;
+        }
         match (&self.user, &self.password) {
             // redis-server joins the words after an option into one config line.
             (Some(user), Some(password)) => vec![
@@ -382,6 +404,9 @@ impl Auth {
 
     /// redis-cli arguments that authenticate.
     fn cli_args(&self) -> Vec<String> {
+        if self.rules.is_some() {
+            return self.admin().cli_args();
+        }
         let mut args = Vec::new();
         if let Some(user) = &self.user {
             args.extend(["--user".to_owned(), user.clone()]);
@@ -394,6 +419,9 @@ impl Auth {
 
     /// `sentinel auth-*` lines for a monitored master that requires these credentials.
     fn sentinel_lines(&self, master: &str) -> String {
+        if self.rules.is_some() {
+            return self.admin().sentinel_lines(master);
+        }
         let mut lines = String::new();
         if let Some(user) = &self.user {
             lines.push_str(&format!("sentinel auth-user {master} {user}\n"));
@@ -497,7 +525,7 @@ impl Node {
     }
 
     fn try_connection(&self) -> Option<redis::Connection> {
-        let url = format!("redis://{}{}", self.auth.userinfo(), self.addr());
+        let url = format!("redis://{}{}", self.auth.admin().userinfo(), self.addr());
         redis::Client::open(url).ok()?.get_connection_with_timeout(Duration::from_millis(500)).ok()
     }
 
