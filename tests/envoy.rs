@@ -189,3 +189,29 @@ async fn a_request_whose_second_descriptor_is_over_limit_consumes_nothing_from_t
     let alone = ask(&mut envoy, "edge_proxy_per_ip", vec![descriptor(&[("remote_address", &ip)])], 0).await;
     assert_eq!(alone.statuses[0].limit_remaining, 2, "the denied requests consumed from the first descriptor");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_beyond_what_a_limit_can_ever_admit_are_over_limit_and_count_nothing() {
+    let redis = Redis::start();
+    let (_dir, baton) = start(&redis);
+    let mut envoy = client(&baton).await;
+    let (number, other) = (unique("206"), unique("425"));
+    let marketing = |to: &str| descriptor(&[("message_type", "marketing"), ("to_number", to)]);
+    // 6 hits against 5 a day (sliding window), beside a number with room: over limit, and
+    // neither counter moves.
+    let mut roomy = marketing(&other);
+    roomy.hits_addend = Some(1);
+    let response = ask(&mut envoy, "messaging", vec![marketing(&number), roomy], 6).await;
+    assert_eq!(response.overall_code, Code::OverLimit as i32);
+    assert_eq!(response.statuses[0].code, Code::OverLimit as i32);
+    let after = ask(&mut envoy, "messaging", vec![marketing(&other)], 1).await;
+    assert_eq!(after.statuses[0].limit_remaining, 4, "the refused request counted against the other number");
+    for _ in 0..5 {
+        assert_eq!(ask(&mut envoy, "messaging", vec![marketing(&number)], 0).await.overall_code, Code::Ok as i32);
+    }
+    // Descriptors sharing a counter whose hits add up past u64 do not overflow.
+    let mut huge = marketing(&other);
+    huge.hits_addend = Some(u64::MAX);
+    let response = ask(&mut envoy, "messaging", vec![huge.clone(), huge], 0).await;
+    assert_eq!(response.overall_code, Code::OverLimit as i32);
+}
