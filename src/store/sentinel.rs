@@ -7,7 +7,7 @@
 //! The master the sentinels name is used only once it answers `ROLE` as a master, so a
 //! sentinel that has not heard of the failover yet cannot send Baton back to a demoted node.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -35,6 +35,8 @@ pub struct Master {
 
 struct Shared {
     sentinels: Vec<redis::Client>,
+    /// An open connection per sentinel, dropped after any failure.
+    sentinel_connections: Mutex<Vec<Option<redis::aio::MultiplexedConnection>>>,
     master_name: String,
     /// Scheme, credentials and database of the data nodes; its hosts are the sentinels'.
     data: UrlList,
@@ -82,6 +84,7 @@ impl SentinelFollower {
         }
         let (epoch, _) = watch::channel(0);
         let shared = Arc::new(Shared {
+            sentinel_connections: Mutex::new(vec![None; sentinels.len()]),
             sentinels,
             master_name: settings.master_name.clone(),
             data: urls.clone(),
@@ -213,14 +216,21 @@ async fn lookup(shared: &Shared) -> Result<String, String> {
         .set_response_timeout(Some(shared.timeout));
     let known = shared.current.read().expect("master lock").as_ref().map(|master| master.host.clone());
     let mut last_error = String::from("no sentinel configured");
-    for sentinel in &shared.sentinels {
+    for (index, sentinel) in shared.sentinels.iter().enumerate() {
         let named = async {
-            let mut conn = sentinel.get_multiplexed_async_connection_with_config(&config).await?;
-            redis::cmd("SENTINEL")
+            // Kept between lookups: asking twice a second must not mean connecting too.
+            let cached = shared.sentinel_connections.lock().expect("sentinel connections")[index].clone();
+            let mut conn = match cached {
+                Some(conn) => conn,
+                None => sentinel.get_multiplexed_async_connection_with_config(&config).await?,
+            };
+            let reply = redis::cmd("SENTINEL")
                 .arg("get-master-addr-by-name")
                 .arg(&shared.master_name)
                 .query_async::<Option<(String, u16)>>(&mut conn)
-                .await
+                .await;
+            shared.sentinel_connections.lock().expect("sentinel connections")[index] = reply.is_ok().then_some(conn);
+            reply
         };
         let host = match tokio::time::timeout(shared.timeout, named).await {
             Ok(Ok(Some((ip, port)))) if ip.contains(':') => format!("[{ip}]:{port}"),
@@ -234,6 +244,7 @@ async fn lookup(shared: &Shared) -> Result<String, String> {
                 continue;
             }
             Err(_) => {
+                shared.sentinel_connections.lock().expect("sentinel connections")[index] = None;
                 last_error = "sentinel did not answer in time".into();
                 continue;
             }
