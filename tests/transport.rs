@@ -19,7 +19,7 @@ use baton::proto::v1::{
     FetchRequest, GetRequest, GetSessionRequest, KeepAliveRequest, Limit, LimitRequest, ReleaseRequest, SetRequest,
     consume_response, limit_request,
 };
-use common::{Baton, PATIENCE, Redis, eventually, free_port, health_status, unique};
+use common::{Auth, Baton, PATIENCE, Redis, RedisCluster, eventually, free_port, health_status, unique};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -388,6 +388,75 @@ async fn rediss_with_the_readme_acl_user_serves_every_pattern() {
     let Some(consume_response::Event::Delivery(delivery)) = event.event else { panic!("not a delivery: {event:?}") };
     queues.ack(AckRequest { lease_id: delivery.lease_id, result: vec![] }).await.expect("Ack");
 
+    let denied: Vec<_> = baton.logs().into_iter().filter(|line| line.contains("NOPERM")).collect();
+    assert!(denied.is_empty(), "ACL denials: {denied:#?}");
+}
+
+// ─── rediss:// in cluster mode (issue #12) ─────────────────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_reaches_every_master_of_a_tls_cluster_with_the_readme_acl_user() {
+    let pki = Pki::new("cluster");
+    let (cert, key) = pki.issue_files("redis");
+    let ca = pki.path("ca.pem");
+    // Plaintext ports for the harness and redis-cli; TLS ports, and a TLS cluster bus, for
+    // everything else. A TLS client is told the nodes' TLS ports.
+    let tls_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let rules = "resetkeys ~baton:* resetchannels &baton:* -@all +@read +@write +@scripting +@pubsub \
+                 +@connection -@dangerous +info +wait +time +cluster|slots +cluster|nodes";
+    let cluster = RedisCluster::start_with(3, Auth::acl_user_with("baton", "tls-secret", rules), |i| {
+        vec![
+            "--tls-port".into(),
+            tls_ports[i].to_string(),
+            "--tls-cert-file".into(),
+            path_str(&cert).into(),
+            "--tls-key-file".into(),
+            path_str(&key).into(),
+            "--tls-ca-cert-file".into(),
+            path_str(&ca).into(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--tls-cluster".into(),
+            "yes".into(),
+        ]
+    });
+    let hosts: Vec<String> = tls_ports.iter().map(|port| format!("127.0.0.1:{port}")).collect();
+    let url = format!("rediss://baton:tls-secret@{}", hosts.join(","));
+    let baton = Baton::start(Some(&url), &["--redis-mode", "cluster", "--redis-tls-ca", path_str(&ca)]);
+    let channel = baton.channel().await;
+    let health = HealthClient::new(channel.clone());
+    eventually(PATIENCE, "LockService SERVING over rediss to the cluster", || {
+        let mut health = health.clone();
+        async move { health_status(&mut health, "baton.v1.LockService").await == Some(ServingStatus::Serving) }
+    })
+    .await;
+
+    let mut limiter = RateLimiterServiceClient::new(channel.clone());
+    let mut locks = LockServiceClient::new(channel.clone());
+    for n in 0..12 {
+        let key = unique(&format!("tls-{n}"));
+        assert!(limiter.check(check_request(&key)).await.expect("Check").into_inner().allowed);
+        // A waiter woken through a subscription on a TLS node.
+        let acquire = |wait: Duration| AcquireRequest {
+            name: key.clone(),
+            ttl: Some(duration_to_proto(Duration::from_secs(10))),
+            wait_timeout: Some(duration_to_proto(wait)),
+            ..Default::default()
+        };
+        let lease = locks.acquire(acquire(Duration::ZERO)).await.expect("Acquire").into_inner().lease.unwrap();
+        let waiter = {
+            let mut locks = locks.clone();
+            let request = acquire(Duration::from_secs(8));
+            tokio::spawn(async move { locks.acquire(request).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let release = ReleaseRequest { name: key.clone(), lease_id: lease.lease_id };
+        assert!(locks.release(release).await.expect("Release").into_inner().released);
+        let started = Instant::now();
+        assert!(waiter.await.unwrap().expect("woken waiter").into_inner().acquired);
+        assert!(started.elapsed() < Duration::from_millis(900), "woken by the re-check, not the release");
+    }
+    cluster.assert_keys_on_every_master();
     let denied: Vec<_> = baton.logs().into_iter().filter(|line| line.contains("NOPERM")).collect();
     assert!(denied.is_empty(), "ACL denials: {denied:#?}");
 }

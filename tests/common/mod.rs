@@ -582,12 +582,19 @@ impl RedisCluster {
     }
 
     pub fn start_with_auth(masters: usize, auth: Auth) -> Self {
+        Self::start_with(masters, auth, |_| Vec::new())
+    }
+
+    /// A cluster whose node `i` also gets `extra(i)` (TLS ports and files, say).
+    pub fn start_with(masters: usize, auth: Auth, extra: impl Fn(usize) -> Vec<String>) -> Self {
         let args: Vec<String> = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             .into_iter()
             .chain(["--cluster-node-timeout", "5000"])
             .map(str::to_owned)
             .collect();
-        let nodes: Vec<Node> = (0..masters).map(|_| Node::start(&args, &auth, true)).collect();
+        let nodes: Vec<Node> = (0..masters)
+            .map(|i| Node::start(&args.iter().cloned().chain(extra(i)).collect::<Vec<_>>(), &auth, true))
+            .collect();
         let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
         create.extend(nodes.iter().map(Node::addr));
         create.extend(["--cluster-replicas".to_owned(), "0".to_owned(), "--cluster-yes".to_owned()]);
