@@ -19,7 +19,9 @@ use baton::proto::v1::{
     FetchRequest, GetRequest, GetSessionRequest, KeepAliveRequest, Limit, LimitRequest, ReleaseRequest, SetRequest,
     consume_response, limit_request,
 };
-use common::{Auth, Baton, PATIENCE, Redis, RedisCluster, eventually, free_port, health_status, unique};
+use common::{
+    Auth, Baton, PATIENCE, Redis, RedisCluster, SentinelSet, TlsFiles, eventually, free_port, health_status, unique,
+};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -459,4 +461,41 @@ async fn rediss_reaches_every_master_of_a_tls_cluster_with_the_readme_acl_user()
     cluster.assert_keys_on_every_master();
     let denied: Vec<_> = baton.logs().into_iter().filter(|line| line.contains("NOPERM")).collect();
     assert!(denied.is_empty(), "ACL denials: {denied:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_to_sentinels_and_masters_follows_a_failover() {
+    let pki = Pki::new("sentinel");
+    let (cert, key) = pki.issue_files("redis");
+    let tls = TlsFiles { cert, key, ca: pki.path("ca.pem") };
+    let mut set = SentinelSet::start_with_tls(Auth::requirepass("tls-secret"), Some(&tls));
+    let mut args = set.baton_args();
+    args.extend(["--redis-tls-ca".to_owned(), path_str(&tls.ca).to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let baton = Baton::start(None, &args);
+    let channel = baton.channel().await;
+    let health = HealthClient::new(channel.clone());
+    eventually(PATIENCE, "LockService SERVING over rediss through the sentinels", || {
+        let mut health = health.clone();
+        async move { health_status(&mut health, "baton.v1.LockService").await == Some(ServingStatus::Serving) }
+    })
+    .await;
+    let mut locks = LockServiceClient::new(channel.clone());
+    let name = unique("tls-failover");
+    let acquire = AcquireRequest {
+        name: name.clone(),
+        ttl: Some(duration_to_proto(Duration::from_secs(1))),
+        ..Default::default()
+    };
+    assert!(locks.acquire(acquire.clone()).await.expect("Acquire").into_inner().acquired);
+
+    let old = set.master_port().expect("a master");
+    set.node_on(old).kill();
+    eventually(Duration::from_secs(30), "a grant on the promoted replica, over TLS", || {
+        let (mut locks, acquire) = (locks.clone(), acquire.clone());
+        async move { locks.acquire(acquire).await.is_ok_and(|response| response.into_inner().acquired) }
+    })
+    .await;
+    assert_ne!(set.master_port(), Some(old));
+    assert!(baton.logs().iter().any(|line| line.contains("redis master changed")), "no switch logged");
 }

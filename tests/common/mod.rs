@@ -446,6 +446,8 @@ fn free_cluster_port() -> u16 {
 /// A redis-server data node or sentinel on loopback; killed on drop.
 pub struct Node {
     pub port: u16,
+    /// The TLS port, when the node has one (the port it is known by to TLS clients).
+    pub tls_port: Option<u16>,
     child: Option<Child>,
     dir: tempfile::TempDir,
     args: Vec<String>,
@@ -468,7 +470,8 @@ impl Node {
     }
 
     fn launch(args: Vec<String>, auth: Auth, sentinel_conf: Option<String>, cluster_port: bool) -> Self {
-        let mut node = Self { port: 0, child: None, dir: tempfile::tempdir().unwrap(), args, auth, sentinel_conf };
+        let mut node =
+            Self { port: 0, tls_port: None, child: None, dir: tempfile::tempdir().unwrap(), args, auth, sentinel_conf };
         for _ in 0..5 {
             node.port = if cluster_port { free_cluster_port() } else { free_port() };
             if node.spawn() {
@@ -648,20 +651,74 @@ pub struct SentinelSet {
 
 pub const SENTINEL_MASTER: &str = "baton";
 
+/// Certificate files for a TLS deployment: every node and sentinel then also listens on a
+/// TLS port, and replication and the sentinels' links use TLS.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// The `redis.conf` directives, one `(name, value)` each.
+    fn directives(&self, tls_port: u16) -> Vec<(&'static str, String)> {
+        vec![
+            ("tls-port", tls_port.to_string()),
+            ("tls-cert-file", self.cert.display().to_string()),
+            ("tls-key-file", self.key.display().to_string()),
+            ("tls-ca-cert-file", self.ca.display().to_string()),
+            ("tls-auth-clients", "no".into()),
+            ("tls-replication", "yes".into()),
+        ]
+    }
+
+    fn server_args(&self, tls_port: u16) -> Vec<String> {
+        self.directives(tls_port).into_iter().flat_map(|(name, value)| [format!("--{name}"), value]).collect()
+    }
+
+    fn conf_lines(&self, tls_port: u16) -> String {
+        self.directives(tls_port).into_iter().map(|(name, value)| format!("{name} {value}\n")).collect()
+    }
+}
+
 impl SentinelSet {
     pub fn start(auth: Auth) -> Self {
-        let master = Node::start(&[], &auth, false);
-        let replica_args = vec!["--replicaof".to_owned(), "127.0.0.1".to_owned(), master.port.to_string()];
-        let replica = Node::start(&replica_args, &auth, false);
+        Self::start_with_tls(auth, None)
+    }
+
+    /// With `tls`, clients (Baton) reach the sentinels and the data nodes on TLS ports;
+    /// the harness keeps plaintext ports.
+    pub fn start_with_tls(auth: Auth, tls: Option<&TlsFiles>) -> Self {
+        let data_node = |args: Vec<String>| {
+            let tls_port = free_port();
+            let mut all = args;
+            if let Some(tls) = tls {
+                all.extend(tls.server_args(tls_port));
+            }
+            let mut node = Node::start(&all, &auth, false);
+            node.tls_port = tls.map(|_| tls_port);
+            node
+        };
+        let master = data_node(Vec::new());
+        let master_port = master.tls_port.unwrap_or(master.port);
+        let replica = data_node(vec!["--replicaof".to_owned(), "127.0.0.1".to_owned(), master_port.to_string()]);
         let conf = format!(
-            "sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {} 2\n\
+            "sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 2\n\
              sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
              sentinel failover-timeout {SENTINEL_MASTER} 10000\n\
              sentinel parallel-syncs {SENTINEL_MASTER} 1\n{}",
-            master.port,
             auth.sentinel_lines(SENTINEL_MASTER)
         );
-        let sentinels = (0..3).map(|_| Node::sentinel(&conf)).collect();
+        let sentinels = (0..3)
+            .map(|_| {
+                let tls_port = free_port();
+                let lines = tls.map(|tls| tls.conf_lines(tls_port)).unwrap_or_default();
+                let mut sentinel = Node::sentinel(&format!("{conf}{lines}"));
+                sentinel.tls_port = tls.map(|_| tls_port);
+                sentinel
+            })
+            .collect();
         let set = Self { data: vec![master, replica], sentinels, auth };
         let started = Instant::now();
         while !set.is_ready() {
@@ -690,8 +747,10 @@ impl SentinelSet {
 
     /// The sentinels as Baton's `--redis-url` (the credentials are the data nodes').
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self.sentinels.iter().map(Node::addr).collect();
-        format!("redis://{}{}", self.auth.userinfo(), hosts.join(","))
+        let hosts: Vec<String> =
+            self.sentinels.iter().map(|node| format!("127.0.0.1:{}", node.tls_port.unwrap_or(node.port))).collect();
+        let scheme = if self.sentinels[0].tls_port.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://{}{}", self.auth.userinfo(), hosts.join(","))
     }
 
     /// Baton's flags for this set, `--redis-url` included.
@@ -721,6 +780,9 @@ impl SentinelSet {
 
     /// The data node on `port`.
     pub fn node_on(&mut self, port: u16) -> &mut Node {
-        self.data.iter_mut().find(|node| node.port == port).expect("a data node on that port")
+        self.data
+            .iter_mut()
+            .find(|node| node.port == port || node.tls_port == Some(port))
+            .expect("a data node on that port")
     }
 }
