@@ -13,7 +13,6 @@
 //! - [`telemetry`]: logs, Prometheus metrics.
 //! - [`proto`]: generated code and proto conversions.
 
-pub mod allocator;
 pub mod auth;
 pub mod cache;
 pub mod config;

@@ -15,7 +15,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    baton::allocator::commit_memory_lazily();
     // rediss:// connections use the process-wide rustls provider; the listener names its own.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let flags = Flags::parse();
