@@ -276,6 +276,29 @@ async fn reflection_can_be_switched_off() {
     assert_eq!(code, Code::Unimplemented);
 }
 
+/// Holds `name`, lets a waiter queue behind it for `settle`, releases, and returns how long
+/// the waiter took to get the lock after the release.
+async fn hand_off_to_a_waiter(locks: &mut LockServiceClient<Channel>, name: &str, settle: Duration) -> Duration {
+    let acquire = |wait: Duration| AcquireRequest {
+        name: name.to_owned(),
+        ttl: Some(duration_to_proto(Duration::from_secs(10))),
+        wait_timeout: Some(duration_to_proto(wait)),
+        ..Default::default()
+    };
+    let lease = locks.acquire(acquire(Duration::ZERO)).await.expect("Acquire").into_inner().lease.unwrap();
+    let waiter = {
+        let mut locks = locks.clone();
+        let request = acquire(Duration::from_secs(8));
+        tokio::spawn(async move { locks.acquire(request).await })
+    };
+    tokio::time::sleep(settle).await;
+    let release = ReleaseRequest { name: name.to_owned(), lease_id: lease.lease_id };
+    assert!(locks.release(release).await.expect("Release").into_inner().released);
+    let released = Instant::now();
+    assert!(waiter.await.unwrap().expect("woken waiter").into_inner().acquired);
+    released.elapsed()
+}
+
 /// The ACL rule set the README documents; the test below proves it is sufficient.
 const README_ACL_RULES: &str = "on >baton-secret resetkeys ~baton:* resetchannels &baton:* -@all \
      +@read +@write +@scripting +@pubsub +@connection -@dangerous +info +wait +time";
@@ -342,23 +365,7 @@ async fn rediss_with_the_readme_acl_user_serves_every_pattern() {
 
     // A waiter woken through pub/sub proves PSUBSCRIBE and PUBLISH are allowed.
     let mut locks = LockServiceClient::new(channel.clone());
-    let name = unique("acl");
-    let acquire = |wait: Duration| AcquireRequest {
-        name: name.clone(),
-        ttl: Some(duration_to_proto(Duration::from_secs(10))),
-        wait_timeout: Some(duration_to_proto(wait)),
-        ..Default::default()
-    };
-    let lease = locks.acquire(acquire(Duration::ZERO)).await.expect("Acquire").into_inner().lease.unwrap();
-    let waiter = {
-        let mut locks = locks.clone();
-        let request = acquire(Duration::from_secs(8));
-        tokio::spawn(async move { locks.acquire(request).await })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let release = ReleaseRequest { name: name.clone(), lease_id: lease.lease_id };
-    assert!(locks.release(release).await.expect("Release").into_inner().released);
-    assert!(waiter.await.unwrap().expect("woken waiter").into_inner().acquired);
+    hand_off_to_a_waiter(&mut locks, &unique("acl"), Duration::from_millis(300)).await;
 
     let mut cache = CacheServiceClient::new(channel.clone());
     let set = SetRequest {
@@ -439,24 +446,8 @@ async fn rediss_reaches_every_master_of_a_tls_cluster_with_the_readme_acl_user()
         let key = unique(&format!("tls-{n}"));
         assert!(limiter.check(check_request(&key)).await.expect("Check").into_inner().allowed);
         // A waiter woken through a subscription on a TLS node.
-        let acquire = |wait: Duration| AcquireRequest {
-            name: key.clone(),
-            ttl: Some(duration_to_proto(Duration::from_secs(10))),
-            wait_timeout: Some(duration_to_proto(wait)),
-            ..Default::default()
-        };
-        let lease = locks.acquire(acquire(Duration::ZERO)).await.expect("Acquire").into_inner().lease.unwrap();
-        let waiter = {
-            let mut locks = locks.clone();
-            let request = acquire(Duration::from_secs(8));
-            tokio::spawn(async move { locks.acquire(request).await })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let release = ReleaseRequest { name: key.clone(), lease_id: lease.lease_id };
-        assert!(locks.release(release).await.expect("Release").into_inner().released);
-        let started = Instant::now();
-        assert!(waiter.await.unwrap().expect("woken waiter").into_inner().acquired);
-        assert!(started.elapsed() < Duration::from_millis(900), "woken by the re-check, not the release");
+        let handed_off = hand_off_to_a_waiter(&mut locks, &key, Duration::from_millis(100)).await;
+        assert!(handed_off < Duration::from_millis(900), "woken by the re-check, not the release");
     }
     cluster.assert_keys_on_every_master();
     let denied: Vec<_> = baton.logs().into_iter().filter(|line| line.contains("NOPERM")).collect();
