@@ -100,6 +100,18 @@ def describe_frame(frame: Frame) -> str:
 # --- the attacker: raw frames ---------------------------------------------------------
 
 
+def read_available(sock: socket.socket, timeout: float) -> bytes | None:
+    """What arrives within `timeout` (b"" if nothing), or None once the peer has closed."""
+    readable, _, _ = select.select([sock], [], [], max(timeout, 0))
+    if not readable:
+        return b""
+    try:
+        data = sock.recv(1 << 20)
+    except ConnectionResetError:
+        return None
+    return data or None
+
+
 class RawH2:
     """HTTP/2 frame by frame. Received frames are kept in order in `frames`; SETTINGS are
     acknowledged, and PINGs too unless `answer_pings` is off."""
@@ -148,15 +160,11 @@ class RawH2:
         """Frames received within `timeout` (returns as soon as some arrive)."""
         if self.closed:
             return []
-        readable, _, _ = select.select([self.sock], [], [], max(timeout, 0))
-        if not readable:
-            return []
-        try:
-            data = self.sock.recv(1 << 20)
-        except ConnectionResetError:
-            data = b""
-        if not data:
+        data = read_available(self.sock, timeout)
+        if data is None:
             self.closed = True
+            return []
+        if not data:
             return []
         self._buffer += data
         received = []
@@ -250,15 +258,11 @@ class H2Client:
     def pump(self, timeout: float) -> list[Event]:
         if self.closed:
             return []
-        readable, _, _ = select.select([self.sock], [], [], max(timeout, 0))
-        if not readable:
-            return []
-        try:
-            data = self.sock.recv(1 << 20)
-        except ConnectionResetError:
-            data = b""
-        if not data:
+        data = read_available(self.sock, timeout)
+        if data is None:
             self.closed = True
+            return []
+        if not data:
             return []
         events = self.conn.receive_data(data)
         for event in events:
