@@ -237,6 +237,35 @@ async fn a_waiter_gets_the_lock_soon_after_release_and_gives_up_on_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_announced_only_while_someone_waits() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut locks = baton.locks().await;
+    let published = redis.record_published();
+    let name = unique("announce");
+    let on_this_lock = |channel: &str| channel.contains(&name);
+
+    // Uncontended cycles: a message to every replica per release would be pure cost.
+    for _ in 0..3 {
+        let lease = hold(&mut locks, &name, Duration::from_secs(30)).await;
+        assert!(release(&mut locks, &lease).await);
+    }
+    // A waiter is woken by the release's announcement, long before its 1 s re-check.
+    let lease = hold(&mut locks, &name, Duration::from_secs(30)).await;
+    let waiter = {
+        let (mut locks, name) = (locks.clone(), name.clone());
+        tokio::spawn(async move { acquire(&mut locks, &name, Duration::from_secs(5), Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(release(&mut locks, &lease).await);
+    assert!(waiter.await.unwrap().acquired);
+    eventually(PATIENCE, "the contended release is announced", || async { !published.on(on_this_lock).is_empty() })
+        .await;
+    // Any announcement of the uncontended releases would have arrived before this one.
+    assert_eq!(published.on(on_this_lock).len(), 1, "only the release somebody waited for is announced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_is_woken_by_expiry_too() {
     let redis = Redis::start();
     let baton = Baton::start(Some(&redis.url()), &[]);

@@ -427,8 +427,9 @@ async fn a_thousand_idle_streams_use_a_constant_number_of_redis_connections() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credit_is_counted_right_when_acks_go_through_another_baton() {
+/// Acks freeing credit must wake the stream well before its 1 s safety re-check, whether
+/// they go through the stream's own baton (told directly) or another (told over pub/sub).
+async fn credit_is_counted_right(ack_through_the_other_baton: bool) {
     let redis = Redis::start();
     let (a, b) = (Baton::start(Some(&redis.url()), &[]), Baton::start(Some(&redis.url()), &[]));
     let queue = unique("credit");
@@ -436,7 +437,9 @@ async fn credit_is_counted_right_when_acks_go_through_another_baton() {
     for i in 0..20 {
         enqueue(&mut through_b, job(&queue, &i.to_string())).await;
     }
-    let mut stream = consume(&mut a.queues().await, &queue, 4, Duration::from_secs(30)).await;
+    let mut through_a = a.queues().await;
+    let mut stream = consume(&mut through_a, &queue, 4, Duration::from_secs(30)).await;
+    let acker = if ack_through_the_other_baton { &mut through_b } else { &mut through_a };
     let mut outstanding: Vec<Delivery> = Vec::new();
     let mut received = 0;
     while received < 20 {
@@ -449,10 +452,45 @@ async fn credit_is_counted_right_when_acks_go_through_another_baton() {
             None => {
                 assert_eq!(outstanding.len(), 4, "the stream stalled with free credit");
                 let settled = outstanding.remove(0);
-                ack(&mut through_b, &settled).await.unwrap();
+                ack(acker, &settled).await.unwrap();
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credit_is_counted_right_when_acks_go_through_another_baton() {
+    credit_is_counted_right(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credit_is_counted_right_when_acks_go_through_the_streams_own_baton() {
+    credit_is_counted_right(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_announced_once_and_acks_through_the_streams_baton_announce_nothing() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("announce");
+    let mut stream = consume(&mut queues, &queue, 64, Duration::from_secs(30)).await;
+    let published = redis.record_published();
+    let requests = (0..50).map(|i| job(&queue, &i.to_string())).collect();
+    queues.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap();
+    for _ in 0..50 {
+        let delivery = next_delivery(&mut stream, PATIENCE).await.expect("every job of the batch is delivered");
+        ack(&mut queues, &delivery).await.unwrap();
+    }
+    // One more job, announced on its own, marks the end of what the batch caused.
+    enqueue(&mut queues, job(&queue, "last")).await;
+    let delivery = next_delivery(&mut stream, PATIENCE).await.expect("the last job");
+    ack(&mut queues, &delivery).await.unwrap();
+    let queue_channel = |channel: &str| channel.contains(&queue) && channel.ends_with(":notify");
+    eventually(PATIENCE, "the last job is announced", || async { published.on(queue_channel).len() >= 2 }).await;
+    assert_eq!(published.on(queue_channel), ["enqueued", "enqueued"], "one announcement per batch");
+    let stream_channels = |channel: &str| channel.contains(&queue) && !channel.ends_with(":notify");
+    assert_eq!(published.on(stream_channels), Vec::<String>::new(), "local acks are not published");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

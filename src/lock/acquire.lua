@@ -2,9 +2,12 @@
 --
 -- KEYS[4]  request key: request_id -> lease_id, so a retried Acquire gets its lease back
 --          (ignored unless ARGV[6] is "1")
+-- KEYS[5]  waiters marker: present while some Acquire waits, so a release only publishes
+--          when somebody listens
 -- ARGV[1]  new lease id     ARGV[2] ttl µs     ARGV[3] permits
 -- ARGV[4]  owner            ARGV[5] fence counter idle expiry, ms
 -- ARGV[6]  "1" when a request id was given
+-- ARGV[7]  how long a waiter sleeps at most before re-trying, ms ("0": the caller won't wait)
 -- Returns {1, lease_id, token, expires_us, ttl_us} when granted (or re-granted), else
 --         {0, owner, token, expires_us, expires_in_us} of the lease expiring first.
 purge_expired()
@@ -41,6 +44,9 @@ if redis.call('ZCARD', KEYS[1]) < permits then
   return {1, ARGV[1], token, expires, ttl}
 end
 
+if ARGV[7] ~= '0' then
+  redis.call('SET', KEYS[5], '1', 'PX', ARGV[7])
+end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local token, _, owner = parse_lease(redis.call('HGET', KEYS[2], first[1]) or '0|0|')
 return {0, owner, token, tonumber(first[2]), tonumber(first[2]) - now}

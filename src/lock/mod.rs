@@ -37,6 +37,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 pub const MAX_PERMITS: u32 = 10_000;
 /// A waiter re-checks at least this often, in case a release notification was lost.
 const SAFETY_RECHECK: Duration = Duration::from_secs(1);
+/// How long a waiter's marker outlives its latest try: longer than any nap between tries
+/// (at most [`SAFETY_RECHECK`]), so a release always sees a live waiter's marker.
+const WAITER_MARKER_TTL: Duration = Duration::from_secs(2);
 /// Lease ids are 128 bits from the OS CSPRNG, hex-encoded.
 const LEASE_ID_BYTES: usize = 16;
 
@@ -123,7 +126,7 @@ impl LockManager {
         let started = Instant::now();
         let lease_id = new_lease_id();
         if params.wait.is_zero() {
-            return match self.try_acquire(params, &lease_id).await? {
+            return match self.try_acquire(params, &lease_id, false).await? {
                 TryOutcome::Acquired(lease) => Ok(self.granted(lease, started)),
                 TryOutcome::Busy { holder, .. } => {
                     metrics::counter!("baton_lock_contended_total").increment(1);
@@ -143,7 +146,7 @@ impl LockManager {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (holder, expires_in) = match self.try_acquire(params, &lease_id).await? {
+            let (holder, expires_in) = match self.try_acquire(params, &lease_id, true).await? {
                 TryOutcome::Acquired(lease) => return Ok(self.granted(lease, started)),
                 TryOutcome::Busy { holder, expires_in } => (holder, expires_in),
             };
@@ -170,7 +173,9 @@ impl LockManager {
         Acquisition::Acquired(lease)
     }
 
-    async fn try_acquire(&self, params: &AcquireParams, lease_id: &str) -> Result<TryOutcome, Error> {
+    /// One attempt; a `waiting` caller that finds the lock busy leaves its marker, so the
+    /// release announces itself.
+    async fn try_acquire(&self, params: &AcquireParams, lease_id: &str, waiting: bool) -> Result<TryOutcome, Error> {
         let mut keys = self.lock_keys(&params.name);
         let request_key = match &params.request_id {
             Some(request_id) => self.keys.key(Pattern::Lock, &params.name, &format!("req:{request_id}")),
@@ -178,6 +183,7 @@ impl LockManager {
             None => self.keys.key(Pattern::Lock, &params.name, "req"),
         };
         keys.push(request_key);
+        keys.push(self.waiters_key(&params.name));
         let args = vec![
             lease_id.as_bytes().to_vec(),
             micros(params.ttl).to_string().into_bytes(),
@@ -185,6 +191,7 @@ impl LockManager {
             params.owner.as_bytes().to_vec(),
             self.settings.fence_idle.as_millis().to_string().into_bytes(),
             if params.request_id.is_some() { b"1".to_vec() } else { b"0".to_vec() },
+            if waiting { WAITER_MARKER_TTL.as_millis().to_string().into_bytes() } else { b"0".to_vec() },
         ];
         let reply: redis::Value = self.run_replicated("lock_acquire", &ACQUIRE, &keys, &args, &params.name).await?;
         let fields = Fields::new(reply)?;
@@ -232,7 +239,9 @@ impl LockManager {
     /// Releases a lease if it is still held; a lease that is gone is `false`, not an error.
     pub async fn release(&self, name: &str, lease_id: &str) -> Result<bool, Error> {
         let args = vec![lease_id.as_bytes().to_vec(), self.keys.channel(Pattern::Lock, name).into_bytes()];
-        let released: i64 = self.store.run_script("lock_release", &RELEASE, &self.lock_keys(name), &args).await?;
+        let mut keys = self.lock_keys(name);
+        keys.push(self.waiters_key(name));
+        let released: i64 = self.store.run_script("lock_release", &RELEASE, &keys, &args).await?;
         if released == 1 {
             metrics::counter!("baton_lock_released_total").increment(1);
         }
@@ -291,6 +300,10 @@ impl LockManager {
 
     fn lock_keys(&self, name: &str) -> Vec<String> {
         ["holders", "leases", "fence"].iter().map(|part| self.keys.key(Pattern::Lock, name, part)).collect()
+    }
+
+    fn waiters_key(&self, name: &str) -> String {
+        self.keys.key(Pattern::Lock, name, "waiters")
     }
 
     /// `channel` names the lock across tenants (it carries the namespace).

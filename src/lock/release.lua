@@ -1,5 +1,6 @@
 -- Releases a lease if it is still held (compare-and-delete), and wakes waiters.
 --
+-- KEYS[4] the waiters marker (see acquire.lua)
 -- ARGV[1] lease id    ARGV[2] the lock's notification channel
 -- Returns 1 when released, 0 when the lease was not held.
 local freed = purge_expired()
@@ -8,7 +9,8 @@ if released == 1 then
   redis.call('HDEL', KEYS[2], ARGV[1])
   expire_with_latest()
 end
-if released == 1 or freed > 0 then
+-- Uncontended locks, the common case, cost no message to every replica.
+if (released == 1 or freed > 0) and redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('PUBLISH', ARGV[2], '1')
 end
 return released

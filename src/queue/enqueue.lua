@@ -3,7 +3,7 @@
 -- KEYS[1] job   KEYS[2] ready   KEYS[3] ready_since   KEYS[4] scheduled   KEYS[5] dedup
 -- ARGV: job_id, type, payload, priority, max_attempts, backoff_initial_us, backoff_max_us,
 --       backoff_multiplier, delay_us (or 0), run_at_us (or 0), dedup_key ('' = none),
---       dedup_ttl_ms, notify channel
+--       dedup_ttl_ms, notify channel ('' when the caller announces a whole batch once)
 -- Returns {job_id, duplicate (0|1)}.
 local id = ARGV[1]
 if ARGV[11] ~= '' then
@@ -33,5 +33,7 @@ else
   make_ready(KEYS[2], KEYS[3], id, KEYS[1], now)
 end
 -- Waiting consumers wake: to take a ready job, or to set their timer for a scheduled one.
-redis.call('PUBLISH', ARGV[13], 'enqueued')
+if ARGV[13] ~= '' then
+  redis.call('PUBLISH', ARGV[13], 'enqueued')
+end
 return {id, 0}

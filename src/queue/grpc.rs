@@ -19,7 +19,8 @@ use crate::proto::v1::{
 };
 use crate::proto::{duration_from_proto, duration_to_proto, now_micros, timestamp_from_micros};
 use crate::queue::{
-    Backoff, Delivery, Job, JobState, LeaseRef, LeaseStatus, MAX_PRIORITY, MIN_PRIORITY, NewJob, QueueManager,
+    Backoff, Delivery, Job, JobState, LeaseRef, LeaseStatus, LocalStream, MAX_PRIORITY, MIN_PRIORITY, NewJob,
+    QueueManager,
 };
 use crate::validate;
 
@@ -300,9 +301,13 @@ impl JobQueueService for JobQueueGrpc {
             return Err(Error::invalid("types", format!("must hold at most {MAX_TYPE_FILTERS} types")).into());
         }
         let (sender, receiver) = mpsc::channel(max_in_flight as usize + 4);
+        let stream_id = crate::queue::new_stream_id();
+        let queues = self.queues.scoped(&namespace);
+        let local = queues.register_stream(&request.queue, &stream_id);
         let consumer = Consumer {
-            stream_id: crate::queue::new_stream_id(),
-            queues: self.queues.scoped(&namespace),
+            stream_id,
+            local,
+            queues,
             queue: request.queue,
             types: request.types,
             max_in_flight: max_in_flight as usize,
@@ -312,6 +317,7 @@ impl JobQueueService for JobQueueGrpc {
             held: Vec::new(),
             refresh_due: false,
             last_refresh: Instant::now(),
+            last_fetch: Instant::now(),
         };
         tokio::spawn(consumer.run());
         Ok(Response::new(ReceiverStream::new(receiver)))
@@ -467,12 +473,14 @@ fn job_not_found(job_id: &str) -> Error {
     }
 }
 
-/// One Consume stream: pushes ready jobs while it has credit, learns from Redis which of
-/// its leases were settled (whichever replica the Acks went through) or cancelled, and
-/// sleeps on the process's one notification path in between.
+/// One Consume stream: pushes ready jobs while it has credit, learns which of its leases
+/// were settled (directly from Acks through this replica; from Redis for Acks through
+/// others) or cancelled, and sleeps on the process's one notification path in between.
 struct Consumer {
     /// Prefixes this stream's lease tokens; its settlements are announced on its channel.
     stream_id: String,
+    /// Where Acks and Nacks through this replica report settlements.
+    local: LocalStream,
     queues: QueueManager,
     queue: String,
     types: Vec<String>,
@@ -485,11 +493,13 @@ struct Consumer {
     /// Set when one of this stream's leases was settled or cancelled elsewhere.
     refresh_due: bool,
     last_refresh: Instant,
+    last_fetch: Instant,
 }
 
 enum Wake {
     Work,
     OwnLease,
+    SettledHere,
     ClientGone,
     Shutdown,
 }
@@ -506,6 +516,7 @@ impl Consumer {
             let own_notified = own_wake.notified();
             tokio::pin!(own_notified);
             own_notified.as_mut().enable();
+            let inbox = self.local.inbox.clone();
             let nap = match self.step().await {
                 Ok(Some(nap)) => nap,
                 Ok(None) => break, // the client is gone
@@ -517,6 +528,7 @@ impl Consumer {
             };
             let woke = tokio::select! {
                 () = &mut own_notified => Wake::OwnLease,
+                () = inbox.settled() => Wake::SettledHere,
                 () = &mut notified => Wake::Work,
                 () = tokio::time::sleep(nap) => Wake::Work,
                 () = self.sender.closed() => Wake::ClientGone,
@@ -524,10 +536,11 @@ impl Consumer {
             };
             match woke {
                 Wake::Work => {}
-                Wake::OwnLease => {
-                    self.refresh_due = true;
-                    // Acks come in bursts: let a few land before re-reading the leases.
-                    let since = self.last_refresh.elapsed();
+                Wake::OwnLease | Wake::SettledHere => {
+                    self.refresh_due |= matches!(woke, Wake::OwnLease);
+                    // Acks come in bursts: let a few land, then fetch for all the freed credit
+                    // in one script rather than one job at a time.
+                    let since = self.last_fetch.elapsed();
                     if since < REFRESH_COALESCE {
                         tokio::time::sleep(REFRESH_COALESCE - since).await;
                     }
@@ -548,6 +561,10 @@ impl Consumer {
     /// Refreshes credit, delivers what fits; returns how long to sleep, or None when the
     /// client went away.
     async fn step(&mut self) -> Result<Option<Duration>, Error> {
+        let settled_here = self.local.inbox.drain();
+        if !settled_here.is_empty() {
+            self.held.retain(|lease| !settled_here.contains(&lease.token));
+        }
         // Credit is re-read from Redis when this stream's own leases changed, or on the
         // safety interval (a lost notification must not strand the stream at zero credit).
         if self.refresh_due || self.last_refresh.elapsed() >= SAFETY_RECHECK {
@@ -561,6 +578,7 @@ impl Consumer {
             // Nothing to fetch until an Ack frees a slot (notified) or the safety re-check.
             return Ok(Some(SAFETY_RECHECK));
         }
+        self.last_fetch = Instant::now();
         let (deliveries, next_event) =
             self.queues.fetch(&self.queue, &self.stream_id, credit, self.visibility, &self.types).await?;
         let filled = !deliveries.is_empty() && deliveries.len() == credit;

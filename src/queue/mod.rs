@@ -11,8 +11,8 @@
 
 pub mod grpc;
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -202,17 +202,70 @@ pub struct QueueStats {
     pub oldest_ready_age: Duration,
 }
 
+/// Where an Ack or Nack through this process tells a Consume stream of this process that
+/// one of its leases is settled: no PUBLISH, no pub/sub round trip, and no re-reading of the
+/// stream's leases from Redis. Settlements through other replicas still go over pub/sub.
+#[derive(Default)]
+pub struct SettledInbox {
+    tokens: Mutex<Vec<String>>,
+    wake: Notify,
+}
+
+impl SettledInbox {
+    fn settle(&self, token: &str) {
+        self.tokens.lock().expect("inbox lock").push(token.to_owned());
+        // A stored permit: a settlement while the stream is busy still wakes it afterwards.
+        self.wake.notify_one();
+    }
+
+    /// Resolves once a settlement arrived since the last call.
+    pub async fn settled(&self) {
+        self.wake.notified().await;
+    }
+
+    /// The tokens settled since the last drain.
+    pub fn drain(&self) -> HashSet<String> {
+        self.tokens.lock().expect("inbox lock").drain(..).collect()
+    }
+}
+
+/// This process's Consume streams, by their channel.
+#[derive(Default)]
+struct LocalStreams {
+    by_channel: Mutex<HashMap<String, Arc<SettledInbox>>>,
+}
+
+impl LocalStreams {
+    fn get(&self, channel: &str) -> Option<Arc<SettledInbox>> {
+        self.by_channel.lock().expect("streams lock").get(channel).cloned()
+    }
+}
+
+/// A Consume stream's place in [`LocalStreams`], given up when the stream ends.
+pub struct LocalStream {
+    streams: Arc<LocalStreams>,
+    channel: String,
+    pub inbox: Arc<SettledInbox>,
+}
+
+impl Drop for LocalStream {
+    fn drop(&mut self) {
+        self.streams.by_channel.lock().expect("streams lock").remove(&self.channel);
+    }
+}
+
 #[derive(Clone)]
 pub struct QueueManager {
     store: Store,
     keys: KeyBuilder,
     notifier: Notifier,
     settings: QueueSettings,
+    local_streams: Arc<LocalStreams>,
 }
 
 impl QueueManager {
     pub fn new(store: Store, keys: KeyBuilder, notifier: Notifier, settings: QueueSettings) -> Self {
-        Self { store, keys, notifier, settings }
+        Self { store, keys, notifier, settings, local_streams: Arc::default() }
     }
 
     /// The same manager acting for another tenant namespace.
@@ -246,9 +299,29 @@ impl QueueManager {
         self.stream_channel(&lease.queue, &lease.token[..STREAM_ID_BYTES * 2])
     }
 
-    /// The wake-up for one consumer stream's own leases.
+    /// The wake-up for one consumer stream's own leases, settled or cancelled through any
+    /// replica.
     pub fn watch_stream(&self, queue: &str, stream_id: &str) -> Arc<Notify> {
         self.notifier.watch(&self.stream_channel(queue, stream_id))
+    }
+
+    /// Registers a Consume stream of this process, so settlements through this process
+    /// reach it directly.
+    pub fn register_stream(&self, queue: &str, stream_id: &str) -> LocalStream {
+        let channel = self.stream_channel(queue, stream_id);
+        let inbox = Arc::new(SettledInbox::default());
+        self.local_streams.by_channel.lock().expect("streams lock").insert(channel.clone(), inbox.clone());
+        LocalStream { streams: self.local_streams.clone(), channel, inbox }
+    }
+
+    /// The channel a settlement of `lease` is announced on: none ('') when the holding stream
+    /// is in this process and is told directly through the returned inbox.
+    fn settlement_route(&self, lease: &LeaseRef) -> (String, Option<Arc<SettledInbox>>) {
+        let channel = self.lease_channel(lease);
+        match self.local_streams.get(&channel) {
+            Some(inbox) => (String::new(), Some(inbox)),
+            None => (channel, None),
+        }
     }
 
     /// The wake-up that fires when jobs become ready, are settled or are cancelled.
@@ -258,6 +331,12 @@ impl QueueManager {
 
     /// Adds a job; a repeated dedup key within its ttl returns the first job's id.
     pub async fn enqueue(&self, job: &NewJob) -> Result<(String, bool), Error> {
+        self.enqueue_one(job, true).await
+    }
+
+    /// Adds a job, announcing it to waiting consumers unless the caller announces a whole
+    /// batch at once.
+    async fn enqueue_one(&self, job: &NewJob, announce: bool) -> Result<(String, bool), Error> {
         let job_id = new_job_id(&job.queue);
         let q = &job.queue;
         let (dedup_key, dedup_ttl) = match &job.dedup {
@@ -284,7 +363,7 @@ impl QueueManager {
             job.run_at_micros.to_string().into_bytes(),
             dedup_key.as_bytes().to_vec(),
             dedup_ttl.to_string().into_bytes(),
-            self.channel(q).into_bytes(),
+            if announce { self.channel(q).into_bytes() } else { Vec::new() },
         ];
         let (id, duplicate): (String, i64) = self.store.run_script("queue_enqueue", &ENQUEUE, &keys, &args).await?;
         metrics::counter!("baton_queue_enqueued_total", "duplicate" => if duplicate == 1 { "true" } else { "false" })
@@ -292,9 +371,22 @@ impl QueueManager {
         Ok((id, duplicate == 1))
     }
 
-    /// Enqueues many jobs; the scripts are pipelined on the multiplexed connection.
+    /// Enqueues many jobs; the scripts are pipelined on the multiplexed connection, and
+    /// each queue's consumers are woken once for the batch rather than once per job.
     pub async fn enqueue_batch(&self, jobs: &[NewJob]) -> Result<Vec<(String, bool)>, Error> {
-        join_all(jobs.iter().map(|job| self.enqueue(job))).await.into_iter().collect()
+        let outcomes = join_all(jobs.iter().map(|job| self.enqueue_one(job, false))).await;
+        let mut woken = HashSet::new();
+        for (job, outcome) in jobs.iter().zip(&outcomes) {
+            // Even when another job failed, the ones written should not wait for a re-check.
+            if matches!(outcome, Ok((_, false))) && woken.insert(job.queue.as_str()) {
+                let announce = redis::cmd("PUBLISH").arg(self.channel(&job.queue)).arg("enqueued").clone();
+                // Best effort: consumers that miss it find the jobs on their safety re-check.
+                if let Err(err) = self.store.command::<i64>("queue_announce", &announce).await {
+                    tracing::debug!(queue = %job.queue, error = %err, "batch announcement failed");
+                }
+            }
+        }
+        outcomes.into_iter().collect()
     }
 
     /// Leases up to `count` ready jobs; also promotes due jobs and reclaims expired leases.
@@ -374,16 +466,20 @@ impl QueueManager {
 
     pub async fn ack(&self, lease: &LeaseRef, result: &[u8]) -> Result<(), Error> {
         let keys = [self.job_key(&lease.queue, &lease.job_id), self.key(&lease.queue, "active")];
+        let (channel, local) = self.settlement_route(lease);
         let args = vec![
             lease.job_id.clone().into_bytes(),
             lease.token.clone().into_bytes(),
             result.to_vec(),
             self.settings.retention.as_millis().to_string().into_bytes(),
-            self.lease_channel(lease).into_bytes(),
+            channel.into_bytes(),
         ];
         let reply: redis::Value = self.store.run_script("queue_ack", &ACK, &keys, &args).await?;
         match reply {
             redis::Value::Int(1) => {
+                if let Some(inbox) = local {
+                    inbox.settle(&lease.token);
+                }
                 metrics::counter!("baton_queue_acked_total").increment(1);
                 Ok(())
             }
@@ -404,6 +500,7 @@ impl QueueManager {
         let keys =
             [self.job_key(q, &lease.job_id), self.key(q, "active"), self.key(q, "scheduled"), self.key(q, "dead")];
         let jitter: f64 = rand::random();
+        let (channel, local) = self.settlement_route(lease);
         let args = vec![
             lease.job_id.clone().into_bytes(),
             lease.token.clone().into_bytes(),
@@ -412,12 +509,15 @@ impl QueueManager {
             if dead_letter { b"1".to_vec() } else { b"0".to_vec() },
             jitter.to_string().into_bytes(),
             self.settings.dead_retention.as_millis().to_string().into_bytes(),
-            self.lease_channel(lease).into_bytes(),
+            channel.into_bytes(),
             self.channel(q).into_bytes(),
         ];
         let reply: (String, redis::Value) = self.store.run_script("queue_nack", &NACK, &keys, &args).await?;
         match reply {
             (state, redis::Value::Int(run_at)) => {
+                if let Some(inbox) = local {
+                    inbox.settle(&lease.token);
+                }
                 let state = JobState::parse(&state).ok_or_else(|| Error::Internal(format!("nack state {state}")))?;
                 metrics::counter!("baton_queue_nacked_total").increment(1);
                 if state == JobState::Dead {

@@ -3,7 +3,8 @@
 --
 -- KEYS[1] job   KEYS[2] active   KEYS[3] scheduled   KEYS[4] dead
 -- ARGV: job_id, token, error, retry_after_us (0: the job's backoff), dead_letter (0|1),
---       jitter in [0, 1), dead retention ms, the holding stream's channel, the queue's channel
+--       jitter in [0, 1), dead retention ms, the holding stream's channel ('' when that
+--       stream lives in the calling process), the queue's channel
 -- Returns {state, run_at_us} or {0, reason}.
 local refusal = lease_refusal(KEYS[1], ARGV[2])
 if refusal then
@@ -11,7 +12,9 @@ if refusal then
 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'last_error', ARGV[3])
-redis.call('PUBLISH', ARGV[8], 'settled')
+if ARGV[8] ~= '' then
+  redis.call('PUBLISH', ARGV[8], 'settled')
+end
 local attempts, max_attempts, initial, cap, multiplier = unpack(redis.call('HMGET', KEYS[1],
   'attempts', 'max_attempts', 'backoff_initial', 'backoff_max', 'backoff_multiplier'))
 if ARGV[5] == '1' or tonumber(attempts) >= tonumber(max_attempts) then
