@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use baton::proto::duration_to_proto;
@@ -55,6 +55,10 @@ struct Args {
     /// Node scripts in this directory (bench/peers, after `npm ci`), against the same Redis.
     #[arg(long)]
     peers: Option<PathBuf>,
+    /// Internal: serve a bare tonic server (gRPC health only, no layers) on this address and
+    /// print it; the benchmark starts itself this way for the machine's gRPC ceiling.
+    #[arg(long, hide = true)]
+    serve_bare: Option<SocketAddr>,
 }
 
 impl Args {
@@ -68,7 +72,8 @@ const LOCK_DISTINCT: &str = "Lock acquire+release cycle, distinct names";
 /// One measured row of the report.
 struct Row {
     scenario: String,
-    concurrency: usize,
+    /// Concurrent callers, or how the load was paced.
+    callers: String,
     ops_per_sec: f64,
     p50_us: u64,
     p99_us: u64,
@@ -110,6 +115,29 @@ fn start_redis(port: u16) -> Process {
     panic!("redis-server did not start");
 }
 
+/// This binary again, as a bare tonic server: what gRPC itself costs on this machine.
+fn start_bare_server() -> (Process, SocketAddr) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let server = Process(
+        Command::new(std::env::current_exe().expect("own path"))
+            .args(["--serve-bare", &addr.to_string()])
+            .spawn()
+            .expect("bare server"),
+    );
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return (server, addr);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the bare tonic server did not start");
+}
+
+async fn serve_bare(addr: SocketAddr) {
+    let (_, health) = tonic_health::server::health_reporter();
+    tonic::transport::Server::builder().add_service(health).serve(addr).await.expect("bare server");
+}
+
 fn start_baton(binary: &PathBuf, redis_port: u16) -> (Process, SocketAddr) {
     let mut child = Command::new(binary)
         .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-format", "json"])
@@ -139,8 +167,25 @@ async fn channels(addr: SocketAddr, count: usize) -> Vec<Channel> {
     channels
 }
 
-/// The baton process whose CPU time each measurement charges to its operations.
-static MEASURED_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+/// The server process whose CPU time each measurement charges to its operations (0: none).
+static MEASURED_PID: AtomicU32 = AtomicU32::new(0);
+
+/// The measured process's CPU time over one measurement.
+struct CpuMeter {
+    pid: u32,
+    before: u64,
+}
+
+impl CpuMeter {
+    fn start() -> Option<Self> {
+        let pid = MEASURED_PID.load(Ordering::Relaxed);
+        (pid != 0).then(|| Self { pid, before: cpu_micros(pid) })
+    }
+
+    fn per_op(&self, operations: u64) -> Option<f64> {
+        (operations > 0).then(|| cpu_micros(self.pid).saturating_sub(self.before) as f64 / operations as f64)
+    }
+}
 
 /// CPU time (user + system) a process has used so far, in microseconds.
 fn cpu_micros(pid: u32) -> u64 {
@@ -164,13 +209,12 @@ struct Measured {
 
 /// Runs `op` from `concurrency` callers for `duration`; callers spread over a few HTTP/2
 /// connections as a real client pool would.
-async fn load<F, Fut>(concurrency: usize, duration: Duration, op: F) -> Measured
+async fn load<F, Fut>(concurrency: usize, duration: Duration, op: Arc<F>) -> Measured
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    let op = Arc::new(op);
-    let cpu_before = MEASURED_PID.get().map(|pid| cpu_micros(*pid));
+    let cpu = CpuMeter::start();
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = Vec::new();
@@ -192,20 +236,75 @@ where
     for worker in workers {
         total.add(worker.await.unwrap()).unwrap();
     }
-    let cpu_us_per_op = match (cpu_before, MEASURED_PID.get()) {
-        (Some(before), Some(pid)) if !total.is_empty() => {
-            Some(cpu_micros(*pid).saturating_sub(before) as f64 / total.len() as f64)
-        }
-        _ => None,
-    };
+    let cpu_us_per_op = cpu.and_then(|cpu| cpu.per_op(total.len()));
     Measured { rate: total.len() as f64 / started.elapsed().as_secs_f64(), histogram: total, cpu_us_per_op }
 }
 
-fn row(scenario: &str, concurrency: usize, measured: Measured, baseline: Option<f64>) -> Row {
+/// Starts `op` at a steady `rate` per second for `duration`, however long earlier calls take
+/// (open loop): the latency a service shows at that load, without the coordinated omission
+/// of a closed loop, where a slow call also delays the calls behind it.
+async fn paced<F, Fut>(rate: f64, duration: Duration, op: Arc<F>) -> Measured
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let cpu = CpuMeter::start();
+    let started = Instant::now();
+    // tokio's timer ticks in whole milliseconds: each tick starts the calls due by then.
+    let mut ticks = tokio::time::interval(Duration::from_millis(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut calls = tokio::task::JoinSet::new();
+    let mut iteration = 0u64;
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        while iteration < due {
+            let call = op(iteration as usize % 64, iteration);
+            let sent = Instant::now();
+            calls.spawn(async move {
+                call.await;
+                sent.elapsed()
+            });
+            iteration += 1;
+        }
+    }
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    while let Some(latency) = calls.join_next().await {
+        histogram.record(latency.unwrap().as_micros().max(1) as u64).unwrap();
+    }
+    let cpu_us_per_op = cpu.and_then(|cpu| cpu.per_op(histogram.len()));
+    Measured { rate: histogram.len() as f64 / started.elapsed().as_secs_f64(), histogram, cpu_us_per_op }
+}
+
+/// Measures `op` closed-loop at every concurrency, then paced at half the peak it reached:
+/// the load at which the p99 target applies.
+async fn scenario<F, Fut>(
+    rows: &mut Vec<Row>,
+    name: &str,
+    concurrency: &[usize],
+    duration: Duration,
+    baseline: impl Fn(usize) -> Option<f64>,
+    op: F,
+) where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let mut peak: f64 = 0.0;
+    for &c in concurrency {
+        let measured = load(c, duration, op.clone()).await;
+        peak = peak.max(measured.rate);
+        rows.push(row(name, &c.to_string(), measured, baseline(c)));
+    }
+    let half = peak / 2.0;
+    rows.push(row(name, &format!("paced {half:.0}/s"), paced(half, duration, op).await, None));
+}
+
+fn row(scenario: &str, callers: &str, measured: Measured, baseline: Option<f64>) -> Row {
     let Measured { rate, histogram, cpu_us_per_op } = measured;
     Row {
         scenario: scenario.to_owned(),
-        concurrency,
+        callers: callers.to_owned(),
         ops_per_sec: rate,
         cpu_us_per_op,
         p50_us: histogram.value_at_quantile(0.5),
@@ -293,30 +392,46 @@ fn redis_clients(port: u16) -> usize {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if let Some(addr) = args.serve_bare {
+        return serve_bare(addr).await;
+    }
     let redis_port = free_port();
     let _redis = start_redis(redis_port);
     let (baton_process, addr) = start_baton(&args.baton, redis_port);
     let baton_pid = baton_process.0.id();
-    MEASURED_PID.set(baton_pid).expect("set once");
+    MEASURED_PID.store(baton_pid, Ordering::Relaxed);
     let pool = channels(addr, 8).await;
     let channel = move |worker: usize| pool[worker % pool.len()].clone();
     let d = args.duration;
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
+    let levels = args.concurrency.clone();
+    let no_baseline = |_: usize| None;
+
     if args.runs("ceiling") {
-        // The machine's gRPC ceiling: the same server's health Check, which touches no Redis.
-        for &c in &args.concurrency {
-            let channel = channel.clone();
-            let result = load(c, d, move |w, _| {
-                let mut health = tonic_health::pb::health_client::HealthClient::new(channel(w));
-                async move {
-                    let _ = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
-                }
-            })
-            .await;
-            rows.push(row("gRPC ceiling: Health/Check (no Redis)", c, result, None));
-        }
+        // The machine's gRPC ceiling: a bare tonic server in its own process, then baton's
+        // own health Check, which passes every layer but touches no Redis.
+        let (bare_process, bare_addr) = start_bare_server();
+        let bare = channels(bare_addr, 8).await;
+        MEASURED_PID.store(bare_process.0.id(), Ordering::Relaxed);
+        scenario(&mut rows, "gRPC ceiling: bare tonic server, Health/Check", &levels, d, no_baseline, move |w, _| {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(bare[w % bare.len()].clone());
+            async move {
+                health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health");
+            }
+        })
+        .await;
+        MEASURED_PID.store(baton_pid, Ordering::Relaxed);
+        drop(bare_process);
+        let channel = channel.clone();
+        scenario(&mut rows, "baton Health/Check (every layer, no Redis)", &levels, d, no_baseline, move |w, _| {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel(w));
+            async move {
+                health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.expect("health");
+            }
+        })
+        .await;
     }
 
     if args.runs("check") {
@@ -329,82 +444,80 @@ async fn main() {
             ("Check sliding window", Algorithm::SlidingWindow, "2"),
             ("Check token bucket (GCRA)", Algorithm::TokenBucket, "3"),
         ] {
-            for &c in &args.concurrency {
-                let cap = limit_for(algorithm).to_string();
-                let burst = if algorithm == Algorithm::TokenBucket { cap.as_str() } else { "0" };
-                // Each algorithm keeps its own state type, so each gets its own keys.
-                let raw_key = format!("bench:raw:{code}:__rand_int__");
-                let raw = redis_benchmark(
-                    redis_port,
-                    c,
-                    d,
-                    &["EVALSHA", &check_sha, "1", &raw_key, "0", code, &cap, "60000000", burst, "1"],
-                );
-                let channel = channel.clone();
-                let result = load(c, d, move |w, i| {
-                    let mut client = RateLimiterServiceClient::new(channel(w));
-                    let key = format!("k{}", (w as u64 * 1_000_003 + i) % 100_000);
-                    async move {
-                        client.check(check_request(&[key], algorithm)).await.expect("check");
-                    }
-                })
-                .await;
-                rows.push(row(name, c, result, Some(raw)));
-            }
-        }
-        for &c in &args.concurrency {
+            let cap = limit_for(algorithm).to_string();
+            let burst = if algorithm == Algorithm::TokenBucket { cap.clone() } else { "0".into() };
+            // Each algorithm keeps its own state type, so each gets its own keys.
+            let raw_key = format!("bench:raw:{code}:__rand_int__");
+            let check_sha = check_sha.clone();
+            let raw = move |c| {
+                let command = ["EVALSHA", &check_sha, "1", &raw_key, "0", code, &cap, "60000000", &burst, "1"];
+                Some(redis_benchmark(redis_port, c, d, &command))
+            };
             let channel = channel.clone();
-            let result = load(c, d, move |w, i| {
+            scenario(&mut rows, name, &levels, d, raw, move |w, i| {
                 let mut client = RateLimiterServiceClient::new(channel(w));
-                let user = (w as u64 * 1_000_003 + i) % 100_000;
-                let keys = [format!("{{u{user}}}:a"), format!("{{u{user}}}:b"), format!("{{u{user}}}:c")];
+                let key = format!("k{}", (w as u64 * 1_000_003 + i) % 100_000);
                 async move {
-                    client.check(check_request(&keys, Algorithm::TokenBucket)).await.expect("check");
+                    client.check(check_request(&[key], algorithm)).await.expect("check");
                 }
             })
             .await;
-            rows.push(row("Check 3 limits (GCRA)", c, result, None));
         }
+        let channel = channel.clone();
+        scenario(&mut rows, "Check 3 limits (GCRA)", &levels, d, no_baseline, move |w, i| {
+            let mut client = RateLimiterServiceClient::new(channel(w));
+            let user = (w as u64 * 1_000_003 + i) % 100_000;
+            let keys = [format!("{{u{user}}}:a"), format!("{{u{user}}}:b"), format!("{{u{user}}}:c")];
+            async move {
+                client.check(check_request(&keys, Algorithm::TokenBucket)).await.expect("check");
+            }
+        })
+        .await;
     }
 
     if args.runs("lock") {
         // Locks: acquire + release cycles on distinct names, and on one contended name.
+        let raw = |c| {
+            Some(redis_benchmark(redis_port, c, d, &["SET", "lock:__rand_int__", "owner", "NX", "PX", "10000"]) / 2.0)
+        };
+        let lock_channel = channel.clone();
+        scenario(&mut rows, LOCK_DISTINCT, &levels, d, raw, move |w, i| {
+            let mut locks = LockServiceClient::new(lock_channel(w));
+            let name = format!("order:{w}:{i}");
+            async move {
+                let request = AcquireRequest {
+                    name: name.clone(),
+                    ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                    ..Default::default()
+                };
+                let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("free lock");
+                locks.release(ReleaseRequest { name, lease_id: lease.lease_id }).await.expect("release");
+            }
+        })
+        .await;
         for &c in &args.concurrency {
-            let raw = redis_benchmark(redis_port, c, d, &["SET", "lock:__rand_int__", "owner", "NX", "PX", "10000"]);
             let channel = channel.clone();
-            let result = load(c, d, move |w, i| {
-                let mut locks = LockServiceClient::new(channel(w));
-                let name = format!("order:{w}:{i}");
-                async move {
-                    let request = AcquireRequest {
-                        name: name.clone(),
-                        ttl: Some(duration_to_proto(Duration::from_secs(10))),
-                        ..Default::default()
-                    };
-                    let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("free lock");
-                    locks.release(ReleaseRequest { name, lease_id: lease.lease_id }).await.expect("release");
-                }
-            })
+            let result = load(
+                c,
+                d,
+                Arc::new(move |w, _| {
+                    let mut locks = LockServiceClient::new(channel(w));
+                    async move {
+                        let request = AcquireRequest {
+                            name: "contended".into(),
+                            ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                            wait_timeout: Some(duration_to_proto(Duration::from_secs(30))),
+                            ..Default::default()
+                        };
+                        let lease =
+                            locks.acquire(request).await.expect("acquire").into_inner().lease.expect("acquired");
+                        let release = ReleaseRequest { name: "contended".into(), lease_id: lease.lease_id };
+                        locks.release(release).await.unwrap();
+                    }
+                }),
+            )
             .await;
-            rows.push(row(LOCK_DISTINCT, c, result, Some(raw / 2.0)));
-        }
-        for &c in &args.concurrency {
-            let channel = channel.clone();
-            let result = load(c, d, move |w, _| {
-                let mut locks = LockServiceClient::new(channel(w));
-                async move {
-                    let request = AcquireRequest {
-                        name: "contended".into(),
-                        ttl: Some(duration_to_proto(Duration::from_secs(10))),
-                        wait_timeout: Some(duration_to_proto(Duration::from_secs(30))),
-                        ..Default::default()
-                    };
-                    let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("acquired");
-                    locks.release(ReleaseRequest { name: "contended".into(), lease_id: lease.lease_id }).await.unwrap();
-                }
-            })
-            .await;
-            rows.push(row("Lock acquire+release cycle, one contended name", c, result, None));
+            rows.push(row("Lock acquire+release cycle, one contended name", &c.to_string(), result, None));
         }
         // Hand-off: how long after a release a waiter holds the lock.
         {
@@ -457,45 +570,33 @@ async fn main() {
                     .unwrap();
             }
         }
-        for &c in &args.concurrency {
-            let raw = redis_benchmark(redis_port, c, d, &["GET", "user:__rand_int__"]);
-            let channel1 = channel.clone();
-            let result = load(c, d, move |w, i| {
-                let mut cache = CacheServiceClient::new(channel1(w));
-                let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
-                async move {
-                    cache.get(GetRequest { key }).await.expect("get");
-                }
-            })
-            .await;
-            rows.push(row("Cache Get (hit, 100 B)", c, result, Some(raw)));
-            let raw = redis_benchmark(
-                redis_port,
-                c,
-                d,
-                &[
-                    "SET",
-                    "user:__rand_int__",
-                    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-                ],
-            );
-            let channel2 = channel.clone();
-            let result = load(c, d, move |w, i| {
-                let mut cache = CacheServiceClient::new(channel2(w));
-                let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
-                async move {
-                    let request = SetRequest {
-                        key,
-                        value: vec![b'y'; 100],
-                        ttl: Some(duration_to_proto(Duration::from_secs(600))),
-                        ..Default::default()
-                    };
-                    cache.set(request).await.expect("set");
-                }
-            })
-            .await;
-            rows.push(row("Cache Set (100 B)", c, result, Some(raw)));
-        }
+        let raw = |c| Some(redis_benchmark(redis_port, c, d, &["GET", "user:__rand_int__"]));
+        let get_channel = channel.clone();
+        scenario(&mut rows, "Cache Get (hit, 100 B)", &levels, d, raw, move |w, i| {
+            let mut cache = CacheServiceClient::new(get_channel(w));
+            let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
+            async move {
+                cache.get(GetRequest { key }).await.expect("get");
+            }
+        })
+        .await;
+        let value = "y".repeat(100);
+        let raw = |c| Some(redis_benchmark(redis_port, c, d, &["SET", "user:__rand_int__", &value]));
+        let set_channel = channel.clone();
+        scenario(&mut rows, "Cache Set (100 B)", &levels, d, raw, move |w, i| {
+            let mut cache = CacheServiceClient::new(set_channel(w));
+            let key = format!("user:{}", (w as u64 * 7919 + i) % 10_000);
+            async move {
+                let request = SetRequest {
+                    key,
+                    value: vec![b'y'; 100],
+                    ttl: Some(duration_to_proto(Duration::from_secs(600))),
+                    ..Default::default()
+                };
+                cache.set(request).await.expect("set");
+            }
+        })
+        .await;
     }
 
     if args.runs("session") {
@@ -509,19 +610,16 @@ async fn main() {
             }
             Arc::new(ids)
         };
-        for &c in &args.concurrency {
-            let raw = redis_benchmark(redis_port, c, d, &["HGETALL", "session:__rand_int__"]);
-            let (channel, ids) = (channel.clone(), session_ids.clone());
-            let result = load(c, d, move |w, i| {
-                let mut sessions = SessionStoreServiceClient::new(channel(w));
-                let session_id = ids[((w as u64 * 31 + i) % ids.len() as u64) as usize].clone();
-                async move {
-                    sessions.get_session(GetSessionRequest { session_id, no_touch: false }).await.expect("session");
-                }
-            })
-            .await;
-            rows.push(row("Session GetSession", c, result, Some(raw)));
-        }
+        let raw = |c| Some(redis_benchmark(redis_port, c, d, &["HGETALL", "session:__rand_int__"]));
+        let (session_channel, ids) = (channel.clone(), session_ids.clone());
+        scenario(&mut rows, "Session GetSession", &levels, d, raw, move |w, i| {
+            let mut sessions = SessionStoreServiceClient::new(session_channel(w));
+            let session_id = ids[((w as u64 * 31 + i) % ids.len() as u64) as usize].clone();
+            async move {
+                sessions.get_session(GetSessionRequest { session_id, no_touch: false }).await.expect("session");
+            }
+        })
+        .await;
     }
 
     // Queue end to end: producers enqueue in batches, consumers ack every job.
@@ -659,6 +757,14 @@ async fn main() {
         ));
     }
 
+    let half_load: Vec<String> = rows
+        .iter()
+        .filter(|r| r.callers.starts_with("paced"))
+        .map(|r| format!("{} {:.2} ms", r.scenario, r.p99_us as f64 / 1000.0))
+        .collect();
+    if !half_load.is_empty() {
+        notes.insert(0, format!("p99 at half of peak load (target < 2 ms): {}", half_load.join("; ")));
+    }
     let report = render(&args, &rows, &notes);
     println!("{report}");
     if let Some(path) = &args.report {
@@ -693,7 +799,7 @@ fn peer_notes(dir: &Path, port: u16, d: Duration, concurrency: &[usize], queue_r
             let version = json_string(&line, "version").unwrap_or("?");
             for &c in concurrency {
                 let rate = json_number(&line, &format!("cycles_per_sec_c{c}")).unwrap_or(0.0);
-                let baton = rows.iter().find(|r| r.scenario == LOCK_DISTINCT && r.concurrency == c);
+                let baton = rows.iter().find(|r| r.scenario == LOCK_DISTINCT && r.callers == c.to_string());
                 notes.push(format!(
                     "node-redlock {version} acquire+release cycles at {c} tasks (distinct names, one ioredis \
                      connection): {rate:.0}/s, p50 {} µs, p99 {} µs \
@@ -756,9 +862,11 @@ fn render(args: &Args, rows: &[Row], notes: &[String]) -> String {
         "# Baton benchmark\n\nMachine: {cores} cores; Redis, baton and this load generator share it. {redis_version}. \
          Each figure is {:?} of load; \"× raw\" is Baton's throughput over `redis-benchmark` running the \
          equivalent Redis command at the same concurrency in the same run (for lock cycles: half of \
-         `SET NX PX` ops/s, since a cycle is two operations). \"baton CPU\" is the baton process's \
-         user + system time per operation: unlike ops/s, it hardly moves when the machine is busy.\n\n\
-         | scenario | callers | ops/s | × raw | p50 µs | p99 µs | p99.9 µs | baton CPU µs/op |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+         `SET NX PX` ops/s, since a cycle is two operations). \"server CPU\" is the server process's \
+         user + system time per operation: unlike ops/s, it hardly moves when the machine is busy. \
+         A \"paced N/s\" row starts calls at a steady half of the scenario's peak (every \
+         millisecond, those due), however slow earlier ones are.\n\n\
+         | scenario | callers | ops/s | × raw | p50 µs | p99 µs | p99.9 µs | server CPU µs/op |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
         args.duration
     );
     for r in rows {
@@ -767,7 +875,7 @@ fn render(args: &Args, rows: &[Row], notes: &[String]) -> String {
         let cpu = r.cpu_us_per_op.map(|cpu| format!("{cpu:.0}")).unwrap_or_else(|| "–".into());
         out.push_str(&format!(
             "| {} | {} | {:.0} | {} | {} | {} | {} | {} |\n",
-            r.scenario, r.concurrency, r.ops_per_sec, ratio, r.p50_us, r.p99_us, r.p999_us, cpu
+            r.scenario, r.callers, r.ops_per_sec, ratio, r.p50_us, r.p99_us, r.p999_us, cpu
         ));
     }
     out.push('\n');
