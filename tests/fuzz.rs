@@ -54,13 +54,14 @@ use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use baton::proto::v1::session_store_service_client::SessionStoreServiceClient;
 use baton::proto::v1::{
-    AckRequest, AcquireRequest, Backoff, BatchGetRequest, BatchSetEntry, BatchSetRequest, CancelJobRequest,
-    CheckRequest, ConsumeRequest, ConsumeResponse, CreateSessionRequest, DeleteRequest, DeleteSessionRequest,
-    DescribeRequest, EnqueueBatchRequest, EnqueueRequest, ExtendRequest, FetchRequest, FillRequest, GetJobRequest,
-    GetQueueStatsRequest, GetRequest, GetSessionRequest, InvalidateTagRequest, KeepAliveRequest, Limit, LimitRequest,
-    ListDeadJobsRequest, ListSessionsRequest, NackRequest, PauseQueueRequest, ReleaseRequest, RenewRequest,
-    ResetRequest, ResumeQueueRequest, RetryDeadJobsRequest, RevokeSessionsRequest, RotateSessionRequest, SetRequest,
-    UpdateSessionRequest, consume_response, enqueue_request, limit_request, reset_request,
+    AckBatchRequest, AckRequest, AcquireRequest, Backoff, BatchGetRequest, BatchSetEntry, BatchSetRequest,
+    CancelJobRequest, CheckRequest, ConsumeRequest, ConsumeResponse, CreateSessionRequest, DeleteRequest,
+    DeleteSessionRequest, DescribeRequest, EnqueueBatchRequest, EnqueueRequest, ExtendRequest, FetchRequest,
+    FillRequest, GetJobRequest, GetQueueStatsRequest, GetRequest, GetSessionRequest, InvalidateTagRequest,
+    KeepAliveRequest, Limit, LimitRequest, ListDeadJobsRequest, ListSessionsRequest, NackRequest, PauseQueueRequest,
+    ReleaseRequest, RenewRequest, ResetRequest, ResumeQueueRequest, RetryDeadJobsRequest, RevokeSessionsRequest,
+    RotateSessionRequest, SetRequest, UpdateSessionRequest, consume_response, enqueue_request, limit_request,
+    reset_request,
 };
 use common::{Baton, Redis};
 use proptest::prelude::*;
@@ -593,6 +594,7 @@ struct Strategies {
     enqueue_batch: BoxedStrategy<EnqueueBatchRequest>,
     consume: BoxedStrategy<ConsumeRequest>,
     ack: BoxedStrategy<(AckRequest, Option<Index>)>,
+    ack_batch: BoxedStrategy<(AckBatchRequest, Option<Index>)>,
     nack: BoxedStrategy<(NackRequest, Option<Index>)>,
     extend: BoxedStrategy<(ExtendRequest, Option<Index>)>,
     get_job: BoxedStrategy<(GetJobRequest, Option<Index>)>,
@@ -736,6 +738,16 @@ impl Strategies {
                 .boxed(),
             ack: (queue_lease_id(), bytes(), pool_pick())
                 .prop_map(|(lease_id, result, pick)| (AckRequest { lease_id, result }, pick))
+                .boxed(),
+            ack_batch: (
+                list(
+                    (queue_lease_id(), bytes()).prop_map(|(lease_id, result)| AckRequest { lease_id, result }).boxed(),
+                    queue_lease_id().prop_map(|lease_id| AckRequest { lease_id, result: Vec::new() }).boxed(),
+                    MAX_BATCH,
+                ),
+                pool_pick(),
+            )
+                .prop_map(|(acks, pick)| (AckBatchRequest { acks }, pick))
                 .boxed(),
             nack: (
                 queue_lease_id(),
@@ -1459,6 +1471,22 @@ async fn round(fuzz: &mut Fuzz, s: &Strategies, c: &Clients) {
     }
     let v = o::first([o::malformed_id("lease_id", &r.lease_id), o::value("result", &r.result)]);
     fuzz.exercise("Queue/Ack", r, v, unary!(c.queues, ack, DEADLINE)).await;
+    fuzz.drain_consumer().await;
+    let (mut r, p) = fuzz.sample(&s.ack_batch);
+    if let (Some(id), Some(first)) = (pick(&fuzz.pool.queue_leases, &p), r.acks.first_mut()) {
+        first.lease_id = id;
+    }
+    let v = o::first(
+        [o::batch("acks", &r.acks, MAX_BATCH), r.acks.is_empty().then(|| "acks is empty".to_owned())]
+            .into_iter()
+            .chain(r.acks.iter().enumerate().flat_map(|(i, ack)| {
+                [
+                    o::malformed_id(&format!("acks[{i}].lease_id"), &ack.lease_id),
+                    o::value(&format!("acks[{i}].result"), &ack.result),
+                ]
+            })),
+    );
+    fuzz.exercise("Queue/AckBatch", r, v, unary!(c.queues, ack_batch, DEADLINE)).await;
     let (mut r, p) = fuzz.sample(&s.get_job);
     if let Some(id) = pick(&fuzz.pool.jobs, &p) {
         r.job_id = id;
@@ -1599,7 +1627,7 @@ async fn random_requests_to_every_rpc_never_panic_and_rejections_are_invalid_arg
     for finding in &fuzz.findings {
         println!("finding: {finding}");
     }
-    assert_eq!(fuzz.tallies.len(), 36, "every RPC was exercised");
+    assert_eq!(fuzz.tallies.len(), 37, "every RPC was exercised");
     let problems: Vec<&String> = fuzz.failures.iter().chain(&fuzz.findings).collect();
     assert!(
         problems.is_empty(),

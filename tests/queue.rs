@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use baton::proto::duration_to_proto;
 use baton::proto::v1::job_queue_service_client::JobQueueServiceClient;
 use baton::proto::v1::{
-    AckRequest, Backoff, CancelJobRequest, ConsumeRequest, ConsumeResponse, Delivery, EnqueueBatchRequest,
-    EnqueueRequest, GetJobRequest, GetQueueStatsRequest, JobState, ListDeadJobsRequest, NackRequest, PauseQueueRequest,
-    ResumeQueueRequest, RetryDeadJobsRequest, consume_response, enqueue_request,
+    AckBatchRequest, AckRequest, Backoff, CancelJobRequest, ConsumeRequest, ConsumeResponse, Delivery,
+    EnqueueBatchRequest, EnqueueRequest, GetJobRequest, GetQueueStatsRequest, JobState, ListDeadJobsRequest,
+    NackRequest, PauseQueueRequest, ResumeQueueRequest, RetryDeadJobsRequest, consume_response, enqueue_request,
 };
 use common::{Baton, PATIENCE, Redis, eventually, unique};
 use tokio_stream::StreamExt;
@@ -469,6 +469,61 @@ async fn credit_is_counted_right_when_acks_go_through_the_streams_own_baton() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_batch_settles_each_lease_on_its_own_merits_across_queues_and_frees_credit() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let (first, second) = (unique("batch-a"), unique("batch-b"));
+    let mut first_jobs = Vec::new();
+    for i in 0..8 {
+        first_jobs.push(enqueue(&mut queues, job(&first, &i.to_string())).await);
+    }
+    let second_job = enqueue(&mut queues, job(&second, "b")).await;
+    let mut first_stream = consume(&mut queues, &first, 4, Duration::from_secs(30)).await;
+    let mut second_stream = consume(&mut queues, &second, 4, Duration::from_secs(30)).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(next_delivery(&mut first_stream, PATIENCE).await.expect("a job of the first queue"));
+    }
+    let other = next_delivery(&mut second_stream, PATIENCE).await.expect("the second queue's job");
+
+    // Already acked (answers acked again), cancelled under its holder, forged, and plain.
+    ack(&mut queues, &held[0]).await.unwrap();
+    let cancelled = held[1].job.as_ref().unwrap().job_id.clone();
+    queues.cancel_job(CancelJobRequest { job_id: cancelled.clone() }).await.unwrap();
+    let unknown = {
+        let (token, job_id) = held[2].lease_id.split_once('.').unwrap();
+        format!("{}.{job_id}", "0".repeat(token.len()))
+    };
+    let lease_ids = [held[0].lease_id.clone(), held[1].lease_id.clone(), unknown, held[3].lease_id.clone()];
+    let mut acks: Vec<AckRequest> =
+        lease_ids.into_iter().map(|lease_id| AckRequest { lease_id, result: b"done".to_vec() }).collect();
+    acks.push(AckRequest { lease_id: other.lease_id.clone(), result: Vec::new() });
+    let results = queues.ack_batch(AckBatchRequest { acks }).await.unwrap().into_inner().results;
+    let outcomes: Vec<(bool, &str)> = results.iter().map(|r| (r.acked, r.reason.as_str())).collect();
+    assert_eq!(
+        outcomes,
+        [(true, ""), (false, "JOB_CANCELLED"), (false, "JOB_NOT_LEASED"), (true, ""), (true, "")],
+        "per-lease outcomes, in order"
+    );
+    let job_of = |delivery: &Delivery| delivery.job.as_ref().unwrap().job_id.clone();
+    assert_eq!(job_state(&mut queues, &job_of(&held[3])).await, JobState::Succeeded);
+    assert_eq!(job_state(&mut queues, &second_job).await, JobState::Succeeded);
+    assert_eq!(job_state(&mut queues, &job_of(&held[2])).await, JobState::Active, "a forged lease settles nothing");
+    assert_eq!(job_state(&mut queues, &cancelled).await, JobState::Cancelled);
+
+    // Three of the four leases are settled: the stream refills well before its 1 s re-check.
+    let mut refilled = 0;
+    while let Some(event) = next_event(&mut first_stream, Duration::from_millis(700)).await {
+        if let consume_response::Event::Delivery(delivery) = event {
+            assert!(first_jobs.contains(&job_of(&delivery)));
+            refilled += 1;
+        }
+    }
+    assert_eq!(refilled, 3, "credit freed by the batch is used at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_announced_once_and_acks_through_the_streams_baton_announce_nothing() {
     let redis = Redis::start();
     let baton = Baton::start(Some(&redis.url()), &[]);
@@ -541,6 +596,11 @@ async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
     assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "max_in_flight");
     let status = queues.ack(AckRequest { lease_id: "forged".into(), result: vec![] }).await.unwrap_err();
     assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "lease_id");
+    let status = queues.ack_batch(AckBatchRequest { acks: vec![] }).await.unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "acks");
+    let oversized = AckRequest { lease_id: "forged".into(), result: vec![0; 1024 * 1024 + 1] };
+    let status = queues.ack_batch(AckBatchRequest { acks: vec![oversized] }).await.unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "acks[0].result");
     let status = queues.get_job(GetJobRequest { job_id: "nope".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(redis.dbsize(), 0, "rejected requests wrote {:?}", redis.keys());

@@ -1,21 +1,34 @@
--- Completes a job held under `token`. Repeating an applied Ack answers OK.
+-- Completes deliveries of one queue, each independently: the job becomes SUCCEEDED if
+-- `token` is its current lease. Repeating an applied Ack answers done again.
 --
--- KEYS[1] job   KEYS[2] active
--- ARGV: job_id, token, result, retention ms, the holding stream's channel ('' when that
---       stream lives in the calling process, which tells it directly)
--- Returns 1 done, or {0, reason} when the lease is not the current one.
-local state, lease = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease'))
-if state == 'SUCCEEDED' and lease == ARGV[2] then
-  return 1
+-- KEYS[1] active, then one job key per delivery
+-- ARGV[1] retention ms, then per delivery: job_id, token, result, the holding stream's
+--         channel ('' when that stream lives in the calling process, which tells it
+--         directly)
+-- Returns per delivery 1 done, or the reason the lease may not settle it.
+local replies = {}
+local announced = {}
+for i = 2, #KEYS do
+  local job, at = KEYS[i], 2 + (i - 2) * 4
+  local id, token, channel = ARGV[at], ARGV[at + 1], ARGV[at + 3]
+  local state, lease = unpack(redis.call('HMGET', job, 'state', 'lease'))
+  if state == 'SUCCEEDED' and lease == token then
+    replies[i - 1] = 1
+  else
+    local refusal = lease_refusal(job, token)
+    if refusal then
+      replies[i - 1] = refusal
+    else
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('HSET', job, 'state', 'SUCCEEDED', 'result', ARGV[at + 2], 'finished_at', int(now))
+      redis.call('PEXPIRE', job, ARGV[1])
+      replies[i - 1] = 1
+      -- One wake-up per stream, however many of its leases this call settled.
+      if channel ~= '' and not announced[channel] then
+        announced[channel] = true
+        redis.call('PUBLISH', channel, 'settled')
+      end
+    end
+  end
 end
-local refusal = lease_refusal(KEYS[1], ARGV[2])
-if refusal then
-  return {0, refusal}
-end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HSET', KEYS[1], 'state', 'SUCCEEDED', 'result', ARGV[3], 'finished_at', int(now))
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[5], 'settled')
-end
-return 1
+return replies

@@ -11,11 +11,12 @@ use crate::config::Limits;
 use crate::error::Error;
 use crate::proto::v1::job_queue_service_server::JobQueueService;
 use crate::proto::v1::{
-    self as pb, AckRequest, AckResponse, CancelJobRequest, CancelJobResponse, ConsumeRequest, ConsumeResponse,
-    EnqueueBatchRequest, EnqueueBatchResponse, EnqueueRequest, EnqueueResponse, ExtendRequest, ExtendResponse,
-    GetJobRequest, GetJobResponse, GetQueueStatsRequest, GetQueueStatsResponse, ListDeadJobsRequest,
-    ListDeadJobsResponse, NackRequest, NackResponse, PauseQueueRequest, PauseQueueResponse, ResumeQueueRequest,
-    ResumeQueueResponse, RetryDeadJobsRequest, RetryDeadJobsResponse, consume_response, enqueue_request,
+    self as pb, AckBatchRequest, AckBatchResponse, AckRequest, AckResponse, AckResult, CancelJobRequest,
+    CancelJobResponse, ConsumeRequest, ConsumeResponse, EnqueueBatchRequest, EnqueueBatchResponse, EnqueueRequest,
+    EnqueueResponse, ExtendRequest, ExtendResponse, GetJobRequest, GetJobResponse, GetQueueStatsRequest,
+    GetQueueStatsResponse, ListDeadJobsRequest, ListDeadJobsResponse, NackRequest, NackResponse, PauseQueueRequest,
+    PauseQueueResponse, ResumeQueueRequest, ResumeQueueResponse, RetryDeadJobsRequest, RetryDeadJobsResponse,
+    consume_response, enqueue_request,
 };
 use crate::proto::{duration_from_proto, duration_to_proto, now_micros, timestamp_from_micros};
 use crate::queue::{
@@ -333,6 +334,36 @@ impl JobQueueService for JobQueueGrpc {
         }
         self.queues.scoped(&namespace).ack(&lease(&request.lease_id)?, &request.result).await?;
         Ok(Response::new(AckResponse {}))
+    }
+
+    async fn ack_batch(&self, request: Request<AckBatchRequest>) -> Result<Response<AckBatchResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
+        let acks = request.into_inner().acks;
+        if acks.is_empty() || acks.len() > self.queue_limits.max_batch {
+            return Err(Error::invalid("acks", format!("must hold 1 to {} acks", self.queue_limits.max_batch)).into());
+        }
+        // Validate the whole batch before settling any of it.
+        let mut settlements = Vec::with_capacity(acks.len());
+        for (index, ack) in acks.into_iter().enumerate() {
+            if ack.result.len() > self.limits.max_value_bytes {
+                let message = format!("must be at most {} bytes", self.limits.max_value_bytes);
+                return Err(Error::invalid(format!("acks[{index}].result"), message).into());
+            }
+            let lease = LeaseRef::parse(&ack.lease_id).ok_or_else(|| {
+                Error::invalid(format!("acks[{index}].lease_id"), "is not a lease id issued by Baton")
+            })?;
+            settlements.push((lease, ack.result));
+        }
+        let outcomes = self.queues.scoped(&namespace).ack_batch(&settlements).await?;
+        let results = outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(()) => Ok(AckResult { acked: true, reason: String::new() }),
+                Err(Error::FailedPrecondition { reason, .. }) => Ok(AckResult { acked: false, reason: reason.into() }),
+                Err(err) => Err(err),
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(Response::new(AckBatchResponse { results }))
     }
 
     async fn nack(&self, request: Request<NackRequest>) -> Result<Response<NackResponse>, Status> {

@@ -465,27 +465,68 @@ impl QueueManager {
     }
 
     pub async fn ack(&self, lease: &LeaseRef, result: &[u8]) -> Result<(), Error> {
-        let keys = [self.job_key(&lease.queue, &lease.job_id), self.key(&lease.queue, "active")];
-        let (channel, local) = self.settlement_route(lease);
-        let args = vec![
-            lease.job_id.clone().into_bytes(),
-            lease.token.clone().into_bytes(),
-            result.to_vec(),
-            self.settings.retention.as_millis().to_string().into_bytes(),
-            channel.into_bytes(),
-        ];
-        let reply: redis::Value = self.store.run_script("queue_ack", &ACK, &keys, &args).await?;
-        match reply {
-            redis::Value::Int(1) => {
-                if let Some(inbox) = local {
-                    inbox.settle(&lease.token);
-                }
-                metrics::counter!("baton_queue_acked_total").increment(1);
-                Ok(())
-            }
-            redis::Value::Array(parts) => Err(Self::settle_error(&from_value::<String>(parts[1].clone())?)),
-            other => Err(Error::Internal(format!("ack script returned {other:?}"))),
+        let mut outcomes = self.ack_batch(&[(lease.clone(), result.to_vec())]).await?;
+        outcomes.pop().unwrap_or_else(|| Err(Error::Internal("ack script returned nothing".into())))
+    }
+
+    /// Completes many deliveries: one script per queue, the queues' scripts pipelined.
+    /// Each delivery's outcome is independent; a failure to reach Redis fails the call
+    /// (some acks may have applied, as for any retried Ack).
+    pub async fn ack_batch(&self, acks: &[(LeaseRef, Vec<u8>)]) -> Result<Vec<Result<(), Error>>, Error> {
+        let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (index, (lease, _)) in acks.iter().enumerate() {
+            by_queue.entry(lease.queue.as_str()).or_default().push(index);
         }
+        let groups = join_all(by_queue.into_iter().map(|(queue, indexes)| async move {
+            let replies = self.ack_queue(queue, indexes.iter().map(|&i| &acks[i])).await;
+            (indexes, replies)
+        }))
+        .await;
+        let mut outcomes: Vec<Result<(), Error>> = acks.iter().map(|_| Ok(())).collect();
+        for (indexes, replies) in groups {
+            for (index, outcome) in indexes.into_iter().zip(replies?) {
+                outcomes[index] = outcome;
+            }
+        }
+        let acked = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+        metrics::counter!("baton_queue_acked_total").increment(acked as u64);
+        Ok(outcomes)
+    }
+
+    async fn ack_queue<'a>(
+        &self,
+        queue: &str,
+        acks: impl Iterator<Item = &'a (LeaseRef, Vec<u8>)>,
+    ) -> Result<Vec<Result<(), Error>>, Error> {
+        let mut keys = vec![self.key(queue, "active")];
+        let mut args = vec![self.settings.retention.as_millis().to_string().into_bytes()];
+        let mut told_directly = Vec::new();
+        for (lease, result) in acks {
+            let (channel, local) = self.settlement_route(lease);
+            keys.push(self.job_key(queue, &lease.job_id));
+            args.extend([lease.job_id.clone().into_bytes(), lease.token.clone().into_bytes(), result.clone()]);
+            args.push(channel.into_bytes());
+            told_directly.push((local, lease.token.as_str()));
+        }
+        let replies: Vec<redis::Value> = self.store.run_script("queue_ack", &ACK, &keys, &args).await?;
+        if replies.len() != told_directly.len() {
+            return Err(Error::Internal(format!("ack script answered {} of {}", replies.len(), told_directly.len())));
+        }
+        Ok(replies
+            .into_iter()
+            .zip(told_directly)
+            .map(|(reply, (local, token))| match reply {
+                redis::Value::Int(1) => {
+                    if let Some(inbox) = local {
+                        inbox.settle(token);
+                    }
+                    Ok(())
+                }
+                refusal => {
+                    Err(from_value::<String>(refusal).map_or_else(|err| err, |reason| Self::settle_error(&reason)))
+                }
+            })
+            .collect())
     }
 
     /// Fails a delivery; returns the job's new state and, for a retry, when it runs.

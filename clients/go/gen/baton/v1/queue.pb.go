@@ -1034,6 +1034,154 @@ func (*AckResponse) Descriptor() ([]byte, []int) {
 	return file_baton_v1_queue_proto_rawDescGZIP(), []int{11}
 }
 
+// AckBatchRequest completes many deliveries.
+type AckBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deliveries, each as for Ack.
+	Acks          []*AckRequest `protobuf:"bytes,1,rep,name=acks,proto3" json:"acks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckBatchRequest) Reset() {
+	*x = AckBatchRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckBatchRequest) ProtoMessage() {}
+
+func (x *AckBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckBatchRequest.ProtoReflect.Descriptor instead.
+func (*AckBatchRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *AckBatchRequest) GetAcks() []*AckRequest {
+	if x != nil {
+		return x.Acks
+	}
+	return nil
+}
+
+// AckBatchResponse tells, per delivery, whether it was completed.
+type AckBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per entry of `acks`, in the same order.
+	Results       []*AckResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckBatchResponse) Reset() {
+	*x = AckBatchResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckBatchResponse) ProtoMessage() {}
+
+func (x *AckBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckBatchResponse.ProtoReflect.Descriptor instead.
+func (*AckBatchResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *AckBatchResponse) GetResults() []*AckResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// AckResult is the outcome of one entry of an AckBatch.
+type AckResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the job is SUCCEEDED under this lease (by this call or an earlier Ack).
+	Acked bool `protobuf:"varint,1,opt,name=acked,proto3" json:"acked,omitempty"`
+	// When not acked, the reason Ack's FAILED_PRECONDITION would carry: JOB_NOT_LEASED or
+	// JOB_CANCELLED.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckResult) Reset() {
+	*x = AckResult{}
+	mi := &file_baton_v1_queue_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckResult) ProtoMessage() {}
+
+func (x *AckResult) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckResult.ProtoReflect.Descriptor instead.
+func (*AckResult) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AckResult) GetAcked() bool {
+	if x != nil {
+		return x.Acked
+	}
+	return false
+}
+
+func (x *AckResult) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // NackRequest fails a delivery.
 type NackRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1051,7 +1199,7 @@ type NackRequest struct {
 
 func (x *NackRequest) Reset() {
 	*x = NackRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[12]
+	mi := &file_baton_v1_queue_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1211,7 @@ func (x *NackRequest) String() string {
 func (*NackRequest) ProtoMessage() {}
 
 func (x *NackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[12]
+	mi := &file_baton_v1_queue_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1224,7 @@ func (x *NackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackRequest.ProtoReflect.Descriptor instead.
 func (*NackRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{12}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NackRequest) GetLeaseId() string {
@@ -1120,7 +1268,7 @@ type NackResponse struct {
 
 func (x *NackResponse) Reset() {
 	*x = NackResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[13]
+	mi := &file_baton_v1_queue_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1280,7 @@ func (x *NackResponse) String() string {
 func (*NackResponse) ProtoMessage() {}
 
 func (x *NackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[13]
+	mi := &file_baton_v1_queue_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1293,7 @@ func (x *NackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackResponse.ProtoReflect.Descriptor instead.
 func (*NackResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{13}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NackResponse) GetState() JobState {
@@ -1175,7 +1323,7 @@ type ExtendRequest struct {
 
 func (x *ExtendRequest) Reset() {
 	*x = ExtendRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[14]
+	mi := &file_baton_v1_queue_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1335,7 @@ func (x *ExtendRequest) String() string {
 func (*ExtendRequest) ProtoMessage() {}
 
 func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[14]
+	mi := &file_baton_v1_queue_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1348,7 @@ func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendRequest.ProtoReflect.Descriptor instead.
 func (*ExtendRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{14}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExtendRequest) GetLeaseId() string {
@@ -1228,7 +1376,7 @@ type ExtendResponse struct {
 
 func (x *ExtendResponse) Reset() {
 	*x = ExtendResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[15]
+	mi := &file_baton_v1_queue_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1388,7 @@ func (x *ExtendResponse) String() string {
 func (*ExtendResponse) ProtoMessage() {}
 
 func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[15]
+	mi := &file_baton_v1_queue_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1401,7 @@ func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
 func (*ExtendResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{15}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExtendResponse) GetLeaseExpiresAt() *timestamppb.Timestamp {
@@ -1274,7 +1422,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[16]
+	mi := &file_baton_v1_queue_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1434,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[16]
+	mi := &file_baton_v1_queue_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1447,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{16}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetJobRequest) GetJobId() string {
@@ -1320,7 +1468,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[17]
+	mi := &file_baton_v1_queue_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1480,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[17]
+	mi := &file_baton_v1_queue_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1493,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{17}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -1366,7 +1514,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[18]
+	mi := &file_baton_v1_queue_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1378,7 +1526,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[18]
+	mi := &file_baton_v1_queue_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1391,7 +1539,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{18}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CancelJobRequest) GetJobId() string {
@@ -1414,7 +1562,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[19]
+	mi := &file_baton_v1_queue_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1574,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[19]
+	mi := &file_baton_v1_queue_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1587,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{19}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelJobResponse) GetCancelled() bool {
@@ -1467,7 +1615,7 @@ type GetQueueStatsRequest struct {
 
 func (x *GetQueueStatsRequest) Reset() {
 	*x = GetQueueStatsRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[20]
+	mi := &file_baton_v1_queue_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1479,7 +1627,7 @@ func (x *GetQueueStatsRequest) String() string {
 func (*GetQueueStatsRequest) ProtoMessage() {}
 
 func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[20]
+	mi := &file_baton_v1_queue_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1492,7 +1640,7 @@ func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{20}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetQueueStatsRequest) GetQueue() string {
@@ -1523,7 +1671,7 @@ type GetQueueStatsResponse struct {
 
 func (x *GetQueueStatsResponse) Reset() {
 	*x = GetQueueStatsResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[21]
+	mi := &file_baton_v1_queue_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1535,7 +1683,7 @@ func (x *GetQueueStatsResponse) String() string {
 func (*GetQueueStatsResponse) ProtoMessage() {}
 
 func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[21]
+	mi := &file_baton_v1_queue_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1548,7 +1696,7 @@ func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{21}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetQueueStatsResponse) GetReady() uint64 {
@@ -1608,7 +1756,7 @@ type ListDeadJobsRequest struct {
 
 func (x *ListDeadJobsRequest) Reset() {
 	*x = ListDeadJobsRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[22]
+	mi := &file_baton_v1_queue_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1768,7 @@ func (x *ListDeadJobsRequest) String() string {
 func (*ListDeadJobsRequest) ProtoMessage() {}
 
 func (x *ListDeadJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[22]
+	mi := &file_baton_v1_queue_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1781,7 @@ func (x *ListDeadJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadJobsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{22}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListDeadJobsRequest) GetQueue() string {
@@ -1670,7 +1818,7 @@ type ListDeadJobsResponse struct {
 
 func (x *ListDeadJobsResponse) Reset() {
 	*x = ListDeadJobsResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[23]
+	mi := &file_baton_v1_queue_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1682,7 +1830,7 @@ func (x *ListDeadJobsResponse) String() string {
 func (*ListDeadJobsResponse) ProtoMessage() {}
 
 func (x *ListDeadJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[23]
+	mi := &file_baton_v1_queue_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1695,7 +1843,7 @@ func (x *ListDeadJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadJobsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{23}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListDeadJobsResponse) GetJobs() []*Job {
@@ -1725,7 +1873,7 @@ type RetryDeadJobsRequest struct {
 
 func (x *RetryDeadJobsRequest) Reset() {
 	*x = RetryDeadJobsRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[24]
+	mi := &file_baton_v1_queue_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1885,7 @@ func (x *RetryDeadJobsRequest) String() string {
 func (*RetryDeadJobsRequest) ProtoMessage() {}
 
 func (x *RetryDeadJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[24]
+	mi := &file_baton_v1_queue_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +1898,7 @@ func (x *RetryDeadJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadJobsRequest.ProtoReflect.Descriptor instead.
 func (*RetryDeadJobsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{24}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RetryDeadJobsRequest) GetQueue() string {
@@ -1778,7 +1926,7 @@ type RetryDeadJobsResponse struct {
 
 func (x *RetryDeadJobsResponse) Reset() {
 	*x = RetryDeadJobsResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[25]
+	mi := &file_baton_v1_queue_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1790,7 +1938,7 @@ func (x *RetryDeadJobsResponse) String() string {
 func (*RetryDeadJobsResponse) ProtoMessage() {}
 
 func (x *RetryDeadJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[25]
+	mi := &file_baton_v1_queue_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1803,7 +1951,7 @@ func (x *RetryDeadJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadJobsResponse.ProtoReflect.Descriptor instead.
 func (*RetryDeadJobsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{25}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RetryDeadJobsResponse) GetRetried() uint64 {
@@ -1824,7 +1972,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[26]
+	mi := &file_baton_v1_queue_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +1984,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[26]
+	mi := &file_baton_v1_queue_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +1997,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{26}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PauseQueueRequest) GetQueue() string {
@@ -1868,7 +2016,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[27]
+	mi := &file_baton_v1_queue_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1880,7 +2028,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[27]
+	mi := &file_baton_v1_queue_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1893,7 +2041,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{27}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{30}
 }
 
 // ResumeQueueRequest names the queue to resume.
@@ -1907,7 +2055,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[28]
+	mi := &file_baton_v1_queue_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1919,7 +2067,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[28]
+	mi := &file_baton_v1_queue_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1932,7 +2080,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{28}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ResumeQueueRequest) GetQueue() string {
@@ -1951,7 +2099,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[29]
+	mi := &file_baton_v1_queue_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1963,7 +2111,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[29]
+	mi := &file_baton_v1_queue_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1976,7 +2124,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{29}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
 var File_baton_v1_queue_proto protoreflect.FileDescriptor
@@ -2053,7 +2201,14 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"AckRequest\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12\x16\n" +
 	"\x06result\x18\x02 \x01(\fR\x06result\"\r\n" +
-	"\vAckResponse\"\x9b\x01\n" +
+	"\vAckResponse\";\n" +
+	"\x0fAckBatchRequest\x12(\n" +
+	"\x04acks\x18\x01 \x03(\v2\x14.baton.v1.AckRequestR\x04acks\"A\n" +
+	"\x10AckBatchResponse\x12-\n" +
+	"\aresults\x18\x01 \x03(\v2\x13.baton.v1.AckResultR\aresults\"9\n" +
+	"\tAckResult\x12\x14\n" +
+	"\x05acked\x18\x01 \x01(\bR\x05acked\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x9b\x01\n" +
 	"\vNackRequest\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12:\n" +
@@ -2114,12 +2269,13 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x05\x12\x12\n" +
 	"\x0eJOB_STATE_DEAD\x10\x06\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\a2\x95\a\n" +
+	"\x13JOB_STATE_CANCELLED\x10\a2\xd8\a\n" +
 	"\x0fJobQueueService\x12>\n" +
 	"\aEnqueue\x12\x18.baton.v1.EnqueueRequest\x1a\x19.baton.v1.EnqueueResponse\x12M\n" +
 	"\fEnqueueBatch\x12\x1d.baton.v1.EnqueueBatchRequest\x1a\x1e.baton.v1.EnqueueBatchResponse\x12@\n" +
 	"\aConsume\x12\x18.baton.v1.ConsumeRequest\x1a\x19.baton.v1.ConsumeResponse0\x01\x122\n" +
-	"\x03Ack\x12\x14.baton.v1.AckRequest\x1a\x15.baton.v1.AckResponse\x125\n" +
+	"\x03Ack\x12\x14.baton.v1.AckRequest\x1a\x15.baton.v1.AckResponse\x12A\n" +
+	"\bAckBatch\x12\x19.baton.v1.AckBatchRequest\x1a\x1a.baton.v1.AckBatchResponse\x125\n" +
 	"\x04Nack\x12\x15.baton.v1.NackRequest\x1a\x16.baton.v1.NackResponse\x12;\n" +
 	"\x06Extend\x12\x17.baton.v1.ExtendRequest\x1a\x18.baton.v1.ExtendResponse\x12;\n" +
 	"\x06GetJob\x12\x17.baton.v1.GetJobRequest\x1a\x18.baton.v1.GetJobResponse\x12D\n" +
@@ -2146,7 +2302,7 @@ func file_baton_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_baton_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                 // 0: baton.v1.JobState
 	(*Backoff)(nil),               // 1: baton.v1.Backoff
@@ -2161,86 +2317,93 @@ var file_baton_v1_queue_proto_goTypes = []any{
 	(*ConsumeResponse)(nil),       // 10: baton.v1.ConsumeResponse
 	(*AckRequest)(nil),            // 11: baton.v1.AckRequest
 	(*AckResponse)(nil),           // 12: baton.v1.AckResponse
-	(*NackRequest)(nil),           // 13: baton.v1.NackRequest
-	(*NackResponse)(nil),          // 14: baton.v1.NackResponse
-	(*ExtendRequest)(nil),         // 15: baton.v1.ExtendRequest
-	(*ExtendResponse)(nil),        // 16: baton.v1.ExtendResponse
-	(*GetJobRequest)(nil),         // 17: baton.v1.GetJobRequest
-	(*GetJobResponse)(nil),        // 18: baton.v1.GetJobResponse
-	(*CancelJobRequest)(nil),      // 19: baton.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),     // 20: baton.v1.CancelJobResponse
-	(*GetQueueStatsRequest)(nil),  // 21: baton.v1.GetQueueStatsRequest
-	(*GetQueueStatsResponse)(nil), // 22: baton.v1.GetQueueStatsResponse
-	(*ListDeadJobsRequest)(nil),   // 23: baton.v1.ListDeadJobsRequest
-	(*ListDeadJobsResponse)(nil),  // 24: baton.v1.ListDeadJobsResponse
-	(*RetryDeadJobsRequest)(nil),  // 25: baton.v1.RetryDeadJobsRequest
-	(*RetryDeadJobsResponse)(nil), // 26: baton.v1.RetryDeadJobsResponse
-	(*PauseQueueRequest)(nil),     // 27: baton.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 28: baton.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 29: baton.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 30: baton.v1.ResumeQueueResponse
-	(*durationpb.Duration)(nil),   // 31: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
+	(*AckBatchRequest)(nil),       // 13: baton.v1.AckBatchRequest
+	(*AckBatchResponse)(nil),      // 14: baton.v1.AckBatchResponse
+	(*AckResult)(nil),             // 15: baton.v1.AckResult
+	(*NackRequest)(nil),           // 16: baton.v1.NackRequest
+	(*NackResponse)(nil),          // 17: baton.v1.NackResponse
+	(*ExtendRequest)(nil),         // 18: baton.v1.ExtendRequest
+	(*ExtendResponse)(nil),        // 19: baton.v1.ExtendResponse
+	(*GetJobRequest)(nil),         // 20: baton.v1.GetJobRequest
+	(*GetJobResponse)(nil),        // 21: baton.v1.GetJobResponse
+	(*CancelJobRequest)(nil),      // 22: baton.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),     // 23: baton.v1.CancelJobResponse
+	(*GetQueueStatsRequest)(nil),  // 24: baton.v1.GetQueueStatsRequest
+	(*GetQueueStatsResponse)(nil), // 25: baton.v1.GetQueueStatsResponse
+	(*ListDeadJobsRequest)(nil),   // 26: baton.v1.ListDeadJobsRequest
+	(*ListDeadJobsResponse)(nil),  // 27: baton.v1.ListDeadJobsResponse
+	(*RetryDeadJobsRequest)(nil),  // 28: baton.v1.RetryDeadJobsRequest
+	(*RetryDeadJobsResponse)(nil), // 29: baton.v1.RetryDeadJobsResponse
+	(*PauseQueueRequest)(nil),     // 30: baton.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),    // 31: baton.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),    // 32: baton.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),   // 33: baton.v1.ResumeQueueResponse
+	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
 }
 var file_baton_v1_queue_proto_depIdxs = []int32{
-	31, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
-	31, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
+	34, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
+	34, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
 	0,  // 2: baton.v1.Job.state:type_name -> baton.v1.JobState
-	32, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	32, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	35, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	35, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
 	1,  // 5: baton.v1.Job.backoff:type_name -> baton.v1.Backoff
-	32, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	31, // 7: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
-	32, // 8: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	35, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	34, // 7: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
+	35, // 8: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: baton.v1.EnqueueRequest.backoff:type_name -> baton.v1.Backoff
-	31, // 10: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
+	34, // 10: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
 	3,  // 11: baton.v1.EnqueueBatchRequest.requests:type_name -> baton.v1.EnqueueRequest
 	4,  // 12: baton.v1.EnqueueBatchResponse.results:type_name -> baton.v1.EnqueueResponse
-	31, // 13: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	34, // 13: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
 	2,  // 14: baton.v1.Delivery.job:type_name -> baton.v1.Job
-	32, // 15: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
+	35, // 15: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
 	8,  // 16: baton.v1.ConsumeResponse.delivery:type_name -> baton.v1.Delivery
 	9,  // 17: baton.v1.ConsumeResponse.cancelled:type_name -> baton.v1.JobCancelled
-	31, // 18: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
-	0,  // 19: baton.v1.NackResponse.state:type_name -> baton.v1.JobState
-	32, // 20: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
-	31, // 21: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	32, // 22: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 23: baton.v1.GetJobResponse.job:type_name -> baton.v1.Job
-	0,  // 24: baton.v1.CancelJobResponse.state:type_name -> baton.v1.JobState
-	31, // 25: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
-	2,  // 26: baton.v1.ListDeadJobsResponse.jobs:type_name -> baton.v1.Job
-	3,  // 27: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
-	5,  // 28: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
-	7,  // 29: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
-	11, // 30: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
-	13, // 31: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
-	15, // 32: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
-	17, // 33: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
-	19, // 34: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
-	21, // 35: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
-	23, // 36: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
-	25, // 37: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
-	27, // 38: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
-	29, // 39: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
-	4,  // 40: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
-	6,  // 41: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
-	10, // 42: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
-	12, // 43: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
-	14, // 44: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
-	16, // 45: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
-	18, // 46: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
-	20, // 47: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
-	22, // 48: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
-	24, // 49: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
-	26, // 50: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
-	28, // 51: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
-	30, // 52: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
-	40, // [40:53] is the sub-list for method output_type
-	27, // [27:40] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	11, // 18: baton.v1.AckBatchRequest.acks:type_name -> baton.v1.AckRequest
+	15, // 19: baton.v1.AckBatchResponse.results:type_name -> baton.v1.AckResult
+	34, // 20: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
+	0,  // 21: baton.v1.NackResponse.state:type_name -> baton.v1.JobState
+	35, // 22: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
+	34, // 23: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	35, // 24: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	2,  // 25: baton.v1.GetJobResponse.job:type_name -> baton.v1.Job
+	0,  // 26: baton.v1.CancelJobResponse.state:type_name -> baton.v1.JobState
+	34, // 27: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	2,  // 28: baton.v1.ListDeadJobsResponse.jobs:type_name -> baton.v1.Job
+	3,  // 29: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
+	5,  // 30: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
+	7,  // 31: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
+	11, // 32: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
+	13, // 33: baton.v1.JobQueueService.AckBatch:input_type -> baton.v1.AckBatchRequest
+	16, // 34: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
+	18, // 35: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
+	20, // 36: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
+	22, // 37: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
+	24, // 38: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
+	26, // 39: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
+	28, // 40: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
+	30, // 41: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
+	32, // 42: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
+	4,  // 43: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
+	6,  // 44: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
+	10, // 45: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
+	12, // 46: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
+	14, // 47: baton.v1.JobQueueService.AckBatch:output_type -> baton.v1.AckBatchResponse
+	17, // 48: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
+	19, // 49: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
+	21, // 50: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
+	23, // 51: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
+	25, // 52: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
+	27, // 53: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
+	29, // 54: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
+	31, // 55: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
+	33, // 56: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
+	43, // [43:57] is the sub-list for method output_type
+	29, // [29:43] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_queue_proto_init() }
@@ -2262,7 +2425,7 @@ func file_baton_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_queue_proto_rawDesc), len(file_baton_v1_queue_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

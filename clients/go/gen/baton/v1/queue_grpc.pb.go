@@ -23,6 +23,7 @@ const (
 	JobQueueService_EnqueueBatch_FullMethodName  = "/baton.v1.JobQueueService/EnqueueBatch"
 	JobQueueService_Consume_FullMethodName       = "/baton.v1.JobQueueService/Consume"
 	JobQueueService_Ack_FullMethodName           = "/baton.v1.JobQueueService/Ack"
+	JobQueueService_AckBatch_FullMethodName      = "/baton.v1.JobQueueService/AckBatch"
 	JobQueueService_Nack_FullMethodName          = "/baton.v1.JobQueueService/Nack"
 	JobQueueService_Extend_FullMethodName        = "/baton.v1.JobQueueService/Extend"
 	JobQueueService_GetJob_FullMethodName        = "/baton.v1.JobQueueService/GetJob"
@@ -103,6 +104,15 @@ type JobQueueServiceClient interface {
 	// Safe to retry on UNAVAILABLE: an Ack never applies twice, and repeating an Ack that
 	// was already applied with the same lease answers OK again.
 	Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error)
+	// AckBatch completes up to 1000 deliveries (configurable), possibly of different queues,
+	// in one call: for workers that finish jobs faster than one round trip each. The batch is
+	// validated as a whole before anything is written; each Ack then applies independently,
+	// with the same meaning as Ack, and `results` says, in order, which did.
+	//
+	// Failures: INVALID_ARGUMENT (no acks, too many, or any malformed lease_id or oversized
+	// result — nothing is acked); UNAVAILABLE (some acks may have applied); RESOURCE_EXHAUSTED;
+	// DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE, as Ack is.
+	AckBatch(ctx context.Context, in *AckBatchRequest, opts ...grpc.CallOption) (*AckBatchResponse, error)
 	// Nack fails a delivery: the job is retried after its backoff (or `retry_after`) until it
 	// has made max_attempts attempts, then moves to the dead-letter set; `dead_letter = true`
 	// moves it there at once.
@@ -226,6 +236,16 @@ func (c *jobQueueServiceClient) Ack(ctx context.Context, in *AckRequest, opts ..
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(AckResponse)
 	err := c.cc.Invoke(ctx, JobQueueService_Ack_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobQueueServiceClient) AckBatch(ctx context.Context, in *AckBatchRequest, opts ...grpc.CallOption) (*AckBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AckBatchResponse)
+	err := c.cc.Invoke(ctx, JobQueueService_AckBatch_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -391,6 +411,15 @@ type JobQueueServiceServer interface {
 	// Safe to retry on UNAVAILABLE: an Ack never applies twice, and repeating an Ack that
 	// was already applied with the same lease answers OK again.
 	Ack(context.Context, *AckRequest) (*AckResponse, error)
+	// AckBatch completes up to 1000 deliveries (configurable), possibly of different queues,
+	// in one call: for workers that finish jobs faster than one round trip each. The batch is
+	// validated as a whole before anything is written; each Ack then applies independently,
+	// with the same meaning as Ack, and `results` says, in order, which did.
+	//
+	// Failures: INVALID_ARGUMENT (no acks, too many, or any malformed lease_id or oversized
+	// result — nothing is acked); UNAVAILABLE (some acks may have applied); RESOURCE_EXHAUSTED;
+	// DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE, as Ack is.
+	AckBatch(context.Context, *AckBatchRequest) (*AckBatchResponse, error)
 	// Nack fails a delivery: the job is retried after its backoff (or `retry_after`) until it
 	// has made max_attempts attempts, then moves to the dead-letter set; `dead_letter = true`
 	// moves it there at once.
@@ -482,6 +511,9 @@ func (UnimplementedJobQueueServiceServer) Consume(*ConsumeRequest, grpc.ServerSt
 }
 func (UnimplementedJobQueueServiceServer) Ack(context.Context, *AckRequest) (*AckResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Ack not implemented")
+}
+func (UnimplementedJobQueueServiceServer) AckBatch(context.Context, *AckBatchRequest) (*AckBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AckBatch not implemented")
 }
 func (UnimplementedJobQueueServiceServer) Nack(context.Context, *NackRequest) (*NackResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Nack not implemented")
@@ -592,6 +624,24 @@ func _JobQueueService_Ack_Handler(srv interface{}, ctx context.Context, dec func
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(JobQueueServiceServer).Ack(ctx, req.(*AckRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobQueueService_AckBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AckBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobQueueServiceServer).AckBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobQueueService_AckBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobQueueServiceServer).AckBatch(ctx, req.(*AckBatchRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -776,6 +826,10 @@ var JobQueueService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Ack",
 			Handler:    _JobQueueService_Ack_Handler,
+		},
+		{
+			MethodName: "AckBatch",
+			Handler:    _JobQueueService_AckBatch_Handler,
 		},
 		{
 			MethodName: "Nack",

@@ -290,6 +290,29 @@ export interface AckRequest {
 export interface AckResponse {
 }
 
+/** AckBatchRequest completes many deliveries. */
+export interface AckBatchRequest {
+  /** The deliveries, each as for Ack. */
+  acks: AckRequest[];
+}
+
+/** AckBatchResponse tells, per delivery, whether it was completed. */
+export interface AckBatchResponse {
+  /** One per entry of `acks`, in the same order. */
+  results: AckResult[];
+}
+
+/** AckResult is the outcome of one entry of an AckBatch. */
+export interface AckResult {
+  /** True when the job is SUCCEEDED under this lease (by this call or an earlier Ack). */
+  acked: boolean;
+  /**
+   * When not acked, the reason Ack's FAILED_PRECONDITION would carry: JOB_NOT_LEASED or
+   * JOB_CANCELLED.
+   */
+  reason: string;
+}
+
 /** NackRequest fails a delivery. */
 export interface NackRequest {
   /** The delivery's lease. */
@@ -1936,6 +1959,227 @@ export const AckResponse: MessageFns<AckResponse> = {
   },
 };
 
+function createBaseAckBatchRequest(): AckBatchRequest {
+  return { acks: [] };
+}
+
+export const AckBatchRequest: MessageFns<AckBatchRequest> = {
+  encode(message: AckBatchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.acks) {
+      AckRequest.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AckBatchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAckBatchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.acks.push(AckRequest.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AckBatchRequest {
+    return { acks: globalThis.Array.isArray(object?.acks) ? object.acks.map((e: any) => AckRequest.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: AckBatchRequest): unknown {
+    const obj: any = {};
+    if (message.acks?.length) {
+      obj.acks = message.acks.map((e) => AckRequest.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AckBatchRequest>): AckBatchRequest {
+    return AckBatchRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AckBatchRequest>): AckBatchRequest {
+    const message = createBaseAckBatchRequest();
+    message.acks = object.acks?.map((e) => AckRequest.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAckBatchResponse(): AckBatchResponse {
+  return { results: [] };
+}
+
+export const AckBatchResponse: MessageFns<AckBatchResponse> = {
+  encode(message: AckBatchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.results) {
+      AckResult.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AckBatchResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAckBatchResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.results.push(AckResult.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AckBatchResponse {
+    return {
+      results: globalThis.Array.isArray(object?.results) ? object.results.map((e: any) => AckResult.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: AckBatchResponse): unknown {
+    const obj: any = {};
+    if (message.results?.length) {
+      obj.results = message.results.map((e) => AckResult.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AckBatchResponse>): AckBatchResponse {
+    return AckBatchResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AckBatchResponse>): AckBatchResponse {
+    const message = createBaseAckBatchResponse();
+    message.results = object.results?.map((e) => AckResult.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseAckResult(): AckResult {
+  return { acked: false, reason: "" };
+}
+
+export const AckResult: MessageFns<AckResult> = {
+  encode(message: AckResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.acked !== false) {
+      writer.uint32(8).bool(message.acked);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AckResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAckResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.acked = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AckResult {
+    return {
+      acked: isSet(object.acked) ? globalThis.Boolean(object.acked) : false,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: AckResult): unknown {
+    const obj: any = {};
+    if (message.acked !== false) {
+      obj.acked = message.acked;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AckResult>): AckResult {
+    return AckResult.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AckResult>): AckResult {
+    const message = createBaseAckResult();
+    message.acked = object.acked ?? false;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
 function createBaseNackRequest(): NackRequest {
   return { leaseId: "", error: "", retryAfter: undefined, deadLetter: false };
 }
@@ -3561,6 +3805,25 @@ export const JobQueueServiceService = {
     responseDeserialize: (value: Buffer): AckResponse => AckResponse.decode(value),
   },
   /**
+   * AckBatch completes up to 1000 deliveries (configurable), possibly of different queues,
+   * in one call: for workers that finish jobs faster than one round trip each. The batch is
+   * validated as a whole before anything is written; each Ack then applies independently,
+   * with the same meaning as Ack, and `results` says, in order, which did.
+   *
+   * Failures: INVALID_ARGUMENT (no acks, too many, or any malformed lease_id or oversized
+   * result — nothing is acked); UNAVAILABLE (some acks may have applied); RESOURCE_EXHAUSTED;
+   * DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE, as Ack is.
+   */
+  ackBatch: {
+    path: "/baton.v1.JobQueueService/AckBatch" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AckBatchRequest): Buffer => Buffer.from(AckBatchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AckBatchRequest => AckBatchRequest.decode(value),
+    responseSerialize: (value: AckBatchResponse): Buffer => Buffer.from(AckBatchResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AckBatchResponse => AckBatchResponse.decode(value),
+  },
+  /**
    * Nack fails a delivery: the job is retried after its backoff (or `retry_after`) until it
    * has made max_attempts attempts, then moves to the dead-letter set; `dead_letter = true`
    * moves it there at once.
@@ -3778,6 +4041,17 @@ export interface JobQueueServiceServer extends UntypedServiceImplementation {
    */
   ack: handleUnaryCall<AckRequest, AckResponse>;
   /**
+   * AckBatch completes up to 1000 deliveries (configurable), possibly of different queues,
+   * in one call: for workers that finish jobs faster than one round trip each. The batch is
+   * validated as a whole before anything is written; each Ack then applies independently,
+   * with the same meaning as Ack, and `results` says, in order, which did.
+   *
+   * Failures: INVALID_ARGUMENT (no acks, too many, or any malformed lease_id or oversized
+   * result — nothing is acked); UNAVAILABLE (some acks may have applied); RESOURCE_EXHAUSTED;
+   * DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE, as Ack is.
+   */
+  ackBatch: handleUnaryCall<AckBatchRequest, AckBatchResponse>;
+  /**
    * Nack fails a delivery: the job is retried after its backoff (or `retry_after`) until it
    * has made max_attempts attempts, then moves to the dead-letter set; `dead_letter = true`
    * moves it there at once.
@@ -3962,6 +4236,31 @@ export interface JobQueueServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: AckResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * AckBatch completes up to 1000 deliveries (configurable), possibly of different queues,
+   * in one call: for workers that finish jobs faster than one round trip each. The batch is
+   * validated as a whole before anything is written; each Ack then applies independently,
+   * with the same meaning as Ack, and `results` says, in order, which did.
+   *
+   * Failures: INVALID_ARGUMENT (no acks, too many, or any malformed lease_id or oversized
+   * result — nothing is acked); UNAVAILABLE (some acks may have applied); RESOURCE_EXHAUSTED;
+   * DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE, as Ack is.
+   */
+  ackBatch(
+    request: AckBatchRequest,
+    callback: (error: ServiceError | null, response: AckBatchResponse) => void,
+  ): ClientUnaryCall;
+  ackBatch(
+    request: AckBatchRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AckBatchResponse) => void,
+  ): ClientUnaryCall;
+  ackBatch(
+    request: AckBatchRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AckBatchResponse) => void,
   ): ClientUnaryCall;
   /**
    * Nack fails a delivery: the job is retried after its backoff (or `retry_after`) until it

@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x61ton/v1/queue.proto\x12\x08\x62\x61ton.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"q\n\x07\x42\x61\x63koff\x12*\n\x07initial\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03max\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\"\x88\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12!\n\x05state\x18\x06 \x01(\x0e\x32\x12.baton.v1.JobState\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\r\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06run_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x0e\n\x06result\x18\x0c \x01(\x0c\x12\x11\n\tdedup_key\x18\r \x01(\t\x12\"\n\x07\x62\x61\x63koff\x18\x0e \x01(\x0b\x32\x11.baton.v1.Backoff\x12/\n\x0b\x66inished_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb1\x02\n\x0e\x45nqueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0c\n\x04type\x18\x03 \x01(\t\x12*\n\x05\x64\x65lay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12,\n\x06run_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\"\n\x07\x62\x61\x63koff\x18\x08 \x01(\x0b\x32\x11.baton.v1.Backoff\x12\x11\n\tdedup_key\x18\t \x01(\t\x12,\n\tdedup_ttl\x18\n \x01(\x0b\x32\x19.google.protobuf.DurationB\n\n\x08schedule\"4\n\x0f\x45nqueueResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"A\n\x13\x45nqueueBatchRequest\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.baton.v1.EnqueueRequest\"B\n\x14\x45nqueueBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.baton.v1.EnqueueResponse\"\x8e\x01\n\x0e\x43onsumeRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\r\x12\x35\n\x12visibility_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05types\x18\x04 \x03(\t\x12\x10\n\x08\x63onsumer\x18\x05 \x01(\t\"\x7f\n\x08\x44\x65livery\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.baton.v1.Job\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x34\n\x10lease_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x0cJobCancelled\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"o\n\x0f\x43onsumeResponse\x12&\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x12.baton.v1.DeliveryH\x00\x12+\n\tcancelled\x18\x02 \x01(\x0b\x32\x16.baton.v1.JobCancelledH\x00\x42\x07\n\x05\x65vent\".\n\nAckRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06result\x18\x02 \x01(\x0c\"\r\n\x0b\x41\x63kResponse\"s\n\x0bNackRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65\x61\x64_letter\x18\x04 \x01(\x08\"]\n\x0cNackResponse\x12!\n\x05state\x18\x01 \x01(\x0e\x32\x12.baton.v1.JobState\x12*\n\x06run_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\rExtendRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x35\n\x12visibility_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x0e\x45xtendResponse\x12\x34\n\x10lease_expires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\",\n\x0eGetJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.baton.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"I\n\x11\x43\x61ncelJobResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.baton.v1.JobState\"%\n\x14GetQueueStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\x9c\x01\n\x15GetQueueStatsResponse\x12\r\n\x05ready\x18\x01 \x01(\x04\x12\x11\n\tscheduled\x18\x02 \x01(\x04\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x65\x61\x64\x18\x04 \x01(\x04\x12\x0e\n\x06paused\x18\x05 \x01(\x08\x12\x33\n\x10oldest_ready_age\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"K\n\x13ListDeadJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x14ListDeadJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.baton.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x14RetryDeadJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07job_ids\x18\x02 \x03(\t\"(\n\x15RetryDeadJobsResponse\x12\x0f\n\x07retried\x18\x01 \x01(\x04\"\"\n\x11PauseQueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\x14\n\x12PauseQueueResponse\"#\n\x12ResumeQueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\x15\n\x13ResumeQueueResponse*\xc5\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fJOB_STATE_READY\x10\x01\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x02\x12\x14\n\x10JOB_STATE_ACTIVE\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x12\n\x0eJOB_STATE_DEAD\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x32\x95\x07\n\x0fJobQueueService\x12>\n\x07\x45nqueue\x12\x18.baton.v1.EnqueueRequest\x1a\x19.baton.v1.EnqueueResponse\x12M\n\x0c\x45nqueueBatch\x12\x1d.baton.v1.EnqueueBatchRequest\x1a\x1e.baton.v1.EnqueueBatchResponse\x12@\n\x07\x43onsume\x12\x18.baton.v1.ConsumeRequest\x1a\x19.baton.v1.ConsumeResponse0\x01\x12\x32\n\x03\x41\x63k\x12\x14.baton.v1.AckRequest\x1a\x15.baton.v1.AckResponse\x12\x35\n\x04Nack\x12\x15.baton.v1.NackRequest\x1a\x16.baton.v1.NackResponse\x12;\n\x06\x45xtend\x12\x17.baton.v1.ExtendRequest\x1a\x18.baton.v1.ExtendResponse\x12;\n\x06GetJob\x12\x17.baton.v1.GetJobRequest\x1a\x18.baton.v1.GetJobResponse\x12\x44\n\tCancelJob\x12\x1a.baton.v1.CancelJobRequest\x1a\x1b.baton.v1.CancelJobResponse\x12P\n\rGetQueueStats\x12\x1e.baton.v1.GetQueueStatsRequest\x1a\x1f.baton.v1.GetQueueStatsResponse\x12M\n\x0cListDeadJobs\x12\x1d.baton.v1.ListDeadJobsRequest\x1a\x1e.baton.v1.ListDeadJobsResponse\x12P\n\rRetryDeadJobs\x12\x1e.baton.v1.RetryDeadJobsRequest\x1a\x1f.baton.v1.RetryDeadJobsResponse\x12G\n\nPauseQueue\x12\x1b.baton.v1.PauseQueueRequest\x1a\x1c.baton.v1.PauseQueueResponse\x12J\n\x0bResumeQueue\x12\x1c.baton.v1.ResumeQueueRequest\x1a\x1d.baton.v1.ResumeQueueResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x61ton/v1/queue.proto\x12\x08\x62\x61ton.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"q\n\x07\x42\x61\x63koff\x12*\n\x07initial\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03max\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nmultiplier\x18\x03 \x01(\x01\"\x88\x03\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12!\n\x05state\x18\x06 \x01(\x0e\x32\x12.baton.v1.JobState\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12\x14\n\x0cmax_attempts\x18\x08 \x01(\r\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06run_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x0e\n\x06result\x18\x0c \x01(\x0c\x12\x11\n\tdedup_key\x18\r \x01(\t\x12\"\n\x07\x62\x61\x63koff\x18\x0e \x01(\x0b\x32\x11.baton.v1.Backoff\x12/\n\x0b\x66inished_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb1\x02\n\x0e\x45nqueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0c\n\x04type\x18\x03 \x01(\t\x12*\n\x05\x64\x65lay\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12,\n\x06run_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\"\n\x07\x62\x61\x63koff\x18\x08 \x01(\x0b\x32\x11.baton.v1.Backoff\x12\x11\n\tdedup_key\x18\t \x01(\t\x12,\n\tdedup_ttl\x18\n \x01(\x0b\x32\x19.google.protobuf.DurationB\n\n\x08schedule\"4\n\x0f\x45nqueueResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"A\n\x13\x45nqueueBatchRequest\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.baton.v1.EnqueueRequest\"B\n\x14\x45nqueueBatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.baton.v1.EnqueueResponse\"\x8e\x01\n\x0e\x43onsumeRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\r\x12\x35\n\x12visibility_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05types\x18\x04 \x03(\t\x12\x10\n\x08\x63onsumer\x18\x05 \x01(\t\"\x7f\n\x08\x44\x65livery\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.baton.v1.Job\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x34\n\x10lease_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"0\n\x0cJobCancelled\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"o\n\x0f\x43onsumeResponse\x12&\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32\x12.baton.v1.DeliveryH\x00\x12+\n\tcancelled\x18\x02 \x01(\x0b\x32\x16.baton.v1.JobCancelledH\x00\x42\x07\n\x05\x65vent\".\n\nAckRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06result\x18\x02 \x01(\x0c\"\r\n\x0b\x41\x63kResponse\"5\n\x0f\x41\x63kBatchRequest\x12\"\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x14.baton.v1.AckRequest\"8\n\x10\x41\x63kBatchResponse\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.baton.v1.AckResult\"*\n\tAckResult\x12\r\n\x05\x61\x63ked\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"s\n\x0bNackRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0b\x64\x65\x61\x64_letter\x18\x04 \x01(\x08\"]\n\x0cNackResponse\x12!\n\x05state\x18\x01 \x01(\x0e\x32\x12.baton.v1.JobState\x12*\n\x06run_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"X\n\rExtendRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x35\n\x12visibility_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x0e\x45xtendResponse\x12\x34\n\x10lease_expires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\",\n\x0eGetJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.baton.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"I\n\x11\x43\x61ncelJobResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12!\n\x05state\x18\x02 \x01(\x0e\x32\x12.baton.v1.JobState\"%\n\x14GetQueueStatsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\x9c\x01\n\x15GetQueueStatsResponse\x12\r\n\x05ready\x18\x01 \x01(\x04\x12\x11\n\tscheduled\x18\x02 \x01(\x04\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x65\x61\x64\x18\x04 \x01(\x04\x12\x0e\n\x06paused\x18\x05 \x01(\x08\x12\x33\n\x10oldest_ready_age\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"K\n\x13ListDeadJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x14ListDeadJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.baton.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x14RetryDeadJobsRequest\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07job_ids\x18\x02 \x03(\t\"(\n\x15RetryDeadJobsResponse\x12\x0f\n\x07retried\x18\x01 \x01(\x04\"\"\n\x11PauseQueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\x14\n\x12PauseQueueResponse\"#\n\x12ResumeQueueRequest\x12\r\n\x05queue\x18\x01 \x01(\t\"\x15\n\x13ResumeQueueResponse*\xc5\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fJOB_STATE_READY\x10\x01\x12\x17\n\x13JOB_STATE_SCHEDULED\x10\x02\x12\x14\n\x10JOB_STATE_ACTIVE\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x12\n\x0eJOB_STATE_DEAD\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x32\xd8\x07\n\x0fJobQueueService\x12>\n\x07\x45nqueue\x12\x18.baton.v1.EnqueueRequest\x1a\x19.baton.v1.EnqueueResponse\x12M\n\x0c\x45nqueueBatch\x12\x1d.baton.v1.EnqueueBatchRequest\x1a\x1e.baton.v1.EnqueueBatchResponse\x12@\n\x07\x43onsume\x12\x18.baton.v1.ConsumeRequest\x1a\x19.baton.v1.ConsumeResponse0\x01\x12\x32\n\x03\x41\x63k\x12\x14.baton.v1.AckRequest\x1a\x15.baton.v1.AckResponse\x12\x41\n\x08\x41\x63kBatch\x12\x19.baton.v1.AckBatchRequest\x1a\x1a.baton.v1.AckBatchResponse\x12\x35\n\x04Nack\x12\x15.baton.v1.NackRequest\x1a\x16.baton.v1.NackResponse\x12;\n\x06\x45xtend\x12\x17.baton.v1.ExtendRequest\x1a\x18.baton.v1.ExtendResponse\x12;\n\x06GetJob\x12\x17.baton.v1.GetJobRequest\x1a\x18.baton.v1.GetJobResponse\x12\x44\n\tCancelJob\x12\x1a.baton.v1.CancelJobRequest\x1a\x1b.baton.v1.CancelJobResponse\x12P\n\rGetQueueStats\x12\x1e.baton.v1.GetQueueStatsRequest\x1a\x1f.baton.v1.GetQueueStatsResponse\x12M\n\x0cListDeadJobs\x12\x1d.baton.v1.ListDeadJobsRequest\x1a\x1e.baton.v1.ListDeadJobsResponse\x12P\n\rRetryDeadJobs\x12\x1e.baton.v1.RetryDeadJobsRequest\x1a\x1f.baton.v1.RetryDeadJobsResponse\x12G\n\nPauseQueue\x12\x1b.baton.v1.PauseQueueRequest\x1a\x1c.baton.v1.PauseQueueResponse\x12J\n\x0bResumeQueue\x12\x1c.baton.v1.ResumeQueueRequest\x1a\x1d.baton.v1.ResumeQueueResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'baton.v1.queue_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=2740
-  _globals['_JOBSTATE']._serialized_end=2937
+  _globals['_JOBSTATE']._serialized_start=2897
+  _globals['_JOBSTATE']._serialized_end=3094
   _globals['_BACKOFF']._serialized_start=99
   _globals['_BACKOFF']._serialized_end=212
   _globals['_JOB']._serialized_start=215
@@ -59,42 +59,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACKREQUEST']._serialized_end=1589
   _globals['_ACKRESPONSE']._serialized_start=1591
   _globals['_ACKRESPONSE']._serialized_end=1604
-  _globals['_NACKREQUEST']._serialized_start=1606
-  _globals['_NACKREQUEST']._serialized_end=1721
-  _globals['_NACKRESPONSE']._serialized_start=1723
-  _globals['_NACKRESPONSE']._serialized_end=1816
-  _globals['_EXTENDREQUEST']._serialized_start=1818
-  _globals['_EXTENDREQUEST']._serialized_end=1906
-  _globals['_EXTENDRESPONSE']._serialized_start=1908
-  _globals['_EXTENDRESPONSE']._serialized_end=1978
-  _globals['_GETJOBREQUEST']._serialized_start=1980
-  _globals['_GETJOBREQUEST']._serialized_end=2011
-  _globals['_GETJOBRESPONSE']._serialized_start=2013
-  _globals['_GETJOBRESPONSE']._serialized_end=2057
-  _globals['_CANCELJOBREQUEST']._serialized_start=2059
-  _globals['_CANCELJOBREQUEST']._serialized_end=2093
-  _globals['_CANCELJOBRESPONSE']._serialized_start=2095
-  _globals['_CANCELJOBRESPONSE']._serialized_end=2168
-  _globals['_GETQUEUESTATSREQUEST']._serialized_start=2170
-  _globals['_GETQUEUESTATSREQUEST']._serialized_end=2207
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=2210
-  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=2366
-  _globals['_LISTDEADJOBSREQUEST']._serialized_start=2368
-  _globals['_LISTDEADJOBSREQUEST']._serialized_end=2443
-  _globals['_LISTDEADJOBSRESPONSE']._serialized_start=2445
-  _globals['_LISTDEADJOBSRESPONSE']._serialized_end=2521
-  _globals['_RETRYDEADJOBSREQUEST']._serialized_start=2523
-  _globals['_RETRYDEADJOBSREQUEST']._serialized_end=2577
-  _globals['_RETRYDEADJOBSRESPONSE']._serialized_start=2579
-  _globals['_RETRYDEADJOBSRESPONSE']._serialized_end=2619
-  _globals['_PAUSEQUEUEREQUEST']._serialized_start=2621
-  _globals['_PAUSEQUEUEREQUEST']._serialized_end=2655
-  _globals['_PAUSEQUEUERESPONSE']._serialized_start=2657
-  _globals['_PAUSEQUEUERESPONSE']._serialized_end=2677
-  _globals['_RESUMEQUEUEREQUEST']._serialized_start=2679
-  _globals['_RESUMEQUEUEREQUEST']._serialized_end=2714
-  _globals['_RESUMEQUEUERESPONSE']._serialized_start=2716
-  _globals['_RESUMEQUEUERESPONSE']._serialized_end=2737
-  _globals['_JOBQUEUESERVICE']._serialized_start=2940
-  _globals['_JOBQUEUESERVICE']._serialized_end=3857
+  _globals['_ACKBATCHREQUEST']._serialized_start=1606
+  _globals['_ACKBATCHREQUEST']._serialized_end=1659
+  _globals['_ACKBATCHRESPONSE']._serialized_start=1661
+  _globals['_ACKBATCHRESPONSE']._serialized_end=1717
+  _globals['_ACKRESULT']._serialized_start=1719
+  _globals['_ACKRESULT']._serialized_end=1761
+  _globals['_NACKREQUEST']._serialized_start=1763
+  _globals['_NACKREQUEST']._serialized_end=1878
+  _globals['_NACKRESPONSE']._serialized_start=1880
+  _globals['_NACKRESPONSE']._serialized_end=1973
+  _globals['_EXTENDREQUEST']._serialized_start=1975
+  _globals['_EXTENDREQUEST']._serialized_end=2063
+  _globals['_EXTENDRESPONSE']._serialized_start=2065
+  _globals['_EXTENDRESPONSE']._serialized_end=2135
+  _globals['_GETJOBREQUEST']._serialized_start=2137
+  _globals['_GETJOBREQUEST']._serialized_end=2168
+  _globals['_GETJOBRESPONSE']._serialized_start=2170
+  _globals['_GETJOBRESPONSE']._serialized_end=2214
+  _globals['_CANCELJOBREQUEST']._serialized_start=2216
+  _globals['_CANCELJOBREQUEST']._serialized_end=2250
+  _globals['_CANCELJOBRESPONSE']._serialized_start=2252
+  _globals['_CANCELJOBRESPONSE']._serialized_end=2325
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=2327
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=2364
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_start=2367
+  _globals['_GETQUEUESTATSRESPONSE']._serialized_end=2523
+  _globals['_LISTDEADJOBSREQUEST']._serialized_start=2525
+  _globals['_LISTDEADJOBSREQUEST']._serialized_end=2600
+  _globals['_LISTDEADJOBSRESPONSE']._serialized_start=2602
+  _globals['_LISTDEADJOBSRESPONSE']._serialized_end=2678
+  _globals['_RETRYDEADJOBSREQUEST']._serialized_start=2680
+  _globals['_RETRYDEADJOBSREQUEST']._serialized_end=2734
+  _globals['_RETRYDEADJOBSRESPONSE']._serialized_start=2736
+  _globals['_RETRYDEADJOBSRESPONSE']._serialized_end=2776
+  _globals['_PAUSEQUEUEREQUEST']._serialized_start=2778
+  _globals['_PAUSEQUEUEREQUEST']._serialized_end=2812
+  _globals['_PAUSEQUEUERESPONSE']._serialized_start=2814
+  _globals['_PAUSEQUEUERESPONSE']._serialized_end=2834
+  _globals['_RESUMEQUEUEREQUEST']._serialized_start=2836
+  _globals['_RESUMEQUEUEREQUEST']._serialized_end=2871
+  _globals['_RESUMEQUEUERESPONSE']._serialized_start=2873
+  _globals['_RESUMEQUEUERESPONSE']._serialized_end=2894
+  _globals['_JOBQUEUESERVICE']._serialized_start=3097
+  _globals['_JOBQUEUESERVICE']._serialized_end=4081
 # @@protoc_insertion_point(module_scope)

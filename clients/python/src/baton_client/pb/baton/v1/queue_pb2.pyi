@@ -172,6 +172,26 @@ class AckResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class AckBatchRequest(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[AckRequest]
+    def __init__(self, acks: _Optional[_Iterable[_Union[AckRequest, _Mapping]]] = ...) -> None: ...
+
+class AckBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[AckResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[AckResult, _Mapping]]] = ...) -> None: ...
+
+class AckResult(_message.Message):
+    __slots__ = ("acked", "reason")
+    ACKED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    acked: bool
+    reason: str
+    def __init__(self, acked: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class NackRequest(_message.Message):
     __slots__ = ("lease_id", "error", "retry_after", "dead_letter")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]

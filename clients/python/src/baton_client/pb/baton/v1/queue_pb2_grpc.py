@@ -75,6 +75,11 @@ class JobQueueServiceStub:
                 request_serializer=baton_dot_v1_dot_queue__pb2.AckRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_queue__pb2.AckResponse.FromString,
                 _registered_method=True)
+        self.AckBatch = channel.unary_unary(
+                '/baton.v1.JobQueueService/AckBatch',
+                request_serializer=baton_dot_v1_dot_queue__pb2.AckBatchRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.AckBatchResponse.FromString,
+                _registered_method=True)
         self.Nack = channel.unary_unary(
                 '/baton.v1.JobQueueService/Nack',
                 request_serializer=baton_dot_v1_dot_queue__pb2.NackRequest.SerializeToString,
@@ -204,6 +209,20 @@ class JobQueueServiceServicer:
         configured maximum); UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED.
         Safe to retry on UNAVAILABLE: an Ack never applies twice, and repeating an Ack that
         was already applied with the same lease answers OK again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckBatch(self, request, context):
+        """AckBatch completes up to 1000 deliveries (configurable), possibly of different queues,
+        in one call: for workers that finish jobs faster than one round trip each. The batch is
+        validated as a whole before anything is written; each Ack then applies independently,
+        with the same meaning as Ack, and `results` says, in order, which did.
+
+        Failures: INVALID_ARGUMENT (no acks, too many, or any malformed lease_id or oversized
+        result — nothing is acked); UNAVAILABLE (some acks may have applied); RESOURCE_EXHAUSTED;
+        DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE, as Ack is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -346,6 +365,11 @@ def add_JobQueueServiceServicer_to_server(servicer, server):
                     servicer.Ack,
                     request_deserializer=baton_dot_v1_dot_queue__pb2.AckRequest.FromString,
                     response_serializer=baton_dot_v1_dot_queue__pb2.AckResponse.SerializeToString,
+            ),
+            'AckBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckBatch,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.AckBatchRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.AckBatchResponse.SerializeToString,
             ),
             'Nack': grpc.unary_unary_rpc_method_handler(
                     servicer.Nack,
@@ -522,6 +546,33 @@ class JobQueueService:
             '/baton.v1.JobQueueService/Ack',
             baton_dot_v1_dot_queue__pb2.AckRequest.SerializeToString,
             baton_dot_v1_dot_queue__pb2.AckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.JobQueueService/AckBatch',
+            baton_dot_v1_dot_queue__pb2.AckBatchRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.AckBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
