@@ -20,11 +20,12 @@ use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use baton::proto::v1::session_store_service_client::SessionStoreServiceClient;
 use baton::proto::v1::{
-    AckRequest, AcquireRequest, Algorithm, CheckRequest, ConsumeRequest, CreateSessionRequest, EnqueueBatchRequest,
-    EnqueueRequest, GetRequest, GetSessionRequest, KeepAliveRequest, Limit, LimitRequest, ReleaseRequest, SetRequest,
-    consume_response, enqueue_request, limit_request,
+    AckBatchRequest, AckRequest, AcquireRequest, Algorithm, CheckRequest, ConsumeRequest, CreateSessionRequest,
+    EnqueueBatchRequest, EnqueueRequest, GetRequest, GetSessionRequest, KeepAliveRequest, Limit, LimitRequest,
+    ReleaseRequest, SetRequest, consume_response, enqueue_request, limit_request,
 };
 use clap::Parser;
+use futures::FutureExt;
 use hdrhistogram::Histogram;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -622,64 +623,23 @@ async fn main() {
         .await;
     }
 
-    // Queue end to end: producers enqueue in batches, consumers ack every job.
+    // Queue end to end: producers enqueue in batches, consumers ack every job, one Ack per
+    // job (as BullMQ's Worker completes each job) and then with AckBatch.
     let queue_rate = if args.runs("queue") {
-        let queue = "bench-e2e";
-        let acked = Arc::new(AtomicU64::new(0));
-        let stop = Instant::now() + d;
-        let mut consumers = Vec::new();
-        for worker in 0..4 {
-            let mut queues = JobQueueServiceClient::new(channel(worker));
-            let acked = acked.clone();
-            consumers.push(tokio::spawn(async move {
-                let request = ConsumeRequest { queue: queue.into(), max_in_flight: 256, ..Default::default() };
-                let mut stream = queues.consume(request).await.unwrap().into_inner();
-                let mut pending = tokio::task::JoinSet::new();
-                while Instant::now() < stop {
-                    let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await
-                    else {
-                        continue;
-                    };
-                    if let Some(consume_response::Event::Delivery(delivery)) = event.event {
-                        let (mut queues, acked) = (queues.clone(), acked.clone());
-                        pending.spawn(async move {
-                            queues.ack(AckRequest { lease_id: delivery.lease_id, result: vec![] }).await.unwrap();
-                            acked.fetch_add(1, Ordering::Relaxed);
-                        });
-                    }
-                }
-                while pending.join_next().await.is_some() {}
-            }));
-        }
-        let started = Instant::now();
-        let mut producers = Vec::new();
-        for worker in 0..2 {
-            let mut queues = JobQueueServiceClient::new(channel(4 + worker));
-            let acked = acked.clone();
-            producers.push(tokio::spawn(async move {
-                let mut enqueued = 0u64;
-                while Instant::now() < stop {
-                    // Keep the backlog bounded so the figure is throughput, not queue growth.
-                    if enqueued > acked.load(Ordering::Relaxed) + 20_000 {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        continue;
-                    }
-                    let requests = (0..100)
-                        .map(|_| EnqueueRequest { queue: queue.into(), payload: vec![b'j'; 64], ..Default::default() })
-                        .collect();
-                    queues.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap();
-                    enqueued += 100;
-                }
-            }));
-        }
-        for task in producers.into_iter().chain(consumers) {
-            task.await.unwrap();
-        }
-        let rate = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-        notes.push(format!("Queue end to end (2 producers with EnqueueBatch of 100, 4 consumer streams with max_in_flight 256): {rate:.0} jobs/s acked"));
-        rate
+        let pool: Vec<Channel> = (0..6).map(&channel).collect();
+        let per_job = queue_end_to_end(&pool, "bench-e2e", d, false).await;
+        notes.push(format!(
+            "Queue end to end (2 producers with EnqueueBatch of 100, 4 consumer streams with max_in_flight 256, \
+             one Ack per job): {per_job:.0} jobs/s acked"
+        ));
+        let batched = queue_end_to_end(&pool, "bench-e2e-batched", d, true).await;
+        notes.push(format!(
+            "Queue end to end as above, consumers acking with AckBatch (whatever the stream has delivered, up to \
+             {ACK_BATCH}): {batched:.0} jobs/s acked"
+        ));
+        Some((per_job, batched))
     } else {
-        0.0
+        None
     };
     // Delayed jobs: how late after their due time are they delivered?
     if args.runs("queue") {
@@ -773,22 +733,119 @@ async fn main() {
     }
 }
 
+/// Most leases one AckBatch of the benchmark's consumers settles.
+const ACK_BATCH: usize = 256;
+
+/// Jobs per second from enqueue to ack: 2 producers with EnqueueBatch of 100 (the backlog
+/// kept bounded, so the figure is throughput, not queue growth) and 4 consumer streams.
+async fn queue_end_to_end(pool: &[Channel], queue: &'static str, d: Duration, batched_acks: bool) -> f64 {
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + d;
+    let mut consumers = Vec::new();
+    for worker in 0..4 {
+        let mut queues = JobQueueServiceClient::new(pool[worker].clone());
+        let acked = acked.clone();
+        consumers.push(tokio::spawn(async move {
+            let request = ConsumeRequest { queue: queue.into(), max_in_flight: 256, ..Default::default() };
+            let mut stream = queues.consume(request).await.unwrap().into_inner();
+            let mut pending = tokio::task::JoinSet::new();
+            while Instant::now() < stop {
+                let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await else {
+                    continue;
+                };
+                let mut events = vec![event];
+                // Batching: everything the stream has already delivered, without waiting.
+                while batched_acks && events.len() < ACK_BATCH {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(event))) => events.push(event),
+                        _ => break,
+                    }
+                }
+                let settled: Vec<String> = events
+                    .into_iter()
+                    .filter_map(|event| match event.event {
+                        Some(consume_response::Event::Delivery(delivery)) => Some(delivery.lease_id),
+                        _ => None,
+                    })
+                    .collect();
+                if settled.is_empty() {
+                    continue;
+                }
+                let (mut queues, acked) = (queues.clone(), acked.clone());
+                pending.spawn(async move {
+                    let acks: Vec<AckRequest> =
+                        settled.into_iter().map(|lease_id| AckRequest { lease_id, result: vec![] }).collect();
+                    let count = acks.len() as u64;
+                    if batched_acks {
+                        let results = queues.ack_batch(AckBatchRequest { acks }).await.unwrap().into_inner().results;
+                        assert!(results.iter().all(|r| r.acked), "every lease in hand acks");
+                    } else {
+                        for ack in acks {
+                            queues.ack(ack).await.unwrap();
+                        }
+                    }
+                    acked.fetch_add(count, Ordering::Relaxed);
+                });
+            }
+            while pending.join_next().await.is_some() {}
+        }));
+    }
+    let started = Instant::now();
+    let mut producers = Vec::new();
+    for worker in 0..2 {
+        let mut queues = JobQueueServiceClient::new(pool[4 + worker].clone());
+        let acked = acked.clone();
+        producers.push(tokio::spawn(async move {
+            let mut enqueued = 0u64;
+            while Instant::now() < stop {
+                if enqueued > acked.load(Ordering::Relaxed) + 20_000 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                let requests = (0..100)
+                    .map(|_| EnqueueRequest { queue: queue.into(), payload: vec![b'j'; 64], ..Default::default() })
+                    .collect();
+                queues.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap();
+                enqueued += 100;
+            }
+        }));
+    }
+    for task in producers.into_iter().chain(consumers) {
+        task.await.unwrap();
+    }
+    acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
 /// BullMQ and node-redlock, each beside the Baton figure it compares with.
-fn peer_notes(dir: &Path, port: u16, d: Duration, concurrency: &[usize], queue_rate: f64, rows: &[Row]) -> Vec<String> {
+fn peer_notes(
+    dir: &Path,
+    port: u16,
+    d: Duration,
+    concurrency: &[usize],
+    queue: Option<(f64, f64)>,
+    rows: &[Row],
+) -> Vec<String> {
     let mut notes = Vec::new();
     match run_peer(dir, "bullmq.mjs", port, d, &[]) {
         Some(line) => {
             let rate = json_number(&line, "jobs_per_sec").unwrap_or(0.0);
+            let versus = match queue {
+                Some((per_job, batched)) => format!(
+                    " (Baton: {per_job:.0} jobs/s with one Ack per job = {:.2}× BullMQ; {batched:.0} jobs/s with \
+                     AckBatch = {:.2}× BullMQ)",
+                    per_job / rate,
+                    batched / rate
+                ),
+                None => String::new(),
+            };
             notes.push(format!(
                 "BullMQ {} end to end (ioredis {}, {} producers with addBulk of {}, one Worker with concurrency \
-                 {}, completed jobs removed, same backlog bound): {rate:.0} jobs/s \
-                 (Baton: {queue_rate:.0} jobs/s = {:.2}× BullMQ)",
+                 {}, completed jobs removed, same backlog bound): {rate:.0} jobs/s{versus}",
                 json_string(&line, "version").unwrap_or("?"),
                 json_string(&line, "ioredis").unwrap_or("?"),
                 json_number(&line, "producers").unwrap_or(0.0),
                 json_number(&line, "batch").unwrap_or(0.0),
                 json_number(&line, "concurrency").unwrap_or(0.0),
-                queue_rate / rate,
             ));
         }
         None => notes.push("BullMQ end to end: not measured (node bullmq.mjs failed, see its stderr)".into()),

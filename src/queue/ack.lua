@@ -11,13 +11,13 @@ local announced = {}
 for i = 2, #KEYS do
   local job, at = KEYS[i], 2 + (i - 2) * 4
   local id, token, channel = ARGV[at], ARGV[at + 1], ARGV[at + 3]
-  local state, lease = unpack(redis.call('HMGET', job, 'state', 'lease'))
+  local state, lease, cancelled = unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease'))
   if state == 'SUCCEEDED' and lease == token then
     replies[i - 1] = 1
   else
-    local refusal = lease_refusal(job, token)
-    if refusal then
-      replies[i - 1] = refusal
+    local refused = refusal(state, lease, cancelled, token)
+    if refused then
+      replies[i - 1] = refused
     else
       redis.call('ZREM', KEYS[1], id)
       redis.call('HSET', job, 'state', 'SUCCEEDED', 'result', ARGV[at + 2], 'finished_at', int(now))

@@ -1,39 +1,49 @@
--- Adds a job, or returns the existing one for a repeated dedup key.
+-- Adds jobs to one queue, each independently: a repeated dedup key returns the existing
+-- job instead (also within the call).
 --
--- KEYS[1] job   KEYS[2] ready   KEYS[3] ready_since   KEYS[4] scheduled   KEYS[5] dedup
--- ARGV: job_id, type, payload, priority, max_attempts, backoff_initial_us, backoff_max_us,
---       backoff_multiplier, delay_us (or 0), run_at_us (or 0), dedup_key ('' = none),
---       dedup_ttl_ms, notify channel ('' when the caller announces a whole batch once)
--- Returns {job_id, duplicate (0|1)}.
-local id = ARGV[1]
-if ARGV[11] ~= '' then
-  local existing = redis.call('GET', KEYS[5])
+-- KEYS[1] ready   KEYS[2] ready_since   KEYS[3] scheduled, then per job: its key, its dedup key
+-- ARGV[1] notify channel, then per job 12 values: job_id, type, payload, priority,
+--         max_attempts, backoff_initial_us, backoff_max_us, backoff_multiplier, delay_us
+--         (or 0), run_at_us (or 0), dedup_key ('' = none), dedup_ttl_ms
+-- Returns per job {job_id, duplicate (0|1)}.
+local replies = {}
+local added = false
+for j = 0, (#KEYS - 3) / 2 - 1 do
+  local job, dedup, a = KEYS[4 + 2 * j], KEYS[5 + 2 * j], 1 + 12 * j
+  local id, dedup_key = ARGV[a + 1], ARGV[a + 11]
+  local existing = dedup_key ~= '' and redis.call('GET', dedup) or nil
   if existing then
-    return {existing, 1}
+    replies[j + 1] = {existing, 1}
+  else
+    if dedup_key ~= '' then
+      redis.call('SET', dedup, id, 'PX', ARGV[a + 12])
+    end
+    local run_at = now
+    if tonumber(ARGV[a + 9]) > 0 then
+      run_at = now + tonumber(ARGV[a + 9])
+    elseif tonumber(ARGV[a + 10]) > now then
+      run_at = tonumber(ARGV[a + 10])
+    end
+    -- One HSET for the whole record, state included.
+    local state, due = 'SCHEDULED', ''
+    if run_at > now then
+      redis.call('ZADD', KEYS[3], int(run_at), id)
+    else
+      state, due = 'READY', int(now)
+      rank_ready(KEYS[1], KEYS[2], id, tonumber(ARGV[a + 4]), now)
+    end
+    redis.call('HSET', job,
+      'type', ARGV[a + 2], 'payload', ARGV[a + 3], 'priority', ARGV[a + 4], 'attempts', 0,
+      'max_attempts', ARGV[a + 5], 'backoff_initial', ARGV[a + 6], 'backoff_max', ARGV[a + 7],
+      'backoff_multiplier', ARGV[a + 8], 'created_at', int(now), 'run_at', int(run_at),
+      'dedup_key', dedup_key, 'lease', '', 'state', state, 'due', due)
+    replies[j + 1] = {id, 0}
+    added = true
   end
-  redis.call('SET', KEYS[5], id, 'PX', ARGV[12])
 end
-
-local run_at = now
-if tonumber(ARGV[9]) > 0 then
-  run_at = now + tonumber(ARGV[9])
-elseif tonumber(ARGV[10]) > now then
-  run_at = tonumber(ARGV[10])
+-- Waiting consumers wake, once per call: to take a ready job, or to set their timer for a
+-- scheduled one.
+if added then
+  redis.call('PUBLISH', ARGV[1], 'enqueued')
 end
-
-redis.call('HSET', KEYS[1],
-  'type', ARGV[2], 'payload', ARGV[3], 'priority', ARGV[4], 'attempts', 0,
-  'max_attempts', ARGV[5], 'backoff_initial', ARGV[6], 'backoff_max', ARGV[7],
-  'backoff_multiplier', ARGV[8], 'created_at', int(now), 'run_at', int(run_at),
-  'dedup_key', ARGV[11], 'lease', '')
-if run_at > now then
-  redis.call('ZADD', KEYS[4], int(run_at), id)
-  redis.call('HSET', KEYS[1], 'state', 'SCHEDULED')
-else
-  make_ready(KEYS[2], KEYS[3], id, KEYS[1], now)
-end
--- Waiting consumers wake: to take a ready job, or to set their timer for a scheduled one.
-if ARGV[13] ~= '' then
-  redis.call('PUBLISH', ARGV[13], 'enqueued')
-end
-return {id, 0}
+return replies

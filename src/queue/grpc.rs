@@ -528,8 +528,13 @@ struct Consumer {
 }
 
 enum Wake {
-    Work,
+    /// The nap `step` asked for is over: a job or lease falls due, or the safety re-check.
+    Timer,
+    /// Jobs were enqueued, retried, handed back or resumed on the queue.
+    QueueChanged,
+    /// A lease of this stream was settled or cancelled through another replica.
     OwnLease,
+    /// A lease of this stream was settled through this replica.
     SettledHere,
     ClientGone,
     Shutdown,
@@ -539,15 +544,16 @@ impl Consumer {
     async fn run(mut self) {
         let queue_wake = self.queues.watch(&self.queue);
         let own_wake = self.queues.watch_stream(&self.queue, &self.stream_id);
+        // Pub/sub wake-ups reach only waiters enabled at that moment and leave no permit: each
+        // wait stays enabled from one firing to the next, so one that arrives while this
+        // stream is busy (fetching, coalescing) is kept, not dropped with a loop iteration.
+        let mut queue_notified = Box::pin(queue_wake.notified());
+        queue_notified.as_mut().enable();
+        let mut own_notified = Box::pin(own_wake.notified());
+        own_notified.as_mut().enable();
+        let inbox = self.local.inbox.clone();
         metrics::gauge!("baton_queue_consumers").increment(1.0);
         loop {
-            let notified = queue_wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let own_notified = own_wake.notified();
-            tokio::pin!(own_notified);
-            own_notified.as_mut().enable();
-            let inbox = self.local.inbox.clone();
             let nap = match self.step().await {
                 Ok(Some(nap)) => nap,
                 Ok(None) => break, // the client is gone
@@ -560,15 +566,24 @@ impl Consumer {
             let woke = tokio::select! {
                 () = &mut own_notified => Wake::OwnLease,
                 () = inbox.settled() => Wake::SettledHere,
-                () = &mut notified => Wake::Work,
-                () = tokio::time::sleep(nap) => Wake::Work,
+                () = &mut queue_notified => Wake::QueueChanged,
+                () = tokio::time::sleep(nap) => Wake::Timer,
                 () = self.sender.closed() => Wake::ClientGone,
                 () = self.shutdown.cancelled() => Wake::Shutdown,
             };
             match woke {
-                Wake::Work => {}
+                Wake::Timer => {}
+                Wake::QueueChanged => {
+                    queue_notified.set(queue_wake.notified());
+                    queue_notified.as_mut().enable();
+                }
                 Wake::OwnLease | Wake::SettledHere => {
-                    self.refresh_due |= matches!(woke, Wake::OwnLease);
+                    if let Wake::OwnLease = woke {
+                        // Re-armed before the re-read, which sees everything announced so far.
+                        own_notified.set(own_wake.notified());
+                        own_notified.as_mut().enable();
+                        self.refresh_due = true;
+                    }
                     // Acks come in bursts: let a few land, then fetch for all the freed credit
                     // in one script rather than one job at a time.
                     let since = self.last_fetch.elapsed();

@@ -33,6 +33,9 @@ macro_rules! queue_script {
 }
 
 static ENQUEUE: LazyLock<Script> = queue_script!("enqueue.lua");
+/// Jobs per enqueue script: a 1000-job batch as one script would hold Redis for
+/// milliseconds; chunks of 100 keep each step short and still amortise the call.
+const ENQUEUE_CHUNK: usize = 100;
 static FETCH: LazyLock<Script> = queue_script!("fetch.lua");
 static ACK: LazyLock<Script> = queue_script!("ack.lua");
 static NACK: LazyLock<Script> = queue_script!("nack.lua");
@@ -331,62 +334,70 @@ impl QueueManager {
 
     /// Adds a job; a repeated dedup key within its ttl returns the first job's id.
     pub async fn enqueue(&self, job: &NewJob) -> Result<(String, bool), Error> {
-        self.enqueue_one(job, true).await
+        let mut outcomes = self.enqueue_batch(std::slice::from_ref(job)).await?;
+        outcomes.pop().ok_or_else(|| Error::Internal("enqueue script returned nothing".into()))
     }
 
-    /// Adds a job, announcing it to waiting consumers unless the caller announces a whole
-    /// batch at once.
-    async fn enqueue_one(&self, job: &NewJob, announce: bool) -> Result<(String, bool), Error> {
-        let job_id = new_job_id(&job.queue);
-        let q = &job.queue;
-        let (dedup_key, dedup_ttl) = match &job.dedup {
-            Some((key, ttl)) => (key.as_str(), ttl.as_millis().max(1)),
-            None => ("", 1),
-        };
-        let keys = [
-            self.job_key(q, &job_id),
-            self.key(q, "ready"),
-            self.key(q, "ready_since"),
-            self.key(q, "scheduled"),
-            self.key(q, &format!("dedup:{dedup_key}")),
-        ];
-        let args: Vec<Vec<u8>> = vec![
-            job_id.clone().into_bytes(),
-            job.job_type.clone().into_bytes(),
-            job.payload.clone(),
-            job.priority.to_string().into_bytes(),
-            job.max_attempts.to_string().into_bytes(),
-            job.backoff.initial.as_micros().to_string().into_bytes(),
-            job.backoff.max.as_micros().to_string().into_bytes(),
-            job.backoff.multiplier.to_string().into_bytes(),
-            job.delay.as_micros().to_string().into_bytes(),
-            job.run_at_micros.to_string().into_bytes(),
-            dedup_key.as_bytes().to_vec(),
-            dedup_ttl.to_string().into_bytes(),
-            if announce { self.channel(q).into_bytes() } else { Vec::new() },
-        ];
-        let (id, duplicate): (String, i64) = self.store.run_script("queue_enqueue", &ENQUEUE, &keys, &args).await?;
-        metrics::counter!("baton_queue_enqueued_total", "duplicate" => if duplicate == 1 { "true" } else { "false" })
-            .increment(1);
-        Ok((id, duplicate == 1))
-    }
-
-    /// Enqueues many jobs; the scripts are pipelined on the multiplexed connection, and
-    /// each queue's consumers are woken once for the batch rather than once per job.
+    /// Enqueues many jobs: per queue, scripts of up to [`ENQUEUE_CHUNK`] jobs, each waking
+    /// that queue's consumers once; all of them pipelined on the multiplexed connection.
     pub async fn enqueue_batch(&self, jobs: &[NewJob]) -> Result<Vec<(String, bool)>, Error> {
-        let outcomes = join_all(jobs.iter().map(|job| self.enqueue_one(job, false))).await;
-        let mut woken = HashSet::new();
-        for (job, outcome) in jobs.iter().zip(&outcomes) {
-            // Even when another job failed, the ones written should not wait for a re-check.
-            if matches!(outcome, Ok((_, false))) && woken.insert(job.queue.as_str()) {
-                let announce = redis::cmd("PUBLISH").arg(self.channel(&job.queue)).arg("enqueued").clone();
-                // Best effort: consumers that miss it find the jobs on their safety re-check.
-                if let Err(err) = self.store.command::<i64>("queue_announce", &announce).await {
-                    tracing::debug!(queue = %job.queue, error = %err, "batch announcement failed");
-                }
+        let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (index, job) in jobs.iter().enumerate() {
+            by_queue.entry(job.queue.as_str()).or_default().push(index);
+        }
+        let chunks = by_queue.into_iter().flat_map(|(queue, indexes)| {
+            indexes.chunks(ENQUEUE_CHUNK).map(|chunk| (queue, chunk.to_vec())).collect::<Vec<_>>()
+        });
+        let written = join_all(chunks.map(|(queue, indexes)| async move {
+            let outcomes = self.enqueue_queue(queue, indexes.iter().map(|&i| &jobs[i])).await;
+            (indexes, outcomes)
+        }))
+        .await;
+        let mut outcomes = vec![(String::new(), false); jobs.len()];
+        for (indexes, chunk) in written {
+            for (index, outcome) in indexes.into_iter().zip(chunk?) {
+                outcomes[index] = outcome;
             }
         }
-        outcomes.into_iter().collect()
+        Ok(outcomes)
+    }
+
+    async fn enqueue_queue<'a>(
+        &self,
+        queue: &str,
+        jobs: impl Iterator<Item = &'a NewJob>,
+    ) -> Result<Vec<(String, bool)>, Error> {
+        let mut keys = vec![self.key(queue, "ready"), self.key(queue, "ready_since"), self.key(queue, "scheduled")];
+        let mut args: Vec<Vec<u8>> = vec![self.channel(queue).into_bytes()];
+        for job in jobs {
+            let job_id = new_job_id(queue);
+            let (dedup_key, dedup_ttl) = match &job.dedup {
+                Some((key, ttl)) => (key.as_str(), ttl.as_millis().max(1)),
+                None => ("", 1),
+            };
+            keys.push(self.job_key(queue, &job_id));
+            keys.push(self.key(queue, &format!("dedup:{dedup_key}")));
+            args.extend([
+                job_id.into_bytes(),
+                job.job_type.clone().into_bytes(),
+                job.payload.clone(),
+                job.priority.to_string().into_bytes(),
+                job.max_attempts.to_string().into_bytes(),
+                job.backoff.initial.as_micros().to_string().into_bytes(),
+                job.backoff.max.as_micros().to_string().into_bytes(),
+                job.backoff.multiplier.to_string().into_bytes(),
+                job.delay.as_micros().to_string().into_bytes(),
+                job.run_at_micros.to_string().into_bytes(),
+                dedup_key.as_bytes().to_vec(),
+                dedup_ttl.to_string().into_bytes(),
+            ]);
+        }
+        let replies: Vec<(String, i64)> = self.store.run_script("queue_enqueue", &ENQUEUE, &keys, &args).await?;
+        let duplicates = replies.iter().filter(|(_, duplicate)| *duplicate == 1).count() as u64;
+        metrics::counter!("baton_queue_enqueued_total", "duplicate" => "true").increment(duplicates);
+        metrics::counter!("baton_queue_enqueued_total", "duplicate" => "false")
+            .increment(replies.len() as u64 - duplicates);
+        Ok(replies.into_iter().map(|(id, duplicate)| (id, duplicate == 1)).collect())
     }
 
     /// Leases up to `count` ready jobs; also promotes due jobs and reclaims expired leases.

@@ -19,9 +19,14 @@ local function rank(priority, due_us)
   return (1000 - priority) * 2199023255552 + due_ms
 end
 
-local function make_ready(ready, ready_since, id, job, due)
-  redis.call('ZADD', ready, int(rank(tonumber(redis.call('HGET', job, 'priority')), due)), id)
+-- Files a job under ready (by rank) and ready_since (by the time it became due).
+local function rank_ready(ready, ready_since, id, priority, due)
+  redis.call('ZADD', ready, int(rank(priority, due)), id)
   redis.call('ZADD', ready_since, int(due), id)
+end
+
+local function make_ready(ready, ready_since, id, job, due)
+  rank_ready(ready, ready_since, id, tonumber(redis.call('HGET', job, 'priority')), due)
   redis.call('HSET', job, 'state', 'READY', 'due', int(due), 'lease', '')
 end
 
@@ -34,10 +39,10 @@ local function make_dead(dead, id, job, retention_ms, reason)
   redis.call('PEXPIRE', job, retention_ms)
 end
 
--- Why `token` may not settle the job: nil when it is the job's current lease,
--- 'JOB_CANCELLED' when the job was cancelled under it, else 'JOB_NOT_LEASED'.
-local function lease_refusal(job, token)
-  local state, lease, cancelled = unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease'))
+-- Why `token` may not settle a job in `state` under `lease` (`cancelled`: the lease it was
+-- cancelled under): nil when it is the job's current lease, 'JOB_CANCELLED' when the job
+-- was cancelled under it, else 'JOB_NOT_LEASED'.
+local function refusal(state, lease, cancelled, token)
   if state == 'ACTIVE' and lease == token then
     return nil
   end
@@ -45,6 +50,12 @@ local function lease_refusal(job, token)
     return 'JOB_CANCELLED'
   end
   return 'JOB_NOT_LEASED'
+end
+
+-- The same, read from the job's hash.
+local function lease_refusal(job, token)
+  local state, lease, cancelled = unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease'))
+  return refusal(state, lease, cancelled, token)
 end
 
 -- Whether `token` is the current lease of an active job.
