@@ -742,8 +742,8 @@ async fn queue_end_to_end(pool: &[Channel], queue: &'static str, d: Duration, ba
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + d;
     let mut consumers = Vec::new();
-    for worker in 0..4 {
-        let mut queues = JobQueueServiceClient::new(pool[worker].clone());
+    for consumer_channel in &pool[..4] {
+        let mut queues = JobQueueServiceClient::new(consumer_channel.clone());
         let acked = acked.clone();
         consumers.push(tokio::spawn(async move {
             let request = ConsumeRequest { queue: queue.into(), max_in_flight: 256, ..Default::default() };
@@ -792,8 +792,8 @@ async fn queue_end_to_end(pool: &[Channel], queue: &'static str, d: Duration, ba
     }
     let started = Instant::now();
     let mut producers = Vec::new();
-    for worker in 0..2 {
-        let mut queues = JobQueueServiceClient::new(pool[4 + worker].clone());
+    for producer_channel in &pool[4..6] {
+        let mut queues = JobQueueServiceClient::new(producer_channel.clone());
         let acked = acked.clone();
         producers.push(tokio::spawn(async move {
             let mut enqueued = 0u64;
