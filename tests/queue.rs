@@ -524,6 +524,39 @@ async fn ack_batch_settles_each_lease_on_its_own_merits_across_queues_and_frees_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_batches_and_credit_go_through_whole() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("bulk");
+    let mut enqueued = HashSet::new();
+    for batch in [1000, 500] {
+        let requests = (0..batch).map(|i| job(&queue, &i.to_string())).collect();
+        let results = queues.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap().into_inner().results;
+        enqueued.extend(results.into_iter().map(|result| result.job_id));
+    }
+    assert_eq!(enqueued.len(), 1500);
+    let mut stream = consume(&mut queues, &queue, 1000, Duration::from_secs(60)).await;
+    let mut delivered = HashSet::new();
+    let mut leases = Vec::new();
+    while leases.len() < 1000 {
+        let delivery = next_delivery(&mut stream, PATIENCE).await.expect("a full credit's worth of jobs");
+        assert!(delivered.insert(delivery.job.as_ref().unwrap().job_id.clone()), "delivered twice");
+        leases.push(delivery.lease_id);
+    }
+    let acks = leases.into_iter().map(|lease_id| AckRequest { lease_id, result: Vec::new() }).collect();
+    let results = queues.ack_batch(AckBatchRequest { acks }).await.unwrap().into_inner().results;
+    assert!(results.iter().all(|result| result.acked), "every held lease acks");
+    while delivered.len() < 1500 {
+        let delivery = next_delivery(&mut stream, PATIENCE).await.expect("the rest, once the credit is back");
+        assert!(delivered.insert(delivery.job.as_ref().unwrap().job_id.clone()), "delivered twice");
+    }
+    assert_eq!(delivered, enqueued);
+    let stats = queues.get_queue_stats(GetQueueStatsRequest { queue }).await.unwrap().into_inner();
+    assert_eq!((stats.ready, stats.active), (0, 500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_announced_once_and_acks_through_the_streams_baton_announce_nothing() {
     let redis = Redis::start();
     let baton = Baton::start(Some(&redis.url()), &[]);

@@ -8,6 +8,7 @@
 -- Returns per delivery 1 done, or the reason the lease may not settle it.
 local replies = {}
 local announced = {}
+local settled = {}
 for i = 2, #KEYS do
   local job, at = KEYS[i], 2 + (i - 2) * 4
   local id, token, channel = ARGV[at], ARGV[at + 1], ARGV[at + 3]
@@ -19,7 +20,7 @@ for i = 2, #KEYS do
     if refused then
       replies[i - 1] = refused
     else
-      redis.call('ZREM', KEYS[1], id)
+      table.insert(settled, id)
       redis.call('HSET', job, 'state', 'SUCCEEDED', 'result', ARGV[at + 2], 'finished_at', int(now))
       redis.call('PEXPIRE', job, ARGV[1])
       replies[i - 1] = 1
@@ -31,4 +32,5 @@ for i = 2, #KEYS do
     end
   end
 end
+in_bulk('ZREM', KEYS[1], settled)
 return replies

@@ -8,6 +8,8 @@
 -- Returns per job {job_id, duplicate (0|1)}.
 local replies = {}
 local added = false
+-- Index entries are added at the end, one command per index for the whole call.
+local ranked, since, scheduled = {}, {}, {}
 for j = 0, (#KEYS - 3) / 2 - 1 do
   local job, dedup, a = KEYS[4 + 2 * j], KEYS[5 + 2 * j], 1 + 12 * j
   local id, dedup_key = ARGV[a + 1], ARGV[a + 11]
@@ -27,10 +29,14 @@ for j = 0, (#KEYS - 3) / 2 - 1 do
     -- One HSET for the whole record, state included.
     local state, due = 'SCHEDULED', ''
     if run_at > now then
-      redis.call('ZADD', KEYS[3], int(run_at), id)
+      table.insert(scheduled, int(run_at))
+      table.insert(scheduled, id)
     else
       state, due = 'READY', int(now)
-      rank_ready(KEYS[1], KEYS[2], id, tonumber(ARGV[a + 4]), now)
+      table.insert(ranked, int(rank(tonumber(ARGV[a + 4]), now)))
+      table.insert(ranked, id)
+      table.insert(since, due)
+      table.insert(since, id)
     end
     redis.call('HSET', job,
       'type', ARGV[a + 2], 'payload', ARGV[a + 3], 'priority', ARGV[a + 4], 'attempts', 0,
@@ -41,6 +47,9 @@ for j = 0, (#KEYS - 3) / 2 - 1 do
     added = true
   end
 end
+in_bulk('ZADD', KEYS[1], ranked)
+in_bulk('ZADD', KEYS[2], since)
+in_bulk('ZADD', KEYS[3], scheduled)
 -- Waiting consumers wake, once per call: to take a ready job, or to set their timer for a
 -- scheduled one.
 if added then

@@ -60,6 +60,9 @@ if count > 0 and redis.call('EXISTS', KEYS[6]) == 0 then
   end
   local candidates = redis.call('ZRANGE', KEYS[1], 0, window - 1)
   local delivered = 0
+  local deadline = now + visibility
+  -- Index moves are made at the end, one command per index for all deliveries.
+  local taken, active = {}, {}
   for _, id in ipairs(candidates) do
     if delivered >= count then
       break
@@ -68,15 +71,17 @@ if count > 0 and redis.call('EXISTS', KEYS[6]) == 0 then
     if type_count == 0 or wanted[redis.call('HGET', job, 'type')] then
       delivered = delivered + 1
       local token = ARGV[tokens_at + delivered]
-      local deadline = now + visibility
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('ZADD', KEYS[4], int(deadline), id)
+      table.insert(taken, id)
+      table.insert(active, int(deadline))
+      table.insert(active, id)
       local attempt = redis.call('HINCRBY', job, 'attempts', 1)
       redis.call('HSET', job, 'state', 'ACTIVE', 'lease', token, 'lease_deadline', int(deadline))
       replies[#replies + 1] = {id, attempt, token, int(deadline), redis.call('HGETALL', job)}
     end
   end
+  in_bulk('ZREM', KEYS[1], taken)
+  in_bulk('ZREM', KEYS[2], taken)
+  in_bulk('ZADD', KEYS[4], active)
 end
 
 -- When the next job falls due or the next lease expires: the consumer's timer.

@@ -19,15 +19,18 @@ local function rank(priority, due_us)
   return (1000 - priority) * 2199023255552 + due_ms
 end
 
--- Files a job under ready (by rank) and ready_since (by the time it became due).
-local function rank_ready(ready, ready_since, id, priority, due)
-  redis.call('ZADD', ready, int(rank(priority, due)), id)
+local function make_ready(ready, ready_since, id, job, due)
+  redis.call('ZADD', ready, int(rank(tonumber(redis.call('HGET', job, 'priority')), due)), id)
   redis.call('ZADD', ready_since, int(due), id)
+  redis.call('HSET', job, 'state', 'READY', 'due', int(due), 'lease', '')
 end
 
-local function make_ready(ready, ready_since, id, job, due)
-  rank_ready(ready, ready_since, id, tonumber(redis.call('HGET', job, 'priority')), due)
-  redis.call('HSET', job, 'state', 'READY', 'due', int(due), 'lease', '')
+-- `command key item...` for many items (ids, or score/id pairs) in as few calls as Lua's
+-- stack allows for unpack.
+local function in_bulk(command, key, items)
+  for first = 1, #items, 1000 do
+    redis.call(command, key, unpack(items, first, math.min(first + 999, #items)))
+  end
 end
 
 local function make_dead(dead, id, job, retention_ms, reason)
