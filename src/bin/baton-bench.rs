@@ -407,6 +407,51 @@ async fn main() {
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
+    // Memory and connections with many idle streams, first, on a process no load has grown.
+    if args.streams > 0 {
+        let before = rss_mib(baton_pid);
+        let stream_channels = channels(addr, args.streams.div_ceil(1000).max(1)).await;
+        let mut held = Vec::new();
+        for i in 0..args.streams {
+            let mut queues = JobQueueServiceClient::new(stream_channels[i % stream_channels.len()].clone());
+            let request = ConsumeRequest { queue: format!("idle-{}", i % 100), max_in_flight: 1, ..Default::default() };
+            held.push(queues.consume(request).await.unwrap().into_inner());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        notes.push(format!(
+            "{} idle Consume streams: baton RSS {:.0} MiB (from {:.0} MiB), Redis connections {}",
+            args.streams,
+            rss_mib(baton_pid),
+            before,
+            redis_clients(redis_port)
+        ));
+        drop(held);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = rss_mib(baton_pid);
+        let mut held = Vec::new();
+        for i in 0..args.streams {
+            let mut locks = LockServiceClient::new(stream_channels[i % stream_channels.len()].clone());
+            let name = format!("keepalive:{i}");
+            let request = AcquireRequest {
+                name: name.clone(),
+                ttl: Some(duration_to_proto(Duration::from_secs(60))),
+                ..Default::default()
+            };
+            let lease = locks.acquire(request).await.unwrap().into_inner().lease.unwrap();
+            let request = KeepAliveRequest { name, lease_id: lease.lease_id, ttl: None };
+            held.push(locks.keep_alive(request).await.unwrap().into_inner());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        notes.push(format!(
+            "{} KeepAlive streams: baton RSS {:.0} MiB (from {:.0} MiB), Redis connections {}",
+            args.streams,
+            rss_mib(baton_pid),
+            before,
+            redis_clients(redis_port)
+        ));
+    }
+
+
     let levels = args.concurrency.clone();
     let no_baseline = |_: usize| None;
 
@@ -671,50 +716,6 @@ async fn main() {
 
     if let Some(dir) = &args.peers {
         notes.extend(peer_notes(dir, redis_port, d, &args.concurrency, queue_rate, &rows));
-    }
-
-    // Memory and connections with many idle streams.
-    if args.streams > 0 {
-        let before = rss_mib(baton_pid);
-        let stream_channels = channels(addr, args.streams.div_ceil(1000).max(1)).await;
-        let mut held = Vec::new();
-        for i in 0..args.streams {
-            let mut queues = JobQueueServiceClient::new(stream_channels[i % stream_channels.len()].clone());
-            let request = ConsumeRequest { queue: format!("idle-{}", i % 100), max_in_flight: 1, ..Default::default() };
-            held.push(queues.consume(request).await.unwrap().into_inner());
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        notes.push(format!(
-            "{} idle Consume streams: baton RSS {:.0} MiB (from {:.0} MiB), Redis connections {}",
-            args.streams,
-            rss_mib(baton_pid),
-            before,
-            redis_clients(redis_port)
-        ));
-        drop(held);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let before = rss_mib(baton_pid);
-        let mut held = Vec::new();
-        for i in 0..args.streams {
-            let mut locks = LockServiceClient::new(stream_channels[i % stream_channels.len()].clone());
-            let name = format!("keepalive:{i}");
-            let request = AcquireRequest {
-                name: name.clone(),
-                ttl: Some(duration_to_proto(Duration::from_secs(60))),
-                ..Default::default()
-            };
-            let lease = locks.acquire(request).await.unwrap().into_inner().lease.unwrap();
-            let request = KeepAliveRequest { name, lease_id: lease.lease_id, ttl: None };
-            held.push(locks.keep_alive(request).await.unwrap().into_inner());
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        notes.push(format!(
-            "{} KeepAlive streams: baton RSS {:.0} MiB (from {:.0} MiB), Redis connections {}",
-            args.streams,
-            rss_mib(baton_pid),
-            before,
-            redis_clients(redis_port)
-        ));
     }
 
     let half_load: Vec<String> = rows
