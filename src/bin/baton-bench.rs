@@ -449,8 +449,10 @@ async fn main() {
             before,
             redis_clients(redis_port)
         ));
+        // Their locks are released as the streams end; let that finish before measuring speed.
+        drop(held);
+        tokio::time::sleep(Duration::from_secs(3)).await;
     }
-
 
     let levels = args.concurrency.clone();
     let no_baseline = |_: usize| None;
