@@ -33,9 +33,6 @@ macro_rules! queue_script {
 }
 
 static ENQUEUE: LazyLock<Script> = queue_script!("enqueue.lua");
-/// Jobs per enqueue script: a 1000-job batch as one script would hold Redis for
-/// milliseconds; chunks of 100 keep each step short and still amortise the call.
-const ENQUEUE_CHUNK: usize = 100;
 static FETCH: LazyLock<Script> = queue_script!("fetch.lua");
 static ACK: LazyLock<Script> = queue_script!("ack.lua");
 static NACK: LazyLock<Script> = queue_script!("nack.lua");
@@ -338,35 +335,12 @@ impl QueueManager {
         outcomes.pop().ok_or_else(|| Error::Internal("enqueue script returned nothing".into()))
     }
 
-    /// Enqueues many jobs: per queue, scripts of up to [`ENQUEUE_CHUNK`] jobs, each waking
-    /// that queue's consumers once; all of them pipelined on the multiplexed connection.
+    /// Enqueues many jobs (see [`per_queue`]); each script wakes its queue's consumers once.
     pub async fn enqueue_batch(&self, jobs: &[NewJob]) -> Result<Vec<(String, bool)>, Error> {
-        let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (index, job) in jobs.iter().enumerate() {
-            by_queue.entry(job.queue.as_str()).or_default().push(index);
-        }
-        let chunks = by_queue.into_iter().flat_map(|(queue, indexes)| {
-            indexes.chunks(ENQUEUE_CHUNK).map(|chunk| (queue, chunk.to_vec())).collect::<Vec<_>>()
-        });
-        let written = join_all(chunks.map(|(queue, indexes)| async move {
-            let outcomes = self.enqueue_queue(queue, indexes.iter().map(|&i| &jobs[i])).await;
-            (indexes, outcomes)
-        }))
-        .await;
-        let mut outcomes = vec![(String::new(), false); jobs.len()];
-        for (indexes, chunk) in written {
-            for (index, outcome) in indexes.into_iter().zip(chunk?) {
-                outcomes[index] = outcome;
-            }
-        }
-        Ok(outcomes)
+        per_queue(jobs, |job| job.queue.as_str(), |queue, jobs| self.enqueue_queue(queue, jobs)).await
     }
 
-    async fn enqueue_queue<'a>(
-        &self,
-        queue: &str,
-        jobs: impl Iterator<Item = &'a NewJob>,
-    ) -> Result<Vec<(String, bool)>, Error> {
+    async fn enqueue_queue(&self, queue: &str, jobs: Vec<&NewJob>) -> Result<Vec<(String, bool)>, Error> {
         let mut keys = vec![self.key(queue, "ready"), self.key(queue, "ready_since"), self.key(queue, "scheduled")];
         let mut args: Vec<Vec<u8>> = vec![self.channel(queue).into_bytes()];
         for job in jobs {
@@ -480,35 +454,18 @@ impl QueueManager {
         outcomes.pop().unwrap_or_else(|| Err(Error::Internal("ack script returned nothing".into())))
     }
 
-    /// Completes many deliveries: one script per queue, the queues' scripts pipelined.
-    /// Each delivery's outcome is independent; a failure to reach Redis fails the call
-    /// (some acks may have applied, as for any retried Ack).
+    /// Completes many deliveries (see [`per_queue`]). Each delivery's outcome is independent;
+    /// a failure to reach Redis fails the call (some acks may have applied, as for any
+    /// retried Ack).
     pub async fn ack_batch(&self, acks: &[(LeaseRef, Vec<u8>)]) -> Result<Vec<Result<(), Error>>, Error> {
-        let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (index, (lease, _)) in acks.iter().enumerate() {
-            by_queue.entry(lease.queue.as_str()).or_default().push(index);
-        }
-        let groups = join_all(by_queue.into_iter().map(|(queue, indexes)| async move {
-            let replies = self.ack_queue(queue, indexes.iter().map(|&i| &acks[i])).await;
-            (indexes, replies)
-        }))
-        .await;
-        let mut outcomes: Vec<Result<(), Error>> = acks.iter().map(|_| Ok(())).collect();
-        for (indexes, replies) in groups {
-            for (index, outcome) in indexes.into_iter().zip(replies?) {
-                outcomes[index] = outcome;
-            }
-        }
+        let outcomes =
+            per_queue(acks, |(lease, _)| lease.queue.as_str(), |queue, acks| self.ack_queue(queue, acks)).await?;
         let acked = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
         metrics::counter!("baton_queue_acked_total").increment(acked as u64);
         Ok(outcomes)
     }
 
-    async fn ack_queue<'a>(
-        &self,
-        queue: &str,
-        acks: impl Iterator<Item = &'a (LeaseRef, Vec<u8>)>,
-    ) -> Result<Vec<Result<(), Error>>, Error> {
+    async fn ack_queue(&self, queue: &str, acks: Vec<&(LeaseRef, Vec<u8>)>) -> Result<Vec<Result<(), Error>>, Error> {
         let mut keys = vec![self.key(queue, "active")];
         let mut args = vec![self.settings.retention.as_millis().to_string().into_bytes()];
         let mut told_directly = Vec::new();
@@ -520,9 +477,6 @@ impl QueueManager {
             told_directly.push((local, lease.token.as_str()));
         }
         let replies: Vec<redis::Value> = self.store.run_script("queue_ack", &ACK, &keys, &args).await?;
-        if replies.len() != told_directly.len() {
-            return Err(Error::Internal(format!("ack script answered {} of {}", replies.len(), told_directly.len())));
-        }
         Ok(replies
             .into_iter()
             .zip(told_directly)
@@ -737,6 +691,45 @@ impl QueueManager {
         let _: () = self.store.pipeline("queue_resume", &pipe).await?;
         Ok(())
     }
+}
+
+/// Items per batch script: a 1000-item batch as one script would hold Redis for
+/// milliseconds; chunks of 100 keep each step short and still amortise the call.
+const SCRIPT_CHUNK: usize = 100;
+
+/// Runs `run` on the items of each queue, at most [`SCRIPT_CHUNK`] at a time, all at once
+/// (the scripts pipeline on the multiplexed connection), and returns each item's outcome
+/// in the items' order. A call that fails fails the whole (some calls may have applied).
+async fn per_queue<'a, T, O, Fut>(
+    items: &'a [T],
+    queue_of: impl Fn(&'a T) -> &'a str,
+    run: impl Fn(&'a str, Vec<&'a T>) -> Fut,
+) -> Result<Vec<O>, Error>
+where
+    Fut: Future<Output = Result<Vec<O>, Error>>,
+{
+    let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (index, item) in items.iter().enumerate() {
+        by_queue.entry(queue_of(item)).or_default().push(index);
+    }
+    let calls = by_queue.into_iter().flat_map(|(queue, indexes)| {
+        indexes.chunks(SCRIPT_CHUNK).map(|chunk| (queue, chunk.to_vec())).collect::<Vec<_>>()
+    });
+    let answered = join_all(calls.map(|(queue, indexes)| {
+        let call = run(queue, indexes.iter().map(|&index| &items[index]).collect());
+        async move { (indexes, call.await) }
+    }))
+    .await;
+    let mut outcomes: Vec<Option<O>> = items.iter().map(|_| None).collect();
+    for (indexes, answer) in answered {
+        for (index, outcome) in indexes.into_iter().zip(answer?) {
+            outcomes[index] = Some(outcome);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| outcome.ok_or_else(|| Error::Internal("a queue script answered fewer items than given".into())))
+        .collect()
 }
 
 fn from_value<T: redis::FromRedisValue>(value: redis::Value) -> Result<T, Error> {
