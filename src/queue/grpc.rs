@@ -185,6 +185,17 @@ impl JobQueueGrpc {
         Ok(Backoff { initial, max, multiplier })
     }
 
+    /// An Ack's lease and result, validated; `prefix` places its fields in a batch.
+    fn settlement(&self, prefix: &str, ack: AckRequest) -> Result<(LeaseRef, Vec<u8>), Error> {
+        if ack.result.len() > self.limits.max_value_bytes {
+            let message = format!("must be at most {} bytes", self.limits.max_value_bytes);
+            return Err(Error::invalid(format!("{prefix}result"), message));
+        }
+        let lease = LeaseRef::parse(&ack.lease_id)
+            .ok_or_else(|| Error::invalid(format!("{prefix}lease_id"), "is not a lease id issued by Baton"))?;
+        Ok((lease, ack.result))
+    }
+
     fn visibility(&self, field: &str, value: Option<&prost_types::Duration>) -> Result<Duration, Error> {
         let visibility = duration_from_proto(field, value)?.unwrap_or(self.queue_limits.default_visibility);
         if !(MIN_VISIBILITY..=self.queue_limits.max_visibility).contains(&visibility) {
@@ -326,13 +337,8 @@ impl JobQueueService for JobQueueGrpc {
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         let namespace = crate::auth::namespace(&request);
-        let request = request.into_inner();
-        if request.result.len() > self.limits.max_value_bytes {
-            return Err(
-                Error::invalid("result", format!("must be at most {} bytes", self.limits.max_value_bytes)).into()
-            );
-        }
-        self.queues.scoped(&namespace).ack(&lease(&request.lease_id)?, &request.result).await?;
+        let (lease, result) = self.settlement("", request.into_inner())?;
+        self.queues.scoped(&namespace).ack(&lease, &result).await?;
         Ok(Response::new(AckResponse {}))
     }
 
@@ -343,17 +349,11 @@ impl JobQueueService for JobQueueGrpc {
             return Err(Error::invalid("acks", format!("must hold 1 to {} acks", self.queue_limits.max_batch)).into());
         }
         // Validate the whole batch before settling any of it.
-        let mut settlements = Vec::with_capacity(acks.len());
-        for (index, ack) in acks.into_iter().enumerate() {
-            if ack.result.len() > self.limits.max_value_bytes {
-                let message = format!("must be at most {} bytes", self.limits.max_value_bytes);
-                return Err(Error::invalid(format!("acks[{index}].result"), message).into());
-            }
-            let lease = LeaseRef::parse(&ack.lease_id).ok_or_else(|| {
-                Error::invalid(format!("acks[{index}].lease_id"), "is not a lease id issued by Baton")
-            })?;
-            settlements.push((lease, ack.result));
-        }
+        let settlements = acks
+            .into_iter()
+            .enumerate()
+            .map(|(index, ack)| self.settlement(&format!("acks[{index}]."), ack))
+            .collect::<Result<Vec<_>, _>>()?;
         let outcomes = self.queues.scoped(&namespace).ack_batch(&settlements).await?;
         let results = outcomes
             .into_iter()
