@@ -17,7 +17,7 @@ import (
 	"sync"
 	"time"
 
-	baton "github.com/baton-dev/baton/clients/go"
+	"github.com/baton-dev/baton/clients/go/baton"
 )
 
 type Profile struct {

@@ -21,7 +21,7 @@ import (
 	"syscall"
 	"time"
 
-	baton "github.com/baton-dev/baton/clients/go"
+	"github.com/baton-dev/baton/clients/go/baton"
 )
 
 const queue = "emails"

@@ -18,7 +18,7 @@ import (
 	"sync"
 	"time"
 
-	baton "github.com/baton-dev/baton/clients/go"
+	"github.com/baton-dev/baton/clients/go/baton"
 )
 
 // orderStore stands in for a database row that remembers the highest fencing token it saw.

@@ -19,7 +19,7 @@ import (
 	"os"
 	"time"
 
-	baton "github.com/baton-dev/baton/clients/go"
+	"github.com/baton-dev/baton/clients/go/baton"
 )
 
 func main() {

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	baton "github.com/baton-dev/baton/clients/go"
+	"github.com/baton-dev/baton/clients/go/baton"
 	batonv1 "github.com/baton-dev/baton/clients/go/gen/baton/v1"
 	"github.com/baton-dev/baton/clients/go/internal/batontest"
 )

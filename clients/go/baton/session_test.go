@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	baton "github.com/baton-dev/baton/clients/go"
+	"github.com/baton-dev/baton/clients/go/baton"
 )
 
 func TestSessionsCreateGetUpdateRotateAndRevoke(t *testing.T) {

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	baton "github.com/baton-dev/baton/clients/go"
+	"github.com/baton-dev/baton/clients/go/baton"
 )
 
 func TestAllowAdmitsUpToTheLimitThenDenies(t *testing.T) {

@@ -13,7 +13,8 @@
 //   - session.go: [Client.CreateSession] and the rest of the session store
 //   - sessionhttp.go: [SessionManager], net/http middleware keeping web sessions in Baton
 //   - queue.go: [Client.Enqueue] and [Client.Consume], the worker loop
-//   - gen/baton/v1: the generated stubs for every service (`make gen`), reachable as
+//   - github.com/baton-dev/baton/clients/go/gen/baton/v1 (outside this package, in the same
+//     module): the generated stubs for every service (`make gen`), reachable as
 //     [Client.RateLimits], [Client.Locks], [Client.Cache], [Client.Sessions], [Client.Queue]
 //
 // The helpers retry only where the API makes it safe: Acquire with a request_id, Enqueue

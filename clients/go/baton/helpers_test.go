@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	baton "github.com/baton-dev/baton/clients/go"
+	"github.com/baton-dev/baton/clients/go/baton"
 	"github.com/baton-dev/baton/clients/go/internal/batontest"
 )
 

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	baton "github.com/baton-dev/baton/clients/go"
+	"github.com/baton-dev/baton/clients/go/baton"
 	batonv1 "github.com/baton-dev/baton/clients/go/gen/baton/v1"
 	"github.com/baton-dev/baton/clients/go/internal/batontest"
 )
