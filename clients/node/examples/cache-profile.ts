@@ -4,7 +4,7 @@
 //
 // Run against `make run`'s baton (from the repository root, in another terminal):
 //
-//   cd clients/node && npm run build && node dist/examples/cache-profile.js
+//   cd clients/node && npm ci && npx tsc -p . && node dist/dev/examples/cache-profile.js
 //
 // BATON_TARGET overrides the default localhost:50051.
 

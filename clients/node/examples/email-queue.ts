@@ -4,8 +4,8 @@
 //
 // Run against `make run`'s baton (from the repository root, in other terminals):
 //
-//   cd clients/node && npm run build && node dist/examples/email-queue.js worker   # Ctrl-C stops it
-//   cd clients/node && node dist/examples/email-queue.js enqueue ada@example.com
+//   cd clients/node && npm ci && npx tsc -p . && node dist/dev/examples/email-queue.js worker   # Ctrl-C stops it
+//   cd clients/node && node dist/dev/examples/email-queue.js enqueue ada@example.com
 //
 // BATON_TARGET overrides the default localhost:50051.
 

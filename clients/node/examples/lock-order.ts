@@ -4,7 +4,7 @@
 //
 // Run against `make run`'s baton (from the repository root, in another terminal):
 //
-//   cd clients/node && npm run build && node dist/examples/lock-order.js
+//   cd clients/node && npm ci && npx tsc -p . && node dist/dev/examples/lock-order.js
 //
 // BATON_TARGET overrides the default localhost:50051.
 

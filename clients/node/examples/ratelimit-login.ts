@@ -3,7 +3,7 @@
 //
 // Run against `make run`'s baton (from the repository root, in another terminal):
 //
-//   cd clients/node && npm run build && node dist/examples/ratelimit-login.js
+//   cd clients/node && npm ci && npx tsc -p . && node dist/dev/examples/ratelimit-login.js
 //   for i in 1 2 3 4 5 6; do curl -si -XPOST localhost:8080/login | head -1; done
 //
 // BATON_TARGET overrides the default localhost:50051.

@@ -3,7 +3,7 @@
 //
 // Run against `make run`'s baton (from the repository root, in another terminal):
 //
-//   cd clients/node && npm run build && node dist/examples/web-sessions-express.js
+//   cd clients/node && npm ci && npx tsc -p . && node dist/dev/examples/web-sessions-express.js
 //   curl -c jar -b jar -d user=ada localhost:3000/login && curl -b jar localhost:3000/me
 //   curl -b jar -XPOST localhost:3000/logout-everywhere && curl -b jar localhost:3000/me
 //

@@ -1,7 +1,7 @@
 // Cache: cacheGet / cacheSet / cacheDelete / invalidateTag, and getOrLoad, which runs one
 // loader per miss across every caller (Fetch / Fill).
 
-import { msToDuration } from "./connection";
+import { msToDuration } from "./connection.js";
 import {
   CacheEntry as CacheEntryMessage,
   CacheServiceClient,
@@ -11,9 +11,9 @@ import {
   GetRequest,
   InvalidateTagRequest,
   SetRequest,
-} from "./gen/baton/v1/cache";
-import { bytesOf, once, retryUnavailable } from "./retry";
-import { unary } from "./unary";
+} from "./gen/baton/v1/cache.js";
+import { bytesOf, once, retryUnavailable } from "./retry.js";
+import { unary } from "./unary.js";
 
 /**
  * How long one Fetch waits for another caller's loader before asking again. A waiting Fetch

@@ -9,17 +9,17 @@ import {
   credentialsOf,
   DEFAULT_TIMEOUT_MS,
   targetOf,
-} from "./connection";
-import { CacheServiceClient } from "./gen/baton/v1/cache";
-import { LockServiceClient } from "./gen/baton/v1/lock";
-import { JobQueueServiceClient } from "./gen/baton/v1/queue";
-import { RateLimiterServiceClient } from "./gen/baton/v1/ratelimit";
-import { SessionStoreServiceClient } from "./gen/baton/v1/session";
-import { CacheEntry, CacheHelpers, CacheSetOptions, GetOrLoadOptions } from "./cache";
-import { acquire, Lease, LockOptions } from "./lock";
-import { ConsumeOptions, Enqueued, EnqueueOptions, JobHandler, QueueHelpers } from "./queue";
-import { allow, AllowOptions, Decision } from "./ratelimit";
-import { CreateSessionOptions, Session, SessionHelpers, SessionUpdate } from "./session";
+} from "./connection.js";
+import { CacheServiceClient } from "./gen/baton/v1/cache.js";
+import { LockServiceClient } from "./gen/baton/v1/lock.js";
+import { JobQueueServiceClient } from "./gen/baton/v1/queue.js";
+import { RateLimiterServiceClient } from "./gen/baton/v1/ratelimit.js";
+import { SessionStoreServiceClient } from "./gen/baton/v1/session.js";
+import { CacheEntry, CacheHelpers, CacheSetOptions, GetOrLoadOptions } from "./cache.js";
+import { acquire, Lease, LockOptions } from "./lock.js";
+import { ConsumeOptions, Enqueued, EnqueueOptions, JobHandler, QueueHelpers } from "./queue.js";
+import { allow, AllowOptions, Decision } from "./ratelimit.js";
+import { CreateSessionOptions, Session, SessionHelpers, SessionUpdate } from "./session.js";
 
 /**
  * The generated stubs of every service on one channel, for RPCs the helpers do not cover.

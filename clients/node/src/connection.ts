@@ -9,7 +9,7 @@ import {
   Interceptor,
 } from "@grpc/grpc-js";
 
-import { Duration } from "./gen/google/protobuf/duration";
+import { Duration } from "./gen/google/protobuf/duration.js";
 
 export const API_KEY_HEADER = "x-api-key";
 /** Milliseconds allowed to unary calls made without a deadline of their own. */

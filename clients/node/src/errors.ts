@@ -4,9 +4,9 @@
 
 import { Metadata, status as Status } from "@grpc/grpc-js";
 
-import { BadRequest, ErrorInfo, RetryInfo } from "./gen/google/rpc/error_details";
-import { Status as RpcStatus } from "./gen/google/rpc/status";
-import { durationToMs } from "./connection";
+import { BadRequest, ErrorInfo, RetryInfo } from "./gen/google/rpc/error_details.js";
+import { Status as RpcStatus } from "./gen/google/rpc/status.js";
+import { durationToMs } from "./connection.js";
 
 const STATUS_DETAILS_KEY = "grpc-status-details-bin";
 const TYPE_URL_PREFIX = "type.googleapis.com/";

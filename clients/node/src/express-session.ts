@@ -21,8 +21,8 @@ import { randomBytes } from "node:crypto";
 import type { Request } from "express";
 import session, { SessionData, Store } from "express-session";
 
-import { BatonClient } from "./client";
-import { InvalidArgumentError, NotFoundError } from "./errors";
+import { BatonClient } from "./client.js";
+import { InvalidArgumentError, NotFoundError } from "./errors.js";
 
 type Callback = (error?: unknown) => void;
 

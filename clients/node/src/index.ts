@@ -9,11 +9,11 @@
 // imported on its own ("@baton-dev/baton-client/express-session") so that this module does
 // not need express-session.
 
-export { BatonClient, type Stubs } from "./client";
-export { API_KEY_HEADER, type ConnectionOptions, DEFAULT_TIMEOUT_MS } from "./connection";
-export * from "./errors";
-export type { CacheEntry, CacheSetOptions, GetOrLoadOptions } from "./cache";
-export { Lease, type LockOptions } from "./lock";
+export { BatonClient, type Stubs } from "./client.js";
+export { API_KEY_HEADER, type ConnectionOptions, DEFAULT_TIMEOUT_MS } from "./connection.js";
+export * from "./errors.js";
+export type { CacheEntry, CacheSetOptions, GetOrLoadOptions } from "./cache.js";
+export { Lease, type LockOptions } from "./lock.js";
 export {
   type ConsumeOptions,
   DEFAULT_VISIBILITY_TIMEOUT_MS,
@@ -21,7 +21,7 @@ export {
   type EnqueueOptions,
   type Job,
   type JobHandler,
-} from "./queue";
-export type { CreateSessionOptions, Session, SessionUpdate } from "./session";
-export type { AlgorithmName, AllowOptions, Decision } from "./ratelimit";
-export * as pb from "./pb";
+} from "./queue.js";
+export type { CreateSessionOptions, Session, SessionUpdate } from "./session.js";
+export type { AlgorithmName, AllowOptions, Decision } from "./ratelimit.js";
+export * as pb from "./pb.js";

@@ -10,8 +10,8 @@ import { randomBytes } from "node:crypto";
 
 import { ClientReadableStream, status as Status } from "@grpc/grpc-js";
 
-import { Backoff, durationToMs, msToDuration, sleep } from "./connection";
-import { BatonError, codeOf, fromGrpcError, LeaseLostError, LockNotAcquiredError } from "./errors";
+import { Backoff, durationToMs, msToDuration, sleep } from "./connection.js";
+import { BatonError, codeOf, fromGrpcError, LeaseLostError, LockNotAcquiredError } from "./errors.js";
 import {
   AcquireRequest,
   KeepAliveRequest,
@@ -19,8 +19,8 @@ import {
   Lease as LeaseMessage,
   LockServiceClient,
   ReleaseRequest,
-} from "./gen/baton/v1/lock";
-import { unary } from "./unary";
+} from "./gen/baton/v1/lock.js";
+import { unary } from "./unary.js";
 
 /** The longest wait_timeout Baton accepts; longer waits are made of several Acquires. */
 const MAX_SERVER_WAIT_MS = 3_600_000;

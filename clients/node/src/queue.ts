@@ -10,7 +10,7 @@
 
 import { ClientReadableStream, status as Status } from "@grpc/grpc-js";
 
-import { Backoff, msToDuration, sleep } from "./connection";
+import { Backoff, msToDuration, sleep } from "./connection.js";
 import {
   BatonError,
   codeOf,
@@ -18,7 +18,7 @@ import {
   fromGrpcError,
   JobCancelledError,
   JobLeaseLostError,
-} from "./errors";
+} from "./errors.js";
 import {
   AckRequest,
   ConsumeRequest,
@@ -28,9 +28,9 @@ import {
   ExtendRequest,
   JobQueueServiceClient,
   NackRequest,
-} from "./gen/baton/v1/queue";
-import { bytesOf, once, retryUnavailable } from "./retry";
-import { unary } from "./unary";
+} from "./gen/baton/v1/queue.js";
+import { bytesOf, once, retryUnavailable } from "./retry.js";
+import { unary } from "./unary.js";
 
 /** How long a delivery is leased before consume must extend it. */
 export const DEFAULT_VISIBILITY_TIMEOUT_MS = 30_000;

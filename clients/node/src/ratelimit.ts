@@ -1,9 +1,9 @@
 // Rate limits: allow() on baton.v1.RateLimiterService/Check.
 
-import { fromGrpcError } from "./errors";
-import { Algorithm, CheckRequest, CheckResponse, LimitRequest, RateLimiterServiceClient } from "./gen/baton/v1/ratelimit";
-import { durationToMs, msToDuration } from "./connection";
-import { unary } from "./unary";
+import { fromGrpcError } from "./errors.js";
+import { Algorithm, CheckRequest, CheckResponse, LimitRequest, RateLimiterServiceClient } from "./gen/baton/v1/ratelimit.js";
+import { durationToMs, msToDuration } from "./connection.js";
+import { unary } from "./unary.js";
 
 /** How a limit counts; see proto/baton/v1/ratelimit.proto. */
 export type AlgorithmName =

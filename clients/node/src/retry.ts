@@ -2,8 +2,8 @@
 
 import { status as Status } from "@grpc/grpc-js";
 
-import { Backoff, sleep } from "./connection";
-import { BatonError, codeOf, fromGrpcError } from "./errors";
+import { Backoff, sleep } from "./connection.js";
+import { BatonError, codeOf, fromGrpcError } from "./errors.js";
 
 /**
  * Runs `call` until it succeeds or fails with anything but UNAVAILABLE, for at most `budgetMs`

@@ -1,6 +1,6 @@
 // Sessions: create, get, update, rotate, delete, list and revoke ("log out everywhere").
 
-import { msToDuration } from "./connection";
+import { msToDuration } from "./connection.js";
 import {
   CreateSessionRequest,
   DeleteSessionRequest,
@@ -11,9 +11,9 @@ import {
   Session as SessionMessage,
   SessionStoreServiceClient,
   UpdateSessionRequest,
-} from "./gen/baton/v1/session";
-import { once, retryUnavailable } from "./retry";
-import { unary } from "./unary";
+} from "./gen/baton/v1/session.js";
+import { once, retryUnavailable } from "./retry.js";
+import { unary } from "./unary.js";
 
 /** A session's public view; it never holds the secret session id. */
 export interface Session {

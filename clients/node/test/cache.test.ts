@@ -2,11 +2,11 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { AbortedError, AlreadyExistsError, BatonClient, FailedPreconditionError, fromGrpcError } from "../src";
-import { FetchRequest, FillRequest } from "../src/gen/baton/v1/cache";
-import { msToDuration } from "../src/connection";
-import { unary } from "../src/unary";
-import { Environment, unique } from "./harness";
+import { AbortedError, AlreadyExistsError, BatonClient, FailedPreconditionError, fromGrpcError } from "../src/index.js";
+import { FetchRequest, FillRequest } from "../src/gen/baton/v1/cache.js";
+import { msToDuration } from "../src/connection.js";
+import { unary } from "../src/unary.js";
+import { Environment, unique } from "./harness.js";
 
 let environment: Environment;
 let client: BatonClient;

@@ -3,11 +3,11 @@ import { after, before, test } from "node:test";
 
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 
-import { BatonClient, DeadlineExceededError, FailedPreconditionError, fromGrpcError, InvalidArgumentError, UnavailableError } from "../src";
-import { RenewRequest } from "../src/gen/baton/v1/lock";
-import { CheckResponse, RateLimiterServiceServer, RateLimiterServiceService } from "../src/gen/baton/v1/ratelimit";
-import { unary } from "../src/unary";
-import { Environment, eventually, unique } from "./harness";
+import { BatonClient, DeadlineExceededError, FailedPreconditionError, fromGrpcError, InvalidArgumentError, UnavailableError } from "../src/index.js";
+import { RenewRequest } from "../src/gen/baton/v1/lock.js";
+import { CheckResponse, RateLimiterServiceServer, RateLimiterServiceService } from "../src/gen/baton/v1/ratelimit.js";
+import { unary } from "../src/unary.js";
+import { Environment, eventually, unique } from "./harness.js";
 
 let environment: Environment;
 let client: BatonClient;

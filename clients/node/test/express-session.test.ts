@@ -8,9 +8,9 @@ import { after, before, test } from "node:test";
 import express from "express";
 import session from "express-session";
 
-import { BatonClient, NotFoundError } from "../src";
-import { BatonSessionStore } from "../src/express-session";
-import { Environment, unique } from "./harness";
+import { BatonClient, NotFoundError } from "../src/index.js";
+import { BatonSessionStore } from "../src/express-session.js";
+import { Environment, unique } from "./harness.js";
 
 declare module "express-session" {
   interface SessionData {

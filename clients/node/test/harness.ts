@@ -8,7 +8,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 
-const REPO = resolve(__dirname, "..", "..", "..", "..");
+// This file runs as dist/dev/test/harness.js.
+const REPO = resolve(import.meta.dirname, "..", "..", "..", "..", "..");
 const START_PATIENCE_MS = 30_000;
 
 export function freePort(): Promise<number> {

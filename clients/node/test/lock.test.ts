@@ -2,10 +2,10 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { BatonClient, FailedPreconditionError, Lease, LeaseLostError, LockNotAcquiredError } from "../src";
-import { DescribeRequest, ReleaseRequest } from "../src/gen/baton/v1/lock";
-import { unary } from "../src/unary";
-import { Environment, freePort, unique } from "./harness";
+import { BatonClient, FailedPreconditionError, Lease, LeaseLostError, LockNotAcquiredError } from "../src/index.js";
+import { DescribeRequest, ReleaseRequest } from "../src/gen/baton/v1/lock.js";
+import { unary } from "../src/unary.js";
+import { Environment, freePort, unique } from "./harness.js";
 
 let environment: Environment;
 let client: BatonClient;

@@ -4,10 +4,10 @@ import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { BatonClient, ConsumeOptions, InvalidArgumentError, Job, JobCancelledError, JobHandler } from "../src";
-import { CancelJobRequest, GetJobRequest, JobState, Job as JobMessage } from "../src/gen/baton/v1/queue";
-import { unary } from "../src/unary";
-import { Environment, eventually, unique } from "./harness";
+import { BatonClient, ConsumeOptions, InvalidArgumentError, Job, JobCancelledError, JobHandler } from "../src/index.js";
+import { CancelJobRequest, GetJobRequest, JobState, Job as JobMessage } from "../src/gen/baton/v1/queue.js";
+import { unary } from "../src/unary.js";
+import { Environment, eventually, unique } from "./harness.js";
 
 let environment: Environment;
 let client: BatonClient;
@@ -130,7 +130,7 @@ test("two workers, one killed mid-job: every job is acked once, the killed one's
   for (let i = 0; i < 20; i++) {
     enqueued.add((await client.enqueue(queue, `email-${i}`)).jobId);
   }
-  const doomed = spawn(process.execPath, [`${__dirname}/doomed-worker.js`, addr, queue], {
+  const doomed = spawn(process.execPath, [`${import.meta.dirname}/doomed-worker.js`, addr, queue], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   try {

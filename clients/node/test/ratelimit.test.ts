@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { BatonClient } from "../src";
-import { Environment, unique } from "./harness";
+import { BatonClient } from "../src/index.js";
+import { Environment, unique } from "./harness.js";
 
 let environment: Environment;
 let client: BatonClient;

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { AbortedError, AlreadyExistsError, BatonClient, InvalidArgumentError, NotFoundError } from "../src";
-import { Environment, unique } from "./harness";
+import { AbortedError, AlreadyExistsError, BatonClient, InvalidArgumentError, NotFoundError } from "../src/index.js";
+import { Environment, unique } from "./harness.js";
 
 let environment: Environment;
 let client: BatonClient;

@@ -6,7 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
-import { Any } from "../protobuf/any";
+import { Any } from "../protobuf/any.js";
 
 export const protobufPackage = "google.rpc";
 
