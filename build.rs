@@ -23,10 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     }
     let include = protoc_bin_vendored::include_path()?;
-    tonic_prost_build::configure().file_descriptor_set_path(out_dir.join("baton_descriptor.bin")).compile_with_config(
-        config,
-        &PROTOS.map(PathBuf::from),
-        &[PathBuf::from("proto"), include],
-    )?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::BatonCodec")
+        .file_descriptor_set_path(out_dir.join("baton_descriptor.bin"))
+        .compile_with_config(config, &PROTOS.map(PathBuf::from), &[PathBuf::from("proto"), include])?;
     Ok(())
 }

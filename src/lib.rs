@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod codec;
 pub mod config;
 pub mod deadline;
 pub mod envoy;

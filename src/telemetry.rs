@@ -1,9 +1,11 @@
 //! Logs (text or JSON), the Prometheus recorder and its `/metrics` endpoint, and the
 //! per-RPC metrics layer.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,12 +34,25 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(PrometheusBuilder::new().set_buckets(LATENCY_BUCKETS)?.install_recorder()?)
 }
 
+/// How often histogram samples are folded into their buckets. Until then the recorder
+/// keeps every sample, so a baton that nobody scrapes would grow with every call.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Serves `GET /metrics` (any path, in fact) on `listener`: Prometheus needs nothing more,
-/// and a hand-rolled responder avoids a second HTTP stack.
+/// and a hand-rolled responder avoids a second HTTP stack. Also runs the recorder's upkeep.
 pub fn serve_metrics(listener: TcpListener, handle: PrometheusHandle) -> TaskGuard {
     TaskGuard::spawn(async move {
+        let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
+        upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = upkeep.tick() => {
+                    handle.run_upkeep();
+                    continue;
+                }
+            };
+            let Ok((mut socket, _)) = accepted else {
                 continue;
             };
             let handle = handle.clone();
@@ -90,7 +105,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let (service, method) = split_path(request.uri().path());
+        let (service, method) = served_method(request.uri().path());
         let started = Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -107,7 +122,7 @@ where
                     .unwrap_or("OK"),
                 Err(_) => "UNKNOWN",
             };
-            let labels = [("service", service), ("method", method), ("code", code.to_owned())];
+            let labels = [("service", service), ("method", method), ("code", code)];
             metrics::counter!("baton_grpc_requests_total", &labels).increment(1);
             metrics::histogram!("baton_grpc_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
             result
@@ -115,11 +130,41 @@ where
     }
 }
 
-fn split_path(path: &str) -> (String, String) {
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let service = parts.next().unwrap_or_default().to_owned();
-    let method = parts.next().unwrap_or_default().to_owned();
-    (service, method)
+/// The label value of every path outside the served set: callers choose paths, so a path
+/// must never become a label of its own (each would be a new series, before
+/// authentication even runs).
+const UNKNOWN_METHOD: (&str, &str) = ("unknown", "unknown");
+
+/// Every RPC this server can answer, `/package.Service/Method` to its (service, method)
+/// labels, read once from the descriptors of the services it registers.
+static SERVED_METHODS: LazyLock<HashMap<String, (&'static str, &'static str)>> = LazyLock::new(|| {
+    use prost::Message as _;
+    let sets = [
+        crate::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut methods = HashMap::new();
+    for set in sets {
+        let set = prost_types::FileDescriptorSet::decode(set).expect("compiled-in descriptor set");
+        for file in &set.file {
+            for service in &file.service {
+                // Leaked once: a fixed set of names that label every call without allocating.
+                let service_name: &'static str =
+                    Box::leak(format!("{}.{}", file.package(), service.name()).into_boxed_str());
+                for method in &service.method {
+                    let method_name: &'static str = Box::leak(method.name().to_owned().into_boxed_str());
+                    methods.insert(format!("/{service_name}/{method_name}"), (service_name, method_name));
+                }
+            }
+        }
+    }
+    methods
+});
+
+fn served_method(path: &str) -> (&'static str, &'static str) {
+    SERVED_METHODS.get(path).copied().unwrap_or(UNKNOWN_METHOD)
 }
 
 fn code_name(code: i32) -> &'static str {
@@ -150,11 +195,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_grpc_paths() {
+    fn labels_served_methods_and_folds_every_other_path() {
+        assert_eq!(served_method("/baton.v1.RateLimiterService/Check"), ("baton.v1.RateLimiterService", "Check"));
         assert_eq!(
-            split_path("/baton.v1.RateLimiterService/Check"),
-            ("baton.v1.RateLimiterService".into(), "Check".into())
+            served_method("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"),
+            ("envoy.service.ratelimit.v3.RateLimitService", "ShouldRateLimit")
         );
+        assert_eq!(served_method("/grpc.health.v1.Health/Watch"), ("grpc.health.v1.Health", "Watch"));
+        for hostile in ["/baton.v1.RateLimiterService/Nope", "/x/y", "/", "", "/baton.v1.RateLimiterService/Check/"] {
+            assert_eq!(served_method(hostile), UNKNOWN_METHOD, "{hostile}");
+        }
     }
 
     #[test]

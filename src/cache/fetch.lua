@@ -14,7 +14,7 @@ end
 local filling = entry.fill ~= nil and entry.fill_exp > now
 local grant = ARGV[3] == '1' and not filling
 if grant then
-  redis.call('HSET', KEYS[1], 'fill', ARGV[1], 'fill_exp', int(now + tonumber(ARGV[2])))
+  redis.call('HSET', KEYS[1], 'fill', ARGV[1], 'fill_exp', int(now + tonumber(ARGV[2])), 'fill_at', int(now))
   expire_entry()
 end
 if entry.value ~= nil and now < entry.stale and entry.version ~= invalidated then

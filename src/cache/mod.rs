@@ -32,6 +32,7 @@ static SET: LazyLock<Script> = cache_script!("set.lua");
 static DELETE: LazyLock<Script> = cache_script!("delete.lua");
 static FETCH: LazyLock<Script> = cache_script!("fetch.lua");
 static FILL: LazyLock<Script> = cache_script!("fill.lua");
+static INVALIDATE_TAG: LazyLock<Script> = LazyLock::new(|| crate::store::script(&[include_str!("invalidate_tag.lua")]));
 
 /// A waiter re-checks at least this often, in case a notification was lost.
 const SAFETY_RECHECK: Duration = Duration::from_secs(1);
@@ -298,11 +299,9 @@ impl CacheManager {
 
     /// Hides every entry written with `tag` so far: one INCR, however many entries.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), Error> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("INCR").arg(self.tag_key(tag)).ignore();
-        pipe.cmd("PEXPIRE").arg(self.tag_key(tag)).arg(self.tag_ttl.as_millis() as u64).ignore();
-        let _: () = self.store.pipeline("cache_invalidate_tag", &pipe).await?;
+        let ttl = self.tag_ttl.as_millis().to_string().into_bytes();
+        let _: String =
+            self.store.run_script("cache_invalidate_tag", &INVALIDATE_TAG, &[self.tag_key(tag)], &[ttl]).await?;
         metrics::counter!("baton_cache_invalidations_total").increment(1);
         Ok(())
     }
@@ -411,6 +410,7 @@ impl CacheManager {
             encode_tags(&stamps),
             if abandon { b"1".to_vec() } else { b"0".to_vec() },
             self.channel(&write.key).into_bytes(),
+            stamps.iter().map(|(_, generation)| *generation).max().unwrap_or(0).to_string().into_bytes(),
         ];
         let reply: redis::Value =
             self.store.run_script("cache_fill", &FILL, &[self.entry_key(&write.key)], &args).await?;
@@ -421,6 +421,12 @@ impl CacheManager {
                 Ok(Some(decode_entry(&parts, false)?.entry))
             }
             2 => Ok(None),
+            _ if text_of(parts.get(1)) == "TAG_INVALIDATED" => Err(Error::FailedPrecondition {
+                reason: "FILL_TOKEN_STALE",
+                message: "a tag of this value was invalidated after its fill began, so it may predate the \
+                          invalidation: use it for this caller only and Fetch again"
+                    .into(),
+            }),
             _ => Err(Error::FailedPrecondition {
                 reason: "FILL_TOKEN_STALE",
                 message: "the fill token is no longer current: the key was written or deleted, or its lease expired"

@@ -6,7 +6,8 @@
 --              and never repeats, even across a Delete
 --   exp        expiry, µs;  stale: until when the value may still be served stale, µs
 --   tags       "tag\0generation\0…" as stamped at write time (checked on read)
---   fill, fill_exp   the current fill token and its lease deadline, µs
+--   fill, fill_exp, fill_at   the current fill token, its lease deadline and when it was
+--              granted, µs
 -- The hash itself expires at max(stale, fill_exp).
 
 local function read_entry()
@@ -35,7 +36,7 @@ local function write_value(entry, value, ttl, stale_ttl, tags)
   local exp = now + ttl
   redis.call('HSET', KEYS[1], 'v', value, 'ver', int(version), 'exp', int(exp),
     'stale', int(exp + stale_ttl), 'tags', tags)
-  redis.call('HDEL', KEYS[1], 'fill', 'fill_exp')
+  redis.call('HDEL', KEYS[1], 'fill', 'fill_exp', 'fill_at')
   expire_entry()
   return version, exp
 end

@@ -26,13 +26,12 @@ end
 
 local permits = tonumber(ARGV[3])
 if redis.call('ZCARD', KEYS[1]) < permits then
-  -- A fresh counter starts at Redis's clock in µs: above every token granted before it
-  -- expired, as long as the clock has not stepped back (see README).
-  if redis.call('EXISTS', KEYS[3]) == 0 then
-    redis.call('SET', KEYS[3], int(now))
-  end
-  local token = redis.call('INCR', KEYS[3])
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  -- Every token is max(counter + 1, Redis's clock in µs), so tokens keep rising across
+  -- an expired counter and across a Redis that lost recent writes (restarted from an
+  -- older snapshot or AOF, or failed over to a lagging replica), as long as its clock
+  -- has not stepped back past the lost grants (docs/locks.md).
+  local token = math.max((tonumber(redis.call('GET', KEYS[3])) or 0) + 1, now)
+  redis.call('SET', KEYS[3], int(token), 'PX', ARGV[5])
   local ttl = tonumber(ARGV[2])
   local expires = now + ttl
   redis.call('ZADD', KEYS[1], int(expires), ARGV[1])

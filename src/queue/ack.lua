@@ -12,11 +12,12 @@ local settled = {}
 for i = 2, #KEYS do
   local job, at = KEYS[i], 2 + (i - 2) * 4
   local id, token, channel = ARGV[at], ARGV[at + 1], ARGV[at + 3]
-  local state, lease, cancelled = unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease'))
+  local state, lease, cancelled, deadline =
+    unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease', 'lease_deadline'))
   if state == 'SUCCEEDED' and lease == token then
     replies[i - 1] = 1
   else
-    local refused = refusal(state, lease, cancelled, token)
+    local refused = refusal(state, lease, cancelled, token, deadline)
     if refused then
       replies[i - 1] = refused
     else

@@ -191,6 +191,36 @@ pub struct QueueSettings {
     pub dead_retention: Duration,
 }
 
+/// Most (tenant, queue) pairs with `baton_queue_jobs` series. Queue names come from
+/// callers, so series are made only for queues that hold jobs, and at most this many over
+/// the process's life; stats of further queues are still answered, without series.
+const MAX_QUEUE_SERIES: usize = 1_000;
+
+static QUEUE_SERIES: LazyLock<Mutex<HashSet<(String, String)>>> = LazyLock::new(Mutex::default);
+
+/// Sets a queue's `baton_queue_jobs` gauges from a stats reading, within [`MAX_QUEUE_SERIES`].
+fn record_queue_gauges(tenant: &str, queue: &str, counts: [(&'static str, i64); 4]) {
+    let series = (tenant.to_owned(), queue.to_owned());
+    {
+        let mut tracked = QUEUE_SERIES.lock().expect("queue series lock");
+        if !tracked.contains(&series) {
+            if counts.iter().all(|(_, n)| *n <= 0) {
+                return;
+            }
+            if tracked.len() >= MAX_QUEUE_SERIES {
+                metrics::counter!("baton_queue_series_dropped_total").increment(1);
+                return;
+            }
+            tracked.insert(series.clone());
+        }
+    }
+    let (tenant, queue) = series;
+    for (state, n) in counts {
+        metrics::gauge!("baton_queue_jobs", "tenant" => tenant.clone(), "queue" => queue.clone(), "state" => state)
+            .set(n as f64);
+    }
+}
+
 /// Queue statistics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueStats {
@@ -622,9 +652,11 @@ impl QueueManager {
         let [ready, scheduled, active, dead, paused, age] = <[i64; 6]>::try_from(counts)
             .map_err(|_| Error::Internal("stats script returned a malformed reply".into()))?;
         let count = |n: i64| n.max(0) as u64;
-        for (state, n) in [("ready", ready), ("scheduled", scheduled), ("active", active), ("dead", dead)] {
-            metrics::gauge!("baton_queue_jobs", "queue" => queue.to_owned(), "state" => state).set(n as f64);
-        }
+        record_queue_gauges(
+            self.keys.namespace(),
+            queue,
+            [("ready", ready), ("scheduled", scheduled), ("active", active), ("dead", dead)],
+        );
         Ok(QueueStats {
             ready: count(ready),
             scheduled: count(scheduled),

@@ -42,11 +42,13 @@ local function make_dead(dead, id, job, retention_ms, reason)
   redis.call('PEXPIRE', job, retention_ms)
 end
 
--- Why `token` may not settle a job in `state` under `lease` (`cancelled`: the lease it was
--- cancelled under): nil when it is the job's current lease, 'JOB_CANCELLED' when the job
--- was cancelled under it, else 'JOB_NOT_LEASED'.
-local function refusal(state, lease, cancelled, token)
-  if state == 'ACTIVE' and lease == token then
+-- Why `token` may not settle a job in `state` under `lease` until `deadline` (`cancelled`:
+-- the lease it was cancelled under): nil when it is the job's current, unexpired lease,
+-- 'JOB_CANCELLED' when the job was cancelled under it, else 'JOB_NOT_LEASED'. A lease past
+-- its deadline settles nothing even before a fetch reclaims its job: its job is due to be
+-- delivered again, and the stream that holds it must get its credit back.
+local function refusal(state, lease, cancelled, token, deadline)
+  if state == 'ACTIVE' and lease == token and tonumber(deadline or 0) > now then
     return nil
   end
   if state == 'CANCELLED' and cancelled == token then
@@ -57,8 +59,9 @@ end
 
 -- The same, read from the job's hash.
 local function lease_refusal(job, token)
-  local state, lease, cancelled = unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease'))
-  return refusal(state, lease, cancelled, token)
+  local state, lease, cancelled, deadline =
+    unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease', 'lease_deadline'))
+  return refusal(state, lease, cancelled, token, deadline)
 end
 
 -- Whether `token` is the current lease of an active job.

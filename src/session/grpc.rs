@@ -183,6 +183,9 @@ impl SessionStoreService for SessionGrpc {
         if r.remove.len() > MAX_DATA_KEYS {
             return Err(Error::invalid("remove", format!("must hold at most {MAX_DATA_KEYS} keys")).into());
         }
+        if let Some(index) = r.remove.iter().position(|key| set.contains_key(key)) {
+            return Err(Error::invalid(format!("remove[{index}]"), "is also in set: a key is set or removed").into());
+        }
         let session =
             self.sessions.scoped(&namespace).update(id, &set, &r.remove, r.if_version).await?.ok_or_else(not_found)?;
         Ok(Response::new(UpdateSessionResponse { session: Some(session_to_proto(session)) }))

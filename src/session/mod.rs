@@ -159,18 +159,24 @@ impl SessionManager {
         let handle = handle_of(&hash);
         let absolute_deadline = crate::proto::now_micros() + new.absolute_timeout.as_micros() as u64;
         // Index first: a crash after it leaves an entry that readers drop. The subject's
-        // index and the namespace's gauge set live in different Cluster slots.
+        // index and the namespace's gauge set live in different Cluster slots. NX, so that
+        // a refused create can take back exactly the entries it added and nothing else.
+        let now = crate::proto::now_micros();
+        let index = self.index_key(&new.subject);
         let mut index_pipe = redis::pipe();
         if !new.subject.is_empty() {
-            let index = self.index_key(&new.subject);
-            index_pipe.cmd("ZADD").arg(&index).arg(crate::proto::now_micros()).arg(&hash).ignore();
+            index_pipe.cmd("ZADD").arg(&index).arg("NX").arg(now).arg(&hash);
             index_pipe.cmd("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("GT").ignore();
             // GT does not apply to a key without a TTL; NX covers the first member.
             index_pipe.cmd("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("NX").ignore();
         }
         let mut active_pipe = redis::pipe();
-        active_pipe.cmd("ZADD").arg(self.active_key()).arg(absolute_deadline).arg(&hash).ignore();
-        self.pipelines("session_index", &[index_pipe, active_pipe]).await?;
+        active_pipe.cmd("ZADD").arg(self.active_key()).arg("NX").arg(absolute_deadline).arg(&hash);
+        let added_to_index = match new.subject.is_empty() {
+            true => false,
+            false => self.store.pipeline::<(i64,)>("session_index", &index_pipe).await?.0 == 1,
+        };
+        let (added_to_active,): (i64,) = self.store.pipeline("session_index", &active_pipe).await?;
 
         let size: usize = new.data.iter().map(|(k, v)| k.len() + v.len()).sum();
         let mut args: Vec<Vec<u8>> = vec![
@@ -193,8 +199,25 @@ impl SessionManager {
         let reply: redis::Value =
             self.store.run_script("session_create", &CREATE, &[self.session_key(&hash)], &args).await?;
         let Some(session) = decode(reply)? else {
+            // Refused: take back what this call added, so the id's owner is unaffected and
+            // no other subject's index ever points at it.
+            let mut undo_index = redis::pipe();
+            if added_to_index {
+                undo_index.cmd("ZREM").arg(&index).arg(&hash).ignore();
+            }
+            let mut undo_active = redis::pipe();
+            if added_to_active == 1 {
+                undo_active.cmd("ZREM").arg(self.active_key()).arg(&hash).ignore();
+            }
+            self.pipelines("session_index", &[undo_index, undo_active]).await?;
             return Ok(None);
         };
+        // An entry left by an earlier session of this hash keeps its old deadline under NX.
+        let mut refresh = redis::pipe();
+        if added_to_active == 0 {
+            refresh.cmd("ZADD").arg(self.active_key()).arg(absolute_deadline).arg(&hash).ignore();
+        }
+        self.pipelines("session_index", &[refresh]).await?;
         metrics::counter!("baton_sessions_created_total").increment(1);
         if self.settings.max_per_subject > 0 && !new.subject.is_empty() {
             self.evict_beyond_limit(&new.subject).await?;
@@ -347,16 +370,22 @@ impl SessionManager {
         let replies = futures::future::join_all(hashes.iter().map(|hash| self.peek(hash))).await;
         let mut live = Vec::new();
         let mut dangling = Vec::new();
+        let mut expired = 0;
         for (hash, reply) in hashes.into_iter().zip(replies) {
             match decode(reply?)? {
-                Some(session) => live.push((hash, session)),
-                None => dangling.push(hash),
+                // An entry counts only for the subject its session has, whoever wrote it.
+                Some(session) if session.subject == subject => live.push((hash, session)),
+                Some(_) => dangling.push(hash),
+                None => {
+                    expired += 1;
+                    dangling.push(hash);
+                }
             }
         }
         if !dangling.is_empty() {
             let _: i64 =
                 self.store.command("session_index_clean", redis::cmd("ZREM").arg(&index).arg(&dangling)).await?;
-            metrics::counter!("baton_sessions_expired_total").increment(dangling.len() as u64);
+            metrics::counter!("baton_sessions_expired_total").increment(expired);
         }
         Ok(live)
     }

@@ -15,19 +15,33 @@ local size = tonumber(redis.call('HGET', KEYS[1], 'size'))
 local n_set = tonumber(ARGV[3])
 local remove_at = 4 + 2 * n_set
 local n_remove = tonumber(ARGV[remove_at])
--- Size after the change: removals first, then each set replaces any old value.
+-- The size after the change, replaying it in order (removals, then sets) over each key's
+-- length as it stands at that point: a key named twice, or both removed and set, is
+-- counted once for what it finally holds.
+local lengths = {}
+local function length_of(key)
+  if lengths[key] == nil then
+    local field = 'd:' .. key
+    lengths[key] = redis.call('HEXISTS', KEYS[1], field) == 1 and redis.call('HSTRLEN', KEYS[1], field) or false
+  end
+  return lengths[key]
+end
 for i = 1, n_remove do
   local key = ARGV[remove_at + i]
-  if redis.call('HEXISTS', KEYS[1], 'd:' .. key) == 1 then
-    size = size - #key - redis.call('HSTRLEN', KEYS[1], 'd:' .. key)
+  local old = length_of(key)
+  if old then
+    size = size - #key - old
+    lengths[key] = false
   end
 end
 for i = 1, n_set do
   local key, value = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
-  if redis.call('HEXISTS', KEYS[1], 'd:' .. key) == 1 then
-    size = size - #key - redis.call('HSTRLEN', KEYS[1], 'd:' .. key)
+  local old = length_of(key)
+  if old then
+    size = size - #key - old
   end
   size = size + #key + #value
+  lengths[key] = #value
 end
 if size > tonumber(ARGV[2]) then
   return {'TOO_LARGE'}

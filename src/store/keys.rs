@@ -3,6 +3,14 @@
 //! The `{unit}` hash tag (rate-limit key, lock name, queue name, cache key, session hash)
 //! keeps all keys one script touches in one Redis Cluster slot. The namespace is the
 //! tenant's, so tenants never see each other's keys.
+//!
+//! Names come from callers and may hold any character. The unit is written with `%`, `{`
+//! and `}` percent-encoded, so it holds no brace: the first `}` ends it, a name can never
+//! reach into the part after it, and Redis Cluster hashes exactly the encoded unit. Two
+//! distinct (pattern, unit, part) triples therefore never share a key. Names without
+//! those three characters, which is nearly all of them, keep the plain layout.
+
+use std::borrow::Cow;
 
 /// The namespace used when no tenant is configured.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -60,8 +68,25 @@ impl KeyBuilder {
 
     /// The key of `part` of `unit` under `pattern`.
     pub fn key(&self, pattern: Pattern, unit: &str, part: &str) -> String {
-        format!("baton:{}:{}:{{{unit}}}:{part}", self.namespace, pattern.segment())
+        format!("baton:{}:{}:{{{}}}:{part}", self.namespace, pattern.segment(), encode_unit(unit))
     }
+}
+
+/// `unit` with `%`, `{` and `}` percent-encoded (borrowed when it has none).
+fn encode_unit(unit: &str) -> Cow<'_, str> {
+    if !unit.contains(['%', '{', '}']) {
+        return Cow::Borrowed(unit);
+    }
+    let mut encoded = String::with_capacity(unit.len() + 8);
+    for c in unit.chars() {
+        match c {
+            '%' => encoded.push_str("%25"),
+            '{' => encoded.push_str("%7B"),
+            '}' => encoded.push_str("%7D"),
+            c => encoded.push(c),
+        }
+    }
+    Cow::Owned(encoded)
 }
 
 impl Default for KeyBuilder {
@@ -78,6 +103,61 @@ mod tests {
     fn keys_carry_namespace_pattern_and_hash_tag() {
         let keys = KeyBuilder::new("acme");
         assert_eq!(keys.key(Pattern::RateLimit, "user:1", "fw:10:1000"), "baton:acme:rl:{user:1}:fw:10:1000");
+    }
+
+    /// Splits a key back into (namespace, pattern segment, unit, part): possible only
+    /// because the layout is injective, which is what the property below proves.
+    fn parse(key: &str) -> (String, String, String, String) {
+        let rest = key.strip_prefix("baton:").unwrap();
+        let (head, tail) = rest.split_once(":{").unwrap();
+        let (namespace, segment) = head.rsplit_once(':').unwrap();
+        let (unit, part) = tail.split_once("}:").unwrap();
+        let unit = unit.replace("%7B", "{").replace("%7D", "}").replace("%25", "%");
+        (namespace.to_owned(), segment.to_owned(), unit, part.to_owned())
+    }
+
+    const PATTERNS: [Pattern; 7] = [
+        Pattern::RateLimit,
+        Pattern::Lock,
+        Pattern::Queue,
+        Pattern::Cache,
+        Pattern::CacheTag,
+        Pattern::Session,
+        Pattern::SessionIndex,
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn distinct_triples_never_share_a_key(
+            pattern in 0..PATTERNS.len(),
+            unit in "[a-z{}%:7BDd]{0,12}",
+            part in "[a-z{}%:]{0,12}",
+        ) {
+            let pattern = PATTERNS[pattern];
+            let key = KeyBuilder::new("acme").key(pattern, &unit, &part);
+            let (namespace, segment, parsed_unit, parsed_part) = parse(&key);
+            proptest::prop_assert_eq!(namespace, "acme");
+            proptest::prop_assert_eq!(segment, pattern.segment());
+            proptest::prop_assert_eq!(&parsed_unit, &unit);
+            proptest::prop_assert_eq!(&parsed_part, &part);
+            // Redis Cluster hashes the text between the first `{` and the next `}`.
+            let tag = &key[key.find('{').unwrap() + 1..];
+            let tag = &tag[..tag.find('}').unwrap()];
+            let expected = encode_unit(&unit);
+            proptest::prop_assert_eq!(tag, &*expected);
+        }
+    }
+
+    #[test]
+    fn a_brace_in_a_name_cannot_reach_another_objects_keys() {
+        let keys = KeyBuilder::new("t");
+        // A dedup key `x}:paused` on queue `jobs` against the `paused` flag of the queue
+        // named `jobs}:dedup:x`: the review's collision.
+        assert_ne!(
+            keys.key(Pattern::Queue, "jobs", "dedup:x}:paused"),
+            keys.key(Pattern::Queue, "jobs}:dedup:x", "paused")
+        );
+        assert_eq!(keys.key(Pattern::Lock, "a%7D", "p"), "baton:t:lock:{a%257D}:p");
     }
 
     #[test]
