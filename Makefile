@@ -13,7 +13,7 @@ CARGO_DENY := tools/cargo/bin/cargo-deny
 CARGO_DENY_STAMP := tools/cargo/.cargo-deny-$(CARGO_DENY_VERSION)
 ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 
-.PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench clean clients-test gen deploy-test abuse-test
+.PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench clean clients-test gen deploy-test abuse-test docs-test
 
 # Client SDKs (clients/go, clients/python, clients/node): `make gen`, `make clients-test`.
 -include clients/clients.mk
@@ -21,11 +21,13 @@ ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 -include deploy/deploy.mk
 # Raw HTTP/2 abuse tests (tests/abuse/): `make abuse-test`.
 -include tests/abuse/abuse.mk
+# Every `sh` block of README.md and docs/ run against a real baton (tests/docs/): `make docs-test`.
+-include tests/docs/docs.mk
 
 run: redis-server
 	$(CARGO) run --release --bin baton -- $(ARGS)
 
-test: deps lint cargo-test abuse-test clients-test deploy-test
+test: deps lint cargo-test abuse-test clients-test deploy-test docs-test
 
 deps: redis-server buf
 
@@ -81,7 +83,7 @@ cargo-test:
 	$(CARGO) run --locked --quiet --bin baton-bench -- --baton target/debug/baton \
 		--duration 300ms --concurrency 4 --streams 200 > /dev/null
 
-# Results go to bench/results/<date>.md; copy the table into the README. The peers (BullMQ,
+# Results go to bench/results/<date>.md, the summary to docs/benchmarks.md. The peers (BullMQ,
 # node-redlock: pinned in bench/peers) run against the bench's own Redis in the same run.
 bench: redis-server
 	$(CARGO) build --release --locked --bin baton --bin baton-bench
@@ -97,3 +99,4 @@ clean:
 clients-test::
 deploy-test::
 abuse-test::
+docs-test::
