@@ -68,7 +68,11 @@ $(CARGO_DENY_STAMP):
 	@touch $@
 
 # Licences, bans and sources always; advisories against the snapshot, without network.
+# cargo-deny reads `cargo metadata --offline`, which needs every package of Cargo.lock,
+# including the Windows/wasm-only ones no Linux build downloads: fetch them first, or a
+# machine with an empty cargo registry fails here.
 deny: $(CARGO_DENY_STAMP)
+	$(CARGO) fetch --locked --quiet
 	@if [ -n "$(ADVISORY_SNAPSHOT)" ]; then \
 		tools/advisory-db.sh "$(ADVISORY_SNAPSHOT)" target/advisory-db && \
 		$(CARGO_DENY) --offline check; \
