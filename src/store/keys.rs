@@ -6,9 +6,14 @@
 //!
 //! Names come from callers and may hold any character. The unit is written with `%`, `{`
 //! and `}` percent-encoded, so it holds no brace: the first `}` ends it, a name can never
-//! reach into the part after it, and Redis Cluster hashes exactly the encoded unit. Two
-//! distinct (pattern, unit, part) triples therefore never share a key. Names without
-//! those three characters, which is nearly all of them, keep the plain layout.
+//! reach into the part after it, and Redis Cluster hashes exactly the encoded unit. Names
+//! without those three characters, which is nearly all of them, keep the plain layout.
+//!
+//! A name that starts with a hash tag of its own, `{tag}rest`, keeps Redis's meaning of it
+//! (names sharing a tag share a slot, so one Check can span them in Cluster mode): it is
+//! written `{<tag>}+<rest>:<part>`, the tag encoded as a unit and the rest with `:` encoded
+//! as well, so the first `:` after the `+` still ends it. Either way two distinct (pattern,
+//! unit, part) triples never share a key; the property test below parses every key back.
 
 use std::borrow::Cow;
 
@@ -68,22 +73,37 @@ impl KeyBuilder {
 
     /// The key of `part` of `unit` under `pattern`.
     pub fn key(&self, pattern: Pattern, unit: &str, part: &str) -> String {
-        format!("baton:{}:{}:{{{}}}:{part}", self.namespace, pattern.segment(), encode_unit(unit))
+        let (namespace, segment) = (&self.namespace, pattern.segment());
+        match own_hash_tag(unit) {
+            Some((tag, rest)) => format!(
+                "baton:{namespace}:{segment}:{{{}}}+{}:{part}",
+                percent_encode(tag, &['%', '{', '}']),
+                percent_encode(rest, &['%', '{', '}', ':'])
+            ),
+            None => format!("baton:{namespace}:{segment}:{{{}}}:{part}", percent_encode(unit, &['%', '{', '}'])),
+        }
     }
 }
 
-/// `unit` with `%`, `{` and `}` percent-encoded (borrowed when it has none).
-fn encode_unit(unit: &str) -> Cow<'_, str> {
-    if !unit.contains(['%', '{', '}']) {
-        return Cow::Borrowed(unit);
+/// `{tag}rest` → (tag, rest) when `unit` starts with a non-empty hash tag, as Redis reads one.
+fn own_hash_tag(unit: &str) -> Option<(&str, &str)> {
+    let inner = unit.strip_prefix('{')?;
+    let end = inner.find('}')?;
+    (end > 0).then(|| (&inner[..end], &inner[end + 1..]))
+}
+
+/// `text` with each of `special` (which includes `%`) written as `%XX`; borrowed when it
+/// has none.
+fn percent_encode<'a>(text: &'a str, special: &[char]) -> Cow<'a, str> {
+    if !text.contains(special) {
+        return Cow::Borrowed(text);
     }
-    let mut encoded = String::with_capacity(unit.len() + 8);
-    for c in unit.chars() {
-        match c {
-            '%' => encoded.push_str("%25"),
-            '{' => encoded.push_str("%7B"),
-            '}' => encoded.push_str("%7D"),
-            c => encoded.push(c),
+    let mut encoded = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if special.contains(&c) {
+            encoded.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            encoded.push(c);
         }
     }
     Cow::Owned(encoded)
@@ -105,15 +125,31 @@ mod tests {
         assert_eq!(keys.key(Pattern::RateLimit, "user:1", "fw:10:1000"), "baton:acme:rl:{user:1}:fw:10:1000");
     }
 
+    fn decode(text: &str) -> String {
+        text.replace("%7B", "{").replace("%7D", "}").replace("%3A", ":").replace("%25", "%")
+    }
+
     /// Splits a key back into (namespace, pattern segment, unit, part): possible only
     /// because the layout is injective, which is what the property below proves.
     fn parse(key: &str) -> (String, String, String, String) {
         let rest = key.strip_prefix("baton:").unwrap();
         let (head, tail) = rest.split_once(":{").unwrap();
         let (namespace, segment) = head.rsplit_once(':').unwrap();
-        let (unit, part) = tail.split_once("}:").unwrap();
-        let unit = unit.replace("%7B", "{").replace("%7D", "}").replace("%25", "%");
+        let (tag, after) = tail.split_once('}').unwrap();
+        let (unit, part) = match after.strip_prefix('+') {
+            Some(after) => {
+                let (rest, part) = after.split_once(':').unwrap();
+                (format!("{{{}}}{}", decode(tag), decode(rest)), part)
+            }
+            None => (decode(tag), after.strip_prefix(':').unwrap()),
+        };
         (namespace.to_owned(), segment.to_owned(), unit, part.to_owned())
+    }
+
+    /// What Redis Cluster hashes: the text between the first `{` and the next `}`.
+    fn cluster_tag(key: &str) -> &str {
+        let tag = &key[key.find('{').unwrap() + 1..];
+        &tag[..tag.find('}').unwrap()]
     }
 
     const PATTERNS: [Pattern; 7] = [
@@ -130,8 +166,8 @@ mod tests {
         #[test]
         fn distinct_triples_never_share_a_key(
             pattern in 0..PATTERNS.len(),
-            unit in "[a-z{}%:7BDd]{0,12}",
-            part in "[a-z{}%:]{0,12}",
+            unit in "[a-z{}%:+7BDd3A]{0,12}",
+            part in "[a-z{}%:+]{0,12}",
         ) {
             let pattern = PATTERNS[pattern];
             let key = KeyBuilder::new("acme").key(pattern, &unit, &part);
@@ -140,11 +176,12 @@ mod tests {
             proptest::prop_assert_eq!(segment, pattern.segment());
             proptest::prop_assert_eq!(&parsed_unit, &unit);
             proptest::prop_assert_eq!(&parsed_part, &part);
-            // Redis Cluster hashes the text between the first `{` and the next `}`.
-            let tag = &key[key.find('{').unwrap() + 1..];
-            let tag = &tag[..tag.find('}').unwrap()];
-            let expected = encode_unit(&unit);
-            proptest::prop_assert_eq!(tag, &*expected);
+            // The slot follows the name's own hash tag when it has one, else the whole name.
+            let expected = match own_hash_tag(&unit) {
+                Some((tag, _)) => percent_encode(tag, &['%', '{', '}']),
+                None => percent_encode(&unit, &['%', '{', '}']),
+            };
+            proptest::prop_assert_eq!(cluster_tag(&key), &*expected);
         }
     }
 
@@ -158,6 +195,16 @@ mod tests {
             keys.key(Pattern::Queue, "jobs}:dedup:x", "paused")
         );
         assert_eq!(keys.key(Pattern::Lock, "a%7D", "p"), "baton:t:lock:{a%257D}:p");
+    }
+
+    #[test]
+    fn names_sharing_their_own_hash_tag_share_a_slot() {
+        let keys = KeyBuilder::new("t");
+        let minute = keys.key(Pattern::RateLimit, "{user:42}:minute", "fw");
+        let hour = keys.key(Pattern::RateLimit, "{user:42}:hour", "fw");
+        assert_eq!(minute, "baton:t:rl:{user:42}+%3Aminute:fw");
+        assert_eq!(cluster_tag(&minute), cluster_tag(&hour));
+        assert_ne!(keys.key(Pattern::RateLimit, "{user:42}", "fw"), keys.key(Pattern::RateLimit, "user:42", "fw"));
     }
 
     #[test]
