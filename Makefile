@@ -13,7 +13,8 @@ CARGO_DENY := tools/cargo/bin/cargo-deny
 CARGO_DENY_STAMP := tools/cargo/.cargo-deny-$(CARGO_DENY_VERSION)
 ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 
-.PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench clean clients-test gen deploy-test abuse-test docs-test
+.PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench clean clients-test gen deploy-test abuse-test \
+	toxiproxy chaos soak docs-test
 
 # Client SDKs (clients/go, clients/python, clients/node): `make gen`, `make clients-test`.
 -include clients/clients.mk
@@ -81,8 +82,35 @@ deny: $(CARGO_DENY_STAMP)
 		$(CARGO_DENY) --offline check bans licenses sources; \
 	fi
 
-cargo-test:
-	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
+# Toxiproxy, the fault-injecting proxy of the chaos suite (tests/chaos.rs), from the Go
+# module proxy at a pinned version.
+TOXIPROXY_VERSION := v2.5.0
+TOXIPROXY := tools/toxiproxy/toxiproxy-server
+TOXIPROXY_STAMP := tools/toxiproxy/.toxiproxy-$(TOXIPROXY_VERSION)
+
+$(TOXIPROXY_STAMP):
+	@echo "installing toxiproxy $(TOXIPROXY_VERSION) (Go module proxy)"
+	mkdir -p tools/toxiproxy
+	GOBIN=$(CURDIR)/tools/toxiproxy go install github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION)
+	mv tools/toxiproxy/server $(TOXIPROXY)
+	@touch $@
+
+toxiproxy: $(TOXIPROXY_STAMP)
+
+# The chaos suite runs 2 minutes inside `make test`; `make chaos` runs it for CHAOS_SECS.
+CHAOS_SECS ?= 900
+chaos: redis-server toxiproxy
+	BATON_CHAOS_SECS=$(CHAOS_SECS) TOXIPROXY_BIN=$(CURDIR)/$(TOXIPROXY) \
+		$(CARGO) test --locked --test chaos -- --nocapture
+
+# Constant memory, file descriptors and Redis connections under steady load, over
+# SOAK_SECS (30 minutes by default); prints a table of samples and fails on growth.
+SOAK_SECS ?= 1800
+soak: redis-server
+	BATON_SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release --locked --test soak -- --ignored --nocapture
+
+cargo-test: toxiproxy
+	TOXIPROXY_BIN=$(CURDIR)/$(TOXIPROXY) $(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
 	@# The benchmark is a measurement, not a test: this 5-second smoke only proves it runs.
 	$(CARGO) run --locked --quiet --bin baton-bench -- --baton target/debug/baton \
 		--duration 300ms --concurrency 4 --streams 200 > /dev/null
@@ -97,7 +125,7 @@ bench: redis-server
 
 clean:
 	$(CARGO) clean
-	rm -rf tools/node_modules tools/cargo
+	rm -rf tools/node_modules tools/cargo tools/toxiproxy
 
 # Until clients/clients.mk and deploy/deploy.mk define them, there is nothing to test there.
 clients-test::

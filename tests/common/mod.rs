@@ -218,13 +218,12 @@ impl Baton {
     /// Starts baton against `redis_url` (or its embedded Redis when `None`).
     pub fn start(redis_url: Option<&str>, extra: &[&str]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
-        command
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        command.args(["--metrics-listen", "127.0.0.1:0", "--log-format", "json"]).args(extra);
+        // Any free port, unless the test needs a fixed one (to restart a replica in place).
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        command.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         // Test defaults, unless the test sets its own.
         for (flag, value) in [("--redis-timeout", "500ms"), ("--shutdown-delay", "200ms")] {
             if !extra.contains(&flag) {
