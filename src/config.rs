@@ -73,7 +73,7 @@ pub struct Flags {
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// TOML file with policies and limits (see README).
+    /// TOML file with policies and limits (docs/configuration.md).
     #[arg(long, env = "BATON_CONFIG")]
     pub config: Option<PathBuf>,
 
@@ -83,7 +83,7 @@ pub struct Flags {
     pub lock_min_replicas: u32,
 
     /// A lock's fencing counter is forgotten after this long without grants; a fresh one
-    /// starts from the Redis clock in microseconds (see README).
+    /// starts from the Redis clock in microseconds (docs/locks.md).
     #[arg(long, env = "BATON_LOCK_FENCE_IDLE", default_value = "7d", value_parser = humantime::parse_duration)]
     pub lock_fence_idle: Duration,
 

@@ -2,7 +2,7 @@
 //! --cluster-enabled yes` ×3 + `redis-cli --cluster create`): the acceptance behaviours of
 //! each pattern hold with their keys spread over all three masters, notifications cross
 //! nodes, a rate-limit Check spanning slots is refused naming the hash-tag rule, and the
-//! README's minimal ACL user (plus its cluster additions) works.
+//! minimal ACL user of docs/security.md (plus its cluster additions) works.
 
 mod common;
 
@@ -508,13 +508,13 @@ async fn queues_on_every_master_deliver_each_job_once_in_priority_order_and_neve
 
 // ─── Credentials ───────────────────────────────────────────────────────────────────────
 
-/// The README's minimal ACL rules plus what it adds for cluster mode.
-const README_CLUSTER_ACL: &str = "resetkeys ~baton:* resetchannels &baton:* -@all +@read +@write +@scripting \
+/// The minimal ACL rules of docs/security.md plus what it adds for cluster mode.
+const DOCUMENTED_CLUSTER_ACL: &str = "resetkeys ~baton:* resetchannels &baton:* -@all +@read +@write +@scripting \
      +@pubsub +@connection -@dangerous +info +wait +time +cluster|slots +cluster|nodes";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_reaches_every_master_scripts_and_notifications_included() {
-    let cluster = RedisCluster::start_with_auth(3, Auth::acl_user_with("baton", "s3cret-pass", README_CLUSTER_ACL));
+    let cluster = RedisCluster::start_with_auth(3, Auth::acl_user_with("baton", "s3cret-pass", DOCUMENTED_CLUSTER_ACL));
     let baton = cluster_baton(&cluster);
     let mut limiter: RateLimiterServiceClient<Channel> = baton.rate_limiter().await;
     let mut locks = baton.locks().await;

@@ -6,7 +6,7 @@
 //!
 //! Replication is asynchronous: a write acknowledged in the last instant before the kill
 //! may be missing on the new master. The tests treat such writes as the documented loss
-//! (README, "Sentinel and Cluster") and count them, and assert everything older.
+//! (docs/scale-out.md) and count them, and assert everything older.
 
 mod common;
 
@@ -67,8 +67,8 @@ async fn promoted(set: &SentinelSet, old: u16) -> (u16, Instant) {
     }
 }
 
-/// The README's minimal ACL rules plus what it adds for sentinel mode.
-const README_SENTINEL_ACL: &str = "resetkeys ~baton:* resetchannels &baton:* -@all +@read +@write +@scripting \
+/// The minimal ACL rules of docs/security.md plus what it adds for sentinel mode.
+const DOCUMENTED_SENTINEL_ACL: &str = "resetkeys ~baton:* resetchannels &baton:* -@all +@read +@write +@scripting \
      +@pubsub +@connection -@dangerous +info +wait +time +role";
 
 // ─── Locks ─────────────────────────────────────────────────────────────────────────────
@@ -91,7 +91,7 @@ struct LockRun {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_master_is_followed_and_the_fenced_resource_never_accepts_out_of_token_order() {
-    let mut set = SentinelSet::start(Auth::acl_user_with("baton", "lock-secret", README_SENTINEL_ACL));
+    let mut set = SentinelSet::start(Auth::acl_user_with("baton", "lock-secret", DOCUMENTED_SENTINEL_ACL));
     let batons = [sentinel_baton(&set), sentinel_baton(&set)];
     for baton in &batons {
         wait_serving(baton, "baton.v1.LockService").await;

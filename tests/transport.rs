@@ -1,6 +1,6 @@
 //! The listener and the Redis link under security settings: TLS and mTLS with certificate
 //! rotation, the default deadline, reflection switched off, and `rediss://` with an ACL
-//! user holding only the rules the README gives.
+//! user holding only the rules docs/security.md gives.
 
 mod common;
 
@@ -299,11 +299,11 @@ async fn hand_off_to_a_waiter(locks: &mut LockServiceClient<Channel>, name: &str
     released.elapsed()
 }
 
-/// The ACL rule set the README documents; the test below proves it is sufficient.
-const README_ACL_RULES: &str = "on >baton-secret resetkeys ~baton:* resetchannels &baton:* -@all \
+/// The ACL rule set docs/security.md documents; the test below proves it is sufficient.
+const DOCUMENTED_ACL_RULES: &str = "on >baton-secret resetkeys ~baton:* resetchannels &baton:* -@all \
      +@read +@write +@scripting +@pubsub +@connection -@dangerous +info +wait +time";
 
-/// A TLS-only redis-server with the README's ACL user, the default user disabled.
+/// A TLS-only redis-server with the ACL user of docs/security.md, the default user disabled.
 struct TlsRedis {
     child: Child,
     port: u16,
@@ -321,7 +321,7 @@ impl TlsRedis {
             .args(["--tls-ca-cert-file", path_str(&pki.path("ca.pem")), "--tls-auth-clients", "no"])
             .args(["--save", "", "--appendonly", "no", "--dir", path_str(dir.path())])
             .args(["--user", "default", "off", "--user", "baton"])
-            .args(README_ACL_RULES.split_whitespace())
+            .args(DOCUMENTED_ACL_RULES.split_whitespace())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -53,7 +53,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', int(now - tonumber(ARGV[4]) * 10
 
 local replies = {-1, reclaimed}
 if count > 0 and redis.call('EXISTS', KEYS[6]) == 0 then
-  -- With a type filter, look a bounded way down the queue (see README).
+  -- With a type filter, look a bounded way down the queue (docs/queues.md).
   local window = count
   if type_count > 0 then
     window = 256

@@ -133,7 +133,7 @@ impl SessionManager {
         self.keys.key(Pattern::SessionIndex, "*active*", "all")
     }
 
-    /// Keeps `baton_sessions_active` fresh; see README for what it counts.
+    /// Keeps `baton_sessions_active` fresh; docs/operations.md says what it counts.
     pub fn spawn_gauge(&self) -> TaskGuard {
         let manager = self.clone();
         TaskGuard::spawn(async move {

@@ -83,7 +83,7 @@ fn policy_evicts(policy: &str, concern: EvictionConcern) -> bool {
 }
 
 async fn warn_if_evicting(store: &Store, concern: EvictionConcern) {
-    // INFO rather than CONFIG GET: the ACL rules in the README need not grant CONFIG.
+    // INFO rather than CONFIG GET: the ACL rules in docs/security.md need not grant CONFIG.
     // On a Redis Cluster, every master's: the most dangerous policy among them counts.
     let reply = store.info("info", Some("memory")).await;
     let policy = reply.map(|infos| {

@@ -15,8 +15,10 @@ type Algorithm = batonv1.Algorithm
 const (
 	// FixedWindow admits at most limit per window; a window starts at the key's first hit.
 	FixedWindow = batonv1.Algorithm_ALGORITHM_FIXED_WINDOW
-	// SlidingWindow weighs the previous window into the current one: no doubled burst at a
-	// window boundary. The default of [Client.Allow].
+	// SlidingWindow is an exact sliding log: in every span of one period at most limit are
+	// admitted. It keeps one entry per admitted unit, so the server refuses a limit above
+	// its max_sliding_window_limit (10,000 by default) with INVALID_ARGUMENT; use
+	// TokenBucket for larger ones. The default of [Client.Allow].
 	SlidingWindow = batonv1.Algorithm_ALGORITHM_SLIDING_WINDOW
 	// TokenBucket (GCRA) admits a burst at once, then one every period/limit.
 	TokenBucket = batonv1.Algorithm_ALGORITHM_TOKEN_BUCKET

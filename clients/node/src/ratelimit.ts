@@ -9,7 +9,12 @@ import { unary } from "./unary.js";
 export type AlgorithmName =
   /** At most `limit` per window; a window starts at the key's first hit. */
   | "fixed_window"
-  /** Weighs the previous window in: no doubled burst at a window boundary. The default. */
+  /**
+   * An exact sliding log: in every span of one period at most `limit` are admitted. One
+   * entry per admitted unit, so the server refuses a limit above its
+   * `max_sliding_window_limit` (10,000 by default): use "token_bucket" for larger ones.
+   * The default.
+   */
   | "sliding_window"
   /** GCRA: `burst` at once, then one every `period / limit`. */
   | "token_bucket";

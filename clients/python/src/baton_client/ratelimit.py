@@ -22,7 +22,12 @@ class Algorithm(enum.IntEnum):
     FIXED_WINDOW = ratelimit_pb2.ALGORITHM_FIXED_WINDOW
     """At most ``limit`` per window; a window starts at the key's first hit."""
     SLIDING_WINDOW = ratelimit_pb2.ALGORITHM_SLIDING_WINDOW
-    """Weighs the previous window in: no doubled burst at a window boundary. The default."""
+    """An exact sliding log: in every span of one period at most ``limit`` are admitted.
+
+    One entry per admitted unit, so the server refuses a limit above its
+    ``max_sliding_window_limit`` (10,000 by default): use ``TOKEN_BUCKET`` for larger ones.
+    The default.
+    """
     TOKEN_BUCKET = ratelimit_pb2.ALGORITHM_TOKEN_BUCKET
     """GCRA: ``burst`` at once, then one every ``period / limit``."""
 

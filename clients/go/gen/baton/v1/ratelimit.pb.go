@@ -30,7 +30,9 @@ const (
 	Algorithm_ALGORITHM_UNSPECIFIED Algorithm = 0
 	// At most `limit` per window; a window starts at the key's first hit and lasts `period`.
 	Algorithm_ALGORITHM_FIXED_WINDOW Algorithm = 1
-	// Weighted two-window counter; see the README for its exact bound.
+	// An exact sliding log: in every span of length `period` at most `limit` are admitted.
+	// It keeps one entry per admitted unit, so `limit` above the server's
+	// max_sliding_window_limit (10,000 by default) is INVALID_ARGUMENT (docs/ratelimit.md).
 	Algorithm_ALGORITHM_SLIDING_WINDOW Algorithm = 2
 	// GCRA: `burst` at once, then one every `period / limit`. No timers, no refill loop.
 	Algorithm_ALGORITHM_TOKEN_BUCKET Algorithm = 3

@@ -30,7 +30,11 @@ export enum Algorithm {
   ALGORITHM_UNSPECIFIED = 0,
   /** ALGORITHM_FIXED_WINDOW - At most `limit` per window; a window starts at the key's first hit and lasts `period`. */
   ALGORITHM_FIXED_WINDOW = 1,
-  /** ALGORITHM_SLIDING_WINDOW - Weighted two-window counter; see the README for its exact bound. */
+  /**
+   * ALGORITHM_SLIDING_WINDOW - An exact sliding log: in every span of length `period` at most `limit` are admitted.
+   * It keeps one entry per admitted unit, so `limit` above the server's
+   * max_sliding_window_limit (10,000 by default) is INVALID_ARGUMENT (docs/ratelimit.md).
+   */
   ALGORITHM_SLIDING_WINDOW = 2,
   /** ALGORITHM_TOKEN_BUCKET - GCRA: `burst` at once, then one every `period / limit`. No timers, no refill loop. */
   ALGORITHM_TOKEN_BUCKET = 3,
