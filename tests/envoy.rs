@@ -5,9 +5,12 @@ mod common;
 
 use baton::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use baton::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+use baton::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
 use baton::proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use baton::proto::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as ResponseUnit;
 use baton::proto::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use baton::proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use baton::proto::envoy::r#type::v3::RateLimitUnit;
 use common::{Baton, Redis, unique};
 use tonic::transport::Channel;
 
@@ -29,6 +32,14 @@ key = "to_number"
 value = "2061111111"
 shadow_mode = true
 rate_limit = { unit = "hour", requests_per_unit = 2 }
+
+[[envoy.domains.descriptors]]
+key = "blocked_path"
+value = "/admin"
+rate_limit = { unit = "minute", requests_per_unit = 0, name = "block" }
+[[envoy.domains.descriptors]]
+key = "tenant"
+rate_limit = { unit = "week", requests_per_unit = 1000 }
 
 [[envoy.domains]]
 domain = "messaging"
@@ -214,4 +225,73 @@ async fn hits_beyond_what_a_limit_can_ever_admit_are_over_limit_and_count_nothin
     huge.hits_addend = Some(u64::MAX);
     let response = ask(&mut envoy, "messaging", vec![huge.clone(), huge], 0).await;
     assert_eq!(response.overall_code, Code::OverLimit as i32);
+}
+
+fn with_override(mut descriptor: RateLimitDescriptor, requests_per_unit: u32) -> RateLimitDescriptor {
+    descriptor.limit = Some(RateLimitOverride { requests_per_unit, unit: RateLimitUnit::Minute as i32 });
+    descriptor
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_limit_blocks_and_counts_nothing_whether_configured_or_overridden() {
+    let redis = Redis::start();
+    let (_dir, baton) = start(&redis);
+    let mut envoy = client(&baton).await;
+    // requests_per_unit = 0 in the config: a block rule.
+    let blocked = ask(&mut envoy, "edge_proxy_per_ip", vec![descriptor(&[("blocked_path", "/admin")])], 0).await;
+    assert_eq!(blocked.overall_code, Code::OverLimit as i32);
+    let status = &blocked.statuses[0];
+    assert_eq!((status.code, status.limit_remaining), (Code::OverLimit as i32, 0));
+    assert_eq!(status.current_limit.as_ref().unwrap().requests_per_unit, 0);
+    // A request's override of 0 denies too (it used to let traffic through uncounted).
+    let ip = unique("10.9");
+    let zero = with_override(descriptor(&[("remote_address", &ip)]), 0);
+    let response = ask(&mut envoy, "edge_proxy_per_ip", vec![zero], 0).await;
+    assert_eq!(response.overall_code, Code::OverLimit as i32);
+    // ...and counted nothing: the address still has its whole configured limit.
+    let response = ask(&mut envoy, "edge_proxy_per_ip", vec![descriptor(&[("remote_address", &ip)])], 0).await;
+    assert_eq!(response.statuses[0].limit_remaining, 2);
+    assert_eq!(redis.keys().iter().filter(|key| key.contains(":rl:")).count(), 1, "{:?}", redis.keys());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_apply_only_on_known_domains_and_are_enforced_over_shadow_rules() {
+    let redis = Redis::start();
+    let (_dir, baton) = start(&redis);
+    let mut envoy = client(&baton).await;
+    // A domain without rules ignores the override: allowed, nothing counted.
+    let unknown = with_override(descriptor(&[("remote_address", "1.1.1.1")]), 0);
+    let response = ask(&mut envoy, "no-such-domain", vec![unknown], 0).await;
+    assert_eq!(response.overall_code, Code::Ok as i32);
+    // The shadow-mode rule allows 2 per hour without blocking; an override of 1 per minute
+    // on it is enforced.
+    let shadowed = || with_override(descriptor(&[("to_number", "2061111111")]), 1);
+    assert_eq!(ask(&mut envoy, "edge_proxy_per_ip", vec![shadowed()], 0).await.overall_code, Code::Ok as i32);
+    let over = ask(&mut envoy, "edge_proxy_per_ip", vec![shadowed()], 0).await;
+    assert_eq!((over.overall_code, over.statuses[0].code), (Code::OverLimit as i32, Code::OverLimit as i32));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_hits_only_look_unlimited_reports_the_maximum_and_resets_are_whole_seconds() {
+    let redis = Redis::start();
+    let (_dir, baton) = start(&redis);
+    let mut envoy = client(&baton).await;
+    let ip = unique("10.2");
+    let counted = ask(&mut envoy, "edge_proxy_per_ip", vec![descriptor(&[("remote_address", &ip)])], 0).await;
+    assert_eq!(counted.statuses[0].limit_remaining, 2);
+    let reset = counted.statuses[0].duration_until_reset.unwrap();
+    assert_eq!(reset.nanos, 0, "duration_until_reset is whole seconds: {reset:?}");
+    assert!((1..=60).contains(&reset.seconds), "{reset:?}");
+    for _ in 0..3 {
+        let mut look = descriptor(&[("remote_address", &ip)]);
+        look.hits_addend = Some(0);
+        let looked = ask(&mut envoy, "edge_proxy_per_ip", vec![look], 0).await;
+        assert_eq!((looked.overall_code, looked.statuses[0].limit_remaining), (Code::Ok as i32, 2));
+    }
+    let unlimited = ask(&mut envoy, "edge_proxy_per_ip", vec![descriptor(&[("remote_address", "50.0.0.5")])], 0).await;
+    assert_eq!(unlimited.statuses[0].limit_remaining, u32::MAX);
+    // A weekly limit, as envoyproxy/ratelimit's configs may state.
+    let weekly = ask(&mut envoy, "edge_proxy_per_ip", vec![descriptor(&[("tenant", "acme")])], 0).await;
+    let limit = weekly.statuses[0].current_limit.as_ref().unwrap();
+    assert_eq!((limit.unit, weekly.statuses[0].limit_remaining), (ResponseUnit::Week as i32, 999));
 }

@@ -31,7 +31,9 @@ impl EnvoyGrpc {
         Self { limiter, rules, limits }
     }
 
-    /// The limit for a descriptor: its own override if Envoy sent one, else the config's.
+    /// The limit for a descriptor: its own override if Envoy sent one (on a domain that
+    /// has rules, as in envoyproxy/ratelimit; enforced even over a shadow-mode rule), else
+    /// the config's.
     fn resolve(
         &self,
         domain: &str,
@@ -40,7 +42,7 @@ impl EnvoyGrpc {
         let entries: Vec<(String, String)> =
             descriptor.entries.iter().map(|entry| (entry.key.clone(), entry.value.clone())).collect();
         let matched = self.rules.match_descriptor(domain, &entries);
-        let Some(override_limit) = &descriptor.limit else {
+        let Some(override_limit) = descriptor.limit.as_ref().filter(|_| self.rules.has_domain(domain)) else {
             return matched;
         };
         let unit = match RateLimitUnit::try_from(override_limit.unit) {
@@ -48,18 +50,17 @@ impl EnvoyGrpc {
             Ok(RateLimitUnit::Minute) => Unit::Minute,
             Ok(RateLimitUnit::Hour) => Unit::Hour,
             Ok(RateLimitUnit::Day) => Unit::Day,
+            Ok(RateLimitUnit::Week) => Unit::Week,
+            Ok(RateLimitUnit::Month) => Unit::Month,
+            Ok(RateLimitUnit::Year) => Unit::Year,
             _ => return matched,
         };
         let requests_per_unit = u64::from(override_limit.requests_per_unit);
-        let spec = LimitSpec::new(Algorithm::FixedWindow, requests_per_unit, unit.period(), 0, &self.limits).ok()?;
+        let rule = Rule::limit(unit, requests_per_unit, Algorithm::FixedWindow, String::new(), &self.limits).ok()?;
         let counter_key = entries
             .iter()
             .fold(format!("{domain}|override|"), |key, (k, v)| format!("{key}{}:{}{}:{}|", k.len(), k, v.len(), v));
-        Some(Matched {
-            rule: Rule::Limited { spec, unit, requests_per_unit, name: String::new() },
-            shadow_mode: matched.is_some_and(|m| m.shadow_mode),
-            counter_key,
-        })
+        Some(Matched { rule, shadow_mode: false, counter_key })
     }
 }
 
@@ -69,7 +70,38 @@ fn unit_to_proto(unit: Unit) -> i32 {
         Unit::Minute => ResponseUnit::Minute,
         Unit::Hour => ResponseUnit::Hour,
         Unit::Day => ResponseUnit::Day,
+        Unit::Week => ResponseUnit::Week,
+        Unit::Month => ResponseUnit::Month,
+        Unit::Year => ResponseUnit::Year,
     }) as i32
+}
+
+/// Envoy's `duration_until_reset` is whole seconds (envoyproxy/ratelimit reports them so).
+fn whole_seconds(duration: std::time::Duration) -> prost_types::Duration {
+    duration_to_proto(std::time::Duration::from_secs(duration.as_secs() + u64::from(duration.subsec_nanos() > 0)))
+}
+
+/// The answer for a descriptor no rule counts: unlimited, as envoyproxy/ratelimit reports it.
+fn unlimited_status() -> DescriptorStatus {
+    DescriptorStatus {
+        code: Code::Ok as i32,
+        current_limit: None,
+        limit_remaining: u32::MAX,
+        duration_until_reset: None,
+    }
+}
+
+/// The answer for a `requests_per_unit: 0` rule: over limit, counting nothing, until the
+/// end of the current unit.
+fn blocked_status(unit: Unit, name: String) -> DescriptorStatus {
+    let period = unit.period().as_secs();
+    let into_period = crate::proto::now_micros() / 1_000_000 % period;
+    DescriptorStatus {
+        code: Code::OverLimit as i32,
+        current_limit: Some(RateLimit { name, requests_per_unit: 0, unit: unit_to_proto(unit) }),
+        limit_remaining: 0,
+        duration_until_reset: Some(duration_to_proto(std::time::Duration::from_secs(period - into_period))),
+    }
 }
 
 /// A descriptor the engine counts, and where its answer goes.
@@ -91,7 +123,7 @@ fn status_for(counted: &Counted, outcome: &LimitOutcome, enforce: bool) -> Descr
             unit: unit_to_proto(counted.unit),
         }),
         limit_remaining: u32::try_from(outcome.remaining).unwrap_or(u32::MAX),
-        duration_until_reset: Some(duration_to_proto(outcome.reset_after)),
+        duration_until_reset: Some(whole_seconds(outcome.reset_after)),
     }
 }
 
@@ -156,15 +188,30 @@ impl RateLimitService for EnvoyGrpc {
             };
             request.descriptors.len()
         ];
-        let (mut enforced, mut shadowed) = (Vec::new(), Vec::new());
+        let (mut enforced, mut shadowed, mut peeked) = (Vec::new(), Vec::new(), Vec::new());
+        let mut overall = Code::Ok;
         for (index, descriptor) in request.descriptors.iter().enumerate() {
             let Some(matched) = self.resolve(&request.domain, descriptor) else {
                 continue; // Unknown descriptors are allowed and not counted, as in Envoy.
             };
-            let Rule::Limited { spec, unit, requests_per_unit, name } = matched.rule else {
-                continue; // Unlimited.
+            let (spec, unit, requests_per_unit, name) = match matched.rule {
+                Rule::Limited { spec, unit, requests_per_unit, name } => (spec, unit, requests_per_unit, name),
+                Rule::Unlimited => {
+                    statuses[index] = unlimited_status();
+                    continue;
+                }
+                Rule::Blocked { unit, name } => {
+                    statuses[index] = blocked_status(unit, name);
+                    if !matched.shadow_mode {
+                        overall = Code::OverLimit;
+                    } else {
+                        statuses[index].code = Code::Ok as i32;
+                    }
+                    continue;
+                }
             };
-            let hits = descriptor.hits_addend.unwrap_or(request_hits).max(1);
+            // A descriptor's own hits_addend of 0 asks only whether it is over limit.
+            let hits = descriptor.hits_addend.unwrap_or(request_hits);
             let counted = Counted {
                 index,
                 check: LimitCheck { key: matched.counter_key, spec, cost: hits },
@@ -172,12 +219,17 @@ impl RateLimitService for EnvoyGrpc {
                 requests_per_unit,
                 name,
             };
-            if matched.shadow_mode { shadowed.push(counted) } else { enforced.push(counted) }
+            if hits == 0 {
+                peeked.push((counted, !matched.shadow_mode));
+            } else if matched.shadow_mode {
+                shadowed.push(counted)
+            } else {
+                enforced.push(counted)
+            }
         }
 
         // Every enforced descriptor in one atomic check: all consume, or none does (on a
         // Redis Cluster, all of one slot: descriptors cannot be made to share a hash tag).
-        let mut overall = Code::Ok;
         let mut headers_from: Option<(u64, u64, std::time::Duration)> = None;
         if !enforced.is_empty() {
             let checks = merged(&enforced);
@@ -199,6 +251,15 @@ impl RateLimitService for EnvoyGrpc {
         for counted in &shadowed {
             let verdict = self.checked(&namespace, vec![counted.check.clone()]).await?;
             statuses[counted.index] = status_for(counted, &verdict.outcomes[0], false);
+        }
+        // Zero hits: the counter is read, never written.
+        for (counted, enforce) in &peeked {
+            let verdict =
+                self.limiter.scoped(&namespace).check_per_slot(std::slice::from_ref(&counted.check), true).await?;
+            statuses[counted.index] = status_for(counted, &verdict.outcomes[0], *enforce);
+            if *enforce && !verdict.allowed {
+                overall = Code::OverLimit;
+            }
         }
 
         let response_headers_to_add = match headers_from {

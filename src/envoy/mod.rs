@@ -48,6 +48,7 @@ pub struct DescriptorFile {
     pub descriptors: Vec<DescriptorFile>,
 }
 
+/// envoyproxy/ratelimit's units, with its lengths: a month is 30 days, a year 365.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Unit {
@@ -55,6 +56,9 @@ pub enum Unit {
     Minute,
     Hour,
     Day,
+    Week,
+    Month,
+    Year,
 }
 
 impl Unit {
@@ -64,6 +68,9 @@ impl Unit {
             Self::Minute => 60,
             Self::Hour => 3600,
             Self::Day => 86_400,
+            Self::Week => 7 * 86_400,
+            Self::Month => 30 * 86_400,
+            Self::Year => 365 * 86_400,
         })
     }
 }
@@ -84,7 +91,38 @@ pub struct RateLimitFile {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rule {
     Unlimited,
-    Limited { spec: LimitSpec, unit: Unit, requests_per_unit: u64, name: String },
+    /// `requests_per_unit: 0`: every request is over limit, and nothing is counted.
+    Blocked {
+        unit: Unit,
+        name: String,
+    },
+    Limited {
+        spec: LimitSpec,
+        unit: Unit,
+        requests_per_unit: u64,
+        name: String,
+    },
+}
+
+impl Rule {
+    /// A limit of `requests_per_unit` per `unit`, as a config rule or a request's override
+    /// states it.
+    pub fn limit(
+        unit: Unit,
+        requests_per_unit: u64,
+        algorithm: Algorithm,
+        name: String,
+        limits: &Limits,
+    ) -> Result<Self, String> {
+        if requests_per_unit == 0 {
+            return Ok(Self::Blocked { unit, name });
+        }
+        // Operators' units reach a year, past the per-call ttl bound callers are held to.
+        let bounds = Limits { max_ttl: limits.max_ttl.max(Unit::Year.period()), ..limits.clone() };
+        let spec =
+            LimitSpec::new(algorithm, requests_per_unit, unit.period(), 0, &bounds).map_err(|err| err.to_string())?;
+        Ok(Self::Limited { spec, unit, requests_per_unit, name })
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -128,6 +166,11 @@ impl EnvoyRules {
         Ok(Self { response_headers: file.response_headers, domains })
     }
 
+    /// Whether `domain` has rules at all (a request's limit override applies only then).
+    pub fn has_domain(&self, domain: &str) -> bool {
+        self.domains.contains_key(domain)
+    }
+
     /// The rule for one descriptor's entries, if any rule matches them all.
     pub fn match_descriptor(&self, domain: &str, entries: &[(String, String)]) -> Option<Matched> {
         let mut node = self.domains.get(domain)?;
@@ -161,9 +204,9 @@ fn insert(parent: &mut Node, descriptor: DescriptorFile, path: &str, limits: &Li
                 "token_bucket" => Algorithm::TokenBucket,
                 other => return Err(format!("{path}: unknown algorithm {other:?}")),
             };
-            let spec = LimitSpec::new(algorithm, requests_per_unit, unit.period(), 0, limits)
+            let rule = Rule::limit(unit, requests_per_unit, algorithm, limit.name.unwrap_or_default(), limits)
                 .map_err(|err| format!("{path}: {err}"))?;
-            Some(Rule::Limited { spec, unit, requests_per_unit, name: limit.name.unwrap_or_default() })
+            Some(rule)
         }
     };
     let key = (descriptor.key, descriptor.value);
