@@ -14,7 +14,7 @@ CARGO_DENY_STAMP := tools/cargo/.cargo-deny-$(CARGO_DENY_VERSION)
 ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 
 .PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench clean clients-test gen deploy-test abuse-test \
-	toxiproxy chaos soak docs-test
+	toxiproxy chaos soak fresh-test docs-test
 
 # Client SDKs (clients/go, clients/python, clients/node): `make gen`, `make clients-test`.
 -include clients/clients.mk
@@ -122,6 +122,16 @@ bench: redis-server
 	npm ci --prefix bench/peers --no-fund --no-audit --loglevel=error
 	target/release/baton-bench --baton target/release/baton --peers bench/peers \
 		--report bench/results/$$(date +%F).md
+
+# What a newcomer's machine does: a clean clone of HEAD, built and tested with an empty
+# cargo home (the toolchain still comes from rustup). Slow (a full cold build): run it
+# before a release or after touching the Makefile, Cargo.lock or an install step.
+fresh-test:
+	@dir=$$(mktemp -d) && cargo_home=$$(mktemp -d) && \
+	echo "cloning HEAD into $$dir; CARGO_HOME=$$cargo_home" && \
+	git clone --quiet --no-local . "$$dir" && \
+	CARGO_HOME="$$cargo_home" RUSTUP_HOME="$${RUSTUP_HOME:-$$HOME/.rustup}" $(MAKE) -C "$$dir" test && \
+	rm -rf "$$dir" "$$cargo_home"
 
 clean:
 	$(CARGO) clean

@@ -64,8 +64,9 @@ pub struct Flags {
     #[arg(long, env = "BATON_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// After SIGTERM, how long to keep answering (with health `""` NOT_SERVING) before
-    /// refusing new work, so load balancers see the replica leave first.
+    /// After SIGTERM, how long to keep serving settlements and renewals (with health `""`
+    /// NOT_SERVING and new work already refused) before refusing connections, so load
+    /// balancers see the replica leave first.
     #[arg(long, env = "BATON_SHUTDOWN_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
     pub shutdown_delay: Duration,
 

@@ -138,15 +138,17 @@ pub async fn run(
         config.limits.clone(),
     );
 
-    // Long-lived streams end on this at shutdown; otherwise they would hold the drain open.
-    let streams_shutdown = CancellationToken::new();
+    // Cancelled when shutdown begins: from then on this replica takes no new work (Acquire,
+    // Fetch waits, Consume answer UNAVAILABLE) and its streams end, leases kept, so clients
+    // resume on another replica; settlements and renewals still work.
+    let draining = CancellationToken::new();
     let notifier = Notifier::start(main_store.clone());
     let lock_settings =
         LockSettings { fence_idle: config.flags.lock_fence_idle, min_replicas: config.flags.lock_min_replicas };
     let lock_service = LockGrpc::new(
         LockManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), lock_settings),
         config.limits.clone(),
-        streams_shutdown.clone(),
+        draining.clone(),
     );
 
     let queue_settings =
@@ -161,7 +163,7 @@ pub async fn run(
         QueueManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), queue_settings),
         config.limits.clone(),
         queue_limits,
-        streams_shutdown.clone(),
+        draining.clone(),
     );
 
     // The cache may live on its own (evicting) Redis, with its own notification listener.
@@ -177,6 +179,7 @@ pub async fn run(
             config.limits.max_ttl,
         ),
         config.limits.clone(),
+        draining.clone(),
     );
     let sessions = SessionManager::new(
         main_store.clone(),
@@ -270,7 +273,7 @@ pub async fn run(
     let drain_deadline = tokio::time::Instant::now() + grace;
     tracing::info!(shutdown_grace = ?grace, "shutdown begins");
     reporter.set_service_status("", ServingStatus::NotServing).await;
-    streams_shutdown.cancel();
+    draining.cancel();
     tokio::time::sleep(config.flags.shutdown_delay.min(grace)).await;
     let _ = stop_serving.send(());
     match tokio::time::timeout_at(drain_deadline, serving).await {

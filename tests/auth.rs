@@ -71,7 +71,7 @@ async fn missing_wrong_and_unpermitted_keys_are_refused_while_health_stays_open(
     let enqueue = EnqueueRequest { queue: "q".into(), ..Default::default() };
     assert_eq!(queues.enqueue(with_key(enqueue, WORKER_A)).await.unwrap_err().code(), Code::PermissionDenied);
     let consume = ConsumeRequest { queue: "q".into(), ..Default::default() };
-    assert!(queues.consume(with_key(consume, WORKER_A)).await.is_ok());
+    assert!(queues.consume(with_key(tokio_stream::once(consume), WORKER_A)).await.is_ok());
 
     assert!(locks.describe(with_key(describe("x"), KEY_A)).await.is_ok());
     let mut health = baton.health().await;
@@ -127,9 +127,9 @@ async fn tenants_on_one_redis_never_see_each_other() {
     let get_job = GetJobRequest { job_id: job_a.clone() };
     assert_eq!(queues.get_job(with_key(get_job, KEY_B)).await.unwrap_err().code(), Code::NotFound);
     let consume = || ConsumeRequest { queue: "emails".into(), max_in_flight: 1, ..Default::default() };
-    let mut stream_b = queues.consume(with_key(consume(), KEY_B)).await.unwrap().into_inner();
+    let mut stream_b = queues.consume(with_key(tokio_stream::once(consume()), KEY_B)).await.unwrap().into_inner();
     assert!(tokio::time::timeout(Duration::from_millis(800), stream_b.next()).await.is_err(), "b received a's job");
-    let mut stream_a = queues.consume(with_key(consume(), KEY_A)).await.unwrap().into_inner();
+    let mut stream_a = queues.consume(with_key(tokio_stream::once(consume()), KEY_A)).await.unwrap().into_inner();
     let Some(Ok(event)) = stream_a.next().await else { panic!("a's stream ended") };
     let Some(consume_response::Event::Delivery(delivery)) = event.event else { panic!("not a delivery") };
     let ack = || AckRequest { lease_id: delivery.lease_id.clone(), result: vec![] };

@@ -598,7 +598,7 @@ async fn consumer(
             visibility_timeout: Some(duration_to_proto(Duration::from_secs(3))),
             ..Default::default()
         };
-        let mut stream = match queues.consume(request).await {
+        let mut stream = match queues.consume(tokio_stream::once(request)).await {
             Ok(response) => response.into_inner(),
             Err(_) => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);

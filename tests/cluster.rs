@@ -414,7 +414,7 @@ async fn consume(queues: &mut Queues, queue: &str, max_in_flight: u32) -> tonic:
         visibility_timeout: Some(duration_to_proto(Duration::from_secs(60))),
         ..Default::default()
     };
-    queues.consume(request).await.unwrap().into_inner()
+    queues.consume(tokio_stream::once(request)).await.unwrap().into_inner()
 }
 
 async fn next_delivery(stream: &mut tonic::Streaming<ConsumeResponse>, patience: Duration) -> Option<Delivery> {

@@ -734,6 +734,7 @@ impl Strategies {
                     visibility_timeout,
                     types,
                     consumer,
+                    ..Default::default()
                 })
                 .boxed(),
             ack: (queue_lease_id(), bytes(), pool_pick())
@@ -1218,14 +1219,15 @@ macro_rules! unary {
     }};
 }
 
-/// A server-streaming call: opens it, reads the first message (or status) briefly, drops it.
+/// A streaming call whose first request message opens it: sends that one message, reads the
+/// first answer (or status) briefly, drops the call.
 macro_rules! first_message {
     ($client:expr, $method:ident) => {{
         let client = $client.clone();
         move |request| {
             let mut client = client.clone();
             async move {
-                let mut request = tonic::Request::new(request);
+                let mut request = tonic::Request::new(tokio_stream::once(request));
                 request.set_timeout(DEADLINE);
                 let mut stream = client.$method(request).await?.into_inner();
                 let first = match tokio::time::timeout(FIRST_MESSAGE, stream.message()).await {
@@ -1427,7 +1429,7 @@ async fn round(fuzz: &mut Fuzz, s: &Strategies, c: &Clients) {
         move |request| {
             let mut client = client.clone();
             async move {
-                let mut request = tonic::Request::new(request);
+                let mut request = tonic::Request::new(tokio_stream::once(request));
                 request.set_timeout(DEADLINE);
                 let mut stream = client.consume(request).await?.into_inner();
                 let first = match tokio::time::timeout(FIRST_MESSAGE, stream.message()).await {

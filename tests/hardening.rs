@@ -8,8 +8,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use baton::proto::duration_to_proto;
@@ -23,19 +21,6 @@ use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
-
-async fn scrape(addr: SocketAddr) -> String {
-    tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).unwrap();
-        body
-    })
-    .await
-    .unwrap()
-}
 
 fn series(scrape: &str, metric: &str) -> Vec<String> {
     scrape.lines().filter(|line| line.starts_with(metric)).map(str::to_owned).collect()
@@ -78,7 +63,7 @@ async fn made_up_paths_without_a_key_create_no_metric_series() {
             call_raw(channel.clone(), &format!("/baton.v1.LockService/Nope{i}"), (), Some("the-real-key")).await;
         assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
     }
-    let scrape = scrape(baton.metrics_addr).await;
+    let scrape = common::scrape_metrics(baton.metrics_addr).await;
     let requests = series(&scrape, "baton_grpc_requests_total");
     assert!(!scrape.contains("made.up") && !scrape.contains("Nope"), "a caller's path became a label");
     assert!(requests.len() <= 3, "unknown paths made {} series: {requests:#?}", requests.len());
@@ -134,7 +119,7 @@ async fn an_unsettled_expired_lease_frees_its_stream_and_is_refused() {
         visibility_timeout: Some(duration_to_proto(Duration::from_secs(1))),
         ..Default::default()
     };
-    let mut stream = queues.consume(request).await.unwrap().into_inner();
+    let mut stream = queues.consume(tokio_stream::once(request)).await.unwrap().into_inner();
     let held = next_delivery(&mut stream).await;
     assert_eq!((held.job.as_ref().unwrap().job_id.as_str(), held.attempt), (ids[0].as_str(), 1));
     let delivered_at = Instant::now();
@@ -240,7 +225,7 @@ async fn made_up_queue_names_create_no_series_and_real_ones_carry_the_tenant() {
     let real = unique("real");
     queues.enqueue(EnqueueRequest { queue: real.clone(), payload: b"x".to_vec(), ..Default::default() }).await.unwrap();
     queues.get_queue_stats(GetQueueStatsRequest { queue: real.clone() }).await.unwrap();
-    let scrape = scrape(baton.metrics_addr).await;
+    let scrape = common::scrape_metrics(baton.metrics_addr).await;
     let gauges = series(&scrape, "baton_queue_jobs");
     assert!(!scrape.contains("made-up-"), "an empty made-up queue got series");
     assert_eq!(gauges.len(), 4, "{gauges:#?}");

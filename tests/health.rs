@@ -2,9 +2,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::time::Duration;
-
 use common::{Baton, PATIENCE, Redis, eventually, health_status};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -90,19 +87,7 @@ async fn metrics_count_rpcs_by_method_and_code() {
     .await;
     let mut client = baton.rate_limiter().await;
     let _ = client.check(baton::proto::v1::CheckRequest::default()).await.unwrap_err();
-    let scrape = {
-        let addr = baton.metrics_addr;
-        tokio::task::spawn_blocking(move || {
-            let mut stream = std::net::TcpStream::connect(addr).unwrap();
-            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut body = String::new();
-            stream.read_to_string(&mut body).unwrap();
-            body
-        })
-        .await
-        .unwrap()
-    };
+    let scrape = common::scrape_metrics(baton.metrics_addr).await;
     assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
     let counted = scrape.lines().any(|line| {
         line.starts_with("baton_grpc_requests_total")

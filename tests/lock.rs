@@ -336,9 +336,31 @@ async fn the_same_request_id_gets_the_same_lease() {
     assert!(!locks.acquire(other).await.unwrap().into_inner().acquired);
 }
 
-async fn keep_alive(locks: &mut Locks, lease: &Lease) -> tonic::Streaming<baton::proto::v1::KeepAliveResponse> {
+/// A KeepAlive stream with heartbeats every ttl/3, as the clients keep one; dropping it
+/// cancels the call, as a client's cancel does.
+struct KeptAlive {
+    answers: tonic::Streaming<baton::proto::v1::KeepAliveResponse>,
+    heartbeats: tokio::task::JoinHandle<()>,
+}
+
+impl KeptAlive {
+    async fn next(&mut self) -> Option<Result<baton::proto::v1::KeepAliveResponse, tonic::Status>> {
+        self.answers.next().await
+    }
+}
+
+impl Drop for KeptAlive {
+    fn drop(&mut self) {
+        self.heartbeats.abort();
+    }
+}
+
+async fn keep_alive(locks: &mut Locks, lease: &Lease) -> KeptAlive {
     let request = KeepAliveRequest { name: lease.name.clone(), lease_id: lease.lease_id.clone(), ttl: None };
-    locks.keep_alive(request).await.expect("keepalive").into_inner()
+    let ttl = lease.ttl.as_ref().map(|ttl| Duration::new(ttl.seconds as u64, ttl.nanos as u32)).unwrap();
+    let (heartbeats, task) = common::heartbeats(request, ttl / 3);
+    let answers = locks.keep_alive(heartbeats).await.expect("keepalive").into_inner();
+    KeptAlive { answers, heartbeats: task }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,22 +406,13 @@ async fn keepalive_child_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_keepalive_client_process_frees_the_lock_at_once() {
-    use std::io::BufRead;
     let redis = Redis::start();
     let baton = Baton::start(Some(&redis.url()), &[]);
     let mut locks = baton.locks().await;
     let name = unique("client-killed");
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["keepalive_child_process", "--exact", "--nocapture", "--test-threads=1"])
-        .env("BATON_CHILD_ADDR", baton.addr.to_string())
-        .env("BATON_CHILD_LOCK", &name)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let holding =
-        tokio::task::spawn_blocking(move || stdout.lines().map_while(Result::ok).any(|l| l.contains("HOLDING")));
-    assert!(holding.await.unwrap(), "the child never held the lock");
+    let addr = baton.addr.to_string();
+    let env = [("BATON_CHILD_ADDR", addr.as_str()), ("BATON_CHILD_LOCK", name.as_str())];
+    let mut child = common::spawn_holding_child("keepalive_child_process", &env, "the child never held the lock").await;
     assert!(is_held(&mut locks, &name).await);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -525,7 +538,7 @@ async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
     let renew = RenewRequest { name: "n".into(), lease_id: "bad".into(), ttl: None };
     assert_eq!(locks.renew(renew).await.unwrap_err().code(), Code::InvalidArgument);
     let keepalive = KeepAliveRequest { name: "n".into(), lease_id: "bad".into(), ttl: None };
-    assert_eq!(locks.keep_alive(keepalive).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(locks.keep_alive(tokio_stream::once(keepalive)).await.unwrap_err().code(), Code::InvalidArgument);
     let renew = RenewRequest {
         name: "n".into(),
         lease_id: baton::lock::new_lease_id(),

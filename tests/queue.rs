@@ -43,21 +43,10 @@ async fn consume(
         visibility_timeout: Some(duration_to_proto(visibility)),
         ..Default::default()
     };
-    queues.consume(request).await.expect("consume").into_inner()
+    queues.consume(tokio_stream::once(request)).await.expect("consume").into_inner()
 }
 
-/// The next event on a stream, within `patience`.
-async fn next_event(
-    stream: &mut tonic::Streaming<ConsumeResponse>,
-    patience: Duration,
-) -> Option<consume_response::Event> {
-    match tokio::time::timeout(patience, stream.next()).await {
-        Ok(Some(Ok(response))) => response.event,
-        Ok(Some(Err(status))) => panic!("stream failed: {status:?}"),
-        Ok(None) => panic!("stream ended"),
-        Err(_) => None,
-    }
-}
+use common::next_event;
 
 async fn next_delivery(stream: &mut tonic::Streaming<ConsumeResponse>, patience: Duration) -> Option<Delivery> {
     match next_event(stream, patience).await {
@@ -135,7 +124,6 @@ async fn queue_consumer_child_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_of_a_killed_consumer_process_are_redelivered_at_once() {
-    use std::io::BufRead;
     let redis = Redis::start();
     let baton = Baton::start(Some(&redis.url()), &[]);
     let mut queues = baton.queues().await;
@@ -143,17 +131,10 @@ async fn jobs_of_a_killed_consumer_process_are_redelivered_at_once() {
     let requests = (0..50).map(|i| job(&queue, &i.to_string())).collect();
     queues.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap();
 
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["queue_consumer_child_process", "--exact", "--nocapture", "--test-threads=1"])
-        .env("BATON_CHILD_ADDR", baton.addr.to_string())
-        .env("BATON_CHILD_QUEUE", &queue)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let holding =
-        tokio::task::spawn_blocking(move || stdout.lines().map_while(Result::ok).any(|l| l.contains("HOLDING")));
-    assert!(holding.await.unwrap(), "the child never leased its jobs");
+    let env = [("BATON_CHILD_ADDR", baton.addr.to_string()), ("BATON_CHILD_QUEUE", queue.clone())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut child =
+        common::spawn_holding_child("queue_consumer_child_process", &env, "the child never leased its jobs").await;
     let stats = queues.get_queue_stats(GetQueueStatsRequest { queue: queue.clone() }).await.unwrap().into_inner();
     assert_eq!((stats.active, stats.ready), (50, 0));
 
@@ -625,7 +606,7 @@ async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
     let status = queues.enqueue_batch(batch).await.unwrap_err();
     assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "requests[1].queue");
     let too_many = ConsumeRequest { queue: "q".into(), max_in_flight: 100_000, ..Default::default() };
-    let status = queues.consume(too_many).await.map(drop).unwrap_err();
+    let status = queues.consume(tokio_stream::once(too_many)).await.map(drop).unwrap_err();
     assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "max_in_flight");
     let status = queues.ack(AckRequest { lease_id: "forged".into(), result: vec![] }).await.unwrap_err();
     assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "lease_id");

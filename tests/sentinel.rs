@@ -287,7 +287,7 @@ async fn worker(mut queues: Queues, queue: String, run: Arc<Mutex<QueueRun>>, do
         };
         let stream = tokio::select! {
             () = done.notified() => return,
-            stream = queues.consume(request) => stream,
+            stream = queues.consume(tokio_stream::once(request)) => stream,
         };
         let Ok(stream) = stream else {
             tokio::time::sleep(Duration::from_millis(100)).await;

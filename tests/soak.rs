@@ -164,7 +164,7 @@ async fn memory_descriptors_connections_and_p99_hold_steady_under_load() {
         let stop = stop.clone();
         tokio::spawn(async move {
             let request = ConsumeRequest { queue: "soak".into(), max_in_flight: 64, ..Default::default() };
-            let mut stream = queues.consume(request).await.unwrap().into_inner();
+            let mut stream = queues.consume(tokio_stream::once(request)).await.unwrap().into_inner();
             while let Some(Ok(event)) = stream.next().await {
                 if let Some(consume_response::Event::Delivery(delivery)) = event.event {
                     let _ = queues.ack(AckRequest { lease_id: delivery.lease_id, result: Vec::new() }).await;

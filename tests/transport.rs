@@ -228,7 +228,8 @@ async fn the_default_deadline_ends_stuck_calls_but_not_streams_or_asked_for_wait
         lease_id: lease.lease_id.clone(),
         ttl: Some(duration_to_proto(Duration::from_secs(2))),
     };
-    let mut stream = locks.keep_alive(keepalive).await.expect("keepalive").into_inner();
+    let (heartbeats, _sending) = common::heartbeats(keepalive, Duration::from_millis(600));
+    let mut stream = locks.keep_alive(heartbeats).await.expect("keepalive").into_inner();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3) {
         let renewal = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("a renewal in time");
@@ -392,7 +393,7 @@ async fn rediss_with_the_readme_acl_user_serves_every_pattern() {
     let queue = unique("acl");
     queues.enqueue(EnqueueRequest { queue: queue.clone(), ..Default::default() }).await.expect("Enqueue");
     let consume = ConsumeRequest { queue, max_in_flight: 1, ..Default::default() };
-    let mut stream = queues.consume(consume).await.expect("Consume").into_inner();
+    let mut stream = queues.consume(tokio_stream::once(consume)).await.expect("Consume").into_inner();
     let event = tokio::time::timeout(PATIENCE, stream.next()).await.expect("a delivery in time").unwrap().unwrap();
     let Some(consume_response::Event::Delivery(delivery)) = event.event else { panic!("not a delivery: {event:?}") };
     queues.ack(AckRequest { lease_id: delivery.lease_id, result: vec![] }).await.expect("Ack");

@@ -415,7 +415,7 @@ async fn main() {
         for i in 0..args.streams {
             let mut queues = JobQueueServiceClient::new(stream_channels[i % stream_channels.len()].clone());
             let request = ConsumeRequest { queue: format!("idle-{}", i % 100), max_in_flight: 1, ..Default::default() };
-            held.push(queues.consume(request).await.unwrap().into_inner());
+            held.push(queues.consume(tokio_stream::once(request)).await.unwrap().into_inner());
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         notes.push(format!(
@@ -439,7 +439,13 @@ async fn main() {
             };
             let lease = locks.acquire(request).await.unwrap().into_inner().lease.unwrap();
             let request = KeepAliveRequest { name, lease_id: lease.lease_id, ttl: None };
-            held.push(locks.keep_alive(request).await.unwrap().into_inner());
+            held.push(
+                locks
+                    .keep_alive(tokio_stream::StreamExt::chain(tokio_stream::once(request), tokio_stream::pending()))
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         notes.push(format!(
@@ -692,7 +698,7 @@ async fn main() {
     if args.runs("queue") {
         let mut queues = JobQueueServiceClient::new(channel(0));
         let request = ConsumeRequest { queue: "bench-delay".into(), max_in_flight: 64, ..Default::default() };
-        let mut stream = queues.consume(request).await.unwrap().into_inner();
+        let mut stream = queues.consume(tokio_stream::once(request)).await.unwrap().into_inner();
         let mut lateness = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
         for _ in 0..50 {
             let enqueued = Instant::now();
@@ -750,7 +756,7 @@ async fn queue_end_to_end(pool: &[Channel], queue: &'static str, d: Duration, ba
         let acked = acked.clone();
         consumers.push(tokio::spawn(async move {
             let request = ConsumeRequest { queue: queue.into(), max_in_flight: 256, ..Default::default() };
-            let mut stream = queues.consume(request).await.unwrap().into_inner();
+            let mut stream = queues.consume(tokio_stream::once(request)).await.unwrap().into_inner();
             let mut pending = tokio::task::JoinSet::new();
             while Instant::now() < stop {
                 let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await else {

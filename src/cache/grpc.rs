@@ -1,6 +1,7 @@
 //! `baton.v1.CacheService`: validation and proto mapping.
 
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use tonic::{Request, Response, Status};
 
@@ -30,11 +31,13 @@ const ENTRY_OVERHEAD_BYTES: usize = 64;
 pub struct CacheGrpc {
     cache: CacheManager,
     limits: Limits,
+    /// Cancelled when this replica starts draining: Fetch waits go elsewhere.
+    draining: CancellationToken,
 }
 
 impl CacheGrpc {
-    pub fn new(cache: CacheManager, limits: Limits) -> Self {
-        Self { cache, limits }
+    pub fn new(cache: CacheManager, limits: Limits, draining: CancellationToken) -> Self {
+        Self { cache, limits, draining }
     }
 
     /// Validates one write; `at` prefixes field names ("entries[3]." or "").
@@ -242,7 +245,7 @@ impl CacheService for CacheGrpc {
         if let Some(left) = caller_deadline {
             wait = wait.min(left.saturating_sub(DEADLINE_MARGIN));
         }
-        let response = match self.cache.scoped(&namespace).fetch(&request.key, lease_ttl, wait).await? {
+        let response = match self.cache.scoped(&namespace).fetch(&request.key, lease_ttl, wait, &self.draining).await? {
             FetchOutcome::Hit(entry) => {
                 FetchResponse { found: true, entry: Some(entry_to_proto(entry)), fill_token: String::new() }
             }

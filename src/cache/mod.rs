@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use redis::Script;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::store::keys::Pattern;
@@ -306,14 +307,24 @@ impl CacheManager {
         Ok(())
     }
 
-    /// Reads with stampede protection; waits up to `wait` for another caller's fill.
-    pub async fn fetch(&self, key: &str, lease_ttl: Duration, wait: Duration) -> Result<FetchOutcome, Error> {
+    /// Reads with stampede protection; waits up to `wait` for another caller's fill, but
+    /// not once `draining` is cancelled (the caller waits on another replica instead).
+    pub async fn fetch(
+        &self,
+        key: &str,
+        lease_ttl: Duration,
+        wait: Duration,
+        draining: &CancellationToken,
+    ) -> Result<FetchOutcome, Error> {
         let deadline = Instant::now() + wait;
         let token = new_token();
         let mut outcome = self.fetch_once(key, &token, lease_ttl, true).await?;
         let FetchStep::Wait(mut lease_left) = outcome else {
             return Ok(self.finished(outcome));
         };
+        if draining.is_cancelled() && !wait.is_zero() {
+            return Err(Error::ShuttingDown);
+        }
         metrics::counter!("baton_cache_fill_waits_total").increment(1);
         let wake = self.notifier.watch(&self.channel(key));
         loop {
@@ -331,6 +342,7 @@ impl CacheManager {
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep(nap) => {}
+                () = draining.cancelled() => return Err(Error::ShuttingDown),
             }
             outcome = self.fetch_once(key, &token, lease_ttl, false).await?;
             match outcome {

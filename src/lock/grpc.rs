@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Limits;
 use crate::error::Error;
@@ -23,8 +24,8 @@ use crate::{deadline, validate};
 
 const MAX_OWNER_BYTES: usize = 256;
 const MAX_REQUEST_ID_BYTES: usize = 128;
-/// While Redis is unreachable, KeepAlive retries this often (bounded by ttl/3).
-const KEEPALIVE_RETRY: Duration = Duration::from_millis(250);
+/// How long a KeepAlive stream may stay open without naming its lease.
+const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
 /// Answer a waiting Acquire this long before the caller's deadline, so it gets
 /// `acquired = false` rather than DEADLINE_EXCEEDED.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
@@ -32,14 +33,15 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 pub struct LockGrpc {
     locks: LockManager,
     limits: Limits,
-    /// Cancelled when the server shuts down: KeepAlive streams end with UNAVAILABLE and
-    /// keep their leases, for the client to resume on another replica.
-    shutdown: CancellationToken,
+    /// Cancelled when this replica starts draining: Acquires grant nothing more, and
+    /// KeepAlive streams end with UNAVAILABLE and keep their leases, for the client to
+    /// resume on another replica.
+    draining: CancellationToken,
 }
 
 impl LockGrpc {
-    pub fn new(locks: LockManager, limits: Limits, shutdown: CancellationToken) -> Self {
-        Self { locks, limits, shutdown }
+    pub fn new(locks: LockManager, limits: Limits, draining: CancellationToken) -> Self {
+        Self { locks, limits, draining }
     }
 
     fn lease_ref(&self, name: &str, lease_id: &str) -> Result<(), Error> {
@@ -130,7 +132,7 @@ impl LockService for LockGrpc {
             permits: request.permits.max(1),
             request_id,
         };
-        let response = match self.locks.scoped(&namespace).acquire(&params).await? {
+        let response = match self.locks.scoped(&namespace).acquire(&params, &self.draining).await? {
             Acquisition::Acquired(lease) => {
                 AcquireResponse { acquired: true, lease: Some(lease_to_proto(lease)), holder: None }
             }
@@ -169,63 +171,126 @@ impl LockService for LockGrpc {
         }))
     }
 
-    async fn keep_alive(&self, request: Request<KeepAliveRequest>) -> Result<Response<Self::KeepAliveStream>, Status> {
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        if self.draining.is_cancelled() {
+            return Err(Error::ShuttingDown.into());
+        }
         let namespace = crate::auth::namespace(&request);
-        let request = request.into_inner();
-        self.lease_ref(&request.name, &request.lease_id)?;
-        let ttl = optional_ttl("ttl", request.ttl.as_ref())?;
+        let mut requests = request.into_inner();
+        let first = match tokio::time::timeout(FIRST_MESSAGE_WAIT, requests.message()).await {
+            Ok(Ok(Some(first))) => first,
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) | Err(_) => {
+                return Err(Error::invalid("name", "the first message must name the lease (name, lease_id)").into());
+            }
+        };
+        self.lease_ref(&first.name, &first.lease_id)?;
+        let ttl = optional_ttl("ttl", first.ttl.as_ref())?;
+        let locks = self.locks.scoped(&namespace);
         // The first renewal proves the lease is held; failing it fails the call itself.
-        let first = self.locks.scoped(&namespace).renew(&request.name, &request.lease_id, ttl).await?;
+        let lease = locks.renew(&first.name, &first.lease_id, ttl).await?;
         let (sender, receiver) = mpsc::channel(4);
-        let _ = sender.try_send(Ok(KeepAliveResponse { lease: Some(lease_to_proto(first.clone())) }));
-        tokio::spawn(keep_renewing(self.locks.scoped(&namespace), first, sender, self.shutdown.clone()));
+        let _ = sender.try_send(Ok(KeepAliveResponse { lease: Some(lease_to_proto(lease.clone())), renewed: true }));
+        tokio::spawn(answer_heartbeats(locks, lease, requests, sender, self.draining.clone()));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
 
-/// Renews at about ttl/3 until the client goes away (the lease is released at once), the
-/// lease is lost (the stream ends FAILED_PRECONDITION), or the server shuts down (the
-/// stream ends UNAVAILABLE and the lease stays, for the client to resume elsewhere).
-async fn keep_renewing(
+/// Renews the lease on each of the client's heartbeats, and never otherwise: a holder that
+/// stops sending (frozen, paused, cut off) loses the lease at most its ttl after the last
+/// renewal, however long its connection lingers. Every heartbeat is answered, in order, so
+/// the client can match each answer to the heartbeat it sent. Ends when the client goes
+/// away (the lease is released at once), when the lease runs out after the last renewal
+/// (FAILED_PRECONDITION, or OK when another stream keeps it alive), or when this replica
+/// drains (UNAVAILABLE; the lease stays, for the client to resume elsewhere). A half-close
+/// only stops the heartbeats.
+async fn answer_heartbeats(
     locks: LockManager,
     mut lease: Lease,
+    mut heartbeats: Streaming<KeepAliveRequest>,
     sender: mpsc::Sender<Result<KeepAliveResponse, Status>>,
-    shutdown: CancellationToken,
+    draining: CancellationToken,
 ) {
-    let period = lease.ttl / 3;
-    let mut next = period;
+    // By this process's clock, the lease surely ends `ttl` after a renewal's answer.
+    let mut renewed_at = Instant::now();
+    let mut sending = true;
     loop {
         tokio::select! {
-            () = sender.closed() => {
-                match locks.release(&lease.name, &lease.lease_id).await {
-                    Ok(_) => tracing::debug!(lock.name = %lease.name, "keepalive client left; lease released"),
-                    // The lease then expires after its ttl, as if the process had died.
-                    Err(err) => tracing::warn!(lock.name = %lease.name, error = %err, "keepalive client left; release failed"),
+            heartbeat = heartbeats.message(), if sending => match heartbeat {
+                Ok(Some(_)) => {
+                    let renewed = if renewed_at.elapsed() < lease.ttl / 10 {
+                        false
+                    } else {
+                        match locks.renew(&lease.name, &lease.lease_id, lease.ttl).await {
+                            Ok(renewal) => {
+                                lease = renewal;
+                                renewed_at = Instant::now();
+                                true
+                            }
+                            // The client's own deadline runs; a later heartbeat renews if the
+                            // lease is still held by then.
+                            Err(Error::Unavailable) => false,
+                            Err(err) => {
+                                metrics::counter!("baton_lock_lost_total").increment(1);
+                                let _ = sender.send(Err(err.into())).await;
+                                return;
+                            }
+                        }
+                    };
+                    let answer = KeepAliveResponse { lease: Some(lease_to_proto(lease.clone())), renewed };
+                    if sender.send(Ok(answer)).await.is_err() {
+                        release_abandoned(&locks, &lease).await;
+                        return;
+                    }
                 }
+                Ok(None) => sending = false,
+                // Cancelled or cut off.
+                Err(_) => {
+                    release_abandoned(&locks, &lease).await;
+                    return;
+                }
+            },
+            () = sender.closed() => {
+                release_abandoned(&locks, &lease).await;
                 return;
             }
-            () = shutdown.cancelled() => {
+            () = draining.cancelled() => {
                 let _ = sender.send(Err(Error::ShuttingDown.into())).await;
                 return;
             }
-            () = tokio::time::sleep(next) => {}
-        }
-        match locks.renew(&lease.name, &lease.lease_id, lease.ttl).await {
-            Ok(renewed) => {
-                lease = renewed;
-                next = period;
-                if sender.send(Ok(KeepAliveResponse { lease: Some(lease_to_proto(lease.clone())) })).await.is_err() {
-                    // Client gone: the next loop turn sees `closed` and releases.
-                    next = Duration::ZERO;
+            () = tokio::time::sleep_until(renewed_at + lease.ttl) => {
+                // Another stream of the same holder (a client that resumed elsewhere, or
+                // retired this one) may be keeping the lease alive: then this one just ends.
+                // When Redis cannot say, the client is told to ask again.
+                match locks.is_held(&lease.name, &lease.lease_id).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(err) => {
+                        let _ = sender.send(Err(err.into())).await;
+                        return;
+                    }
                 }
-            }
-            Err(Error::Unavailable) => next = KEEPALIVE_RETRY.min(period),
-            Err(err) => {
                 metrics::counter!("baton_lock_lost_total").increment(1);
-                tracing::warn!(lock.name = %lease.name, "keepalive lease lost");
-                let _ = sender.send(Err(err.into())).await;
+                tracing::info!(lock.name = %lease.name, "no heartbeat within the lease's ttl; lease lost");
+                let lost = Error::FailedPrecondition {
+                    reason: "LEASE_NOT_HELD",
+                    message: format!("no heartbeat within the lease's ttl ({:?}): the lease has expired", lease.ttl),
+                };
+                let _ = sender.send(Err(lost.into())).await;
                 return;
             }
         }
+    }
+}
+
+/// The KeepAlive client went away: its lease is released at once rather than left to expire.
+async fn release_abandoned(locks: &LockManager, lease: &Lease) {
+    match locks.release(&lease.name, &lease.lease_id).await {
+        Ok(_) => tracing::debug!(lock.name = %lease.name, "keepalive client left; lease released"),
+        // The lease then expires after its ttl, as if the process had died.
+        Err(err) => tracing::warn!(lock.name = %lease.name, error = %err, "keepalive client left; release failed"),
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use redis::Script;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::store::keys::Pattern;
@@ -30,6 +31,7 @@ static ACQUIRE: LazyLock<Script> = lock_script!("acquire.lua");
 static RENEW: LazyLock<Script> = lock_script!("renew.lua");
 static RELEASE: LazyLock<Script> = lock_script!("release.lua");
 static DESCRIBE: LazyLock<Script> = lock_script!("describe.lua");
+static HELD: LazyLock<Script> = lock_script!("held.lua");
 
 pub const MIN_TTL: Duration = Duration::from_millis(100);
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
@@ -122,7 +124,14 @@ impl LockManager {
     }
 
     /// Takes the lock, or one permit, waiting up to `params.wait`.
-    pub async fn acquire(&self, params: &AcquireParams) -> Result<Acquisition, Error> {
+    /// Grants a lease, waiting up to `params.wait`. Once `draining` is cancelled (this
+    /// replica is shutting down) it grants nothing more: a lease granted now could not be
+    /// kept alive here, so the caller is told to go elsewhere. A script already sent is
+    /// never abandoned, so no grant is ever made that the caller does not hear of.
+    pub async fn acquire(&self, params: &AcquireParams, draining: &CancellationToken) -> Result<Acquisition, Error> {
+        if draining.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
         let started = Instant::now();
         let lease_id = new_lease_id();
         if params.wait.is_zero() {
@@ -139,10 +148,16 @@ impl LockManager {
         let deadline = started + params.wait;
         let channel = self.keys.channel(Pattern::Lock, &params.name);
         let queue = self.local_queue(&channel);
-        let _turn = tokio::time::timeout_at(deadline, queue.lock()).await;
+        let _turn = tokio::select! {
+            turn = tokio::time::timeout_at(deadline, queue.lock()) => turn,
+            () = draining.cancelled() => return Err(Error::ShuttingDown),
+        };
         let mut contended = false;
         let wake = self.notifier.watch(&channel);
         loop {
+            if draining.is_cancelled() {
+                return Err(Error::ShuttingDown);
+            }
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
@@ -163,6 +178,7 @@ impl LockManager {
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep(nap) => {}
+                () = draining.cancelled() => return Err(Error::ShuttingDown),
             }
         }
     }
@@ -249,6 +265,13 @@ impl LockManager {
     }
 
     /// The live leases, soonest expiry first.
+    /// Whether `lease_id` holds `name` right now, by Redis's clock.
+    pub async fn is_held(&self, name: &str, lease_id: &str) -> Result<bool, Error> {
+        let held: i64 =
+            self.store.run_script("lock_held", &HELD, &self.lock_keys(name), &[lease_id.as_bytes().to_vec()]).await?;
+        Ok(held == 1)
+    }
+
     pub async fn describe(&self, name: &str) -> Result<Vec<Holder>, Error> {
         let reply: redis::Value = self.store.run_script("lock_describe", &DESCRIBE, &self.lock_keys(name), &[]).await?;
         let fields = Fields::new(reply)?;

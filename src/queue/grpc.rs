@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Limits;
 use crate::error::Error;
@@ -67,6 +67,8 @@ const SAFETY_RECHECK: Duration = Duration::from_secs(1);
 const REFRESH_COALESCE: Duration = Duration::from_millis(2);
 /// While Redis is unreachable a consumer stays open and retries this often.
 const OUTAGE_RETRY: Duration = Duration::from_millis(500);
+/// How long a Consume stream may stay open without naming its queue.
+const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct JobQueueGrpc {
     queues: QueueManager,
@@ -293,9 +295,22 @@ impl JobQueueService for JobQueueGrpc {
         }))
     }
 
-    async fn consume(&self, request: Request<ConsumeRequest>) -> Result<Response<Self::ConsumeStream>, Status> {
+    async fn consume(
+        &self,
+        request: Request<Streaming<ConsumeRequest>>,
+    ) -> Result<Response<Self::ConsumeStream>, Status> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown.into());
+        }
         let namespace = crate::auth::namespace(&request);
-        let request = request.into_inner();
+        let mut requests = request.into_inner();
+        let request = match tokio::time::timeout(FIRST_MESSAGE_WAIT, requests.message()).await {
+            Ok(Ok(Some(first))) => first,
+            Ok(Err(status)) => return Err(status),
+            Ok(Ok(None)) | Err(_) => {
+                return Err(Error::invalid("queue", "the first message must open the stream (queue)").into());
+            }
+        };
         validate::key("queue", &request.queue, &self.limits)?;
         let max_in_flight = match request.max_in_flight {
             0 => self.queue_limits.default_max_in_flight,
@@ -316,6 +331,13 @@ impl JobQueueService for JobQueueGrpc {
         let stream_id = crate::queue::new_stream_id();
         let queues = self.queues.scoped(&namespace);
         let local = queues.register_stream(&request.queue, &stream_id);
+        // The first message may already steer: a stream opened only to hand jobs back and
+        // drain gets nothing delivered first.
+        let opening = ConsumeRequest {
+            drain: request.drain,
+            unstarted_lease_ids: request.unstarted_lease_ids,
+            ..Default::default()
+        };
         let consumer = Consumer {
             stream_id,
             local,
@@ -326,12 +348,14 @@ impl JobQueueService for JobQueueGrpc {
             visibility,
             sender,
             shutdown: self.shutdown.clone(),
+            requests: Some(requests),
+            drained: false,
             held: Vec::new(),
             refresh_due: false,
             last_refresh: Instant::now(),
             last_fetch: Instant::now(),
         };
-        tokio::spawn(consumer.run());
+        tokio::spawn(consumer.run(opening));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
@@ -519,6 +543,10 @@ struct Consumer {
     visibility: Duration,
     sender: mpsc::Sender<Result<ConsumeResponse, Status>>,
     shutdown: CancellationToken,
+    /// The client's steering messages; None once it half-closed.
+    requests: Option<Streaming<ConsumeRequest>>,
+    /// The client asked for no more deliveries.
+    drained: bool,
     /// Leases this stream delivered and has not seen settled.
     held: Vec<LeaseRef>,
     /// Set when one of this stream's leases was settled or cancelled elsewhere.
@@ -536,12 +564,38 @@ enum Wake {
     OwnLease,
     /// A lease of this stream was settled through this replica.
     SettledHere,
+    /// A steering message from the client (drain, unstarted leases).
+    Steer(ConsumeRequest),
+    /// The client half-closed: it sends nothing more, and that changes nothing.
+    HalfClosed,
     ClientGone,
     Shutdown,
 }
 
+/// What the stream does after a step.
+enum Next {
+    /// Sleep this long unless woken.
+    Nap(Duration),
+    /// The client went away: hand back what it held.
+    ClientGone,
+    /// Drained and nothing held: the stream ends OK.
+    Drained,
+}
+
+/// The client's next steering message; pending forever once it half-closed.
+async fn next_request(requests: &mut Option<Streaming<ConsumeRequest>>) -> Result<Option<ConsumeRequest>, Status> {
+    match requests {
+        Some(requests) => requests.message().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Consumer {
-    async fn run(mut self) {
+    async fn run(mut self, opening: ConsumeRequest) {
+        if let Err(err) = self.steer(opening).await {
+            let _ = self.sender.send(Err(err.into())).await;
+            return;
+        }
         let queue_wake = self.queues.watch(&self.queue);
         let own_wake = self.queues.watch_stream(&self.queue, &self.stream_id);
         // Pub/sub wake-ups reach only waiters enabled at that moment and leave no permit: each
@@ -555,8 +609,12 @@ impl Consumer {
         metrics::gauge!("baton_queue_consumers").increment(1.0);
         loop {
             let nap = match self.step().await {
-                Ok(Some(nap)) => nap,
-                Ok(None) => break, // the client is gone
+                Ok(Next::Nap(nap)) => nap,
+                Ok(Next::ClientGone) => break,
+                Ok(Next::Drained) => {
+                    metrics::gauge!("baton_queue_consumers").decrement(1.0);
+                    return;
+                }
                 Err(Error::Unavailable) => OUTAGE_RETRY,
                 Err(err) => {
                     let _ = self.sender.send(Err(err.into())).await;
@@ -567,12 +625,27 @@ impl Consumer {
                 () = &mut own_notified => Wake::OwnLease,
                 () = inbox.settled() => Wake::SettledHere,
                 () = &mut queue_notified => Wake::QueueChanged,
+                request = next_request(&mut self.requests) => match request {
+                    Ok(Some(request)) => Wake::Steer(request),
+                    Ok(None) => Wake::HalfClosed,
+                    Err(_) => Wake::ClientGone,
+                },
                 () = tokio::time::sleep(nap) => Wake::Timer,
                 () = self.sender.closed() => Wake::ClientGone,
                 () = self.shutdown.cancelled() => Wake::Shutdown,
             };
             match woke {
                 Wake::Timer => {}
+                Wake::HalfClosed => self.requests = None,
+                Wake::Steer(request) => {
+                    if let Err(err) = self.steer(request).await {
+                        // The worker may be running what this stream holds: the leases stay,
+                        // to be settled (or to expire) as after a server shutdown.
+                        let _ = self.sender.send(Err(err.into())).await;
+                        metrics::gauge!("baton_queue_consumers").decrement(1.0);
+                        return;
+                    }
+                }
                 Wake::QueueChanged => {
                     queue_notified.set(queue_wake.notified());
                     queue_notified.as_mut().enable();
@@ -604,9 +677,36 @@ impl Consumer {
         metrics::gauge!("baton_queue_consumers").decrement(1.0);
     }
 
-    /// Refreshes credit, delivers what fits; returns how long to sleep, or None when the
-    /// client went away.
-    async fn step(&mut self) -> Result<Option<Duration>, Error> {
+    /// Applies a steering message: unstarted leases go back uncharged, drain stops
+    /// deliveries.
+    async fn steer(&mut self, request: ConsumeRequest) -> Result<(), Error> {
+        if request.unstarted_lease_ids.len() > self.max_in_flight {
+            return Err(Error::invalid(
+                "unstarted_lease_ids",
+                format!("must hold at most max_in_flight ({}) leases", self.max_in_flight),
+            ));
+        }
+        let mut unstarted = Vec::with_capacity(request.unstarted_lease_ids.len());
+        for (index, lease_id) in request.unstarted_lease_ids.iter().enumerate() {
+            let field = format!("unstarted_lease_ids[{index}]");
+            // Any current lease of this queue: a lease id is its holder's secret, and the
+            // script hands back only leases that are still current.
+            let lease = LeaseRef::parse(lease_id)
+                .filter(|lease| lease.queue == self.queue)
+                .ok_or_else(|| Error::invalid(field, "is not a lease of this stream's queue"))?;
+            unstarted.push(lease);
+        }
+        if !unstarted.is_empty() {
+            self.held.retain(|held| !unstarted.iter().any(|lease| lease.token == held.token));
+            self.queues.hand_back_unstarted(&self.queue, &unstarted).await?;
+        }
+        self.drained |= request.drain;
+        Ok(())
+    }
+
+    /// Refreshes credit, delivers what fits; says how long to sleep, or that the stream is
+    /// over.
+    async fn step(&mut self) -> Result<Next, Error> {
         let settled_here = self.local.inbox.drain();
         if !settled_here.is_empty() {
             self.held.retain(|lease| !settled_here.contains(&lease.token));
@@ -616,13 +716,16 @@ impl Consumer {
         if self.refresh_due || self.last_refresh.elapsed() >= SAFETY_RECHECK {
             self.refresh_held().await?;
             if self.sender.is_closed() {
-                return Ok(None);
+                return Ok(Next::ClientGone);
             }
+        }
+        if self.drained {
+            return Ok(if self.held.is_empty() { Next::Drained } else { Next::Nap(SAFETY_RECHECK) });
         }
         let credit = self.max_in_flight.saturating_sub(self.held.len());
         if credit == 0 {
             // Nothing to fetch until an Ack frees a slot (notified) or the safety re-check.
-            return Ok(Some(SAFETY_RECHECK));
+            return Ok(Next::Nap(SAFETY_RECHECK));
         }
         self.last_fetch = Instant::now();
         let (deliveries, next_event) =
@@ -633,15 +736,15 @@ impl Consumer {
             // Counted as held before sending: if the send fails, hand_back returns it.
             self.held.push(lease);
             if self.sender.send(Ok(delivery_to_proto(delivery))).await.is_err() {
-                return Ok(None);
+                return Ok(Next::ClientGone);
             }
         }
         if filled {
             // Credit used up; wait for an Ack (notified) or the safety re-check.
-            return Ok(Some(SAFETY_RECHECK));
+            return Ok(Next::Nap(SAFETY_RECHECK));
         }
         let until_next = next_event.map(|d| d + Duration::from_millis(1)).unwrap_or(SAFETY_RECHECK);
-        Ok(Some(until_next.min(SAFETY_RECHECK)))
+        Ok(Next::Nap(until_next.min(SAFETY_RECHECK)))
     }
 
     /// Drops settled leases and tells the client about cancelled ones.

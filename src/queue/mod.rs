@@ -601,20 +601,34 @@ impl QueueManager {
 
     /// Returns a departed consumer's leases to the queue at once.
     pub async fn hand_back(&self, queue: &str, leases: &[LeaseRef]) -> Result<u64, Error> {
+        self.run_hand_back(queue, leases, false).await
+    }
+
+    /// Hands back deliveries their worker says it never started: ready again at once, in
+    /// their place, and the delivery's attempt is not charged.
+    pub async fn hand_back_unstarted(&self, queue: &str, leases: &[LeaseRef]) -> Result<u64, Error> {
+        self.run_hand_back(queue, leases, true).await
+    }
+
+    async fn run_hand_back(&self, queue: &str, leases: &[LeaseRef], unstarted: bool) -> Result<u64, Error> {
         if leases.is_empty() {
             return Ok(0);
         }
         let mut keys: Vec<String> =
             ["ready", "ready_since", "active", "dead"].iter().map(|p| self.key(queue, p)).collect();
         keys.extend(leases.iter().map(|l| self.job_key(queue, &l.job_id)));
-        let mut args =
-            vec![self.settings.dead_retention.as_millis().to_string().into_bytes(), self.channel(queue).into_bytes()];
+        let mut args = vec![
+            self.settings.dead_retention.as_millis().to_string().into_bytes(),
+            self.channel(queue).into_bytes(),
+            if unstarted { b"1".to_vec() } else { b"0".to_vec() },
+        ];
         for lease in leases {
             args.push(lease.job_id.clone().into_bytes());
             args.push(lease.token.clone().into_bytes());
         }
         let handed_back: u64 = self.store.run_script("queue_hand_back", &HAND_BACK, &keys, &args).await?;
-        metrics::counter!("baton_queue_redelivered_total", "cause" => "stream_ended").increment(handed_back);
+        let cause = if unstarted { "unstarted" } else { "stream_ended" };
+        metrics::counter!("baton_queue_redelivered_total", "cause" => cause).increment(handed_back);
         Ok(handed_back)
     }
 

@@ -828,3 +828,66 @@ impl SentinelSet {
             .expect("a data node on that port")
     }
 }
+
+/// A KeepAlive request stream as the clients send it: `first`, then an empty heartbeat
+/// every `every`, until the returned task is aborted (the request stream then ends).
+pub fn heartbeats(
+    first: baton::proto::v1::KeepAliveRequest,
+    every: Duration,
+) -> (tokio_stream::wrappers::ReceiverStream<baton::proto::v1::KeepAliveRequest>, tokio::task::JoinHandle<()>) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let task = tokio::spawn(async move {
+        let mut next = first;
+        while sender.send(next).await.is_ok() {
+            tokio::time::sleep(every).await;
+            next = baton::proto::v1::KeepAliveRequest::default();
+        }
+    });
+    (tokio_stream::wrappers::ReceiverStream::new(receiver), task)
+}
+
+/// `GET /metrics` from a baton's metrics listener: the whole HTTP response.
+pub async fn scrape_metrics(addr: SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs `test` of this very test binary as a child process with `env`, and waits until
+/// it prints a line containing "HOLDING" (it holds what the parent test is about to kill
+/// or freeze). Panics with `what` if it never does.
+pub async fn spawn_holding_child(test: &str, env: &[(&str, &str)], what: &str) -> Child {
+    use std::io::BufRead;
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args([test, "--exact", "--nocapture", "--test-threads=1"]).stdout(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let holding =
+        tokio::task::spawn_blocking(move || stdout.lines().map_while(Result::ok).any(|l| l.contains("HOLDING")));
+    assert!(holding.await.unwrap(), "{what}");
+    child
+}
+
+/// The next event on a stream, within `patience`.
+pub async fn next_event(
+    stream: &mut tonic::Streaming<baton::proto::v1::ConsumeResponse>,
+    patience: Duration,
+) -> Option<baton::proto::v1::consume_response::Event> {
+    match tokio::time::timeout(patience, tokio_stream::StreamExt::next(stream)).await {
+        Ok(Some(Ok(response))) => response.event,
+        Ok(Some(Err(status))) => panic!("stream failed: {status:?}"),
+        Ok(None) => panic!("stream ended"),
+        Err(_) => None,
+    }
+}

@@ -3,21 +3,24 @@
 //
 // Layout:
 //
-//   - client.go: [New] and its options (target, TLS, API key, default deadline, load balancing)
+//   - client.go: [New] and its options (target, TLS, API key, default deadline, load
+//     balancing, reconnect backoff), wait-for-ready, and the retry budgets and backoff of
+//     calls that are safe to repeat
 //   - errors.go: [*Error], built from google.rpc.ErrorInfo / RetryInfo / BadRequest
 //   - resolver.go: the "ipv4:" and "ipv6:" address-list targets
 //   - ratelimit.go: [Client.Allow]
-//   - lock.go: [Client.Lock] and [*Lease], held through KeepAlive
+//   - lock.go: [Client.Lock] and [*Lease], held by heartbeats on a KeepAlive stream and
+//     reported lost by a local timer a safety margin before its proof of liveness runs out
 //   - cache.go: [Client.CacheGet], [Client.CacheSet], [Client.CacheDelete],
 //     [Client.InvalidateTag] and [Client.GetOrLoad] (one loader per miss, via Fetch/Fill)
 //   - session.go: [Client.CreateSession] and the rest of the session store
 //   - sessionhttp.go: [SessionManager], net/http middleware keeping web sessions in Baton
-//   - queue.go: [Client.Enqueue] and [Client.Consume], the worker loop
+//   - queue.go: [Client.Enqueue] and [Client.Consume], the worker loop and its graceful stop
 //   - github.com/baton-dev/baton/clients/go/gen/baton/v1 (outside this package, in the same
 //     module): the generated stubs for every service (`make gen`), reachable as
 //     [Client.RateLimits], [Client.Locks], [Client.Cache], [Client.Sessions], [Client.Queue]
 //
 // The helpers retry only where the API makes it safe: Acquire with a request_id, Enqueue
-// with a dedup key, reads, Release, Delete, Ack and Nack, and resuming KeepAlive and Consume
-// streams on another replica.
+// with a dedup key, reads, Release, Delete, Ack, Nack and Extend, and resuming KeepAlive and
+// Consume streams on another replica.
 package baton

@@ -18,6 +18,11 @@ func TestMain(m *testing.M) {
 		runDoomedWorker(target, os.Getenv("DOOMED_WORKER_QUEUE"))
 		return
 	}
+	// The child process of TestAFrozenHolderIsReportedLostBeforeTheLockChangesHands.
+	if target := os.Getenv("LOCK_HOLDER_TARGET"); target != "" {
+		runLockHolder(target, os.Getenv("LOCK_HOLDER_NAME"))
+		return
+	}
 	os.Exit(m.Run())
 }
 

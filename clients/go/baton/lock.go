@@ -6,7 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	mathrand "math/rand/v2"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,10 +20,10 @@ import (
 var (
 	// ErrNotAcquired: the lock stayed held by others for the whole wait.
 	ErrNotAcquired = errors.New("baton: lock not acquired")
-	// ErrLeaseLost: the lease is gone while it was meant to be held — Baton answered
-	// LEASE_NOT_HELD (expired, released by someone holding the lease id, or taken over), or
-	// no replica confirmed a renewal for a whole ttl. Another holder may have the lock now;
-	// the fencing token is what protects the resource.
+	// ErrLeaseLost: the lease is gone, or may be, while it was meant to be held — Baton
+	// answered LEASE_NOT_HELD (expired, released by someone holding the lease id, or taken
+	// over), or no heartbeat was renewed in time to prove it held (see [Lease.Deadline]).
+	// Another holder may have the lock now; the fencing token is what protects the resource.
 	ErrLeaseLost = errors.New("baton: lease lost")
 	// ErrUnlocked is [Lease.Err] after [Lease.Unlock].
 	ErrUnlocked = errors.New("baton: lease unlocked")
@@ -70,7 +70,9 @@ func WithPermits(n uint32) LockOption {
 // It waits, woken by releases, until acquired, ctx ends, or [WithWait] runs out
 // ([ErrNotAcquired]). Each call sends one random request_id and retries Acquire with it
 // on UNAVAILABLE, so a grant whose answer was lost is handed back rather than orphaned.
-// ctx bounds only the acquisition; the lease lives on until Unlock or loss.
+// Lock returns once the lease's KeepAlive stream has answered its first message, so that
+// [Lease.Deadline] is known from the start. ctx bounds only the acquisition; the lease lives
+// on until Unlock or loss.
 func (c *Client) Lock(ctx context.Context, name string, ttl time.Duration, options ...LockOption) (*Lease, error) {
 	var cfg lockConfig
 	for _, option := range options {
@@ -84,7 +86,7 @@ func (c *Client) Lock(ctx context.Context, name string, ttl time.Duration, optio
 		RequestId: newRequestID(),
 	}
 	giveUpAt := time.Now().Add(cfg.wait)
-	retry := newBackoff()
+	retry := newBackoff(callBackoff)
 	for {
 		wait := maxServerWait
 		if cfg.hasWait {
@@ -94,7 +96,7 @@ func (c *Client) Lock(ctx context.Context, name string, ttl time.Duration, optio
 		response, err := c.acquireOnce(ctx, request, wait)
 		switch {
 		case err == nil && response.GetAcquired():
-			return c.hold(response.GetLease()), nil
+			return c.hold(ctx, response.GetLease(), time.Now())
 		case err == nil:
 			// Baton answers "not acquired" when our wait ran out or shortly before ctx's
 			// deadline; only a wait cut short by its own one-hour maximum goes on.
@@ -116,61 +118,112 @@ func (c *Client) Lock(ctx context.Context, name string, ttl time.Duration, optio
 }
 
 // acquireOnce bounds one Acquire by its wait plus the default timeout, so a replica that
-// dies mid-wait is noticed and the call retried elsewhere.
+// dies mid-wait is noticed and the call retried elsewhere. It waits for a ready connection:
+// with the request_id a late attempt is harmless.
 func (c *Client) acquireOnce(ctx context.Context, request *batonv1.AcquireRequest, wait time.Duration) (*batonv1.AcquireResponse, error) {
 	if _, hasDeadline := ctx.Deadline(); !hasDeadline && c.defaultTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, wait+c.defaultTimeout)
 		defer cancel()
 	}
-	return c.Locks.Acquire(ctx, request)
+	return c.Locks.Acquire(withWaitForReady(ctx), request)
 }
 
-// Lease is a held lock, kept alive by a KeepAlive stream until Unlock or loss. When a
-// stream ends with UNAVAILABLE (a replica shutting down, a broken connection) it is
-// resumed with the same lease id on whichever replica the balancer picks; only a
-// LEASE_NOT_HELD answer, an unrecoverable error, or a whole ttl without a confirmed
-// renewal counts as loss.
+// Lease is a held lock, kept by a KeepAlive stream on which it proves itself alive: it
+// sends a heartbeat every third of the ttl and Baton answers every heartbeat, in order,
+// saying whether it renewed the lease on it. Baton never renews on its own, so a holder
+// that stops — frozen, paused, cut off — loses the lease at most a ttl after its last
+// renewed heartbeat.
+//
+// The holder's side of that proof runs on this process's monotonic clock. A heartbeat
+// answered "renewed" was renewed after it was sent, so the lease is held at least until the
+// heartbeat's send time plus the ttl ([Lease.HeldUntil]; answers are matched to heartbeats
+// in order). An answer "not renewed" (the heartbeat came too soon after the previous
+// renewal, or Redis was unreachable) proves nothing and leaves HeldUntil where it was. The
+// lease is reported lost ([Lease.Done], [Lease.Err]) a safety margin before that, at
+// [Lease.Deadline] — HeldUntil minus max(ttl/10, 50 ms), for clock-rate differences and
+// scheduling delays — by a local timer that does not depend on the stream: a stalled
+// stream, an unreachable Baton, or a process frozen and resumed (the timer then fires at
+// once) all end the lease on time, while the lock may still be held by Baton until
+// HeldUntil at the earliest.
+//
+// When a stream ends with UNAVAILABLE (a replica draining, a broken connection) it is
+// reopened at once with the same lease id, on whichever replica the balancer picks, and
+// then with a backoff of 50 ms growing to 250 ms until the deadline passes. LEASE_NOT_HELD,
+// or an error no retry can fix, is a loss too.
 type Lease struct {
 	client       *Client
 	name         string
 	leaseID      string
 	fencingToken uint64
 	ttl          time.Duration
+	// margin is how long before HeldUntil the lease is reported lost.
+	margin time.Duration
 
-	// life ends, with its cause, at loss or Unlock; Done and Context expose it.
+	// life ends, with its cause, at loss or Unlock; Done and Context expose it, and every
+	// KeepAlive stream is opened under it, so ending it also ends the stream — which makes
+	// Baton release the lease at once if it still holds it.
 	life       context.Context
 	end        context.CancelCauseFunc
 	keptAlive  chan struct{} // closed when the KeepAlive goroutine has returned
+	confirmed  chan struct{} // closed at the first answered KeepAlive message
 	unlocking  atomic.Bool   // from Unlock on, stream errors are expected, not loss
 	unlockOnce sync.Once
 	unlockErr  error
 
 	mu        sync.Mutex
-	expiresAt time.Time // by the Redis clock, as last confirmed
-	// lossTimer fires a ttl after the last confirmed renewal was received: the server
-	// renewed before answering, so by then the lease has certainly expired.
-	lossTimer *time.Timer
+	expiresAt time.Time // by the Redis clock, as last answered
+	// heldUntil is, on this process's monotonic clock, the send time of the latest KeepAlive
+	// message answered "renewed" plus the ttl: the lease is certainly held until then.
+	heldUntil time.Time
+	// deadline is when the lease is reported lost unless an answer moves it: heldUntil minus
+	// the margin once the stream has answered; before that, a ttl after Acquire answered,
+	// when the lease has certainly expired unless renewed.
+	deadline  time.Time
+	lossTimer *time.Timer // fires at deadline; independent of every stream
 }
 
-func (c *Client) hold(granted *batonv1.Lease) *Lease {
+// leaseMargin is how long before HeldUntil a lease is reported lost: a tenth of the ttl
+// (clocks may run at slightly different rates, and the process acting on Done needs time
+// to stop), at least 50 ms (scheduling delays do not shrink with the ttl).
+func leaseMargin(ttl time.Duration) time.Duration {
+	return max(ttl/10, 50*time.Millisecond)
+}
+
+// hold starts keeping a granted lease alive and returns once its KeepAlive stream has
+// answered, or fails if the lease could not be kept.
+func (c *Client) hold(ctx context.Context, granted *batonv1.Lease, acquiredAt time.Time) (*Lease, error) {
 	life, end := context.WithCancelCause(context.Background())
+	ttl := granted.GetTtl().AsDuration()
 	lease := &Lease{
 		client:       c,
 		name:         granted.GetName(),
 		leaseID:      granted.GetLeaseId(),
 		fencingToken: granted.GetFencingToken(),
-		ttl:          granted.GetTtl().AsDuration(),
+		ttl:          ttl,
+		margin:       leaseMargin(ttl),
 		life:         life,
 		end:          end,
 		keptAlive:    make(chan struct{}),
+		confirmed:    make(chan struct{}),
 		expiresAt:    granted.GetExpiresAt().AsTime(),
+		// Acquire may have waited, so when it granted the lease is unknown: a ttl after its
+		// answer the lease has expired for sure, and the first answer of the stream dates it.
+		deadline: acquiredAt.Add(ttl),
 	}
-	lease.lossTimer = time.AfterFunc(lease.ttl, func() {
-		lease.lose(fmt.Errorf("%w: no renewal confirmed within the ttl (%s)", ErrLeaseLost, lease.ttl))
-	})
+	lease.lossTimer = time.AfterFunc(time.Until(lease.deadline), lease.checkDeadline)
 	go lease.keepAlive()
-	return lease
+	select {
+	case <-lease.confirmed:
+		return lease, nil
+	case <-lease.life.Done():
+		err := lease.Err()
+		go lease.Unlock() // its Release may retry for seconds; the caller learns of the loss now
+		return nil, fmt.Errorf("baton: %q was acquired but could not be kept: %w", lease.name, err)
+	case <-ctx.Done():
+		go lease.Unlock()
+		return nil, fmt.Errorf("baton: acquiring %q: %w", lease.name, context.Cause(ctx))
+	}
 }
 
 // Name is the lock's name.
@@ -186,11 +239,29 @@ func (l *Lease) FencingToken() uint64 { return l.fencingToken }
 // TTL is how long each renewal extends the lease.
 func (l *Lease) TTL() time.Duration { return l.ttl }
 
-// ExpiresAt is the expiry of the last confirmed renewal, by the Redis server's clock.
+// ExpiresAt is the expiry of the last answered renewal, by the Redis server's clock.
 func (l *Lease) ExpiresAt() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.expiresAt
+}
+
+// HeldUntil is, by this process's clock, the send time of the latest heartbeat Baton
+// renewed the lease on, plus the ttl: the lease is held at least until then. Heartbeats
+// answered "not renewed" do not move it.
+func (l *Lease) HeldUntil() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.heldUntil
+}
+
+// Deadline is when the lease will be reported lost unless a heartbeat is renewed before:
+// [Lease.HeldUntil] minus a safety margin of max(ttl/10, 50 ms). It moves forward with each
+// renewed heartbeat, about every third of the ttl.
+func (l *Lease) Deadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.deadline
 }
 
 // Done is closed when the lease ends: lost, or unlocked. Err tells which.
@@ -208,47 +279,51 @@ func (l *Lease) Err() error {
 // Context is cancelled when the lease ends; pass it to the work the lock protects.
 func (l *Lease) Context() context.Context { return l.life }
 
-// Unlock releases the lease, so a waiting Acquire gets it at once. It returns the loss if
-// the lease was lost while held (the protected work may have overlapped another holder),
-// and is safe to call more than once.
+// Unlock releases the lease, so a waiting Acquire gets it at once: it calls Release
+// (retried through a 5 s outage) and ends the KeepAlive stream, which Baton also takes as a
+// release. It returns the loss if the lease was lost while held (the protected work may
+// have overlapped another holder), and is safe to call more than once.
 func (l *Lease) Unlock() error {
 	l.unlockOnce.Do(func() {
 		l.unlocking.Store(true)
 		lostWhileHeld := l.Err()
-		released, releaseErr := l.release()
+		if lostWhileHeld == nil && l.pastDeadline() {
+			lostWhileHeld = fmt.Errorf("%w: no heartbeat renewed in time (deadline %s)", ErrLeaseLost, l.Deadline().Format(time.RFC3339Nano))
+		}
+		// Released through the open stream's replica or any other; ending the stream first
+		// would release it already and make Release answer "not released".
+		released, retried, releaseErr := l.release()
 		l.lossTimer.Stop()
-		l.end(ErrUnlocked)
+		if lostWhileHeld != nil {
+			l.end(lostWhileHeld) // a no-op when the loss had already ended it
+		} else {
+			l.end(ErrUnlocked)
+		}
 		<-l.keptAlive
 		switch {
 		case lostWhileHeld != nil:
 			l.unlockErr = lostWhileHeld
 		case releaseErr != nil:
 			l.unlockErr = fmt.Errorf("baton: releasing %q (it expires by itself after its ttl): %w", l.name, releaseErr)
-		case !released:
+		case !released && !retried:
+			// After a retry, "not released" may only mean that a lost attempt released it.
 			l.unlockErr = fmt.Errorf("%w: %q was already gone when unlocked", ErrLeaseLost, l.name)
 		}
 	})
 	return l.unlockErr
 }
 
-// release retries on UNAVAILABLE, which the API declares safe for Release.
-func (l *Lease) release() (bool, error) {
-	timeout := l.client.defaultTimeout
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	retry := newBackoff()
-	for {
+// release calls Release with the settle budget, which the API declares safe to retry; it
+// also tells whether more than one attempt was made.
+func (l *Lease) release() (released, retried bool, err error) {
+	attempts := 0
+	err = l.client.retry(context.Background(), settleBudget, func(ctx context.Context) error {
+		attempts++
 		response, err := l.client.Locks.Release(ctx, &batonv1.ReleaseRequest{Name: l.name, LeaseId: l.leaseID})
-		if err == nil {
-			return response.GetReleased(), nil
-		}
-		if codeOf(err) != codes.Unavailable || !retry.sleep(ctx, err) {
-			return false, FromError(err)
-		}
-	}
+		released = response.GetReleased()
+		return err
+	})
+	return released, attempts > 1, err
 }
 
 func (l *Lease) lose(cause error) {
@@ -258,22 +333,79 @@ func (l *Lease) lose(cause error) {
 	l.end(cause)
 }
 
+func (l *Lease) pastDeadline() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !time.Now().Before(l.deadline)
+}
+
+// checkDeadline runs on the loss timer: the lease is lost if its deadline has passed, else
+// the timer is set again for the deadline an answer has moved it to meanwhile.
+func (l *Lease) checkDeadline() {
+	l.mu.Lock()
+	now := time.Now()
+	if now.Before(l.deadline) {
+		l.lossTimer.Reset(l.deadline.Sub(now))
+		l.mu.Unlock()
+		return
+	}
+	answered := !l.heldUntil.IsZero()
+	l.mu.Unlock()
+	if answered {
+		l.lose(fmt.Errorf("%w: no heartbeat renewed in time: held until %s at least, reported lost %s before",
+			ErrLeaseLost, l.HeldUntil().Format(time.RFC3339Nano), l.margin))
+	} else {
+		l.lose(fmt.Errorf("%w: no KeepAlive stream answered within the ttl (%s) of the grant", ErrLeaseLost, l.ttl))
+	}
+}
+
+// renewed records a "renewed" answer to a KeepAlive message sent at sentAt. An answer
+// processed after the deadline does not revive the lease: its loss may already have been
+// acted upon (and the process may just have been frozen past it).
+func (l *Lease) renewed(sentAt time.Time, lease *batonv1.Lease) {
+	l.mu.Lock()
+	now := time.Now()
+	if !now.Before(l.deadline) {
+		l.mu.Unlock()
+		l.checkDeadline()
+		return
+	}
+	first := l.heldUntil.IsZero()
+	if heldUntil := sentAt.Add(l.ttl); heldUntil.After(l.heldUntil) {
+		l.heldUntil = heldUntil
+		l.deadline = heldUntil.Add(-l.margin)
+		l.expiresAt = lease.GetExpiresAt().AsTime()
+		l.lossTimer.Reset(l.deadline.Sub(now))
+	}
+	l.mu.Unlock()
+	if first {
+		close(l.confirmed)
+	}
+}
+
 func (l *Lease) keepAlive() {
 	defer close(l.keptAlive)
-	retry := newBackoff()
+	retry := newBackoff(streamBackoff)
+	var brokenAt time.Time
 	for {
-		err := l.followKeepAlive(retry)
+		answered, err := l.followKeepAlive(brokenAt)
 		if l.life.Err() != nil {
 			return
 		}
-		switch codeOf(err) {
-		case codes.FailedPrecondition:
+		if answered || brokenAt.IsZero() {
+			brokenAt = time.Now() // the gap is measured from the end of the last stream that worked
+		}
+		if answered {
+			retry.reset()
+		}
+		switch {
+		case codeOf(err) == codes.FailedPrecondition:
 			l.lose(fmt.Errorf("%w: %w", ErrLeaseLost, FromError(err)))
 			return
-		case codes.Unavailable, codes.Unknown, codes.Internal, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Canceled, codes.Aborted:
-			// Resume on whichever replica the balancer picks next; the loss timer bounds
-			// how long this may go on.
-			if !retry.sleep(l.life, err) {
+		case retryableStreamEnd(err):
+			// Reopen at once after a stream that worked (a replica draining ends its streams
+			// UNAVAILABLE and keeps the lease), then back off; the deadline ends the attempts.
+			if !answered && !retry.sleep(l.life, err) {
 				return
 			}
 		default:
@@ -284,31 +416,82 @@ func (l *Lease) keepAlive() {
 	}
 }
 
-// followKeepAlive reads one KeepAlive stream until it ends, and returns why it ended.
-func (l *Lease) followKeepAlive(retry *backoff) error {
-	stream, err := l.client.Locks.KeepAlive(l.life, &batonv1.KeepAliveRequest{
-		Name:    l.name,
-		LeaseId: l.leaseID,
-		Ttl:     durationpb.New(l.ttl),
-	})
-	if err != nil {
-		return err
-	}
-	for {
-		response, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		l.renewed(response.GetLease())
-		retry.reset()
+// retryableStreamEnd tells whether reopening a KeepAlive or Consume stream that ended with
+// err may succeed: the replica drained or went away, or the connection broke.
+func retryableStreamEnd(err error) bool {
+	switch codeOf(err) {
+	case codes.OK, codes.Unavailable, codes.Unknown, codes.Internal, codes.ResourceExhausted,
+		codes.DeadlineExceeded, codes.Canceled, codes.Aborted:
+		return true
+	default:
+		return false
 	}
 }
 
-func (l *Lease) renewed(lease *batonv1.Lease) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.expiresAt = lease.GetExpiresAt().AsTime()
-	l.lossTimer.Reset(l.ttl)
+// followKeepAlive runs one KeepAlive stream: the first message names the lease, then a
+// heartbeat goes out every third of the ttl. It returns why the stream ended, and whether
+// anything on it was answered.
+func (l *Lease) followKeepAlive(brokenAt time.Time) (answered bool, err error) {
+	streamCtx, closeStream := context.WithCancel(withWaitForReady(l.life))
+	defer closeStream()
+	stream, err := l.client.Locks.KeepAlive(streamCtx)
+	if err != nil {
+		return false, err
+	}
+	// Send times of the messages not answered yet, oldest first: Baton answers every one,
+	// in order, so each answer belongs to the oldest.
+	var (
+		mu        sync.Mutex
+		pending   []time.Time
+		anyAnswer atomic.Bool
+	)
+	send := func(request *batonv1.KeepAliveRequest) {
+		mu.Lock()
+		pending = append(pending, time.Now()) // before Send: the answer may come at once
+		mu.Unlock()
+		// A failed Send means the stream has ended; Recv reports why.
+		_ = stream.Send(request)
+	}
+	ended := make(chan error, 1)
+	send(&batonv1.KeepAliveRequest{Name: l.name, LeaseId: l.leaseID, Ttl: durationpb.New(l.ttl)})
+	go func() {
+		for {
+			response, err := stream.Recv()
+			if err != nil {
+				if err == io.EOF {
+					err = nil
+				}
+				ended <- err
+				return
+			}
+			mu.Lock()
+			if len(pending) == 0 {
+				mu.Unlock()
+				continue // an answer to nothing sent cannot be dated
+			}
+			sentAt := pending[0]
+			pending = pending[1:]
+			mu.Unlock()
+			if !anyAnswer.Swap(true) && !brokenAt.IsZero() {
+				observeReconnect("keepalive", time.Since(brokenAt))
+			}
+			observeKeepAliveAnswer(response.GetRenewed())
+			if response.GetRenewed() {
+				l.renewed(sentAt, response.GetLease())
+			}
+			// Not renewed: the heartbeat proves nothing, and HeldUntil stays where it was.
+		}
+	}()
+	heartbeats := time.NewTicker(l.ttl / 3)
+	defer heartbeats.Stop()
+	for {
+		select {
+		case err := <-ended:
+			return anyAnswer.Load(), err
+		case <-heartbeats.C:
+			send(&batonv1.KeepAliveRequest{})
+		}
+	}
 }
 
 // newRequestID is 128 random bits: one per logical Acquire, reused by its retries.
@@ -316,37 +499,4 @@ func newRequestID() string {
 	var id [16]byte
 	_, _ = rand.Read(id[:])
 	return hex.EncodeToString(id[:])
-}
-
-// backoff is capped exponential backoff with full jitter, never shorter than the server's
-// RetryInfo advice.
-type backoff struct {
-	next time.Duration
-}
-
-const (
-	firstBackoff = 50 * time.Millisecond
-	maxBackoff   = 2 * time.Second
-)
-
-func newBackoff() *backoff { return &backoff{next: firstBackoff} }
-
-func (b *backoff) reset() { b.next = firstBackoff }
-
-// sleep waits before the next attempt; false when ctx ended first.
-func (b *backoff) sleep(ctx context.Context, cause error) bool {
-	delay := time.Duration(mathrand.Int64N(int64(b.next))) + b.next/2
-	var mapped *Error
-	if errors.As(FromError(cause), &mapped) && mapped.RetryAfter > delay {
-		delay = mapped.RetryAfter
-	}
-	b.next = min(b.next*2, maxBackoff)
-	timer := time.NewTimer(delay)
-	defer timer.Stop()
-	select {
-	case <-timer.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -1,12 +1,21 @@
 package baton_test
 
 import (
+	"bufio"
+	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/baton-dev/baton/clients/go/baton"
 	batonv1 "github.com/baton-dev/baton/clients/go/gen/baton/v1"
@@ -158,8 +167,8 @@ func TestKeepAliveResumesOnAnotherReplicaWhenOneShutsDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	batontest.StartBaton(t, redis, secondAddr)
-	// Leave time for the client's reconnect backoff to find the second replica.
-	time.Sleep(1500 * time.Millisecond)
+	// Leave time for the client's reconnect backoff (at most 250 ms) to find the second replica.
+	time.Sleep(500 * time.Millisecond)
 	first.Terminate()
 
 	held := time.Now().Add(2 * ttl)
@@ -179,5 +188,341 @@ func TestKeepAliveResumesOnAnotherReplicaWhenOneShutsDown(t *testing.T) {
 	}
 	if err := lease.Unlock(); err != nil {
 		t.Fatalf("Unlock through the second replica: %v", err)
+	}
+}
+
+func TestHeartbeatsKeepAShortLeaseAndMoveItsDeadline(t *testing.T) {
+	client, _ := server(t)
+	ctx := testContext(t)
+	// Heartbeats every 167 ms; reported lost 50 ms early (ttl/10, and the minimum margin).
+	const ttl = 500 * time.Millisecond
+	lease, err := client.Lock(ctx, unique("short"), ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lease.Unlock()
+	var deadlines []time.Time
+	for end := time.Now().Add(5 * ttl); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if lease.Err() != nil {
+			t.Fatalf("a lease kept by heartbeats ended: %v", lease.Err())
+		}
+		deadline := lease.Deadline()
+		if margin := lease.HeldUntil().Sub(deadline); margin != 50*time.Millisecond {
+			t.Fatalf("HeldUntil - Deadline = %s, want the 50 ms minimum margin", margin)
+		}
+		if !time.Now().Before(deadline) {
+			t.Fatalf("the deadline %s has passed while the lease is held", deadline)
+		}
+		if len(deadlines) == 0 || !deadline.Equal(deadlines[len(deadlines)-1]) {
+			deadlines = append(deadlines, deadline)
+		}
+	}
+	// Five ttls at one heartbeat per third of the ttl: about 15 answers.
+	if len(deadlines) < 12 {
+		t.Fatalf("the deadline moved %d times in %s, want about 15 (one per heartbeat)", len(deadlines), 5*ttl)
+	}
+	if err := lease.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestALeaseIsReportedLostBeforeItsFrozenReplicaCouldLetItGo(t *testing.T) {
+	redis := batontest.StartRedis(t)
+	replica := batontest.StartBaton(t, redis, "127.0.0.1:0")
+	client := connect(t, replica.Addr)
+	ctx := testContext(t)
+	const ttl = time.Second
+	lease, err := client.Lock(ctx, unique("stalled"), ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(ttl / 2)
+	// The stream stalls: heartbeats go out, nothing answers, Baton renews nothing.
+	replica.Signal(syscall.SIGSTOP)
+	frozenAt := time.Now()
+	defer replica.Signal(syscall.SIGCONT)
+	select {
+	case <-lease.Done():
+	case <-time.After(3 * ttl):
+		t.Fatal("the lease was not reported lost while its replica answered nothing")
+	}
+	lostAt := time.Now()
+	heldUntil := lease.HeldUntil() // final: no answer moves it past the deadline
+	replica.Signal(syscall.SIGCONT)
+	if !errors.Is(lease.Err(), baton.ErrLeaseLost) {
+		t.Fatalf("Err: got %v, want ErrLeaseLost", lease.Err())
+	}
+	// Baton renewed nothing after the last answered heartbeat, so the lease expires at
+	// HeldUntil at the earliest: the report must come before, by the margin.
+	if margin := heldUntil.Sub(lostAt); margin < 50*time.Millisecond || lostAt.Sub(frozenAt) > ttl {
+		t.Fatalf("reported lost %s after the freeze and %s before HeldUntil, want within the ttl and at least 50 ms before", lostAt.Sub(frozenAt), margin)
+	}
+	if err := lease.Unlock(); !errors.Is(err, baton.ErrLeaseLost) {
+		t.Fatalf("Unlock after loss: got %v, want ErrLeaseLost", err)
+	}
+}
+
+// runLockHolder is what TestAFrozenHolderIsReportedLostBeforeTheLockChangesHands runs in a
+// child process (see TestMain): it holds name with a 1 s ttl and prints, in wall-clock Unix
+// nanoseconds, each new loss deadline ("deadline N") and the loss itself ("lost N ISLOST").
+func runLockHolder(target, name string) {
+	client, err := baton.New(target)
+	if err != nil {
+		panic(err)
+	}
+	lease, err := client.Lock(context.Background(), name, time.Second)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Printf("held %d\n", lease.FencingToken())
+	var reported time.Time
+	poll := time.NewTicker(time.Millisecond)
+	for {
+		select {
+		case <-lease.Done():
+			fmt.Printf("lost %d %t\n", time.Now().UnixNano(), errors.Is(lease.Err(), baton.ErrLeaseLost))
+			os.Exit(0)
+		case <-poll.C:
+			if deadline := lease.Deadline(); !deadline.Equal(reported) {
+				reported = deadline
+				fmt.Printf("deadline %d\n", deadline.UnixNano())
+			}
+		}
+	}
+}
+
+func TestAFrozenHolderIsReportedLostBeforeTheLockChangesHands(t *testing.T) {
+	client, _ := server(t)
+	ctx := testContext(t)
+	name := unique("frozen")
+	holder := exec.Command(os.Args[0])
+	holder.Env = append(os.Environ(), "LOCK_HOLDER_TARGET="+client.Conn().Target(), "LOCK_HOLDER_NAME="+name)
+	stdout, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
+
+	var (
+		mu           sync.Mutex
+		deadlines    int
+		lastDeadline time.Time
+		held         = make(chan struct{})
+		lost         = make(chan string, 1)
+	)
+	go func() {
+		lines := bufio.NewScanner(stdout)
+		for lines.Scan() {
+			fields := strings.Fields(lines.Text())
+			switch {
+			case len(fields) == 2 && fields[0] == "held":
+				close(held)
+			case len(fields) == 2 && fields[0] == "deadline":
+				nanos, _ := strconv.ParseInt(fields[1], 10, 64)
+				mu.Lock()
+				deadlines++
+				lastDeadline = time.Unix(0, nanos)
+				mu.Unlock()
+			case len(fields) == 3 && fields[0] == "lost":
+				lost <- lines.Text()
+			}
+		}
+	}()
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the holder did not report the lock held")
+	}
+	// Heartbeats every third of the 1 s ttl: a few are answered before the freeze.
+	batontest.Eventually(t, 3*time.Second, "three heartbeats answered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return deadlines >= 4
+	})
+
+	if err := holder.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozenAt := time.Now()
+	const ttl = time.Second
+	response, err := client.Locks.Acquire(ctx, &batonv1.AcquireRequest{
+		Name: name, Ttl: durationpb.New(ttl), WaitTimeout: durationpb.New(5 * time.Second), Owner: "waiter",
+	})
+	if err != nil {
+		t.Fatal(baton.FromError(err))
+	}
+	answeredAt := time.Now()
+	if !response.GetAcquired() {
+		t.Fatalf("the waiter did not get the lock within 5 s of the freeze (holder %v)", response.GetHolder())
+	}
+	// When Baton granted it, by the Redis clock (the same machine's clock).
+	grantedAt := response.GetLease().GetExpiresAt().AsTime().Add(-ttl)
+	mu.Lock()
+	reportedDeadline := lastDeadline
+	mu.Unlock()
+	t.Logf("frozen→granted %s (answer after %s); holder's last loss deadline %s before the grant",
+		grantedAt.Sub(frozenAt), answeredAt.Sub(frozenAt), grantedAt.Sub(reportedDeadline))
+	if answeredAt.Sub(frozenAt) > 2*time.Second {
+		t.Errorf("the waiter got the lock %s after the freeze, want within 2 s", answeredAt.Sub(frozenAt))
+	}
+	if !reportedDeadline.Before(grantedAt) {
+		t.Errorf("the frozen holder would report its loss at %s, not before the lock changed hands at %s",
+			reportedDeadline.Format(time.RFC3339Nano), grantedAt.Format(time.RFC3339Nano))
+	}
+
+	if err := holder.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resumedAt := time.Now()
+	select {
+	case line := <-lost:
+		fields := strings.Fields(line)
+		nanos, _ := strconv.ParseInt(fields[1], 10, 64)
+		if delay := time.Unix(0, nanos).Sub(resumedAt); delay > 500*time.Millisecond {
+			t.Errorf("the holder reported its loss %s after resuming, want at once", delay)
+		} else {
+			t.Logf("resumed→lost reported %s", delay)
+		}
+		if fields[2] != "true" {
+			t.Errorf("the holder's loss does not wrap ErrLeaseLost: %q", line)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the resumed holder did not report its loss")
+	}
+	if _, err := client.Locks.Release(ctx, &batonv1.ReleaseRequest{Name: name, LeaseId: response.GetLease().GetLeaseId()}); err != nil {
+		t.Fatal(baton.FromError(err))
+	}
+}
+
+// keepAliveAnswers records every answer to a KeepAlive message the helper receives.
+type keepAliveAnswers struct {
+	mu         sync.Mutex
+	notRenewed int
+}
+
+func observeKeepAliveAnswers(t *testing.T) *keepAliveAnswers {
+	answers := &keepAliveAnswers{}
+	t.Cleanup(baton.ObserveKeepAliveAnswers(func(renewed bool) {
+		if !renewed {
+			answers.mu.Lock()
+			answers.notRenewed++
+			answers.mu.Unlock()
+		}
+	}))
+	return answers
+}
+
+func (a *keepAliveAnswers) notRenewedCount() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.notRenewed
+}
+
+// awaitRenewal waits until the lease's deadline moves, i.e. a heartbeat was just renewed.
+func awaitRenewal(t *testing.T, lease *baton.Lease) {
+	t.Helper()
+	before := lease.Deadline()
+	batontest.Eventually(t, lease.TTL(), "a heartbeat renewed", func() bool { return lease.Deadline().After(before) })
+}
+
+// TestHeartbeatsAnsweredNotRenewedDoNotMoveHeldUntil freezes Redis (SIGSTOP) under a held
+// lease: Baton cannot renew, so it answers the heartbeats "not renewed". Those answers must
+// leave HeldUntil where the last renewed heartbeat put it: the lease is kept when Redis
+// comes back before the deadline, and reported lost at the deadline when it does not —
+// before Baton can grant the lock to anyone else.
+func TestHeartbeatsAnsweredNotRenewedDoNotMoveHeldUntil(t *testing.T) {
+	redis := batontest.StartRedis(t)
+	// A frozen Redis costs each heartbeat this long before it is answered "not renewed".
+	replica := batontest.StartBaton(t, redis, "127.0.0.1:0", "--redis-timeout", "200ms")
+	client := connect(t, replica.Addr)
+	ctx := testContext(t)
+	answers := observeKeepAliveAnswers(t)
+	// Heartbeats every second; reported lost 300 ms before HeldUntil.
+	const ttl, margin = 3 * time.Second, 300 * time.Millisecond
+	lease, err := client.Lock(ctx, unique("frozen-redis"), ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lease.Unlock()
+	defer redis.Signal(syscall.SIGCONT)
+
+	// A short freeze, right after a renewal: one heartbeat is answered "not renewed", and the
+	// lease stays held on the earlier proof until Redis is back and renews again.
+	awaitRenewal(t, lease)
+	heldUntil, notRenewedBefore := lease.HeldUntil(), answers.notRenewedCount()
+	redis.Signal(syscall.SIGSTOP)
+	frozenAt := time.Now()
+	batontest.Eventually(t, ttl, "a heartbeat answered not renewed", func() bool {
+		if got := lease.HeldUntil(); !got.Equal(heldUntil) {
+			t.Fatalf("HeldUntil moved by %s while Redis was frozen", got.Sub(heldUntil))
+		}
+		return answers.notRenewedCount() > notRenewedBefore
+	})
+	if got := lease.HeldUntil(); !got.Equal(heldUntil) {
+		t.Fatalf("a heartbeat answered not renewed moved HeldUntil by %s", got.Sub(heldUntil))
+	}
+	redis.Signal(syscall.SIGCONT)
+	t.Logf("short freeze: %s, %d answer(s) not renewed, resumed %s before the deadline",
+		time.Since(frozenAt), answers.notRenewedCount()-notRenewedBefore, time.Until(heldUntil.Add(-margin)))
+	batontest.Eventually(t, ttl, "renewed again after Redis came back", func() bool { return lease.HeldUntil().After(heldUntil) })
+	if err := lease.Err(); err != nil {
+		t.Fatalf("the lease ended although Redis came back before its deadline: %v", err)
+	}
+
+	// A long freeze: every heartbeat is answered "not renewed" and the lease is reported lost
+	// a margin before the last renewed heartbeat's send time plus the ttl.
+	awaitRenewal(t, lease)
+	heldUntil, notRenewedBefore = lease.HeldUntil(), answers.notRenewedCount()
+	redis.Signal(syscall.SIGSTOP)
+	frozenAt = time.Now()
+	select {
+	case <-lease.Done():
+	case <-time.After(2 * ttl):
+		t.Fatal("the lease was not reported lost while Redis stayed frozen")
+	}
+	lostAt := time.Now()
+	redis.Signal(syscall.SIGCONT)
+	notRenewed := answers.notRenewedCount() - notRenewedBefore
+	t.Logf("long freeze: reported lost %s after the freeze, %s before HeldUntil, after %d answer(s) not renewed",
+		lostAt.Sub(frozenAt), heldUntil.Sub(lostAt), notRenewed)
+	if !errors.Is(lease.Err(), baton.ErrLeaseLost) {
+		t.Fatalf("Err: got %v, want ErrLeaseLost", lease.Err())
+	}
+	// Heartbeats at about 1 s and 2 s into the freeze, each answered "not renewed".
+	if notRenewed < 2 {
+		t.Errorf("%d heartbeats answered not renewed during a %s freeze, want 2", notRenewed, lostAt.Sub(frozenAt))
+	}
+	if got := lease.HeldUntil(); !got.Equal(heldUntil) {
+		t.Errorf("HeldUntil moved by %s while Redis was frozen", got.Sub(heldUntil))
+	}
+	if early := heldUntil.Sub(lostAt); early < margin-20*time.Millisecond || early > margin+100*time.Millisecond {
+		t.Errorf("reported lost %s before HeldUntil, want at the %s margin", early, margin)
+	}
+
+	// Baton could let the lock go at the expiry of its last renewal (by the Redis clock, the
+	// same machine's clock here), which came after the heartbeat that set HeldUntil was
+	// sent: the loss must be reported before. Whoever asks next gets the lock only after the
+	// loss (here at once: the helper ended its stream at the loss, which releases the lease).
+	expiresAt := lease.ExpiresAt()
+	t.Logf("reported lost %s before the expiry of the last renewal", expiresAt.Sub(lostAt))
+	if !lostAt.Before(expiresAt) {
+		t.Errorf("reported lost %s after the last renewal expired", lostAt.Sub(expiresAt))
+	}
+	response, err := client.Locks.Acquire(ctx, &batonv1.AcquireRequest{
+		Name: lease.Name(), Ttl: durationpb.New(time.Second), WaitTimeout: durationpb.New(2 * ttl), Owner: "next",
+	})
+	if err != nil {
+		t.Fatal(baton.FromError(err))
+	}
+	if !response.GetAcquired() {
+		t.Fatalf("the lock was not granted within %s of the loss (holder %v)", 2*ttl, response.GetHolder())
+	}
+	grantedAt := response.GetLease().GetExpiresAt().AsTime().Add(-time.Second)
+	t.Logf("granted to the next holder %s after the loss was reported", grantedAt.Sub(lostAt))
+	if !grantedAt.After(lostAt) {
+		t.Errorf("the lock was granted %s before the holder reported its loss", lostAt.Sub(grantedAt))
 	}
 }

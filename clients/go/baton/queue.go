@@ -8,7 +8,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -23,6 +25,10 @@ var (
 	// job's lease (JOB_NOT_LEASED): it expired or the job was handed to another worker, whose
 	// result is the one that counts.
 	ErrJobLeaseLost = errors.New("baton: job lease lost")
+	// ErrJobNotStarted is what [WithOnSettled] reports for a delivery Consume handed back to
+	// the queue without running it, because it was stopping: the job is ready again at once
+	// and the delivery's attempt is not charged.
+	ErrJobNotStarted = errors.New("baton: job handed back unstarted")
 	// ErrJobNotLeased: Ack, Nack or Extend with a lease that is no longer the job's current one.
 	ErrJobNotLeased = &Error{Code: codes.FailedPrecondition, Reason: "JOB_NOT_LEASED"}
 )
@@ -134,8 +140,8 @@ func (j *Job) LeaseID() string { return j.leaseID }
 // Handler works on one job. Returning nil acks the job (with result stored on it);
 // returning an error, or panicking, nacks it with the error's text, so it is retried after
 // its backoff until it runs out of attempts. ctx is cancelled with cause [ErrJobCancelled]
-// or [ErrJobLeaseLost] when the result would no longer count, and at shutdown (see
-// [WithShutdownGrace]); the job is then not acked.
+// or [ErrJobLeaseLost] when the result would no longer count (the job is then not acked),
+// and when Consume's shutdown grace runs out (see [WithShutdownGrace]).
 type Handler func(ctx context.Context, job *Job) (result []byte, err error)
 
 type consumeConfig struct {
@@ -143,6 +149,7 @@ type consumeConfig struct {
 	types      []string
 	consumer   string
 	grace      time.Duration
+	prefetch   int
 	settled    func(*Job, error)
 }
 
@@ -169,21 +176,40 @@ func WithConsumerName(name string) ConsumeOption {
 	return func(c *consumeConfig) { c.consumer = name }
 }
 
-// WithShutdownGrace lets running handlers finish (and be acked) for up to grace after
-// Consume's context ends, before their own contexts are cancelled. Default 0: cancelled at
-// once, and their jobs handed back to the queue.
+// DefaultShutdownGrace is how long running handlers may go on after Consume's context ends.
+const DefaultShutdownGrace = 30 * time.Second
+
+// WithShutdownGrace lets running handlers finish, and be acked, for up to grace after
+// Consume's context ends (default 30 s); Consume returns as soon as they have (it does not
+// wait for the whole grace). Handlers still running when the grace runs out have their
+// contexts cancelled; a job whose handler then fails is nacked to run again at once, on
+// this attempt's count. 0 cancels them at once.
 func WithShutdownGrace(grace time.Duration) ConsumeOption {
 	return func(c *consumeConfig) { c.grace = grace }
 }
 
+// WithPrefetch leases up to n jobs beyond concurrency, so that a handler that finishes
+// starts its next job without a round trip. Prefetched jobs are extended while they wait;
+// when Consume stops, those not started go back to the queue at once without their attempt
+// being charged. Default 0.
+func WithPrefetch(n int) ConsumeOption {
+	return func(c *consumeConfig) { c.prefetch = max(n, 0) }
+}
+
 // WithOnSettled calls settled once per delivery when Consume is done with it: err is nil
 // when the job was acked, the handler's error when it was nacked, an error wrapping
-// [ErrJobCancelled] or [ErrJobLeaseLost] when its result no longer counted, or the *Error of
-// an Ack or Nack that failed (the job then comes back after its visibility timeout). Use it
-// for logs and metrics; it runs on the handler's goroutine.
+// [ErrJobCancelled] or [ErrJobLeaseLost] when its result no longer counted,
+// [ErrJobNotStarted] when Consume stopped before starting it, or the *Error of an Ack or
+// Nack that failed (the job then comes back after its visibility timeout). Use it for logs
+// and metrics; it runs on the handler's goroutine.
 func WithOnSettled(settled func(job *Job, err error)) ConsumeOption {
 	return func(c *consumeConfig) { c.settled = settled }
 }
+
+// drainPatience bounds how long a stopping Consume waits, once its handlers are done, for
+// Baton to end the drained stream, which confirms that the jobs handed back were received.
+// Baton notices settlements on other replicas within a second.
+const drainPatience = 3 * time.Second
 
 // Consume runs handler on the jobs of queue, at most concurrency at a time, until ctx ends
 // or an error no retry can fix occurs (INVALID_ARGUMENT, UNAUTHENTICATED, …), which it
@@ -193,12 +219,21 @@ func WithOnSettled(settled func(job *Job, err error)) ConsumeOption {
 // fails. While a handler runs its lease is extended every third of the visibility timeout,
 // so long jobs are not handed to another worker. When CancelJob is called for a running
 // job, or its lease is lost, the handler's context is cancelled and the job is not acked.
-// When the stream breaks — a replica shutting down, a network failure — Consume reconnects
-// with backoff, to whichever replica the balancer picks, and the handlers already running
-// go on and are acked through it. Delivery is at least once: a worker that dies mid-job
-// has its jobs delivered again, so handlers should be idempotent.
+// Delivery is at least once: a worker that dies mid-job has its jobs delivered again, so
+// handlers should be idempotent.
+//
+// Stopping is graceful: when ctx ends Consume hands back at once — without charging an
+// attempt, through its current stream whichever stream delivered them — every job it holds
+// but has not started, tells Baton to deliver nothing more (drain), hands back any delivery
+// that crossed the drain on the wire, lets running handlers finish within the shutdown
+// grace (default 30 s) and acks them, and returns as soon as they are done.
+//
+// When the stream breaks — a replica draining ends it UNAVAILABLE and keeps its leases, or
+// a connection fails — Consume opens a new one at once, on whichever replica the balancer
+// picks (then with a backoff of 50 ms growing to 250 ms); the jobs in hand go on, and their
+// Acks, Nacks and Extends are retried through a 5 s outage.
 func (c *Client) Consume(ctx context.Context, queue string, concurrency int, handler Handler, options ...ConsumeOption) error {
-	cfg := consumeConfig{visibility: DefaultVisibilityTimeout}
+	cfg := consumeConfig{visibility: DefaultVisibilityTimeout, grace: DefaultShutdownGrace}
 	for _, option := range options {
 		option(&cfg)
 	}
@@ -206,23 +241,34 @@ func (c *Client) Consume(ctx context.Context, queue string, concurrency int, han
 	// Handlers outlive ctx by the grace, so that jobs in hand can still be acked.
 	work, stopWork := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stopWork(nil)
+	var graceTimer *time.Timer
+	var graceMu sync.Mutex
 	stopAfterGrace := context.AfterFunc(ctx, func() {
-		time.AfterFunc(cfg.grace, func() { stopWork(fmt.Errorf("baton: consumer stopped: %w", context.Cause(ctx))) })
+		graceMu.Lock()
+		defer graceMu.Unlock()
+		graceTimer = time.AfterFunc(cfg.grace, func() { stopWork(fmt.Errorf("baton: consumer stopped: %w", context.Cause(ctx))) })
 	})
-	defer stopAfterGrace()
+	defer func() {
+		stopAfterGrace()
+		graceMu.Lock()
+		defer graceMu.Unlock()
+		if graceTimer != nil {
+			graceTimer.Stop()
+		}
+	}()
 	w := &worker{
 		client:  c,
 		queue:   queue,
 		handler: handler,
 		cfg:     cfg,
 		slots:   make(chan struct{}, concurrency),
-		stopped: ctx.Done(),
+		stopped: make(chan struct{}),
 		work:    work,
 		held:    make(map[string]*heldJob),
 	}
 	request := &batonv1.ConsumeRequest{
 		Queue:             queue,
-		MaxInFlight:       uint32(concurrency),
+		MaxInFlight:       uint32(concurrency + cfg.prefetch),
 		VisibilityTimeout: durationpb.New(cfg.visibility),
 		Types:             cfg.types,
 		Consumer:          cfg.consumer,
@@ -239,90 +285,253 @@ type worker struct {
 	handler  Handler
 	cfg      consumeConfig
 	slots    chan struct{} // one token per running handler
-	stopped  <-chan struct{}
 	work     context.Context
-	handlers sync.WaitGroup
+	handlers sync.WaitGroup // one per delivery until Consume is done with it
+
+	stopped chan struct{} // closed at the stop decision: nothing starts from then on
 
 	mu       sync.Mutex
 	held     map[string]*heldJob // by lease id: what JobCancelled events are matched against
-	stopping bool                // no handler starts from then on, so handlers.Wait is final
+	stopping bool                // set with stopped, under mu, so that deliver sees it in order
+	// current is the open stream, nil between streams. Baton takes unstarted jobs back
+	// through any stream of the queue, so it also hands back jobs earlier streams delivered.
+	current *consumeStream
 }
 
 type heldJob struct {
 	job    *Job
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	// stream delivered the job. Any stream of the queue can hand it back unstarted.
+	stream *consumeStream
+	// fate is the one decision each job gets, under worker.mu.
+	fate jobFate
 }
 
-// run follows Consume streams, reconnecting after breaks, until ctx ends or an error no
-// retry can fix. Each stream lives until every handler has returned, because closing it
-// hands its un-acked jobs back to the queue.
+// jobFate is what becomes of a delivery that waits for a handler slot.
+type jobFate int
+
+const (
+	jobWaiting    jobFate = iota
+	jobStarted            // its handler runs (or ran)
+	jobHandedBack         // returned to the queue unstarted
+	jobDropped            // cancelled or lost while waiting
+)
+
+// consumeStream is one Consume stream. Its context is not the caller's: cancelling a stream
+// makes Baton hand its jobs back with their attempts charged, so a stream is only cancelled
+// once it has ended or holds nothing.
+type consumeStream struct {
+	stream grpc.BidiStreamingClient[batonv1.ConsumeRequest, batonv1.ConsumeResponse]
+	cancel context.CancelFunc
+	// maxInFlight bounds the lease ids of one hand-back message.
+	maxInFlight int
+	sendMu      sync.Mutex    // gRPC allows one sender at a time
+	ended       chan struct{} // closed when the server has ended the stream (or it broke)
+	err         error         // why it ended (nil: ended OK); set before ended is closed
+}
+
+// send writes one steering message; false when the stream has ended.
+func (s *consumeStream) send(request *batonv1.ConsumeRequest) bool {
+	select {
+	case <-s.ended:
+		return false
+	default:
+	}
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	return s.stream.Send(request) == nil
+}
+
+// run follows Consume streams, reopening them after breaks, until ctx ends (then it stops
+// gracefully) or an error no retry can fix.
 func (w *worker) run(ctx context.Context, request *batonv1.ConsumeRequest) error {
-	retry := newBackoff()
+	retry := newBackoff(streamBackoff)
+	var brokenAt time.Time
 	for {
-		err := w.follow(ctx, request, retry)
 		if ctx.Err() != nil {
+			w.stopBetweenStreams(request)
 			return nil
 		}
-		switch codeOf(err) {
-		case codes.Unavailable, codes.Unknown, codes.Internal, codes.ResourceExhausted,
-			codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.OK:
-			if !retry.sleep(ctx, err) {
-				return nil
+		stream, err := w.open(ctx, request)
+		if err != nil {
+			if ctx.Err() != nil {
+				continue
 			}
-		default:
-			return FromError(err)
+			if !retryableStreamEnd(err) {
+				w.stop(nil, w.decideStop())
+				return FromError(err)
+			}
+			if brokenAt.IsZero() {
+				brokenAt = time.Now()
+			}
+			retry.sleep(ctx, err)
+			continue
+		}
+		if !brokenAt.IsZero() {
+			observeReconnect("consume", time.Since(brokenAt))
+		}
+		openedAt := time.Now()
+		w.follow(stream)
+		select {
+		case <-ctx.Done():
+			w.stop(stream, w.decideStop())
+			return nil
+		case <-stream.ended:
+			w.setCurrent(nil)
+			stream.cancel()
+			if !retryableStreamEnd(stream.err) {
+				w.stop(nil, w.decideStop())
+				return FromError(stream.err)
+			}
+			// A stream that worked is reopened at once (a draining replica ends its streams
+			// and keeps their leases: the jobs in hand go on); one that ends as soon as it
+			// opens is reopened with backoff, lest the two go on in a tight loop.
+			brokenAt = time.Now()
+			if time.Since(openedAt) > time.Second {
+				retry.reset()
+			} else {
+				retry.sleep(ctx, stream.err)
+			}
 		}
 	}
 }
 
-// follow reads one stream until it breaks (its error; nil for a clean end) or ctx ends.
-func (w *worker) follow(ctx context.Context, request *batonv1.ConsumeRequest, retry *backoff) error {
-	streamCtx, closeStream := context.WithCancel(context.Background())
-	defer closeStream()
-	stream, err := w.client.Queue.Consume(streamCtx, request)
+// follow makes stream the current one, then reads it: a delivery that must go straight
+// back finds the stream it came on.
+func (w *worker) follow(stream *consumeStream) {
+	w.setCurrent(stream)
+	go w.read(stream)
+}
+
+func (w *worker) setCurrent(stream *consumeStream) {
+	w.mu.Lock()
+	w.current = stream
+	w.mu.Unlock()
+}
+
+// open starts a stream and waits until Baton has accepted its first message; the caller
+// then follows it.
+func (w *worker) open(ctx context.Context, request *batonv1.ConsumeRequest) (*consumeStream, error) {
+	streamCtx, cancel := context.WithCancel(withWaitForReady(context.Background()))
+	// Until the stream is accepted nothing is leased to it, so ctx may cancel the opening.
+	stopOpening := context.AfterFunc(ctx, cancel)
+	defer stopOpening()
+	stream, err := w.client.Queue.Consume(streamCtx)
 	if err != nil {
-		return err
+		cancel()
+		return nil, err
+	}
+	s := &consumeStream{stream: stream, cancel: cancel, maxInFlight: int(request.GetMaxInFlight()), ended: make(chan struct{})}
+	if err := stream.Send(request); err != nil {
+		_, err = stream.Recv() // a failed Send means the stream ended; Recv tells why
+		cancel()
+		return nil, err
 	}
 	if _, err := stream.Header(); err != nil {
-		return err
+		_, err = stream.Recv()
+		cancel()
+		return nil, err
 	}
-	retry.reset()
-	broken := make(chan error, 1)
-	go func() {
-		for {
-			response, err := stream.Recv()
-			if err != nil {
-				if err == io.EOF {
-					err = nil
-				}
-				broken <- err
-				return
+	return s, nil
+}
+
+// read follows the stream's events until it ends.
+func (w *worker) read(s *consumeStream) {
+	for {
+		response, err := s.stream.Recv()
+		if err != nil {
+			if err != io.EOF {
+				s.err = err
 			}
-			if delivery := response.GetDelivery(); delivery != nil {
-				w.deliver(delivery)
-			} else if cancelled := response.GetCancelled(); cancelled != nil {
-				w.cancel(cancelled.GetLeaseId())
-			}
+			close(s.ended)
+			return
 		}
-	}()
-	select {
-	case err := <-broken:
-		return err
-	case <-ctx.Done():
-		// Keep the stream, and so the leases of the jobs in hand, until the handlers are
-		// done; closing it then hands the jobs that never started back at once.
-		w.mu.Lock()
-		w.stopping = true
-		w.mu.Unlock()
-		w.handlers.Wait()
-		closeStream()
-		<-broken
-		return nil
+		if delivery := response.GetDelivery(); delivery != nil {
+			w.deliver(delivery, s)
+		} else if cancelled := response.GetCancelled(); cancelled != nil {
+			w.cancel(cancelled.GetLeaseId())
+		}
 	}
 }
 
-func (w *worker) deliver(delivery *batonv1.Delivery) {
+// decideStop is the stop decision: nothing starts from then on. It returns the jobs held
+// but not started, now marked as handed back, for stop to return to the queue.
+func (w *worker) decideStop() (unstarted []*heldJob) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopping {
+		return nil
+	}
+	w.stopping = true
+	for _, held := range w.held {
+		if held.fate == jobWaiting {
+			held.fate = jobHandedBack
+			unstarted = append(unstarted, held)
+		}
+	}
+	close(w.stopped) // after the marks: a job woken by it finds its own
+	return unstarted
+}
+
+// stop follows the stop decision on the open stream (nil when none is open): the jobs not
+// started go back, Baton is asked to deliver no more, and once the handlers are done the
+// stream is closed.
+func (w *worker) stop(stream *consumeStream, unstarted []*heldJob) {
+	var own, earlier []*heldJob
+	for _, held := range unstarted {
+		if held.stream == stream {
+			own = append(own, held)
+		} else {
+			earlier = append(earlier, held)
+		}
+	}
+	// Earlier streams' jobs go back before the drain: Baton may end a drained stream as soon
+	// as it holds none of its own deliveries, and would then not read them; and handing them
+	// back frees none of this stream's credit, so nothing is delivered in their place.
+	w.handBack(stream, earlier...)
+	if stream == nil {
+		return
+	}
+	stream.send(&batonv1.ConsumeRequest{Drain: true})
+	// This stream's own go back after it: Baton keeps the stream open until it has them
+	// back, and delivers nothing in their place.
+	w.handBack(stream, own...)
+	w.handlers.Wait()
+	// Baton ends a drained stream OK once it holds nothing, which tells us that every job
+	// handed back was received; cancelling before could charge their attempts.
+	select {
+	case <-stream.ended:
+	case <-time.After(drainPatience):
+	}
+	w.setCurrent(nil)
+	stream.cancel()
+	<-stream.ended
+}
+
+// stopBetweenStreams stops while no stream is open (the last one broke, the next is not
+// open yet). Jobs not started can go back through any stream of the queue, so one is opened
+// for them, asking for a single delivery (which goes straight back too); only if that fails
+// are they nacked, which charges their attempts.
+func (w *worker) stopBetweenStreams(request *batonv1.ConsumeRequest) {
+	unstarted := w.decideStop()
+	if len(unstarted) == 0 {
+		return
+	}
+	opening, cancel := context.WithTimeout(context.Background(), drainPatience)
+	defer cancel()
+	handBackOnly := proto.CloneOf(request)
+	handBackOnly.MaxInFlight = 1
+	stream, err := w.open(opening, handBackOnly)
+	if err != nil {
+		w.stop(nil, unstarted)
+		return
+	}
+	w.follow(stream)
+	w.stop(stream, unstarted)
+}
+
+func (w *worker) deliver(delivery *batonv1.Delivery, stream *consumeStream) {
 	job := delivery.GetJob()
 	held := &heldJob{job: &Job{
 		ID:          job.GetJobId(),
@@ -335,17 +544,32 @@ func (w *worker) deliver(delivery *batonv1.Delivery) {
 		LastError:   job.GetLastError(),
 		CreatedAt:   job.GetCreatedAt().AsTime(),
 		leaseID:     delivery.GetLeaseId(),
-	}}
+	}, stream: stream}
 	held.ctx, held.cancel = context.WithCancelCause(w.work)
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.stopping {
-		held.cancel(nil)
-		return // handed back when the stream closes
+	stopping := w.stopping
+	if stopping {
+		held.fate = jobHandedBack
+	} else {
+		// Never after the stop decision: stop waits on handlers, and a WaitGroup must not
+		// grow from zero while waited on.
+		w.held[held.job.leaseID] = held
+		w.handlers.Add(1)
 	}
-	w.held[held.job.leaseID] = held
-	w.handlers.Add(1)
+	w.mu.Unlock()
+	if stopping {
+		// Delivered after the stop decision, before Baton read the drain: straight back.
+		w.handBack(stream, held)
+		return
+	}
 	go w.process(held)
+}
+
+func (w *worker) forget(held *heldJob) {
+	held.cancel(nil)
+	w.mu.Lock()
+	delete(w.held, held.job.leaseID)
+	w.mu.Unlock()
 }
 
 func (w *worker) cancel(leaseID string) {
@@ -359,11 +583,7 @@ func (w *worker) cancel(leaseID string) {
 
 func (w *worker) process(held *heldJob) {
 	defer w.handlers.Done()
-	defer func() {
-		w.mu.Lock()
-		delete(w.held, held.job.leaseID)
-		w.mu.Unlock()
-	}()
+	defer w.forget(held)
 	// The lease is extended from delivery on, also while the job waits for a slot.
 	extending := make(chan struct{})
 	defer func() { <-extending }()
@@ -373,22 +593,107 @@ func (w *worker) process(held *heldJob) {
 	}()
 	defer held.cancel(nil) // stops the extension before waiting for it
 
-	select {
-	case w.slots <- struct{}{}:
-		defer func() { <-w.slots }()
-	case <-w.stopped:
-		return // never started: handed back when the stream closes
-	case <-held.ctx.Done():
-		w.settle(held, nil, nil)
+	if !w.takeSlot(held) {
 		return
 	}
-	select {
-	case <-w.stopped:
-		return // both were ready and select chose the slot at random
-	default:
-	}
+	defer func() { <-w.slots }()
 	result, err := w.runHandler(held)
 	w.settle(held, result, err)
+}
+
+// takeSlot waits for a free handler slot; false when the job is not to be started: handed
+// back because Consume is stopping, or cancelled or lost meanwhile (and reported).
+func (w *worker) takeSlot(held *heldJob) bool {
+	tookSlot := false
+	select {
+	case w.slots <- struct{}{}:
+		tookSlot = true
+	case <-w.stopped:
+	case <-held.ctx.Done():
+	}
+	// Decided under the lock whichever case select picked: a stop decision (which has
+	// already handed the job back), then the job's own end.
+	cause := context.Cause(held.ctx)
+	ended := held.ctx.Err() != nil
+	w.mu.Lock()
+	handedBackByStop := held.fate == jobHandedBack // the stop decision reports it too
+	if !handedBackByStop {
+		switch {
+		case ended && (errors.Is(cause, ErrJobCancelled) || errors.Is(cause, ErrJobLeaseLost)):
+			held.fate = jobDropped
+		case ended || w.stopping:
+			// The shutdown grace ended it, possibly before the stop decision reached us.
+			held.fate = jobHandedBack
+		default:
+			held.fate = jobStarted
+		}
+	}
+	fate := held.fate
+	w.mu.Unlock()
+	if fate == jobStarted {
+		return true
+	}
+	if tookSlot {
+		<-w.slots
+	}
+	switch {
+	case fate == jobDropped:
+		w.report(held.job, cause)
+	case fate == jobHandedBack && !handedBackByStop:
+		w.mu.Lock()
+		current := w.current
+		w.mu.Unlock()
+		w.handBack(current, held)
+	}
+	return false
+}
+
+// handBack returns jobs that were not started to the queue, ready at once and without their
+// attempts charged, through stream (Baton accepts any current lease of the queue, also one
+// delivered on an earlier stream). With no stream open (nil, or ended), only a Nack can
+// return a job before its visibility timeout, and that charges the attempt.
+func (w *worker) handBack(stream *consumeStream, jobs ...*heldJob) {
+	if len(jobs) == 0 {
+		return
+	}
+	for _, held := range jobs {
+		held.cancel(nil) // stops its extension
+	}
+	for len(jobs) > 0 {
+		batch := jobs[:min(len(jobs), max(stream.batchLimit(), 1))]
+		ids := make([]string, len(batch))
+		for i, held := range batch {
+			ids[i] = held.job.leaseID
+		}
+		if stream == nil || !stream.send(&batonv1.ConsumeRequest{UnstartedLeaseIds: ids}) {
+			break
+		}
+		for _, held := range batch {
+			w.report(held.job, ErrJobNotStarted)
+		}
+		jobs = jobs[len(batch):]
+	}
+	var nacks sync.WaitGroup
+	for _, held := range jobs {
+		nacks.Add(1)
+		go func() {
+			defer nacks.Done()
+			err := w.nack(held, "baton: the worker stopped before starting the job", true)
+			if err == nil {
+				err = fmt.Errorf("%w; no stream was open to hand it back, so it was nacked and its attempt charged", ErrJobNotStarted)
+			}
+			w.report(held.job, err)
+		}()
+	}
+	nacks.Wait()
+}
+
+// batchLimit is how many lease ids one hand-back message may name; 0 without a stream.
+func (s *consumeStream) batchLimit() int {
+	if s == nil {
+		return 0
+	}
+	return s.maxInFlight
 }
 
 func (w *worker) runHandler(held *heldJob) (result []byte, err error) {
@@ -402,37 +707,44 @@ func (w *worker) runHandler(held *heldJob) (result []byte, err error) {
 
 // settle acks or nacks a job whose handler has returned, unless its result no longer counts.
 func (w *worker) settle(held *heldJob, result []byte, handlerErr error) {
+	cutShort := false
 	if held.ctx.Err() != nil {
 		cause := context.Cause(held.ctx)
 		if errors.Is(cause, ErrJobCancelled) || errors.Is(cause, ErrJobLeaseLost) {
 			w.report(held.job, cause)
 			return
 		}
-		if w.work.Err() != nil {
-			// Cut short by shutdown: not the job's fault, so no Nack (which would use up an
-			// attempt); the stream's close hands it back at once.
-			return
-		}
+		// Otherwise the shutdown grace ran out; the lease is still ours. A handler that
+		// finished anyway is acked (running it again would be a duplicate); one that failed
+		// most likely failed of the cancellation, so its job runs again at once.
+		cutShort = true
 	}
-	// Past the visibility timeout the lease has expired and every retry would be refused.
-	budget, cancel := context.WithTimeout(context.Background(), w.cfg.visibility)
-	defer cancel()
 	var err error
 	if handlerErr == nil {
-		err = w.client.retryUnavailable(budget, func(ctx context.Context) error {
+		err = w.client.retry(context.Background(), settleBudget, func(ctx context.Context) error {
 			_, err := w.client.Queue.Ack(ctx, &batonv1.AckRequest{LeaseId: held.job.leaseID, Result: result})
 			return err
 		})
 	} else {
-		err = w.client.retryUnavailable(budget, func(ctx context.Context) error {
-			_, err := w.client.Queue.Nack(ctx, &batonv1.NackRequest{LeaseId: held.job.leaseID, Error: handlerErr.Error()})
-			return err
-		})
+		err = w.nack(held, handlerErr.Error(), cutShort)
 		if err == nil {
 			err = handlerErr
 		}
 	}
 	w.report(held.job, err)
+}
+
+// nack fails a delivery, retried with the settle budget (the API declares Nack safe to
+// repeat); immediately makes the job ready again at once rather than after its backoff.
+func (w *worker) nack(held *heldJob, reason string, immediately bool) error {
+	request := &batonv1.NackRequest{LeaseId: held.job.leaseID, Error: reason}
+	if immediately {
+		request.RetryAfter = durationpb.New(time.Millisecond) // 0 would mean the job's backoff
+	}
+	return w.client.retry(context.Background(), settleBudget, func(ctx context.Context) error {
+		_, err := w.client.Queue.Nack(ctx, request)
+		return err
+	})
 }
 
 func (w *worker) report(job *Job, err error) {
@@ -442,7 +754,8 @@ func (w *worker) report(job *Job, err error) {
 }
 
 // extend renews the job's lease every third of the visibility timeout until the job is
-// settled, so that two failed attempts in a row still leave time for a third.
+// settled, so that two failed attempts in a row still leave time for a third; each renewal
+// is retried with the settle budget.
 func (w *worker) extend(held *heldJob) {
 	ticker := time.NewTicker(w.cfg.visibility / 3)
 	defer ticker.Stop()
@@ -452,12 +765,15 @@ func (w *worker) extend(held *heldJob) {
 			return
 		case <-ticker.C:
 		}
-		_, err := w.client.Queue.Extend(held.ctx, &batonv1.ExtendRequest{
-			LeaseId:           held.job.leaseID,
-			VisibilityTimeout: durationpb.New(w.cfg.visibility),
+		err := w.client.retry(held.ctx, settleBudget, func(ctx context.Context) error {
+			_, err := w.client.Queue.Extend(ctx, &batonv1.ExtendRequest{
+				LeaseId:           held.job.leaseID,
+				VisibilityTimeout: durationpb.New(w.cfg.visibility),
+			})
+			return err
 		})
 		var mapped *Error
-		if errors.As(FromError(err), &mapped) && mapped.Code == codes.FailedPrecondition {
+		if errors.As(err, &mapped) && mapped.Code == codes.FailedPrecondition {
 			if mapped.Reason == "JOB_CANCELLED" {
 				held.cancel(fmt.Errorf("%w: %w", ErrJobCancelled, mapped))
 			} else {
@@ -465,27 +781,6 @@ func (w *worker) extend(held *heldJob) {
 			}
 			return
 		}
-		// Other failures (UNAVAILABLE, …) are retried at the next tick.
-	}
-}
-
-// retryUnavailable runs call until it succeeds or fails with anything but UNAVAILABLE, with
-// backoff, for as long as ctx allows (without a deadline: the default timeout). Only for
-// calls the API declares safe to retry.
-func (c *Client) retryUnavailable(ctx context.Context, call func(context.Context) error) error {
-	if _, hasDeadline := ctx.Deadline(); !hasDeadline && c.defaultTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.defaultTimeout)
-		defer cancel()
-	}
-	retry := newBackoff()
-	for {
-		err := call(ctx)
-		if err == nil {
-			return nil
-		}
-		if codeOf(err) != codes.Unavailable || !retry.sleep(ctx, err) {
-			return FromError(err)
-		}
+		// Other failures (an outage past the budget, …) are retried at the next tick.
 	}
 }

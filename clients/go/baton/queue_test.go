@@ -37,6 +37,20 @@ func (s *settlements) record(job *baton.Job, err error) {
 	}
 }
 
+// notStarted counts the deliveries handed back unstarted; others are the remaining errors.
+func (s *settlements) notStarted() (handedBack int, others []error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, err := range s.other {
+		if errors.Is(err, baton.ErrJobNotStarted) {
+			handedBack++
+		} else {
+			others = append(others, err)
+		}
+	}
+	return handedBack, others
+}
+
 func (s *settlements) ackedCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -318,4 +332,307 @@ func TestConsumeReturnsAnErrorNoRetryCanFix(t *testing.T) {
 	if !errors.As(err, &batonErr) || !errors.Is(err, baton.ErrInvalidArgument) || batonErr.Field != "queue" {
 		t.Fatalf("consuming an empty queue name: got %v, want INVALID_ARGUMENT on queue", err)
 	}
+}
+
+// enqueueBatch adds n jobs to queue in one call and returns their ids in order.
+func enqueueBatch(t *testing.T, client *baton.Client, queue string, n int) []string {
+	t.Helper()
+	requests := make([]*batonv1.EnqueueRequest, n)
+	for i := range requests {
+		requests[i] = &batonv1.EnqueueRequest{Queue: queue, Payload: []byte(fmt.Sprint("job-", i))}
+	}
+	response, err := client.Queue.EnqueueBatch(testContext(t), &batonv1.EnqueueBatchRequest{Requests: requests})
+	if err != nil {
+		t.Fatal(baton.FromError(err))
+	}
+	ids := make([]string, n)
+	for i, result := range response.GetResults() {
+		ids[i] = result.GetJobId()
+	}
+	return ids
+}
+
+// activeJobs is the number of leased jobs of queue.
+func activeJobs(t *testing.T, client *baton.Client, queue string) uint64 {
+	t.Helper()
+	stats, err := client.Queue.GetQueueStats(testContext(t), &batonv1.GetQueueStatsRequest{Queue: queue})
+	if err != nil {
+		t.Fatal(baton.FromError(err))
+	}
+	return stats.GetActive()
+}
+
+func startedCount(mu *sync.Mutex, started map[string]bool) int {
+	mu.Lock()
+	defer mu.Unlock()
+	return len(started)
+}
+
+// checkStartedJobsSucceededAndOthersUncharged asserts that exactly the started jobs
+// SUCCEEDED on their first attempt and that every other job is READY with no attempt charged.
+func checkStartedJobsSucceededAndOthersUncharged(t *testing.T, client *baton.Client, ids []string, started map[string]bool) {
+	t.Helper()
+	for _, id := range ids {
+		job := getJob(t, client, id)
+		switch {
+		case started[id] && (job.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED || job.GetAttempts() != 1):
+			t.Errorf("started job %s: %s with %d attempts, want SUCCEEDED with 1", id, job.GetState(), job.GetAttempts())
+		case !started[id] && (job.GetState() != batonv1.JobState_JOB_STATE_READY || job.GetAttempts() != 0):
+			t.Errorf("job %s never started: %s with %d attempts, want READY with 0", id, job.GetState(), job.GetAttempts())
+		}
+	}
+}
+
+func TestStopFinishesTheHundredJobsInHandAndTakesNoMore(t *testing.T) {
+	client, _ := server(t)
+	queue := unique("stop")
+	const inFlight, total = 100, 250
+	ids := enqueueBatch(t, client, queue, total)
+
+	var (
+		mu      sync.Mutex
+		started = map[string]bool{}
+		running atomic.Int32
+	)
+	record := newSettlements()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- client.Consume(ctx, queue, inFlight, func(ctx context.Context, job *baton.Job) ([]byte, error) {
+			mu.Lock()
+			started[job.ID] = true
+			mu.Unlock()
+			running.Add(1)
+			defer running.Add(-1)
+			select {
+			case <-time.After(300 * time.Millisecond):
+				return []byte("done"), nil
+			case <-ctx.Done():
+				return nil, context.Cause(ctx)
+			}
+		}, baton.WithShutdownGrace(20*time.Second), baton.WithOnSettled(record.record))
+	}()
+	batontest.Eventually(t, 10*time.Second, "100 handlers running", func() bool { return running.Load() == inFlight })
+	stoppedAt := time.Now()
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Consume: %v", err)
+		}
+	case <-time.After(25 * time.Second):
+		t.Fatal("Consume did not return after its handlers finished")
+	}
+	took := time.Since(stoppedAt)
+	handedBack, others := record.notStarted()
+	t.Logf("stop took %s; %d acked, %d handed back unstarted", took, record.ackedCount(), handedBack)
+	// The handlers need 300 ms; the 20 s grace is a bound, not a wait.
+	if took > 3*time.Second {
+		t.Errorf("Consume returned %s after the stop, want as soon as its handlers were done", took)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(started) != inFlight || record.ackedCount() != inFlight || len(others) != 0 {
+		t.Fatalf("started %d, acked %d, other settlements %v: want the 100 in hand finished and acked, no more taken",
+			len(started), record.ackedCount(), others)
+	}
+	checkStartedJobsSucceededAndOthersUncharged(t, client, ids, started)
+}
+
+func TestStopHandsPrefetchedJobsBackWithoutChargingThem(t *testing.T) {
+	client, _ := server(t)
+	queue := unique("prefetch")
+	const concurrency, prefetch, total = 2, 3, 10
+	ids := enqueueBatch(t, client, queue, total)
+
+	var (
+		mu      sync.Mutex
+		started = map[string]bool{}
+	)
+	finish := make(chan struct{})
+	record := newSettlements()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- client.Consume(ctx, queue, concurrency, func(ctx context.Context, job *baton.Job) ([]byte, error) {
+			mu.Lock()
+			started[job.ID] = true
+			mu.Unlock()
+			<-finish
+			return nil, nil
+		}, baton.WithPrefetch(prefetch), baton.WithShutdownGrace(10*time.Second), baton.WithOnSettled(record.record))
+	}()
+	// Two running, three leased and waiting for a slot.
+	batontest.Eventually(t, 10*time.Second, "two jobs running, five leased", func() bool {
+		return startedCount(&mu, started) == concurrency && activeJobs(t, client, queue) == concurrency+prefetch
+	})
+	stop()
+	// The prefetched jobs go back while the handlers still run.
+	batontest.Eventually(t, 5*time.Second, "three jobs handed back", func() bool {
+		handedBack, _ := record.notStarted()
+		return handedBack == prefetch
+	})
+	batontest.Eventually(t, 5*time.Second, "only the running jobs leased", func() bool {
+		return activeJobs(t, client, queue) == concurrency
+	})
+	close(finish)
+	if err := <-done; err != nil {
+		t.Fatalf("Consume: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if _, others := record.notStarted(); len(started) != concurrency || record.ackedCount() != concurrency || len(others) != 0 {
+		t.Fatalf("started %d, acked %d, other settlements %v: want the 2 running finished", len(started), record.ackedCount(), others)
+	}
+	checkStartedJobsSucceededAndOthersUncharged(t, client, ids, started)
+}
+
+func TestHandlersCutShortByTheGraceAreRetriedAtOnce(t *testing.T) {
+	client, _ := server(t)
+	ctx := testContext(t)
+	queue := unique("grace")
+	enqueued, err := client.Enqueue(ctx, queue, nil, baton.WithRetryBackoff(time.Hour, time.Hour, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	record := newSettlements()
+	workerCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- client.Consume(workerCtx, queue, 1, func(ctx context.Context, _ *baton.Job) ([]byte, error) {
+			close(started)
+			<-ctx.Done()
+			return nil, context.Cause(ctx)
+		}, baton.WithShutdownGrace(100*time.Millisecond), baton.WithOnSettled(record.record))
+	}()
+	<-started
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Consume: %v", err)
+	}
+	// Not after its one-hour backoff: the failure was the shutdown's, not the job's.
+	job := getJob(t, client, enqueued.JobID)
+	if job.GetState() != batonv1.JobState_JOB_STATE_READY && job.GetState() != batonv1.JobState_JOB_STATE_FAILED ||
+		job.GetRunAt().AsTime().After(time.Now().Add(time.Minute)) {
+		t.Fatalf("job cut short by the grace: %s due %s, want due again at once", job.GetState(), job.GetRunAt().AsTime())
+	}
+}
+
+// TestStopHandsBackJobsDeliveredOnAnEarlierStream: jobs prefetched on a stream that a
+// draining replica ended are handed back, when the worker stops, through the stream opened
+// since on another replica — uncharged, like the new stream's own.
+func TestStopHandsBackJobsDeliveredOnAnEarlierStream(t *testing.T) {
+	redis := batontest.StartRedis(t)
+	first := batontest.StartBaton(t, redis, "127.0.0.1:0")
+	second := batontest.StartBaton(t, redis, "127.0.0.1:0")
+	// pick_first: the first stream is on the first replica until it shuts down.
+	worker := connect(t, "ipv4:"+first.Addr+","+second.Addr, baton.WithLoadBalancing("pick_first"))
+	producer := connect(t, second.Addr)
+	queue := unique("earlier")
+	const concurrency, prefetch, total = 1, 3, 12
+	ids := enqueueBatch(t, producer, queue, total)
+
+	var (
+		mu      sync.Mutex
+		started = map[string]bool{}
+	)
+	finish := make(chan struct{})
+	record := newSettlements()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- worker.Consume(ctx, queue, concurrency, func(ctx context.Context, job *baton.Job) ([]byte, error) {
+			mu.Lock()
+			started[job.ID] = true
+			mu.Unlock()
+			<-finish
+			return nil, nil
+		}, baton.WithPrefetch(prefetch), baton.WithOnSettled(record.record))
+	}()
+	active := func() uint64 { return activeJobs(t, producer, queue) }
+	batontest.Eventually(t, 10*time.Second, "one job running, the first stream's four leased", func() bool {
+		return startedCount(&mu, started) == concurrency && active() == concurrency+prefetch
+	})
+	// The first stream ends UNAVAILABLE and keeps its leases; the worker keeps its jobs and
+	// opens a second stream, which gets four jobs more (Baton counts credit per stream).
+	first.Terminate()
+	const inHand = 2 * (concurrency + prefetch)
+	batontest.Eventually(t, 10*time.Second, "the second stream's four jobs leased", func() bool { return active() == inHand })
+
+	stop()
+	// Seven jobs never started, three of them from the first stream, whose replica is gone:
+	// all go back at once, while the one handler still runs.
+	batontest.Eventually(t, 5*time.Second, "seven jobs handed back", func() bool {
+		handedBack, _ := record.notStarted()
+		return handedBack == inHand-concurrency
+	})
+	batontest.Eventually(t, 5*time.Second, "only the running job leased", func() bool { return active() == concurrency })
+	close(finish)
+	if err := <-done; err != nil {
+		t.Fatalf("Consume: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if _, others := record.notStarted(); len(started) != concurrency || record.ackedCount() != concurrency || len(others) != 0 {
+		t.Fatalf("started %d, acked %d, other settlements %v: want the one running finished", len(started), record.ackedCount(), others)
+	}
+	checkStartedJobsSucceededAndOthersUncharged(t, producer, ids, started)
+}
+
+// TestStopBetweenStreamsHandsBackThroughANewStream stops a worker while no stream is open
+// (its only replica drained, the next one still starting): the jobs it holds but has not
+// started go back uncharged through a stream opened for them.
+func TestStopBetweenStreamsHandsBackThroughANewStream(t *testing.T) {
+	redis := batontest.StartRedis(t)
+	first := batontest.StartBaton(t, redis, "127.0.0.1:0")
+	secondAddr := fmt.Sprintf("127.0.0.1:%d", batontest.FreePort(t))
+	worker := connect(t, "ipv4:"+first.Addr+","+secondAddr)
+	queue := unique("between")
+	const concurrency, prefetch, total = 1, 3, 8
+	ids := enqueueBatch(t, worker, queue, total)
+
+	var (
+		mu      sync.Mutex
+		started = map[string]bool{}
+	)
+	finish := make(chan struct{})
+	record := newSettlements()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- worker.Consume(ctx, queue, concurrency, func(ctx context.Context, job *baton.Job) ([]byte, error) {
+			mu.Lock()
+			started[job.ID] = true
+			mu.Unlock()
+			<-finish
+			return nil, nil
+		}, baton.WithPrefetch(prefetch), baton.WithOnSettled(record.record))
+	}()
+	batontest.Eventually(t, 10*time.Second, "one job running, four leased", func() bool {
+		return startedCount(&mu, started) == concurrency && activeJobs(t, worker, queue) == concurrency+prefetch
+	})
+	first.Terminate() // its stream ends, and no replica is there to open the next one
+	time.Sleep(300 * time.Millisecond)
+	stop()
+	second := batontest.StartBaton(t, redis, secondAddr)
+	// The three held, and the one delivery the new stream may make before it reads the drain.
+	batontest.Eventually(t, 5*time.Second, "three jobs handed back", func() bool {
+		handedBack, _ := record.notStarted()
+		return handedBack >= prefetch
+	})
+	close(finish)
+	if err := <-done; err != nil {
+		t.Fatalf("Consume: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if _, others := record.notStarted(); len(started) != concurrency || record.ackedCount() != concurrency || len(others) != 0 {
+		t.Fatalf("started %d, acked %d, other settlements %v: want the one running finished", len(started), record.ackedCount(), others)
+	}
+	checkStartedJobsSucceededAndOthersUncharged(t, connect(t, second.Addr), ids, started)
 }

@@ -35,7 +35,9 @@ async function sendWelcome(job: Job, signal: AbortSignal): Promise<string> {
 }
 
 async function work(client: BatonClient): Promise<void> {
-  // SIGTERM (Kubernetes) or Ctrl-C: stop taking jobs, give the ones in hand 10 s to finish.
+  // SIGTERM (Kubernetes) or Ctrl-C: a graceful stop. No more deliveries; jobs in hand that
+  // never started go back to the queue at once, their attempt not charged; the ones running
+  // get 10 s to finish and be acked, and consume resolves as soon as they are done.
   const stop = new AbortController();
   process.once("SIGINT", () => stop.abort());
   process.once("SIGTERM", () => stop.abort());

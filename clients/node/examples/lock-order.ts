@@ -28,7 +28,9 @@ class OrderStore {
 
 async function processOrder(client: BatonClient, store: OrderStore, worker: number): Promise<void> {
   await client.withLock("order:1234", { ttlMs: 10_000, owner: `worker-${worker}` }, async (lease) => {
-    // Charge the card, reserve the stock; lease.signal aborts if the lease is lost.
+    // Charge the card, reserve the stock. The helper sends a heartbeat every ttl/3;
+    // lease.signal aborts if the lease is lost — including a margin before the ttl runs out
+    // when no heartbeat renewed it, so a frozen worker stops before anyone else can start.
     await sleep(100, undefined, { signal: lease.signal });
     store.write(lease.fencingToken, `processed by worker ${worker}`);
     console.log(`worker ${worker} processed order 1234 with fencing token ${lease.fencingToken}`);

@@ -84,7 +84,7 @@ export class CacheHelpers {
   async get(key: string, signal?: AbortSignal): Promise<CacheEntry | undefined> {
     const request = GetRequest.fromPartial({ key });
     const response = await retryUnavailable(
-      () => unary(this.stub.get.bind(this.stub), request, {}, signal),
+      () => unary(this.stub.get.bind(this.stub), request, { waitForReady: true }, signal),
       this.defaultTimeoutMs,
       signal,
     );
@@ -108,7 +108,7 @@ export class CacheHelpers {
   async delete(key: string, options: { ifVersion?: bigint; signal?: AbortSignal } = {}): Promise<boolean> {
     const request = DeleteRequest.fromPartial({ key, ifVersion: options.ifVersion ?? 0n });
     const response = await retryUnavailable(
-      () => unary(this.stub.delete.bind(this.stub), request, {}, options.signal),
+      () => unary(this.stub.delete.bind(this.stub), request, { waitForReady: true }, options.signal),
       this.defaultTimeoutMs,
       options.signal,
     );
@@ -131,7 +131,12 @@ export class CacheHelpers {
       options.signal?.throwIfAborted();
       const response = await retryUnavailable(
         () =>
-          unary(this.stub.fetch.bind(this.stub), request, { deadline: Date.now() + fetchDeadlineMs }, options.signal),
+          unary(
+            this.stub.fetch.bind(this.stub),
+            request,
+            { deadline: Date.now() + fetchDeadlineMs, waitForReady: true },
+            options.signal,
+          ),
         this.defaultTimeoutMs,
         options.signal,
       );
@@ -164,9 +169,8 @@ export class CacheHelpers {
     } catch (error) {
       // Hand the duty on at once rather than after the load timeout.
       const abandon = FillRequest.fromPartial({ key, fillToken, abandon: true });
-      await retryUnavailable(() => unary(this.stub.fill.bind(this.stub), abandon), this.defaultTimeoutMs).catch(
-        () => undefined,
-      );
+      const call = () => unary(this.stub.fill.bind(this.stub), abandon, { waitForReady: true });
+      await retryUnavailable(call, this.defaultTimeoutMs).catch(() => undefined);
       throw error;
     }
     // The loaded value is the caller's answer whatever Fill says: FILL_TOKEN_STALE means a
@@ -180,9 +184,8 @@ export class CacheHelpers {
       tags: options.tags ?? [],
       staleTtl: optionalDuration(options.staleTtlMs),
     });
-    await retryUnavailable(() => unary(this.stub.fill.bind(this.stub), fill), this.defaultTimeoutMs).catch(
-      () => undefined,
-    );
+    const call = () => unary(this.stub.fill.bind(this.stub), fill, { waitForReady: true });
+    await retryUnavailable(call, this.defaultTimeoutMs).catch(() => undefined);
     return value;
   }
 }

@@ -29,7 +29,10 @@ export interface ConnectionOptions {
   timeoutMs?: number;
   /** "round_robin" (the default: spread calls over every resolved replica) or "pick_first". */
   loadBalancing?: "round_robin" | "pick_first";
-  /** Extra grpc-js channel options. */
+  /**
+   * Extra grpc-js channel options, over the client's own (the reconnect backoff of 100 ms
+   * growing to 250 ms: "grpc.initial_reconnect_backoff_ms", "grpc.max_reconnect_backoff_ms").
+   */
   channelOptions?: ChannelOptions;
 }
 
@@ -43,8 +46,21 @@ export function targetOf(target: string | string[]): string {
   return `${target[0].startsWith("[") ? "ipv6" : "ipv4"}:${target.join(",")}`;
 }
 
+/**
+ * Reconnect backoff of every subchannel: a replica that restarts (a rolling deploy) is found
+ * again within about 250 ms, instead of after grpc's default backoff of up to 2 minutes.
+ * grpc-js reads the initial and max values; the min one is for parity with the other Baton
+ * clients (grpc core reads it).
+ */
+export const RECONNECT_BACKOFF_OPTIONS: ChannelOptions = {
+  "grpc.initial_reconnect_backoff_ms": 100,
+  "grpc.min_reconnect_backoff_ms": 100,
+  "grpc.max_reconnect_backoff_ms": 250,
+};
+
 export function channelOptionsOf(target: string, options: ConnectionOptions): ChannelOptions {
   const channelOptions: ChannelOptions = {
+    ...RECONNECT_BACKOFF_OPTIONS,
     "grpc.service_config": JSON.stringify({
       loadBalancingConfig: [{ [options.loadBalancing ?? "round_robin"]: {} }],
     }),
@@ -96,21 +112,35 @@ export function durationToMs(duration: Duration | undefined): number {
   return duration === undefined ? 0 : Number(duration.seconds) * 1000 + duration.nanos / 1e6;
 }
 
-/** Capped exponential backoff with jitter, never shorter than the server's RetryInfo. */
+/**
+ * Capped exponential backoff with jitter (each delay 0.5–1.5 × the current step, the step
+ * doubling from `firstMs` up to `maxMs`), never shorter than the server's RetryInfo up to
+ * `maxMs`: a hint longer than the caller's patience must not stall it.
+ */
 export class Backoff {
-  private static readonly FIRST_MS = 50;
-  private static readonly MAX_MS = 2000;
-  private nextMs = Backoff.FIRST_MS;
+  private nextMs: number;
+
+  constructor(
+    private readonly firstMs = 50,
+    private readonly maxMs = 2000,
+  ) {
+    this.nextMs = firstMs;
+  }
 
   reset(): void {
-    this.nextMs = Backoff.FIRST_MS;
+    this.nextMs = this.firstMs;
   }
 
   delayMs(retryAfterMs: number | undefined): number {
     const delay = this.nextMs / 2 + Math.random() * this.nextMs;
-    this.nextMs = Math.min(this.nextMs * 2, Backoff.MAX_MS);
-    return Math.max(delay, retryAfterMs ?? 0);
+    this.nextMs = Math.min(this.nextMs * 2, this.maxMs);
+    return Math.max(delay, Math.min(retryAfterMs ?? 0, this.maxMs));
   }
+}
+
+/** Milliseconds on this process's monotonic clock (performance.now()), which no NTP step moves. */
+export function monotonicMs(): number {
+  return performance.now();
 }
 
 /** Resolves after ms, or early (false) when signal aborts. */

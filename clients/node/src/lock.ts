@@ -1,16 +1,32 @@
 // Fenced locks: `await client.withLock(name, { ttlMs }, async (lease) => …)`.
 //
-// A held lease is kept alive by a KeepAlive stream. When the stream ends with UNAVAILABLE (a
-// replica shutting down, a broken connection) it is resumed with the same lease id on
-// whichever replica the balancer picks next; the lease counts as lost only when Baton answers
-// LEASE_NOT_HELD, an error no retry can fix occurs, or no renewal was confirmed for a whole
-// ttl — the server renews before it answers, so by then the lease has certainly expired.
+// Liveness proof. A held lease is kept by a bidirectional KeepAlive stream: this process sends
+// a heartbeat every ttl/3 and Baton renews the lease on heartbeats — never on its own — and
+// answers every heartbeat, in order, saying whether it renewed (`renewed`; false when the
+// heartbeat came within ttl/10 of the previous renewal or Redis was unreachable). A renewal
+// happens after its heartbeat was sent and lasts ttl, so the lease is certainly held until
+// (the send time of the last heartbeat answered `renewed`) + ttl: `heldUntil`, on this
+// process's monotonic clock. Answers are matched to sends in FIFO order, per stream; an
+// answer `renewed: false` proves nothing and leaves `heldUntil` where it was. A local timer,
+// independent of the stream, reports the lease lost at heldUntil - margin, margin =
+// max(ttl/10, 50 ms): a stalled stream, a partition or a frozen process that resumes late all
+// meet it (Node's timers run on the same monotonic clock, so an overdue one fires as soon as
+// the process runs again). Baton's own expiry comes no sooner than heldUntil, so a holder that
+// was told nothing stops a margin before anybody else can be granted the lock.
+//
+// Streams. When a stream ends UNAVAILABLE (a replica draining, a broken connection), OK, or
+// with another transient status, a new one is opened at once — backoff 50 ms growing to
+// 250 ms — with the same lease id, on whichever replica the balancer picks, until heldUntil -
+// margin passes. FAILED_PRECONDITION (LEASE_NOT_HELD) or any other error no retry can fix is
+// a loss. Cancelling a stream releases the lease at once, so the helper cancels only when it
+// gives the lease up; a half-close would only stop the heartbeats, and the helper never needs
+// one.
 
 import { randomBytes } from "node:crypto";
 
-import { ClientReadableStream, status as Status } from "@grpc/grpc-js";
+import { ClientDuplexStream, Metadata, StatusObject, status as Status } from "@grpc/grpc-js";
 
-import { Backoff, durationToMs, msToDuration, sleep } from "./connection.js";
+import { Backoff, durationToMs, monotonicMs, msToDuration, sleep } from "./connection.js";
 import { BatonError, codeOf, fromGrpcError, LeaseLostError, LockNotAcquiredError } from "./errors.js";
 import {
   AcquireRequest,
@@ -20,13 +36,17 @@ import {
   LockServiceClient,
   ReleaseRequest,
 } from "./gen/baton/v1/lock.js";
+import { LEASE_RETRY_BUDGET_MS, leaseRetryBackoff, retryUnavailable } from "./retry.js";
 import { unary } from "./unary.js";
 
 /** The longest wait_timeout Baton accepts; longer waits are made of several Acquires. */
 const MAX_SERVER_WAIT_MS = 3_600_000;
+/** The smallest safety margin between the loss report and heldUntil. */
+const MIN_LOSS_MARGIN_MS = 50;
 
-// Stream endings worth resuming from; any other status but FAILED_PRECONDITION is final too.
+// Stream endings worth resuming from; FAILED_PRECONDITION and every other status is a loss.
 const RESUMABLE = new Set<Status>([
+  Status.OK,
   Status.UNAVAILABLE,
   Status.UNKNOWN,
   Status.INTERNAL,
@@ -37,7 +57,7 @@ const RESUMABLE = new Set<Status>([
 ]);
 
 export interface LockOptions {
-  /** How long each grant and renewal lasts: 100 ms ..= 1 h. */
+  /** How long each grant and renewal lasts: 100 ms ..= 1 h. Heartbeats go every ttl/3. */
   ttlMs: number;
   /**
    * Give up with LockNotAcquiredError when still held after this long; 0 tries once.
@@ -50,9 +70,18 @@ export interface LockOptions {
   permits?: number;
   /** Aborts the acquisition. */
   signal?: AbortSignal;
+  /** Called each time a heartbeat answered `renewed` moves `lease.heldUntil` later. */
+  onRenew?: (lease: Lease) => void;
 }
 
-/** A held lock, kept alive until released or lost. */
+/** One KeepAlive stream of a lease, with the send times of its unanswered messages. */
+interface KeepAliveStream {
+  call: ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
+  /** Monotonic send times of the messages not answered yet, oldest first. */
+  unanswered: number[];
+}
+
+/** A held lock, kept alive by heartbeats until released or lost. */
 export class Lease {
   readonly name: string;
   /** Proves holdership; treat it as a secret. */
@@ -63,30 +92,69 @@ export class Lease {
    */
   readonly fencingToken: bigint;
   readonly ttlMs: number;
-  /** Expiry of the last confirmed renewal, by the Redis server's clock. */
+  /** How long before heldUntil the loss is reported: max(ttl/10, 50 ms). */
+  readonly lossMarginMs: number;
+  /**
+   * Until when the lease is certainly held, in `performance.now()` milliseconds: the send
+   * time of the last heartbeat answered `renewed` (or of the Acquire) + ttl. `lossAt` is the instant the
+   * lease is reported lost.
+   */
+  heldUntil: number;
+  /** Expiry of the last confirmed renewal, by the Redis server's clock; informative only. */
   expiresAt: Date | undefined;
   /** Set once the lease is lost; `cause` holds the BatonError that revealed it, if any. */
   loss: LeaseLostError | undefined;
 
   private readonly ended = new AbortController();
-  private readonly keeper: Promise<void>;
-  private call: ClientReadableStream<KeepAliveResponse> | undefined;
-  private lossTimer: NodeJS.Timeout;
+  /** The open stream, if any: a new one is opened only once the previous one has ended. */
+  private current: KeepAliveStream | undefined;
+  private readonly reopenBackoff = new Backoff(50, 250);
+  private heartbeat: NodeJS.Timeout | undefined;
+  private reopenTimer: NodeJS.Timeout | undefined;
+  private lossTimer: NodeJS.Timeout | undefined;
   private unlocking = false;
   private releasing: Promise<void> | undefined;
+  private answeredOnce: () => void = () => undefined;
+  /**
+   * Resolves once the lease is proven held a margin from now — at once when the Acquire was
+   * answered well within the ttl, else on the first KeepAlive renewal; rejects on loss. For
+   * `acquire`, which hands the lease out only then.
+   * @internal
+   */
+  readonly ready: Promise<void>;
 
+  /**
+   * `grantSentAt`: the monotonic send time of the earliest Acquire that may have made this
+   * grant; the lease was granted after it.
+   */
   constructor(
     private readonly stub: LockServiceClient,
     granted: LeaseMessage,
-    private readonly releaseTimeoutMs: number,
+    grantSentAt: number,
+    private readonly onRenew: ((lease: Lease) => void) | undefined,
   ) {
     this.name = granted.name;
     this.leaseId = granted.leaseId;
     this.fencingToken = granted.fencingToken;
     this.ttlMs = durationToMs(granted.ttl);
+    this.lossMarginMs = Math.max(this.ttlMs / 10, MIN_LOSS_MARGIN_MS);
     this.expiresAt = granted.expiresAt;
-    this.lossTimer = setTimeout(() => this.loseByExpiry(), this.ttlMs);
-    this.keeper = this.keepAlive();
+    if (grantSentAt + this.ttlMs - this.lossMarginMs - monotonicMs() >= this.ttlMs / 3) {
+      // The grant leaves a third of the ttl before the loss: time for KeepAlive to answer.
+      this.heldUntil = grantSentAt + this.ttlMs;
+      this.ready = Promise.resolve();
+    } else {
+      // After a long wait the grant alone proves too little (it may have been made just after
+      // the Acquire was sent); the first KeepAlive answer proves the lease — a lease id is
+      // never renewed once expired, so it was held all along. Until then it has one ttl.
+      this.heldUntil = monotonicMs() + this.ttlMs;
+      this.ready = new Promise((answered, lost) => {
+        this.answeredOnce = answered;
+        this.ended.signal.addEventListener("abort", () => lost(this.loss ?? this.ended.signal.reason), { once: true });
+      });
+    }
+    this.armLossTimer();
+    this.open();
   }
 
   /** Aborted when the lease ends: with a LeaseLostError on loss, or on release. */
@@ -96,6 +164,15 @@ export class Lease {
 
   get lost(): boolean {
     return this.loss !== undefined;
+  }
+
+  /** The `performance.now()` instant at which the lease is reported lost, unless renewed. */
+  get lossAt(): number {
+    return this.heldUntil - this.lossMarginMs;
+  }
+
+  private provenAt(heldUntil: number): boolean {
+    return monotonicMs() < heldUntil - this.lossMarginMs;
   }
 
   /**
@@ -108,10 +185,16 @@ export class Lease {
   }
 
   private async releaseOnce(): Promise<void> {
+    // A loss whose timer has not run yet (the process was busy) still counts.
+    if (!this.provenAt(this.heldUntil)) {
+      this.loseByExpiry();
+    }
     this.unlocking = true;
+    this.stopHeartbeats();
+    // Release first, then cancel: a cancel alone releases too, but then Release's answer
+    // could not tell a lease we gave up from one that was gone already.
     const [released, error] = await this.releaseWithRetries();
     this.end(new Error(`lease on ${JSON.stringify(this.name)} released`));
-    await this.keeper;
     if (this.loss) {
       throw this.loss;
     }
@@ -123,22 +206,24 @@ export class Lease {
     }
   }
 
-  // Release is safe to retry on UNAVAILABLE.
+  /**
+   * Release within the lease retry budget. After an attempt that failed, `released: false`
+   * is what a repeat of an applied Release answers, so it counts as released.
+   */
   private async releaseWithRetries(): Promise<[boolean, unknown]> {
-    const giveUpAt = Date.now() + this.releaseTimeoutMs;
-    const backoff = new Backoff();
     const request = ReleaseRequest.fromPartial({ name: this.name, leaseId: this.leaseId });
-    for (;;) {
-      try {
-        return [(await unary(this.stub.release.bind(this.stub), request)).released, undefined];
-      } catch (error) {
-        const mapped = fromGrpcError(error);
-        const delay = backoff.delayMs(mapped instanceof BatonError ? mapped.retryAfterMs : undefined);
-        if (codeOf(error) !== Status.UNAVAILABLE || Date.now() + delay > giveUpAt) {
-          return [false, mapped];
-        }
-        await sleep(delay);
-      }
+    let retried = false;
+    try {
+      const response = await retryUnavailable(
+        () => unary(this.stub.release.bind(this.stub), request, { waitForReady: true }),
+        LEASE_RETRY_BUDGET_MS,
+        undefined,
+        leaseRetryBackoff(),
+        () => (retried = true),
+      );
+      return [response.released || retried, undefined];
+    } catch (error) {
+      return [false, error];
     }
   }
 
@@ -151,65 +236,122 @@ export class Lease {
   }
 
   private loseByExpiry(): void {
-    this.lose(new LeaseLostError(`no renewal of ${JSON.stringify(this.name)} confirmed within the ttl (${this.ttlMs} ms)`));
+    this.lose(
+      new LeaseLostError(
+        `no heartbeat of ${JSON.stringify(this.name)} renewed in time: the lease is not proven held past ` +
+          `${this.lossMarginMs} ms before its ttl (${this.ttlMs} ms) runs out`,
+      ),
+    );
   }
 
+  /** Gives the lease up: the stream cancelled (Baton releases on cancel), every timer cleared. */
   private end(reason: Error): void {
+    this.stopHeartbeats();
     clearTimeout(this.lossTimer);
     if (!this.ended.signal.aborted) {
       this.ended.abort(reason);
     }
-    this.call?.cancel();
+    this.current?.call.cancel();
+    this.current = undefined;
   }
 
-  private async keepAlive(): Promise<void> {
-    const backoff = new Backoff();
-    while (!this.ended.signal.aborted) {
-      const error = await this.followKeepAlive(backoff);
-      if (this.ended.signal.aborted) {
-        return;
-      }
-      const code = codeOf(error);
-      if (code !== undefined && !RESUMABLE.has(code)) {
-        const cause = fromGrpcError(error);
-        this.lose(new LeaseLostError(`lease on ${JSON.stringify(this.name)} lost: ${String(cause)}`, { cause }));
-        return;
-      }
-      const mapped = fromGrpcError(error);
-      await sleep(backoff.delayMs(mapped instanceof BatonError ? mapped.retryAfterMs : undefined), this.ended.signal);
+  private stopHeartbeats(): void {
+    clearInterval(this.heartbeat);
+    clearTimeout(this.reopenTimer);
+    this.heartbeat = undefined;
+    this.reopenTimer = undefined;
+  }
+
+  /** Reports the loss at heldUntil - margin; re-armed whenever heldUntil moves. */
+  private armLossTimer(): void {
+    clearTimeout(this.lossTimer);
+    const remaining = this.lossAt - monotonicMs();
+    if (remaining <= 0) {
+      this.loseByExpiry();
+      return;
+    }
+    // Re-checked when it fires, since a timer may run a fraction of a millisecond early.
+    this.lossTimer = setTimeout(() => this.armLossTimer(), remaining);
+  }
+
+  /** Opens a KeepAlive stream: the first message names the lease and renews it at once. */
+  private open(): void {
+    this.reopenTimer = undefined;
+    if (this.ended.signal.aborted || this.unlocking) {
+      return;
+    }
+    let call: ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
+    try {
+      // Wait-for-ready: while the channel reconnects the stream starts as soon as a replica
+      // is up; the loss timer bounds the wait.
+      call = this.stub.keepAlive(new Metadata({ waitForReady: true }));
+    } catch {
+      // The client was closed while the lease was held; the loss timer ends it.
+      return;
+    }
+    const stream: KeepAliveStream = { call, unanswered: [] };
+    this.current = stream;
+    call.on("data", (response: KeepAliveResponse) => this.answered(stream, response));
+    call.on("error", () => undefined); // the status event below carries the same status
+    call.on("status", (status: StatusObject) => this.streamEnded(stream, status));
+    const ttl = msToDuration(this.ttlMs);
+    this.send(stream, KeepAliveRequest.fromPartial({ name: this.name, leaseId: this.leaseId, ttl }));
+    clearInterval(this.heartbeat);
+    this.heartbeat = setInterval(() => this.beat(), this.ttlMs / 3);
+  }
+
+  private send(stream: KeepAliveStream, request: KeepAliveRequest): void {
+    stream.unanswered.push(monotonicMs());
+    stream.call.write(request);
+  }
+
+  private beat(): void {
+    // Also while earlier heartbeats are unanswered (Redis slow, a stalled replica): every one
+    // is answered in order, so the FIFO match stays in step, and the loss timer bounds the
+    // wait.
+    if (this.current) {
+      this.send(this.current, KeepAliveRequest.create());
     }
   }
 
-  /** Reads one KeepAlive stream until it ends; resolves with the error that ended it. */
-  private followKeepAlive(backoff: Backoff): Promise<unknown> {
-    return new Promise((resolve) => {
-      const request = KeepAliveRequest.fromPartial({
-        name: this.name,
-        leaseId: this.leaseId,
-        ttl: msToDuration(this.ttlMs),
-      });
-      let call: ClientReadableStream<KeepAliveResponse>;
-      try {
-        call = this.stub.keepAlive(request);
-      } catch (error) {
-        // The client was closed while the lease was held; the loss timer ends it.
-        resolve(error);
-        return;
+  private answered(stream: KeepAliveStream, response: KeepAliveResponse): void {
+    const sentAt = stream.unanswered.shift();
+    if (sentAt === undefined || this.ended.signal.aborted) {
+      return;
+    }
+    this.reopenBackoff.reset();
+    if (!response.renewed) {
+      // Too soon after the previous renewal, or Redis unreachable: proves nothing.
+      return;
+    }
+    this.expiresAt = response.lease?.expiresAt ?? this.expiresAt;
+    if (sentAt + this.ttlMs > this.heldUntil) {
+      this.heldUntil = sentAt + this.ttlMs;
+      this.armLossTimer();
+      if (!this.loss) {
+        this.answeredOnce();
+        // Outside the stream's event, so a throwing callback cannot break the stream.
+        queueMicrotask(() => this.onRenew?.(this));
       }
-      this.call = call;
-      call.on("data", (response: KeepAliveResponse) => {
-        this.renewed(response.lease);
-        backoff.reset();
-      });
-      call.on("error", resolve);
-      call.on("end", () => resolve(undefined));
-    });
+    }
   }
 
-  private renewed(lease: LeaseMessage | undefined): void {
-    this.expiresAt = lease?.expiresAt;
-    clearTimeout(this.lossTimer);
-    this.lossTimer = setTimeout(() => this.loseByExpiry(), this.ttlMs);
+  private streamEnded(stream: KeepAliveStream, status: StatusObject): void {
+    if (this.ended.signal.aborted || this.unlocking || stream !== this.current) {
+      return;
+    }
+    if (!RESUMABLE.has(status.code)) {
+      // LEASE_NOT_HELD, or an error no retry can fix.
+      const cause = fromGrpcError(status);
+      this.lose(new LeaseLostError(`lease on ${JSON.stringify(this.name)} lost: ${String(cause)}`, { cause }));
+      return;
+    }
+    this.current = undefined;
+    clearInterval(this.heartbeat);
+    this.heartbeat = undefined;
+    const mapped = fromGrpcError(status);
+    const delay = this.reopenBackoff.delayMs(mapped instanceof BatonError ? mapped.retryAfterMs : undefined);
+    this.reopenTimer = setTimeout(() => this.open(), delay);
   }
 }
 
@@ -229,6 +371,8 @@ export async function acquire(
   const requestId = randomBytes(16).toString("hex");
   const backoff = new Backoff();
   let failingSince: number | undefined;
+  // The send time of the earliest attempt whose grant a later attempt may be handed back.
+  let grantSentAt: number | undefined;
   for (;;) {
     signal?.throwIfAborted();
     const waitMs = giveUpAt === undefined ? MAX_SERVER_WAIT_MS : Math.max(giveUpAt - Date.now(), 0);
@@ -242,9 +386,11 @@ export async function acquire(
     });
     // The wait plus the default timeout, so a replica that dies mid-wait is noticed.
     const deadline = defaultTimeoutMs > 0 ? Date.now() + waitMs + defaultTimeoutMs : Infinity;
+    grantSentAt ??= monotonicMs();
     let response;
     try {
-      response = await unary(stub.acquire.bind(stub), request, { deadline }, signal);
+      // Safe to retry, and so wait-for-ready: the request_id makes a repeat return the grant.
+      response = await unary(stub.acquire.bind(stub), request, { deadline, waitForReady: true }, signal);
     } catch (error) {
       signal?.throwIfAborted();
       const mapped = fromGrpcError(error);
@@ -262,8 +408,17 @@ export async function acquire(
       continue;
     }
     if (response.acquired && response.lease) {
-      return new Lease(stub, response.lease, defaultTimeoutMs || 10_000);
+      const lease = new Lease(stub, response.lease, grantSentAt, options.onRenew);
+      try {
+        await lease.ready;
+      } catch (error) {
+        await lease.release().catch(() => undefined);
+        throw error;
+      }
+      return lease;
     }
+    // A definite refusal: no earlier attempt holds a grant for this request_id any more.
+    grantSentAt = undefined;
     if (waitMs < MAX_SERVER_WAIT_MS) {
       throw new LockNotAcquiredError(name, response.holder?.owner ?? "");
     }

@@ -6,14 +6,14 @@
 // while the job is in hand, aborts the handler's signal when the job is cancelled or its lease
 // is lost (and then neither acks nor nacks), and reconnects with backoff when the stream
 // breaks — to whichever replica the balancer picks — while the handlers already running go on
-// and are acked through it. Delivery is at least once, so handlers should be idempotent.
+// and are acked through it. Acks, Nacks and Extends are retried through a 10 s outage. On
+// stop it drains (see Worker). Delivery is at least once, so handlers should be idempotent.
 
-import { ClientReadableStream, status as Status } from "@grpc/grpc-js";
+import { ClientDuplexStream, Metadata, StatusObject, status as Status } from "@grpc/grpc-js";
 
 import { Backoff, msToDuration, sleep } from "./connection.js";
 import {
   BatonError,
-  codeOf,
   FailedPreconditionError,
   fromGrpcError,
   JobCancelledError,
@@ -29,7 +29,7 @@ import {
   JobQueueServiceClient,
   NackRequest,
 } from "./gen/baton/v1/queue.js";
-import { bytesOf, once, retryUnavailable } from "./retry.js";
+import { bytesOf, LEASE_RETRY_BUDGET_MS, leaseRetryBackoff, once, retryUnavailable } from "./retry.js";
 import { unary } from "./unary.js";
 
 /** How long a delivery is leased before consume must extend it. */
@@ -37,6 +37,7 @@ export const DEFAULT_VISIBILITY_TIMEOUT_MS = 30_000;
 
 // Stream endings worth reconnecting after; any other status is an error no retry can fix.
 const RESUMABLE = new Set<Status>([
+  Status.OK,
   Status.UNAVAILABLE,
   Status.UNKNOWN,
   Status.INTERNAL,
@@ -102,7 +103,11 @@ export type JobHandler = (job: Job, signal: AbortSignal) => Promise<Uint8Array |
 export interface ConsumeOptions {
   /** Jobs in hand at once (default 1). */
   concurrency?: number;
-  /** Stops the worker: no new job starts, and consume resolves once the handlers are done. */
+  /**
+   * Stops the worker gracefully: no more deliveries (the stream is drained), jobs in hand
+   * that never started go back to the queue at once without their attempt charged, running
+   * handlers finish and are acked or nacked, and consume resolves as soon as they are done.
+   */
   signal?: AbortSignal;
   /**
    * How long each lease lasts (default 30 s, at least 1 s). Leases of running handlers are
@@ -115,7 +120,9 @@ export interface ConsumeOptions {
   consumer?: string;
   /**
    * On stop, how long running handlers may go on (and be acked) before their signals abort
-   * and their jobs go back to the queue. Default 0.
+   * with a shutdown error and their jobs go back to the queue (the attempt charged: they
+   * started). Default 30 s; `Infinity`: every running handler finishes. consume resolves as
+   * soon as the handlers are done, whatever the grace.
    */
   shutdownGraceMs?: number;
   /**
@@ -133,11 +140,43 @@ class Shutdown extends Error {
   }
 }
 
+/** How long running handlers may go on after a stop, unless `shutdownGraceMs` says otherwise. */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 30_000;
+
+/**
+ * How long a stopped worker whose handlers are done waits for Baton to end its drained stream
+ * (which it does as soon as the stream holds no unsettled lease, normally within a round
+ * trip) before cancelling it.
+ */
+const DRAINED_STREAM_PATIENCE_MS = 5_000;
+
+/** One Consume stream. */
+interface ConsumeStream {
+  call: ClientDuplexStream<ConsumeRequest, ConsumeResponse>;
+  /** Until its status arrives; nothing is written after. */
+  open: boolean;
+  /** Its final status. */
+  ended: Promise<StatusObject>;
+  /**
+   * The lease ids handed back unstarted on it. Baton reads a stream's messages in order and
+   * ends a drained stream OK only after the drain, so they all took effect when it ends OK;
+   * after any other ending they are sent again on a new stream (repeating a hand-back is
+   * harmless: Baton ignores leases that are no longer current).
+   */
+  handedBack: string[];
+}
+
 interface Held {
   job: Job;
   controller: AbortController;
+  /** Its handler was called: past this point the job can only be settled, not handed back. */
+  started?: boolean;
+  /** Its lease id went into the hand-back queue. */
+  handedBack?: boolean;
   /** Resolves a wait for a handler slot early: the job was cancelled, or the worker stops. */
   wakeSlot?: () => void;
+  /** An Extend (with its retries) is in flight. */
+  extending?: boolean;
 }
 
 function jobOf(delivery: Delivery): Job {
@@ -160,14 +199,31 @@ function messageOf(error: unknown): string {
   return error instanceof Error ? error.message || error.name : String(error);
 }
 
-/** One consume() call: its streams, its handlers, and the heartbeat extending their leases. */
+/**
+ * One consume() call: its streams, its handlers, and the heartbeat extending their leases.
+ *
+ * Graceful stop: on the open stream, the stop first hands back every job in hand that never
+ * got a handler (`unstarted_lease_ids`: ready again at once, in its place, without its attempt
+ * charged; any current lease of the queue, also one delivered by an earlier stream), then
+ * sends `drain` (no more deliveries); deliveries that arrive after the stop go back the same
+ * way; running handlers finish and are acked or nacked; then Baton ends the drained stream OK,
+ * and consume resolves. With no open stream at the stop (between reconnects), or when the
+ * stream ends otherwise than OK, a new stream carries the hand-back. A handler still running
+ * after `shutdownGraceMs` has its signal aborted, and the stream is cancelled, which hands its
+ * job back with the attempt charged (it did start).
+ */
 class Worker {
   private readonly held = new Map<string, Held>(); // by lease id, from delivery until settled
   private readonly tasks = new Set<Promise<void>>();
   private running = 0;
   private readonly slotWaiters: (() => void)[] = [];
   private stopping = false;
-  private call: ClientReadableStream<ConsumeResponse> | undefined;
+  /** Some handler was cut short by the grace period: its lease is still held. */
+  private cutShort = false;
+  private current: ConsumeStream | undefined;
+  /** Lease ids to hand back unstarted, written on the next turn to the open stream. */
+  private readonly unstarted: string[] = [];
+  private graceTimer: NodeJS.Timeout | undefined;
   private readonly visibilityMs: number;
   private readonly concurrency: number;
   private readonly stop: AbortSignal;
@@ -187,58 +243,222 @@ class Worker {
     // Every third of the visibility timeout, so that two failed Extends in a row still leave
     // time for a third.
     const heartbeat = setInterval(() => this.extendAll(), this.visibilityMs / 3);
-    const backoff = new Backoff();
+    let stopped!: () => void;
+    const stopDecided = new Promise<void>((resolve) => (stopped = resolve));
+    const onStop = () => {
+      this.beginStop();
+      stopped();
+    };
+    if (this.stop.aborted) {
+      onStop();
+    } else {
+      this.stop.addEventListener("abort", onStop, { once: true });
+    }
+    let failure: unknown;
     try {
-      while (!this.stop.aborted) {
-        const error = await this.follow(backoff);
-        if (this.stop.aborted) {
+      // Prompt: a draining replica's streams all end at once, and their workers should be
+      // back on another replica within a few hundred ms.
+      const backoff = new Backoff(50, 500);
+      while (!this.stopping) {
+        const stream = this.open(backoff);
+        const status = await Promise.race([stream.ended, stopDecided]);
+        if (this.stopping || status === undefined) {
           break;
         }
-        const code = codeOf(error);
-        if (code !== undefined && !RESUMABLE.has(code)) {
-          throw fromGrpcError(error);
+        // UNAVAILABLE (a replica draining: its leases stay ours, and the handlers in hand
+        // go on and are acked through another replica), a broken connection, …: reopen.
+        if (!RESUMABLE.has(status.code)) {
+          throw fromGrpcError(status);
         }
-        const mapped = fromGrpcError(error);
+        const mapped = fromGrpcError(status);
         await sleep(backoff.delayMs(mapped instanceof BatonError ? mapped.retryAfterMs : undefined), this.stop);
       }
+    } catch (error) {
+      failure = error;
+      this.beginStop();
     } finally {
-      await this.drain();
+      this.stop.removeEventListener("abort", onStop);
+    }
+    try {
+      await this.finish();
+    } finally {
       clearInterval(heartbeat);
+      clearTimeout(this.graceTimer);
+    }
+    if (failure !== undefined) {
+      throw failure;
     }
   }
 
-  /** Reads one stream until it ends (resolving with its error) or the worker stops. */
-  private follow(backoff: Backoff): Promise<unknown> {
-    return new Promise((resolve) => {
-      const call = this.stub.consume(this.request);
-      this.call = call;
-      const onStop = () => resolve(undefined); // the stream stays open until drain() closes it
-      this.stop.addEventListener("abort", onStop, { once: true });
-      const ended = (error: unknown) => {
-        this.stop.removeEventListener("abort", onStop);
-        resolve(error);
-      };
-      call.on("metadata", () => backoff.reset());
-      call.on("data", (response: ConsumeResponse) => {
-        if (response.delivery) {
-          this.deliver(response.delivery);
-        } else if (response.cancelled) {
-          this.abort(response.cancelled.leaseId, new JobCancelledError(`job ${response.cancelled.jobId} cancelled`));
-        }
-      });
-      call.on("error", ended);
-      call.on("end", () => ended(undefined));
+  /**
+   * Opens a stream; its first message names the queue and the stream's settings, then come the
+   * pending hand-backs and, once the worker stops, the drain.
+   */
+  private open(backoff: Backoff): ConsumeStream {
+    // Wait-for-ready: while the channel reconnects, the stream starts as soon as a replica is up.
+    const call = this.stub.consume(new Metadata({ waitForReady: true }));
+    let ended!: (status: StatusObject) => void;
+    const stream: ConsumeStream = {
+      call,
+      open: true,
+      ended: new Promise((resolve) => (ended = resolve)),
+      handedBack: [],
+    };
+    call.on("status", (status: StatusObject) => {
+      stream.open = false;
+      ended(status);
     });
+    call.on("error", () => undefined); // the status event carries the same status
+    call.on("metadata", () => backoff.reset());
+    call.on("data", (response: ConsumeResponse) => {
+      if (response.delivery) {
+        this.deliver(response.delivery);
+      } else if (response.cancelled) {
+        this.abort(response.cancelled.leaseId, new JobCancelledError(`job ${response.cancelled.jobId} cancelled`));
+      }
+    });
+    call.write(this.request);
+    this.current = stream;
+    this.writeHandBacks();
+    if (this.stopping) {
+      call.write(ConsumeRequest.fromPartial({ drain: true }));
+    }
+    return stream;
+  }
+
+  /** Stops deliveries and hands back the jobs in hand that never started; idempotent. */
+  private beginStop(): void {
+    if (this.stopping) {
+      return;
+    }
+    this.stopping = true;
+    // Before the drain: Baton may end a drained stream as soon as it holds nothing, and jobs
+    // delivered by an earlier stream are not its own.
+    for (const held of this.held.values()) {
+      if (!held.started && !held.controller.signal.aborted) {
+        this.handBackUnstarted(held);
+      }
+    }
+    this.writeHandBacks();
+    const stream = this.current;
+    if (stream?.open) {
+      stream.call.write(ConsumeRequest.fromPartial({ drain: true }));
+    }
+    // Jobs waiting for a slot never start: each wakes, sees `stopping` and lets go.
+    this.slotWaiters.splice(0).forEach((wake) => wake());
+    const grace = this.options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
+    if (Number.isFinite(grace)) {
+      this.graceTimer = setTimeout(() => this.cutRunningHandlers(), Math.max(grace, 0));
+    }
+  }
+
+  private cutRunningHandlers(): void {
+    for (const held of this.held.values()) {
+      if (!held.controller.signal.aborted) {
+        this.cutShort = true;
+        held.controller.abort(new Shutdown());
+      }
+    }
+  }
+
+  /**
+   * Waits for the handlers, then for Baton to end the drained stream (cancelling it after a
+   * short patience, or at once when a handler was cut short, which hands its job back). A
+   * hand-back that no stream surely carried goes out on a new stream, within the patience.
+   */
+  private async finish(): Promise<void> {
+    while (this.tasks.size > 0) {
+      await Promise.allSettled([...this.tasks]);
+    }
+    clearTimeout(this.graceTimer);
+    if (this.cutShort) {
+      this.current?.call.cancel();
+      return;
+    }
+    const patience = new AbortController();
+    const patienceOver = sleep(DRAINED_STREAM_PATIENCE_MS, patience.signal).then(() => undefined);
+    const backoff = new Backoff(50, 500);
+    try {
+      for (;;) {
+        const stream = this.current;
+        if (stream) {
+          const status = await Promise.race([stream.ended, patienceOver]);
+          if (status === undefined) {
+            stream.call.cancel();
+            return;
+          }
+          // Drained: everything written to it, hand-backs included, took effect. After a
+          // transient ending its hand-backs go again; after an error no retry can fix, the
+          // jobs are left to their visibility timeout.
+          if (!RESUMABLE.has(status.code)) {
+            return;
+          }
+          if (status.code !== Status.OK) {
+            this.unstarted.push(...stream.handedBack.splice(0));
+          }
+          this.current = undefined;
+          if (this.unstarted.length > 0 && status.code !== Status.OK) {
+            if (!(await sleep(backoff.delayMs(undefined), patience.signal))) {
+              return;
+            }
+          }
+        }
+        if (this.unstarted.length === 0) {
+          return;
+        }
+        try {
+          this.open(backoff);
+        } catch {
+          return; // the client was closed: the jobs are left to their visibility timeout
+        }
+      }
+    } finally {
+      patience.abort(); // clears the timers
+    }
   }
 
   private deliver(delivery: Delivery): void {
-    if (this.stopping) {
-      return; // handed back when the stream closes
-    }
     const held: Held = { job: jobOf(delivery), controller: new AbortController() };
+    if (this.stopping) {
+      // Arrived after the stop decision (the drain crossed it on the wire): never started.
+      // Written after the drain, but this stream holds it, so Baton reads it before ending.
+      this.handBackUnstarted(held);
+      this.scheduleHandBacks();
+      return;
+    }
     this.held.set(held.job.leaseId, held);
     const task = this.process(held).finally(() => this.tasks.delete(task));
     this.tasks.add(task);
+  }
+
+  /** Queues a job's lease id to go back unstarted, at most once. */
+  private handBackUnstarted(held: Held): void {
+    if (!held.handedBack) {
+      held.handedBack = true;
+      this.unstarted.push(held.job.leaseId);
+    }
+  }
+
+  private scheduleHandBacks(): void {
+    if (this.unstarted.length === 1) {
+      setImmediate(() => this.writeHandBacks()); // one message for a burst
+    }
+  }
+
+  /**
+   * Writes the queued hand-backs to the open stream, at most max_in_flight ids a message;
+   * with no open stream they wait for the next one (see `open`).
+   */
+  private writeHandBacks(): void {
+    const stream = this.current;
+    if (!stream?.open) {
+      return;
+    }
+    while (this.unstarted.length > 0) {
+      const unstartedLeaseIds = this.unstarted.splice(0, this.request.maxInFlight);
+      stream.handedBack.push(...unstartedLeaseIds);
+      stream.call.write(ConsumeRequest.fromPartial({ unstartedLeaseIds }));
+    }
   }
 
   private abort(leaseId: string, reason: Error): void {
@@ -257,10 +477,17 @@ class Worker {
     let slot = false;
     try {
       slot = await this.takeSlot(held);
-      if (!slot || held.controller.signal.aborted) {
-        this.reportDropped(held); // never started; any but a cancelled job goes back to the queue
+      // `stopping` again: the stop may have come while this task waited for its turn.
+      if (!slot || held.controller.signal.aborted || this.stopping) {
+        if (held.controller.signal.aborted) {
+          this.reportDropped(held); // cancelled, or its lease lost, before it started
+        } else if (!held.handedBack) {
+          this.handBackUnstarted(held); // the worker stops
+          this.scheduleHandBacks();
+        }
         return;
       }
+      held.started = true;
       let result: Uint8Array | string | void = undefined;
       let failure: unknown;
       let failed = false;
@@ -305,21 +532,26 @@ class Worker {
 
   private async settle(held: Held, result: Uint8Array | string | void, failed: boolean, failure: unknown) {
     if (held.controller.signal.aborted) {
-      // Cut short by shutdown: not the job's fault, so no Nack (which would use up an
-      // attempt); the stream's close hands it back at once.
+      // Cut short by shutdown: not the job's fault, so no Nack (which would count as a failed
+      // attempt); cancelling the stream hands it back at once.
       this.reportDropped(held);
       return;
     }
     const leaseId = held.job.leaseId;
+    const options = { waitForReady: true };
+    const call = failed
+      ? () => {
+          const nack = NackRequest.fromPartial({ leaseId, error: messageOf(failure) });
+          return unary(this.stub.nack.bind(this.stub), nack, options);
+        }
+      : () => {
+          const ack = AckRequest.fromPartial({ leaseId, result: result ? bytesOf(result) : Buffer.alloc(0) });
+          return unary(this.stub.ack.bind(this.stub), ack, options);
+        };
     try {
-      // Past the visibility timeout the lease has expired and every retry would be refused.
-      if (failed) {
-        const nack = NackRequest.fromPartial({ leaseId, error: messageOf(failure) });
-        await retryUnavailable(() => unary(this.stub.nack.bind(this.stub), nack), this.visibilityMs);
-      } else {
-        const ack = AckRequest.fromPartial({ leaseId, result: result ? bytesOf(result) : Buffer.alloc(0) });
-        await retryUnavailable(() => unary(this.stub.ack.bind(this.stub), ack), this.visibilityMs);
-      }
+      // Repeating an applied Ack or Nack answers done again; past the visibility timeout
+      // Baton answers JOB_NOT_LEASED, which ends the retries.
+      await retryUnavailable(call, LEASE_RETRY_BUDGET_MS, undefined, leaseRetryBackoff());
     } catch (error) {
       this.options.onSettled?.(held.job, error);
       return;
@@ -336,7 +568,7 @@ class Worker {
 
   private extendAll(): void {
     for (const held of this.held.values()) {
-      if (!held.controller.signal.aborted) {
+      if (!held.controller.signal.aborted && !held.extending) {
         void this.extend(held);
       }
     }
@@ -347,39 +579,27 @@ class Worker {
       leaseId: held.job.leaseId,
       visibilityTimeout: msToDuration(this.visibilityMs),
     });
+    held.extending = true;
     try {
-      await unary(this.stub.extend.bind(this.stub), request);
+      // Retried until the next beat takes over.
+      await retryUnavailable(
+        () => unary(this.stub.extend.bind(this.stub), request, { waitForReady: true }),
+        this.visibilityMs / 3,
+        undefined,
+        leaseRetryBackoff(),
+      );
     } catch (error) {
-      const mapped = fromGrpcError(error);
-      if (mapped instanceof FailedPreconditionError) {
+      if (error instanceof FailedPreconditionError) {
         const lost =
-          mapped.reason === "JOB_CANCELLED"
-            ? new JobCancelledError(`job ${held.job.id} cancelled`, { cause: mapped })
-            : new JobLeaseLostError(`job ${held.job.id} lease lost`, { cause: mapped });
+          error.reason === "JOB_CANCELLED"
+            ? new JobCancelledError(`job ${held.job.id} cancelled`, { cause: error })
+            : new JobLeaseLostError(`job ${held.job.id} lease lost`, { cause: error });
         this.abort(held.job.leaseId, lost);
       }
-      // Anything else (UNAVAILABLE, …) is retried at the next beat.
+      // Anything else (UNAVAILABLE past the budget, …) is retried at the next beat.
+    } finally {
+      held.extending = false;
     }
-  }
-
-  /**
-   * Starts no more handlers, gives the running ones the grace to finish, aborts the rest,
-   * waits for them, and closes the stream: the jobs that never started go back at once.
-   */
-  private async drain(): Promise<void> {
-    this.stopping = true;
-    this.slotWaiters.splice(0).forEach((wake) => wake());
-    const grace = this.options.shutdownGraceMs ?? 0;
-    if (this.tasks.size > 0 && grace > 0) {
-      await Promise.race([Promise.allSettled([...this.tasks]), sleep(grace)]);
-    }
-    for (const held of this.held.values()) {
-      if (!held.controller.signal.aborted) {
-        held.controller.abort(new Shutdown());
-      }
-    }
-    await Promise.allSettled([...this.tasks]);
-    this.call?.cancel();
   }
 }
 
@@ -407,7 +627,9 @@ export class QueueHelpers {
       dedupKey: options.dedupKey ?? "",
       dedupTtl: options.dedupTtlMs ? msToDuration(options.dedupTtlMs) : undefined,
     });
-    const call = () => unary(this.stub.enqueue.bind(this.stub), request, {}, options.signal);
+    // Wait-for-ready only when a retry is safe too; otherwise fail fast while reconnecting.
+    const call = () =>
+      unary(this.stub.enqueue.bind(this.stub), request, { waitForReady: Boolean(options.dedupKey) }, options.signal);
     const response = options.dedupKey
       ? await retryUnavailable(call, this.defaultTimeoutMs, options.signal)
       : await once(call);
@@ -415,9 +637,10 @@ export class QueueHelpers {
   }
 
   /**
-   * Runs `handler` on the jobs of `queue` until `options.signal` aborts (then resolves once
-   * the handlers are done) or an error no retry can fix occurs (INVALID_ARGUMENT,
-   * UNAUTHENTICATED, …), with which it rejects.
+   * Runs `handler` on the jobs of `queue` until `options.signal` aborts (then drains and
+   * resolves once the handlers are done) or an error no retry can fix occurs
+   * (INVALID_ARGUMENT, UNAUTHENTICATED, …), with which it rejects once the running handlers
+   * are done.
    */
   consume(queue: string, handler: JobHandler, options: ConsumeOptions = {}): Promise<void> {
     const request = ConsumeRequest.fromPartial({

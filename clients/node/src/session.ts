@@ -96,7 +96,7 @@ export class SessionHelpers {
   async get(sessionId: string, options: { touch?: boolean; signal?: AbortSignal } = {}): Promise<Session> {
     const request = GetSessionRequest.fromPartial({ sessionId, noTouch: options.touch === false });
     const response = await retryUnavailable(
-      () => unary(this.stub.getSession.bind(this.stub), request, {}, options.signal),
+      () => unary(this.stub.getSession.bind(this.stub), request, { waitForReady: true }, options.signal),
       this.defaultTimeoutMs,
       options.signal,
     );
@@ -123,7 +123,7 @@ export class SessionHelpers {
   async delete(sessionId: string, signal?: AbortSignal): Promise<boolean> {
     const request = DeleteSessionRequest.fromPartial({ sessionId });
     const response = await retryUnavailable(
-      () => unary(this.stub.deleteSession.bind(this.stub), request, {}, signal),
+      () => unary(this.stub.deleteSession.bind(this.stub), request, { waitForReady: true }, signal),
       this.defaultTimeoutMs,
       signal,
     );
@@ -133,7 +133,7 @@ export class SessionHelpers {
   async list(subject: string, signal?: AbortSignal): Promise<Session[]> {
     const request = ListSessionsRequest.fromPartial({ subject });
     const response = await retryUnavailable(
-      () => unary(this.stub.listSessions.bind(this.stub), request, {}, signal),
+      () => unary(this.stub.listSessions.bind(this.stub), request, { waitForReady: true }, signal),
       this.defaultTimeoutMs,
       signal,
     );

@@ -10,14 +10,24 @@ type UnaryMethod<Req, Res> = (
   callback: (error: ServiceError | null, response: Res) => void,
 ) => ClientUnaryCall;
 
+export interface UnaryOptions extends Partial<CallOptions> {
+  /**
+   * While no replica is reachable, wait for one (until the deadline) instead of failing at
+   * once with UNAVAILABLE. Only for calls that are safe to retry, which the helpers send
+   * this way.
+   */
+  waitForReady?: boolean;
+}
+
 export function unary<Req, Res>(
   method: UnaryMethod<Req, Res>,
   request: Req,
-  options: Partial<CallOptions> = {},
+  options: UnaryOptions = {},
   signal?: AbortSignal,
 ): Promise<Res> {
+  const { waitForReady, ...callOptions } = options;
   return new Promise((resolve, reject) => {
-    const call = method(request, new GrpcMetadata(), options, (error, response) => {
+    const call = method(request, new GrpcMetadata({ waitForReady }), callOptions, (error, response) => {
       signal?.removeEventListener("abort", cancel);
       if (error) {
         reject(error);

@@ -77,6 +77,15 @@ export class Redis {
     return `redis://127.0.0.1:${this.port}`;
   }
 
+  /** SIGSTOP: Redis stops answering while its connections stay open — a stall. */
+  freeze(): void {
+    this.child.kill("SIGSTOP");
+  }
+
+  thaw(): void {
+    this.child.kill("SIGCONT");
+  }
+
   /** SIGKILL: an outage, not a shutdown. */
   stop(): Promise<void> {
     return stop(this.child, "SIGKILL");
@@ -109,7 +118,7 @@ export class Baton {
     const child = spawn(
       batonBinary(),
       ["--listen", listen, "--metrics-listen", "127.0.0.1:0", "--log-format", "json",
-        "--redis-url", redis.url, "--shutdown-delay", "200ms"],
+        "--redis-url", redis.url, "--shutdown-grace", "5s", "--shutdown-delay", "200ms"],
       { stdio: ["ignore", log, log] },
     );
     let addr: string | undefined;

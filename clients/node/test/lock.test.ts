@@ -1,18 +1,22 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { BatonClient, FailedPreconditionError, Lease, LeaseLostError, LockNotAcquiredError } from "../src/index.js";
-import { DescribeRequest, ReleaseRequest } from "../src/gen/baton/v1/lock.js";
+import { DescribeRequest, KeepAliveResponse, ReleaseRequest } from "../src/gen/baton/v1/lock.js";
 import { unary } from "../src/unary.js";
-import { Environment, freePort, unique } from "./harness.js";
+import { Environment, eventually, freePort, unique } from "./harness.js";
 
 let environment: Environment;
 let client: BatonClient;
+let addr: string;
 
 before(async () => {
   environment = await Environment.start();
-  client = new BatonClient({ target: (await environment.baton()).addr });
+  addr = (await environment.baton()).addr;
+  client = new BatonClient({ target: addr });
   environment.onClose(() => client.close());
 });
 after(() => environment.close());
@@ -112,4 +116,195 @@ test("KeepAlive resumes on another replica when one shuts down", async () => {
   } finally {
     replicas.close();
   }
+});
+
+test("heartbeats keep a short lease held, and heldUntil follows the last renewed one", async () => {
+  const ttlMs = 600;
+  let renewals = 0;
+  const lease = await client.lock(unique("heartbeat"), { ttlMs, onRenew: () => renewals++ });
+  try {
+    assert.equal(lease.lossMarginMs, 60); // max(ttl/10, 50 ms)
+    // Four ttls: without a heartbeat every ttl/3 the lease would be gone three times over.
+    const started = performance.now();
+    while (performance.now() - started < 4 * ttlMs) {
+      await sleep(25);
+      const ahead = lease.heldUntil - performance.now();
+      assert.ok(ahead > 0 && ahead <= ttlMs, `heldUntil ${ahead.toFixed(1)} ms ahead`);
+    }
+    assert.equal(lease.lost, false, `lease lost: ${String(lease.loss)}`);
+    assert.ok(renewals >= 8, `only ${renewals} renewals in ${4 * ttlMs} ms`);
+    const locks = client.stubs.locks;
+    const described = await unary(locks.describe.bind(locks), DescribeRequest.fromPartial({ name: lease.name }));
+    assert.deepEqual(described.holders.map((holder) => holder.fencingToken), [lease.fencingToken]);
+  } finally {
+    await lease.release();
+  }
+});
+
+test("a lease granted after a wait longer than its ttl is proven by KeepAlive, not lost", async () => {
+  const name = unique("handover");
+  const first = await client.lock(name, { ttlMs: 5000 });
+  // The waiter's grant comes ~1 s after its Acquire was sent: more than its own ttl.
+  const waiter = client.lock(name, { ttlMs: 400, waitMs: 10_000 });
+  await sleep(1000);
+  await first.release();
+  const second = await waiter;
+  assert.equal(second.lost, false, `lost at once: ${String(second.loss)}`);
+  await sleep(800); // two ttls
+  assert.equal(second.lost, false, `lost: ${String(second.loss)}`);
+  await second.release();
+});
+
+test("a SIGSTOPped holder's lease goes to a waiter within 2 s, after the holder's own loss instant", async () => {
+  const name = unique("frozen");
+  const holder = spawn(process.execPath, [`${import.meta.dirname}/lock-holder.js`, addr, name], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  try {
+    const held: number[] = []; // the wall-clock loss instants the holder reported
+    let lostAt: number | undefined;
+    createInterface({ input: holder.stdout }).on("line", (line) => {
+      const [what, at] = line.split(" ");
+      if (what === "held") {
+        held.push(Number(at));
+      } else if (what === "lost") {
+        lostAt = Number(at);
+      }
+    });
+    await eventually("the holder has renewed a few times", () => held.length >= 4, 15_000);
+    const stoppedAt = Date.now();
+    holder.kill("SIGSTOP");
+    const waiter = new BatonClient({ target: addr });
+    let grantedAt: number;
+    try {
+      const lease = await waiter.lock(name, { ttlMs: 5000, waitMs: 5000 });
+      grantedAt = Date.now();
+      await lease.release();
+    } finally {
+      waiter.close();
+    }
+    const lastLossAt = Math.max(...held);
+    console.log(
+      `frozen holder: grant ${grantedAt - stoppedAt} ms after SIGSTOP, ` +
+        `${(grantedAt - lastLossAt).toFixed(0)} ms after the holder's last reported loss instant`,
+    );
+    assert.ok(grantedAt - stoppedAt < 2000, `granted ${grantedAt - stoppedAt} ms after SIGSTOP`);
+    assert.ok(lastLossAt < grantedAt, `the holder counted itself holder until ${lastLossAt}, granted at ${grantedAt}`);
+    assert.equal(lostAt, undefined, "the holder reported a loss while stopped");
+    const continuedAt = Date.now();
+    holder.kill("SIGCONT");
+    await eventually("the resumed holder reports its loss", () => lostAt !== undefined, 5000);
+    console.log(`resumed holder: loss reported ${lostAt! - continuedAt} ms after SIGCONT`);
+    assert.ok(lostAt! - continuedAt < 500, `loss reported ${lostAt! - continuedAt} ms after SIGCONT`);
+  } finally {
+    holder.kill("SIGKILL");
+  }
+});
+
+/** One KeepAlive answer, with `heldUntil` of the lease just before and just after it. */
+interface Answer {
+  renewed: boolean;
+  heldUntilBefore: number;
+  heldUntilAfter: number;
+}
+
+/**
+ * A client whose KeepAlive answers are recorded in `answers`; `lease()` names the lease whose
+ * `heldUntil` they are compared with.
+ */
+function watchedClient(lease: () => Lease | undefined): { watched: BatonClient; answers: Answer[] } {
+  const watched = new BatonClient({ target: addr });
+  environment.onClose(() => watched.close());
+  const answers: Answer[] = [];
+  const stub = watched.stubs.locks;
+  const keepAlive = stub.keepAlive.bind(stub);
+  stub.keepAlive = ((...args: Parameters<typeof keepAlive>) => {
+    const call = keepAlive(...args);
+    // Registered before the lease's own listener, which runs in the same emit: the microtask
+    // reads heldUntil once the lease has handled the answer.
+    call.on("data", (response: KeepAliveResponse) => {
+      const answer = { renewed: response.renewed, heldUntilBefore: lease()?.heldUntil ?? NaN, heldUntilAfter: NaN };
+      answers.push(answer);
+      queueMicrotask(() => (answer.heldUntilAfter = lease()?.heldUntil ?? NaN));
+    });
+    return call;
+  }) as typeof stub.keepAlive;
+  return { watched, answers };
+}
+
+test("heartbeats answered renewed=false during a Redis stall leave heldUntil, and the lease is kept", async () => {
+  // A heartbeat every 2 s; Baton gives up on a frozen Redis after its 1 s redis timeout and
+  // answers renewed=false. Frozen from just after a renewal (sent at t0) until t0 + 3.5 s:
+  // the heartbeat of t0 + 2 s is answered renewed=false at about t0 + 3 s, the one of t0 + 4 s
+  // renews, well before the loss instant t0 + 5.4 s (ttl - margin).
+  const ttlMs = 6000;
+  let lease: Lease | undefined;
+  const { watched, answers } = watchedClient(() => lease);
+  let renewals = 0;
+  lease = await watched.lock(unique("stall"), { ttlMs, onRenew: () => renewals++ });
+  try {
+    await eventually("a first renewal answered", () => renewals >= 1, 5000);
+    const heldUntilBefore = lease.heldUntil;
+    const renewedSentAt = heldUntilBefore - ttlMs;
+    environment.redis.freeze();
+    try {
+      await sleep(renewedSentAt + 3500 - performance.now());
+    } finally {
+      environment.redis.thaw();
+    }
+    const unrenewed = answers.filter((answer) => !answer.renewed);
+    assert.ok(unrenewed.length >= 1, `no heartbeat answered renewed=false during the stall: ${JSON.stringify(answers)}`);
+    for (const answer of unrenewed) {
+      assert.equal(answer.heldUntilBefore, heldUntilBefore, "heldUntil moved before the renewed=false answer");
+      assert.equal(answer.heldUntilAfter, heldUntilBefore, "a renewed=false answer moved heldUntil");
+    }
+    await eventually("a heartbeat renewed again", () => lease!.heldUntil > heldUntilBefore + ttlMs / 3, 5000);
+    console.log(
+      `redis stall: ${unrenewed.length} heartbeat(s) answered renewed=false, heldUntil unmoved; renewed again ` +
+        `${(heldUntilBefore - lease.lossMarginMs - performance.now()).toFixed(0)} ms before the loss instant`,
+    );
+    assert.equal(lease.lost, false, `lease lost: ${String(lease.loss)}`);
+    const locks = client.stubs.locks;
+    const described = await unary(locks.describe.bind(locks), DescribeRequest.fromPartial({ name: lease.name }));
+    assert.deepEqual(described.holders.map((holder) => holder.fencingToken), [lease.fencingToken]);
+  } finally {
+    await lease.release();
+  }
+});
+
+test("heartbeats answered renewed=false do not keep a lease: lost locally before Baton could grant it", async () => {
+  // A heartbeat every second; Redis frozen from just after a renewal (sent at t0) for good:
+  // the heartbeat of t0 + 1 s is answered renewed=false at about t0 + 2 s, before the loss
+  // instant t0 + 2.7 s. Had that answer moved heldUntil, the loss would come a second later.
+  const ttlMs = 3000;
+  let lease: Lease | undefined;
+  const { watched, answers } = watchedClient(() => lease);
+  let renewals = 0;
+  lease = await watched.lock(unique("stalled"), { ttlMs, onRenew: () => renewals++ });
+  let reportedAt = NaN;
+  let reportedAtWall = NaN;
+  lease.signal.addEventListener("abort", () => ((reportedAt = performance.now()), (reportedAtWall = Date.now())));
+  await eventually("a first renewal answered", () => renewals >= 1, 5000);
+  const heldUntil = lease.heldUntil;
+  const expiresAt = lease.expiresAt!.getTime(); // by the Redis server's clock (this machine's)
+  environment.redis.freeze();
+  try {
+    await eventually("the loss reported", () => lease!.lost, 5000);
+    const unrenewed = answers.filter((answer) => !answer.renewed);
+    console.log(
+      `stalled redis: ${unrenewed.length} renewed=false answer(s) before the loss, reported ` +
+        `${(heldUntil - reportedAt).toFixed(0)} ms before heldUntil, ${expiresAt - reportedAtWall} ms before ` +
+        `Redis's expiry`,
+    );
+    assert.ok(unrenewed.length >= 1, `no renewed=false answer before the loss: ${JSON.stringify(answers)}`);
+    assert.ok(unrenewed.every((answer) => answer.heldUntilAfter === heldUntil), "a renewed=false answer moved heldUntil");
+    assert.equal(lease.heldUntil, heldUntil);
+    assert.ok(reportedAt >= heldUntil - lease.lossMarginMs - 1, "loss reported before its instant");
+    assert.ok(reportedAt < heldUntil, `loss reported ${(reportedAt - heldUntil).toFixed(0)} ms after heldUntil`);
+    assert.ok(reportedAtWall < expiresAt, `loss reported ${reportedAtWall - expiresAt} ms after Redis's expiry`);
+    assert.equal(lease.loss?.cause, undefined, `the loss came from the stream: ${String(lease.loss?.cause)}`);
+  } finally {
+    environment.redis.thaw();
+  }
+  await assert.rejects(lease.release(), LeaseLostError);
 });

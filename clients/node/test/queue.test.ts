@@ -5,7 +5,7 @@ import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import { BatonClient, ConsumeOptions, InvalidArgumentError, Job, JobCancelledError, JobHandler } from "../src/index.js";
-import { CancelJobRequest, GetJobRequest, JobState, Job as JobMessage } from "../src/gen/baton/v1/queue.js";
+import { CancelJobRequest, ConsumeResponse, GetJobRequest, JobState, Job as JobMessage } from "../src/gen/baton/v1/queue.js";
 import { unary } from "../src/unary.js";
 import { Environment, eventually, unique } from "./harness.js";
 
@@ -25,7 +25,10 @@ after(() => environment.close());
 class Settlements {
   readonly acked = new Map<string, number>();
   readonly other: unknown[] = [];
+  /** Date.now() of the last report. */
+  lastAt = 0;
   readonly record = (job: Job, error: unknown) => {
+    this.lastAt = Date.now();
     if (error === undefined) {
       this.acked.set(job.id, (this.acked.get(job.id) ?? 0) + 1);
     } else {
@@ -47,6 +50,29 @@ function consuming(worker: BatonClient, queue: string, handler: JobHandler, opti
 async function getJob(id: string): Promise<JobMessage | undefined> {
   const queue = client.stubs.queue;
   return (await unary(queue.getJob.bind(queue), GetJobRequest.fromPartial({ jobId: id }))).job;
+}
+
+/** Enqueues `count` jobs, 100 at a time; resolves with their ids in order. */
+async function enqueueMany(queue: string, count: number): Promise<string[]> {
+  const ids: string[] = [];
+  for (let start = 0; start < count; start += 100) {
+    const size = Math.min(100, count - start);
+    const batch = Array.from({ length: size }, (_, i) => client.enqueue(queue, `job-${start + i}`));
+    ids.push(...(await Promise.all(batch)).map((enqueued) => enqueued.jobId));
+  }
+  return ids;
+}
+
+/** The state and attempts of each job, read 100 at a time. */
+async function statesOf(ids: string[]): Promise<Map<string, { state: JobState; attempts: number }>> {
+  const states = new Map<string, { state: JobState; attempts: number }>();
+  for (let start = 0; start < ids.length; start += 100) {
+    const jobs = await Promise.all(ids.slice(start, start + 100).map(getJob));
+    jobs.forEach((job, i) =>
+      states.set(ids[start + i], { state: job?.state ?? JobState.UNRECOGNIZED, attempts: job?.attempts ?? -1 }),
+    );
+  }
+  return states;
 }
 
 test("enqueue with a dedup key answers the first job", async () => {
@@ -212,4 +238,167 @@ test("consume rejects with an error no retry can fix", async () => {
     assert.equal(error.field, "queue");
     return true;
   });
+});
+
+test("a stopped worker finishes its 100 running jobs, takes no more, and charges nothing to the rest", async () => {
+  const queue = unique("reports");
+  const ids = await enqueueMany(queue, 250);
+  const started = new Map<string, number>(); // job id → attempt
+  let startedAfterStop = 0;
+  const stop = new AbortController();
+  const settled = new Settlements();
+  const running = client.consume(
+    queue,
+    async (job) => {
+      if (stop.signal.aborted) {
+        startedAfterStop++;
+      }
+      started.set(job.id, job.attempt);
+      await sleep(300);
+      return "done";
+    },
+    { concurrency: 100, signal: stop.signal, onSettled: settled.record },
+  );
+  await eventually("100 handlers running", () => started.size >= 100);
+  const stoppedAt = Date.now();
+  stop.abort();
+  await running;
+  const resolvedAt = Date.now();
+  const stopTook = resolvedAt - stoppedAt;
+  console.log(
+    `stopped worker: ${started.size} jobs finished, consume resolved ${stopTook} ms after the stop, ` +
+      `${resolvedAt - settled.lastAt} ms after the last ack`,
+  );
+  assert.equal(startedAfterStop, 0, "a job started after the stop");
+  assert.equal(started.size, 100);
+  // The handlers take 300 ms: the stop waited for them, and for nothing else.
+  assert.ok(stopTook >= 200 && stopTook < 2000, `consume resolved ${stopTook} ms after the stop`);
+  assert.equal(settled.acked.size, 100);
+  assert.deepEqual(settled.other, []);
+  const states = await statesOf(ids);
+  for (const [id, { state, attempts }] of states) {
+    if (started.has(id)) {
+      assert.equal(started.get(id), 1);
+      const expected = { state: JobState.JOB_STATE_SUCCEEDED, attempts: 1 };
+      assert.deepEqual({ state, attempts }, expected, `job ${id}, which ran`);
+    } else {
+      const expected = { state: JobState.JOB_STATE_READY, attempts: 0 };
+      assert.deepEqual({ state, attempts }, expected, `job ${id}, which never ran`);
+    }
+  }
+});
+
+test("deliveries that arrive after the stop go back to the queue without their attempt charged", async () => {
+  const queue = unique("invoices");
+  const ids = await enqueueMany(queue, 150);
+  const stop = new AbortController();
+  const ran: string[] = [];
+  // The first handler stops the worker: the other deliveries of the burst of 100 arrive (or
+  // get their slot) after the stop decision, and must go back unstarted.
+  await client.consume(
+    queue,
+    async (job) => {
+      ran.push(job.id);
+      stop.abort();
+      await sleep(50);
+    },
+    { concurrency: 100, signal: stop.signal },
+  );
+  assert.equal(ran.length, 1, `${ran.length} handlers ran after the stop decision`);
+  const states = await statesOf(ids);
+  assert.deepEqual(states.get(ran[0]), { state: JobState.JOB_STATE_SUCCEEDED, attempts: 1 });
+  const charged = [...states].filter(
+    ([id, job]) => id !== ran[0] && (job.state !== JobState.JOB_STATE_READY || job.attempts !== 0),
+  );
+  assert.deepEqual(charged, [], "jobs never started but not READY with 0 attempts");
+});
+
+test("a stopped worker's process exits at once, whatever its shutdown grace", async () => {
+  const queue = unique("exports");
+  await client.enqueue(queue, "one");
+  const worker = spawn(process.execPath, [`${import.meta.dirname}/graceful-worker.js`, addr, queue], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  try {
+    const exited = new Promise<number>((done) => worker.once("exit", () => done(Date.now())));
+    let stoppedAt: number | undefined;
+    for await (const line of createInterface({ input: worker.stdout })) {
+      if (line === "stopped") {
+        stoppedAt = Date.now();
+        break;
+      }
+    }
+    assert.ok(stoppedAt !== undefined, "the worker never stopped");
+    const exitedAt = await Promise.race([exited, sleep(10_000).then(() => undefined)]);
+    assert.ok(exitedAt !== undefined, "the stopped worker's process still ran 10 s later (its 60 s grace timer?)");
+    assert.ok(exitedAt - stoppedAt < 2000, `exited ${exitedAt - stoppedAt} ms after consume resolved`);
+  } finally {
+    worker.kill("SIGKILL");
+  }
+});
+
+test("a stopped worker hands back, through its current stream, unstarted jobs an earlier stream delivered", async () => {
+  const replicas = [await environment.baton(), await environment.baton(), await environment.baton()];
+  // pick_first: each stream is on the first replica up, so each shutdown moves it to the next.
+  const worker = new BatonClient({ target: replicas.map((replica) => replica.addr), loadBalancing: "pick_first" });
+  const producer = new BatonClient({ target: replicas[2].addr });
+  // The Consume streams that got their response headers (a draining replica refuses new
+  // ones), and what each delivered.
+  const streams: string[][] = [];
+  const stub = worker.stubs.queue;
+  const consume = stub.consume.bind(stub);
+  stub.consume = ((...args: Parameters<typeof consume>) => {
+    const call = consume(...args);
+    const delivered: string[] = [];
+    call.on("metadata", () => streams.push(delivered));
+    call.on("data", (response: ConsumeResponse) => response.delivery && delivered.push(response.delivery.job!.jobId));
+    return call;
+  }) as typeof stub.consume;
+  let release!: () => void;
+  const released = new Promise<void>((done) => (release = done));
+  const stop = new AbortController();
+  try {
+    const queue = unique("backups");
+    const started: string[] = [];
+    const settled = new Settlements();
+    const running = worker.consume(
+      queue,
+      async (job, signal) => {
+        started.push(job.id);
+        await Promise.race([released, new Promise((done) => signal.addEventListener("abort", done, { once: true }))]);
+      },
+      { concurrency: 2, signal: stop.signal, onSettled: settled.record },
+    );
+    // Stream 1 (first replica): two jobs, which take both handler slots until released.
+    const running1 = [(await producer.enqueue(queue, "a")).jobId, (await producer.enqueue(queue, "b")).jobId];
+    await eventually("both slots taken", () => started.length === 2);
+    const waiting = [(await producer.enqueue(queue, "c")).jobId, (await producer.enqueue(queue, "d")).jobId];
+    // Stream 2 (second replica), opened when the first replica shuts down, delivers the next two,
+    // which wait for a slot; then the second replica shuts down too, and stream 3 opens.
+    await replicas[0].terminate();
+    await eventually("stream 2 delivered the waiting jobs", () => streams[1]?.length === 2);
+    assert.deepEqual(new Set(streams[1]), new Set(waiting));
+    await replicas[1].terminate();
+    await eventually("stream 3 up", () => streams.length === 3);
+    stop.abort();
+    release();
+    const stoppedAt = Date.now();
+    await running;
+    console.log(`earlier stream's unstarted jobs: consume resolved ${Date.now() - stoppedAt} ms after the stop`);
+    assert.deepEqual(started, running1, "a waiting job started after the stop");
+    assert.equal(settled.acked.size, 2);
+    const states = await statesOf([...running1, ...waiting]);
+    for (const id of running1) {
+      assert.deepEqual(states.get(id), { state: JobState.JOB_STATE_SUCCEEDED, attempts: 1 }, `job ${id}, which ran`);
+    }
+    // Left to their visibility timeout they would still be leased, their attempt charged.
+    for (const id of waiting) {
+      assert.deepEqual(states.get(id), { state: JobState.JOB_STATE_READY, attempts: 0 }, `job ${id}, never started`);
+    }
+  } finally {
+    release();
+    stop.abort();
+    worker.close();
+    producer.close();
+  }
 });

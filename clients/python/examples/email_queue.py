@@ -46,7 +46,9 @@ def send_welcome(job: baton_client.Job) -> bytes:
 
 
 def work(client: baton_client.Client) -> None:
-    # SIGTERM (Kubernetes) or Ctrl-C: stop taking jobs, give the ones in hand 10 s to finish.
+    # SIGTERM (Kubernetes) or Ctrl-C: Baton delivers no more, the jobs in hand that never
+    # started go back to the queue at once (no attempt used up), and the running ones get
+    # 10 s to finish and be acked; consume() returns as soon as they are done.
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

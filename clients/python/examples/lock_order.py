@@ -39,7 +39,9 @@ class OrderStore:
 
 def process_order(client: baton_client.Client, store: OrderStore, worker: int) -> None:
     with client.lock("order:1234", ttl=10, owner=f"worker-{worker}") as lease:
-        # Charge the card, reserve the stock; lease.lost turns True if the lease is lost.
+        # Charge the card, reserve the stock. The lease lives on heartbeats; lease.lost turns
+        # True a safety margin (ttl/10) before Baton could give the lock to someone else —
+        # also when this process was frozen past that point.
         if lease.wait_lost(0.1):
             return
         store.write(lease.fencing_token, f"processed by worker {worker}")

@@ -22,8 +22,8 @@ def start_baton(redis: Redis, tmp_path: Path) -> Iterator:
     """Starts baton replicas on the test's redis; all are killed at teardown."""
     started: list[Baton] = []
 
-    def start(listen: str = "127.0.0.1:0") -> Baton:
-        started.append(Baton(redis, tmp_path, listen))
+    def start(listen: str = "127.0.0.1:0", *extra_args: str) -> Baton:
+        started.append(Baton(redis, tmp_path, listen, extra_args))
         return started[-1]
 
     yield start

@@ -8,12 +8,14 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
 START_PATIENCE = 30.0
 _GRPC_ADDR = re.compile(rb'"grpc_addr":"([^"]+)"')
+_METRICS_ADDR = re.compile(rb'"metrics_addr":"([^"]+)"')
 
 
 def free_port() -> int:
@@ -77,8 +79,8 @@ class Redis:
 
 def baton_binary() -> str:
     """$BATON_BIN, else <repo>/target/debug/baton, built if missing."""
-    if binary := os.environ.get("BATON_BIN"):
-        return binary
+    if configured := os.environ.get("BATON_BIN"):
+        return configured
     binary = REPO / "target" / "debug" / "baton"
     if not binary.exists():
         subprocess.run(["cargo", "build", "--bin", "baton"], cwd=REPO, check=True)
@@ -88,7 +90,13 @@ def baton_binary() -> str:
 class Baton:
     """One baton server process; ``addr`` comes from its JSON "serving" log line."""
 
-    def __init__(self, redis: Redis, log_dir: Path, listen: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        log_dir: Path,
+        listen: str = "127.0.0.1:0",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         # A file, not a pipe: a pipe nobody drains would block baton once full.
         self.log_path = log_dir / f"baton-{time.monotonic_ns()}.log"
         with self.log_path.open("wb") as log:
@@ -105,20 +113,31 @@ class Baton:
                     redis.url,
                     "--shutdown-delay",
                     "200ms",
+                    *extra_args,
                 ],
                 stdout=log,
                 stderr=log,
             )
         deadline = time.monotonic() + START_PATIENCE
         while True:
-            match = _GRPC_ADDR.search(self.log_path.read_bytes())
-            if match:
+            written = self.log_path.read_bytes()
+            match, metrics = _GRPC_ADDR.search(written), _METRICS_ADDR.search(written)
+            if match and metrics:
                 self.addr = match.group(1).decode()
+                self.metrics_addr = metrics.group(1).decode()
                 return
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"baton did not start:\n{self.log_path.read_text()}")
             time.sleep(0.02)
+
+    def gauge(self, name: str) -> float:
+        """The value of an unlabelled gauge on the replica's /metrics (0 when absent)."""
+        with urllib.request.urlopen(f"http://{self.metrics_addr}/metrics", timeout=5) as page:
+            for line in page.read().decode().splitlines():
+                if line.startswith(f"{name} "):
+                    return float(line.split()[1])
+        return 0.0
 
     def terminate(self) -> None:
         """SIGTERM: a graceful shutdown; waits for the exit."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from conftest import unique
@@ -159,3 +160,44 @@ async def test_sessions_round_trip(async_client: baton_client.AsyncClient) -> No
     assert await async_client.revoke_sessions(subject) == 1
     with pytest.raises(baton_client.NotFound):
         await async_client.get_session(session_id, touch=False)
+
+
+@pytest.mark.parametrize("how", ["stop", "cancel"])
+async def test_stopping_finishes_started_jobs_and_hands_back_the_rest(
+    async_client: baton_client.AsyncClient, how: str
+) -> None:
+    queue = unique("invoices")
+    ids = [(await async_client.enqueue(queue, f"{n}".encode())).job_id for n in range(80)]
+    started: list[str] = []
+    stop = asyncio.Event()
+    fifth_started = asyncio.Event()
+
+    async def bill(job: baton_client.Job) -> None:
+        started.append(job.id)
+        if len(started) == 5:
+            fifth_started.set()
+            if how == "stop":
+                stop.set()
+        await asyncio.sleep(0.3)
+
+    # "stop": the first five handlers to start decide to stop, and the rest of the burst of 40
+    # deliveries goes back. "cancel": five in flight, and the task running consume() is
+    # cancelled while their handlers run: they finish, and nothing more is taken.
+    concurrency = 40 if how == "stop" else 5
+    loop = asyncio.get_running_loop()
+    consumer = asyncio.create_task(async_client.consume(queue, bill, concurrency, stop=stop))
+    await asyncio.wait_for(fifth_started.wait(), 10)
+    stopped_at = loop.time()
+    if how == "cancel":
+        consumer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(consumer, 10)
+    took = loop.time() - stopped_at
+    assert len(started) == 5, started
+    assert took < 1.5, f"consume() took {took:.3f}s to stop"
+    for job_id in ids:
+        job = (await async_client.stubs.queue.GetJob(queue_pb2.GetJobRequest(job_id=job_id))).job
+        if job_id in started:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_SUCCEEDED, 1), job
+        else:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_READY, 0), job

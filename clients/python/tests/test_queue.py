@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import unique
-from harness import Baton, eventually
+from harness import Baton, eventually, free_port
 
 import baton_client
 from baton_client.pb.baton.v1 import queue_pb2
@@ -204,3 +204,152 @@ def test_consume_raises_an_error_no_retry_can_fix(client: baton_client.Client) -
     with pytest.raises(baton_client.InvalidArgument) as raised:
         client.consume("", lambda job: None)
     assert raised.value.field == "queue"
+
+
+def enqueue_many(client: baton_client.Client, queue: str, count: int, **fields) -> list[str]:
+    """Enqueues ``count`` jobs in batches; their ids, in order."""
+    ids: list[str] = []
+    for start in range(0, count, 500):
+        requests = [
+            queue_pb2.EnqueueRequest(queue=queue, payload=f"{n}".encode(), **fields)
+            for n in range(start, min(start + 500, count))
+        ]
+        batch = queue_pb2.EnqueueBatchRequest(requests=requests)
+        ids.extend(result.job_id for result in client.stubs.queue.EnqueueBatch(batch).results)
+    return ids
+
+
+def test_stop_finishes_100_jobs_in_flight_and_takes_no_more(client: baton_client.Client) -> None:
+    queue = unique("thumbnails")
+    ids = enqueue_many(client, queue, 250)
+    guard = threading.Lock()
+    started: dict[str, int] = {}  # job id -> attempt
+    settled = Settlements()
+    stop = threading.Event()
+
+    def resize(job: baton_client.Job) -> None:
+        with guard:
+            started[job.id] = job.attempt
+        time.sleep(0.3)
+
+    worker = threading.Thread(
+        target=client.consume,
+        args=(queue, resize, 100),
+        kwargs={"stop": stop, "shutdown_grace": 10, "on_settled": settled},
+    )
+    worker.start()
+    eventually(lambda: len(started) == 100, "100 handlers running")
+    stop.set()
+    stopped_at = time.monotonic()
+    worker.join(10)
+    took = time.monotonic() - stopped_at
+    assert not worker.is_alive(), "consume() did not return after stop"
+    print(f"\nstop with 100 jobs in flight: consume() returned after {took:.3f}s")
+    # The handlers needed 0.3 s; a whole grace period (10 s) was not waited.
+    assert took < 1.5
+    assert len(started) == 100, "jobs were started after the stop"
+    assert not settled.other, settled.other
+    assert set(settled.acked) == set(started)
+    for job_id in ids:
+        job = job_state(client, job_id)
+        if job_id in started:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_SUCCEEDED, 1), job
+        else:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_READY, 0), job
+
+
+def test_deliveries_never_started_go_back_without_charging_an_attempt(
+    client: baton_client.Client,
+) -> None:
+    queue = unique("invoices")
+    ids = enqueue_many(client, queue, 120)
+    guard = threading.Lock()
+    started: list[str] = []
+    stop = threading.Event()
+
+    def bill(job: baton_client.Job) -> None:
+        # The first job decides to stop: the rest of the burst (up to 60 deliveries) arrives
+        # or waits for a thread after the decision.
+        stop.set()
+        with guard:
+            started.append(job.id)
+        time.sleep(0.2)
+
+    began = time.monotonic()
+    client.consume(queue, bill, 60, stop=stop, shutdown_grace=10)
+    took = time.monotonic() - began
+    assert 1 <= len(started) < 60, started
+    for job_id in ids:
+        job = job_state(client, job_id)
+        if job_id in started:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_SUCCEEDED, 1), job
+        else:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_READY, 0), job
+    print(f"\nhand-back: {len(started)} started, consume() took {took:.3f}s")
+    # Baton ended the drained stream itself (no wait for the stop's patience).
+    assert took < 1.5
+
+
+def test_stop_hands_back_deliveries_of_an_earlier_stream_through_the_open_one(
+    start_baton,
+) -> None:
+    # Stream A (replica 1) delivers 5 jobs, whose handlers run; replica 1 drains, stream B
+    # (replica 2) delivers the other 5, which wait for a thread; replica 2 drains and stream
+    # C (replica 1, restarted) has nothing to deliver. On stop, B's five go back through C
+    # — which itself holds nothing, so Baton ends it as soon as it is drained.
+    first_addr, second_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    first, second, bystander = start_baton(first_addr), start_baton(second_addr), start_baton()
+    queue = unique("exports")
+    release = threading.Event()
+    guard = threading.Lock()
+    started: list[str] = []
+    settled = Settlements()
+    stop = threading.Event()
+
+    def export(job: baton_client.Job) -> None:
+        with guard:
+            started.append(job.id)
+        release.wait(20)
+
+    with (
+        baton_client.Client([first_addr, second_addr], load_balancing="pick_first") as worker,
+        baton_client.Client(bystander.addr) as producer,
+    ):
+        ids = enqueue_many(producer, queue, 10)
+
+        def active() -> int:
+            states = [job_state(producer, job_id).state for job_id in ids]
+            return states.count(queue_pb2.JOB_STATE_ACTIVE)
+
+        consumer = threading.Thread(
+            target=worker.consume,
+            args=(queue, export, 5),
+            kwargs={"stop": stop, "on_settled": settled},
+        )
+        consumer.start()
+        try:
+            eventually(lambda: len(started) == 5, "stream A's five handlers running")
+            first.terminate()
+            eventually(lambda: active() == 10, "stream B delivered the other five")
+            first = start_baton(first_addr)
+            second.terminate()
+            eventually(
+                lambda: first.gauge("baton_queue_consumers") == 1, "stream C open on replica 1"
+            )
+            stop.set()
+            # B's deliveries are back before the running handlers finish.
+            eventually(lambda: active() == 5, "stream B's deliveries handed back", 5)
+        finally:
+            stop.set()
+            release.set()
+            consumer.join(10)
+        assert not consumer.is_alive(), "consume() did not return after stop"
+        jobs = {job_id: job_state(producer, job_id) for job_id in ids}
+    assert len(started) == 5, "a delivery of stream B was started after the stop"
+    assert not settled.other, settled.other
+    assert set(settled.acked) == set(started)
+    for job_id, job in jobs.items():
+        if job_id in started:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_SUCCEEDED, 1), job
+        else:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_READY, 0), job

@@ -55,11 +55,14 @@ func enqueue(client *baton.Client, address string) {
 }
 
 func work(client *baton.Client) {
-	// SIGTERM (Kubernetes) or Ctrl-C: stop taking jobs, give the ones in hand 10 s to finish.
+	// SIGTERM (Kubernetes) or Ctrl-C: Baton delivers nothing more, the jobs prefetched but
+	// not started go back to the queue at once (no attempt charged), and the ones running get
+	// up to 10 s to finish and be acked; Consume returns as soon as they have.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Print("worker ready")
 	err := client.Consume(ctx, queue, 4, sendWelcome,
+		baton.WithPrefetch(4),
 		baton.WithShutdownGrace(10*time.Second),
 		baton.WithOnSettled(func(job *baton.Job, err error) {
 			log.Printf("job %s attempt %d: %v", job.ID, job.Attempt, errOrAcked(err))
@@ -75,7 +78,7 @@ func sendWelcome(ctx context.Context, job *baton.Job) ([]byte, error) {
 	}
 	select {
 	case <-time.After(200 * time.Millisecond):
-	case <-ctx.Done(): // cancelled, or shutting down: the job is not acked
+	case <-ctx.Done(): // cancelled, or the shutdown grace ran out: the job is not acked
 		return nil, ctx.Err()
 	}
 	return []byte(fmt.Sprint("sent to ", string(job.Payload))), nil

@@ -46,7 +46,8 @@ func processOrder(ctx context.Context, client *baton.Client, store *orderStore, 
 		return err
 	}
 	defer lease.Unlock()
-	// lease.Context() ends if the lease is lost: stop charging the card at that point.
+	// lease.Context() ends if the lease is lost — or, a safety margin before Baton could let
+	// it go, if no heartbeat has been answered (lease.Deadline()): stop charging the card then.
 	select {
 	case <-time.After(100 * time.Millisecond): // charge the card, reserve the stock
 	case <-lease.Context().Done():

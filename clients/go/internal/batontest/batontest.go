@@ -60,6 +60,14 @@ func (r *Redis) URL() string { return "redis://" + r.Addr() }
 // Stop kills redis-server (SIGKILL: an outage, not a shutdown) and reaps it; idempotent.
 func (r *Redis) Stop() { r.process.stop(syscall.SIGKILL) }
 
+// Signal sends signal to redis-server (SIGSTOP freezes it: connections stay open and
+// commands queue up unanswered; SIGCONT resumes it) without waiting for anything.
+func (r *Redis) Signal(signal syscall.Signal) {
+	if !r.process.exited() {
+		_ = r.process.cmd.Process.Signal(signal)
+	}
+}
+
 // Baton is one baton server process.
 type Baton struct {
 	// Addr is the gRPC address, read from baton's "serving" log line.
@@ -68,9 +76,10 @@ type Baton struct {
 }
 
 // StartBaton starts target/debug/baton (or $BATON_BIN) on redis, listening on listen
-// ("127.0.0.1:0" for any free port), and waits for its address; it is killed when the test
-// ends.
-func StartBaton(t testing.TB, redis *Redis, listen string) *Baton {
+// ("127.0.0.1:0" for any free port), with extraArgs after the harness's own flags (which
+// they must not repeat: --listen, --metrics-listen, --log-format, --redis-url,
+// --shutdown-delay 200ms), and waits for its address; it is killed when the test ends.
+func StartBaton(t testing.TB, redis *Redis, listen string, extraArgs ...string) *Baton {
 	t.Helper()
 	logFile, err := os.Create(filepath.Join(t.TempDir(), "baton.log"))
 	if err != nil {
@@ -78,8 +87,9 @@ func StartBaton(t testing.TB, redis *Redis, listen string) *Baton {
 	}
 	defer logFile.Close()
 	// Logs go to a file, not a pipe: a pipe nobody drains would block baton once full.
-	cmd := exec.Command(batonBinary(t), "--listen", listen, "--metrics-listen", "127.0.0.1:0",
-		"--log-format", "json", "--redis-url", redis.URL(), "--shutdown-delay", "200ms")
+	args := append([]string{"--listen", listen, "--metrics-listen", "127.0.0.1:0",
+		"--log-format", "json", "--redis-url", redis.URL(), "--shutdown-delay", "200ms"}, extraArgs...)
+	cmd := exec.Command(batonBinary(t), args...)
 	cmd.Stderr = logFile
 	cmd.Stdout = logFile
 	batonProcess, err := start(cmd)
@@ -106,6 +116,13 @@ func StartBaton(t testing.TB, redis *Redis, listen string) *Baton {
 
 // Terminate sends SIGTERM (a graceful shutdown) and waits for the process to exit.
 func (b *Baton) Terminate() { b.process.stop(syscall.SIGTERM) }
+
+// Signal sends signal (SIGSTOP, SIGCONT, …) without waiting for anything.
+func (b *Baton) Signal(signal syscall.Signal) {
+	if !b.process.exited() {
+		_ = b.process.cmd.Process.Signal(signal)
+	}
+}
 
 // FreePort returns a loopback port that was free a moment ago.
 func FreePort(t testing.TB) int {

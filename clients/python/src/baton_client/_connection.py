@@ -14,6 +14,11 @@ API_KEY_HEADER = "x-api-key"
 DEFAULT_TIMEOUT = 10.0
 """Seconds allowed to unary calls made without a timeout of their own."""
 
+RECONNECT_BACKOFF_MS = (100, 250)
+"""The channel's reconnect backoff, first and longest (ms): a replica restarted in place (a
+rolling restart) is found again within about 250 ms instead of gRPC's default 1 s growing
+to 2 min."""
+
 Seconds = float | datetime.timedelta
 
 
@@ -41,8 +46,12 @@ def target_of(target: str | Sequence[str]) -> str:
 
 
 def channel_options(target: str, load_balancing: str) -> list[tuple[str, str | int]]:
+    first_backoff, max_backoff = RECONNECT_BACKOFF_MS
     options: list[tuple[str, str | int]] = [
         ("grpc.service_config", json.dumps({"loadBalancingConfig": [{load_balancing: {}}]})),
+        ("grpc.initial_reconnect_backoff_ms", first_backoff),
+        ("grpc.min_reconnect_backoff_ms", first_backoff),
+        ("grpc.max_reconnect_backoff_ms", max_backoff),
     ]
     scheme, _, addresses = target.partition(":")
     if scheme in ("ipv4", "ipv6") and "," in addresses:
@@ -67,18 +76,32 @@ def with_api_key(
 
 
 class Backoff:
-    """Capped exponential backoff with jitter, never shorter than the server's RetryInfo."""
+    """Capped exponential backoff with jitter, never shorter than the server's RetryInfo
+    (unless told to ignore it)."""
 
     FIRST = 0.05
     MAX = 2.0
 
-    def __init__(self) -> None:
-        self._next = self.FIRST
+    def __init__(self, first: float = FIRST, max: float = MAX) -> None:
+        self._first = first
+        self._max = max
+        self._next = first
 
     def reset(self) -> None:
-        self._next = self.FIRST
+        self._next = self._first
 
     def delay(self, retry_after: float | None) -> float:
         delay = self._next / 2 + random.random() * self._next
-        self._next = min(self._next * 2, self.MAX)
-        return max(delay, retry_after or 0.0)
+        self._next = min(self._next * 2, self._max)
+        return max(min(delay, self._max), retry_after or 0.0)
+
+
+def settle_backoff() -> Backoff:
+    """The backoff of the calls that settle or keep what a client holds (Ack, Nack, Extend,
+    Renew, Release): short, because another replica usually answers at once."""
+    return Backoff(0.1, 0.5)
+
+
+def stream_backoff() -> Backoff:
+    """The backoff between reopening a KeepAlive stream: its lease has a deadline."""
+    return Backoff(0.05, 0.25)

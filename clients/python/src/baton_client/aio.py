@@ -41,14 +41,22 @@ class _UnaryDefaults(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(_details(details, self._api_key, self._default_timeout), request)
 
 
-class _StreamDefaults(grpc.aio.UnaryStreamClientInterceptor):
-    """API key on server streams, which get no default timeout: they are meant to stay open."""
+class _StreamDefaults(
+    grpc.aio.UnaryStreamClientInterceptor, grpc.aio.StreamStreamClientInterceptor
+):
+    """API key on streams (KeepAlive and Consume are bidirectional), which get no default
+    timeout: they are meant to stay open."""
 
     def __init__(self, api_key: str | None) -> None:
         self._api_key = api_key
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_details(details, self._api_key, None), request)
+
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_details(details, self._api_key, None), request_iterator)
 
 
 class AsyncClient(AsyncRateLimits, AsyncLocks, AsyncCache, AsyncSessions, AsyncQueue):

@@ -1,26 +1,48 @@
 """Fenced locks: ``with client.lock(name, ttl=10) as lease:`` (and ``async with``).
 
-A held lease is kept alive by a ``KeepAlive`` stream. When the stream ends with UNAVAILABLE
-(a replica shutting down, a broken connection) it is resumed with the same lease id on
-whichever replica the balancer picks next; the lease counts as lost only when Baton answers
-LEASE_NOT_HELD, an error no retry can fix occurs, or no renewal was confirmed for a whole
-ttl — the server renews before it answers, so by then the lease has certainly expired.
+A held lease is kept alive by a bidirectional ``KeepAlive`` stream on which the client
+proves it is alive: the first message names the lease, then a heartbeat goes out every
+ttl/3. Baton answers every message, in order, with ``renewed`` telling whether it renewed the
+lease (it does not when a heartbeat comes closer than ttl/10 to the previous renewal, or when
+Redis is unreachable). Baton never renews on its own, so a holder that stops — frozen,
+paused, partitioned — loses the lease at most ttl after the send time of its last renewed
+heartbeat.
+
+The liveness proof, all on the client's monotonic clock: an answer ``renewed = true`` means
+Baton renewed the lease after the message it answers was sent, so the lease is held at least
+until that send time + ttl (``held_until``). Answers are matched to sends in FIFO order (each
+stream keeps the send times of its unanswered messages); an answer ``renewed = false`` proves
+nothing and only takes its send time off the queue. The lease is reported lost at
+``held_until - margin`` (``margin = max(ttl/10, 50 ms)``, for clock-rate differences and
+scheduling) by a local timer that does not depend on the stream, so a stalled stream, or a
+process frozen and then resumed, still reports the loss, at once on resumption. It is also
+lost when Baton answers LEASE_NOT_HELD or an error no retry can fix.
+
+When the stream ends with UNAVAILABLE (a replica draining, a broken connection) a new one is
+opened at once — backoff 50 ms growing to 250 ms — with the same lease id, on whichever
+replica the balancer picks, until the lease would be reported lost. A half-close only ends
+the heartbeats (the lease then runs out its ttl); cancelling a stream releases the lease, as
+releasing does: release() calls Release, then cancels the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
+import math
+import queue
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 
-from ._connection import Backoff, Seconds, duration, seconds
+from . import _retry
+from ._connection import Backoff, Seconds, duration, seconds, stream_backoff
 from .errors import BatonError, LeaseLost, LockNotAcquired, from_rpc_error
 from .pb.baton.v1 import lock_pb2
 
@@ -29,6 +51,9 @@ if TYPE_CHECKING:
 
 MAX_SERVER_WAIT = 3600.0
 """The longest wait_timeout Baton accepts; longer waits are made of several Acquires."""
+
+MIN_MARGIN = 0.05
+"""The smallest safety margin (seconds) between reporting a lease lost and its expiry."""
 
 _RETRY_ACQUIRE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 # Stream endings worth resuming from; anything else but FAILED_PRECONDITION is final too.
@@ -41,6 +66,14 @@ _RESUMABLE = (
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.ABORTED,
 )
+
+L = TypeVar("L", bound="_LeaseState")
+Renewed = Callable[[L], None]
+
+
+def margin_of(ttl: float) -> float:
+    """How long before ``held_until`` a lease of ``ttl`` seconds is reported lost."""
+    return max(ttl / 10, MIN_MARGIN)
 
 
 class _Attempt:
@@ -68,6 +101,8 @@ class _Attempt:
         self.default_timeout = default_timeout
         self.backoff = Backoff()
         self.failing_since: float | None = None
+        self.sent_at = 0.0
+        """When the last round was sent: a grant it answers was made after this instant."""
 
     def next_call(self) -> tuple[lock_pb2.AcquireRequest, float, float | None]:
         """The request with this round's wait, the wait, and the call's timeout: the wait
@@ -77,6 +112,7 @@ class _Attempt:
             wait = max(self.give_up_at - time.monotonic(), 0.0)
         self.request.wait_timeout.CopyFrom(duration(wait))
         timeout = None if self.default_timeout is None else wait + self.default_timeout
+        self.sent_at = time.monotonic()
         return self.request, wait, timeout
 
     def outcome(self, response: lock_pb2.AcquireResponse, wait: float) -> bool:
@@ -86,6 +122,13 @@ class _Attempt:
         if wait < MAX_SERVER_WAIT:
             raise LockNotAcquired(self.name, response.holder.owner)
         return False
+
+    def needs_proof(self, lease: lock_pb2.Lease) -> bool:
+        """Whether the grant came after a wait so long that its send time proves too little:
+        the grant was made somewhere between send and answer, and only the send time is
+        known to precede it. The lease is then renewed once before it is handed out."""
+        ttl = lease.ttl.ToTimedelta().total_seconds()
+        return time.monotonic() - self.sent_at > ttl / 2
 
     def retry_delay(self, error: grpc.RpcError) -> float:
         """Seconds before retrying, or raises when the error is final or retrying has gone
@@ -104,10 +147,41 @@ class _Attempt:
         return delay
 
 
-class _LeaseState:
-    """What the sync and asyncio leases share: the grant and the loss bookkeeping."""
+def _renew_request(lease: lock_pb2.Lease) -> lock_pb2.RenewRequest:
+    return lock_pb2.RenewRequest(name=lease.name, lease_id=lease.lease_id, ttl=lease.ttl)
 
-    def __init__(self, granted: lock_pb2.Lease) -> None:
+
+def _unproven(lease: lock_pb2.Lease, error: BatonError) -> BaseException:
+    """The exception for a grant that could not be renewed before being handed out."""
+    if isinstance(error, BatonError) and error.reason == "LEASE_NOT_HELD":
+        lost = LeaseLost(f"lock {lease.name!r} was lost before its grant could be confirmed")
+        lost.__cause__ = error
+        return lost
+    return error
+
+
+Q = TypeVar("Q")
+
+
+class _Stream(Generic[Q]):
+    """One KeepAlive stream: the queue its requests go through (None half-closes it, which
+    ends the heartbeats, not the lease) and the send times of its messages not answered yet,
+    oldest first."""
+
+    def __init__(self, requests: Q) -> None:
+        self.requests = requests
+        self.unanswered: collections.deque[float] = collections.deque()
+        self.call: Any = None
+
+
+class _LeaseState:
+    """What the sync and asyncio leases share: the grant and the liveness bookkeeping. Every
+    method that changes the bookkeeping runs under the lease's lock (sync) or on the event
+    loop (asyncio)."""
+
+    def __init__(
+        self, granted: lock_pb2.Lease, proven_at: float, on_renewed: Renewed[Any] | None
+    ) -> None:
         self.name: str = granted.name
         self.lease_id: str = granted.lease_id
         """Proves holdership; treat it as a secret."""
@@ -115,28 +189,117 @@ class _LeaseState:
         """Greater than every token granted before for this name: pass it to the protected
         resource, which must refuse writes with a lower token than it has seen."""
         self.ttl: float = granted.ttl.ToTimedelta().total_seconds()
+        self.margin: float = margin_of(self.ttl)
+        """How long before ``held_until`` the lease is reported lost."""
         self.expires_at: datetime.datetime = granted.expires_at.ToDatetime(datetime.UTC)
-        """Expiry of the last confirmed renewal, by the Redis server's clock."""
+        """Expiry of the last confirmed renewal, by the Redis server's clock (for display:
+        the liveness proof uses :attr:`held_until`)."""
+        self.held_until: float = proven_at + self.ttl
+        """``time.monotonic()`` instant until which the lease is certainly held: the send
+        time of the last message answered ``renewed`` (or of the Acquire) + ttl."""
         self.loss: LeaseLost | None = None
+        self._on_renewed = on_renewed
         self._unlocking = False
+        self._ended = False
+        self._current: _Stream[Any] | None = None  # the open stream, if any
+        self._reopen_at = time.monotonic()
+        self._next_heartbeat = math.inf
+        self._backoff = stream_backoff()
+        self.longest_gap = 0.0
+        """The longest time (s) between two renewing answers, for monitoring: about ttl/3
+        normally, longer when the stream had to be reopened or Redis was unreachable."""
+        self.longest_reconnect = 0.0
+        """The longest time (s) from a stream breaking to the first answer on the next one."""
+        self.unrenewed_answers = 0
+        """How many heartbeats Baton answered without renewing the lease (too soon after the
+        previous renewal, or Redis unreachable), for monitoring."""
+        self._renewed_at = time.monotonic()
+        self._broken_at: float | None = None
 
-    def _keep_alive_request(self) -> lock_pb2.KeepAliveRequest:
+    @property
+    def lost_at(self) -> float:
+        """``time.monotonic()`` instant at which the lease is reported lost unless renewed."""
+        return self.held_until - self.margin
+
+    def _first_request(self) -> lock_pb2.KeepAliveRequest:
         return lock_pb2.KeepAliveRequest(
             name=self.name, lease_id=self.lease_id, ttl=duration(self.ttl)
         )
 
-    @staticmethod
-    def _loss_of(error: grpc.RpcError) -> LeaseLost | None:
-        """The loss a stream ending with ``error`` means, or None if it can be resumed."""
-        if error.code() in _RESUMABLE:  # type: ignore[attr-defined]
-            return None
-        mapped = from_rpc_error(error)
-        lost = LeaseLost(f"lease on {mapped!s}")
-        lost.__cause__ = mapped
-        return lost
+    def _next_step(self, now: float) -> tuple[str, float]:
+        """What the keeper does now — ``"lose"``, ``"open"``, ``"beat"`` — or ``"wait"`` and
+        until when."""
+        if now >= self.lost_at:
+            # While release() runs, the loss is not reported (release raises it if Baton
+            # says so); the keeper just waits for the end.
+            return ("wait", math.inf) if self._unlocking else ("lose", now)
+        if self._current is None:
+            if now >= self._reopen_at:
+                return "open", now
+            return "wait", min(self._reopen_at, self.lost_at)
+        if now >= self._next_heartbeat:
+            # Even when earlier ones are still unanswered (Redis slow or unreachable): Baton
+            # answers them all in order, and the next one to renew the lease moves held_until.
+            return "beat", now
+        return "wait", min(self._next_heartbeat, self.lost_at)
+
+    def _sent(self, stream: _Stream[Any], now: float) -> None:
+        stream.unanswered.append(now)
+        self._next_heartbeat = now + self.ttl / 3
+
+    def _answer(self, stream: _Stream[Any], response: lock_pb2.KeepAliveResponse) -> bool:
+        """Applies one answer, matched to the oldest unanswered send of ``stream``; True when
+        ``held_until`` moved forward. Only a renewing answer moves it: ``renewed = false``
+        (too soon after the previous renewal, or Redis unreachable) proves nothing."""
+        now = time.monotonic()
+        if self._ended or not stream.unanswered:
+            return False
+        sent = stream.unanswered.popleft()
+        if self._broken_at is not None:
+            self.longest_reconnect = max(self.longest_reconnect, now - self._broken_at)
+            self._broken_at = None
+        if stream is self._current:
+            self._backoff.reset()
+        if not response.renewed:
+            self.unrenewed_answers += 1
+            return False
+        self.longest_gap = max(self.longest_gap, now - self._renewed_at)
+        self._renewed_at = now
+        self.expires_at = response.lease.expires_at.ToDatetime(datetime.UTC)
+        if sent + self.ttl <= self.held_until:
+            return False
+        self.held_until = sent + self.ttl
+        return True
+
+    def _ended_with(self, stream: _Stream[Any], error: grpc.RpcError | None) -> LeaseLost | None:
+        """Books the end of ``stream``; the loss it means, if any."""
+        if self._ended or stream is not self._current:
+            return None  # the lease is over anyway
+        self._current = None
+        if error is not None and error.code() not in _RESUMABLE:  # type: ignore[attr-defined]
+            mapped = from_rpc_error(error)
+            lost = LeaseLost(f"lease on {mapped!s}")
+            lost.__cause__ = mapped
+            return lost
+        # Baton draining, a broken connection, or an end we did not ask for: resume at once
+        # (after a short backoff) with the same lease id. The server's RetryInfo is not
+        # waited for: the lease's deadline matters more, and another replica is up.
+        now = time.monotonic()
+        self._broken_at = self._broken_at or now
+        self._reopen_at = now + self._backoff.delay(None)
+        return None
+
+    def _tell_renewed(self) -> None:
+        if self._on_renewed is not None:
+            # The callback's failure must not stop the keep-alive that reads the answers.
+            with contextlib.suppress(Exception):
+                self._on_renewed(self)
 
     def _expired_loss(self) -> LeaseLost:
-        return LeaseLost(f"no renewal confirmed within the ttl ({self.ttl}s)")
+        return LeaseLost(
+            f"no heartbeat on {self.name!r} renewed in time: held until {self.margin}s"
+            " after the moment this is reported, by the local clock"
+        )
 
     def _release_outcome(self, released: bool, error: BatonError | None) -> None:
         if self.loss is not None:
@@ -153,8 +316,16 @@ class _LeaseState:
         )
 
 
+def _requests(
+    pending: queue.SimpleQueue[lock_pb2.KeepAliveRequest | None],
+) -> Iterator[lock_pb2.KeepAliveRequest]:
+    """The request iterator of one sync stream; grpc reads it from a thread of its own."""
+    while (request := pending.get()) is not None:
+        yield request
+
+
 class Lease(_LeaseState):
-    """A held lock (sync client), kept alive by a background thread until released.
+    """A held lock (sync client), kept alive by background threads until released.
 
     Check :attr:`lost` (or wait on :attr:`lost_event`) during long work; leaving the
     ``with`` block releases the lease and raises :class:`LeaseLost` if it was lost while
@@ -165,25 +336,18 @@ class Lease(_LeaseState):
         self,
         stub: lock_pb2_grpc.LockServiceStub,
         granted: lock_pb2.Lease,
-        release_timeout: float,
+        proven_at: float,
+        on_renewed: Renewed[Lease] | None = None,
     ) -> None:
-        super().__init__(granted)
+        super().__init__(granted, proven_at, on_renewed)
         self._stub = stub
-        self._release_timeout = release_timeout
         self.lost_event = threading.Event()
         """Set when the lease is lost."""
-        self._ended = threading.Event()
         self._guard = threading.Condition()
-        self._call: Any = None
-        self._renew_by = time.monotonic() + self.ttl
         self._keeper = threading.Thread(
             target=self._keep_alive, name=f"baton-keepalive-{self.name}", daemon=True
         )
-        self._watchdog = threading.Thread(
-            target=self._watch_expiry, name=f"baton-lease-expiry-{self.name}", daemon=True
-        )
         self._keeper.start()
-        self._watchdog.start()
 
     @property
     def lost(self) -> bool:
@@ -200,10 +364,17 @@ class Lease(_LeaseState):
             if self._unlocking:
                 return
             self._unlocking = True
-        released, error = self._release_with_retries()
-        self._end()
+        # Release first: cancelling the stream also releases the lease, and a Release that
+        # came second would then answer released=false.
+        request = lock_pb2.ReleaseRequest(name=self.name, lease_id=self.lease_id)
+        released, error = False, None
+        try:
+            released = _retry.settle(lambda: self._stub.Release(request, **_retry.READY)).released
+        except BatonError as failed:
+            error = failed
+        with self._guard:
+            self._end()
         self._keeper.join()
-        self._watchdog.join()
         self._release_outcome(released, error)
 
     def __enter__(self) -> Lease:
@@ -217,90 +388,95 @@ class Lease(_LeaseState):
         with contextlib.suppress(Exception):
             self.release()
 
-    def _release_with_retries(self) -> tuple[bool, BatonError | None]:
-        give_up_at = time.monotonic() + self._release_timeout
-        backoff = Backoff()
-        request = lock_pb2.ReleaseRequest(name=self.name, lease_id=self.lease_id)
-        while True:
-            try:
-                return self._stub.Release(request).released, None
-            except grpc.RpcError as error:
-                mapped = from_rpc_error(error)
-                delay = backoff.delay(mapped.retry_after)
-                # Release is safe to retry on UNAVAILABLE.
-                if error.code() != grpc.StatusCode.UNAVAILABLE or (  # type: ignore[attr-defined]
-                    time.monotonic() + delay > give_up_at
-                ):
-                    return False, mapped
-                time.sleep(delay)
-
     def _lose(self, loss: LeaseLost) -> None:
-        with self._guard:
-            if self._unlocking or self.loss is not None:
-                return
-            self.loss = loss
+        """Under the guard."""
+        if self._unlocking or self.loss is not None:
+            return
+        self.loss = loss
         self.lost_event.set()
         self._end()
 
     def _end(self) -> None:
-        with self._guard:
-            self._ended.set()
-            if self._call is not None:
-                self._call.cancel()
-            self._guard.notify_all()
+        """Under the guard: cancels the stream (which releases the lease on Baton, if it is
+        still held) and stops the keeper."""
+        self._ended = True
+        if self._current is not None:
+            self._current.call.cancel()
+            self._current.requests.put(None)
+        self._guard.notify_all()
 
     def _keep_alive(self) -> None:
-        backoff = Backoff()
-        while not self._ended.is_set():
-            try:
-                call = self._stub.KeepAlive(self._keep_alive_request())
-            except ValueError as closed:  # the client was closed while the lease was held
-                loss = LeaseLost(f"client closed while holding {self.name!r}")
-                loss.__cause__ = closed
-                self._lose(loss)
-                return
-            with self._guard:
-                if self._ended.is_set():
-                    call.cancel()
-                    return
-                self._call = call
-            try:
-                for response in call:
-                    self._renewed(response.lease)
-                    backoff.reset()
-                error: grpc.RpcError | None = None
-            except grpc.RpcError as raised:
-                error = raised
-            if self._ended.is_set():
-                return
-            loss = self._loss_of(error) if error is not None else None
+        """The keeper thread: opens streams, sends heartbeats, and is the local timer that
+        reports the loss at ``lost_at`` whatever the streams do."""
+        with self._guard:
+            while not self._ended:
+                now = time.monotonic()
+                step, until = self._next_step(now)
+                if step == "lose":
+                    self._lose(self._expired_loss())
+                elif step == "open":
+                    self._open(now)
+                elif step == "beat":
+                    assert self._current is not None
+                    self._sent(self._current, now)
+                    self._current.requests.put(lock_pb2.KeepAliveRequest())
+                else:
+                    self._guard.wait(None if until == math.inf else until - now)
+
+    def _open(self, now: float) -> None:
+        """Under the guard."""
+        stream: _Stream[queue.SimpleQueue[lock_pb2.KeepAliveRequest | None]]
+        stream = _Stream(queue.SimpleQueue())
+        self._sent(stream, now)
+        stream.requests.put(self._first_request())
+        try:
+            stream.call = self._stub.KeepAlive(_requests(stream.requests), wait_for_ready=True)
+        except ValueError as closed:  # the client was closed while the lease was held
+            stream.requests.put(None)
+            loss = LeaseLost(f"client closed while holding {self.name!r}")
+            loss.__cause__ = closed
+            self._lose(loss)
+            self._ended = True  # no channel left to keep the lease on, even while releasing
+            return
+        self._current = stream
+        threading.Thread(
+            target=self._read,
+            args=(stream,),
+            name=f"baton-keepalive-read-{self.name}",
+            daemon=True,
+        ).start()
+
+    def _read(self, stream: _Stream[queue.SimpleQueue[lock_pb2.KeepAliveRequest | None]]) -> None:
+        error: grpc.RpcError | None = None
+        try:
+            for response in stream.call:
+                with self._guard:
+                    if time.monotonic() >= self.lost_at:
+                        # Frozen past the deadline: the loss comes first, whatever this
+                        # (old) answer says.
+                        self._lose(self._expired_loss())
+                    renewed = self._answer(stream, response)
+                if renewed:
+                    self._tell_renewed()
+        except grpc.RpcError as raised:
+            error = raised
+        stream.requests.put(None)  # ends grpc's request thread
+        with self._guard:
+            loss = self._ended_with(stream, error)
             if loss is not None:
                 self._lose(loss)
-                return
-            retry_after = from_rpc_error(error).retry_after if error is not None else None
-            if self._ended.wait(backoff.delay(retry_after)):
-                return
-
-    def _renewed(self, lease: lock_pb2.Lease) -> None:
-        with self._guard:
-            self.expires_at = lease.expires_at.ToDatetime(datetime.UTC)
-            self._renew_by = time.monotonic() + self.ttl
             self._guard.notify_all()
 
-    def _watch_expiry(self) -> None:
-        with self._guard:
-            while not self._ended.is_set():
-                remaining = self._renew_by - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._guard.wait(remaining)
-            else:
-                return
-        self._lose(self._expired_loss())
+
+async def _arequests(
+    pending: asyncio.Queue[lock_pb2.KeepAliveRequest | None],
+) -> AsyncIterator[lock_pb2.KeepAliveRequest]:
+    while (request := await pending.get()) is not None:
+        yield request
 
 
 class AsyncLease(_LeaseState):
-    """A held lock (asyncio client), kept alive by a task until released.
+    """A held lock (asyncio client), kept alive by tasks until released.
 
     Check :attr:`lost` or ``await lease.wait_lost()``; leaving ``async with`` releases the
     lease and raises :class:`LeaseLost` if it was lost while held (unless the block raised).
@@ -310,17 +486,18 @@ class AsyncLease(_LeaseState):
         self,
         stub: lock_pb2_grpc.LockServiceStub,
         granted: lock_pb2.Lease,
-        release_timeout: float,
+        proven_at: float,
+        on_renewed: Renewed[AsyncLease] | None = None,
     ) -> None:
-        super().__init__(granted)
+        super().__init__(granted, proven_at, on_renewed)
         self._stub = stub
-        self._release_timeout = release_timeout
         self.lost_event = asyncio.Event()
         """Set when the lease is lost."""
-        self._ended = asyncio.Event()
-        self._released = False
+        self._wake = asyncio.Event()
+        self._readers: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
-        self._expiry = loop.call_later(self.ttl, self._on_expiry)
+        # The local timer: the event loop's clock is time.monotonic().
+        self._deadline = loop.call_at(self.lost_at, self._on_deadline)
         self._keeper = loop.create_task(self._keep_alive(), name=f"baton-keepalive-{self.name}")
 
     @property
@@ -341,10 +518,17 @@ class AsyncLease(_LeaseState):
         if self._unlocking:
             return
         self._unlocking = True
-        released, error = await self._release_with_retries()
+        request = lock_pb2.ReleaseRequest(name=self.name, lease_id=self.lease_id)
+        released, error = False, None
+        try:
+            response = await _retry.asettle(
+                lambda: self._stub.Release(request, **_retry.READY)  # type: ignore[arg-type,return-value]
+            )
+            released = response.released
+        except BatonError as failed:
+            error = failed
         self._end()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._keeper
+        await asyncio.gather(self._keeper, *self._readers, return_exceptions=True)
         self._release_outcome(released, error)
 
     async def __aenter__(self) -> AsyncLease:
@@ -357,23 +541,6 @@ class AsyncLease(_LeaseState):
         with contextlib.suppress(Exception):
             await self.release()
 
-    async def _release_with_retries(self) -> tuple[bool, BatonError | None]:
-        give_up_at = time.monotonic() + self._release_timeout
-        backoff = Backoff()
-        request = lock_pb2.ReleaseRequest(name=self.name, lease_id=self.lease_id)
-        while True:
-            try:
-                response = await self._stub.Release(request)  # type: ignore[misc]
-                return response.released, None
-            except grpc.RpcError as error:
-                mapped = from_rpc_error(error)
-                delay = backoff.delay(mapped.retry_after)
-                if error.code() != grpc.StatusCode.UNAVAILABLE or (  # type: ignore[attr-defined]
-                    time.monotonic() + delay > give_up_at
-                ):
-                    return False, mapped
-                await asyncio.sleep(delay)
-
     def _lose(self, loss: LeaseLost) -> None:
         if self._unlocking or self.loss is not None:
             return
@@ -382,39 +549,79 @@ class AsyncLease(_LeaseState):
         self._end()
 
     def _end(self) -> None:
-        self._ended.set()
-        self._expiry.cancel()
-        if asyncio.current_task() is not self._keeper:
-            self._keeper.cancel()
+        self._ended = True
+        self._deadline.cancel()
+        if self._current is not None:
+            self._current.call.cancel()
+            self._current.requests.put_nowait(None)
+        self._wake.set()
 
-    def _on_expiry(self) -> None:
-        self._lose(self._expired_loss())
+    def _on_deadline(self) -> None:
+        if time.monotonic() >= self.lost_at:
+            self._lose(self._expired_loss())
+        else:  # renewed since this timer was set
+            self._rearm()
+
+    def _rearm(self) -> None:
+        self._deadline.cancel()
+        self._deadline = asyncio.get_running_loop().call_at(self.lost_at, self._on_deadline)
 
     async def _keep_alive(self) -> None:
-        backoff = Backoff()
-        while not self._ended.is_set():
-            call = self._stub.KeepAlive(self._keep_alive_request())
-            try:
-                async for response in call:  # type: ignore[attr-defined]
-                    self._renewed(response.lease)
-                    backoff.reset()
-                error: grpc.RpcError | None = None
-            except grpc.RpcError as raised:
-                error = raised
-            finally:
-                call.cancel()
-            loss = self._loss_of(error) if error is not None else None
-            if loss is not None:
-                self._lose(loss)
-                return
-            retry_after = from_rpc_error(error).retry_after if error is not None else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ended.wait(), backoff.delay(retry_after))
+        while not self._ended:
+            now = time.monotonic()
+            step, until = self._next_step(now)
+            if step == "lose":
+                self._lose(self._expired_loss())
+            elif step == "open":
+                self._open(now)
+            elif step == "beat":
+                assert self._current is not None
+                self._sent(self._current, now)
+                self._current.requests.put_nowait(lock_pb2.KeepAliveRequest())
+            else:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    timeout = None if until == math.inf else until - now
+                    await asyncio.wait_for(self._wake.wait(), timeout)
 
-    def _renewed(self, lease: lock_pb2.Lease) -> None:
-        self.expires_at = lease.expires_at.ToDatetime(datetime.UTC)
-        self._expiry.cancel()
-        self._expiry = asyncio.get_running_loop().call_later(self.ttl, self._on_expiry)
+    def _open(self, now: float) -> None:
+        stream: _Stream[asyncio.Queue[lock_pb2.KeepAliveRequest | None]]
+        stream = _Stream(asyncio.Queue())
+        self._sent(stream, now)
+        stream.requests.put_nowait(self._first_request())
+        try:
+            stream.call = self._stub.KeepAlive(_arequests(stream.requests), wait_for_ready=True)
+        except Exception as closed:  # the client was closed while the lease was held
+            loss = LeaseLost(f"client closed while holding {self.name!r}")
+            loss.__cause__ = closed
+            self._lose(loss)
+            self._ended = True  # no channel left to keep the lease on, even while releasing
+            return
+        self._current = stream
+        reader = asyncio.get_running_loop().create_task(self._read(stream))
+        self._readers.add(reader)
+        reader.add_done_callback(self._readers.discard)
+
+    async def _read(self, stream: _Stream[asyncio.Queue[lock_pb2.KeepAliveRequest | None]]) -> None:
+        error: grpc.RpcError | None = None
+        try:
+            async for response in stream.call:
+                if time.monotonic() >= self.lost_at:
+                    self._lose(self._expired_loss())
+                if self._answer(stream, response):
+                    self._rearm()
+                    self._tell_renewed()
+        except grpc.RpcError as raised:
+            error = raised
+        except asyncio.CancelledError:
+            # Only the call is ever cancelled (by _end, or by closing the client), never
+            # this task: end the stream as any other.
+            pass
+        stream.requests.put_nowait(None)
+        loss = self._ended_with(stream, error)
+        if loss is not None:
+            self._lose(loss)
+        self._wake.set()
 
 
 class Locks:
@@ -431,24 +638,48 @@ class Locks:
         wait: Seconds | None = None,
         owner: str = "",
         permits: int = 0,
+        on_renewed: Renewed[Lease] | None = None,
     ) -> Lease:
         """Acquires ``name`` for ``ttl`` seconds (0.1 ..= 3600) and keeps it until released.
 
         Waits, woken by releases, until acquired or ``wait`` seconds pass
         (:class:`LockNotAcquired`); ``wait=0`` tries once, ``None`` waits indefinitely.
         ``permits=N`` makes the lock a semaphore with N holders. Retries Acquire on
-        UNAVAILABLE with one request_id.
+        UNAVAILABLE with one request_id. ``on_renewed(lease)`` is called, from a background
+        thread, each time :attr:`Lease.held_until` moves forward (its exceptions are ignored).
+        A grant that came after a wait longer than ttl/2 is renewed once before it is
+        returned (when it was made is unknown); if that finds it gone, :class:`LeaseLost`.
         """
         attempt = _Attempt(name, ttl, wait, owner, permits, self._default_timeout)
         while True:
             request, round_wait, timeout = attempt.next_call()
             try:
-                response = self._locks.Acquire(request, timeout=timeout)
+                response = self._locks.Acquire(request, timeout=timeout, wait_for_ready=True)
             except grpc.RpcError as error:
                 time.sleep(attempt.retry_delay(error))
                 continue
             if attempt.outcome(response, round_wait):
-                return Lease(self._locks, response.lease, self._default_timeout or 10.0)
+                proven_at = attempt.sent_at
+                if attempt.needs_proof(response.lease):
+                    proven_at = self._prove(response.lease)
+                return Lease(self._locks, response.lease, proven_at, on_renewed)
+
+    def _prove(self, lease: lock_pb2.Lease) -> float:
+        """Renews a grant that came after a long wait; the send time of the renewal."""
+        sent_at = [0.0]
+
+        def renew() -> lock_pb2.RenewResponse:
+            sent_at[0] = time.monotonic()
+            return self._locks.Renew(_renew_request(lease), **_retry.READY)
+
+        try:
+            _retry.settle(renew)
+        except BatonError as error:
+            with contextlib.suppress(BatonError):
+                release = lock_pb2.ReleaseRequest(name=lease.name, lease_id=lease.lease_id)
+                _retry.once(lambda: self._locks.Release(release))
+            raise _unproven(lease, error) from None
+        return sent_at[0]
 
     @contextlib.contextmanager
     def lock(
@@ -459,9 +690,12 @@ class Locks:
         wait: Seconds | None = None,
         owner: str = "",
         permits: int = 0,
+        on_renewed: Renewed[Lease] | None = None,
     ) -> Iterator[Lease]:
         """``with client.lock("order:1234", ttl=10) as lease:`` — see :meth:`acquire`."""
-        with self.acquire(name, ttl, wait=wait, owner=owner, permits=permits) as lease:
+        with self.acquire(
+            name, ttl, wait=wait, owner=owner, permits=permits, on_renewed=on_renewed
+        ) as lease:
             yield lease
 
 
@@ -479,18 +713,41 @@ class AsyncLocks:
         wait: Seconds | None = None,
         owner: str = "",
         permits: int = 0,
+        on_renewed: Renewed[AsyncLease] | None = None,
     ) -> AsyncLease:
-        """See :meth:`Locks.acquire`."""
+        """See :meth:`Locks.acquire`; ``on_renewed`` runs on the event loop."""
         attempt = _Attempt(name, ttl, wait, owner, permits, self._default_timeout)
         while True:
             request, round_wait, timeout = attempt.next_call()
             try:
-                response = await self._locks.Acquire(request, timeout=timeout)  # type: ignore[misc]
+                response = await self._locks.Acquire(  # type: ignore[misc]
+                    request, timeout=timeout, wait_for_ready=True
+                )
             except grpc.RpcError as error:
                 await asyncio.sleep(attempt.retry_delay(error))
                 continue
             if attempt.outcome(response, round_wait):
-                return AsyncLease(self._locks, response.lease, self._default_timeout or 10.0)
+                proven_at = attempt.sent_at
+                if attempt.needs_proof(response.lease):
+                    proven_at = await self._prove(response.lease)
+                return AsyncLease(self._locks, response.lease, proven_at, on_renewed)
+
+    async def _prove(self, lease: lock_pb2.Lease) -> float:
+        """See :meth:`Locks._prove`."""
+        sent_at = [0.0]
+
+        def renew() -> Any:
+            sent_at[0] = time.monotonic()
+            return self._locks.Renew(_renew_request(lease), **_retry.READY)
+
+        try:
+            await _retry.asettle(renew)
+        except BatonError as error:
+            with contextlib.suppress(BatonError):
+                release = lock_pb2.ReleaseRequest(name=lease.name, lease_id=lease.lease_id)
+                await _retry.aonce(lambda: self._locks.Release(release))  # type: ignore[arg-type,return-value]
+            raise _unproven(lease, error) from None
+        return sent_at[0]
 
     @contextlib.asynccontextmanager
     async def lock(
@@ -501,8 +758,11 @@ class AsyncLocks:
         wait: Seconds | None = None,
         owner: str = "",
         permits: int = 0,
+        on_renewed: Renewed[AsyncLease] | None = None,
     ) -> AsyncIterator[AsyncLease]:
         """``async with client.lock("order:1234", ttl=10) as lease:`` — see :meth:`acquire`."""
-        lease = await self.acquire(name, ttl, wait=wait, owner=owner, permits=permits)
+        lease = await self.acquire(
+            name, ttl, wait=wait, owner=owner, permits=permits, on_renewed=on_renewed
+        )
         async with lease:
             yield lease

@@ -4,9 +4,19 @@
 the job when the handler returns (its return value is the job's result), nacks it with the
 exception's text when the handler raises, extends the lease every third of the visibility
 timeout while the job is in hand, stops the handler's work when the job is cancelled or its
-lease is lost (and then neither acks nor nacks), and reconnects with backoff when the stream
-breaks — to whichever replica the balancer picks — while the handlers already running go on
-and are acked through it. Delivery is at least once, so handlers should be idempotent.
+lease is lost (and then neither acks nor nacks), and reopens the stream promptly when it
+breaks — to whichever replica the balancer picks; a draining replica keeps the leases —
+while the handlers already running go on and are acked through it (Ack, Nack and Extend are
+retried past a replica restart). Delivery is at least once, so handlers should be idempotent.
+
+A graceful stop (``stop``, or cancelling the asyncio worker) sends ``drain`` on the
+bidirectional Consume stream, so Baton delivers nothing more; the deliveries in hand that no
+handler started — also those of an earlier stream, cut by a draining replica — go back with
+``unstarted_lease_ids`` on the open stream, ready again at once, their attempt not charged;
+the running handlers finish and are acked; and the worker returns as soon as they are done
+(Baton then ends the stream), or after ``shutdown_grace`` (30 s by default), having flagged
+the handlers still running and handed their jobs back by cancelling the stream (a job of an
+earlier stream cut short that way waits for its visibility timeout instead).
 """
 
 from __future__ import annotations
@@ -16,15 +26,17 @@ import contextlib
 import datetime
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from asyncio import FIRST_COMPLETED
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from . import _retry
-from ._connection import Backoff, Seconds, duration, seconds
+from ._connection import Backoff, Seconds, duration, seconds, stream_backoff
 from .errors import (
     BatonError,
     FailedPrecondition,
@@ -50,8 +62,20 @@ _RESUMABLE = (
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.ABORTED,
 )
-# How often a sync consume() looks at its stop event.
-_STOP_POLL = 0.1
+DEFAULT_SHUTDOWN_GRACE = 30.0
+"""Seconds running handlers get to finish after a stop before they are flagged (asyncio:
+cancelled); keep it below the platform's kill deadline (Kubernetes: 30 s by default)."""
+
+# How often a sync consume() looks at its stop event (deliveries and handler starts look at
+# it too, so nothing starts after it is set).
+_STOP_POLL = 0.05
+# After the last handler is done, how long a stopping worker waits for Baton to end the
+# drained stream (which also confirms the hand-backs) before cancelling it.
+_END_PATIENCE = 2.0
+# A stream open this long was a success: the reconnect backoff starts afresh.
+_STABLE = 1.0
+# Threads extending leases in parallel (a sync worker).
+_EXTENDERS = 4
 
 
 @dataclass(frozen=True)
@@ -186,11 +210,20 @@ Settled = Callable[[Job, "BaseException | None"], None]
 
 
 class _Settling:
-    """What the sync and asyncio workers share: reporting how each delivery ended."""
+    """What the sync and asyncio workers share: reporting how each delivery ended, and the
+    bookkeeping of a graceful stop."""
 
-    def __init__(self, on_settled: Settled | None) -> None:
+    def __init__(self, request: queue_pb2.ConsumeRequest, on_settled: Settled | None) -> None:
+        self._request = request
+        self._visibility = request.visibility_timeout.ToTimedelta().total_seconds()
+        self._max_in_flight = request.max_in_flight
         self._on_settled = on_settled
         self._outcomes: dict[str, Exception] = {}  # lease id -> why the job was dropped
+        self._held: dict[str, Job] = {}  # by lease id, from delivery until settled
+        # Held, and no handler started on it yet, whichever stream delivered it: any open
+        # stream of the queue can hand it back.
+        self._unstarted: dict[str, Job] = {}
+        self._stopping = False  # the stop decision: no handler starts from then on
 
     def _report(self, job: Job, error: BaseException | None) -> None:
         if self._on_settled is not None:
@@ -205,10 +238,75 @@ class _Settling:
         elif job.cancel_reason == "lease_lost":
             self._report(job, outcome or JobLeaseLost(f"job {job.id} lease lost"))
 
+    def _hand_back(self, jobs: list[Job]) -> list[queue_pb2.ConsumeRequest]:
+        """Forgets ``jobs`` (held, never started) and returns the messages that hand them
+        back: Baton makes them ready again at once without charging the attempt."""
+        for job in jobs:
+            self._held.pop(job.lease_id, None)
+            self._unstarted.pop(job.lease_id, None)
+        ids = [job.lease_id for job in jobs]
+        step = max(self._max_in_flight, 1)  # Baton takes at most max_in_flight per message
+        return [
+            queue_pb2.ConsumeRequest(unstarted_lease_ids=ids[start : start + step])
+            for start in range(0, len(ids), step)
+        ]
+
+    def _stop_messages(self) -> list[queue_pb2.ConsumeRequest]:
+        """Makes the stop decision; the messages that tell the open stream: every delivery in
+        hand never started goes back — also those of earlier streams (cut by a draining
+        replica), which Baton takes back through any stream of the queue — and the last
+        message also drains. Baton applies a message's hand-back before its drain, and ends a
+        drained stream that holds nothing at once, before reading further: a hand-back sent
+        after the drain could find the stream gone."""
+        self._stopping = True
+        messages = self._hand_back(list(self._unstarted.values()))
+        if not messages:
+            return [queue_pb2.ConsumeRequest(drain=True)]
+        messages[-1].drain = True
+        return messages
+
+    def _extend_request(self, job: Job) -> queue_pb2.ExtendRequest:
+        return queue_pb2.ExtendRequest(
+            lease_id=job.lease_id, visibility_timeout=self._request.visibility_timeout
+        )
+
+    def _extend_refused(self, job: Job, error: BatonError) -> str | None:
+        """The cancel reason a failed Extend means, if any."""
+        if not isinstance(error, FailedPrecondition) or job.lease_id not in self._held:
+            return None  # UNAVAILABLE past the retry budget: the next beat tries again
+        reason, self._outcomes[job.lease_id] = _lost(error)
+        return reason
+
+
+def _reconnect_delay(backoff: Backoff, error: grpc.RpcError | None) -> float:
+    """The wait before opening another Consume stream. A draining replica's RetryInfo is not
+    waited for: the channel routes the new stream to another replica."""
+    if error is None:
+        return backoff.delay(None)
+    mapped = from_rpc_error(error)
+    return backoff.delay(None if mapped.reason == "SHUTTING_DOWN" else mapped.retry_after)
+
+
+def _consume_requests(
+    pending: SimpleQueue[queue_pb2.ConsumeRequest | None],
+) -> Iterator[queue_pb2.ConsumeRequest]:
+    """The request iterator of one sync Consume stream; grpc reads it from its own thread."""
+    while (request := pending.get()) is not None:
+        yield request
+
+
+class _SyncStream:
+    """One sync Consume stream: ``requests`` feeds it (None half-closes it)."""
+
+    def __init__(self) -> None:
+        self.requests: SimpleQueue[queue_pb2.ConsumeRequest | None] = SimpleQueue()
+        self.call: Any = None
+
 
 class _Worker(_Settling):
     """One sync ``consume()`` call: the stream follower (the caller's thread), a pool of
-    handler threads, and a heartbeat thread that extends leases and watches ``stop``."""
+    handler threads, a heartbeat thread that extends leases, and a stop thread that watches
+    ``stop`` and then winds the worker down."""
 
     def __init__(
         self,
@@ -220,67 +318,103 @@ class _Worker(_Settling):
         shutdown_grace: float,
         on_settled: Settled | None,
     ) -> None:
-        super().__init__(on_settled)
+        super().__init__(request, on_settled)
         self._stub = stub
-        self._request = request
         self._handler = handler
-        self._visibility = request.visibility_timeout.ToTimedelta().total_seconds()
         self._stop = stop
         self._grace = shutdown_grace
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="baton-worker")
+        self._extender = ThreadPoolExecutor(_EXTENDERS, thread_name_prefix="baton-extend")
+        self._extending: set[str] = set()  # lease ids with an Extend under way
         self._guard = threading.Condition()
-        self._held: dict[str, Job] = {}  # by lease id, from delivery until settled
-        self._stopping = threading.Event()  # no handler starts from then on
+        self._stopped = threading.Event()  # set with the stop decision
         self._finished = threading.Event()
-        self._call: Any = None
+        self._stream: _SyncStream | None = None  # the open stream, if any
 
     def run(self) -> None:
         heartbeat = threading.Thread(target=self._heartbeat, name="baton-heartbeat", daemon=True)
+        stopper = threading.Thread(target=self._watch_stop, name="baton-stop", daemon=True)
         heartbeat.start()
-        backoff = Backoff()
+        stopper.start()
+        backoff = stream_backoff()
         try:
-            while not self._stopping.is_set():
+            while not self._stopped.is_set():
                 error = self._follow(backoff)
-                if self._stopping.is_set():
+                if self._stopped.is_set():
                     break
                 if error is not None and error.code() not in _RESUMABLE:  # type: ignore[attr-defined]
                     raise from_rpc_error(error) from None
-                retry_after = from_rpc_error(error).retry_after if error is not None else None
-                if self._stopping.wait(backoff.delay(retry_after)):
+                if self._stopped.wait(_reconnect_delay(backoff, error)):
                     break
         finally:
-            self._drain()
+            with self._guard:
+                self._begin_stop()
+            stopper.join()
             self._executor.shutdown(wait=True)
             self._finished.set()
-            heartbeat.join()
+            self._extender.shutdown(wait=False, cancel_futures=True)
 
     def _follow(self, backoff: Backoff) -> grpc.RpcError | None:
         """Reads one stream until it ends; returns the error that ended it."""
-        call = self._stub.Consume(self._request)
+        stream = _SyncStream()
+        stream.requests.put(self._request)
+        opened_at = time.monotonic()
         with self._guard:
-            if self._stopping.is_set():
-                call.cancel()
+            if self._stopped.is_set():
                 return None
-            self._call = call
+            stream.call = self._stub.Consume(
+                _consume_requests(stream.requests), wait_for_ready=True
+            )
+            self._stream = stream
+        error: grpc.RpcError | None = None
         try:
-            call.initial_metadata()  # type: ignore[attr-defined]
-            backoff.reset()
-            for response in call:
+            for response in stream.call:
+                backoff.reset()
                 event = response.WhichOneof("event")
                 if event == "delivery":
-                    self._deliver(response.delivery)
+                    self._deliver(stream, response.delivery)
                 elif event == "cancelled":
                     self._cancel(response.cancelled.lease_id, "cancelled")
-        except grpc.RpcError as error:
-            return error
-        return None
+        except grpc.RpcError as raised:
+            error = raised
+        if time.monotonic() - opened_at > _STABLE:
+            backoff.reset()
+        stream.requests.put(None)  # ends grpc's request thread
+        with self._guard:
+            if self._stream is stream:
+                self._stream = None
+            self._guard.notify_all()
+        return error
 
-    def _deliver(self, delivery: queue_pb2.Delivery) -> None:
+    def _begin_stop(self) -> None:
+        """Under the guard: the stop decision, told to the open stream (if any; without one,
+        the deliveries in hand are kept and run: there is no stream to hand them back on)."""
+        if self._stopped.is_set():
+            return
+        messages = self._stop_messages() if self._stream is not None else []
+        self._stopping = True
+        self._stopped.set()
+        if self._stream is not None:
+            for message in messages:
+                self._stream.requests.put(message)
+        self._guard.notify_all()
+
+    def _stop_requested(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    def _deliver(self, stream: _SyncStream, delivery: queue_pb2.Delivery) -> None:
         job = _job(delivery)
         with self._guard:
-            if self._stopping.is_set():
-                return  # handed back when the stream closes
+            if self._stop_requested():
+                self._begin_stop()
+            if self._stopping:
+                # Arrived after the stop decision: never started, so it goes back at once
+                # and its attempt is not charged.
+                for message in self._hand_back([job]):
+                    stream.requests.put(message)
+                return
             self._held[job.lease_id] = job
+            self._unstarted[job.lease_id] = job
         self._executor.submit(self._process, job)
 
     def _cancel(self, lease_id: str, reason: str) -> None:
@@ -290,11 +424,14 @@ class _Worker(_Settling):
             job._cancel(reason)
 
     def _process(self, job: Job) -> None:
+        with self._guard:
+            if self._stop_requested():
+                self._begin_stop()
+            if self._unstarted.pop(job.lease_id, None) is None:
+                return  # handed back
         try:
-            if job.cancelled.is_set() or self._stopping.is_set():
-                # Never started: a cancelled job is reported, and any other goes back to
-                # the queue when the stream closes.
-                self._report_dropped(job)
+            if job.cancelled.is_set():
+                self._report_dropped(job)  # cancelled before it started
                 return
             try:
                 result, error = self._handler(job), None
@@ -312,65 +449,89 @@ class _Worker(_Settling):
             # attempt); the stream's close hands it back at once.
             self._report_dropped(job)
             return
-        # Past the visibility timeout the lease has expired and every retry would be refused.
+        # Retried past a replica restart; past the visibility timeout (when it is longer)
+        # the lease has expired and every retry would be refused anyway.
         try:
             if error is None:
                 ack = queue_pb2.AckRequest(lease_id=job.lease_id, result=result or b"")
-                _retry.call(lambda: self._stub.Ack(ack), self._visibility)
+                _retry.settle(lambda: self._stub.Ack(ack, **_retry.READY), self._visibility)
             else:
                 nack = queue_pb2.NackRequest(lease_id=job.lease_id, error=_error_text(error))
-                _retry.call(lambda: self._stub.Nack(nack), self._visibility)
+                _retry.settle(lambda: self._stub.Nack(nack, **_retry.READY), self._visibility)
         except BatonError as failed:
             self._report(job, failed)
             return
         self._report(job, error)
 
-    def _heartbeat(self) -> None:
-        """Extends every held lease each third of the visibility timeout (so that two failed
-        Extends in a row still leave time for a third), and starts the drain on ``stop``."""
-        next_extend = time.monotonic() + self._visibility / 3
-        while not self._finished.wait(_STOP_POLL):
-            if self._stop is not None and self._stop.is_set() and not self._stopping.is_set():
-                self._stopping.set()
-                threading.Thread(target=self._drain, name="baton-drain", daemon=True).start()
-            if time.monotonic() < next_extend:
-                continue
-            next_extend = time.monotonic() + self._visibility / 3
-            with self._guard:
-                held = [job for job in self._held.values() if not job.cancelled.is_set()]
-            for job in held:
-                self._extend(job)
-
-    def _extend(self, job: Job) -> None:
-        request = queue_pb2.ExtendRequest(
-            lease_id=job.lease_id, visibility_timeout=self._request.visibility_timeout
-        )
-        try:
-            self._stub.Extend(request)
-        except grpc.RpcError as error:
-            mapped = from_rpc_error(error)
-            if isinstance(mapped, FailedPrecondition):
-                reason, self._outcomes[job.lease_id] = _lost(mapped)
-                job._cancel(reason)
-            # Anything else (UNAVAILABLE, …) is retried at the next beat.
-
-    def _drain(self) -> None:
-        """Starts no more handlers, gives the running ones the grace to finish, flags the rest,
-        waits for them, and closes the stream: the jobs that never started go back at once."""
+    def _watch_stop(self) -> None:
+        """Waits for the stop decision (``stop`` set, or consume() ending), then winds down:
+        the running handlers get the grace to finish, then are flagged; once every handler
+        is done, the stream is left to Baton to end (it does once this stream holds nothing)
+        or, if jobs were cut short, cancelled so that they go back at once."""
+        while not self._stopped.wait(_STOP_POLL):
+            if self._stop_requested():
+                with self._guard:
+                    self._begin_stop()
         with self._guard:
-            self._stopping.set()
             give_up_at = time.monotonic() + self._grace
             while self._held and (left := give_up_at - time.monotonic()) > 0:
                 self._guard.wait(left)
-            for job in self._held.values():
+            cut_short = list(self._held.values())
+            for job in cut_short:
                 job._cancel("shutdown")
             # Threads cannot be interrupted: a handler that ignores job.cancelled is waited
             # for, and its result is not acked.
             while self._held:
                 self._guard.wait()
-            call = self._call
-        if call is not None:
-            call.cancel()
+            end_by = time.monotonic() + (0.0 if cut_short else _END_PATIENCE)
+            while self._stream is not None and (left := end_by - time.monotonic()) > 0:
+                self._guard.wait(left)
+            stream = self._stream
+        if stream is not None:
+            stream.call.cancel()
+
+    def _heartbeat(self) -> None:
+        """Extends every held lease each third of the visibility timeout (so that two failed
+        Extends in a row still leave time for a third)."""
+        while not self._finished.wait(self._visibility / 3):
+            with self._guard:
+                due = [
+                    job
+                    for job in self._held.values()
+                    if not job.cancelled.is_set() and job.lease_id not in self._extending
+                ]
+                self._extending.update(job.lease_id for job in due)
+            for job in due:
+                try:
+                    self._extender.submit(self._extend, job)
+                except RuntimeError:  # shut down: the worker is finishing
+                    return
+
+    def _extend(self, job: Job) -> None:
+        request = self._extend_request(job)
+        try:
+            _retry.settle(lambda: self._stub.Extend(request, **_retry.READY))
+        except BatonError as error:
+            with self._guard:
+                reason = self._extend_refused(job, error)
+            if reason is not None:
+                job._cancel(reason)
+        finally:
+            with self._guard:
+                self._extending.discard(job.lease_id)
+
+
+class _AsyncStream:
+    """One asyncio Consume stream: ``requests`` feeds it (None half-closes it)."""
+
+    def __init__(self) -> None:
+        self.requests: asyncio.Queue[queue_pb2.ConsumeRequest | None] = asyncio.Queue()
+        self.call: Any = None
+        self.reader: asyncio.Task[grpc.RpcError | None] | None = None
+
+    async def iterate(self) -> AsyncIterator[queue_pb2.ConsumeRequest]:
+        while (request := await self.requests.get()) is not None:
+            yield request
 
 
 class _AsyncWorker(_Settling):
@@ -387,90 +548,126 @@ class _AsyncWorker(_Settling):
         shutdown_grace: float,
         on_settled: Settled | None,
     ) -> None:
-        super().__init__(on_settled)
+        super().__init__(request, on_settled)
         self._stub = stub
-        self._request = request
         self._handler = handler
-        self._visibility = request.visibility_timeout.ToTimedelta().total_seconds()
         self._stop = stop or asyncio.Event()
         self._grace = shutdown_grace
         self._slots = asyncio.Semaphore(concurrency)
-        self._held: dict[str, tuple[Job, asyncio.Task[None]]] = {}
-        self._stopping = False
-        self._call: Any = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # by lease id, one per held job
+        self._stopped = asyncio.Event()  # set with the stop decision
+        self._stream: _AsyncStream | None = None
 
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat())
-        backoff = Backoff()
+        watcher = asyncio.create_task(self._watch_stop())
+        backoff = stream_backoff()
         try:
-            while not self._stop.is_set():
-                error = await self._follow(backoff)
-                if self._stop.is_set():
+            while not self._stopped.is_set():
+                stream = self._open()
+                opened_at = time.monotonic()
+                assert stream.reader is not None
+                # asyncio.wait leaves the reader alone when consume() itself is cancelled:
+                # the stream must outlive that, to drain and hand back.
+                stopped = asyncio.create_task(self._stopped.wait())
+                try:
+                    await asyncio.wait({stream.reader, stopped}, return_when=FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                if self._stopped.is_set():
                     break
+                error = stream.reader.result()
+                if time.monotonic() - opened_at > _STABLE:
+                    backoff.reset()
                 if error is not None and error.code() not in _RESUMABLE:  # type: ignore[attr-defined]
                     raise from_rpc_error(error) from None
-                retry_after = from_rpc_error(error).retry_after if error is not None else None
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff.delay(retry_after))
+                    delay = _reconnect_delay(backoff, error)
+                    await asyncio.wait_for(self._stopped.wait(), delay)
         finally:
-            # Also when consume() itself is cancelled: its handlers are cancelled after the
-            # grace and the stream closed, so no job stays leased to a worker that is gone.
-            await self._drain()
+            # Also when consume() itself is cancelled: the stop is as graceful as for
+            # ``stop``, so no job stays leased to a worker that is gone.
+            self._begin_stop()
+            await self._wind_down()
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            watcher.cancel()
+            await asyncio.gather(heartbeat, watcher, return_exceptions=True)
 
-    async def _follow(self, backoff: Backoff) -> grpc.RpcError | None:
-        call = self._stub.Consume(self._request)
-        self._call = call
-        reader = asyncio.create_task(self._read(call, backoff))
-        stopped = asyncio.create_task(self._stop.wait())
-        try:
-            done, _ = await asyncio.wait({reader, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-        if reader in done:
-            return reader.result()
-        # Keep the stream, and so the leases of the jobs in hand, until the handlers are
-        # done; _drain then closes it, which ends the reader.
-        await self._drain()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-        return None
+    def _open(self) -> _AsyncStream:
+        stream = _AsyncStream()
+        stream.requests.put_nowait(self._request)
+        stream.call = self._stub.Consume(stream.iterate(), wait_for_ready=True)
+        stream.reader = asyncio.create_task(self._read(stream))
+        self._stream = stream
+        return stream
 
-    async def _read(self, call: Any, backoff: Backoff) -> grpc.RpcError | None:
+    async def _read(self, stream: _AsyncStream) -> grpc.RpcError | None:
+        error: grpc.RpcError | None = None
         try:
-            await call.initial_metadata()
-            backoff.reset()
-            async for response in call:
+            async for response in stream.call:
                 event = response.WhichOneof("event")
                 if event == "delivery":
-                    self._deliver(response.delivery)
+                    self._deliver(stream, response.delivery)
                 elif event == "cancelled":
                     self._cancel(response.cancelled.lease_id, "cancelled")
-        except grpc.RpcError as error:
-            return error
-        return None
+        except grpc.RpcError as raised:
+            error = raised
+        except asyncio.CancelledError:
+            pass  # the call was cancelled by _wind_down
+        finally:
+            stream.requests.put_nowait(None)
+            if self._stream is stream:
+                self._stream = None
+        return error
 
-    def _deliver(self, delivery: queue_pb2.Delivery) -> None:
-        if self._stopping:
-            return  # handed back when the stream closes
+    def _begin_stop(self) -> None:
+        """See :meth:`_Worker._begin_stop`."""
+        if self._stopped.is_set():
+            return
+        if self._stream is not None:
+            before = set(self._unstarted)
+            for message in self._stop_messages():
+                self._stream.requests.put_nowait(message)
+            for lease_id in before - set(self._unstarted):  # handed back
+                self._tasks.pop(lease_id).cancel()
+        self._stopping = True
+        self._stopped.set()
+
+    async def _watch_stop(self) -> None:
+        await self._stop.wait()
+        self._begin_stop()
+
+    def _deliver(self, stream: _AsyncStream, delivery: queue_pb2.Delivery) -> None:
         job = _job(delivery)
-        task = asyncio.create_task(self._process(job), name=f"baton-job-{job.id}")
-        self._held[job.lease_id] = (job, task)
+        if self._stop.is_set():
+            self._begin_stop()
+        if self._stopping:
+            for message in self._hand_back([job]):  # see _Worker._deliver
+                stream.requests.put_nowait(message)
+            return
+        self._held[job.lease_id] = job
+        self._unstarted[job.lease_id] = job
+        self._tasks[job.lease_id] = asyncio.create_task(
+            self._process(job), name=f"baton-job-{job.id}"
+        )
 
     def _cancel(self, lease_id: str, reason: str) -> None:
-        held = self._held.get(lease_id)
-        if held is not None:
-            job, task = held
+        job = self._held.get(lease_id)
+        if job is not None:
             job._cancel(reason)
-            task.cancel()
+            task = self._tasks.get(lease_id)
+            if task is not None:
+                task.cancel()
 
     async def _process(self, job: Job) -> None:
         try:
             async with self._slots:
-                if job.cancelled.is_set() or self._stopping:
-                    self._report_dropped(job)  # never started; see _Worker._process
+                if self._stop.is_set():
+                    self._begin_stop()  # hands this job back and cancels this task
+                    await asyncio.sleep(0)
+                self._unstarted.pop(job.lease_id, None)
+                if job.cancelled.is_set():
+                    self._report_dropped(job)  # cancelled before it started
                     return
                 try:
                     result, error = await self._handler(job), None
@@ -482,12 +679,14 @@ class _AsyncWorker(_Settling):
                     result, error = None, raised
                 await self._settle(job, result, error)
         except asyncio.CancelledError:
-            # Cancelled while waiting for a slot.
-            if job.cancel_reason is None:
+            # Handed back, or cancelled while waiting for a slot.
+            if job.cancel_reason is None and job.lease_id in self._held:
                 raise
             self._report_dropped(job)
         finally:
             self._held.pop(job.lease_id, None)
+            self._unstarted.pop(job.lease_id, None)
+            self._tasks.pop(job.lease_id, None)
 
     async def _settle(self, job: Job, result: bytes | None, error: Exception | None) -> None:
         if job.cancelled.is_set():
@@ -496,44 +695,69 @@ class _AsyncWorker(_Settling):
         try:
             if error is None:
                 ack = queue_pb2.AckRequest(lease_id=job.lease_id, result=result or b"")
-                await _retry.acall(lambda: self._stub.Ack(ack), self._visibility)  # type: ignore[arg-type,return-value]
+                await _retry.asettle(
+                    lambda: self._stub.Ack(ack, **_retry.READY),  # type: ignore[arg-type,return-value]
+                    self._visibility,
+                )
             else:
                 nack = queue_pb2.NackRequest(lease_id=job.lease_id, error=_error_text(error))
-                await _retry.acall(lambda: self._stub.Nack(nack), self._visibility)  # type: ignore[arg-type,return-value]
+                await _retry.asettle(
+                    lambda: self._stub.Nack(nack, **_retry.READY),  # type: ignore[arg-type,return-value]
+                    self._visibility,
+                )
         except BatonError as failed:
             self._report(job, failed)
             return
         self._report(job, error)
 
     async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self._visibility / 3)
-            held = [job for job, _ in self._held.values() if not job.cancelled.is_set()]
-            await asyncio.gather(*(self._extend(job) for job in held))
+        extending: set[str] = set()
 
-    async def _extend(self, job: Job) -> None:
-        request = queue_pb2.ExtendRequest(
-            lease_id=job.lease_id, visibility_timeout=self._request.visibility_timeout
-        )
+        async def extend(job: Job) -> None:
+            request = self._extend_request(job)
+            try:
+                await _retry.asettle(lambda: self._stub.Extend(request, **_retry.READY))  # type: ignore[arg-type,return-value]
+            except BatonError as error:
+                reason = self._extend_refused(job, error)
+                if reason is not None:
+                    self._cancel(job.lease_id, reason)
+            finally:
+                extending.discard(job.lease_id)
+
+        beats: set[asyncio.Task[None]] = set()
         try:
-            await self._stub.Extend(request)  # type: ignore[misc]
-        except grpc.RpcError as error:
-            mapped = from_rpc_error(error)
-            if isinstance(mapped, FailedPrecondition):
-                reason, self._outcomes[job.lease_id] = _lost(mapped)
-                self._cancel(job.lease_id, reason)
+            while True:
+                await asyncio.sleep(self._visibility / 3)
+                for job in list(self._held.values()):
+                    if job.cancelled.is_set() or job.lease_id in extending:
+                        continue
+                    extending.add(job.lease_id)
+                    beat = asyncio.create_task(extend(job))
+                    beats.add(beat)
+                    beat.add_done_callback(beats.discard)
+        finally:
+            for beat in beats:
+                beat.cancel()
 
-    async def _drain(self) -> None:
-        self._stopping = True
-        tasks = [task for _, task in self._held.values()]
+    async def _wind_down(self) -> None:
+        """See :meth:`_Worker._watch_stop`; a handler that outlives the grace is cancelled."""
+        tasks = list(self._tasks.values())
         if tasks and self._grace > 0:
             await asyncio.wait(tasks, timeout=self._grace)
-        for job, task in list(self._held.values()):
-            job._cancel("shutdown")
+        cut_short = False
+        for lease_id, task in list(self._tasks.items()):
+            cut_short = True
+            self._held[lease_id]._cancel("shutdown")
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._call is not None:
-            self._call.cancel()
+        stream = self._stream
+        if stream is None or stream.reader is None:
+            return
+        if not cut_short:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stream.reader), _END_PATIENCE)
+        stream.call.cancel()
+        await asyncio.gather(stream.reader, return_exceptions=True)
 
 
 class Queue:
@@ -590,7 +814,7 @@ class Queue:
         visibility_timeout: Seconds = DEFAULT_VISIBILITY_TIMEOUT,
         types: tuple[str, ...] | list[str] = (),
         consumer: str = "",
-        shutdown_grace: Seconds = 0.0,
+        shutdown_grace: Seconds = DEFAULT_SHUTDOWN_GRACE,
         on_settled: Settled | None = None,
     ) -> None:
         """Runs ``handler(job)`` on the jobs of ``queue`` in ``concurrency`` threads until
@@ -599,9 +823,11 @@ class Queue:
         Returning acks the job (bytes returned become its result); raising nacks it with the
         exception's text, to be retried after its backoff. ``job.cancelled`` is set when the
         result no longer counts — CancelJob, a lost lease, or shutdown — and the job is then
-        not acked. On ``stop`` no new job starts; running handlers get ``shutdown_grace``
-        seconds before ``job.cancelled`` is set (threads cannot be interrupted: return soon
-        after), and the jobs never started go back to the queue at once.
+        not acked. On ``stop`` Baton is told to deliver no more, no new job starts, the jobs
+        never started go back to the queue at once without using up an attempt, and running
+        handlers finish and are acked; consume() returns as soon as they are done. Handlers
+        still running after ``shutdown_grace`` seconds get ``job.cancelled`` set (threads
+        cannot be interrupted: return soon after) and their jobs go back to the queue.
         ``visibility_timeout`` bounds how long the jobs of a crashed worker wait before
         another worker gets them; ``on_settled(job, error)`` reports each delivery's end
         (None: acked; the handler's exception: nacked; JobCancelled, JobLeaseLost, or the
@@ -671,13 +897,14 @@ class AsyncQueue:
         visibility_timeout: Seconds = DEFAULT_VISIBILITY_TIMEOUT,
         types: tuple[str, ...] | list[str] = (),
         consumer: str = "",
-        shutdown_grace: Seconds = 0.0,
+        shutdown_grace: Seconds = DEFAULT_SHUTDOWN_GRACE,
         on_settled: Settled | None = None,
     ) -> None:
         """Runs ``await handler(job)`` on the jobs of ``queue``, ``concurrency`` at a time,
-        until ``stop`` is set or the task running it is cancelled. As
-        :meth:`Queue.consume`, except that a handler whose job is cancelled, whose lease is
-        lost, or that outlives the ``shutdown_grace`` is itself cancelled (CancelledError)."""
+        until ``stop`` is set or the task running it is cancelled (a stop as graceful as
+        ``stop``). As :meth:`Queue.consume`, except that a handler whose job is cancelled,
+        whose lease is lost, or that outlives the ``shutdown_grace`` is itself cancelled
+        (CancelledError)."""
         request = _consume_request(queue, max(concurrency, 1), visibility_timeout, types, consumer)
         worker = _AsyncWorker(
             self._queue,

@@ -648,15 +648,17 @@ func (x *DescribeResponse) GetHolders() []*Holder {
 	return nil
 }
 
-// KeepAliveRequest opens a stream that keeps a lease alive.
+// KeepAliveRequest opens a KeepAlive stream (the first message) or is one heartbeat on
+// it (every later message).
 type KeepAliveRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The lock's name.
+	// The lock's name; required in the first message, ignored after it.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// The lease to keep alive; it must currently be held.
+	// The lease to keep alive; it must currently be held. Required in the first message,
+	// ignored after it.
 	LeaseId string `protobuf:"bytes,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
-	// The ttl of each renewal: 100 ms ..= 1 h; 0 means the lease's current ttl. Renewals are
-	// sent at about ttl/3.
+	// The ttl of each renewal: 100 ms ..= 1 h; 0 means the lease's current ttl. Read from the
+	// first message only.
 	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -713,11 +715,16 @@ func (x *KeepAliveRequest) GetTtl() *durationpb.Duration {
 	return nil
 }
 
-// KeepAliveResponse reports one renewal.
+// KeepAliveResponse answers the first message and each heartbeat, in order.
 type KeepAliveResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The lease after this renewal; the fencing_token is unchanged.
-	Lease         *Lease `protobuf:"bytes,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	// The lease as of this answer; the fencing_token is unchanged.
+	Lease *Lease `protobuf:"bytes,1,opt,name=lease,proto3" json:"lease,omitempty"`
+	// Whether this message renewed the lease (always true for the answer to the first
+	// message). A heartbeat answered `false` proves nothing: it came too soon after the
+	// previous renewal, or Redis was unreachable (a renewal that timed out may still apply
+	// later, which only lengthens the lease).
+	Renewed       bool `protobuf:"varint,2,opt,name=renewed,proto3" json:"renewed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -757,6 +764,13 @@ func (x *KeepAliveResponse) GetLease() *Lease {
 		return x.Lease
 	}
 	return nil
+}
+
+func (x *KeepAliveResponse) GetRenewed() bool {
+	if x != nil {
+		return x.Renewed
+	}
+	return false
 }
 
 var File_baton_v1_lock_proto protoreflect.FileDescriptor
@@ -807,15 +821,16 @@ const file_baton_v1_lock_proto_rawDesc = "" +
 	"\x10KeepAliveRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\tR\aleaseId\x12+\n" +
-	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\":\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"T\n" +
 	"\x11KeepAliveResponse\x12%\n" +
-	"\x05lease\x18\x01 \x01(\v2\x0f.baton.v1.LeaseR\x05lease2\xd2\x02\n" +
+	"\x05lease\x18\x01 \x01(\v2\x0f.baton.v1.LeaseR\x05lease\x12\x18\n" +
+	"\arenewed\x18\x02 \x01(\bR\arenewed2\xd4\x02\n" +
 	"\vLockService\x12>\n" +
 	"\aAcquire\x12\x18.baton.v1.AcquireRequest\x1a\x19.baton.v1.AcquireResponse\x128\n" +
 	"\x05Renew\x12\x16.baton.v1.RenewRequest\x1a\x17.baton.v1.RenewResponse\x12>\n" +
 	"\aRelease\x12\x18.baton.v1.ReleaseRequest\x1a\x19.baton.v1.ReleaseResponse\x12A\n" +
-	"\bDescribe\x12\x19.baton.v1.DescribeRequest\x1a\x1a.baton.v1.DescribeResponse\x12F\n" +
-	"\tKeepAlive\x12\x1a.baton.v1.KeepAliveRequest\x1a\x1b.baton.v1.KeepAliveResponse0\x01B\x96\x01\n" +
+	"\bDescribe\x12\x19.baton.v1.DescribeRequest\x1a\x1a.baton.v1.DescribeResponse\x12H\n" +
+	"\tKeepAlive\x12\x1a.baton.v1.KeepAliveRequest\x1a\x1b.baton.v1.KeepAliveResponse(\x010\x01B\x96\x01\n" +
 	"\fcom.baton.v1B\tLockProtoP\x01Z:github.com/baton-dev/baton/clients/go/gen/baton/v1;batonv1\xa2\x02\x03BXX\xaa\x02\bBaton.V1\xca\x02\bBaton\\V1\xe2\x02\x14Baton\\V1\\GPBMetadata\xea\x02\tBaton::V1b\x06proto3"
 
 var (

@@ -91,19 +91,33 @@ type LockServiceClient interface {
 	// (reason RESPONSE_TOO_LARGE) when the holders would not fit in one message;
 	// DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE.
 	Describe(ctx context.Context, in *DescribeRequest, opts ...grpc.CallOption) (*DescribeResponse, error)
-	// KeepAlive holds a lease for as long as the stream is open: the server renews it at
-	// about ttl/3 and sends each renewal. When the client cancels the stream or disconnects,
-	// the lease is released at once. When the lease is lost the stream ends with
-	// FAILED_PRECONDITION. When the server shuts down it ends the stream with UNAVAILABLE and
-	// keeps the lease, so the client can resume KeepAlive with the same lease_id on another
-	// replica before the lease expires.
+	// KeepAlive holds a lease while its holder proves it is alive, as etcd's LeaseKeepAlive
+	// does. The client's first message names the lease (name, lease_id, ttl); the server
+	// renews it at once and answers with the lease. From then on the client sends a
+	// heartbeat (any KeepAliveRequest; name and lease_id may be left empty) about every
+	// ttl/3. The server answers every heartbeat, in order: `renewed = true` when it renewed
+	// the lease, `renewed = false` when it did not (the heartbeat came closer than ttl/10
+	// to the previous renewal, or Redis was unreachable). The server never renews on its
+	// own: a holder that stops sending — frozen, paused, partitioned — loses the lease at
+	// most ttl after its last renewed heartbeat. A client knows its lease is held until
+	// (the send time of its last heartbeat answered `renewed`) + ttl by its own clock; the
+	// Baton clients report the lease lost a safety margin before that (max(ttl/10, 50 ms)).
+	//
+	// When the client cancels the stream or disconnects, the lease is released at once.
+	// A half-close only ends the heartbeats: the lease runs out its ttl (unless another
+	// KeepAlive stream renews it), and the stream then ends. A stream whose lease ran out
+	// ends with FAILED_PRECONDITION (reason LEASE_NOT_HELD); one whose lease another stream
+	// kept alive ends OK. When the server drains it ends the stream with UNAVAILABLE
+	// (reason SHUTTING_DOWN) and keeps the lease, so the client resumes KeepAlive with the
+	// same lease_id on another replica before the lease expires.
 	//
 	// Failures: FAILED_PRECONDITION (reason LEASE_NOT_HELD) when the lease is not, or stops
 	// being, a current holder of `name`; INVALID_ARGUMENT (empty name, malformed lease_id,
-	// ttl out of range); UNAVAILABLE (Redis unreachable, or this server shutting down);
-	// RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening the stream with the
-	// same lease_id is safe and expected (the Baton clients do it for you).
-	KeepAlive(ctx context.Context, in *KeepAliveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[KeepAliveResponse], error)
+	// ttl out of range, a first message without them); UNAVAILABLE (Redis unreachable, or
+	// this server draining); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening
+	// the stream with the same lease_id is safe and expected (the Baton clients do it for
+	// you).
+	KeepAlive(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[KeepAliveRequest, KeepAliveResponse], error)
 }
 
 type lockServiceClient struct {
@@ -154,24 +168,18 @@ func (c *lockServiceClient) Describe(ctx context.Context, in *DescribeRequest, o
 	return out, nil
 }
 
-func (c *lockServiceClient) KeepAlive(ctx context.Context, in *KeepAliveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[KeepAliveResponse], error) {
+func (c *lockServiceClient) KeepAlive(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[KeepAliveRequest, KeepAliveResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &LockService_ServiceDesc.Streams[0], LockService_KeepAlive_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	x := &grpc.GenericClientStream[KeepAliveRequest, KeepAliveResponse]{ClientStream: stream}
-	if err := x.ClientStream.SendMsg(in); err != nil {
-		return nil, err
-	}
-	if err := x.ClientStream.CloseSend(); err != nil {
-		return nil, err
-	}
 	return x, nil
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type LockService_KeepAliveClient = grpc.ServerStreamingClient[KeepAliveResponse]
+type LockService_KeepAliveClient = grpc.BidiStreamingClient[KeepAliveRequest, KeepAliveResponse]
 
 // LockServiceServer is the server API for LockService service.
 // All implementations must embed UnimplementedLockServiceServer
@@ -238,19 +246,33 @@ type LockServiceServer interface {
 	// (reason RESPONSE_TOO_LARGE) when the holders would not fit in one message;
 	// DEADLINE_EXCEEDED. Safe to retry on UNAVAILABLE.
 	Describe(context.Context, *DescribeRequest) (*DescribeResponse, error)
-	// KeepAlive holds a lease for as long as the stream is open: the server renews it at
-	// about ttl/3 and sends each renewal. When the client cancels the stream or disconnects,
-	// the lease is released at once. When the lease is lost the stream ends with
-	// FAILED_PRECONDITION. When the server shuts down it ends the stream with UNAVAILABLE and
-	// keeps the lease, so the client can resume KeepAlive with the same lease_id on another
-	// replica before the lease expires.
+	// KeepAlive holds a lease while its holder proves it is alive, as etcd's LeaseKeepAlive
+	// does. The client's first message names the lease (name, lease_id, ttl); the server
+	// renews it at once and answers with the lease. From then on the client sends a
+	// heartbeat (any KeepAliveRequest; name and lease_id may be left empty) about every
+	// ttl/3. The server answers every heartbeat, in order: `renewed = true` when it renewed
+	// the lease, `renewed = false` when it did not (the heartbeat came closer than ttl/10
+	// to the previous renewal, or Redis was unreachable). The server never renews on its
+	// own: a holder that stops sending — frozen, paused, partitioned — loses the lease at
+	// most ttl after its last renewed heartbeat. A client knows its lease is held until
+	// (the send time of its last heartbeat answered `renewed`) + ttl by its own clock; the
+	// Baton clients report the lease lost a safety margin before that (max(ttl/10, 50 ms)).
+	//
+	// When the client cancels the stream or disconnects, the lease is released at once.
+	// A half-close only ends the heartbeats: the lease runs out its ttl (unless another
+	// KeepAlive stream renews it), and the stream then ends. A stream whose lease ran out
+	// ends with FAILED_PRECONDITION (reason LEASE_NOT_HELD); one whose lease another stream
+	// kept alive ends OK. When the server drains it ends the stream with UNAVAILABLE
+	// (reason SHUTTING_DOWN) and keeps the lease, so the client resumes KeepAlive with the
+	// same lease_id on another replica before the lease expires.
 	//
 	// Failures: FAILED_PRECONDITION (reason LEASE_NOT_HELD) when the lease is not, or stops
 	// being, a current holder of `name`; INVALID_ARGUMENT (empty name, malformed lease_id,
-	// ttl out of range); UNAVAILABLE (Redis unreachable, or this server shutting down);
-	// RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening the stream with the
-	// same lease_id is safe and expected (the Baton clients do it for you).
-	KeepAlive(*KeepAliveRequest, grpc.ServerStreamingServer[KeepAliveResponse]) error
+	// ttl out of range, a first message without them); UNAVAILABLE (Redis unreachable, or
+	// this server draining); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening
+	// the stream with the same lease_id is safe and expected (the Baton clients do it for
+	// you).
+	KeepAlive(grpc.BidiStreamingServer[KeepAliveRequest, KeepAliveResponse]) error
 	mustEmbedUnimplementedLockServiceServer()
 }
 
@@ -273,7 +295,7 @@ func (UnimplementedLockServiceServer) Release(context.Context, *ReleaseRequest) 
 func (UnimplementedLockServiceServer) Describe(context.Context, *DescribeRequest) (*DescribeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Describe not implemented")
 }
-func (UnimplementedLockServiceServer) KeepAlive(*KeepAliveRequest, grpc.ServerStreamingServer[KeepAliveResponse]) error {
+func (UnimplementedLockServiceServer) KeepAlive(grpc.BidiStreamingServer[KeepAliveRequest, KeepAliveResponse]) error {
 	return status.Error(codes.Unimplemented, "method KeepAlive not implemented")
 }
 func (UnimplementedLockServiceServer) mustEmbedUnimplementedLockServiceServer() {}
@@ -370,15 +392,11 @@ func _LockService_Describe_Handler(srv interface{}, ctx context.Context, dec fun
 }
 
 func _LockService_KeepAlive_Handler(srv interface{}, stream grpc.ServerStream) error {
-	m := new(KeepAliveRequest)
-	if err := stream.RecvMsg(m); err != nil {
-		return err
-	}
-	return srv.(LockServiceServer).KeepAlive(m, &grpc.GenericServerStream[KeepAliveRequest, KeepAliveResponse]{ServerStream: stream})
+	return srv.(LockServiceServer).KeepAlive(&grpc.GenericServerStream[KeepAliveRequest, KeepAliveResponse]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type LockService_KeepAliveServer = grpc.ServerStreamingServer[KeepAliveResponse]
+type LockService_KeepAliveServer = grpc.BidiStreamingServer[KeepAliveRequest, KeepAliveResponse]
 
 // LockService_ServiceDesc is the grpc.ServiceDesc for LockService service.
 // It's only intended for direct use with grpc.RegisterService,
@@ -409,6 +427,7 @@ var LockService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "KeepAlive",
 			Handler:       _LockService_KeepAlive_Handler,
 			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "baton/v1/lock.proto",

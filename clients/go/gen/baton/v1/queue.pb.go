@@ -642,7 +642,9 @@ func (x *EnqueueBatchResponse) GetResults() []*EnqueueResponse {
 	return nil
 }
 
-// ConsumeRequest opens a worker's stream.
+// ConsumeRequest opens a Consume stream (the first message: queue and the stream's
+// settings, and it may already steer) or steers it (every later message: drain,
+// unstarted_lease_ids; the settings are then ignored).
 type ConsumeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The queue to consume.
@@ -655,9 +657,18 @@ type ConsumeRequest struct {
 	// Deliver only jobs of these types; empty means every type.
 	Types []string `protobuf:"bytes,4,rep,name=types,proto3" json:"types,omitempty"`
 	// Free text naming the worker (host, pod), for observability only.
-	Consumer      string `protobuf:"bytes,5,opt,name=consumer,proto3" json:"consumer,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Consumer string `protobuf:"bytes,5,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	// No more deliveries on this stream; the leases it holds stay valid and are settled as
+	// usual. The server ends the stream OK once it holds none — at once if it holds none
+	// already, so hand back leases of earlier streams before or with `drain`.
+	Drain bool `protobuf:"varint,6,opt,name=drain,proto3" json:"drain,omitempty"`
+	// Deliveries the worker will not start: each is ready again at once and its attempt is
+	// not charged. Any current lease of this queue may be named (also one delivered on an
+	// earlier stream); leases that are no longer current are ignored. At most max_in_flight
+	// per message; a malformed id or one of another queue is INVALID_ARGUMENT.
+	UnstartedLeaseIds []string `protobuf:"bytes,7,rep,name=unstarted_lease_ids,json=unstartedLeaseIds,proto3" json:"unstarted_lease_ids,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ConsumeRequest) Reset() {
@@ -723,6 +734,20 @@ func (x *ConsumeRequest) GetConsumer() string {
 		return x.Consumer
 	}
 	return ""
+}
+
+func (x *ConsumeRequest) GetDrain() bool {
+	if x != nil {
+		return x.Drain
+	}
+	return false
+}
+
+func (x *ConsumeRequest) GetUnstartedLeaseIds() []string {
+	if x != nil {
+		return x.UnstartedLeaseIds
+	}
+	return nil
 }
 
 // Delivery hands one job to a worker under a lease.
@@ -2178,13 +2203,15 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x13EnqueueBatchRequest\x124\n" +
 	"\brequests\x18\x01 \x03(\v2\x18.baton.v1.EnqueueRequestR\brequests\"K\n" +
 	"\x14EnqueueBatchResponse\x123\n" +
-	"\aresults\x18\x01 \x03(\v2\x19.baton.v1.EnqueueResponseR\aresults\"\xc6\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x19.baton.v1.EnqueueResponseR\aresults\"\x8c\x02\n" +
 	"\x0eConsumeRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\"\n" +
 	"\rmax_in_flight\x18\x02 \x01(\rR\vmaxInFlight\x12H\n" +
 	"\x12visibility_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11visibilityTimeout\x12\x14\n" +
 	"\x05types\x18\x04 \x03(\tR\x05types\x12\x1a\n" +
-	"\bconsumer\x18\x05 \x01(\tR\bconsumer\"\xa6\x01\n" +
+	"\bconsumer\x18\x05 \x01(\tR\bconsumer\x12\x14\n" +
+	"\x05drain\x18\x06 \x01(\bR\x05drain\x12.\n" +
+	"\x13unstarted_lease_ids\x18\a \x03(\tR\x11unstartedLeaseIds\"\xa6\x01\n" +
 	"\bDelivery\x12\x1f\n" +
 	"\x03job\x18\x01 \x01(\v2\r.baton.v1.JobR\x03job\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\tR\aleaseId\x12\x18\n" +
@@ -2269,11 +2296,11 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x05\x12\x12\n" +
 	"\x0eJOB_STATE_DEAD\x10\x06\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\a2\xd8\a\n" +
+	"\x13JOB_STATE_CANCELLED\x10\a2\xda\a\n" +
 	"\x0fJobQueueService\x12>\n" +
 	"\aEnqueue\x12\x18.baton.v1.EnqueueRequest\x1a\x19.baton.v1.EnqueueResponse\x12M\n" +
-	"\fEnqueueBatch\x12\x1d.baton.v1.EnqueueBatchRequest\x1a\x1e.baton.v1.EnqueueBatchResponse\x12@\n" +
-	"\aConsume\x12\x18.baton.v1.ConsumeRequest\x1a\x19.baton.v1.ConsumeResponse0\x01\x122\n" +
+	"\fEnqueueBatch\x12\x1d.baton.v1.EnqueueBatchRequest\x1a\x1e.baton.v1.EnqueueBatchResponse\x12B\n" +
+	"\aConsume\x12\x18.baton.v1.ConsumeRequest\x1a\x19.baton.v1.ConsumeResponse(\x010\x01\x122\n" +
 	"\x03Ack\x12\x14.baton.v1.AckRequest\x1a\x15.baton.v1.AckResponse\x12A\n" +
 	"\bAckBatch\x12\x19.baton.v1.AckBatchRequest\x1a\x1a.baton.v1.AckBatchResponse\x125\n" +
 	"\x04Nack\x12\x15.baton.v1.NackRequest\x1a\x16.baton.v1.NackResponse\x12;\n" +

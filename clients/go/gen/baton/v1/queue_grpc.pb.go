@@ -79,22 +79,32 @@ type JobQueueServiceClient interface {
 	// nothing is enqueued); UNAVAILABLE (some jobs may have been enqueued); RESOURCE_EXHAUSTED;
 	// DEADLINE_EXCEEDED. Safe to retry when every job carries a dedup_key.
 	EnqueueBatch(ctx context.Context, in *EnqueueBatchRequest, opts ...grpc.CallOption) (*EnqueueBatchResponse, error)
-	// Consume opens a stream of jobs for one worker. The server pushes ready jobs as they
-	// become ready (no polling), never more than `max_in_flight` unacknowledged on this
-	// stream — counted correctly even when the Ack reaches another replica — highest
-	// `priority` first, then by the time the job became due (a job handed back by a cut
-	// stream keeps its place). It also tells the worker when a job it holds is cancelled.
-	// A paused queue delivers nothing until resumed; the stream stays open.
+	// Consume opens a stream of jobs for one worker. The client's first message opens it
+	// (queue, max_in_flight, visibility_timeout, types, consumer). The server pushes ready
+	// jobs as they become ready (no polling), never more than `max_in_flight` unacknowledged
+	// on this stream — counted correctly even when the Ack reaches another replica — highest
+	// `priority` first, then by the time the job became due (a job handed back keeps its
+	// place). It also tells the worker when a job it holds is cancelled. A paused queue
+	// delivers nothing until resumed; the stream stays open.
+	//
+	// Later messages steer the stream: `drain` stops deliveries (the worker keeps settling
+	// what it holds through Ack/Nack; the server ends the stream OK once nothing is held),
+	// and `unstarted_lease_ids` hands back deliveries the worker will not start — ready
+	// again at once, in their place, without charging the attempt. A graceful worker stop is
+	// drain + hand back what was never started + finish the rest.
 	//
 	// When the client cancels the stream or disconnects, the jobs leased to it and not yet
-	// acked are made ready again at once.
+	// acked are made ready again at once (their attempts stay charged: they may have run).
+	// A half-close changes nothing. When the server drains it stops pushing, ends the stream
+	// with UNAVAILABLE (reason SHUTTING_DOWN) and leaves the leases alone: the worker settles
+	// them through another replica and opens a new stream there.
 	//
 	// Failures: INVALID_ARGUMENT (empty or oversized queue, max_in_flight or
-	// visibility_timeout out of range, too many or oversized types); UNAVAILABLE (Redis
-	// unreachable, or this server shutting down — leases are kept, so Ack the jobs in hand
-	// through another replica); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED (only if the caller set
-	// a deadline on the stream). On UNAVAILABLE, reopening the stream is safe and expected.
-	Consume(ctx context.Context, in *ConsumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ConsumeResponse], error)
+	// visibility_timeout out of range, too many or oversized types, a malformed lease id);
+	// UNAVAILABLE (Redis unreachable, or this server draining); RESOURCE_EXHAUSTED;
+	// DEADLINE_EXCEEDED (only if the caller set a deadline on the stream). On UNAVAILABLE,
+	// reopening the stream is safe and expected.
+	Consume(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsumeRequest, ConsumeResponse], error)
 	// Ack completes a delivery: the job becomes SUCCEEDED with `result`.
 	//
 	// Failures: FAILED_PRECONDITION (reason JOB_NOT_LEASED) when the lease is not the job's
@@ -213,24 +223,18 @@ func (c *jobQueueServiceClient) EnqueueBatch(ctx context.Context, in *EnqueueBat
 	return out, nil
 }
 
-func (c *jobQueueServiceClient) Consume(ctx context.Context, in *ConsumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ConsumeResponse], error) {
+func (c *jobQueueServiceClient) Consume(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConsumeRequest, ConsumeResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &JobQueueService_ServiceDesc.Streams[0], JobQueueService_Consume_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	x := &grpc.GenericClientStream[ConsumeRequest, ConsumeResponse]{ClientStream: stream}
-	if err := x.ClientStream.SendMsg(in); err != nil {
-		return nil, err
-	}
-	if err := x.ClientStream.CloseSend(); err != nil {
-		return nil, err
-	}
 	return x, nil
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type JobQueueService_ConsumeClient = grpc.ServerStreamingClient[ConsumeResponse]
+type JobQueueService_ConsumeClient = grpc.BidiStreamingClient[ConsumeRequest, ConsumeResponse]
 
 func (c *jobQueueServiceClient) Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -386,22 +390,32 @@ type JobQueueServiceServer interface {
 	// nothing is enqueued); UNAVAILABLE (some jobs may have been enqueued); RESOURCE_EXHAUSTED;
 	// DEADLINE_EXCEEDED. Safe to retry when every job carries a dedup_key.
 	EnqueueBatch(context.Context, *EnqueueBatchRequest) (*EnqueueBatchResponse, error)
-	// Consume opens a stream of jobs for one worker. The server pushes ready jobs as they
-	// become ready (no polling), never more than `max_in_flight` unacknowledged on this
-	// stream — counted correctly even when the Ack reaches another replica — highest
-	// `priority` first, then by the time the job became due (a job handed back by a cut
-	// stream keeps its place). It also tells the worker when a job it holds is cancelled.
-	// A paused queue delivers nothing until resumed; the stream stays open.
+	// Consume opens a stream of jobs for one worker. The client's first message opens it
+	// (queue, max_in_flight, visibility_timeout, types, consumer). The server pushes ready
+	// jobs as they become ready (no polling), never more than `max_in_flight` unacknowledged
+	// on this stream — counted correctly even when the Ack reaches another replica — highest
+	// `priority` first, then by the time the job became due (a job handed back keeps its
+	// place). It also tells the worker when a job it holds is cancelled. A paused queue
+	// delivers nothing until resumed; the stream stays open.
+	//
+	// Later messages steer the stream: `drain` stops deliveries (the worker keeps settling
+	// what it holds through Ack/Nack; the server ends the stream OK once nothing is held),
+	// and `unstarted_lease_ids` hands back deliveries the worker will not start — ready
+	// again at once, in their place, without charging the attempt. A graceful worker stop is
+	// drain + hand back what was never started + finish the rest.
 	//
 	// When the client cancels the stream or disconnects, the jobs leased to it and not yet
-	// acked are made ready again at once.
+	// acked are made ready again at once (their attempts stay charged: they may have run).
+	// A half-close changes nothing. When the server drains it stops pushing, ends the stream
+	// with UNAVAILABLE (reason SHUTTING_DOWN) and leaves the leases alone: the worker settles
+	// them through another replica and opens a new stream there.
 	//
 	// Failures: INVALID_ARGUMENT (empty or oversized queue, max_in_flight or
-	// visibility_timeout out of range, too many or oversized types); UNAVAILABLE (Redis
-	// unreachable, or this server shutting down — leases are kept, so Ack the jobs in hand
-	// through another replica); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED (only if the caller set
-	// a deadline on the stream). On UNAVAILABLE, reopening the stream is safe and expected.
-	Consume(*ConsumeRequest, grpc.ServerStreamingServer[ConsumeResponse]) error
+	// visibility_timeout out of range, too many or oversized types, a malformed lease id);
+	// UNAVAILABLE (Redis unreachable, or this server draining); RESOURCE_EXHAUSTED;
+	// DEADLINE_EXCEEDED (only if the caller set a deadline on the stream). On UNAVAILABLE,
+	// reopening the stream is safe and expected.
+	Consume(grpc.BidiStreamingServer[ConsumeRequest, ConsumeResponse]) error
 	// Ack completes a delivery: the job becomes SUCCEEDED with `result`.
 	//
 	// Failures: FAILED_PRECONDITION (reason JOB_NOT_LEASED) when the lease is not the job's
@@ -506,7 +520,7 @@ func (UnimplementedJobQueueServiceServer) Enqueue(context.Context, *EnqueueReque
 func (UnimplementedJobQueueServiceServer) EnqueueBatch(context.Context, *EnqueueBatchRequest) (*EnqueueBatchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EnqueueBatch not implemented")
 }
-func (UnimplementedJobQueueServiceServer) Consume(*ConsumeRequest, grpc.ServerStreamingServer[ConsumeResponse]) error {
+func (UnimplementedJobQueueServiceServer) Consume(grpc.BidiStreamingServer[ConsumeRequest, ConsumeResponse]) error {
 	return status.Error(codes.Unimplemented, "method Consume not implemented")
 }
 func (UnimplementedJobQueueServiceServer) Ack(context.Context, *AckRequest) (*AckResponse, error) {
@@ -600,15 +614,11 @@ func _JobQueueService_EnqueueBatch_Handler(srv interface{}, ctx context.Context,
 }
 
 func _JobQueueService_Consume_Handler(srv interface{}, stream grpc.ServerStream) error {
-	m := new(ConsumeRequest)
-	if err := stream.RecvMsg(m); err != nil {
-		return err
-	}
-	return srv.(JobQueueServiceServer).Consume(m, &grpc.GenericServerStream[ConsumeRequest, ConsumeResponse]{ServerStream: stream})
+	return srv.(JobQueueServiceServer).Consume(&grpc.GenericServerStream[ConsumeRequest, ConsumeResponse]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type JobQueueService_ConsumeServer = grpc.ServerStreamingServer[ConsumeResponse]
+type JobQueueService_ConsumeServer = grpc.BidiStreamingServer[ConsumeRequest, ConsumeResponse]
 
 func _JobQueueService_Ack_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(AckRequest)
@@ -873,6 +883,7 @@ var JobQueueService_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Consume",
 			Handler:       _JobQueueService_Consume_Handler,
 			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "baton/v1/queue.proto",

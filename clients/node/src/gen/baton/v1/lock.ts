@@ -10,10 +10,10 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
-  type ClientReadableStream,
   type ClientUnaryCall,
-  type handleServerStreamingCall,
+  type handleBidiStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -161,23 +161,38 @@ export interface DescribeResponse {
   holders: Holder[];
 }
 
-/** KeepAliveRequest opens a stream that keeps a lease alive. */
+/**
+ * KeepAliveRequest opens a KeepAlive stream (the first message) or is one heartbeat on
+ * it (every later message).
+ */
 export interface KeepAliveRequest {
-  /** The lock's name. */
+  /** The lock's name; required in the first message, ignored after it. */
   name: string;
-  /** The lease to keep alive; it must currently be held. */
+  /**
+   * The lease to keep alive; it must currently be held. Required in the first message,
+   * ignored after it.
+   */
   leaseId: string;
   /**
-   * The ttl of each renewal: 100 ms ..= 1 h; 0 means the lease's current ttl. Renewals are
-   * sent at about ttl/3.
+   * The ttl of each renewal: 100 ms ..= 1 h; 0 means the lease's current ttl. Read from the
+   * first message only.
    */
   ttl: Duration | undefined;
 }
 
-/** KeepAliveResponse reports one renewal. */
+/** KeepAliveResponse answers the first message and each heartbeat, in order. */
 export interface KeepAliveResponse {
-  /** The lease after this renewal; the fencing_token is unchanged. */
-  lease: Lease | undefined;
+  /** The lease as of this answer; the fencing_token is unchanged. */
+  lease:
+    | Lease
+    | undefined;
+  /**
+   * Whether this message renewed the lease (always true for the answer to the first
+   * message). A heartbeat answered `false` proves nothing: it came too soon after the
+   * previous renewal, or Redis was unreachable (a renewal that timed out may still apply
+   * later, which only lengthens the lease).
+   */
+  renewed: boolean;
 }
 
 function createBaseLease(): Lease {
@@ -1292,13 +1307,16 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
 };
 
 function createBaseKeepAliveResponse(): KeepAliveResponse {
-  return { lease: undefined };
+  return { lease: undefined, renewed: false };
 }
 
 export const KeepAliveResponse: MessageFns<KeepAliveResponse> = {
   encode(message: KeepAliveResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.lease !== undefined) {
       Lease.encode(message.lease, writer.uint32(10).fork()).join();
+    }
+    if (message.renewed !== false) {
+      writer.uint32(16).bool(message.renewed);
     }
     return writer;
   },
@@ -1324,6 +1342,14 @@ export const KeepAliveResponse: MessageFns<KeepAliveResponse> = {
             message.lease = Lease.decode(reader, reader.uint32());
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.renewed = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1337,13 +1363,19 @@ export const KeepAliveResponse: MessageFns<KeepAliveResponse> = {
   },
 
   fromJSON(object: any): KeepAliveResponse {
-    return { lease: isSet(object.lease) ? Lease.fromJSON(object.lease) : undefined };
+    return {
+      lease: isSet(object.lease) ? Lease.fromJSON(object.lease) : undefined,
+      renewed: isSet(object.renewed) ? globalThis.Boolean(object.renewed) : false,
+    };
   },
 
   toJSON(message: KeepAliveResponse): unknown {
     const obj: any = {};
     if (message.lease !== undefined) {
       obj.lease = Lease.toJSON(message.lease);
+    }
+    if (message.renewed !== false) {
+      obj.renewed = message.renewed;
     }
     return obj;
   },
@@ -1354,6 +1386,7 @@ export const KeepAliveResponse: MessageFns<KeepAliveResponse> = {
   fromPartial(object: DeepPartial<KeepAliveResponse>): KeepAliveResponse {
     const message = createBaseKeepAliveResponse();
     message.lease = (object.lease !== undefined && object.lease !== null) ? Lease.fromPartial(object.lease) : undefined;
+    message.renewed = object.renewed ?? false;
     return message;
   },
 };
@@ -1463,22 +1496,36 @@ export const LockServiceService = {
     responseDeserialize: (value: Buffer): DescribeResponse => DescribeResponse.decode(value),
   },
   /**
-   * KeepAlive holds a lease for as long as the stream is open: the server renews it at
-   * about ttl/3 and sends each renewal. When the client cancels the stream or disconnects,
-   * the lease is released at once. When the lease is lost the stream ends with
-   * FAILED_PRECONDITION. When the server shuts down it ends the stream with UNAVAILABLE and
-   * keeps the lease, so the client can resume KeepAlive with the same lease_id on another
-   * replica before the lease expires.
+   * KeepAlive holds a lease while its holder proves it is alive, as etcd's LeaseKeepAlive
+   * does. The client's first message names the lease (name, lease_id, ttl); the server
+   * renews it at once and answers with the lease. From then on the client sends a
+   * heartbeat (any KeepAliveRequest; name and lease_id may be left empty) about every
+   * ttl/3. The server answers every heartbeat, in order: `renewed = true` when it renewed
+   * the lease, `renewed = false` when it did not (the heartbeat came closer than ttl/10
+   * to the previous renewal, or Redis was unreachable). The server never renews on its
+   * own: a holder that stops sending — frozen, paused, partitioned — loses the lease at
+   * most ttl after its last renewed heartbeat. A client knows its lease is held until
+   * (the send time of its last heartbeat answered `renewed`) + ttl by its own clock; the
+   * Baton clients report the lease lost a safety margin before that (max(ttl/10, 50 ms)).
+   *
+   * When the client cancels the stream or disconnects, the lease is released at once.
+   * A half-close only ends the heartbeats: the lease runs out its ttl (unless another
+   * KeepAlive stream renews it), and the stream then ends. A stream whose lease ran out
+   * ends with FAILED_PRECONDITION (reason LEASE_NOT_HELD); one whose lease another stream
+   * kept alive ends OK. When the server drains it ends the stream with UNAVAILABLE
+   * (reason SHUTTING_DOWN) and keeps the lease, so the client resumes KeepAlive with the
+   * same lease_id on another replica before the lease expires.
    *
    * Failures: FAILED_PRECONDITION (reason LEASE_NOT_HELD) when the lease is not, or stops
    * being, a current holder of `name`; INVALID_ARGUMENT (empty name, malformed lease_id,
-   * ttl out of range); UNAVAILABLE (Redis unreachable, or this server shutting down);
-   * RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening the stream with the
-   * same lease_id is safe and expected (the Baton clients do it for you).
+   * ttl out of range, a first message without them); UNAVAILABLE (Redis unreachable, or
+   * this server draining); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening
+   * the stream with the same lease_id is safe and expected (the Baton clients do it for
+   * you).
    */
   keepAlive: {
     path: "/baton.v1.LockService/KeepAlive" as const,
-    requestStream: false as const,
+    requestStream: true as const,
     responseStream: true as const,
     requestSerialize: (value: KeepAliveRequest): Buffer => Buffer.from(KeepAliveRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): KeepAliveRequest => KeepAliveRequest.decode(value),
@@ -1533,20 +1580,34 @@ export interface LockServiceServer extends UntypedServiceImplementation {
    */
   describe: handleUnaryCall<DescribeRequest, DescribeResponse>;
   /**
-   * KeepAlive holds a lease for as long as the stream is open: the server renews it at
-   * about ttl/3 and sends each renewal. When the client cancels the stream or disconnects,
-   * the lease is released at once. When the lease is lost the stream ends with
-   * FAILED_PRECONDITION. When the server shuts down it ends the stream with UNAVAILABLE and
-   * keeps the lease, so the client can resume KeepAlive with the same lease_id on another
-   * replica before the lease expires.
+   * KeepAlive holds a lease while its holder proves it is alive, as etcd's LeaseKeepAlive
+   * does. The client's first message names the lease (name, lease_id, ttl); the server
+   * renews it at once and answers with the lease. From then on the client sends a
+   * heartbeat (any KeepAliveRequest; name and lease_id may be left empty) about every
+   * ttl/3. The server answers every heartbeat, in order: `renewed = true` when it renewed
+   * the lease, `renewed = false` when it did not (the heartbeat came closer than ttl/10
+   * to the previous renewal, or Redis was unreachable). The server never renews on its
+   * own: a holder that stops sending — frozen, paused, partitioned — loses the lease at
+   * most ttl after its last renewed heartbeat. A client knows its lease is held until
+   * (the send time of its last heartbeat answered `renewed`) + ttl by its own clock; the
+   * Baton clients report the lease lost a safety margin before that (max(ttl/10, 50 ms)).
+   *
+   * When the client cancels the stream or disconnects, the lease is released at once.
+   * A half-close only ends the heartbeats: the lease runs out its ttl (unless another
+   * KeepAlive stream renews it), and the stream then ends. A stream whose lease ran out
+   * ends with FAILED_PRECONDITION (reason LEASE_NOT_HELD); one whose lease another stream
+   * kept alive ends OK. When the server drains it ends the stream with UNAVAILABLE
+   * (reason SHUTTING_DOWN) and keeps the lease, so the client resumes KeepAlive with the
+   * same lease_id on another replica before the lease expires.
    *
    * Failures: FAILED_PRECONDITION (reason LEASE_NOT_HELD) when the lease is not, or stops
    * being, a current holder of `name`; INVALID_ARGUMENT (empty name, malformed lease_id,
-   * ttl out of range); UNAVAILABLE (Redis unreachable, or this server shutting down);
-   * RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening the stream with the
-   * same lease_id is safe and expected (the Baton clients do it for you).
+   * ttl out of range, a first message without them); UNAVAILABLE (Redis unreachable, or
+   * this server draining); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening
+   * the stream with the same lease_id is safe and expected (the Baton clients do it for
+   * you).
    */
-  keepAlive: handleServerStreamingCall<KeepAliveRequest, KeepAliveResponse>;
+  keepAlive: handleBidiStreamingCall<KeepAliveRequest, KeepAliveResponse>;
 }
 
 export interface LockServiceClient extends Client {
@@ -1651,25 +1712,39 @@ export interface LockServiceClient extends Client {
     callback: (error: ServiceError | null, response: DescribeResponse) => void,
   ): ClientUnaryCall;
   /**
-   * KeepAlive holds a lease for as long as the stream is open: the server renews it at
-   * about ttl/3 and sends each renewal. When the client cancels the stream or disconnects,
-   * the lease is released at once. When the lease is lost the stream ends with
-   * FAILED_PRECONDITION. When the server shuts down it ends the stream with UNAVAILABLE and
-   * keeps the lease, so the client can resume KeepAlive with the same lease_id on another
-   * replica before the lease expires.
+   * KeepAlive holds a lease while its holder proves it is alive, as etcd's LeaseKeepAlive
+   * does. The client's first message names the lease (name, lease_id, ttl); the server
+   * renews it at once and answers with the lease. From then on the client sends a
+   * heartbeat (any KeepAliveRequest; name and lease_id may be left empty) about every
+   * ttl/3. The server answers every heartbeat, in order: `renewed = true` when it renewed
+   * the lease, `renewed = false` when it did not (the heartbeat came closer than ttl/10
+   * to the previous renewal, or Redis was unreachable). The server never renews on its
+   * own: a holder that stops sending — frozen, paused, partitioned — loses the lease at
+   * most ttl after its last renewed heartbeat. A client knows its lease is held until
+   * (the send time of its last heartbeat answered `renewed`) + ttl by its own clock; the
+   * Baton clients report the lease lost a safety margin before that (max(ttl/10, 50 ms)).
+   *
+   * When the client cancels the stream or disconnects, the lease is released at once.
+   * A half-close only ends the heartbeats: the lease runs out its ttl (unless another
+   * KeepAlive stream renews it), and the stream then ends. A stream whose lease ran out
+   * ends with FAILED_PRECONDITION (reason LEASE_NOT_HELD); one whose lease another stream
+   * kept alive ends OK. When the server drains it ends the stream with UNAVAILABLE
+   * (reason SHUTTING_DOWN) and keeps the lease, so the client resumes KeepAlive with the
+   * same lease_id on another replica before the lease expires.
    *
    * Failures: FAILED_PRECONDITION (reason LEASE_NOT_HELD) when the lease is not, or stops
    * being, a current holder of `name`; INVALID_ARGUMENT (empty name, malformed lease_id,
-   * ttl out of range); UNAVAILABLE (Redis unreachable, or this server shutting down);
-   * RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening the stream with the
-   * same lease_id is safe and expected (the Baton clients do it for you).
+   * ttl out of range, a first message without them); UNAVAILABLE (Redis unreachable, or
+   * this server draining); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening
+   * the stream with the same lease_id is safe and expected (the Baton clients do it for
+   * you).
    */
-  keepAlive(request: KeepAliveRequest, options?: Partial<CallOptions>): ClientReadableStream<KeepAliveResponse>;
+  keepAlive(): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
+  keepAlive(options: Partial<CallOptions>): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
   keepAlive(
-    request: KeepAliveRequest,
-    metadata?: Metadata,
+    metadata: Metadata,
     options?: Partial<CallOptions>,
-  ): ClientReadableStream<KeepAliveResponse>;
+  ): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
 }
 
 export const LockServiceClient = makeGenericClientConstructor(

@@ -10,10 +10,10 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
-  type ClientReadableStream,
   type ClientUnaryCall,
-  type handleServerStreamingCall,
+  type handleBidiStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -221,7 +221,11 @@ export interface EnqueueBatchResponse {
   results: EnqueueResponse[];
 }
 
-/** ConsumeRequest opens a worker's stream. */
+/**
+ * ConsumeRequest opens a Consume stream (the first message: queue and the stream's
+ * settings, and it may already steer) or steers it (every later message: drain,
+ * unstarted_lease_ids; the settings are then ignored).
+ */
 export interface ConsumeRequest {
   /** The queue to consume. */
   queue: string;
@@ -238,6 +242,19 @@ export interface ConsumeRequest {
   types: string[];
   /** Free text naming the worker (host, pod), for observability only. */
   consumer: string;
+  /**
+   * No more deliveries on this stream; the leases it holds stay valid and are settled as
+   * usual. The server ends the stream OK once it holds none — at once if it holds none
+   * already, so hand back leases of earlier streams before or with `drain`.
+   */
+  drain: boolean;
+  /**
+   * Deliveries the worker will not start: each is ready again at once and its attempt is
+   * not charged. Any current lease of this queue may be named (also one delivered on an
+   * earlier stream); leases that are no longer current are ignored. At most max_in_flight
+   * per message; a malformed id or one of another queue is INVALID_ARGUMENT.
+   */
+  unstartedLeaseIds: string[];
 }
 
 /** Delivery hands one job to a worker under a lease. */
@@ -1369,7 +1386,15 @@ export const EnqueueBatchResponse: MessageFns<EnqueueBatchResponse> = {
 };
 
 function createBaseConsumeRequest(): ConsumeRequest {
-  return { queue: "", maxInFlight: 0, visibilityTimeout: undefined, types: [], consumer: "" };
+  return {
+    queue: "",
+    maxInFlight: 0,
+    visibilityTimeout: undefined,
+    types: [],
+    consumer: "",
+    drain: false,
+    unstartedLeaseIds: [],
+  };
 }
 
 export const ConsumeRequest: MessageFns<ConsumeRequest> = {
@@ -1388,6 +1413,12 @@ export const ConsumeRequest: MessageFns<ConsumeRequest> = {
     }
     if (message.consumer !== "") {
       writer.uint32(42).string(message.consumer);
+    }
+    if (message.drain !== false) {
+      writer.uint32(48).bool(message.drain);
+    }
+    for (const v of message.unstartedLeaseIds) {
+      writer.uint32(58).string(v!);
     }
     return writer;
   },
@@ -1445,6 +1476,22 @@ export const ConsumeRequest: MessageFns<ConsumeRequest> = {
             message.consumer = reader.string();
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.drain = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.unstartedLeaseIds.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1472,6 +1519,12 @@ export const ConsumeRequest: MessageFns<ConsumeRequest> = {
         : undefined,
       types: globalThis.Array.isArray(object?.types) ? object.types.map((e: any) => globalThis.String(e)) : [],
       consumer: isSet(object.consumer) ? globalThis.String(object.consumer) : "",
+      drain: isSet(object.drain) ? globalThis.Boolean(object.drain) : false,
+      unstartedLeaseIds: globalThis.Array.isArray(object?.unstartedLeaseIds)
+        ? object.unstartedLeaseIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.unstarted_lease_ids)
+        ? object.unstarted_lease_ids.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -1492,6 +1545,12 @@ export const ConsumeRequest: MessageFns<ConsumeRequest> = {
     if (message.consumer !== "") {
       obj.consumer = message.consumer;
     }
+    if (message.drain !== false) {
+      obj.drain = message.drain;
+    }
+    if (message.unstartedLeaseIds?.length) {
+      obj.unstartedLeaseIds = message.unstartedLeaseIds;
+    }
     return obj;
   },
 
@@ -1507,6 +1566,8 @@ export const ConsumeRequest: MessageFns<ConsumeRequest> = {
       : undefined;
     message.types = object.types?.map((e) => e) || [];
     message.consumer = object.consumer ?? "";
+    message.drain = object.drain ?? false;
+    message.unstartedLeaseIds = object.unstartedLeaseIds?.map((e) => e) || [];
     return message;
   },
 };
@@ -3760,25 +3821,35 @@ export const JobQueueServiceService = {
     responseDeserialize: (value: Buffer): EnqueueBatchResponse => EnqueueBatchResponse.decode(value),
   },
   /**
-   * Consume opens a stream of jobs for one worker. The server pushes ready jobs as they
-   * become ready (no polling), never more than `max_in_flight` unacknowledged on this
-   * stream — counted correctly even when the Ack reaches another replica — highest
-   * `priority` first, then by the time the job became due (a job handed back by a cut
-   * stream keeps its place). It also tells the worker when a job it holds is cancelled.
-   * A paused queue delivers nothing until resumed; the stream stays open.
+   * Consume opens a stream of jobs for one worker. The client's first message opens it
+   * (queue, max_in_flight, visibility_timeout, types, consumer). The server pushes ready
+   * jobs as they become ready (no polling), never more than `max_in_flight` unacknowledged
+   * on this stream — counted correctly even when the Ack reaches another replica — highest
+   * `priority` first, then by the time the job became due (a job handed back keeps its
+   * place). It also tells the worker when a job it holds is cancelled. A paused queue
+   * delivers nothing until resumed; the stream stays open.
+   *
+   * Later messages steer the stream: `drain` stops deliveries (the worker keeps settling
+   * what it holds through Ack/Nack; the server ends the stream OK once nothing is held),
+   * and `unstarted_lease_ids` hands back deliveries the worker will not start — ready
+   * again at once, in their place, without charging the attempt. A graceful worker stop is
+   * drain + hand back what was never started + finish the rest.
    *
    * When the client cancels the stream or disconnects, the jobs leased to it and not yet
-   * acked are made ready again at once.
+   * acked are made ready again at once (their attempts stay charged: they may have run).
+   * A half-close changes nothing. When the server drains it stops pushing, ends the stream
+   * with UNAVAILABLE (reason SHUTTING_DOWN) and leaves the leases alone: the worker settles
+   * them through another replica and opens a new stream there.
    *
    * Failures: INVALID_ARGUMENT (empty or oversized queue, max_in_flight or
-   * visibility_timeout out of range, too many or oversized types); UNAVAILABLE (Redis
-   * unreachable, or this server shutting down — leases are kept, so Ack the jobs in hand
-   * through another replica); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED (only if the caller set
-   * a deadline on the stream). On UNAVAILABLE, reopening the stream is safe and expected.
+   * visibility_timeout out of range, too many or oversized types, a malformed lease id);
+   * UNAVAILABLE (Redis unreachable, or this server draining); RESOURCE_EXHAUSTED;
+   * DEADLINE_EXCEEDED (only if the caller set a deadline on the stream). On UNAVAILABLE,
+   * reopening the stream is safe and expected.
    */
   consume: {
     path: "/baton.v1.JobQueueService/Consume" as const,
-    requestStream: false as const,
+    requestStream: true as const,
     responseStream: true as const,
     requestSerialize: (value: ConsumeRequest): Buffer => Buffer.from(ConsumeRequest.encode(value).finish()),
     requestDeserialize: (value: Buffer): ConsumeRequest => ConsumeRequest.decode(value),
@@ -4012,23 +4083,33 @@ export interface JobQueueServiceServer extends UntypedServiceImplementation {
    */
   enqueueBatch: handleUnaryCall<EnqueueBatchRequest, EnqueueBatchResponse>;
   /**
-   * Consume opens a stream of jobs for one worker. The server pushes ready jobs as they
-   * become ready (no polling), never more than `max_in_flight` unacknowledged on this
-   * stream — counted correctly even when the Ack reaches another replica — highest
-   * `priority` first, then by the time the job became due (a job handed back by a cut
-   * stream keeps its place). It also tells the worker when a job it holds is cancelled.
-   * A paused queue delivers nothing until resumed; the stream stays open.
+   * Consume opens a stream of jobs for one worker. The client's first message opens it
+   * (queue, max_in_flight, visibility_timeout, types, consumer). The server pushes ready
+   * jobs as they become ready (no polling), never more than `max_in_flight` unacknowledged
+   * on this stream — counted correctly even when the Ack reaches another replica — highest
+   * `priority` first, then by the time the job became due (a job handed back keeps its
+   * place). It also tells the worker when a job it holds is cancelled. A paused queue
+   * delivers nothing until resumed; the stream stays open.
+   *
+   * Later messages steer the stream: `drain` stops deliveries (the worker keeps settling
+   * what it holds through Ack/Nack; the server ends the stream OK once nothing is held),
+   * and `unstarted_lease_ids` hands back deliveries the worker will not start — ready
+   * again at once, in their place, without charging the attempt. A graceful worker stop is
+   * drain + hand back what was never started + finish the rest.
    *
    * When the client cancels the stream or disconnects, the jobs leased to it and not yet
-   * acked are made ready again at once.
+   * acked are made ready again at once (their attempts stay charged: they may have run).
+   * A half-close changes nothing. When the server drains it stops pushing, ends the stream
+   * with UNAVAILABLE (reason SHUTTING_DOWN) and leaves the leases alone: the worker settles
+   * them through another replica and opens a new stream there.
    *
    * Failures: INVALID_ARGUMENT (empty or oversized queue, max_in_flight or
-   * visibility_timeout out of range, too many or oversized types); UNAVAILABLE (Redis
-   * unreachable, or this server shutting down — leases are kept, so Ack the jobs in hand
-   * through another replica); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED (only if the caller set
-   * a deadline on the stream). On UNAVAILABLE, reopening the stream is safe and expected.
+   * visibility_timeout out of range, too many or oversized types, a malformed lease id);
+   * UNAVAILABLE (Redis unreachable, or this server draining); RESOURCE_EXHAUSTED;
+   * DEADLINE_EXCEEDED (only if the caller set a deadline on the stream). On UNAVAILABLE,
+   * reopening the stream is safe and expected.
    */
-  consume: handleServerStreamingCall<ConsumeRequest, ConsumeResponse>;
+  consume: handleBidiStreamingCall<ConsumeRequest, ConsumeResponse>;
   /**
    * Ack completes a delivery: the job becomes SUCCEEDED with `result`.
    *
@@ -4193,28 +4274,35 @@ export interface JobQueueServiceClient extends Client {
     callback: (error: ServiceError | null, response: EnqueueBatchResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Consume opens a stream of jobs for one worker. The server pushes ready jobs as they
-   * become ready (no polling), never more than `max_in_flight` unacknowledged on this
-   * stream — counted correctly even when the Ack reaches another replica — highest
-   * `priority` first, then by the time the job became due (a job handed back by a cut
-   * stream keeps its place). It also tells the worker when a job it holds is cancelled.
-   * A paused queue delivers nothing until resumed; the stream stays open.
+   * Consume opens a stream of jobs for one worker. The client's first message opens it
+   * (queue, max_in_flight, visibility_timeout, types, consumer). The server pushes ready
+   * jobs as they become ready (no polling), never more than `max_in_flight` unacknowledged
+   * on this stream — counted correctly even when the Ack reaches another replica — highest
+   * `priority` first, then by the time the job became due (a job handed back keeps its
+   * place). It also tells the worker when a job it holds is cancelled. A paused queue
+   * delivers nothing until resumed; the stream stays open.
+   *
+   * Later messages steer the stream: `drain` stops deliveries (the worker keeps settling
+   * what it holds through Ack/Nack; the server ends the stream OK once nothing is held),
+   * and `unstarted_lease_ids` hands back deliveries the worker will not start — ready
+   * again at once, in their place, without charging the attempt. A graceful worker stop is
+   * drain + hand back what was never started + finish the rest.
    *
    * When the client cancels the stream or disconnects, the jobs leased to it and not yet
-   * acked are made ready again at once.
+   * acked are made ready again at once (their attempts stay charged: they may have run).
+   * A half-close changes nothing. When the server drains it stops pushing, ends the stream
+   * with UNAVAILABLE (reason SHUTTING_DOWN) and leaves the leases alone: the worker settles
+   * them through another replica and opens a new stream there.
    *
    * Failures: INVALID_ARGUMENT (empty or oversized queue, max_in_flight or
-   * visibility_timeout out of range, too many or oversized types); UNAVAILABLE (Redis
-   * unreachable, or this server shutting down — leases are kept, so Ack the jobs in hand
-   * through another replica); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED (only if the caller set
-   * a deadline on the stream). On UNAVAILABLE, reopening the stream is safe and expected.
+   * visibility_timeout out of range, too many or oversized types, a malformed lease id);
+   * UNAVAILABLE (Redis unreachable, or this server draining); RESOURCE_EXHAUSTED;
+   * DEADLINE_EXCEEDED (only if the caller set a deadline on the stream). On UNAVAILABLE,
+   * reopening the stream is safe and expected.
    */
-  consume(request: ConsumeRequest, options?: Partial<CallOptions>): ClientReadableStream<ConsumeResponse>;
-  consume(
-    request: ConsumeRequest,
-    metadata?: Metadata,
-    options?: Partial<CallOptions>,
-  ): ClientReadableStream<ConsumeResponse>;
+  consume(): ClientDuplexStream<ConsumeRequest, ConsumeResponse>;
+  consume(options: Partial<CallOptions>): ClientDuplexStream<ConsumeRequest, ConsumeResponse>;
+  consume(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<ConsumeRequest, ConsumeResponse>;
   /**
    * Ack completes a delivery: the job becomes SUCCEEDED with `result`.
    *

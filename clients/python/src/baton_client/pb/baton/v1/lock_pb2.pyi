@@ -115,7 +115,9 @@ class KeepAliveRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., lease_id: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class KeepAliveResponse(_message.Message):
-    __slots__ = ("lease",)
+    __slots__ = ("lease", "renewed")
     LEASE_FIELD_NUMBER: _ClassVar[int]
+    RENEWED_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
+    renewed: bool
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., renewed: _Optional[bool] = ...) -> None: ...

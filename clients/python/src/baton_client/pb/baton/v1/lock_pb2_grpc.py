@@ -78,7 +78,7 @@ class LockServiceStub:
                 request_serializer=baton_dot_v1_dot_lock__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_lock__pb2.DescribeResponse.FromString,
                 _registered_method=True)
-        self.KeepAlive = channel.unary_stream(
+        self.KeepAlive = channel.stream_stream(
                 '/baton.v1.LockService/KeepAlive',
                 request_serializer=baton_dot_v1_dot_lock__pb2.KeepAliveRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_lock__pb2.KeepAliveResponse.FromString,
@@ -168,19 +168,33 @@ class LockServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def KeepAlive(self, request, context):
-        """KeepAlive holds a lease for as long as the stream is open: the server renews it at
-        about ttl/3 and sends each renewal. When the client cancels the stream or disconnects,
-        the lease is released at once. When the lease is lost the stream ends with
-        FAILED_PRECONDITION. When the server shuts down it ends the stream with UNAVAILABLE and
-        keeps the lease, so the client can resume KeepAlive with the same lease_id on another
-        replica before the lease expires.
+    def KeepAlive(self, request_iterator, context):
+        """KeepAlive holds a lease while its holder proves it is alive, as etcd's LeaseKeepAlive
+        does. The client's first message names the lease (name, lease_id, ttl); the server
+        renews it at once and answers with the lease. From then on the client sends a
+        heartbeat (any KeepAliveRequest; name and lease_id may be left empty) about every
+        ttl/3. The server answers every heartbeat, in order: `renewed = true` when it renewed
+        the lease, `renewed = false` when it did not (the heartbeat came closer than ttl/10
+        to the previous renewal, or Redis was unreachable). The server never renews on its
+        own: a holder that stops sending — frozen, paused, partitioned — loses the lease at
+        most ttl after its last renewed heartbeat. A client knows its lease is held until
+        (the send time of its last heartbeat answered `renewed`) + ttl by its own clock; the
+        Baton clients report the lease lost a safety margin before that (max(ttl/10, 50 ms)).
+
+        When the client cancels the stream or disconnects, the lease is released at once.
+        A half-close only ends the heartbeats: the lease runs out its ttl (unless another
+        KeepAlive stream renews it), and the stream then ends. A stream whose lease ran out
+        ends with FAILED_PRECONDITION (reason LEASE_NOT_HELD); one whose lease another stream
+        kept alive ends OK. When the server drains it ends the stream with UNAVAILABLE
+        (reason SHUTTING_DOWN) and keeps the lease, so the client resumes KeepAlive with the
+        same lease_id on another replica before the lease expires.
 
         Failures: FAILED_PRECONDITION (reason LEASE_NOT_HELD) when the lease is not, or stops
         being, a current holder of `name`; INVALID_ARGUMENT (empty name, malformed lease_id,
-        ttl out of range); UNAVAILABLE (Redis unreachable, or this server shutting down);
-        RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening the stream with the
-        same lease_id is safe and expected (the Baton clients do it for you).
+        ttl out of range, a first message without them); UNAVAILABLE (Redis unreachable, or
+        this server draining); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening
+        the stream with the same lease_id is safe and expected (the Baton clients do it for
+        you).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,7 +223,7 @@ def add_LockServiceServicer_to_server(servicer, server):
                     request_deserializer=baton_dot_v1_dot_lock__pb2.DescribeRequest.FromString,
                     response_serializer=baton_dot_v1_dot_lock__pb2.DescribeResponse.SerializeToString,
             ),
-            'KeepAlive': grpc.unary_stream_rpc_method_handler(
+            'KeepAlive': grpc.stream_stream_rpc_method_handler(
                     servicer.KeepAlive,
                     request_deserializer=baton_dot_v1_dot_lock__pb2.KeepAliveRequest.FromString,
                     response_serializer=baton_dot_v1_dot_lock__pb2.KeepAliveResponse.SerializeToString,
@@ -358,7 +372,7 @@ class LockService:
             _registered_method=True)
 
     @staticmethod
-    def KeepAlive(request,
+    def KeepAlive(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -368,8 +382,8 @@ class LockService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/baton.v1.LockService/KeepAlive',
             baton_dot_v1_dot_lock__pb2.KeepAliveRequest.SerializeToString,

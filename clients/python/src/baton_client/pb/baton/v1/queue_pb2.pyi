@@ -119,18 +119,22 @@ class EnqueueBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[EnqueueResponse, _Mapping]]] = ...) -> None: ...
 
 class ConsumeRequest(_message.Message):
-    __slots__ = ("queue", "max_in_flight", "visibility_timeout", "types", "consumer")
+    __slots__ = ("queue", "max_in_flight", "visibility_timeout", "types", "consumer", "drain", "unstarted_lease_ids")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     VISIBILITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     TYPES_FIELD_NUMBER: _ClassVar[int]
     CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    UNSTARTED_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     queue: str
     max_in_flight: int
     visibility_timeout: _duration_pb2.Duration
     types: _containers.RepeatedScalarFieldContainer[str]
     consumer: str
-    def __init__(self, queue: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., types: _Optional[_Iterable[str]] = ..., consumer: _Optional[str] = ...) -> None: ...
+    drain: bool
+    unstarted_lease_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, queue: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., types: _Optional[_Iterable[str]] = ..., consumer: _Optional[str] = ..., drain: _Optional[bool] = ..., unstarted_lease_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("job", "lease_id", "attempt", "lease_expires_at")

@@ -65,7 +65,7 @@ class JobQueueServiceStub:
                 request_serializer=baton_dot_v1_dot_queue__pb2.EnqueueBatchRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_queue__pb2.EnqueueBatchResponse.FromString,
                 _registered_method=True)
-        self.Consume = channel.unary_stream(
+        self.Consume = channel.stream_stream(
                 '/baton.v1.JobQueueService/Consume',
                 request_serializer=baton_dot_v1_dot_queue__pb2.ConsumeRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_queue__pb2.ConsumeResponse.FromString,
@@ -179,22 +179,32 @@ class JobQueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Consume(self, request, context):
-        """Consume opens a stream of jobs for one worker. The server pushes ready jobs as they
-        become ready (no polling), never more than `max_in_flight` unacknowledged on this
-        stream — counted correctly even when the Ack reaches another replica — highest
-        `priority` first, then by the time the job became due (a job handed back by a cut
-        stream keeps its place). It also tells the worker when a job it holds is cancelled.
-        A paused queue delivers nothing until resumed; the stream stays open.
+    def Consume(self, request_iterator, context):
+        """Consume opens a stream of jobs for one worker. The client's first message opens it
+        (queue, max_in_flight, visibility_timeout, types, consumer). The server pushes ready
+        jobs as they become ready (no polling), never more than `max_in_flight` unacknowledged
+        on this stream — counted correctly even when the Ack reaches another replica — highest
+        `priority` first, then by the time the job became due (a job handed back keeps its
+        place). It also tells the worker when a job it holds is cancelled. A paused queue
+        delivers nothing until resumed; the stream stays open.
+
+        Later messages steer the stream: `drain` stops deliveries (the worker keeps settling
+        what it holds through Ack/Nack; the server ends the stream OK once nothing is held),
+        and `unstarted_lease_ids` hands back deliveries the worker will not start — ready
+        again at once, in their place, without charging the attempt. A graceful worker stop is
+        drain + hand back what was never started + finish the rest.
 
         When the client cancels the stream or disconnects, the jobs leased to it and not yet
-        acked are made ready again at once.
+        acked are made ready again at once (their attempts stay charged: they may have run).
+        A half-close changes nothing. When the server drains it stops pushing, ends the stream
+        with UNAVAILABLE (reason SHUTTING_DOWN) and leaves the leases alone: the worker settles
+        them through another replica and opens a new stream there.
 
         Failures: INVALID_ARGUMENT (empty or oversized queue, max_in_flight or
-        visibility_timeout out of range, too many or oversized types); UNAVAILABLE (Redis
-        unreachable, or this server shutting down — leases are kept, so Ack the jobs in hand
-        through another replica); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED (only if the caller set
-        a deadline on the stream). On UNAVAILABLE, reopening the stream is safe and expected.
+        visibility_timeout out of range, too many or oversized types, a malformed lease id);
+        UNAVAILABLE (Redis unreachable, or this server draining); RESOURCE_EXHAUSTED;
+        DEADLINE_EXCEEDED (only if the caller set a deadline on the stream). On UNAVAILABLE,
+        reopening the stream is safe and expected.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -356,7 +366,7 @@ def add_JobQueueServiceServicer_to_server(servicer, server):
                     request_deserializer=baton_dot_v1_dot_queue__pb2.EnqueueBatchRequest.FromString,
                     response_serializer=baton_dot_v1_dot_queue__pb2.EnqueueBatchResponse.SerializeToString,
             ),
-            'Consume': grpc.unary_stream_rpc_method_handler(
+            'Consume': grpc.stream_stream_rpc_method_handler(
                     servicer.Consume,
                     request_deserializer=baton_dot_v1_dot_queue__pb2.ConsumeRequest.FromString,
                     response_serializer=baton_dot_v1_dot_queue__pb2.ConsumeResponse.SerializeToString,
@@ -503,7 +513,7 @@ class JobQueueService:
             _registered_method=True)
 
     @staticmethod
-    def Consume(request,
+    def Consume(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -513,8 +523,8 @@ class JobQueueService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/baton.v1.JobQueueService/Consume',
             baton_dot_v1_dot_queue__pb2.ConsumeRequest.SerializeToString,
