@@ -88,7 +88,13 @@ def test_rolling_restart_loses_no_lease_and_runs_no_job_twice(start_baton) -> No
     load = Load()
     done = threading.Event()
     stop_workers = threading.Event()
-    clients = [baton_client.Client(addrs) for _ in range(WORKERS + HOLDERS + 1)]
+    # Holder n sticks to replica n (pick_first, its replica listed first), so every restart
+    # surely cuts a KeepAlive stream; round_robin could leave all of them elsewhere.
+    clients = [baton_client.Client(addrs) for _ in range(WORKERS)] + [
+        baton_client.Client(addrs[n:] + addrs[:n], load_balancing="pick_first")
+        for n in range(HOLDERS)
+    ]
+    clients.append(baton_client.Client(addrs))
     producer = clients[-1]
     try:
         job_ids: list[str] = []
