@@ -37,9 +37,19 @@ before(async () => {
 });
 after(() => environment.close());
 
-/** A client of all three replicas, as each holder and worker process would have. */
-function connect(): BatonClient {
-  const client = new BatonClient({ target: listens });
+/**
+ * A client of all three replicas, as each holder and worker process would have. Holder `n`
+ * sticks to replica `n` (pick_first, its replica listed first), so every restart surely cuts
+ * a KeepAlive stream; round_robin could leave all of them elsewhere.
+ */
+function connect(stickTo?: number): BatonClient {
+  const client =
+    stickTo === undefined
+      ? new BatonClient({ target: listens })
+      : new BatonClient({
+          target: [...listens.slice(stickTo), ...listens.slice(0, stickTo)],
+          loadBalancing: "pick_first",
+        });
   clients.push(client);
   return client;
 }
@@ -93,7 +103,7 @@ test("a rolling restart loses no lease, runs no job twice and charges no attempt
   let heldLeases = 0;
   let longestRenewalGapMs = 0;
   const holder = async (index: number) => {
-    const client = connect();
+    const client = connect(index % listens.length);
     watchStreams(client, "keepAlive");
     while (!stop.signal.aborted) {
       let lastRenewal = performance.now();
