@@ -107,7 +107,7 @@ chaos: redis-server toxiproxy
 # SOAK_SECS (30 minutes by default); prints a table of samples and fails on growth.
 SOAK_SECS ?= 1800
 soak: redis-server
-	BATON_SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release --locked --test soak -- --ignored --nocapture
+	BATON_SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release --locked --test soak -- --nocapture
 
 cargo-test: toxiproxy
 	TOXIPROXY_BIN=$(CURDIR)/$(TOXIPROXY) $(CARGO) test --locked -- --test-threads=$(TEST_THREADS)

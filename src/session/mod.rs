@@ -172,11 +172,15 @@ impl SessionManager {
         }
         let mut active_pipe = redis::pipe();
         active_pipe.cmd("ZADD").arg(self.active_key()).arg("NX").arg(absolute_deadline).arg(&hash);
-        let added_to_index = match new.subject.is_empty() {
-            true => false,
-            false => self.store.pipeline::<(i64,)>("session_index", &index_pipe).await?.0 == 1,
+        let index_added = async {
+            match new.subject.is_empty() {
+                true => Ok(false),
+                false => Ok::<_, Error>(self.store.pipeline::<(i64,)>("session_index", &index_pipe).await?.0 == 1),
+            }
         };
-        let (added_to_active,): (i64,) = self.store.pipeline("session_index", &active_pipe).await?;
+        let active_added =
+            async { Ok::<_, Error>(self.store.pipeline::<(i64,)>("session_index", &active_pipe).await?.0) };
+        let (added_to_index, added_to_active) = futures::future::try_join(index_added, active_added).await?;
 
         let size: usize = new.data.iter().map(|(k, v)| k.len() + v.len()).sum();
         let mut args: Vec<Vec<u8>> = vec![
