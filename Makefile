@@ -24,6 +24,8 @@ ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 -include tests/abuse/abuse.mk
 # Every `sh` block of README.md and docs/ run against a real baton (tests/docs/): `make docs-test`.
 -include tests/docs/docs.mk
+# Upstream frameworks' own test suites against a real baton (conformance/): `make conformance`.
+-include conformance/conformance.mk
 
 run: redis-server
 	$(CARGO) run --release --bin baton -- $(ARGS)
