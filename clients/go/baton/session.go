@@ -111,23 +111,37 @@ func (c *Client) getSession(ctx context.Context, id string, noTouch bool) (*Sess
 	return sessionOf(response.GetSession()), nil
 }
 
-// SessionUpdate is one atomic change of a session's data.
+// SessionUpdate is one atomic change of a session's data and, optionally, of its lifetime.
 type SessionUpdate struct {
 	Set    map[string][]byte
 	Remove []string
 	// IfVersion, when non-zero, applies the change only at this version (else
 	// [ErrVersionMismatch]).
 	IfVersion uint64
+	// IdleTimeout, when non-zero, replaces the session's idle timeout from now on: its idle
+	// deadline moves to now + IdleTimeout, earlier or later, never past its absolute
+	// deadline. For sites that decide a session's lifetime per request (express-session's
+	// cookie.maxAge, Django's set_expiry, "remember me"). Same range as at creation
+	// (100 ms up to the server's maximum).
+	IdleTimeout time.Duration
+	// AbsoluteTimeout, when non-zero, replaces the session's absolute timeout, still
+	// counted from its creation: it may lengthen ("remember me") or shorten the session. A
+	// deadline that is already past ends the session: the update fails with
+	// [ErrSessionNotFound] and the session is gone.
+	AbsoluteTimeout time.Duration
 }
 
 // UpdateSession applies update (and slides the idle timeout); [ErrSessionNotFound] when the
-// session has ended — an update never brings one back.
+// session has ended — an update never brings one back. Not retried: with IfVersion, a
+// retry after a lost answer would report [ErrVersionMismatch] for its own first attempt.
 func (c *Client) UpdateSession(ctx context.Context, id string, update SessionUpdate) (*Session, error) {
 	response, err := c.Sessions.UpdateSession(ctx, &batonv1.UpdateSessionRequest{
-		SessionId: id,
-		Set:       update.Set,
-		Remove:    update.Remove,
-		IfVersion: update.IfVersion,
+		SessionId:       id,
+		Set:             update.Set,
+		Remove:          update.Remove,
+		IfVersion:       update.IfVersion,
+		IdleTimeout:     optionalDuration(update.IdleTimeout),
+		AbsoluteTimeout: optionalDuration(update.AbsoluteTimeout),
 	})
 	if err != nil {
 		return nil, FromError(err)
@@ -209,4 +223,29 @@ func (c *Client) RevokeSessions(ctx context.Context, subject string, options ...
 		return 0, FromError(err)
 	}
 	return response.GetRevoked(), nil
+}
+
+// CountSessions counts the live sessions of the client's tenant, logged in or anonymous
+// (express-session's store.length). Its cost grows with the number of sessions: for tests
+// and admin tools, not per request. Retried on UNAVAILABLE.
+func (c *Client) CountSessions(ctx context.Context) (uint64, error) {
+	var response *batonv1.CountSessionsResponse
+	err := c.retryUnavailable(ctx, func(ctx context.Context) (err error) {
+		response, err = c.Sessions.CountSessions(ctx, &batonv1.CountSessionsRequest{})
+		return err
+	})
+	return response.GetLive(), err
+}
+
+// ClearSessions ends every session of the client's tenant, logged in or anonymous
+// (express-session's store.clear), and returns how many it ended; sessions created while
+// it runs may survive it. Retried on UNAVAILABLE: a retry only ends what the first attempt
+// missed.
+func (c *Client) ClearSessions(ctx context.Context) (uint64, error) {
+	var response *batonv1.ClearSessionsResponse
+	err := c.retryUnavailable(ctx, func(ctx context.Context) (err error) {
+		response, err = c.Sessions.ClearSessions(ctx, &batonv1.ClearSessionsRequest{})
+		return err
+	})
+	return response.GetCleared(), err
 }

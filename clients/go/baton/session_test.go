@@ -1,19 +1,12 @@
 package baton_test
 
 import (
-	"context"
 	"errors"
-	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"net/http/cookiejar"
-	"net/url"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/baton-dev/baton/clients/go/baton"
+	"github.com/baton-dev/baton/clients/go/internal/batontest"
 )
 
 func TestSessionsCreateGetUpdateRotateAndRevoke(t *testing.T) {
@@ -73,121 +66,126 @@ func TestSessionsCreateGetUpdateRotateAndRevoke(t *testing.T) {
 	}
 }
 
-// webApp is a site with sessions kept by baton.SessionManager, served over real HTTP.
-func webApp(t *testing.T, client *baton.Client) string {
-	t.Helper()
-	sessions := &baton.SessionManager{Client: client}
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /login", func(w http.ResponseWriter, r *http.Request) {
-		// A real site checks a password first.
-		if _, err := sessions.Login(w, r, r.FormValue("user"), map[string][]byte{"theme": []byte("dark")}); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-		}
-	})
-	mux.HandleFunc("GET /me", func(w http.ResponseWriter, r *http.Request) {
-		session := baton.SessionFrom(r)
-		if session == nil {
-			http.Error(w, "not logged in", http.StatusUnauthorized)
-			return
-		}
-		theme, _ := session.Get("theme")
-		fmt.Fprintf(w, "%s %s", session.Subject, theme)
-	})
-	mux.HandleFunc("POST /theme", func(w http.ResponseWriter, r *http.Request) {
-		session := baton.SessionFrom(r)
-		if session == nil {
-			http.Error(w, "not logged in", http.StatusUnauthorized)
-			return
-		}
-		if err := session.Set(r.Context(), "theme", []byte(r.FormValue("theme"))); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-		}
-	})
-	mux.HandleFunc("POST /logout-everywhere", func(w http.ResponseWriter, r *http.Request) {
-		revoked, err := sessions.LogoutEverywhere(w, r)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		fmt.Fprint(w, revoked)
-	})
-	listener, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	site := &http.Server{Handler: sessions.Middleware(mux), ReadHeaderTimeout: 5 * time.Second}
-	go site.Serve(listener)
-	t.Cleanup(func() { site.Shutdown(context.Background()) })
-	return "http://" + listener.Addr().String()
-}
-
-// browser is one device: an HTTP client with its own cookie jar.
-type browser struct {
-	t    *testing.T
-	site string
-	http *http.Client
-}
-
-func newBrowser(t *testing.T, site string) *browser {
-	jar, err := cookiejar.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &browser{t: t, site: site, http: &http.Client{Jar: jar, Timeout: 10 * time.Second}}
-}
-
-func (b *browser) do(method, path string, form url.Values) (int, string) {
-	b.t.Helper()
-	request, err := http.NewRequest(method, b.site+path, strings.NewReader(form.Encode()))
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	request.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	response, err := b.http.Do(request)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	defer response.Body.Close()
-	body, _ := io.ReadAll(response.Body)
-	return response.StatusCode, string(body)
-}
-
-func TestSessionMiddlewareLoginReadAndLogOutEverywhere(t *testing.T) {
+func TestUpdateSessionChangesItsTimeouts(t *testing.T) {
 	client, _ := server(t)
-	site := webApp(t, client)
-	ada := unique("ada")
-	laptop, phone, bobsLaptop := newBrowser(t, site), newBrowser(t, site), newBrowser(t, site)
-
-	if status, body := laptop.do("GET", "/me", nil); status != http.StatusUnauthorized {
-		t.Fatalf("before login: %d %q", status, body)
+	ctx := testContext(t)
+	id, created, err := client.CreateSession(ctx, unique("user"), nil,
+		baton.WithIdleTimeout(time.Hour), baton.WithAbsoluteTimeout(2*time.Hour))
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, device := range []*browser{laptop, phone} {
-		if status, body := device.do("POST", "/login", url.Values{"user": {ada}}); status != http.StatusOK {
-			t.Fatalf("login: %d %q", status, body)
-		}
-	}
-	if status, body := bobsLaptop.do("POST", "/login", url.Values{"user": {unique("bob")}}); status != http.StatusOK {
-		t.Fatalf("login: %d %q", status, body)
-	}
-	if status, body := phone.do("POST", "/theme", url.Values{"theme": {"light"}}); status != http.StatusOK {
-		t.Fatalf("set theme: %d %q", status, body)
-	}
-	if status, body := laptop.do("GET", "/me", nil); status != http.StatusOK || body != ada+" dark" {
-		t.Fatalf("laptop after login: %d %q", status, body)
-	}
-	if status, body := phone.do("GET", "/me", nil); status != http.StatusOK || body != ada+" light" {
-		t.Fatalf("phone after login: %d %q", status, body)
+	if got := created.AbsoluteExpiresAt.Sub(created.CreatedAt); got != 2*time.Hour {
+		t.Fatalf("absolute timeout at creation: %s, want 2h", got)
 	}
 
-	if status, body := laptop.do("POST", "/logout-everywhere", nil); status != http.StatusOK || body != "2" {
-		t.Fatalf("log out everywhere: %d %q, want both of ada's sessions revoked", status, body)
+	// "Remember me": both timeouts lengthen, the absolute one still counted from creation.
+	remembered, err := client.UpdateSession(ctx, id, baton.SessionUpdate{IdleTimeout: 7 * 24 * time.Hour, AbsoluteTimeout: 30 * 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for name, device := range map[string]*browser{"laptop": laptop, "phone": phone} {
-		if status, body := device.do("GET", "/me", nil); status != http.StatusUnauthorized {
-			t.Fatalf("%s after logging out everywhere: %d %q", name, status, body)
+	if got := remembered.AbsoluteExpiresAt.Sub(remembered.CreatedAt); got != 30*24*time.Hour {
+		t.Fatalf("absolute deadline after lengthening: created_at + %s, want + 720h", got)
+	}
+	if got := remembered.IdleExpiresAt.Sub(remembered.LastSeenAt); got != 7*24*time.Hour {
+		t.Fatalf("idle deadline after lengthening: last_seen_at + %s, want + 168h", got)
+	}
+	if !remembered.CreatedAt.Equal(created.CreatedAt) {
+		t.Fatalf("created_at moved: %s, was %s", remembered.CreatedAt, created.CreatedAt)
+	}
+
+	// The new idle timeout stays: a later plain update slides the deadline by it, not by 1 h.
+	slid, err := client.UpdateSession(ctx, id, baton.SessionUpdate{Set: map[string][]byte{"k": []byte("v")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := slid.IdleExpiresAt.Sub(slid.LastSeenAt); got < 7*24*time.Hour-time.Minute {
+		t.Fatalf("a plain update after the change: idle deadline last_seen_at + %s, want about 168h", got)
+	}
+
+	// Shortening the idle timeout moves the deadline earlier at once.
+	if _, err := client.UpdateSession(ctx, id, baton.SessionUpdate{IdleTimeout: 200 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	// Peek, not Get: a read that touches would keep sliding the 200 ms deadline.
+	batontest.Eventually(t, 10*time.Second, "the session ends 200 ms after its idle timeout was shortened", func() bool {
+		_, err := client.PeekSession(ctx, id)
+		return errors.Is(err, baton.ErrSessionNotFound)
+	})
+}
+
+func TestAnAbsoluteTimeoutAlreadyPastEndsTheSession(t *testing.T) {
+	client, _ := server(t)
+	ctx := testContext(t)
+	// A 2 s idle timeout makes every touching read move last_seen_at (touches are coalesced
+	// to 1 % of the idle timeout), so last_seen_at shows the server's clock.
+	id, created, err := client.CreateSession(ctx, unique("user"), map[string][]byte{"cart": []byte("1 book")}, baton.WithIdleTimeout(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the server's clock is past created_at + 100 ms (the shortest timeout).
+	batontest.Eventually(t, 10*time.Second, "the server clock passes created_at + 150 ms", func() bool {
+		read, err := client.GetSession(ctx, id)
+		return err == nil && read.LastSeenAt.Sub(created.CreatedAt) > 150*time.Millisecond
+	})
+	if _, err := client.UpdateSession(ctx, id, baton.SessionUpdate{AbsoluteTimeout: 100 * time.Millisecond}); !errors.Is(err, baton.ErrSessionNotFound) {
+		t.Fatalf("an absolute deadline already past: got %v, want ErrSessionNotFound", err)
+	}
+	if _, err := client.PeekSession(ctx, id); !errors.Is(err, baton.ErrSessionNotFound) {
+		t.Fatalf("the session after its absolute deadline was moved into the past: got %v, want it gone", err)
+	}
+	var invalid *baton.Error
+	if _, err := client.UpdateSession(ctx, "no-such-session-0123456789", baton.SessionUpdate{IdleTimeout: time.Millisecond}); !errors.As(err, &invalid) ||
+		invalid.Code != baton.ErrInvalidArgument.Code || invalid.Field != "idle_timeout" {
+		t.Fatalf("an idle timeout under the minimum: got %v, want INVALID_ARGUMENT on idle_timeout", err)
+	}
+}
+
+func TestCountAndClearSessionsSeeEverySubjectAndNone(t *testing.T) {
+	client, _ := server(t) // a private baton and Redis: the counts are exact
+	ctx := testContext(t)
+	if live, err := client.CountSessions(ctx); err != nil || live != 0 {
+		t.Fatalf("CountSessions on an empty store: %d, %v", live, err)
+	}
+	ada, bob := unique("ada"), unique("bob")
+	var ids []string
+	for _, subject := range []string{ada, ada, bob, "", ""} { // "": anonymous sessions
+		id, _, err := client.CreateSession(ctx, subject, map[string][]byte{"k": []byte("v")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if live, err := client.CountSessions(ctx); err != nil || live != 5 {
+		t.Fatalf("CountSessions: %d, %v; want 5", live, err)
+	}
+	if _, err := client.DeleteSession(ctx, ids[3]); err != nil {
+		t.Fatal(err)
+	}
+	if live, err := client.CountSessions(ctx); err != nil || live != 4 {
+		t.Fatalf("CountSessions after one deletion: %d, %v; want 4", live, err)
+	}
+
+	if cleared, err := client.ClearSessions(ctx); err != nil || cleared != 4 {
+		t.Fatalf("ClearSessions: %d, %v; want 4", cleared, err)
+	}
+	for i, id := range ids {
+		if _, err := client.PeekSession(ctx, id); !errors.Is(err, baton.ErrSessionNotFound) {
+			t.Fatalf("session %d after ClearSessions: got %v, want ErrSessionNotFound", i, err)
 		}
 	}
-	if status, _ := bobsLaptop.do("GET", "/me", nil); status != http.StatusOK {
-		t.Fatalf("another user's session ended too: %d", status)
+	if sessions, err := client.ListSessions(ctx, ada); err != nil || len(sessions) != 0 {
+		t.Fatalf("ListSessions after ClearSessions: %d, %v; want none", len(sessions), err)
+	}
+	if live, err := client.CountSessions(ctx); err != nil || live != 0 {
+		t.Fatalf("CountSessions after ClearSessions: %d, %v; want 0", live, err)
+	}
+	if cleared, err := client.ClearSessions(ctx); err != nil || cleared != 0 {
+		t.Fatalf("ClearSessions again: %d, %v; want 0", cleared, err)
+	}
+	if _, _, err := client.CreateSession(ctx, ada, nil); err != nil {
+		t.Fatalf("a session after ClearSessions: %v", err)
+	}
+	if live, err := client.CountSessions(ctx); err != nil || live != 1 {
+		t.Fatalf("CountSessions of a session created after the clear: %d, %v; want 1", live, err)
 	}
 }
