@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use baton::proto::duration_to_proto;
 use baton::proto::v1::{
-    AckRequest, AcquireRequest, Algorithm, CheckRequest, ConsumeRequest, CreateSessionRequest, DescribeRequest,
-    EnqueueRequest, GetJobRequest, GetRequest, GetSessionRequest, Limit, LimitRequest, RenewRequest,
-    RevokeSessionsRequest, SetRequest, consume_response, limit_request,
+    AckRequest, AcquireRequest, Algorithm, CheckRequest, ClearSessionsRequest, ConsumeRequest, CountSessionsRequest,
+    CreateSessionRequest, DescribeRequest, EnqueueRequest, GetJobRequest, GetRequest, GetSessionRequest, Limit,
+    LimitRequest, RenewRequest, RevokeSessionsRequest, SetRequest, consume_response, limit_request,
 };
 use common::{Baton, Redis, health_status};
 use sha2::{Digest, Sha256};
@@ -114,6 +114,15 @@ async fn tenants_on_one_redis_never_see_each_other() {
     assert_eq!(sessions.get_session(with_key(get.clone(), KEY_B)).await.unwrap_err().code(), Code::NotFound);
     let revoke = RevokeSessionsRequest { subject: "alice".into(), ..Default::default() };
     assert_eq!(sessions.revoke_sessions(with_key(revoke, KEY_B)).await.unwrap().into_inner().revoked, 0);
+    // Counting and clearing are tenant-wide, and only tenant-wide.
+    let b_count = sessions.count_sessions(with_key(CountSessionsRequest {}, KEY_B)).await.unwrap();
+    assert_eq!(b_count.into_inner().live, 0);
+    let a_count = sessions.count_sessions(with_key(CountSessionsRequest {}, KEY_A)).await.unwrap();
+    assert_eq!(a_count.into_inner().live, 1);
+    assert_eq!(
+        sessions.clear_sessions(with_key(ClearSessionsRequest {}, KEY_B)).await.unwrap().into_inner().cleared,
+        0
+    );
     assert!(sessions.get_session(with_key(get, KEY_A)).await.is_ok());
 
     // Queues: b neither sees a's job nor receives it nor settles its lease.

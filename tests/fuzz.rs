@@ -55,13 +55,13 @@ use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use baton::proto::v1::session_store_service_client::SessionStoreServiceClient;
 use baton::proto::v1::{
     AckBatchRequest, AckRequest, AcquireRequest, Backoff, BatchGetRequest, BatchSetEntry, BatchSetRequest,
-    CancelJobRequest, CheckRequest, ConsumeRequest, ConsumeResponse, CreateSessionRequest, DeleteRequest,
-    DeleteSessionRequest, DescribeRequest, EnqueueBatchRequest, EnqueueRequest, ExtendRequest, FetchRequest,
-    FillRequest, GetJobRequest, GetQueueStatsRequest, GetRequest, GetSessionRequest, InvalidateTagRequest,
-    KeepAliveRequest, Limit, LimitRequest, ListDeadJobsRequest, ListSessionsRequest, NackRequest, PauseQueueRequest,
-    ReleaseRequest, RenewRequest, ResetRequest, ResumeQueueRequest, RetryDeadJobsRequest, RevokeSessionsRequest,
-    RotateSessionRequest, SetRequest, UpdateSessionRequest, consume_response, enqueue_request, limit_request,
-    reset_request,
+    CancelJobRequest, CheckRequest, ClearSessionsRequest, ConsumeRequest, ConsumeResponse, CountSessionsRequest,
+    CreateSessionRequest, DeleteRequest, DeleteSessionRequest, DescribeRequest, EnqueueBatchRequest, EnqueueRequest,
+    ExtendRequest, FetchRequest, FillRequest, GetJobRequest, GetQueueStatsRequest, GetRequest, GetSessionRequest,
+    InvalidateTagRequest, KeepAliveRequest, Limit, LimitRequest, ListDeadJobsRequest, ListSessionsRequest, NackRequest,
+    PauseQueueRequest, ReleaseRequest, RenewRequest, ResetRequest, ResumeQueueRequest, RetryDeadJobsRequest,
+    RevokeSessionsRequest, RotateSessionRequest, SetRequest, UpdateSessionRequest, consume_response, enqueue_request,
+    limit_request, reset_request,
 };
 use common::{Baton, Redis};
 use proptest::prelude::*;
@@ -701,14 +701,13 @@ impl Strategies {
                 .prop_map(|(session_id, no_touch, pick)| (GetSessionRequest { session_id, no_touch }, pick))
                 .boxed(),
             update_session: (
-                session_id(),
-                data_map(),
-                list(text(), list_name(), MAX_BATCH),
-                if_version(),
-                pool_pick(),
+                (session_id(), data_map(), list(text(), list_name(), MAX_BATCH), if_version()),
+                (duration(), duration(), pool_pick()),
             )
-                .prop_map(|(session_id, set, remove, if_version, pick)| {
-                    (UpdateSessionRequest { session_id, set, remove, if_version }, pick)
+                .prop_map(|((session_id, set, remove, if_version), (idle_timeout, absolute_timeout, pick))| {
+                    let request =
+                        UpdateSessionRequest { session_id, set, remove, if_version, idle_timeout, absolute_timeout };
+                    (request, pick)
                 })
                 .boxed(),
             rotate_session: (session_id(), pool_pick())
@@ -1377,7 +1376,11 @@ async fn round(fuzz: &mut Fuzz, s: &Strategies, c: &Clients) {
     if let Some(id) = pick(&fuzz.pool.sessions, &p) {
         r.session_id = id;
     }
-    let v = o::session_id(&r.session_id);
+    let v = o::first([
+        o::session_id(&r.session_id),
+        o::duration("idle_timeout", r.idle_timeout.as_ref()),
+        o::duration("absolute_timeout", r.absolute_timeout.as_ref()),
+    ]);
     fuzz.exercise("Session/UpdateSession", r, v, unary!(c.sessions, update_session, DEADLINE)).await;
     let (mut r, p) = fuzz.sample(&s.rotate_session);
     if let Some(id) = pick(&fuzz.pool.sessions, &p) {
@@ -1398,6 +1401,10 @@ async fn round(fuzz: &mut Fuzz, s: &Strategies, c: &Clients) {
     let r = fuzz.sample(&s.list_sessions);
     let v = o::key("subject", &r.subject);
     fuzz.exercise("Session/ListSessions", r, v, unary!(c.sessions, list_sessions, DEADLINE)).await;
+    fuzz.exercise("Session/CountSessions", CountSessionsRequest {}, None, unary!(c.sessions, count_sessions, DEADLINE))
+        .await;
+    fuzz.exercise("Session/ClearSessions", ClearSessionsRequest {}, None, unary!(c.sessions, clear_sessions, DEADLINE))
+        .await;
     let (mut r, p) = fuzz.sample(&s.revoke_sessions);
     if let Some(handle) = pick(&fuzz.pool.handles, &p) {
         r.handles.push(handle);
@@ -1629,7 +1636,7 @@ async fn random_requests_to_every_rpc_never_panic_and_rejections_are_invalid_arg
     for finding in &fuzz.findings {
         println!("finding: {finding}");
     }
-    assert_eq!(fuzz.tallies.len(), 37, "every RPC was exercised");
+    assert_eq!(fuzz.tallies.len(), 39, "every RPC was exercised");
     let problems: Vec<&String> = fuzz.failures.iter().chain(&fuzz.findings).collect();
     assert!(
         problems.is_empty(),

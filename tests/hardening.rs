@@ -179,7 +179,7 @@ async fn the_stored_session_size_is_always_the_real_size_and_the_cap_holds() {
             session_id: id.clone(),
             set: HashMap::from([("k".to_owned(), big.clone())]),
             remove: vec!["k".to_owned()],
-            if_version: 0,
+            ..Default::default()
         };
         let status = sessions.update_session(request).await.expect_err("a key both set and removed");
         assert_eq!(status.code(), Code::InvalidArgument);
@@ -202,7 +202,7 @@ async fn the_stored_session_size_is_always_the_real_size_and_the_cap_holds() {
         }
         let remove: Vec<String> =
             (0..next(4)).map(|_| format!("k{}", next(6))).filter(|key| !set.contains_key(key)).collect();
-        let request = UpdateSessionRequest { session_id: id.clone(), set, remove, if_version: 0 };
+        let request = UpdateSessionRequest { session_id: id.clone(), set, remove, if_version: 0, ..Default::default() };
         match sessions.update_session(request).await {
             Ok(_) => {}
             Err(status) => assert_eq!(status.code(), Code::InvalidArgument, "{status:?}"),

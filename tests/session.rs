@@ -11,8 +11,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use baton::proto::duration_to_proto;
 use baton::proto::v1::session_store_service_client::SessionStoreServiceClient;
 use baton::proto::v1::{
-    CreateSessionRequest, DeleteSessionRequest, GetSessionRequest, ListSessionsRequest, RevokeSessionsRequest,
-    RotateSessionRequest, Session, UpdateSessionRequest,
+    ClearSessionsRequest, CountSessionsRequest, CreateSessionRequest, DeleteSessionRequest, GetSessionRequest,
+    ListSessionsRequest, RevokeSessionsRequest, RotateSessionRequest, Session, UpdateSessionRequest,
 };
 use common::{Baton, Redis, unique};
 use tonic::Code;
@@ -351,4 +351,145 @@ async fn the_oldest_sessions_beyond_the_per_subject_maximum_are_evicted() {
     for (index, id) in ids.iter().enumerate() {
         assert_eq!(get(&mut sessions, id, true).await.is_ok(), index >= 2, "session {index}");
     }
+}
+
+fn micros(timestamp: Option<prost_types::Timestamp>) -> i64 {
+    let timestamp = timestamp.expect("timestamp");
+    timestamp.seconds * 1_000_000 + i64::from(timestamp.nanos / 1000)
+}
+
+fn new_timeouts(id: &str, idle: Option<Duration>, absolute: Option<Duration>) -> UpdateSessionRequest {
+    UpdateSessionRequest {
+        session_id: id.to_owned(),
+        idle_timeout: idle.map(duration_to_proto),
+        absolute_timeout: absolute.map(duration_to_proto),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_gives_a_session_new_timeouts_longer_or_shorter() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let mut sessions = baton.sessions().await;
+    let day = Duration::from_secs(24 * 3600);
+
+    // "Remember me": a two-minute session becomes one of a week, idle for a day.
+    let (id, created) = create(&mut sessions, short_lived("u", 60_000, 120_000)).await;
+    let longer = sessions.update_session(new_timeouts(&id, Some(day), Some(7 * day))).await.unwrap();
+    let longer = longer.into_inner().session.unwrap();
+    assert_eq!(longer.created_at, created.created_at);
+    assert_eq!(micros(longer.absolute_expires_at) - micros(longer.created_at), (7 * day).as_micros() as i64);
+    assert_eq!(micros(longer.idle_expires_at) - micros(longer.last_seen_at), day.as_micros() as i64);
+    // Redis keeps the session as long as the new idle deadline says.
+    let ttl: i64 = redis::cmd("PTTL").arg(session_keys(&redis)).query(&mut redis.connection()).unwrap();
+    assert!(ttl > (day - Duration::from_secs(60)).as_millis() as i64, "the key's TTL did not follow: {ttl} ms");
+    // A GetSession touch slides by the session's own idle timeout, not the server's default.
+    let touched = get(&mut sessions, &id, false).await.unwrap();
+    assert!(micros(touched.idle_expires_at) - micros(touched.last_seen_at) > (day / 2).as_micros() as i64);
+
+    // A shorter idle timeout takes effect at once, though the old one was a day.
+    let shorter = sessions.update_session(new_timeouts(&id, Some(Duration::from_millis(300)), None)).await.unwrap();
+    let shorter = shorter.into_inner().session.unwrap();
+    assert_eq!(micros(shorter.idle_expires_at) - micros(shorter.last_seen_at), 300_000);
+    assert_eq!(shorter.absolute_expires_at, longer.absolute_expires_at, "the absolute deadline was kept");
+    common::eventually(Duration::from_secs(10), "the session to end after its new idle timeout", || {
+        let mut sessions = sessions.clone();
+        let id = id.clone();
+        async move { get(&mut sessions, &id, true).await.is_err_and(|e| e.code() == Code::NotFound) }
+    })
+    .await;
+
+    // An absolute timeout already past ends the session then and there.
+    let subject = unique("ending");
+    let (doomed, _) = create(&mut sessions, short_lived(&subject, 60_000, 120_000)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ended = sessions.update_session(new_timeouts(&doomed, None, Some(Duration::from_millis(100)))).await;
+    assert_eq!(ended.unwrap_err().code(), Code::NotFound);
+    assert_eq!(get(&mut sessions, &doomed, true).await.unwrap_err().code(), Code::NotFound);
+    let listed = sessions.list_sessions(ListSessionsRequest { subject }).await.unwrap().into_inner().sessions;
+    assert!(listed.is_empty(), "an ended session is still listed");
+    assert_eq!(sessions.count_sessions(CountSessionsRequest {}).await.unwrap().into_inner().live, 0);
+
+    // Out of range: refused, naming the field, and nothing written.
+    let (kept, before) = create(&mut sessions, create_request("u")).await;
+    for (field, request) in [
+        ("idle_timeout", new_timeouts(&kept, Some(Duration::from_millis(10)), None)),
+        ("absolute_timeout", new_timeouts(&kept, None, Some(400 * day))),
+    ] {
+        let mut request = request;
+        request.set = HashMap::from([("cart".to_owned(), b"changed".to_vec())]);
+        let status = sessions.update_session(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let violations = status.get_details_bad_request().expect("BadRequest").field_violations;
+        assert_eq!(violations[0].field, field);
+    }
+    let after = get(&mut sessions, &kept, true).await.unwrap();
+    assert_eq!(
+        (after.version, after.data, after.absolute_expires_at),
+        (before.version, before.data, before.absolute_expires_at)
+    );
+}
+
+/// The one session key in Redis (for tests that hold a single session).
+fn session_keys(redis: &Redis) -> String {
+    let keys: Vec<String> = redis.keys().into_iter().filter(|key| key.ends_with(":s")).collect();
+    assert_eq!(keys.len(), 1, "expected one session key: {keys:?}");
+    keys.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_and_clear_cover_every_live_session_of_the_tenant_across_pages() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &[]);
+    let sessions = baton.sessions().await;
+    let subject = unique("many");
+    // More than two scan pages, a third of them ending idle soon, some with a subject.
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let mut sessions = sessions.clone();
+        let subject = subject.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..300 {
+                let request = match i % 3 {
+                    0 => short_lived("", 300, 60_000),
+                    1 => create_request(&subject),
+                    _ => CreateSessionRequest { subject: format!("{subject}-{worker}"), ..Default::default() },
+                };
+                ids.push((i % 3 != 0, create(&mut sessions, request).await.0));
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.unwrap());
+    }
+    let mut sessions = sessions;
+    let (deleted, _) = create(&mut sessions, create_request(&subject)).await;
+    assert!(sessions.delete_session(DeleteSessionRequest { session_id: deleted }).await.unwrap().into_inner().deleted);
+    let long_lived = ids.iter().filter(|(long, _)| *long).count() as u64;
+    assert_eq!(long_lived, 1600);
+    common::eventually(Duration::from_secs(20), "the short sessions to end", || {
+        let mut sessions = sessions.clone();
+        async move { sessions.count_sessions(CountSessionsRequest {}).await.unwrap().into_inner().live == long_lived }
+    })
+    .await;
+    // Counting dropped the ended sessions' entries, so a second count reads only live ones.
+    assert_eq!(sessions.count_sessions(CountSessionsRequest {}).await.unwrap().into_inner().live, long_lived);
+
+    let cleared = sessions.clear_sessions(ClearSessionsRequest {}).await.unwrap().into_inner().cleared;
+    assert_eq!(cleared, long_lived);
+    assert_eq!(sessions.count_sessions(CountSessionsRequest {}).await.unwrap().into_inner().live, 0);
+    for (_, id) in ids.iter().step_by(97) {
+        assert_eq!(get(&mut sessions, id, true).await.unwrap_err().code(), Code::NotFound);
+    }
+    let listed = sessions.list_sessions(ListSessionsRequest { subject: subject.clone() }).await.unwrap();
+    assert!(listed.into_inner().sessions.is_empty());
+    assert!(redis.keys().iter().all(|key| !key.ends_with(":s") && !key.ends_with(":i")), "{:?}", redis.keys());
+
+    // Sessions created afterwards are counted again.
+    create(&mut sessions, create_request(&subject)).await;
+    assert_eq!(sessions.count_sessions(CountSessionsRequest {}).await.unwrap().into_inner().live, 1);
 }

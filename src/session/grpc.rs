@@ -9,12 +9,13 @@ use crate::config::Limits;
 use crate::error::Error;
 use crate::proto::v1::session_store_service_server::SessionStoreService;
 use crate::proto::v1::{
-    self as pb, CreateSessionRequest, CreateSessionResponse, DeleteSessionRequest, DeleteSessionResponse,
-    GetSessionRequest, GetSessionResponse, ListSessionsRequest, ListSessionsResponse, RevokeSessionsRequest,
-    RevokeSessionsResponse, RotateSessionRequest, RotateSessionResponse, UpdateSessionRequest, UpdateSessionResponse,
+    self as pb, ClearSessionsRequest, ClearSessionsResponse, CountSessionsRequest, CountSessionsResponse,
+    CreateSessionRequest, CreateSessionResponse, DeleteSessionRequest, DeleteSessionResponse, GetSessionRequest,
+    GetSessionResponse, ListSessionsRequest, ListSessionsResponse, RevokeSessionsRequest, RevokeSessionsResponse,
+    RotateSessionRequest, RotateSessionResponse, UpdateSessionRequest, UpdateSessionResponse,
 };
 use crate::proto::{duration_from_proto, timestamp_from_micros};
-use crate::session::{NewSession, Session, SessionManager, is_well_formed_id};
+use crate::session::{NewSession, Session, SessionChange, SessionManager, is_well_formed_id};
 use crate::validate;
 
 const MIN_TIMEOUT: Duration = Duration::from_millis(100);
@@ -50,14 +51,21 @@ impl SessionGrpc {
         value: Option<&prost_types::Duration>,
         default: Duration,
     ) -> Result<Duration, Error> {
-        let timeout = duration_from_proto(field, value)?.unwrap_or(default);
+        Ok(self.new_timeout(field, value)?.unwrap_or(default))
+    }
+
+    /// A timeout the caller set, checked; `None` when unset (or zero).
+    fn new_timeout(&self, field: &str, value: Option<&prost_types::Duration>) -> Result<Option<Duration>, Error> {
+        let Some(timeout) = duration_from_proto(field, value)? else {
+            return Ok(None);
+        };
         if !(MIN_TIMEOUT..=self.limits.max_ttl).contains(&timeout) {
             return Err(Error::invalid(
                 field,
                 format!("must be between {MIN_TIMEOUT:?} and {:?}", self.limits.max_ttl),
             ));
         }
-        Ok(timeout)
+        Ok(Some(timeout))
     }
 
     fn data(&self, field: &str, data: &HashMap<String, Vec<u8>>) -> Result<BTreeMap<String, Vec<u8>>, Error> {
@@ -186,8 +194,14 @@ impl SessionStoreService for SessionGrpc {
         if let Some(index) = r.remove.iter().position(|key| set.contains_key(key)) {
             return Err(Error::invalid(format!("remove[{index}]"), "is also in set: a key is set or removed").into());
         }
-        let session =
-            self.sessions.scoped(&namespace).update(id, &set, &r.remove, r.if_version).await?.ok_or_else(not_found)?;
+        let change = SessionChange {
+            idle_timeout: self.new_timeout("idle_timeout", r.idle_timeout.as_ref())?,
+            absolute_timeout: self.new_timeout("absolute_timeout", r.absolute_timeout.as_ref())?,
+            set,
+            remove: r.remove,
+            if_version: r.if_version,
+        };
+        let session = self.sessions.scoped(&namespace).update(id, &change).await?.ok_or_else(not_found)?;
         Ok(Response::new(UpdateSessionResponse { session: Some(session_to_proto(session)) }))
     }
 
@@ -235,5 +249,23 @@ impl SessionStoreService for SessionGrpc {
         }
         let revoked = self.sessions.scoped(&namespace).revoke(&r.subject, &r.handles, &r.except_handle).await?;
         Ok(Response::new(RevokeSessionsResponse { revoked }))
+    }
+
+    async fn count_sessions(
+        &self,
+        request: Request<CountSessionsRequest>,
+    ) -> Result<Response<CountSessionsResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
+        let live = self.sessions.scoped(&namespace).count().await?;
+        Ok(Response::new(CountSessionsResponse { live }))
+    }
+
+    async fn clear_sessions(
+        &self,
+        request: Request<ClearSessionsRequest>,
+    ) -> Result<Response<ClearSessionsResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
+        let cleared = self.sessions.scoped(&namespace).clear().await?;
+        Ok(Response::new(ClearSessionsResponse { cleared }))
     }
 }

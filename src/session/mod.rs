@@ -38,6 +38,8 @@ static DELETE: LazyLock<Script> = session_script!("delete.lua");
 
 /// 256 bits.
 const ID_BYTES: usize = 32;
+/// Gauge-set entries read per step by CountSessions and ClearSessions.
+const SCAN_PAGE: usize = 1000;
 /// How often the active-sessions gauge is refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -65,6 +67,18 @@ pub struct NewSession {
     pub attributes: BTreeMap<String, String>,
     pub idle_timeout: Duration,
     pub absolute_timeout: Duration,
+}
+
+/// A validated UpdateSession.
+#[derive(Debug, Clone, Default)]
+pub struct SessionChange {
+    pub set: BTreeMap<String, Vec<u8>>,
+    pub remove: Vec<String>,
+    /// 0: unconditional.
+    pub if_version: u64,
+    pub idle_timeout: Option<Duration>,
+    /// Counted from the session's creation.
+    pub absolute_timeout: Option<Duration>,
 }
 
 /// Settings from the command line.
@@ -247,41 +261,67 @@ impl SessionManager {
         decode(reply)
     }
 
-    /// Merges `set`, removes `remove`; `Err(Aborted)` on a version mismatch.
-    pub async fn update(
-        &self,
-        id: &str,
-        set: &BTreeMap<String, Vec<u8>>,
-        remove: &[String],
-        if_version: u64,
-    ) -> Result<Option<Session>, Error> {
+    /// Applies a change; `Err(Aborted)` on a version mismatch, `Ok(None)` when the session
+    /// is gone (or the change's absolute timeout ended it).
+    pub async fn update(&self, id: &str, change: &SessionChange) -> Result<Option<Session>, Error> {
+        let micros = |timeout: Option<Duration>| timeout.map_or(0, |t| t.as_micros()).to_string().into_bytes();
         let mut args: Vec<Vec<u8>> = vec![
-            if_version.to_string().into_bytes(),
+            change.if_version.to_string().into_bytes(),
             self.settings.max_data_bytes.to_string().into_bytes(),
-            set.len().to_string().into_bytes(),
+            micros(change.idle_timeout),
+            micros(change.absolute_timeout),
+            change.set.len().to_string().into_bytes(),
         ];
-        for (key, value) in set {
+        for (key, value) in &change.set {
             args.push(key.clone().into_bytes());
             args.push(value.clone());
         }
-        args.push(remove.len().to_string().into_bytes());
-        args.extend(remove.iter().map(|key| key.clone().into_bytes()));
+        args.push(change.remove.len().to_string().into_bytes());
+        args.extend(change.remove.iter().map(|key| key.clone().into_bytes()));
+        let hash = id_hash(id);
         let reply: redis::Value =
-            self.store.run_script("session_update", &UPDATE, &[self.session_key(&id_hash(id))], &args).await?;
-        if let redis::Value::Array(parts) = &reply
-            && parts.len() == 1
-        {
-            return Err(match &parts[0] {
-                redis::Value::BulkString(code) if code == b"TOO_LARGE" => {
-                    Error::invalid("set", format!("session data would exceed {} bytes", self.settings.max_data_bytes))
+            self.store.run_script("session_update", &UPDATE, &[self.session_key(&hash)], &args).await?;
+        if let redis::Value::Array(parts) = &reply {
+            match parts.as_slice() {
+                [redis::Value::BulkString(code)] if code == b"TOO_LARGE" => {
+                    return Err(Error::invalid(
+                        "set",
+                        format!("session data would exceed {} bytes", self.settings.max_data_bytes),
+                    ));
                 }
-                _ => Error::Aborted {
-                    reason: "VERSION_MISMATCH",
-                    message: "the session's version is not if_version".into(),
-                },
-            });
+                [_] => {
+                    return Err(Error::Aborted {
+                        reason: "VERSION_MISMATCH",
+                        message: "the session's version is not if_version".into(),
+                    });
+                }
+                [redis::Value::BulkString(code), redis::Value::BulkString(subject)] if code == b"ENDED" => {
+                    self.forget(&hash, &String::from_utf8_lossy(subject)).await?;
+                    metrics::counter!("baton_sessions_expired_total").increment(1);
+                    return Ok(None);
+                }
+                _ => {}
+            }
         }
-        decode(reply)
+        let session = decode(reply)?;
+        if let (Some(session), Some(_)) = (&session, change.absolute_timeout) {
+            self.follow_absolute_deadline(&hash, session).await?;
+        }
+        Ok(session)
+    }
+
+    /// After a session's absolute deadline moved: its gauge entry and its subject's index
+    /// must live as long as it does.
+    async fn follow_absolute_deadline(&self, hash: &str, session: &Session) -> Result<(), Error> {
+        let deadline = session.absolute_expires_at_micros;
+        let mut active_pipe = redis::pipe();
+        active_pipe.cmd("ZADD").arg(self.active_key()).arg("XX").arg(deadline).arg(hash).ignore();
+        let mut index_pipe = redis::pipe();
+        if !session.subject.is_empty() {
+            let index = self.index_key(&session.subject);
+            index_pipe.cmd("PEXPIREAT").arg(&index).arg(deadline / 1000 + 1).arg("GT").ignore();
+        }
+        self.pipelines("session_index", &[active_pipe, index_pipe]).await
     }
 
     /// Moves a session to a new id; the old id is dead at once.
@@ -351,14 +391,19 @@ impl SessionManager {
         let hash = id_hash(id);
         let (deleted, subject): (i64, String) =
             self.store.run_script("session_delete", &DELETE, &[self.session_key(&hash)], &[]).await?;
+        self.forget(&hash, &subject).await?;
+        Ok(deleted == 1)
+    }
+
+    /// Drops a deleted session's entries from its subject's index and the gauge set.
+    async fn forget(&self, hash: &str, subject: &str) -> Result<(), Error> {
         let mut index_pipe = redis::pipe();
         if !subject.is_empty() {
-            index_pipe.cmd("ZREM").arg(self.index_key(&subject)).arg(&hash).ignore();
+            index_pipe.cmd("ZREM").arg(self.index_key(subject)).arg(hash).ignore();
         }
         let mut active_pipe = redis::pipe();
-        active_pipe.cmd("ZREM").arg(self.active_key()).arg(&hash).ignore();
-        self.pipelines("session_index", &[index_pipe, active_pipe]).await?;
-        Ok(deleted == 1)
+        active_pipe.cmd("ZREM").arg(self.active_key()).arg(hash).ignore();
+        self.pipelines("session_index", &[index_pipe, active_pipe]).await
     }
 
     /// The subject's live sessions, oldest first, as (hash, session); dangling index
@@ -415,6 +460,60 @@ impl SessionManager {
         let revoked = self.remove(subject, &doomed).await?;
         metrics::counter!("baton_sessions_revoked_total").increment(revoked);
         Ok(revoked)
+    }
+
+    /// The namespace's live sessions: every entry of the gauge set whose session key still
+    /// exists, page by page; entries of sessions that ended idle are dropped on the way.
+    pub async fn count(&self) -> Result<u64, Error> {
+        let mut live = 0;
+        let mut start = 0;
+        loop {
+            let page = self.active_page(start).await?;
+            let exists = futures::future::try_join_all(page.iter().map(|hash| {
+                let key = self.session_key(hash);
+                async move { self.store.command::<i64>("session_count", redis::cmd("EXISTS").arg(key)).await }
+            }))
+            .await?;
+            let ended: Vec<&String> = page.iter().zip(&exists).filter(|(_, e)| **e == 0).map(|(h, _)| h).collect();
+            live += (page.len() - ended.len()) as u64;
+            if !ended.is_empty() {
+                let _: i64 =
+                    self.store.command("session_count", redis::cmd("ZREM").arg(self.active_key()).arg(&ended)).await?;
+            }
+            if page.len() < SCAN_PAGE {
+                return Ok(live);
+            }
+            // The dropped entries were at or before the cursor, so later ranks moved back.
+            start += page.len() - ended.len();
+        }
+    }
+
+    /// Ends every session of the namespace that exists when the call starts (a steady
+    /// stream of new sessions cannot keep it running).
+    pub async fn clear(&self) -> Result<u64, Error> {
+        let total: usize = self.store.command("session_clear", redis::cmd("ZCARD").arg(self.active_key())).await?;
+        let mut cleared = 0;
+        for _ in 0..total.div_ceil(SCAN_PAGE) {
+            let page = self.active_page(0).await?;
+            if page.is_empty() {
+                break;
+            }
+            let deletes = futures::future::try_join_all(page.iter().map(|hash| async move {
+                let (deleted, subject): (i64, String) =
+                    self.store.run_script("session_clear", &DELETE, &[self.session_key(hash)], &[]).await?;
+                self.forget(hash, &subject).await?;
+                Ok::<_, Error>(deleted)
+            }))
+            .await?;
+            cleared += deletes.into_iter().filter(|deleted| *deleted == 1).count() as u64;
+        }
+        metrics::counter!("baton_sessions_revoked_total").increment(cleared);
+        Ok(cleared)
+    }
+
+    async fn active_page(&self, start: usize) -> Result<Vec<String>, Error> {
+        let stop = start + SCAN_PAGE - 1;
+        Ok(self.store.command("session_scan", redis::cmd("ZRANGE").arg(self.active_key()).arg(start).arg(stop)).await?)
     }
 
     async fn remove(&self, subject: &str, hashes: &[String]) -> Result<u64, Error> {

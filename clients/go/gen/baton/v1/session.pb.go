@@ -403,9 +403,20 @@ type UpdateSessionRequest struct {
 	Remove []string `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
 	// When non-zero, update only if the session is at exactly this version (else ABORTED).
 	// 0 means unconditional.
-	IfVersion     uint64 `protobuf:"varint,4,opt,name=if_version,json=ifVersion,proto3" json:"if_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	IfVersion uint64 `protobuf:"varint,4,opt,name=if_version,json=ifVersion,proto3" json:"if_version,omitempty"`
+	// When set, the session's new idle timeout: from now on it ends this long after it was
+	// last seen, and its idle deadline moves to now + idle_timeout (earlier or later),
+	// capped at its absolute deadline. For frameworks that decide a session's lifetime per
+	// request (express-session's cookie.maxAge, Django's set_expiry). Same range as at
+	// creation. Unset keeps the current idle timeout.
+	IdleTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=idle_timeout,json=idleTimeout,proto3" json:"idle_timeout,omitempty"`
+	// When set, the session's new absolute timeout, counted from its created_at like at
+	// creation; it may lengthen ("remember me") or shorten the session. Same range as at
+	// creation. A deadline already past ends the session: the call answers NOT_FOUND and the
+	// session is gone. Unset keeps the current absolute deadline.
+	AbsoluteTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=absolute_timeout,json=absoluteTimeout,proto3" json:"absolute_timeout,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *UpdateSessionRequest) Reset() {
@@ -464,6 +475,20 @@ func (x *UpdateSessionRequest) GetIfVersion() uint64 {
 		return x.IfVersion
 	}
 	return 0
+}
+
+func (x *UpdateSessionRequest) GetIdleTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.IdleTimeout
+	}
+	return nil
+}
+
+func (x *UpdateSessionRequest) GetAbsoluteTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.AbsoluteTimeout
+	}
+	return nil
 }
 
 // UpdateSessionResponse carries the updated session.
@@ -908,6 +933,172 @@ func (x *RevokeSessionsResponse) GetRevoked() uint64 {
 	return 0
 }
 
+// CountSessionsRequest asks for the number of the tenant's live sessions.
+type CountSessionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountSessionsRequest) Reset() {
+	*x = CountSessionsRequest{}
+	mi := &file_baton_v1_session_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountSessionsRequest) ProtoMessage() {}
+
+func (x *CountSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_session_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountSessionsRequest.ProtoReflect.Descriptor instead.
+func (*CountSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_session_proto_rawDescGZIP(), []int{15}
+}
+
+// CountSessionsResponse carries the count.
+type CountSessionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many sessions of the tenant were live when counted.
+	Live          uint64 `protobuf:"varint,1,opt,name=live,proto3" json:"live,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CountSessionsResponse) Reset() {
+	*x = CountSessionsResponse{}
+	mi := &file_baton_v1_session_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CountSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CountSessionsResponse) ProtoMessage() {}
+
+func (x *CountSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_session_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CountSessionsResponse.ProtoReflect.Descriptor instead.
+func (*CountSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_session_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CountSessionsResponse) GetLive() uint64 {
+	if x != nil {
+		return x.Live
+	}
+	return 0
+}
+
+// ClearSessionsRequest asks to end every session of the tenant.
+type ClearSessionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearSessionsRequest) Reset() {
+	*x = ClearSessionsRequest{}
+	mi := &file_baton_v1_session_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearSessionsRequest) ProtoMessage() {}
+
+func (x *ClearSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_session_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearSessionsRequest.ProtoReflect.Descriptor instead.
+func (*ClearSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_session_proto_rawDescGZIP(), []int{17}
+}
+
+// ClearSessionsResponse reports how many sessions were ended.
+type ClearSessionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many live sessions this call ended.
+	Cleared       uint64 `protobuf:"varint,1,opt,name=cleared,proto3" json:"cleared,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearSessionsResponse) Reset() {
+	*x = ClearSessionsResponse{}
+	mi := &file_baton_v1_session_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearSessionsResponse) ProtoMessage() {}
+
+func (x *ClearSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_session_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearSessionsResponse.ProtoReflect.Descriptor instead.
+func (*ClearSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_session_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ClearSessionsResponse) GetCleared() uint64 {
+	if x != nil {
+		return x.Cleared
+	}
+	return 0
+}
+
 var File_baton_v1_session_proto protoreflect.FileDescriptor
 
 const file_baton_v1_session_proto_rawDesc = "" +
@@ -958,14 +1149,16 @@ const file_baton_v1_session_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x19\n" +
 	"\bno_touch\x18\x02 \x01(\bR\anoTouch\"A\n" +
 	"\x12GetSessionResponse\x12+\n" +
-	"\asession\x18\x01 \x01(\v2\x11.baton.v1.SessionR\asession\"\xdf\x01\n" +
+	"\asession\x18\x01 \x01(\v2\x11.baton.v1.SessionR\asession\"\xe3\x02\n" +
 	"\x14UpdateSessionRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x129\n" +
 	"\x03set\x18\x02 \x03(\v2'.baton.v1.UpdateSessionRequest.SetEntryR\x03set\x12\x16\n" +
 	"\x06remove\x18\x03 \x03(\tR\x06remove\x12\x1d\n" +
 	"\n" +
-	"if_version\x18\x04 \x01(\x04R\tifVersion\x1a6\n" +
+	"if_version\x18\x04 \x01(\x04R\tifVersion\x12<\n" +
+	"\fidle_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vidleTimeout\x12D\n" +
+	"\x10absolute_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0fabsoluteTimeout\x1a6\n" +
 	"\bSetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"D\n" +
@@ -992,7 +1185,13 @@ const file_baton_v1_session_proto_rawDesc = "" +
 	"\ahandles\x18\x02 \x03(\tR\ahandles\x12#\n" +
 	"\rexcept_handle\x18\x03 \x01(\tR\fexceptHandle\"2\n" +
 	"\x16RevokeSessionsResponse\x12\x18\n" +
-	"\arevoked\x18\x01 \x01(\x04R\arevoked2\xca\x04\n" +
+	"\arevoked\x18\x01 \x01(\x04R\arevoked\"\x16\n" +
+	"\x14CountSessionsRequest\"+\n" +
+	"\x15CountSessionsResponse\x12\x12\n" +
+	"\x04live\x18\x01 \x01(\x04R\x04live\"\x16\n" +
+	"\x14ClearSessionsRequest\"1\n" +
+	"\x15ClearSessionsResponse\x12\x18\n" +
+	"\acleared\x18\x01 \x01(\x04R\acleared2\xee\x05\n" +
 	"\x13SessionStoreService\x12P\n" +
 	"\rCreateSession\x12\x1e.baton.v1.CreateSessionRequest\x1a\x1f.baton.v1.CreateSessionResponse\x12G\n" +
 	"\n" +
@@ -1001,7 +1200,9 @@ const file_baton_v1_session_proto_rawDesc = "" +
 	"\rRotateSession\x12\x1e.baton.v1.RotateSessionRequest\x1a\x1f.baton.v1.RotateSessionResponse\x12P\n" +
 	"\rDeleteSession\x12\x1e.baton.v1.DeleteSessionRequest\x1a\x1f.baton.v1.DeleteSessionResponse\x12M\n" +
 	"\fListSessions\x12\x1d.baton.v1.ListSessionsRequest\x1a\x1e.baton.v1.ListSessionsResponse\x12S\n" +
-	"\x0eRevokeSessions\x12\x1f.baton.v1.RevokeSessionsRequest\x1a .baton.v1.RevokeSessionsResponseB\x99\x01\n" +
+	"\x0eRevokeSessions\x12\x1f.baton.v1.RevokeSessionsRequest\x1a .baton.v1.RevokeSessionsResponse\x12P\n" +
+	"\rCountSessions\x12\x1e.baton.v1.CountSessionsRequest\x1a\x1f.baton.v1.CountSessionsResponse\x12P\n" +
+	"\rClearSessions\x12\x1e.baton.v1.ClearSessionsRequest\x1a\x1f.baton.v1.ClearSessionsResponseB\x99\x01\n" +
 	"\fcom.baton.v1B\fSessionProtoP\x01Z:github.com/baton-dev/baton/clients/go/gen/baton/v1;batonv1\xa2\x02\x03BXX\xaa\x02\bBaton.V1\xca\x02\bBaton\\V1\xe2\x02\x14Baton\\V1\\GPBMetadata\xea\x02\tBaton::V1b\x06proto3"
 
 var (
@@ -1016,7 +1217,7 @@ func file_baton_v1_session_proto_rawDescGZIP() []byte {
 	return file_baton_v1_session_proto_rawDescData
 }
 
-var file_baton_v1_session_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_baton_v1_session_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_baton_v1_session_proto_goTypes = []any{
 	(*Session)(nil),                // 0: baton.v1.Session
 	(*CreateSessionRequest)(nil),   // 1: baton.v1.CreateSessionRequest
@@ -1033,50 +1234,60 @@ var file_baton_v1_session_proto_goTypes = []any{
 	(*ListSessionsResponse)(nil),   // 12: baton.v1.ListSessionsResponse
 	(*RevokeSessionsRequest)(nil),  // 13: baton.v1.RevokeSessionsRequest
 	(*RevokeSessionsResponse)(nil), // 14: baton.v1.RevokeSessionsResponse
-	nil,                            // 15: baton.v1.Session.DataEntry
-	nil,                            // 16: baton.v1.Session.AttributesEntry
-	nil,                            // 17: baton.v1.CreateSessionRequest.DataEntry
-	nil,                            // 18: baton.v1.CreateSessionRequest.AttributesEntry
-	nil,                            // 19: baton.v1.UpdateSessionRequest.SetEntry
-	(*timestamppb.Timestamp)(nil),  // 20: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 21: google.protobuf.Duration
+	(*CountSessionsRequest)(nil),   // 15: baton.v1.CountSessionsRequest
+	(*CountSessionsResponse)(nil),  // 16: baton.v1.CountSessionsResponse
+	(*ClearSessionsRequest)(nil),   // 17: baton.v1.ClearSessionsRequest
+	(*ClearSessionsResponse)(nil),  // 18: baton.v1.ClearSessionsResponse
+	nil,                            // 19: baton.v1.Session.DataEntry
+	nil,                            // 20: baton.v1.Session.AttributesEntry
+	nil,                            // 21: baton.v1.CreateSessionRequest.DataEntry
+	nil,                            // 22: baton.v1.CreateSessionRequest.AttributesEntry
+	nil,                            // 23: baton.v1.UpdateSessionRequest.SetEntry
+	(*timestamppb.Timestamp)(nil),  // 24: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 25: google.protobuf.Duration
 }
 var file_baton_v1_session_proto_depIdxs = []int32{
-	15, // 0: baton.v1.Session.data:type_name -> baton.v1.Session.DataEntry
-	16, // 1: baton.v1.Session.attributes:type_name -> baton.v1.Session.AttributesEntry
-	20, // 2: baton.v1.Session.created_at:type_name -> google.protobuf.Timestamp
-	20, // 3: baton.v1.Session.last_seen_at:type_name -> google.protobuf.Timestamp
-	20, // 4: baton.v1.Session.idle_expires_at:type_name -> google.protobuf.Timestamp
-	20, // 5: baton.v1.Session.absolute_expires_at:type_name -> google.protobuf.Timestamp
-	17, // 6: baton.v1.CreateSessionRequest.data:type_name -> baton.v1.CreateSessionRequest.DataEntry
-	21, // 7: baton.v1.CreateSessionRequest.idle_timeout:type_name -> google.protobuf.Duration
-	21, // 8: baton.v1.CreateSessionRequest.absolute_timeout:type_name -> google.protobuf.Duration
-	18, // 9: baton.v1.CreateSessionRequest.attributes:type_name -> baton.v1.CreateSessionRequest.AttributesEntry
+	19, // 0: baton.v1.Session.data:type_name -> baton.v1.Session.DataEntry
+	20, // 1: baton.v1.Session.attributes:type_name -> baton.v1.Session.AttributesEntry
+	24, // 2: baton.v1.Session.created_at:type_name -> google.protobuf.Timestamp
+	24, // 3: baton.v1.Session.last_seen_at:type_name -> google.protobuf.Timestamp
+	24, // 4: baton.v1.Session.idle_expires_at:type_name -> google.protobuf.Timestamp
+	24, // 5: baton.v1.Session.absolute_expires_at:type_name -> google.protobuf.Timestamp
+	21, // 6: baton.v1.CreateSessionRequest.data:type_name -> baton.v1.CreateSessionRequest.DataEntry
+	25, // 7: baton.v1.CreateSessionRequest.idle_timeout:type_name -> google.protobuf.Duration
+	25, // 8: baton.v1.CreateSessionRequest.absolute_timeout:type_name -> google.protobuf.Duration
+	22, // 9: baton.v1.CreateSessionRequest.attributes:type_name -> baton.v1.CreateSessionRequest.AttributesEntry
 	0,  // 10: baton.v1.CreateSessionResponse.session:type_name -> baton.v1.Session
 	0,  // 11: baton.v1.GetSessionResponse.session:type_name -> baton.v1.Session
-	19, // 12: baton.v1.UpdateSessionRequest.set:type_name -> baton.v1.UpdateSessionRequest.SetEntry
-	0,  // 13: baton.v1.UpdateSessionResponse.session:type_name -> baton.v1.Session
-	0,  // 14: baton.v1.RotateSessionResponse.session:type_name -> baton.v1.Session
-	0,  // 15: baton.v1.ListSessionsResponse.sessions:type_name -> baton.v1.Session
-	1,  // 16: baton.v1.SessionStoreService.CreateSession:input_type -> baton.v1.CreateSessionRequest
-	3,  // 17: baton.v1.SessionStoreService.GetSession:input_type -> baton.v1.GetSessionRequest
-	5,  // 18: baton.v1.SessionStoreService.UpdateSession:input_type -> baton.v1.UpdateSessionRequest
-	7,  // 19: baton.v1.SessionStoreService.RotateSession:input_type -> baton.v1.RotateSessionRequest
-	9,  // 20: baton.v1.SessionStoreService.DeleteSession:input_type -> baton.v1.DeleteSessionRequest
-	11, // 21: baton.v1.SessionStoreService.ListSessions:input_type -> baton.v1.ListSessionsRequest
-	13, // 22: baton.v1.SessionStoreService.RevokeSessions:input_type -> baton.v1.RevokeSessionsRequest
-	2,  // 23: baton.v1.SessionStoreService.CreateSession:output_type -> baton.v1.CreateSessionResponse
-	4,  // 24: baton.v1.SessionStoreService.GetSession:output_type -> baton.v1.GetSessionResponse
-	6,  // 25: baton.v1.SessionStoreService.UpdateSession:output_type -> baton.v1.UpdateSessionResponse
-	8,  // 26: baton.v1.SessionStoreService.RotateSession:output_type -> baton.v1.RotateSessionResponse
-	10, // 27: baton.v1.SessionStoreService.DeleteSession:output_type -> baton.v1.DeleteSessionResponse
-	12, // 28: baton.v1.SessionStoreService.ListSessions:output_type -> baton.v1.ListSessionsResponse
-	14, // 29: baton.v1.SessionStoreService.RevokeSessions:output_type -> baton.v1.RevokeSessionsResponse
-	23, // [23:30] is the sub-list for method output_type
-	16, // [16:23] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	23, // 12: baton.v1.UpdateSessionRequest.set:type_name -> baton.v1.UpdateSessionRequest.SetEntry
+	25, // 13: baton.v1.UpdateSessionRequest.idle_timeout:type_name -> google.protobuf.Duration
+	25, // 14: baton.v1.UpdateSessionRequest.absolute_timeout:type_name -> google.protobuf.Duration
+	0,  // 15: baton.v1.UpdateSessionResponse.session:type_name -> baton.v1.Session
+	0,  // 16: baton.v1.RotateSessionResponse.session:type_name -> baton.v1.Session
+	0,  // 17: baton.v1.ListSessionsResponse.sessions:type_name -> baton.v1.Session
+	1,  // 18: baton.v1.SessionStoreService.CreateSession:input_type -> baton.v1.CreateSessionRequest
+	3,  // 19: baton.v1.SessionStoreService.GetSession:input_type -> baton.v1.GetSessionRequest
+	5,  // 20: baton.v1.SessionStoreService.UpdateSession:input_type -> baton.v1.UpdateSessionRequest
+	7,  // 21: baton.v1.SessionStoreService.RotateSession:input_type -> baton.v1.RotateSessionRequest
+	9,  // 22: baton.v1.SessionStoreService.DeleteSession:input_type -> baton.v1.DeleteSessionRequest
+	11, // 23: baton.v1.SessionStoreService.ListSessions:input_type -> baton.v1.ListSessionsRequest
+	13, // 24: baton.v1.SessionStoreService.RevokeSessions:input_type -> baton.v1.RevokeSessionsRequest
+	15, // 25: baton.v1.SessionStoreService.CountSessions:input_type -> baton.v1.CountSessionsRequest
+	17, // 26: baton.v1.SessionStoreService.ClearSessions:input_type -> baton.v1.ClearSessionsRequest
+	2,  // 27: baton.v1.SessionStoreService.CreateSession:output_type -> baton.v1.CreateSessionResponse
+	4,  // 28: baton.v1.SessionStoreService.GetSession:output_type -> baton.v1.GetSessionResponse
+	6,  // 29: baton.v1.SessionStoreService.UpdateSession:output_type -> baton.v1.UpdateSessionResponse
+	8,  // 30: baton.v1.SessionStoreService.RotateSession:output_type -> baton.v1.RotateSessionResponse
+	10, // 31: baton.v1.SessionStoreService.DeleteSession:output_type -> baton.v1.DeleteSessionResponse
+	12, // 32: baton.v1.SessionStoreService.ListSessions:output_type -> baton.v1.ListSessionsResponse
+	14, // 33: baton.v1.SessionStoreService.RevokeSessions:output_type -> baton.v1.RevokeSessionsResponse
+	16, // 34: baton.v1.SessionStoreService.CountSessions:output_type -> baton.v1.CountSessionsResponse
+	18, // 35: baton.v1.SessionStoreService.ClearSessions:output_type -> baton.v1.ClearSessionsResponse
+	27, // [27:36] is the sub-list for method output_type
+	18, // [18:27] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_session_proto_init() }
@@ -1090,7 +1301,7 @@ func file_baton_v1_session_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_session_proto_rawDesc), len(file_baton_v1_session_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

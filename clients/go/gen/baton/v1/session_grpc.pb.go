@@ -26,6 +26,8 @@ const (
 	SessionStoreService_DeleteSession_FullMethodName  = "/baton.v1.SessionStoreService/DeleteSession"
 	SessionStoreService_ListSessions_FullMethodName   = "/baton.v1.SessionStoreService/ListSessions"
 	SessionStoreService_RevokeSessions_FullMethodName = "/baton.v1.SessionStoreService/RevokeSessions"
+	SessionStoreService_CountSessions_FullMethodName  = "/baton.v1.SessionStoreService/CountSessions"
+	SessionStoreService_ClearSessions_FullMethodName  = "/baton.v1.SessionStoreService/ClearSessions"
 )
 
 // SessionStoreServiceClient is the client API for SessionStoreService service.
@@ -116,6 +118,18 @@ type SessionStoreServiceClient interface {
 	// counts only the retry's own work), but a retry of "all" also revokes sessions created
 	// between the two attempts.
 	RevokeSessions(ctx context.Context, in *RevokeSessionsRequest, opts ...grpc.CallOption) (*RevokeSessionsResponse, error)
+	// CountSessions counts the caller's tenant's live sessions, of every subject and of
+	// none (express-session's `store.length`). It reads every session's existence, so its
+	// cost grows with the number of sessions: for tests and admin tools, not per request.
+	//
+	// Failures: UNAVAILABLE; DEADLINE_EXCEEDED. Safe to retry.
+	CountSessions(ctx context.Context, in *CountSessionsRequest, opts ...grpc.CallOption) (*CountSessionsResponse, error)
+	// ClearSessions ends every session of the caller's tenant, of every subject and of none
+	// (express-session's `store.clear`). Sessions created while it runs may survive it.
+	//
+	// Failures: UNAVAILABLE (some sessions may already be ended); DEADLINE_EXCEEDED. Safe to
+	// retry.
+	ClearSessions(ctx context.Context, in *ClearSessionsRequest, opts ...grpc.CallOption) (*ClearSessionsResponse, error)
 }
 
 type sessionStoreServiceClient struct {
@@ -190,6 +204,26 @@ func (c *sessionStoreServiceClient) RevokeSessions(ctx context.Context, in *Revo
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RevokeSessionsResponse)
 	err := c.cc.Invoke(ctx, SessionStoreService_RevokeSessions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionStoreServiceClient) CountSessions(ctx context.Context, in *CountSessionsRequest, opts ...grpc.CallOption) (*CountSessionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CountSessionsResponse)
+	err := c.cc.Invoke(ctx, SessionStoreService_CountSessions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sessionStoreServiceClient) ClearSessions(ctx context.Context, in *ClearSessionsRequest, opts ...grpc.CallOption) (*ClearSessionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClearSessionsResponse)
+	err := c.cc.Invoke(ctx, SessionStoreService_ClearSessions_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -284,6 +318,18 @@ type SessionStoreServiceServer interface {
 	// counts only the retry's own work), but a retry of "all" also revokes sessions created
 	// between the two attempts.
 	RevokeSessions(context.Context, *RevokeSessionsRequest) (*RevokeSessionsResponse, error)
+	// CountSessions counts the caller's tenant's live sessions, of every subject and of
+	// none (express-session's `store.length`). It reads every session's existence, so its
+	// cost grows with the number of sessions: for tests and admin tools, not per request.
+	//
+	// Failures: UNAVAILABLE; DEADLINE_EXCEEDED. Safe to retry.
+	CountSessions(context.Context, *CountSessionsRequest) (*CountSessionsResponse, error)
+	// ClearSessions ends every session of the caller's tenant, of every subject and of none
+	// (express-session's `store.clear`). Sessions created while it runs may survive it.
+	//
+	// Failures: UNAVAILABLE (some sessions may already be ended); DEADLINE_EXCEEDED. Safe to
+	// retry.
+	ClearSessions(context.Context, *ClearSessionsRequest) (*ClearSessionsResponse, error)
 	mustEmbedUnimplementedSessionStoreServiceServer()
 }
 
@@ -314,6 +360,12 @@ func (UnimplementedSessionStoreServiceServer) ListSessions(context.Context, *Lis
 }
 func (UnimplementedSessionStoreServiceServer) RevokeSessions(context.Context, *RevokeSessionsRequest) (*RevokeSessionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeSessions not implemented")
+}
+func (UnimplementedSessionStoreServiceServer) CountSessions(context.Context, *CountSessionsRequest) (*CountSessionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CountSessions not implemented")
+}
+func (UnimplementedSessionStoreServiceServer) ClearSessions(context.Context, *ClearSessionsRequest) (*ClearSessionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ClearSessions not implemented")
 }
 func (UnimplementedSessionStoreServiceServer) mustEmbedUnimplementedSessionStoreServiceServer() {}
 func (UnimplementedSessionStoreServiceServer) testEmbeddedByValue()                             {}
@@ -462,6 +514,42 @@ func _SessionStoreService_RevokeSessions_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SessionStoreService_CountSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CountSessionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionStoreServiceServer).CountSessions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionStoreService_CountSessions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionStoreServiceServer).CountSessions(ctx, req.(*CountSessionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SessionStoreService_ClearSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClearSessionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SessionStoreServiceServer).ClearSessions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SessionStoreService_ClearSessions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SessionStoreServiceServer).ClearSessions(ctx, req.(*ClearSessionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SessionStoreService_ServiceDesc is the grpc.ServiceDesc for SessionStoreService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -496,6 +584,14 @@ var SessionStoreService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeSessions",
 			Handler:    _SessionStoreService_RevokeSessions_Handler,
+		},
+		{
+			MethodName: "CountSessions",
+			Handler:    _SessionStoreService_CountSessions_Handler,
+		},
+		{
+			MethodName: "ClearSessions",
+			Handler:    _SessionStoreService_ClearSessions_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -138,6 +138,23 @@ export interface UpdateSessionRequest {
    * 0 means unconditional.
    */
   ifVersion: bigint;
+  /**
+   * When set, the session's new idle timeout: from now on it ends this long after it was
+   * last seen, and its idle deadline moves to now + idle_timeout (earlier or later),
+   * capped at its absolute deadline. For frameworks that decide a session's lifetime per
+   * request (express-session's cookie.maxAge, Django's set_expiry). Same range as at
+   * creation. Unset keeps the current idle timeout.
+   */
+  idleTimeout:
+    | Duration
+    | undefined;
+  /**
+   * When set, the session's new absolute timeout, counted from its created_at like at
+   * creation; it may lengthen ("remember me") or shorten the session. Same range as at
+   * creation. A deadline already past ends the session: the call answers NOT_FOUND and the
+   * session is gone. Unset keeps the current absolute deadline.
+   */
+  absoluteTimeout: Duration | undefined;
 }
 
 export interface UpdateSessionRequest_SetEntry {
@@ -206,6 +223,26 @@ export interface RevokeSessionsRequest {
 export interface RevokeSessionsResponse {
   /** How many live sessions this call ended. */
   revoked: bigint;
+}
+
+/** CountSessionsRequest asks for the number of the tenant's live sessions. */
+export interface CountSessionsRequest {
+}
+
+/** CountSessionsResponse carries the count. */
+export interface CountSessionsResponse {
+  /** How many sessions of the tenant were live when counted. */
+  live: bigint;
+}
+
+/** ClearSessionsRequest asks to end every session of the tenant. */
+export interface ClearSessionsRequest {
+}
+
+/** ClearSessionsResponse reports how many sessions were ended. */
+export interface ClearSessionsResponse {
+  /** How many live sessions this call ended. */
+  cleared: bigint;
 }
 
 function createBaseSession(): Session {
@@ -1313,7 +1350,7 @@ export const GetSessionResponse: MessageFns<GetSessionResponse> = {
 };
 
 function createBaseUpdateSessionRequest(): UpdateSessionRequest {
-  return { sessionId: "", set: {}, remove: [], ifVersion: 0n };
+  return { sessionId: "", set: {}, remove: [], ifVersion: 0n, idleTimeout: undefined, absoluteTimeout: undefined };
 }
 
 export const UpdateSessionRequest: MessageFns<UpdateSessionRequest> = {
@@ -1332,6 +1369,12 @@ export const UpdateSessionRequest: MessageFns<UpdateSessionRequest> = {
         throw new globalThis.Error("value provided for field message.ifVersion of type uint64 too large");
       }
       writer.uint32(32).uint64(message.ifVersion);
+    }
+    if (message.idleTimeout !== undefined) {
+      Duration.encode(message.idleTimeout, writer.uint32(42).fork()).join();
+    }
+    if (message.absoluteTimeout !== undefined) {
+      Duration.encode(message.absoluteTimeout, writer.uint32(50).fork()).join();
     }
     return writer;
   },
@@ -1384,6 +1427,22 @@ export const UpdateSessionRequest: MessageFns<UpdateSessionRequest> = {
             message.ifVersion = reader.uint64() as bigint;
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.idleTimeout = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.absoluteTimeout = Duration.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1423,6 +1482,16 @@ export const UpdateSessionRequest: MessageFns<UpdateSessionRequest> = {
         : isSet(object.if_version)
         ? BigInt(object.if_version)
         : 0n,
+      idleTimeout: isSet(object.idleTimeout)
+        ? Duration.fromJSON(object.idleTimeout)
+        : isSet(object.idle_timeout)
+        ? Duration.fromJSON(object.idle_timeout)
+        : undefined,
+      absoluteTimeout: isSet(object.absoluteTimeout)
+        ? Duration.fromJSON(object.absoluteTimeout)
+        : isSet(object.absolute_timeout)
+        ? Duration.fromJSON(object.absolute_timeout)
+        : undefined,
     };
   },
 
@@ -1446,6 +1515,12 @@ export const UpdateSessionRequest: MessageFns<UpdateSessionRequest> = {
     if (message.ifVersion !== 0n) {
       obj.ifVersion = message.ifVersion.toString();
     }
+    if (message.idleTimeout !== undefined) {
+      obj.idleTimeout = Duration.toJSON(message.idleTimeout);
+    }
+    if (message.absoluteTimeout !== undefined) {
+      obj.absoluteTimeout = Duration.toJSON(message.absoluteTimeout);
+    }
     return obj;
   },
 
@@ -1466,6 +1541,12 @@ export const UpdateSessionRequest: MessageFns<UpdateSessionRequest> = {
     );
     message.remove = object.remove?.map((e) => e) || [];
     message.ifVersion = (object.ifVersion !== undefined && object.ifVersion !== null) ? BigInt(object.ifVersion) : 0n;
+    message.idleTimeout = (object.idleTimeout !== undefined && object.idleTimeout !== null)
+      ? Duration.fromPartial(object.idleTimeout)
+      : undefined;
+    message.absoluteTimeout = (object.absoluteTimeout !== undefined && object.absoluteTimeout !== null)
+      ? Duration.fromPartial(object.absoluteTimeout)
+      : undefined;
     return message;
   },
 };
@@ -2239,6 +2320,250 @@ export const RevokeSessionsResponse: MessageFns<RevokeSessionsResponse> = {
   },
 };
 
+function createBaseCountSessionsRequest(): CountSessionsRequest {
+  return {};
+}
+
+export const CountSessionsRequest: MessageFns<CountSessionsRequest> = {
+  encode(_: CountSessionsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CountSessionsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCountSessionsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): CountSessionsRequest {
+    return {};
+  },
+
+  toJSON(_: CountSessionsRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<CountSessionsRequest>): CountSessionsRequest {
+    return CountSessionsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<CountSessionsRequest>): CountSessionsRequest {
+    const message = createBaseCountSessionsRequest();
+    return message;
+  },
+};
+
+function createBaseCountSessionsResponse(): CountSessionsResponse {
+  return { live: 0n };
+}
+
+export const CountSessionsResponse: MessageFns<CountSessionsResponse> = {
+  encode(message: CountSessionsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.live !== 0n) {
+      if (BigInt.asUintN(64, message.live) !== message.live) {
+        throw new globalThis.Error("value provided for field message.live of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.live);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CountSessionsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCountSessionsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.live = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CountSessionsResponse {
+    return { live: isSet(object.live) ? BigInt(object.live) : 0n };
+  },
+
+  toJSON(message: CountSessionsResponse): unknown {
+    const obj: any = {};
+    if (message.live !== 0n) {
+      obj.live = message.live.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CountSessionsResponse>): CountSessionsResponse {
+    return CountSessionsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CountSessionsResponse>): CountSessionsResponse {
+    const message = createBaseCountSessionsResponse();
+    message.live = (object.live !== undefined && object.live !== null) ? BigInt(object.live) : 0n;
+    return message;
+  },
+};
+
+function createBaseClearSessionsRequest(): ClearSessionsRequest {
+  return {};
+}
+
+export const ClearSessionsRequest: MessageFns<ClearSessionsRequest> = {
+  encode(_: ClearSessionsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClearSessionsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClearSessionsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ClearSessionsRequest {
+    return {};
+  },
+
+  toJSON(_: ClearSessionsRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<ClearSessionsRequest>): ClearSessionsRequest {
+    return ClearSessionsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<ClearSessionsRequest>): ClearSessionsRequest {
+    const message = createBaseClearSessionsRequest();
+    return message;
+  },
+};
+
+function createBaseClearSessionsResponse(): ClearSessionsResponse {
+  return { cleared: 0n };
+}
+
+export const ClearSessionsResponse: MessageFns<ClearSessionsResponse> = {
+  encode(message: ClearSessionsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cleared !== 0n) {
+      if (BigInt.asUintN(64, message.cleared) !== message.cleared) {
+        throw new globalThis.Error("value provided for field message.cleared of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.cleared);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClearSessionsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClearSessionsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cleared = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClearSessionsResponse {
+    return { cleared: isSet(object.cleared) ? BigInt(object.cleared) : 0n };
+  },
+
+  toJSON(message: ClearSessionsResponse): unknown {
+    const obj: any = {};
+    if (message.cleared !== 0n) {
+      obj.cleared = message.cleared.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ClearSessionsResponse>): ClearSessionsResponse {
+    return ClearSessionsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ClearSessionsResponse>): ClearSessionsResponse {
+    const message = createBaseClearSessionsResponse();
+    message.cleared = (object.cleared !== undefined && object.cleared !== null) ? BigInt(object.cleared) : 0n;
+    return message;
+  },
+};
+
 /**
  * SessionStoreService stores web/login sessions shared by every replica.
  *
@@ -2403,6 +2728,40 @@ export const SessionStoreServiceService = {
       Buffer.from(RevokeSessionsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): RevokeSessionsResponse => RevokeSessionsResponse.decode(value),
   },
+  /**
+   * CountSessions counts the caller's tenant's live sessions, of every subject and of
+   * none (express-session's `store.length`). It reads every session's existence, so its
+   * cost grows with the number of sessions: for tests and admin tools, not per request.
+   *
+   * Failures: UNAVAILABLE; DEADLINE_EXCEEDED. Safe to retry.
+   */
+  countSessions: {
+    path: "/baton.v1.SessionStoreService/CountSessions" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CountSessionsRequest): Buffer => Buffer.from(CountSessionsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CountSessionsRequest => CountSessionsRequest.decode(value),
+    responseSerialize: (value: CountSessionsResponse): Buffer =>
+      Buffer.from(CountSessionsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CountSessionsResponse => CountSessionsResponse.decode(value),
+  },
+  /**
+   * ClearSessions ends every session of the caller's tenant, of every subject and of none
+   * (express-session's `store.clear`). Sessions created while it runs may survive it.
+   *
+   * Failures: UNAVAILABLE (some sessions may already be ended); DEADLINE_EXCEEDED. Safe to
+   * retry.
+   */
+  clearSessions: {
+    path: "/baton.v1.SessionStoreService/ClearSessions" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ClearSessionsRequest): Buffer => Buffer.from(ClearSessionsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClearSessionsRequest => ClearSessionsRequest.decode(value),
+    responseSerialize: (value: ClearSessionsResponse): Buffer =>
+      Buffer.from(ClearSessionsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClearSessionsResponse => ClearSessionsResponse.decode(value),
+  },
 } as const;
 
 export interface SessionStoreServiceServer extends UntypedServiceImplementation {
@@ -2484,6 +2843,22 @@ export interface SessionStoreServiceServer extends UntypedServiceImplementation 
    * between the two attempts.
    */
   revokeSessions: handleUnaryCall<RevokeSessionsRequest, RevokeSessionsResponse>;
+  /**
+   * CountSessions counts the caller's tenant's live sessions, of every subject and of
+   * none (express-session's `store.length`). It reads every session's existence, so its
+   * cost grows with the number of sessions: for tests and admin tools, not per request.
+   *
+   * Failures: UNAVAILABLE; DEADLINE_EXCEEDED. Safe to retry.
+   */
+  countSessions: handleUnaryCall<CountSessionsRequest, CountSessionsResponse>;
+  /**
+   * ClearSessions ends every session of the caller's tenant, of every subject and of none
+   * (express-session's `store.clear`). Sessions created while it runs may survive it.
+   *
+   * Failures: UNAVAILABLE (some sessions may already be ended); DEADLINE_EXCEEDED. Safe to
+   * retry.
+   */
+  clearSessions: handleUnaryCall<ClearSessionsRequest, ClearSessionsResponse>;
 }
 
 export interface SessionStoreServiceClient extends Client {
@@ -2662,6 +3037,50 @@ export interface SessionStoreServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: RevokeSessionsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * CountSessions counts the caller's tenant's live sessions, of every subject and of
+   * none (express-session's `store.length`). It reads every session's existence, so its
+   * cost grows with the number of sessions: for tests and admin tools, not per request.
+   *
+   * Failures: UNAVAILABLE; DEADLINE_EXCEEDED. Safe to retry.
+   */
+  countSessions(
+    request: CountSessionsRequest,
+    callback: (error: ServiceError | null, response: CountSessionsResponse) => void,
+  ): ClientUnaryCall;
+  countSessions(
+    request: CountSessionsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CountSessionsResponse) => void,
+  ): ClientUnaryCall;
+  countSessions(
+    request: CountSessionsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CountSessionsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ClearSessions ends every session of the caller's tenant, of every subject and of none
+   * (express-session's `store.clear`). Sessions created while it runs may survive it.
+   *
+   * Failures: UNAVAILABLE (some sessions may already be ended); DEADLINE_EXCEEDED. Safe to
+   * retry.
+   */
+  clearSessions(
+    request: ClearSessionsRequest,
+    callback: (error: ServiceError | null, response: ClearSessionsResponse) => void,
+  ): ClientUnaryCall;
+  clearSessions(
+    request: ClearSessionsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClearSessionsResponse) => void,
+  ): ClientUnaryCall;
+  clearSessions(
+    request: ClearSessionsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClearSessionsResponse) => void,
   ): ClientUnaryCall;
 }
 

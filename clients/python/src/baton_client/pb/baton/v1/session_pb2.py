@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61ton/v1/session.proto\x12\x08\x62\x61ton.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x03\n\x07Session\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12)\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\x1b.baton.v1.Session.DataEntry\x12\x35\n\nattributes\x18\x04 \x03(\x0b\x32!.baton.v1.Session.AttributesEntry\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_seen_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fidle_expires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13\x61\x62solute_expires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfd\x02\n\x14\x43reateSessionRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x36\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32(.baton.v1.CreateSessionRequest.DataEntry\x12/\n\x0cidle_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10\x61\x62solute_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x42\n\nattributes\x18\x05 \x03(\x0b\x32..baton.v1.CreateSessionRequest.AttributesEntry\x12\x12\n\nsession_id\x18\x06 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x07session\x18\x02 \x01(\x0b\x32\x11.baton.v1.Session\"9\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08no_touch\x18\x02 \x01(\x08\"8\n\x12GetSessionResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.baton.v1.Session\"\xb0\x01\n\x14UpdateSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x34\n\x03set\x18\x02 \x03(\x0b\x32\'.baton.v1.UpdateSessionRequest.SetEntry\x12\x0e\n\x06remove\x18\x03 \x03(\t\x12\x12\n\nif_version\x18\x04 \x01(\x04\x1a*\n\x08SetEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\";\n\x15UpdateSessionResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.baton.v1.Session\"*\n\x14RotateSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"O\n\x15RotateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x07session\x18\x02 \x01(\x0b\x32\x11.baton.v1.Session\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x15\x44\x65leteSessionResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"&\n\x13ListSessionsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\";\n\x14ListSessionsResponse\x12#\n\x08sessions\x18\x01 \x03(\x0b\x32\x11.baton.v1.Session\"P\n\x15RevokeSessionsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07handles\x18\x02 \x03(\t\x12\x15\n\rexcept_handle\x18\x03 \x01(\t\")\n\x16RevokeSessionsResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x04\x32\xca\x04\n\x13SessionStoreService\x12P\n\rCreateSession\x12\x1e.baton.v1.CreateSessionRequest\x1a\x1f.baton.v1.CreateSessionResponse\x12G\n\nGetSession\x12\x1b.baton.v1.GetSessionRequest\x1a\x1c.baton.v1.GetSessionResponse\x12P\n\rUpdateSession\x12\x1e.baton.v1.UpdateSessionRequest\x1a\x1f.baton.v1.UpdateSessionResponse\x12P\n\rRotateSession\x12\x1e.baton.v1.RotateSessionRequest\x1a\x1f.baton.v1.RotateSessionResponse\x12P\n\rDeleteSession\x12\x1e.baton.v1.DeleteSessionRequest\x1a\x1f.baton.v1.DeleteSessionResponse\x12M\n\x0cListSessions\x12\x1d.baton.v1.ListSessionsRequest\x1a\x1e.baton.v1.ListSessionsResponse\x12S\n\x0eRevokeSessions\x12\x1f.baton.v1.RevokeSessionsRequest\x1a .baton.v1.RevokeSessionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x62\x61ton/v1/session.proto\x12\x08\x62\x61ton.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcd\x03\n\x07Session\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12)\n\x04\x64\x61ta\x18\x03 \x03(\x0b\x32\x1b.baton.v1.Session.DataEntry\x12\x35\n\nattributes\x18\x04 \x03(\x0b\x32!.baton.v1.Session.AttributesEntry\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_seen_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fidle_expires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13\x61\x62solute_expires_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfd\x02\n\x14\x43reateSessionRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x36\n\x04\x64\x61ta\x18\x02 \x03(\x0b\x32(.baton.v1.CreateSessionRequest.DataEntry\x12/\n\x0cidle_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10\x61\x62solute_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x42\n\nattributes\x18\x05 \x03(\x0b\x32..baton.v1.CreateSessionRequest.AttributesEntry\x12\x12\n\nsession_id\x18\x06 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x07session\x18\x02 \x01(\x0b\x32\x11.baton.v1.Session\"9\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08no_touch\x18\x02 \x01(\x08\"8\n\x12GetSessionResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.baton.v1.Session\"\x96\x02\n\x14UpdateSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x34\n\x03set\x18\x02 \x03(\x0b\x32\'.baton.v1.UpdateSessionRequest.SetEntry\x12\x0e\n\x06remove\x18\x03 \x03(\t\x12\x12\n\nif_version\x18\x04 \x01(\x04\x12/\n\x0cidle_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x33\n\x10\x61\x62solute_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a*\n\x08SetEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\";\n\x15UpdateSessionResponse\x12\"\n\x07session\x18\x01 \x01(\x0b\x32\x11.baton.v1.Session\"*\n\x14RotateSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"O\n\x15RotateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\"\n\x07session\x18\x02 \x01(\x0b\x32\x11.baton.v1.Session\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x15\x44\x65leteSessionResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"&\n\x13ListSessionsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\";\n\x14ListSessionsResponse\x12#\n\x08sessions\x18\x01 \x03(\x0b\x32\x11.baton.v1.Session\"P\n\x15RevokeSessionsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x0f\n\x07handles\x18\x02 \x03(\t\x12\x15\n\rexcept_handle\x18\x03 \x01(\t\")\n\x16RevokeSessionsResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x04\"\x16\n\x14\x43ountSessionsRequest\"%\n\x15\x43ountSessionsResponse\x12\x0c\n\x04live\x18\x01 \x01(\x04\"\x16\n\x14\x43learSessionsRequest\"(\n\x15\x43learSessionsResponse\x12\x0f\n\x07\x63leared\x18\x01 \x01(\x04\x32\xee\x05\n\x13SessionStoreService\x12P\n\rCreateSession\x12\x1e.baton.v1.CreateSessionRequest\x1a\x1f.baton.v1.CreateSessionResponse\x12G\n\nGetSession\x12\x1b.baton.v1.GetSessionRequest\x1a\x1c.baton.v1.GetSessionResponse\x12P\n\rUpdateSession\x12\x1e.baton.v1.UpdateSessionRequest\x1a\x1f.baton.v1.UpdateSessionResponse\x12P\n\rRotateSession\x12\x1e.baton.v1.RotateSessionRequest\x1a\x1f.baton.v1.RotateSessionResponse\x12P\n\rDeleteSession\x12\x1e.baton.v1.DeleteSessionRequest\x1a\x1f.baton.v1.DeleteSessionResponse\x12M\n\x0cListSessions\x12\x1d.baton.v1.ListSessionsRequest\x1a\x1e.baton.v1.ListSessionsResponse\x12S\n\x0eRevokeSessions\x12\x1f.baton.v1.RevokeSessionsRequest\x1a .baton.v1.RevokeSessionsResponse\x12P\n\rCountSessions\x12\x1e.baton.v1.CountSessionsRequest\x1a\x1f.baton.v1.CountSessionsResponse\x12P\n\rClearSessions\x12\x1e.baton.v1.ClearSessionsRequest\x1a\x1f.baton.v1.ClearSessionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,27 +62,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSESSIONRESPONSE']._serialized_start=1089
   _globals['_GETSESSIONRESPONSE']._serialized_end=1145
   _globals['_UPDATESESSIONREQUEST']._serialized_start=1148
-  _globals['_UPDATESESSIONREQUEST']._serialized_end=1324
-  _globals['_UPDATESESSIONREQUEST_SETENTRY']._serialized_start=1282
-  _globals['_UPDATESESSIONREQUEST_SETENTRY']._serialized_end=1324
-  _globals['_UPDATESESSIONRESPONSE']._serialized_start=1326
-  _globals['_UPDATESESSIONRESPONSE']._serialized_end=1385
-  _globals['_ROTATESESSIONREQUEST']._serialized_start=1387
-  _globals['_ROTATESESSIONREQUEST']._serialized_end=1429
-  _globals['_ROTATESESSIONRESPONSE']._serialized_start=1431
-  _globals['_ROTATESESSIONRESPONSE']._serialized_end=1510
-  _globals['_DELETESESSIONREQUEST']._serialized_start=1512
-  _globals['_DELETESESSIONREQUEST']._serialized_end=1554
-  _globals['_DELETESESSIONRESPONSE']._serialized_start=1556
-  _globals['_DELETESESSIONRESPONSE']._serialized_end=1596
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1598
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1636
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1638
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1697
-  _globals['_REVOKESESSIONSREQUEST']._serialized_start=1699
-  _globals['_REVOKESESSIONSREQUEST']._serialized_end=1779
-  _globals['_REVOKESESSIONSRESPONSE']._serialized_start=1781
-  _globals['_REVOKESESSIONSRESPONSE']._serialized_end=1822
-  _globals['_SESSIONSTORESERVICE']._serialized_start=1825
-  _globals['_SESSIONSTORESERVICE']._serialized_end=2411
+  _globals['_UPDATESESSIONREQUEST']._serialized_end=1426
+  _globals['_UPDATESESSIONREQUEST_SETENTRY']._serialized_start=1384
+  _globals['_UPDATESESSIONREQUEST_SETENTRY']._serialized_end=1426
+  _globals['_UPDATESESSIONRESPONSE']._serialized_start=1428
+  _globals['_UPDATESESSIONRESPONSE']._serialized_end=1487
+  _globals['_ROTATESESSIONREQUEST']._serialized_start=1489
+  _globals['_ROTATESESSIONREQUEST']._serialized_end=1531
+  _globals['_ROTATESESSIONRESPONSE']._serialized_start=1533
+  _globals['_ROTATESESSIONRESPONSE']._serialized_end=1612
+  _globals['_DELETESESSIONREQUEST']._serialized_start=1614
+  _globals['_DELETESESSIONREQUEST']._serialized_end=1656
+  _globals['_DELETESESSIONRESPONSE']._serialized_start=1658
+  _globals['_DELETESESSIONRESPONSE']._serialized_end=1698
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1700
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1738
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1740
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1799
+  _globals['_REVOKESESSIONSREQUEST']._serialized_start=1801
+  _globals['_REVOKESESSIONSREQUEST']._serialized_end=1881
+  _globals['_REVOKESESSIONSRESPONSE']._serialized_start=1883
+  _globals['_REVOKESESSIONSRESPONSE']._serialized_end=1924
+  _globals['_COUNTSESSIONSREQUEST']._serialized_start=1926
+  _globals['_COUNTSESSIONSREQUEST']._serialized_end=1948
+  _globals['_COUNTSESSIONSRESPONSE']._serialized_start=1950
+  _globals['_COUNTSESSIONSRESPONSE']._serialized_end=1987
+  _globals['_CLEARSESSIONSREQUEST']._serialized_start=1989
+  _globals['_CLEARSESSIONSREQUEST']._serialized_end=2011
+  _globals['_CLEARSESSIONSRESPONSE']._serialized_start=2013
+  _globals['_CLEARSESSIONSRESPONSE']._serialized_end=2053
+  _globals['_SESSIONSTORESERVICE']._serialized_start=2056
+  _globals['_SESSIONSTORESERVICE']._serialized_end=2806
 # @@protoc_insertion_point(module_scope)

@@ -99,7 +99,7 @@ class GetSessionResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ...) -> None: ...
 
 class UpdateSessionRequest(_message.Message):
-    __slots__ = ("session_id", "set", "remove", "if_version")
+    __slots__ = ("session_id", "set", "remove", "if_version", "idle_timeout", "absolute_timeout")
     class SetEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,11 +111,15 @@ class UpdateSessionRequest(_message.Message):
     SET_FIELD_NUMBER: _ClassVar[int]
     REMOVE_FIELD_NUMBER: _ClassVar[int]
     IF_VERSION_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    ABSOLUTE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     set: _containers.ScalarMap[str, bytes]
     remove: _containers.RepeatedScalarFieldContainer[str]
     if_version: int
-    def __init__(self, session_id: _Optional[str] = ..., set: _Optional[_Mapping[str, bytes]] = ..., remove: _Optional[_Iterable[str]] = ..., if_version: _Optional[int] = ...) -> None: ...
+    idle_timeout: _duration_pb2.Duration
+    absolute_timeout: _duration_pb2.Duration
+    def __init__(self, session_id: _Optional[str] = ..., set: _Optional[_Mapping[str, bytes]] = ..., remove: _Optional[_Iterable[str]] = ..., if_version: _Optional[int] = ..., idle_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., absolute_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class UpdateSessionResponse(_message.Message):
     __slots__ = ("session",)
@@ -176,3 +180,23 @@ class RevokeSessionsResponse(_message.Message):
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     revoked: int
     def __init__(self, revoked: _Optional[int] = ...) -> None: ...
+
+class CountSessionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CountSessionsResponse(_message.Message):
+    __slots__ = ("live",)
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    live: int
+    def __init__(self, live: _Optional[int] = ...) -> None: ...
+
+class ClearSessionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClearSessionsResponse(_message.Message):
+    __slots__ = ("cleared",)
+    CLEARED_FIELD_NUMBER: _ClassVar[int]
+    cleared: int
+    def __init__(self, cleared: _Optional[int] = ...) -> None: ...

@@ -88,6 +88,16 @@ class SessionStoreServiceStub:
                 request_serializer=baton_dot_v1_dot_session__pb2.RevokeSessionsRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_session__pb2.RevokeSessionsResponse.FromString,
                 _registered_method=True)
+        self.CountSessions = channel.unary_unary(
+                '/baton.v1.SessionStoreService/CountSessions',
+                request_serializer=baton_dot_v1_dot_session__pb2.CountSessionsRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_session__pb2.CountSessionsResponse.FromString,
+                _registered_method=True)
+        self.ClearSessions = channel.unary_unary(
+                '/baton.v1.SessionStoreService/ClearSessions',
+                request_serializer=baton_dot_v1_dot_session__pb2.ClearSessionsRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_session__pb2.ClearSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class SessionStoreServiceServicer:
@@ -211,6 +221,28 @@ class SessionStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountSessions(self, request, context):
+        """CountSessions counts the caller's tenant's live sessions, of every subject and of
+        none (express-session's `store.length`). It reads every session's existence, so its
+        cost grows with the number of sessions: for tests and admin tools, not per request.
+
+        Failures: UNAVAILABLE; DEADLINE_EXCEEDED. Safe to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearSessions(self, request, context):
+        """ClearSessions ends every session of the caller's tenant, of every subject and of none
+        (express-session's `store.clear`). Sessions created while it runs may survive it.
+
+        Failures: UNAVAILABLE (some sessions may already be ended); DEADLINE_EXCEEDED. Safe to
+        retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +280,16 @@ def add_SessionStoreServiceServicer_to_server(servicer, server):
                     servicer.RevokeSessions,
                     request_deserializer=baton_dot_v1_dot_session__pb2.RevokeSessionsRequest.FromString,
                     response_serializer=baton_dot_v1_dot_session__pb2.RevokeSessionsResponse.SerializeToString,
+            ),
+            'CountSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountSessions,
+                    request_deserializer=baton_dot_v1_dot_session__pb2.CountSessionsRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_session__pb2.CountSessionsResponse.SerializeToString,
+            ),
+            'ClearSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearSessions,
+                    request_deserializer=baton_dot_v1_dot_session__pb2.ClearSessionsRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_session__pb2.ClearSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -458,6 +500,60 @@ class SessionStoreService:
             '/baton.v1.SessionStoreService/RevokeSessions',
             baton_dot_v1_dot_session__pb2.RevokeSessionsRequest.SerializeToString,
             baton_dot_v1_dot_session__pb2.RevokeSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.SessionStoreService/CountSessions',
+            baton_dot_v1_dot_session__pb2.CountSessionsRequest.SerializeToString,
+            baton_dot_v1_dot_session__pb2.CountSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.SessionStoreService/ClearSessions',
+            baton_dot_v1_dot_session__pb2.ClearSessionsRequest.SerializeToString,
+            baton_dot_v1_dot_session__pb2.ClearSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
