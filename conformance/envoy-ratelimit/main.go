@@ -1,0 +1,113 @@
+// Command envoy-ratelimit replays envoyproxy/ratelimit's own test cases against a real
+// baton and a real redis-server, as Envoy sends them (make conformance-envoy-ratelimit).
+//
+// The module github.com/envoyproxy/ratelimit is downloaded from the Go module proxy at run
+// time; its files are read from the module cache, never copied into this repository:
+//
+//   - test/integration/integration_test.go with its runtime/ YAML tree (integration.go);
+//   - test/config/*.yaml with the GetLimit cases of config_test.go (configcases.go);
+//   - the behaviours test/service, test/redis and test/limiter check against mocks, and
+//     README examples 7, 9 and 11 (servicecases.go);
+//   - integration-test/scripts/*.sh, upstream's Envoy end-to-end suite, with
+//     examples/envoy/proxy.yaml and examples/ratelimit/config (envoyscripts.go).
+//
+// -mode atomic (baton's default) expects the steps of atomicDifferences to differ and
+// says so by name; -mode upstream starts baton with --envoy-counting upstream, where every
+// step must pass. The exit status is 1 when any other step fails.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+func main() {
+	batonBin := flag.String("baton", os.Getenv("BATON_BIN"), "baton binary (default $BATON_BIN)")
+	redisBin := flag.String("redis-server", "redis-server", "redis-server binary")
+	mode := flag.String("mode", "atomic", "atomic (baton's default counting) or upstream (--envoy-counting upstream)")
+	fallback := flag.Bool("toml-fallback", false, "if baton lacks --envoy-config-dir, translate the YAML into its TOML (measures the engine, not the YAML reader)")
+	verbose := flag.Bool("v", false, "print every step")
+	keep := flag.Bool("keep", false, "keep the work directory (configs and baton logs)")
+	flag.Parse()
+	if *mode != "atomic" && *mode != "upstream" {
+		fmt.Fprintln(os.Stderr, "-mode must be atomic or upstream")
+		os.Exit(2)
+	}
+	if *batonBin == "" {
+		fmt.Fprintln(os.Stderr, "no baton binary: pass -baton or set BATON_BIN")
+		os.Exit(2)
+	}
+	if code := conform(*batonBin, *redisBin, *mode, *fallback, *verbose, *keep); code != 0 {
+		os.Exit(code)
+	}
+}
+
+func conform(batonBin, redisBin, mode string, fallback, verbose, keep bool) int {
+	absBaton, err := filepath.Abs(batonBin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	help, err := exec.Command(absBaton, "--help").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s --help: %v\n", absBaton, err)
+		return 2
+	}
+	upstream, err := downloadUpstream()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	workDir, err := os.MkdirTemp("", "envoy-ratelimit-conformance-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	if keep {
+		fmt.Printf("work directory: %s\n", workDir)
+	} else {
+		defer os.RemoveAll(workDir)
+	}
+	redis, err := startRedis(redisBin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer redis.stop()
+
+	e := &env{batonBin: absBaton, redis: redis, mode: mode, upstream: upstream, workDir: workDir, help: string(help), fallback: fallback}
+	r := &run{env: e, verbose: verbose}
+	fmt.Printf("envoyproxy/ratelimit %s conformance, mode %s, baton %s\n", upstreamVersion, mode, absBaton)
+	if !e.hasFlag("--envoy-config-dir") && fallback {
+		fmt.Println("note: baton has no --envoy-config-dir; the YAML files are translated into its TOML")
+	}
+	for _, part := range []func(*run) error{runIntegration, runConfigCases, runServiceCases, runEnvoyScripts} {
+		if err := part(r); err != nil {
+			fmt.Fprintln(os.Stderr, "harness error:", err)
+			return 2
+		}
+	}
+	for _, note := range e.notes {
+		fmt.Println("note:", note)
+	}
+	passed, differences, failed, skipped := r.summary()
+	total := passed + differences + failed
+	fmt.Printf("\nenvoy-ratelimit (%s): %d/%d steps pass", mode, passed, total)
+	if differences > 0 {
+		fmt.Printf(", %d documented atomic-evaluation differences", differences)
+	}
+	if failed > 0 {
+		fmt.Printf(", %d FAIL", failed)
+	}
+	if skipped > 0 {
+		fmt.Printf(", %d not run", skipped)
+	}
+	fmt.Println()
+	if failed > 0 {
+		return 1
+	}
+	return 0
+}
