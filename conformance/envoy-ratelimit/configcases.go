@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"path/filepath"
+	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -69,9 +70,18 @@ func runConfigCases(r *run) error {
 	s.expect("override 10/day on key1=value1,subkey1=something",
 		withOverride(one(kv("key1", "value1"), kv("subkey1", "something")), 0, 10, typev3.RateLimitUnit_DAY),
 		response(ok, limited(ok, 10, day, 9)))
-	s.expect("override 42/hour on the same descriptor",
+	// Upstream's counter key holds the window start but not the unit, so in the first
+	// hour of a UTC day the hour's counter is the day's (limiter/cache_key.go): 40 left
+	// then, 41 otherwise. Either is upstream's answer.
+	s.step("override 42/hour on the same descriptor",
 		withOverride(one(kv("key1", "value1"), kv("subkey1", "something")), 0, 42, typev3.RateLimitUnit_HOUR),
-		response(ok, limited(ok, 42, hour, 41)))
+		func(got *rlsv3.RateLimitResponse) error {
+			fresh := equalAsUpstream(response(ok, limited(ok, 42, hour, 41)), got)
+			if fresh != nil && equalAsUpstream(response(ok, limited(ok, 42, hour, 40)), got) == nil {
+				return nil
+			}
+			return fresh
+		})
 	s.expect("override 42/hour on subkey1=something_else counts apart",
 		withOverride(one(kv("key1", "value1"), kv("subkey1", "something_else")), 0, 42, typev3.RateLimitUnit_HOUR),
 		response(ok, limited(ok, 42, hour, 41)))
@@ -134,6 +144,9 @@ func runConfigCases(r *run) error {
 // exhaust sends limit requests, each within the limit, then one more, which a shadow rule
 // answers OK (remaining 0) and any other OVER_LIMIT; the step passes only if all agree.
 func (s *scenario) exhaust(name string, req *rlsv3.RateLimitRequest, limit uint32, unit rlsv3.RateLimitResponse_RateLimit_Unit, shadow bool) {
+	if unit == second {
+		avoidBoundary(time.Second, 300*time.Millisecond)
+	}
 	s.step(name, req, func(got *rlsv3.RateLimitResponse) error {
 		// got is the first answer; the rest follow here.
 		for i := uint32(1); ; i++ {

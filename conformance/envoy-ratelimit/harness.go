@@ -57,7 +57,13 @@ type child struct {
 }
 
 func startChild(name string, args []string, logPath string) (*child, error) {
+	return startChildEnv(name, args, nil, logPath)
+}
+
+// startChildEnv starts name with environ (nil: the harness's own environment).
+func startChildEnv(name string, args, environ []string, logPath string) (*child, error) {
 	cmd := exec.Command(name, args...)
+	cmd.Env = environ
 	output := &bytes.Buffer{}
 	var sink io.Writer = output
 	if logPath != "" {
@@ -169,7 +175,10 @@ type env struct {
 	logSerial int
 	// fallback translates the YAML into baton's TOML when baton cannot read it.
 	fallback bool
-	notes    []string
+	// reference, when set, is upstream's own ratelimit binary, run instead of baton to
+	// check the harness's expectations against the implementation they come from.
+	reference string
+	notes     []string
 }
 
 func (e *env) note(text string) {
@@ -234,6 +243,57 @@ func (e *env) headersFlag() string {
 	return ""
 }
 
+// referenceEnv configures upstream's own server as its integration tests and
+// docker-compose do: rules from the directory itself (RUNTIME_WATCH_ROOT=false), Redis over
+// TCP, no statsd.
+func (e *env) referenceEnv(opts batonOptions, port int) ([]string, error) {
+	httpPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	debugPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	environ := append(os.Environ(),
+		"USE_STATSD=false", "LOG_LEVEL=warn", "BACKEND_TYPE=redis",
+		"REDIS_SOCKET_TYPE=tcp", fmt.Sprintf("REDIS_URL=127.0.0.1:%d", e.redis.port),
+		"RUNTIME_ROOT="+filepath.Dir(opts.configDir), "RUNTIME_SUBDIRECTORY=",
+		"RUNTIME_APPDIRECTORY="+filepath.Base(opts.configDir), "RUNTIME_WATCH_ROOT=false",
+		"HOST=127.0.0.1", fmt.Sprintf("PORT=%d", httpPort),
+		"DEBUG_HOST=127.0.0.1", fmt.Sprintf("DEBUG_PORT=%d", debugPort),
+		"GRPC_HOST=127.0.0.1", fmt.Sprintf("GRPC_PORT=%d", port),
+	)
+	if opts.headers {
+		environ = append(environ, "LIMIT_RESPONSE_HEADERS_ENABLED=true")
+	}
+	return environ, nil
+}
+
+// startServer starts baton (or the reference server) on port with opts.
+func (e *env) startServer(name string, opts batonOptions, port int) (*child, string, error) {
+	e.logSerial++
+	logPath := filepath.Join(e.workDir, fmt.Sprintf("server-%s-%02d-%s.log", e.mode, e.logSerial, sanitize(name)))
+	if e.reference != "" {
+		environ, err := e.referenceEnv(opts, port)
+		if err != nil {
+			return nil, "", err
+		}
+		c, err := startChildEnv(e.reference, nil, environ, logPath)
+		return c, e.reference, err
+	}
+	metricsPort, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	args, err := e.batonArgs(opts, port, metricsPort)
+	if err != nil {
+		return nil, "", err
+	}
+	c, err := startChild(e.batonBin, args, logPath)
+	return c, e.batonBin + " " + strings.Join(args, " "), err
+}
+
 // startBaton starts a baton for one scenario; a baton that exits before it listens is an
 // error whose text carries its output.
 func (e *env) startBaton(name string, opts batonOptions) (*baton, error) {
@@ -244,23 +304,13 @@ func (e *env) startBaton(name string, opts batonOptions) (*baton, error) {
 	if err != nil {
 		return nil, err
 	}
-	metricsPort, err := freePort()
+	c, command, err := e.startServer(name, opts, port)
 	if err != nil {
 		return nil, err
-	}
-	args, err := e.batonArgs(opts, port, metricsPort)
-	if err != nil {
-		return nil, err
-	}
-	e.logSerial++
-	logPath := filepath.Join(e.workDir, fmt.Sprintf("baton-%s-%02d-%s.log", e.mode, e.logSerial, sanitize(name)))
-	c, err := startChild(e.batonBin, args, logPath)
-	if err != nil {
-		return nil, fmt.Errorf("start baton: %w", err)
 	}
 	if err := waitForPort(port, c.exited, 20*time.Second); err != nil {
 		c.stop()
-		return nil, fmt.Errorf("baton %s: %w\n%s", strings.Join(args, " "), err, lastLines(c.output.String(), 15))
+		return nil, fmt.Errorf("%s: %w\n%s", command, err, lastLines(c.output.String(), 15))
 	}
 	conn, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", port), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -289,17 +339,7 @@ func (e *env) refusesToStart(name string, opts batonOptions, probe *rlsv3.RateLi
 	if err != nil {
 		return false, err.Error()
 	}
-	metricsPort, err := freePort()
-	if err != nil {
-		return false, err.Error()
-	}
-	args, err := e.batonArgs(opts, port, metricsPort)
-	if err != nil {
-		return false, err.Error()
-	}
-	e.logSerial++
-	logPath := filepath.Join(e.workDir, fmt.Sprintf("baton-%s-%02d-%s.log", e.mode, e.logSerial, sanitize(name)))
-	c, err := startChild(e.batonBin, args, logPath)
+	c, _, err := e.startServer(name, opts, port)
 	if err != nil {
 		return false, err.Error()
 	}

@@ -25,34 +25,66 @@ import (
 )
 
 func main() {
+	os.Exit(exitCode())
+}
+
+// exitCode parses the flags and runs the suite: 0 all pass, 1 a step failed, 2 the
+// harness could not run.
+func exitCode() int {
 	batonBin := flag.String("baton", os.Getenv("BATON_BIN"), "baton binary (default $BATON_BIN)")
 	redisBin := flag.String("redis-server", "redis-server", "redis-server binary")
 	mode := flag.String("mode", "atomic", "atomic (baton's default counting) or upstream (--envoy-counting upstream)")
 	fallback := flag.Bool("toml-fallback", false, "if baton lacks --envoy-config-dir, translate the YAML into its TOML (measures the engine, not the YAML reader)")
+	reference := flag.String("reference", "", "run upstream's own ratelimit binary (built from the module's src/service_cmd) instead of baton, to check the expectations; use with -mode upstream")
+	checkReference := flag.Bool("check-reference", false, "build upstream's own server from the module and run every step against it in upstream mode (checks the harness, not baton)")
 	verbose := flag.Bool("v", false, "print every step")
 	keep := flag.Bool("keep", false, "keep the work directory (configs and baton logs)")
 	flag.Parse()
 	if *mode != "atomic" && *mode != "upstream" {
 		fmt.Fprintln(os.Stderr, "-mode must be atomic or upstream")
-		os.Exit(2)
+		return 2
+	}
+	if *checkReference {
+		upstream, err := downloadUpstream()
+		var dir string
+		if err == nil {
+			dir, err = os.MkdirTemp("", "envoy-ratelimit-reference-")
+		}
+		if err == nil {
+			defer os.RemoveAll(dir)
+			*reference, err = buildReference(upstream, dir)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		*mode = "upstream"
+	}
+	if *reference != "" && *batonBin == "" {
+		*batonBin = *reference
 	}
 	if *batonBin == "" {
 		fmt.Fprintln(os.Stderr, "no baton binary: pass -baton or set BATON_BIN")
-		os.Exit(2)
+		return 2
 	}
-	if code := conform(*batonBin, *redisBin, *mode, *fallback, *verbose, *keep); code != 0 {
-		os.Exit(code)
-	}
+	return conform(*batonBin, *redisBin, *mode, *fallback, *reference, *verbose, *keep)
 }
 
-func conform(batonBin, redisBin, mode string, fallback, verbose, keep bool) int {
+func conform(batonBin, redisBin, mode string, fallback bool, reference string, verbose, keep bool) int {
 	absBaton, err := filepath.Abs(batonBin)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	help, err := exec.Command(absBaton, "--help").CombinedOutput()
-	if err != nil {
+	var help []byte
+	if reference != "" {
+		if reference, err = filepath.Abs(reference); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		// The reference server reads the YAML directory and counts as upstream does.
+		help = []byte("--envoy-config-dir \n--envoy-counting \n--envoy-response-headers \n")
+	} else if help, err = exec.Command(absBaton, "--help").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "%s --help: %v\n", absBaton, err)
 		return 2
 	}
@@ -78,9 +110,13 @@ func conform(batonBin, redisBin, mode string, fallback, verbose, keep bool) int 
 	}
 	defer redis.stop()
 
-	e := &env{batonBin: absBaton, redis: redis, mode: mode, upstream: upstream, workDir: workDir, help: string(help), fallback: fallback}
+	e := &env{batonBin: absBaton, redis: redis, mode: mode, upstream: upstream, workDir: workDir, help: string(help), fallback: fallback, reference: reference}
 	r := &run{env: e, verbose: verbose}
-	fmt.Printf("envoyproxy/ratelimit %s conformance, mode %s, baton %s\n", upstreamVersion, mode, absBaton)
+	server := "baton " + absBaton
+	if reference != "" {
+		server = "upstream's own server " + reference
+	}
+	fmt.Printf("envoyproxy/ratelimit %s conformance, mode %s, %s\n", upstreamVersion, mode, server)
 	if !e.hasFlag("--envoy-config-dir") && fallback {
 		fmt.Println("note: baton has no --envoy-config-dir; the YAML files are translated into its TOML")
 	}
@@ -95,7 +131,11 @@ func conform(batonBin, redisBin, mode string, fallback, verbose, keep bool) int 
 	}
 	passed, differences, failed, skipped := r.summary()
 	total := passed + differences + failed
-	fmt.Printf("\nenvoy-ratelimit (%s): %d/%d steps pass", mode, passed, total)
+	label := mode
+	if reference != "" {
+		label = "upstream's own server, checking the expectations"
+	}
+	fmt.Printf("\nenvoy-ratelimit (%s): %d/%d steps pass", label, passed, total)
 	if differences > 0 {
 		fmt.Printf(", %d documented atomic-evaluation differences", differences)
 	}

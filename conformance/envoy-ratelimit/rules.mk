@@ -4,9 +4,11 @@
 # conformance/envoy-ratelimit/upstream.go); its test YAML, integration tests, README examples
 # and Envoy end-to-end scripts are read from the module cache and replayed as Envoy sends them.
 #
-#   make conformance-envoy-ratelimit   both modes, each printing its pass count:
-#     atomic    baton's default; upstream's counting differences must show, listed by name
-#     upstream  baton --envoy-counting upstream; every step must pass
+#   make conformance-envoy-ratelimit   three runs, each printing its pass count:
+#     reference  upstream's own server, built from the module, must pass every step
+#                (checks that the harness expects what upstream answers)
+#     atomic     baton's default; upstream's counting differences must show, listed by name
+#     upstream   baton --envoy-counting upstream; every step must pass
 
 CONFORMANCE_SUITES += conformance-envoy-ratelimit
 ENVOY_CONFORMANCE := conformance/envoy-ratelimit
@@ -17,6 +19,7 @@ conformance-envoy-ratelimit: redis-server $(BATON_BIN)
 	mkdir -p target
 	cd $(ENVOY_CONFORMANCE) && $(GO) build -o $(CURDIR)/target/envoy-ratelimit-conformance .
 	status=0; \
+	target/envoy-ratelimit-conformance -check-reference || status=1; \
 	for mode in atomic upstream; do \
 		target/envoy-ratelimit-conformance -baton $(abspath $(BATON_BIN)) -mode $$mode || status=1; \
 	done; \

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 )
 
 // upstreamModule is envoyproxy/ratelimit as the Go module proxy serves it. The project
@@ -34,4 +35,19 @@ func downloadUpstream() (string, error) {
 		return "", fmt.Errorf("go mod download %s@%s: %s", upstreamModule, upstreamVersion, info.Error)
 	}
 	return info.Dir, nil
+}
+
+// buildReference compiles upstream's own server (src/service_cmd) from the module cache
+// into dir, so the harness's expectations can be checked against the implementation they
+// were taken from.
+func buildReference(upstream, dir string) (string, error) {
+	binary := filepath.Join(dir, "ratelimit-upstream")
+	cmd := exec.Command("go", "build", "-o", binary, "./src/service_cmd")
+	cmd.Dir = upstream
+	cmd.Stdout = os.Stderr
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("building upstream's server: %w", err)
+	}
+	return binary, nil
 }
