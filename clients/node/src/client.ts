@@ -148,7 +148,10 @@ export class BatonClient {
     return this.sessions.get(sessionId, options);
   }
 
-  /** Merges `set` into the data and removes `remove`, atomically; never revives an ended session. */
+  /**
+   * Merges `set` into the data and removes `remove`, atomically, and applies new timeouts
+   * (`idleTimeoutMs`, `absoluteTimeoutMs`) when given; never revives an ended session.
+   */
   updateSession(sessionId: string, update: SessionUpdate): Promise<Session> {
     return this.sessions.update(sessionId, update);
   }
@@ -175,6 +178,24 @@ export class BatonClient {
    */
   revokeSessions(subject: string, options?: { handles?: string[]; exceptHandle?: string; signal?: AbortSignal }): Promise<number> {
     return this.sessions.revoke(subject, options);
+  }
+
+  /**
+   * How many sessions of this client's tenant are live, of every subject. It reads every
+   * session, so its cost grows with their number: for tests and admin tools, not per request.
+   * Retried on UNAVAILABLE.
+   */
+  countSessions(signal?: AbortSignal): Promise<number> {
+    return this.sessions.count(signal);
+  }
+
+  /**
+   * Ends every session of this client's tenant, of every subject and of every framework
+   * sharing the tenant; resolves with how many ended. Sessions created meanwhile may survive
+   * it. Retried on UNAVAILABLE (a retry ends what the first attempt left).
+   */
+  clearSessions(signal?: AbortSignal): Promise<number> {
+    return this.sessions.clear(signal);
   }
 
   /** Adds a job to `queue`; retried on UNAVAILABLE only with a `dedupKey`. */

@@ -1,7 +1,10 @@
-// Sessions: create, get, update, rotate, delete, list and revoke ("log out everywhere").
+// Sessions: create, get, update, rotate, delete, list and revoke ("log out everywhere"); count
+// and clear for a whole tenant.
 
 import { msToDuration } from "./connection.js";
 import {
+  ClearSessionsRequest,
+  CountSessionsRequest,
   CreateSessionRequest,
   DeleteSessionRequest,
   GetSessionRequest,
@@ -52,6 +55,18 @@ export interface SessionUpdate {
   remove?: string[];
   /** Apply only at exactly this version, else AbortedError (reason VERSION_MISMATCH). */
   ifVersion?: bigint;
+  /**
+   * The session's new idle timeout: its idle deadline moves to now + this (earlier or later),
+   * capped at its absolute deadline, and later touches slide it by this much. Unset keeps the
+   * current one. Same range as at creation (100 ms up to the server's `limits.max_ttl`).
+   */
+  idleTimeoutMs?: number;
+  /**
+   * The session's new absolute timeout, counted from its `createdAt`: it may lengthen or
+   * shorten the session; a deadline already past ends it (NotFoundError). Unset keeps the
+   * current one.
+   */
+  absoluteTimeoutMs?: number;
   signal?: AbortSignal;
 }
 
@@ -109,6 +124,8 @@ export class SessionHelpers {
       set: Object.fromEntries(Object.entries(update.set ?? {}).map(([key, value]) => [key, Buffer.from(value)])),
       remove: update.remove ?? [],
       ifVersion: update.ifVersion ?? 0n,
+      idleTimeout: update.idleTimeoutMs === undefined ? undefined : msToDuration(update.idleTimeoutMs),
+      absoluteTimeout: update.absoluteTimeoutMs === undefined ? undefined : msToDuration(update.absoluteTimeoutMs),
     });
     const response = await once(() => unary(this.stub.updateSession.bind(this.stub), request, {}, update.signal));
     return sessionOf(response.session);
@@ -152,5 +169,22 @@ export class SessionHelpers {
     const response = await once(() => unary(this.stub.revokeSessions.bind(this.stub), request, {}, options.signal));
     return Number(response.revoked);
   }
-}
 
+  async count(signal?: AbortSignal): Promise<number> {
+    const response = await retryUnavailable(
+      () => unary(this.stub.countSessions.bind(this.stub), CountSessionsRequest.fromPartial({}), { waitForReady: true }, signal),
+      this.defaultTimeoutMs,
+      signal,
+    );
+    return Number(response.live);
+  }
+
+  async clear(signal?: AbortSignal): Promise<number> {
+    const response = await retryUnavailable(
+      () => unary(this.stub.clearSessions.bind(this.stub), ClearSessionsRequest.fromPartial({}), { waitForReady: true }, signal),
+      this.defaultTimeoutMs,
+      signal,
+    );
+    return Number(response.cleared);
+  }
+}
