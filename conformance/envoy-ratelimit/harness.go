@@ -260,6 +260,8 @@ func (e *env) referenceEnv(opts batonOptions, port int) ([]string, error) {
 		"REDIS_SOCKET_TYPE=tcp", fmt.Sprintf("REDIS_URL=127.0.0.1:%d", e.redis.port),
 		"RUNTIME_ROOT="+filepath.Dir(opts.configDir), "RUNTIME_SUBDIRECTORY=",
 		"RUNTIME_APPDIRECTORY="+filepath.Base(opts.configDir), "RUNTIME_WATCH_ROOT=false",
+		// As Kubernetes deployments of upstream set it, for ConfigMap volumes' ..data.
+		"RUNTIME_IGNOREDOTFILES=true",
 		"HOST=127.0.0.1", fmt.Sprintf("PORT=%d", httpPort),
 		"DEBUG_HOST=127.0.0.1", fmt.Sprintf("DEBUG_PORT=%d", debugPort),
 		"GRPC_HOST=127.0.0.1", fmt.Sprintf("GRPC_PORT=%d", port),

@@ -240,6 +240,39 @@ func testConfigReload(s *scenario, dir, reloadYAML string) {
 		return
 	}
 	s.check("removing reload.yaml reloads the rules", "remove config/reload.yaml", waitFor(false))
+
+	// service.SetConfig: a reload that fails (RateLimitConfigError) keeps the rules in
+	// force. Upstream's test stops above; this is its code's behaviour, and what a
+	// half-written file needs. The old rules must hold for a while (there is no signal of
+	// the failed attempt to wait for), then fixing the file loads it.
+	another := withDescriptorHits(request("another", [][][2]string{{{"key2", "reload-probe"}}}, 1), 0)
+	if s.baton == nil {
+		s.check("a file upstream rejects keeps the rules in force", "write config/broken.yaml", "")
+		s.check("fixing the rejected file loads it", "rewrite config/broken.yaml", "")
+		return
+	}
+	broken := filepath.Join(dir, "broken.yaml")
+	if err := os.WriteFile(broken, []byte("domain: broken\ndescriptors:\n  - key: k\n    ratelimit:\n      unit: second\n"), 0o644); err != nil {
+		s.check("a file upstream rejects keeps the rules in force", "write config/broken.yaml", err.Error())
+		return
+	}
+	failure := ""
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline) && failure == ""; time.Sleep(100 * time.Millisecond) {
+		got, err := s.baton.shouldRateLimit(another)
+		switch {
+		case err != nil:
+			failure = "after broken.yaml appeared: " + err.Error()
+		case statusAt(got, 0).GetCurrentLimit() == nil:
+			failure = "after broken.yaml (misspelled rate_limit) appeared, domain another lost its rules: " + formatResponse(got)
+		}
+	}
+	s.check("a file upstream rejects keeps the rules in force", "write config/broken.yaml (misspelled key), then ask domain another for 2 s", failure)
+
+	if err := os.WriteFile(broken, data, 0o644); err != nil {
+		s.check("fixing the rejected file loads it", "rewrite config/broken.yaml", err.Error())
+		return
+	}
+	s.check("fixing the rejected file loads it", "rewrite config/broken.yaml with reload.yaml's rules", waitFor(true))
 }
 
 // testShareThreshold replays upstream's function of that name.
@@ -267,4 +300,82 @@ func testShareThreshold(s *scenario) {
 			request(domain, [][][2]string{{{"files_no_share", unique}}}, 1),
 			response(ok, limited(ok, 10, hour, 9)))
 	}
+}
+
+// runConfigMapReload replays upstream's reload case in the layout a Kubernetes ConfigMap
+// volume has, the usual way rules reach a pod: the files are symlinks into a hidden
+// timestamped directory reached through the `..data` symlink, and an update swaps `..data`
+// atomically (kubelet's AtomicWriter). Not one of upstream's tests; upstream handles it
+// with RUNTIME_IGNOREDOTFILES=true (the reference server runs so), else it loads the
+// hidden copies too and rejects the duplicate domains.
+func runConfigMapReload(r *run) error {
+	files, err := runtimeConfigFiles(r.env.upstream)
+	if err != nil {
+		return err
+	}
+	dir, err := r.env.configDir("configmap")
+	if err != nil {
+		return err
+	}
+	publish := func(version string, sources []string) error {
+		hidden := filepath.Join(dir, version)
+		if err := os.Mkdir(hidden, 0o755); err != nil {
+			return err
+		}
+		for _, source := range sources {
+			data, err := os.ReadFile(source)
+			if err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(hidden, filepath.Base(source)), data, 0o644); err != nil {
+				return err
+			}
+		}
+		if err := os.Symlink(version, filepath.Join(dir, "..data_tmp")); err != nil {
+			return err
+		}
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			return err
+		}
+		for _, source := range sources {
+			link := filepath.Join(dir, filepath.Base(source))
+			if _, err := os.Lstat(link); err == nil {
+				continue
+			}
+			if err := os.Symlink(filepath.Join("..data", filepath.Base(source)), link); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := publish("..2026_01_01_00_00_00.000000001", files); err != nil {
+		return err
+	}
+	s := r.scenario("ConfigMap volume", "reload", batonOptions{configDir: dir})
+	defer s.close()
+	s.expect("rules read through the ..data symlink",
+		request("basic", [][][2]string{{{"key1", "configmap"}}}, 1),
+		response(ok, limited(ok, 50, second, 49)))
+	if s.baton == nil {
+		s.check("an atomic ..data swap adding reload.yaml is loaded", "swap ..data", "")
+		return nil
+	}
+	if err := publish("..2026_01_01_00_00_01.000000002", append(files, filepath.Join(runtimeDir(r.env.upstream), "reload.yaml"))); err != nil {
+		return err
+	}
+	probe := withDescriptorHits(request("reload", [][][2]string{{{"key1", "probe"}}}, 1), 0)
+	failure := "rules of domain reload still absent after 30 s"
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		got, err := s.baton.shouldRateLimit(probe)
+		if err != nil {
+			failure = err.Error()
+			break
+		}
+		if statusAt(got, 0).GetCurrentLimit() != nil {
+			failure = ""
+			break
+		}
+	}
+	s.check("an atomic ..data swap adding reload.yaml is loaded", "publish a new version with reload.yaml, swap ..data, link reload.yaml", failure)
+	return nil
 }

@@ -120,7 +120,7 @@ func conform(batonBin, redisBin, mode string, fallback bool, reference string, v
 	if !e.hasFlag("--envoy-config-dir") && fallback {
 		fmt.Println("note: baton has no --envoy-config-dir; the YAML files are translated into its TOML")
 	}
-	for _, part := range []func(*run) error{runIntegration, runConfigCases, runServiceCases, runEnvoyScripts} {
+	for _, part := range []func(*run) error{runIntegration, runConfigMapReload, runConfigCases, runServiceCases, runEnvoyScripts} {
 		if err := part(r); err != nil {
 			fmt.Fprintln(os.Stderr, "harness error:", err)
 			return 2
