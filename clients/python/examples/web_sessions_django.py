@@ -32,7 +32,7 @@ settings.configure(
     MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware"],
     SESSION_ENGINE="baton_client.django_sessions",
     BATON_TARGET=os.environ.get("BATON_TARGET", "localhost:50051"),
-    BATON_SESSION_IDLE_TIMEOUT=30 * 60,
+    SESSION_COOKIE_AGE=30 * 60,  # Django decides how long a session lives, in Baton too
 )
 
 

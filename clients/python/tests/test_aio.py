@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 
 import pytest
 from conftest import unique
@@ -158,6 +159,33 @@ async def test_sessions_round_trip(async_client: baton_client.AsyncClient) -> No
     session_id, _ = await async_client.create_session(subject, {"theme": b"dark"})
     assert (await async_client.get_session(session_id)).data == {"theme": b"dark"}
     assert await async_client.revoke_sessions(subject) == 1
+    with pytest.raises(baton_client.NotFound):
+        await async_client.get_session(session_id, touch=False)
+
+
+async def test_session_timeouts_change_on_update_and_count_and_clear_see_them(
+    async_client: baton_client.AsyncClient,
+) -> None:
+    session_id, created = await async_client.create_session(
+        unique("user"), idle_timeout=600, absolute_timeout=7200
+    )
+    other_id, _ = await async_client.create_session("")
+    assert await async_client.count_sessions() == 2
+
+    updated = await async_client.update_session(
+        session_id, set={"remember": b"yes"}, idle_timeout=3600, absolute_timeout=5400
+    )
+    assert updated.idle_expires_at - updated.last_seen_at == datetime.timedelta(hours=1)
+    assert updated.absolute_expires_at - created.created_at == datetime.timedelta(hours=1.5)
+
+    await async_client.update_session(other_id, idle_timeout=0.2)
+    deadline = asyncio.get_running_loop().time() + 10
+    while await async_client.count_sessions() != 1:
+        assert asyncio.get_running_loop().time() < deadline, "the shortened session never ended"
+        await asyncio.sleep(0.02)
+
+    assert await async_client.clear_sessions() == 1
+    assert await async_client.count_sessions() == 0
     with pytest.raises(baton_client.NotFound):
         await async_client.get_session(session_id, touch=False)
 

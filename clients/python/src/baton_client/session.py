@@ -1,5 +1,6 @@
 """Sessions: ``create_session``, ``get_session``, ``update_session``, ``rotate_session``,
-``delete_session``, ``list_sessions`` and ``revoke_sessions`` ("log out everywhere")."""
+``delete_session``, ``list_sessions``, ``revoke_sessions`` ("log out everywhere"), and the
+tenant-wide ``count_sessions`` and ``clear_sessions``."""
 
 from __future__ import annotations
 
@@ -69,11 +70,23 @@ def _create_request(
 
 
 def _update_request(
-    session_id: str, set: Mapping[str, bytes] | None, remove: Iterable[str], if_version: int
+    session_id: str,
+    set: Mapping[str, bytes] | None,
+    remove: Iterable[str],
+    if_version: int,
+    idle_timeout: Seconds | None,
+    absolute_timeout: Seconds | None,
 ) -> session_pb2.UpdateSessionRequest:
-    return session_pb2.UpdateSessionRequest(
+    request = session_pb2.UpdateSessionRequest(
         session_id=session_id, set=dict(set or {}), remove=list(remove), if_version=if_version
     )
+    # None leaves the field unset (keep the session's timeout); the server also reads a
+    # zero duration as unset, and answers INVALID_ARGUMENT for a negative one.
+    if idle_timeout is not None:
+        request.idle_timeout.CopyFrom(duration(idle_timeout))
+    if absolute_timeout is not None:
+        request.absolute_timeout.CopyFrom(duration(absolute_timeout))
+    return request
 
 
 class Sessions:
@@ -122,11 +135,22 @@ class Sessions:
         set: Mapping[str, bytes] | None = None,
         remove: Iterable[str] = (),
         if_version: int = 0,
+        idle_timeout: Seconds | None = None,
+        absolute_timeout: Seconds | None = None,
     ) -> Session:
         """Merges ``set`` into the session's data and removes ``remove``, atomically;
         ``if_version`` makes it conditional (else :class:`Aborted`). Raises
-        :class:`NotFound` once the session has ended: an update never brings one back."""
-        request = _update_request(session_id, set, remove, if_version)
+        :class:`NotFound` once the session has ended: an update never brings one back.
+
+        ``idle_timeout`` replaces the session's idle timeout and moves its idle deadline to
+        now + ``idle_timeout``, earlier or later (never past the absolute deadline).
+        ``absolute_timeout`` replaces its absolute timeout, counted from its creation; when
+        that deadline has already passed the session ends and this raises
+        :class:`NotFound`. ``None`` (or 0) keeps the current timeout. Both are how a framework
+        that decides a session's lifetime per request (Django's ``set_expiry``) applies it."""
+        request = _update_request(
+            session_id, set, remove, if_version, idle_timeout, absolute_timeout
+        )
         return _session(_retry.once(lambda: self._sessions.UpdateSession(request)).session)
 
     def rotate_session(self, session_id: str) -> tuple[str, Session]:
@@ -159,6 +183,22 @@ class Sessions:
             subject=subject, handles=list(handles), except_handle=except_handle
         )
         return _retry.once(lambda: self._sessions.RevokeSessions(request)).revoked
+
+    def count_sessions(self) -> int:
+        """How many sessions of the caller's tenant are live, of every subject and of none.
+        Its cost grows with the number of sessions: for tests and admin tools, not per
+        request. Retried on UNAVAILABLE."""
+        request = session_pb2.CountSessionsRequest()
+        response = _retry.call(lambda: self._sessions.CountSessions(request), self._default_timeout)
+        return response.live
+
+    def clear_sessions(self) -> int:
+        """Ends every session of the caller's tenant, of every subject and of none; returns
+        how many it ended. Sessions created while it runs may survive it. Retried on
+        UNAVAILABLE: ending sessions twice is harmless."""
+        request = session_pb2.ClearSessionsRequest()
+        response = _retry.call(lambda: self._sessions.ClearSessions(request), self._default_timeout)
+        return response.cleared
 
 
 class AsyncSessions:
@@ -200,9 +240,13 @@ class AsyncSessions:
         set: Mapping[str, bytes] | None = None,
         remove: Iterable[str] = (),
         if_version: int = 0,
+        idle_timeout: Seconds | None = None,
+        absolute_timeout: Seconds | None = None,
     ) -> Session:
         """See :meth:`Sessions.update_session`."""
-        request = _update_request(session_id, set, remove, if_version)
+        request = _update_request(
+            session_id, set, remove, if_version, idle_timeout, absolute_timeout
+        )
         response = await _retry.aonce(lambda: self._sessions.UpdateSession(request))  # type: ignore[arg-type,return-value]
         return _session(response.session)
 
@@ -239,3 +283,21 @@ class AsyncSessions:
         )
         response = await _retry.aonce(lambda: self._sessions.RevokeSessions(request))  # type: ignore[arg-type,return-value]
         return response.revoked
+
+    async def count_sessions(self) -> int:
+        """See :meth:`Sessions.count_sessions`."""
+        request = session_pb2.CountSessionsRequest()
+        response = await _retry.acall(
+            lambda: self._sessions.CountSessions(request),  # type: ignore[arg-type,return-value]
+            self._default_timeout,
+        )
+        return response.live
+
+    async def clear_sessions(self) -> int:
+        """See :meth:`Sessions.clear_sessions`."""
+        request = session_pb2.ClearSessionsRequest()
+        response = await _retry.acall(
+            lambda: self._sessions.ClearSessions(request),  # type: ignore[arg-type,return-value]
+            self._default_timeout,
+        )
+        return response.cleared
