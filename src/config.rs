@@ -120,6 +120,22 @@ pub struct Flags {
     #[arg(long, env = "BATON_SESSION_MAX_PER_SUBJECT", default_value_t = 0)]
     pub session_max_per_subject: usize,
 
+    /// A directory of envoyproxy/ratelimit's YAML config files (what its
+    /// RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/config holds), read unchanged beside the config
+    /// file's `[envoy]` rules and reloaded within a second of any change.
+    #[arg(long, env = "BATON_ENVOY_CONFIG_DIR")]
+    pub envoy_config_dir: Option<PathBuf>,
+
+    /// How ShouldRateLimit counts a request's descriptors: `atomic` (a request over any
+    /// limit consumes nothing) or `upstream` (every hit counts, as envoyproxy/ratelimit).
+    #[arg(long, env = "BATON_ENVOY_COUNTING", value_enum)]
+    pub envoy_counting: Option<crate::envoy::Counting>,
+
+    /// Add RateLimit-Limit, -Remaining and -Reset to ShouldRateLimit's response headers
+    /// (envoyproxy/ratelimit's LIMIT_RESPONSE_HEADERS_ENABLED).
+    #[arg(long, env = "BATON_ENVOY_RESPONSE_HEADERS")]
+    pub envoy_response_headers: bool,
+
     /// Ask clients (HTTP/2 GOAWAY) to move to a new connection after this age, so long-lived
     /// connections spread onto new replicas. Calls and streams already open on the old
     /// connection are never cut: there is deliberately no grace deadline, since cutting a
@@ -207,8 +223,8 @@ pub struct Config {
     pub flags: Flags,
     pub limits: Limits,
     pub policies: BTreeMap<String, Policy>,
-    /// Envoy's descriptors mapped to limits (`[envoy]` in the file).
-    pub envoy: crate::envoy::EnvoyRules,
+    /// Envoy's descriptors mapped to limits (`[envoy]` in the file, and upstream's YAML).
+    pub envoy: crate::envoy::EnvoyConfig,
     /// API keys; empty = authentication off.
     pub api_keys: crate::auth::ApiKeys,
     pub server: ServerSettings,
@@ -395,7 +411,12 @@ impl Config {
                 .map_err(|why| invalid(format!("policies.{name}: {why}")))?;
             policies.insert(name, Policy { spec, fail_open: policy.fail_open });
         }
-        let envoy = crate::envoy::EnvoyRules::from_file(file.envoy, &limits).map_err(invalid)?;
+        let envoy_flags = crate::envoy::EnvoyFlags {
+            config_dir: flags.envoy_config_dir.clone(),
+            counting: flags.envoy_counting,
+            response_headers: flags.envoy_response_headers,
+        };
+        let envoy = crate::envoy::EnvoyConfig::new(file.envoy, envoy_flags, &limits).map_err(invalid)?;
         let api_keys = crate::auth::ApiKeys::from_file(file.api_keys).map_err(invalid)?;
         let server = server_settings(file.server).map_err(invalid)?;
         Ok(Self { flags, limits, policies, envoy, api_keys, server })

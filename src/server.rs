@@ -199,9 +199,19 @@ pub async fn run(
             max_data_bytes: config.flags.session_max_bytes,
         },
     );
+    let (envoy_rules, envoy_rules_rx) = tokio::sync::watch::channel(Arc::new(config.envoy.rules.clone()));
+    let _envoy_reloader = config.envoy.settings.config_dir.clone().map(|dir| {
+        crate::envoy::upstream_files::spawn_reloader(
+            dir,
+            config.envoy.static_domains.clone(),
+            config.limits.clone(),
+            envoy_rules,
+        )
+    });
     let envoy_service = EnvoyGrpc::new(
         RateLimiter::new(main_store.clone(), KeyBuilder::default()),
-        Arc::new(config.envoy.clone()),
+        envoy_rules_rx,
+        config.envoy.settings.clone(),
         config.limits.clone(),
     );
     let max_message = config.limits.max_message_bytes;

@@ -568,7 +568,7 @@ async fn envoy_descriptors_in_different_slots_are_each_counted_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("baton.toml");
     let config = "[[envoy.domains]]\ndomain = \"edge\"\n[[envoy.domains.descriptors]]\nkey = \"remote_address\"\n\
-                  rate_limit = { unit = \"minute\", requests_per_unit = 3 }\n";
+                  rate_limit = { unit = \"day\", requests_per_unit = 3 }\n";
     std::fs::write(&path, config).unwrap();
     let baton = Baton::start(Some(&cluster.url()), &["--redis-mode", "cluster", "--config", path.to_str().unwrap()]);
     let mut envoy = RateLimitServiceClient::new(baton.channel().await);

@@ -6,12 +6,13 @@ mod common;
 use baton::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use baton::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
 use baton::proto::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
-use baton::proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use baton::proto::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit as ResponseUnit;
+use baton::proto::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use baton::proto::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use baton::proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use baton::proto::envoy::r#type::v3::RateLimitUnit;
 use common::{Baton, Redis, unique};
+use std::time::Duration;
 use tonic::transport::Channel;
 
 const CONFIG: &str = r#"
@@ -66,10 +67,22 @@ async fn ask(envoy: &mut Envoy, domain: &str, descriptors: Vec<RateLimitDescript
     envoy.should_rate_limit(request).await.expect("ShouldRateLimit").into_inner()
 }
 
+/// Envoy rules' fixed windows end on the clock's minute (and hour, day…) boundaries, as
+/// envoyproxy/ratelimit's do: a test that counts within one minute first waits until a
+/// boundary is at least 15 s away.
+fn clear_of_a_minute_boundary() {
+    let into_minute = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 60;
+    while into_minute() >= 45 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn start(redis: &Redis) -> (tempfile::TempDir, Baton) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("baton.toml");
     std::fs::write(&path, CONFIG).unwrap();
+    // Every test here counts within a minute at most.
+    clear_of_a_minute_boundary();
     let baton = Baton::start(Some(&redis.url()), &["--config", path.to_str().unwrap()]);
     (dir, baton)
 }
@@ -95,8 +108,10 @@ async fn per_remote_address_limits_count_each_address_with_exact_statuses_and_he
         assert!(reset.seconds <= 60 && (reset.seconds > 0 || reset.nanos > 0));
         let header =
             |name: &str| response.response_headers_to_add.iter().find(|h| h.key == name).map(|h| h.value.clone());
-        assert_eq!(header("x-ratelimit-limit").as_deref(), Some("3"));
-        assert_eq!(header("x-ratelimit-remaining"), Some(remaining.to_string()));
+        assert_eq!(header("RateLimit-Limit").as_deref(), Some("3"));
+        assert_eq!(header("RateLimit-Remaining"), Some(remaining.to_string()));
+        assert_eq!(header("RateLimit-Reset"), Some(reset.seconds.to_string()));
+        assert_eq!(response.response_headers_to_add.len(), 3, "each header once");
     }
     let over = ask(&mut envoy, "edge_proxy_per_ip", vec![descriptor(&[("remote_address", &ip)])], 0).await;
     assert_eq!(over.overall_code, Code::OverLimit as i32);
@@ -195,7 +210,9 @@ async fn a_request_whose_second_descriptor_is_over_limit_consumes_nothing_from_t
         let response = ask(&mut envoy, "edge_proxy_per_ip", both, 0).await;
         assert_eq!(response.overall_code, Code::OverLimit as i32);
         assert_eq!(response.statuses[0].code, Code::Ok as i32);
-        assert_eq!(response.statuses[1].code, Code::OverLimit as i32);
+        // What the first address still has: the denied request took nothing from it.
+        assert_eq!(response.statuses[0].limit_remaining, 3);
+        assert_eq!((response.statuses[1].code, response.statuses[1].limit_remaining), (Code::OverLimit as i32, 0));
     }
     let alone = ask(&mut envoy, "edge_proxy_per_ip", vec![descriptor(&[("remote_address", &ip)])], 0).await;
     assert_eq!(alone.statuses[0].limit_remaining, 2, "the denied requests consumed from the first descriptor");
@@ -294,4 +311,204 @@ async fn zero_hits_only_look_unlimited_reports_the_maximum_and_resets_are_whole_
     let weekly = ask(&mut envoy, "edge_proxy_per_ip", vec![descriptor(&[("tenant", "acme")])], 0).await;
     let limit = weekly.statuses[0].current_limit.as_ref().unwrap();
     assert_eq!((limit.unit, weekly.statuses[0].limit_remaining), (ResponseUnit::Week as i32, 999));
+}
+
+// ─── envoyproxy/ratelimit's own YAML files, replaces, wildcards, quota mode, counting ────
+
+/// A baton reading upstream-format YAML files from a directory, with `extra` flags.
+fn start_with_yaml(redis: &Redis, files: &[(&str, &str)], extra: &[&str]) -> (tempfile::TempDir, Baton) {
+    clear_of_a_minute_boundary();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let mut args = vec!["--envoy-config-dir", dir.path().to_str().unwrap()];
+    args.extend(extra);
+    let baton = Baton::start(Some(&redis.url()), &args);
+    (dir, baton)
+}
+
+const FILES_YAML: &str = r#"
+domain: files
+descriptors:
+  # every path under shared/ counts on one counter
+  - key: path
+    value: "shared/*"
+    share_threshold: true
+    detailed_metric: true
+    rate_limit:
+      unit: HOUR
+      requests_per_unit: 3
+  # every path under apart/ counts on its own
+  - key: path
+    value: "apart/*"
+    value_to_metric: true
+    rate_limit:
+      unit: hour
+      requests_per_unit: 2
+  - key: path
+    value: "apart/vip"
+    rate_limit:
+      unlimited: true
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_yaml_files_apply_unchanged_with_wildcards_that_share_or_not() {
+    let redis = Redis::start();
+    let (_dir, baton) = start_with_yaml(&redis, &[("files.yaml", FILES_YAML)], &[]);
+    let mut envoy = client(&baton).await;
+    let path = |p: &str| vec![descriptor(&[("path", p)])];
+    for (file, remaining) in [("shared/a.pdf", 2), ("shared/b.csv", 1), ("shared/c.txt", 0)] {
+        let response = ask(&mut envoy, "files", path(file), 0).await;
+        assert_eq!((response.overall_code, response.statuses[0].limit_remaining), (Code::Ok as i32, remaining));
+        assert_eq!(response.statuses[0].current_limit.as_ref().unwrap().unit, ResponseUnit::Hour as i32);
+    }
+    assert_eq!(ask(&mut envoy, "files", path("shared/d"), 0).await.overall_code, Code::OverLimit as i32);
+    for file in ["apart/a", "apart/b"] {
+        for remaining in [1, 0] {
+            let response = ask(&mut envoy, "files", path(file), 0).await;
+            assert_eq!(response.statuses[0].limit_remaining, remaining, "{file}");
+        }
+    }
+    // An exact value wins over the wildcard.
+    assert_eq!(ask(&mut envoy, "files", path("apart/vip"), 0).await.statuses[0].limit_remaining, u32::MAX);
+    // Outside every pattern, no rule.
+    assert!(ask(&mut envoy, "files", path("other/x"), 0).await.statuses[0].current_limit.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_is_reloaded_on_change_and_a_bad_edit_keeps_the_last_good_rules() {
+    let redis = Redis::start();
+    let (dir, baton) = start_with_yaml(&redis, &[("files.yaml", FILES_YAML)], &[]);
+    let mut envoy = client(&baton).await;
+    let limited = |response: &RateLimitResponse| response.statuses[0].current_limit.is_some();
+    assert!(!limited(&ask(&mut envoy, "late", vec![descriptor(&[("k", "v")])], 0).await));
+
+    let late = "domain: late\ndescriptors:\n  - key: k\n    rate_limit: {unit: day, requests_per_unit: 1}\n";
+    std::fs::write(dir.path().join("late.yaml"), late).unwrap();
+    common::eventually(Duration::from_secs(10), "the new file's rules to apply", || {
+        let mut envoy = envoy.clone();
+        async move { limited(&ask(&mut envoy, "late", vec![descriptor(&[("k", &unique("v"))])], 0).await) }
+    })
+    .await;
+
+    // A misspelled key, as upstream refuses it: the whole reload is refused, logged, and
+    // the rules before it keep serving.
+    std::fs::write(dir.path().join("broken.yaml"), "domain: broken\ndescriptors:\n  - key: k\n    ratelimit: {}\n")
+        .unwrap();
+    common::eventually(Duration::from_secs(10), "the refused reload to be logged", || async {
+        baton.logs().iter().any(|line| line.contains("envoy rules not reloaded") && line.contains("broken.yaml"))
+    })
+    .await;
+    assert!(limited(&ask(&mut envoy, "late", vec![descriptor(&[("k", &unique("v"))])], 0).await));
+    assert!(limited(&ask(&mut envoy, "files", vec![descriptor(&[("path", "shared/x")])], 0).await));
+
+    // Fixed, then a file removed: its domain goes.
+    std::fs::remove_file(dir.path().join("broken.yaml")).unwrap();
+    std::fs::remove_file(dir.path().join("late.yaml")).unwrap();
+    common::eventually(Duration::from_secs(10), "the removed file's rules to go", || {
+        let mut envoy = envoy.clone();
+        async move { !limited(&ask(&mut envoy, "late", vec![descriptor(&[("k", &unique("v"))])], 0).await) }
+    })
+    .await;
+}
+
+#[test]
+fn a_bad_upstream_file_stops_the_start_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("typo.yaml"),
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requestsperunit: 5}\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["--envoy-config-dir", dir.path().to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("typo.yaml") && stderr.contains("requestsperunit"), "{stderr}");
+}
+
+const PLANS_YAML: &str = r#"
+domain: plans
+descriptors:
+  - key: user
+    rate_limit: {unit: hour, requests_per_unit: 5, name: per_user}
+  - key: plan
+    value: gold
+    rate_limit:
+      unit: hour
+      requests_per_unit: 100
+      replaces:
+        - name: per_user
+  - key: report
+    quota_mode: true
+    rate_limit: {unit: hour, requests_per_unit: 2}
+  - key: api
+    rate_limit: {unit: hour, requests_per_unit: 10}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacing_rule_drops_the_replaced_one_and_quota_mode_reports_ok() {
+    let redis = Redis::start();
+    let (_dir, baton) = start_with_yaml(&redis, &[("plans.yaml", PLANS_YAML)], &[]);
+    let mut envoy = client(&baton).await;
+    let user = unique("u");
+    let both = vec![descriptor(&[("user", &user)]), descriptor(&[("plan", "gold")])];
+    let response = ask(&mut envoy, "plans", both, 0).await;
+    let unmatched = DescriptorStatus { code: Code::Ok as i32, ..DescriptorStatus::default() };
+    assert_eq!(response.statuses[0], unmatched, "the replaced rule neither counts nor answers");
+    assert_eq!(response.statuses[1].limit_remaining, 99);
+    let alone = ask(&mut envoy, "plans", vec![descriptor(&[("user", &user)])], 0).await;
+    assert_eq!(alone.statuses[0].limit_remaining, 4, "the replaced rule was not counted");
+
+    // Quota mode: over its quota a descriptor answers OK, with its limit and no reset.
+    let (report, api) = (unique("r"), unique("a"));
+    for round in 1..=4u32 {
+        let request = vec![descriptor(&[("report", &report)]), descriptor(&[("api", &api)])];
+        let response = ask(&mut envoy, "plans", request, 0).await;
+        assert_eq!(response.overall_code, Code::Ok as i32, "round {round}");
+        let quota = &response.statuses[0];
+        assert_eq!((quota.code, quota.limit_remaining), (Code::Ok as i32, 2u32.saturating_sub(round)));
+        assert_eq!(quota.duration_until_reset.is_none(), round > 2, "round {round}");
+        // The other descriptor counts every round: quota mode never denies the request.
+        assert_eq!(response.statuses[1].limit_remaining, 10 - round);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_counting_counts_every_hit_and_headers_follow_the_denying_descriptor() {
+    let redis = Redis::start();
+    let (_dir, baton) = start_with_yaml(
+        &redis,
+        &[("plans.yaml", PLANS_YAML)],
+        &["--envoy-counting", "upstream", "--envoy-response-headers"],
+    );
+    let mut envoy = client(&baton).await;
+    let (user, api) = (unique("u"), unique("a"));
+    let request = || vec![descriptor(&[("user", &user)]), descriptor(&[("api", &api)])];
+    for round in 1..=7u32 {
+        let response = ask(&mut envoy, "plans", request(), 0).await;
+        let over = round > 5;
+        assert_eq!(response.overall_code, if over { Code::OverLimit } else { Code::Ok } as i32, "round {round}");
+        assert_eq!(response.statuses[0].limit_remaining, 5u32.saturating_sub(round));
+        // Counted although the request is denied, as upstream counts.
+        assert_eq!(response.statuses[1].limit_remaining, 10 - round, "round {round}");
+        let header = |name: &str| {
+            let values: Vec<&str> =
+                response.response_headers_to_add.iter().filter(|h| h.key == name).map(|h| h.value.as_str()).collect();
+            assert_eq!(values.len(), 1, "{name} once");
+            values[0].to_owned()
+        };
+        // The descriptor with the fewest remaining, or the one that denies.
+        assert_eq!(header("RateLimit-Limit"), "5");
+        assert_eq!(header("RateLimit-Remaining"), (5u32.saturating_sub(round)).to_string());
+        let reset: u64 = header("RateLimit-Reset").parse().unwrap();
+        assert!((1..=3600).contains(&reset), "{reset}");
+    }
+    // The denied hits counted: a look (hits 0) at the user finds it still over.
+    let mut look = descriptor(&[("user", &user)]);
+    look.hits_addend = Some(0);
+    assert_eq!(ask(&mut envoy, "plans", vec![look], 0).await.overall_code, Code::OverLimit as i32);
 }

@@ -1,14 +1,17 @@
 //! `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` on Baton's engine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::envoy::{EnvoyRules, Matched, Rule, Unit};
+use crate::envoy::{Counting, EnvoyRules, EnvoySettings, Matched, Rule, Unit};
 use crate::error::Error;
 use crate::proto::duration_to_proto;
 use crate::proto::envoy::config::core::v3::HeaderValue;
+use crate::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit, rate_limit::Unit as ResponseUnit,
 };
@@ -22,27 +25,30 @@ const MAX_DESCRIPTORS: usize = 256;
 
 pub struct EnvoyGrpc {
     limiter: RateLimiter,
-    rules: Arc<EnvoyRules>,
+    /// The current rules; the directory reloader replaces them.
+    rules: watch::Receiver<Arc<EnvoyRules>>,
+    settings: EnvoySettings,
     limits: crate::config::Limits,
 }
 
 impl EnvoyGrpc {
-    pub fn new(limiter: RateLimiter, rules: Arc<EnvoyRules>, limits: crate::config::Limits) -> Self {
-        Self { limiter, rules, limits }
+    pub fn new(
+        limiter: RateLimiter,
+        rules: watch::Receiver<Arc<EnvoyRules>>,
+        settings: EnvoySettings,
+        limits: crate::config::Limits,
+    ) -> Self {
+        Self { limiter, rules, settings, limits }
     }
 
     /// The limit for a descriptor: its own override if Envoy sent one (on a domain that
     /// has rules, as in envoyproxy/ratelimit; enforced even over a shadow-mode rule), else
     /// the config's.
-    fn resolve(
-        &self,
-        domain: &str,
-        descriptor: &crate::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor,
-    ) -> Option<Matched> {
+    fn resolve(&self, rules: &EnvoyRules, domain: &str, descriptor: &RateLimitDescriptor) -> Option<Matched> {
         let entries: Vec<(String, String)> =
             descriptor.entries.iter().map(|entry| (entry.key.clone(), entry.value.clone())).collect();
-        let matched = self.rules.match_descriptor(domain, &entries);
-        let Some(override_limit) = descriptor.limit.as_ref().filter(|_| self.rules.has_domain(domain)) else {
+        let matched = rules.match_descriptor(domain, &entries);
+        let Some(override_limit) = descriptor.limit.as_ref().filter(|_| rules.has_domain(domain)) else {
             return matched;
         };
         let unit = match RateLimitUnit::try_from(override_limit.unit) {
@@ -56,11 +62,18 @@ impl EnvoyGrpc {
             _ => return matched,
         };
         let requests_per_unit = u64::from(override_limit.requests_per_unit);
-        let rule = Rule::limit(unit, requests_per_unit, Algorithm::FixedWindow, String::new(), &self.limits).ok()?;
+        let rule = Rule::limit(unit, requests_per_unit, Algorithm::ClockWindow, String::new(), &self.limits).ok()?;
         let counter_key = entries
             .iter()
             .fold(format!("{domain}|override|"), |key, (k, v)| format!("{key}{}:{}{}:{}|", k.len(), k, v.len(), v));
-        Some(Matched { rule, shadow_mode: false, counter_key })
+        Some(Matched {
+            rule,
+            shadow_mode: false,
+            quota_mode: false,
+            name: String::new(),
+            replaces: Vec::new(),
+            counter_key,
+        })
     }
 }
 
@@ -77,11 +90,17 @@ fn unit_to_proto(unit: Unit) -> i32 {
 }
 
 /// Envoy's `duration_until_reset` is whole seconds (envoyproxy/ratelimit reports them so).
-fn whole_seconds(duration: std::time::Duration) -> prost_types::Duration {
-    duration_to_proto(std::time::Duration::from_secs(duration.as_secs() + u64::from(duration.subsec_nanos() > 0)))
+fn whole_seconds(duration: Duration) -> prost_types::Duration {
+    duration_to_proto(Duration::from_secs(duration.as_secs() + u64::from(duration.subsec_nanos() > 0)))
 }
 
-/// The answer for a descriptor no rule counts: unlimited, as envoyproxy/ratelimit reports it.
+/// The rest of the current clock window of `unit`, as envoyproxy/ratelimit's reset.
+fn clock_reset(unit: Unit) -> Duration {
+    let period = unit.period().as_secs();
+    Duration::from_secs(period - crate::proto::now_micros() / 1_000_000 % period)
+}
+
+/// The answer for an unlimited descriptor, as envoyproxy/ratelimit reports it.
 fn unlimited_status() -> DescriptorStatus {
     DescriptorStatus {
         code: Code::Ok as i32,
@@ -91,16 +110,25 @@ fn unlimited_status() -> DescriptorStatus {
     }
 }
 
-/// The answer for a `requests_per_unit: 0` rule: over limit, counting nothing, until the
-/// end of the current unit.
-fn blocked_status(unit: Unit, name: String) -> DescriptorStatus {
-    let period = unit.period().as_secs();
-    let into_period = crate::proto::now_micros() / 1_000_000 % period;
-    DescriptorStatus {
-        code: Code::OverLimit as i32,
-        current_limit: Some(RateLimit { name, requests_per_unit: 0, unit: unit_to_proto(unit) }),
-        limit_remaining: 0,
-        duration_until_reset: Some(duration_to_proto(std::time::Duration::from_secs(period - into_period))),
+/// How a counted descriptor's answer is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enforcement {
+    Enforced,
+    /// Counted and reported; over limit still answers OK.
+    Shadow,
+    /// Over limit answers OK with the limit and what remains, and no reset.
+    Quota,
+}
+
+impl Enforcement {
+    fn of(matched: &Matched) -> Self {
+        if matched.shadow_mode {
+            Self::Shadow
+        } else if matched.quota_mode {
+            Self::Quota
+        } else {
+            Self::Enforced
+        }
     }
 }
 
@@ -111,24 +139,45 @@ struct Counted {
     unit: Unit,
     requests_per_unit: u64,
     name: String,
+    enforcement: Enforcement,
 }
 
-fn status_for(counted: &Counted, outcome: &LimitOutcome, enforce: bool) -> DescriptorStatus {
+/// A descriptor's status from its limit's outcome. Over limit reports 0 remaining, as
+/// envoyproxy/ratelimit does.
+fn status(
+    enforcement: Enforcement,
+    allowed: bool,
+    remaining: u64,
+    reset_after: Option<Duration>,
+    limit: RateLimit,
+) -> DescriptorStatus {
+    let remaining = if allowed { u32::try_from(remaining).unwrap_or(u32::MAX) } else { 0 };
+    let code = if allowed || enforcement != Enforcement::Enforced { Code::Ok } else { Code::OverLimit };
+    let reset = if enforcement == Enforcement::Quota && !allowed { None } else { reset_after.map(whole_seconds) };
     DescriptorStatus {
-        // Shadow-mode descriptors are counted but never reported over limit.
-        code: if outcome.allowed || !enforce { Code::Ok } else { Code::OverLimit } as i32,
-        current_limit: Some(RateLimit {
-            name: counted.name.clone(),
-            requests_per_unit: u32::try_from(counted.requests_per_unit).unwrap_or(u32::MAX),
-            unit: unit_to_proto(counted.unit),
-        }),
-        limit_remaining: u32::try_from(outcome.remaining).unwrap_or(u32::MAX),
-        duration_until_reset: Some(whole_seconds(outcome.reset_after)),
+        code: code as i32,
+        current_limit: Some(limit),
+        limit_remaining: remaining,
+        duration_until_reset: reset,
+    }
+}
+
+impl Counted {
+    fn limit(&self) -> RateLimit {
+        RateLimit {
+            name: self.name.clone(),
+            requests_per_unit: u32::try_from(self.requests_per_unit).unwrap_or(u32::MAX),
+            unit: unit_to_proto(self.unit),
+        }
+    }
+
+    fn status(&self, outcome: &LimitOutcome) -> DescriptorStatus {
+        status(self.enforcement, outcome.allowed, outcome.remaining, Some(outcome.reset_after), self.limit())
     }
 }
 
 /// Sums the costs of descriptors that share a counter (the engine reads each counter once).
-fn merged(counted: &[Counted]) -> Vec<LimitCheck> {
+fn merged(counted: &[&Counted]) -> Vec<LimitCheck> {
     let mut checks: Vec<LimitCheck> = Vec::new();
     let mut position: HashMap<(String, LimitSpec), usize> = HashMap::new();
     for c in counted {
@@ -143,25 +192,102 @@ fn merged(counted: &[Counted]) -> Vec<LimitCheck> {
     checks
 }
 
+fn position(checks: &[LimitCheck], check: &LimitCheck) -> usize {
+    checks.iter().position(|c| c.key == check.key && c.spec == check.spec).unwrap_or(0)
+}
+
 impl EnvoyGrpc {
     /// Checks (and counts) `checks` atomically. Envoy's hits are not bounded like Check's
     /// cost: a check costing more than its limit can ever admit is over limit outright,
     /// so the whole request only looks (dry run, costs capped) and counts nothing.
-    async fn checked(&self, namespace: &str, mut checks: Vec<LimitCheck>) -> Result<Verdict, Error> {
+    async fn checked(&self, namespace: &str, mut checks: Vec<LimitCheck>, dry_run: bool) -> Result<Verdict, Error> {
         let impossible: Vec<bool> = checks.iter().map(|check| check.cost > check.spec.max_cost()).collect();
-        let dry_run = impossible.contains(&true);
+        let dry_run = dry_run || impossible.contains(&true);
         for check in &mut checks {
             check.cost = check.cost.min(check.spec.max_cost());
         }
         let mut verdict = self.limiter.scoped(namespace).check_per_slot(&checks, dry_run).await?;
-        if dry_run {
-            verdict.allowed = false;
-            for (outcome, impossible) in verdict.outcomes.iter_mut().zip(impossible) {
-                outcome.allowed &= !impossible;
+        for (outcome, impossible) in verdict.outcomes.iter_mut().zip(impossible) {
+            if impossible {
+                outcome.allowed = false;
+                verdict.allowed = false;
             }
         }
         Ok(verdict)
     }
+
+    /// Every descriptor of `group` in one atomic check: all consume, or none does (on a
+    /// Redis Cluster, all of one slot: descriptors cannot be made to share a hash tag).
+    /// A denied request's admissible descriptors report what they still have.
+    async fn atomically(
+        &self,
+        namespace: &str,
+        group: &[&Counted],
+        statuses: &mut [DescriptorStatus],
+    ) -> Result<(), Error> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        let checks = merged(group);
+        let verdict = self.checked(namespace, checks.clone(), false).await?;
+        for counted in group {
+            let at = position(&checks, &counted.check);
+            let mut outcome = verdict.outcomes[at].clone();
+            if !verdict.allowed && outcome.allowed {
+                outcome.remaining = outcome.remaining.saturating_add(checks[at].cost);
+            }
+            statuses[counted.index] = counted.status(&outcome);
+        }
+        Ok(())
+    }
+
+    /// envoyproxy/ratelimit's counting: each descriptor on its own, every hit counted,
+    /// admitted or not (fixed windows); other algorithms count what they admit.
+    async fn as_upstream(
+        &self,
+        namespace: &str,
+        group: &[&Counted],
+        statuses: &mut [DescriptorStatus],
+    ) -> Result<(), Error> {
+        let (windows, others): (Vec<&Counted>, Vec<&Counted>) =
+            group.iter().partition(|counted| counted.check.spec.algorithm == Algorithm::ClockWindow);
+        if !windows.is_empty() {
+            let by_counter = merged(&windows);
+            let checks: Vec<LimitCheck> = by_counter
+                .iter()
+                .map(|check| LimitCheck {
+                    spec: LimitSpec { algorithm: Algorithm::UpstreamWindow, ..check.spec },
+                    ..check.clone()
+                })
+                .collect();
+            let verdict = self.limiter.scoped(namespace).check_per_slot(&checks, false).await?;
+            for counted in &windows {
+                statuses[counted.index] = counted.status(&verdict.outcomes[position(&by_counter, &counted.check)]);
+            }
+        }
+        for counted in others {
+            self.atomically(namespace, &[counted], statuses).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The descriptor whose limit the response headers describe, as envoyproxy/ratelimit
+/// picks it: the fewest remaining, and any descriptor that denies the request over that.
+fn headers_source(statuses: &[DescriptorStatus]) -> Option<&DescriptorStatus> {
+    let mut chosen: Option<&DescriptorStatus> = None;
+    let mut least = u32::MAX;
+    for status in statuses {
+        if status.current_limit.is_some() && status.limit_remaining < least {
+            chosen = Some(status);
+            least = status.limit_remaining;
+        }
+        if status.code == Code::OverLimit as i32 {
+            chosen = Some(status);
+            least = 0;
+        }
+    }
+    chosen
 }
 
 #[tonic::async_trait]
@@ -178,6 +304,17 @@ impl RateLimitService for EnvoyGrpc {
         if request.descriptors.is_empty() || request.descriptors.len() > MAX_DESCRIPTORS {
             return Err(Error::invalid("descriptors", format!("must hold 1 to {MAX_DESCRIPTORS} descriptors")).into());
         }
+        let rules = self.rules.borrow().clone();
+        let mut matched: Vec<Option<Matched>> =
+            request.descriptors.iter().map(|descriptor| self.resolve(&rules, &request.domain, descriptor)).collect();
+        // A rule named in another matched rule's `replaces` neither counts nor answers.
+        let replaced: HashSet<String> = matched.iter().flatten().flat_map(|m| m.replaces.iter().cloned()).collect();
+        for slot in &mut matched {
+            if slot.as_ref().is_some_and(|m| !m.name.is_empty() && replaced.contains(&m.name)) {
+                *slot = None;
+            }
+        }
+
         let request_hits = u64::from(request.hits_addend.max(1));
         let mut statuses = vec![
             DescriptorStatus {
@@ -188,86 +325,74 @@ impl RateLimitService for EnvoyGrpc {
             };
             request.descriptors.len()
         ];
-        let (mut enforced, mut shadowed, mut peeked) = (Vec::new(), Vec::new(), Vec::new());
-        let mut overall = Code::Ok;
-        for (index, descriptor) in request.descriptors.iter().enumerate() {
-            let Some(matched) = self.resolve(&request.domain, descriptor) else {
+        let mut counted = Vec::new();
+        for (index, (descriptor, matched)) in request.descriptors.iter().zip(matched).enumerate() {
+            let Some(matched) = matched else {
                 continue; // Unknown descriptors are allowed and not counted, as in Envoy.
             };
-            let (spec, unit, requests_per_unit, name) = match matched.rule {
-                Rule::Limited { spec, unit, requests_per_unit, name } => (spec, unit, requests_per_unit, name),
-                Rule::Unlimited => {
-                    statuses[index] = unlimited_status();
-                    continue;
-                }
+            let enforcement = Enforcement::of(&matched);
+            match matched.rule {
+                Rule::Unlimited => statuses[index] = unlimited_status(),
+                // `requests_per_unit: 0`: over limit, counting nothing.
                 Rule::Blocked { unit, name } => {
-                    statuses[index] = blocked_status(unit, name);
-                    if !matched.shadow_mode {
-                        overall = Code::OverLimit;
-                    } else {
-                        statuses[index].code = Code::Ok as i32;
-                    }
-                    continue;
+                    let limit = RateLimit { name, requests_per_unit: 0, unit: unit_to_proto(unit) };
+                    statuses[index] = status(enforcement, false, 0, Some(clock_reset(unit)), limit);
                 }
-            };
-            // A descriptor's own hits_addend of 0 asks only whether it is over limit.
-            let hits = descriptor.hits_addend.unwrap_or(request_hits);
-            let counted = Counted {
-                index,
-                check: LimitCheck { key: matched.counter_key, spec, cost: hits },
-                unit,
-                requests_per_unit,
-                name,
-            };
-            if hits == 0 {
-                peeked.push((counted, !matched.shadow_mode));
-            } else if matched.shadow_mode {
-                shadowed.push(counted)
-            } else {
-                enforced.push(counted)
+                Rule::Limited { spec, unit, requests_per_unit, name } => counted.push(Counted {
+                    index,
+                    // A descriptor's own hits_addend of 0 asks only whether it is over limit.
+                    check: LimitCheck {
+                        key: matched.counter_key,
+                        spec,
+                        cost: descriptor.hits_addend.unwrap_or(request_hits),
+                    },
+                    unit,
+                    requests_per_unit,
+                    name,
+                    enforcement,
+                }),
             }
         }
 
-        // Every enforced descriptor in one atomic check: all consume, or none does (on a
-        // Redis Cluster, all of one slot: descriptors cannot be made to share a hash tag).
-        let mut headers_from: Option<(u64, u64, std::time::Duration)> = None;
-        if !enforced.is_empty() {
-            let checks = merged(&enforced);
-            let verdict = self.checked(&namespace, checks.clone()).await?;
-            if !verdict.allowed {
-                overall = Code::OverLimit;
+        match self.settings.counting {
+            Counting::Upstream => {
+                let group: Vec<&Counted> = counted.iter().collect();
+                self.as_upstream(&namespace, &group, &mut statuses).await?;
             }
-            for counted in &enforced {
-                let at =
-                    checks.iter().position(|c| c.key == counted.check.key && c.spec == counted.check.spec).unwrap_or(0);
-                let outcome = &verdict.outcomes[at];
-                statuses[counted.index] = status_for(counted, outcome, true);
-                if headers_from.is_none_or(|(_, remaining, _)| outcome.remaining < remaining) {
-                    headers_from = Some((counted.requests_per_unit, outcome.remaining, outcome.reset_after));
+            Counting::Atomic => {
+                // Enforced descriptors together; shadow and quota ones count on their own,
+                // since they never deny; zero hits only read.
+                let (enforced, alone): (Vec<&Counted>, Vec<&Counted>) =
+                    counted.iter().filter(|c| c.check.cost > 0).partition(|c| c.enforcement == Enforcement::Enforced);
+                self.atomically(&namespace, &enforced, &mut statuses).await?;
+                for counted in alone {
+                    self.atomically(&namespace, &[counted], &mut statuses).await?;
+                }
+                for counted in counted.iter().filter(|c| c.check.cost == 0) {
+                    let verdict = self.checked(&namespace, vec![counted.check.clone()], true).await?;
+                    statuses[counted.index] = counted.status(&verdict.outcomes[0]);
                 }
             }
         }
-        // Shadow-mode descriptors count on their own and never block.
-        for counted in &shadowed {
-            let verdict = self.checked(&namespace, vec![counted.check.clone()]).await?;
-            statuses[counted.index] = status_for(counted, &verdict.outcomes[0], false);
-        }
-        // Zero hits: the counter is read, never written.
-        for (counted, enforce) in &peeked {
-            let verdict =
-                self.limiter.scoped(&namespace).check_per_slot(std::slice::from_ref(&counted.check), true).await?;
-            statuses[counted.index] = status_for(counted, &verdict.outcomes[0], *enforce);
-            if *enforce && !verdict.allowed {
-                overall = Code::OverLimit;
-            }
-        }
 
-        let response_headers_to_add = match headers_from {
-            Some((limit, remaining, reset)) if self.rules.response_headers => vec![
-                header("x-ratelimit-limit", limit.to_string()),
-                header("x-ratelimit-remaining", remaining.to_string()),
-                header("x-ratelimit-reset", reset.as_secs_f64().ceil().to_string()),
-            ],
+        let overall =
+            if statuses.iter().any(|s| s.code == Code::OverLimit as i32) { Code::OverLimit } else { Code::Ok };
+        let response_headers_to_add = match (&self.settings.response_headers, headers_source(&statuses)) {
+            (Some(names), Some(source)) => {
+                let limit = source.current_limit.as_ref().map_or(0, |limit| limit.requests_per_unit);
+                let reset = source.duration_until_reset.as_ref().map_or_else(
+                    || {
+                        let unit = source.current_limit.as_ref().map(|l| l.unit).unwrap_or_default();
+                        clock_reset(unit_from_proto(unit)).as_secs()
+                    },
+                    |d| d.seconds.max(0) as u64,
+                );
+                vec![
+                    header(&names.limit, limit.to_string()),
+                    header(&names.remaining, source.limit_remaining.to_string()),
+                    header(&names.reset, reset.to_string()),
+                ]
+            }
             _ => Vec::new(),
         };
         Ok(Response::new(RateLimitResponse {
@@ -276,6 +401,18 @@ impl RateLimitService for EnvoyGrpc {
             response_headers_to_add,
             request_headers_to_add: Vec::new(),
         }))
+    }
+}
+
+fn unit_from_proto(unit: i32) -> Unit {
+    match ResponseUnit::try_from(unit) {
+        Ok(ResponseUnit::Minute) => Unit::Minute,
+        Ok(ResponseUnit::Hour) => Unit::Hour,
+        Ok(ResponseUnit::Day) => Unit::Day,
+        Ok(ResponseUnit::Week) => Unit::Week,
+        Ok(ResponseUnit::Month) => Unit::Month,
+        Ok(ResponseUnit::Year) => Unit::Year,
+        _ => Unit::Second,
     }
 }
 

@@ -4,14 +4,17 @@
 -- KEYS[i]  the counter of limit i (all KEYS share one hash tag).
 -- ARGV[1]  "1" for a dry run (evaluate, write nothing), else "0".
 -- ARGV[2 + 5*(i-1) .. 6 + 5*(i-1)], for limit i:
---          algorithm (1 fixed window, 2 sliding log, 3 GCRA), limit, period in µs,
---          burst (GCRA only), cost.
+--          algorithm (1 fixed window, 2 sliding log, 3 GCRA, 4 fixed window on the
+--          clock's period boundaries, 5 the same counted the way envoyproxy/ratelimit
+--          counts), limit, period in µs, burst (GCRA only), cost.
 -- Returns {all_allowed, then per limit: allowed, remaining, reset_after_us, retry_after_us}.
 --
 -- Time is Redis's own clock, in microseconds, so every replica agrees.
 --
 -- State per algorithm:
---   fixed window  hash {s = window start µs, c = count}, expiring at the window's end.
+--   fixed window  hash {s = window start µs, c = count}, expiring at the window's end
+--                 (also for 4 and 5, whose windows start where now is a multiple of the
+--                 period).
 --   sliding log   sorted set, one member per admitted unit, scored by its time in µs;
 --                 members older than one period are trimmed, so ZCARD is the usage.
 --   GCRA          string: the theoretical arrival time (TAT) in µs, as "%.17g".
@@ -35,18 +38,35 @@ for i, key in ipairs(KEYS) do
   local cost = tonumber(ARGV[base + 4])
   local allowed, remaining, reset_after, retry_after
 
-  if algorithm == 1 then
+  if algorithm == 1 or algorithm == 4 or algorithm == 5 then
     local state = redis.call('HMGET', key, 's', 'c')
     local start = tonumber(state[1])
     local count = tonumber(state[2]) or 0
-    if start == nil or now >= start + period then
-      start = now
-      count = 0
+    if algorithm == 1 then
+      if start == nil or now >= start + period then
+        start = now
+        count = 0
+      end
+    else
+      local aligned = now - now % period
+      if start ~= aligned then
+        start = aligned
+        count = 0
+      end
     end
     local window_left = start + period - now
     allowed = count + cost <= limit
     reset_after = window_left
-    if allowed then
+    if algorithm == 5 then
+      -- envoyproxy/ratelimit's counting: every hit counts, admitted or not, and on its
+      -- own (never held back by another limit of the call).
+      if not dry_run and cost > 0 then
+        redis.call('HSET', key, 's', int(start), 'c', int(count + cost))
+        redis.call('PEXPIREAT', key, int(math.ceil((start + period) / 1000)))
+      end
+      remaining = limit - count - cost
+      retry_after = allowed and 0 or window_left
+    elseif allowed then
       remaining = limit - count - cost
       retry_after = 0
       writes[#writes + 1] = {1, key, start, count + cost, math.ceil((start + period) / 1000)}

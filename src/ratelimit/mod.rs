@@ -41,6 +41,12 @@ pub enum Algorithm {
     SlidingWindow,
     /// GCRA: `burst` at once, then one per `period / limit`.
     TokenBucket,
+    /// A fixed window on the clock's period boundaries (Envoy rules, as
+    /// envoyproxy/ratelimit windows them); not offered to `Check` callers.
+    ClockWindow,
+    /// A `ClockWindow` counted as envoyproxy/ratelimit counts: every hit, admitted or not,
+    /// on its own (`--envoy-counting upstream`). It shares `ClockWindow`'s counters.
+    UpstreamWindow,
 }
 
 impl Algorithm {
@@ -49,6 +55,8 @@ impl Algorithm {
             Self::FixedWindow => 1,
             Self::SlidingWindow => 2,
             Self::TokenBucket => 3,
+            Self::ClockWindow => 4,
+            Self::UpstreamWindow => 5,
         }
     }
 
@@ -57,6 +65,7 @@ impl Algorithm {
             Self::FixedWindow => "fw",
             Self::SlidingWindow => "sw",
             Self::TokenBucket => "tb",
+            Self::ClockWindow | Self::UpstreamWindow => "cw",
         }
     }
 }
