@@ -81,20 +81,20 @@ $(BATON_BIN):
 	$(CARGO) build --bin baton
 
 clients-test-go: $(CLIENTS_GO_PLUGINS) $(BATON_BIN)
-	cd $(CLIENTS_GO) && $(GO) vet ./... && BATON_BIN=$(CURDIR)/$(BATON_BIN) $(GO) test -count=1 ./...
+	cd $(CLIENTS_GO) && $(GO) vet ./... && BATON_BIN=$(abspath $(BATON_BIN)) $(GO) test -count=1 ./...
 
 clients-test-python: $(CLIENTS_PY_DEPS) $(BATON_BIN)
 	$(CLIENTS_VENV)/bin/ruff check $(CLIENTS_PY)
-	cd $(CLIENTS_PY) && BATON_BIN=$(CURDIR)/$(BATON_BIN) .venv/bin/python -m pytest -q
+	cd $(CLIENTS_PY) && BATON_BIN=$(abspath $(BATON_BIN)) .venv/bin/python -m pytest -q
 
 clients-test-node: $(CLIENTS_NODE_DEPS) $(BATON_BIN)
-	cd $(CLIENTS_NODE) && npm run --silent typecheck && BATON_BIN=$(CURDIR)/$(BATON_BIN) npm test --silent
+	cd $(CLIENTS_NODE) && npm run --silent typecheck && BATON_BIN=$(abspath $(BATON_BIN)) npm test --silent
 
 # The installs fetch from the registries into new projects: about 45 s with the npm, pip and Go
 # caches warm (as after the tests above), 1.5 min with all of them empty.
 clients-install-test: redis-server $(CLIENTS_PY_DEPS) $(BATON_BIN)
 	$(CLIENTS_VENV)/bin/ruff check clients/install-test
-	cd clients/install-test && BATON_BIN=$(CURDIR)/$(BATON_BIN) \
+	cd clients/install-test && BATON_BIN=$(abspath $(BATON_BIN)) \
 		../python/.venv/bin/python -m pytest -q
 
 clients-test:: redis-server clients-drift

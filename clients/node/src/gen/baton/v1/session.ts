@@ -143,7 +143,7 @@ export interface UpdateSessionRequest {
    * last seen, and its idle deadline moves to now + idle_timeout (earlier or later),
    * capped at its absolute deadline. For frameworks that decide a session's lifetime per
    * request (express-session's cookie.maxAge, Django's set_expiry). Same range as at
-   * creation. Unset keeps the current idle timeout.
+   * creation. Unset or zero keeps the current idle timeout.
    */
   idleTimeout:
     | Duration
@@ -152,7 +152,7 @@ export interface UpdateSessionRequest {
    * When set, the session's new absolute timeout, counted from its created_at like at
    * creation; it may lengthen ("remember me") or shorten the session. Same range as at
    * creation. A deadline already past ends the session: the call answers NOT_FOUND and the
-   * session is gone. Unset keeps the current absolute deadline.
+   * session is gone. Unset or zero keeps the current absolute deadline.
    */
   absoluteTimeout: Duration | undefined;
 }
