@@ -55,6 +55,8 @@ func runConfigCases(r *run) error {
 	s.expect("key2=value3 is whitelisted (no limit)", one(kv("key2", "value3")), response(ok, noRule()))
 	s.expect("key3=foo: 1/hour", one(kv("key3", "foo")), response(ok, limited(ok, 1, hour, 0)))
 	s.expect("key4=foo: 1/day named key4_rate_limit", one(kv("key4", "foo")), response(ok, named("key4_rate_limit", limited(ok, 1, day, 0))))
+	s.expect("key5=value5 (a node with a limit and children): 15/day", one(kv("key5", "value5")), response(ok, limited(ok, 15, day, 14)))
+	s.expect("key5=value5,subkey5=subvalue5: 25/day", one(kv("key5", "value5"), kv("subkey5", "subvalue5")), response(ok, limited(ok, 25, day, 24)))
 	s.expect("key6=foo is unlimited", one(kv("key6", "foo")), response(ok, unlimited()))
 	s.expectIn("detailed_metric", "key7=unspecified_value (detailed_metric): 70/minute", one(kv("key7", "unspecified_value")), response(ok, limited(ok, 70, minute, 69)))
 	s.expectIn("detailed_metric", "key7=another_value (detailed_metric) counts apart", one(kv("key7", "another_value")), response(ok, limited(ok, 70, minute, 69)))
@@ -135,6 +137,19 @@ func runConfigCases(r *run) error {
 	for i, value := range []string{"test2", "test23", "test123"} {
 		s.expect(fmt.Sprintf("file=%s shares test* (100/minute)", value), one(kv("file", value)), response(ok, limited(ok, 100, minute, uint32(99-i))))
 	}
+	s.close()
+
+	// TestDuplicateDomain fails on the duplicate, so its second file alone, a domain with a
+	// bare `descriptors:` (null), is a valid file upstream: the domain exists without rules,
+	// which an override shows (overrides apply on known domains only).
+	s, err = open("config_test.go TestDuplicateDomain (duplicate_domain.yaml alone)", "config files", "duplicate_domain.yaml")
+	if err != nil {
+		return err
+	}
+	s.expect("test-domain with null descriptors: no rule", one(kv("key1", "value1")), response(ok, noRule()))
+	s.expect("test-domain is known: an override applies",
+		withOverride(one(kv("key1", "value1")), 0, 5, typev3.RateLimitUnit_MINUTE),
+		response(ok, limited(ok, 5, minute, 4)))
 	s.close()
 
 	runRejectedConfigs(r)

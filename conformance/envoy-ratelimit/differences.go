@@ -24,6 +24,8 @@ func init() {
 	// under atomic evaluation (still 6 of 10), so later requests see different counters.
 	atomicDifferences["fixed_cache_impl_test.go hits_addend / after the over-limit request, a look (descriptor hits_addend 0)"] =
 		"upstream counted the denied hits_addend 7 (13 of 10: over limit); atomic evaluation did not (6 of 10)"
+	atomicDifferences["fixed_cache_impl_test.go hits_addend / after hits_addend 20 on a limit of 10, a look (descriptor hits_addend 0)"] =
+		"upstream counted the denied 20 hits (20 of 10); atomic evaluation counted none (0 of 10)"
 	atomicDifferences["fixed_cache_impl_test.go hits_addend / after the over-limit request, hits_addend 4"] =
 		"upstream counted the denied hits_addend 7 (13 + 4 of 10); atomic evaluation did not (6 + 4 of 10 is within the limit)"
 }

@@ -44,6 +44,11 @@ descriptors:
     rate_limit:
       unit: minute
       requests_per_unit: 3
+  - key: shadowed
+    shadow_mode: true
+    rate_limit:
+      unit: minute
+      requests_per_unit: 1
 `
 
 const someDomainRules = `domain: some-domain
@@ -116,6 +121,10 @@ descriptors:
         rate_limit:
           unit: minute
           requests_per_unit: 10
+  - key: big
+    rate_limit:
+      unit: minute
+      requests_per_unit: 10
 `
 
 const overrideRules = `domain: override-domain
@@ -160,6 +169,19 @@ descriptors:
     rate_limit:
       unit: hour
       requests_per_unit: 100
+  - key: to_number
+    value: 2061111111
+    rate_limit:
+      unit: minute
+      requests_per_unit: 5
+  - key: status
+    value: 404
+    descriptors:
+      - key: retry
+        value: true
+        rate_limit:
+          unit: minute
+          requests_per_unit: 5
 `
 
 func runServiceCases(r *run) error {
@@ -266,6 +288,11 @@ func runServiceCases(r *run) error {
 	}
 	headersStep("over limit: headers of the over-limit descriptor", fooAndHello,
 		withHeaders(response(overLimit, limited(overLimit, 10, minute, 0), noRule()), "RateLimit-Limit", "10", "RateLimit-Remaining", "0", "RateLimit-Reset", "*"), 0)
+	shadowedReq := one("different-domain", kv("shadowed", "x"))
+	headersStep("shadow rule within its limit", shadowedReq,
+		withHeaders(response(ok, limited(ok, 1, minute, 0)), "RateLimit-Limit", "1", "RateLimit-Remaining", "0", "RateLimit-Reset", "*"), 0)
+	headersStep("shadow rule past its limit: OK, and the headers say 0 remain", shadowedReq,
+		withHeaders(response(ok, limited(ok, 1, minute, 0)), "RateLimit-Limit", "1", "RateLimit-Remaining", "0", "RateLimit-Reset", "*"), 0)
 	s.close()
 
 	// test/redis testRedis and utils.GetHitsAddends: hits_addend 0 counts 1, a
@@ -286,6 +313,11 @@ func runServiceCases(r *run) error {
 	s.expectIn("counting differences", "after the over-limit request, a look (descriptor hits_addend 0)", withDescriptorHits(key(1), 0),
 		response(overLimit, limited(overLimit, 10, minute, 0)))
 	s.expectIn("counting differences", "after the over-limit request, hits_addend 4", key(4), response(overLimit, limited(overLimit, 10, minute, 0)))
+	bigHits := request("domain", [][][2]string{{kv("big", "x")}}, 20)
+	s.expect("hits_addend 20 on a limit of 10 is over the limit", bigHits, response(overLimit, limited(overLimit, 10, minute, 0)))
+	s.expectIn("counting differences", "after hits_addend 20 on a limit of 10, a look (descriptor hits_addend 0)",
+		withDescriptorHits(request("domain", [][][2]string{{kv("big", "x")}}, 1), 0),
+		response(overLimit, limited(overLimit, 10, minute, 0)))
 	s.expect("testRedis: per-descriptor hits [0, 1] on an unmatched and a nested descriptor",
 		withDescriptorHits(request("domain", [][][2]string{{kv("key2", "value2")}, {kv("key2", "value2"), kv("subkey2", "subvalue2")}}, 1), 0, 1),
 		response(ok, noRule(), limited(ok, 10, minute, 9)))
@@ -314,6 +346,10 @@ func runServiceCases(r *run) error {
 	s.expect("unit month", one("units", kv("monthly", "a")), response(ok, limited(ok, 5, month, 4)))
 	s.expect("unit year", one("units", kv("yearly", "a")), response(ok, limited(ok, 5, year, 4)))
 	s.expect("unit Hour (upstream upper-cases unit names)", one("units", kv("capitalised", "a")), response(ok, limited(ok, 5, hour, 4)))
+	// yaml.v2 reads a plain scalar into a string field as written: numbers and booleans
+	// are values like any other.
+	s.expect("value: 2061111111 (a YAML number) matches \"2061111111\"", one("units", kv("to_number", "2061111111")), response(ok, limited(ok, 5, minute, 4)))
+	s.expect("value: 404 and value: true (YAML number and boolean) match as text", one("units", kv("status", "404"), kv("retry", "true")), response(ok, limited(ok, 5, minute, 4)))
 	s.expect("requests_per_unit 0 blocks", one("units", kv("blocked", "a")), response(overLimit, limited(overLimit, 0, minute, 0)))
 	s.expect("requests_per_unit missing blocks (it reads as 0)", one("units", kv("no_requests_per_unit", "a")), response(overLimit, limited(overLimit, 0, minute, 0)))
 	// limiter.GenerateCacheKey puts the window start (now / unit * unit) into the counter
@@ -322,8 +358,8 @@ func runServiceCases(r *run) error {
 	for _, c := range []struct {
 		key  string
 		unit int64
-	}{{"per_minute", 60}, {"per_hour", 3600}} {
-		req := one("units", kv(c.key, "a"))
+	}{{"per_minute", 60}, {"per_hour", 3600}, {"weekly", 7 * 86400}, {"monthly", 30 * 86400}, {"yearly", 365 * 86400}} {
+		req := one("units", kv(c.key, "reset-check"))
 		before := time.Now().Unix()
 		s.stepIn("windows on the clock", fmt.Sprintf("%s: duration_until_reset = %d - now %% %d", c.key, c.unit, c.unit), req, func(got *rlsv3.RateLimitResponse) error {
 			after := time.Now().Unix()
@@ -338,7 +374,7 @@ func runServiceCases(r *run) error {
 				}
 				upstream = append(upstream, fmt.Sprint(c.unit-t%c.unit))
 			}
-			return fmt.Errorf("duration_until_reset %ds%dns; upstream answers %s s, the rest of the current clock %s", reset.Seconds, reset.Nanos, strings.Join(upstream, " or "), strings.TrimPrefix(c.key, "per_"))
+			return fmt.Errorf("duration_until_reset %ds%dns; upstream answers %s s, the rest of the current %d s window counted from the Unix epoch", reset.Seconds, reset.Nanos, strings.Join(upstream, " or "), c.unit)
 		})
 	}
 	s.close()
@@ -346,39 +382,72 @@ func runServiceCases(r *run) error {
 	return runReadmeExamples(r)
 }
 
-// readmeExample returns the ```yaml block of upstream's README.md that declares domain.
-func readmeExample(upstream, domain string) (string, error) {
+// readmeExamples returns the ```yaml blocks of upstream's README.md that declare domain,
+// in the README's order.
+func readmeExamples(upstream, domain string) ([]string, error) {
 	data, err := os.ReadFile(filepath.Join(upstream, "README.md"))
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	blocks := regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(data), -1)
-	for _, block := range blocks {
-		if regexp.MustCompile(`(?m)^domain: ` + regexp.QuoteMeta(domain) + `$`).MatchString(block[1]) {
-			return block[1], nil
+	var found []string
+	declares := regexp.MustCompile(`(?m)^domain: ` + regexp.QuoteMeta(domain) + `$`)
+	for _, block := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(string(data), -1) {
+		if declares.MatchString(block[1]) {
+			found = append(found, block[1])
 		}
 	}
-	return "", fmt.Errorf("README.md has no yaml block for domain %s", domain)
+	if len(found) == 0 {
+		return nil, fmt.Errorf("README.md has no yaml block for domain %s", domain)
+	}
+	return found, nil
 }
 
-// runReadmeExamples replays what the README states of its examples 7 (replaces), 9
-// (wildcards) and 11 (share_threshold).
+// runReadmeExamples replays what the README states of its examples: 1 to 6 (matching,
+// nesting, blocking, unlimited, shadow mode), 7 (replaces), 9 (wildcards) and 11
+// (share_threshold). Example 4's second block declares the same domain as its first, so
+// it gets a baton of its own.
 func runReadmeExamples(r *run) error {
 	kv := func(k, v string) [2]string { return [2]string{k, v} }
 	files := map[string]string{}
-	for _, domain := range []string{"example7", "example9", "example11"} {
-		text, err := readmeExample(r.env.upstream, domain)
+	var example4 []string
+	for _, domain := range []string{"mongo_cps", "messaging", "edge_proxy_per_ip", "example4", "internal", "example6", "example7", "example9", "example11"} {
+		blocks, err := readmeExamples(r.env.upstream, domain)
 		if err != nil {
 			return err
 		}
-		files[domain+".yaml"] = text
+		files[domain+".yaml"] = blocks[0]
+		if domain == "example4" {
+			example4 = blocks
+		}
+	}
+	if len(example4) != 2 {
+		return fmt.Errorf("README.md: expected two example4 blocks, found %d", len(example4))
 	}
 	dir, err := r.env.writeConfig("readme", files)
 	if err != nil {
 		return err
 	}
-	s := r.scenario("README examples", "replaces", batonOptions{configDir: dir})
+	s := r.scenario("README examples", "matching", batonOptions{configDir: dir})
 	defer s.close()
+
+	s.expect("example1: database=users 500/second", single("mongo_cps", kv("database", "users")), response(ok, limited(ok, 500, second, 499)))
+	s.expect("example1: database=default 500/second", single("mongo_cps", kv("database", "default")), response(ok, limited(ok, 500, second, 499)))
+	s.expect("example1: database=other matches nothing", single("mongo_cps", kv("database", "other")), response(ok, noRule()))
+	s.expect("example2: marketing to a number and the number itself, in one request",
+		request("messaging", [][][2]string{{kv("message_type", "marketing"), kv("to_number", "2061111111")}, {kv("to_number", "2061111111")}}, 1),
+		response(ok, limited(ok, 5, day, 4), limited(ok, 100, day, 99)))
+	s.expect("example2: another number gets its own 5 a day",
+		single("messaging", kv("message_type", "marketing"), kv("to_number", "2062222222")),
+		response(ok, limited(ok, 5, day, 4)))
+	s.expect("example3: remote_address=50.0.0.1 10/second", single("edge_proxy_per_ip", kv("remote_address", "50.0.0.1")), response(ok, limited(ok, 10, second, 9)))
+	s.expect("example3: remote_address=50.0.0.5 is blocked", single("edge_proxy_per_ip", kv("remote_address", "50.0.0.5")), response(overLimit, limited(overLimit, 0, second, 0)))
+	s.expect("example4 (first block): a two-entry descriptor does not match a one-level rule",
+		single("example4", kv("key", "value"), kv("subkey", "subvalue")), response(ok, noRule()))
+	s.expect("example5: ldap is unlimited", single("internal", kv("ldap", "x")), response(ok, unlimited()))
+	s.expect("example5: azure 100/minute", single("internal", kv("azure", "x")), response(ok, limited(ok, 100, minute, 99)))
+	s.exhaust("example6: user-a of auth-service is in shadow mode (10/second)", single("example6", kv("service", "auth-service"), kv("user", "user-a")), 10, second, true)
+	s.exhaust("example6: user-b is limited to 20/second", single("example6", kv("service", "auth-service"), kv("user", "user-b")), 20, second, false)
+	s.feature = "replaces"
 
 	// Example 7: "(key_1, value_1), (key_2, value_2), (user, bkthomps): 10 / sec since the
 	// (key_1, value_1), (user, bkthomps) rule was replaced and this will not affect the
@@ -412,6 +481,15 @@ func runReadmeExamples(r *run) error {
 	}
 	s.expectIn("wildcards + share_threshold", "example11: files_no_share=files_no_share/b.csv keeps its own threshold", single("example11", kv("files_no_share", "files_no_share/b.csv")),
 		response(ok, limited(ok, 10, hour, 9)))
+
+	dir, err = r.env.writeConfig("readme-example4", map[string]string{"example4.yaml": example4[1]})
+	if err != nil {
+		return err
+	}
+	s4 := r.scenario("README example4 (second block)", "matching", batonOptions{configDir: dir})
+	defer s4.close()
+	s4.expect("example4 (second block): the nested rule matches, 300/second",
+		single("example4", kv("key", "value"), kv("subkey", "subvalue")), response(ok, limited(ok, 300, second, 299)))
 	return nil
 }
 
