@@ -217,11 +217,6 @@ func runRejectedConfigs(r *run) {
 			paths = append(paths, configFile(r.env.upstream, f))
 		}
 		what := fmt.Sprintf("start baton on %v", c.files)
-		if !r.env.hasFlag("--envoy-config-dir") && r.env.fallback {
-			// A hand translation would test the translator, not baton.
-			r.record(result{name: s.name + " / file refused", feature: s.feature, request: what, skipped: "needs --envoy-config-dir"})
-			continue
-		}
 		dir, err := r.env.configDir(c.test, paths...)
 		if err != nil {
 			s.check("file refused", what, err.Error())

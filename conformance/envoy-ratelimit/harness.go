@@ -173,21 +173,9 @@ type env struct {
 	workDir   string
 	help      string
 	logSerial int
-	// fallback translates the YAML into baton's TOML when baton cannot read it.
-	fallback bool
 	// reference, when set, is upstream's own ratelimit binary, run instead of baton to
 	// check the harness's expectations against the implementation they come from.
 	reference string
-	notes     []string
-}
-
-func (e *env) note(text string) {
-	for _, seen := range e.notes {
-		if seen == text {
-			return
-		}
-	}
-	e.notes = append(e.notes, text)
 }
 
 func (e *env) hasFlag(flag string) bool {
@@ -202,18 +190,7 @@ func (e *env) batonArgs(opts batonOptions, port, metricsPort int) ([]string, err
 		"--redis-url", e.redis.url(),
 	}
 	if !e.hasFlag("--envoy-config-dir") {
-		if !e.fallback {
-			return nil, errors.New("this baton has no --envoy-config-dir (it cannot read upstream's YAML files)")
-		}
-		path := opts.configDir + ".toml"
-		dropped, err := translateToTOML(opts.configDir, path, opts.headers)
-		if err != nil {
-			return nil, fmt.Errorf("translating the YAML to TOML: %w", err)
-		}
-		if len(dropped) > 0 {
-			e.note(fmt.Sprintf("TOML translation of %s dropped: %s", filepath.Base(opts.configDir), strings.Join(dropped, ", ")))
-		}
-		return append(args, "--config", path), nil
+		return nil, errors.New("this baton has no --envoy-config-dir (it cannot read upstream's YAML files)")
 	}
 	args = append(args, "--envoy-config-dir", opts.configDir)
 	if e.mode == "upstream" {

@@ -34,7 +34,6 @@ func exitCode() int {
 	batonBin := flag.String("baton", os.Getenv("BATON_BIN"), "baton binary (default $BATON_BIN)")
 	redisBin := flag.String("redis-server", "redis-server", "redis-server binary")
 	mode := flag.String("mode", "atomic", "atomic (baton's default counting) or upstream (--envoy-counting upstream)")
-	fallback := flag.Bool("toml-fallback", false, "if baton lacks --envoy-config-dir, translate the YAML into its TOML (measures the engine, not the YAML reader)")
 	reference := flag.String("reference", "", "run upstream's own ratelimit binary (built from the module's src/service_cmd) instead of baton, to check the expectations; use with -mode upstream")
 	checkReference := flag.Bool("check-reference", false, "build upstream's own server from the module and run every step against it in upstream mode (checks the harness, not baton)")
 	verbose := flag.Bool("v", false, "print every step")
@@ -67,10 +66,10 @@ func exitCode() int {
 		fmt.Fprintln(os.Stderr, "no baton binary: pass -baton or set BATON_BIN")
 		return 2
 	}
-	return conform(*batonBin, *redisBin, *mode, *fallback, *reference, *verbose, *keep)
+	return conform(*batonBin, *redisBin, *mode, *reference, *verbose, *keep)
 }
 
-func conform(batonBin, redisBin, mode string, fallback bool, reference string, verbose, keep bool) int {
+func conform(batonBin, redisBin, mode, reference string, verbose, keep bool) int {
 	absBaton, err := filepath.Abs(batonBin)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -110,26 +109,20 @@ func conform(batonBin, redisBin, mode string, fallback bool, reference string, v
 	}
 	defer redis.stop()
 
-	e := &env{batonBin: absBaton, redis: redis, mode: mode, upstream: upstream, workDir: workDir, help: string(help), fallback: fallback, reference: reference}
+	e := &env{batonBin: absBaton, redis: redis, mode: mode, upstream: upstream, workDir: workDir, help: string(help), reference: reference}
 	r := &run{env: e, verbose: verbose}
 	server := "baton " + absBaton
 	if reference != "" {
 		server = "upstream's own server " + reference
 	}
 	fmt.Printf("envoyproxy/ratelimit %s conformance, mode %s, %s\n", upstreamVersion, mode, server)
-	if !e.hasFlag("--envoy-config-dir") && fallback {
-		fmt.Println("note: baton has no --envoy-config-dir; the YAML files are translated into its TOML")
-	}
 	for _, part := range []func(*run) error{runIntegration, runConfigMapReload, runConfigCases, runServiceCases, runEnvoyScripts} {
 		if err := part(r); err != nil {
 			fmt.Fprintln(os.Stderr, "harness error:", err)
 			return 2
 		}
 	}
-	for _, note := range e.notes {
-		fmt.Println("note:", note)
-	}
-	passed, differences, failed, skipped := r.summary()
+	passed, differences, failed := r.summary()
 	total := passed + differences + failed
 	label := mode
 	if reference != "" {
@@ -141,9 +134,6 @@ func conform(batonBin, redisBin, mode string, fallback bool, reference string, v
 	}
 	if failed > 0 {
 		fmt.Printf(", %d FAIL", failed)
-	}
-	if skipped > 0 {
-		fmt.Printf(", %d not run", skipped)
 	}
 	fmt.Println()
 	if failed > 0 {

@@ -209,7 +209,6 @@ type result struct {
 	request  string
 	failure  string // empty when it passed
 	expected string // why a failure is a documented atomic-mode difference
-	skipped  string
 	// broken marks a step whose baton never started: it counts as failed, never as an
 	// expected difference, and is printed once per scenario.
 	broken   bool
@@ -310,10 +309,6 @@ func (s *scenario) check(name string, what string, failure string) {
 }
 
 func (r *run) record(res result) {
-	if res.skipped != "" {
-		r.results = append(r.results, res)
-		return
-	}
 	if res.failure != "" && !res.broken && r.env.mode == "atomic" {
 		if why, ok := atomicDifferences[res.name]; ok {
 			res.expected = why
@@ -338,7 +333,7 @@ func (r *run) record(res result) {
 }
 
 // summary prints the failures by feature and returns the counts of each outcome.
-func (r *run) summary() (passed, differences, failed, skipped int) {
+func (r *run) summary() (passed, differences, failed int) {
 	byFeature := map[string][]result{}
 	brokenSteps := map[string]int{}
 	var brokenOrder []string
@@ -351,9 +346,6 @@ func (r *run) summary() (passed, differences, failed, skipped int) {
 				fmt.Printf("\n  FAIL %s: %s\n", res.scenario, res.failure)
 			}
 			brokenSteps[res.scenario]++
-		case res.skipped != "":
-			skipped++
-			fmt.Printf("  not run: %s (%s)\n", res.name, res.skipped)
 		case res.failure == "":
 			passed++
 		case res.expected != "":
@@ -385,5 +377,5 @@ func (r *run) summary() (passed, differences, failed, skipped int) {
 			}
 		}
 	}
-	return passed, differences, failed, skipped
+	return passed, differences, failed
 }
