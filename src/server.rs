@@ -206,6 +206,7 @@ pub async fn run(
             config.envoy.static_domains.clone(),
             config.limits.clone(),
             envoy_rules,
+            config.envoy.loaded_files.clone(),
         )
     });
     let envoy_service = EnvoyGrpc::new(

@@ -78,7 +78,7 @@ pub struct ResponseHeaders {
 #[serde(deny_unknown_fields)]
 pub struct DomainFile {
     pub domain: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub descriptors: Vec<DescriptorFile>,
 }
 
@@ -103,7 +103,7 @@ pub struct DescriptorFile {
     /// On a wildcard value: every value it matches shares one counter.
     #[serde(default)]
     pub share_threshold: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub descriptors: Vec<DescriptorFile>,
 }
 
@@ -164,8 +164,17 @@ pub struct RateLimitFile {
     pub unlimited: bool,
     pub name: Option<String>,
     /// Names of rules this one replaces: when both match one request, only this counts.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub replaces: Vec<Replaces>,
+}
+
+/// A list written as an empty YAML value (`descriptors:`) is empty, as upstream reads it.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +191,8 @@ pub struct EnvoyConfig {
     pub static_domains: Vec<DomainFile>,
     /// The rules at start.
     pub rules: EnvoyRules,
+    /// The fingerprint of the directory's files the rules were read from.
+    pub loaded_files: Vec<u8>,
 }
 
 /// What the command line sets for Envoy; each wins over the file's.
@@ -215,11 +226,14 @@ impl EnvoyConfig {
             counting: flags.counting.or(file.counting).unwrap_or_default(),
             config_dir: flags.config_dir.or(file.config_dir),
         };
-        let rules = match &settings.config_dir {
+        let (rules, loaded_files) = match &settings.config_dir {
             Some(dir) => upstream_files::load(dir, &file.domains, limits)?,
-            None => EnvoyRules::build(file.domains.iter().map(|d| ("config file [envoy]".to_owned(), d)), limits)?,
+            None => (
+                EnvoyRules::build(file.domains.iter().map(|d| ("config file [envoy]".to_owned(), d)), limits)?,
+                Vec::new(),
+            ),
         };
-        Ok(Self { settings, static_domains: file.domains, rules })
+        Ok(Self { settings, static_domains: file.domains, rules, loaded_files })
     }
 }
 
@@ -530,6 +544,14 @@ mod tests {
         assert!(matches!(key("apart/a").rule, Rule::Limited { requests_per_unit: 20, .. }));
         assert!(matches!(key("apart/exact").rule, Rule::Limited { requests_per_unit: 7, .. }));
         assert!(matches!(key("elsewhere").rule, Rule::Limited { requests_per_unit: 1, .. }));
+    }
+
+    #[test]
+    fn an_empty_descriptors_list_is_a_domain_without_rules() {
+        let domain: DomainFile = serde_saphyr::from_str("domain: quiet\ndescriptors:\n").unwrap();
+        let rules = EnvoyRules::build([("test".to_owned(), &domain)], &Limits::default()).unwrap();
+        assert!(rules.has_domain("quiet"));
+        assert!(rules.match_descriptor("quiet", &entries(&[("k", "v")])).is_none());
     }
 
     #[test]

@@ -86,24 +86,26 @@ fn build(static_domains: &[DomainFile], files: &Snapshot, limits: &Limits) -> Re
     EnvoyRules::build(from_toml.chain(parsed.iter().map(|(origin, domain)| (origin.clone(), domain))), limits)
 }
 
-/// Reads the directory once; an error names the file and what is wrong in it.
-pub fn load(dir: &Path, static_domains: &[DomainFile], limits: &Limits) -> Result<EnvoyRules, String> {
-    build(static_domains, &snapshot(dir)?, limits)
+/// Reads the directory once; an error names the file and what is wrong in it. Also
+/// returns what the reloader compares later reads with, so that a change made between
+/// this read and the reloader's start is not missed.
+pub fn load(dir: &Path, static_domains: &[DomainFile], limits: &Limits) -> Result<(EnvoyRules, Vec<u8>), String> {
+    let files = snapshot(dir)?;
+    Ok((build(static_domains, &files, limits)?, fingerprint(&files)))
 }
 
-/// Re-reads `dir` every second and publishes each valid change to `rules`.
+/// Re-reads `dir` every second and publishes each valid change to `rules`; `loaded` is
+/// the fingerprint of the read the current rules came from.
 pub fn spawn_reloader(
     dir: PathBuf,
     static_domains: Vec<DomainFile>,
     limits: Limits,
     rules: watch::Sender<Arc<EnvoyRules>>,
+    loaded: Vec<u8>,
 ) -> TaskGuard {
     TaskGuard::spawn(async move {
         let read = |dir: PathBuf| async move { tokio::task::spawn_blocking(move || snapshot(&dir)).await };
-        let mut last = match read(dir.clone()).await {
-            Ok(Ok(files)) => fingerprint(&files),
-            _ => Vec::new(),
-        };
+        let mut last = loaded;
         let mut interval = tokio::time::interval(RELOAD_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
