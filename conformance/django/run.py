@@ -20,15 +20,16 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "clients" / "python" / "tests"))
+sys.path.insert(0, str(HERE.parent))
 
 from harness import Baton, Redis
+from sdist import download_sdist
 
 DJANGO = "django==5.2.*"
 
@@ -49,33 +50,9 @@ _FAILED = re.compile(
 )
 
 
-def download(into: Path) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-binary",
-            ":all:",
-            "--no-deps",
-            DJANGO,
-            "-d",
-            str(into),
-        ],
-        check=True,
-    )
-    (sdist,) = into.glob("[Dd]jango-*.tar.gz")
-    with tarfile.open(sdist) as archive:
-        archive.extractall(into, filter="data")
-    return into / sdist.name.removesuffix(".tar.gz")
-
-
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="conformance-django-") as scratch:
-        root = download(Path(scratch))
+        root = download_sdist(DJANGO, Path(scratch))
         tests = root / "tests"
         shutil.copytree(HERE / "baton_sessions_tests", tests / "baton_sessions_tests")
         shutil.copy(HERE / "baton_settings.py", tests / "baton_settings.py")

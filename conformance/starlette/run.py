@@ -15,7 +15,6 @@ import importlib.metadata
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from xml.etree import ElementTree
@@ -23,39 +22,17 @@ from xml.etree import ElementTree
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "clients" / "python" / "tests"))
+sys.path.insert(0, str(HERE.parent))
 
 from harness import Baton, Redis
+from sdist import download_sdist
 
 STARLETTE = f"starlette=={importlib.metadata.version('starlette')}"
 
 
-def download(into: Path) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-binary",
-            ":all:",
-            "--no-deps",
-            STARLETTE,
-            "-d",
-            str(into),
-        ],
-        check=True,
-    )
-    (sdist,) = into.glob("starlette-*.tar.gz")
-    with tarfile.open(sdist) as archive:
-        archive.extractall(into, filter="data")
-    return into / sdist.name.removesuffix(".tar.gz")
-
-
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="conformance-starlette-") as scratch:
-        root = download(Path(scratch))
+        root = download_sdist(STARLETTE, Path(scratch))
         report = Path(scratch) / "report.xml"
         redis = Redis()
         baton = None
