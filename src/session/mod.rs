@@ -501,11 +501,25 @@ impl SessionManager {
             let deletes = futures::future::try_join_all(page.iter().map(|hash| async move {
                 let (deleted, subject): (i64, String) =
                     self.store.run_script("session_clear", &DELETE, &[self.session_key(hash)], &[]).await?;
-                self.forget(hash, &subject).await?;
-                Ok::<_, Error>(deleted)
+                Ok::<_, Error>((hash, deleted, subject))
             }))
             .await?;
-            cleared += deletes.into_iter().filter(|deleted| *deleted == 1).count() as u64;
+            // The page's index and gauge entries go in one command per key, not one per session.
+            let mut by_subject: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+            for (hash, _, subject) in deletes.iter().filter(|(_, _, subject)| !subject.is_empty()) {
+                by_subject.entry(subject.as_str()).or_default().push(hash);
+            }
+            let mut pipes = Vec::with_capacity(by_subject.len() + 1);
+            for (subject, hashes) in by_subject {
+                let mut pipe = redis::pipe();
+                pipe.cmd("ZREM").arg(self.index_key(subject)).arg(hashes).ignore();
+                pipes.push(pipe);
+            }
+            let mut active_pipe = redis::pipe();
+            active_pipe.cmd("ZREM").arg(self.active_key()).arg(&page).ignore();
+            pipes.push(active_pipe);
+            self.pipelines("session_clear", &pipes).await?;
+            cleared += deletes.iter().filter(|(_, deleted, _)| *deleted == 1).count() as u64;
         }
         metrics::counter!("baton_sessions_revoked_total").increment(cleared);
         Ok(cleared)
