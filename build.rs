@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 6] = [
+const PROTOS: [&str; 7] = [
+    "proto/baton/v1/errors.proto",
     "proto/baton/v1/ratelimit.proto",
     "proto/baton/v1/lock.proto",
     "proto/baton/v1/cache.proto",
