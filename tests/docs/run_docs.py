@@ -18,6 +18,9 @@ The convention (docs/testing.md, "Docs that run"):
   sql, text, …) are data.
 - Relative links and their #anchors must resolve, and every path the README's Layout
   section names must exist in the repository.
+- The reason table of docs/errors.md lists exactly the values of baton.v1.ErrorReason
+  (proto/baton/v1/errors.proto) but ERROR_REASON_UNSPECIFIED, and a `# fails:` marker names
+  no reason the enum lacks.
 
 Stdlib only. Exit status 0 when every check passed; the summary names each failure.
 """
@@ -63,6 +66,11 @@ GRPC_CODES = {
     "INTERNAL": 13, "UNAVAILABLE": 14, "DATA_LOSS": 15, "UNAUTHENTICATED": 16,
 }  # fmt: skip
 GRPCURL_EXIT_OFFSET = 64
+
+# The reasons' source, and the document whose table must list each of them.
+ERROR_REASON_PROTO = "proto/baton/v1/errors.proto"
+ERRORS_DOC = "docs/errors.md"
+UNSPECIFIED_REASON = "ERROR_REASON_UNSPECIFIED"
 
 STARTUP_TIMEOUT = 60.0
 COMMAND_TIMEOUT = float(os.environ.get("DOCS_TEST_COMMAND_TIMEOUT", "30"))
@@ -303,6 +311,74 @@ def check_layout(path: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
+# Error reasons
+
+
+def error_reasons() -> list[str]:
+    """The value names of `enum ErrorReason`, read from the proto (stdlib only, so no protoc:
+    the names are what the server sends as ErrorInfo.reason)."""
+    text = (REPO / ERROR_REASON_PROTO).read_text()
+    text = re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.DOTALL)  # a comment may hold braces
+    body = re.search(r"\benum\s+ErrorReason\s*\{(.*?)\}", text, re.DOTALL)
+    if not body:
+        return []
+    return re.findall(r"^\s*([A-Z][A-Z0-9_]*)\s*=\s*\d+\s*(?:\[[^\]]*\])?\s*;", body.group(1), re.MULTILINE)
+
+
+def reason_table(path: str) -> list[tuple[int, str]] | None:
+    """(line, reason) for each reason named in the document's table with a `reason` column;
+    None when there is no such table. A row whose reason cell is `—` names none."""
+    lines = (REPO / path).read_text().split("\n")
+    for index, line in enumerate(lines):
+        cells = [cell.strip().lower() for cell in line.strip().strip("|").split("|")]
+        if not line.lstrip().startswith("|") or "reason" not in cells:
+            continue
+        column = cells.index("reason")
+        found: list[tuple[int, str]] = []
+        for number, row in enumerate(lines[index + 2 :], start=index + 3):  # past the |---| row
+            if not row.lstrip().startswith("|"):
+                break
+            row_cells = row.strip().strip("|").split("|")
+            if column < len(row_cells):
+                found.extend((number, name) for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", row_cells[column]))
+        return found
+    return None
+
+
+def check_reasons(docs: list[Document], reasons: list[str]) -> list[str]:
+    """docs/errors.md's table against the enum, both ways, and every `# fails:` reason."""
+    if not reasons:
+        return [f"{ERROR_REASON_PROTO}: no `enum ErrorReason` with values"]
+    known = set(reasons)
+    problems = []
+    for document in docs:
+        for command in document.commands:
+            if command.fails and command.fails[1] and command.fails[1] not in known:
+                problems.append(
+                    f"{command.path}:{command.line}: `# fails:` names the reason {command.fails[1]}, "
+                    f"which {ERROR_REASON_PROTO} does not define"
+                )
+        if document.path != ERRORS_DOC:
+            continue
+        table = reason_table(ERRORS_DOC)
+        if table is None:
+            problems.append(f"{ERRORS_DOC}: no table with a `reason` column")
+            continue
+        listed = {name for _, name in table}
+        for line, name in table:
+            if name == UNSPECIFIED_REASON:
+                problems.append(f"{ERRORS_DOC}:{line}: {name} is never sent: it has no row")
+            elif name not in known:
+                problems.append(
+                    f"{ERRORS_DOC}:{line}: the reason table names {name}, which {ERROR_REASON_PROTO} does not define"
+                )
+        for name in reasons:
+            if name != UNSPECIFIED_REASON and name not in listed:
+                problems.append(f"{ERRORS_DOC}: the reason table has no row for {name} ({ERROR_REASON_PROTO})")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------
 # Processes
 
 
@@ -508,6 +584,7 @@ def main() -> int:
         problems.extend(check_links(path))
     if "README.md" in paths:
         problems.extend(check_layout("README.md"))
+    problems.extend(check_reasons(docs, error_reasons()))
 
     for problem in problems:
         print(f"FAIL {problem}")

@@ -5,17 +5,10 @@ import (
 	"fmt"
 	"time"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	batonv1 "github.com/baton-dev/baton/clients/go/gen/baton/v1"
 )
-
-// ErrVersionMismatch: a compare-and-set ([WithIfVersion]) found the entry at another version.
-var ErrVersionMismatch = &Error{Code: codes.Aborted, Reason: "VERSION_MISMATCH"}
-
-// ErrFillTokenStale: a Fill whose token is no longer the current one (a write came first).
-var ErrFillTokenStale = &Error{Code: codes.FailedPrecondition, Reason: "FILL_TOKEN_STALE"}
 
 // CacheEntry is a cached value with its metadata.
 type CacheEntry struct {

@@ -292,7 +292,7 @@ func (b *backoff) reset() {
 func (b *backoff) sleep(ctx context.Context, cause error) bool {
 	var mapped *Error
 	isBatonError := errors.As(FromError(cause), &mapped)
-	if isBatonError && mapped.Reason == "SHUTTING_DOWN" && !b.skippedForShutdown {
+	if isBatonError && mapped.reason() == batonv1.ErrorReason_SHUTTING_DOWN && !b.skippedForShutdown {
 		// A draining replica refuses new work for a moment (its shutdown delay) before its
 		// clients' balancers drop it; the balancer picks another replica for the next
 		// attempt, so the first retry does not wait.

@@ -6,7 +6,8 @@
 //   - client.go: [New] and its options (target, TLS, API key, default deadline, load
 //     balancing, reconnect backoff), wait-for-ready, and the retry budgets and backoff of
 //     calls that are safe to repeat
-//   - errors.go: [*Error], built from google.rpc.ErrorInfo / RetryInfo / BadRequest
+//   - errors.go: [*Error], built from google.rpc.ErrorInfo / RetryInfo / BadRequest; the
+//     sentinels for errors.Is; [ReasonOf], the ErrorInfo reason as the generated enum
 //   - resolver.go: the "ipv4:" and "ipv6:" address-list targets
 //   - ratelimit.go: [Client.Allow]
 //   - lock.go: [Client.Lock] and [*Lease], held by heartbeats on a KeepAlive stream and

@@ -8,16 +8,18 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	batonv1 "github.com/baton-dev/baton/clients/go/gen/baton/v1"
 )
 
 // Error is a failed Baton call, with the details Baton attaches to every error. Branch on
-// Code and Reason (or use errors.Is with the Err* values below), never on Message.
+// Code and [ReasonOf] (or use errors.Is with the Err* values below), never on Message.
 type Error struct {
 	// Code is the gRPC status code.
 	Code codes.Code
-	// Reason is google.rpc.ErrorInfo.reason, an UPPER_SNAKE constant such as
-	// "LEASE_NOT_HELD" or "STORAGE_UNAVAILABLE"; empty when the server sent none (e.g. a
-	// transport failure).
+	// Reason is google.rpc.ErrorInfo.reason as sent: the name of a [batonv1.ErrorReason]
+	// value such as "LEASE_NOT_HELD"; empty when the server sent none (e.g. a transport
+	// failure). Compare [ReasonOf] with the generated constants rather than this string.
 	Reason string
 	// Field names the offending request field of an INVALID_ARGUMENT (google.rpc.BadRequest).
 	Field string
@@ -45,10 +47,45 @@ var (
 	ErrPermissionDenied   = &Error{Code: codes.PermissionDenied}
 
 	// ErrLeaseNotHeld: the lease expired, was released, or is not a current holder.
-	ErrLeaseNotHeld = &Error{Code: codes.FailedPrecondition, Reason: "LEASE_NOT_HELD"}
+	ErrLeaseNotHeld = reasonSentinel(codes.FailedPrecondition, batonv1.ErrorReason_LEASE_NOT_HELD)
 	// ErrStorageUnavailable: Baton could not reach Redis; retry after RetryAfter.
-	ErrStorageUnavailable = &Error{Code: codes.Unavailable, Reason: "STORAGE_UNAVAILABLE"}
+	ErrStorageUnavailable = reasonSentinel(codes.Unavailable, batonv1.ErrorReason_STORAGE_UNAVAILABLE)
+	// ErrVersionMismatch: a compare-and-set ([WithIfVersion], [SessionUpdate.IfVersion]) found
+	// the entry at another version.
+	ErrVersionMismatch = reasonSentinel(codes.Aborted, batonv1.ErrorReason_VERSION_MISMATCH)
+	// ErrFillTokenStale: a Fill whose token is no longer the current one (a write came first).
+	ErrFillTokenStale = reasonSentinel(codes.FailedPrecondition, batonv1.ErrorReason_FILL_TOKEN_STALE)
+	// ErrSessionNotFound: the session id is unknown, expired, deleted, rotated away or revoked.
+	ErrSessionNotFound = reasonSentinel(codes.NotFound, batonv1.ErrorReason_SESSION_NOT_FOUND)
+	// ErrSessionExists: CreateSession with a client-chosen id that is already in use.
+	ErrSessionExists = reasonSentinel(codes.AlreadyExists, batonv1.ErrorReason_SESSION_EXISTS)
+	// ErrJobNotLeased: Ack, Nack or Extend with a lease that is no longer the job's current one.
+	ErrJobNotLeased = reasonSentinel(codes.FailedPrecondition, batonv1.ErrorReason_JOB_NOT_LEASED)
 )
+
+// reasonSentinel spells the sentinel's reason the way the server does: ErrorInfo.reason is
+// the enum value's name.
+func reasonSentinel(code codes.Code, reason batonv1.ErrorReason) *Error {
+	return &Error{Code: code, Reason: reason.String()}
+}
+
+// ReasonOf returns the ErrorInfo reason of err as the generated enum, so callers compare it
+// with constants (batonv1.ErrorReason_LEASE_NOT_HELD) rather than strings. err may be an
+// *Error, wrap one, or come straight from a generated stub. It is
+// ERROR_REASON_UNSPECIFIED when err is nil, carries no reason, or carries one these stubs
+// do not know (sent by a newer server: the string stays in [Error.Reason]).
+func ReasonOf(err error) batonv1.ErrorReason {
+	var mapped *Error
+	if !errors.As(FromError(err), &mapped) {
+		return batonv1.ErrorReason_ERROR_REASON_UNSPECIFIED
+	}
+	return mapped.reason()
+}
+
+func (e *Error) reason() batonv1.ErrorReason {
+	// A missing name maps to 0, which is ERROR_REASON_UNSPECIFIED.
+	return batonv1.ErrorReason(batonv1.ErrorReason_value[e.Reason])
+}
 
 func (e *Error) Error() string {
 	if e.Reason == "" {

@@ -3,12 +3,16 @@ package baton_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/baton-dev/baton/clients/go/baton"
@@ -23,7 +27,7 @@ func TestInvalidArgumentNamesTheField(t *testing.T) {
 	if !errors.Is(err, baton.ErrInvalidArgument) || !errors.As(err, &batonErr) {
 		t.Fatalf("empty key: got %v, want an INVALID_ARGUMENT *baton.Error", err)
 	}
-	if batonErr.Reason != "INVALID_FIELD" || batonErr.Field != "limits[0].key" {
+	if baton.ReasonOf(err) != batonv1.ErrorReason_INVALID_FIELD || batonErr.Field != "limits[0].key" {
 		t.Fatalf("got reason %q field %q, want INVALID_FIELD on limits[0].key", batonErr.Reason, batonErr.Field)
 	}
 }
@@ -34,6 +38,10 @@ func TestFailedPreconditionFromAGeneratedStub(t *testing.T) {
 		Name:    unique("order"),
 		LeaseId: "0123456789abcdef0123456789abcdef",
 	})
+	// ReasonOf reads the stub's error as it is; the sentinels need it mapped first.
+	if reason := baton.ReasonOf(err); reason != batonv1.ErrorReason_LEASE_NOT_HELD {
+		t.Fatalf("ReasonOf a stub's error: got %v, want LEASE_NOT_HELD", reason)
+	}
 	err = baton.FromError(err)
 	if !errors.Is(err, baton.ErrLeaseNotHeld) || !errors.Is(err, baton.ErrFailedPrecondition) {
 		t.Fatalf("renewing a lease never granted: got %v, want FAILED_PRECONDITION LEASE_NOT_HELD", err)
@@ -52,9 +60,42 @@ func TestUnavailableWhenRedisIsDownCarriesRetryAfter(t *testing.T) {
 		_, err := client.Allow(ctx, unique("login"), 5, time.Minute)
 		return errors.Is(err, baton.ErrUnavailable) && errors.As(err, &batonErr)
 	})
-	if batonErr.Reason != "STORAGE_UNAVAILABLE" || batonErr.RetryAfter <= 0 {
+	if baton.ReasonOf(batonErr) != batonv1.ErrorReason_STORAGE_UNAVAILABLE || batonErr.RetryAfter <= 0 {
 		t.Fatalf("got reason %q retry after %s, want STORAGE_UNAVAILABLE with a positive RetryAfter",
 			batonErr.Reason, batonErr.RetryAfter)
+	}
+}
+
+func TestReasonOfReadsEveryReasonAndMapsTheRestToUnspecified(t *testing.T) {
+	for value, name := range batonv1.ErrorReason_name {
+		stubErr, err := status.New(codes.FailedPrecondition, "refused").
+			WithDetails(&errdetails.ErrorInfo{Reason: name, Domain: "baton.v1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := baton.ReasonOf(stubErr.Err()); got != batonv1.ErrorReason(value) {
+			t.Errorf("ReasonOf an ErrorInfo reason %q: got %v, want %v", name, got, batonv1.ErrorReason(value))
+		}
+	}
+	wrapped := fmt.Errorf("settling: %w", baton.ErrJobNotLeased)
+	if got := baton.ReasonOf(wrapped); got != batonv1.ErrorReason_JOB_NOT_LEASED {
+		t.Errorf("ReasonOf a wrapped *Error: got %v, want JOB_NOT_LEASED", got)
+	}
+	for _, err := range []error{
+		nil,
+		errors.New("not from gRPC"),
+		status.Error(codes.Unavailable, "no ErrorInfo"),
+		// A reason a newer server may send: unknown here, yet still readable as a string.
+		&baton.Error{Code: codes.FailedPrecondition, Reason: "A_REASON_FROM_THE_FUTURE"},
+	} {
+		if got := baton.ReasonOf(err); got != batonv1.ErrorReason_ERROR_REASON_UNSPECIFIED {
+			t.Errorf("ReasonOf(%v): got %v, want ERROR_REASON_UNSPECIFIED", err, got)
+		}
+	}
+	// The one spelled-out reason: the wire string is the enum value's name, so a sentinel
+	// built from a constant matches what the server sends.
+	if baton.ErrSessionNotFound.Reason != "SESSION_NOT_FOUND" {
+		t.Errorf("a sentinel's Reason must be the wire string: got %q", baton.ErrSessionNotFound.Reason)
 	}
 }
 

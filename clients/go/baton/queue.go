@@ -29,8 +29,6 @@ var (
 	// the queue without running it, because it was stopping: the job is ready again at once
 	// and the delivery's attempt is not charged.
 	ErrJobNotStarted = errors.New("baton: job handed back unstarted")
-	// ErrJobNotLeased: Ack, Nack or Extend with a lease that is no longer the job's current one.
-	ErrJobNotLeased = &Error{Code: codes.FailedPrecondition, Reason: "JOB_NOT_LEASED"}
 )
 
 // EnqueueOption tunes [Client.Enqueue].
@@ -774,7 +772,7 @@ func (w *worker) extend(held *heldJob) {
 		})
 		var mapped *Error
 		if errors.As(err, &mapped) && mapped.Code == codes.FailedPrecondition {
-			if mapped.Reason == "JOB_CANCELLED" {
+			if mapped.reason() == batonv1.ErrorReason_JOB_CANCELLED {
 				held.cancel(fmt.Errorf("%w: %w", ErrJobCancelled, mapped))
 			} else {
 				held.cancel(fmt.Errorf("%w: %w", ErrJobLeaseLost, mapped))

@@ -4,16 +4,7 @@ import (
 	"context"
 	"time"
 
-	"google.golang.org/grpc/codes"
-
 	batonv1 "github.com/baton-dev/baton/clients/go/gen/baton/v1"
-)
-
-var (
-	// ErrSessionNotFound: the session id is unknown, expired, deleted, rotated away or revoked.
-	ErrSessionNotFound = &Error{Code: codes.NotFound, Reason: "SESSION_NOT_FOUND"}
-	// ErrSessionExists: CreateSession with a client-chosen id that is already in use.
-	ErrSessionExists = &Error{Code: codes.AlreadyExists, Reason: "SESSION_EXISTS"}
 )
 
 // Session is a session's public view; it never holds the secret session id.

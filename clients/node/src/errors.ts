@@ -1,12 +1,15 @@
 // Baton errors as Error subclasses, built from the google.rpc details Baton attaches to every
-// failure (ErrorInfo, RetryInfo, BadRequest). Branch on the class and on `reason`, never on
-// the message text.
+// failure (ErrorInfo, RetryInfo, BadRequest). Branch on the class and on `reasonOf(error)`,
+// the ErrorInfo reason as the generated ErrorReason enum, never on the message text.
 
 import { Metadata, status as Status } from "@grpc/grpc-js";
 
+import { ErrorReason, errorReasonFromJSON } from "./gen/baton/v1/errors.js";
 import { BadRequest, ErrorInfo, RetryInfo } from "./gen/google/rpc/error_details.js";
 import { Status as RpcStatus } from "./gen/google/rpc/status.js";
 import { durationToMs } from "./connection.js";
+
+export { ErrorReason } from "./gen/baton/v1/errors.js";
 
 const STATUS_DETAILS_KEY = "grpc-status-details-bin";
 const TYPE_URL_PREFIX = "type.googleapis.com/";
@@ -15,7 +18,10 @@ const TYPE_URL_PREFIX = "type.googleapis.com/";
 export class BatonError extends Error {
   /** The gRPC status code. */
   readonly code: Status;
-  /** `ErrorInfo.reason`, e.g. "LEASE_NOT_HELD"; "" when the server sent none. */
+  /**
+   * `ErrorInfo.reason` as sent: the name of an ErrorReason value, e.g. "LEASE_NOT_HELD"; ""
+   * when the server sent none. Compare `reasonOf(error)` with the ErrorReason constants.
+   */
   readonly reason: string;
   /** The request field an INVALID_ARGUMENT names (`BadRequest`). */
   readonly field: string | undefined;
@@ -37,7 +43,7 @@ export class BatonError extends Error {
 
 /** Bad input; `field` names it. Nothing was written. */
 export class InvalidArgumentError extends BatonError {}
-/** A lease or token that is not the current one (`reason` LEASE_NOT_HELD, …). */
+/** A lease or token that is not the current one (LEASE_NOT_HELD, …). */
 export class FailedPreconditionError extends BatonError {}
 /** Baton or its Redis is unreachable; retry after `retryAfterMs` where that is safe. */
 export class UnavailableError extends BatonError {}
@@ -121,6 +127,23 @@ export function fromGrpcError(error: unknown): unknown {
   }
   const ErrorClass = CLASS_BY_CODE[error.code] ?? BatonError;
   return new ErrorClass(error.details ?? "", { code: error.code, reason, field, retryAfterMs });
+}
+
+/**
+ * The ErrorInfo reason of `error` as the generated enum, to compare with
+ * `ErrorReason.LEASE_NOT_HELD` and the like. `error` may be a BatonError or come straight
+ * from a generated stub. ERROR_REASON_UNSPECIFIED when it carries no reason, is no gRPC
+ * error, or carries a reason these stubs do not know (a newer server's: `reason` still has
+ * the string).
+ */
+export function reasonOf(error: unknown): ErrorReason {
+  const mapped = fromGrpcError(error);
+  if (!(mapped instanceof BatonError)) {
+    return ErrorReason.ERROR_REASON_UNSPECIFIED;
+  }
+  // The generated parser answers UNRECOGNIZED for a name it lacks, "" included.
+  const reason = errorReasonFromJSON(mapped.reason);
+  return reason === ErrorReason.UNRECOGNIZED ? ErrorReason.ERROR_REASON_UNSPECIFIED : reason;
 }
 
 /** The lock stayed held by others for the whole wait. */

@@ -14,10 +14,12 @@ import { ClientDuplexStream, Metadata, StatusObject, status as Status } from "@g
 import { Backoff, msToDuration, sleep } from "./connection.js";
 import {
   BatonError,
+  ErrorReason,
   FailedPreconditionError,
   fromGrpcError,
   JobCancelledError,
   JobLeaseLostError,
+  reasonOf,
 } from "./errors.js";
 import {
   AckRequest,
@@ -591,7 +593,7 @@ class Worker {
     } catch (error) {
       if (error instanceof FailedPreconditionError) {
         const lost =
-          error.reason === "JOB_CANCELLED"
+          reasonOf(error) === ErrorReason.JOB_CANCELLED
             ? new JobCancelledError(`job ${held.job.id} cancelled`, { cause: error })
             : new JobLeaseLostError(`job ${held.job.id} lease lost`, { cause: error });
         this.abort(held.job.leaseId, lost);

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { AbortedError, AlreadyExistsError, BatonClient, FailedPreconditionError, fromGrpcError } from "../src/index.js";
+import { AbortedError, AlreadyExistsError, BatonClient, ErrorReason, FailedPreconditionError, fromGrpcError, reasonOf } from "../src/index.js";
 import { FetchRequest, FillRequest } from "../src/gen/baton/v1/cache.js";
 import { msToDuration } from "../src/connection.js";
 import { unary } from "../src/unary.js";
@@ -29,7 +29,7 @@ test("set, get, delete and compare-and-set", async () => {
   await client.cacheSet(key, "v2", { ttlMs: 60_000, ifVersion: first.version });
   await assert.rejects(client.cacheSet(key, "v3", { ttlMs: 60_000, ifVersion: first.version }), (error) => {
     assert.ok(error instanceof AbortedError);
-    assert.equal(error.reason, "VERSION_MISMATCH");
+    assert.equal(reasonOf(error), ErrorReason.VERSION_MISMATCH);
     return true;
   });
   await assert.rejects(client.cacheSet(key, "v3", { ttlMs: 60_000, ifAbsent: true }), AlreadyExistsError);
@@ -95,5 +95,5 @@ test("Fill with a stale token is FAILED_PRECONDITION FILL_TOKEN_STALE", async ()
   const stale = FillRequest.fromPartial({ key, fillToken: fetched.fillToken, value: Buffer.from("older"), ttl: msToDuration(60_000) });
   const error = fromGrpcError(await unary(stub.fill.bind(stub), stale).catch((e: unknown) => e));
   assert.ok(error instanceof FailedPreconditionError, String(error));
-  assert.equal(error.reason, "FILL_TOKEN_STALE");
+  assert.equal(reasonOf(error), ErrorReason.FILL_TOKEN_STALE);
 });

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { Server, ServerCredentials } from "@grpc/grpc-js";
+import { Server, ServerCredentials, status as Status } from "@grpc/grpc-js";
 
-import { BatonClient, DeadlineExceededError, FailedPreconditionError, fromGrpcError, InvalidArgumentError, UnavailableError } from "../src/index.js";
+import { BatonClient, BatonError, DeadlineExceededError, ErrorReason, FailedPreconditionError, fromGrpcError, InvalidArgumentError, reasonOf, UnavailableError } from "../src/index.js";
 import { RenewRequest } from "../src/gen/baton/v1/lock.js";
 import { CheckResponse, RateLimiterServiceServer, RateLimiterServiceService } from "../src/gen/baton/v1/ratelimit.js";
 import { unary } from "../src/unary.js";
@@ -22,7 +22,7 @@ after(() => environment.close());
 test("INVALID_ARGUMENT names the field", async () => {
   await assert.rejects(client.allow("", { limit: 5, periodMs: 60_000 }), (error) => {
     assert.ok(error instanceof InvalidArgumentError, String(error));
-    assert.equal(error.reason, "INVALID_FIELD");
+    assert.equal(reasonOf(error), ErrorReason.INVALID_FIELD);
     assert.equal(error.field, "limits[0].key");
     return true;
   });
@@ -31,9 +31,32 @@ test("INVALID_ARGUMENT names the field", async () => {
 test("FAILED_PRECONDITION from a generated stub maps to LEASE_NOT_HELD", async () => {
   const locks = client.stubs.locks;
   const request = RenewRequest.fromPartial({ name: unique("order"), leaseId: "0".repeat(32) });
-  const error = fromGrpcError(await unary(locks.renew.bind(locks), request).catch((e: unknown) => e));
+  const raw = await unary(locks.renew.bind(locks), request).catch((e: unknown) => e);
+  // reasonOf reads the stub's error as it is; the class needs it mapped first.
+  assert.equal(reasonOf(raw), ErrorReason.LEASE_NOT_HELD);
+  const error = fromGrpcError(raw);
   assert.ok(error instanceof FailedPreconditionError, String(error));
-  assert.equal(error.reason, "LEASE_NOT_HELD");
+  assert.equal(reasonOf(error), ErrorReason.LEASE_NOT_HELD);
+});
+
+test("reasonOf reads every reason and maps the rest to ERROR_REASON_UNSPECIFIED", () => {
+  const reasons = Object.entries(ErrorReason).filter(
+    (entry): entry is [string, ErrorReason] => typeof entry[1] === "number" && entry[1] !== ErrorReason.UNRECOGNIZED,
+  );
+  assert.ok(reasons.length > 1, "the generated enum lists the reasons");
+  for (const [name, value] of reasons) {
+    assert.equal(reasonOf(new BatonError("refused", { code: Status.ABORTED, reason: name })), value, name);
+  }
+  // No reason (a transport failure), one a newer server sends, or no Baton error at all.
+  for (const error of [
+    new BatonError("refused", { code: Status.UNAVAILABLE }),
+    new BatonError("refused", { code: Status.ABORTED, reason: "A_REASON_FROM_THE_FUTURE" }),
+    new BatonError("refused", { code: Status.ABORTED, reason: "UNRECOGNIZED" }),
+    new Error("not from gRPC"),
+    undefined,
+  ]) {
+    assert.equal(reasonOf(error), ErrorReason.ERROR_REASON_UNSPECIFIED, String(error));
+  }
 });
 
 // Last in this file: it stops the shared redis-server.
@@ -46,7 +69,7 @@ test("UNAVAILABLE while Redis is down carries a retry delay", async () => {
     return failure instanceof UnavailableError;
   });
   assert.ok(failure instanceof UnavailableError);
-  assert.equal(failure.reason, "STORAGE_UNAVAILABLE");
+  assert.equal(reasonOf(failure), ErrorReason.STORAGE_UNAVAILABLE);
   assert.ok((failure.retryAfterMs ?? 0) > 0, `retryAfterMs ${failure.retryAfterMs}`);
 });
 

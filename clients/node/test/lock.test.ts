@@ -4,7 +4,7 @@ import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { BatonClient, FailedPreconditionError, Lease, LeaseLostError, LockNotAcquiredError } from "../src/index.js";
+import { BatonClient, ErrorReason, FailedPreconditionError, Lease, LeaseLostError, LockNotAcquiredError, reasonOf } from "../src/index.js";
 import { DescribeRequest, KeepAliveResponse, ReleaseRequest } from "../src/gen/baton/v1/lock.js";
 import { unary } from "../src/unary.js";
 import { Environment, eventually, freePort, unique } from "./harness.js";
@@ -92,7 +92,7 @@ test("losing the lease aborts its signal and rejects withLock", async () => {
   await assert.rejects(outcome, LeaseLostError);
   assert.ok(signalReason instanceof LeaseLostError, `signal reason: ${String(signalReason)}`);
   assert.ok(signalReason.cause instanceof FailedPreconditionError);
-  assert.equal(signalReason.cause.reason, "LEASE_NOT_HELD");
+  assert.equal(reasonOf(signalReason.cause), ErrorReason.LEASE_NOT_HELD);
 });
 
 test("KeepAlive resumes on another replica when one shuts down", async () => {

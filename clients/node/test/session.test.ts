@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
-import { AbortedError, AlreadyExistsError, BatonClient, InvalidArgumentError, NotFoundError } from "../src/index.js";
+import { AbortedError, AlreadyExistsError, BatonClient, ErrorReason, InvalidArgumentError, NotFoundError, reasonOf } from "../src/index.js";
 import { Environment, unique } from "./harness.js";
 
 let environment: Environment;
@@ -21,7 +21,7 @@ test("sessions: create, get, update, rotate, list, revoke and delete", async () 
   assert.equal(created.sessionId, chosen);
   await assert.rejects(client.createSession(subject, {}, { sessionId: chosen }), (error) => {
     assert.ok(error instanceof AlreadyExistsError);
-    assert.equal(error.reason, "SESSION_EXISTS");
+    assert.equal(reasonOf(error), ErrorReason.SESSION_EXISTS);
     return true;
   });
   await assert.rejects(client.createSession(subject, {}, { sessionId: "short" }), (error) => {
@@ -44,7 +44,7 @@ test("sessions: create, get, update, rotate, list, revoke and delete", async () 
   assert.equal(rotated.session.data.theme.toString(), "dark");
   await assert.rejects(client.getSession(chosen), (error) => {
     assert.ok(error instanceof NotFoundError);
-    assert.equal(error.reason, "SESSION_NOT_FOUND");
+    assert.equal(reasonOf(error), ErrorReason.SESSION_NOT_FOUND);
     return true;
   });
 

@@ -26,7 +26,7 @@ async def test_allow_denies_past_the_limit(async_client: baton_client.AsyncClien
 async def test_invalid_argument_names_the_field(async_client: baton_client.AsyncClient) -> None:
     with pytest.raises(baton_client.InvalidArgument) as raised:
         await async_client.allow("k", limit=0, period=60)
-    assert raised.value.reason == "INVALID_FIELD"
+    assert raised.value.error_reason == baton_client.ErrorReason.INVALID_FIELD
     assert raised.value.field is not None and raised.value.field.startswith("limits[0]")
 
 
@@ -61,7 +61,7 @@ async def test_lease_loss_is_signalled(async_client: baton_client.AsyncClient) -
             assert (await async_client.stubs.locks.Release(request)).released
             assert await lease.wait_lost(timeout=5), "loss not signalled"
     assert isinstance(raised.value.__cause__, baton_client.FailedPrecondition)
-    assert raised.value.__cause__.reason == "LEASE_NOT_HELD"
+    assert raised.value.__cause__.error_reason == baton_client.ErrorReason.LEASE_NOT_HELD
 
 
 async def test_lock_with_wait_gives_up_while_held(

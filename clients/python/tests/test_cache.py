@@ -21,7 +21,7 @@ def test_set_get_delete_and_compare_and_set(client: baton_client.Client) -> None
     client.cache_set(key, b"v2", ttl=60, if_version=first.version)
     with pytest.raises(baton_client.Aborted) as mismatch:
         client.cache_set(key, b"v3", ttl=60, if_version=first.version)
-    assert mismatch.value.reason == "VERSION_MISMATCH"
+    assert mismatch.value.error_reason == baton_client.ErrorReason.VERSION_MISMATCH
     with pytest.raises(baton_client.AlreadyExists):
         client.cache_set(key, b"v3", ttl=60, if_absent=True)
     assert client.cache_delete(key) is True
@@ -96,4 +96,4 @@ def test_fill_with_a_stale_token_is_failed_precondition(client: baton_client.Cli
         client.stubs.cache.Fill(stale_fill)
     mapped = baton_client.from_rpc_error(raised.value)
     assert isinstance(mapped, baton_client.FailedPrecondition)
-    assert mapped.reason == "FILL_TOKEN_STALE"
+    assert mapped.error_reason == baton_client.ErrorReason.FILL_TOKEN_STALE

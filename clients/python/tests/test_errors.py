@@ -15,7 +15,7 @@ from baton_client.pb.baton.v1 import lock_pb2, ratelimit_pb2, ratelimit_pb2_grpc
 def test_invalid_argument_names_the_field(client: baton_client.Client) -> None:
     with pytest.raises(baton_client.InvalidArgument) as raised:
         client.allow("", limit=5, period=60)
-    assert raised.value.reason == "INVALID_FIELD"
+    assert raised.value.error_reason == baton_client.ErrorReason.INVALID_FIELD
     assert raised.value.field == "limits[0].key"
 
 
@@ -25,7 +25,7 @@ def test_failed_precondition_from_a_generated_stub(client: baton_client.Client) 
         client.stubs.locks.Renew(request)
     mapped = baton_client.from_rpc_error(raised.value)
     assert isinstance(mapped, baton_client.FailedPrecondition)
-    assert mapped.reason == "LEASE_NOT_HELD"
+    assert mapped.error_reason == baton_client.ErrorReason.LEASE_NOT_HELD
 
 
 def test_unavailable_when_redis_is_down_carries_retry_after(
@@ -44,8 +44,19 @@ def test_unavailable_when_redis_is_down_carries_retry_after(
         return False
 
     eventually(fails_unavailable, "allow() raises Unavailable")
-    assert failures[0].reason == "STORAGE_UNAVAILABLE"
+    assert failures[0].error_reason == baton_client.ErrorReason.STORAGE_UNAVAILABLE
     assert failures[0].retry_after is not None and failures[0].retry_after > 0
+
+
+def test_error_reason_reads_every_reason_and_maps_the_rest_to_unspecified() -> None:
+    for name, value in baton_client.ErrorReason.items():
+        error = baton_client.BatonError("refused", code=grpc.StatusCode.ABORTED, reason=name)
+        assert error.error_reason == value, name
+    # No reason (a transport failure), or one a newer server sends: unknown, not an error.
+    for sent in ("", "A_REASON_FROM_THE_FUTURE"):
+        error = baton_client.BatonError("refused", code=grpc.StatusCode.ABORTED, reason=sent)
+        assert error.error_reason == baton_client.ErrorReason.ERROR_REASON_UNSPECIFIED
+        assert error.reason == sent
 
 
 class _RecordingLimiter(ratelimit_pb2_grpc.RateLimiterServiceServicer):

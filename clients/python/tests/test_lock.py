@@ -84,7 +84,7 @@ def test_lease_loss_is_signalled(client: baton_client.Client) -> None:
         assert lease.lost
     cause = raised.value.__cause__
     assert isinstance(cause, baton_client.FailedPrecondition)
-    assert cause.reason == "LEASE_NOT_HELD"
+    assert cause.error_reason == baton_client.ErrorReason.LEASE_NOT_HELD
 
 
 def test_keep_alive_resumes_on_another_replica_when_one_shuts_down(start_baton) -> None:

@@ -16,7 +16,7 @@ def test_create_get_update_rotate_and_revoke(client: baton_client.Client) -> Non
     assert session_id == chosen and created.subject == subject
     with pytest.raises(baton_client.AlreadyExists) as exists:
         client.create_session(subject, session_id=chosen)
-    assert exists.value.reason == "SESSION_EXISTS"
+    assert exists.value.error_reason == baton_client.ErrorReason.SESSION_EXISTS
     with pytest.raises(baton_client.InvalidArgument) as malformed:
         client.create_session(subject, session_id="short")
     assert malformed.value.field == "session_id"
@@ -31,7 +31,7 @@ def test_create_get_update_rotate_and_revoke(client: baton_client.Client) -> Non
     assert rotated_id != session_id and rotated.data == {"theme": b"dark"}
     with pytest.raises(baton_client.NotFound) as gone:
         client.get_session(session_id)
-    assert gone.value.reason == "SESSION_NOT_FOUND"
+    assert gone.value.error_reason == baton_client.ErrorReason.SESSION_NOT_FOUND
 
     other_id, _ = client.create_session(subject)
     assert len(client.list_sessions(subject)) == 2

@@ -11,7 +11,8 @@ Layout:
 - ``session``: ``create_session()`` … ``revoke_sessions()``; ``django_sessions``: a Django
   session engine on them
 - ``queue``: ``enqueue()`` and ``consume()``, the worker loop
-- ``errors``: ``BatonError`` and its subclasses, from ``google.rpc`` error details
+- ``errors``: ``BatonError`` and its subclasses, from ``google.rpc`` error details;
+  ``ErrorReason``, the generated enum of their ``reason`` (``BatonError.error_reason``)
 """
 
 from .aio import AsyncClient
@@ -38,6 +39,7 @@ from .errors import (
     from_rpc_error,
 )
 from .lock import AsyncLease, Lease
+from .pb.baton.v1.errors_pb2 import ErrorReason
 from .queue import Enqueued, Job, RetryBackoff
 from .ratelimit import Algorithm, Decision
 from .session import Session
@@ -54,6 +56,7 @@ __all__ = [
     "DeadlineExceeded",
     "Decision",
     "Enqueued",
+    "ErrorReason",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",

@@ -1,13 +1,20 @@
 """Baton errors as Python exceptions, built from the google.rpc details Baton attaches.
 
-Branch on the exception class and on ``reason`` (``google.rpc.ErrorInfo.reason``, such as
-``"LEASE_NOT_HELD"``), never on the message text.
+Branch on the exception class and on ``error_reason``, the ``google.rpc.ErrorInfo.reason`` as
+the generated enum (``ErrorReason.LEASE_NOT_HELD``), never on the message text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+
+# googleapis-common-protos ships .pyi files but no py.typed marker, so mypy will not read them.
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+
+from .pb.baton.v1.errors_pb2 import ErrorReason
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -17,8 +24,9 @@ class BatonError(Exception):
 
     Attributes:
         code: the gRPC status code.
-        reason: ``ErrorInfo.reason`` (UPPER_SNAKE, e.g. ``"STORAGE_UNAVAILABLE"``), or ``""``
-            when the server sent none (a transport failure, for instance).
+        reason: ``ErrorInfo.reason`` as sent: the name of an ``ErrorReason`` value (e.g.
+            ``"STORAGE_UNAVAILABLE"``), or ``""`` when the server sent none (a transport
+            failure, for instance). ``error_reason`` is the same as the enum.
         field: the request field an INVALID_ARGUMENT names (``BadRequest``), else ``None``.
         retry_after: seconds to wait before retrying (``RetryInfo``), else ``None``.
         message: the server's text, for logs only.
@@ -40,13 +48,23 @@ class BatonError(Exception):
         self.field = field
         self.retry_after = retry_after
 
+    @property
+    def error_reason(self) -> ErrorReason:
+        """``reason`` as the generated enum, to compare with ``ErrorReason.LEASE_NOT_HELD`` and
+        the like: ``ERROR_REASON_UNSPECIFIED`` when the server sent no reason or one this
+        version of the stubs does not know (a newer server's; ``reason`` still has it)."""
+        try:
+            return cast(ErrorReason, ErrorReason.Value(self.reason))
+        except ValueError:
+            return ErrorReason.ERROR_REASON_UNSPECIFIED
+
 
 class InvalidArgument(BatonError):
     """Bad input; ``field`` names it. Nothing was written."""
 
 
 class FailedPrecondition(BatonError):
-    """A lease or token that is not the current one (``reason`` ``LEASE_NOT_HELD``, …)."""
+    """A lease or token that is not the current one (``LEASE_NOT_HELD``, …)."""
 
 
 class Unavailable(BatonError):
@@ -107,11 +125,15 @@ _CLASS_BY_CODE: dict[grpc.StatusCode, type[BatonError]] = {
 
 def from_rpc_error(error: grpc.RpcError) -> BatonError:
     """Turns an error raised by a generated stub (sync or asyncio) into a BatonError."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or ""  # type: ignore[attr-defined]
+    code = error.code()
+    message = error.details() or ""
     reason, field, retry_after = "", None, None
-    for key, value in error.trailing_metadata() or ():  # type: ignore[attr-defined]
-        if key != _STATUS_DETAILS_KEY:
+    # types-grpcio gives a sync RpcError's trailing metadata as objects with .key and
+    # .value, and grpc.aio's as a Metadata; both yield (key, value) pairs at run time,
+    # which is all this reads.
+    trailing = cast(Iterable[tuple[str, str | bytes]], error.trailing_metadata() or ())
+    for key, value in trailing:
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
             continue
         status = status_pb2.Status.FromString(value)
         for detail in status.details:

@@ -45,6 +45,7 @@ from . import _retry
 from ._connection import Backoff, Seconds, duration, seconds, stream_backoff
 from .errors import BatonError, LeaseLost, LockNotAcquired, from_rpc_error
 from .pb.baton.v1 import lock_pb2
+from .pb.baton.v1.errors_pb2 import ErrorReason
 
 if TYPE_CHECKING:
     from .pb.baton.v1 import lock_pb2_grpc
@@ -153,7 +154,7 @@ def _renew_request(lease: lock_pb2.Lease) -> lock_pb2.RenewRequest:
 
 def _unproven(lease: lock_pb2.Lease, error: BatonError) -> BaseException:
     """The exception for a grant that could not be renewed before being handed out."""
-    if isinstance(error, BatonError) and error.reason == "LEASE_NOT_HELD":
+    if isinstance(error, BatonError) and error.error_reason == ErrorReason.LEASE_NOT_HELD:
         lost = LeaseLost(f"lock {lease.name!r} was lost before its grant could be confirmed")
         lost.__cause__ = error
         return lost

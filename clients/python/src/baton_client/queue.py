@@ -45,6 +45,7 @@ from .errors import (
     from_rpc_error,
 )
 from .pb.baton.v1 import queue_pb2
+from .pb.baton.v1.errors_pb2 import ErrorReason
 
 if TYPE_CHECKING:
     from .pb.baton.v1 import queue_pb2_grpc
@@ -194,7 +195,7 @@ def _error_text(error: BaseException) -> str:
 
 def _lost(error: BatonError) -> tuple[str, Exception]:
     """The cancel reason and the exception a refused Extend means."""
-    if error.reason == "JOB_CANCELLED":
+    if error.error_reason == ErrorReason.JOB_CANCELLED:
         outcome: Exception = JobCancelled(f"job cancelled: {error}")
         reason = "cancelled"
     else:
@@ -284,7 +285,8 @@ def _reconnect_delay(backoff: Backoff, error: grpc.RpcError | None) -> float:
     if error is None:
         return backoff.delay(None)
     mapped = from_rpc_error(error)
-    return backoff.delay(None if mapped.reason == "SHUTTING_DOWN" else mapped.retry_after)
+    draining = mapped.error_reason == ErrorReason.SHUTTING_DOWN
+    return backoff.delay(None if draining else mapped.retry_after)
 
 
 def _consume_requests(
