@@ -13,10 +13,8 @@ use std::task::{Context, Poll};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tonic::Status;
-use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::error::ERROR_DOMAIN;
+use crate::error::{Reason, refusal};
 use crate::store::keys::DEFAULT_NAMESPACE;
 
 /// `[[api_keys]]` in the config file.
@@ -119,12 +117,6 @@ fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
     headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
-fn refusal(code: tonic::Code, reason: &str, message: &str) -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info(reason, ERROR_DOMAIN, []);
-    Status::with_error_details(code, message, details)
-}
-
 /// Checks API keys before any handler runs.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -171,12 +163,14 @@ where
         let refused = match presented_key(request.headers()).and_then(|key| self.keys.find(key)) {
             None => Some(refusal(
                 tonic::Code::Unauthenticated,
-                "API_KEY_INVALID",
+                Reason::ApiKeyInvalid,
                 "a valid API key is required (authorization: Bearer <key>)",
             )),
-            Some(key) if !allowed(key, request.uri().path()) => {
-                Some(refusal(tonic::Code::PermissionDenied, "RPC_NOT_ALLOWED", "this API key may not call this RPC"))
-            }
+            Some(key) if !allowed(key, request.uri().path()) => Some(refusal(
+                tonic::Code::PermissionDenied,
+                Reason::RpcNotAllowed,
+                "this API key may not call this RPC",
+            )),
             Some(key) => {
                 request.extensions_mut().insert(Tenant(key.tenant.clone()));
                 None

@@ -5,6 +5,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::error::{Reason, refusal};
+
 /// RPCs that wait as long as the request asks (bounded by validation), so the default
 /// deadline must not cut them.
 const CLIENT_BOUNDED_WAITS: [&str; 2] = ["/baton.v1.LockService/Acquire", "/baton.v1.CacheService/Fetch"];
@@ -62,9 +64,13 @@ where
         Box::pin(async move {
             match tokio::time::timeout(deadline, response).await {
                 Ok(response) => response,
-                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
-                    "no answer within the server's default deadline of {deadline:?}; set a deadline on the call"
-                ))
+                Err(_) => Ok(refusal(
+                    tonic::Code::DeadlineExceeded,
+                    Reason::ServerDeadlineExceeded,
+                    format!(
+                        "no answer within the server's default deadline of {deadline:?}; set a deadline on the call"
+                    ),
+                )
                 .into_http()),
             }
         })

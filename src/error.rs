@@ -6,6 +6,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+pub use crate::proto::v1::ErrorReason as Reason;
 use crate::store::StoreError;
 
 /// The ErrorInfo domain of every Baton error.
@@ -15,6 +16,8 @@ pub const ERROR_DOMAIN: &str = "baton.v1";
 /// ping interval, the soonest Baton can notice that Redis is back.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
+/// What went wrong, in the domain's words; [`Status::from`] alone gives each its code,
+/// its [`Reason`] and its ErrorInfo, BadRequest and RetryInfo details.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// Bad input, rejected before any Redis call.
@@ -32,16 +35,34 @@ pub enum Error {
     /// An answer that would not fit in one gRPC message.
     #[error("the response would exceed the {limit}-byte message limit")]
     ResponseTooLarge { limit: usize },
-    /// A lease or token that is not the current one.
-    #[error("{message}")]
-    FailedPrecondition { reason: &'static str, message: String },
-    /// A compare-and-set version mismatch.
-    #[error("{message}")]
-    Aborted { reason: &'static str, message: String },
-    #[error("{message}")]
-    AlreadyExists { reason: &'static str, message: String },
-    #[error("{message}")]
-    NotFound { reason: &'static str, message: String },
+    /// A lock lease that is not held (any more).
+    #[error("lease on {name:?} is not held: {why}")]
+    LeaseNotHeld { name: String, why: String },
+    /// A compare-and-set whose expected version is not the current one.
+    #[error("the {what}'s version is not if_version")]
+    VersionMismatch { what: &'static str },
+    /// A cache write with `if_absent` found a fresh entry.
+    #[error("the key holds a fresh entry (if_absent)")]
+    EntryExists,
+    /// A cache fill whose token is not the current one.
+    #[error("the fill token is no longer current: the key was written or deleted, or its lease expired")]
+    FillTokenStale,
+    /// A cache fill whose value may predate a tag invalidation.
+    #[error(
+        "a tag of this value was invalidated after its fill began, so it may predate the invalidation: \
+         use it for this caller only and Fetch again"
+    )]
+    FillTagInvalidated,
+    #[error("no such session, or it expired")]
+    SessionNotFound,
+    #[error("that session id is taken")]
+    SessionExists,
+    #[error("no job {job_id:?} (it may have passed its retention)")]
+    JobNotFound { job_id: String },
+    #[error("this lease is not the job's current one: it expired, was re-delivered, or the job is gone")]
+    JobNotLeased,
+    #[error("the job was cancelled; this lease can no longer settle it")]
+    JobCancelled,
     /// A bug or an unexpected reply; the cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -53,18 +74,23 @@ impl Error {
     }
 
     /// The ErrorInfo reason clients branch on.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::InvalidArgument { .. } => "INVALID_FIELD",
-            Self::Unavailable => "STORAGE_UNAVAILABLE",
-            Self::ShuttingDown => "SHUTTING_DOWN",
-            Self::StorageFull => "STORAGE_FULL",
-            Self::ResponseTooLarge { .. } => "RESPONSE_TOO_LARGE",
-            Self::FailedPrecondition { reason, .. }
-            | Self::Aborted { reason, .. }
-            | Self::AlreadyExists { reason, .. }
-            | Self::NotFound { reason, .. } => reason,
-            Self::Internal(_) => "INTERNAL",
+            Self::InvalidArgument { .. } => Reason::InvalidField,
+            Self::Unavailable => Reason::StorageUnavailable,
+            Self::ShuttingDown => Reason::ShuttingDown,
+            Self::StorageFull => Reason::StorageFull,
+            Self::ResponseTooLarge { .. } => Reason::ResponseTooLarge,
+            Self::LeaseNotHeld { .. } => Reason::LeaseNotHeld,
+            Self::VersionMismatch { .. } => Reason::VersionMismatch,
+            Self::EntryExists => Reason::AlreadyExists,
+            Self::FillTokenStale | Self::FillTagInvalidated => Reason::FillTokenStale,
+            Self::SessionNotFound => Reason::SessionNotFound,
+            Self::SessionExists => Reason::SessionExists,
+            Self::JobNotFound { .. } => Reason::JobNotFound,
+            Self::JobNotLeased => Reason::JobNotLeased,
+            Self::JobCancelled => Reason::JobCancelled,
+            Self::Internal(_) => Reason::Internal,
         }
     }
 
@@ -73,13 +99,25 @@ impl Error {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::Unavailable | Self::ShuttingDown => Code::Unavailable,
             Self::StorageFull | Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
-            Self::FailedPrecondition { .. } => Code::FailedPrecondition,
-            Self::Aborted { .. } => Code::Aborted,
-            Self::AlreadyExists { .. } => Code::AlreadyExists,
-            Self::NotFound { .. } => Code::NotFound,
+            Self::LeaseNotHeld { .. }
+            | Self::FillTokenStale
+            | Self::FillTagInvalidated
+            | Self::JobNotLeased
+            | Self::JobCancelled => Code::FailedPrecondition,
+            Self::VersionMismatch { .. } => Code::Aborted,
+            Self::EntryExists | Self::SessionExists => Code::AlreadyExists,
+            Self::SessionNotFound | Self::JobNotFound { .. } => Code::NotFound,
             Self::Internal(_) => Code::Internal,
         }
     }
+}
+
+/// A refusal made before any handler runs (authentication, the server's default deadline,
+/// a panicking handler), with the same ErrorInfo as every other error.
+pub fn refusal(code: Code, reason: Reason, message: impl Into<String>) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason.as_str_name(), ERROR_DOMAIN, []);
+    Status::with_error_details(code, message, details)
 }
 
 impl From<StoreError> for Error {
@@ -95,7 +133,7 @@ impl From<StoreError> for Error {
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let mut details = ErrorDetails::new();
-        details.set_error_info(err.reason(), ERROR_DOMAIN, []);
+        details.set_error_info(err.reason().as_str_name(), ERROR_DOMAIN, []);
         match &err {
             Error::InvalidArgument { field, description } => {
                 details.add_bad_request_violation(bounded(field), bounded(description));

@@ -18,6 +18,7 @@ use crate::cache::grpc::CacheGrpc;
 use crate::config::Config;
 use crate::deadline::DefaultDeadlineLayer;
 use crate::envoy::grpc::EnvoyGrpc;
+use crate::error::{Reason, refusal};
 use crate::listener::{handshaken, http2_preface};
 use crate::lock::grpc::LockGrpc;
 use crate::lock::{LockManager, LockSettings};
@@ -336,5 +337,5 @@ fn internal_error_for_panic(panic: Box<dyn std::any::Any + Send + 'static>) -> h
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     tracing::error!(panic = %detail, "handler panicked");
-    tonic::Status::internal("internal error").into_http()
+    refusal(tonic::Code::Internal, Reason::Internal, "internal error").into_http()
 }

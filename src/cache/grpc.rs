@@ -112,12 +112,8 @@ fn entry_to_proto(entry: Entry) -> CacheEntry {
 
 fn refused(refusal: WriteRefused) -> Error {
     match refusal {
-        WriteRefused::VersionMismatch => {
-            Error::Aborted { reason: "VERSION_MISMATCH", message: "the entry's version is not if_version".into() }
-        }
-        WriteRefused::AlreadyExists => {
-            Error::AlreadyExists { reason: "ALREADY_EXISTS", message: "the key holds a fresh entry (if_absent)".into() }
-        }
+        WriteRefused::VersionMismatch => Error::VersionMismatch { what: "entry" },
+        WriteRefused::AlreadyExists => Error::EntryExists,
     }
 }
 

@@ -4,4 +4,4 @@
 -- which Fill compares with when its token was granted.
 local generation = math.max((tonumber(redis.call('GET', KEYS[1])) or 0) + 1, now)
 redis.call('SET', KEYS[1], int(generation), 'PX', ARGV[1])
-return int(generation)
+return {1, int(generation)}

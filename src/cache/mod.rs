@@ -13,27 +13,22 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use futures::future::join_all;
-use redis::Script;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::store::keys::Pattern;
 use crate::store::notify::Notifier;
-use crate::store::{KeyBuilder, Store};
+use crate::store::{Arg, Command, Fields, KeyBuilder, Outcome, Script, Store};
 
-macro_rules! cache_script {
-    ($file:literal) => {
-        LazyLock::new(|| crate::store::script(&[include_str!("prelude.lua"), include_str!($file)]))
-    };
-}
-
-static GET: LazyLock<Script> = cache_script!("get.lua");
-static SET: LazyLock<Script> = cache_script!("set.lua");
-static DELETE: LazyLock<Script> = cache_script!("delete.lua");
-static FETCH: LazyLock<Script> = cache_script!("fetch.lua");
-static FILL: LazyLock<Script> = cache_script!("fill.lua");
-static INVALIDATE_TAG: LazyLock<Script> = LazyLock::new(|| crate::store::script(&[include_str!("invalidate_tag.lua")]));
+const PRELUDE: &str = include_str!("prelude.lua");
+static GET: LazyLock<Script> = LazyLock::new(|| Script::new("cache_get", &[PRELUDE, include_str!("get.lua")]));
+static SET: LazyLock<Script> = LazyLock::new(|| Script::new("cache_set", &[PRELUDE, include_str!("set.lua")]));
+static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new("cache_delete", &[PRELUDE, include_str!("delete.lua")]));
+static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new("cache_fetch", &[PRELUDE, include_str!("fetch.lua")]));
+static FILL: LazyLock<Script> = LazyLock::new(|| Script::new("cache_fill", &[PRELUDE, include_str!("fill.lua")]));
+static INVALIDATE_TAG: LazyLock<Script> =
+    LazyLock::new(|| Script::new("cache_invalidate_tag", &[include_str!("invalidate_tag.lua")]));
 
 /// A waiter re-checks at least this often, in case a notification was lost.
 const SAFETY_RECHECK: Duration = Duration::from_secs(1);
@@ -107,6 +102,10 @@ fn stamped_tags(stamps: &[(String, u64)]) -> HashSet<String> {
     stamps.iter().map(|(tag, _)| tag.clone()).collect()
 }
 
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
 fn new_token() -> String {
     crate::secret::random_hex(TOKEN_BYTES)
 }
@@ -117,44 +116,17 @@ struct RawEntry {
     stamps: Vec<(String, u64)>,
 }
 
-fn decode_entry(parts: &[redis::Value], stale: bool) -> Result<RawEntry, Error> {
-    let field = |index: usize| -> Result<Vec<u8>, Error> {
-        match parts.get(index) {
-            Some(redis::Value::BulkString(bytes)) => Ok(bytes.clone()),
-            other => Err(Error::Internal(format!("cache script field {index}: {other:?}"))),
-        }
-    };
-    let number = |index: usize| -> Result<u64, Error> {
-        String::from_utf8_lossy(&field(index)?)
-            .parse()
-            .map_err(|_| Error::Internal(format!("cache script field {index} is not a number")))
-    };
+/// An entry's fields from position `at` of a script's reply: value, version, expiry, tags.
+fn decode_entry(fields: &mut Fields, at: usize, stale: bool) -> Result<RawEntry, Error> {
     Ok(RawEntry {
-        entry: Entry { value: field(1)?, version: number(2)?, expires_at_micros: number(3)?, stale },
-        stamps: decode_tags(&field(4)?),
+        entry: Entry {
+            value: fields.take_bytes(at)?,
+            version: fields.uint(at + 1)?,
+            expires_at_micros: fields.uint(at + 2)?,
+            stale,
+        },
+        stamps: decode_tags(&fields.take_bytes(at + 3)?),
     })
-}
-
-fn code_of(parts: &[redis::Value]) -> Result<i64, Error> {
-    match parts.first() {
-        Some(redis::Value::Int(code)) => Ok(*code),
-        other => Err(Error::Internal(format!("cache script code: {other:?}"))),
-    }
-}
-
-fn text_of(value: Option<&redis::Value>) -> String {
-    match value {
-        Some(redis::Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-        Some(redis::Value::SimpleString(text)) => text.clone(),
-        _ => String::new(),
-    }
-}
-
-fn array(reply: redis::Value) -> Result<Vec<redis::Value>, Error> {
-    match reply {
-        redis::Value::Array(parts) => Ok(parts),
-        other => Err(Error::Internal(format!("cache script returned {other:?}"))),
-    }
 }
 
 #[derive(Clone)]
@@ -198,10 +170,8 @@ impl CacheManager {
         if tags.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut mget = redis::cmd("MGET");
-        for tag in &tags {
-            mget.arg(self.tag_key(tag));
-        }
+        let tag_keys: Vec<String> = tags.iter().map(|tag| self.tag_key(tag)).collect();
+        let mget = Command::new("MGET").args(&tag_keys);
         let values: Vec<Option<u64>> = self.store.command("cache_tag_generations", &mget).await?;
         Ok(tags.into_iter().zip(values.into_iter().map(Option::unwrap_or_default)).collect())
     }
@@ -222,12 +192,11 @@ impl CacheManager {
     }
 
     async fn read_raw(&self, key: &str) -> Result<Option<RawEntry>, Error> {
-        let reply: redis::Value = self.store.run_script("cache_get", &GET, &[self.entry_key(key)], &[]).await?;
-        let parts = array(reply)?;
-        if code_of(&parts)? != 1 {
+        let mut fields = self.store.eval(&GET, &[self.entry_key(key)], &[]).await?.done()?;
+        if fields.int(0)? != 1 {
             return Ok(None);
         }
-        Ok(Some(decode_entry(&parts, false)?))
+        Ok(Some(decode_entry(&mut fields, 1, false)?))
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Entry>, Error> {
@@ -261,27 +230,25 @@ impl CacheManager {
         let stamps: Vec<(String, u64)> =
             write.tags.iter().map(|tag| (tag.clone(), generations.get(tag).copied().unwrap_or(0))).collect();
         let hidden = if write.if_version > 0 || write.if_absent { self.hidden_version(&write.key).await? } else { -1 };
-        let args = vec![
-            write.value.clone(),
-            write.ttl.as_micros().to_string().into_bytes(),
-            write.stale_ttl.as_micros().to_string().into_bytes(),
-            encode_tags(&stamps),
-            write.if_version.to_string().into_bytes(),
-            if write.if_absent { b"1".to_vec() } else { b"0".to_vec() },
-            hidden.to_string().into_bytes(),
-            self.channel(&write.key).into_bytes(),
+        let (tags, channel) = (encode_tags(&stamps), self.channel(&write.key));
+        let args = [
+            Arg::from(&write.value),
+            micros(write.ttl).into(),
+            micros(write.stale_ttl).into(),
+            (&tags).into(),
+            write.if_version.into(),
+            write.if_absent.into(),
+            hidden.into(),
+            (&channel).into(),
         ];
-        let reply: redis::Value =
-            self.store.run_script("cache_set", &SET, &[self.entry_key(&write.key)], &args).await?;
-        let parts = array(reply)?;
-        if code_of(&parts)? == 1 {
-            metrics::counter!("baton_cache_writes_total").increment(1);
-            return Ok(Ok(decode_entry(&parts, false)?.entry));
+        match self.store.eval(&SET, &[self.entry_key(&write.key)], &args).await?.outcome()? {
+            Outcome::Done(mut fields) => {
+                metrics::counter!("baton_cache_writes_total").increment(1);
+                Ok(Ok(decode_entry(&mut fields, 0, false)?.entry))
+            }
+            Outcome::Refused { reason, .. } if reason == "ALREADY_EXISTS" => Ok(Err(WriteRefused::AlreadyExists)),
+            Outcome::Refused { .. } => Ok(Err(WriteRefused::VersionMismatch)),
         }
-        Ok(Err(match text_of(parts.get(1)).as_str() {
-            "ALREADY_EXISTS" => WriteRefused::AlreadyExists,
-            _ => WriteRefused::VersionMismatch,
-        }))
     }
 
     pub async fn batch_set(&self, writes: &[Write]) -> Result<Vec<Result<Entry, WriteRefused>>, Error> {
@@ -290,19 +257,16 @@ impl CacheManager {
 
     /// Deletes `key`; `Err(VersionMismatch)` when `if_version` does not match.
     pub async fn delete(&self, key: &str, if_version: u64) -> Result<Result<bool, WriteRefused>, Error> {
-        let args = vec![if_version.to_string().into_bytes()];
-        let reply: redis::Value = self.store.run_script("cache_delete", &DELETE, &[self.entry_key(key)], &args).await?;
-        match reply {
-            redis::Value::Int(deleted) => Ok(Ok(deleted == 1)),
-            _ => Ok(Err(WriteRefused::VersionMismatch)),
+        match self.store.eval(&DELETE, &[self.entry_key(key)], &[if_version.into()]).await?.outcome()? {
+            Outcome::Done(fields) => Ok(Ok(fields.int(0)? == 1)),
+            Outcome::Refused { .. } => Ok(Err(WriteRefused::VersionMismatch)),
         }
     }
 
     /// Hides every entry written with `tag` so far: one INCR, however many entries.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<(), Error> {
-        let ttl = self.tag_ttl.as_millis().to_string().into_bytes();
-        let _: String =
-            self.store.run_script("cache_invalidate_tag", &INVALIDATE_TAG, &[self.tag_key(tag)], &[ttl]).await?;
+        let ttl_ms = self.tag_ttl.as_millis() as u64;
+        self.store.eval(&INVALIDATE_TAG, &[self.tag_key(tag)], &[ttl_ms.into()]).await?.done()?;
         metrics::counter!("baton_cache_invalidations_total").increment(1);
         Ok(())
     }
@@ -376,18 +340,11 @@ impl CacheManager {
     ) -> Result<FetchStep, Error> {
         let mut hidden = -1i64;
         loop {
-            let args = vec![
-                token.as_bytes().to_vec(),
-                lease_ttl.as_micros().to_string().into_bytes(),
-                if may_grant { b"1".to_vec() } else { b"0".to_vec() },
-                hidden.to_string().into_bytes(),
-            ];
-            let reply: redis::Value =
-                self.store.run_script("cache_fetch", &FETCH, &[self.entry_key(key)], &args).await?;
-            let parts = array(reply)?;
-            let code = code_of(&parts)?;
+            let args = [Arg::from(token), micros(lease_ttl).into(), may_grant.into(), hidden.into()];
+            let mut fields = self.store.eval(&FETCH, &[self.entry_key(key)], &args).await?.done()?;
+            let code = fields.int(0)?;
             if code == 1 || code == 2 {
-                let raw = decode_entry(&parts, code == 2)?;
+                let raw = decode_entry(&mut fields, 1, code == 2)?;
                 let generations = self.generations(stamped_tags(&raw.stamps)).await?;
                 if !Self::stamps_current(&raw.stamps, &generations) && hidden < 0 {
                     // A tag invalidation hides this value: ask again, treating it as missing.
@@ -397,14 +354,14 @@ impl CacheManager {
                 return Ok(FetchStep::Done(if code == 1 {
                     FetchOutcome::Hit(raw.entry)
                 } else {
-                    let token = Some(text_of(parts.get(5))).filter(|t| !t.is_empty());
+                    let token = Some(fields.string(5)?).filter(|t| !t.is_empty());
                     FetchOutcome::Stale(raw.entry, token)
                 }));
             }
             if code == 3 {
-                return Ok(FetchStep::Done(FetchOutcome::Fill(text_of(parts.get(1)))));
+                return Ok(FetchStep::Done(FetchOutcome::Fill(fields.string(1)?)));
             }
-            let left: u64 = text_of(parts.get(1)).parse().unwrap_or(0);
+            let left = fields.uint(1).unwrap_or(0);
             return Ok(FetchStep::Wait(Duration::from_micros(left)));
         }
     }
@@ -414,36 +371,26 @@ impl CacheManager {
         let generations = self.generations(write.tags.iter().cloned().collect()).await?;
         let stamps: Vec<(String, u64)> =
             write.tags.iter().map(|tag| (tag.clone(), generations.get(tag).copied().unwrap_or(0))).collect();
-        let args = vec![
-            token.as_bytes().to_vec(),
-            write.value.clone(),
-            write.ttl.as_micros().to_string().into_bytes(),
-            write.stale_ttl.as_micros().to_string().into_bytes(),
-            encode_tags(&stamps),
-            if abandon { b"1".to_vec() } else { b"0".to_vec() },
-            self.channel(&write.key).into_bytes(),
-            stamps.iter().map(|(_, generation)| *generation).max().unwrap_or(0).to_string().into_bytes(),
+        let (tags, channel) = (encode_tags(&stamps), self.channel(&write.key));
+        let newest_generation = stamps.iter().map(|(_, generation)| *generation).max().unwrap_or(0);
+        let args = [
+            Arg::from(token),
+            (&write.value).into(),
+            micros(write.ttl).into(),
+            micros(write.stale_ttl).into(),
+            (&tags).into(),
+            abandon.into(),
+            (&channel).into(),
+            newest_generation.into(),
         ];
-        let reply: redis::Value =
-            self.store.run_script("cache_fill", &FILL, &[self.entry_key(&write.key)], &args).await?;
-        let parts = array(reply)?;
-        match code_of(&parts)? {
-            1 => {
+        match self.store.eval(&FILL, &[self.entry_key(&write.key)], &args).await?.outcome()? {
+            Outcome::Done(mut fields) if fields.int(0)? == 1 => {
                 metrics::counter!("baton_cache_fills_total").increment(1);
-                Ok(Some(decode_entry(&parts, false)?.entry))
+                Ok(Some(decode_entry(&mut fields, 1, false)?.entry))
             }
-            2 => Ok(None),
-            _ if text_of(parts.get(1)) == "TAG_INVALIDATED" => Err(Error::FailedPrecondition {
-                reason: "FILL_TOKEN_STALE",
-                message: "a tag of this value was invalidated after its fill began, so it may predate the \
-                          invalidation: use it for this caller only and Fetch again"
-                    .into(),
-            }),
-            _ => Err(Error::FailedPrecondition {
-                reason: "FILL_TOKEN_STALE",
-                message: "the fill token is no longer current: the key was written or deleted, or its lease expired"
-                    .into(),
-            }),
+            Outcome::Done(_) => Ok(None),
+            Outcome::Refused { reason, .. } if reason == "TAG_INVALIDATED" => Err(Error::FillTagInvalidated),
+            Outcome::Refused { .. } => Err(Error::FillTokenStale),
         }
     }
 }

@@ -47,7 +47,7 @@ local function fresh(entry, invalidated)
   return entry.value ~= nil and now < entry.exp and entry.version ~= invalidated
 end
 
--- Reply shape for an entry: {code, value, version, exp_us, tags}.
-local function reply(code, entry)
-  return {code, entry.value or '', int(entry.version), int(entry.exp), entry.tags}
+-- Reply shape for an entry: {1, kind, value, version, exp_us, tags}.
+local function reply(kind, entry)
+  return {1, kind, entry.value or '', int(entry.version), int(entry.exp), entry.tags}
 end

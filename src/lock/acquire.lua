@@ -9,7 +9,7 @@
 -- ARGV[6]  "1" when a request id was given
 -- ARGV[7]  how long a waiter sleeps at most before re-trying, ms ("0": the caller won't wait)
 -- Returns {1, lease_id, token, expires_us, ttl_us} when granted (or re-granted), else
---         {0, owner, token, expires_us, expires_in_us} of the lease expiring first.
+--         {0, 'BUSY', owner, token, expires_us, expires_in_us} of the lease expiring first.
 purge_expired()
 
 if ARGV[6] == '1' then
@@ -48,4 +48,4 @@ if ARGV[7] ~= '0' then
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local token, _, owner = parse_lease(redis.call('HGET', KEYS[2], first[1]) or '0|0|')
-return {0, owner, token, tonumber(first[2]), tonumber(first[2]) - now}
+return {0, 'BUSY', owner, token, tonumber(first[2]), tonumber(first[2]) - now}

@@ -1,8 +1,8 @@
 -- Lists the current holders without changing anything (lease ids stay secret).
 --
--- Returns a flat list: owner, token, expires_us for each live lease, soonest expiry first.
+-- Returns {1, owner, token, expires_us, …}: each live lease, soonest expiry first.
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. int(now), '+inf', 'WITHSCORES')
-local holders = {}
+local holders = {1}
 for i = 1, #live, 2 do
   local info = redis.call('HGET', KEYS[2], live[i])
   if info then

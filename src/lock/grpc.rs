@@ -275,9 +275,9 @@ async fn answer_heartbeats(
                 }
                 metrics::counter!("baton_lock_lost_total").increment(1);
                 tracing::info!(lock.name = %lease.name, "no heartbeat within the lease's ttl; lease lost");
-                let lost = Error::FailedPrecondition {
-                    reason: "LEASE_NOT_HELD",
-                    message: format!("no heartbeat within the lease's ttl ({:?}): the lease has expired", lease.ttl),
+                let lost = Error::LeaseNotHeld {
+                    name: lease.name.clone(),
+                    why: format!("no heartbeat within the lease's ttl ({:?}), so it expired", lease.ttl),
                 };
                 let _ = sender.send(Err(lost.into())).await;
                 return;

@@ -7,31 +7,30 @@
 //! connection each. Within one process, waiters on a lock are served in arrival order.
 
 pub mod grpc;
+mod keys;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
-use redis::Script;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::store::keys::Pattern;
 use crate::store::notify::Notifier;
-use crate::store::{KeyBuilder, Store, StoreError};
+use crate::store::{Arg, Fields, KeyBuilder, Outcome, Reply, Script, Store, StoreError};
+use keys::LockKeys;
 
-macro_rules! lock_script {
-    ($file:literal) => {
-        LazyLock::new(|| crate::store::script(&[include_str!("prelude.lua"), include_str!($file)]))
-    };
-}
-
-static ACQUIRE: LazyLock<Script> = lock_script!("acquire.lua");
-static RENEW: LazyLock<Script> = lock_script!("renew.lua");
-static RELEASE: LazyLock<Script> = lock_script!("release.lua");
-static DESCRIBE: LazyLock<Script> = lock_script!("describe.lua");
-static HELD: LazyLock<Script> = lock_script!("held.lua");
+const PRELUDE: &str = include_str!("prelude.lua");
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("lock_acquire", &[PRELUDE, include_str!("acquire.lua")]));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new("lock_renew", &[PRELUDE, include_str!("renew.lua")]));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("lock_release", &[PRELUDE, include_str!("release.lua")]));
+static DESCRIBE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("lock_describe", &[PRELUDE, include_str!("describe.lua")]));
+static HELD: LazyLock<Script> = LazyLock::new(|| Script::new("lock_held", &[PRELUDE, include_str!("held.lua")]));
 
 pub const MIN_TTL: Duration = Duration::from_millis(100);
 pub const MAX_TTL: Duration = Duration::from_secs(3600);
@@ -192,89 +191,81 @@ impl LockManager {
     /// One attempt; a `waiting` caller that finds the lock busy leaves its marker, so the
     /// release announces itself.
     async fn try_acquire(&self, params: &AcquireParams, lease_id: &str, waiting: bool) -> Result<TryOutcome, Error> {
-        let mut keys = self.lock_keys(&params.name);
-        let request_key = match &params.request_id {
-            Some(request_id) => self.keys.key(Pattern::Lock, &params.name, &format!("req:{request_id}")),
-            // Unused by the script, but every KEYS entry must share the lock's slot.
-            None => self.keys.key(Pattern::Lock, &params.name, "req"),
-        };
-        keys.push(request_key);
-        keys.push(self.waiters_key(&params.name));
-        let args = vec![
-            lease_id.as_bytes().to_vec(),
-            micros(params.ttl).to_string().into_bytes(),
-            params.permits.to_string().into_bytes(),
-            params.owner.as_bytes().to_vec(),
-            self.settings.fence_idle.as_millis().to_string().into_bytes(),
-            if params.request_id.is_some() { b"1".to_vec() } else { b"0".to_vec() },
-            if waiting { WAITER_MARKER_TTL.as_millis().to_string().into_bytes() } else { b"0".to_vec() },
+        let keys =
+            LockKeys::new(&self.keys, &params.name).acquire(&self.keys, &params.name, params.request_id.as_deref());
+        let marker_ms = if waiting { WAITER_MARKER_TTL.as_millis() as u64 } else { 0 };
+        let args = [
+            Arg::from(lease_id),
+            micros(params.ttl).into(),
+            params.permits.into(),
+            params.owner.as_str().into(),
+            (self.settings.fence_idle.as_millis() as u64).into(),
+            params.request_id.is_some().into(),
+            marker_ms.into(),
         ];
-        let reply: redis::Value = self.run_replicated("lock_acquire", &ACQUIRE, &keys, &args, &params.name).await?;
-        let fields = Fields::new(reply)?;
-        if fields.int(0)? == 1 {
-            Ok(TryOutcome::Acquired(Lease {
+        match self.run_replicated(&ACQUIRE, &keys, &args, &params.name).await?.outcome()? {
+            Outcome::Done(fields) => Ok(TryOutcome::Acquired(Lease {
                 name: params.name.clone(),
-                lease_id: fields.string(1)?,
-                fencing_token: fields.uint(2)?,
-                expires_at_micros: fields.uint(3)?,
-                ttl: Duration::from_micros(fields.uint(4)?),
-            }))
-        } else {
-            Ok(TryOutcome::Busy {
+                lease_id: fields.string(0)?,
+                fencing_token: fields.uint(1)?,
+                expires_at_micros: fields.uint(2)?,
+                ttl: Duration::from_micros(fields.uint(3)?),
+            })),
+            Outcome::Refused { fields, .. } => Ok(TryOutcome::Busy {
                 holder: Holder {
-                    owner: fields.string(1)?,
-                    fencing_token: fields.uint(2)?,
-                    expires_at_micros: fields.uint(3)?,
+                    owner: fields.string(0)?,
+                    fencing_token: fields.uint(1)?,
+                    expires_at_micros: fields.uint(2)?,
                 },
-                expires_in: Duration::from_micros(fields.uint(4)?),
-            })
+                expires_in: Duration::from_micros(fields.uint(3)?),
+            }),
         }
     }
 
     /// Extends a held lease; `ttl` zero keeps its current ttl.
     pub async fn renew(&self, name: &str, lease_id: &str, ttl: Duration) -> Result<Lease, Error> {
-        let args = vec![lease_id.as_bytes().to_vec(), micros(ttl).to_string().into_bytes()];
-        let reply: redis::Value = self.run_replicated("lock_renew", &RENEW, &self.lock_keys(name), &args, name).await?;
-        let fields = Fields::new(reply)?;
-        if fields.int(0)? != 1 {
-            metrics::counter!("baton_lock_renew_failed_total").increment(1);
-            return Err(Error::FailedPrecondition {
-                reason: "LEASE_NOT_HELD",
-                message: format!("lease on {name:?} is not held: it expired, was released, or never existed"),
-            });
-        }
+        let keys = LockKeys::new(&self.keys, name);
+        let args = [Arg::from(lease_id), micros(ttl).into()];
+        let fields = match self.run_replicated(&RENEW, keys.common(), &args, name).await?.outcome()? {
+            Outcome::Done(fields) => fields,
+            Outcome::Refused { .. } => {
+                metrics::counter!("baton_lock_renew_failed_total").increment(1);
+                return Err(Error::LeaseNotHeld {
+                    name: name.to_owned(),
+                    why: "it expired, was released, or never existed".into(),
+                });
+            }
+        };
         Ok(Lease {
             name: name.to_owned(),
             lease_id: lease_id.to_owned(),
-            fencing_token: fields.uint(1)?,
-            expires_at_micros: fields.uint(2)?,
-            ttl: Duration::from_micros(fields.uint(3)?),
+            fencing_token: fields.uint(0)?,
+            expires_at_micros: fields.uint(1)?,
+            ttl: Duration::from_micros(fields.uint(2)?),
         })
     }
 
     /// Releases a lease if it is still held; a lease that is gone is `false`, not an error.
     pub async fn release(&self, name: &str, lease_id: &str) -> Result<bool, Error> {
-        let args = vec![lease_id.as_bytes().to_vec(), self.keys.channel(Pattern::Lock, name).into_bytes()];
-        let mut keys = self.lock_keys(name);
-        keys.push(self.waiters_key(name));
-        let released: i64 = self.store.run_script("lock_release", &RELEASE, &keys, &args).await?;
+        let channel = self.keys.channel(Pattern::Lock, name);
+        let keys = LockKeys::new(&self.keys, name).release();
+        let released = self.store.eval(&RELEASE, &keys, &[lease_id.into(), (&channel).into()]).await?.done()?.int(0)?;
         if released == 1 {
             metrics::counter!("baton_lock_released_total").increment(1);
         }
         Ok(released == 1)
     }
 
-    /// The live leases, soonest expiry first.
     /// Whether `lease_id` holds `name` right now, by Redis's clock.
     pub async fn is_held(&self, name: &str, lease_id: &str) -> Result<bool, Error> {
-        let held: i64 =
-            self.store.run_script("lock_held", &HELD, &self.lock_keys(name), &[lease_id.as_bytes().to_vec()]).await?;
-        Ok(held == 1)
+        let keys = LockKeys::new(&self.keys, name);
+        Ok(self.store.eval(&HELD, keys.common(), &[lease_id.into()]).await?.done()?.int(0)? == 1)
     }
 
+    /// The live leases, soonest expiry first.
     pub async fn describe(&self, name: &str) -> Result<Vec<Holder>, Error> {
-        let reply: redis::Value = self.store.run_script("lock_describe", &DESCRIBE, &self.lock_keys(name), &[]).await?;
-        let fields = Fields::new(reply)?;
+        let keys = LockKeys::new(&self.keys, name);
+        let fields: Fields = self.store.eval(&DESCRIBE, keys.common(), &[]).await?.done()?;
         (0..fields.len() / 3)
             .map(|i| {
                 Ok(Holder {
@@ -288,19 +279,18 @@ impl LockManager {
 
     /// Runs a granting script; with `--lock-min-replicas`, on a dedicated connection
     /// followed by `WAIT`, undoing the grant when too few replicas acknowledged it.
+    /// `args[0]` is the lease id, as in both granting scripts.
     async fn run_replicated(
         &self,
-        op: &'static str,
         script: &Script,
         keys: &[String],
-        args: &[Vec<u8>],
+        args: &[Arg<'_>],
         name: &str,
-    ) -> Result<redis::Value, Error> {
+    ) -> Result<Reply, Error> {
         if self.settings.min_replicas == 0 {
-            return Ok(self.store.run_script(op, script, keys, args).await?);
+            return Ok(self.store.eval(script, keys, args).await?);
         }
-        let (reply, acknowledged): (redis::Value, u32) =
-            self.store.run_script_replicated(op, script, keys, args, self.settings.min_replicas).await?;
+        let (reply, acknowledged) = self.store.eval_replicated(script, keys, args, self.settings.min_replicas).await?;
         if acknowledged >= self.settings.min_replicas {
             return Ok(reply);
         }
@@ -310,23 +300,13 @@ impl LockManager {
             replicas.required = self.settings.min_replicas,
             "grant not replicated in time; undoing it"
         );
-        let fields = Fields::new(reply)?;
-        if fields.int(0)? == 1 {
-            // The lease id is args[0] for both Acquire and Renew. An undone renewal loses
-            // the lease: safer than a lease that a failover could silently revoke.
-            let lease_id = String::from_utf8_lossy(&args[0]).into_owned();
-            self.release(name, &lease_id).await?;
+        if let (Outcome::Done(_), Some(Arg::Bytes(lease_id))) = (reply.outcome()?, args.first()) {
+            // An undone renewal loses the lease: safer than a lease that a failover could
+            // silently revoke.
+            self.release(name, &String::from_utf8_lossy(lease_id)).await?;
         }
         Err(StoreError::Unavailable(format!("{acknowledged} of {} replicas acknowledged", self.settings.min_replicas))
             .into())
-    }
-
-    fn lock_keys(&self, name: &str) -> Vec<String> {
-        ["holders", "leases", "fence"].iter().map(|part| self.keys.key(Pattern::Lock, name, part)).collect()
-    }
-
-    fn waiters_key(&self, name: &str) -> String {
-        self.keys.key(Pattern::Lock, name, "waiters")
     }
 
     /// `channel` names the lock across tenants (it carries the namespace).
@@ -354,40 +334,6 @@ pub fn new_lease_id() -> String {
 /// Whether `lease_id` has the form Baton hands out.
 pub fn is_well_formed_lease_id(lease_id: &str) -> bool {
     crate::secret::is_hex(lease_id, LEASE_ID_BYTES)
-}
-
-/// Typed access to a script's flat array reply.
-struct Fields(Vec<redis::Value>);
-
-impl Fields {
-    fn new(reply: redis::Value) -> Result<Self, Error> {
-        match reply {
-            redis::Value::Array(values) => Ok(Self(values)),
-            other => Err(Error::Internal(format!("lock script returned {other:?}"))),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn int(&self, index: usize) -> Result<i64, Error> {
-        match self.0.get(index) {
-            Some(redis::Value::Int(value)) => Ok(*value),
-            other => Err(Error::Internal(format!("lock script field {index}: expected an integer, got {other:?}"))),
-        }
-    }
-
-    fn uint(&self, index: usize) -> Result<u64, Error> {
-        u64::try_from(self.int(index)?).map_err(|_| Error::Internal(format!("lock script field {index} is negative")))
-    }
-
-    fn string(&self, index: usize) -> Result<String, Error> {
-        match self.0.get(index) {
-            Some(redis::Value::BulkString(bytes)) => Ok(String::from_utf8_lossy(bytes).into_owned()),
-            other => Err(Error::Internal(format!("lock script field {index}: expected a string, got {other:?}"))),
-        }
-    }
 }
 
 #[cfg(test)]

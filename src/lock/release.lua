@@ -2,7 +2,7 @@
 --
 -- KEYS[4] the waiters marker (see acquire.lua)
 -- ARGV[1] lease id    ARGV[2] the lock's notification channel
--- Returns 1 when released, 0 when the lease was not held.
+-- Returns {1, 1} when released, {1, 0} when the lease was not held.
 local freed = purge_expired()
 local released = redis.call('ZREM', KEYS[1], ARGV[1])
 if released == 1 then
@@ -13,4 +13,4 @@ end
 if (released == 1 or freed > 0) and redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('PUBLISH', ARGV[2], '1')
 end
-return released
+return {1, released}

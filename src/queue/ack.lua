@@ -5,8 +5,8 @@
 -- ARGV[1] retention ms, then per delivery: job_id, token, result, the holding stream's
 --         channel ('' when that stream lives in the calling process, which tells it
 --         directly)
--- Returns per delivery 1 done, or the reason the lease may not settle it.
-local replies = {}
+-- Returns {1, then per delivery 1 done, or the reason the lease may not settle it}.
+local replies = {1}
 local announced = {}
 local settled = {}
 for i = 2, #KEYS do
@@ -15,16 +15,16 @@ for i = 2, #KEYS do
   local state, lease, cancelled, deadline =
     unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease', 'lease_deadline'))
   if state == 'SUCCEEDED' and lease == token then
-    replies[i - 1] = 1
+    replies[i] = 1
   else
     local refused = refusal(state, lease, cancelled, token, deadline)
     if refused then
-      replies[i - 1] = refused
+      replies[i] = refused
     else
       table.insert(settled, id)
       redis.call('HSET', job, 'state', 'SUCCEEDED', 'result', ARGV[at + 2], 'finished_at', int(now))
       redis.call('PEXPIRE', job, ARGV[1])
-      replies[i - 1] = 1
+      replies[i] = 1
       -- One wake-up per stream, however many of its leases this call settled.
       if channel ~= '' and not announced[channel] then
         announced[channel] = true

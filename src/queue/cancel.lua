@@ -4,13 +4,13 @@
 -- KEYS[1] job  KEYS[2] ready  KEYS[3] ready_since  KEYS[4] scheduled  KEYS[5] active
 -- ARGV: job_id, retention ms, the queue's channel (a stream's is it plus ':' and the
 --       first 16 hex digits of its lease tokens)
--- Returns {cancelled (0|1), state after}.
+-- Returns {1, cancelled (0|1), state after}.
 local state, lease = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease'))
 if not state then
-  return {0, 'MISSING'}
+  return {1, 0, 'MISSING'}
 end
 if state ~= 'READY' and state ~= 'SCHEDULED' and state ~= 'FAILED' and state ~= 'ACTIVE' then
-  return {0, state}
+  return {1, 0, state}
 end
 for i = 2, 5 do
   redis.call('ZREM', KEYS[i], ARGV[1])
@@ -21,4 +21,4 @@ if state == 'ACTIVE' then
   redis.call('PUBLISH', ARGV[3] .. ':' .. string.sub(lease, 1, 16), 'cancelled')
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {1, 'CANCELLED'}
+return {1, 1, 'CANCELLED'}

@@ -5,8 +5,8 @@
 -- ARGV[1] notify channel, then per job 12 values: job_id, type, payload, priority,
 --         max_attempts, backoff_initial_us, backoff_max_us, backoff_multiplier, delay_us
 --         (or 0), run_at_us (or 0), dedup_key ('' = none), dedup_ttl_ms
--- Returns per job {job_id, duplicate (0|1)}.
-local replies = {}
+-- Returns {1, then per job {job_id, duplicate (0|1)}}.
+local replies = {1}
 local added = false
 -- Index entries are added at the end, one command per index for the whole call.
 local ranked, since, scheduled = {}, {}, {}
@@ -15,7 +15,7 @@ for j = 0, (#KEYS - 3) / 2 - 1 do
   local id, dedup_key = ARGV[a + 1], ARGV[a + 11]
   local existing = dedup_key ~= '' and redis.call('GET', dedup) or nil
   if existing then
-    replies[j + 1] = {existing, 1}
+    replies[j + 2] = {existing, 1}
   else
     if dedup_key ~= '' then
       redis.call('SET', dedup, id, 'PX', ARGV[a + 12])
@@ -43,7 +43,7 @@ for j = 0, (#KEYS - 3) / 2 - 1 do
       'max_attempts', ARGV[a + 5], 'backoff_initial', ARGV[a + 6], 'backoff_max', ARGV[a + 7],
       'backoff_multiplier', ARGV[a + 8], 'created_at', int(now), 'run_at', int(run_at),
       'dedup_key', dedup_key, 'lease', '', 'state', state, 'due', due)
-    replies[j + 1] = {id, 0}
+    replies[j + 2] = {id, 0}
     added = true
   end
 end

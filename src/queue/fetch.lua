@@ -6,7 +6,7 @@
 -- ARGV[1] job key prefix   ARGV[2] count   ARGV[3] visibility µs   ARGV[4] dead retention ms
 -- ARGV[5] notify channel   ARGV[6] number of type filters, then the types, then `count`
 --         lease tokens
--- Returns {next_event_in_us (-1: nothing pending), leases reclaimed, then per delivery:
+-- Returns {1, next_event_in_us (-1: nothing pending), leases reclaimed, then per delivery:
 --          {job_id, attempt, lease_token, lease_deadline_us, HGETALL of the job}}.
 local prefix = ARGV[1]
 local count = tonumber(ARGV[2])
@@ -51,7 +51,7 @@ end
 -- Dead jobs past their retention: their hashes have expired; drop the index entries too.
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', int(now - tonumber(ARGV[4]) * 1000))
 
-local replies = {-1, reclaimed}
+local replies = {1, -1, reclaimed}
 if count > 0 and redis.call('EXISTS', KEYS[6]) == 0 then
   -- With a type filter, look a bounded way down the queue (docs/queues.md).
   local window = count
@@ -95,5 +95,5 @@ for _, key in ipairs({KEYS[3], KEYS[4]}) do
     end
   end
 end
-replies[1] = next_event
+replies[2] = next_event
 return replies

@@ -383,7 +383,9 @@ impl JobQueueService for JobQueueGrpc {
             .into_iter()
             .map(|outcome| match outcome {
                 Ok(()) => Ok(AckResult { acked: true, reason: String::new() }),
-                Err(Error::FailedPrecondition { reason, .. }) => Ok(AckResult { acked: false, reason: reason.into() }),
+                Err(err @ (Error::JobNotLeased | Error::JobCancelled)) => {
+                    Ok(AckResult { acked: false, reason: err.reason().as_str_name().into() })
+                }
                 Err(err) => Err(err),
             })
             .collect::<Result<Vec<_>, Error>>()?;
@@ -522,10 +524,7 @@ impl JobQueueService for JobQueueGrpc {
 }
 
 fn job_not_found(job_id: &str) -> Error {
-    Error::NotFound {
-        reason: "JOB_NOT_FOUND",
-        message: format!("no job {job_id:?} (it may have passed its retention)"),
-    }
+    Error::JobNotFound { job_id: job_id.to_owned() }
 }
 
 /// One Consume stream: pushes ready jobs while it has credit, learns which of its leases

@@ -6,7 +6,7 @@
 -- KEYS[1] ready  KEYS[2] ready_since  KEYS[3] active  KEYS[4] dead, then the job keys
 -- ARGV[1] dead retention ms  ARGV[2] notify channel  ARGV[3] "1" when never started,
 -- then per job key: job_id, token
--- Returns how many leases were handed back.
+-- Returns {1, how many leases were handed back}.
 local unstarted = ARGV[3] == '1'
 local handed_back = 0
 for i = 5, #KEYS do
@@ -30,4 +30,4 @@ end
 if handed_back > 0 then
   redis.call('PUBLISH', ARGV[2], 'ready')
 end
-return handed_back
+return {1, handed_back}

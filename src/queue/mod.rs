@@ -10,6 +10,7 @@
 //! queue, a lease id carries its job id, so any replica can act on them alone.
 
 pub mod grpc;
+mod keys;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -18,30 +19,27 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::future::join_all;
-use redis::Script;
 use tokio::sync::Notify;
 
 use crate::error::Error;
-use crate::store::keys::Pattern;
 use crate::store::notify::Notifier;
-use crate::store::{KeyBuilder, Store};
+use crate::store::{Arg, Command, Fields, KeyBuilder, Outcome, Pipeline, Script, Store, StoreError};
+use keys::QueueKeys;
 
-macro_rules! queue_script {
-    ($file:literal) => {
-        LazyLock::new(|| crate::store::script(&[include_str!("prelude.lua"), include_str!($file)]))
-    };
-}
-
-static ENQUEUE: LazyLock<Script> = queue_script!("enqueue.lua");
-static FETCH: LazyLock<Script> = queue_script!("fetch.lua");
-static ACK: LazyLock<Script> = queue_script!("ack.lua");
-static NACK: LazyLock<Script> = queue_script!("nack.lua");
-static EXTEND: LazyLock<Script> = queue_script!("extend.lua");
-static HAND_BACK: LazyLock<Script> = queue_script!("hand_back.lua");
-static HELD: LazyLock<Script> = queue_script!("held.lua");
-static CANCEL: LazyLock<Script> = queue_script!("cancel.lua");
-static RETRY_DEAD: LazyLock<Script> = queue_script!("retry_dead.lua");
-static STATS: LazyLock<Script> = queue_script!("stats.lua");
+const PRELUDE: &str = include_str!("prelude.lua");
+static ENQUEUE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("queue_enqueue", &[PRELUDE, include_str!("enqueue.lua")]));
+static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new("queue_fetch", &[PRELUDE, include_str!("fetch.lua")]));
+static ACK: LazyLock<Script> = LazyLock::new(|| Script::new("queue_ack", &[PRELUDE, include_str!("ack.lua")]));
+static NACK: LazyLock<Script> = LazyLock::new(|| Script::new("queue_nack", &[PRELUDE, include_str!("nack.lua")]));
+static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new("queue_extend", &[PRELUDE, include_str!("extend.lua")]));
+static HAND_BACK: LazyLock<Script> =
+    LazyLock::new(|| Script::new("queue_hand_back", &[PRELUDE, include_str!("hand_back.lua")]));
+static HELD: LazyLock<Script> = LazyLock::new(|| Script::new("queue_held", &[PRELUDE, include_str!("held.lua")]));
+static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new("queue_cancel", &[PRELUDE, include_str!("cancel.lua")]));
+static RETRY_DEAD: LazyLock<Script> =
+    LazyLock::new(|| Script::new("queue_retry_dead", &[PRELUDE, include_str!("retry_dead.lua")]));
+static STATS: LazyLock<Script> = LazyLock::new(|| Script::new("queue_stats", &[PRELUDE, include_str!("stats.lua")]));
 
 pub const MIN_PRIORITY: i32 = -1000;
 pub const MAX_PRIORITY: i32 = 1000;
@@ -307,16 +305,12 @@ impl QueueManager {
         &self.store
     }
 
-    fn key(&self, queue: &str, part: &str) -> String {
-        self.keys.key(Pattern::Queue, queue, part)
-    }
-
-    fn job_key(&self, queue: &str, job_id: &str) -> String {
-        self.key(queue, &format!("job:{job_id}"))
+    fn queue_keys<'a>(&'a self, queue: &'a str) -> QueueKeys<'a> {
+        QueueKeys::new(&self.keys, queue)
     }
 
     fn channel(&self, queue: &str) -> String {
-        self.keys.channel(Pattern::Queue, queue)
+        self.queue_keys(queue).channel()
     }
 
     /// The channel of one consumer stream: settlements of its leases are announced here,
@@ -371,32 +365,43 @@ impl QueueManager {
     }
 
     async fn enqueue_queue(&self, queue: &str, jobs: Vec<&NewJob>) -> Result<Vec<(String, bool)>, Error> {
-        let mut keys = vec![self.key(queue, "ready"), self.key(queue, "ready_since"), self.key(queue, "scheduled")];
-        let mut args: Vec<Vec<u8>> = vec![self.channel(queue).into_bytes()];
-        for job in jobs {
-            let job_id = new_job_id(queue);
-            let (dedup_key, dedup_ttl) = match &job.dedup {
-                Some((key, ttl)) => (key.as_str(), ttl.as_millis().max(1)),
+        let queue_keys = self.queue_keys(queue);
+        let mut keys = queue_keys.enqueue();
+        let channel = queue_keys.channel();
+        let job_ids: Vec<String> = jobs.iter().map(|_| new_job_id(queue)).collect();
+        // Floats travel as text: the scripts multiply with them.
+        let multipliers: Vec<String> = jobs.iter().map(|job| job.backoff.multiplier.to_string()).collect();
+        let mut args: Vec<Arg> = Vec::with_capacity(1 + jobs.len() * 12);
+        args.push((&channel).into());
+        for ((job, job_id), multiplier) in jobs.iter().zip(&job_ids).zip(&multipliers) {
+            let (dedup_key, dedup_ttl_ms) = match &job.dedup {
+                Some((key, ttl)) => (key.as_str(), (ttl.as_millis() as u64).max(1)),
                 None => ("", 1),
             };
-            keys.push(self.job_key(queue, &job_id));
-            keys.push(self.key(queue, &format!("dedup:{dedup_key}")));
+            keys.push(queue_keys.job(job_id));
+            keys.push(queue_keys.dedup(dedup_key));
             args.extend([
-                job_id.into_bytes(),
-                job.job_type.clone().into_bytes(),
-                job.payload.clone(),
-                job.priority.to_string().into_bytes(),
-                job.max_attempts.to_string().into_bytes(),
-                job.backoff.initial.as_micros().to_string().into_bytes(),
-                job.backoff.max.as_micros().to_string().into_bytes(),
-                job.backoff.multiplier.to_string().into_bytes(),
-                job.delay.as_micros().to_string().into_bytes(),
-                job.run_at_micros.to_string().into_bytes(),
-                dedup_key.as_bytes().to_vec(),
-                dedup_ttl.to_string().into_bytes(),
+                Arg::from(job_id),
+                (&job.job_type).into(),
+                (&job.payload).into(),
+                i64::from(job.priority).into(),
+                job.max_attempts.into(),
+                micros(job.backoff.initial).into(),
+                micros(job.backoff.max).into(),
+                multiplier.into(),
+                micros(job.delay).into(),
+                job.run_at_micros.into(),
+                dedup_key.into(),
+                dedup_ttl_ms.into(),
             ]);
         }
-        let replies: Vec<(String, i64)> = self.store.run_script("queue_enqueue", &ENQUEUE, &keys, &args).await?;
+        let mut fields = self.store.eval(&ENQUEUE, &keys, &args).await?.done()?;
+        let replies = (0..fields.len())
+            .map(|index| {
+                let reply = fields.take_fields(index)?;
+                Ok((reply.string(0)?, reply.int(1)?))
+            })
+            .collect::<Result<Vec<(String, i64)>, StoreError>>()?;
         let duplicates = replies.iter().filter(|(_, duplicate)| *duplicate == 1).count() as u64;
         metrics::counter!("baton_queue_enqueued_total", "duplicate" => "true").increment(duplicates);
         metrics::counter!("baton_queue_enqueued_total", "duplicate" => "false")
@@ -414,48 +419,35 @@ impl QueueManager {
         visibility: Duration,
         types: &[String],
     ) -> Result<(Vec<Delivery>, Option<Duration>), Error> {
-        let keys: Vec<String> = ["ready", "ready_since", "scheduled", "active", "dead", "paused"]
-            .iter()
-            .map(|part| self.key(queue, part))
-            .collect();
+        let queue_keys = self.queue_keys(queue);
+        let (job_prefix, channel) = (queue_keys.job_prefix(), queue_keys.channel());
         let tokens: Vec<String> = (0..count).map(|_| new_lease_token(stream_id)).collect();
-        let mut args: Vec<Vec<u8>> = vec![
-            self.key(queue, "job:").into_bytes(),
-            count.to_string().into_bytes(),
-            visibility.as_micros().to_string().into_bytes(),
-            self.settings.dead_retention.as_millis().to_string().into_bytes(),
-            self.channel(queue).into_bytes(),
-            types.len().to_string().into_bytes(),
+        let mut args: Vec<Arg> = vec![
+            (&job_prefix).into(),
+            count.into(),
+            micros(visibility).into(),
+            (self.settings.dead_retention.as_millis() as u64).into(),
+            (&channel).into(),
+            types.len().into(),
         ];
-        args.extend(types.iter().map(|t| t.clone().into_bytes()));
-        args.extend(tokens.into_iter().map(String::into_bytes));
-        let reply: redis::Value = self.store.run_script("queue_fetch", &FETCH, &keys, &args).await?;
-        let redis::Value::Array(items) = reply else {
-            return Err(Error::Internal("fetch script returned a non-array".into()));
-        };
-        let mut items = items.into_iter();
-        let next_event = match items.next() {
-            Some(redis::Value::Int(micros)) if micros >= 0 => Some(Duration::from_micros(micros as u64)),
-            _ => None,
-        };
-        if let Some(redis::Value::Int(reclaimed)) = items.next()
-            && reclaimed > 0
-        {
+        args.extend(types.iter().map(Arg::from));
+        args.extend(tokens.iter().map(Arg::from));
+        let mut fields = self.store.eval(&FETCH, &queue_keys.whole_queue(), &args).await?.done()?;
+        let next_event =
+            fields.int(0).ok().filter(|micros| *micros >= 0).map(|micros| Duration::from_micros(micros as u64));
+        let reclaimed = fields.int(1)?;
+        if reclaimed > 0 {
             metrics::counter!("baton_queue_redelivered_total", "cause" => "lease_expired").increment(reclaimed as u64);
         }
-        let mut deliveries = Vec::new();
-        for item in items {
-            let redis::Value::Array(parts) = item else {
-                return Err(Error::Internal("fetch script returned a malformed delivery".into()));
-            };
-            let [id, attempt, token, deadline, fields] = <[redis::Value; 5]>::try_from(parts)
-                .map_err(|_| Error::Internal("fetch script returned a malformed delivery".into()))?;
-            let job_id: String = from_value(id)?;
-            let job = decode_job(queue, &job_id, from_value(fields)?)?;
+        let mut deliveries = Vec::with_capacity(fields.len().saturating_sub(2));
+        for index in 2..fields.len() {
+            let mut delivery = fields.take_fields(index)?;
+            let job_id = delivery.string(0)?;
+            let job = decode_job(queue, &job_id, delivery.take_fields(4)?.take_pairs(0)?)?;
             deliveries.push(Delivery {
-                lease: LeaseRef { queue: queue.to_owned(), job_id, token: from_value(token)? },
-                attempt: from_value(attempt)?,
-                lease_deadline_micros: from_value::<String>(deadline)?.parse().unwrap_or(0),
+                attempt: delivery.uint(1)? as u32,
+                lease: LeaseRef { queue: queue.to_owned(), job_id, token: delivery.string(2)? },
+                lease_deadline_micros: delivery.uint(3).unwrap_or(0),
                 job,
             });
         }
@@ -467,15 +459,8 @@ impl QueueManager {
 
     fn settle_error(reason: &str) -> Error {
         match reason {
-            "JOB_CANCELLED" => Error::FailedPrecondition {
-                reason: "JOB_CANCELLED",
-                message: "the job was cancelled; this lease can no longer settle it".into(),
-            },
-            _ => Error::FailedPrecondition {
-                reason: "JOB_NOT_LEASED",
-                message: "this lease is not the job's current one: it expired, was re-delivered, or the job is gone"
-                    .into(),
-            },
+            "JOB_CANCELLED" => Error::JobCancelled,
+            _ => Error::JobNotLeased,
         }
     }
 
@@ -496,30 +481,30 @@ impl QueueManager {
     }
 
     async fn ack_queue(&self, queue: &str, acks: Vec<&(LeaseRef, Vec<u8>)>) -> Result<Vec<Result<(), Error>>, Error> {
-        let mut keys = vec![self.key(queue, "active")];
-        let mut args = vec![self.settings.retention.as_millis().to_string().into_bytes()];
-        let mut told_directly = Vec::new();
-        for (lease, result) in acks {
-            let (channel, local) = self.settlement_route(lease);
-            keys.push(self.job_key(queue, &lease.job_id));
-            args.extend([lease.job_id.clone().into_bytes(), lease.token.clone().into_bytes(), result.clone()]);
-            args.push(channel.into_bytes());
-            told_directly.push((local, lease.token.as_str()));
+        let queue_keys = self.queue_keys(queue);
+        let mut keys = queue_keys.ack();
+        let routes: Vec<(String, Option<Arc<SettledInbox>>)> =
+            acks.iter().map(|(lease, _)| self.settlement_route(lease)).collect();
+        let retention_ms = self.settings.retention.as_millis() as u64;
+        let mut args: Vec<Arg> = Vec::with_capacity(1 + acks.len() * 4);
+        args.push(retention_ms.into());
+        for ((lease, result), (channel, _)) in acks.iter().zip(&routes) {
+            keys.push(queue_keys.job(&lease.job_id));
+            args.extend([Arg::from(&lease.job_id), (&lease.token).into(), result.into(), channel.into()]);
         }
-        let replies: Vec<redis::Value> = self.store.run_script("queue_ack", &ACK, &keys, &args).await?;
-        Ok(replies
-            .into_iter()
-            .zip(told_directly)
-            .map(|(reply, (local, token))| match reply {
-                redis::Value::Int(1) => {
+        let fields = self.store.eval(&ACK, &keys, &args).await?.done()?;
+        Ok(acks
+            .iter()
+            .zip(routes)
+            .enumerate()
+            .map(|(index, ((lease, _), (_, local)))| {
+                if fields.int(index).ok() == Some(1) {
                     if let Some(inbox) = local {
-                        inbox.settle(token);
+                        inbox.settle(&lease.token);
                     }
-                    Ok(())
+                    return Ok(());
                 }
-                refusal => {
-                    Err(from_value::<String>(refusal).map_or_else(|err| err, |reason| Self::settle_error(&reason)))
-                }
+                Err(fields.string(index).map_or_else(Error::from, |reason| Self::settle_error(&reason)))
             })
             .collect())
     }
@@ -532,52 +517,45 @@ impl QueueManager {
         retry_after: Duration,
         dead_letter: bool,
     ) -> Result<(JobState, u64), Error> {
-        let q = &lease.queue;
-        let keys =
-            [self.job_key(q, &lease.job_id), self.key(q, "active"), self.key(q, "scheduled"), self.key(q, "dead")];
-        let jitter: f64 = rand::random();
+        let queue_keys = self.queue_keys(&lease.queue);
+        let jitter = rand::random::<f64>().to_string();
         let (channel, local) = self.settlement_route(lease);
-        let args = vec![
-            lease.job_id.clone().into_bytes(),
-            lease.token.clone().into_bytes(),
-            error.as_bytes().to_vec(),
-            retry_after.as_micros().to_string().into_bytes(),
-            if dead_letter { b"1".to_vec() } else { b"0".to_vec() },
-            jitter.to_string().into_bytes(),
-            self.settings.dead_retention.as_millis().to_string().into_bytes(),
-            channel.into_bytes(),
-            self.channel(q).into_bytes(),
+        let queue_channel = queue_keys.channel();
+        let args = [
+            Arg::from(&lease.job_id),
+            (&lease.token).into(),
+            error.into(),
+            micros(retry_after).into(),
+            dead_letter.into(),
+            (&jitter).into(),
+            (self.settings.dead_retention.as_millis() as u64).into(),
+            (&channel).into(),
+            (&queue_channel).into(),
         ];
-        let reply: (String, redis::Value) = self.store.run_script("queue_nack", &NACK, &keys, &args).await?;
-        match reply {
-            (state, redis::Value::Int(run_at)) => {
+        match self.store.eval(&NACK, &queue_keys.nack(&lease.job_id), &args).await?.outcome()? {
+            Outcome::Done(fields) => {
                 if let Some(inbox) = local {
                     inbox.settle(&lease.token);
                 }
+                let state = fields.string(0)?;
                 let state = JobState::parse(&state).ok_or_else(|| Error::Internal(format!("nack state {state}")))?;
                 metrics::counter!("baton_queue_nacked_total").increment(1);
                 if state == JobState::Dead {
                     metrics::counter!("baton_queue_dead_lettered_total").increment(1);
                 }
-                Ok((state, run_at.max(0) as u64))
+                Ok((state, fields.int(1)?.max(0) as u64))
             }
-            (_, reason) => Err(Self::settle_error(&from_value::<String>(reason)?)),
+            Outcome::Refused { reason, .. } => Err(Self::settle_error(&reason)),
         }
     }
 
     /// Moves a held lease's deadline to now + `visibility`; returns the new deadline (µs).
     pub async fn extend(&self, lease: &LeaseRef, visibility: Duration) -> Result<u64, Error> {
-        let keys = [self.job_key(&lease.queue, &lease.job_id), self.key(&lease.queue, "active")];
-        let args = vec![
-            lease.job_id.clone().into_bytes(),
-            lease.token.clone().into_bytes(),
-            visibility.as_micros().to_string().into_bytes(),
-        ];
-        let (ok, value): (i64, redis::Value) = self.store.run_script("queue_extend", &EXTEND, &keys, &args).await?;
-        if ok == 1 {
-            Ok(from_value::<i64>(value)?.max(0) as u64)
-        } else {
-            Err(Self::settle_error(&from_value::<String>(value)?))
+        let keys = self.queue_keys(&lease.queue).extend(&lease.job_id);
+        let args = [Arg::from(&lease.job_id), (&lease.token).into(), micros(visibility).into()];
+        match self.store.eval(&EXTEND, &keys, &args).await?.outcome()? {
+            Outcome::Done(fields) => Ok(fields.int(0)?.max(0) as u64),
+            Outcome::Refused { reason, .. } => Err(Self::settle_error(&reason)),
         }
     }
 
@@ -586,17 +564,18 @@ impl QueueManager {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = leases.iter().map(|l| self.job_key(&l.queue, &l.job_id)).collect();
-        let args: Vec<Vec<u8>> = leases.iter().map(|l| l.token.clone().into_bytes()).collect();
-        let codes: Vec<i64> = self.store.run_script("queue_held", &HELD, &keys, &args).await?;
-        Ok(codes
-            .into_iter()
-            .map(|code| match code {
-                1 => LeaseStatus::Held,
-                2 => LeaseStatus::Cancelled,
-                _ => LeaseStatus::Gone,
+        let keys: Vec<String> = leases.iter().map(|l| self.queue_keys(&l.queue).job(&l.job_id)).collect();
+        let args: Vec<Arg> = leases.iter().map(|l| Arg::from(&l.token)).collect();
+        let codes: Fields = self.store.eval(&HELD, &keys, &args).await?.done()?;
+        (0..codes.len())
+            .map(|index| {
+                Ok(match codes.int(index)? {
+                    1 => LeaseStatus::Held,
+                    2 => LeaseStatus::Cancelled,
+                    _ => LeaseStatus::Gone,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Returns a departed consumer's leases to the queue at once.
@@ -614,19 +593,17 @@ impl QueueManager {
         if leases.is_empty() {
             return Ok(0);
         }
-        let mut keys: Vec<String> =
-            ["ready", "ready_since", "active", "dead"].iter().map(|p| self.key(queue, p)).collect();
-        keys.extend(leases.iter().map(|l| self.job_key(queue, &l.job_id)));
-        let mut args = vec![
-            self.settings.dead_retention.as_millis().to_string().into_bytes(),
-            self.channel(queue).into_bytes(),
-            if unstarted { b"1".to_vec() } else { b"0".to_vec() },
-        ];
+        let queue_keys = self.queue_keys(queue);
+        let mut keys = queue_keys.hand_back();
+        keys.extend(leases.iter().map(|l| queue_keys.job(&l.job_id)));
+        let channel = queue_keys.channel();
+        let mut args: Vec<Arg> =
+            vec![(self.settings.dead_retention.as_millis() as u64).into(), (&channel).into(), unstarted.into()];
         for lease in leases {
-            args.push(lease.job_id.clone().into_bytes());
-            args.push(lease.token.clone().into_bytes());
+            args.push((&lease.job_id).into());
+            args.push((&lease.token).into());
         }
-        let handed_back: u64 = self.store.run_script("queue_hand_back", &HAND_BACK, &keys, &args).await?;
+        let handed_back = self.store.eval(&HAND_BACK, &keys, &args).await?.done()?.uint(0)?;
         let cause = if unstarted { "unstarted" } else { "stream_ended" };
         metrics::counter!("baton_queue_redelivered_total", "cause" => cause).increment(handed_back);
         Ok(handed_back)
@@ -634,8 +611,10 @@ impl QueueManager {
 
     pub async fn get_job(&self, job_id: &str) -> Result<Option<Job>, Error> {
         let queue = queue_of_job(job_id).ok_or_else(|| Error::invalid("job_id", "is not a job id issued by Baton"))?;
-        let fields: HashMap<String, Vec<u8>> =
-            self.store.command("queue_get_job", redis::cmd("HGETALL").arg(self.job_key(&queue, job_id))).await?;
+        let fields: HashMap<String, Vec<u8>> = self
+            .store
+            .command("queue_get_job", &Command::new("HGETALL").arg(&self.queue_keys(&queue).job(job_id)))
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -645,26 +624,18 @@ impl QueueManager {
     /// Cancels a job; returns whether it was cancelled and its state afterwards (None: no such job).
     pub async fn cancel(&self, job_id: &str) -> Result<(bool, Option<JobState>), Error> {
         let queue = queue_of_job(job_id).ok_or_else(|| Error::invalid("job_id", "is not a job id issued by Baton"))?;
-        let mut keys = vec![self.job_key(&queue, job_id)];
-        keys.extend(["ready", "ready_since", "scheduled", "active"].iter().map(|p| self.key(&queue, p)));
-        let args = vec![
-            job_id.as_bytes().to_vec(),
-            self.settings.retention.as_millis().to_string().into_bytes(),
-            self.channel(&queue).into_bytes(),
-        ];
-        let (cancelled, state): (i64, String) = self.store.run_script("queue_cancel", &CANCEL, &keys, &args).await?;
-        Ok((cancelled == 1, JobState::parse(&state)))
+        let queue_keys = self.queue_keys(&queue);
+        let channel = queue_keys.channel();
+        let args = [Arg::from(job_id), (self.settings.retention.as_millis() as u64).into(), (&channel).into()];
+        let fields = self.store.eval(&CANCEL, &queue_keys.cancel(job_id), &args).await?.done()?;
+        Ok((fields.int(0)? == 1, JobState::parse(&fields.string(1)?)))
     }
 
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, Error> {
-        let keys: Vec<String> = ["ready", "ready_since", "scheduled", "active", "dead", "paused"]
-            .iter()
-            .map(|p| self.key(queue, p))
-            .collect();
-        let args = vec![self.settings.dead_retention.as_micros().to_string().into_bytes()];
-        let counts: Vec<i64> = self.store.run_script("queue_stats", &STATS, &keys, &args).await?;
-        let [ready, scheduled, active, dead, paused, age] = <[i64; 6]>::try_from(counts)
-            .map_err(|_| Error::Internal("stats script returned a malformed reply".into()))?;
+        let args = [micros(self.settings.dead_retention).into()];
+        let counts = self.store.eval(&STATS, &self.queue_keys(queue).whole_queue(), &args).await?.done()?;
+        let [ready, scheduled, active, dead, paused, age] = [0, 1, 2, 3, 4, 5].map(|index| counts.int(index));
+        let (ready, scheduled, active, dead, paused, age) = (ready?, scheduled?, active?, dead?, paused?, age?);
         let count = |n: i64| n.max(0) as u64;
         record_queue_gauges(
             self.keys.namespace(),
@@ -684,15 +655,16 @@ impl QueueManager {
     /// Dead jobs, oldest death first; `offset` pages.
     pub async fn list_dead(&self, queue: &str, offset: usize, page_size: usize) -> Result<(Vec<Job>, bool), Error> {
         let end = (offset + page_size) as isize; // one extra tells whether a next page exists
+        let queue_keys = self.queue_keys(queue);
         let ids: Vec<String> = self
             .store
-            .command("queue_list_dead", redis::cmd("ZRANGE").arg(self.key(queue, "dead")).arg(offset).arg(end))
+            .command("queue_list_dead", &Command::new("ZRANGE").arg(&queue_keys.dead()).arg(offset).arg(end as u64))
             .await?;
         let more = ids.len() > page_size;
         let ids = &ids[..ids.len().min(page_size)];
-        let mut pipe = redis::pipe();
+        let mut pipe = Pipeline::new();
         for id in ids {
-            pipe.cmd("HGETALL").arg(self.job_key(queue, id));
+            pipe.add(Command::new("HGETALL").arg(&queue_keys.job(id)));
         }
         let hashes: Vec<HashMap<String, Vec<u8>>> =
             if ids.is_empty() { Vec::new() } else { self.store.pipeline("queue_list_dead_jobs", &pipe).await? };
@@ -708,9 +680,10 @@ impl QueueManager {
 
     /// Redrives dead jobs (all of the first 1000 when `job_ids` is empty).
     pub async fn retry_dead(&self, queue: &str, job_ids: &[String]) -> Result<u64, Error> {
+        let queue_keys = self.queue_keys(queue);
         let ids: Vec<String> = if job_ids.is_empty() {
             self.store
-                .command("queue_list_dead", redis::cmd("ZRANGE").arg(self.key(queue, "dead")).arg(0).arg(999))
+                .command("queue_list_dead", &Command::new("ZRANGE").arg(&queue_keys.dead()).arg(0u64).arg(999u64))
                 .await?
         } else {
             job_ids.to_vec()
@@ -718,22 +691,27 @@ impl QueueManager {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut keys: Vec<String> = ["ready", "ready_since", "dead"].iter().map(|p| self.key(queue, p)).collect();
-        keys.extend(ids.iter().map(|id| self.job_key(queue, id)));
-        let mut args: Vec<Vec<u8>> = ids.iter().map(|id| id.clone().into_bytes()).collect();
-        args.push(self.channel(queue).into_bytes());
-        Ok(self.store.run_script("queue_retry_dead", &RETRY_DEAD, &keys, &args).await?)
+        let mut keys = queue_keys.retry_dead();
+        keys.extend(ids.iter().map(|id| queue_keys.job(id)));
+        let channel = queue_keys.channel();
+        let mut args: Vec<Arg> = ids.iter().map(Arg::from).collect();
+        args.push((&channel).into());
+        Ok(self.store.eval(&RETRY_DEAD, &keys, &args).await?.done()?.uint(0)?)
     }
 
     pub async fn pause(&self, queue: &str) -> Result<(), Error> {
-        let _: () = self.store.command("queue_pause", redis::cmd("SET").arg(self.key(queue, "paused")).arg(1)).await?;
+        let _: () = self
+            .store
+            .command("queue_pause", &Command::new("SET").arg(&self.queue_keys(queue).paused()).arg(1u64))
+            .await?;
         Ok(())
     }
 
     pub async fn resume(&self, queue: &str) -> Result<(), Error> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(self.key(queue, "paused")).ignore();
-        pipe.cmd("PUBLISH").arg(self.channel(queue)).arg("ready").ignore();
+        let queue_keys = self.queue_keys(queue);
+        let mut pipe = Pipeline::new();
+        pipe.ignored(Command::new("DEL").arg(&queue_keys.paused()));
+        pipe.ignored(Command::new("PUBLISH").arg(&queue_keys.channel()).arg("ready"));
         let _: () = self.store.pipeline("queue_resume", &pipe).await?;
         Ok(())
     }
@@ -778,8 +756,8 @@ where
         .collect()
 }
 
-fn from_value<T: redis::FromRedisValue>(value: redis::Value) -> Result<T, Error> {
-    redis::from_redis_value(value).map_err(|err| Error::Internal(format!("queue script reply: {err}")))
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn decode_job(queue: &str, job_id: &str, fields: Vec<(String, Vec<u8>)>) -> Result<Job, Error> {

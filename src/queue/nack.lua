@@ -5,7 +5,7 @@
 -- ARGV: job_id, token, error, retry_after_us (0: the job's backoff), dead_letter (0|1),
 --       jitter in [0, 1), dead retention ms, the holding stream's channel ('' when that
 --       stream lives in the calling process), the queue's channel
--- Returns {state, run_at_us} or {0, reason}.
+-- Returns {1, state, run_at_us} or {0, reason}.
 local refusal = lease_refusal(KEYS[1], ARGV[2])
 if refusal then
   return {0, refusal}
@@ -19,7 +19,7 @@ local attempts, max_attempts, initial, cap, multiplier = unpack(redis.call('HMGE
   'attempts', 'max_attempts', 'backoff_initial', 'backoff_max', 'backoff_multiplier'))
 if ARGV[5] == '1' or tonumber(attempts) >= tonumber(max_attempts) then
   make_dead(KEYS[4], ARGV[1], KEYS[1], ARGV[7], nil)
-  return {'DEAD', 0}
+  return {1, 'DEAD', 0}
 end
 local delay = tonumber(ARGV[4])
 if delay == 0 then
@@ -35,4 +35,4 @@ redis.call('ZADD', KEYS[3], int(run_at), ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'FAILED', 'lease', '', 'run_at', int(run_at))
 -- Waiting consumers set their timers for the retry.
 redis.call('PUBLISH', ARGV[9], 'scheduled')
-return {'FAILED', run_at}
+return {1, 'FAILED', run_at}

@@ -2,7 +2,7 @@
 --
 -- KEYS[1] ready  KEYS[2] ready_since  KEYS[3] dead, then job keys; ARGV: job ids, then the
 -- notify channel last.
--- Returns how many were redriven.
+-- Returns {1, how many were redriven}.
 local retried = 0
 for i = 4, #KEYS do
   local id = ARGV[i - 3]
@@ -16,4 +16,4 @@ end
 if retried > 0 then
   redis.call('PUBLISH', ARGV[#ARGV], 'ready')
 end
-return retried
+return {1, retried}

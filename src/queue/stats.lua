@@ -3,7 +3,7 @@
 --
 -- KEYS[1] ready  KEYS[2] ready_since  KEYS[3] scheduled  KEYS[4] active  KEYS[5] dead
 -- KEYS[6] paused;  ARGV[1] dead retention µs
--- Returns {ready, scheduled, active, dead, paused, oldest_ready_age_us}.
+-- Returns {1, ready, scheduled, active, dead, paused, oldest_ready_age_us}.
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', int(now - tonumber(ARGV[1])))
 local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local age = 0
@@ -11,6 +11,6 @@ if #oldest > 0 then
   age = math.max(0, now - tonumber(oldest[2]))
 end
 return {
-  redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[4]),
+  1, redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[4]),
   redis.call('ZCARD', KEYS[5]), redis.call('EXISTS', KEYS[6]), age,
 }

@@ -7,7 +7,7 @@
 --          algorithm (1 fixed window, 2 sliding log, 3 GCRA, 4 fixed window on the
 --          clock's period boundaries, 5 the same counted the way envoyproxy/ratelimit
 --          counts), limit, period in µs, burst (GCRA only), cost.
--- Returns {all_allowed, then per limit: allowed, remaining, reset_after_us, retry_after_us}.
+-- Returns {1, all_allowed, then per limit: allowed, remaining, reset_after_us, retry_after_us}.
 --
 -- Time is Redis's own clock, in microseconds, so every replica agrees.
 --
@@ -25,7 +25,7 @@ local dry_run = ARGV[1] == '1'
 -- keeps rounding from denying a request that lands exactly on its emission time.
 local EPSILON = 0.01
 
-local replies = {0}
+local replies = {1, 0}
 local writes = {}
 local all_allowed = true
 
@@ -128,7 +128,7 @@ for i, key in ipairs(KEYS) do
 end
 
 if all_allowed then
-  replies[1] = 1
+  replies[2] = 1
   if not dry_run then
     for _, write in ipairs(writes) do
       local kind, key = write[1], write[2]

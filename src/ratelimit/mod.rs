@@ -10,15 +10,13 @@ pub mod grpc;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::Script;
-
 use crate::config::Limits;
 use crate::error::Error;
 use crate::store::keys::Pattern;
 use crate::store::topology::{Slot, slot_of};
-use crate::store::{KeyBuilder, Store};
+use crate::store::{Arg, Command, KeyBuilder, Script, Store, StoreError};
 
-static CHECK: LazyLock<Script> = LazyLock::new(|| crate::store::script(&[include_str!("check.lua")]));
+static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("ratelimit_check", &[include_str!("check.lua")]));
 
 /// Why a Check whose counters span Cluster slots is refused: one script touches one slot.
 /// The key builder wraps a key in its own `{…}`, so keys share a slot exactly when they
@@ -227,17 +225,21 @@ impl RateLimiter {
             return Ok(Verdict::degraded());
         }
         let keys: Vec<String> = checks.iter().map(|check| self.counter_key(&check.key, &check.spec)).collect();
-        let mut args: Vec<Vec<u8>> = Vec::with_capacity(1 + checks.len() * 5);
-        args.push(if dry_run { b"1".to_vec() } else { b"0".to_vec() });
+        let mut args: Vec<Arg> = Vec::with_capacity(1 + checks.len() * 5);
+        args.push(dry_run.into());
         for check in checks {
             let spec = &check.spec;
             for value in
                 [u64::from(spec.algorithm.script_code()), spec.limit, spec.period_micros(), spec.burst, check.cost]
             {
-                args.push(value.to_string().into_bytes());
+                args.push(value.into());
             }
         }
-        let reply: Vec<i64> = match self.store.run_script("ratelimit_check", &CHECK, &keys, &args).await {
+        let reply = async {
+            let fields = self.store.eval(&CHECK, &keys, &args).await?.done()?;
+            (0..fields.len()).map(|index| fields.int(index)).collect::<Result<Vec<i64>, StoreError>>()
+        };
+        let reply = match reply.await {
             Ok(reply) => reply,
             Err(err) if fail_open && err.is_transient() => {
                 metrics::counter!("baton_ratelimit_degraded_total").increment(1);
@@ -300,7 +302,7 @@ impl RateLimiter {
     /// Forgets the counter of `key` under `spec`; returns whether one existed.
     pub async fn reset(&self, key: &str, spec: &LimitSpec) -> Result<bool, Error> {
         let deleted: i64 =
-            self.store.command("ratelimit_reset", redis::cmd("DEL").arg(self.counter_key(key, spec))).await?;
+            self.store.command("ratelimit_reset", &Command::new("DEL").arg(&self.counter_key(key, spec))).await?;
         Ok(deleted > 0)
     }
 

@@ -2,9 +2,9 @@
 -- KEYS[1] session
 -- ARGV: subject, handle, idle_timeout µs, absolute_timeout µs, size, then n_data, data
 --       key/value pairs, then n_attributes, attribute key/value pairs
--- Returns the HGETALL of the new session, or 0 when the id is taken.
+-- Returns {1, HGETALL of the new session}, or {0, 'SESSION_EXISTS'} when the id is taken.
 if redis.call('EXISTS', KEYS[1]) == 1 and live(KEYS[1]) then
-  return 0
+  return {0, 'SESSION_EXISTS'}
 end
 redis.call('DEL', KEYS[1])
 local idle_timeout, absolute = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -22,4 +22,4 @@ for _, prefix in ipairs({'d:', 'a:'}) do
   at = at + 2 * n + 1
 end
 redis.call('PEXPIREAT', KEYS[1], int(math.ceil(idle_exp / 1000)))
-return redis.call('HGETALL', KEYS[1])
+return session_reply(KEYS[1])

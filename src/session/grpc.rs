@@ -101,7 +101,7 @@ fn session_id(id: &str) -> Result<&str, Error> {
 }
 
 fn not_found() -> Error {
-    Error::NotFound { reason: "SESSION_NOT_FOUND", message: "no such session, or it expired".into() }
+    Error::SessionNotFound
 }
 
 fn session_to_proto(session: Session) -> pb::Session {
@@ -161,10 +161,7 @@ impl SessionStoreService for SessionGrpc {
             Some((session_id, session)) => {
                 Ok(Response::new(CreateSessionResponse { session_id, session: Some(session_to_proto(session)) }))
             }
-            None => {
-                Err(Error::AlreadyExists { reason: "SESSION_EXISTS", message: "that session id is taken".into() }
-                    .into())
-            }
+            None => Err(Error::SessionExists.into()),
         }
     }
 

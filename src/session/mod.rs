@@ -7,6 +7,7 @@
 //! leaves at worst an index entry pointing at nothing, which readers drop.
 
 pub mod grpc;
+mod keys;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::LazyLock;
@@ -14,27 +15,26 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use redis::Script;
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
-use crate::store::keys::Pattern;
-use crate::store::{KeyBuilder, Store};
+use crate::store::{Arg, Command, KeyBuilder, Outcome, Pipeline, Reply, Script, Store};
 use crate::task::TaskGuard;
+use keys::SessionKeys;
 
-macro_rules! session_script {
-    ($file:literal) => {
-        LazyLock::new(|| crate::store::script(&[include_str!("prelude.lua"), include_str!($file)]))
-    };
-}
-
-static CREATE: LazyLock<Script> = session_script!("create.lua");
-static GET: LazyLock<Script> = session_script!("get.lua");
-static UPDATE: LazyLock<Script> = session_script!("update.lua");
-static ROTATE: LazyLock<Script> = session_script!("rotate.lua");
-static TAKE: LazyLock<Script> = session_script!("take.lua");
-static PUT: LazyLock<Script> = session_script!("put.lua");
-static DELETE: LazyLock<Script> = session_script!("delete.lua");
+const PRELUDE: &str = include_str!("prelude.lua");
+static CREATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("session_create", &[PRELUDE, include_str!("create.lua")]));
+static GET: LazyLock<Script> = LazyLock::new(|| Script::new("session_get", &[PRELUDE, include_str!("get.lua")]));
+static UPDATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("session_update", &[PRELUDE, include_str!("update.lua")]));
+static ROTATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("session_rotate", &[PRELUDE, include_str!("rotate.lua")]));
+static TAKE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("session_rotate_take", &[PRELUDE, include_str!("take.lua")]));
+static PUT: LazyLock<Script> = LazyLock::new(|| Script::new("session_rotate_put", &[PRELUDE, include_str!("put.lua")]));
+static DELETE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("session_delete", &[PRELUDE, include_str!("delete.lua")]));
 
 /// 256 bits.
 const ID_BYTES: usize = 32;
@@ -135,16 +135,15 @@ impl SessionManager {
     }
 
     fn session_key(&self, hash: &str) -> String {
-        self.keys.key(Pattern::Session, hash, "s")
+        SessionKeys(&self.keys).session(hash)
     }
 
     fn index_key(&self, subject: &str) -> String {
-        self.keys.key(Pattern::SessionIndex, subject, "i")
+        SessionKeys(&self.keys).index(subject)
     }
 
-    /// All sessions of the namespace whose absolute deadline is ahead, for the gauge.
     fn active_key(&self) -> String {
-        self.keys.key(Pattern::SessionIndex, "*active*", "all")
+        SessionKeys(&self.keys).active()
     }
 
     /// Keeps `baton_sessions_active` fresh; docs/operations.md says what it counts.
@@ -155,9 +154,9 @@ impl SessionManager {
             loop {
                 interval.tick().await;
                 let now = crate::proto::now_micros();
-                let mut pipe = redis::pipe();
-                pipe.cmd("ZREMRANGEBYSCORE").arg(manager.active_key()).arg("-inf").arg(now).ignore();
-                pipe.cmd("ZCARD").arg(manager.active_key());
+                let mut pipe = Pipeline::new();
+                pipe.ignored(Command::new("ZREMRANGEBYSCORE").arg(&manager.active_key()).arg("-inf").arg(now));
+                pipe.add(Command::new("ZCARD").arg(&manager.active_key()));
                 if let Ok((count,)) = manager.store.pipeline::<(u64,)>("session_gauge", &pipe).await {
                     metrics::gauge!("baton_sessions_active", "namespace" => manager.keys.namespace().to_owned())
                         .set(count as f64);
@@ -177,15 +176,15 @@ impl SessionManager {
         // a refused create can take back exactly the entries it added and nothing else.
         let now = crate::proto::now_micros();
         let index = self.index_key(&new.subject);
-        let mut index_pipe = redis::pipe();
+        let mut index_pipe = Pipeline::new();
         if !new.subject.is_empty() {
-            index_pipe.cmd("ZADD").arg(&index).arg("NX").arg(now).arg(&hash);
-            index_pipe.cmd("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("GT").ignore();
+            index_pipe.add(Command::new("ZADD").arg(&index).arg("NX").arg(now).arg(&hash));
+            index_pipe.ignored(Command::new("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("GT"));
             // GT does not apply to a key without a TTL; NX covers the first member.
-            index_pipe.cmd("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("NX").ignore();
+            index_pipe.ignored(Command::new("PEXPIREAT").arg(&index).arg(absolute_deadline / 1000 + 1).arg("NX"));
         }
-        let mut active_pipe = redis::pipe();
-        active_pipe.cmd("ZADD").arg(self.active_key()).arg("NX").arg(absolute_deadline).arg(&hash);
+        let mut active_pipe = Pipeline::new();
+        active_pipe.add(Command::new("ZADD").arg(&self.active_key()).arg("NX").arg(absolute_deadline).arg(&hash));
         let index_added = async {
             match new.subject.is_empty() {
                 true => Ok(false),
@@ -197,43 +196,41 @@ impl SessionManager {
         let (added_to_index, added_to_active) = futures::future::try_join(index_added, active_added).await?;
 
         let size: usize = new.data.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let mut args: Vec<Vec<u8>> = vec![
-            new.subject.clone().into_bytes(),
-            handle.into_bytes(),
-            new.idle_timeout.as_micros().to_string().into_bytes(),
-            new.absolute_timeout.as_micros().to_string().into_bytes(),
-            size.to_string().into_bytes(),
-            new.data.len().to_string().into_bytes(),
-        ];
+        let mut args: Vec<Arg> = Vec::with_capacity(7 + 2 * (new.data.len() + new.attributes.len()));
+        args.extend([
+            Arg::from(&new.subject),
+            (&handle).into(),
+            micros(new.idle_timeout).into(),
+            micros(new.absolute_timeout).into(),
+            size.into(),
+            new.data.len().into(),
+        ]);
         for (key, value) in &new.data {
-            args.push(key.clone().into_bytes());
-            args.push(value.clone());
+            args.extend([Arg::from(key), value.into()]);
         }
-        args.push(new.attributes.len().to_string().into_bytes());
+        args.push(new.attributes.len().into());
         for (key, value) in &new.attributes {
-            args.push(key.clone().into_bytes());
-            args.push(value.clone().into_bytes());
+            args.extend([Arg::from(key), value.into()]);
         }
-        let reply: redis::Value =
-            self.store.run_script("session_create", &CREATE, &[self.session_key(&hash)], &args).await?;
+        let reply = self.store.eval(&CREATE, &[self.session_key(&hash)], &args).await?;
         let Some(session) = decode(reply)? else {
             // Refused: take back what this call added, so the id's owner is unaffected and
             // no other subject's index ever points at it.
-            let mut undo_index = redis::pipe();
+            let mut undo_index = Pipeline::new();
             if added_to_index {
-                undo_index.cmd("ZREM").arg(&index).arg(&hash).ignore();
+                undo_index.ignored(Command::new("ZREM").arg(&index).arg(&hash));
             }
-            let mut undo_active = redis::pipe();
+            let mut undo_active = Pipeline::new();
             if added_to_active == 1 {
-                undo_active.cmd("ZREM").arg(self.active_key()).arg(&hash).ignore();
+                undo_active.ignored(Command::new("ZREM").arg(&self.active_key()).arg(&hash));
             }
             self.pipelines("session_index", &[undo_index, undo_active]).await?;
             return Ok(None);
         };
         // An entry left by an earlier session of this hash keeps its old deadline under NX.
-        let mut refresh = redis::pipe();
+        let mut refresh = Pipeline::new();
         if added_to_active == 0 {
-            refresh.cmd("ZADD").arg(self.active_key()).arg(absolute_deadline).arg(&hash).ignore();
+            refresh.ignored(Command::new("ZADD").arg(&self.active_key()).arg(absolute_deadline).arg(&hash));
         }
         self.pipelines("session_index", &[refresh]).await?;
         metrics::counter!("baton_sessions_created_total").increment(1);
@@ -255,55 +252,45 @@ impl SessionManager {
     }
 
     pub async fn get(&self, id: &str, touch: bool) -> Result<Option<Session>, Error> {
-        let args = vec![if touch { b"1".to_vec() } else { b"0".to_vec() }];
-        let reply: redis::Value =
-            self.store.run_script("session_get", &GET, &[self.session_key(&id_hash(id))], &args).await?;
-        decode(reply)
+        decode(self.store.eval(&GET, &[self.session_key(&id_hash(id))], &[touch.into()]).await?)
     }
 
     /// Applies a change; `Err(Aborted)` on a version mismatch, `Ok(None)` when the session
     /// is gone (or the change's absolute timeout ended it).
     pub async fn update(&self, id: &str, change: &SessionChange) -> Result<Option<Session>, Error> {
-        let micros = |timeout: Option<Duration>| timeout.map_or(0, |t| t.as_micros()).to_string().into_bytes();
-        let mut args: Vec<Vec<u8>> = vec![
-            change.if_version.to_string().into_bytes(),
-            self.settings.max_data_bytes.to_string().into_bytes(),
-            micros(change.idle_timeout),
-            micros(change.absolute_timeout),
-            change.set.len().to_string().into_bytes(),
-        ];
+        let timeout = |timeout: Option<Duration>| timeout.map_or(0, micros);
+        let mut args: Vec<Arg> = Vec::with_capacity(6 + 2 * change.set.len() + change.remove.len());
+        args.extend([
+            Arg::from(change.if_version),
+            self.settings.max_data_bytes.into(),
+            timeout(change.idle_timeout).into(),
+            timeout(change.absolute_timeout).into(),
+            change.set.len().into(),
+        ]);
         for (key, value) in &change.set {
-            args.push(key.clone().into_bytes());
-            args.push(value.clone());
+            args.extend([Arg::from(key), value.into()]);
         }
-        args.push(change.remove.len().to_string().into_bytes());
-        args.extend(change.remove.iter().map(|key| key.clone().into_bytes()));
+        args.push(change.remove.len().into());
+        args.extend(change.remove.iter().map(Arg::from));
         let hash = id_hash(id);
-        let reply: redis::Value =
-            self.store.run_script("session_update", &UPDATE, &[self.session_key(&hash)], &args).await?;
-        if let redis::Value::Array(parts) = &reply {
-            match parts.as_slice() {
-                [redis::Value::BulkString(code)] if code == b"TOO_LARGE" => {
-                    return Err(Error::invalid(
-                        "set",
-                        format!("session data would exceed {} bytes", self.settings.max_data_bytes),
-                    ));
-                }
-                [_] => {
-                    return Err(Error::Aborted {
-                        reason: "VERSION_MISMATCH",
-                        message: "the session's version is not if_version".into(),
-                    });
-                }
-                [redis::Value::BulkString(code), redis::Value::BulkString(subject)] if code == b"ENDED" => {
-                    self.forget(&hash, &String::from_utf8_lossy(subject)).await?;
-                    metrics::counter!("baton_sessions_expired_total").increment(1);
-                    return Ok(None);
-                }
-                _ => {}
+        let session = match self.store.eval(&UPDATE, &[self.session_key(&hash)], &args).await?.outcome()? {
+            Outcome::Done(fields) => Some(session_from(fields)?),
+            Outcome::Refused { reason, .. } if reason == "TOO_LARGE" => {
+                return Err(Error::invalid(
+                    "set",
+                    format!("session data would exceed {} bytes", self.settings.max_data_bytes),
+                ));
             }
-        }
-        let session = decode(reply)?;
+            Outcome::Refused { reason, .. } if reason == "VERSION_MISMATCH" => {
+                return Err(Error::VersionMismatch { what: "session" });
+            }
+            Outcome::Refused { reason, fields } if reason == "ENDED" => {
+                self.forget(&hash, &fields.string(0)?).await?;
+                metrics::counter!("baton_sessions_expired_total").increment(1);
+                return Ok(None);
+            }
+            Outcome::Refused { .. } => None,
+        };
         if let (Some(session), Some(_)) = (&session, change.absolute_timeout) {
             self.follow_absolute_deadline(&hash, session).await?;
         }
@@ -314,12 +301,12 @@ impl SessionManager {
     /// must live as long as it does.
     async fn follow_absolute_deadline(&self, hash: &str, session: &Session) -> Result<(), Error> {
         let deadline = session.absolute_expires_at_micros;
-        let mut active_pipe = redis::pipe();
-        active_pipe.cmd("ZADD").arg(self.active_key()).arg("XX").arg(deadline).arg(hash).ignore();
-        let mut index_pipe = redis::pipe();
+        let mut active_pipe = Pipeline::new();
+        active_pipe.ignored(Command::new("ZADD").arg(&self.active_key()).arg("XX").arg(deadline).arg(hash));
+        let mut index_pipe = Pipeline::new();
         if !session.subject.is_empty() {
             let index = self.index_key(&session.subject);
-            index_pipe.cmd("PEXPIREAT").arg(&index).arg(deadline / 1000 + 1).arg("GT").ignore();
+            index_pipe.ignored(Command::new("PEXPIREAT").arg(&index).arg(deadline / 1000 + 1).arg("GT"));
         }
         self.pipelines("session_index", &[active_pipe, index_pipe]).await
     }
@@ -335,27 +322,28 @@ impl SessionManager {
         let new_hash = id_hash(&new_id);
         if !current.subject.is_empty() {
             let index = self.index_key(&current.subject);
-            let mut pipe = redis::pipe();
-            pipe.cmd("ZADD").arg(&index).arg(current.created_at_micros).arg(&new_hash).ignore();
+            let mut pipe = Pipeline::new();
+            pipe.ignored(Command::new("ZADD").arg(&index).arg(current.created_at_micros).arg(&new_hash));
             let _: () = self.store.pipeline("session_index", &pipe).await?;
         }
         let reply = if self.store.is_cluster() {
             self.move_across_slots(&old_hash, &new_hash).await?
         } else {
             let keys = [self.session_key(&old_hash), self.session_key(&new_hash)];
-            let args = vec![handle_of(&new_hash).into_bytes()];
-            self.store.run_script("session_rotate", &ROTATE, &keys, &args).await?
+            self.store.eval(&ROTATE, &keys, &[(&handle_of(&new_hash)).into()]).await?
         };
         let Some(session) = decode(reply)? else {
             return Ok(None);
         };
-        let mut index_pipe = redis::pipe();
+        let mut index_pipe = Pipeline::new();
         if !session.subject.is_empty() {
-            index_pipe.cmd("ZREM").arg(self.index_key(&session.subject)).arg(&old_hash).ignore();
+            index_pipe.ignored(Command::new("ZREM").arg(&self.index_key(&session.subject)).arg(&old_hash));
         }
-        let mut active_pipe = redis::pipe();
-        active_pipe.cmd("ZREM").arg(self.active_key()).arg(&old_hash).ignore();
-        active_pipe.cmd("ZADD").arg(self.active_key()).arg(session.absolute_expires_at_micros).arg(&new_hash).ignore();
+        let mut active_pipe = Pipeline::new();
+        active_pipe.ignored(Command::new("ZREM").arg(&self.active_key()).arg(&old_hash));
+        active_pipe.ignored(
+            Command::new("ZADD").arg(&self.active_key()).arg(session.absolute_expires_at_micros).arg(&new_hash),
+        );
         self.pipelines("session_index", &[index_pipe, active_pipe]).await?;
         metrics::counter!("baton_sessions_rotated_total").increment(1);
         Ok(Some((new_id, session)))
@@ -364,24 +352,23 @@ impl SessionManager {
     /// Rotation where the old and new session keys are in different Cluster slots: take
     /// the session from the old key, then put it under the new one. The order means a crash
     /// between the two loses the session rather than leaving the old id alive.
-    async fn move_across_slots(&self, old_hash: &str, new_hash: &str) -> Result<redis::Value, Error> {
-        let taken: redis::Value =
-            self.store.run_script("session_rotate_take", &TAKE, &[self.session_key(old_hash)], &[]).await?;
-        let redis::Value::Array(fields) = taken else {
-            return Ok(taken);
+    async fn move_across_slots(&self, old_hash: &str, new_hash: &str) -> Result<Reply, Error> {
+        let taken = self.store.eval(&TAKE, &[self.session_key(old_hash)], &[]).await?;
+        let Outcome::Done(mut fields) = taken.outcome()? else {
+            return Ok(self.store.eval(&GET, &[self.session_key(old_hash)], &[false.into()]).await?);
         };
-        let mut args = vec![handle_of(new_hash).into_bytes()];
-        for field in fields {
-            match field {
-                redis::Value::BulkString(bytes) => args.push(bytes),
-                _ => return Err(Error::Internal("session hash with a non-string field".into())),
-            }
+        let pairs = fields.take_pairs(0)?;
+        let handle = handle_of(new_hash);
+        let mut args: Vec<Arg> = Vec::with_capacity(1 + 2 * pairs.len());
+        args.push((&handle).into());
+        for (name, value) in &pairs {
+            args.extend([Arg::from(name), value.into()]);
         }
-        Ok(self.store.run_script("session_rotate_put", &PUT, &[self.session_key(new_hash)], &args).await?)
+        Ok(self.store.eval(&PUT, &[self.session_key(new_hash)], &args).await?)
     }
 
     /// Runs single-slot pipelines concurrently; for steps whose mutual order is free.
-    async fn pipelines(&self, op: &'static str, pipes: &[redis::Pipeline]) -> Result<(), Error> {
+    async fn pipelines(&self, op: &'static str, pipes: &[Pipeline]) -> Result<(), Error> {
         let runs = pipes.iter().filter(|pipe| !pipe.is_empty()).map(|pipe| self.store.pipeline::<()>(op, pipe));
         futures::future::try_join_all(runs).await?;
         Ok(())
@@ -389,20 +376,25 @@ impl SessionManager {
 
     pub async fn delete(&self, id: &str) -> Result<bool, Error> {
         let hash = id_hash(id);
-        let (deleted, subject): (i64, String) =
-            self.store.run_script("session_delete", &DELETE, &[self.session_key(&hash)], &[]).await?;
+        let (deleted, subject) = self.delete_hash(&hash).await?;
         self.forget(&hash, &subject).await?;
-        Ok(deleted == 1)
+        Ok(deleted)
+    }
+
+    /// Deletes one session; returns whether it existed and its subject.
+    async fn delete_hash(&self, hash: &str) -> Result<(bool, String), Error> {
+        let fields = self.store.eval(&DELETE, &[self.session_key(hash)], &[]).await?.done()?;
+        Ok((fields.int(0)? == 1, fields.string(1)?))
     }
 
     /// Drops a deleted session's entries from its subject's index and the gauge set.
     async fn forget(&self, hash: &str, subject: &str) -> Result<(), Error> {
-        let mut index_pipe = redis::pipe();
+        let mut index_pipe = Pipeline::new();
         if !subject.is_empty() {
-            index_pipe.cmd("ZREM").arg(self.index_key(subject)).arg(hash).ignore();
+            index_pipe.ignored(Command::new("ZREM").arg(&self.index_key(subject)).arg(hash));
         }
-        let mut active_pipe = redis::pipe();
-        active_pipe.cmd("ZREM").arg(self.active_key()).arg(hash).ignore();
+        let mut active_pipe = Pipeline::new();
+        active_pipe.ignored(Command::new("ZREM").arg(&self.active_key()).arg(hash));
         self.pipelines("session_index", &[index_pipe, active_pipe]).await
     }
 
@@ -411,7 +403,7 @@ impl SessionManager {
     async fn live_index(&self, subject: &str) -> Result<Vec<(String, Session)>, Error> {
         let index = self.index_key(subject);
         let hashes: Vec<String> =
-            self.store.command("session_list", redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1)).await?;
+            self.store.command("session_list", &Command::new("ZRANGE").arg(&index).arg(0u64).arg(-1i64)).await?;
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
@@ -433,14 +425,14 @@ impl SessionManager {
         }
         if !dangling.is_empty() {
             let _: i64 =
-                self.store.command("session_index_clean", redis::cmd("ZREM").arg(&index).arg(&dangling)).await?;
+                self.store.command("session_index_clean", &Command::new("ZREM").arg(&index).args(&dangling)).await?;
             metrics::counter!("baton_sessions_expired_total").increment(expired);
         }
         Ok(live)
     }
 
-    async fn peek(&self, hash: &str) -> Result<redis::Value, Error> {
-        Ok(self.store.run_script("session_get", &GET, &[self.session_key(hash)], &[b"0".to_vec()]).await?)
+    async fn peek(&self, hash: &str) -> Result<Reply, Error> {
+        Ok(self.store.eval(&GET, &[self.session_key(hash)], &[false.into()]).await?)
     }
 
     pub async fn list(&self, subject: &str) -> Result<Vec<Session>, Error> {
@@ -471,14 +463,16 @@ impl SessionManager {
             let page = self.active_page(start).await?;
             let exists = futures::future::try_join_all(page.iter().map(|hash| {
                 let key = self.session_key(hash);
-                async move { self.store.command::<i64>("session_count", redis::cmd("EXISTS").arg(key)).await }
+                async move { self.store.command::<i64>("session_count", &Command::new("EXISTS").arg(&key)).await }
             }))
             .await?;
             let ended: Vec<&String> = page.iter().zip(&exists).filter(|(_, e)| **e == 0).map(|(h, _)| h).collect();
             live += (page.len() - ended.len()) as u64;
             if !ended.is_empty() {
-                let _: i64 =
-                    self.store.command("session_count", redis::cmd("ZREM").arg(self.active_key()).arg(&ended)).await?;
+                let _: i64 = self
+                    .store
+                    .command("session_count", &Command::new("ZREM").arg(&self.active_key()).args(&ended))
+                    .await?;
             }
             if page.len() < SCAN_PAGE {
                 return Ok(live);
@@ -491,7 +485,7 @@ impl SessionManager {
     /// Ends every session of the namespace that exists when the call starts (a steady
     /// stream of new sessions cannot keep it running).
     pub async fn clear(&self) -> Result<u64, Error> {
-        let total: usize = self.store.command("session_clear", redis::cmd("ZCARD").arg(self.active_key())).await?;
+        let total: usize = self.store.command("session_clear", &Command::new("ZCARD").arg(&self.active_key())).await?;
         let mut cleared = 0;
         for _ in 0..total.div_ceil(SCAN_PAGE) {
             let page = self.active_page(0).await?;
@@ -499,8 +493,7 @@ impl SessionManager {
                 break;
             }
             let deletes = futures::future::try_join_all(page.iter().map(|hash| async move {
-                let (deleted, subject): (i64, String) =
-                    self.store.run_script("session_clear", &DELETE, &[self.session_key(hash)], &[]).await?;
+                let (deleted, subject) = self.delete_hash(hash).await?;
                 Ok::<_, Error>((hash, deleted, subject))
             }))
             .await?;
@@ -511,15 +504,15 @@ impl SessionManager {
             }
             let mut pipes = Vec::with_capacity(by_subject.len() + 1);
             for (subject, hashes) in by_subject {
-                let mut pipe = redis::pipe();
-                pipe.cmd("ZREM").arg(self.index_key(subject)).arg(hashes).ignore();
+                let mut pipe = Pipeline::new();
+                pipe.ignored(Command::new("ZREM").arg(&self.index_key(subject)).args(hashes));
                 pipes.push(pipe);
             }
-            let mut active_pipe = redis::pipe();
-            active_pipe.cmd("ZREM").arg(self.active_key()).arg(&page).ignore();
+            let mut active_pipe = Pipeline::new();
+            active_pipe.ignored(Command::new("ZREM").arg(&self.active_key()).args(&page));
             pipes.push(active_pipe);
             self.pipelines("session_clear", &pipes).await?;
-            cleared += deletes.iter().filter(|(_, deleted, _)| *deleted == 1).count() as u64;
+            cleared += deletes.iter().filter(|(_, deleted, _)| *deleted).count() as u64;
         }
         metrics::counter!("baton_sessions_revoked_total").increment(cleared);
         Ok(cleared)
@@ -527,7 +520,10 @@ impl SessionManager {
 
     async fn active_page(&self, start: usize) -> Result<Vec<String>, Error> {
         let stop = start + SCAN_PAGE - 1;
-        Ok(self.store.command("session_scan", redis::cmd("ZRANGE").arg(self.active_key()).arg(start).arg(stop)).await?)
+        Ok(self
+            .store
+            .command("session_scan", &Command::new("ZRANGE").arg(&self.active_key()).arg(start).arg(stop))
+            .await?)
     }
 
     async fn remove(&self, subject: &str, hashes: &[String]) -> Result<u64, Error> {
@@ -539,34 +535,35 @@ impl SessionManager {
         // session is its own Cluster slot; the DELs still pipeline on the connection.
         let deletes = hashes.iter().map(|hash| {
             let key = self.session_key(hash);
-            async move { self.store.command::<i64>("session_revoke", redis::cmd("DEL").arg(key)).await }
+            async move { self.store.command::<i64>("session_revoke", &Command::new("DEL").arg(&key)).await }
         });
         let deleted = futures::future::try_join_all(deletes).await?;
-        let mut index_pipe = redis::pipe();
-        index_pipe.cmd("ZREM").arg(self.index_key(subject)).arg(hashes).ignore();
-        let mut active_pipe = redis::pipe();
-        active_pipe.cmd("ZREM").arg(self.active_key()).arg(hashes).ignore();
+        let mut index_pipe = Pipeline::new();
+        index_pipe.ignored(Command::new("ZREM").arg(&self.index_key(subject)).args(hashes));
+        let mut active_pipe = Pipeline::new();
+        active_pipe.ignored(Command::new("ZREM").arg(&self.active_key()).args(hashes));
         self.pipelines("session_revoke", &[index_pipe, active_pipe]).await?;
         Ok(deleted.into_iter().filter(|d| *d == 1).count() as u64)
     }
 }
 
-/// A session from a script's HGETALL reply; `None` for the scripts' 0 (missing) or -1
-/// (found expired and deleted, counted here).
-fn decode(reply: redis::Value) -> Result<Option<Session>, Error> {
-    let redis::Value::Array(parts) = reply else {
-        if reply == redis::Value::Int(-1) {
-            metrics::counter!("baton_sessions_expired_total").increment(1);
+/// A session from a script's reply; `None` when it is missing, or when it had just
+/// expired (`EXPIRED`, counted here).
+fn decode(reply: Reply) -> Result<Option<Session>, Error> {
+    match reply.outcome()? {
+        Outcome::Done(fields) => Ok(Some(session_from(fields)?)),
+        Outcome::Refused { reason, .. } => {
+            if reason == "EXPIRED" {
+                metrics::counter!("baton_sessions_expired_total").increment(1);
+            }
+            Ok(None)
         }
-        return Ok(None);
-    };
-    let mut fields: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut parts = parts.into_iter();
-    while let (Some(redis::Value::BulkString(name)), Some(redis::Value::BulkString(value))) =
-        (parts.next(), parts.next())
-    {
-        fields.insert(String::from_utf8_lossy(&name).into_owned(), value);
     }
+}
+
+/// A session from its hash's fields, as every script's `{1, HGETALL}` carries them.
+fn session_from(mut fields: crate::store::Fields) -> Result<Session, Error> {
+    let fields: HashMap<String, Vec<u8>> = fields.take_pairs(0)?.into_iter().collect();
     let text = |name: &str| fields.get(name).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
     let number = |name: &str| text(name).parse::<u64>().unwrap_or(0);
     if !fields.contains_key("abs_exp") {
@@ -589,7 +586,11 @@ fn decode(reply: redis::Value) -> Result<Option<Session>, Error> {
             session.attributes.insert(key.to_owned(), String::from_utf8_lossy(&value).into_owned());
         }
     }
-    Ok(Some(session))
+    Ok(session)
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -33,3 +33,10 @@ local function touch(key, session)
     redis.call('PEXPIREAT', key, int(math.ceil(idle_exp / 1000)))
   end
 end
+
+-- The reply for a session: {1, then its HGETALL}.
+local function session_reply(key)
+  local reply = redis.call('HGETALL', key)
+  table.insert(reply, 1, 1)
+  return reply
+end

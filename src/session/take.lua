@@ -2,11 +2,13 @@
 -- of two steps (`put.lua` writes it under the new id). A crash between them loses the
 -- session (its user signs in again) but can never leave two live ids.
 -- KEYS[1] old session
--- Returns the HGETALL of the session as it was, or 0 when it is missing or expired.
+-- Returns {1, HGETALL of the session as it was}, or {0, 'MISSING'} when it is missing or
+-- expired.
 local session = live(KEYS[1])
 if not session then
-  return 0
+  return {0, 'MISSING'}
 end
 local fields = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
+table.insert(fields, 1, 1)
 return fields

@@ -3,16 +3,17 @@
 -- KEYS[1] session
 -- ARGV: if_version (0 = none), max data bytes, new idle timeout µs (0 = keep), new absolute
 --       timeout µs from creation (0 = keep), n_set, key/value pairs, n_remove, keys
--- Returns the HGETALL, 0 when missing or expired, {'VERSION_MISMATCH'} / {'TOO_LARGE'}, or
--- {'ENDED', subject} when the new absolute deadline had already passed (session deleted).
+-- Returns {1, HGETALL}, {0, 'MISSING'} when missing or expired, {0, 'VERSION_MISMATCH'} /
+-- {0, 'TOO_LARGE'}, or
+-- {0, 'ENDED', subject} when the new absolute deadline had already passed (session deleted).
 local session = live(KEYS[1])
 if not session then
-  return 0
+  return {0, 'MISSING'}
 end
 local version = tonumber(redis.call('HGET', KEYS[1], 'ver'))
 local if_version = tonumber(ARGV[1])
 if if_version > 0 and version ~= if_version then
-  return {'VERSION_MISMATCH'}
+  return {0, 'VERSION_MISMATCH'}
 end
 local new_idle, new_absolute = tonumber(ARGV[3]), tonumber(ARGV[4])
 local size = tonumber(redis.call('HGET', KEYS[1], 'size'))
@@ -48,14 +49,14 @@ for i = 1, n_set do
   lengths[key] = #value
 end
 if size > tonumber(ARGV[2]) then
-  return {'TOO_LARGE'}
+  return {0, 'TOO_LARGE'}
 end
 if new_absolute > 0 then
   session.abs_exp = tonumber(redis.call('HGET', KEYS[1], 'created')) + new_absolute
   if session.abs_exp <= now then
     local subject = redis.call('HGET', KEYS[1], 'subject')
     redis.call('DEL', KEYS[1])
-    return {'ENDED', subject}
+    return {0, 'ENDED', subject}
   end
 end
 for i = 1, n_remove do
@@ -77,4 +78,4 @@ if new_idle > 0 or new_absolute > 0 then
 else
   touch(KEYS[1], session)
 end
-return redis.call('HGETALL', KEYS[1])
+return session_reply(KEYS[1])

@@ -68,7 +68,7 @@ where
 }
 
 async fn ping(store: &Store) -> bool {
-    let ping = redis::cmd("PING");
+    let ping = crate::store::Command::new("PING");
     let call = store.command::<String>("ping", &ping);
     matches!(tokio::time::timeout(PING_TIMEOUT, call).await, Ok(Ok(_)))
 }

@@ -78,7 +78,7 @@ impl SentinelFollower {
             }
             let info = url.as_str().into_connection_info()?.set_redis_settings(redis_settings);
             sentinels.push(match tls_root {
-                Some(root) => redis::Client::build_with_tls(info, crate::store::tls_certificates(root))?,
+                Some(root) => redis::Client::build_with_tls(info, crate::store::connections::tls_certificates(root))?,
                 None => redis::Client::open(info)?,
             });
         }
@@ -205,7 +205,7 @@ fn switch_to(shared: &Shared, host: String) {
 }
 
 fn data_node(shared: &Shared, host: &str) -> Result<redis::Client, RedisError> {
-    crate::store::node_client(&shared.data.url_for(host), shared.tls_root.as_deref())
+    crate::store::connections::node_client(&shared.data.url_for(host), shared.tls_root.as_deref())
         .map_err(|err| RedisError::from((ErrorKind::InvalidClientConfig, "bad data node address", err.to_string())))
 }
 

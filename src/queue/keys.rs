@@ -1,0 +1,90 @@
+//! The keys of one queue, and each script's KEYS in the order its header gives them.
+
+use crate::store::KeyBuilder;
+use crate::store::keys::Pattern;
+
+pub(super) struct QueueKeys<'a> {
+    keys: &'a KeyBuilder,
+    queue: &'a str,
+}
+
+impl<'a> QueueKeys<'a> {
+    pub(super) fn new(keys: &'a KeyBuilder, queue: &'a str) -> Self {
+        Self { keys, queue }
+    }
+
+    fn part(&self, part: &str) -> String {
+        self.keys.key(Pattern::Queue, self.queue, part)
+    }
+
+    fn parts<const N: usize>(&self, parts: [&str; N]) -> Vec<String> {
+        parts.iter().map(|part| self.part(part)).collect()
+    }
+
+    pub(super) fn job(&self, job_id: &str) -> String {
+        self.part(&format!("job:{job_id}"))
+    }
+
+    /// The prefix of every job key (fetch.lua appends the id).
+    pub(super) fn job_prefix(&self) -> String {
+        self.part("job:")
+    }
+
+    pub(super) fn dedup(&self, dedup_key: &str) -> String {
+        self.part(&format!("dedup:{dedup_key}"))
+    }
+
+    pub(super) fn dead(&self) -> String {
+        self.part("dead")
+    }
+
+    pub(super) fn paused(&self) -> String {
+        self.part("paused")
+    }
+
+    /// The queue's channel: jobs ready, settled or cancelled.
+    pub(super) fn channel(&self) -> String {
+        self.keys.channel(Pattern::Queue, self.queue)
+    }
+
+    /// enqueue.lua, before the per-job pairs of [`QueueKeys::job`] and [`QueueKeys::dedup`].
+    pub(super) fn enqueue(&self) -> Vec<String> {
+        self.parts(["ready", "ready_since", "scheduled"])
+    }
+
+    /// fetch.lua and stats.lua.
+    pub(super) fn whole_queue(&self) -> Vec<String> {
+        self.parts(["ready", "ready_since", "scheduled", "active", "dead", "paused"])
+    }
+
+    /// ack.lua, before one job key per delivery.
+    pub(super) fn ack(&self) -> Vec<String> {
+        self.parts(["active"])
+    }
+
+    pub(super) fn nack(&self, job_id: &str) -> Vec<String> {
+        let mut keys = vec![self.job(job_id)];
+        keys.extend(self.parts(["active", "scheduled", "dead"]));
+        keys
+    }
+
+    pub(super) fn extend(&self, job_id: &str) -> Vec<String> {
+        vec![self.job(job_id), self.part("active")]
+    }
+
+    /// hand_back.lua, before the job keys.
+    pub(super) fn hand_back(&self) -> Vec<String> {
+        self.parts(["ready", "ready_since", "active", "dead"])
+    }
+
+    pub(super) fn cancel(&self, job_id: &str) -> Vec<String> {
+        let mut keys = vec![self.job(job_id)];
+        keys.extend(self.parts(["ready", "ready_since", "scheduled", "active"]));
+        keys
+    }
+
+    /// retry_dead.lua, before the job keys.
+    pub(super) fn retry_dead(&self) -> Vec<String> {
+        self.parts(["ready", "ready_since", "dead"])
+    }
+}
