@@ -8,7 +8,7 @@
 //! it touches is under `baton:<namespace>:`) and the RPCs it may call.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
 use serde::Deserialize;
@@ -34,17 +34,20 @@ pub struct ApiKeyFile {
 #[derive(Debug, Clone)]
 struct ApiKey {
     hash: [u8; 32],
-    tenant: String,
+    tenant: Arc<str>,
     allow: Vec<String>,
 }
 
 /// The tenant a request acts for, set by [`AuthLayer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tenant(pub String);
+pub struct Tenant(pub Arc<str>);
+
+static DEFAULT_TENANT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(DEFAULT_NAMESPACE));
 
 /// The namespace of a request: its API key's tenant, or the default one when auth is off.
-pub fn namespace<T>(request: &tonic::Request<T>) -> String {
-    request.extensions().get::<Tenant>().map(|t| t.0.clone()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+/// Shared, not copied: every request of a tenant holds the same string.
+pub fn namespace<T>(request: &tonic::Request<T>) -> Arc<str> {
+    request.extensions().get::<Tenant>().map_or_else(|| DEFAULT_TENANT.clone(), |t| t.0.clone())
 }
 
 /// The validated key set; empty means authentication is off.
@@ -65,7 +68,7 @@ impl ApiKeys {
             if !tenant_ok {
                 return Err(format!("api_keys[{index}].tenant must be 1 to 64 characters of [A-Za-z0-9_-]"));
             }
-            keys.push(ApiKey { hash: bytes, tenant: entry.tenant, allow: entry.allow });
+            keys.push(ApiKey { hash: bytes, tenant: entry.tenant.into(), allow: entry.allow });
         }
         Ok(Self { keys })
     }

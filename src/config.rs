@@ -9,9 +9,10 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
-use crate::ratelimit::{Algorithm, LimitSpec};
+use crate::ratelimit::{Algorithm, LimitSpec, Policy};
 use crate::store::topology::UrlList;
 use crate::store::{SentinelSettings, Topology};
+use crate::validate::Limits;
 
 /// Command-line flags; each has an environment twin.
 #[derive(Debug, Clone, Parser)]
@@ -179,44 +180,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Bounds enforced on requests before any Redis call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub max_key_bytes: usize,
-    pub max_value_bytes: usize,
-    /// Longest accepted ttl or period.
-    pub max_ttl: Duration,
-    /// The sliding-window log keeps one entry per admitted unit, so its `limit` is capped.
-    pub max_sliding_window_limit: u64,
-    pub redis_timeout: Duration,
-    /// Largest gRPC message accepted or sent.
-    pub max_message_bytes: usize,
-    /// Most keys in one cache batch.
-    pub max_batch_keys: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_key_bytes: 512,
-            max_value_bytes: 1024 * 1024,
-            max_ttl: Duration::from_secs(30 * 24 * 3600),
-            max_sliding_window_limit: 10_000,
-            redis_timeout: Duration::from_secs(1),
-            max_message_bytes: 4 * 1024 * 1024,
-            max_batch_keys: 1000,
-        }
-    }
-}
-
-/// A named rate limit from the config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    pub spec: LimitSpec,
-    /// Answer allowed (degraded) rather than UNAVAILABLE when Redis is down.
-    pub fail_open: bool,
-}
-
 /// Everything the server needs, flags and file merged and validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -233,7 +196,8 @@ pub struct Config {
 /// The gRPC listener's transport settings (`[server]` in the file). The defaults close
 /// what tonic and hyper leave open: unlimited streams per connection, no limit on
 /// locally reset streams, no keepalive, and calls without a deadline.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     /// HTTP/2 `MAX_CONCURRENT_STREAMS`: enough for a worker's Consume and KeepAlive
     /// streams; clients holding more open several connections.
@@ -242,19 +206,25 @@ pub struct ServerSettings {
     pub max_local_error_reset_streams: usize,
     /// HTTP/2 PING interval; a peer that does not answer within `keepalive_timeout` is
     /// disconnected, which also closes idle connections of vanished clients.
+    #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
     /// A connection that has not finished its TLS handshake or HTTP/2 preface by then
     /// is closed.
+    #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// The deadline of a unary call whose client set none; answered DEADLINE_EXCEEDED.
     /// Streams (Consume, KeepAlive) and waits the client asked for (Acquire, Fetch) are
     /// bounded by their own validated limits instead.
+    #[serde(with = "humantime_serde")]
     pub default_deadline: Duration,
     /// Serve gRPC server reflection (grpcurl, Postman).
     pub reflection: bool,
     /// How often the TLS files are checked for changes.
+    #[serde(with = "humantime_serde")]
     pub tls_reload_interval: Duration,
 }
 
@@ -288,7 +258,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     #[serde(default)]
-    limits: FileLimits,
+    limits: Limits,
     #[serde(default)]
     policies: BTreeMap<String, FilePolicy>,
     #[serde(default)]
@@ -296,41 +266,7 @@ struct FileConfig {
     #[serde(default)]
     api_keys: Vec<crate::auth::ApiKeyFile>,
     #[serde(default)]
-    server: FileServer,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileServer {
-    max_concurrent_streams: Option<u32>,
-    max_local_error_reset_streams: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
-    keepalive_interval: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    keepalive_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    tcp_keepalive: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    handshake_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    default_deadline: Option<Duration>,
-    reflection: Option<bool>,
-    #[serde(default, with = "humantime_serde")]
-    tls_reload_interval: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLimits {
-    max_key_bytes: Option<usize>,
-    max_value_bytes: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
-    max_ttl: Option<Duration>,
-    max_sliding_window_limit: Option<u64>,
-    #[serde(default, with = "humantime_serde")]
-    redis_timeout: Option<Duration>,
-    max_message_bytes: Option<usize>,
-    max_batch_keys: Option<usize>,
+    server: ServerSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,16 +300,8 @@ impl Config {
         let path = flags.config.clone().unwrap_or_default();
         let invalid = |message: String| ConfigError::Invalid { path: path.clone(), message };
 
-        let defaults = Limits::default();
-        let limits = Limits {
-            max_key_bytes: file.limits.max_key_bytes.unwrap_or(defaults.max_key_bytes),
-            max_value_bytes: file.limits.max_value_bytes.unwrap_or(defaults.max_value_bytes),
-            max_ttl: file.limits.max_ttl.unwrap_or(defaults.max_ttl),
-            max_sliding_window_limit: file.limits.max_sliding_window_limit.unwrap_or(defaults.max_sliding_window_limit),
-            redis_timeout: flags.redis_timeout.or(file.limits.redis_timeout).unwrap_or(defaults.redis_timeout),
-            max_message_bytes: file.limits.max_message_bytes.unwrap_or(defaults.max_message_bytes),
-            max_batch_keys: file.limits.max_batch_keys.unwrap_or(defaults.max_batch_keys),
-        };
+        // The flag wins over the file, the file over the default.
+        let limits = Limits { redis_timeout: flags.redis_timeout.unwrap_or(file.limits.redis_timeout), ..file.limits };
         if limits.max_message_bytes < 64 * 1024 {
             return Err(invalid("limits.max_message_bytes must be at least 65536".into()));
         }
@@ -472,21 +400,7 @@ impl Config {
     }
 }
 
-fn server_settings(file: FileServer) -> Result<ServerSettings, String> {
-    let defaults = ServerSettings::default();
-    let settings = ServerSettings {
-        max_concurrent_streams: file.max_concurrent_streams.unwrap_or(defaults.max_concurrent_streams),
-        max_local_error_reset_streams: file
-            .max_local_error_reset_streams
-            .unwrap_or(defaults.max_local_error_reset_streams),
-        keepalive_interval: file.keepalive_interval.unwrap_or(defaults.keepalive_interval),
-        keepalive_timeout: file.keepalive_timeout.unwrap_or(defaults.keepalive_timeout),
-        tcp_keepalive: file.tcp_keepalive.unwrap_or(defaults.tcp_keepalive),
-        handshake_timeout: file.handshake_timeout.unwrap_or(defaults.handshake_timeout),
-        default_deadline: file.default_deadline.unwrap_or(defaults.default_deadline),
-        reflection: file.reflection.unwrap_or(defaults.reflection),
-        tls_reload_interval: file.tls_reload_interval.unwrap_or(defaults.tls_reload_interval),
-    };
+fn server_settings(settings: ServerSettings) -> Result<ServerSettings, String> {
     if settings.max_concurrent_streams == 0 {
         return Err("server.max_concurrent_streams must be at least 1".into());
     }

@@ -29,11 +29,11 @@ use crate::proto::v1::job_queue_service_server::JobQueueServiceServer;
 use crate::proto::v1::lock_service_server::LockServiceServer;
 use crate::proto::v1::rate_limiter_service_server::RateLimiterServiceServer;
 use crate::proto::v1::session_store_service_server::SessionStoreServiceServer;
-use crate::queue::grpc::{JobQueueGrpc, QueueLimits};
+use crate::queue::grpc::JobQueueGrpc;
 use crate::queue::{QueueManager, QueueSettings};
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::grpc::RateLimiterGrpc;
-use crate::session::grpc::{SessionDefaults, SessionGrpc};
+use crate::session::grpc::SessionGrpc;
 use crate::session::{SessionManager, SessionSettings};
 use crate::store::health::{EvictionConcern, spawn_pinger};
 use crate::store::notify::Notifier;
@@ -152,18 +152,18 @@ pub async fn run(
         draining.clone(),
     );
 
-    let queue_settings =
-        QueueSettings { retention: config.flags.queue_retention, dead_retention: config.flags.queue_dead_retention };
-    let queue_limits = QueueLimits {
+    let defaults = QueueSettings::default();
+    let queue_settings = QueueSettings {
+        retention: config.flags.queue_retention,
+        dead_retention: config.flags.queue_dead_retention,
         default_visibility: config.flags.queue_visibility_timeout,
         max_in_flight: config.flags.queue_max_in_flight,
-        default_max_in_flight: QueueLimits::default().default_max_in_flight.min(config.flags.queue_max_in_flight),
-        ..QueueLimits::default()
+        default_max_in_flight: defaults.default_max_in_flight.min(config.flags.queue_max_in_flight),
+        ..defaults
     };
     let queue_service = JobQueueGrpc::new(
         QueueManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), queue_settings),
         config.limits.clone(),
-        queue_limits,
         draining.clone(),
     );
 
@@ -186,20 +186,14 @@ pub async fn run(
         main_store.clone(),
         KeyBuilder::default(),
         SessionSettings {
+            idle_timeout: config.flags.session_idle_timeout,
+            absolute_timeout: config.flags.session_absolute_timeout,
             max_data_bytes: config.flags.session_max_bytes,
             max_per_subject: config.flags.session_max_per_subject,
         },
     );
     let _session_gauge = sessions.spawn_gauge();
-    let session_service = SessionGrpc::new(
-        sessions,
-        config.limits.clone(),
-        SessionDefaults {
-            idle_timeout: config.flags.session_idle_timeout,
-            absolute_timeout: config.flags.session_absolute_timeout,
-            max_data_bytes: config.flags.session_max_bytes,
-        },
-    );
+    let session_service = SessionGrpc::new(sessions, config.limits.clone());
     let (envoy_rules, envoy_rules_rx) = tokio::sync::watch::channel(Arc::new(config.envoy.rules.clone()));
     let _envoy_reloader = config.envoy.settings.config_dir.clone().map(|dir| {
         crate::envoy::upstream_files::spawn_reloader(

@@ -6,7 +6,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::cache::{CacheManager, Entry, FetchOutcome, Write, WriteRefused};
-use crate::config::Limits;
 use crate::error::Error;
 use crate::proto::v1::cache_service_server::CacheService;
 use crate::proto::v1::{
@@ -15,6 +14,7 @@ use crate::proto::v1::{
     GetRequest, GetResponse, InvalidateTagRequest, InvalidateTagResponse, SetRequest, SetResponse,
 };
 use crate::proto::{duration_from_proto, timestamp_from_micros};
+use crate::validate::Limits;
 use crate::{deadline, validate};
 
 const MAX_TAGS: usize = 32;

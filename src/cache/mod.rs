@@ -144,8 +144,8 @@ impl CacheManager {
     }
 
     /// The same manager acting for another tenant namespace.
-    pub fn scoped(&self, namespace: &str) -> Self {
-        Self { keys: KeyBuilder::new(namespace), ..self.clone() }
+    pub fn scoped(&self, namespace: &std::sync::Arc<str>) -> Self {
+        Self { keys: KeyBuilder::new(namespace.clone()), ..self.clone() }
     }
 
     pub fn store(&self) -> &Store {

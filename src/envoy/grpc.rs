@@ -28,7 +28,7 @@ pub struct EnvoyGrpc {
     /// The current rules; the directory reloader replaces them.
     rules: watch::Receiver<Arc<EnvoyRules>>,
     settings: EnvoySettings,
-    limits: crate::config::Limits,
+    limits: crate::validate::Limits,
 }
 
 impl EnvoyGrpc {
@@ -36,7 +36,7 @@ impl EnvoyGrpc {
         limiter: RateLimiter,
         rules: watch::Receiver<Arc<EnvoyRules>>,
         settings: EnvoySettings,
-        limits: crate::config::Limits,
+        limits: crate::validate::Limits,
     ) -> Self {
         Self { limiter, rules, settings, limits }
     }
@@ -200,7 +200,12 @@ impl EnvoyGrpc {
     /// Checks (and counts) `checks` atomically. Envoy's hits are not bounded like Check's
     /// cost: a check costing more than its limit can ever admit is over limit outright,
     /// so the whole request only looks (dry run, costs capped) and counts nothing.
-    async fn checked(&self, namespace: &str, mut checks: Vec<LimitCheck>, dry_run: bool) -> Result<Verdict, Error> {
+    async fn checked(
+        &self,
+        namespace: &Arc<str>,
+        mut checks: Vec<LimitCheck>,
+        dry_run: bool,
+    ) -> Result<Verdict, Error> {
         let impossible: Vec<bool> = checks.iter().map(|check| check.cost > check.spec.max_cost()).collect();
         let dry_run = dry_run || impossible.contains(&true);
         for check in &mut checks {
@@ -221,7 +226,7 @@ impl EnvoyGrpc {
     /// A denied request's admissible descriptors report what they still have.
     async fn atomically(
         &self,
-        namespace: &str,
+        namespace: &Arc<str>,
         group: &[&Counted],
         statuses: &mut [DescriptorStatus],
     ) -> Result<(), Error> {
@@ -245,7 +250,7 @@ impl EnvoyGrpc {
     /// admitted or not (fixed windows); other algorithms count what they admit.
     async fn as_upstream(
         &self,
-        namespace: &str,
+        namespace: &Arc<str>,
         group: &[&Counted],
         statuses: &mut [DescriptorStatus],
     ) -> Result<(), Error> {

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Limits;
 use crate::ratelimit::{Algorithm, LimitSpec};
+use crate::validate::Limits;
 
 /// The `[envoy]` section of the config file.
 #[derive(Debug, Default, Deserialize)]

@@ -15,9 +15,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::config::Limits;
 use crate::envoy::{DomainFile, EnvoyRules};
 use crate::task::TaskGuard;
+use crate::validate::Limits;
 
 /// How often the directory is read for changes: an edit applies within this.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);

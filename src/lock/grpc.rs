@@ -8,7 +8,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::Limits;
 use crate::error::Error;
 use crate::lock::{
     AcquireParams, Acquisition, Holder, Lease, LockManager, MAX_PERMITS, MAX_TTL, MAX_WAIT, MIN_TTL,
@@ -20,6 +19,7 @@ use crate::proto::v1::{
     KeepAliveResponse, ReleaseRequest, ReleaseResponse, RenewRequest, RenewResponse,
 };
 use crate::proto::{duration_from_proto, duration_to_proto, timestamp_from_micros};
+use crate::validate::Limits;
 use crate::{deadline, validate};
 
 const MAX_OWNER_BYTES: usize = 256;

@@ -7,7 +7,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::config::Limits;
 use crate::error::Error;
 use crate::proto::v1::job_queue_service_server::JobQueueService;
 use crate::proto::v1::{
@@ -24,36 +23,7 @@ use crate::queue::{
     QueueManager,
 };
 use crate::validate;
-
-/// Defaults and bounds for jobs and consumers (configurable).
-#[derive(Debug, Clone, Copy)]
-pub struct QueueLimits {
-    pub default_max_attempts: u32,
-    pub max_attempts: u32,
-    pub default_backoff: Duration,
-    pub default_visibility: Duration,
-    pub max_visibility: Duration,
-    pub default_max_in_flight: u32,
-    pub max_in_flight: u32,
-    pub default_dedup_ttl: Duration,
-    pub max_batch: usize,
-}
-
-impl Default for QueueLimits {
-    fn default() -> Self {
-        Self {
-            default_max_attempts: 3,
-            max_attempts: 1000,
-            default_backoff: Duration::from_secs(1),
-            default_visibility: Duration::from_secs(30),
-            max_visibility: Duration::from_secs(12 * 3600),
-            default_max_in_flight: 16,
-            max_in_flight: 1000,
-            default_dedup_ttl: Duration::from_secs(3600),
-            max_batch: 1000,
-        }
-    }
-}
+use crate::validate::Limits;
 
 const MIN_VISIBILITY: Duration = Duration::from_secs(1);
 const MAX_TYPE_BYTES: usize = 256;
@@ -73,14 +43,13 @@ const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
 pub struct JobQueueGrpc {
     queues: QueueManager,
     limits: Limits,
-    queue_limits: QueueLimits,
     /// Cancelled at server shutdown: streams end UNAVAILABLE and leave their leases alone.
     shutdown: CancellationToken,
 }
 
 impl JobQueueGrpc {
-    pub fn new(queues: QueueManager, limits: Limits, queue_limits: QueueLimits, shutdown: CancellationToken) -> Self {
-        Self { queues, limits, queue_limits, shutdown }
+    pub fn new(queues: QueueManager, limits: Limits, shutdown: CancellationToken) -> Self {
+        Self { queues, limits, shutdown }
     }
 
     fn new_job(&self, field: &str, request: EnqueueRequest) -> Result<NewJob, Error> {
@@ -99,11 +68,11 @@ impl JobQueueGrpc {
             return Err(Error::invalid(at("priority"), format!("must be between {MIN_PRIORITY} and {MAX_PRIORITY}")));
         }
         let max_attempts = match request.max_attempts {
-            0 => self.queue_limits.default_max_attempts,
-            n if n > self.queue_limits.max_attempts => {
+            0 => self.queues.settings().default_max_attempts,
+            n if n > self.queues.settings().max_attempts => {
                 return Err(Error::invalid(
                     at("max_attempts"),
-                    format!("must be at most {}", self.queue_limits.max_attempts),
+                    format!("must be at most {}", self.queues.settings().max_attempts),
                 ));
             }
             n => n,
@@ -138,7 +107,7 @@ impl JobQueueGrpc {
             key => {
                 validate::key(&at("dedup_key"), key, &self.limits)?;
                 let ttl = duration_from_proto(&at("dedup_ttl"), request.dedup_ttl.as_ref())?
-                    .unwrap_or(self.queue_limits.default_dedup_ttl);
+                    .unwrap_or(self.queues.settings().default_dedup_ttl);
                 if ttl > self.limits.max_ttl {
                     return Err(Error::invalid(at("dedup_ttl"), format!("must be at most {:?}", self.limits.max_ttl)));
                 }
@@ -160,11 +129,11 @@ impl JobQueueGrpc {
 
     fn backoff(&self, field: &str, backoff: Option<&pb::Backoff>) -> Result<Backoff, Error> {
         let Some(backoff) = backoff else {
-            let initial = self.queue_limits.default_backoff;
+            let initial = self.queues.settings().default_backoff;
             return Ok(Backoff { initial, max: initial, multiplier: 1.0 });
         };
         let initial = duration_from_proto(&format!("{field}.initial"), backoff.initial.as_ref())?
-            .unwrap_or(self.queue_limits.default_backoff);
+            .unwrap_or(self.queues.settings().default_backoff);
         if initial > self.limits.max_ttl {
             return Err(Error::invalid(
                 format!("{field}.initial"),
@@ -199,11 +168,11 @@ impl JobQueueGrpc {
     }
 
     fn visibility(&self, field: &str, value: Option<&prost_types::Duration>) -> Result<Duration, Error> {
-        let visibility = duration_from_proto(field, value)?.unwrap_or(self.queue_limits.default_visibility);
-        if !(MIN_VISIBILITY..=self.queue_limits.max_visibility).contains(&visibility) {
+        let visibility = duration_from_proto(field, value)?.unwrap_or(self.queues.settings().default_visibility);
+        if !(MIN_VISIBILITY..=self.queues.settings().max_visibility).contains(&visibility) {
             return Err(Error::invalid(
                 field,
-                format!("must be between {MIN_VISIBILITY:?} and {:?}", self.queue_limits.max_visibility),
+                format!("must be between {MIN_VISIBILITY:?} and {:?}", self.queues.settings().max_visibility),
             ));
         }
         Ok(visibility)
@@ -278,10 +247,12 @@ impl JobQueueService for JobQueueGrpc {
     ) -> Result<Response<EnqueueBatchResponse>, Status> {
         let namespace = crate::auth::namespace(&request);
         let requests = request.into_inner().requests;
-        if requests.is_empty() || requests.len() > self.queue_limits.max_batch {
-            return Err(
-                Error::invalid("requests", format!("must hold 1 to {} jobs", self.queue_limits.max_batch)).into()
-            );
+        if requests.is_empty() || requests.len() > self.queues.settings().max_batch {
+            return Err(Error::invalid(
+                "requests",
+                format!("must hold 1 to {} jobs", self.queues.settings().max_batch),
+            )
+            .into());
         }
         // Validate the whole batch before writing any of it.
         let jobs = requests
@@ -313,11 +284,11 @@ impl JobQueueService for JobQueueGrpc {
         };
         validate::key("queue", &request.queue, &self.limits)?;
         let max_in_flight = match request.max_in_flight {
-            0 => self.queue_limits.default_max_in_flight,
-            n if n > self.queue_limits.max_in_flight => {
+            0 => self.queues.settings().default_max_in_flight,
+            n if n > self.queues.settings().max_in_flight => {
                 return Err(Error::invalid(
                     "max_in_flight",
-                    format!("must be at most {}", self.queue_limits.max_in_flight),
+                    format!("must be at most {}", self.queues.settings().max_in_flight),
                 )
                 .into());
             }
@@ -369,8 +340,10 @@ impl JobQueueService for JobQueueGrpc {
     async fn ack_batch(&self, request: Request<AckBatchRequest>) -> Result<Response<AckBatchResponse>, Status> {
         let namespace = crate::auth::namespace(&request);
         let acks = request.into_inner().acks;
-        if acks.is_empty() || acks.len() > self.queue_limits.max_batch {
-            return Err(Error::invalid("acks", format!("must hold 1 to {} acks", self.queue_limits.max_batch)).into());
+        if acks.is_empty() || acks.len() > self.queues.settings().max_batch {
+            return Err(
+                Error::invalid("acks", format!("must hold 1 to {} acks", self.queues.settings().max_batch)).into()
+            );
         }
         // Validate the whole batch before settling any of it.
         let settlements = acks
@@ -491,8 +464,10 @@ impl JobQueueService for JobQueueGrpc {
         let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         validate::key("queue", &request.queue, &self.limits)?;
-        if request.job_ids.len() > self.queue_limits.max_batch {
-            return Err(Error::invalid("job_ids", format!("must hold at most {}", self.queue_limits.max_batch)).into());
+        if request.job_ids.len() > self.queues.settings().max_batch {
+            return Err(
+                Error::invalid("job_ids", format!("must hold at most {}", self.queues.settings().max_batch)).into()
+            );
         }
         for (index, job_id) in request.job_ids.iter().enumerate() {
             if crate::queue::queue_of_job(job_id).as_deref() != Some(request.queue.as_str()) {

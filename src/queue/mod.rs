@@ -180,13 +180,40 @@ fn new_lease_token(stream_id: &str) -> String {
     format!("{stream_id}{}", crate::secret::random_hex(LEASE_TOKEN_BYTES - STREAM_ID_BYTES))
 }
 
-/// Retention and defaults from the command line.
+/// Retention, defaults and bounds for jobs and consumers (configurable).
 #[derive(Debug, Clone, Copy)]
 pub struct QueueSettings {
     /// How long succeeded and cancelled jobs (and their results) are kept.
     pub retention: Duration,
     /// How long dead jobs are kept for inspection and redrive.
     pub dead_retention: Duration,
+    pub default_max_attempts: u32,
+    pub max_attempts: u32,
+    pub default_backoff: Duration,
+    pub default_visibility: Duration,
+    pub max_visibility: Duration,
+    pub default_max_in_flight: u32,
+    pub max_in_flight: u32,
+    pub default_dedup_ttl: Duration,
+    pub max_batch: usize,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(24 * 3600),
+            dead_retention: Duration::from_secs(7 * 24 * 3600),
+            default_max_attempts: 3,
+            max_attempts: 1000,
+            default_backoff: Duration::from_secs(1),
+            default_visibility: Duration::from_secs(30),
+            max_visibility: Duration::from_secs(12 * 3600),
+            default_max_in_flight: 16,
+            max_in_flight: 1000,
+            default_dedup_ttl: Duration::from_secs(3600),
+            max_batch: 1000,
+        }
+    }
 }
 
 /// Most (tenant, queue) pairs with `baton_queue_jobs` series. Queue names come from
@@ -297,12 +324,16 @@ impl QueueManager {
     }
 
     /// The same manager acting for another tenant namespace.
-    pub fn scoped(&self, namespace: &str) -> Self {
-        Self { keys: KeyBuilder::new(namespace), ..self.clone() }
+    pub fn scoped(&self, namespace: &std::sync::Arc<str>) -> Self {
+        Self { keys: KeyBuilder::new(namespace.clone()), ..self.clone() }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
     }
 
     fn queue_keys<'a>(&'a self, queue: &'a str) -> QueueKeys<'a> {

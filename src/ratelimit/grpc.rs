@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::config::{Limits, Policy};
 use crate::error::Error;
 use crate::proto::v1::rate_limiter_service_server::RateLimiterService;
 use crate::proto::v1::{
     self as pb, CheckRequest, CheckResponse, LimitResult, ResetRequest, ResetResponse, limit_request,
 };
 use crate::proto::{duration_from_proto, duration_to_proto};
-use crate::ratelimit::{Algorithm, LimitCheck, LimitSpec, MAX_LIMITS_PER_CHECK, RateLimiter};
+use crate::ratelimit::{Algorithm, LimitCheck, LimitSpec, MAX_LIMITS_PER_CHECK, Policy, RateLimiter};
 use crate::validate;
+use crate::validate::Limits;
 
 pub struct RateLimiterGrpc {
     limiter: RateLimiter,

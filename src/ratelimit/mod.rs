@@ -10,13 +10,21 @@ pub mod grpc;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use crate::config::Limits;
 use crate::error::Error;
 use crate::store::keys::Pattern;
 use crate::store::topology::{Slot, slot_of};
 use crate::store::{Arg, Command, KeyBuilder, Script, Store, StoreError};
+use crate::validate::Limits;
 
 static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("ratelimit_check", &[include_str!("check.lua")]));
+
+/// A named rate limit from the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub spec: LimitSpec,
+    /// Answer allowed (degraded) rather than UNAVAILABLE when Redis is down.
+    pub fail_open: bool,
+}
 
 /// Why a Check whose counters span Cluster slots is refused: one script touches one slot.
 /// The key builder wraps a key in its own `{…}`, so keys share a slot exactly when they
@@ -203,8 +211,8 @@ impl RateLimiter {
     }
 
     /// The same manager acting for another tenant namespace.
-    pub fn scoped(&self, namespace: &str) -> Self {
-        Self { keys: KeyBuilder::new(namespace), ..self.clone() }
+    pub fn scoped(&self, namespace: &std::sync::Arc<str>) -> Self {
+        Self { keys: KeyBuilder::new(namespace.clone()), ..self.clone() }
     }
 
     /// The store whose health this service's health name follows.

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use crate::config::Limits;
 use crate::error::Error;
 use crate::proto::v1::session_store_service_server::SessionStoreService;
 use crate::proto::v1::{
@@ -17,6 +16,7 @@ use crate::proto::v1::{
 use crate::proto::{duration_from_proto, timestamp_from_micros};
 use crate::session::{NewSession, Session, SessionChange, SessionManager, is_well_formed_id};
 use crate::validate;
+use crate::validate::Limits;
 
 const MIN_TIMEOUT: Duration = Duration::from_millis(100);
 const MAX_DATA_KEYS: usize = 1000;
@@ -26,23 +26,14 @@ const MAX_ATTRIBUTE_KEY_BYTES: usize = 64;
 const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
 const MAX_HANDLES: usize = 1000;
 
-/// Timeout defaults (configurable).
-#[derive(Debug, Clone, Copy)]
-pub struct SessionDefaults {
-    pub idle_timeout: Duration,
-    pub absolute_timeout: Duration,
-    pub max_data_bytes: usize,
-}
-
 pub struct SessionGrpc {
     sessions: SessionManager,
     limits: Limits,
-    defaults: SessionDefaults,
 }
 
 impl SessionGrpc {
-    pub fn new(sessions: SessionManager, limits: Limits, defaults: SessionDefaults) -> Self {
-        Self { sessions, limits, defaults }
+    pub fn new(sessions: SessionManager, limits: Limits) -> Self {
+        Self { sessions, limits }
     }
 
     fn timeout(
@@ -78,8 +69,11 @@ impl SessionGrpc {
             }
         }
         let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if size > self.defaults.max_data_bytes {
-            return Err(Error::invalid(field, format!("must be at most {} bytes", self.defaults.max_data_bytes)));
+        if size > self.sessions.settings().max_data_bytes {
+            return Err(Error::invalid(
+                field,
+                format!("must be at most {} bytes", self.sessions.settings().max_data_bytes),
+            ));
         }
         Ok(data.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
@@ -145,9 +139,10 @@ impl SessionStoreService for SessionGrpc {
             )
             .into());
         }
-        let idle_timeout = self.timeout("idle_timeout", r.idle_timeout.as_ref(), self.defaults.idle_timeout)?;
+        let idle_timeout =
+            self.timeout("idle_timeout", r.idle_timeout.as_ref(), self.sessions.settings().idle_timeout)?;
         let absolute_timeout =
-            self.timeout("absolute_timeout", r.absolute_timeout.as_ref(), self.defaults.absolute_timeout)?;
+            self.timeout("absolute_timeout", r.absolute_timeout.as_ref(), self.sessions.settings().absolute_timeout)?;
         let new = NewSession {
             session_id: chosen_id,
             subject: r.subject,

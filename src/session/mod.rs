@@ -84,6 +84,9 @@ pub struct SessionChange {
 /// Settings from the command line.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionSettings {
+    /// Timeouts of a session whose creator gives none.
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
     /// Most bytes of data keys and values in one session.
     pub max_data_bytes: usize,
     /// Most live sessions per subject (the oldest are evicted); 0 = unlimited.
@@ -126,12 +129,16 @@ impl SessionManager {
     }
 
     /// The same manager acting for another tenant namespace.
-    pub fn scoped(&self, namespace: &str) -> Self {
-        Self { keys: KeyBuilder::new(namespace), ..self.clone() }
+    pub fn scoped(&self, namespace: &std::sync::Arc<str>) -> Self {
+        Self { keys: KeyBuilder::new(namespace.clone()), ..self.clone() }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn settings(&self) -> &SessionSettings {
+        &self.settings
     }
 
     fn session_key(&self, hash: &str) -> String {

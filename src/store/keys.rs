@@ -16,6 +16,7 @@
 //! unit, part) triples never share a key; the property test below parses every key back.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 /// The namespace used when no tenant is configured.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -52,11 +53,11 @@ impl Pattern {
 /// Builds keys for one namespace.
 #[derive(Debug, Clone)]
 pub struct KeyBuilder {
-    namespace: String,
+    namespace: Arc<str>,
 }
 
 impl KeyBuilder {
-    pub fn new(namespace: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>) -> Self {
         Self { namespace: namespace.into() }
     }
 
