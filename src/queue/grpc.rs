@@ -1,9 +1,8 @@
 //! `baton.v1.JobQueueService`: validation, the Consume stream, and proto mapping.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -19,8 +18,8 @@ use crate::proto::v1::{
 };
 use crate::proto::{duration_from_proto, duration_to_proto, now_micros, timestamp_from_micros};
 use crate::queue::{
-    Backoff, Delivery, Job, JobState, LeaseRef, LeaseStatus, LocalStream, MAX_PRIORITY, MIN_PRIORITY, NewJob,
-    QueueManager,
+    Backoff, ConsumeOptions, Consumer, ConsumerEvent, Delivery, Job, JobState, LeaseRef, MAX_PRIORITY, MIN_PRIORITY,
+    NewJob, QueueManager, Steering,
 };
 use crate::validate;
 use crate::validate::Limits;
@@ -31,12 +30,6 @@ const MAX_TYPE_FILTERS: usize = 32;
 const MAX_ERROR_BYTES: usize = 64 * 1024;
 const DEFAULT_DEAD_PAGE: usize = 100;
 const MAX_DEAD_PAGE: usize = 1000;
-/// A waiting consumer re-checks at least this often, in case a notification was lost.
-const SAFETY_RECHECK: Duration = Duration::from_secs(1);
-/// How long a stream lets Acks of its leases accumulate before re-reading them.
-const REFRESH_COALESCE: Duration = Duration::from_millis(2);
-/// While Redis is unreachable a consumer stays open and retries this often.
-const OUTAGE_RETRY: Duration = Duration::from_millis(500);
 /// How long a Consume stream may stay open without naming its queue.
 const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
 
@@ -219,6 +212,21 @@ fn job_to_proto(job: Job) -> pb::Job {
     }
 }
 
+/// What a consumer tells its stream, on the wire.
+fn event_to_proto(event: ConsumerEvent) -> Result<ConsumeResponse, Status> {
+    match event {
+        ConsumerEvent::Delivered(delivery) => Ok(delivery_to_proto(delivery)),
+        ConsumerEvent::Cancelled(lease) => {
+            let event = consume_response::Event::Cancelled(pb::JobCancelled {
+                job_id: lease.job_id.clone(),
+                lease_id: lease.lease_id(),
+            });
+            Ok(ConsumeResponse { event: Some(event) })
+        }
+        ConsumerEvent::Ended(err) => Err(err.into()),
+    }
+}
+
 fn delivery_to_proto(delivery: Delivery) -> ConsumeResponse {
     ConsumeResponse {
         event: Some(consume_response::Event::Delivery(pb::Delivery {
@@ -232,7 +240,7 @@ fn delivery_to_proto(delivery: Delivery) -> ConsumeResponse {
 
 #[tonic::async_trait]
 impl JobQueueService for JobQueueGrpc {
-    type ConsumeStream = ReceiverStream<Result<ConsumeResponse, Status>>;
+    type ConsumeStream = std::pin::Pin<Box<dyn Stream<Item = Result<ConsumeResponse, Status>> + Send>>;
 
     async fn enqueue(&self, request: Request<EnqueueRequest>) -> Result<Response<EnqueueResponse>, Status> {
         let namespace = crate::auth::namespace(&request);
@@ -298,36 +306,20 @@ impl JobQueueService for JobQueueGrpc {
         if request.types.len() > MAX_TYPE_FILTERS {
             return Err(Error::invalid("types", format!("must hold at most {MAX_TYPE_FILTERS} types")).into());
         }
-        let (sender, receiver) = mpsc::channel(max_in_flight as usize + 4);
-        let stream_id = crate::queue::new_stream_id();
-        let queues = self.queues.scoped(&namespace);
-        let local = queues.register_stream(&request.queue, &stream_id);
+        let steering = requests.map(|request| {
+            request.map(|request| Steering { drain: request.drain, unstarted_lease_ids: request.unstarted_lease_ids })
+        });
         // The first message may already steer: a stream opened only to hand jobs back and
         // drain gets nothing delivered first.
-        let opening = ConsumeRequest {
-            drain: request.drain,
-            unstarted_lease_ids: request.unstarted_lease_ids,
-            ..Default::default()
-        };
-        let consumer = Consumer {
-            stream_id,
-            local,
-            queues,
+        let opening = Steering { drain: request.drain, unstarted_lease_ids: request.unstarted_lease_ids };
+        let options = ConsumeOptions {
             queue: request.queue,
             types: request.types,
             max_in_flight: max_in_flight as usize,
             visibility,
-            sender,
-            shutdown: self.shutdown.clone(),
-            requests: Some(requests),
-            drained: false,
-            held: Vec::new(),
-            refresh_due: false,
-            last_refresh: Instant::now(),
-            last_fetch: Instant::now(),
         };
-        tokio::spawn(consumer.run(opening));
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        let events = Consumer::start(self.queues.scoped(&namespace), options, opening, steering, self.shutdown.clone());
+        Ok(Response::new(Box::pin(events.map(event_to_proto))))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
@@ -500,260 +492,4 @@ impl JobQueueService for JobQueueGrpc {
 
 fn job_not_found(job_id: &str) -> Error {
     Error::JobNotFound { job_id: job_id.to_owned() }
-}
-
-/// One Consume stream: pushes ready jobs while it has credit, learns which of its leases
-/// were settled (directly from Acks through this replica; from Redis for Acks through
-/// others) or cancelled, and sleeps on the process's one notification path in between.
-struct Consumer {
-    /// Prefixes this stream's lease tokens; its settlements are announced on its channel.
-    stream_id: String,
-    /// Where Acks and Nacks through this replica report settlements.
-    local: LocalStream,
-    queues: QueueManager,
-    queue: String,
-    types: Vec<String>,
-    max_in_flight: usize,
-    visibility: Duration,
-    sender: mpsc::Sender<Result<ConsumeResponse, Status>>,
-    shutdown: CancellationToken,
-    /// The client's steering messages; None once it half-closed.
-    requests: Option<Streaming<ConsumeRequest>>,
-    /// The client asked for no more deliveries.
-    drained: bool,
-    /// Leases this stream delivered and has not seen settled.
-    held: Vec<LeaseRef>,
-    /// Set when one of this stream's leases was settled or cancelled elsewhere.
-    refresh_due: bool,
-    last_refresh: Instant,
-    last_fetch: Instant,
-}
-
-enum Wake {
-    /// The nap `step` asked for is over: a job or lease falls due, or the safety re-check.
-    Timer,
-    /// Jobs were enqueued, retried, handed back or resumed on the queue.
-    QueueChanged,
-    /// A lease of this stream was settled or cancelled through another replica.
-    OwnLease,
-    /// A lease of this stream was settled through this replica.
-    SettledHere,
-    /// A steering message from the client (drain, unstarted leases).
-    Steer(ConsumeRequest),
-    /// The client half-closed: it sends nothing more, and that changes nothing.
-    HalfClosed,
-    ClientGone,
-    Shutdown,
-}
-
-/// What the stream does after a step.
-enum Next {
-    /// Sleep this long unless woken.
-    Nap(Duration),
-    /// The client went away: hand back what it held.
-    ClientGone,
-    /// Drained and nothing held: the stream ends OK.
-    Drained,
-}
-
-/// The client's next steering message; pending forever once it half-closed.
-async fn next_request(requests: &mut Option<Streaming<ConsumeRequest>>) -> Result<Option<ConsumeRequest>, Status> {
-    match requests {
-        Some(requests) => requests.message().await,
-        None => std::future::pending().await,
-    }
-}
-
-impl Consumer {
-    async fn run(mut self, opening: ConsumeRequest) {
-        if let Err(err) = self.steer(opening).await {
-            let _ = self.sender.send(Err(err.into())).await;
-            return;
-        }
-        let queue_wake = self.queues.watch(&self.queue);
-        let own_wake = self.queues.watch_stream(&self.queue, &self.stream_id);
-        // Pub/sub wake-ups reach only waiters enabled at that moment and leave no permit: each
-        // wait stays enabled from one firing to the next, so one that arrives while this
-        // stream is busy (fetching, coalescing) is kept, not dropped with a loop iteration.
-        let mut queue_notified = Box::pin(queue_wake.notified());
-        queue_notified.as_mut().enable();
-        let mut own_notified = Box::pin(own_wake.notified());
-        own_notified.as_mut().enable();
-        let inbox = self.local.inbox.clone();
-        metrics::gauge!("baton_queue_consumers").increment(1.0);
-        loop {
-            let nap = match self.step().await {
-                Ok(Next::Nap(nap)) => nap,
-                Ok(Next::ClientGone) => break,
-                Ok(Next::Drained) => {
-                    metrics::gauge!("baton_queue_consumers").decrement(1.0);
-                    return;
-                }
-                Err(Error::Unavailable) => OUTAGE_RETRY,
-                Err(err) => {
-                    let _ = self.sender.send(Err(err.into())).await;
-                    break;
-                }
-            };
-            let woke = tokio::select! {
-                () = &mut own_notified => Wake::OwnLease,
-                () = inbox.settled() => Wake::SettledHere,
-                () = &mut queue_notified => Wake::QueueChanged,
-                request = next_request(&mut self.requests) => match request {
-                    Ok(Some(request)) => Wake::Steer(request),
-                    Ok(None) => Wake::HalfClosed,
-                    Err(_) => Wake::ClientGone,
-                },
-                () = tokio::time::sleep(nap) => Wake::Timer,
-                () = self.sender.closed() => Wake::ClientGone,
-                () = self.shutdown.cancelled() => Wake::Shutdown,
-            };
-            match woke {
-                Wake::Timer => {}
-                Wake::HalfClosed => self.requests = None,
-                Wake::Steer(request) => {
-                    if let Err(err) = self.steer(request).await {
-                        // The worker may be running what this stream holds: the leases stay,
-                        // to be settled (or to expire) as after a server shutdown.
-                        let _ = self.sender.send(Err(err.into())).await;
-                        metrics::gauge!("baton_queue_consumers").decrement(1.0);
-                        return;
-                    }
-                }
-                Wake::QueueChanged => {
-                    queue_notified.set(queue_wake.notified());
-                    queue_notified.as_mut().enable();
-                }
-                Wake::OwnLease | Wake::SettledHere => {
-                    if let Wake::OwnLease = woke {
-                        // Re-armed before the re-read, which sees everything announced so far.
-                        own_notified.set(own_wake.notified());
-                        own_notified.as_mut().enable();
-                        self.refresh_due = true;
-                    }
-                    // Acks come in bursts: let a few land, then fetch for all the freed credit
-                    // in one script rather than one job at a time.
-                    let since = self.last_fetch.elapsed();
-                    if since < REFRESH_COALESCE {
-                        tokio::time::sleep(REFRESH_COALESCE - since).await;
-                    }
-                }
-                Wake::ClientGone => break,
-                Wake::Shutdown => {
-                    // The workers still finish and Ack through another replica.
-                    let _ = self.sender.send(Err(Error::ShuttingDown.into())).await;
-                    metrics::gauge!("baton_queue_consumers").decrement(1.0);
-                    return;
-                }
-            }
-        }
-        self.hand_back().await;
-        metrics::gauge!("baton_queue_consumers").decrement(1.0);
-    }
-
-    /// Applies a steering message: unstarted leases go back uncharged, drain stops
-    /// deliveries.
-    async fn steer(&mut self, request: ConsumeRequest) -> Result<(), Error> {
-        if request.unstarted_lease_ids.len() > self.max_in_flight {
-            return Err(Error::invalid(
-                "unstarted_lease_ids",
-                format!("must hold at most max_in_flight ({}) leases", self.max_in_flight),
-            ));
-        }
-        let mut unstarted = Vec::with_capacity(request.unstarted_lease_ids.len());
-        for (index, lease_id) in request.unstarted_lease_ids.iter().enumerate() {
-            let field = format!("unstarted_lease_ids[{index}]");
-            // Any current lease of this queue: a lease id is its holder's secret, and the
-            // script hands back only leases that are still current.
-            let lease = LeaseRef::parse(lease_id)
-                .filter(|lease| lease.queue == self.queue)
-                .ok_or_else(|| Error::invalid(field, "is not a lease of this stream's queue"))?;
-            unstarted.push(lease);
-        }
-        if !unstarted.is_empty() {
-            self.held.retain(|held| !unstarted.iter().any(|lease| lease.token == held.token));
-            self.queues.hand_back_unstarted(&self.queue, &unstarted).await?;
-        }
-        self.drained |= request.drain;
-        Ok(())
-    }
-
-    /// Refreshes credit, delivers what fits; says how long to sleep, or that the stream is
-    /// over.
-    async fn step(&mut self) -> Result<Next, Error> {
-        let settled_here = self.local.inbox.drain();
-        if !settled_here.is_empty() {
-            self.held.retain(|lease| !settled_here.contains(&lease.token));
-        }
-        // Credit is re-read from Redis when this stream's own leases changed, or on the
-        // safety interval (a lost notification must not strand the stream at zero credit).
-        if self.refresh_due || self.last_refresh.elapsed() >= SAFETY_RECHECK {
-            self.refresh_held().await?;
-            if self.sender.is_closed() {
-                return Ok(Next::ClientGone);
-            }
-        }
-        if self.drained {
-            return Ok(if self.held.is_empty() { Next::Drained } else { Next::Nap(SAFETY_RECHECK) });
-        }
-        let credit = self.max_in_flight.saturating_sub(self.held.len());
-        if credit == 0 {
-            // Nothing to fetch until an Ack frees a slot (notified) or the safety re-check.
-            return Ok(Next::Nap(SAFETY_RECHECK));
-        }
-        self.last_fetch = Instant::now();
-        let (deliveries, next_event) =
-            self.queues.fetch(&self.queue, &self.stream_id, credit, self.visibility, &self.types).await?;
-        let filled = !deliveries.is_empty() && deliveries.len() == credit;
-        for delivery in deliveries {
-            let lease = delivery.lease.clone();
-            // Counted as held before sending: if the send fails, hand_back returns it.
-            self.held.push(lease);
-            if self.sender.send(Ok(delivery_to_proto(delivery))).await.is_err() {
-                return Ok(Next::ClientGone);
-            }
-        }
-        if filled {
-            // Credit used up; wait for an Ack (notified) or the safety re-check.
-            return Ok(Next::Nap(SAFETY_RECHECK));
-        }
-        let until_next = next_event.map(|d| d + Duration::from_millis(1)).unwrap_or(SAFETY_RECHECK);
-        Ok(Next::Nap(until_next.min(SAFETY_RECHECK)))
-    }
-
-    /// Drops settled leases and tells the client about cancelled ones.
-    async fn refresh_held(&mut self) -> Result<(), Error> {
-        self.refresh_due = false;
-        self.last_refresh = Instant::now();
-        let statuses = self.queues.held(&self.held).await?;
-        let mut still_held = Vec::with_capacity(self.held.len());
-        for (lease, status) in std::mem::take(&mut self.held).into_iter().zip(statuses) {
-            match status {
-                LeaseStatus::Held => still_held.push(lease),
-                LeaseStatus::Gone => {}
-                LeaseStatus::Cancelled => {
-                    let event = consume_response::Event::Cancelled(pb::JobCancelled {
-                        job_id: lease.job_id.clone(),
-                        lease_id: lease.lease_id(),
-                    });
-                    // If the client is gone the send fails; `step` sees the closed sender and
-                    // the leases still held are handed back.
-                    let _ = self.sender.send(Ok(ConsumeResponse { event: Some(event) })).await;
-                }
-            }
-        }
-        self.held = still_held;
-        Ok(())
-    }
-
-    /// The client cancelled or disconnected: its un-acked jobs are ready again at once.
-    async fn hand_back(&mut self) {
-        let leases = std::mem::take(&mut self.held);
-        match self.queues.hand_back(&self.queue, &leases).await {
-            Ok(count) if count > 0 => tracing::debug!(queue = %self.queue, count, "consumer left; jobs handed back"),
-            Ok(_) => {}
-            // They come back when their visibility timeout passes, as if baton had died.
-            Err(err) => tracing::warn!(queue = %self.queue, error = %err, "consumer left; hand-back failed"),
-        }
-    }
 }

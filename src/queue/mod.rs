@@ -9,22 +9,28 @@
 //! Job and lease ids are self-contained, like SQS receipt handles: a job id carries its
 //! queue, a lease id carries its job id, so any replica can act on them alone.
 
+mod consumer;
 pub mod grpc;
+mod ids;
 mod keys;
+mod settlement;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::future::join_all;
 use tokio::sync::Notify;
 
 use crate::error::Error;
 use crate::store::notify::Notifier;
 use crate::store::{Arg, Command, Fields, KeyBuilder, Outcome, Pipeline, Script, Store, StoreError};
+pub use consumer::{ConsumeOptions, Consumer, ConsumerEvent, Steering};
+pub use ids::{LeaseRef, new_job_id, new_stream_id, queue_of_job};
+use ids::{STREAM_ID_BYTES, new_lease_token};
 use keys::QueueKeys;
+use settlement::LocalStreams;
+pub use settlement::{LocalStream, SettledInbox};
 
 const PRELUDE: &str = include_str!("prelude.lua");
 static ENQUEUE: LazyLock<Script> =
@@ -43,8 +49,6 @@ static STATS: LazyLock<Script> = LazyLock::new(|| Script::new("queue_stats", &[P
 
 pub const MIN_PRIORITY: i32 = -1000;
 pub const MAX_PRIORITY: i32 = 1000;
-const LEASE_TOKEN_BYTES: usize = 16;
-const STREAM_ID_BYTES: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobState {
@@ -132,54 +136,6 @@ pub enum LeaseStatus {
     Gone,
 }
 
-/// A lease id, decoded: `<token>.<job id>`, the job id being `<uuid v7>.<queue, base64url>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LeaseRef {
-    pub queue: String,
-    pub job_id: String,
-    pub token: String,
-}
-
-impl LeaseRef {
-    pub fn parse(lease_id: &str) -> Option<Self> {
-        let (token, job_id) = lease_id.split_once('.')?;
-        if !crate::secret::is_hex(token, LEASE_TOKEN_BYTES) {
-            return None;
-        }
-        let queue = queue_of_job(job_id)?;
-        Some(Self { queue, job_id: job_id.to_owned(), token: token.to_owned() })
-    }
-
-    pub fn lease_id(&self) -> String {
-        format!("{}.{}", self.token, self.job_id)
-    }
-}
-
-/// A new, time-sortable job id carrying its queue.
-pub fn new_job_id(queue: &str) -> String {
-    format!("{}.{}", uuid::Uuid::now_v7(), URL_SAFE_NO_PAD.encode(queue))
-}
-
-/// The queue a job id belongs to, if the id is well formed.
-pub fn queue_of_job(job_id: &str) -> Option<String> {
-    let (uuid, queue) = job_id.split_once('.')?;
-    uuid::Uuid::try_parse(uuid).ok().filter(|id| id.get_version_num() == 7)?;
-    let queue = String::from_utf8(URL_SAFE_NO_PAD.decode(queue).ok()?).ok()?;
-    (!queue.is_empty()).then_some(queue)
-}
-
-/// A consumer stream's id: the first half of every lease token it is given, so that a
-/// settlement (through any replica) can wake exactly the stream that held the lease.
-pub fn new_stream_id() -> String {
-    crate::secret::random_hex(STREAM_ID_BYTES)
-}
-
-/// A lease token: the stream's id, then 64 random bits of its own. Both halves come from
-/// the OS CSPRNG, so the whole token is 128 unguessable bits.
-fn new_lease_token(stream_id: &str) -> String {
-    format!("{stream_id}{}", crate::secret::random_hex(LEASE_TOKEN_BYTES - STREAM_ID_BYTES))
-}
-
 /// Retention, defaults and bounds for jobs and consumers (configurable).
 #[derive(Debug, Clone, Copy)]
 pub struct QueueSettings {
@@ -257,58 +213,6 @@ pub struct QueueStats {
     pub oldest_ready_age: Duration,
 }
 
-/// Where an Ack or Nack through this process tells a Consume stream of this process that
-/// one of its leases is settled: no PUBLISH, no pub/sub round trip, and no re-reading of the
-/// stream's leases from Redis. Settlements through other replicas still go over pub/sub.
-#[derive(Default)]
-pub struct SettledInbox {
-    tokens: Mutex<Vec<String>>,
-    wake: Notify,
-}
-
-impl SettledInbox {
-    fn settle(&self, token: &str) {
-        self.tokens.lock().expect("inbox lock").push(token.to_owned());
-        // A stored permit: a settlement while the stream is busy still wakes it afterwards.
-        self.wake.notify_one();
-    }
-
-    /// Resolves once a settlement arrived since the last call.
-    pub async fn settled(&self) {
-        self.wake.notified().await;
-    }
-
-    /// The tokens settled since the last drain.
-    pub fn drain(&self) -> HashSet<String> {
-        self.tokens.lock().expect("inbox lock").drain(..).collect()
-    }
-}
-
-/// This process's Consume streams, by their channel.
-#[derive(Default)]
-struct LocalStreams {
-    by_channel: Mutex<HashMap<String, Arc<SettledInbox>>>,
-}
-
-impl LocalStreams {
-    fn get(&self, channel: &str) -> Option<Arc<SettledInbox>> {
-        self.by_channel.lock().expect("streams lock").get(channel).cloned()
-    }
-}
-
-/// A Consume stream's place in [`LocalStreams`], given up when the stream ends.
-pub struct LocalStream {
-    streams: Arc<LocalStreams>,
-    channel: String,
-    pub inbox: Arc<SettledInbox>,
-}
-
-impl Drop for LocalStream {
-    fn drop(&mut self) {
-        self.streams.by_channel.lock().expect("streams lock").remove(&self.channel);
-    }
-}
-
 #[derive(Clone)]
 pub struct QueueManager {
     store: Store,
@@ -363,10 +267,7 @@ impl QueueManager {
     /// Registers a Consume stream of this process, so settlements through this process
     /// reach it directly.
     pub fn register_stream(&self, queue: &str, stream_id: &str) -> LocalStream {
-        let channel = self.stream_channel(queue, stream_id);
-        let inbox = Arc::new(SettledInbox::default());
-        self.local_streams.by_channel.lock().expect("streams lock").insert(channel.clone(), inbox.clone());
-        LocalStream { streams: self.local_streams.clone(), channel, inbox }
+        self.local_streams.register(self.stream_channel(queue, stream_id))
     }
 
     /// The channel a settlement of `lease` is announced on: none ('') when the holding stream
@@ -818,34 +719,4 @@ fn decode_job(queue: &str, job_id: &str, fields: Vec<(String, Vec<u8>)>) -> Resu
         },
         finished_at_micros: (finished_at > 0).then_some(finished_at),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn job_and_lease_ids_carry_their_queue() {
-        let job_id = new_job_id("emails:high");
-        assert_eq!(queue_of_job(&job_id).as_deref(), Some("emails:high"));
-        let lease =
-            LeaseRef { queue: "emails:high".into(), job_id: job_id.clone(), token: new_lease_token(&new_stream_id()) };
-        assert_eq!(LeaseRef::parse(&lease.lease_id()), Some(lease));
-    }
-
-    #[test]
-    fn malformed_ids_are_refused() {
-        assert_eq!(queue_of_job("nope"), None);
-        assert_eq!(queue_of_job(&format!("{}.cQ", uuid::Uuid::new_v4())), None, "not a v7 uuid");
-        assert_eq!(LeaseRef::parse("abc.def"), None);
-        let job_id = new_job_id("q");
-        assert_eq!(LeaseRef::parse(&format!("XYZ.{job_id}")), None);
-    }
-
-    #[test]
-    fn job_ids_sort_by_creation() {
-        let first = new_job_id("q");
-        let second = new_job_id("q");
-        assert!(first < second);
-    }
 }
