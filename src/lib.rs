@@ -4,33 +4,63 @@
 //! Redis and every multi-step operation one atomic Lua script.
 //!
 //! # Layout
+//! Every pattern has the same shape: `mod.rs` holds its settings and its manager (the
+//! domain logic, answering domain outcomes or [`error::Error`]s), `keys.rs` its Redis keys
+//! in the order its scripts take them, `*.lua` its scripts, and `grpc.rs` its tonic face
+//! (validation and proto conversions only).
+//!
+//! Public, for the `baton` binary and the tests:
 //! - [`config`]: flags (`BATON_*` env twins) and the optional TOML file.
 //! - [`server`]: the tonic server, health, reflection, layers, graceful shutdown.
-//! - [`store`]: the only module that speaks to Redis: connections, timeouts, scripts,
-//!   keys, the health pinger and the embedded development Redis.
-//! - [`ratelimit`], [`lock`]: one module per pattern; `grpc.rs` inside each is its tonic face.
-//! - [`error`]: the single mapping from errors to gRPC statuses.
-//! - [`telemetry`]: logs, Prometheus metrics.
 //! - [`proto`]: generated code and proto conversions.
+//! - [`telemetry`]: logs, Prometheus metrics.
+//! - [`signal`]: the shutdown signals (SIGTERM, SIGINT).
+//! - [`embedded`]: the development-mode `redis-server`.
+//! - [`ids`]: ids as Baton hands them out, for tests that forge or compare them.
+//! - [`slot_of`]: a key's Redis Cluster slot, for tests that place keys.
+//!
+//! Internal:
+//! - `ratelimit`, `envoy` (Envoy's rate limit service on the rate limiter), `lock`,
+//!   `cache`, `session`, `queue`: the patterns.
+//! - `store`: the only module that speaks to Redis: connections, timeouts, scripts and
+//!   their one reply shape, keys, topology, the health pinger and the notification
+//!   listener.
+//! - `error`: the single mapping from errors to gRPC statuses and `baton.v1.ErrorReason`.
+//! - `validate`: request limits and the checks every service shares.
+//! - `auth`: API keys and tenants; `tls`: the listener's certificates; `listener`:
+//!   accepting connections; `codec`: undecodable requests answered as bad input;
+//!   `deadline`: the default deadline; `secret`: unguessable values; `task`: background
+//!   task ownership.
 
-pub mod auth;
-pub mod cache;
-pub mod codec;
+mod auth;
+mod cache;
+mod codec;
 pub mod config;
-pub mod deadline;
-pub mod envoy;
-pub mod error;
-pub mod listener;
-pub mod lock;
+mod deadline;
+mod envoy;
+mod error;
+mod listener;
+mod lock;
 pub mod proto;
-pub mod queue;
-pub mod ratelimit;
-pub mod secret;
+mod queue;
+mod ratelimit;
+mod secret;
 pub mod server;
-pub mod session;
+mod session;
 pub mod signal;
-pub mod store;
-pub mod task;
+mod store;
+mod task;
 pub mod telemetry;
-pub mod tls;
-pub mod validate;
+mod tls;
+mod validate;
+
+pub use store::embedded;
+pub use store::topology::slot_of;
+
+/// Ids in the forms Baton hands out.
+pub mod ids {
+    pub use crate::lock::new_lease_id;
+    pub use crate::queue::new_job_id;
+    pub use crate::secret::hex;
+    pub use crate::session::new_session_id;
+}

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use baton::config::{Config, Flags};
+use baton::embedded::EmbeddedRedis;
 use baton::server::{self, RedisUrls};
-use baton::store::embedded::EmbeddedRedis;
 use baton::{signal, telemetry};
 use clap::Parser;
 

@@ -23,7 +23,7 @@ use baton::proto::v1::{
     InvalidateTagRequest, Lease, Limit, LimitRequest, ListSessionsRequest, ReleaseRequest, RevokeSessionsRequest,
     RotateSessionRequest, SetRequest, UpdateSessionRequest, consume_response, enqueue_request, limit_request,
 };
-use baton::store::topology::slot_of;
+use baton::slot_of;
 use common::{Auth, Baton, PATIENCE, RedisCluster, unique};
 use tokio_stream::StreamExt;
 use tonic::Code;

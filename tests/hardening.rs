@@ -49,7 +49,7 @@ async fn made_up_paths_without_a_key_create_no_metric_series() {
     let redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("baton.toml");
-    let hash = baton::secret::hex(&Sha256::digest(b"the-real-key"));
+    let hash = baton::ids::hex(&Sha256::digest(b"the-real-key"));
     std::fs::write(&config, format!("[[api_keys]]\nsha256 = \"{hash}\"\ntenant = \"a\"\n")).unwrap();
     let baton = Baton::start(Some(&redis.url()), &["--config", config.to_str().unwrap()]);
     let channel = baton.channel().await;
@@ -152,7 +152,7 @@ async fn an_unsettled_expired_lease_frees_its_stream_and_is_refused() {
 
 /// A session's stored `size` against what its data really takes.
 fn stored_and_real_size(redis: &Redis, session_id: &str) -> (i64, i64) {
-    let key = format!("baton:default:sess:{{{}}}:s", baton::secret::hex(&Sha256::digest(session_id.as_bytes())));
+    let key = format!("baton:default:sess:{{{}}}:s", baton::ids::hex(&Sha256::digest(session_id.as_bytes())));
     let mut conn = redis.connection();
     let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(&key).query(&mut conn).unwrap();
     let real = fields
@@ -308,7 +308,7 @@ async fn a_refused_create_session_writes_nothing_for_the_other_subject() {
     let redis = Redis::start();
     let baton = Baton::start(Some(&redis.url()), &[]);
     let mut sessions = baton.sessions().await;
-    let id = baton::session::new_session_id();
+    let id = baton::ids::new_session_id();
     let create = |subject: &str| CreateSessionRequest {
         session_id: id.clone(),
         subject: subject.to_owned(),
@@ -329,7 +329,7 @@ async fn a_refused_create_session_writes_nothing_for_the_other_subject() {
     assert_eq!(alice.into_inner().sessions.len(), 1, "the owner's session suffered");
 
     // An entry planted in another subject's index (as the old code wrote) counts for nobody.
-    let hash = baton::secret::hex(&Sha256::digest(id.as_bytes()));
+    let hash = baton::ids::hex(&Sha256::digest(id.as_bytes()));
     let _: () = redis::cmd("ZADD")
         .arg("baton:default:sessidx:{mallory}:i")
         .arg(1)

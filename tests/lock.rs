@@ -180,7 +180,7 @@ async fn a_foreign_or_malformed_lease_id_can_neither_renew_nor_release() {
     let baton = Baton::start(Some(&redis.url()), &[]);
     let mut locks = baton.locks().await;
     let lease = hold(&mut locks, &unique("foreign"), Duration::from_secs(30)).await;
-    let foreign = baton::lock::new_lease_id();
+    let foreign = baton::ids::new_lease_id();
 
     let renew = RenewRequest { name: lease.name.clone(), lease_id: foreign.clone(), ttl: None };
     assert_eq!(locks.renew(renew).await.unwrap_err().code(), Code::FailedPrecondition);
@@ -541,7 +541,7 @@ async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
     assert_eq!(locks.keep_alive(tokio_stream::once(keepalive)).await.unwrap_err().code(), Code::InvalidArgument);
     let renew = RenewRequest {
         name: "n".into(),
-        lease_id: baton::lock::new_lease_id(),
+        lease_id: baton::ids::new_lease_id(),
         ttl: Some(duration_to_proto(Duration::from_secs(7200))),
     };
     let status = locks.renew(renew).await.unwrap_err();

@@ -379,7 +379,7 @@ async fn cancelling_an_active_job_tells_its_holder_and_refuses_its_ack() {
     assert_eq!(job_state(&mut queues, &active).await, JobState::Cancelled);
     // The cancellation freed the stream's credit, and the cancelled waiting job never comes.
     assert!(next_delivery(&mut stream, Duration::from_millis(1500)).await.is_none());
-    let missing = baton::queue::new_job_id(&queue);
+    let missing = baton::ids::new_job_id(&queue);
     assert_eq!(queues.cancel_job(CancelJobRequest { job_id: missing }).await.unwrap_err().code(), Code::NotFound);
 }
 

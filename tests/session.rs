@@ -290,7 +290,7 @@ async fn bad_ids_and_inputs_are_rejected_and_write_nothing() {
         assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "session_id");
     }
     // Well formed but unknown: NOT_FOUND, never INTERNAL.
-    let unknown = baton::session::new_session_id();
+    let unknown = baton::ids::new_session_id();
     assert_eq!(get(&mut sessions, &unknown, false).await.unwrap_err().code(), Code::NotFound);
     let update = UpdateSessionRequest { session_id: unknown.clone(), ..Default::default() };
     assert_eq!(sessions.update_session(update).await.unwrap_err().code(), Code::NotFound);

@@ -7,6 +7,7 @@
 //! replicas a fill token; the rest wait on the process's notification path for the `Fill`.
 
 pub mod grpc;
+mod keys;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
@@ -17,9 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::store::keys::Pattern;
 use crate::store::notify::Notifier;
 use crate::store::{Arg, Command, Fields, KeyBuilder, Outcome, Script, Store};
+use keys::CacheKeys;
 
 const PRELUDE: &str = include_str!("prelude.lua");
 static GET: LazyLock<Script> = LazyLock::new(|| Script::new("cache_get", &[PRELUDE, include_str!("get.lua")]));
@@ -148,20 +149,16 @@ impl CacheManager {
         Self { keys: KeyBuilder::new(namespace.clone()), ..self.clone() }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     fn entry_key(&self, key: &str) -> String {
-        self.keys.key(Pattern::Cache, key, "e")
+        CacheKeys(&self.keys).entry(key)
     }
 
     fn tag_key(&self, tag: &str) -> String {
-        self.keys.key(Pattern::CacheTag, tag, "gen")
+        CacheKeys(&self.keys).tag(tag)
     }
 
     fn channel(&self, key: &str) -> String {
-        self.keys.channel(Pattern::Cache, key)
+        CacheKeys(&self.keys).channel(key)
     }
 
     /// Current generations of `tags` (0 for a tag never invalidated), one MGET.

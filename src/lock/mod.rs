@@ -118,10 +118,6 @@ impl LockManager {
         Self { keys: KeyBuilder::new(namespace.clone()), ..self.clone() }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Takes the lock, or one permit, waiting up to `params.wait`.
     /// Grants a lease, waiting up to `params.wait`. Once `draining` is cancelled (this
     /// replica is shutting down) it grants nothing more: a lease granted now could not be

@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::store::notify::Notifier;
 use crate::store::{Arg, Command, Fields, KeyBuilder, Outcome, Pipeline, Script, Store, StoreError};
 pub use consumer::{ConsumeOptions, Consumer, ConsumerEvent, Steering};
-pub use ids::{LeaseRef, new_job_id, new_stream_id, queue_of_job};
+pub use ids::{LeaseRef, new_job_id, queue_of_job};
 use ids::{STREAM_ID_BYTES, new_lease_token};
 use keys::QueueKeys;
 use settlement::LocalStreams;
@@ -230,10 +230,6 @@ impl QueueManager {
     /// The same manager acting for another tenant namespace.
     pub fn scoped(&self, namespace: &std::sync::Arc<str>) -> Self {
         Self { keys: KeyBuilder::new(namespace.clone()), ..self.clone() }
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     pub fn settings(&self) -> &QueueSettings {

@@ -6,12 +6,12 @@
 //! breaker), instead of each request waiting out a Redis timeout.
 
 pub mod grpc;
+mod keys;
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::store::keys::Pattern;
 use crate::store::topology::{Slot, slot_of};
 use crate::store::{Arg, Command, KeyBuilder, Script, Store, StoreError};
 use crate::validate::Limits;
@@ -216,10 +216,6 @@ impl RateLimiter {
     }
 
     /// The store whose health this service's health name follows.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Evaluates `checks` atomically: all consume their cost, or none does.
     /// The checks must already be validated (cost within `max_cost`, no duplicates).
     pub async fn check(&self, checks: &[LimitCheck], dry_run: bool, fail_open: bool) -> Result<Verdict, Error> {
@@ -315,7 +311,7 @@ impl RateLimiter {
     }
 
     fn counter_key(&self, key: &str, spec: &LimitSpec) -> String {
-        self.keys.key(Pattern::RateLimit, key, &spec.key_part())
+        keys::counter(&self.keys, key, spec)
     }
 }
 

@@ -133,10 +133,6 @@ impl SessionManager {
         Self { keys: KeyBuilder::new(namespace.clone()), ..self.clone() }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     pub fn settings(&self) -> &SessionSettings {
         &self.settings
     }

@@ -70,11 +70,6 @@ struct StoreInner {
 }
 
 impl Store {
-    /// A store on one Redis server; see [`Store::open`].
-    pub fn new(name: &'static str, url: &str, timeout: Duration, tls_root: Option<&[u8]>) -> Result<Self, StoreError> {
-        Self::open(name, url, &Topology::Standalone, timeout, tls_root)
-    }
-
     /// Prepares connections without connecting: Baton starts (and reports NOT_SERVING for
     /// the affected services) even while Redis is down. `url` lists the seed nodes of a
     /// Cluster or the sentinels (`redis://user:pass@h1:p1,h2:p2/db`, see [`UrlList`]).
@@ -156,10 +151,6 @@ impl Store {
 
     pub fn name(&self) -> &'static str {
         self.inner.name
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.inner.timeout
     }
 
     /// Whether keys live on a Redis Cluster, where one script or pipeline may only touch

@@ -177,10 +177,6 @@ impl Fields {
         self.values.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
-
     pub fn int(&self, index: usize) -> Result<i64, StoreError> {
         match self.values.get(index) {
             Some(Value::Int(value)) => Ok(*value),
@@ -222,11 +218,6 @@ impl Fields {
             Some(Value::Array(values)) => Ok(Fields { values }),
             other => Err(unexpected(format!("field {index}: expected an array, got {other:?}"))),
         }
-    }
-
-    /// Whether the field is nil (or false, which Lua's nil becomes inside a table).
-    pub fn is_nil(&self, index: usize) -> bool {
-        matches!(self.values.get(index), None | Some(Value::Nil))
     }
 
     /// Fields from `start` on as name/value pairs (an `HGETALL` flattened into the reply).
@@ -348,7 +339,7 @@ mod tests {
             ],
         };
         assert_eq!(fields.take_bytes(0).unwrap(), b"payload");
-        assert!(fields.is_nil(0));
+        assert!(fields.take_bytes(0).is_err(), "taken once");
         assert_eq!(fields.take_pairs(1).unwrap(), vec![("a".to_owned(), b"1".to_vec())]);
         assert!(fields.take_pairs(0).is_err(), "a nil where a name belongs");
     }
