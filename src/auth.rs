@@ -7,12 +7,11 @@
 //! close a guess was. A matched key gives the request its tenant namespace (every Redis key
 //! it touches is under `baton:<namespace>:`) and the RPCs it may call.
 
-use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
-use std::task::{Context, Poll};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 
 use crate::error::{Reason, refusal};
 use crate::store::keys::DEFAULT_NAMESPACE;
@@ -38,7 +37,7 @@ struct ApiKey {
     allow: Vec<String>,
 }
 
-/// The tenant a request acts for, set by [`AuthLayer`].
+/// The tenant a request acts for, set by [`auth_layer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant(pub Arc<str>);
 
@@ -120,68 +119,41 @@ fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
     headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
-/// Checks API keys before any handler runs.
-#[derive(Debug, Clone)]
-pub struct AuthLayer {
-    keys: Arc<ApiKeys>,
-}
-
-impl AuthLayer {
-    pub fn new(keys: ApiKeys) -> Self {
-        Self { keys: Arc::new(keys) }
-    }
-}
-
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Auth { inner, keys: self.keys.clone() }
-    }
+/// Checks API keys before any handler runs: a refused request is answered here, an
+/// accepted one carries its [`Tenant`].
+pub fn auth_layer(keys: ApiKeys) -> ValidateRequestHeaderLayer<ApiKeyCheck> {
+    ValidateRequestHeaderLayer::custom(ApiKeyCheck { keys: Arc::new(keys) })
 }
 
 #[derive(Debug, Clone)]
-pub struct Auth<S> {
-    inner: S,
+pub struct ApiKeyCheck {
     keys: Arc<ApiKeys>,
 }
 
-impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for Auth<S>
-where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+impl<B> ValidateRequest<B> for ApiKeyCheck {
+    type ResponseBody = tonic::body::Body;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+    fn validate(&mut self, request: &mut http::Request<B>) -> Result<(), http::Response<tonic::body::Body>> {
         if !self.keys.is_enabled() || is_open(request.uri().path()) {
-            return Box::pin(self.inner.call(request));
+            return Ok(());
         }
-        let refused = match presented_key(request.headers()).and_then(|key| self.keys.find(key)) {
-            None => Some(refusal(
+        match presented_key(request.headers()).and_then(|key| self.keys.find(key)) {
+            None => Err(refusal(
                 tonic::Code::Unauthenticated,
                 Reason::ApiKeyInvalid,
                 "a valid API key is required (authorization: Bearer <key>)",
-            )),
-            Some(key) if !allowed(key, request.uri().path()) => Some(refusal(
+            )
+            .into_http()),
+            Some(key) if !allowed(key, request.uri().path()) => Err(refusal(
                 tonic::Code::PermissionDenied,
                 Reason::RpcNotAllowed,
                 "this API key may not call this RPC",
-            )),
+            )
+            .into_http()),
             Some(key) => {
                 request.extensions_mut().insert(Tenant(key.tenant.clone()));
-                None
+                Ok(())
             }
-        };
-        match refused {
-            Some(status) => Box::pin(async move { Ok(status.into_http()) }),
-            None => Box::pin(self.inner.call(request)),
         }
     }
 }

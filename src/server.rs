@@ -12,7 +12,7 @@ use tonic_health::server::HealthReporter;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::AuthLayer;
+use crate::auth::auth_layer;
 use crate::cache::CacheManager;
 use crate::cache::grpc::CacheGrpc;
 use crate::config::Config;
@@ -237,7 +237,7 @@ pub async fn run(
         .max_concurrent_streams(transport.max_concurrent_streams)
         .layer(GrpcMetricsLayer)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(internal_error_for_panic))
-        .layer(AuthLayer::new(config.api_keys.clone()))
+        .layer(auth_layer(config.api_keys.clone()))
         .layer(DefaultDeadlineLayer::new(transport.default_deadline))
         .add_service(health_service)
         .add_optional_service(reflection_v1)

@@ -40,3 +40,15 @@ local function session_reply(key)
   table.insert(reply, 1, 1)
   return reply
 end
+
+-- Takes a live session away from `key`: its deadlines and its fields, or nil when it is
+-- missing or expired. The key is gone afterwards.
+local function take_live(key)
+  local session = live(key)
+  if not session then
+    return nil
+  end
+  local fields = redis.call('HGETALL', key)
+  redis.call('DEL', key)
+  return session, fields
+end

@@ -5,14 +5,12 @@
 -- expired.
 -- (Both keys in one script: on a single Redis or Sentinel. On a Redis Cluster the two keys
 -- are in different slots, and take.lua then put.lua do the same in two steps.)
-local session = live(KEYS[1])
+local session, fields = take_live(KEYS[1])
 if not session then
   return {0, 'MISSING'}
 end
-local fields = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('HSET', KEYS[2], 'handle', ARGV[1])
 redis.call('PEXPIREAT', KEYS[2], int(math.ceil(session.idle_exp / 1000)))
-redis.call('DEL', KEYS[1])
 return session_reply(KEYS[2])

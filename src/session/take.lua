@@ -4,11 +4,9 @@
 -- KEYS[1] old session
 -- Returns {1, HGETALL of the session as it was}, or {0, 'MISSING'} when it is missing or
 -- expired.
-local session = live(KEYS[1])
+local session, fields = take_live(KEYS[1])
 if not session then
   return {0, 'MISSING'}
 end
-local fields = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1])
 table.insert(fields, 1, 1)
 return fields
