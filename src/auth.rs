@@ -144,12 +144,10 @@ impl<B> ValidateRequest<B> for ApiKeyCheck {
                 "a valid API key is required (authorization: Bearer <key>)",
             )
             .into_http()),
-            Some(key) if !allowed(key, request.uri().path()) => Err(refusal(
-                tonic::Code::PermissionDenied,
-                Reason::RpcNotAllowed,
-                "this API key may not call this RPC",
-            )
-            .into_http()),
+            Some(key) if !allowed(key, request.uri().path()) => {
+                Err(refusal(tonic::Code::PermissionDenied, Reason::RpcNotAllowed, "this API key may not call this RPC")
+                    .into_http())
+            }
             Some(key) => {
                 request.extensions_mut().insert(Tenant(key.tenant.clone()));
                 Ok(())

@@ -1,11 +1,10 @@
 //! The caller's deadline, as sent in the `grpc-timeout` header, and the default one for
 //! callers that send none.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::error::{Reason, refusal};
+use crate::middleware::{Around, AroundLayer, BoxResponse};
 
 /// RPCs that wait as long as the request asks (bounded by validation), so the default
 /// deadline must not cut them.
@@ -15,52 +14,32 @@ const CLIENT_BOUNDED_WAITS: [&str; 2] = ["/baton.v1.LockService/Acquire", "/bato
 /// DEADLINE_EXCEEDED (tonic's own `Server::timeout` answers CANCELLED, which clients
 /// treat as their own doing). Only the handler's future is bounded — the time until a
 /// response begins — so server streams, which begin at once, are never cut.
+pub fn default_deadline_layer(deadline: Duration) -> AroundLayer<DefaultDeadline> {
+    AroundLayer(DefaultDeadline { deadline })
+}
+
 #[derive(Debug, Clone, Copy)]
-pub struct DefaultDeadlineLayer {
+pub struct DefaultDeadline {
     deadline: Duration,
 }
 
-impl DefaultDeadlineLayer {
-    pub fn new(deadline: Duration) -> Self {
-        Self { deadline }
-    }
-}
+impl<E: Send + 'static> Around<http::Response<tonic::body::Body>, E> for DefaultDeadline {
+    /// The deadline that applies, if the client set none of its own.
+    type Seen = Option<Duration>;
 
-impl<S> tower::Layer<S> for DefaultDeadlineLayer {
-    type Service = DefaultDeadline<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        DefaultDeadline { inner, deadline: self.deadline }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct DefaultDeadline<S> {
-    inner: S,
-    deadline: Duration,
-}
-
-impl<S, ReqBody> tower::Service<http::Request<ReqBody>> for DefaultDeadline<S>
-where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn before<B>(&self, request: &http::Request<B>) -> Option<Duration> {
         let bounded_by_client =
             request.headers().contains_key("grpc-timeout") || CLIENT_BOUNDED_WAITS.contains(&request.uri().path());
-        let response = self.inner.call(request);
-        if bounded_by_client {
-            return Box::pin(response);
-        }
-        let deadline = self.deadline;
+        (!bounded_by_client).then_some(self.deadline)
+    }
+
+    fn after(
+        deadline: Option<Duration>,
+        response: BoxResponse<http::Response<tonic::body::Body>, E>,
+    ) -> BoxResponse<http::Response<tonic::body::Body>, E> {
+        let Some(deadline) = deadline else {
+            return response;
+        };
         Box::pin(async move {
             match tokio::time::timeout(deadline, response).await {
                 Ok(response) => response,

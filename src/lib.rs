@@ -29,7 +29,7 @@
 //! - `validate`: request limits and the checks every service shares.
 //! - `auth`: API keys and tenants; `tls`: the listener's certificates; `listener`:
 //!   accepting connections; `codec`: undecodable requests answered as bad input;
-//!   `deadline`: the default deadline; `secret`: unguessable values; `task`: background
+//!   `middleware`: the one shape of the HTTP middlewares; `deadline`: the default deadline; `secret`: unguessable values; `task`: background
 //!   task ownership.
 
 mod auth;
@@ -41,6 +41,7 @@ mod envoy;
 mod error;
 mod listener;
 mod lock;
+mod middleware;
 pub mod proto;
 mod queue;
 mod ratelimit;

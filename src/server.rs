@@ -16,7 +16,7 @@ use crate::auth::auth_layer;
 use crate::cache::CacheManager;
 use crate::cache::grpc::CacheGrpc;
 use crate::config::Config;
-use crate::deadline::DefaultDeadlineLayer;
+use crate::deadline::default_deadline_layer;
 use crate::envoy::grpc::EnvoyGrpc;
 use crate::error::{Reason, refusal};
 use crate::listener::{handshaken, http2_preface};
@@ -39,7 +39,7 @@ use crate::store::health::{EvictionConcern, spawn_pinger};
 use crate::store::notify::Notifier;
 use crate::store::{KeyBuilder, Store, StoreError};
 use crate::task::TaskGuard;
-use crate::telemetry::GrpcMetricsLayer;
+use crate::telemetry::grpc_metrics_layer;
 use crate::tls::{ReloadingTls, TlsError, TlsFiles};
 
 /// The health name that follows only the process: Kubernetes' liveness probe.
@@ -235,10 +235,10 @@ pub async fn run(
         .http2_keepalive_timeout(Some(transport.keepalive_timeout))
         .http2_max_local_error_reset_streams(Some(transport.max_local_error_reset_streams))
         .max_concurrent_streams(transport.max_concurrent_streams)
-        .layer(GrpcMetricsLayer)
+        .layer(grpc_metrics_layer())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(internal_error_for_panic))
         .layer(auth_layer(config.api_keys.clone()))
-        .layer(DefaultDeadlineLayer::new(transport.default_deadline))
+        .layer(default_deadline_layer(transport.default_deadline))
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)

@@ -2,9 +2,7 @@
 //! per-RPC metrics layer.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::LazyLock;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -13,6 +11,7 @@ use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::middleware::{Around, AroundLayer, BoxResponse};
 use crate::task::TaskGuard;
 
 /// Seconds; from sub-millisecond cache hits to multi-second waits.
@@ -75,39 +74,26 @@ pub fn serve_metrics(listener: TcpListener, handle: PrometheusHandle) -> TaskGua
 }
 
 /// Counts every RPC and records its latency by service, method and gRPC code.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcMetricsLayer;
-
-impl<S> tower::Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetrics { inner }
-    }
+pub fn grpc_metrics_layer() -> AroundLayer<GrpcMetrics> {
+    AroundLayer(GrpcMetrics)
 }
 
-#[derive(Debug, Clone)]
-pub struct GrpcMetrics<S> {
-    inner: S,
-}
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcMetrics;
 
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetrics<S>
-where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+impl<ResBody: 'static, E: 'static> Around<http::Response<ResBody>, E> for GrpcMetrics {
+    /// The method's labels and when the call began.
+    type Seen = (&'static str, &'static str, Instant);
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn before<B>(&self, request: &http::Request<B>) -> Self::Seen {
         let (service, method) = served_method(request.uri().path());
-        let started = Instant::now();
-        let response = self.inner.call(request);
+        (service, method, Instant::now())
+    }
+
+    fn after(
+        (service, method, started): Self::Seen,
+        response: BoxResponse<http::Response<ResBody>, E>,
+    ) -> BoxResponse<http::Response<ResBody>, E> {
         Box::pin(async move {
             let result = response.await;
             // Errors come "trailers-only", with grpc-status in the headers; a success's
