@@ -145,7 +145,9 @@ impl ConnectionLike for Multiplexed {
         match self {
             Self::Standalone(conn) => conn.req_packed_command(cmd),
             Self::Cluster(conn) => conn.req_packed_command(cmd),
-            Self::Sentinel(conn) => conn.req_packed_command(cmd),
+            Self::Sentinel(follower) => {
+                Box::pin(follower.on_master(move |mut conn| async move { conn.req_packed_command(cmd).await }))
+            }
         }
     }
 
@@ -158,7 +160,10 @@ impl ConnectionLike for Multiplexed {
         match self {
             Self::Standalone(conn) => conn.req_packed_commands(pipeline, offset, count),
             Self::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Self::Sentinel(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(follower) => Box::pin(
+                follower
+                    .on_master(move |mut conn| async move { conn.req_packed_commands(pipeline, offset, count).await }),
+            ),
         }
     }
 
@@ -166,7 +171,7 @@ impl ConnectionLike for Multiplexed {
         match self {
             Self::Standalone(conn) => conn.get_db(),
             Self::Cluster(conn) => conn.get_db(),
-            Self::Sentinel(conn) => conn.get_db(),
+            Self::Sentinel(_) => 0,
         }
     }
 }

@@ -10,8 +10,8 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, ErrorKind, IntoConnectionInfo, RedisError, RedisFuture, ServerErrorKind, Value};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind, Value};
 use tokio::sync::{Notify, watch};
 
 use crate::store::topology::{SentinelSettings, UrlList};
@@ -124,6 +124,20 @@ impl SentinelFollower {
         *self.shared.epoch.borrow()
     }
 
+    /// Runs `call` on the current master's connection; an error that looks like a failover
+    /// makes the follower ask the sentinels again at once.
+    pub async fn on_master<T, F, Fut>(&self, call: F) -> Result<T, RedisError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let result = call(self.master().await?.conn).await;
+        if let Err(err) = &result {
+            self.observe(err);
+        }
+        result
+    }
+
     /// Asks the sentinels again at once when `err` is what a failover looks like.
     pub fn observe(&self, err: &RedisError) {
         let failover_like = err.is_connection_dropped()
@@ -134,39 +148,6 @@ impl SentinelFollower {
         if failover_like {
             self.shared.lookup_now.notify_one();
         }
-    }
-}
-
-impl ConnectionLike for SentinelFollower {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let mut conn = self.master().await?.conn;
-            let result = conn.req_packed_command(cmd).await;
-            if let Err(err) = &result {
-                self.observe(err);
-            }
-            result
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let mut conn = self.master().await?.conn;
-            let result = conn.req_packed_commands(pipeline, offset, count).await;
-            if let Err(err) = &result {
-                self.observe(err);
-            }
-            result
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        0
     }
 }
 
