@@ -2,7 +2,8 @@
 -- newer token since, lease not expired), or gives the token up. KEYS[1] entry.
 -- ARGV: token, value, ttl µs, stale_ttl µs, tags, abandon (0|1), notify channel,
 --       the newest generation of the value's tags (Redis clock µs of its last invalidation)
--- Returns {1, 1, value, version, exp_us, tags} stored, {1, 2} abandoned, or {0, reason}:
+-- Returns {1, 1, version, exp_us} stored (the caller has the value), {1, 2} abandoned, or
+-- {0, reason}:
 -- 'FILL_TOKEN_STALE', or 'TAG_INVALIDATED' when one of the value's tags was invalidated
 -- after the token was granted, so the loader may have read what the invalidation replaced
 -- (the token is given up and waiters are woken to fetch again).
@@ -23,4 +24,4 @@ if ARGV[6] == '1' or (fill_at and tonumber(ARGV[8]) >= fill_at) then
 end
 local version, exp = write_value(entry, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5])
 redis.call('PUBLISH', ARGV[7], 'filled')
-return {1, 1, ARGV[2], int(version), int(exp), ARGV[5]}
+return {1, 1, int(version), int(exp)}

@@ -132,8 +132,8 @@ impl CacheService for CacheGrpc {
         let r = request.into_inner();
         let write =
             self.write("", r.key, r.value, r.ttl.as_ref(), r.stale_ttl.as_ref(), r.tags, r.if_version, r.if_absent)?;
-        let entry = self.cache.scoped(&namespace).set(&write).await?.map_err(refused)?;
-        Ok(Response::new(SetResponse { entry: Some(entry_to_proto(entry)) }))
+        let stored = self.cache.scoped(&namespace).set(&write).await?.map_err(refused)?;
+        Ok(Response::new(SetResponse { entry: Some(entry_to_proto(stored.entry(write.value))) }))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
@@ -192,10 +192,10 @@ impl CacheService for CacheGrpc {
             .into_iter()
             .zip(outcomes)
             .map(|(write, outcome)| match outcome {
-                Ok(entry) => BatchSetResult {
+                Ok(stored) => BatchSetResult {
                     key: write.key,
                     status: BatchSetStatus::Stored as i32,
-                    entry: Some(entry_to_proto(entry)),
+                    entry: Some(entry_to_proto(stored.entry(write.value))),
                 },
                 Err(refusal) => BatchSetResult {
                     key: write.key,
@@ -274,7 +274,7 @@ impl CacheService for CacheGrpc {
         } else {
             self.write("", r.key, r.value, r.ttl.as_ref(), r.stale_ttl.as_ref(), r.tags, 0, false)?
         };
-        let entry = self.cache.scoped(&namespace).fill(&write, &r.fill_token, r.abandon).await?;
-        Ok(Response::new(FillResponse { entry: entry.map(entry_to_proto) }))
+        let stored = self.cache.scoped(&namespace).fill(&write, &r.fill_token, r.abandon).await?;
+        Ok(Response::new(FillResponse { entry: stored.map(|stored| entry_to_proto(stored.entry(write.value))) }))
     }
 }

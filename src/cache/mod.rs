@@ -45,6 +45,24 @@ pub struct Entry {
     pub stale: bool,
 }
 
+/// What a write stored: the entry is the written value at this version and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub version: u64,
+    pub expires_at_micros: u64,
+}
+
+impl Stored {
+    /// The entry, given the value that was written (which never travels back from Redis).
+    pub fn entry(self, value: Vec<u8>) -> Entry {
+        Entry { value, version: self.version, expires_at_micros: self.expires_at_micros, stale: false }
+    }
+
+    fn decode(fields: &Fields, at: usize) -> Result<Self, Error> {
+        Ok(Self { version: fields.uint(at)?, expires_at_micros: fields.uint(at + 1)? })
+    }
+}
+
 /// A validated write.
 #[derive(Debug, Clone)]
 pub struct Write {
@@ -222,7 +240,7 @@ impl CacheManager {
         Ok(if Self::stamps_current(&raw.stamps, &generations) { -1 } else { raw.entry.version as i64 })
     }
 
-    pub async fn set(&self, write: &Write) -> Result<Result<Entry, WriteRefused>, Error> {
+    pub async fn set(&self, write: &Write) -> Result<Result<Stored, WriteRefused>, Error> {
         let generations = self.generations(write.tags.iter().cloned().collect()).await?;
         let stamps: Vec<(String, u64)> =
             write.tags.iter().map(|tag| (tag.clone(), generations.get(tag).copied().unwrap_or(0))).collect();
@@ -239,16 +257,16 @@ impl CacheManager {
             (&channel).into(),
         ];
         match self.store.eval(&SET, &[self.entry_key(&write.key)], &args).await?.outcome()? {
-            Outcome::Done(mut fields) => {
+            Outcome::Done(fields) => {
                 metrics::counter!("baton_cache_writes_total").increment(1);
-                Ok(Ok(decode_entry(&mut fields, 0, false)?.entry))
+                Ok(Ok(Stored::decode(&fields, 0)?))
             }
             Outcome::Refused { reason, .. } if reason == "ALREADY_EXISTS" => Ok(Err(WriteRefused::AlreadyExists)),
             Outcome::Refused { .. } => Ok(Err(WriteRefused::VersionMismatch)),
         }
     }
 
-    pub async fn batch_set(&self, writes: &[Write]) -> Result<Vec<Result<Entry, WriteRefused>>, Error> {
+    pub async fn batch_set(&self, writes: &[Write]) -> Result<Vec<Result<Stored, WriteRefused>>, Error> {
         join_all(writes.iter().map(|write| self.set(write))).await.into_iter().collect()
     }
 
@@ -364,7 +382,7 @@ impl CacheManager {
     }
 
     /// Stores a loader's value, or gives its token up (`abandon`). `Ok(None)` for an abandon.
-    pub async fn fill(&self, write: &Write, token: &str, abandon: bool) -> Result<Option<Entry>, Error> {
+    pub async fn fill(&self, write: &Write, token: &str, abandon: bool) -> Result<Option<Stored>, Error> {
         let generations = self.generations(write.tags.iter().cloned().collect()).await?;
         let stamps: Vec<(String, u64)> =
             write.tags.iter().map(|tag| (tag.clone(), generations.get(tag).copied().unwrap_or(0))).collect();
@@ -381,9 +399,9 @@ impl CacheManager {
             newest_generation.into(),
         ];
         match self.store.eval(&FILL, &[self.entry_key(&write.key)], &args).await?.outcome()? {
-            Outcome::Done(mut fields) if fields.int(0)? == 1 => {
+            Outcome::Done(fields) if fields.int(0)? == 1 => {
                 metrics::counter!("baton_cache_fills_total").increment(1);
-                Ok(Some(decode_entry(&mut fields, 1, false)?.entry))
+                Ok(Some(Stored::decode(&fields, 1)?))
             }
             Outcome::Done(_) => Ok(None),
             Outcome::Refused { reason, .. } if reason == "TAG_INVALIDATED" => Err(Error::FillTagInvalidated),

@@ -1,7 +1,8 @@
 -- Writes an entry, optionally conditionally. KEYS[1] entry.
 -- ARGV: value, ttl µs, stale_ttl µs, tags, if_version (0 = none), if_absent (0|1),
 --       invalidated version (-1 = none), notify channel
--- Returns {1, value, version, exp_us, tags}, or {0, 'VERSION_MISMATCH' | 'ALREADY_EXISTS'}.
+-- Returns {1, version, exp_us} (the caller has the value), or
+-- {0, 'VERSION_MISMATCH' | 'ALREADY_EXISTS'}.
 local entry = read_entry()
 local present = fresh(entry, tonumber(ARGV[7]))
 local if_version = tonumber(ARGV[5])
@@ -13,4 +14,4 @@ if ARGV[6] == '1' and present then
 end
 local version, exp = write_value(entry, ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4])
 redis.call('PUBLISH', ARGV[8], 'set')
-return {1, ARGV[1], int(version), int(exp), ARGV[4]}
+return {1, int(version), int(exp)}

@@ -324,8 +324,8 @@ impl JobQueueService for JobQueueGrpc {
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         let namespace = crate::auth::namespace(&request);
-        let (lease, result) = self.settlement("", request.into_inner())?;
-        self.queues.scoped(&namespace).ack(&lease, &result).await?;
+        let settlement = self.settlement("", request.into_inner())?;
+        self.queues.scoped(&namespace).ack(settlement).await?;
         Ok(Response::new(AckResponse {}))
     }
 

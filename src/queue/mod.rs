@@ -392,8 +392,10 @@ impl QueueManager {
         }
     }
 
-    pub async fn ack(&self, lease: &LeaseRef, result: &[u8]) -> Result<(), Error> {
-        let mut outcomes = self.ack_batch(&[(lease.clone(), result.to_vec())]).await?;
+    /// Completes one delivery; `settlement` is the lease and the job's result, taken as is
+    /// (results can be large: no copy is made on the way to Redis).
+    pub async fn ack(&self, settlement: (LeaseRef, Vec<u8>)) -> Result<(), Error> {
+        let mut outcomes = self.ack_batch(std::slice::from_ref(&settlement)).await?;
         outcomes.pop().unwrap_or_else(|| Err(Error::Internal("ack script returned nothing".into())))
     }
 
