@@ -62,7 +62,7 @@ fmt-check:
 
 clippy:
 	@if $(CARGO) clippy --version >/dev/null 2>&1; then \
-		$(CARGO) clippy --all-targets --locked -- -D warnings; \
+		$(CARGO) clippy --workspace --all-targets --locked -- -D warnings; \
 	else echo "clippy is not installed: skipping the lint"; fi
 
 $(CARGO_DENY_STAMP):
@@ -112,15 +112,16 @@ soak: redis-server
 	BATON_SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release --locked --test soak -- --nocapture
 
 cargo-test: toxiproxy
-	TOXIPROXY_BIN=$(CURDIR)/$(TOXIPROXY) $(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
+	TOXIPROXY_BIN=$(CURDIR)/$(TOXIPROXY) $(CARGO) test --workspace --locked -- --test-threads=$(TEST_THREADS)
 	@# The benchmark is a measurement, not a test: this 5-second smoke only proves it runs.
-	$(CARGO) run --locked --quiet --bin baton-bench -- --baton target/debug/baton \
+	$(CARGO) run --locked --quiet -p baton-bench -- --baton target/debug/baton \
 		--duration 300ms --concurrency 4 --streams 200 > /dev/null
 
-# Results go to bench/results/<date>.md, the summary to docs/benchmarks.md. The peers (BullMQ,
-# node-redlock: pinned in bench/peers) run against the bench's own Redis in the same run.
+# The load generator is the bench/ crate. Results go to bench/results/<date>.md, the summary
+# to docs/benchmarks.md. The peers (BullMQ, node-redlock: pinned in bench/peers) run against
+# the bench's own Redis in the same run.
 bench: redis-server
-	$(CARGO) build --release --locked --bin baton --bin baton-bench
+	$(CARGO) build --release --locked -p baton -p baton-bench
 	npm ci --prefix bench/peers --no-fund --no-audit --loglevel=error
 	target/release/baton-bench --baton target/release/baton --peers bench/peers \
 		--report bench/results/$$(date +%F).md

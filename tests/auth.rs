@@ -12,7 +12,7 @@ use baton::proto::v1::{
     CreateSessionRequest, DescribeRequest, EnqueueRequest, GetJobRequest, GetRequest, GetSessionRequest, Limit,
     LimitRequest, RenewRequest, RevokeSessionsRequest, SetRequest, consume_response, limit_request,
 };
-use common::{Baton, Redis, health_status};
+use common::{Clients, Redis, Server, health_status};
 use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 use tonic::{Code, Request};
@@ -27,7 +27,7 @@ fn hash(key: &str) -> String {
     Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn start(redis: &Redis) -> (tempfile::TempDir, Baton) {
+fn start(redis: &Redis) -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("baton.toml");
     let config = format!(
@@ -38,7 +38,7 @@ fn start(redis: &Redis) -> (tempfile::TempDir, Baton) {
         hash(WORKER_A)
     );
     std::fs::write(&path, config).unwrap();
-    let baton = Baton::start(Some(&redis.url()), &["--config", path.to_str().unwrap()]);
+    let baton = Server::start(&redis.url(), &["--config", path.to_str().unwrap()]);
     (dir, baton)
 }
 

@@ -14,7 +14,7 @@ use baton::proto::v1::{
     BatchGetRequest, BatchSetEntry, BatchSetRequest, BatchSetStatus, DeleteRequest, FetchRequest, FetchResponse,
     FillRequest, GetRequest, InvalidateTagRequest, SetRequest,
 };
-use common::{Baton, PATIENCE, Redis, eventually, unique};
+use common::{Clients, PATIENCE, Redis, Server, eventually, unique};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -55,7 +55,7 @@ fn fill_request(key: &str, token: &str, value: &[u8]) -> FillRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_and_set_counts_exactly_under_32_clients() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let cache = baton.cache().await;
     let key = unique("counter");
     cache.clone().set(set_request(&key, b"0", Duration::from_secs(600))).await.unwrap();
@@ -97,7 +97,7 @@ async fn compare_and_set_counts_exactly_under_32_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_misses_run_exactly_one_loader_across_two_batons() {
     let redis = Redis::start();
-    let batons = [Baton::start(Some(&redis.url()), &[]), Baton::start(Some(&redis.url()), &[])];
+    let batons = [Server::start(&redis.url(), &[]), Server::start(&redis.url(), &[])];
     let clients = [batons[0].cache().await, batons[1].cache().await];
     let key = unique("hot");
     let loaders = Arc::new(AtomicU32::new(0));
@@ -125,7 +125,7 @@ async fn a_hundred_concurrent_misses_run_exactly_one_loader_across_two_batons() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loader_that_never_fills_blocks_nobody_for_long() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut cache = baton.cache().await;
     let key = unique("crashed-loader");
     let lease = Duration::from_millis(800);
@@ -156,7 +156,7 @@ async fn a_loader_that_never_fills_blocks_nobody_for_long() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_token_lets_the_next_fetch_load_at_once() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut cache = baton.cache().await;
     let key = unique("abandoned");
     let first = fetch(&mut cache, &key, Duration::from_secs(60), Duration::ZERO).await;
@@ -170,7 +170,7 @@ async fn an_abandoned_token_lets_the_next_fetch_load_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_while_revalidate_hands_one_caller_the_refresh() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let cache = baton.cache().await;
     let key = unique("swr");
     let request = SetRequest {
@@ -178,8 +178,11 @@ async fn stale_while_revalidate_hands_one_caller_the_refresh() {
         ..set_request(&key, b"old", Duration::from_millis(300))
     };
     cache.clone().set(request).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(get(&mut cache.clone(), &key).await, None, "Get does not serve stale values");
+    eventually(PATIENCE, "the value to go stale: Get does not serve stale values", || {
+        let (mut cache, key) = (cache.clone(), key.clone());
+        async move { get(&mut cache, &key).await.is_none() }
+    })
+    .await;
 
     let mut callers = Vec::new();
     for _ in 0..20 {
@@ -207,7 +210,7 @@ async fn stale_while_revalidate_hands_one_caller_the_refresh() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_after_a_delete_or_a_set_is_refused() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut cache = baton.cache().await;
 
     let key = unique("deleted");
@@ -227,7 +230,7 @@ async fn a_fill_after_a_delete_or_a_set_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_writes() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut cache = baton.cache().await;
     let key = unique("cond");
     let absent = SetRequest { if_absent: true, ..set_request(&key, b"first", Duration::from_secs(60)) };
@@ -264,7 +267,7 @@ fn total_commands(redis: &Redis) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidating_a_tag_hides_ten_thousand_entries_at_the_cost_of_one() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut cache = baton.cache().await;
     let (big, small, other) = (unique("big"), unique("small"), unique("other"));
     let prefix = unique("entry");
@@ -323,7 +326,7 @@ async fn invalidating_a_tag_hides_ten_thousand_entries_at_the_cost_of_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_of_a_thousand_and_expiry() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut cache = baton.cache().await;
     let prefix = unique("batch");
     let entries = (0..1000)
@@ -348,17 +351,20 @@ async fn batches_of_a_thousand_and_expiry() {
             .enumerate()
             .all(|(i, e)| e.found && e.key == keys[i] && e.entry.as_ref().unwrap().value == i.to_string().as_bytes())
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let after = cache.batch_get(BatchGetRequest { keys }).await.unwrap().into_inner().entries;
-    for (i, entry) in after.iter().enumerate() {
-        assert_eq!(entry.found, i % 2 == 1, "key {i}");
-    }
+    eventually(PATIENCE, "the short-lived half to expire and only that half", || {
+        let (mut cache, keys) = (cache.clone(), keys.clone());
+        async move {
+            let after = cache.batch_get(BatchGetRequest { keys }).await.unwrap().into_inner().entries;
+            after.iter().enumerate().all(|(i, entry)| entry.found == (i % 2 == 1))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut cache = baton.cache().await;
     let minute = Duration::from_secs(60);
     let cases: Vec<(&str, SetRequest, &str)> = vec![
@@ -400,7 +406,7 @@ async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_response_over_the_message_limit_is_resource_exhausted() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut cache = baton.cache().await;
     let prefix = unique("large");
     for i in 0..5 {

@@ -68,11 +68,8 @@ impl Toxiproxy {
             .spawn()
             .unwrap_or_else(|err| panic!("{bin}: {err} (`make toxiproxy` installs it from the Go module proxy)"));
         let api = SocketAddr::from(([127, 0, 0, 1], port));
-        let started = Instant::now();
-        while std::net::TcpStream::connect(api).is_err() {
-            assert!(started.elapsed() < common::PATIENCE, "toxiproxy did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let listening = testkit::wait::until(common::PATIENCE, || std::net::TcpStream::connect(api).is_ok());
+        assert!(listening, "toxiproxy did not start");
         Self { child, api }
     }
 

@@ -24,7 +24,7 @@ use baton::proto::v1::{
     RotateSessionRequest, SetRequest, UpdateSessionRequest, consume_response, enqueue_request, limit_request,
 };
 use baton::slot_of;
-use common::{Auth, Baton, PATIENCE, RedisCluster, unique};
+use common::{Auth, Baton, Clients, PATIENCE, RedisCluster, unique};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;

@@ -14,7 +14,7 @@ use baton::proto::v1::{
     AckRequest, AcquireRequest, ConsumeRequest, EnqueueRequest, FetchRequest, GetJobRequest, JobState,
     KeepAliveRequest, RenewRequest, consume_response,
 };
-use common::{Baton, PATIENCE, Redis, next_event, unique};
+use common::{Baton, Clients, PATIENCE, Redis, next_event, unique};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -67,6 +67,7 @@ async fn a_draining_replica_takes_no_new_work_keeps_renewals_and_exits_once_idle
         let request = fetch(15);
         tokio::spawn(async move { cache.fetch(request).await })
     };
+    // Both reach baton and wait; a Fetch waiting leaves no trace outside baton to poll.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     leaving.sigterm();

@@ -11,7 +11,7 @@ use baton::proto::envoy::service::ratelimit::v3::rate_limit_response::{Code, Des
 use baton::proto::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use baton::proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use baton::proto::envoy::r#type::v3::RateLimitUnit;
-use common::{Baton, Redis, unique};
+use common::{Baton, Clients, Redis, Server, unique};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -72,22 +72,20 @@ async fn ask(envoy: &mut Envoy, domain: &str, descriptors: Vec<RateLimitDescript
 /// boundary is at least 15 s away.
 fn clear_of_a_minute_boundary() {
     let into_minute = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() % 60;
-    while into_minute() >= 45 {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(testkit::wait::until(Duration::from_secs(16), || into_minute() < 45), "the clock stands still");
 }
 
-fn start(redis: &Redis) -> (tempfile::TempDir, Baton) {
+fn start(redis: &Redis) -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("baton.toml");
     std::fs::write(&path, CONFIG).unwrap();
     // Every test here counts within a minute at most.
     clear_of_a_minute_boundary();
-    let baton = Baton::start(Some(&redis.url()), &["--config", path.to_str().unwrap()]);
+    let baton = Server::start(&redis.url(), &["--config", path.to_str().unwrap()]);
     (dir, baton)
 }
 
-async fn client(baton: &Baton) -> Envoy {
+async fn client(baton: &impl Clients) -> Envoy {
     RateLimitServiceClient::new(baton.channel().await)
 }
 
@@ -315,16 +313,22 @@ async fn zero_hits_only_look_unlimited_reports_the_maximum_and_resets_are_whole_
 
 // ─── envoyproxy/ratelimit's own YAML files, replaces, wildcards, quota mode, counting ────
 
-/// A baton reading upstream-format YAML files from a directory, with `extra` flags.
-fn start_with_yaml(redis: &Redis, files: &[(&str, &str)], extra: &[&str]) -> (tempfile::TempDir, Baton) {
+/// A directory of upstream-format YAML files, once the clock is clear of a minute boundary.
+fn yaml_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
     clear_of_a_minute_boundary();
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
+    dir
+}
+
+/// A baton reading upstream-format YAML files from a directory, with `extra` flags.
+fn start_with_yaml(redis: &Redis, files: &[(&str, &str)], extra: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = yaml_dir(files);
     let mut args = vec!["--envoy-config-dir", dir.path().to_str().unwrap()];
     args.extend(extra);
-    let baton = Baton::start(Some(&redis.url()), &args);
+    let baton = Server::start(&redis.url(), &args);
     (dir, baton)
 }
 
@@ -379,7 +383,9 @@ async fn upstream_yaml_files_apply_unchanged_with_wildcards_that_share_or_not() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_is_reloaded_on_change_and_a_bad_edit_keeps_the_last_good_rules() {
     let redis = Redis::start();
-    let (dir, baton) = start_with_yaml(&redis, &[("files.yaml", FILES_YAML)], &[]);
+    // A child process: the refused reload is seen in its log.
+    let dir = yaml_dir(&[("files.yaml", FILES_YAML)]);
+    let baton = Baton::start(Some(&redis.url()), &["--envoy-config-dir", dir.path().to_str().unwrap()]);
     let mut envoy = client(&baton).await;
     let limited = |response: &RateLimitResponse| response.statuses[0].current_limit.is_some();
     assert!(!limited(&ask(&mut envoy, "late", vec![descriptor(&[("k", "v")])], 0).await));

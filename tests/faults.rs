@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use baton::proto::duration_to_proto;
 use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use baton::proto::v1::{Algorithm, CheckRequest, Limit, LimitRequest, limit_request};
-use common::{Baton, PATIENCE, Redis, eventually, health_status, unique};
+use common::{Baton, Clients, PATIENCE, Redis, eventually, health_status, unique};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -16,7 +16,7 @@ use baton::proto::v1::{
     FillRequest, GetQueueStatsRequest, InvalidateTagRequest, ListSessionsRequest, NackRequest, ReleaseRequest,
     RevokeSessionsRequest, UpdateSessionRequest, consume_response,
 };
-use common::{Baton, PATIENCE, Redis, unique};
+use common::{Baton, Clients, PATIENCE, Redis, Server, unique};
 use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -83,7 +83,7 @@ async fn bytes_that_are_not_the_message_are_invalid_argument_with_error_info() {
         limits: u64,
     }
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let status =
         call_raw(baton.channel().await, "/baton.v1.RateLimiterService/Check", NotACheck { limits: 7 }, None).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -105,7 +105,7 @@ async fn next_delivery(stream: &mut tonic::Streaming<baton::proto::v1::ConsumeRe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsettled_expired_lease_frees_its_stream_and_is_refused() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut queues = baton.queues().await;
     let queue = unique("stall");
     let mut ids = Vec::new();
@@ -124,7 +124,8 @@ async fn an_unsettled_expired_lease_frees_its_stream_and_is_refused() {
     assert_eq!((held.job.as_ref().unwrap().job_id.as_str(), held.attempt), (ids[0].as_str(), 1));
     let delivered_at = Instant::now();
 
-    // Never settled: past its deadline the lease settles nothing...
+    // Never settled: past its deadline the lease settles nothing... (the pause is the
+    // scenario; polling with Ack would settle the job while it is still in time).
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let lease = || held.lease_id.clone();
     let refusals = [
@@ -167,7 +168,7 @@ fn stored_and_real_size(redis: &Redis, session_id: &str) -> (i64, i64) {
 async fn the_stored_session_size_is_always_the_real_size_and_the_cap_holds() {
     let redis = Redis::start();
     let cap = 64 * 1024;
-    let baton = Baton::start(Some(&redis.url()), &["--session-max-bytes", &cap.to_string()]);
+    let baton = Server::start(&redis.url(), &["--session-max-bytes", &cap.to_string()]);
     let mut sessions = baton.sessions().await;
     let created = sessions.create_session(CreateSessionRequest::default()).await.unwrap().into_inner();
     let id = created.session_id;
@@ -235,7 +236,7 @@ async fn made_up_queue_names_create_no_series_and_real_ones_carry_the_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_that_began_before_a_tag_invalidation_is_not_served() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut cache = baton.cache().await;
     let fetch = |key: &str| FetchRequest {
         key: key.to_owned(),
@@ -271,7 +272,7 @@ async fn a_fill_that_began_before_a_tag_invalidation_is_not_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_rise_across_a_redis_restored_from_an_older_snapshot() {
     let mut redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let name = unique("fenced");
     let acquire = || AcquireRequest {
@@ -306,7 +307,7 @@ async fn fencing_tokens_rise_across_a_redis_restored_from_an_older_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_create_session_writes_nothing_for_the_other_subject() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut sessions = baton.sessions().await;
     let id = baton::ids::new_session_id();
     let create = |subject: &str| CreateSessionRequest {
@@ -347,7 +348,7 @@ async fn a_refused_create_session_writes_nothing_for_the_other_subject() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_brace_in_a_name_reaches_no_other_objects_keys() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut queues = baton.queues().await;
     let enqueue = |queue: &str, dedup: &str| EnqueueRequest {
         queue: queue.to_owned(),

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Baton, PATIENCE, Redis, eventually, health_status};
+use common::{Baton, Clients, PATIENCE, Redis, Server, eventually, health_status};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -10,7 +10,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_names_and_unknown_names() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut health = baton.health().await;
     assert_eq!(health_status(&mut health, "").await, Some(ServingStatus::Serving));
     assert_eq!(health_status(&mut health, "liveness").await, Some(ServingStatus::Serving));
@@ -27,7 +27,7 @@ async fn health_names_and_unknown_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_every_service_in_v1_and_v1alpha() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let expected = [
         "baton.v1.RateLimiterService",
         "baton.v1.LockService",

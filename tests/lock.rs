@@ -13,7 +13,7 @@ use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::{
     AcquireRequest, AcquireResponse, DescribeRequest, KeepAliveRequest, Lease, ReleaseRequest, RenewRequest,
 };
-use common::{Baton, PATIENCE, Redis, eventually, unique};
+use common::{Baton, Clients, PATIENCE, Redis, Server, eventually, unique};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -51,6 +51,15 @@ async fn is_held(locks: &mut Locks, name: &str) -> bool {
     locks.describe(DescribeRequest { name: name.to_owned() }).await.unwrap().into_inner().held
 }
 
+/// Waits until an Acquire is waiting on `name`: a waiter that finds the lock busy leaves
+/// the lock's waiters marker in Redis, which is what makes a release announce itself.
+async fn until_someone_waits(redis: &Redis, name: &str) {
+    eventually(PATIENCE, "a waiter to queue on the lock", || async {
+        redis.keys().iter().any(|key| key.contains(name) && key.ends_with(":waiters"))
+    })
+    .await;
+}
+
 /// A downstream resource that accepts a write only with a token above every token it has
 /// seen — `UPDATE … SET fence = $token WHERE fence < $token` — and counts how many
 /// writers are inside at once.
@@ -84,7 +93,7 @@ impl FencedResource {
 
 /// `clients` callers spread over `batons` each do `cycles` acquire → critical section →
 /// release on one lock; returns the resource they shared.
-async fn contend(batons: &[&Baton], name: &str, permits: u32, clients: usize, cycles: usize) -> Arc<FencedResource> {
+async fn contend(batons: &[&Server], name: &str, permits: u32, clients: usize, cycles: usize) -> Arc<FencedResource> {
     let resource = Arc::new(FencedResource::default());
     let mut tasks = Vec::new();
     for client in 0..clients {
@@ -116,7 +125,7 @@ async fn contend(batons: &[&Baton], name: &str, permits: u32, clients: usize, cy
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_exclusion_and_increasing_tokens_across_two_batons() {
     let redis = Redis::start();
-    let (first, second) = (Baton::start(Some(&redis.url()), &[]), Baton::start(Some(&redis.url()), &[]));
+    let (first, second) = (Server::start(&redis.url(), &[]), Server::start(&redis.url(), &[]));
     let resource = contend(&[&first, &second], &unique("mutex"), 1, 32, 100).await;
     assert_eq!(resource.most_inside.load(Ordering::SeqCst), 1);
 }
@@ -124,7 +133,7 @@ async fn mutual_exclusion_and_increasing_tokens_across_two_batons() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_semaphore_never_exceeds_its_permits() {
     let redis = Redis::start();
-    let (first, second) = (Baton::start(Some(&redis.url()), &[]), Baton::start(Some(&redis.url()), &[]));
+    let (first, second) = (Server::start(&redis.url(), &[]), Server::start(&redis.url(), &[]));
     let resource = contend(&[&first, &second], &unique("sem"), 3, 32, 20).await;
     // The checker saw the permits used concurrently, never more.
     assert_eq!(resource.most_inside.load(Ordering::SeqCst), 3);
@@ -133,7 +142,7 @@ async fn a_semaphore_never_exceeds_its_permits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_lease_cannot_be_renewed_or_released_and_the_next_token_is_greater() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let name = unique("expiry");
     let lease = hold(&mut locks, &name, Duration::from_millis(300)).await;
@@ -159,7 +168,7 @@ async fn an_expired_lease_cannot_be_renewed_or_released_and_the_next_token_is_gr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renew_extends_and_keeps_the_token() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let lease = hold(&mut locks, &unique("renew"), Duration::from_millis(500)).await;
     let renew = RenewRequest {
@@ -170,6 +179,7 @@ async fn renew_extends_and_keeps_the_token() {
     let renewed = locks.renew(renew).await.unwrap().into_inner().lease.unwrap();
     assert_eq!(renewed.fencing_token, lease.fencing_token);
     assert!(renewed.expires_at.unwrap().seconds >= lease.expires_at.unwrap().seconds + 4);
+    // The scenario: past the first ttl (500 ms), only the renewal can keep it held.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(is_held(&mut locks, &lease.name).await, "the renewal did not extend the lease");
 }
@@ -177,7 +187,7 @@ async fn renew_extends_and_keeps_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_or_malformed_lease_id_can_neither_renew_nor_release() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let lease = hold(&mut locks, &unique("foreign"), Duration::from_secs(30)).await;
     let foreign = baton::ids::new_lease_id();
@@ -206,7 +216,7 @@ async fn a_foreign_or_malformed_lease_id_can_neither_renew_nor_release() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_gets_the_lock_soon_after_release_and_gives_up_on_time() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let name = unique("wait");
     let lease = hold(&mut locks, &name, Duration::from_secs(30)).await;
@@ -218,7 +228,7 @@ async fn a_waiter_gets_the_lock_soon_after_release_and_gives_up_on_time() {
             (response.acquired, Instant::now())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_someone_waits(&redis, &name).await;
     assert!(release(&mut locks, &lease).await);
     let released_at = Instant::now();
     let (acquired, acquired_at) = waiter.await.unwrap();
@@ -239,7 +249,7 @@ async fn a_waiter_gets_the_lock_soon_after_release_and_gives_up_on_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_is_announced_only_while_someone_waits() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let published = redis.record_published();
     let name = unique("announce");
@@ -256,7 +266,7 @@ async fn a_release_is_announced_only_while_someone_waits() {
         let (mut locks, name) = (locks.clone(), name.clone());
         tokio::spawn(async move { acquire(&mut locks, &name, Duration::from_secs(5), Duration::from_secs(5)).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_someone_waits(&redis, &name).await;
     assert!(release(&mut locks, &lease).await);
     assert!(waiter.await.unwrap().acquired);
     eventually(PATIENCE, "the contended release is announced", || async { !published.on(on_this_lock).is_empty() })
@@ -268,7 +278,7 @@ async fn a_release_is_announced_only_while_someone_waits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_is_woken_by_expiry_too() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let name = unique("expiry-wake");
     let lease = hold(&mut locks, &name, Duration::from_millis(400)).await;
@@ -282,7 +292,7 @@ async fn a_waiter_is_woken_by_expiry_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_waiters_use_a_constant_number_of_redis_connections() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let name = unique("crowd");
     let lease = hold(&mut locks, &name, Duration::from_secs(60)).await;
@@ -297,7 +307,10 @@ async fn a_thousand_waiters_use_a_constant_number_of_redis_connections() {
             assert!(release(&mut locks, &response.lease.unwrap()).await);
         }));
     }
-    // Let every waiter reach baton and start waiting.
+    // Let every waiter reach baton and start waiting. Only the head of a lock's local queue
+    // talks to Redis, so nothing outside baton counts the waiters: a fixed pause it is,
+    // and what follows (nothing granted, connections constant) holds at every moment.
+    until_someone_waits(&redis, &name).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(acquired.load(Ordering::SeqCst), 0);
     let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut redis.connection()).unwrap();
@@ -316,7 +329,7 @@ async fn a_thousand_waiters_use_a_constant_number_of_redis_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_request_id_gets_the_same_lease() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let name = unique("retry");
     let request = AcquireRequest {
@@ -366,7 +379,7 @@ async fn keep_alive(locks: &mut Locks, lease: &Lease) -> KeptAlive {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_holds_the_lock_and_cancelling_it_frees_the_lock_at_once() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let name = unique("keepalive");
     let ttl = Duration::from_millis(300);
@@ -407,7 +420,7 @@ async fn keepalive_child_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_keepalive_client_process_frees_the_lock_at_once() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let name = unique("client-killed");
     let addr = baton.addr.to_string();
@@ -437,7 +450,7 @@ async fn a_sigkilled_baton_frees_a_kept_alive_lock_after_ttl_not_before() {
     doomed.sigkill();
     let killed_at = Instant::now();
     // The last renewal was at most ttl/3 before the kill, so the lease outlives it by at
-    // least 2 s; check well inside that.
+    // least 2 s; check well inside that (the pause is the scenario: not freed yet).
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(is_held(&mut locks, &name).await, "freed before its ttl");
     let response = acquire(&mut locks, &name, Duration::from_secs(1), PATIENCE).await;
@@ -459,13 +472,7 @@ async fn sigterm_ends_keepalive_with_unavailable_and_another_baton_resumes_it() 
     stream.next().await.unwrap().unwrap();
 
     leaving.sigterm();
-    let ended = loop {
-        match stream.next().await {
-            Some(Ok(_)) => continue,
-            Some(Err(status)) => break status,
-            None => panic!("stream ended without a status"),
-        }
-    };
+    let ended = common::final_status(&mut stream.answers).await;
     assert_eq!(ended.code(), Code::Unavailable);
     assert_eq!(ended.get_details_error_info().unwrap().reason, "SHUTTING_DOWN");
     assert!(is_held(&mut locks, &name).await, "shutdown must not release the lease");
@@ -492,7 +499,7 @@ async fn grants_not_acknowledged_by_a_replica_are_undone() {
     .await;
     // A busy CI machine can take well over the default 1 s budget to get a replica's
     // first acknowledgement; WAIT gets three quarters of this.
-    let baton = Baton::start(Some(&primary.url()), &["--lock-min-replicas", "1", "--redis-timeout", "8s"]);
+    let baton = Server::start(&primary.url(), &["--lock-min-replicas", "1", "--redis-timeout", "8s"]);
     let mut locks = baton.locks().await;
     let name = unique("replicated");
     let lease = hold(&mut locks, &name, Duration::from_secs(30)).await;
@@ -511,7 +518,7 @@ async fn grants_not_acknowledged_by_a_replica_are_undone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut locks = baton.locks().await;
     let second = Duration::from_secs(1);
     let negative = prost_types::Duration { seconds: -5, nanos: 0 };

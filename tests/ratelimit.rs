@@ -10,7 +10,7 @@ use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use baton::proto::v1::{
     Algorithm, CheckRequest, CheckResponse, Limit, LimitRequest, ResetRequest, limit_request, reset_request,
 };
-use common::{Baton, Redis, unique};
+use common::{Clients, Redis, Server, unique};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -39,7 +39,7 @@ fn millis(duration: &Option<prost_types::Duration>) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixed_window_admits_exactly_the_limit_under_64_concurrent_callers() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let client = baton.rate_limiter().await;
     let key = unique("fw");
     let hourly = limit(Algorithm::FixedWindow, 100, Duration::from_secs(3600), 0);
@@ -81,7 +81,7 @@ async fn fixed_window_admits_exactly_the_limit_under_64_concurrent_callers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sliding_window_never_admits_more_than_the_limit_in_any_period() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let client = baton.rate_limiter().await;
     let key = unique("sw");
     let period = Duration::from_secs(1);
@@ -103,6 +103,7 @@ async fn sliding_window_never_admits_more_than_the_limit_in_any_period() {
                 if response.allowed {
                     admitted.push((sent, received));
                 }
+                // Pacing: each caller checks every few milliseconds for 3.5 s.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             admitted
@@ -132,7 +133,7 @@ async fn sliding_window_never_admits_more_than_the_limit_in_any_period() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_bucket_admits_the_burst_then_one_per_interval_with_exact_retry_after() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut client = baton.rate_limiter().await;
     let key = unique("tb");
     // 5 per 2 s: one every 400 ms, burst 3.
@@ -169,7 +170,7 @@ async fn token_bucket_admits_the_burst_then_one_per_interval_with_exact_retry_af
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_multi_limit_check_consumes_nothing() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut client = baton.rate_limiter().await;
     let (user, global) = (unique("user"), unique("global"));
     let roomy = limit(Algorithm::FixedWindow, 10, Duration::from_secs(60), 0);
@@ -197,7 +198,7 @@ async fn a_denied_multi_limit_check_consumes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_and_reset() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut client = baton.rate_limiter().await;
     let key = unique("dry");
     let small = limit(Algorithm::SlidingWindow, 3, Duration::from_secs(60), 0);
@@ -218,10 +219,10 @@ async fn dry_run_and_reset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_baton_processes_share_counters() {
+async fn two_batons_share_counters() {
     let redis = Redis::start();
-    let first = Baton::start(Some(&redis.url()), &[]);
-    let second = Baton::start(Some(&redis.url()), &[]);
+    let first = Server::start(&redis.url(), &[]);
+    let second = Server::start(&redis.url(), &[]);
     let mut clients = [first.rate_limiter().await, second.rate_limiter().await];
     let key = unique("shared");
     let ten = limit(Algorithm::FixedWindow, 10, Duration::from_secs(3600), 0);
@@ -240,7 +241,7 @@ async fn named_policies_from_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("baton.toml");
     std::fs::write(&config, "[policies.login]\nalgorithm = \"fixed_window\"\nlimit = 2\nperiod = \"1m\"\n").unwrap();
-    let baton = Baton::start(Some(&redis.url()), &["--config", config.to_str().unwrap()]);
+    let baton = Server::start(&redis.url(), &["--config", config.to_str().unwrap()]);
     let mut client = baton.rate_limiter().await;
     let key = unique("login");
     let by_policy = || {
@@ -260,7 +261,7 @@ async fn named_policies_from_the_config_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut client = baton.rate_limiter().await;
     let ok = limit(Algorithm::FixedWindow, 10, Duration::from_secs(1), 0);
     let seventeen: Vec<LimitRequest> = (0..17).map(|i| item(&format!("k{i}"), ok, 1)).collect();

@@ -20,7 +20,7 @@ use baton::proto::v1::{
     AckRequest, AcquireRequest, ConsumeRequest, EnqueueRequest, GetJobRequest, JobState, ReleaseRequest,
     consume_response,
 };
-use common::{Auth, Baton, PATIENCE, SentinelSet, eventually, health_status};
+use common::{Auth, Baton, Clients, PATIENCE, SentinelSet, eventually, health_status};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;

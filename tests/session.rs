@@ -14,7 +14,7 @@ use baton::proto::v1::{
     ClearSessionsRequest, CountSessionsRequest, CreateSessionRequest, DeleteSessionRequest, GetSessionRequest,
     ListSessionsRequest, RevokeSessionsRequest, RotateSessionRequest, Session, UpdateSessionRequest,
 };
-use common::{Baton, Redis, unique};
+use common::{Clients, Redis, Server, unique};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -53,7 +53,7 @@ fn short_lived(subject: &str, idle_ms: u64, absolute_ms: u64) -> CreateSessionRe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_ids_are_distinct_256_bit_values_and_never_stored() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let sessions = baton.sessions().await;
     let mut ids = HashSet::new();
     let mut tasks = Vec::new();
@@ -103,13 +103,16 @@ async fn a_hundred_thousand_ids_are_distinct_256_bit_values_and_never_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_slides_with_touches_and_the_absolute_timeout_does_not() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut sessions = baton.sessions().await;
 
     // Untouched: gone after the idle timeout.
     let (idle, _) = create(&mut sessions, short_lived("u", 400, 60_000)).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(get(&mut sessions, &idle, true).await.unwrap_err().code(), Code::NotFound);
+    common::eventually(common::PATIENCE, "the untouched session to end", || {
+        let (mut sessions, idle) = (sessions.clone(), idle.clone());
+        async move { get(&mut sessions, &idle, true).await.is_err_and(|e| e.code() == Code::NotFound) }
+    })
+    .await;
 
     // Touched every 150 ms: alive well past the 400 ms idle timeout...
     let (touched, created) = create(&mut sessions, short_lived("u", 400, 1500)).await;
@@ -136,7 +139,8 @@ async fn idle_timeout_slides_with_touches_and_the_absolute_timeout_does_not() {
     assert!(ended, "the session outlived its absolute timeout");
     assert!(started.elapsed() >= Duration::from_millis(1300), "ended early: {:?}", started.elapsed());
 
-    // no_touch reads do not slide.
+    // no_touch reads do not slide: read within the idle window, then check right after it
+    // (a poll would also pass if they slid, once the reads stopped).
     let (peeked, _) = create(&mut sessions, short_lived("u", 500, 60_000)).await;
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -148,7 +152,7 @@ async fn idle_timeout_slides_with_touches_and_the_absolute_timeout_does_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_moves_the_data_and_kills_the_old_id() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut sessions = baton.sessions().await;
     let subject = unique("rotating");
     let (old_id, original) = create(&mut sessions, create_request(&subject)).await;
@@ -179,7 +183,7 @@ async fn rotation_moves_the_data_and_kills_the_old_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_all_sessions_of_a_subject_leaves_none_but_the_exception() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut sessions = baton.sessions().await;
     let (alice, bob) = (unique("alice"), unique("bob"));
     let mut alice_ids = Vec::new();
@@ -213,7 +217,7 @@ async fn revoking_all_sessions_of_a_subject_leaves_none_but_the_exception() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_updates_with_one_version_have_one_winner_and_deletes_stay_deleted() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let sessions = baton.sessions().await;
     let (id, session) = create(&mut sessions.clone(), create_request("racer")).await;
     let mut racers = Vec::new();
@@ -264,7 +268,7 @@ async fn concurrent_updates_with_one_version_have_one_winner_and_deletes_stay_de
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_batons_see_the_same_sessions_and_client_chosen_ids_work() {
     let redis = Redis::start();
-    let (a, b) = (Baton::start(Some(&redis.url()), &[]), Baton::start(Some(&redis.url()), &[]));
+    let (a, b) = (Server::start(&redis.url(), &[]), Server::start(&redis.url(), &[]));
     let (mut on_a, mut on_b) = (a.sessions().await, b.sessions().await);
     let (id, _) = create(&mut on_a, create_request("shared")).await;
     assert_eq!(get(&mut on_b, &id, false).await.unwrap().data["cart"], b"3 items");
@@ -282,7 +286,7 @@ async fn two_batons_see_the_same_sessions_and_client_chosen_ids_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ids_and_inputs_are_rejected_and_write_nothing() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut sessions = baton.sessions().await;
     for bad in ["", "short", "has spaces in it, twenty-two+", "plus+and/slash/are/not/base64url", &"a".repeat(300)] {
         let status = get(&mut sessions, bad, false).await.unwrap_err();
@@ -318,7 +322,7 @@ async fn bad_ids_and_inputs_are_rejected_and_write_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_over_the_size_limit_is_refused_whole() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &["--session-max-bytes", "1000"]);
+    let baton = Server::start(&redis.url(), &["--session-max-bytes", "1000"]);
     let mut sessions = baton.sessions().await;
     let (id, _) = create(&mut sessions, create_request("sized")).await;
     let update = UpdateSessionRequest {
@@ -338,12 +342,13 @@ async fn an_update_over_the_size_limit_is_refused_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_oldest_sessions_beyond_the_per_subject_maximum_are_evicted() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &["--session-max-per-subject", "3"]);
+    let baton = Server::start(&redis.url(), &["--session-max-per-subject", "3"]);
     let mut sessions = baton.sessions().await;
     let subject = unique("capped");
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(create(&mut sessions, create_request(&subject)).await.0);
+        // Creation times a few milliseconds apart, so "oldest" is one order.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let listed = sessions.list_sessions(ListSessionsRequest { subject }).await.unwrap().into_inner().sessions;
@@ -370,7 +375,7 @@ fn new_timeouts(id: &str, idle: Option<Duration>, absolute: Option<Duration>) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_update_gives_a_session_new_timeouts_longer_or_shorter() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let mut sessions = baton.sessions().await;
     let day = Duration::from_secs(24 * 3600);
 
@@ -403,6 +408,7 @@ async fn an_update_gives_a_session_new_timeouts_longer_or_shorter() {
     // An absolute timeout already past ends the session then and there.
     let subject = unique("ending");
     let (doomed, _) = create(&mut sessions, short_lived(&subject, 60_000, 120_000)).await;
+    // The scenario: a session 300 ms old is given an absolute timeout of 100 ms.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ended = sessions.update_session(new_timeouts(&doomed, None, Some(Duration::from_millis(100)))).await;
     assert_eq!(ended.unwrap_err().code(), Code::NotFound);
@@ -441,7 +447,7 @@ fn session_keys(redis: &Redis) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn count_and_clear_cover_every_live_session_of_the_tenant_across_pages() {
     let redis = Redis::start();
-    let baton = Baton::start(Some(&redis.url()), &[]);
+    let baton = Server::start(&redis.url(), &[]);
     let sessions = baton.sessions().await;
     let subject = unique("many");
     // More than two scan pages, a third of them ending idle soon, some with a subject.

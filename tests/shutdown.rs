@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Baton, PATIENCE, Redis, eventually, health_status, json_field, process_alive};
+use common::{Baton, Clients, PATIENCE, Redis, eventually, health_status, json_field, process_alive};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@ use baton::proto::v1::{
     GetRequest, GetSessionRequest, Limit, LimitRequest, ReleaseRequest, SetRequest, UpdateSessionRequest,
     consume_response, limit_request,
 };
-use common::{Baton, Redis};
+use common::{Baton, Clients, Redis};
 use tokio_stream::StreamExt;
 
 const CALLERS: usize = 8;

@@ -89,6 +89,9 @@ def test_the_build_context_holds_every_source_the_build_reads():
         if "path" in t
     ]
     paths += [manifest["lib"]["path"]] if "path" in manifest.get("lib", {}) else []
+    # Cargo loads every workspace member, so their manifests must be copied too.
+    members = [m for m in manifest.get("workspace", {}).get("members", []) if m != "."]
+    paths += [f"{member}/Cargo.toml" for member in members] + [f"{member}/src" for member in members]
     copied = [s.rstrip("/") for s in sources]
     for path in paths:
         assert any(path == c or path.startswith(c + "/") for c in copied), (
