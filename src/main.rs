@@ -42,7 +42,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let embedded = match &config.flags.redis_url {
         Some(_) => None,
         None => {
-            let embedded = EmbeddedRedis::start(&config.flags.redis_server_bin)?;
+            let embedded = EmbeddedRedis::start(&config.flags.redis_server_bin).await?;
             tracing::warn!(
                 redis.pid = embedded.pid(),
                 "DEVELOPMENT MODE: no --redis-url given, using a private embedded redis-server; \

@@ -2,6 +2,9 @@
 //! Fetch/Fill across two baton processes, fill leases, stale-while-revalidate, stale
 //! loaders refused, O(1) tag invalidation, batches and bad input.
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -11,10 +14,10 @@ use std::time::{Duration, Instant};
 use baton::proto::duration_to_proto;
 use baton::proto::v1::cache_service_client::CacheServiceClient;
 use baton::proto::v1::{
-    BatchGetRequest, BatchSetEntry, BatchSetRequest, BatchSetStatus, DeleteRequest, FetchRequest, FetchResponse,
-    FillRequest, GetRequest, InvalidateTagRequest, SetRequest,
+    BatchGetRequest, BatchSetEntry, BatchSetRequest, BatchSetStatus, DeleteRequest, ErrorReason, FetchRequest,
+    FetchResponse, FillRequest, GetRequest, InvalidateTagRequest, SetRequest,
 };
-use common::{Clients, PATIENCE, Redis, Server, eventually, unique};
+use common::{Clients, PATIENCE, Redis, Server, eventually, reason_of, unique};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -78,7 +81,7 @@ async fn compare_and_set_counts_exactly_under_32_clients() {
                     Ok(_) => done += 1,
                     Err(status) => {
                         assert_eq!(status.code(), Code::Aborted);
-                        assert_eq!(status.get_details_error_info().unwrap().reason, "VERSION_MISMATCH");
+                        assert_eq!(reason_of(&status), ErrorReason::VersionMismatch);
                         conflicts.fetch_add(1, Ordering::SeqCst);
                     }
                 }
@@ -150,7 +153,7 @@ async fn a_loader_that_never_fills_blocks_nobody_for_long() {
     // The old token cannot fill any more.
     let status = cache.fill(fill_request(&key, &first.fill_token, b"late")).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert_eq!(status.get_details_error_info().unwrap().reason, "FILL_TOKEN_STALE");
+    assert_eq!(reason_of(&status), ErrorReason::FillTokenStale);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,5 +421,5 @@ async fn a_batch_response_over_the_message_limit_is_resource_exhausted() {
     let keys: Vec<String> = (0..5).map(|i| format!("{prefix}:{i}")).collect();
     let status = cache.batch_get(BatchGetRequest { keys }).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert_eq!(status.get_details_error_info().unwrap().reason, "RESPONSE_TOO_LARGE");
+    assert_eq!(reason_of(&status), ErrorReason::ResponseTooLarge);
 }

@@ -4,6 +4,9 @@
 //! nodes, a rate-limit Check spanning slots is refused naming the hash-tag rule, and the
 //! minimal ACL user of docs/security.md (plus its cluster additions) works.
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

@@ -4,6 +4,9 @@
 //! never started at no attempt's cost; a holder that stops proving it is alive — a
 //! SIGSTOPped process — loses its lease within its ttl.
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -11,10 +14,10 @@ use std::time::{Duration, Instant};
 use baton::proto::duration_to_proto;
 use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::{
-    AckRequest, AcquireRequest, ConsumeRequest, EnqueueRequest, FetchRequest, GetJobRequest, JobState,
+    AckRequest, AcquireRequest, ConsumeRequest, EnqueueRequest, ErrorReason, FetchRequest, GetJobRequest, JobState,
     KeepAliveRequest, RenewRequest, consume_response,
 };
-use common::{Baton, Clients, PATIENCE, Redis, next_event, unique};
+use common::{Baton, Clients, PATIENCE, Redis, next_event, reason_of, unique};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -33,7 +36,7 @@ fn acquire_request(name: &str, ttl: Duration, wait: Duration) -> AcquireRequest 
 
 fn assert_shutting_down(status: &tonic::Status) {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(status.get_details_error_info().unwrap().reason, "SHUTTING_DOWN");
+    assert_eq!(reason_of(status), ErrorReason::ShuttingDown);
     assert!(status.get_details_retry_info().is_some(), "no RetryInfo");
 }
 
@@ -188,7 +191,7 @@ async fn a_holder_that_stops_sending_heartbeats_loses_its_lease_within_the_ttl()
     let ended = tokio::time::timeout(PATIENCE, answers.next()).await.expect("the stream ends").unwrap();
     let status = ended.expect_err("a lost lease ends the stream with an error");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert_eq!(status.get_details_error_info().unwrap().reason, "LEASE_NOT_HELD");
+    assert_eq!(reason_of(&status), ErrorReason::LeaseNotHeld);
     drop(heartbeat);
 }
 
@@ -226,13 +229,11 @@ async fn a_sigstopped_holder_loses_its_one_second_lease_within_two_seconds() {
     let busy = locks.acquire(acquire_request(&name, Duration::from_secs(1), Duration::ZERO)).await.unwrap();
     assert!(!busy.into_inner().acquired, "a heartbeating holder lost its lease");
 
-    // SAFETY: SIGSTOP to the child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+    testkit::signal(child.id(), libc::SIGSTOP);
     let frozen_at = Instant::now();
     let granted = locks.acquire(acquire_request(&name, Duration::from_secs(1), Duration::from_secs(10))).await;
     let after = frozen_at.elapsed();
-    // SAFETY: as above; the child is then killed and reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    testkit::signal(child.id(), libc::SIGCONT);
     let _ = child.kill();
     let _ = child.wait();
     assert!(granted.unwrap().into_inner().acquired);
@@ -279,7 +280,7 @@ async fn every_heartbeat_is_answered_in_order_and_only_renewals_say_so() {
     let busy = locks.acquire(acquire_request(&name, ttl, Duration::ZERO)).await.unwrap().into_inner();
     assert!(!busy.acquired, "a half-close released the lease");
     let status = tokio::time::timeout(PATIENCE, answers.next()).await.unwrap().unwrap().unwrap_err();
-    assert_eq!(status.get_details_error_info().unwrap().reason, "LEASE_NOT_HELD");
+    assert_eq!(reason_of(&status), ErrorReason::LeaseNotHeld);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,9 @@
 //! Envoy's `ShouldRateLimit` against a real Redis, driven by a client generated from our
 //! Envoy protos, through the scenarios of envoyproxy/ratelimit's README.
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use baton::proto::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;

@@ -1,5 +1,8 @@
 //! Health names, reflection (v1 and v1alpha) and metrics.
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{Baton, Clients, PATIENCE, Redis, Server, eventually, health_status};

@@ -2,6 +2,9 @@
 //! processes, semaphores, expiry, foreign leases, waiting, KeepAlive through client and
 //! server failures, request ids, replication acknowledgements, bad input.
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,9 +14,10 @@ use std::time::{Duration, Instant};
 use baton::proto::duration_to_proto;
 use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::{
-    AcquireRequest, AcquireResponse, DescribeRequest, KeepAliveRequest, Lease, ReleaseRequest, RenewRequest,
+    AcquireRequest, AcquireResponse, DescribeRequest, ErrorReason, KeepAliveRequest, Lease, ReleaseRequest,
+    RenewRequest,
 };
-use common::{Baton, Clients, PATIENCE, Redis, Server, eventually, unique};
+use common::{Baton, Clients, PATIENCE, Redis, Server, eventually, reason_of, unique};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -158,7 +162,7 @@ async fn an_expired_lease_cannot_be_renewed_or_released_and_the_next_token_is_gr
     let renew = RenewRequest { name: name.clone(), lease_id: lease.lease_id.clone(), ttl: None };
     let status = locks.renew(renew).await.expect_err("renewing an expired lease");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert_eq!(status.get_details_error_info().unwrap().reason, "LEASE_NOT_HELD");
+    assert_eq!(reason_of(&status), ErrorReason::LeaseNotHeld);
     assert!(!release(&mut locks, &lease).await);
 
     let next = hold(&mut locks, &name, Duration::from_secs(1)).await;
@@ -474,7 +478,7 @@ async fn sigterm_ends_keepalive_with_unavailable_and_another_baton_resumes_it() 
     leaving.sigterm();
     let ended = common::final_status(&mut stream.answers).await;
     assert_eq!(ended.code(), Code::Unavailable);
-    assert_eq!(ended.get_details_error_info().unwrap().reason, "SHUTTING_DOWN");
+    assert_eq!(reason_of(&ended), ErrorReason::ShuttingDown);
     assert!(is_held(&mut locks, &name).await, "shutdown must not release the lease");
 
     let mut resumed = keep_alive(&mut locks, &lease).await;

@@ -2,6 +2,9 @@
 //! baton processes, redelivery after consumer and baton deaths, fenced leases, retries and
 //! dead letters, priorities, delays, dedup, cancellation, credit, pause, bad input.
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};
@@ -12,10 +15,11 @@ use baton::proto::duration_to_proto;
 use baton::proto::v1::job_queue_service_client::JobQueueServiceClient;
 use baton::proto::v1::{
     AckBatchRequest, AckRequest, Backoff, CancelJobRequest, ConsumeRequest, ConsumeResponse, Delivery,
-    EnqueueBatchRequest, EnqueueRequest, GetJobRequest, GetQueueStatsRequest, JobState, ListDeadJobsRequest,
-    NackRequest, PauseQueueRequest, ResumeQueueRequest, RetryDeadJobsRequest, consume_response, enqueue_request,
+    EnqueueBatchRequest, EnqueueRequest, ErrorReason, GetJobRequest, GetQueueStatsRequest, JobState,
+    ListDeadJobsRequest, NackRequest, PauseQueueRequest, ResumeQueueRequest, RetryDeadJobsRequest, consume_response,
+    enqueue_request,
 };
-use common::{Baton, Clients, PATIENCE, Redis, Server, eventually, unique};
+use common::{Baton, Clients, PATIENCE, Redis, Server, eventually, reason_of, unique};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -199,7 +203,7 @@ async fn sigterm_ends_streams_unavailable_and_acks_go_through_the_other_baton() 
     leaving.sigterm();
     let ended = common::final_status(&mut stream).await;
     assert_eq!(ended.code(), Code::Unavailable);
-    assert_eq!(ended.get_details_error_info().unwrap().reason, "SHUTTING_DOWN");
+    assert_eq!(reason_of(&ended), ErrorReason::ShuttingDown);
     for delivery in &held {
         ack(&mut queues, delivery).await.expect("ack through the other baton");
         assert_eq!(job_state(&mut queues, &delivery.job.as_ref().unwrap().job_id).await, JobState::Succeeded);
@@ -224,7 +228,7 @@ async fn an_old_lease_cannot_ack_a_newer_delivery() {
 
     let status = ack(&mut queues, &old).await.expect_err("an old lease");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert_eq!(status.get_details_error_info().unwrap().reason, "JOB_NOT_LEASED");
+    assert_eq!(reason_of(&status), ErrorReason::JobNotLeased);
     let nack = NackRequest { lease_id: old.lease_id.clone(), ..Default::default() };
     assert_eq!(queues.nack(nack).await.unwrap_err().code(), Code::FailedPrecondition);
     ack(&mut queues, &new).await.expect("the current lease acks");
@@ -368,7 +372,7 @@ async fn cancelling_an_active_job_tells_its_holder_and_refuses_its_ack() {
     }
     let status = ack(&mut queues, &delivery).await.expect_err("ack of a cancelled job");
     assert_eq!(status.code(), Code::FailedPrecondition);
-    assert_eq!(status.get_details_error_info().unwrap().reason, "JOB_CANCELLED");
+    assert_eq!(reason_of(&status), ErrorReason::JobCancelled);
     assert_eq!(job_state(&mut queues, &active).await, JobState::Cancelled);
     // The cancellation freed the stream's credit, and the cancelled waiting job never comes.
     assert!(next_delivery(&mut stream, Duration::from_millis(1500)).await.is_none());

@@ -8,6 +8,9 @@
 //! may be missing on the new master. The tests treat such writes as the documented loss
 //! (docs/scale-out.md) and count them, and assert everything older.
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::HashMap;

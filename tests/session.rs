@@ -1,6 +1,9 @@
 //! SessionStoreService against a real Redis: id strength, no ids at rest, idle and
 //! absolute timeouts, rotation, revoke-all, optimistic concurrency, no resurrection.
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

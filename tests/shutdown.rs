@@ -1,6 +1,9 @@
 //! Process lifecycle: SIGTERM drains and exits 0, the embedded dev Redis comes and goes
 //! with baton, bad configuration exits non-zero with a clear message.
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::Command;

@@ -2,6 +2,9 @@
 //! rotation, the default deadline, reflection switched off, and `rediss://` with an ACL
 //! user holding only the rules docs/security.md gives.
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -16,12 +19,12 @@ use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use baton::proto::v1::session_store_service_client::SessionStoreServiceClient;
 use baton::proto::v1::{
     AckRequest, AcquireRequest, Algorithm, CheckRequest, ConsumeRequest, CreateSessionRequest, EnqueueRequest,
-    FetchRequest, GetRequest, GetSessionRequest, KeepAliveRequest, Limit, LimitRequest, ReleaseRequest, SetRequest,
-    consume_response, limit_request,
+    ErrorReason, FetchRequest, GetRequest, GetSessionRequest, KeepAliveRequest, Limit, LimitRequest, ReleaseRequest,
+    SetRequest, consume_response, limit_request,
 };
 use common::{
     Auth, Baton, Clients, PATIENCE, Redis, RedisCluster, SentinelSet, TlsFiles, eventually, free_port, health_status,
-    unique,
+    reason_of, unique,
 };
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio_stream::StreamExt;
@@ -248,6 +251,7 @@ async fn the_default_deadline_ends_stuck_calls_but_not_streams_or_asked_for_wait
     let took = started.elapsed();
     redis.thaw();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(reason_of(&status), ErrorReason::ServerDeadlineExceeded);
     assert!(took < Duration::from_secs(10), "answered after {took:?}");
     // Redis answers again. Whether `released` is true races with the release that dropping
     // the KeepAlive stream above queued behind the freeze (the API releases such a lease at

@@ -58,7 +58,8 @@ fn cpu_micros(pid: u32) -> u64 {
     let fields: Vec<&str> =
         stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
     let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
-    // SAFETY: sysconf has no preconditions.
+    // SAFETY: sysconf(3) reads a constant of the system and touches no memory of ours.
+    #[allow(unsafe_code)]
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     ticks * 1_000_000 / per_second
 }

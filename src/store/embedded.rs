@@ -35,7 +35,9 @@ pub struct EmbeddedRedis {
 impl EmbeddedRedis {
     /// Starts `redis-server` and waits until it answers PING. Call from the main thread:
     /// the death signal follows the thread that spawned the child.
-    pub fn start(binary: &Path) -> Result<Self, EmbeddedRedisError> {
+    /// Spawns the server from the calling thread (whose exit, with PR_SET_PDEATHSIG, kills
+    /// it: call it from the main thread) and waits until it answers.
+    pub async fn start(binary: &Path) -> Result<Self, EmbeddedRedisError> {
         let dir = tempfile::Builder::new().prefix("baton-redis-").tempdir()?;
         let socket = dir.path().join("redis.sock");
         let mut command = Command::new(binary);
@@ -50,6 +52,7 @@ impl EmbeddedRedis {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(|| {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
@@ -65,7 +68,7 @@ impl EmbeddedRedis {
             _ => EmbeddedRedisError::Io(err),
         })?;
         let embedded = Self { child, socket, _dir: dir };
-        embedded.wait_until_ready()?;
+        embedded.wait_until_ready().await?;
         Ok(embedded)
     }
 
@@ -78,13 +81,13 @@ impl EmbeddedRedis {
         self.child.id()
     }
 
-    fn wait_until_ready(&self) -> Result<(), EmbeddedRedisError> {
+    async fn wait_until_ready(&self) -> Result<(), EmbeddedRedisError> {
         let started = Instant::now();
         while started.elapsed() < STARTUP_PATIENCE {
             if answers_ping(&self.socket) {
                 return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Err(EmbeddedRedisError::NoAnswer(STARTUP_PATIENCE))
     }

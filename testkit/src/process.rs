@@ -15,6 +15,7 @@ pub fn free_port() -> u16 {
 /// Sends `signal` to `pid`.
 pub fn signal(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) has no memory preconditions; callers pass pids they started.
+    #[allow(unsafe_code)]
     unsafe {
         libc::kill(pid as libc::pid_t, signal);
     }

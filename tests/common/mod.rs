@@ -65,3 +65,10 @@ where
 pub fn unique(name: &str) -> String {
     format!("{name}-{}", uuid::Uuid::new_v4().simple())
 }
+
+/// The ErrorInfo reason of a status, as the enum the proto publishes.
+pub fn reason_of(status: &tonic::Status) -> ::baton::proto::v1::ErrorReason {
+    use tonic_types::StatusExt;
+    let reason = status.get_details_error_info().expect("every Baton error carries ErrorInfo").reason;
+    ::baton::proto::v1::ErrorReason::from_str_name(&reason).unwrap_or_else(|| panic!("{reason:?} is no ErrorReason"))
+}

@@ -36,6 +36,9 @@
 //! that depends on timing, such as which leases are still live, may differ), and
 //! `BATON_FUZZ_CASES` sets the cases per RPC (default 256).
 
+// A panic is a test's failure report (clippy.toml allows unwrap only inside #[test] fns).
+#![allow(clippy::unwrap_used)]
+
 #[path = "../common/mod.rs"]
 mod common;
 mod driver;
