@@ -112,25 +112,42 @@ def read_available(sock: socket.socket, timeout: float) -> bytes | None:
     return data or None
 
 
-class RawH2:
+class Connection:
+    """A TCP connection to baton that remembers when the server closed it."""
+
+    def __init__(self, addr: Address) -> None:
+        self.addr = addr
+        self.sock = socket.create_connection(addr, timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.closed = False
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def receive(self, timeout: float) -> bytes:
+        """What arrives within `timeout`; b"" if nothing, or once the server has closed."""
+        if self.closed:
+            return b""
+        data = read_available(self.sock, timeout)
+        if data is None:
+            self.closed = True
+            return b""
+        return data
+
+
+class RawH2(Connection):
     """HTTP/2 frame by frame. Received frames are kept in order in `frames`; SETTINGS are
     acknowledged, and PINGs too unless `answer_pings` is off."""
 
     def __init__(self, addr: Address, answer_pings: bool = True) -> None:
-        self.addr = addr
-        self.sock = socket.create_connection(addr, timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().__init__(addr)
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
         self.answer_pings = answer_pings
         self.frames: list[Frame] = []
         # Decoded header blocks of the HEADERS frames received, by stream.
         self.headers: dict[int, list[Headers]] = {}
-        self.closed = False
         self._buffer = b""
-
-    def close(self) -> None:
-        self.sock.close()
 
     def handshake(self) -> SettingsFrame:
         """Sends the preface and empty SETTINGS; returns the server's SETTINGS."""
@@ -158,12 +175,7 @@ class RawH2:
 
     def poll(self, timeout: float) -> list[Frame]:
         """Frames received within `timeout` (returns as soon as some arrive)."""
-        if self.closed:
-            return []
-        data = read_available(self.sock, timeout)
-        if data is None:
-            self.closed = True
-            return []
+        data = self.receive(timeout)
         if not data:
             return []
         self._buffer += data
@@ -233,22 +245,16 @@ class Reply:
     trailers: dict[str, str] = field(default_factory=dict)
 
 
-class H2Client:
+class H2Client(Connection):
     """A gRPC client on h2's connection state machine: PINGs and SETTINGS are answered by
     h2 itself whenever `pump` feeds it what the server sent."""
 
     def __init__(self, addr: Address) -> None:
-        self.addr = addr
-        self.sock = socket.create_connection(addr, timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().__init__(addr)
         self.conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
         self.conn.initiate_connection()
         self.events: list[Event] = []
-        self.closed = False
         self.flush()
-
-    def close(self) -> None:
-        self.sock.close()
 
     def flush(self) -> None:
         data = self.conn.data_to_send()
@@ -256,12 +262,7 @@ class H2Client:
             self.sock.sendall(data)
 
     def pump(self, timeout: float) -> list[Event]:
-        if self.closed:
-            return []
-        data = read_available(self.sock, timeout)
-        if data is None:
-            self.closed = True
-            return []
+        data = self.receive(timeout)
         if not data:
             return []
         events = self.conn.receive_data(data)
