@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 7] = [
+const PROTOS: [&str; 8] = [
     "proto/baton/v1/errors.proto",
     "proto/baton/v1/ratelimit.proto",
     "proto/baton/v1/lock.proto",
+    "proto/baton/v1/election.proto",
     "proto/baton/v1/cache.proto",
     "proto/baton/v1/session.proto",
     "proto/baton/v1/queue.proto",

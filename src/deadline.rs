@@ -8,7 +8,8 @@ use crate::middleware::{Around, AroundLayer, BoxResponse};
 
 /// RPCs that wait as long as the request asks (bounded by validation), so the default
 /// deadline must not cut them.
-const CLIENT_BOUNDED_WAITS: [&str; 2] = ["/baton.v1.LockService/Acquire", "/baton.v1.CacheService/Fetch"];
+const CLIENT_BOUNDED_WAITS: [&str; 3] =
+    ["/baton.v1.LockService/Acquire", "/baton.v1.ElectionService/Campaign", "/baton.v1.CacheService/Fetch"];
 
 /// Bounds calls that carry no `grpc-timeout` by a default deadline, answering
 /// DEADLINE_EXCEEDED (tonic's own `Server::timeout` answers CANCELLED, which clients

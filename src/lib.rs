@@ -21,7 +21,7 @@
 //!
 //! Internal:
 //! - `ratelimit`, `envoy` (Envoy's rate limit service on the rate limiter), `lock`,
-//!   `cache`, `session`, `queue`: the patterns.
+//!   `election` (leaders on the lock's leases), `cache`, `session`, `queue`: the patterns.
 //! - `store`: the only module that speaks to Redis: connections, timeouts, scripts and
 //!   their one reply shape, keys, topology, the health pinger and the notification
 //!   listener.
@@ -37,6 +37,7 @@ mod cache;
 mod codec;
 pub mod config;
 mod deadline;
+mod election;
 mod envoy;
 mod error;
 mod listener;

@@ -17,6 +17,8 @@ use crate::cache::CacheManager;
 use crate::cache::grpc::CacheGrpc;
 use crate::config::Config;
 use crate::deadline::default_deadline_layer;
+use crate::election::ElectionManager;
+use crate::election::grpc::ElectionGrpc;
 use crate::envoy::grpc::EnvoyGrpc;
 use crate::error::{Reason, refusal};
 use crate::listener::{handshaken, http2_preface};
@@ -25,6 +27,7 @@ use crate::lock::{LockManager, LockSettings};
 use crate::proto;
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use crate::proto::v1::cache_service_server::CacheServiceServer;
+use crate::proto::v1::election_service_server::ElectionServiceServer;
 use crate::proto::v1::job_queue_service_server::JobQueueServiceServer;
 use crate::proto::v1::lock_service_server::LockServiceServer;
 use crate::proto::v1::rate_limiter_service_server::RateLimiterServiceServer;
@@ -102,6 +105,7 @@ pub async fn run(
         RateLimiterServiceServer::<RateLimiterGrpc>::NAME,
         RateLimitServiceServer::<EnvoyGrpc>::NAME,
         LockServiceServer::<LockGrpc>::NAME,
+        ElectionServiceServer::<ElectionGrpc>::NAME,
         SessionStoreServiceServer::<SessionGrpc>::NAME,
         JobQueueServiceServer::<JobQueueGrpc>::NAME,
     ];
@@ -148,6 +152,11 @@ pub async fn run(
         LockSettings { fence_idle: config.flags.lock_fence_idle, min_replicas: config.flags.lock_min_replicas };
     let lock_service = LockGrpc::new(
         LockManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), lock_settings),
+        config.limits.clone(),
+        draining.clone(),
+    );
+    let election_service = ElectionGrpc::new(
+        ElectionManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), config.flags.lock_fence_idle),
         config.limits.clone(),
         draining.clone(),
     );
@@ -244,6 +253,7 @@ pub async fn run(
         .add_optional_service(reflection_v1alpha)
         .add_service(with_message_limit!(RateLimiterServiceServer::new(rate_limiter), max_message))
         .add_service(with_message_limit!(LockServiceServer::new(lock_service), max_message))
+        .add_service(with_message_limit!(ElectionServiceServer::new(election_service), max_message))
         .add_service(with_message_limit!(CacheServiceServer::new(cache_service), max_message))
         .add_service(with_message_limit!(SessionStoreServiceServer::new(session_service), max_message))
         .add_service(with_message_limit!(JobQueueServiceServer::new(queue_service), max_message))

@@ -8,6 +8,7 @@
 
 pub mod grpc;
 mod keys;
+pub mod leases;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, Weak};
@@ -103,14 +104,12 @@ pub struct LockManager {
     keys: KeyBuilder,
     notifier: Notifier,
     settings: LockSettings,
-    /// One FIFO queue per lock name with waiters in this process; only its head talks
-    /// to Redis.
-    local_queues: Arc<Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>,
+    local_queues: LocalQueues,
 }
 
 impl LockManager {
     pub fn new(store: Store, keys: KeyBuilder, notifier: Notifier, settings: LockSettings) -> Self {
-        Self { store, keys, notifier, settings, local_queues: Arc::default() }
+        Self { store, keys, notifier, settings, local_queues: LocalQueues::default() }
     }
 
     /// The same manager acting for another tenant namespace.
@@ -142,7 +141,7 @@ impl LockManager {
         // Waiters in this process line up first, so they are served in arrival order.
         let deadline = started + params.wait;
         let channel = self.keys.channel(Pattern::Lock, &params.name);
-        let queue = self.local_queue(&channel);
+        let queue = self.local_queues.turn(&channel);
         let _turn = tokio::select! {
             turn = tokio::time::timeout_at(deadline, queue.lock()) => turn,
             () = draining.cancelled() => return Err(Error::ShuttingDown),
@@ -304,10 +303,33 @@ impl LockManager {
         Err(StoreError::Unavailable(format!("{acknowledged} of {} replicas acknowledged", self.settings.min_replicas))
             .into())
     }
+}
 
-    /// `channel` names the lock across tenants (it carries the namespace).
-    fn local_queue(&self, channel: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut queues = self.local_queues.lock().expect("queues lock");
+impl leases::Leases for LockManager {
+    const LOST_METRIC: &'static str = "baton_lock_lost_total";
+
+    fn renew(&self, name: &str, lease_id: &str, ttl: Duration) -> impl Future<Output = Result<Lease, Error>> + Send {
+        LockManager::renew(self, name, lease_id, ttl)
+    }
+
+    fn release(&self, name: &str, lease_id: &str) -> impl Future<Output = Result<bool, Error>> + Send {
+        LockManager::release(self, name, lease_id)
+    }
+
+    fn is_held(&self, name: &str, lease_id: &str) -> impl Future<Output = Result<bool, Error>> + Send {
+        LockManager::is_held(self, name, lease_id)
+    }
+}
+
+/// One FIFO queue per name with waiters in this process (lock acquirers, election
+/// candidates); only its head talks to Redis, so waiters here are served in arrival order.
+#[derive(Clone, Default)]
+pub(crate) struct LocalQueues(Arc<Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>);
+
+impl LocalQueues {
+    /// The queue of `channel` (which carries the namespace, so tenants never share one).
+    pub(crate) fn turn(&self, channel: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut queues = self.0.lock().expect("queues lock");
         if let Some(queue) = queues.get(channel).and_then(Weak::upgrade) {
             return queue;
         }
@@ -318,7 +340,7 @@ impl LockManager {
     }
 }
 
-fn micros(duration: Duration) -> u64 {
+pub(crate) fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 

@@ -10,11 +10,13 @@ use crate::error::Error;
 use crate::proto::v1::job_queue_service_server::JobQueueService;
 use crate::proto::v1::{
     self as pb, AckBatchRequest, AckBatchResponse, AckRequest, AckResponse, AckResult, CancelJobRequest,
-    CancelJobResponse, ConsumeRequest, ConsumeResponse, EnqueueBatchRequest, EnqueueBatchResponse, EnqueueRequest,
+    CancelJobResponse, ConsumeRequest, ConsumeResponse, CreateScheduleRequest, CreateScheduleResponse,
+    DeleteScheduleRequest, DeleteScheduleResponse, EnqueueBatchRequest, EnqueueBatchResponse, EnqueueRequest,
     EnqueueResponse, ExtendRequest, ExtendResponse, GetJobRequest, GetJobResponse, GetQueueStatsRequest,
-    GetQueueStatsResponse, ListDeadJobsRequest, ListDeadJobsResponse, NackRequest, NackResponse, PauseQueueRequest,
-    PauseQueueResponse, ResumeQueueRequest, ResumeQueueResponse, RetryDeadJobsRequest, RetryDeadJobsResponse,
-    consume_response, enqueue_request,
+    GetQueueStatsResponse, GetScheduleRequest, GetScheduleResponse, ListDeadJobsRequest, ListDeadJobsResponse,
+    ListSchedulesRequest, ListSchedulesResponse, NackRequest, NackResponse, PauseQueueRequest, PauseQueueResponse,
+    PauseScheduleRequest, PauseScheduleResponse, ResumeQueueRequest, ResumeQueueResponse, ResumeScheduleRequest,
+    ResumeScheduleResponse, RetryDeadJobsRequest, RetryDeadJobsResponse, consume_response, enqueue_request,
 };
 use crate::proto::{duration_from_proto, duration_to_proto, now_micros, timestamp_from_micros};
 use crate::queue::{
@@ -241,6 +243,48 @@ fn delivery_to_proto(delivery: Delivery) -> ConsumeResponse {
 #[tonic::async_trait]
 impl JobQueueService for JobQueueGrpc {
     type ConsumeStream = std::pin::Pin<Box<dyn Stream<Item = Result<ConsumeResponse, Status>> + Send>>;
+
+    async fn create_schedule(
+        &self,
+        _request: Request<CreateScheduleRequest>,
+    ) -> Result<Response<CreateScheduleResponse>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
+
+    async fn get_schedule(
+        &self,
+        _request: Request<GetScheduleRequest>,
+    ) -> Result<Response<GetScheduleResponse>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
+
+    async fn list_schedules(
+        &self,
+        _request: Request<ListSchedulesRequest>,
+    ) -> Result<Response<ListSchedulesResponse>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
+
+    async fn pause_schedule(
+        &self,
+        _request: Request<PauseScheduleRequest>,
+    ) -> Result<Response<PauseScheduleResponse>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
+
+    async fn resume_schedule(
+        &self,
+        _request: Request<ResumeScheduleRequest>,
+    ) -> Result<Response<ResumeScheduleResponse>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
+
+    async fn delete_schedule(
+        &self,
+        _request: Request<DeleteScheduleRequest>,
+    ) -> Result<Response<DeleteScheduleResponse>, Status> {
+        Err(Status::unimplemented("schedules are not implemented yet"))
+    }
 
     async fn enqueue(&self, request: Request<EnqueueRequest>) -> Result<Response<EnqueueResponse>, Status> {
         let namespace = crate::auth::namespace(&request);

@@ -26,6 +26,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 pub enum Pattern {
     RateLimit,
     Lock,
+    Election,
     Queue,
     Cache,
     /// A cache tag's generation stamp (its own slot: tags span many entries).
@@ -41,6 +42,7 @@ impl Pattern {
         match self {
             Self::RateLimit => "rl",
             Self::Lock => "lock",
+            Self::Election => "elect",
             Self::Queue => "queue",
             Self::Cache => "cache",
             Self::CacheTag => "ctag",
@@ -153,9 +155,10 @@ mod tests {
         &tag[..tag.find('}').unwrap()]
     }
 
-    const PATTERNS: [Pattern; 7] = [
+    const PATTERNS: [Pattern; 8] = [
         Pattern::RateLimit,
         Pattern::Lock,
+        Pattern::Election,
         Pattern::Queue,
         Pattern::Cache,
         Pattern::CacheTag,

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use baton::proto::v1::cache_service_client::CacheServiceClient;
+use baton::proto::v1::election_service_client::ElectionServiceClient;
 use baton::proto::v1::job_queue_service_client::JobQueueServiceClient;
 use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
@@ -36,6 +37,10 @@ pub trait Clients {
 
     async fn locks(&self) -> LockServiceClient<Channel> {
         LockServiceClient::new(self.channel().await)
+    }
+
+    async fn elections(&self) -> ElectionServiceClient<Channel> {
+        ElectionServiceClient::new(self.channel().await)
     }
 
     async fn queues(&self) -> JobQueueServiceClient<Channel> {

@@ -2,23 +2,23 @@
 
 use std::time::Duration;
 
+use baton::proto::v1::ConsumeResponse;
 use baton::proto::v1::consume_response::Event;
-use baton::proto::v1::{ConsumeResponse, KeepAliveRequest};
 use tokio_stream::wrappers::ReceiverStream;
 
-/// A KeepAlive request stream as the clients send it: `first`, then an empty heartbeat
+/// A KeepAlive request stream (of a lock or a leadership) as the clients send it: `first`, then an empty heartbeat
 /// every `every`, until the returned task is aborted (the request stream then ends).
-pub fn heartbeats(
-    first: KeepAliveRequest,
+pub fn heartbeats<Request: Default + Send + 'static>(
+    first: Request,
     every: Duration,
-) -> (ReceiverStream<KeepAliveRequest>, tokio::task::JoinHandle<()>) {
+) -> (ReceiverStream<Request>, tokio::task::JoinHandle<()>) {
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
     let task = tokio::spawn(async move {
         let mut next = first;
         while sender.send(next).await.is_ok() {
             // The heartbeat period itself.
             tokio::time::sleep(every).await;
-            next = KeepAliveRequest::default();
+            next = Request::default();
         }
     });
     (ReceiverStream::new(receiver), task)

@@ -74,6 +74,12 @@ const (
 	ErrorReason_JOB_NOT_LEASED ErrorReason = 51
 	// FAILED_PRECONDITION: the job was cancelled while leased; stop working on it.
 	ErrorReason_JOB_CANCELLED ErrorReason = 52
+	// NOT_FOUND: no such schedule in that queue.
+	ErrorReason_SCHEDULE_NOT_FOUND ErrorReason = 53
+	// ALREADY_EXISTS: CreateSchedule without `replace` of a schedule that exists.
+	ErrorReason_SCHEDULE_EXISTS ErrorReason = 54
+	// RESOURCE_EXHAUSTED: the queue has as many schedules as the server allows.
+	ErrorReason_TOO_MANY_SCHEDULES ErrorReason = 55
 )
 
 // Enum value maps for ErrorReason.
@@ -98,6 +104,9 @@ var (
 		50: "JOB_NOT_FOUND",
 		51: "JOB_NOT_LEASED",
 		52: "JOB_CANCELLED",
+		53: "SCHEDULE_NOT_FOUND",
+		54: "SCHEDULE_EXISTS",
+		55: "TOO_MANY_SCHEDULES",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -119,6 +128,9 @@ var (
 		"JOB_NOT_FOUND":            50,
 		"JOB_NOT_LEASED":           51,
 		"JOB_CANCELLED":            52,
+		"SCHEDULE_NOT_FOUND":       53,
+		"SCHEDULE_EXISTS":          54,
+		"TOO_MANY_SCHEDULES":       55,
 	}
 )
 
@@ -153,7 +165,7 @@ var File_baton_v1_errors_proto protoreflect.FileDescriptor
 
 const file_baton_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x15baton/v1/errors.proto\x12\bbaton.v1*\xa3\x03\n" +
+	"\x15baton/v1/errors.proto\x12\bbaton.v1*\xe8\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rINVALID_FIELD\x10\x01\x12\x17\n" +
@@ -174,7 +186,10 @@ const file_baton_v1_errors_proto_rawDesc = "" +
 	"\x0eSESSION_EXISTS\x10)\x12\x11\n" +
 	"\rJOB_NOT_FOUND\x102\x12\x12\n" +
 	"\x0eJOB_NOT_LEASED\x103\x12\x11\n" +
-	"\rJOB_CANCELLED\x104B\x98\x01\n" +
+	"\rJOB_CANCELLED\x104\x12\x16\n" +
+	"\x12SCHEDULE_NOT_FOUND\x105\x12\x13\n" +
+	"\x0fSCHEDULE_EXISTS\x106\x12\x16\n" +
+	"\x12TOO_MANY_SCHEDULES\x107B\x98\x01\n" +
 	"\fcom.baton.v1B\vErrorsProtoP\x01Z:github.com/baton-dev/baton/clients/go/gen/baton/v1;batonv1\xa2\x02\x03BXX\xaa\x02\bBaton.V1\xca\x02\bBaton\\V1\xe2\x02\x14Baton\\V1\\GPBMetadata\xea\x02\tBaton::V1b\x06proto3"
 
 var (

@@ -98,6 +98,59 @@ func (JobState) EnumDescriptor() ([]byte, []int) {
 	return file_baton_v1_queue_proto_rawDescGZIP(), []int{0}
 }
 
+// MissedTicks says what a schedule does with ticks that every replica missed.
+type MissedTicks int32
+
+const (
+	// MISSED_TICKS_SKIP.
+	MissedTicks_MISSED_TICKS_UNSPECIFIED MissedTicks = 0
+	// Drop them; carry on from the next tick.
+	MissedTicks_MISSED_TICKS_SKIP MissedTicks = 1
+	// Enqueue up to catch_up_limit of them (the most recent), each with its own tick time.
+	MissedTicks_MISSED_TICKS_CATCH_UP MissedTicks = 2
+)
+
+// Enum value maps for MissedTicks.
+var (
+	MissedTicks_name = map[int32]string{
+		0: "MISSED_TICKS_UNSPECIFIED",
+		1: "MISSED_TICKS_SKIP",
+		2: "MISSED_TICKS_CATCH_UP",
+	}
+	MissedTicks_value = map[string]int32{
+		"MISSED_TICKS_UNSPECIFIED": 0,
+		"MISSED_TICKS_SKIP":        1,
+		"MISSED_TICKS_CATCH_UP":    2,
+	}
+)
+
+func (x MissedTicks) Enum() *MissedTicks {
+	p := new(MissedTicks)
+	*p = x
+	return p
+}
+
+func (x MissedTicks) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MissedTicks) Descriptor() protoreflect.EnumDescriptor {
+	return file_baton_v1_queue_proto_enumTypes[1].Descriptor()
+}
+
+func (MissedTicks) Type() protoreflect.EnumType {
+	return &file_baton_v1_queue_proto_enumTypes[1]
+}
+
+func (x MissedTicks) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MissedTicks.Descriptor instead.
+func (MissedTicks) EnumDescriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{1}
+}
+
 // Backoff is an exponential retry schedule: the wait before retry n (n = 1, 2, ...) is
 // initial * multiplier^(n-1), at most max. Zero fields mean the server's defaults.
 type Backoff struct {
@@ -2152,6 +2205,844 @@ func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
 	return file_baton_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
+// Schedule enqueues a job into `queue` on every tick.
+type Schedule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue the jobs go to.
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The schedule's name within its queue, 1..=128 bytes.
+	ScheduleId string `protobuf:"bytes,2,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
+	// When it ticks: exactly one of these.
+	//
+	// Types that are valid to be assigned to Timing:
+	//
+	//	*Schedule_Cron
+	//	*Schedule_Every
+	Timing isSchedule_Timing `protobuf_oneof:"timing"`
+	// The IANA time zone of `cron` ("Europe/Paris"); empty means UTC. Ignored with `every`.
+	TimeZone string `protobuf:"bytes,5,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	// The job each tick enqueues, as an Enqueue: its `queue` is ignored (the schedule's), and
+	// it may not set dedup_key, delay or run_at (each tick's job is de-duplicated by the
+	// schedule and the tick time, and becomes ready at the tick plus jitter).
+	Job *EnqueueRequest `protobuf:"bytes,6,opt,name=job,proto3" json:"job,omitempty"`
+	// What to do with ticks more than `misfire_grace` late (every replica was down).
+	MissedTicks MissedTicks `protobuf:"varint,7,opt,name=missed_ticks,json=missedTicks,proto3,enum=baton.v1.MissedTicks" json:"missed_ticks,omitempty"`
+	// With MISSED_TICKS_CATCH_UP: at most this many missed ticks are enqueued, the most
+	// recent ones; 0 means 1.
+	CatchUpLimit uint32 `protobuf:"varint,8,opt,name=catch_up_limit,json=catchUpLimit,proto3" json:"catch_up_limit,omitempty"`
+	// How late a tick may be and still count as on time; 0 means 1 minute.
+	MisfireGrace *durationpb.Duration `protobuf:"bytes,9,opt,name=misfire_grace,json=misfireGrace,proto3" json:"misfire_grace,omitempty"`
+	// Each tick's job becomes ready at a random point in [tick, tick + jitter), spreading
+	// load; at most the interval (for cron, at most 1 h). 0 means none.
+	Jitter *durationpb.Duration `protobuf:"bytes,10,opt,name=jitter,proto3" json:"jitter,omitempty"`
+	// Output only: paused by PauseSchedule.
+	Paused bool `protobuf:"varint,11,opt,name=paused,proto3" json:"paused,omitempty"`
+	// Output only: when it was created (or last replaced).
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// Output only: the latest tick that enqueued a job; unset before the first.
+	LastTick *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=last_tick,json=lastTick,proto3" json:"last_tick,omitempty"`
+	// Output only: how many ticks have enqueued a job.
+	TicksFired uint64 `protobuf:"varint,14,opt,name=ticks_fired,json=ticksFired,proto3" json:"ticks_fired,omitempty"`
+	// Output only: the next tick times, soonest first (up to 5; none while paused).
+	NextTicks     []*timestamppb.Timestamp `protobuf:"bytes,15,rep,name=next_ticks,json=nextTicks,proto3" json:"next_ticks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Schedule) Reset() {
+	*x = Schedule{}
+	mi := &file_baton_v1_queue_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Schedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Schedule) ProtoMessage() {}
+
+func (x *Schedule) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Schedule.ProtoReflect.Descriptor instead.
+func (*Schedule) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *Schedule) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *Schedule) GetScheduleId() string {
+	if x != nil {
+		return x.ScheduleId
+	}
+	return ""
+}
+
+func (x *Schedule) GetTiming() isSchedule_Timing {
+	if x != nil {
+		return x.Timing
+	}
+	return nil
+}
+
+func (x *Schedule) GetCron() string {
+	if x != nil {
+		if x, ok := x.Timing.(*Schedule_Cron); ok {
+			return x.Cron
+		}
+	}
+	return ""
+}
+
+func (x *Schedule) GetEvery() *durationpb.Duration {
+	if x != nil {
+		if x, ok := x.Timing.(*Schedule_Every); ok {
+			return x.Every
+		}
+	}
+	return nil
+}
+
+func (x *Schedule) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+func (x *Schedule) GetJob() *EnqueueRequest {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *Schedule) GetMissedTicks() MissedTicks {
+	if x != nil {
+		return x.MissedTicks
+	}
+	return MissedTicks_MISSED_TICKS_UNSPECIFIED
+}
+
+func (x *Schedule) GetCatchUpLimit() uint32 {
+	if x != nil {
+		return x.CatchUpLimit
+	}
+	return 0
+}
+
+func (x *Schedule) GetMisfireGrace() *durationpb.Duration {
+	if x != nil {
+		return x.MisfireGrace
+	}
+	return nil
+}
+
+func (x *Schedule) GetJitter() *durationpb.Duration {
+	if x != nil {
+		return x.Jitter
+	}
+	return nil
+}
+
+func (x *Schedule) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *Schedule) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Schedule) GetLastTick() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastTick
+	}
+	return nil
+}
+
+func (x *Schedule) GetTicksFired() uint64 {
+	if x != nil {
+		return x.TicksFired
+	}
+	return 0
+}
+
+func (x *Schedule) GetNextTicks() []*timestamppb.Timestamp {
+	if x != nil {
+		return x.NextTicks
+	}
+	return nil
+}
+
+type isSchedule_Timing interface {
+	isSchedule_Timing()
+}
+
+type Schedule_Cron struct {
+	// A cron expression: 5 fields (minute hour day-of-month month day-of-week), or 6 with
+	// seconds first; also L, W, # and nicknames such as @hourly. Evaluated in `time_zone`,
+	// with daylight-saving changes as the croner crate (OCPS) handles them: a fixed time
+	// inside a spring-forward gap fires at the first valid time after it, wildcard and step
+	// fields skip the gap; a fixed time inside a fall-back overlap fires once, wildcard and
+	// step fields fire in both passes (docs/queues.md).
+	Cron string `protobuf:"bytes,3,opt,name=cron,proto3,oneof"`
+}
+
+type Schedule_Every struct {
+	// A fixed interval, at least 1 s: ticks at created_at + k × every.
+	Every *durationpb.Duration `protobuf:"bytes,4,opt,name=every,proto3,oneof"`
+}
+
+func (*Schedule_Cron) isSchedule_Timing() {}
+
+func (*Schedule_Every) isSchedule_Timing() {}
+
+// CreateScheduleRequest creates (or replaces) a schedule.
+type CreateScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule; its output-only fields are ignored.
+	Schedule *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// Replace a schedule with the same queue and schedule_id (it restarts from now) instead
+	// of failing with ALREADY_EXISTS.
+	Replace       bool `protobuf:"varint,2,opt,name=replace,proto3" json:"replace,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateScheduleRequest) Reset() {
+	*x = CreateScheduleRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateScheduleRequest) ProtoMessage() {}
+
+func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateScheduleRequest.ProtoReflect.Descriptor instead.
+func (*CreateScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *CreateScheduleRequest) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+func (x *CreateScheduleRequest) GetReplace() bool {
+	if x != nil {
+		return x.Replace
+	}
+	return false
+}
+
+// CreateScheduleResponse carries the schedule as stored.
+type CreateScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule, with its next ticks.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateScheduleResponse) Reset() {
+	*x = CreateScheduleResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateScheduleResponse) ProtoMessage() {}
+
+func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateScheduleResponse.ProtoReflect.Descriptor instead.
+func (*CreateScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *CreateScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// GetScheduleRequest names a schedule.
+type GetScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The schedule.
+	ScheduleId    string `protobuf:"bytes,2,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetScheduleRequest) Reset() {
+	*x = GetScheduleRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetScheduleRequest) ProtoMessage() {}
+
+func (x *GetScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetScheduleRequest.ProtoReflect.Descriptor instead.
+func (*GetScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GetScheduleRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *GetScheduleRequest) GetScheduleId() string {
+	if x != nil {
+		return x.ScheduleId
+	}
+	return ""
+}
+
+// GetScheduleResponse carries a schedule.
+type GetScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule, with its next ticks.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetScheduleResponse) Reset() {
+	*x = GetScheduleResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetScheduleResponse) ProtoMessage() {}
+
+func (x *GetScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetScheduleResponse.ProtoReflect.Descriptor instead.
+func (*GetScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *GetScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// ListSchedulesRequest asks for a page of a queue's schedules.
+type ListSchedulesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// At most this many schedules; 0 means 100, at most 1000.
+	PageSize uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page; empty for the first.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesRequest) Reset() {
+	*x = ListSchedulesRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesRequest) ProtoMessage() {}
+
+func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesRequest.ProtoReflect.Descriptor instead.
+func (*ListSchedulesRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ListSchedulesRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *ListSchedulesRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSchedulesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListSchedulesResponse is one page of schedules, by schedule_id.
+type ListSchedulesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedules, with their next ticks.
+	Schedules []*Schedule `protobuf:"bytes,1,rep,name=schedules,proto3" json:"schedules,omitempty"`
+	// Pass to get the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesResponse) Reset() {
+	*x = ListSchedulesResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesResponse) ProtoMessage() {}
+
+func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesResponse.ProtoReflect.Descriptor instead.
+func (*ListSchedulesResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ListSchedulesResponse) GetSchedules() []*Schedule {
+	if x != nil {
+		return x.Schedules
+	}
+	return nil
+}
+
+func (x *ListSchedulesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// PauseScheduleRequest names the schedule to pause.
+type PauseScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The schedule.
+	ScheduleId    string `protobuf:"bytes,2,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseScheduleRequest) Reset() {
+	*x = PauseScheduleRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseScheduleRequest) ProtoMessage() {}
+
+func (x *PauseScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseScheduleRequest.ProtoReflect.Descriptor instead.
+func (*PauseScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *PauseScheduleRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *PauseScheduleRequest) GetScheduleId() string {
+	if x != nil {
+		return x.ScheduleId
+	}
+	return ""
+}
+
+// PauseScheduleResponse carries the paused schedule.
+type PauseScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseScheduleResponse) Reset() {
+	*x = PauseScheduleResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseScheduleResponse) ProtoMessage() {}
+
+func (x *PauseScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseScheduleResponse.ProtoReflect.Descriptor instead.
+func (*PauseScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *PauseScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// ResumeScheduleRequest names the schedule to resume.
+type ResumeScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The schedule.
+	ScheduleId    string `protobuf:"bytes,2,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeScheduleRequest) Reset() {
+	*x = ResumeScheduleRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeScheduleRequest) ProtoMessage() {}
+
+func (x *ResumeScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeScheduleRequest.ProtoReflect.Descriptor instead.
+func (*ResumeScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ResumeScheduleRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *ResumeScheduleRequest) GetScheduleId() string {
+	if x != nil {
+		return x.ScheduleId
+	}
+	return ""
+}
+
+// ResumeScheduleResponse carries the resumed schedule.
+type ResumeScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The schedule, with its next ticks.
+	Schedule      *Schedule `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeScheduleResponse) Reset() {
+	*x = ResumeScheduleResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeScheduleResponse) ProtoMessage() {}
+
+func (x *ResumeScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeScheduleResponse.ProtoReflect.Descriptor instead.
+func (*ResumeScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ResumeScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// DeleteScheduleRequest names the schedule to delete.
+type DeleteScheduleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The schedule.
+	ScheduleId    string `protobuf:"bytes,2,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleRequest) Reset() {
+	*x = DeleteScheduleRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleRequest) ProtoMessage() {}
+
+func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *DeleteScheduleRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *DeleteScheduleRequest) GetScheduleId() string {
+	if x != nil {
+		return x.ScheduleId
+	}
+	return ""
+}
+
+// DeleteScheduleResponse tells whether a schedule was deleted.
+type DeleteScheduleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False when there was no such schedule.
+	Deleted       bool `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleResponse) Reset() {
+	*x = DeleteScheduleResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleResponse) ProtoMessage() {}
+
+func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *DeleteScheduleResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
 var File_baton_v1_queue_proto protoreflect.FileDescriptor
 
 const file_baton_v1_queue_proto_rawDesc = "" +
@@ -2287,7 +3178,66 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x12PauseQueueResponse\"*\n" +
 	"\x12ResumeQueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"\x15\n" +
-	"\x13ResumeQueueResponse*\xc5\x01\n" +
+	"\x13ResumeQueueResponse\"\x98\x05\n" +
+	"\bSchedule\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1f\n" +
+	"\vschedule_id\x18\x02 \x01(\tR\n" +
+	"scheduleId\x12\x14\n" +
+	"\x04cron\x18\x03 \x01(\tH\x00R\x04cron\x121\n" +
+	"\x05every\x18\x04 \x01(\v2\x19.google.protobuf.DurationH\x00R\x05every\x12\x1b\n" +
+	"\ttime_zone\x18\x05 \x01(\tR\btimeZone\x12*\n" +
+	"\x03job\x18\x06 \x01(\v2\x18.baton.v1.EnqueueRequestR\x03job\x128\n" +
+	"\fmissed_ticks\x18\a \x01(\x0e2\x15.baton.v1.MissedTicksR\vmissedTicks\x12$\n" +
+	"\x0ecatch_up_limit\x18\b \x01(\rR\fcatchUpLimit\x12>\n" +
+	"\rmisfire_grace\x18\t \x01(\v2\x19.google.protobuf.DurationR\fmisfireGrace\x121\n" +
+	"\x06jitter\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\x06jitter\x12\x16\n" +
+	"\x06paused\x18\v \x01(\bR\x06paused\x129\n" +
+	"\n" +
+	"created_at\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x127\n" +
+	"\tlast_tick\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\blastTick\x12\x1f\n" +
+	"\vticks_fired\x18\x0e \x01(\x04R\n" +
+	"ticksFired\x129\n" +
+	"\n" +
+	"next_ticks\x18\x0f \x03(\v2\x1a.google.protobuf.TimestampR\tnextTicksB\b\n" +
+	"\x06timing\"a\n" +
+	"\x15CreateScheduleRequest\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleR\bschedule\x12\x18\n" +
+	"\areplace\x18\x02 \x01(\bR\areplace\"H\n" +
+	"\x16CreateScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleR\bschedule\"K\n" +
+	"\x12GetScheduleRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1f\n" +
+	"\vschedule_id\x18\x02 \x01(\tR\n" +
+	"scheduleId\"E\n" +
+	"\x13GetScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleR\bschedule\"h\n" +
+	"\x14ListSchedulesRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"q\n" +
+	"\x15ListSchedulesResponse\x120\n" +
+	"\tschedules\x18\x01 \x03(\v2\x12.baton.v1.ScheduleR\tschedules\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"M\n" +
+	"\x14PauseScheduleRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1f\n" +
+	"\vschedule_id\x18\x02 \x01(\tR\n" +
+	"scheduleId\"G\n" +
+	"\x15PauseScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleR\bschedule\"N\n" +
+	"\x15ResumeScheduleRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1f\n" +
+	"\vschedule_id\x18\x02 \x01(\tR\n" +
+	"scheduleId\"H\n" +
+	"\x16ResumeScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleR\bschedule\"N\n" +
+	"\x15DeleteScheduleRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1f\n" +
+	"\vschedule_id\x18\x02 \x01(\tR\n" +
+	"scheduleId\"2\n" +
+	"\x16DeleteScheduleResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted*\xc5\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fJOB_STATE_READY\x10\x01\x12\x17\n" +
@@ -2296,7 +3246,11 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x05\x12\x12\n" +
 	"\x0eJOB_STATE_DEAD\x10\x06\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\a2\xda\a\n" +
+	"\x13JOB_STATE_CANCELLED\x10\a*]\n" +
+	"\vMissedTicks\x12\x1c\n" +
+	"\x18MISSED_TICKS_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11MISSED_TICKS_SKIP\x10\x01\x12\x19\n" +
+	"\x15MISSED_TICKS_CATCH_UP\x10\x022\xc9\v\n" +
 	"\x0fJobQueueService\x12>\n" +
 	"\aEnqueue\x12\x18.baton.v1.EnqueueRequest\x1a\x19.baton.v1.EnqueueResponse\x12M\n" +
 	"\fEnqueueBatch\x12\x1d.baton.v1.EnqueueBatchRequest\x1a\x1e.baton.v1.EnqueueBatchResponse\x12B\n" +
@@ -2312,7 +3266,13 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\rRetryDeadJobs\x12\x1e.baton.v1.RetryDeadJobsRequest\x1a\x1f.baton.v1.RetryDeadJobsResponse\x12G\n" +
 	"\n" +
 	"PauseQueue\x12\x1b.baton.v1.PauseQueueRequest\x1a\x1c.baton.v1.PauseQueueResponse\x12J\n" +
-	"\vResumeQueue\x12\x1c.baton.v1.ResumeQueueRequest\x1a\x1d.baton.v1.ResumeQueueResponseB\x97\x01\n" +
+	"\vResumeQueue\x12\x1c.baton.v1.ResumeQueueRequest\x1a\x1d.baton.v1.ResumeQueueResponse\x12S\n" +
+	"\x0eCreateSchedule\x12\x1f.baton.v1.CreateScheduleRequest\x1a .baton.v1.CreateScheduleResponse\x12J\n" +
+	"\vGetSchedule\x12\x1c.baton.v1.GetScheduleRequest\x1a\x1d.baton.v1.GetScheduleResponse\x12P\n" +
+	"\rListSchedules\x12\x1e.baton.v1.ListSchedulesRequest\x1a\x1f.baton.v1.ListSchedulesResponse\x12P\n" +
+	"\rPauseSchedule\x12\x1e.baton.v1.PauseScheduleRequest\x1a\x1f.baton.v1.PauseScheduleResponse\x12S\n" +
+	"\x0eResumeSchedule\x12\x1f.baton.v1.ResumeScheduleRequest\x1a .baton.v1.ResumeScheduleResponse\x12S\n" +
+	"\x0eDeleteSchedule\x12\x1f.baton.v1.DeleteScheduleRequest\x1a .baton.v1.DeleteScheduleResponseB\x97\x01\n" +
 	"\fcom.baton.v1B\n" +
 	"QueueProtoP\x01Z:github.com/baton-dev/baton/clients/go/gen/baton/v1;batonv1\xa2\x02\x03BXX\xaa\x02\bBaton.V1\xca\x02\bBaton\\V1\xe2\x02\x14Baton\\V1\\GPBMetadata\xea\x02\tBaton::V1b\x06proto3"
 
@@ -2328,109 +3288,149 @@ func file_baton_v1_queue_proto_rawDescGZIP() []byte {
 	return file_baton_v1_queue_proto_rawDescData
 }
 
-var file_baton_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_baton_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_baton_v1_queue_proto_goTypes = []any{
-	(JobState)(0),                 // 0: baton.v1.JobState
-	(*Backoff)(nil),               // 1: baton.v1.Backoff
-	(*Job)(nil),                   // 2: baton.v1.Job
-	(*EnqueueRequest)(nil),        // 3: baton.v1.EnqueueRequest
-	(*EnqueueResponse)(nil),       // 4: baton.v1.EnqueueResponse
-	(*EnqueueBatchRequest)(nil),   // 5: baton.v1.EnqueueBatchRequest
-	(*EnqueueBatchResponse)(nil),  // 6: baton.v1.EnqueueBatchResponse
-	(*ConsumeRequest)(nil),        // 7: baton.v1.ConsumeRequest
-	(*Delivery)(nil),              // 8: baton.v1.Delivery
-	(*JobCancelled)(nil),          // 9: baton.v1.JobCancelled
-	(*ConsumeResponse)(nil),       // 10: baton.v1.ConsumeResponse
-	(*AckRequest)(nil),            // 11: baton.v1.AckRequest
-	(*AckResponse)(nil),           // 12: baton.v1.AckResponse
-	(*AckBatchRequest)(nil),       // 13: baton.v1.AckBatchRequest
-	(*AckBatchResponse)(nil),      // 14: baton.v1.AckBatchResponse
-	(*AckResult)(nil),             // 15: baton.v1.AckResult
-	(*NackRequest)(nil),           // 16: baton.v1.NackRequest
-	(*NackResponse)(nil),          // 17: baton.v1.NackResponse
-	(*ExtendRequest)(nil),         // 18: baton.v1.ExtendRequest
-	(*ExtendResponse)(nil),        // 19: baton.v1.ExtendResponse
-	(*GetJobRequest)(nil),         // 20: baton.v1.GetJobRequest
-	(*GetJobResponse)(nil),        // 21: baton.v1.GetJobResponse
-	(*CancelJobRequest)(nil),      // 22: baton.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),     // 23: baton.v1.CancelJobResponse
-	(*GetQueueStatsRequest)(nil),  // 24: baton.v1.GetQueueStatsRequest
-	(*GetQueueStatsResponse)(nil), // 25: baton.v1.GetQueueStatsResponse
-	(*ListDeadJobsRequest)(nil),   // 26: baton.v1.ListDeadJobsRequest
-	(*ListDeadJobsResponse)(nil),  // 27: baton.v1.ListDeadJobsResponse
-	(*RetryDeadJobsRequest)(nil),  // 28: baton.v1.RetryDeadJobsRequest
-	(*RetryDeadJobsResponse)(nil), // 29: baton.v1.RetryDeadJobsResponse
-	(*PauseQueueRequest)(nil),     // 30: baton.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),    // 31: baton.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),    // 32: baton.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),   // 33: baton.v1.ResumeQueueResponse
-	(*durationpb.Duration)(nil),   // 34: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
+	(JobState)(0),                  // 0: baton.v1.JobState
+	(MissedTicks)(0),               // 1: baton.v1.MissedTicks
+	(*Backoff)(nil),                // 2: baton.v1.Backoff
+	(*Job)(nil),                    // 3: baton.v1.Job
+	(*EnqueueRequest)(nil),         // 4: baton.v1.EnqueueRequest
+	(*EnqueueResponse)(nil),        // 5: baton.v1.EnqueueResponse
+	(*EnqueueBatchRequest)(nil),    // 6: baton.v1.EnqueueBatchRequest
+	(*EnqueueBatchResponse)(nil),   // 7: baton.v1.EnqueueBatchResponse
+	(*ConsumeRequest)(nil),         // 8: baton.v1.ConsumeRequest
+	(*Delivery)(nil),               // 9: baton.v1.Delivery
+	(*JobCancelled)(nil),           // 10: baton.v1.JobCancelled
+	(*ConsumeResponse)(nil),        // 11: baton.v1.ConsumeResponse
+	(*AckRequest)(nil),             // 12: baton.v1.AckRequest
+	(*AckResponse)(nil),            // 13: baton.v1.AckResponse
+	(*AckBatchRequest)(nil),        // 14: baton.v1.AckBatchRequest
+	(*AckBatchResponse)(nil),       // 15: baton.v1.AckBatchResponse
+	(*AckResult)(nil),              // 16: baton.v1.AckResult
+	(*NackRequest)(nil),            // 17: baton.v1.NackRequest
+	(*NackResponse)(nil),           // 18: baton.v1.NackResponse
+	(*ExtendRequest)(nil),          // 19: baton.v1.ExtendRequest
+	(*ExtendResponse)(nil),         // 20: baton.v1.ExtendResponse
+	(*GetJobRequest)(nil),          // 21: baton.v1.GetJobRequest
+	(*GetJobResponse)(nil),         // 22: baton.v1.GetJobResponse
+	(*CancelJobRequest)(nil),       // 23: baton.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),      // 24: baton.v1.CancelJobResponse
+	(*GetQueueStatsRequest)(nil),   // 25: baton.v1.GetQueueStatsRequest
+	(*GetQueueStatsResponse)(nil),  // 26: baton.v1.GetQueueStatsResponse
+	(*ListDeadJobsRequest)(nil),    // 27: baton.v1.ListDeadJobsRequest
+	(*ListDeadJobsResponse)(nil),   // 28: baton.v1.ListDeadJobsResponse
+	(*RetryDeadJobsRequest)(nil),   // 29: baton.v1.RetryDeadJobsRequest
+	(*RetryDeadJobsResponse)(nil),  // 30: baton.v1.RetryDeadJobsResponse
+	(*PauseQueueRequest)(nil),      // 31: baton.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),     // 32: baton.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),     // 33: baton.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),    // 34: baton.v1.ResumeQueueResponse
+	(*Schedule)(nil),               // 35: baton.v1.Schedule
+	(*CreateScheduleRequest)(nil),  // 36: baton.v1.CreateScheduleRequest
+	(*CreateScheduleResponse)(nil), // 37: baton.v1.CreateScheduleResponse
+	(*GetScheduleRequest)(nil),     // 38: baton.v1.GetScheduleRequest
+	(*GetScheduleResponse)(nil),    // 39: baton.v1.GetScheduleResponse
+	(*ListSchedulesRequest)(nil),   // 40: baton.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),  // 41: baton.v1.ListSchedulesResponse
+	(*PauseScheduleRequest)(nil),   // 42: baton.v1.PauseScheduleRequest
+	(*PauseScheduleResponse)(nil),  // 43: baton.v1.PauseScheduleResponse
+	(*ResumeScheduleRequest)(nil),  // 44: baton.v1.ResumeScheduleRequest
+	(*ResumeScheduleResponse)(nil), // 45: baton.v1.ResumeScheduleResponse
+	(*DeleteScheduleRequest)(nil),  // 46: baton.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil), // 47: baton.v1.DeleteScheduleResponse
+	(*durationpb.Duration)(nil),    // 48: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 49: google.protobuf.Timestamp
 }
 var file_baton_v1_queue_proto_depIdxs = []int32{
-	34, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
-	34, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
+	48, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
+	48, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
 	0,  // 2: baton.v1.Job.state:type_name -> baton.v1.JobState
-	35, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	35, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
-	1,  // 5: baton.v1.Job.backoff:type_name -> baton.v1.Backoff
-	35, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	34, // 7: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
-	35, // 8: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
-	1,  // 9: baton.v1.EnqueueRequest.backoff:type_name -> baton.v1.Backoff
-	34, // 10: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
-	3,  // 11: baton.v1.EnqueueBatchRequest.requests:type_name -> baton.v1.EnqueueRequest
-	4,  // 12: baton.v1.EnqueueBatchResponse.results:type_name -> baton.v1.EnqueueResponse
-	34, // 13: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	2,  // 14: baton.v1.Delivery.job:type_name -> baton.v1.Job
-	35, // 15: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
-	8,  // 16: baton.v1.ConsumeResponse.delivery:type_name -> baton.v1.Delivery
-	9,  // 17: baton.v1.ConsumeResponse.cancelled:type_name -> baton.v1.JobCancelled
-	11, // 18: baton.v1.AckBatchRequest.acks:type_name -> baton.v1.AckRequest
-	15, // 19: baton.v1.AckBatchResponse.results:type_name -> baton.v1.AckResult
-	34, // 20: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
+	49, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	49, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	2,  // 5: baton.v1.Job.backoff:type_name -> baton.v1.Backoff
+	49, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	48, // 7: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
+	49, // 8: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	2,  // 9: baton.v1.EnqueueRequest.backoff:type_name -> baton.v1.Backoff
+	48, // 10: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
+	4,  // 11: baton.v1.EnqueueBatchRequest.requests:type_name -> baton.v1.EnqueueRequest
+	5,  // 12: baton.v1.EnqueueBatchResponse.results:type_name -> baton.v1.EnqueueResponse
+	48, // 13: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	3,  // 14: baton.v1.Delivery.job:type_name -> baton.v1.Job
+	49, // 15: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
+	9,  // 16: baton.v1.ConsumeResponse.delivery:type_name -> baton.v1.Delivery
+	10, // 17: baton.v1.ConsumeResponse.cancelled:type_name -> baton.v1.JobCancelled
+	12, // 18: baton.v1.AckBatchRequest.acks:type_name -> baton.v1.AckRequest
+	16, // 19: baton.v1.AckBatchResponse.results:type_name -> baton.v1.AckResult
+	48, // 20: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
 	0,  // 21: baton.v1.NackResponse.state:type_name -> baton.v1.JobState
-	35, // 22: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
-	34, // 23: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	35, // 24: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	2,  // 25: baton.v1.GetJobResponse.job:type_name -> baton.v1.Job
+	49, // 22: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
+	48, // 23: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	49, // 24: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	3,  // 25: baton.v1.GetJobResponse.job:type_name -> baton.v1.Job
 	0,  // 26: baton.v1.CancelJobResponse.state:type_name -> baton.v1.JobState
-	34, // 27: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
-	2,  // 28: baton.v1.ListDeadJobsResponse.jobs:type_name -> baton.v1.Job
-	3,  // 29: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
-	5,  // 30: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
-	7,  // 31: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
-	11, // 32: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
-	13, // 33: baton.v1.JobQueueService.AckBatch:input_type -> baton.v1.AckBatchRequest
-	16, // 34: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
-	18, // 35: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
-	20, // 36: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
-	22, // 37: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
-	24, // 38: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
-	26, // 39: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
-	28, // 40: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
-	30, // 41: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
-	32, // 42: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
-	4,  // 43: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
-	6,  // 44: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
-	10, // 45: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
-	12, // 46: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
-	14, // 47: baton.v1.JobQueueService.AckBatch:output_type -> baton.v1.AckBatchResponse
-	17, // 48: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
-	19, // 49: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
-	21, // 50: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
-	23, // 51: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
-	25, // 52: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
-	27, // 53: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
-	29, // 54: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
-	31, // 55: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
-	33, // 56: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
-	43, // [43:57] is the sub-list for method output_type
-	29, // [29:43] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	48, // 27: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	3,  // 28: baton.v1.ListDeadJobsResponse.jobs:type_name -> baton.v1.Job
+	48, // 29: baton.v1.Schedule.every:type_name -> google.protobuf.Duration
+	4,  // 30: baton.v1.Schedule.job:type_name -> baton.v1.EnqueueRequest
+	1,  // 31: baton.v1.Schedule.missed_ticks:type_name -> baton.v1.MissedTicks
+	48, // 32: baton.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
+	48, // 33: baton.v1.Schedule.jitter:type_name -> google.protobuf.Duration
+	49, // 34: baton.v1.Schedule.created_at:type_name -> google.protobuf.Timestamp
+	49, // 35: baton.v1.Schedule.last_tick:type_name -> google.protobuf.Timestamp
+	49, // 36: baton.v1.Schedule.next_ticks:type_name -> google.protobuf.Timestamp
+	35, // 37: baton.v1.CreateScheduleRequest.schedule:type_name -> baton.v1.Schedule
+	35, // 38: baton.v1.CreateScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	35, // 39: baton.v1.GetScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	35, // 40: baton.v1.ListSchedulesResponse.schedules:type_name -> baton.v1.Schedule
+	35, // 41: baton.v1.PauseScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	35, // 42: baton.v1.ResumeScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	4,  // 43: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
+	6,  // 44: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
+	8,  // 45: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
+	12, // 46: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
+	14, // 47: baton.v1.JobQueueService.AckBatch:input_type -> baton.v1.AckBatchRequest
+	17, // 48: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
+	19, // 49: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
+	21, // 50: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
+	23, // 51: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
+	25, // 52: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
+	27, // 53: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
+	29, // 54: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
+	31, // 55: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
+	33, // 56: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
+	36, // 57: baton.v1.JobQueueService.CreateSchedule:input_type -> baton.v1.CreateScheduleRequest
+	38, // 58: baton.v1.JobQueueService.GetSchedule:input_type -> baton.v1.GetScheduleRequest
+	40, // 59: baton.v1.JobQueueService.ListSchedules:input_type -> baton.v1.ListSchedulesRequest
+	42, // 60: baton.v1.JobQueueService.PauseSchedule:input_type -> baton.v1.PauseScheduleRequest
+	44, // 61: baton.v1.JobQueueService.ResumeSchedule:input_type -> baton.v1.ResumeScheduleRequest
+	46, // 62: baton.v1.JobQueueService.DeleteSchedule:input_type -> baton.v1.DeleteScheduleRequest
+	5,  // 63: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
+	7,  // 64: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
+	11, // 65: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
+	13, // 66: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
+	15, // 67: baton.v1.JobQueueService.AckBatch:output_type -> baton.v1.AckBatchResponse
+	18, // 68: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
+	20, // 69: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
+	22, // 70: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
+	24, // 71: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
+	26, // 72: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
+	28, // 73: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
+	30, // 74: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
+	32, // 75: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
+	34, // 76: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
+	37, // 77: baton.v1.JobQueueService.CreateSchedule:output_type -> baton.v1.CreateScheduleResponse
+	39, // 78: baton.v1.JobQueueService.GetSchedule:output_type -> baton.v1.GetScheduleResponse
+	41, // 79: baton.v1.JobQueueService.ListSchedules:output_type -> baton.v1.ListSchedulesResponse
+	43, // 80: baton.v1.JobQueueService.PauseSchedule:output_type -> baton.v1.PauseScheduleResponse
+	45, // 81: baton.v1.JobQueueService.ResumeSchedule:output_type -> baton.v1.ResumeScheduleResponse
+	47, // 82: baton.v1.JobQueueService.DeleteSchedule:output_type -> baton.v1.DeleteScheduleResponse
+	63, // [63:83] is the sub-list for method output_type
+	43, // [43:63] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_queue_proto_init() }
@@ -2446,13 +3446,17 @@ func file_baton_v1_queue_proto_init() {
 		(*ConsumeResponse_Delivery)(nil),
 		(*ConsumeResponse_Cancelled)(nil),
 	}
+	file_baton_v1_queue_proto_msgTypes[33].OneofWrappers = []any{
+		(*Schedule_Cron)(nil),
+		(*Schedule_Every)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_queue_proto_rawDesc), len(file_baton_v1_queue_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   33,
+			NumEnums:      2,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,20 +19,26 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	JobQueueService_Enqueue_FullMethodName       = "/baton.v1.JobQueueService/Enqueue"
-	JobQueueService_EnqueueBatch_FullMethodName  = "/baton.v1.JobQueueService/EnqueueBatch"
-	JobQueueService_Consume_FullMethodName       = "/baton.v1.JobQueueService/Consume"
-	JobQueueService_Ack_FullMethodName           = "/baton.v1.JobQueueService/Ack"
-	JobQueueService_AckBatch_FullMethodName      = "/baton.v1.JobQueueService/AckBatch"
-	JobQueueService_Nack_FullMethodName          = "/baton.v1.JobQueueService/Nack"
-	JobQueueService_Extend_FullMethodName        = "/baton.v1.JobQueueService/Extend"
-	JobQueueService_GetJob_FullMethodName        = "/baton.v1.JobQueueService/GetJob"
-	JobQueueService_CancelJob_FullMethodName     = "/baton.v1.JobQueueService/CancelJob"
-	JobQueueService_GetQueueStats_FullMethodName = "/baton.v1.JobQueueService/GetQueueStats"
-	JobQueueService_ListDeadJobs_FullMethodName  = "/baton.v1.JobQueueService/ListDeadJobs"
-	JobQueueService_RetryDeadJobs_FullMethodName = "/baton.v1.JobQueueService/RetryDeadJobs"
-	JobQueueService_PauseQueue_FullMethodName    = "/baton.v1.JobQueueService/PauseQueue"
-	JobQueueService_ResumeQueue_FullMethodName   = "/baton.v1.JobQueueService/ResumeQueue"
+	JobQueueService_Enqueue_FullMethodName        = "/baton.v1.JobQueueService/Enqueue"
+	JobQueueService_EnqueueBatch_FullMethodName   = "/baton.v1.JobQueueService/EnqueueBatch"
+	JobQueueService_Consume_FullMethodName        = "/baton.v1.JobQueueService/Consume"
+	JobQueueService_Ack_FullMethodName            = "/baton.v1.JobQueueService/Ack"
+	JobQueueService_AckBatch_FullMethodName       = "/baton.v1.JobQueueService/AckBatch"
+	JobQueueService_Nack_FullMethodName           = "/baton.v1.JobQueueService/Nack"
+	JobQueueService_Extend_FullMethodName         = "/baton.v1.JobQueueService/Extend"
+	JobQueueService_GetJob_FullMethodName         = "/baton.v1.JobQueueService/GetJob"
+	JobQueueService_CancelJob_FullMethodName      = "/baton.v1.JobQueueService/CancelJob"
+	JobQueueService_GetQueueStats_FullMethodName  = "/baton.v1.JobQueueService/GetQueueStats"
+	JobQueueService_ListDeadJobs_FullMethodName   = "/baton.v1.JobQueueService/ListDeadJobs"
+	JobQueueService_RetryDeadJobs_FullMethodName  = "/baton.v1.JobQueueService/RetryDeadJobs"
+	JobQueueService_PauseQueue_FullMethodName     = "/baton.v1.JobQueueService/PauseQueue"
+	JobQueueService_ResumeQueue_FullMethodName    = "/baton.v1.JobQueueService/ResumeQueue"
+	JobQueueService_CreateSchedule_FullMethodName = "/baton.v1.JobQueueService/CreateSchedule"
+	JobQueueService_GetSchedule_FullMethodName    = "/baton.v1.JobQueueService/GetSchedule"
+	JobQueueService_ListSchedules_FullMethodName  = "/baton.v1.JobQueueService/ListSchedules"
+	JobQueueService_PauseSchedule_FullMethodName  = "/baton.v1.JobQueueService/PauseSchedule"
+	JobQueueService_ResumeSchedule_FullMethodName = "/baton.v1.JobQueueService/ResumeSchedule"
+	JobQueueService_DeleteSchedule_FullMethodName = "/baton.v1.JobQueueService/DeleteSchedule"
 )
 
 // JobQueueServiceClient is the client API for JobQueueService service.
@@ -193,6 +199,44 @@ type JobQueueServiceClient interface {
 	// Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE; DEADLINE_EXCEEDED.
 	// Safe to retry on UNAVAILABLE (idempotent).
 	ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error)
+	// CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
+	// fixed interval. However many replicas run, each tick enqueues exactly one job: every
+	// replica may notice the tick, each enqueues it de-duplicated by the schedule and the
+	// tick's time, and one script on Redis's clock moves the schedule on to its next tick.
+	// No replica leads, so none has to be elected or failed over. Ticks missed while every
+	// replica was down are handled by `missed_ticks`.
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue or schedule_id; neither or both of
+	// cron and every; a cron expression that does not parse; an unknown time zone; every under
+	// 1 s; jitter longer than the interval; a job template invalid as an Enqueue, or with a
+	// dedup_key, delay or run_at of its own); ALREADY_EXISTS (reason SCHEDULE_EXISTS) when
+	// the schedule exists and `replace` is false; RESOURCE_EXHAUSTED (reason
+	// TOO_MANY_SCHEDULES) over the server's schedules per queue; UNAVAILABLE. Safe to retry
+	// with `replace = true`.
+	CreateSchedule(ctx context.Context, in *CreateScheduleRequest, opts ...grpc.CallOption) (*CreateScheduleResponse, error)
+	// GetSchedule reads a schedule with its next tick times.
+	//
+	// Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+	GetSchedule(ctx context.Context, in *GetScheduleRequest, opts ...grpc.CallOption) (*GetScheduleResponse, error)
+	// ListSchedules lists a queue's schedules by schedule_id, a page at a time.
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue, page_size over 1000); UNAVAILABLE.
+	ListSchedules(ctx context.Context, in *ListSchedulesRequest, opts ...grpc.CallOption) (*ListSchedulesResponse, error)
+	// PauseSchedule stops a schedule's ticks until it is resumed; ticks while paused are
+	// never enqueued. Pausing a paused schedule is a no-op.
+	//
+	// Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+	PauseSchedule(ctx context.Context, in *PauseScheduleRequest, opts ...grpc.CallOption) (*PauseScheduleResponse, error)
+	// ResumeSchedule restarts a paused schedule from its first tick after now. Resuming a
+	// running schedule is a no-op.
+	//
+	// Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+	ResumeSchedule(ctx context.Context, in *ResumeScheduleRequest, opts ...grpc.CallOption) (*ResumeScheduleResponse, error)
+	// DeleteSchedule removes a schedule; jobs it already enqueued stay. Deleting a schedule
+	// that does not exist answers `deleted = false`.
+	//
+	// Failures: INVALID_ARGUMENT; UNAVAILABLE.
+	DeleteSchedule(ctx context.Context, in *DeleteScheduleRequest, opts ...grpc.CallOption) (*DeleteScheduleResponse, error)
 }
 
 type jobQueueServiceClient struct {
@@ -340,6 +384,66 @@ func (c *jobQueueServiceClient) ResumeQueue(ctx context.Context, in *ResumeQueue
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ResumeQueueResponse)
 	err := c.cc.Invoke(ctx, JobQueueService_ResumeQueue_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobQueueServiceClient) CreateSchedule(ctx context.Context, in *CreateScheduleRequest, opts ...grpc.CallOption) (*CreateScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateScheduleResponse)
+	err := c.cc.Invoke(ctx, JobQueueService_CreateSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobQueueServiceClient) GetSchedule(ctx context.Context, in *GetScheduleRequest, opts ...grpc.CallOption) (*GetScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetScheduleResponse)
+	err := c.cc.Invoke(ctx, JobQueueService_GetSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobQueueServiceClient) ListSchedules(ctx context.Context, in *ListSchedulesRequest, opts ...grpc.CallOption) (*ListSchedulesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSchedulesResponse)
+	err := c.cc.Invoke(ctx, JobQueueService_ListSchedules_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobQueueServiceClient) PauseSchedule(ctx context.Context, in *PauseScheduleRequest, opts ...grpc.CallOption) (*PauseScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PauseScheduleResponse)
+	err := c.cc.Invoke(ctx, JobQueueService_PauseSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobQueueServiceClient) ResumeSchedule(ctx context.Context, in *ResumeScheduleRequest, opts ...grpc.CallOption) (*ResumeScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResumeScheduleResponse)
+	err := c.cc.Invoke(ctx, JobQueueService_ResumeSchedule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobQueueServiceClient) DeleteSchedule(ctx context.Context, in *DeleteScheduleRequest, opts ...grpc.CallOption) (*DeleteScheduleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteScheduleResponse)
+	err := c.cc.Invoke(ctx, JobQueueService_DeleteSchedule_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -504,6 +608,44 @@ type JobQueueServiceServer interface {
 	// Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE; DEADLINE_EXCEEDED.
 	// Safe to retry on UNAVAILABLE (idempotent).
 	ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error)
+	// CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
+	// fixed interval. However many replicas run, each tick enqueues exactly one job: every
+	// replica may notice the tick, each enqueues it de-duplicated by the schedule and the
+	// tick's time, and one script on Redis's clock moves the schedule on to its next tick.
+	// No replica leads, so none has to be elected or failed over. Ticks missed while every
+	// replica was down are handled by `missed_ticks`.
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue or schedule_id; neither or both of
+	// cron and every; a cron expression that does not parse; an unknown time zone; every under
+	// 1 s; jitter longer than the interval; a job template invalid as an Enqueue, or with a
+	// dedup_key, delay or run_at of its own); ALREADY_EXISTS (reason SCHEDULE_EXISTS) when
+	// the schedule exists and `replace` is false; RESOURCE_EXHAUSTED (reason
+	// TOO_MANY_SCHEDULES) over the server's schedules per queue; UNAVAILABLE. Safe to retry
+	// with `replace = true`.
+	CreateSchedule(context.Context, *CreateScheduleRequest) (*CreateScheduleResponse, error)
+	// GetSchedule reads a schedule with its next tick times.
+	//
+	// Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+	GetSchedule(context.Context, *GetScheduleRequest) (*GetScheduleResponse, error)
+	// ListSchedules lists a queue's schedules by schedule_id, a page at a time.
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue, page_size over 1000); UNAVAILABLE.
+	ListSchedules(context.Context, *ListSchedulesRequest) (*ListSchedulesResponse, error)
+	// PauseSchedule stops a schedule's ticks until it is resumed; ticks while paused are
+	// never enqueued. Pausing a paused schedule is a no-op.
+	//
+	// Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+	PauseSchedule(context.Context, *PauseScheduleRequest) (*PauseScheduleResponse, error)
+	// ResumeSchedule restarts a paused schedule from its first tick after now. Resuming a
+	// running schedule is a no-op.
+	//
+	// Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+	ResumeSchedule(context.Context, *ResumeScheduleRequest) (*ResumeScheduleResponse, error)
+	// DeleteSchedule removes a schedule; jobs it already enqueued stay. Deleting a schedule
+	// that does not exist answers `deleted = false`.
+	//
+	// Failures: INVALID_ARGUMENT; UNAVAILABLE.
+	DeleteSchedule(context.Context, *DeleteScheduleRequest) (*DeleteScheduleResponse, error)
 	mustEmbedUnimplementedJobQueueServiceServer()
 }
 
@@ -555,6 +697,24 @@ func (UnimplementedJobQueueServiceServer) PauseQueue(context.Context, *PauseQueu
 }
 func (UnimplementedJobQueueServiceServer) ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeQueue not implemented")
+}
+func (UnimplementedJobQueueServiceServer) CreateSchedule(context.Context, *CreateScheduleRequest) (*CreateScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateSchedule not implemented")
+}
+func (UnimplementedJobQueueServiceServer) GetSchedule(context.Context, *GetScheduleRequest) (*GetScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSchedule not implemented")
+}
+func (UnimplementedJobQueueServiceServer) ListSchedules(context.Context, *ListSchedulesRequest) (*ListSchedulesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSchedules not implemented")
+}
+func (UnimplementedJobQueueServiceServer) PauseSchedule(context.Context, *PauseScheduleRequest) (*PauseScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PauseSchedule not implemented")
+}
+func (UnimplementedJobQueueServiceServer) ResumeSchedule(context.Context, *ResumeScheduleRequest) (*ResumeScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeSchedule not implemented")
+}
+func (UnimplementedJobQueueServiceServer) DeleteSchedule(context.Context, *DeleteScheduleRequest) (*DeleteScheduleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteSchedule not implemented")
 }
 func (UnimplementedJobQueueServiceServer) mustEmbedUnimplementedJobQueueServiceServer() {}
 func (UnimplementedJobQueueServiceServer) testEmbeddedByValue()                         {}
@@ -818,6 +978,114 @@ func _JobQueueService_ResumeQueue_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobQueueService_CreateSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobQueueServiceServer).CreateSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobQueueService_CreateSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobQueueServiceServer).CreateSchedule(ctx, req.(*CreateScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobQueueService_GetSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobQueueServiceServer).GetSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobQueueService_GetSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobQueueServiceServer).GetSchedule(ctx, req.(*GetScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobQueueService_ListSchedules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSchedulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobQueueServiceServer).ListSchedules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobQueueService_ListSchedules_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobQueueServiceServer).ListSchedules(ctx, req.(*ListSchedulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobQueueService_PauseSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PauseScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobQueueServiceServer).PauseSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobQueueService_PauseSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobQueueServiceServer).PauseSchedule(ctx, req.(*PauseScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobQueueService_ResumeSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResumeScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobQueueServiceServer).ResumeSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobQueueService_ResumeSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobQueueServiceServer).ResumeSchedule(ctx, req.(*ResumeScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobQueueService_DeleteSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteScheduleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobQueueServiceServer).DeleteSchedule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobQueueService_DeleteSchedule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobQueueServiceServer).DeleteSchedule(ctx, req.(*DeleteScheduleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobQueueService_ServiceDesc is the grpc.ServiceDesc for JobQueueService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -876,6 +1144,30 @@ var JobQueueService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeQueue",
 			Handler:    _JobQueueService_ResumeQueue_Handler,
+		},
+		{
+			MethodName: "CreateSchedule",
+			Handler:    _JobQueueService_CreateSchedule_Handler,
+		},
+		{
+			MethodName: "GetSchedule",
+			Handler:    _JobQueueService_GetSchedule_Handler,
+		},
+		{
+			MethodName: "ListSchedules",
+			Handler:    _JobQueueService_ListSchedules_Handler,
+		},
+		{
+			MethodName: "PauseSchedule",
+			Handler:    _JobQueueService_PauseSchedule_Handler,
+		},
+		{
+			MethodName: "ResumeSchedule",
+			Handler:    _JobQueueService_ResumeSchedule_Handler,
+		},
+		{
+			MethodName: "DeleteSchedule",
+			Handler:    _JobQueueService_DeleteSchedule_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -73,6 +73,12 @@ export enum ErrorReason {
   JOB_NOT_LEASED = 51,
   /** JOB_CANCELLED - FAILED_PRECONDITION: the job was cancelled while leased; stop working on it. */
   JOB_CANCELLED = 52,
+  /** SCHEDULE_NOT_FOUND - NOT_FOUND: no such schedule in that queue. */
+  SCHEDULE_NOT_FOUND = 53,
+  /** SCHEDULE_EXISTS - ALREADY_EXISTS: CreateSchedule without `replace` of a schedule that exists. */
+  SCHEDULE_EXISTS = 54,
+  /** TOO_MANY_SCHEDULES - RESOURCE_EXHAUSTED: the queue has as many schedules as the server allows. */
+  TOO_MANY_SCHEDULES = 55,
   UNRECOGNIZED = -1,
 }
 
@@ -135,6 +141,15 @@ export function errorReasonFromJSON(object: any): ErrorReason {
     case 52:
     case "JOB_CANCELLED":
       return ErrorReason.JOB_CANCELLED;
+    case 53:
+    case "SCHEDULE_NOT_FOUND":
+      return ErrorReason.SCHEDULE_NOT_FOUND;
+    case 54:
+    case "SCHEDULE_EXISTS":
+      return ErrorReason.SCHEDULE_EXISTS;
+    case 55:
+    case "TOO_MANY_SCHEDULES":
+      return ErrorReason.TOO_MANY_SCHEDULES;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -182,6 +197,12 @@ export function errorReasonToJSON(object: ErrorReason): string {
       return "JOB_NOT_LEASED";
     case ErrorReason.JOB_CANCELLED:
       return "JOB_CANCELLED";
+    case ErrorReason.SCHEDULE_NOT_FOUND:
+      return "SCHEDULE_NOT_FOUND";
+    case ErrorReason.SCHEDULE_EXISTS:
+      return "SCHEDULE_EXISTS";
+    case ErrorReason.TOO_MANY_SCHEDULES:
+      return "TOO_MANY_SCHEDULES";
     case ErrorReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

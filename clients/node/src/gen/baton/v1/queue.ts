@@ -111,6 +111,49 @@ export function jobStateToJSON(object: JobState): string {
   }
 }
 
+/** MissedTicks says what a schedule does with ticks that every replica missed. */
+export enum MissedTicks {
+  /** MISSED_TICKS_UNSPECIFIED - MISSED_TICKS_SKIP. */
+  MISSED_TICKS_UNSPECIFIED = 0,
+  /** MISSED_TICKS_SKIP - Drop them; carry on from the next tick. */
+  MISSED_TICKS_SKIP = 1,
+  /** MISSED_TICKS_CATCH_UP - Enqueue up to catch_up_limit of them (the most recent), each with its own tick time. */
+  MISSED_TICKS_CATCH_UP = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function missedTicksFromJSON(object: any): MissedTicks {
+  switch (object) {
+    case 0:
+    case "MISSED_TICKS_UNSPECIFIED":
+      return MissedTicks.MISSED_TICKS_UNSPECIFIED;
+    case 1:
+    case "MISSED_TICKS_SKIP":
+      return MissedTicks.MISSED_TICKS_SKIP;
+    case 2:
+    case "MISSED_TICKS_CATCH_UP":
+      return MissedTicks.MISSED_TICKS_CATCH_UP;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return MissedTicks.UNRECOGNIZED;
+  }
+}
+
+export function missedTicksToJSON(object: MissedTicks): string {
+  switch (object) {
+    case MissedTicks.MISSED_TICKS_UNSPECIFIED:
+      return "MISSED_TICKS_UNSPECIFIED";
+    case MissedTicks.MISSED_TICKS_SKIP:
+      return "MISSED_TICKS_SKIP";
+    case MissedTicks.MISSED_TICKS_CATCH_UP:
+      return "MISSED_TICKS_CATCH_UP";
+    case MissedTicks.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /**
  * Backoff is an exponential retry schedule: the wait before retry n (n = 1, 2, ...) is
  * initial * multiplier^(n-1), at most max. Zero fields mean the server's defaults.
@@ -464,6 +507,164 @@ export interface ResumeQueueRequest {
 
 /** ResumeQueueResponse acknowledges a ResumeQueue. */
 export interface ResumeQueueResponse {
+}
+
+/** Schedule enqueues a job into `queue` on every tick. */
+export interface Schedule {
+  /** The queue the jobs go to. */
+  queue: string;
+  /** The schedule's name within its queue, 1..=128 bytes. */
+  scheduleId: string;
+  /**
+   * A cron expression: 5 fields (minute hour day-of-month month day-of-week), or 6 with
+   * seconds first; also L, W, # and nicknames such as @hourly. Evaluated in `time_zone`,
+   * with daylight-saving changes as the croner crate (OCPS) handles them: a fixed time
+   * inside a spring-forward gap fires at the first valid time after it, wildcard and step
+   * fields skip the gap; a fixed time inside a fall-back overlap fires once, wildcard and
+   * step fields fire in both passes (docs/queues.md).
+   */
+  cron?:
+    | string
+    | undefined;
+  /** A fixed interval, at least 1 s: ticks at created_at + k × every. */
+  every?:
+    | Duration
+    | undefined;
+  /** The IANA time zone of `cron` ("Europe/Paris"); empty means UTC. Ignored with `every`. */
+  timeZone: string;
+  /**
+   * The job each tick enqueues, as an Enqueue: its `queue` is ignored (the schedule's), and
+   * it may not set dedup_key, delay or run_at (each tick's job is de-duplicated by the
+   * schedule and the tick time, and becomes ready at the tick plus jitter).
+   */
+  job:
+    | EnqueueRequest
+    | undefined;
+  /** What to do with ticks more than `misfire_grace` late (every replica was down). */
+  missedTicks: MissedTicks;
+  /**
+   * With MISSED_TICKS_CATCH_UP: at most this many missed ticks are enqueued, the most
+   * recent ones; 0 means 1.
+   */
+  catchUpLimit: number;
+  /** How late a tick may be and still count as on time; 0 means 1 minute. */
+  misfireGrace:
+    | Duration
+    | undefined;
+  /**
+   * Each tick's job becomes ready at a random point in [tick, tick + jitter), spreading
+   * load; at most the interval (for cron, at most 1 h). 0 means none.
+   */
+  jitter:
+    | Duration
+    | undefined;
+  /** Output only: paused by PauseSchedule. */
+  paused: boolean;
+  /** Output only: when it was created (or last replaced). */
+  createdAt:
+    | Date
+    | undefined;
+  /** Output only: the latest tick that enqueued a job; unset before the first. */
+  lastTick:
+    | Date
+    | undefined;
+  /** Output only: how many ticks have enqueued a job. */
+  ticksFired: bigint;
+  /** Output only: the next tick times, soonest first (up to 5; none while paused). */
+  nextTicks: Date[];
+}
+
+/** CreateScheduleRequest creates (or replaces) a schedule. */
+export interface CreateScheduleRequest {
+  /** The schedule; its output-only fields are ignored. */
+  schedule:
+    | Schedule
+    | undefined;
+  /**
+   * Replace a schedule with the same queue and schedule_id (it restarts from now) instead
+   * of failing with ALREADY_EXISTS.
+   */
+  replace: boolean;
+}
+
+/** CreateScheduleResponse carries the schedule as stored. */
+export interface CreateScheduleResponse {
+  /** The schedule, with its next ticks. */
+  schedule: Schedule | undefined;
+}
+
+/** GetScheduleRequest names a schedule. */
+export interface GetScheduleRequest {
+  /** The queue. */
+  queue: string;
+  /** The schedule. */
+  scheduleId: string;
+}
+
+/** GetScheduleResponse carries a schedule. */
+export interface GetScheduleResponse {
+  /** The schedule, with its next ticks. */
+  schedule: Schedule | undefined;
+}
+
+/** ListSchedulesRequest asks for a page of a queue's schedules. */
+export interface ListSchedulesRequest {
+  /** The queue. */
+  queue: string;
+  /** At most this many schedules; 0 means 100, at most 1000. */
+  pageSize: number;
+  /** The next_page_token of the previous page; empty for the first. */
+  pageToken: string;
+}
+
+/** ListSchedulesResponse is one page of schedules, by schedule_id. */
+export interface ListSchedulesResponse {
+  /** The schedules, with their next ticks. */
+  schedules: Schedule[];
+  /** Pass to get the next page; empty on the last page. */
+  nextPageToken: string;
+}
+
+/** PauseScheduleRequest names the schedule to pause. */
+export interface PauseScheduleRequest {
+  /** The queue. */
+  queue: string;
+  /** The schedule. */
+  scheduleId: string;
+}
+
+/** PauseScheduleResponse carries the paused schedule. */
+export interface PauseScheduleResponse {
+  /** The schedule. */
+  schedule: Schedule | undefined;
+}
+
+/** ResumeScheduleRequest names the schedule to resume. */
+export interface ResumeScheduleRequest {
+  /** The queue. */
+  queue: string;
+  /** The schedule. */
+  scheduleId: string;
+}
+
+/** ResumeScheduleResponse carries the resumed schedule. */
+export interface ResumeScheduleResponse {
+  /** The schedule, with its next ticks. */
+  schedule: Schedule | undefined;
+}
+
+/** DeleteScheduleRequest names the schedule to delete. */
+export interface DeleteScheduleRequest {
+  /** The queue. */
+  queue: string;
+  /** The schedule. */
+  scheduleId: string;
+}
+
+/** DeleteScheduleResponse tells whether a schedule was deleted. */
+export interface DeleteScheduleResponse {
+  /** False when there was no such schedule. */
+  deleted: boolean;
 }
 
 function createBaseBackoff(): Backoff {
@@ -3756,6 +3957,1350 @@ export const ResumeQueueResponse: MessageFns<ResumeQueueResponse> = {
   },
 };
 
+function createBaseSchedule(): Schedule {
+  return {
+    queue: "",
+    scheduleId: "",
+    cron: undefined,
+    every: undefined,
+    timeZone: "",
+    job: undefined,
+    missedTicks: 0,
+    catchUpLimit: 0,
+    misfireGrace: undefined,
+    jitter: undefined,
+    paused: false,
+    createdAt: undefined,
+    lastTick: undefined,
+    ticksFired: 0n,
+    nextTicks: [],
+  };
+}
+
+export const Schedule: MessageFns<Schedule> = {
+  encode(message: Schedule, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    if (message.scheduleId !== "") {
+      writer.uint32(18).string(message.scheduleId);
+    }
+    if (message.cron !== undefined) {
+      writer.uint32(26).string(message.cron);
+    }
+    if (message.every !== undefined) {
+      Duration.encode(message.every, writer.uint32(34).fork()).join();
+    }
+    if (message.timeZone !== "") {
+      writer.uint32(42).string(message.timeZone);
+    }
+    if (message.job !== undefined) {
+      EnqueueRequest.encode(message.job, writer.uint32(50).fork()).join();
+    }
+    if (message.missedTicks !== 0) {
+      writer.uint32(56).int32(message.missedTicks);
+    }
+    if (message.catchUpLimit !== 0) {
+      writer.uint32(64).uint32(message.catchUpLimit);
+    }
+    if (message.misfireGrace !== undefined) {
+      Duration.encode(message.misfireGrace, writer.uint32(74).fork()).join();
+    }
+    if (message.jitter !== undefined) {
+      Duration.encode(message.jitter, writer.uint32(82).fork()).join();
+    }
+    if (message.paused !== false) {
+      writer.uint32(88).bool(message.paused);
+    }
+    if (message.createdAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.createdAt), writer.uint32(98).fork()).join();
+    }
+    if (message.lastTick !== undefined) {
+      Timestamp.encode(toTimestamp(message.lastTick), writer.uint32(106).fork()).join();
+    }
+    if (message.ticksFired !== 0n) {
+      if (BigInt.asUintN(64, message.ticksFired) !== message.ticksFired) {
+        throw new globalThis.Error("value provided for field message.ticksFired of type uint64 too large");
+      }
+      writer.uint32(112).uint64(message.ticksFired);
+    }
+    for (const v of message.nextTicks) {
+      Timestamp.encode(toTimestamp(v!), writer.uint32(122).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Schedule {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSchedule();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scheduleId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.cron = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.every = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.timeZone = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.job = EnqueueRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.missedTicks = reader.int32() as any;
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.catchUpLimit = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.misfireGrace = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.jitter = Duration.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.paused = reader.bool();
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.createdAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.lastTick = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.ticksFired = reader.uint64() as bigint;
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.nextTicks.push(fromTimestamp(Timestamp.decode(reader, reader.uint32())));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Schedule {
+    return {
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      scheduleId: isSet(object.scheduleId)
+        ? globalThis.String(object.scheduleId)
+        : isSet(object.schedule_id)
+        ? globalThis.String(object.schedule_id)
+        : "",
+      cron: isSet(object.cron) ? globalThis.String(object.cron) : undefined,
+      every: isSet(object.every) ? Duration.fromJSON(object.every) : undefined,
+      timeZone: isSet(object.timeZone)
+        ? globalThis.String(object.timeZone)
+        : isSet(object.time_zone)
+        ? globalThis.String(object.time_zone)
+        : "",
+      job: isSet(object.job) ? EnqueueRequest.fromJSON(object.job) : undefined,
+      missedTicks: isSet(object.missedTicks)
+        ? missedTicksFromJSON(object.missedTicks)
+        : isSet(object.missed_ticks)
+        ? missedTicksFromJSON(object.missed_ticks)
+        : 0,
+      catchUpLimit: isSet(object.catchUpLimit)
+        ? globalThis.Number(object.catchUpLimit)
+        : isSet(object.catch_up_limit)
+        ? globalThis.Number(object.catch_up_limit)
+        : 0,
+      misfireGrace: isSet(object.misfireGrace)
+        ? Duration.fromJSON(object.misfireGrace)
+        : isSet(object.misfire_grace)
+        ? Duration.fromJSON(object.misfire_grace)
+        : undefined,
+      jitter: isSet(object.jitter) ? Duration.fromJSON(object.jitter) : undefined,
+      paused: isSet(object.paused) ? globalThis.Boolean(object.paused) : false,
+      createdAt: isSet(object.createdAt)
+        ? fromJsonTimestamp(object.createdAt)
+        : isSet(object.created_at)
+        ? fromJsonTimestamp(object.created_at)
+        : undefined,
+      lastTick: isSet(object.lastTick)
+        ? fromJsonTimestamp(object.lastTick)
+        : isSet(object.last_tick)
+        ? fromJsonTimestamp(object.last_tick)
+        : undefined,
+      ticksFired: isSet(object.ticksFired)
+        ? BigInt(object.ticksFired)
+        : isSet(object.ticks_fired)
+        ? BigInt(object.ticks_fired)
+        : 0n,
+      nextTicks: globalThis.Array.isArray(object?.nextTicks)
+        ? object.nextTicks.map((e: any) => fromJsonTimestamp(e))
+        : globalThis.Array.isArray(object?.next_ticks)
+        ? object.next_ticks.map((e: any) => fromJsonTimestamp(e))
+        : [],
+    };
+  },
+
+  toJSON(message: Schedule): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.scheduleId !== "") {
+      obj.scheduleId = message.scheduleId;
+    }
+    if (message.cron !== undefined) {
+      obj.cron = message.cron;
+    }
+    if (message.every !== undefined) {
+      obj.every = Duration.toJSON(message.every);
+    }
+    if (message.timeZone !== "") {
+      obj.timeZone = message.timeZone;
+    }
+    if (message.job !== undefined) {
+      obj.job = EnqueueRequest.toJSON(message.job);
+    }
+    if (message.missedTicks !== 0) {
+      obj.missedTicks = missedTicksToJSON(message.missedTicks);
+    }
+    if (message.catchUpLimit !== 0) {
+      obj.catchUpLimit = Math.round(message.catchUpLimit);
+    }
+    if (message.misfireGrace !== undefined) {
+      obj.misfireGrace = Duration.toJSON(message.misfireGrace);
+    }
+    if (message.jitter !== undefined) {
+      obj.jitter = Duration.toJSON(message.jitter);
+    }
+    if (message.paused !== false) {
+      obj.paused = message.paused;
+    }
+    if (message.createdAt !== undefined) {
+      obj.createdAt = message.createdAt.toISOString();
+    }
+    if (message.lastTick !== undefined) {
+      obj.lastTick = message.lastTick.toISOString();
+    }
+    if (message.ticksFired !== 0n) {
+      obj.ticksFired = message.ticksFired.toString();
+    }
+    if (message.nextTicks?.length) {
+      obj.nextTicks = message.nextTicks.map((e) => e.toISOString());
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Schedule>): Schedule {
+    return Schedule.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Schedule>): Schedule {
+    const message = createBaseSchedule();
+    message.queue = object.queue ?? "";
+    message.scheduleId = object.scheduleId ?? "";
+    message.cron = object.cron ?? undefined;
+    message.every = (object.every !== undefined && object.every !== null)
+      ? Duration.fromPartial(object.every)
+      : undefined;
+    message.timeZone = object.timeZone ?? "";
+    message.job = (object.job !== undefined && object.job !== null)
+      ? EnqueueRequest.fromPartial(object.job)
+      : undefined;
+    message.missedTicks = object.missedTicks ?? 0;
+    message.catchUpLimit = object.catchUpLimit ?? 0;
+    message.misfireGrace = (object.misfireGrace !== undefined && object.misfireGrace !== null)
+      ? Duration.fromPartial(object.misfireGrace)
+      : undefined;
+    message.jitter = (object.jitter !== undefined && object.jitter !== null)
+      ? Duration.fromPartial(object.jitter)
+      : undefined;
+    message.paused = object.paused ?? false;
+    message.createdAt = object.createdAt ?? undefined;
+    message.lastTick = object.lastTick ?? undefined;
+    message.ticksFired = (object.ticksFired !== undefined && object.ticksFired !== null)
+      ? BigInt(object.ticksFired)
+      : 0n;
+    message.nextTicks = object.nextTicks?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseCreateScheduleRequest(): CreateScheduleRequest {
+  return { schedule: undefined, replace: false };
+}
+
+export const CreateScheduleRequest: MessageFns<CreateScheduleRequest> = {
+  encode(message: CreateScheduleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.schedule !== undefined) {
+      Schedule.encode(message.schedule, writer.uint32(10).fork()).join();
+    }
+    if (message.replace !== false) {
+      writer.uint32(16).bool(message.replace);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateScheduleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateScheduleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schedule = Schedule.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.replace = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateScheduleRequest {
+    return {
+      schedule: isSet(object.schedule) ? Schedule.fromJSON(object.schedule) : undefined,
+      replace: isSet(object.replace) ? globalThis.Boolean(object.replace) : false,
+    };
+  },
+
+  toJSON(message: CreateScheduleRequest): unknown {
+    const obj: any = {};
+    if (message.schedule !== undefined) {
+      obj.schedule = Schedule.toJSON(message.schedule);
+    }
+    if (message.replace !== false) {
+      obj.replace = message.replace;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CreateScheduleRequest>): CreateScheduleRequest {
+    return CreateScheduleRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateScheduleRequest>): CreateScheduleRequest {
+    const message = createBaseCreateScheduleRequest();
+    message.schedule = (object.schedule !== undefined && object.schedule !== null)
+      ? Schedule.fromPartial(object.schedule)
+      : undefined;
+    message.replace = object.replace ?? false;
+    return message;
+  },
+};
+
+function createBaseCreateScheduleResponse(): CreateScheduleResponse {
+  return { schedule: undefined };
+}
+
+export const CreateScheduleResponse: MessageFns<CreateScheduleResponse> = {
+  encode(message: CreateScheduleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.schedule !== undefined) {
+      Schedule.encode(message.schedule, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CreateScheduleResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCreateScheduleResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schedule = Schedule.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CreateScheduleResponse {
+    return { schedule: isSet(object.schedule) ? Schedule.fromJSON(object.schedule) : undefined };
+  },
+
+  toJSON(message: CreateScheduleResponse): unknown {
+    const obj: any = {};
+    if (message.schedule !== undefined) {
+      obj.schedule = Schedule.toJSON(message.schedule);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CreateScheduleResponse>): CreateScheduleResponse {
+    return CreateScheduleResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CreateScheduleResponse>): CreateScheduleResponse {
+    const message = createBaseCreateScheduleResponse();
+    message.schedule = (object.schedule !== undefined && object.schedule !== null)
+      ? Schedule.fromPartial(object.schedule)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseGetScheduleRequest(): GetScheduleRequest {
+  return { queue: "", scheduleId: "" };
+}
+
+export const GetScheduleRequest: MessageFns<GetScheduleRequest> = {
+  encode(message: GetScheduleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    if (message.scheduleId !== "") {
+      writer.uint32(18).string(message.scheduleId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetScheduleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetScheduleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scheduleId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetScheduleRequest {
+    return {
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      scheduleId: isSet(object.scheduleId)
+        ? globalThis.String(object.scheduleId)
+        : isSet(object.schedule_id)
+        ? globalThis.String(object.schedule_id)
+        : "",
+    };
+  },
+
+  toJSON(message: GetScheduleRequest): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.scheduleId !== "") {
+      obj.scheduleId = message.scheduleId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetScheduleRequest>): GetScheduleRequest {
+    return GetScheduleRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetScheduleRequest>): GetScheduleRequest {
+    const message = createBaseGetScheduleRequest();
+    message.queue = object.queue ?? "";
+    message.scheduleId = object.scheduleId ?? "";
+    return message;
+  },
+};
+
+function createBaseGetScheduleResponse(): GetScheduleResponse {
+  return { schedule: undefined };
+}
+
+export const GetScheduleResponse: MessageFns<GetScheduleResponse> = {
+  encode(message: GetScheduleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.schedule !== undefined) {
+      Schedule.encode(message.schedule, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetScheduleResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetScheduleResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schedule = Schedule.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetScheduleResponse {
+    return { schedule: isSet(object.schedule) ? Schedule.fromJSON(object.schedule) : undefined };
+  },
+
+  toJSON(message: GetScheduleResponse): unknown {
+    const obj: any = {};
+    if (message.schedule !== undefined) {
+      obj.schedule = Schedule.toJSON(message.schedule);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetScheduleResponse>): GetScheduleResponse {
+    return GetScheduleResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetScheduleResponse>): GetScheduleResponse {
+    const message = createBaseGetScheduleResponse();
+    message.schedule = (object.schedule !== undefined && object.schedule !== null)
+      ? Schedule.fromPartial(object.schedule)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListSchedulesRequest(): ListSchedulesRequest {
+  return { queue: "", pageSize: 0, pageToken: "" };
+}
+
+export const ListSchedulesRequest: MessageFns<ListSchedulesRequest> = {
+  encode(message: ListSchedulesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(16).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(26).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSchedulesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSchedulesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSchedulesRequest {
+    return {
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListSchedulesRequest): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListSchedulesRequest>): ListSchedulesRequest {
+    return ListSchedulesRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListSchedulesRequest>): ListSchedulesRequest {
+    const message = createBaseListSchedulesRequest();
+    message.queue = object.queue ?? "";
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListSchedulesResponse(): ListSchedulesResponse {
+  return { schedules: [], nextPageToken: "" };
+}
+
+export const ListSchedulesResponse: MessageFns<ListSchedulesResponse> = {
+  encode(message: ListSchedulesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.schedules) {
+      Schedule.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSchedulesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSchedulesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schedules.push(Schedule.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSchedulesResponse {
+    return {
+      schedules: globalThis.Array.isArray(object?.schedules)
+        ? object.schedules.map((e: any) => Schedule.fromJSON(e))
+        : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListSchedulesResponse): unknown {
+    const obj: any = {};
+    if (message.schedules?.length) {
+      obj.schedules = message.schedules.map((e) => Schedule.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListSchedulesResponse>): ListSchedulesResponse {
+    return ListSchedulesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListSchedulesResponse>): ListSchedulesResponse {
+    const message = createBaseListSchedulesResponse();
+    message.schedules = object.schedules?.map((e) => Schedule.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
+function createBasePauseScheduleRequest(): PauseScheduleRequest {
+  return { queue: "", scheduleId: "" };
+}
+
+export const PauseScheduleRequest: MessageFns<PauseScheduleRequest> = {
+  encode(message: PauseScheduleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    if (message.scheduleId !== "") {
+      writer.uint32(18).string(message.scheduleId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PauseScheduleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePauseScheduleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scheduleId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PauseScheduleRequest {
+    return {
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      scheduleId: isSet(object.scheduleId)
+        ? globalThis.String(object.scheduleId)
+        : isSet(object.schedule_id)
+        ? globalThis.String(object.schedule_id)
+        : "",
+    };
+  },
+
+  toJSON(message: PauseScheduleRequest): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.scheduleId !== "") {
+      obj.scheduleId = message.scheduleId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PauseScheduleRequest>): PauseScheduleRequest {
+    return PauseScheduleRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PauseScheduleRequest>): PauseScheduleRequest {
+    const message = createBasePauseScheduleRequest();
+    message.queue = object.queue ?? "";
+    message.scheduleId = object.scheduleId ?? "";
+    return message;
+  },
+};
+
+function createBasePauseScheduleResponse(): PauseScheduleResponse {
+  return { schedule: undefined };
+}
+
+export const PauseScheduleResponse: MessageFns<PauseScheduleResponse> = {
+  encode(message: PauseScheduleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.schedule !== undefined) {
+      Schedule.encode(message.schedule, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PauseScheduleResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePauseScheduleResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schedule = Schedule.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PauseScheduleResponse {
+    return { schedule: isSet(object.schedule) ? Schedule.fromJSON(object.schedule) : undefined };
+  },
+
+  toJSON(message: PauseScheduleResponse): unknown {
+    const obj: any = {};
+    if (message.schedule !== undefined) {
+      obj.schedule = Schedule.toJSON(message.schedule);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PauseScheduleResponse>): PauseScheduleResponse {
+    return PauseScheduleResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PauseScheduleResponse>): PauseScheduleResponse {
+    const message = createBasePauseScheduleResponse();
+    message.schedule = (object.schedule !== undefined && object.schedule !== null)
+      ? Schedule.fromPartial(object.schedule)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseResumeScheduleRequest(): ResumeScheduleRequest {
+  return { queue: "", scheduleId: "" };
+}
+
+export const ResumeScheduleRequest: MessageFns<ResumeScheduleRequest> = {
+  encode(message: ResumeScheduleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    if (message.scheduleId !== "") {
+      writer.uint32(18).string(message.scheduleId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeScheduleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeScheduleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scheduleId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeScheduleRequest {
+    return {
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      scheduleId: isSet(object.scheduleId)
+        ? globalThis.String(object.scheduleId)
+        : isSet(object.schedule_id)
+        ? globalThis.String(object.schedule_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ResumeScheduleRequest): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.scheduleId !== "") {
+      obj.scheduleId = message.scheduleId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ResumeScheduleRequest>): ResumeScheduleRequest {
+    return ResumeScheduleRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResumeScheduleRequest>): ResumeScheduleRequest {
+    const message = createBaseResumeScheduleRequest();
+    message.queue = object.queue ?? "";
+    message.scheduleId = object.scheduleId ?? "";
+    return message;
+  },
+};
+
+function createBaseResumeScheduleResponse(): ResumeScheduleResponse {
+  return { schedule: undefined };
+}
+
+export const ResumeScheduleResponse: MessageFns<ResumeScheduleResponse> = {
+  encode(message: ResumeScheduleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.schedule !== undefined) {
+      Schedule.encode(message.schedule, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeScheduleResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeScheduleResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schedule = Schedule.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeScheduleResponse {
+    return { schedule: isSet(object.schedule) ? Schedule.fromJSON(object.schedule) : undefined };
+  },
+
+  toJSON(message: ResumeScheduleResponse): unknown {
+    const obj: any = {};
+    if (message.schedule !== undefined) {
+      obj.schedule = Schedule.toJSON(message.schedule);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ResumeScheduleResponse>): ResumeScheduleResponse {
+    return ResumeScheduleResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ResumeScheduleResponse>): ResumeScheduleResponse {
+    const message = createBaseResumeScheduleResponse();
+    message.schedule = (object.schedule !== undefined && object.schedule !== null)
+      ? Schedule.fromPartial(object.schedule)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDeleteScheduleRequest(): DeleteScheduleRequest {
+  return { queue: "", scheduleId: "" };
+}
+
+export const DeleteScheduleRequest: MessageFns<DeleteScheduleRequest> = {
+  encode(message: DeleteScheduleRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    if (message.scheduleId !== "") {
+      writer.uint32(18).string(message.scheduleId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteScheduleRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteScheduleRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.scheduleId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteScheduleRequest {
+    return {
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      scheduleId: isSet(object.scheduleId)
+        ? globalThis.String(object.scheduleId)
+        : isSet(object.schedule_id)
+        ? globalThis.String(object.schedule_id)
+        : "",
+    };
+  },
+
+  toJSON(message: DeleteScheduleRequest): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.scheduleId !== "") {
+      obj.scheduleId = message.scheduleId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DeleteScheduleRequest>): DeleteScheduleRequest {
+    return DeleteScheduleRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DeleteScheduleRequest>): DeleteScheduleRequest {
+    const message = createBaseDeleteScheduleRequest();
+    message.queue = object.queue ?? "";
+    message.scheduleId = object.scheduleId ?? "";
+    return message;
+  },
+};
+
+function createBaseDeleteScheduleResponse(): DeleteScheduleResponse {
+  return { deleted: false };
+}
+
+export const DeleteScheduleResponse: MessageFns<DeleteScheduleResponse> = {
+  encode(message: DeleteScheduleResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeleteScheduleResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeleteScheduleResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeleteScheduleResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: DeleteScheduleResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DeleteScheduleResponse>): DeleteScheduleResponse {
+    return DeleteScheduleResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DeleteScheduleResponse>): DeleteScheduleResponse {
+    const message = createBaseDeleteScheduleResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
 /**
  * JobQueueService is a durable job queue with priorities, delays, retries with backoff, a
  * dead-letter set and de-duplication, shared by every replica.
@@ -4057,6 +5602,112 @@ export const JobQueueServiceService = {
     responseSerialize: (value: ResumeQueueResponse): Buffer => Buffer.from(ResumeQueueResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ResumeQueueResponse => ResumeQueueResponse.decode(value),
   },
+  /**
+   * CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
+   * fixed interval. However many replicas run, each tick enqueues exactly one job: every
+   * replica may notice the tick, each enqueues it de-duplicated by the schedule and the
+   * tick's time, and one script on Redis's clock moves the schedule on to its next tick.
+   * No replica leads, so none has to be elected or failed over. Ticks missed while every
+   * replica was down are handled by `missed_ticks`.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue or schedule_id; neither or both of
+   * cron and every; a cron expression that does not parse; an unknown time zone; every under
+   * 1 s; jitter longer than the interval; a job template invalid as an Enqueue, or with a
+   * dedup_key, delay or run_at of its own); ALREADY_EXISTS (reason SCHEDULE_EXISTS) when
+   * the schedule exists and `replace` is false; RESOURCE_EXHAUSTED (reason
+   * TOO_MANY_SCHEDULES) over the server's schedules per queue; UNAVAILABLE. Safe to retry
+   * with `replace = true`.
+   */
+  createSchedule: {
+    path: "/baton.v1.JobQueueService/CreateSchedule" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CreateScheduleRequest): Buffer =>
+      Buffer.from(CreateScheduleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CreateScheduleRequest => CreateScheduleRequest.decode(value),
+    responseSerialize: (value: CreateScheduleResponse): Buffer =>
+      Buffer.from(CreateScheduleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CreateScheduleResponse => CreateScheduleResponse.decode(value),
+  },
+  /**
+   * GetSchedule reads a schedule with its next tick times.
+   *
+   * Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  getSchedule: {
+    path: "/baton.v1.JobQueueService/GetSchedule" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetScheduleRequest): Buffer => Buffer.from(GetScheduleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetScheduleRequest => GetScheduleRequest.decode(value),
+    responseSerialize: (value: GetScheduleResponse): Buffer => Buffer.from(GetScheduleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetScheduleResponse => GetScheduleResponse.decode(value),
+  },
+  /**
+   * ListSchedules lists a queue's schedules by schedule_id, a page at a time.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue, page_size over 1000); UNAVAILABLE.
+   */
+  listSchedules: {
+    path: "/baton.v1.JobQueueService/ListSchedules" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListSchedulesRequest): Buffer => Buffer.from(ListSchedulesRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListSchedulesRequest => ListSchedulesRequest.decode(value),
+    responseSerialize: (value: ListSchedulesResponse): Buffer =>
+      Buffer.from(ListSchedulesResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListSchedulesResponse => ListSchedulesResponse.decode(value),
+  },
+  /**
+   * PauseSchedule stops a schedule's ticks until it is resumed; ticks while paused are
+   * never enqueued. Pausing a paused schedule is a no-op.
+   *
+   * Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  pauseSchedule: {
+    path: "/baton.v1.JobQueueService/PauseSchedule" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PauseScheduleRequest): Buffer => Buffer.from(PauseScheduleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PauseScheduleRequest => PauseScheduleRequest.decode(value),
+    responseSerialize: (value: PauseScheduleResponse): Buffer =>
+      Buffer.from(PauseScheduleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PauseScheduleResponse => PauseScheduleResponse.decode(value),
+  },
+  /**
+   * ResumeSchedule restarts a paused schedule from its first tick after now. Resuming a
+   * running schedule is a no-op.
+   *
+   * Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  resumeSchedule: {
+    path: "/baton.v1.JobQueueService/ResumeSchedule" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResumeScheduleRequest): Buffer =>
+      Buffer.from(ResumeScheduleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResumeScheduleRequest => ResumeScheduleRequest.decode(value),
+    responseSerialize: (value: ResumeScheduleResponse): Buffer =>
+      Buffer.from(ResumeScheduleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResumeScheduleResponse => ResumeScheduleResponse.decode(value),
+  },
+  /**
+   * DeleteSchedule removes a schedule; jobs it already enqueued stay. Deleting a schedule
+   * that does not exist answers `deleted = false`.
+   *
+   * Failures: INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  deleteSchedule: {
+    path: "/baton.v1.JobQueueService/DeleteSchedule" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DeleteScheduleRequest): Buffer =>
+      Buffer.from(DeleteScheduleRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DeleteScheduleRequest => DeleteScheduleRequest.decode(value),
+    responseSerialize: (value: DeleteScheduleResponse): Buffer =>
+      Buffer.from(DeleteScheduleResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DeleteScheduleResponse => DeleteScheduleResponse.decode(value),
+  },
 } as const;
 
 export interface JobQueueServiceServer extends UntypedServiceImplementation {
@@ -4220,6 +5871,56 @@ export interface JobQueueServiceServer extends UntypedServiceImplementation {
    * Safe to retry on UNAVAILABLE (idempotent).
    */
   resumeQueue: handleUnaryCall<ResumeQueueRequest, ResumeQueueResponse>;
+  /**
+   * CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
+   * fixed interval. However many replicas run, each tick enqueues exactly one job: every
+   * replica may notice the tick, each enqueues it de-duplicated by the schedule and the
+   * tick's time, and one script on Redis's clock moves the schedule on to its next tick.
+   * No replica leads, so none has to be elected or failed over. Ticks missed while every
+   * replica was down are handled by `missed_ticks`.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue or schedule_id; neither or both of
+   * cron and every; a cron expression that does not parse; an unknown time zone; every under
+   * 1 s; jitter longer than the interval; a job template invalid as an Enqueue, or with a
+   * dedup_key, delay or run_at of its own); ALREADY_EXISTS (reason SCHEDULE_EXISTS) when
+   * the schedule exists and `replace` is false; RESOURCE_EXHAUSTED (reason
+   * TOO_MANY_SCHEDULES) over the server's schedules per queue; UNAVAILABLE. Safe to retry
+   * with `replace = true`.
+   */
+  createSchedule: handleUnaryCall<CreateScheduleRequest, CreateScheduleResponse>;
+  /**
+   * GetSchedule reads a schedule with its next tick times.
+   *
+   * Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  getSchedule: handleUnaryCall<GetScheduleRequest, GetScheduleResponse>;
+  /**
+   * ListSchedules lists a queue's schedules by schedule_id, a page at a time.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue, page_size over 1000); UNAVAILABLE.
+   */
+  listSchedules: handleUnaryCall<ListSchedulesRequest, ListSchedulesResponse>;
+  /**
+   * PauseSchedule stops a schedule's ticks until it is resumed; ticks while paused are
+   * never enqueued. Pausing a paused schedule is a no-op.
+   *
+   * Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  pauseSchedule: handleUnaryCall<PauseScheduleRequest, PauseScheduleResponse>;
+  /**
+   * ResumeSchedule restarts a paused schedule from its first tick after now. Resuming a
+   * running schedule is a no-op.
+   *
+   * Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  resumeSchedule: handleUnaryCall<ResumeScheduleRequest, ResumeScheduleResponse>;
+  /**
+   * DeleteSchedule removes a schedule; jobs it already enqueued stay. Deleting a schedule
+   * that does not exist answers `deleted = false`.
+   *
+   * Failures: INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  deleteSchedule: handleUnaryCall<DeleteScheduleRequest, DeleteScheduleResponse>;
 }
 
 export interface JobQueueServiceClient extends Client {
@@ -4560,6 +6261,140 @@ export interface JobQueueServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResumeQueueResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
+   * fixed interval. However many replicas run, each tick enqueues exactly one job: every
+   * replica may notice the tick, each enqueues it de-duplicated by the schedule and the
+   * tick's time, and one script on Redis's clock moves the schedule on to its next tick.
+   * No replica leads, so none has to be elected or failed over. Ticks missed while every
+   * replica was down are handled by `missed_ticks`.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue or schedule_id; neither or both of
+   * cron and every; a cron expression that does not parse; an unknown time zone; every under
+   * 1 s; jitter longer than the interval; a job template invalid as an Enqueue, or with a
+   * dedup_key, delay or run_at of its own); ALREADY_EXISTS (reason SCHEDULE_EXISTS) when
+   * the schedule exists and `replace` is false; RESOURCE_EXHAUSTED (reason
+   * TOO_MANY_SCHEDULES) over the server's schedules per queue; UNAVAILABLE. Safe to retry
+   * with `replace = true`.
+   */
+  createSchedule(
+    request: CreateScheduleRequest,
+    callback: (error: ServiceError | null, response: CreateScheduleResponse) => void,
+  ): ClientUnaryCall;
+  createSchedule(
+    request: CreateScheduleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CreateScheduleResponse) => void,
+  ): ClientUnaryCall;
+  createSchedule(
+    request: CreateScheduleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CreateScheduleResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * GetSchedule reads a schedule with its next tick times.
+   *
+   * Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  getSchedule(
+    request: GetScheduleRequest,
+    callback: (error: ServiceError | null, response: GetScheduleResponse) => void,
+  ): ClientUnaryCall;
+  getSchedule(
+    request: GetScheduleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetScheduleResponse) => void,
+  ): ClientUnaryCall;
+  getSchedule(
+    request: GetScheduleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetScheduleResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ListSchedules lists a queue's schedules by schedule_id, a page at a time.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue, page_size over 1000); UNAVAILABLE.
+   */
+  listSchedules(
+    request: ListSchedulesRequest,
+    callback: (error: ServiceError | null, response: ListSchedulesResponse) => void,
+  ): ClientUnaryCall;
+  listSchedules(
+    request: ListSchedulesRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListSchedulesResponse) => void,
+  ): ClientUnaryCall;
+  listSchedules(
+    request: ListSchedulesRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListSchedulesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * PauseSchedule stops a schedule's ticks until it is resumed; ticks while paused are
+   * never enqueued. Pausing a paused schedule is a no-op.
+   *
+   * Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  pauseSchedule(
+    request: PauseScheduleRequest,
+    callback: (error: ServiceError | null, response: PauseScheduleResponse) => void,
+  ): ClientUnaryCall;
+  pauseSchedule(
+    request: PauseScheduleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PauseScheduleResponse) => void,
+  ): ClientUnaryCall;
+  pauseSchedule(
+    request: PauseScheduleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PauseScheduleResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ResumeSchedule restarts a paused schedule from its first tick after now. Resuming a
+   * running schedule is a no-op.
+   *
+   * Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  resumeSchedule(
+    request: ResumeScheduleRequest,
+    callback: (error: ServiceError | null, response: ResumeScheduleResponse) => void,
+  ): ClientUnaryCall;
+  resumeSchedule(
+    request: ResumeScheduleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResumeScheduleResponse) => void,
+  ): ClientUnaryCall;
+  resumeSchedule(
+    request: ResumeScheduleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResumeScheduleResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * DeleteSchedule removes a schedule; jobs it already enqueued stay. Deleting a schedule
+   * that does not exist answers `deleted = false`.
+   *
+   * Failures: INVALID_ARGUMENT; UNAVAILABLE.
+   */
+  deleteSchedule(
+    request: DeleteScheduleRequest,
+    callback: (error: ServiceError | null, response: DeleteScheduleResponse) => void,
+  ): ClientUnaryCall;
+  deleteSchedule(
+    request: DeleteScheduleRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DeleteScheduleResponse) => void,
+  ): ClientUnaryCall;
+  deleteSchedule(
+    request: DeleteScheduleRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DeleteScheduleResponse) => void,
   ): ClientUnaryCall;
 }
 

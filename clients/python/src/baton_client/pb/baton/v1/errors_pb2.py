@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ton/v1/errors.proto\x12\x08\x62\x61ton.v1*\xa3\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_FIELD\x10\x01\x12\x17\n\x13STORAGE_UNAVAILABLE\x10\x02\x12\x10\n\x0cSTORAGE_FULL\x10\x03\x12\x11\n\rSHUTTING_DOWN\x10\x04\x12\x16\n\x12RESPONSE_TOO_LARGE\x10\x05\x12\x0c\n\x08INTERNAL\x10\x06\x12\x1c\n\x18SERVER_DEADLINE_EXCEEDED\x10\x07\x12\x13\n\x0f\x41PI_KEY_INVALID\x10\n\x12\x13\n\x0fRPC_NOT_ALLOWED\x10\x0b\x12\x12\n\x0eLEASE_NOT_HELD\x10\x14\x12\x14\n\x10VERSION_MISMATCH\x10\x1e\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x1f\x12\x14\n\x10\x46ILL_TOKEN_STALE\x10 \x12\x15\n\x11SESSION_NOT_FOUND\x10(\x12\x12\n\x0eSESSION_EXISTS\x10)\x12\x11\n\rJOB_NOT_FOUND\x10\x32\x12\x12\n\x0eJOB_NOT_LEASED\x10\x33\x12\x11\n\rJOB_CANCELLED\x10\x34\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61ton/v1/errors.proto\x12\x08\x62\x61ton.v1*\xe8\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12\x11\n\rINVALID_FIELD\x10\x01\x12\x17\n\x13STORAGE_UNAVAILABLE\x10\x02\x12\x10\n\x0cSTORAGE_FULL\x10\x03\x12\x11\n\rSHUTTING_DOWN\x10\x04\x12\x16\n\x12RESPONSE_TOO_LARGE\x10\x05\x12\x0c\n\x08INTERNAL\x10\x06\x12\x1c\n\x18SERVER_DEADLINE_EXCEEDED\x10\x07\x12\x13\n\x0f\x41PI_KEY_INVALID\x10\n\x12\x13\n\x0fRPC_NOT_ALLOWED\x10\x0b\x12\x12\n\x0eLEASE_NOT_HELD\x10\x14\x12\x14\n\x10VERSION_MISMATCH\x10\x1e\x12\x12\n\x0e\x41LREADY_EXISTS\x10\x1f\x12\x14\n\x10\x46ILL_TOKEN_STALE\x10 \x12\x15\n\x11SESSION_NOT_FOUND\x10(\x12\x12\n\x0eSESSION_EXISTS\x10)\x12\x11\n\rJOB_NOT_FOUND\x10\x32\x12\x12\n\x0eJOB_NOT_LEASED\x10\x33\x12\x11\n\rJOB_CANCELLED\x10\x34\x12\x16\n\x12SCHEDULE_NOT_FOUND\x10\x35\x12\x13\n\x0fSCHEDULE_EXISTS\x10\x36\x12\x16\n\x12TOO_MANY_SCHEDULES\x10\x37\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'baton.v1.errors_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=36
-  _globals['_ERRORREASON']._serialized_end=455
+  _globals['_ERRORREASON']._serialized_end=524
 # @@protoc_insertion_point(module_scope)

@@ -25,6 +25,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_NOT_FOUND: _ClassVar[ErrorReason]
     JOB_NOT_LEASED: _ClassVar[ErrorReason]
     JOB_CANCELLED: _ClassVar[ErrorReason]
+    SCHEDULE_NOT_FOUND: _ClassVar[ErrorReason]
+    SCHEDULE_EXISTS: _ClassVar[ErrorReason]
+    TOO_MANY_SCHEDULES: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 INVALID_FIELD: ErrorReason
 STORAGE_UNAVAILABLE: ErrorReason
@@ -44,3 +47,6 @@ SESSION_EXISTS: ErrorReason
 JOB_NOT_FOUND: ErrorReason
 JOB_NOT_LEASED: ErrorReason
 JOB_CANCELLED: ErrorReason
+SCHEDULE_NOT_FOUND: ErrorReason
+SCHEDULE_EXISTS: ErrorReason
+TOO_MANY_SCHEDULES: ErrorReason

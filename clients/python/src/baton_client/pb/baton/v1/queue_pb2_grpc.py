@@ -125,6 +125,36 @@ class JobQueueServiceStub:
                 request_serializer=baton_dot_v1_dot_queue__pb2.ResumeQueueRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_queue__pb2.ResumeQueueResponse.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/baton.v1.JobQueueService/CreateSchedule',
+                request_serializer=baton_dot_v1_dot_queue__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.CreateScheduleResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/baton.v1.JobQueueService/GetSchedule',
+                request_serializer=baton_dot_v1_dot_queue__pb2.GetScheduleRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.GetScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/baton.v1.JobQueueService/ListSchedules',
+                request_serializer=baton_dot_v1_dot_queue__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/baton.v1.JobQueueService/PauseSchedule',
+                request_serializer=baton_dot_v1_dot_queue__pb2.PauseScheduleRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.PauseScheduleResponse.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/baton.v1.JobQueueService/ResumeSchedule',
+                request_serializer=baton_dot_v1_dot_queue__pb2.ResumeScheduleRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.ResumeScheduleResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/baton.v1.JobQueueService/DeleteSchedule',
+                request_serializer=baton_dot_v1_dot_queue__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class JobQueueServiceServicer:
@@ -353,6 +383,74 @@ class JobQueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSchedule(self, request, context):
+        """CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
+        fixed interval. However many replicas run, each tick enqueues exactly one job: every
+        replica may notice the tick, each enqueues it de-duplicated by the schedule and the
+        tick's time, and one script on Redis's clock moves the schedule on to its next tick.
+        No replica leads, so none has to be elected or failed over. Ticks missed while every
+        replica was down are handled by `missed_ticks`.
+
+        Failures: INVALID_ARGUMENT (empty or oversized queue or schedule_id; neither or both of
+        cron and every; a cron expression that does not parse; an unknown time zone; every under
+        1 s; jitter longer than the interval; a job template invalid as an Enqueue, or with a
+        dedup_key, delay or run_at of its own); ALREADY_EXISTS (reason SCHEDULE_EXISTS) when
+        the schedule exists and `replace` is false; RESOURCE_EXHAUSTED (reason
+        TOO_MANY_SCHEDULES) over the server's schedules per queue; UNAVAILABLE. Safe to retry
+        with `replace = true`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """GetSchedule reads a schedule with its next tick times.
+
+        Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """ListSchedules lists a queue's schedules by schedule_id, a page at a time.
+
+        Failures: INVALID_ARGUMENT (empty or oversized queue, page_size over 1000); UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """PauseSchedule stops a schedule's ticks until it is resumed; ticks while paused are
+        never enqueued. Pausing a paused schedule is a no-op.
+
+        Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """ResumeSchedule restarts a paused schedule from its first tick after now. Resuming a
+        running schedule is a no-op.
+
+        Failures: NOT_FOUND (reason SCHEDULE_NOT_FOUND); INVALID_ARGUMENT; UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """DeleteSchedule removes a schedule; jobs it already enqueued stay. Deleting a schedule
+        that does not exist answers `deleted = false`.
+
+        Failures: INVALID_ARGUMENT; UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobQueueServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -425,6 +523,36 @@ def add_JobQueueServiceServicer_to_server(servicer, server):
                     servicer.ResumeQueue,
                     request_deserializer=baton_dot_v1_dot_queue__pb2.ResumeQueueRequest.FromString,
                     response_serializer=baton_dot_v1_dot_queue__pb2.ResumeQueueResponse.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.CreateScheduleResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.GetScheduleRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.GetScheduleResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.PauseScheduleRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.PauseScheduleResponse.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.ResumeScheduleRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.ResumeScheduleResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.DeleteScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -826,6 +954,168 @@ class JobQueueService:
             '/baton.v1.JobQueueService/ResumeQueue',
             baton_dot_v1_dot_queue__pb2.ResumeQueueRequest.SerializeToString,
             baton_dot_v1_dot_queue__pb2.ResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.JobQueueService/CreateSchedule',
+            baton_dot_v1_dot_queue__pb2.CreateScheduleRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.CreateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.JobQueueService/GetSchedule',
+            baton_dot_v1_dot_queue__pb2.GetScheduleRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.GetScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.JobQueueService/ListSchedules',
+            baton_dot_v1_dot_queue__pb2.ListSchedulesRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.JobQueueService/PauseSchedule',
+            baton_dot_v1_dot_queue__pb2.PauseScheduleRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.PauseScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.JobQueueService/ResumeSchedule',
+            baton_dot_v1_dot_queue__pb2.ResumeScheduleRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.ResumeScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.JobQueueService/DeleteSchedule',
+            baton_dot_v1_dot_queue__pb2.DeleteScheduleRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.DeleteScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

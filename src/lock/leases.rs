@@ -1,0 +1,236 @@
+//! What lock leases and leadership leases share: their fields as callers send them, and the
+//! KeepAlive stream — one liveness contract (see `LockService.KeepAlive` in lock.proto).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use crate::error::Error;
+use crate::lock::{Lease, MAX_TTL, MIN_TTL, is_well_formed_lease_id};
+use crate::proto::duration_from_proto;
+use crate::validate::{self, Limits};
+
+/// How long a KeepAlive stream may stay open without naming its lease.
+const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
+
+/// Leases a KeepAlive stream can hold.
+pub trait Leases: Clone + Send + Sync + 'static {
+    /// Counts leases lost for want of a heartbeat.
+    const LOST_METRIC: &'static str;
+
+    /// Extends a held lease; `ttl` zero keeps its current ttl.
+    fn renew(&self, name: &str, lease_id: &str, ttl: Duration) -> impl Future<Output = Result<Lease, Error>> + Send;
+    /// Gives a lease up; `false` when it was already gone.
+    fn release(&self, name: &str, lease_id: &str) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Whether the lease is held right now, by Redis's clock.
+    fn is_held(&self, name: &str, lease_id: &str) -> impl Future<Output = Result<bool, Error>> + Send;
+}
+
+/// The first message of a KeepAlive stream: the lease it holds.
+pub struct Opening {
+    pub name: String,
+    pub lease_id: String,
+    pub ttl: Option<prost_types::Duration>,
+}
+
+/// A name and a lease id as a caller may send them.
+pub fn lease_ref(name: &str, lease_id: &str, limits: &Limits) -> Result<(), Error> {
+    validate::key("name", name, limits)?;
+    if !is_well_formed_lease_id(lease_id) {
+        return Err(Error::invalid("lease_id", "is not a lease id issued by Baton"));
+    }
+    Ok(())
+}
+
+const MAX_OWNER_BYTES: usize = 256;
+const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// A free-text owner, shown to others.
+pub fn owner(owner: &str) -> Result<(), Error> {
+    if owner.len() > MAX_OWNER_BYTES {
+        return Err(Error::invalid("owner", format!("must be at most {MAX_OWNER_BYTES} bytes")));
+    }
+    Ok(())
+}
+
+/// An optional idempotency key; empty means none.
+pub fn request_id(request_id: String) -> Result<Option<String>, Error> {
+    match request_id.len() {
+        0 => Ok(None),
+        n if n > MAX_REQUEST_ID_BYTES => {
+            Err(Error::invalid("request_id", format!("must be at most {MAX_REQUEST_ID_BYTES} bytes")))
+        }
+        _ => Ok(Some(request_id)),
+    }
+}
+
+/// Answer a waiting Acquire or Campaign this long before the caller's deadline, so it gets
+/// a "not acquired" answer rather than DEADLINE_EXCEEDED.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+
+/// How long to wait: `wait_timeout`, or `unset` when it is zero; at most `max`; cut to end
+/// before the caller's deadline.
+pub fn wait(
+    value: Option<&prost_types::Duration>,
+    unset: Duration,
+    max: Duration,
+    caller_deadline: Option<Duration>,
+) -> Result<Duration, Error> {
+    let wait = duration_from_proto("wait_timeout", value)?.unwrap_or(unset);
+    if wait > max {
+        return Err(Error::invalid("wait_timeout", format!("must be at most {max:?}")));
+    }
+    Ok(caller_deadline.map_or(wait, |left| wait.min(left.saturating_sub(DEADLINE_MARGIN))))
+}
+
+/// A ttl for acquiring: required, 100 ms ..= 1 h.
+pub fn required_ttl(field: &str, value: Option<&prost_types::Duration>) -> Result<Duration, Error> {
+    let ttl = duration_from_proto(field, value)?.ok_or_else(|| Error::invalid(field, "is required"))?;
+    check_ttl_range(field, ttl)
+}
+
+/// A ttl for renewing: zero keeps the lease's current ttl.
+pub fn optional_ttl(field: &str, value: Option<&prost_types::Duration>) -> Result<Duration, Error> {
+    match duration_from_proto(field, value)? {
+        Some(ttl) => check_ttl_range(field, ttl),
+        None => Ok(Duration::ZERO),
+    }
+}
+
+fn check_ttl_range(field: &str, ttl: Duration) -> Result<Duration, Error> {
+    if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        return Err(Error::invalid(field, format!("must be between {MIN_TTL:?} and {MAX_TTL:?}")));
+    }
+    Ok(ttl)
+}
+
+/// Opens a KeepAlive stream: reads the first message (`open` takes the lease out of it),
+/// renews the lease once — failing the call itself when it is not held — and answers each
+/// heartbeat after that with `answer(lease, renewed)`.
+pub async fn serve<L: Leases, Request: Send + 'static, Response: Send + 'static>(
+    leases: L,
+    mut requests: Streaming<Request>,
+    limits: &Limits,
+    draining: CancellationToken,
+    open: impl FnOnce(Request) -> Opening,
+    answer: fn(Lease, bool) -> Response,
+) -> Result<ReceiverStream<Result<Response, Status>>, Status> {
+    if draining.is_cancelled() {
+        return Err(Error::ShuttingDown.into());
+    }
+    let first = match tokio::time::timeout(FIRST_MESSAGE_WAIT, requests.message()).await {
+        Ok(Ok(Some(first))) => open(first),
+        Ok(Err(status)) => return Err(status),
+        Ok(Ok(None)) | Err(_) => {
+            return Err(Error::invalid("name", "the first message must name the lease (name, lease_id)").into());
+        }
+    };
+    lease_ref(&first.name, &first.lease_id, limits)?;
+    let ttl = optional_ttl("ttl", first.ttl.as_ref())?;
+    let lease = leases.renew(&first.name, &first.lease_id, ttl).await?;
+    let (sender, receiver) = mpsc::channel(4);
+    let _ = sender.try_send(Ok(answer(lease.clone(), true)));
+    tokio::spawn(answer_heartbeats(leases, lease, requests, sender, draining, answer));
+    Ok(ReceiverStream::new(receiver))
+}
+
+/// Renews the lease on each of the client's heartbeats, and never otherwise: a holder that
+/// stops sending (frozen, paused, cut off) loses the lease at most its ttl after the last
+/// renewal, however long its connection lingers. Every heartbeat is answered, in order, so
+/// the client can match each answer to the heartbeat it sent. Ends when the client goes
+/// away (the lease is released at once), when the lease runs out after the last renewal
+/// (FAILED_PRECONDITION, or OK when another stream keeps it alive), or when this replica
+/// drains (UNAVAILABLE; the lease stays, for the client to resume elsewhere). A half-close
+/// only stops the heartbeats.
+async fn answer_heartbeats<L: Leases, Request, Response>(
+    leases: L,
+    mut lease: Lease,
+    mut heartbeats: Streaming<Request>,
+    sender: mpsc::Sender<Result<Response, Status>>,
+    draining: CancellationToken,
+    answer: fn(Lease, bool) -> Response,
+) {
+    // By this process's clock, the lease surely ends `ttl` after a renewal's answer.
+    let mut renewed_at = Instant::now();
+    let mut sending = true;
+    loop {
+        tokio::select! {
+            heartbeat = heartbeats.message(), if sending => match heartbeat {
+                Ok(Some(_)) => {
+                    let renewed = if renewed_at.elapsed() < lease.ttl / 10 {
+                        false
+                    } else {
+                        match leases.renew(&lease.name, &lease.lease_id, lease.ttl).await {
+                            Ok(renewal) => {
+                                lease = renewal;
+                                renewed_at = Instant::now();
+                                true
+                            }
+                            // The client's own deadline runs; a later heartbeat renews if the
+                            // lease is still held by then.
+                            Err(Error::Unavailable) => false,
+                            Err(err) => {
+                                metrics::counter!(L::LOST_METRIC).increment(1);
+                                let _ = sender.send(Err(err.into())).await;
+                                return;
+                            }
+                        }
+                    };
+                    if sender.send(Ok(answer(lease.clone(), renewed))).await.is_err() {
+                        release_abandoned(&leases, &lease).await;
+                        return;
+                    }
+                }
+                Ok(None) => sending = false,
+                // Cancelled or cut off.
+                Err(_) => {
+                    release_abandoned(&leases, &lease).await;
+                    return;
+                }
+            },
+            () = sender.closed() => {
+                release_abandoned(&leases, &lease).await;
+                return;
+            }
+            () = draining.cancelled() => {
+                let _ = sender.send(Err(Error::ShuttingDown.into())).await;
+                return;
+            }
+            () = tokio::time::sleep_until(renewed_at + lease.ttl) => {
+                // Another stream of the same holder (a client that resumed elsewhere, or
+                // retired this one) may be keeping the lease alive: then this one just ends.
+                // When Redis cannot say, the client is told to ask again.
+                match leases.is_held(&lease.name, &lease.lease_id).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(err) => {
+                        let _ = sender.send(Err(err.into())).await;
+                        return;
+                    }
+                }
+                metrics::counter!(L::LOST_METRIC).increment(1);
+                tracing::info!(lease.name = %lease.name, "no heartbeat within the lease's ttl; lease lost");
+                let lost = Error::LeaseNotHeld {
+                    name: lease.name.clone(),
+                    why: format!("no heartbeat within the lease's ttl ({:?}), so it expired", lease.ttl),
+                };
+                let _ = sender.send(Err(lost.into())).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The KeepAlive client went away: its lease is released at once rather than left to expire.
+async fn release_abandoned<L: Leases>(leases: &L, lease: &Lease) {
+    match leases.release(&lease.name, &lease.lease_id).await {
+        Ok(_) => tracing::debug!(lease.name = %lease.name, "keepalive client left; lease released"),
+        // The lease then expires after its ttl, as if the process had died.
+        Err(err) => tracing::warn!(lease.name = %lease.name, error = %err, "keepalive client left; release failed"),
+    }
+}
