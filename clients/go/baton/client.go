@@ -36,6 +36,7 @@ type Client struct {
 	// them with [FromError] to get an [*Error].
 	RateLimits batonv1.RateLimiterServiceClient
 	Locks      batonv1.LockServiceClient
+	Elections  batonv1.ElectionServiceClient
 	Cache      batonv1.CacheServiceClient
 	Sessions   batonv1.SessionStoreServiceClient
 	Queue      batonv1.JobQueueServiceClient
@@ -126,16 +127,17 @@ func New(target string, options ...Option) (*Client, error) {
 		defaultTimeout: cfg.defaultTimeout,
 		RateLimits:     batonv1.NewRateLimiterServiceClient(conn),
 		Locks:          batonv1.NewLockServiceClient(conn),
+		Elections:      batonv1.NewElectionServiceClient(conn),
 		Cache:          batonv1.NewCacheServiceClient(conn),
 		Sessions:       batonv1.NewSessionStoreServiceClient(conn),
 		Queue:          batonv1.NewJobQueueServiceClient(conn),
 	}, nil
 }
 
-// Close closes the connection. Leases still held end with their KeepAlive streams (Baton
-// releases them, and they are reported lost at their deadline) and running Consume calls
-// lose their streams (Baton hands their jobs back, attempts charged): Unlock leases and stop
-// consumers first.
+// Close closes the connection. Leases and leaderships still held end with their KeepAlive
+// streams (Baton gives them up, and they are reported lost at their deadline) and running
+// Consume calls lose their streams (Baton hands their jobs back, attempts charged): Unlock
+// leases, return from RunAsLeader's work and stop consumers first.
 func (c *Client) Close() error {
 	return c.conn.Close()
 }
@@ -262,8 +264,8 @@ type backoffSchedule struct {
 var (
 	// callBackoff paces the retries of unary calls (Acquire, Ack, Release, reads, …).
 	callBackoff = backoffSchedule{first: 100 * time.Millisecond, max: 500 * time.Millisecond}
-	// streamBackoff paces reopening a KeepAlive or Consume stream that keeps failing (the
-	// first reopen after a stream that worked is immediate): a lease has only its ttl to
+	// streamBackoff paces reopening a KeepAlive, Consume or Observe stream that keeps failing
+	// (the first reopen after a stream that worked is immediate): a lease has only its ttl to
 	// find another replica.
 	streamBackoff = backoffSchedule{first: 50 * time.Millisecond, max: 250 * time.Millisecond}
 )
@@ -314,9 +316,9 @@ func (b *backoff) sleep(ctx context.Context, cause error) bool {
 	}
 }
 
-// reconnectObserver, when set (by the tests), hears how long a KeepAlive ("keepalive") or
-// Consume ("consume") stream was down: from the end of a stream that worked to the first
-// answer (KeepAlive) or the opening (Consume) of the next one.
+// reconnectObserver, when set (by the tests), hears how long a KeepAlive ("keepalive"),
+// Consume ("consume") or Observe ("observe") stream was down: from the end of a stream that
+// worked to the first answer (KeepAlive, Observe) or the opening (Consume) of the next one.
 var reconnectObserver atomic.Pointer[func(kind string, gap time.Duration)]
 
 func observeReconnect(kind string, gap time.Duration) {

@@ -1,5 +1,5 @@
 // Package baton is the Go client for Baton, a gRPC coordination service whose state lives
-// in Redis: rate limits, fenced locks, a cache, sessions and a job queue.
+// in Redis: rate limits, fenced locks, leader elections, a cache, sessions and a job queue.
 //
 // Layout:
 //
@@ -10,8 +10,11 @@
 //     sentinels for errors.Is; [ReasonOf], the ErrorInfo reason as the generated enum
 //   - resolver.go: the "ipv4:" and "ipv6:" address-list targets
 //   - ratelimit.go: [Client.Allow]
-//   - lock.go: [Client.Lock] and [*Lease], held by heartbeats on a KeepAlive stream and
-//     reported lost by a local timer a safety margin before its proof of liveness runs out
+//   - lock.go: [Client.Lock] and [*Lease]; and the keeping of any lease (a lock's or a
+//     leadership's) by heartbeats on KeepAlive streams, reported lost by a local timer a
+//     safety margin before its proof of liveness runs out
+//   - election.go: [Client.RunAsLeader] and [*Leadership] (a lease kept as in lock.go),
+//     [Client.Leader] and [Client.Observe]
 //   - cache.go: [Client.CacheGet], [Client.CacheSet], [Client.CacheDelete],
 //     [Client.InvalidateTag] and [Client.GetOrLoad] (one loader per miss, via Fetch/Fill)
 //   - session.go: [Client.CreateSession] and the rest of the session store
@@ -19,9 +22,10 @@
 //   - queue.go: [Client.Enqueue] and [Client.Consume], the worker loop and its graceful stop
 //   - github.com/baton-dev/baton/clients/go/gen/baton/v1 (outside this package, in the same
 //     module): the generated stubs for every service (`make gen`), reachable as
-//     [Client.RateLimits], [Client.Locks], [Client.Cache], [Client.Sessions], [Client.Queue]
+//     [Client.RateLimits], [Client.Locks], [Client.Elections], [Client.Cache],
+//     [Client.Sessions], [Client.Queue]
 //
-// The helpers retry only where the API makes it safe: Acquire with a request_id, Enqueue
-// with a dedup key, reads, Release, Delete, Ack, Nack and Extend, and resuming KeepAlive and
-// Consume streams on another replica.
+// The helpers retry only where the API makes it safe: Acquire and Campaign with a
+// request_id, Enqueue with a dedup key, reads, Release, Resign, Proclaim, Delete, Ack, Nack
+// and Extend, and resuming KeepAlive, Consume and Observe streams on another replica.
 package baton

@@ -153,131 +153,69 @@ func (c *Client) acquireOnce(ctx context.Context, request *batonv1.AcquireReques
 // or an error no retry can fix, is a loss too.
 type Lease struct {
 	client       *Client
-	name         string
-	leaseID      string
 	fencingToken uint64
-	ttl          time.Duration
-	// margin is how long before HeldUntil the lease is reported lost.
-	margin time.Duration
-
-	// life ends, with its cause, at loss or Unlock; Done and Context expose it, and every
-	// KeepAlive stream is opened under it, so ending it also ends the stream — which makes
-	// Baton release the lease at once if it still holds it.
-	life       context.Context
-	end        context.CancelCauseFunc
-	keptAlive  chan struct{} // closed when the KeepAlive goroutine has returned
-	confirmed  chan struct{} // closed at the first answered KeepAlive message
-	unlocking  atomic.Bool   // from Unlock on, stream errors are expected, not loss
-	unlockOnce sync.Once
-	unlockErr  error
-
-	mu        sync.Mutex
-	expiresAt time.Time // by the Redis clock, as last answered
-	// heldUntil is, on this process's monotonic clock, the send time of the latest KeepAlive
-	// message answered "renewed" plus the ttl: the lease is certainly held until then.
-	heldUntil time.Time
-	// deadline is when the lease is reported lost unless an answer moves it: heldUntil minus
-	// the margin once the stream has answered; before that, a ttl after Acquire answered,
-	// when the lease has certainly expired unless renewed.
-	deadline  time.Time
-	lossTimer *time.Timer // fires at deadline; independent of every stream
-}
-
-// leaseMargin is how long before HeldUntil a lease is reported lost: a tenth of the ttl
-// (clocks may run at slightly different rates, and the process acting on Done needs time
-// to stop), at least 50 ms (scheduling delays do not shrink with the ttl).
-func leaseMargin(ttl time.Duration) time.Duration {
-	return max(ttl/10, 50*time.Millisecond)
+	kept         *keptLease
+	unlockOnce   sync.Once
+	unlockErr    error
 }
 
 // hold starts keeping a granted lease alive and returns once its KeepAlive stream has
 // answered, or fails if the lease could not be kept.
 func (c *Client) hold(ctx context.Context, granted *batonv1.Lease, acquiredAt time.Time) (*Lease, error) {
-	life, end := context.WithCancelCause(context.Background())
-	ttl := granted.GetTtl().AsDuration()
 	lease := &Lease{
 		client:       c,
-		name:         granted.GetName(),
-		leaseID:      granted.GetLeaseId(),
 		fencingToken: granted.GetFencingToken(),
-		ttl:          ttl,
-		margin:       leaseMargin(ttl),
-		life:         life,
-		end:          end,
-		keptAlive:    make(chan struct{}),
-		confirmed:    make(chan struct{}),
-		expiresAt:    granted.GetExpiresAt().AsTime(),
-		// Acquire may have waited, so when it granted the lease is unknown: a ttl after its
-		// answer the lease has expired for sure, and the first answer of the stream dates it.
-		deadline: acquiredAt.Add(ttl),
+		kept: keepLease(granted, acquiredAt, ErrLeaseLost, func(ctx context.Context) (keepAliveStream, error) {
+			stream, err := c.Locks.KeepAlive(ctx)
+			return lockKeepAlive{stream}, err
+		}),
 	}
-	lease.lossTimer = time.AfterFunc(time.Until(lease.deadline), lease.checkDeadline)
-	go lease.keepAlive()
-	select {
-	case <-lease.confirmed:
+	lost, cancelled := lease.kept.awaitConfirmation(ctx)
+	if lost == nil && cancelled == nil {
 		return lease, nil
-	case <-lease.life.Done():
-		err := lease.Err()
-		go lease.Unlock() // its Release may retry for seconds; the caller learns of the loss now
-		return nil, fmt.Errorf("baton: %q was acquired but could not be kept: %w", lease.name, err)
-	case <-ctx.Done():
-		go lease.Unlock()
-		return nil, fmt.Errorf("baton: acquiring %q: %w", lease.name, context.Cause(ctx))
 	}
+	go lease.Unlock() // its Release may retry for seconds; the caller learns of the failure now
+	if lost != nil {
+		return nil, fmt.Errorf("baton: %q was acquired but could not be kept: %w", lease.Name(), lost)
+	}
+	return nil, fmt.Errorf("baton: acquiring %q: %w", lease.Name(), cancelled)
 }
 
 // Name is the lock's name.
-func (l *Lease) Name() string { return l.name }
+func (l *Lease) Name() string { return l.kept.name }
 
 // LeaseID proves holdership; treat it as a secret.
-func (l *Lease) LeaseID() string { return l.leaseID }
+func (l *Lease) LeaseID() string { return l.kept.leaseID }
 
 // FencingToken is greater than every token granted before for this name: pass it to the
 // protected resource, which must refuse writes with a lower token than it has seen.
 func (l *Lease) FencingToken() uint64 { return l.fencingToken }
 
 // TTL is how long each renewal extends the lease.
-func (l *Lease) TTL() time.Duration { return l.ttl }
+func (l *Lease) TTL() time.Duration { return l.kept.ttl }
 
 // ExpiresAt is the expiry of the last answered renewal, by the Redis server's clock.
-func (l *Lease) ExpiresAt() time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.expiresAt
-}
+func (l *Lease) ExpiresAt() time.Time { return l.kept.ExpiresAt() }
 
 // HeldUntil is, by this process's clock, the send time of the latest heartbeat Baton
 // renewed the lease on, plus the ttl: the lease is held at least until then. Heartbeats
 // answered "not renewed" do not move it.
-func (l *Lease) HeldUntil() time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.heldUntil
-}
+func (l *Lease) HeldUntil() time.Time { return l.kept.HeldUntil() }
 
 // Deadline is when the lease will be reported lost unless a heartbeat is renewed before:
 // [Lease.HeldUntil] minus a safety margin of max(ttl/10, 50 ms). It moves forward with each
 // renewed heartbeat, about every third of the ttl.
-func (l *Lease) Deadline() time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.deadline
-}
+func (l *Lease) Deadline() time.Time { return l.kept.Deadline() }
 
 // Done is closed when the lease ends: lost, or unlocked. Err tells which.
-func (l *Lease) Done() <-chan struct{} { return l.life.Done() }
+func (l *Lease) Done() <-chan struct{} { return l.kept.life.Done() }
 
 // Err is nil while the lease is held, an error wrapping [ErrLeaseLost] (and the *Error
 // that revealed the loss, if any) once lost, and [ErrUnlocked] after Unlock.
-func (l *Lease) Err() error {
-	if l.life.Err() == nil {
-		return nil
-	}
-	return context.Cause(l.life)
-}
+func (l *Lease) Err() error { return l.kept.Err() }
 
 // Context is cancelled when the lease ends; pass it to the work the lock protects.
-func (l *Lease) Context() context.Context { return l.life }
+func (l *Lease) Context() context.Context { return l.kept.life }
 
 // Unlock releases the lease, so a waiting Acquire gets it at once: it calls Release
 // (retried through a 5 s outage) and ends the KeepAlive stream, which Baton also takes as a
@@ -285,29 +223,19 @@ func (l *Lease) Context() context.Context { return l.life }
 // have overlapped another holder), and is safe to call more than once.
 func (l *Lease) Unlock() error {
 	l.unlockOnce.Do(func() {
-		l.unlocking.Store(true)
-		lostWhileHeld := l.Err()
-		if lostWhileHeld == nil && l.pastDeadline() {
-			lostWhileHeld = fmt.Errorf("%w: no heartbeat renewed in time (deadline %s)", ErrLeaseLost, l.Deadline().Format(time.RFC3339Nano))
-		}
-		// Released through the open stream's replica or any other; ending the stream first
-		// would release it already and make Release answer "not released".
-		released, retried, releaseErr := l.release()
-		l.lossTimer.Stop()
-		if lostWhileHeld != nil {
-			l.end(lostWhileHeld) // a no-op when the loss had already ended it
-		} else {
-			l.end(ErrUnlocked)
-		}
-		<-l.keptAlive
+		var (
+			released, retried bool
+			releaseErr        error
+		)
+		lostWhileHeld := l.kept.stop(func() { released, retried, releaseErr = l.release() }, ErrUnlocked)
 		switch {
 		case lostWhileHeld != nil:
 			l.unlockErr = lostWhileHeld
 		case releaseErr != nil:
-			l.unlockErr = fmt.Errorf("baton: releasing %q (it expires by itself after its ttl): %w", l.name, releaseErr)
+			l.unlockErr = fmt.Errorf("baton: releasing %q (it expires by itself after its ttl): %w", l.Name(), releaseErr)
 		case !released && !retried:
 			// After a retry, "not released" may only mean that a lost attempt released it.
-			l.unlockErr = fmt.Errorf("%w: %q was already gone when unlocked", ErrLeaseLost, l.name)
+			l.unlockErr = fmt.Errorf("%w: %q was already gone when unlocked", ErrLeaseLost, l.Name())
 		}
 	})
 	return l.unlockErr
@@ -319,77 +247,235 @@ func (l *Lease) release() (released, retried bool, err error) {
 	attempts := 0
 	err = l.client.retry(context.Background(), settleBudget, func(ctx context.Context) error {
 		attempts++
-		response, err := l.client.Locks.Release(ctx, &batonv1.ReleaseRequest{Name: l.name, LeaseId: l.leaseID})
+		response, err := l.client.Locks.Release(ctx, &batonv1.ReleaseRequest{Name: l.Name(), LeaseId: l.LeaseID()})
 		released = response.GetReleased()
 		return err
 	})
 	return released, attempts > 1, err
 }
 
-func (l *Lease) lose(cause error) {
-	if l.unlocking.Load() {
-		return
-	}
-	l.end(cause)
+// lockKeepAlive is a LockService KeepAlive stream.
+type lockKeepAlive struct {
+	stream batonv1.LockService_KeepAliveClient
 }
 
-func (l *Lease) pastDeadline() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return !time.Now().Before(l.deadline)
+func (s lockKeepAlive) open(name, leaseID string, ttl time.Duration) error {
+	return s.stream.Send(&batonv1.KeepAliveRequest{Name: name, LeaseId: leaseID, Ttl: durationpb.New(ttl)})
+}
+
+func (s lockKeepAlive) heartbeat() error { return s.stream.Send(&batonv1.KeepAliveRequest{}) }
+
+func (s lockKeepAlive) recv() (renewed bool, lease *batonv1.Lease, err error) {
+	response, err := s.stream.Recv()
+	return response.GetRenewed(), response.GetLease(), err
+}
+
+// keepAliveStream is one KeepAlive stream of LockService or ElectionService, whose messages
+// differ only in their types.
+type keepAliveStream interface {
+	// open sends the first message, which names the lease.
+	open(name, leaseID string, ttl time.Duration) error
+	heartbeat() error
+	// recv returns the next answer: whether it renewed the lease, and the lease as answered.
+	recv() (renewed bool, lease *batonv1.Lease, err error)
+}
+
+// keptLease is a lease kept alive by heartbeats on KeepAlive streams: a lock's ([Lease]) or
+// a leadership's ([Leadership]), which Baton keeps by one contract, described at [Lease].
+// It owns the streams, reopening them on another replica when one goes away, and the loss
+// timer, which ends the lease a safety margin before its proof of liveness runs out.
+type keptLease struct {
+	name    string
+	leaseID string
+	ttl     time.Duration
+	// margin is how long before HeldUntil the lease is reported lost.
+	margin time.Duration
+	// lossSentinel is what every loss wraps: ErrLeaseLost, or ErrLeadershipLost.
+	lossSentinel error
+	// openKeepAlive opens a KeepAlive stream of the lease's service under ctx.
+	openKeepAlive func(ctx context.Context) (keepAliveStream, error)
+
+	// life ends, with its cause, at loss or stop; every KeepAlive stream is opened under
+	// it, so ending it also ends the stream — which makes Baton give the lease up at once
+	// if it still holds it.
+	life      context.Context
+	end       context.CancelCauseFunc
+	keptAlive chan struct{} // closed when the KeepAlive goroutine has returned
+	confirmed chan struct{} // closed at the first answered KeepAlive message
+	stopping  atomic.Bool   // from stop on, stream errors are expected, not loss
+
+	mu        sync.Mutex
+	expiresAt time.Time // by the Redis clock, as last answered
+	// heldUntil is, on this process's monotonic clock, the send time of the latest KeepAlive
+	// message answered "renewed" plus the ttl: the lease is certainly held until then.
+	heldUntil time.Time
+	// deadline is when the lease is reported lost unless an answer moves it: heldUntil minus
+	// the margin once the stream has answered; before that, a ttl after the grant was
+	// answered, when the lease has certainly expired unless renewed.
+	deadline  time.Time
+	lossTimer *time.Timer // fires at deadline; independent of every stream
+}
+
+// leaseMargin is how long before HeldUntil a lease is reported lost: a tenth of the ttl
+// (clocks may run at slightly different rates, and the process acting on Done needs time
+// to stop), at least 50 ms (scheduling delays do not shrink with the ttl).
+func leaseMargin(ttl time.Duration) time.Duration {
+	return max(ttl/10, 50*time.Millisecond)
+}
+
+// keepLease starts keeping granted alive, with streams from openKeepAlive, until it is
+// lost (every loss wrapping lossSentinel) or stopped. grantAnsweredAt is when the call
+// that granted it answered.
+func keepLease(granted *batonv1.Lease, grantAnsweredAt time.Time, lossSentinel error, openKeepAlive func(context.Context) (keepAliveStream, error)) *keptLease {
+	life, end := context.WithCancelCause(context.Background())
+	ttl := granted.GetTtl().AsDuration()
+	kept := &keptLease{
+		name:          granted.GetName(),
+		leaseID:       granted.GetLeaseId(),
+		ttl:           ttl,
+		margin:        leaseMargin(ttl),
+		lossSentinel:  lossSentinel,
+		openKeepAlive: openKeepAlive,
+		life:          life,
+		end:           end,
+		keptAlive:     make(chan struct{}),
+		confirmed:     make(chan struct{}),
+		expiresAt:     granted.GetExpiresAt().AsTime(),
+		// The grant may have waited, so when Baton made it is unknown: a ttl after its
+		// answer the lease has expired for sure, and the first answer of the stream dates it.
+		deadline: grantAnsweredAt.Add(ttl),
+	}
+	kept.lossTimer = time.AfterFunc(time.Until(kept.deadline), kept.checkDeadline)
+	go kept.keepAlive()
+	return kept
+}
+
+// awaitConfirmation waits until the KeepAlive stream has answered, so that the deadline is
+// known from the start. It fails with the loss, or with ctx's cause when ctx ends first;
+// either way the holder must still stop the lease.
+func (k *keptLease) awaitConfirmation(ctx context.Context) (lost, cancelled error) {
+	select {
+	case <-k.confirmed:
+		return nil, nil
+	case <-k.life.Done():
+		return k.Err(), nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// ExpiresAt, HeldUntil and Deadline are what [Lease] documents under the same names.
+func (k *keptLease) ExpiresAt() time.Time {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.expiresAt
+}
+
+func (k *keptLease) HeldUntil() time.Time {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.heldUntil
+}
+
+func (k *keptLease) Deadline() time.Time {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.deadline
+}
+
+// Err is nil while the lease is held, else why it ended.
+func (k *keptLease) Err() error {
+	if k.life.Err() == nil {
+		return nil
+	}
+	return context.Cause(k.life)
+}
+
+// stop ends a lease its holder is done with. giveBack (Release, Resign) runs while the
+// stream is still open: ending the stream first would already give the lease up and make
+// giveBack answer "not held". The stream then ends with cause, unless the lease was lost
+// while held: stop returns that loss (the holder's work may have overlapped another's).
+func (k *keptLease) stop(giveBack func(), cause error) (lostWhileHeld error) {
+	k.stopping.Store(true)
+	lostWhileHeld = k.Err()
+	if lostWhileHeld == nil && k.pastDeadline() {
+		lostWhileHeld = fmt.Errorf("%w: no heartbeat renewed in time (deadline %s)", k.lossSentinel, k.Deadline().Format(time.RFC3339Nano))
+	}
+	giveBack()
+	k.lossTimer.Stop()
+	if lostWhileHeld != nil {
+		k.end(lostWhileHeld) // a no-op when the loss had already ended it
+	} else {
+		k.end(cause)
+	}
+	<-k.keptAlive
+	return lostWhileHeld
+}
+
+func (k *keptLease) lose(cause error) {
+	if k.stopping.Load() {
+		return
+	}
+	k.end(cause)
+}
+
+func (k *keptLease) pastDeadline() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return !time.Now().Before(k.deadline)
 }
 
 // checkDeadline runs on the loss timer: the lease is lost if its deadline has passed, else
 // the timer is set again for the deadline an answer has moved it to meanwhile.
-func (l *Lease) checkDeadline() {
-	l.mu.Lock()
+func (k *keptLease) checkDeadline() {
+	k.mu.Lock()
 	now := time.Now()
-	if now.Before(l.deadline) {
-		l.lossTimer.Reset(l.deadline.Sub(now))
-		l.mu.Unlock()
+	if now.Before(k.deadline) {
+		k.lossTimer.Reset(k.deadline.Sub(now))
+		k.mu.Unlock()
 		return
 	}
-	answered := !l.heldUntil.IsZero()
-	l.mu.Unlock()
+	answered := !k.heldUntil.IsZero()
+	k.mu.Unlock()
 	if answered {
-		l.lose(fmt.Errorf("%w: no heartbeat renewed in time: held until %s at least, reported lost %s before",
-			ErrLeaseLost, l.HeldUntil().Format(time.RFC3339Nano), l.margin))
+		k.lose(fmt.Errorf("%w: no heartbeat renewed in time: held until %s at least, reported lost %s before",
+			k.lossSentinel, k.HeldUntil().Format(time.RFC3339Nano), k.margin))
 	} else {
-		l.lose(fmt.Errorf("%w: no KeepAlive stream answered within the ttl (%s) of the grant", ErrLeaseLost, l.ttl))
+		k.lose(fmt.Errorf("%w: no KeepAlive stream answered within the ttl (%s) of the grant", k.lossSentinel, k.ttl))
 	}
 }
 
 // renewed records a "renewed" answer to a KeepAlive message sent at sentAt. An answer
 // processed after the deadline does not revive the lease: its loss may already have been
 // acted upon (and the process may just have been frozen past it).
-func (l *Lease) renewed(sentAt time.Time, lease *batonv1.Lease) {
-	l.mu.Lock()
+func (k *keptLease) renewed(sentAt time.Time, lease *batonv1.Lease) {
+	k.mu.Lock()
 	now := time.Now()
-	if !now.Before(l.deadline) {
-		l.mu.Unlock()
-		l.checkDeadline()
+	if !now.Before(k.deadline) {
+		k.mu.Unlock()
+		k.checkDeadline()
 		return
 	}
-	first := l.heldUntil.IsZero()
-	if heldUntil := sentAt.Add(l.ttl); heldUntil.After(l.heldUntil) {
-		l.heldUntil = heldUntil
-		l.deadline = heldUntil.Add(-l.margin)
-		l.expiresAt = lease.GetExpiresAt().AsTime()
-		l.lossTimer.Reset(l.deadline.Sub(now))
+	first := k.heldUntil.IsZero()
+	if heldUntil := sentAt.Add(k.ttl); heldUntil.After(k.heldUntil) {
+		k.heldUntil = heldUntil
+		k.deadline = heldUntil.Add(-k.margin)
+		k.expiresAt = lease.GetExpiresAt().AsTime()
+		k.lossTimer.Reset(k.deadline.Sub(now))
 	}
-	l.mu.Unlock()
+	k.mu.Unlock()
 	if first {
-		close(l.confirmed)
+		close(k.confirmed)
 	}
 }
 
-func (l *Lease) keepAlive() {
-	defer close(l.keptAlive)
+func (k *keptLease) keepAlive() {
+	defer close(k.keptAlive)
 	retry := newBackoff(streamBackoff)
 	var brokenAt time.Time
 	for {
-		answered, err := l.followKeepAlive(brokenAt)
-		if l.life.Err() != nil {
+		answered, err := k.followKeepAlive(brokenAt)
+		if k.life.Err() != nil {
 			return
 		}
 		if answered || brokenAt.IsZero() {
@@ -400,24 +486,24 @@ func (l *Lease) keepAlive() {
 		}
 		switch {
 		case codeOf(err) == codes.FailedPrecondition:
-			l.lose(fmt.Errorf("%w: %w", ErrLeaseLost, FromError(err)))
+			k.lose(fmt.Errorf("%w: %w", k.lossSentinel, FromError(err)))
 			return
 		case retryableStreamEnd(err):
 			// Reopen at once after a stream that worked (a replica draining ends its streams
 			// UNAVAILABLE and keeps the lease), then back off; the deadline ends the attempts.
-			if !answered && !retry.sleep(l.life, err) {
+			if !answered && !retry.sleep(k.life, err) {
 				return
 			}
 		default:
 			// INVALID_ARGUMENT, UNAUTHENTICATED, …: no retry can keep this lease.
-			l.lose(fmt.Errorf("%w: %w", ErrLeaseLost, FromError(err)))
+			k.lose(fmt.Errorf("%w: %w", k.lossSentinel, FromError(err)))
 			return
 		}
 	}
 }
 
-// retryableStreamEnd tells whether reopening a KeepAlive or Consume stream that ended with
-// err may succeed: the replica drained or went away, or the connection broke.
+// retryableStreamEnd tells whether reopening a KeepAlive, Consume or Observe stream that
+// ended with err may succeed: the replica drained or went away, or the connection broke.
 func retryableStreamEnd(err error) bool {
 	switch codeOf(err) {
 	case codes.OK, codes.Unavailable, codes.Unknown, codes.Internal, codes.ResourceExhausted,
@@ -431,10 +517,10 @@ func retryableStreamEnd(err error) bool {
 // followKeepAlive runs one KeepAlive stream: the first message names the lease, then a
 // heartbeat goes out every third of the ttl. It returns why the stream ended, and whether
 // anything on it was answered.
-func (l *Lease) followKeepAlive(brokenAt time.Time) (answered bool, err error) {
-	streamCtx, closeStream := context.WithCancel(withWaitForReady(l.life))
+func (k *keptLease) followKeepAlive(brokenAt time.Time) (answered bool, err error) {
+	streamCtx, closeStream := context.WithCancel(withWaitForReady(k.life))
 	defer closeStream()
-	stream, err := l.client.Locks.KeepAlive(streamCtx)
+	stream, err := k.openKeepAlive(streamCtx)
 	if err != nil {
 		return false, err
 	}
@@ -445,18 +531,18 @@ func (l *Lease) followKeepAlive(brokenAt time.Time) (answered bool, err error) {
 		pending   []time.Time
 		anyAnswer atomic.Bool
 	)
-	send := func(request *batonv1.KeepAliveRequest) {
+	send := func(message func() error) {
 		mu.Lock()
-		pending = append(pending, time.Now()) // before Send: the answer may come at once
+		pending = append(pending, time.Now()) // before sending: the answer may come at once
 		mu.Unlock()
-		// A failed Send means the stream has ended; Recv reports why.
-		_ = stream.Send(request)
+		// A failed send means the stream has ended; recv reports why.
+		_ = message()
 	}
 	ended := make(chan error, 1)
-	send(&batonv1.KeepAliveRequest{Name: l.name, LeaseId: l.leaseID, Ttl: durationpb.New(l.ttl)})
+	send(func() error { return stream.open(k.name, k.leaseID, k.ttl) })
 	go func() {
 		for {
-			response, err := stream.Recv()
+			renewed, lease, err := stream.recv()
 			if err != nil {
 				if err == io.EOF {
 					err = nil
@@ -475,26 +561,27 @@ func (l *Lease) followKeepAlive(brokenAt time.Time) (answered bool, err error) {
 			if !anyAnswer.Swap(true) && !brokenAt.IsZero() {
 				observeReconnect("keepalive", time.Since(brokenAt))
 			}
-			observeKeepAliveAnswer(response.GetRenewed())
-			if response.GetRenewed() {
-				l.renewed(sentAt, response.GetLease())
+			observeKeepAliveAnswer(renewed)
+			if renewed {
+				k.renewed(sentAt, lease)
 			}
 			// Not renewed: the heartbeat proves nothing, and HeldUntil stays where it was.
 		}
 	}()
-	heartbeats := time.NewTicker(l.ttl / 3)
+	heartbeats := time.NewTicker(k.ttl / 3)
 	defer heartbeats.Stop()
 	for {
 		select {
 		case err := <-ended:
 			return anyAnswer.Load(), err
 		case <-heartbeats.C:
-			send(&batonv1.KeepAliveRequest{})
+			send(stream.heartbeat)
 		}
 	}
 }
 
-// newRequestID is 128 random bits: one per logical Acquire, reused by its retries.
+// newRequestID is 128 random bits: one per logical Acquire or Campaign, reused by its
+// retries.
 func newRequestID() string {
 	var id [16]byte
 	_, _ = rand.Read(id[:])

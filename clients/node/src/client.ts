@@ -11,11 +11,13 @@ import {
   targetOf,
 } from "./connection.js";
 import { CacheServiceClient } from "./gen/baton/v1/cache.js";
+import { ElectionServiceClient } from "./gen/baton/v1/election.js";
 import { LockServiceClient } from "./gen/baton/v1/lock.js";
 import { JobQueueServiceClient } from "./gen/baton/v1/queue.js";
 import { RateLimiterServiceClient } from "./gen/baton/v1/ratelimit.js";
 import { SessionStoreServiceClient } from "./gen/baton/v1/session.js";
 import { CacheEntry, CacheHelpers, CacheSetOptions, GetOrLoadOptions } from "./cache.js";
+import { ElectionEvent, ElectionHelpers, Leader, Leadership, LeadershipOptions } from "./election.js";
 import { acquire, Lease, LockOptions } from "./lock.js";
 import { ConsumeOptions, Enqueued, EnqueueOptions, JobHandler, QueueHelpers } from "./queue.js";
 import { allow, AllowOptions, Decision } from "./ratelimit.js";
@@ -31,6 +33,7 @@ export interface Stubs {
   cache: CacheServiceClient;
   sessions: SessionStoreServiceClient;
   queue: JobQueueServiceClient;
+  elections: ElectionServiceClient;
 }
 
 /** A connection to Baton; create one per process and close() it at exit. */
@@ -40,6 +43,7 @@ export class BatonClient {
   private readonly cache: CacheHelpers;
   private readonly sessions: SessionHelpers;
   private readonly queue: QueueHelpers;
+  private readonly elections: ElectionHelpers;
 
   constructor(options: ConnectionOptions) {
     const target = targetOf(options.target);
@@ -58,10 +62,12 @@ export class BatonClient {
       cache: new CacheServiceClient(target, credentials, shared),
       sessions: new SessionStoreServiceClient(target, credentials, shared),
       queue: new JobQueueServiceClient(target, credentials, shared),
+      elections: new ElectionServiceClient(target, credentials, shared),
     };
     this.cache = new CacheHelpers(this.stubs.cache, this.defaultTimeoutMs);
     this.sessions = new SessionHelpers(this.stubs.sessions, this.defaultTimeoutMs);
     this.queue = new QueueHelpers(this.stubs.queue, this.defaultTimeoutMs);
+    this.elections = new ElectionHelpers(this.stubs.elections, this.defaultTimeoutMs);
   }
 
   /** Consumes one unit (or `cost`) of a limit on `key`; see AllowOptions. */
@@ -212,8 +218,32 @@ export class BatonClient {
   }
 
   /**
-   * Closes the channel. Leases still held stop being kept alive and expire after their ttl;
-   * release them first to hand them over at once.
+   * Campaigns for `name` until elected, runs `lead` as its leader, then resigns so that the
+   * next candidate is elected at once. `leadership.signal` aborts if the leadership is lost;
+   * if it was, the returned promise rejects with LeaseLostError even when `lead` resolved,
+   * because the work may have overlapped the next leader's. See LeadershipOptions.
+   */
+  runAsLeader<T>(name: string, lead: (leadership: Leadership) => Promise<T>, options?: LeadershipOptions): Promise<T> {
+    return this.elections.runAsLeader(name, lead, options);
+  }
+
+  /** Who leads `name` now, or undefined. Retried on UNAVAILABLE. */
+  leader(name: string, signal?: AbortSignal): Promise<Leader | undefined> {
+    return this.elections.leader(name, signal);
+  }
+
+  /**
+   * The history of `name` from now on, opened when iteration starts: first its current
+   * state ("current"), then every change in order. Reopened on UNAVAILABLE, starting again
+   * with "current"; ends when `options.signal` aborts.
+   */
+  observe(name: string, options?: { signal?: AbortSignal }): AsyncIterable<ElectionEvent> {
+    return this.elections.observe(name, options?.signal);
+  }
+
+  /**
+   * Closes the channel. Leases (and leaderships) still held stop being kept alive and expire
+   * after their ttl; release them first to hand them over at once.
    */
   close(): void {
     this.stubs.rateLimits.getChannel().close();

@@ -158,10 +158,11 @@ export class LockNotAcquiredError extends Error {
 }
 
 /**
- * The lease is gone while it was meant to be held: Baton answered LEASE_NOT_HELD, an error no
- * retry can fix occurred, or no renewal was confirmed for a whole ttl. Another holder may have
- * the lock now; the fencing token is what protects the resource. `cause` is the BatonError
- * that revealed the loss, if any.
+ * The lease — a lock's or a leadership's — is gone while it was meant to be held: Baton
+ * answered LEASE_NOT_HELD, an error no retry can fix occurred, or no renewal was confirmed
+ * for a whole ttl. Another holder may have the lock, or another candidate the leadership, now;
+ * the fencing token (the term) is what protects the resource. `cause` is the BatonError that
+ * revealed the loss, if any.
  */
 export class LeaseLostError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {

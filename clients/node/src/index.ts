@@ -1,9 +1,10 @@
 // Node client for Baton, a gRPC coordination service on Redis: rate limits, fenced locks, a
-// cache, sessions and a job queue.
+// cache, sessions, a job queue and leader election.
 //
 // Layout: client.ts (BatonClient: connection options and `stubs`, the generated stubs of
 // every service in gen/, from `make gen`), ratelimit.ts (allow), lock.ts (lock, withLock,
-// Lease), cache.ts (cacheGet/Set/Delete, invalidateTag, getOrLoad), session.ts (createSession
+// Lease, which keeps locks and leaderships alike), election.ts (runAsLeader, Leadership,
+// leader, observe), cache.ts (cacheGet/Set/Delete, invalidateTag, getOrLoad), session.ts (createSession
 // … revokeSessions), queue.ts (enqueue, consume), errors.ts (BatonError and its subclasses,
 // from google.rpc error details). express-session.ts, a session Store for Express, is
 // imported on its own ("@baton-dev/baton-client/express-session") so that this module does
@@ -13,6 +14,14 @@ export { BatonClient, type Stubs } from "./client.js";
 export { API_KEY_HEADER, type ConnectionOptions, DEFAULT_TIMEOUT_MS } from "./connection.js";
 export * from "./errors.js";
 export type { CacheEntry, CacheSetOptions, GetOrLoadOptions } from "./cache.js";
+export {
+  DEFAULT_LEADERSHIP_TTL_MS,
+  type ElectionEvent,
+  type ElectionEventKind,
+  type Leader,
+  Leadership,
+  type LeadershipOptions,
+} from "./election.js";
 export { Lease, type LockOptions } from "./lock.js";
 export {
   type ConsumeOptions,

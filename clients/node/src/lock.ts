@@ -1,4 +1,5 @@
-// Fenced locks: `await client.withLock(name, { ttlMs }, async (lease) => …)`.
+// Fenced locks: `await client.withLock(name, { ttlMs }, async (lease) => …)`; and Lease, which
+// keeps a lock's lease and a leadership's (election.ts) alike, since both have this contract.
 //
 // Liveness proof. A held lease is kept by a bidirectional KeepAlive stream: this process sends
 // a heartbeat every ttl/3 and Baton renews the lease on heartbeats — never on its own — and
@@ -37,7 +38,7 @@ import {
   ReleaseRequest,
 } from "./gen/baton/v1/lock.js";
 import { LEASE_RETRY_BUDGET_MS, leaseRetryBackoff, retryUnavailable } from "./retry.js";
-import { unary } from "./unary.js";
+import { unary, UnaryOptions } from "./unary.js";
 
 /** The longest wait_timeout Baton accepts; longer waits are made of several Acquires. */
 const MAX_SERVER_WAIT_MS = 3_600_000;
@@ -74,6 +75,29 @@ export interface LockOptions {
   onRenew?: (lease: Lease) => void;
 }
 
+/**
+ * The RPCs that keep and end one kind of lease: LockService's for a lock, ElectionService's
+ * for a leadership. Their KeepAlive messages have the same fields, so the lock's types stand
+ * for both (the compiler checks that they still match where a keeper is built).
+ */
+export interface LeaseKeeper {
+  /** Opens a KeepAlive stream. */
+  keepAlive(metadata: Metadata): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
+  /**
+   * One attempt to end the lease at once (Release, Resign): true when it ended a held lease,
+   * false when the lease had ended already. Rejects with the raw gRPC error.
+   */
+  giveUp(name: string, leaseId: string, options: UnaryOptions): Promise<boolean>;
+}
+
+function lockKeeper(stub: LockServiceClient): LeaseKeeper {
+  return {
+    keepAlive: (metadata) => stub.keepAlive(metadata),
+    giveUp: async (name, leaseId, options) =>
+      (await unary(stub.release.bind(stub), ReleaseRequest.fromPartial({ name, leaseId }), options)).released,
+  };
+}
+
 /** One KeepAlive stream of a lease, with the send times of its unanswered messages. */
 interface KeepAliveStream {
   call: ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
@@ -81,7 +105,10 @@ interface KeepAliveStream {
   unanswered: number[];
 }
 
-/** A held lock, kept alive by heartbeats until released or lost. */
+/**
+ * A held lease — a lock's, or a leadership's (`Leadership.lease`) —, kept alive by heartbeats
+ * until released (for a leadership: resigned) or lost.
+ */
 export class Lease {
   readonly name: string;
   /** Proves holdership; treat it as a secret. */
@@ -128,7 +155,7 @@ export class Lease {
    * grant; the lease was granted after it.
    */
   constructor(
-    private readonly stub: LockServiceClient,
+    private readonly keeper: LeaseKeeper,
     granted: LeaseMessage,
     grantSentAt: number,
     private readonly onRenew: ((lease: Lease) => void) | undefined,
@@ -176,8 +203,8 @@ export class Lease {
   }
 
   /**
-   * Releases the lease so a waiter gets it at once. Rejects with LeaseLostError if the lease
-   * was lost while held; calling it again returns the same promise.
+   * Releases the lease (for a leadership: resigns) so a waiter gets it at once. Rejects with
+   * LeaseLostError if the lease was lost while held; calling it again returns the same promise.
    */
   release(): Promise<void> {
     this.releasing ??= this.releaseOnce();
@@ -191,8 +218,8 @@ export class Lease {
     }
     this.unlocking = true;
     this.stopHeartbeats();
-    // Release first, then cancel: a cancel alone releases too, but then Release's answer
-    // could not tell a lease we gave up from one that was gone already.
+    // Release first, then cancel: a cancel alone releases too, but then Release's (Resign's)
+    // answer could not tell a lease we gave up from one that was gone already.
     const [released, error] = await this.releaseWithRetries();
     this.end(new Error(`lease on ${JSON.stringify(this.name)} released`));
     if (this.loss) {
@@ -202,7 +229,7 @@ export class Lease {
       throw error;
     }
     if (!released) {
-      throw new LeaseLostError(`lock ${JSON.stringify(this.name)} was already gone when released`);
+      throw new LeaseLostError(`lease on ${JSON.stringify(this.name)} was already gone when released`);
     }
   }
 
@@ -211,17 +238,16 @@ export class Lease {
    * is what a repeat of an applied Release answers, so it counts as released.
    */
   private async releaseWithRetries(): Promise<[boolean, unknown]> {
-    const request = ReleaseRequest.fromPartial({ name: this.name, leaseId: this.leaseId });
     let retried = false;
     try {
-      const response = await retryUnavailable(
-        () => unary(this.stub.release.bind(this.stub), request, { waitForReady: true }),
+      const released = await retryUnavailable(
+        () => this.keeper.giveUp(this.name, this.leaseId, { waitForReady: true }),
         LEASE_RETRY_BUDGET_MS,
         undefined,
         leaseRetryBackoff(),
         () => (retried = true),
       );
-      return [response.released || retried, undefined];
+      return [released || retried, undefined];
     } catch (error) {
       return [false, error];
     }
@@ -284,7 +310,7 @@ export class Lease {
     try {
       // Wait-for-ready: while the channel reconnects the stream starts as soon as a replica
       // is up; the loss timer bounds the wait.
-      call = this.stub.keepAlive(new Metadata({ waitForReady: true }));
+      call = this.keeper.keepAlive(new Metadata({ waitForReady: true }));
     } catch {
       // The client was closed while the lease was held; the loss timer ends it.
       return;
@@ -408,14 +434,7 @@ export async function acquire(
       continue;
     }
     if (response.acquired && response.lease) {
-      const lease = new Lease(stub, response.lease, grantSentAt, options.onRenew);
-      try {
-        await lease.ready;
-      } catch (error) {
-        await lease.release().catch(() => undefined);
-        throw error;
-      }
-      return lease;
+      return keepGrantedLease(lockKeeper(stub), response.lease, grantSentAt, options.onRenew);
     }
     // A definite refusal: no earlier attempt holds a grant for this request_id any more.
     grantSentAt = undefined;
@@ -423,4 +442,24 @@ export async function acquire(
       throw new LockNotAcquiredError(name, response.holder?.owner ?? "");
     }
   }
+}
+
+/**
+ * Starts keeping a granted lease; resolves once it is proven held (see `Lease.ready`), or
+ * gives it up and rejects. `grantSentAt` as for the Lease constructor.
+ */
+export async function keepGrantedLease(
+  keeper: LeaseKeeper,
+  granted: LeaseMessage,
+  grantSentAt: number,
+  onRenew?: (lease: Lease) => void,
+): Promise<Lease> {
+  const lease = new Lease(keeper, granted, grantSentAt, onRenew);
+  try {
+    await lease.ready;
+  } catch (error) {
+    await lease.release().catch(() => undefined);
+    throw error;
+  }
+  return lease;
 }

@@ -1,5 +1,5 @@
 """Python client for Baton, a gRPC coordination service on Redis: rate limits, fenced
-locks, a cache, sessions and a job queue.
+locks, leader election, a cache, sessions and a job queue.
 
 Layout:
 
@@ -7,6 +7,8 @@ Layout:
   ``.stubs``, the generated stubs of every service (``pb/``, from ``make gen``)
 - ``ratelimit``: ``allow()``
 - ``lock``: ``lock()`` / ``acquire()`` and the leases they hold through KeepAlive
+- ``election``: ``lead()`` / ``campaign()``, the leaderships they keep as the lock keeps
+  leases, ``leader()`` and ``observe()``
 - ``cache``: ``cache_get/set/delete()``, ``invalidate_tag()``, ``get_or_load()``
 - ``session``: ``create_session()`` … ``revoke_sessions()``; ``django_sessions``: a Django
   session engine on them
@@ -18,6 +20,15 @@ Layout:
 from .aio import AsyncClient
 from .cache import CacheEntry
 from .client import Client
+from .election import (
+    AsyncLeadership,
+    AsyncObservation,
+    ElectionEvent,
+    ElectionEventKind,
+    Leader,
+    Leadership,
+    Observation,
+)
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -49,12 +60,16 @@ __all__ = [
     "Algorithm",
     "AlreadyExists",
     "AsyncClient",
+    "AsyncLeadership",
     "AsyncLease",
+    "AsyncObservation",
     "BatonError",
     "CacheEntry",
     "Client",
     "DeadlineExceeded",
     "Decision",
+    "ElectionEvent",
+    "ElectionEventKind",
     "Enqueued",
     "ErrorReason",
     "FailedPrecondition",
@@ -63,10 +78,13 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobLeaseLost",
+    "Leader",
+    "Leadership",
     "Lease",
     "LeaseLost",
     "LockNotAcquired",
     "NotFound",
+    "Observation",
     "PermissionDenied",
     "ResourceExhausted",
     "RetryBackoff",

@@ -98,7 +98,7 @@ class Backoff:
 
 def settle_backoff() -> Backoff:
     """The backoff of the calls that settle or keep what a client holds (Ack, Nack, Extend,
-    Renew, Release): short, because another replica usually answers at once."""
+    Renew, Release, Proclaim, Resign): short, because another replica usually answers at once."""
     return Backoff(0.1, 0.5)
 
 

@@ -1,11 +1,11 @@
 """Retrying the calls that API.md declares safe to retry on UNAVAILABLE.
 
 Two budgets: ordinary reads and deletes retry for the client's default timeout; the calls
-that settle or keep what a client holds — Ack, Nack, Extend, Renew, Release — retry for
-:data:`SETTLE_BUDGET` with :func:`~._connection.settle_backoff`, and are made with
-``wait_for_ready``, so that they ride out a whole replica restart or a short outage (a
-rolling restart leaves a replica down for a few seconds) instead of giving up what the
-client holds. Calls that are not idempotent (Enqueue without a dedup key, Acquire without a
+that settle or keep what a client holds — Ack, Nack, Extend, Renew, Release, Proclaim,
+Resign — retry for :data:`SETTLE_BUDGET` with :func:`~._connection.settle_backoff`, and are
+made with ``wait_for_ready``, so that they ride out a whole replica restart or a short
+outage (a rolling restart leaves a replica down for a few seconds) instead of giving up what
+the client holds. Calls that are not idempotent (Enqueue without a dedup key, Acquire without a
 request_id, conditional cache writes) are never retried: see :func:`once`.
 """
 
@@ -24,8 +24,8 @@ from .errors import from_rpc_error
 T = TypeVar("T")
 
 SETTLE_BUDGET = 10.0
-"""Seconds Ack, Nack, Extend, Renew and Release are retried on UNAVAILABLE: twice the
-longest outage the clients are meant to ride out (5 s)."""
+"""Seconds Ack, Nack, Extend, Renew, Release, Proclaim and Resign are retried on
+UNAVAILABLE: twice the longest outage the clients are meant to ride out (5 s)."""
 
 READY: dict[str, Any] = {"wait_for_ready": True, "timeout": SETTLE_BUDGET}
 """The keywords of one settling attempt: with no replica reachable it waits for one to come

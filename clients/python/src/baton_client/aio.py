@@ -12,6 +12,7 @@ from . import _connection
 from ._connection import DEFAULT_TIMEOUT
 from .cache import AsyncCache
 from .client import Stubs
+from .election import AsyncElections
 from .lock import AsyncLocks
 from .queue import AsyncQueue
 from .ratelimit import AsyncRateLimits
@@ -59,7 +60,9 @@ class _StreamDefaults(
         return await continuation(_details(details, self._api_key, None), request_iterator)
 
 
-class AsyncClient(AsyncRateLimits, AsyncLocks, AsyncCache, AsyncSessions, AsyncQueue):
+class AsyncClient(
+    AsyncRateLimits, AsyncLocks, AsyncElections, AsyncCache, AsyncSessions, AsyncQueue
+):
     """A connection to Baton for asyncio code; create it inside the running event loop.
     Arguments as for :class:`baton_client.Client`."""
 
@@ -90,6 +93,7 @@ class AsyncClient(AsyncRateLimits, AsyncLocks, AsyncCache, AsyncSessions, AsyncQ
         self._default_timeout = timeout
         self._rate_limits = self.stubs.rate_limits
         self._locks = self.stubs.locks
+        self._elections = self.stubs.elections
         self._cache = self.stubs.cache
         self._sessions = self.stubs.sessions
         self._queue = self.stubs.queue

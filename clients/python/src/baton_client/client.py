@@ -11,9 +11,11 @@ import grpc
 from . import _connection
 from ._connection import DEFAULT_TIMEOUT
 from .cache import Cache
+from .election import Elections
 from .lock import Locks
 from .pb.baton.v1 import (
     cache_pb2_grpc,
+    election_pb2_grpc,
     lock_pb2_grpc,
     queue_pb2_grpc,
     ratelimit_pb2_grpc,
@@ -31,6 +33,7 @@ class Stubs:
     def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
         self.rate_limits = ratelimit_pb2_grpc.RateLimiterServiceStub(channel)
         self.locks = lock_pb2_grpc.LockServiceStub(channel)
+        self.elections = election_pb2_grpc.ElectionServiceStub(channel)
         self.cache = cache_pb2_grpc.CacheServiceStub(channel)
         self.sessions = session_pb2_grpc.SessionStoreServiceStub(channel)
         self.queue = queue_pb2_grpc.JobQueueServiceStub(channel)
@@ -93,7 +96,7 @@ class _CallDefaults(
         return continuation(self._details(details, unary=False), requests)
 
 
-class Client(RateLimits, Locks, Cache, Sessions, Queue):
+class Client(RateLimits, Locks, Elections, Cache, Sessions, Queue):
     """A connection to Baton; thread-safe, one per process.
 
     Args:
@@ -135,6 +138,7 @@ class Client(RateLimits, Locks, Cache, Sessions, Queue):
         self._default_timeout = timeout
         self._rate_limits = self.stubs.rate_limits
         self._locks = self.stubs.locks
+        self._elections = self.stubs.elections
         self._cache = self.stubs.cache
         self._sessions = self.stubs.sessions
         self._queue = self.stubs.queue

@@ -167,8 +167,8 @@ class LeaseLost(Exception):
     """The lease is gone, or may be, while it was meant to be held: Baton answered
     LEASE_NOT_HELD, an error no retry can fix occurred, or no heartbeat was answered in time
     (the lease's ``lost_at`` passed: ``held_until`` minus the safety margin). Another holder
-    may have the lock now; the fencing token is what protects the resource. ``__cause__`` is
-    the BatonError that revealed the loss, if any."""
+    may have the lock (or leadership) now; the fencing token (term) is what protects the
+    resource. ``__cause__`` is the BatonError that revealed the loss, if any."""
 
 
 class JobCancelled(Exception):

@@ -23,6 +23,11 @@ opened at once — backoff 50 ms growing to 250 ms — with the same lease id, o
 replica the balancer picks, until the lease would be reported lost. A half-close only ends
 the heartbeats (the lease then runs out its ttl); cancelling a stream releases the lease, as
 releasing does: release() calls Release, then cancels the stream.
+
+A leadership (election.py) is a lease with the same KeepAlive contract on ElectionService, so
+it is kept by the same machinery: ``_LeaseState`` (the liveness bookkeeping), ``_KeptLease``
+(threads) and ``_AsyncKeptLease`` (tasks). What differs — the KeepAlive request type, the
+call that gives the lease up (Release, Resign) — is named by the subclasses.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import grpc
 from . import _retry
 from ._connection import Backoff, Seconds, duration, seconds, stream_backoff
 from .errors import BatonError, LeaseLost, LockNotAcquired, from_rpc_error
-from .pb.baton.v1 import lock_pb2
+from .pb.baton.v1 import election_pb2, lock_pb2
 from .pb.baton.v1.errors_pb2 import ErrorReason
 
 if TYPE_CHECKING:
@@ -70,6 +75,10 @@ _RESUMABLE = (
 
 L = TypeVar("L", bound="_LeaseState")
 Renewed = Callable[[L], None]
+# The requests that wait for a lease, and the KeepAlive messages that keep one, of both services.
+R = TypeVar("R", lock_pb2.AcquireRequest, election_pb2.CampaignRequest)
+KeepAliveRequest = lock_pb2.KeepAliveRequest | election_pb2.ElectionServiceKeepAliveRequest
+KeepAliveResponse = lock_pb2.KeepAliveResponse | election_pb2.ElectionServiceKeepAliveResponse
 
 
 def margin_of(ttl: float) -> float:
@@ -77,27 +86,14 @@ def margin_of(ttl: float) -> float:
     return max(ttl / 10, MIN_MARGIN)
 
 
-class _Attempt:
-    """One logical Acquire: a random request_id reused by every retry, so a grant whose
-    answer was lost is handed back instead of blocking us until its ttl runs out."""
+class _Attempt(Generic[R]):
+    """One logical Acquire or Campaign: a random request_id reused by every retry, so a grant
+    whose answer was lost is handed back instead of blocking us until its ttl runs out."""
 
-    def __init__(
-        self,
-        name: str,
-        ttl: Seconds,
-        wait: Seconds | None,
-        owner: str,
-        permits: int,
-        default_timeout: float | None,
-    ) -> None:
-        self.name = name
-        self.request = lock_pb2.AcquireRequest(
-            name=name,
-            ttl=duration(ttl),
-            owner=owner,
-            permits=permits,
-            request_id=secrets.token_hex(16),
-        )
+    def __init__(self, request: R, wait: Seconds | None, default_timeout: float | None) -> None:
+        request.request_id = secrets.token_hex(16)
+        self.name = request.name
+        self.request = request
         self.give_up_at = None if wait is None else time.monotonic() + seconds(wait)
         self.default_timeout = default_timeout
         self.backoff = Backoff()
@@ -105,9 +101,11 @@ class _Attempt:
         self.sent_at = 0.0
         """When the last round was sent: a grant it answers was made after this instant."""
 
-    def next_call(self) -> tuple[lock_pb2.AcquireRequest, float, float | None]:
+    def next_call(self) -> tuple[R, float, float | None]:
         """The request with this round's wait, the wait, and the call's timeout: the wait
-        plus the default timeout, so a replica that dies mid-wait is noticed."""
+        plus the default timeout, so a replica that dies mid-wait is noticed. Without a
+        ``wait`` a round waits the longest Baton allows (for a Campaign the same as 0: as long
+        as it takes, up to an hour) and the next round follows."""
         wait = MAX_SERVER_WAIT
         if self.give_up_at is not None:
             wait = max(self.give_up_at - time.monotonic(), 0.0)
@@ -116,8 +114,15 @@ class _Attempt:
         self.sent_at = time.monotonic()
         return self.request, wait, timeout
 
+    def answered(self) -> None:
+        """A round was answered: failures before it no longer count against the retry budget
+        (a candidate may wait for hours, through several outages)."""
+        self.failing_since = None
+        self.backoff.reset()
+
     def outcome(self, response: lock_pb2.AcquireResponse, wait: float) -> bool:
-        """True when acquired; raises when the wait is over; False to wait again."""
+        """(Acquire) True when acquired; raises when the wait is over; False to wait again."""
+        self.answered()
         if response.acquired:
             return True
         if wait < MAX_SERVER_WAIT:
@@ -148,6 +153,10 @@ class _Attempt:
         return delay
 
 
+def _acquire_request(name: str, ttl: Seconds, owner: str, permits: int) -> lock_pb2.AcquireRequest:
+    return lock_pb2.AcquireRequest(name=name, ttl=duration(ttl), owner=owner, permits=permits)
+
+
 def _renew_request(lease: lock_pb2.Lease) -> lock_pb2.RenewRequest:
     return lock_pb2.RenewRequest(name=lease.name, lease_id=lease.lease_id, ttl=lease.ttl)
 
@@ -176,12 +185,23 @@ class _Stream(Generic[Q]):
 
 
 class _LeaseState:
-    """What the sync and asyncio leases share: the grant and the liveness bookkeeping. Every
-    method that changes the bookkeeping runs under the lease's lock (sync) or on the event
-    loop (asyncio)."""
+    """What the sync and asyncio leases (and leaderships) share: the grant and the liveness
+    bookkeeping. Every method that changes the bookkeeping runs under the lease's lock (sync)
+    or on the event loop (asyncio).
+
+    A grant given with ``proven_at=None`` is unproven until the first message of its first
+    KeepAlive stream is answered ``renewed``: its ``held_until`` is until then only a bound
+    (the grant came before its answer, so it ends by ttl after that without a renewal), and
+    it is not handed out before the proof (see ``_wait_proven``)."""
+
+    _keep_alive_request: type[KeepAliveRequest]
+    """The KeepAlive message of the lease's service: the first one names the lease, an empty
+    one is a heartbeat."""
+    _already_gone: str
+    """The loss reported when giving the lease up finds it gone; formatted with ``name``."""
 
     def __init__(
-        self, granted: lock_pb2.Lease, proven_at: float, on_renewed: Renewed[Any] | None
+        self, granted: lock_pb2.Lease, proven_at: float | None, on_renewed: Renewed[Any] | None
     ) -> None:
         self.name: str = granted.name
         self.lease_id: str = granted.lease_id
@@ -195,12 +215,13 @@ class _LeaseState:
         self.expires_at: datetime.datetime = granted.expires_at.ToDatetime(datetime.UTC)
         """Expiry of the last confirmed renewal, by the Redis server's clock (for display:
         the liveness proof uses :attr:`held_until`)."""
-        self.held_until: float = proven_at + self.ttl
+        self._proven = proven_at is not None
+        self.held_until: float = (time.monotonic() if proven_at is None else proven_at) + self.ttl
         """``time.monotonic()`` instant until which the lease is certainly held: the send
         time of the last message answered ``renewed`` (or of the Acquire) + ttl."""
         self.loss: LeaseLost | None = None
         self._on_renewed = on_renewed
-        self._unlocking = False
+        self._giving_up = False
         self._ended = False
         self._current: _Stream[Any] | None = None  # the open stream, if any
         self._reopen_at = time.monotonic()
@@ -222,8 +243,8 @@ class _LeaseState:
         """``time.monotonic()`` instant at which the lease is reported lost unless renewed."""
         return self.held_until - self.margin
 
-    def _first_request(self) -> lock_pb2.KeepAliveRequest:
-        return lock_pb2.KeepAliveRequest(
+    def _first_request(self) -> KeepAliveRequest:
+        return self._keep_alive_request(
             name=self.name, lease_id=self.lease_id, ttl=duration(self.ttl)
         )
 
@@ -231,9 +252,9 @@ class _LeaseState:
         """What the keeper does now — ``"lose"``, ``"open"``, ``"beat"`` — or ``"wait"`` and
         until when."""
         if now >= self.lost_at:
-            # While release() runs, the loss is not reported (release raises it if Baton
-            # says so); the keeper just waits for the end.
-            return ("wait", math.inf) if self._unlocking else ("lose", now)
+            # While release() or resign() runs, the loss is not reported (it raises it if
+            # Baton says so); the keeper just waits for the end.
+            return ("wait", math.inf) if self._giving_up else ("lose", now)
         if self._current is None:
             if now >= self._reopen_at:
                 return "open", now
@@ -248,10 +269,11 @@ class _LeaseState:
         stream.unanswered.append(now)
         self._next_heartbeat = now + self.ttl / 3
 
-    def _answer(self, stream: _Stream[Any], response: lock_pb2.KeepAliveResponse) -> bool:
+    def _answer(self, stream: _Stream[Any], response: KeepAliveResponse) -> bool:
         """Applies one answer, matched to the oldest unanswered send of ``stream``; True when
-        ``held_until`` moved forward. Only a renewing answer moves it: ``renewed = false``
-        (too soon after the previous renewal, or Redis unreachable) proves nothing."""
+        ``held_until`` moved forward (or was proven). Only a renewing answer moves it:
+        ``renewed = false`` (too soon after the previous renewal, or Redis unreachable) proves
+        nothing."""
         now = time.monotonic()
         if self._ended or not stream.unanswered:
             return False
@@ -267,8 +289,9 @@ class _LeaseState:
         self.longest_gap = max(self.longest_gap, now - self._renewed_at)
         self._renewed_at = now
         self.expires_at = response.lease.expires_at.ToDatetime(datetime.UTC)
-        if sent + self.ttl <= self.held_until:
+        if self._proven and sent + self.ttl <= self.held_until:
             return False
+        self._proven = True
         self.held_until = sent + self.ttl
         return True
 
@@ -302,13 +325,13 @@ class _LeaseState:
             " after the moment this is reported, by the local clock"
         )
 
-    def _release_outcome(self, released: bool, error: BatonError | None) -> None:
+    def _give_up_outcome(self, given_up: bool, error: BatonError | None) -> None:
         if self.loss is not None:
             raise self.loss
         if error is not None:
             raise error
-        if not released:
-            raise LeaseLost(f"lock {self.name!r} was already gone when released")
+        if not given_up:
+            raise LeaseLost(self._already_gone.format(name=self.name))
 
     def __repr__(self) -> str:
         return (
@@ -318,27 +341,24 @@ class _LeaseState:
 
 
 def _requests(
-    pending: queue.SimpleQueue[lock_pb2.KeepAliveRequest | None],
-) -> Iterator[lock_pb2.KeepAliveRequest]:
+    pending: queue.SimpleQueue[KeepAliveRequest | None],
+) -> Iterator[KeepAliveRequest]:
     """The request iterator of one sync stream; grpc reads it from a thread of its own."""
     while (request := pending.get()) is not None:
         yield request
 
 
-class Lease(_LeaseState):
-    """A held lock (sync client), kept alive by background threads until released.
-
-    Check :attr:`lost` (or wait on :attr:`lost_event`) during long work; leaving the
-    ``with`` block releases the lease and raises :class:`LeaseLost` if it was lost while
-    held (unless the block already raised).
-    """
+class _KeptLease(_LeaseState):
+    """A lease kept alive by background threads (sync client) until given up: the keeper
+    thread opens streams, sends heartbeats and is the local timer; one reader thread per
+    stream applies its answers."""
 
     def __init__(
         self,
-        stub: lock_pb2_grpc.LockServiceStub,
+        stub: Any,
         granted: lock_pb2.Lease,
-        proven_at: float,
-        on_renewed: Renewed[Lease] | None = None,
+        proven_at: float | None,
+        on_renewed: Renewed[Any] | None = None,
     ) -> None:
         super().__init__(granted, proven_at, on_renewed)
         self._stub = stub
@@ -358,47 +378,56 @@ class Lease(_LeaseState):
         """Blocks until the lease is lost (True) or ``timeout`` passes (False)."""
         return self.lost_event.wait(timeout)
 
-    def release(self) -> None:
-        """Releases the lease so a waiter gets it at once. Raises :class:`LeaseLost` if it was
+    def _give_up_call(self) -> bool:
+        """Release or Resign, one attempt (made with ``_retry.READY``): whether it ended a
+        lease that was still held."""
+        raise NotImplementedError
+
+    def _give_up(self) -> None:
+        """Gives the lease up so a waiter gets it at once. Raises :class:`LeaseLost` if it was
         lost while held; idempotent."""
         with self._guard:
-            if self._unlocking:
+            if self._giving_up:
                 return
-            self._unlocking = True
-        # Release first: cancelling the stream also releases the lease, and a Release that
-        # came second would then answer released=false.
-        request = lock_pb2.ReleaseRequest(name=self.name, lease_id=self.lease_id)
-        released, error = False, None
+            self._giving_up = True
+        # Give up first: cancelling the stream also gives the lease up, and a Release or
+        # Resign that came second would then answer that it was already gone.
+        given_up, error = False, None
         try:
-            released = _retry.settle(lambda: self._stub.Release(request, **_retry.READY)).released
+            given_up = _retry.settle(self._give_up_call)
         except BatonError as failed:
             error = failed
         with self._guard:
             self._end()
         self._keeper.join()
-        self._release_outcome(released, error)
+        self._give_up_outcome(given_up, error)
 
-    def __enter__(self) -> Lease:
-        return self
+    def _wait_proven(self) -> None:
+        """Blocks until an unproven grant is proven by its first KeepAlive answer; raises its
+        loss if that came first (its stream is then cancelled, which gives it up)."""
+        with self._guard:
+            self._guard.wait_for(lambda: self._proven or self._ended)
+        if self.loss is not None:
+            raise self.loss
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
         if exc is None:
-            self.release()
+            self._give_up()
             return
         # The block's own exception matters more than a failed release.
         with contextlib.suppress(Exception):
-            self.release()
+            self._give_up()
 
     def _lose(self, loss: LeaseLost) -> None:
         """Under the guard."""
-        if self._unlocking or self.loss is not None:
+        if self._giving_up or self.loss is not None:
             return
         self.loss = loss
         self.lost_event.set()
         self._end()
 
     def _end(self) -> None:
-        """Under the guard: cancels the stream (which releases the lease on Baton, if it is
+        """Under the guard: cancels the stream (which gives the lease up on Baton, if it is
         still held) and stops the keeper."""
         self._ended = True
         if self._current is not None:
@@ -420,13 +449,13 @@ class Lease(_LeaseState):
                 elif step == "beat":
                     assert self._current is not None
                     self._sent(self._current, now)
-                    self._current.requests.put(lock_pb2.KeepAliveRequest())
+                    self._current.requests.put(self._keep_alive_request())
                 else:
                     self._guard.wait(None if until == math.inf else until - now)
 
     def _open(self, now: float) -> None:
         """Under the guard."""
-        stream: _Stream[queue.SimpleQueue[lock_pb2.KeepAliveRequest | None]]
+        stream: _Stream[queue.SimpleQueue[KeepAliveRequest | None]]
         stream = _Stream(queue.SimpleQueue())
         self._sent(stream, now)
         stream.requests.put(self._first_request())
@@ -447,7 +476,7 @@ class Lease(_LeaseState):
             daemon=True,
         ).start()
 
-    def _read(self, stream: _Stream[queue.SimpleQueue[lock_pb2.KeepAliveRequest | None]]) -> None:
+    def _read(self, stream: _Stream[queue.SimpleQueue[KeepAliveRequest | None]]) -> None:
         error: grpc.RpcError | None = None
         try:
             for response in stream.call:
@@ -457,6 +486,8 @@ class Lease(_LeaseState):
                         # (old) answer says.
                         self._lose(self._expired_loss())
                     renewed = self._answer(stream, response)
+                    if renewed:
+                        self._guard.notify_all()  # a proof awaited by _wait_proven
                 if renewed:
                     self._tell_renewed()
         except grpc.RpcError as raised:
@@ -469,32 +500,65 @@ class Lease(_LeaseState):
             self._guard.notify_all()
 
 
-async def _arequests(
-    pending: asyncio.Queue[lock_pb2.KeepAliveRequest | None],
-) -> AsyncIterator[lock_pb2.KeepAliveRequest]:
-    while (request := await pending.get()) is not None:
-        yield request
+class Lease(_KeptLease):
+    """A held lock (sync client), kept alive by background threads until released.
 
-
-class AsyncLease(_LeaseState):
-    """A held lock (asyncio client), kept alive by tasks until released.
-
-    Check :attr:`lost` or ``await lease.wait_lost()``; leaving ``async with`` releases the
-    lease and raises :class:`LeaseLost` if it was lost while held (unless the block raised).
+    Check :attr:`lost` (or wait on :attr:`lost_event`) during long work; leaving the
+    ``with`` block releases the lease and raises :class:`LeaseLost` if it was lost while
+    held (unless the block already raised).
     """
+
+    _keep_alive_request = lock_pb2.KeepAliveRequest
+    _already_gone = "lock {name!r} was already gone when released"
+    _stub: lock_pb2_grpc.LockServiceStub
 
     def __init__(
         self,
         stub: lock_pb2_grpc.LockServiceStub,
         granted: lock_pb2.Lease,
         proven_at: float,
-        on_renewed: Renewed[AsyncLease] | None = None,
+        on_renewed: Renewed[Lease] | None = None,
+    ) -> None:
+        super().__init__(stub, granted, proven_at, on_renewed)
+
+    def release(self) -> None:
+        """Releases the lease so a waiter gets it at once. Raises :class:`LeaseLost` if it was
+        lost while held; idempotent."""
+        self._give_up()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def _give_up_call(self) -> bool:
+        request = lock_pb2.ReleaseRequest(name=self.name, lease_id=self.lease_id)
+        return self._stub.Release(request, **_retry.READY).released
+
+
+async def _arequests(
+    pending: asyncio.Queue[KeepAliveRequest | None],
+) -> AsyncIterator[KeepAliveRequest]:
+    while (request := await pending.get()) is not None:
+        yield request
+
+
+class _AsyncKeptLease(_LeaseState):
+    """A lease kept alive by tasks (asyncio client) until given up: the keeper task opens
+    streams and sends heartbeats, a reader task per stream applies its answers, and a timer
+    on the event loop reports the loss at ``lost_at``."""
+
+    def __init__(
+        self,
+        stub: Any,
+        granted: lock_pb2.Lease,
+        proven_at: float | None,
+        on_renewed: Renewed[Any] | None = None,
     ) -> None:
         super().__init__(granted, proven_at, on_renewed)
         self._stub = stub
         self.lost_event = asyncio.Event()
         """Set when the lease is lost."""
         self._wake = asyncio.Event()
+        self._proven_or_ended = asyncio.Event()
         self._readers: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
         # The local timer: the event loop's clock is time.monotonic().
@@ -513,37 +577,39 @@ class AsyncLease(_LeaseState):
             return False
         return True
 
-    async def release(self) -> None:
-        """Releases the lease so a waiter gets it at once. Raises :class:`LeaseLost` if it was
-        lost while held; idempotent."""
-        if self._unlocking:
+    async def _give_up_call(self) -> bool:
+        """See :meth:`_KeptLease._give_up_call`."""
+        raise NotImplementedError
+
+    async def _give_up(self) -> None:
+        """See :meth:`_KeptLease._give_up`."""
+        if self._giving_up:
             return
-        self._unlocking = True
-        request = lock_pb2.ReleaseRequest(name=self.name, lease_id=self.lease_id)
-        released, error = False, None
+        self._giving_up = True
+        given_up, error = False, None
         try:
-            response = await _retry.asettle(
-                lambda: self._stub.Release(request, **_retry.READY)  # type: ignore[arg-type,return-value]
-            )
-            released = response.released
+            given_up = await _retry.asettle(self._give_up_call)
         except BatonError as failed:
             error = failed
         self._end()
         await asyncio.gather(self._keeper, *self._readers, return_exceptions=True)
-        self._release_outcome(released, error)
+        self._give_up_outcome(given_up, error)
 
-    async def __aenter__(self) -> AsyncLease:
-        return self
+    async def _wait_proven(self) -> None:
+        """See :meth:`_KeptLease._wait_proven`."""
+        await self._proven_or_ended.wait()
+        if self.loss is not None:
+            raise self.loss
 
     async def __aexit__(self, exc_type: object, exc: object, traceback: object) -> None:
         if exc is None:
-            await self.release()
+            await self._give_up()
             return
         with contextlib.suppress(Exception):
-            await self.release()
+            await self._give_up()
 
     def _lose(self, loss: LeaseLost) -> None:
-        if self._unlocking or self.loss is not None:
+        if self._giving_up or self.loss is not None:
             return
         self.loss = loss
         self.lost_event.set()
@@ -556,6 +622,7 @@ class AsyncLease(_LeaseState):
             self._current.call.cancel()
             self._current.requests.put_nowait(None)
         self._wake.set()
+        self._proven_or_ended.set()
 
     def _on_deadline(self) -> None:
         if time.monotonic() >= self.lost_at:
@@ -578,7 +645,7 @@ class AsyncLease(_LeaseState):
             elif step == "beat":
                 assert self._current is not None
                 self._sent(self._current, now)
-                self._current.requests.put_nowait(lock_pb2.KeepAliveRequest())
+                self._current.requests.put_nowait(self._keep_alive_request())
             else:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -586,7 +653,7 @@ class AsyncLease(_LeaseState):
                     await asyncio.wait_for(self._wake.wait(), timeout)
 
     def _open(self, now: float) -> None:
-        stream: _Stream[asyncio.Queue[lock_pb2.KeepAliveRequest | None]]
+        stream: _Stream[asyncio.Queue[KeepAliveRequest | None]]
         stream = _Stream(asyncio.Queue())
         self._sent(stream, now)
         stream.requests.put_nowait(self._first_request())
@@ -603,7 +670,7 @@ class AsyncLease(_LeaseState):
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
 
-    async def _read(self, stream: _Stream[asyncio.Queue[lock_pb2.KeepAliveRequest | None]]) -> None:
+    async def _read(self, stream: _Stream[asyncio.Queue[KeepAliveRequest | None]]) -> None:
         error: grpc.RpcError | None = None
         try:
             async for response in stream.call:
@@ -611,6 +678,7 @@ class AsyncLease(_LeaseState):
                     self._lose(self._expired_loss())
                 if self._answer(stream, response):
                     self._rearm()
+                    self._proven_or_ended.set()
                     self._tell_renewed()
         except grpc.RpcError as raised:
             error = raised
@@ -623,6 +691,39 @@ class AsyncLease(_LeaseState):
         if loss is not None:
             self._lose(loss)
         self._wake.set()
+
+
+class AsyncLease(_AsyncKeptLease):
+    """A held lock (asyncio client), kept alive by tasks until released.
+
+    Check :attr:`lost` or ``await lease.wait_lost()``; leaving ``async with`` releases the
+    lease and raises :class:`LeaseLost` if it was lost while held (unless the block raised).
+    """
+
+    _keep_alive_request = lock_pb2.KeepAliveRequest
+    _already_gone = "lock {name!r} was already gone when released"
+    _stub: lock_pb2_grpc.LockServiceStub
+
+    def __init__(
+        self,
+        stub: lock_pb2_grpc.LockServiceStub,
+        granted: lock_pb2.Lease,
+        proven_at: float,
+        on_renewed: Renewed[AsyncLease] | None = None,
+    ) -> None:
+        super().__init__(stub, granted, proven_at, on_renewed)
+
+    async def release(self) -> None:
+        """Releases the lease so a waiter gets it at once. Raises :class:`LeaseLost` if it was
+        lost while held; idempotent."""
+        await self._give_up()
+
+    async def __aenter__(self) -> AsyncLease:
+        return self
+
+    async def _give_up_call(self) -> bool:
+        request = lock_pb2.ReleaseRequest(name=self.name, lease_id=self.lease_id)
+        return (await self._stub.Release(request, **_retry.READY)).released  # type: ignore[misc]
 
 
 class Locks:
@@ -651,7 +752,7 @@ class Locks:
         A grant that came after a wait longer than ttl/2 is renewed once before it is
         returned (when it was made is unknown); if that finds it gone, :class:`LeaseLost`.
         """
-        attempt = _Attempt(name, ttl, wait, owner, permits, self._default_timeout)
+        attempt = _Attempt(_acquire_request(name, ttl, owner, permits), wait, self._default_timeout)
         while True:
             request, round_wait, timeout = attempt.next_call()
             try:
@@ -717,7 +818,7 @@ class AsyncLocks:
         on_renewed: Renewed[AsyncLease] | None = None,
     ) -> AsyncLease:
         """See :meth:`Locks.acquire`; ``on_renewed`` runs on the event loop."""
-        attempt = _Attempt(name, ttl, wait, owner, permits, self._default_timeout)
+        attempt = _Attempt(_acquire_request(name, ttl, owner, permits), wait, self._default_timeout)
         while True:
             request, round_wait, timeout = attempt.next_call()
             try:
