@@ -63,6 +63,12 @@ pub enum Error {
     JobNotLeased,
     #[error("the job was cancelled; this lease can no longer settle it")]
     JobCancelled,
+    #[error("no such schedule in that queue")]
+    ScheduleNotFound,
+    #[error("that schedule exists (set replace to replace it)")]
+    ScheduleExists,
+    #[error("the queue has {limit} schedules, the most it may have")]
+    TooManySchedules { limit: usize },
     /// A bug or an unexpected reply; the cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -90,6 +96,9 @@ impl Error {
             Self::JobNotFound { .. } => Reason::JobNotFound,
             Self::JobNotLeased => Reason::JobNotLeased,
             Self::JobCancelled => Reason::JobCancelled,
+            Self::ScheduleNotFound => Reason::ScheduleNotFound,
+            Self::ScheduleExists => Reason::ScheduleExists,
+            Self::TooManySchedules { .. } => Reason::TooManySchedules,
             Self::Internal(_) => Reason::Internal,
         }
     }
@@ -98,15 +107,17 @@ impl Error {
         match self {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::Unavailable | Self::ShuttingDown => Code::Unavailable,
-            Self::StorageFull | Self::ResponseTooLarge { .. } => Code::ResourceExhausted,
+            Self::StorageFull | Self::ResponseTooLarge { .. } | Self::TooManySchedules { .. } => {
+                Code::ResourceExhausted
+            }
             Self::LeaseNotHeld { .. }
             | Self::FillTokenStale
             | Self::FillTagInvalidated
             | Self::JobNotLeased
             | Self::JobCancelled => Code::FailedPrecondition,
             Self::VersionMismatch { .. } => Code::Aborted,
-            Self::EntryExists | Self::SessionExists => Code::AlreadyExists,
-            Self::SessionNotFound | Self::JobNotFound { .. } => Code::NotFound,
+            Self::EntryExists | Self::SessionExists | Self::ScheduleExists => Code::AlreadyExists,
+            Self::SessionNotFound | Self::JobNotFound { .. } | Self::ScheduleNotFound => Code::NotFound,
             Self::Internal(_) => Code::Internal,
         }
     }

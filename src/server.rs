@@ -32,7 +32,8 @@ use crate::proto::v1::job_queue_service_server::JobQueueServiceServer;
 use crate::proto::v1::lock_service_server::LockServiceServer;
 use crate::proto::v1::rate_limiter_service_server::RateLimiterServiceServer;
 use crate::proto::v1::session_store_service_server::SessionStoreServiceServer;
-use crate::queue::grpc::JobQueueGrpc;
+use crate::queue::grpc::{JobQueueGrpc, JobRules};
+use crate::queue::schedule::scheduler;
 use crate::queue::{QueueManager, QueueSettings};
 use crate::ratelimit::RateLimiter;
 use crate::ratelimit::grpc::RateLimiterGrpc;
@@ -170,11 +171,13 @@ pub async fn run(
         default_max_in_flight: defaults.default_max_in_flight.min(config.flags.queue_max_in_flight),
         ..defaults
     };
-    let queue_service = JobQueueGrpc::new(
-        QueueManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), queue_settings),
-        config.limits.clone(),
-        draining.clone(),
-    );
+    let queues = QueueManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), queue_settings);
+    let job_rules = JobRules::new(config.limits.clone(), queue_settings);
+    let _scheduler =
+        TaskGuard::spawn(scheduler::run(queues.clone(), notifier.clone(), draining.clone(), move |schedule| {
+            job_rules.scheduled_job(schedule)
+        }));
+    let queue_service = JobQueueGrpc::new(queues, config.limits.clone(), draining.clone());
 
     // The cache may live on its own (evicting) Redis, with its own notification listener.
     let cache_notifier = match &cache_store {

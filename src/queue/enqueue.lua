@@ -5,12 +5,13 @@
 -- ARGV[1] notify channel, then per job 12 values: job_id, type, payload, priority,
 --         max_attempts, backoff_initial_us, backoff_max_us, backoff_multiplier, delay_us
 --         (or 0), run_at_us (or 0), dedup_key ('' = none), dedup_ttl_ms
--- Returns {1, then per job {job_id, duplicate (0|1)}}.
+-- Returns {1, then per job {job_id, duplicate (0|1)}}. `job_count` is set before this body
+-- (by the line Enqueue prepends, or by schedule/tick.lua).
 local replies = {1}
 local added = false
 -- Index entries are added at the end, one command per index for the whole call.
 local ranked, since, scheduled = {}, {}, {}
-for j = 0, (#KEYS - 3) / 2 - 1 do
+for j = 0, job_count - 1 do
   local job, dedup, a = KEYS[4 + 2 * j], KEYS[5 + 2 * j], 1 + 12 * j
   local id, dedup_key = ARGV[a + 1], ARGV[a + 11]
   local existing = dedup_key ~= '' and redis.call('GET', dedup) or nil
@@ -23,7 +24,9 @@ for j = 0, (#KEYS - 3) / 2 - 1 do
     local run_at = now
     if tonumber(ARGV[a + 9]) > 0 then
       run_at = now + tonumber(ARGV[a + 9])
-    elseif tonumber(ARGV[a + 10]) > now then
+    elseif tonumber(ARGV[a + 10]) > 0 then
+      -- A past instant is ready now, and keeps its time as the one it was due at (a
+      -- schedule's tick, say).
       run_at = tonumber(ARGV[a + 10])
     end
     -- One HSET for the whole record, state included.

@@ -19,15 +19,19 @@ use crate::proto::v1::{
     ResumeScheduleResponse, RetryDeadJobsRequest, RetryDeadJobsResponse, consume_response, enqueue_request,
 };
 use crate::proto::{duration_from_proto, duration_to_proto, now_micros, timestamp_from_micros};
+use crate::queue::schedule;
 use crate::queue::{
     Backoff, ConsumeOptions, Consumer, ConsumerEvent, Delivery, Job, JobState, LeaseRef, MAX_PRIORITY, MIN_PRIORITY,
-    NewJob, QueueManager, Steering,
+    NewJob, QueueManager, QueueSettings, Steering,
 };
 use crate::validate;
 use crate::validate::Limits;
 
 const MIN_VISIBILITY: Duration = Duration::from_secs(1);
 const MAX_TYPE_BYTES: usize = 256;
+/// ListSchedules pages.
+const DEFAULT_SCHEDULE_PAGE: u32 = 100;
+const MAX_SCHEDULE_PAGE: u32 = 1000;
 const MAX_TYPE_FILTERS: usize = 32;
 const MAX_ERROR_BYTES: usize = 64 * 1024;
 const DEFAULT_DEAD_PAGE: usize = 100;
@@ -38,16 +42,30 @@ const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
 pub struct JobQueueGrpc {
     queues: QueueManager,
     limits: Limits,
+    rules: JobRules,
     /// Cancelled at server shutdown: streams end UNAVAILABLE and leave their leases alone.
     shutdown: CancellationToken,
 }
 
-impl JobQueueGrpc {
-    pub fn new(queues: QueueManager, limits: Limits, shutdown: CancellationToken) -> Self {
-        Self { queues, limits, shutdown }
+/// Turns Enqueue requests into jobs, for the Enqueue RPCs and for schedules' templates.
+#[derive(Clone)]
+pub struct JobRules {
+    limits: Limits,
+    settings: QueueSettings,
+}
+
+impl JobRules {
+    pub fn new(limits: Limits, settings: QueueSettings) -> Self {
+        Self { limits, settings }
     }
 
-    fn new_job(&self, field: &str, request: EnqueueRequest) -> Result<NewJob, Error> {
+    /// The job a schedule enqueues on each tick.
+    pub fn scheduled_job(&self, schedule: &pb::Schedule) -> Result<NewJob, Error> {
+        let template = schedule.job.clone().unwrap_or_default();
+        self.new_job("schedule.job", EnqueueRequest { queue: schedule.queue.clone(), ..template })
+    }
+
+    pub fn new_job(&self, field: &str, request: EnqueueRequest) -> Result<NewJob, Error> {
         let at = |name: &str| if field.is_empty() { name.to_owned() } else { format!("{field}.{name}") };
         validate::key(&at("queue"), &request.queue, &self.limits)?;
         if request.payload.len() > self.limits.max_value_bytes {
@@ -63,11 +81,11 @@ impl JobQueueGrpc {
             return Err(Error::invalid(at("priority"), format!("must be between {MIN_PRIORITY} and {MAX_PRIORITY}")));
         }
         let max_attempts = match request.max_attempts {
-            0 => self.queues.settings().default_max_attempts,
-            n if n > self.queues.settings().max_attempts => {
+            0 => self.settings.default_max_attempts,
+            n if n > self.settings.max_attempts => {
                 return Err(Error::invalid(
                     at("max_attempts"),
-                    format!("must be at most {}", self.queues.settings().max_attempts),
+                    format!("must be at most {}", self.settings.max_attempts),
                 ));
             }
             n => n,
@@ -102,7 +120,7 @@ impl JobQueueGrpc {
             key => {
                 validate::key(&at("dedup_key"), key, &self.limits)?;
                 let ttl = duration_from_proto(&at("dedup_ttl"), request.dedup_ttl.as_ref())?
-                    .unwrap_or(self.queues.settings().default_dedup_ttl);
+                    .unwrap_or(self.settings.default_dedup_ttl);
                 if ttl > self.limits.max_ttl {
                     return Err(Error::invalid(at("dedup_ttl"), format!("must be at most {:?}", self.limits.max_ttl)));
                 }
@@ -124,11 +142,11 @@ impl JobQueueGrpc {
 
     fn backoff(&self, field: &str, backoff: Option<&pb::Backoff>) -> Result<Backoff, Error> {
         let Some(backoff) = backoff else {
-            let initial = self.queues.settings().default_backoff;
+            let initial = self.settings.default_backoff;
             return Ok(Backoff { initial, max: initial, multiplier: 1.0 });
         };
         let initial = duration_from_proto(&format!("{field}.initial"), backoff.initial.as_ref())?
-            .unwrap_or(self.queues.settings().default_backoff);
+            .unwrap_or(self.settings.default_backoff);
         if initial > self.limits.max_ttl {
             return Err(Error::invalid(
                 format!("{field}.initial"),
@@ -149,6 +167,21 @@ impl JobQueueGrpc {
             return Err(Error::invalid(format!("{field}.multiplier"), "must be between 1 and 100 (0 means 1)"));
         }
         Ok(Backoff { initial, max, multiplier })
+    }
+}
+
+impl JobQueueGrpc {
+    fn schedule_ref(&self, queue: &str, schedule_id: &str) -> Result<(), Error> {
+        validate::key("queue", queue, &self.limits)?;
+        if schedule_id.is_empty() || schedule_id.len() > schedule::MAX_ID_BYTES {
+            return Err(Error::invalid("schedule_id", format!("must be 1 to {} bytes", schedule::MAX_ID_BYTES)));
+        }
+        Ok(())
+    }
+
+    pub fn new(queues: QueueManager, limits: Limits, shutdown: CancellationToken) -> Self {
+        let rules = JobRules::new(limits.clone(), *queues.settings());
+        Self { queues, limits, rules, shutdown }
     }
 
     /// An Ack's lease and result, validated; `prefix` places its fields in a batch.
@@ -246,49 +279,94 @@ impl JobQueueService for JobQueueGrpc {
 
     async fn create_schedule(
         &self,
-        _request: Request<CreateScheduleRequest>,
+        request: Request<CreateScheduleRequest>,
     ) -> Result<Response<CreateScheduleResponse>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        let namespace = crate::auth::namespace(&request);
+        let request = request.into_inner();
+        let Some(schedule) = request.schedule else {
+            return Err(Error::invalid("schedule", "is required").into());
+        };
+        validate::key("schedule.queue", &schedule.queue, &self.limits)?;
+        schedule::validate(&schedule)?;
+        // The template must make a valid job now; it is made again on every tick.
+        self.rules.scheduled_job(&schedule)?;
+        let definition = schedule::stored_definition(schedule);
+        let stored = self.queues.scoped(&namespace).put_schedule(&definition, request.replace).await?;
+        Ok(Response::new(CreateScheduleResponse { schedule: Some(stored) }))
     }
 
     async fn get_schedule(
         &self,
-        _request: Request<GetScheduleRequest>,
+        request: Request<GetScheduleRequest>,
     ) -> Result<Response<GetScheduleResponse>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        let namespace = crate::auth::namespace(&request);
+        let request = request.into_inner();
+        self.schedule_ref(&request.queue, &request.schedule_id)?;
+        let schedule = self.queues.scoped(&namespace).schedule(&request.queue, &request.schedule_id).await?;
+        Ok(Response::new(GetScheduleResponse { schedule: Some(schedule) }))
     }
 
     async fn list_schedules(
         &self,
-        _request: Request<ListSchedulesRequest>,
+        request: Request<ListSchedulesRequest>,
     ) -> Result<Response<ListSchedulesResponse>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        let namespace = crate::auth::namespace(&request);
+        let request = request.into_inner();
+        validate::key("queue", &request.queue, &self.limits)?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_SCHEDULE_PAGE,
+            n if n > MAX_SCHEDULE_PAGE => {
+                return Err(Error::invalid("page_size", format!("must be at most {MAX_SCHEDULE_PAGE}")).into());
+            }
+            n => n,
+        };
+        let (schedules, more) =
+            self.queues.scoped(&namespace).list_schedules(&request.queue, &request.page_token, page_size).await?;
+        let next_page_token = match (more, schedules.last()) {
+            (true, Some(last)) => last.schedule_id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(ListSchedulesResponse { schedules, next_page_token }))
     }
 
     async fn pause_schedule(
         &self,
-        _request: Request<PauseScheduleRequest>,
+        request: Request<PauseScheduleRequest>,
     ) -> Result<Response<PauseScheduleResponse>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        let namespace = crate::auth::namespace(&request);
+        let request = request.into_inner();
+        self.schedule_ref(&request.queue, &request.schedule_id)?;
+        let schedule =
+            self.queues.scoped(&namespace).pause_schedule(&request.queue, &request.schedule_id, true).await?;
+        Ok(Response::new(PauseScheduleResponse { schedule: Some(schedule) }))
     }
 
     async fn resume_schedule(
         &self,
-        _request: Request<ResumeScheduleRequest>,
+        request: Request<ResumeScheduleRequest>,
     ) -> Result<Response<ResumeScheduleResponse>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        let namespace = crate::auth::namespace(&request);
+        let request = request.into_inner();
+        self.schedule_ref(&request.queue, &request.schedule_id)?;
+        let schedule =
+            self.queues.scoped(&namespace).pause_schedule(&request.queue, &request.schedule_id, false).await?;
+        Ok(Response::new(ResumeScheduleResponse { schedule: Some(schedule) }))
     }
 
     async fn delete_schedule(
         &self,
-        _request: Request<DeleteScheduleRequest>,
+        request: Request<DeleteScheduleRequest>,
     ) -> Result<Response<DeleteScheduleResponse>, Status> {
-        Err(Status::unimplemented("schedules are not implemented yet"))
+        let namespace = crate::auth::namespace(&request);
+        let request = request.into_inner();
+        self.schedule_ref(&request.queue, &request.schedule_id)?;
+        let deleted = self.queues.scoped(&namespace).delete_schedule(&request.queue, &request.schedule_id).await?;
+        Ok(Response::new(DeleteScheduleResponse { deleted }))
     }
 
     async fn enqueue(&self, request: Request<EnqueueRequest>) -> Result<Response<EnqueueResponse>, Status> {
         let namespace = crate::auth::namespace(&request);
-        let job = self.new_job("", request.into_inner())?;
+        let job = self.rules.new_job("", request.into_inner())?;
         let (job_id, duplicate) = self.queues.scoped(&namespace).enqueue(&job).await?;
         Ok(Response::new(EnqueueResponse { job_id, duplicate }))
     }
@@ -310,7 +388,7 @@ impl JobQueueService for JobQueueGrpc {
         let jobs = requests
             .into_iter()
             .enumerate()
-            .map(|(index, request)| self.new_job(&format!("requests[{index}]"), request))
+            .map(|(index, request)| self.rules.new_job(&format!("requests[{index}]"), request))
             .collect::<Result<Vec<_>, _>>()?;
         let results = self.queues.scoped(&namespace).enqueue_batch(&jobs).await?;
         Ok(Response::new(EnqueueBatchResponse {

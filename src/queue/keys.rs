@@ -83,6 +83,11 @@ impl<'a> QueueKeys<'a> {
         keys
     }
 
+    /// Every schedule script's keys: definitions, states, next ticks (schedule/prelude.lua).
+    pub(super) fn schedules(&self) -> Vec<String> {
+        self.parts(["schedules", "schedule_state", "schedule_due"])
+    }
+
     /// retry_dead.lua, before the job keys.
     pub(super) fn retry_dead(&self) -> Vec<String> {
         self.parts(["ready", "ready_since", "dead"])

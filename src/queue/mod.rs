@@ -13,6 +13,7 @@ mod consumer;
 pub mod grpc;
 mod ids;
 mod keys;
+pub mod schedule;
 mod settlement;
 
 use std::collections::{HashMap, HashSet};
@@ -33,8 +34,9 @@ use settlement::LocalStreams;
 pub use settlement::{LocalStream, SettledInbox};
 
 const PRELUDE: &str = include_str!("prelude.lua");
+const ENQUEUE_BODY: &str = include_str!("enqueue.lua");
 static ENQUEUE: LazyLock<Script> =
-    LazyLock::new(|| Script::new("queue_enqueue", &[PRELUDE, include_str!("enqueue.lua")]));
+    LazyLock::new(|| Script::new("queue_enqueue", &[PRELUDE, "local job_count = (#KEYS - 3) / 2\n", ENQUEUE_BODY]));
 static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new("queue_fetch", &[PRELUDE, include_str!("fetch.lua")]));
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new("queue_ack", &[PRELUDE, include_str!("ack.lua")]));
 static NACK: LazyLock<Script> = LazyLock::new(|| Script::new("queue_nack", &[PRELUDE, include_str!("nack.lua")]));
@@ -136,6 +138,73 @@ pub enum LeaseStatus {
     Gone,
 }
 
+/// What enqueue.lua takes for some jobs of one queue (schedule/tick.lua ends with it).
+struct EnqueueCall {
+    keys: Vec<String>,
+    channel: String,
+    job_ids: Vec<String>,
+    /// Floats travel as text: the scripts multiply with them.
+    multipliers: Vec<String>,
+}
+
+impl EnqueueCall {
+    fn new(queue_keys: &QueueKeys, queue: &str, jobs: &[&NewJob]) -> Self {
+        let job_ids: Vec<String> = jobs.iter().map(|_| new_job_id(queue)).collect();
+        let mut keys = queue_keys.enqueue();
+        for (job, job_id) in jobs.iter().zip(&job_ids) {
+            keys.push(queue_keys.job(job_id));
+            keys.push(queue_keys.dedup(job.dedup.as_ref().map_or("", |(key, _)| key.as_str())));
+        }
+        Self {
+            keys,
+            channel: queue_keys.channel(),
+            job_ids,
+            multipliers: jobs.iter().map(|job| job.backoff.multiplier.to_string()).collect(),
+        }
+    }
+
+    fn args<'a>(&'a self, jobs: &[&'a NewJob]) -> Vec<Arg<'a>> {
+        let mut args: Vec<Arg> = Vec::with_capacity(1 + jobs.len() * 12);
+        args.push((&self.channel).into());
+        for ((job, job_id), multiplier) in jobs.iter().zip(&self.job_ids).zip(&self.multipliers) {
+            let (dedup_key, dedup_ttl_ms) = match &job.dedup {
+                Some((key, ttl)) => (key.as_str(), (ttl.as_millis() as u64).max(1)),
+                None => ("", 1),
+            };
+            args.extend([
+                Arg::from(job_id),
+                (&job.job_type).into(),
+                (&job.payload).into(),
+                i64::from(job.priority).into(),
+                job.max_attempts.into(),
+                micros(job.backoff.initial).into(),
+                micros(job.backoff.max).into(),
+                multiplier.into(),
+                micros(job.delay).into(),
+                job.run_at_micros.into(),
+                dedup_key.into(),
+                dedup_ttl_ms.into(),
+            ]);
+        }
+        args
+    }
+}
+
+/// enqueue.lua's reply: each job's id and whether it was a duplicate.
+fn enqueued(mut fields: Fields) -> Result<Vec<(String, bool)>, Error> {
+    let replies = (0..fields.len())
+        .map(|index| {
+            let reply = fields.take_fields(index)?;
+            Ok((reply.string(0)?, reply.int(1)?))
+        })
+        .collect::<Result<Vec<(String, i64)>, StoreError>>()?;
+    let duplicates = replies.iter().filter(|(_, duplicate)| *duplicate == 1).count() as u64;
+    metrics::counter!("baton_queue_enqueued_total", "duplicate" => "true").increment(duplicates);
+    metrics::counter!("baton_queue_enqueued_total", "duplicate" => "false")
+        .increment(replies.len() as u64 - duplicates);
+    Ok(replies.into_iter().map(|(id, duplicate)| (id, duplicate == 1)).collect())
+}
+
 /// Retention, defaults and bounds for jobs and consumers (configurable).
 #[derive(Debug, Clone, Copy)]
 pub struct QueueSettings {
@@ -152,6 +221,8 @@ pub struct QueueSettings {
     pub max_in_flight: u32,
     pub default_dedup_ttl: Duration,
     pub max_batch: usize,
+    /// Most schedules one queue may have.
+    pub max_schedules: usize,
 }
 
 impl Default for QueueSettings {
@@ -168,6 +239,7 @@ impl Default for QueueSettings {
             max_in_flight: 1000,
             default_dedup_ttl: Duration::from_secs(3600),
             max_batch: 1000,
+            max_schedules: 1000,
         }
     }
 }
@@ -293,48 +365,9 @@ impl QueueManager {
     }
 
     async fn enqueue_queue(&self, queue: &str, jobs: Vec<&NewJob>) -> Result<Vec<(String, bool)>, Error> {
-        let queue_keys = self.queue_keys(queue);
-        let mut keys = queue_keys.enqueue();
-        let channel = queue_keys.channel();
-        let job_ids: Vec<String> = jobs.iter().map(|_| new_job_id(queue)).collect();
-        // Floats travel as text: the scripts multiply with them.
-        let multipliers: Vec<String> = jobs.iter().map(|job| job.backoff.multiplier.to_string()).collect();
-        let mut args: Vec<Arg> = Vec::with_capacity(1 + jobs.len() * 12);
-        args.push((&channel).into());
-        for ((job, job_id), multiplier) in jobs.iter().zip(&job_ids).zip(&multipliers) {
-            let (dedup_key, dedup_ttl_ms) = match &job.dedup {
-                Some((key, ttl)) => (key.as_str(), (ttl.as_millis() as u64).max(1)),
-                None => ("", 1),
-            };
-            keys.push(queue_keys.job(job_id));
-            keys.push(queue_keys.dedup(dedup_key));
-            args.extend([
-                Arg::from(job_id),
-                (&job.job_type).into(),
-                (&job.payload).into(),
-                i64::from(job.priority).into(),
-                job.max_attempts.into(),
-                micros(job.backoff.initial).into(),
-                micros(job.backoff.max).into(),
-                multiplier.into(),
-                micros(job.delay).into(),
-                job.run_at_micros.into(),
-                dedup_key.into(),
-                dedup_ttl_ms.into(),
-            ]);
-        }
-        let mut fields = self.store.eval(&ENQUEUE, &keys, &args).await?.done()?;
-        let replies = (0..fields.len())
-            .map(|index| {
-                let reply = fields.take_fields(index)?;
-                Ok((reply.string(0)?, reply.int(1)?))
-            })
-            .collect::<Result<Vec<(String, i64)>, StoreError>>()?;
-        let duplicates = replies.iter().filter(|(_, duplicate)| *duplicate == 1).count() as u64;
-        metrics::counter!("baton_queue_enqueued_total", "duplicate" => "true").increment(duplicates);
-        metrics::counter!("baton_queue_enqueued_total", "duplicate" => "false")
-            .increment(replies.len() as u64 - duplicates);
-        Ok(replies.into_iter().map(|(id, duplicate)| (id, duplicate == 1)).collect())
+        let call = EnqueueCall::new(&self.queue_keys(queue), queue, &jobs);
+        let fields = self.store.eval(&ENQUEUE, &call.keys, &call.args(&jobs)).await?.done()?;
+        enqueued(fields)
     }
 
     /// Leases up to `count` ready jobs; also promotes due jobs and reclaims expired leases.
