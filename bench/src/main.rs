@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long)]
     report: Option<PathBuf>,
     /// Run only these scenario groups (comma-separated: ceiling, check, lock, cache,
-    /// session, queue); default all. For profiling one path at a time.
+    /// session, singletons, queue); default all. For profiling one path at a time.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also measure the peers a user would pick instead (BullMQ, node-redlock) with the
@@ -112,6 +112,9 @@ async fn main() {
     }
     if args.runs("session") {
         scenarios::session::run(&mut bench).await;
+    }
+    if args.runs("singletons") {
+        scenarios::singletons::run(&mut bench).await;
     }
     let queue_rate = if args.runs("queue") { Some(scenarios::queue::run(&mut bench).await) } else { None };
 

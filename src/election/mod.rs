@@ -11,6 +11,7 @@
 
 pub mod grpc;
 mod hub;
+mod keys;
 
 use std::future::Future;
 use std::sync::{Arc, LazyLock};
@@ -21,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::lock::{Lease, LocalQueues, leases, micros};
-use crate::store::keys::Pattern;
 use crate::store::notify::Notifier;
 use crate::store::{Arg, Fields, KeyBuilder, Outcome, Script, Store};
 pub use hub::{Change, ChangeKind, Observation};
@@ -114,12 +114,8 @@ impl ElectionManager {
         Self { keys: KeyBuilder::new(namespace.clone()), ..self.clone() }
     }
 
-    fn election_keys(&self, name: &str) -> [String; 2] {
-        [self.keys.key(Pattern::Election, name, "state"), self.keys.key(Pattern::Election, name, "history")]
-    }
-
     fn channel(&self, name: &str) -> String {
-        self.keys.channel(Pattern::Election, name)
+        keys::channel(&self.keys, name)
     }
 
     /// Runs an election script: ARGV[1] and ARGV[2] are the idle expiry and the channel.
@@ -130,7 +126,7 @@ impl ElectionManager {
         all.push(Arg::from(idle_ms));
         all.push(Arg::from(&channel));
         all.extend_from_slice(args);
-        Ok(self.store.eval(script, &self.election_keys(name), &all).await?.outcome()?)
+        Ok(self.store.eval(script, &keys::election_keys(&self.keys, name), &all).await?.outcome()?)
     }
 
     /// Waits until elected, `params.wait` passes, or this replica drains.

@@ -6,6 +6,7 @@ pub mod check;
 pub mod lock;
 pub mod queue;
 pub mod session;
+pub mod singletons;
 pub mod streams;
 
 use std::net::SocketAddr;
