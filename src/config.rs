@@ -75,6 +75,20 @@ pub struct Flags {
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Export traces over OTLP to this collector (e.g. http://otel-collector:4317); without
+    /// it, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT. Unset: no traces.
+    #[arg(long, env = "BATON_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The OTLP transport.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::Grpc)]
+    pub otlp_protocol: OtlpProtocol,
+
+    /// Sample this share of traces that start here (parent-based: a caller's sampling
+    /// decision is followed). Unset: OTEL_TRACES_SAMPLER(_ARG), else every trace.
+    #[arg(long, env = "BATON_TRACE_SAMPLE_RATIO", value_parser = sample_ratio)]
+    pub trace_sample_ratio: Option<f64>,
+
     /// TOML file with policies and limits (docs/configuration.md).
     #[arg(long, env = "BATON_CONFIG")]
     pub config: Option<PathBuf>,
@@ -172,6 +186,21 @@ pub enum RedisMode {
     Standalone,
     Cluster,
     Sentinel,
+}
+
+/// How traces travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    Grpc,
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+fn sample_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("{text:?} is not a ratio between 0 and 1")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -14,6 +14,7 @@
 //! - [`server`]: the tonic server, health, reflection, layers, graceful shutdown.
 //! - [`proto`]: generated code and proto conversions.
 //! - [`telemetry`]: logs, Prometheus metrics.
+//! - [`traces`]: OpenTelemetry spans per RPC and per Redis call, exported over OTLP.
 //! - [`signal`]: the shutdown signals (SIGTERM, SIGINT).
 //! - [`embedded`]: the development-mode `redis-server`.
 //! - [`ids`]: ids as Baton hands them out, for tests that forge or compare them.
@@ -54,6 +55,7 @@ mod store;
 mod task;
 pub mod telemetry;
 mod tls;
+pub mod traces;
 mod validate;
 
 pub use store::embedded;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use baton::config::{Config, Flags};
 use baton::embedded::EmbeddedRedis;
 use baton::server::{self, RedisUrls};
-use baton::{signal, telemetry};
+use baton::{signal, telemetry, traces};
 use clap::Parser;
 
 // Every RPC allocates many small, short-lived buffers across threads; glibc's malloc spent
@@ -25,14 +25,28 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_tracing(config.flags.log_format);
-    match run(config).await {
+    let traces = match traces::start(&config.flags) {
+        Ok(traces) => traces,
+        Err(err) => {
+            eprintln!("baton: cannot export traces: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_tracing(config.flags.log_format, traces.as_ref());
+    let exit = match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = %format!("{err:#}"), "baton failed");
             ExitCode::FAILURE
         }
+    };
+    // Sends the spans still buffered.
+    if let Some(traces) = traces
+        && let Err(err) = traces.shutdown()
+    {
+        eprintln!("baton: exporting the last traces failed: {err}");
     }
+    exit
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

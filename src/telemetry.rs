@@ -19,13 +19,19 @@ const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Installs the global tracing subscriber; `RUST_LOG` refines the default `info` level.
-pub fn init_tracing(format: LogFormat) {
+/// With `traces`, spans also become OpenTelemetry spans, and JSON log lines inside an RPC
+/// carry its `trace_id` and `span_id` (in `span`).
+pub fn init_tracing(format: LogFormat, traces: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(fmt).with(traces.map(crate::traces::layer)).init();
 }
 
 /// Installs the global metrics recorder with real histograms (not summaries).
@@ -96,16 +102,8 @@ impl<ResBody: 'static, E: 'static> Around<http::Response<ResBody>, E> for GrpcMe
     ) -> BoxResponse<http::Response<ResBody>, E> {
         Box::pin(async move {
             let result = response.await;
-            // Errors come "trailers-only", with grpc-status in the headers; a success's
-            // status sits in trailers we do not wait for, so its absence means OK.
             let code = match &result {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<i32>().ok())
-                    .map(code_name)
-                    .unwrap_or("OK"),
+                Ok(response) => code_name(grpc_status(response.headers())),
                 Err(_) => "UNKNOWN",
             };
             let labels = [("service", service), ("method", method), ("code", code)];
@@ -114,6 +112,12 @@ impl<ResBody: 'static, E: 'static> Around<http::Response<ResBody>, E> for GrpcMe
             result
         })
     }
+}
+
+/// A response's gRPC status code. Errors come "trailers-only", with grpc-status in the
+/// headers; a success's status sits in trailers nobody waits for, so its absence means OK.
+pub(crate) fn grpc_status(headers: &http::HeaderMap) -> i32 {
+    headers.get("grpc-status").and_then(|value| value.to_str().ok()).and_then(|value| value.parse().ok()).unwrap_or(0)
 }
 
 /// The label value of every path outside the served set: callers choose paths, so a path
@@ -149,7 +153,7 @@ static SERVED_METHODS: LazyLock<HashMap<String, (&'static str, &'static str)>> =
     methods
 });
 
-fn served_method(path: &str) -> (&'static str, &'static str) {
+pub(crate) fn served_method(path: &str) -> (&'static str, &'static str) {
     SERVED_METHODS.get(path).copied().unwrap_or(UNKNOWN_METHOD)
 }
 

@@ -318,11 +318,14 @@ impl Store {
         call: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.inner.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) => Err(StoreError::from(err)),
-            Err(_) => Err(StoreError::Unavailable(format!("no reply within {:?}", self.inner.timeout))),
-        };
+        let result = crate::traces::redis_call(op, async {
+            match tokio::time::timeout(self.inner.timeout, call).await {
+                Ok(Ok(value)) => Ok(value),
+                Ok(Err(err)) => Err(StoreError::from(err)),
+                Err(_) => Err(StoreError::Unavailable(format!("no reply within {:?}", self.inner.timeout))),
+            }
+        })
+        .await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(err) if err.is_transient() => "unavailable",
