@@ -45,8 +45,11 @@ static DEFAULT_TENANT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(DEFAULT_N
 
 /// The namespace of a request: its API key's tenant, or the default one when auth is off.
 /// Shared, not copied: every request of a tenant holds the same string.
+/// Every handler asks for it first, so it also names the tenant on the RPC's trace span.
 pub fn namespace<T>(request: &tonic::Request<T>) -> Arc<str> {
-    request.extensions().get::<Tenant>().map_or_else(|| DEFAULT_TENANT.clone(), |t| t.0.clone())
+    let namespace = request.extensions().get::<Tenant>().map_or_else(|| DEFAULT_TENANT.clone(), |t| t.0.clone());
+    crate::traces::record_tenant(&namespace);
+    namespace
 }
 
 /// The validated key set; empty means authentication is off.

@@ -1,8 +1,9 @@
-//! Logs (text or JSON), the Prometheus recorder and its `/metrics` endpoint, and the
-//! per-RPC metrics layer.
+//! Logs (text or JSON), the Prometheus recorder and its `/metrics` endpoint (Prometheus
+//! text, or OpenMetrics with trace exemplars when the scraper asks for it), and the per-RPC
+//! metrics layer.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -64,11 +65,20 @@ pub fn serve_metrics(listener: TcpListener, handle: PrometheusHandle) -> TaskGua
             tokio::spawn(async move {
                 let mut request = [0u8; 1024];
                 // One read is enough to consume a scrape's request line and headers.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut request)).await;
+                let read = tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut request)).await;
+                let read = read.ok().and_then(Result::ok).unwrap_or(0);
+                // Prometheus asks for OpenMetrics first when exemplar storage is on.
+                let openmetrics = String::from_utf8_lossy(&request[..read])
+                    .to_ascii_lowercase()
+                    .contains("application/openmetrics-text");
                 handle.run_upkeep();
-                let body = handle.render();
+                let (body, content_type) = if openmetrics {
+                    (to_openmetrics(&handle.render()), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                } else {
+                    (handle.render(), "text/plain; version=0.0.4")
+                };
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     body.len()
                 );
                 let _ = socket.write_all(head.as_bytes()).await;
@@ -107,11 +117,95 @@ impl<ResBody: 'static, E: 'static> Around<http::Response<ResBody>, E> for GrpcMe
                 Err(_) => "UNKNOWN",
             };
             let labels = [("service", service), ("method", method), ("code", code)];
+            let seconds = started.elapsed().as_secs_f64();
             metrics::counter!("baton_grpc_requests_total", &labels).increment(1);
-            metrics::histogram!("baton_grpc_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+            metrics::histogram!("baton_grpc_request_duration_seconds", &labels).record(seconds);
+            if let Some((trace_id, span_id)) = crate::traces::sampled_ids() {
+                record_exemplar((service, method, code), seconds, trace_id, span_id);
+            }
             result
         })
     }
+}
+
+/// A traced call shown beside the latency bucket it fell in.
+#[derive(Debug, Clone)]
+struct Exemplar {
+    trace_id: String,
+    span_id: String,
+    seconds: f64,
+    /// Unix seconds.
+    at: f64,
+}
+
+/// The latency series' labels: served (service, method) and a code name, all static, so the
+/// exemplars kept are bounded by the served methods × codes × buckets.
+type SeriesLabels = (&'static str, &'static str, &'static str);
+
+/// The latest traced call per latency series and bucket (the last slot is `+Inf`).
+static EXEMPLARS: LazyLock<Mutex<HashMap<SeriesLabels, Vec<Option<Exemplar>>>>> = LazyLock::new(Default::default);
+
+fn record_exemplar(labels: SeriesLabels, seconds: f64, trace_id: String, span_id: String) {
+    let bucket = LATENCY_BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(LATENCY_BUCKETS.len());
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let mut exemplars = EXEMPLARS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let slots = exemplars.entry(labels).or_insert_with(|| vec![None; LATENCY_BUCKETS.len() + 1]);
+    slots[bucket] = Some(Exemplar { trace_id, span_id, seconds, at });
+}
+
+/// The exemplar of one `baton_grpc_request_duration_seconds_bucket` sample line, if any.
+fn exemplar_for(sample: &str) -> Option<Exemplar> {
+    let label = |name: &str| {
+        let marker = format!("{name}=\"");
+        let start = sample.find(&marker)? + marker.len();
+        sample[start..].split('"').next()
+    };
+    let le = label("le")?;
+    let bucket = if le == "+Inf" {
+        LATENCY_BUCKETS.len()
+    } else {
+        let bound: f64 = le.parse().ok()?;
+        LATENCY_BUCKETS.iter().position(|&b| (b - bound).abs() < f64::EPSILON * 16.0)?
+    };
+    let (service, method, code) = (label("service")?, label("method")?, label("code")?);
+    let exemplars = EXEMPLARS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    exemplars
+        .iter()
+        .find(|((s, m, c), _)| *s == service && *m == method && *c == code)
+        .and_then(|(_, slots)| slots[bucket].clone())
+}
+
+/// The Prometheus text exposition as OpenMetrics: counter families named without their
+/// `_total`, the latency buckets with the trace of a call that fell in them, `# EOF`.
+fn to_openmetrics(text: &str) -> String {
+    let counters: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 1024);
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ").or_else(|| line.strip_prefix("# HELP ")) {
+            let name = rest.split(' ').next().unwrap_or_default();
+            if counters.contains(&name) {
+                let family = name.strip_suffix("_total").unwrap_or(name);
+                out.push_str(&line.replacen(name, family, 1));
+                out.push('\n');
+                continue;
+            }
+        }
+        out.push_str(line);
+        let bucket = line.starts_with("baton_grpc_request_duration_seconds_bucket{");
+        if let Some(exemplar) = bucket.then(|| exemplar_for(line)).flatten() {
+            out.push_str(&format!(
+                " # {{trace_id=\"{}\",span_id=\"{}\"}} {} {:.3}",
+                exemplar.trace_id, exemplar.span_id, exemplar.seconds, exemplar.at
+            ));
+        }
+        out.push('\n');
+    }
+    out.push_str("# EOF\n");
+    out
 }
 
 /// A response's gRPC status code. Errors come "trailers-only", with grpc-status in the
@@ -195,6 +289,28 @@ mod tests {
         for hostile in ["/baton.v1.RateLimiterService/Nope", "/x/y", "/", "", "/baton.v1.RateLimiterService/Check/"] {
             assert_eq!(served_method(hostile), UNKNOWN_METHOD, "{hostile}");
         }
+    }
+
+    #[test]
+    fn openmetrics_names_counter_families_and_attaches_exemplars_to_their_bucket() {
+        let labels = ("baton.v1.LockService", "Acquire", "OK");
+        record_exemplar(labels, 0.003, "4bf92f3577b34da6a3ce929d0e0e4736".into(), "00f067aa0ba902b7".into());
+        let text = "# HELP baton_grpc_requests_total calls\n# TYPE baton_grpc_requests_total counter\n\
+                    baton_grpc_requests_total{service=\"baton.v1.LockService\",method=\"Acquire\",code=\"OK\"} 1\n\
+                    # TYPE baton_grpc_request_duration_seconds histogram\n\
+                    baton_grpc_request_duration_seconds_bucket{service=\"baton.v1.LockService\",method=\"Acquire\",code=\"OK\",le=\"0.0025\"} 0\n\
+                    baton_grpc_request_duration_seconds_bucket{service=\"baton.v1.LockService\",method=\"Acquire\",code=\"OK\",le=\"0.005\"} 1\n\
+                    baton_grpc_request_duration_seconds_bucket{service=\"baton.v1.LockService\",method=\"Acquire\",code=\"OK\",le=\"+Inf\"} 1\n";
+        let open = to_openmetrics(text);
+        let lines: Vec<&str> = open.lines().collect();
+        assert_eq!(lines[0], "# HELP baton_grpc_requests calls");
+        assert_eq!(lines[1], "# TYPE baton_grpc_requests counter");
+        assert!(lines[2].starts_with("baton_grpc_requests_total{"), "samples keep _total");
+        assert!(!lines[4].contains('#'), "no exemplar in a bucket the call did not fall in: {}", lines[4]);
+        let exemplar = "} 1 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\",span_id=\"00f067aa0ba902b7\"} 0.003 ";
+        assert!(lines[5].contains(exemplar), "{}", lines[5]);
+        assert!(!lines[6].contains("# {"), "{}", lines[6]);
+        assert_eq!(lines.last(), Some(&"# EOF"));
     }
 
     #[test]

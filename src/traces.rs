@@ -1,11 +1,17 @@
-//! OpenTelemetry traces: a server span per RPC (continuing the caller's W3C trace context),
-//! a client span per Redis call beneath it, exported over OTLP (gRPC or HTTP) with the
-//! standard `OTEL_*` variables honoured. Off by default, and then free: no span is made.
+//! OpenTelemetry traces: a server span per RPC (continuing the caller's W3C trace context)
+//! with Baton's attributes (pattern, tenant, name, outcome), a client span per Redis call
+//! beneath it, and a span per message of a long stream (a job's delivery, a lease's renewal)
+//! linked to the stream's span rather than held open under it. A job carries its trace
+//! context from Enqueue to its delivery and on to the worker. Exported over OTLP (gRPC or
+//! HTTP) with the standard `OTEL_*` variables honoured. Off by default, and then free: no
+//! span is made.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::collections::HashMap;
+
 use opentelemetry::propagation::{Extractor, TextMapCompositePropagator, TextMapPropagator};
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
@@ -85,15 +91,31 @@ where
     tracing_opentelemetry::layer().with_tracer(provider.tracer("baton"))
 }
 
-struct Headers<'a>(&'a http::HeaderMap);
+/// A request's headers as the propagators read them, with `traceparent` normalised (see
+/// [`normalized_traceparent`]).
+struct Headers<'a> {
+    headers: &'a http::HeaderMap,
+    traceparent: Option<String>,
+}
+
+impl<'a> Headers<'a> {
+    fn new(headers: &'a http::HeaderMap) -> Self {
+        let traceparent =
+            headers.get(TRACEPARENT).and_then(|value| value.to_str().ok()).and_then(normalized_traceparent);
+        Self { headers, traceparent }
+    }
+}
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
+        if key == TRACEPARENT {
+            return self.traceparent.as_deref();
+        }
+        self.headers.get(key).and_then(|value| value.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
+        self.headers.keys().map(http::HeaderName::as_str).collect()
     }
 }
 
@@ -122,16 +144,18 @@ impl<ResBody: 'static, E: 'static> Around<http::Response<ResBody>, E> for RpcSpa
             rpc.service = service,
             rpc.method = method,
             rpc.grpc.status_code = tracing::field::Empty,
+            baton.pattern = pattern_of(service),
+            baton.tenant = tracing::field::Empty,
+            baton.name = tracing::field::Empty,
+            baton.outcome = tracing::field::Empty,
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
         );
         if let Some(propagator) = PROPAGATOR.get() {
-            let _ = span.set_parent(propagator.extract(&Headers(request.headers())));
+            let _ = span.set_parent(propagator.extract(&Headers::new(request.headers())));
         }
         // Logs inside the call carry these, to find the trace from a log line.
-        let context = span.context();
-        let span_context = context.span().span_context().clone();
-        if span_context.is_valid() {
+        if let Some(span_context) = span_context_of(&span) {
             span.record("trace_id", span_context.trace_id().to_string());
             span.record("span_id", span_context.span_id().to_string());
         }
@@ -155,17 +179,23 @@ impl<ResBody: 'static, E: 'static> Around<http::Response<ResBody>, E> for RpcSpa
             if code != 0 {
                 span.record("otel.status_code", "ERROR");
             }
+            // One line per traced call at debug level: a log search finds the trace.
+            tracing::debug!(parent: &span, rpc.grpc.status_code = code, "rpc served");
             result
         })
     }
 }
 
-/// Runs one Redis call (`op`: the script or command) under a client span when tracing is on.
+/// Runs one Redis call (`op`: the script or command) under a client span when tracing is on
+/// and the call serves a traced operation (background work — pings, schedulers, idle
+/// consumers' re-checks — would otherwise start a trace each). `slot` is the keys' hash slot
+/// on a Redis Cluster. The call records its attempts with [`redis_attempt`].
 pub async fn redis_call<T, E: std::fmt::Display>(
     op: &'static str,
+    slot: Option<u16>,
     call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
-    if !enabled() {
+    if !enabled() || tracing::Span::current().is_none() {
         return call.await;
     }
     let span = tracing::info_span!(
@@ -176,6 +206,8 @@ pub async fn redis_call<T, E: std::fmt::Display>(
         otel.status_message = tracing::field::Empty,
         db.system = "redis",
         db.operation = op,
+        db.redis.hash_slot = slot,
+        baton.redis.attempts = 1,
     );
     let result = call.instrument(span.clone()).await;
     if let Err(err) = &result {
@@ -183,4 +215,209 @@ pub async fn redis_call<T, E: std::fmt::Display>(
         span.record("otel.status_message", err.to_string());
     }
     result
+}
+
+/// The current span's trace and span ids (hex) when it is sampled: a metric's exemplar.
+pub fn sampled_ids() -> Option<(String, String)> {
+    if !enabled() {
+        return None;
+    }
+    let span_context = span_context_of(&tracing::Span::current())?;
+    span_context.is_sampled().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+}
+
+/// A Redis call is being sent again (a script the server had not cached is sent whole).
+pub fn redis_attempt(attempt: u32) {
+    if enabled() {
+        tracing::Span::current().record("baton.redis.attempts", attempt);
+    }
+}
+
+/// The pattern a service serves, for the `baton.pattern` attribute.
+fn pattern_of(service: &str) -> &'static str {
+    match service {
+        "baton.v1.RateLimiterService" | "envoy.service.ratelimit.v3.RateLimitService" => "ratelimit",
+        "baton.v1.LockService" => "lock",
+        "baton.v1.CacheService" => "cache",
+        "baton.v1.SessionStoreService" => "session",
+        "baton.v1.JobQueueService" => "queue",
+        "baton.v1.ElectionService" => "election",
+        _ => "none",
+    }
+}
+
+/// The tenant the RPC being served acts for (`baton.tenant`).
+pub fn record_tenant(tenant: &str) {
+    if enabled() {
+        tracing::Span::current().record("baton.tenant", tenant);
+    }
+}
+
+/// The lock, election or queue the RPC being served acts on (`baton.name`).
+pub fn record_name(name: &str) {
+    if enabled() {
+        tracing::Span::current().record("baton.name", name);
+    }
+}
+
+/// What the RPC being served came to (`baton.outcome`): allowed or denied, acquired, waited
+/// or busy, hit or miss, enqueued or duplicate.
+pub fn record_outcome(outcome: &'static str) {
+    if enabled() {
+        tracing::Span::current().record("baton.outcome", outcome);
+    }
+}
+
+/// A span for a caller's wait (a busy lock, a held leadership) between two attempts.
+pub fn wait_span(pattern: &'static str) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("wait", otel.name = "wait", baton.pattern = pattern)
+}
+
+/// The context of the span being served, for the spans of a stream's later messages to link
+/// to; `None` when tracing is off or the caller is not sampled.
+pub fn stream_context() -> Option<SpanContext> {
+    if !enabled() {
+        return None;
+    }
+    span_context_of(&tracing::Span::current())
+}
+
+/// A span for one message of a long stream (`kind`: "deliver", "renew") about `name` (a
+/// queue, a lease's lock), linked to the stream's span; a child of `carried` (a job's
+/// stored `traceparent`) when there is one.
+pub fn message_span(
+    kind: &'static str,
+    pattern: &'static str,
+    name: &str,
+    stream: Option<&SpanContext>,
+    carried: &str,
+) -> tracing::Span {
+    if !enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "message",
+        otel.name = kind,
+        otel.kind = if kind == "deliver" { "producer" } else { "server" },
+        baton.pattern = pattern,
+        baton.name = name,
+        messaging.message.id = tracing::field::Empty,
+        messaging.delivery.attempt = tracing::field::Empty,
+    );
+    if let Some(propagator) = PROPAGATOR.get().filter(|_| !carried.is_empty()) {
+        let _ = span.set_parent(propagator.extract(&carried_context(carried)));
+    }
+    if let Some(stream) = stream {
+        span.add_link(stream.clone());
+    }
+    span
+}
+
+/// The job a delivery span delivers.
+pub fn record_message(span: &tracing::Span, job_id: &str, attempt: u32) {
+    if enabled() {
+        span.record("messaging.message.id", job_id);
+        span.record("messaging.delivery.attempt", attempt);
+    }
+}
+
+/// The valid OpenTelemetry context of `span`, if it has one (sampled or not).
+fn span_context_of(span: &tracing::Span) -> Option<SpanContext> {
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
+}
+
+const TRACEPARENT: &str = "traceparent";
+
+/// The trace context a new job carries: this baton's Enqueue span when tracing is on, else
+/// the caller's own `traceparent` (so a worker continues the enqueuer's trace either way).
+/// Only a well-formed W3C value is kept: a caller cannot store anything else this way.
+pub fn job_context(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    if enabled() {
+        return span_context_of(&tracing::Span::current()).map(|span_context| traceparent(&span_context));
+    }
+    metadata.get(TRACEPARENT).and_then(|value| value.to_str().ok()).and_then(normalized_traceparent)
+}
+
+/// The context a delivered job hands its worker: the delivery span's when tracing is on,
+/// else what the job carried.
+pub fn delivery_context(delivery_span: &tracing::Span, carried: &str) -> HashMap<String, String> {
+    let value =
+        if enabled() { span_context_of(delivery_span).map(|span_context| traceparent(&span_context)) } else { None };
+    carried_context(value.as_deref().unwrap_or(carried))
+}
+
+/// A stored `traceparent` as a propagation carrier (empty when the job has none).
+pub fn carried_context(carried: &str) -> HashMap<String, String> {
+    if carried.is_empty() {
+        return HashMap::new();
+    }
+    HashMap::from([(TRACEPARENT.to_owned(), carried.to_owned())])
+}
+
+fn traceparent(span_context: &SpanContext) -> String {
+    format!("00-{}-{}-{:02x}", span_context.trace_id(), span_context.span_id(), span_context.trace_flags().to_u8())
+}
+
+/// A well-formed `traceparent` with only its sampled flag kept. Trace Context Level 2
+/// senders (Python's SDK) set the random-trace-id flag too (`-03`), which this SDK's
+/// propagator refuses as unknown (open-telemetry/opentelemetry-rust#3435): refusing it
+/// would start a new trace instead of continuing the caller's.
+fn normalized_traceparent(value: &str) -> Option<String> {
+    if !is_traceparent(value) {
+        return None;
+    }
+    let (head, flags) = value.rsplit_once('-')?;
+    let sampled = u8::from_str_radix(flags, 16).ok()? & 0x01;
+    Some(format!("{head}-{sampled:02x}"))
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`, as W3C Trace Context version 00 defines it.
+fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_only_the_sampled_flag_of_a_traceparent() {
+        let head = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7";
+        for (flags, kept) in [("00", "00"), ("01", "01"), ("02", "00"), ("03", "01"), ("ff", "01")] {
+            assert_eq!(normalized_traceparent(&format!("{head}-{flags}")), Some(format!("{head}-{kept}")));
+        }
+        assert_eq!(normalized_traceparent("00-bad"), None);
+    }
+
+    #[test]
+    fn keeps_only_well_formed_traceparents() {
+        assert!(is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        for hostile in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        ] {
+            assert!(!is_traceparent(hostile), "{hostile}");
+        }
+    }
 }

@@ -124,6 +124,7 @@ impl CacheService for CacheGrpc {
         let key = request.into_inner().key;
         validate::key("key", &key, &self.limits)?;
         let entry = self.cache.scoped(&namespace).get(&key).await?;
+        crate::traces::record_outcome(if entry.is_some() { "hit" } else { "miss" });
         Ok(Response::new(GetResponse { found: entry.is_some(), entry: entry.map(entry_to_proto) }))
     }
 
@@ -241,7 +242,14 @@ impl CacheService for CacheGrpc {
         if let Some(left) = caller_deadline {
             wait = wait.min(left.saturating_sub(DEADLINE_MARGIN));
         }
-        let response = match self.cache.scoped(&namespace).fetch(&request.key, lease_ttl, wait, &self.draining).await? {
+        let outcome = self.cache.scoped(&namespace).fetch(&request.key, lease_ttl, wait, &self.draining).await?;
+        crate::traces::record_outcome(match &outcome {
+            FetchOutcome::Hit(_) => "hit",
+            FetchOutcome::Stale(..) => "stale",
+            FetchOutcome::Fill(_) => "fill",
+            FetchOutcome::TimedOut => "timed_out",
+        });
+        let response = match outcome {
             FetchOutcome::Hit(entry) => {
                 FetchResponse { found: true, entry: Some(entry_to_proto(entry)), fill_token: String::new() }
             }

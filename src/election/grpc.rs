@@ -96,6 +96,7 @@ impl ElectionService for ElectionGrpc {
             owner: request.owner,
             request_id: leases::request_id(request.request_id)?,
         };
+        crate::traces::record_name(&params.name);
         let response = match self.elections.scoped(&namespace).campaign(&params, &self.draining).await? {
             Campaign::Elected { lease, leader } => CampaignResponse {
                 elected: true,

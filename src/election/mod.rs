@@ -156,19 +156,19 @@ impl ElectionManager {
             let (leader, expires_in) = match self.try_campaign(params, &lease_id).await? {
                 Attempt::Elected { lease, leader } => {
                     metrics::counter!("baton_election_elected_total").increment(1);
+                    crate::traces::record_outcome("elected");
                     return Ok(Campaign::Elected { lease, leader });
                 }
                 Attempt::Busy { leader, expires_in } => (leader, expires_in),
             };
             let now = Instant::now();
             if now >= deadline {
+                crate::traces::record_outcome("not_elected");
                 return Ok(Campaign::NotElected(Some(leader)));
             }
             let nap = (deadline - now).min(expires_in + Duration::from_millis(1)).min(SAFETY_RECHECK);
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep(nap) => {}
-                () = draining.cancelled() => return Err(Error::ShuttingDown),
+            if crate::lock::leases::nap(notified.as_mut(), nap, draining, "election").await {
+                return Err(Error::ShuttingDown);
             }
         }
     }
@@ -321,6 +321,7 @@ impl ElectionManager {
 
 impl leases::Leases for ElectionManager {
     const LOST_METRIC: &'static str = "baton_election_lost_total";
+    const PATTERN: &'static str = "election";
 
     fn renew(&self, name: &str, lease_id: &str, ttl: Duration) -> impl Future<Output = Result<Lease, Error>> + Send {
         ElectionManager::renew(self, name, lease_id, ttl)

@@ -382,6 +382,7 @@ impl RateLimitService for EnvoyGrpc {
 
         let overall =
             if statuses.iter().any(|s| s.code == Code::OverLimit as i32) { Code::OverLimit } else { Code::Ok };
+        crate::traces::record_outcome(if overall == Code::OverLimit { "denied" } else { "allowed" });
         let response_headers_to_add = match (&self.settings.response_headers, headers_source(&statuses)) {
             (Some(names), Some(source)) => {
                 let limit = source.current_limit.as_ref().map_or(0, |limit| limit.requests_per_unit);

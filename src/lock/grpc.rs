@@ -71,6 +71,7 @@ impl LockService for LockGrpc {
             return Err(Error::invalid("permits", format!("must be at most {MAX_PERMITS}")).into());
         }
         let request_id = leases::request_id(request.request_id)?;
+        crate::traces::record_name(&request.name);
         let params = AcquireParams {
             name: request.name,
             ttl,

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::lock::{Lease, MAX_TTL, MIN_TTL, is_well_formed_lease_id};
@@ -22,6 +23,8 @@ const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
 pub trait Leases: Clone + Send + Sync + 'static {
     /// Counts leases lost for want of a heartbeat.
     const LOST_METRIC: &'static str;
+    /// The pattern on the trace spans of renewals.
+    const PATTERN: &'static str;
 
     /// Extends a held lease; `ttl` zero keeps its current ttl.
     fn renew(&self, name: &str, lease_id: &str, ttl: Duration) -> impl Future<Output = Result<Lease, Error>> + Send;
@@ -88,6 +91,25 @@ pub fn wait(
     Ok(caller_deadline.map_or(wait, |left| wait.min(left.saturating_sub(DEADLINE_MARGIN))))
 }
 
+/// Sleeps between two attempts of a waiting Acquire or Campaign, under a "wait" span: until
+/// woken (`notified`: a release or resignation), `nap` passes, or the replica drains (true).
+pub async fn nap(
+    notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    nap: Duration,
+    draining: &CancellationToken,
+    pattern: &'static str,
+) -> bool {
+    async {
+        tokio::select! {
+            () = notified => false,
+            () = tokio::time::sleep(nap) => false,
+            () = draining.cancelled() => true,
+        }
+    }
+    .instrument(crate::traces::wait_span(pattern))
+    .await
+}
+
 /// A ttl for acquiring: required, 100 ms ..= 1 h.
 pub fn required_ttl(field: &str, value: Option<&prost_types::Duration>) -> Result<Duration, Error> {
     let ttl = duration_from_proto(field, value)?.ok_or_else(|| Error::invalid(field, "is required"))?;
@@ -135,7 +157,8 @@ pub async fn serve<L: Leases, Request: Send + 'static, Response: Send + 'static>
     let lease = leases.renew(&first.name, &first.lease_id, ttl).await?;
     let (sender, receiver) = mpsc::channel(4);
     let _ = sender.try_send(Ok(answer(lease.clone(), true)));
-    tokio::spawn(answer_heartbeats(leases, lease, requests, sender, draining, answer));
+    let stream = Stream { trace: crate::traces::stream_context(), sender, draining, answer };
+    tokio::spawn(answer_heartbeats(leases, lease, requests, stream));
     Ok(ReceiverStream::new(receiver))
 }
 
@@ -151,10 +174,9 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
     leases: L,
     mut lease: Lease,
     mut heartbeats: Streaming<Request>,
-    sender: mpsc::Sender<Result<Response, Status>>,
-    draining: CancellationToken,
-    answer: fn(Lease, bool) -> Response,
+    stream: Stream<Response>,
 ) {
+    let Stream { trace, sender, draining, answer } = stream;
     // By this process's clock, the lease surely ends `ttl` after a renewal's answer.
     let mut renewed_at = Instant::now();
     let mut sending = true;
@@ -165,7 +187,9 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
                     let renewed = if renewed_at.elapsed() < lease.ttl / 10 {
                         false
                     } else {
-                        match leases.renew(&lease.name, &lease.lease_id, lease.ttl).await {
+                        // A span per renewal, linked to the stream's, not one held for hours.
+                        let span = crate::traces::message_span("renew", L::PATTERN, &lease.name, trace.as_ref(), "");
+                        match leases.renew(&lease.name, &lease.lease_id, lease.ttl).instrument(span).await {
                             Ok(renewal) => {
                                 lease = renewal;
                                 renewed_at = Instant::now();
@@ -224,6 +248,15 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
             }
         }
     }
+}
+
+/// A KeepAlive stream's answering side.
+struct Stream<Response> {
+    /// The KeepAlive call's span, which each renewal's span links to.
+    trace: Option<opentelemetry::trace::SpanContext>,
+    sender: mpsc::Sender<Result<Response, Status>>,
+    draining: CancellationToken,
+    answer: fn(Lease, bool) -> Response,
 }
 
 /// The KeepAlive client went away: its lease is released at once rather than left to expire.

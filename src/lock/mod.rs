@@ -130,9 +130,10 @@ impl LockManager {
         let lease_id = new_lease_id();
         if params.wait.is_zero() {
             return match self.try_acquire(params, &lease_id, false).await? {
-                TryOutcome::Acquired(lease) => Ok(self.granted(lease, started)),
+                TryOutcome::Acquired(lease) => Ok(self.granted(lease, started, false)),
                 TryOutcome::Busy { holder, .. } => {
                     metrics::counter!("baton_lock_contended_total").increment(1);
+                    crate::traces::record_outcome("busy");
                     Ok(Acquisition::Busy(holder))
                 }
             };
@@ -156,7 +157,7 @@ impl LockManager {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let (holder, expires_in) = match self.try_acquire(params, &lease_id, true).await? {
-                TryOutcome::Acquired(lease) => return Ok(self.granted(lease, started)),
+                TryOutcome::Acquired(lease) => return Ok(self.granted(lease, started, contended)),
                 TryOutcome::Busy { holder, expires_in } => (holder, expires_in),
             };
             if !contended {
@@ -165,20 +166,20 @@ impl LockManager {
             }
             let now = Instant::now();
             if now >= deadline {
+                crate::traces::record_outcome("busy");
                 return Ok(Acquisition::Busy(holder));
             }
             // Woken by a release, by the soonest lease's expiry, or by the safety re-check.
             let nap = (deadline - now).min(expires_in + Duration::from_millis(1)).min(SAFETY_RECHECK);
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep(nap) => {}
-                () = draining.cancelled() => return Err(Error::ShuttingDown),
+            if leases::nap(notified.as_mut(), nap, draining, "lock").await {
+                return Err(Error::ShuttingDown);
             }
         }
     }
 
-    fn granted(&self, lease: Lease, started: Instant) -> Acquisition {
+    fn granted(&self, lease: Lease, started: Instant, waited: bool) -> Acquisition {
         metrics::counter!("baton_lock_acquired_total").increment(1);
+        crate::traces::record_outcome(if waited { "waited" } else { "acquired" });
         metrics::histogram!("baton_lock_wait_seconds").record(started.elapsed().as_secs_f64());
         Acquisition::Acquired(lease)
     }
@@ -307,6 +308,7 @@ impl LockManager {
 
 impl leases::Leases for LockManager {
     const LOST_METRIC: &'static str = "baton_lock_lost_total";
+    const PATTERN: &'static str = "lock";
 
     fn renew(&self, name: &str, lease_id: &str, ttl: Duration) -> impl Future<Output = Result<Lease, Error>> + Send {
         LockManager::renew(self, name, lease_id, ttl)

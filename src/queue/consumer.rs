@@ -76,6 +76,8 @@ pub struct Consumer {
     refresh_due: bool,
     last_refresh: Instant,
     last_fetch: Instant,
+    /// The Consume call's span, which each delivery's span links to.
+    trace: Option<opentelemetry::trace::SpanContext>,
 }
 
 enum Wake {
@@ -143,6 +145,7 @@ impl Consumer {
             refresh_due: false,
             last_refresh: Instant::now(),
             last_fetch: Instant::now(),
+            trace: crate::traces::stream_context(),
         };
         tokio::spawn(consumer.run(opening));
         ReceiverStream::new(receiver)
@@ -288,7 +291,18 @@ impl Consumer {
         let (deliveries, next_event) =
             self.queues.fetch(&self.queue, &self.stream_id, credit, self.visibility, &self.types).await?;
         let filled = !deliveries.is_empty() && deliveries.len() == credit;
-        for delivery in deliveries {
+        for mut delivery in deliveries {
+            // A span per delivery, in the enqueuer's trace, rather than one held open for
+            // the stream's life; the worker continues from it.
+            let span = crate::traces::message_span(
+                "deliver",
+                "queue",
+                &self.queue,
+                self.trace.as_ref(),
+                &delivery.job.trace_context,
+            );
+            crate::traces::record_message(&span, &delivery.job.job_id, delivery.attempt);
+            delivery.trace_context = crate::traces::delivery_context(&span, &delivery.job.trace_context);
             let lease = delivery.lease.clone();
             // Counted as held before sending: if the send fails, hand_back returns it.
             self.held.push(lease);

@@ -2,9 +2,9 @@
 -- job instead (also within the call).
 --
 -- KEYS[1] ready   KEYS[2] ready_since   KEYS[3] scheduled, then per job: its key, its dedup key
--- ARGV[1] notify channel, then per job 12 values: job_id, type, payload, priority,
+-- ARGV[1] notify channel, then per job 13 values: job_id, type, payload, priority,
 --         max_attempts, backoff_initial_us, backoff_max_us, backoff_multiplier, delay_us
---         (or 0), run_at_us (or 0), dedup_key ('' = none), dedup_ttl_ms
+--         (or 0), run_at_us (or 0), dedup_key ('' = none), dedup_ttl_ms, traceparent ('' = none)
 -- Returns {1, then per job {job_id, duplicate (0|1)}}. `job_count` is set before this body
 -- (by the line Enqueue prepends, or by schedule/tick.lua).
 local replies = {1}
@@ -12,7 +12,7 @@ local added = false
 -- Index entries are added at the end, one command per index for the whole call.
 local ranked, since, scheduled = {}, {}, {}
 for j = 0, job_count - 1 do
-  local job, dedup, a = KEYS[4 + 2 * j], KEYS[5 + 2 * j], 1 + 12 * j
+  local job, dedup, a = KEYS[4 + 2 * j], KEYS[5 + 2 * j], 1 + 13 * j
   local id, dedup_key = ARGV[a + 1], ARGV[a + 11]
   local existing = dedup_key ~= '' and redis.call('GET', dedup) or nil
   if existing then
@@ -46,6 +46,9 @@ for j = 0, job_count - 1 do
       'max_attempts', ARGV[a + 5], 'backoff_initial', ARGV[a + 6], 'backoff_max', ARGV[a + 7],
       'backoff_multiplier', ARGV[a + 8], 'created_at', int(now), 'run_at', int(run_at),
       'dedup_key', dedup_key, 'lease', '', 'state', state, 'due', due)
+    if ARGV[a + 13] ~= '' then
+      redis.call('HSET', job, 'trace', ARGV[a + 13])
+    end
     replies[j + 2] = {id, 0}
     added = true
   end

@@ -137,6 +137,7 @@ impl JobRules {
             delay,
             run_at_micros,
             dedup,
+            trace_context: None,
         })
     }
 
@@ -224,6 +225,7 @@ fn state_to_proto(state: JobState) -> pb::JobState {
 }
 
 fn job_to_proto(job: Job) -> pb::Job {
+    let trace_context = crate::traces::carried_context(&job.trace_context);
     pb::Job {
         job_id: job.job_id,
         queue: job.queue,
@@ -244,6 +246,7 @@ fn job_to_proto(job: Job) -> pb::Job {
             multiplier: job.backoff.multiplier,
         }),
         finished_at: job.finished_at_micros.map(timestamp_from_micros),
+        trace_context,
     }
 }
 
@@ -268,7 +271,8 @@ fn delivery_to_proto(delivery: Delivery) -> ConsumeResponse {
             lease_id: delivery.lease.lease_id(),
             attempt: delivery.attempt,
             lease_expires_at: Some(timestamp_from_micros(delivery.lease_deadline_micros)),
-            job: Some(job_to_proto(delivery.job)),
+            // The worker continues from the delivery's span rather than from Enqueue's.
+            job: Some(pb::Job { trace_context: delivery.trace_context, ..job_to_proto(delivery.job) }),
         })),
     }
 }
@@ -366,8 +370,11 @@ impl JobQueueService for JobQueueGrpc {
 
     async fn enqueue(&self, request: Request<EnqueueRequest>) -> Result<Response<EnqueueResponse>, Status> {
         let namespace = crate::auth::namespace(&request);
-        let job = self.rules.new_job("", request.into_inner())?;
+        let trace_context = crate::traces::job_context(request.metadata());
+        let job = NewJob { trace_context, ..self.rules.new_job("", request.into_inner())? };
+        crate::traces::record_name(&job.queue);
         let (job_id, duplicate) = self.queues.scoped(&namespace).enqueue(&job).await?;
+        crate::traces::record_outcome(if duplicate { "duplicate" } else { "enqueued" });
         Ok(Response::new(EnqueueResponse { job_id, duplicate }))
     }
 
@@ -376,6 +383,7 @@ impl JobQueueService for JobQueueGrpc {
         request: Request<EnqueueBatchRequest>,
     ) -> Result<Response<EnqueueBatchResponse>, Status> {
         let namespace = crate::auth::namespace(&request);
+        let trace_context = crate::traces::job_context(request.metadata());
         let requests = request.into_inner().requests;
         if requests.is_empty() || requests.len() > self.queues.settings().max_batch {
             return Err(Error::invalid(
@@ -388,8 +396,11 @@ impl JobQueueService for JobQueueGrpc {
         let jobs = requests
             .into_iter()
             .enumerate()
-            .map(|(index, request)| self.rules.new_job(&format!("requests[{index}]"), request))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(index, request)| {
+                let job = self.rules.new_job(&format!("requests[{index}]"), request)?;
+                Ok(NewJob { trace_context: trace_context.clone(), ..job })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         let results = self.queues.scoped(&namespace).enqueue_batch(&jobs).await?;
         Ok(Response::new(EnqueueBatchResponse {
             results: results.into_iter().map(|(job_id, duplicate)| EnqueueResponse { job_id, duplicate }).collect(),
@@ -413,6 +424,7 @@ impl JobQueueService for JobQueueGrpc {
             }
         };
         validate::key("queue", &request.queue, &self.limits)?;
+        crate::traces::record_name(&request.queue);
         let max_in_flight = match request.max_in_flight {
             0 => self.queues.settings().default_max_in_flight,
             n if n > self.queues.settings().max_in_flight => {

@@ -104,6 +104,8 @@ pub struct Job {
     pub dedup_key: String,
     pub backoff: Backoff,
     pub finished_at_micros: Option<u64>,
+    /// The W3C `traceparent` the job was enqueued under; empty when none.
+    pub trace_context: String,
 }
 
 /// A validated Enqueue.
@@ -119,6 +121,8 @@ pub struct NewJob {
     /// Unix µs; 0 = now (unless `delay`).
     pub run_at_micros: u64,
     pub dedup: Option<(String, Duration)>,
+    /// The enqueuing trace's `traceparent`, carried to the job's deliveries.
+    pub trace_context: Option<String>,
 }
 
 /// A job leased to a consumer.
@@ -128,6 +132,8 @@ pub struct Delivery {
     pub lease: LeaseRef,
     pub attempt: u32,
     pub lease_deadline_micros: u64,
+    /// What the worker continues its trace from (`traceparent`), when the job has a trace.
+    pub trace_context: HashMap<String, String>,
 }
 
 /// What a consumer's lease has become.
@@ -164,7 +170,7 @@ impl EnqueueCall {
     }
 
     fn args<'a>(&'a self, jobs: &[&'a NewJob]) -> Vec<Arg<'a>> {
-        let mut args: Vec<Arg> = Vec::with_capacity(1 + jobs.len() * 12);
+        let mut args: Vec<Arg> = Vec::with_capacity(1 + jobs.len() * 13);
         args.push((&self.channel).into());
         for ((job, job_id), multiplier) in jobs.iter().zip(&self.job_ids).zip(&self.multipliers) {
             let (dedup_key, dedup_ttl_ms) = match &job.dedup {
@@ -184,6 +190,7 @@ impl EnqueueCall {
                 job.run_at_micros.into(),
                 dedup_key.into(),
                 dedup_ttl_ms.into(),
+                job.trace_context.as_deref().unwrap_or_default().into(),
             ]);
         }
         args
@@ -410,6 +417,7 @@ impl QueueManager {
                 lease: LeaseRef { queue: queue.to_owned(), job_id, token: delivery.string(2)? },
                 lease_deadline_micros: delivery.uint(3).unwrap_or(0),
                 job,
+                trace_context: HashMap::new(),
             });
         }
         if !deliveries.is_empty() {
@@ -749,5 +757,6 @@ fn decode_job(queue: &str, job_id: &str, fields: Vec<(String, Vec<u8>)>) -> Resu
             multiplier: number("backoff_multiplier"),
         },
         finished_at_micros: (finished_at > 0).then_some(finished_at),
+        trace_context: text("trace"),
     })
 }

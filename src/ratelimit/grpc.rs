@@ -93,6 +93,7 @@ impl RateLimiterService for RateLimiterGrpc {
         let request = request.into_inner();
         let (checks, fail_open) = self.validate_check(&request)?;
         let verdict = self.limiter.scoped(&namespace).check(&checks, request.dry_run, fail_open).await?;
+        crate::traces::record_outcome(if verdict.allowed { "allowed" } else { "denied" });
         Ok(Response::new(CheckResponse {
             allowed: verdict.allowed,
             results: verdict

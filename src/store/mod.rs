@@ -242,7 +242,7 @@ impl Store {
         let pool = self.inner.dedicated.clone();
         // WAIT gets most of the budget; the script itself is sub-millisecond.
         let wait_ms = (self.inner.timeout.as_millis() as u64 * 3 / 4).max(1);
-        self.timed(script.op(), async move {
+        self.timed(script.op(), self.slot_of(keys), async move {
             let mut conn = pool.get().await.map_err(|err| match err {
                 bb8::RunError::User(err) => err,
                 bb8::RunError::TimedOut => {
@@ -251,6 +251,7 @@ impl Store {
             })?;
             let reply: Reply = match script.command(false, keys, args).query_async(&mut conn.conn).await {
                 Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    crate::traces::redis_attempt(2);
                     script.command(true, keys, args).query_async(&mut conn.conn).await?
                 }
                 result => result?,
@@ -275,9 +276,10 @@ impl Store {
     pub async fn eval(&self, script: &Script, keys: &[String], args: &[Arg<'_>]) -> Result<Reply, StoreError> {
         let evalsha = script.command(false, keys, args);
         let mut conn = self.inner.multiplexed.clone();
-        self.timed(script.op(), async move {
+        self.timed(script.op(), self.slot_of(keys), async move {
             match evalsha.query_async(&mut conn).await {
                 Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    crate::traces::redis_attempt(2);
                     script.command(true, keys, args).query_async(&mut conn).await
                 }
                 result => result,
@@ -289,7 +291,7 @@ impl Store {
     /// Runs a pipeline (one round trip) within the Redis timeout.
     pub async fn pipeline<T: Decode>(&self, op: &'static str, pipe: &Pipeline) -> Result<T, StoreError> {
         let mut conn = self.inner.multiplexed.clone();
-        self.timed(op, async move { pipe.as_redis().query_async(&mut conn).await }).await
+        self.timed(op, None, async move { pipe.as_redis().query_async(&mut conn).await }).await
     }
 
     /// `INFO [section]` of every master: one reply on a single server, one per master on
@@ -309,16 +311,25 @@ impl Store {
     /// Runs one non-blocking command within the Redis timeout.
     pub async fn command<T: Decode>(&self, op: &'static str, cmd: &Command) -> Result<T, StoreError> {
         let mut conn = self.inner.multiplexed.clone();
-        self.timed(op, async move { cmd.as_redis().query_async(&mut conn).await }).await
+        self.timed(op, None, async move { cmd.as_redis().query_async(&mut conn).await }).await
+    }
+
+    /// The hash slot a script's keys live in, on a Redis Cluster (for its trace span).
+    fn slot_of(&self, keys: &[String]) -> Option<u16> {
+        if !self.is_cluster() || !crate::traces::enabled() {
+            return None;
+        }
+        keys.first().map(|key| topology::slot_number(key))
     }
 
     async fn timed<T>(
         &self,
         op: &'static str,
+        slot: Option<u16>,
         call: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let result = crate::traces::redis_call(op, async {
+        let result = crate::traces::redis_call(op, slot, async {
             match tokio::time::timeout(self.inner.timeout, call).await {
                 Ok(Ok(value)) => Ok(value),
                 Ok(Err(err)) => Err(StoreError::from(err)),

@@ -105,6 +105,21 @@ pub fn slot_of(key: &str) -> Slot {
     Slot::for_key(key)
 }
 
+/// `slot_of` as a number, for traces (redis-rs keeps its slot's number to itself).
+pub fn slot_number(key: &str) -> u16 {
+    let key = key.as_bytes();
+    // The first `{…}` with something inside it, as the Cluster specification defines.
+    let tag = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter().position(|&b| b == b'}').filter(|&close| close > 0).map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(tag) % 16384
+}
+
 /// The `host:port` of every node in a `CLUSTER NODES` reply, masters first.
 pub fn cluster_node_hosts(nodes: &str) -> Vec<String> {
     let mut masters = Vec::new();
@@ -154,6 +169,9 @@ mod tests {
         assert_eq!(Some(slot_of("123456789")), Slot::new(0x31C3));
         assert_eq!(slot_of("{user1000}.following"), slot_of("{user1000}.followers"));
         assert_eq!(slot_of("baton:d:rl:{{t}:a}:x"), slot_of("baton:d:rl:{{t}:b}:y"));
+        for key in ["123456789", "{user1000}.following", "a{}b", "{}{x}", "x{y", "baton:d:rl:{{t}:a}:x", "", "{a}{b}"] {
+            assert_eq!(Slot::new(slot_number(key)), Some(slot_of(key)), "{key}");
+        }
     }
 
     #[test]

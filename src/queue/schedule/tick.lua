@@ -4,7 +4,7 @@
 --
 -- KEYS: enqueue.lua's (ready, ready_since, scheduled, then a job and a dedup key per job),
 --       then schedules, state, due
--- ARGV: enqueue.lua's (channel, then 12 values per job), then schedule id, the due tick
+-- ARGV: enqueue.lua's (channel, then 13 values per job), then schedule id, the due tick
 --       it was read at (µs), its generation (created µs), its next tick (µs, '' when none),
 --       the latest tick enqueued (µs, 0 when none)
 -- Returns enqueue.lua's reply, or {0, 'STALE'} when the schedule moved on or was replaced.

@@ -248,7 +248,13 @@ type Job struct {
 	// The retry schedule in effect (the server's defaults filled in).
 	Backoff *Backoff `protobuf:"bytes,14,opt,name=backoff,proto3" json:"backoff,omitempty"`
 	// When the job reached SUCCEEDED, DEAD or CANCELLED; unset before.
-	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// The W3C trace context (`traceparent`) the job travels with, as a propagation carrier:
+	// set from the enqueuing call's trace (baton's Enqueue span when baton traces, else the
+	// caller's `traceparent` metadata). In a delivery it is the delivery's span, so a worker
+	// that extracts it and sends it on with its Ack joins one trace from Enqueue to Ack.
+	// Empty when the job was enqueued outside any trace.
+	TraceContext  map[string]string `protobuf:"bytes,16,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -384,6 +390,13 @@ func (x *Job) GetBackoff() *Backoff {
 func (x *Job) GetFinishedAt() *timestamppb.Timestamp {
 	if x != nil {
 		return x.FinishedAt
+	}
+	return nil
+}
+
+func (x *Job) GetTraceContext() map[string]string {
+	if x != nil {
+		return x.TraceContext
 	}
 	return nil
 }
@@ -3053,7 +3066,7 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\x12\x1e\n" +
 	"\n" +
 	"multiplier\x18\x03 \x01(\x01R\n" +
-	"multiplier\"\x91\x04\n" +
+	"multiplier\"\x98\x05\n" +
 	"\x03Job\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x12\n" +
@@ -3073,7 +3086,11 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\tdedup_key\x18\r \x01(\tR\bdedupKey\x12+\n" +
 	"\abackoff\x18\x0e \x01(\v2\x11.baton.v1.BackoffR\abackoff\x12;\n" +
 	"\vfinished_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"finishedAt\"\x89\x03\n" +
+	"finishedAt\x12D\n" +
+	"\rtrace_context\x18\x10 \x03(\v2\x1f.baton.v1.Job.TraceContextEntryR\ftraceContext\x1a?\n" +
+	"\x11TraceContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x89\x03\n" +
 	"\x0eEnqueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x12\n" +
@@ -3289,7 +3306,7 @@ func file_baton_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_baton_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                  // 0: baton.v1.JobState
 	(MissedTicks)(0),               // 1: baton.v1.MissedTicks
@@ -3339,98 +3356,100 @@ var file_baton_v1_queue_proto_goTypes = []any{
 	(*ResumeScheduleResponse)(nil), // 45: baton.v1.ResumeScheduleResponse
 	(*DeleteScheduleRequest)(nil),  // 46: baton.v1.DeleteScheduleRequest
 	(*DeleteScheduleResponse)(nil), // 47: baton.v1.DeleteScheduleResponse
-	(*durationpb.Duration)(nil),    // 48: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 49: google.protobuf.Timestamp
+	nil,                            // 48: baton.v1.Job.TraceContextEntry
+	(*durationpb.Duration)(nil),    // 49: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 50: google.protobuf.Timestamp
 }
 var file_baton_v1_queue_proto_depIdxs = []int32{
-	48, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
-	48, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
+	49, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
+	49, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
 	0,  // 2: baton.v1.Job.state:type_name -> baton.v1.JobState
-	49, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	49, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	50, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	50, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: baton.v1.Job.backoff:type_name -> baton.v1.Backoff
-	49, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	48, // 7: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
-	49, // 8: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
-	2,  // 9: baton.v1.EnqueueRequest.backoff:type_name -> baton.v1.Backoff
-	48, // 10: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
-	4,  // 11: baton.v1.EnqueueBatchRequest.requests:type_name -> baton.v1.EnqueueRequest
-	5,  // 12: baton.v1.EnqueueBatchResponse.results:type_name -> baton.v1.EnqueueResponse
-	48, // 13: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	3,  // 14: baton.v1.Delivery.job:type_name -> baton.v1.Job
-	49, // 15: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
-	9,  // 16: baton.v1.ConsumeResponse.delivery:type_name -> baton.v1.Delivery
-	10, // 17: baton.v1.ConsumeResponse.cancelled:type_name -> baton.v1.JobCancelled
-	12, // 18: baton.v1.AckBatchRequest.acks:type_name -> baton.v1.AckRequest
-	16, // 19: baton.v1.AckBatchResponse.results:type_name -> baton.v1.AckResult
-	48, // 20: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
-	0,  // 21: baton.v1.NackResponse.state:type_name -> baton.v1.JobState
-	49, // 22: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
-	48, // 23: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	49, // 24: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	3,  // 25: baton.v1.GetJobResponse.job:type_name -> baton.v1.Job
-	0,  // 26: baton.v1.CancelJobResponse.state:type_name -> baton.v1.JobState
-	48, // 27: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
-	3,  // 28: baton.v1.ListDeadJobsResponse.jobs:type_name -> baton.v1.Job
-	48, // 29: baton.v1.Schedule.every:type_name -> google.protobuf.Duration
-	4,  // 30: baton.v1.Schedule.job:type_name -> baton.v1.EnqueueRequest
-	1,  // 31: baton.v1.Schedule.missed_ticks:type_name -> baton.v1.MissedTicks
-	48, // 32: baton.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
-	48, // 33: baton.v1.Schedule.jitter:type_name -> google.protobuf.Duration
-	49, // 34: baton.v1.Schedule.created_at:type_name -> google.protobuf.Timestamp
-	49, // 35: baton.v1.Schedule.last_tick:type_name -> google.protobuf.Timestamp
-	49, // 36: baton.v1.Schedule.next_ticks:type_name -> google.protobuf.Timestamp
-	35, // 37: baton.v1.CreateScheduleRequest.schedule:type_name -> baton.v1.Schedule
-	35, // 38: baton.v1.CreateScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	35, // 39: baton.v1.GetScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	35, // 40: baton.v1.ListSchedulesResponse.schedules:type_name -> baton.v1.Schedule
-	35, // 41: baton.v1.PauseScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	35, // 42: baton.v1.ResumeScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	4,  // 43: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
-	6,  // 44: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
-	8,  // 45: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
-	12, // 46: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
-	14, // 47: baton.v1.JobQueueService.AckBatch:input_type -> baton.v1.AckBatchRequest
-	17, // 48: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
-	19, // 49: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
-	21, // 50: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
-	23, // 51: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
-	25, // 52: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
-	27, // 53: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
-	29, // 54: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
-	31, // 55: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
-	33, // 56: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
-	36, // 57: baton.v1.JobQueueService.CreateSchedule:input_type -> baton.v1.CreateScheduleRequest
-	38, // 58: baton.v1.JobQueueService.GetSchedule:input_type -> baton.v1.GetScheduleRequest
-	40, // 59: baton.v1.JobQueueService.ListSchedules:input_type -> baton.v1.ListSchedulesRequest
-	42, // 60: baton.v1.JobQueueService.PauseSchedule:input_type -> baton.v1.PauseScheduleRequest
-	44, // 61: baton.v1.JobQueueService.ResumeSchedule:input_type -> baton.v1.ResumeScheduleRequest
-	46, // 62: baton.v1.JobQueueService.DeleteSchedule:input_type -> baton.v1.DeleteScheduleRequest
-	5,  // 63: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
-	7,  // 64: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
-	11, // 65: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
-	13, // 66: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
-	15, // 67: baton.v1.JobQueueService.AckBatch:output_type -> baton.v1.AckBatchResponse
-	18, // 68: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
-	20, // 69: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
-	22, // 70: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
-	24, // 71: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
-	26, // 72: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
-	28, // 73: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
-	30, // 74: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
-	32, // 75: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
-	34, // 76: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
-	37, // 77: baton.v1.JobQueueService.CreateSchedule:output_type -> baton.v1.CreateScheduleResponse
-	39, // 78: baton.v1.JobQueueService.GetSchedule:output_type -> baton.v1.GetScheduleResponse
-	41, // 79: baton.v1.JobQueueService.ListSchedules:output_type -> baton.v1.ListSchedulesResponse
-	43, // 80: baton.v1.JobQueueService.PauseSchedule:output_type -> baton.v1.PauseScheduleResponse
-	45, // 81: baton.v1.JobQueueService.ResumeSchedule:output_type -> baton.v1.ResumeScheduleResponse
-	47, // 82: baton.v1.JobQueueService.DeleteSchedule:output_type -> baton.v1.DeleteScheduleResponse
-	63, // [63:83] is the sub-list for method output_type
-	43, // [43:63] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	50, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	48, // 7: baton.v1.Job.trace_context:type_name -> baton.v1.Job.TraceContextEntry
+	49, // 8: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
+	50, // 9: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	2,  // 10: baton.v1.EnqueueRequest.backoff:type_name -> baton.v1.Backoff
+	49, // 11: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
+	4,  // 12: baton.v1.EnqueueBatchRequest.requests:type_name -> baton.v1.EnqueueRequest
+	5,  // 13: baton.v1.EnqueueBatchResponse.results:type_name -> baton.v1.EnqueueResponse
+	49, // 14: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	3,  // 15: baton.v1.Delivery.job:type_name -> baton.v1.Job
+	50, // 16: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
+	9,  // 17: baton.v1.ConsumeResponse.delivery:type_name -> baton.v1.Delivery
+	10, // 18: baton.v1.ConsumeResponse.cancelled:type_name -> baton.v1.JobCancelled
+	12, // 19: baton.v1.AckBatchRequest.acks:type_name -> baton.v1.AckRequest
+	16, // 20: baton.v1.AckBatchResponse.results:type_name -> baton.v1.AckResult
+	49, // 21: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
+	0,  // 22: baton.v1.NackResponse.state:type_name -> baton.v1.JobState
+	50, // 23: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
+	49, // 24: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	50, // 25: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	3,  // 26: baton.v1.GetJobResponse.job:type_name -> baton.v1.Job
+	0,  // 27: baton.v1.CancelJobResponse.state:type_name -> baton.v1.JobState
+	49, // 28: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	3,  // 29: baton.v1.ListDeadJobsResponse.jobs:type_name -> baton.v1.Job
+	49, // 30: baton.v1.Schedule.every:type_name -> google.protobuf.Duration
+	4,  // 31: baton.v1.Schedule.job:type_name -> baton.v1.EnqueueRequest
+	1,  // 32: baton.v1.Schedule.missed_ticks:type_name -> baton.v1.MissedTicks
+	49, // 33: baton.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
+	49, // 34: baton.v1.Schedule.jitter:type_name -> google.protobuf.Duration
+	50, // 35: baton.v1.Schedule.created_at:type_name -> google.protobuf.Timestamp
+	50, // 36: baton.v1.Schedule.last_tick:type_name -> google.protobuf.Timestamp
+	50, // 37: baton.v1.Schedule.next_ticks:type_name -> google.protobuf.Timestamp
+	35, // 38: baton.v1.CreateScheduleRequest.schedule:type_name -> baton.v1.Schedule
+	35, // 39: baton.v1.CreateScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	35, // 40: baton.v1.GetScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	35, // 41: baton.v1.ListSchedulesResponse.schedules:type_name -> baton.v1.Schedule
+	35, // 42: baton.v1.PauseScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	35, // 43: baton.v1.ResumeScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	4,  // 44: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
+	6,  // 45: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
+	8,  // 46: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
+	12, // 47: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
+	14, // 48: baton.v1.JobQueueService.AckBatch:input_type -> baton.v1.AckBatchRequest
+	17, // 49: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
+	19, // 50: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
+	21, // 51: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
+	23, // 52: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
+	25, // 53: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
+	27, // 54: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
+	29, // 55: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
+	31, // 56: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
+	33, // 57: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
+	36, // 58: baton.v1.JobQueueService.CreateSchedule:input_type -> baton.v1.CreateScheduleRequest
+	38, // 59: baton.v1.JobQueueService.GetSchedule:input_type -> baton.v1.GetScheduleRequest
+	40, // 60: baton.v1.JobQueueService.ListSchedules:input_type -> baton.v1.ListSchedulesRequest
+	42, // 61: baton.v1.JobQueueService.PauseSchedule:input_type -> baton.v1.PauseScheduleRequest
+	44, // 62: baton.v1.JobQueueService.ResumeSchedule:input_type -> baton.v1.ResumeScheduleRequest
+	46, // 63: baton.v1.JobQueueService.DeleteSchedule:input_type -> baton.v1.DeleteScheduleRequest
+	5,  // 64: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
+	7,  // 65: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
+	11, // 66: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
+	13, // 67: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
+	15, // 68: baton.v1.JobQueueService.AckBatch:output_type -> baton.v1.AckBatchResponse
+	18, // 69: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
+	20, // 70: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
+	22, // 71: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
+	24, // 72: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
+	26, // 73: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
+	28, // 74: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
+	30, // 75: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
+	32, // 76: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
+	34, // 77: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
+	37, // 78: baton.v1.JobQueueService.CreateSchedule:output_type -> baton.v1.CreateScheduleResponse
+	39, // 79: baton.v1.JobQueueService.GetSchedule:output_type -> baton.v1.GetScheduleResponse
+	41, // 80: baton.v1.JobQueueService.ListSchedules:output_type -> baton.v1.ListSchedulesResponse
+	43, // 81: baton.v1.JobQueueService.PauseSchedule:output_type -> baton.v1.PauseScheduleResponse
+	45, // 82: baton.v1.JobQueueService.ResumeSchedule:output_type -> baton.v1.ResumeScheduleResponse
+	47, // 83: baton.v1.JobQueueService.DeleteSchedule:output_type -> baton.v1.DeleteScheduleResponse
+	64, // [64:84] is the sub-list for method output_type
+	44, // [44:64] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_queue_proto_init() }
@@ -3456,7 +3475,7 @@ func file_baton_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_queue_proto_rawDesc), len(file_baton_v1_queue_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   46,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
