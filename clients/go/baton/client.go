@@ -84,6 +84,8 @@ func WithLoadBalancing(policy string) Option {
 
 // WithDialOptions appends raw gRPC dial options (keepalive, interceptors, …); they come
 // after the client's own, so grpc.WithConnectParams here replaces the reconnect backoff.
+// grpc.WithStatsHandler(otelgrpc.NewClientHandler()) sends every call's OpenTelemetry trace
+// context to Baton (W3C traceparent, with the global propagator).
 func WithDialOptions(options ...grpc.DialOption) Option {
 	return func(c *config) { c.dialOptions = append(c.dialOptions, options...) }
 }

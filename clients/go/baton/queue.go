@@ -220,6 +220,14 @@ const drainPatience = 3 * time.Second
 // Delivery is at least once: a worker that dies mid-job has its jobs delivered again, so
 // handlers should be idempotent.
 //
+// Each job's trace continues in its handler: the trace context the job carries (the
+// enqueuer's, or Baton's delivery span) is extracted with the global propagator
+// (otel.SetTextMapPropagator) and the handler runs in a span "process <queue>" (kind
+// consumer) of the global tracer provider, under which the job's Ack or Nack is sent too;
+// its Extends are sent under the job's context. With otelgrpc's client handler on the
+// connection (see [WithDialOptions]) those calls carry the trace to Baton. Without an
+// OpenTelemetry SDK and propagator nothing is recorded or propagated.
+//
 // Stopping is graceful: when ctx ends Consume hands back at once — without charging an
 // attempt, through its current stream whichever stream delivered them — every job it holds
 // but has not started, tells Baton to deliver nothing more (drain), hands back any delivery
@@ -543,7 +551,8 @@ func (w *worker) deliver(delivery *batonv1.Delivery, stream *consumeStream) {
 		CreatedAt:   job.GetCreatedAt().AsTime(),
 		leaseID:     delivery.GetLeaseId(),
 	}, stream: stream}
-	held.ctx, held.cancel = context.WithCancelCause(w.work)
+	// The handler, and the Extends, Ack or Nack sent for the job, continue its trace.
+	held.ctx, held.cancel = context.WithCancelCause(jobTraceContext(w.work, job.GetTraceContext()))
 	w.mu.Lock()
 	stopping := w.stopping
 	if stopping {
@@ -595,8 +604,9 @@ func (w *worker) process(held *heldJob) {
 		return
 	}
 	defer func() { <-w.slots }()
-	result, err := w.runHandler(held)
-	w.settle(held, result, err)
+	ctx, span := startProcessSpan(held.ctx, held.job)
+	result, err := w.runHandler(ctx, held)
+	endProcessSpan(span, w.settle(ctx, held, result, err))
 }
 
 // takeSlot waits for a free handler slot; false when the job is not to be started: handed
@@ -676,7 +686,7 @@ func (w *worker) handBack(stream *consumeStream, jobs ...*heldJob) {
 		nacks.Add(1)
 		go func() {
 			defer nacks.Done()
-			err := w.nack(held, "baton: the worker stopped before starting the job", true)
+			err := w.nack(held.ctx, held, "baton: the worker stopped before starting the job", true)
 			if err == nil {
 				err = fmt.Errorf("%w; no stream was open to hand it back, so it was nacked and its attempt charged", ErrJobNotStarted)
 			}
@@ -694,52 +704,57 @@ func (s *consumeStream) batchLimit() int {
 	return s.maxInFlight
 }
 
-func (w *worker) runHandler(held *heldJob) (result []byte, err error) {
+func (w *worker) runHandler(ctx context.Context, held *heldJob) (result []byte, err error) {
 	defer func() {
 		if recovered := recover(); recovered != nil {
 			err = fmt.Errorf("handler panicked: %v", recovered)
 		}
 	}()
-	return w.handler(held.ctx, held.job)
+	return w.handler(ctx, held.job)
 }
 
-// settle acks or nacks a job whose handler has returned, unless its result no longer counts.
-func (w *worker) settle(held *heldJob, result []byte, handlerErr error) {
+// settle acks or nacks a job whose handler has returned, unless its result no longer counts,
+// under ctx's trace context (the job's process span); it returns what it reported.
+func (w *worker) settle(ctx context.Context, held *heldJob, result []byte, handlerErr error) error {
 	cutShort := false
 	if held.ctx.Err() != nil {
 		cause := context.Cause(held.ctx)
 		if errors.Is(cause, ErrJobCancelled) || errors.Is(cause, ErrJobLeaseLost) {
 			w.report(held.job, cause)
-			return
+			return cause
 		}
 		// Otherwise the shutdown grace ran out; the lease is still ours. A handler that
 		// finished anyway is acked (running it again would be a duplicate); one that failed
 		// most likely failed of the cancellation, so its job runs again at once.
 		cutShort = true
 	}
+	// Not cancelled with the handler's context: a result that counts is always settled.
+	ctx = context.WithoutCancel(ctx)
 	var err error
 	if handlerErr == nil {
-		err = w.client.retry(context.Background(), settleBudget, func(ctx context.Context) error {
+		err = w.client.retry(ctx, settleBudget, func(ctx context.Context) error {
 			_, err := w.client.Queue.Ack(ctx, &batonv1.AckRequest{LeaseId: held.job.leaseID, Result: result})
 			return err
 		})
 	} else {
-		err = w.nack(held, handlerErr.Error(), cutShort)
+		err = w.nack(ctx, held, handlerErr.Error(), cutShort)
 		if err == nil {
 			err = handlerErr
 		}
 	}
 	w.report(held.job, err)
+	return err
 }
 
 // nack fails a delivery, retried with the settle budget (the API declares Nack safe to
-// repeat); immediately makes the job ready again at once rather than after its backoff.
-func (w *worker) nack(held *heldJob, reason string, immediately bool) error {
+// repeat), in ctx's trace context but never cancelled by it; immediately makes the job
+// ready again at once rather than after its backoff.
+func (w *worker) nack(ctx context.Context, held *heldJob, reason string, immediately bool) error {
 	request := &batonv1.NackRequest{LeaseId: held.job.leaseID, Error: reason}
 	if immediately {
 		request.RetryAfter = durationpb.New(time.Millisecond) // 0 would mean the job's backoff
 	}
-	return w.client.retry(context.Background(), settleBudget, func(ctx context.Context) error {
+	return w.client.retry(context.WithoutCancel(ctx), settleBudget, func(ctx context.Context) error {
 		_, err := w.client.Queue.Nack(ctx, request)
 		return err
 	})

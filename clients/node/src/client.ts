@@ -51,7 +51,7 @@ export class BatonClient {
     this.defaultTimeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const clientOptions: ClientOptions = {
       ...channelOptionsOf(target, options),
-      interceptors: [callDefaults(options.apiKey, this.defaultTimeoutMs)],
+      interceptors: [callDefaults(options.apiKey, this.defaultTimeoutMs, options.tracing)],
     };
     const rateLimits = new RateLimiterServiceClient(target, credentials, clientOptions);
     // Every stub shares the first one's channel: one set of connections, one balancer.
@@ -211,7 +211,8 @@ export class BatonClient {
 
   /**
    * Runs `handler` on the jobs of `queue`, `concurrency` at a time, until `options.signal`
-   * aborts; see ConsumeOptions and JobHandler.
+   * aborts; see ConsumeOptions and JobHandler. Each handler, and the job's Ack or Nack, run
+   * in the job's OpenTelemetry trace, in a span "process <queue>" (kind consumer).
    */
   consume(queue: string, handler: JobHandler, options?: ConsumeOptions): Promise<void> {
     return this.queue.consume(queue, handler, options);

@@ -10,6 +10,7 @@ import {
 } from "@grpc/grpc-js";
 
 import { Duration } from "./gen/google/protobuf/duration.js";
+import { activeContext, injectInto } from "./tracing.js";
 
 export const API_KEY_HEADER = "x-api-key";
 /** Milliseconds allowed to unary calls made without a deadline of their own. */
@@ -34,6 +35,12 @@ export interface ConnectionOptions {
    * growing to 250 ms: "grpc.initial_reconnect_backoff_ms", "grpc.max_reconnect_backoff_ms").
    */
   channelOptions?: ChannelOptions;
+  /**
+   * Send the active OpenTelemetry trace context with every call (W3C traceparent, through
+   * @opentelemetry/api's global propagator), so that Baton's spans join the caller's trace.
+   * A no-op until an OpenTelemetry SDK is registered. Default false.
+   */
+  tracing?: boolean;
 }
 
 export function targetOf(target: string | string[]): string {
@@ -82,11 +89,13 @@ export function credentialsOf(tls: ConnectionOptions["tls"]): ChannelCredentials
 }
 
 /**
- * Adds the API key to every call, and the default deadline to unary calls without one
- * (streams such as KeepAlive are meant to stay open).
+ * Adds the API key to every call, the default deadline to unary calls without one (streams
+ * such as KeepAlive are meant to stay open) and, with `tracing`, the trace context active
+ * when the call was made (the interceptor runs as the call is made; its start may not).
  */
-export function callDefaults(apiKey: string | undefined, timeoutMs: number): Interceptor {
+export function callDefaults(apiKey: string | undefined, timeoutMs: number, tracing = false): Interceptor {
   return (options, nextCall) => {
+    const traceContext = tracing ? activeContext() : undefined;
     const definition = options.method_definition;
     const unary = !definition.requestStream && !definition.responseStream;
     if (unary && options.deadline === undefined && timeoutMs > 0) {
@@ -96,6 +105,9 @@ export function callDefaults(apiKey: string | undefined, timeoutMs: number): Int
       start(metadata, listener, next) {
         if (apiKey) {
           metadata.set(API_KEY_HEADER, apiKey);
+        }
+        if (traceContext !== undefined) {
+          injectInto(traceContext, metadata);
         }
         next(metadata, listener);
       },

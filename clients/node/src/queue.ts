@@ -10,6 +10,7 @@
 // stop it drains (see Worker). Delivery is at least once, so handlers should be idempotent.
 
 import { ClientDuplexStream, Metadata, StatusObject, status as Status } from "@grpc/grpc-js";
+import { Context, context } from "@opentelemetry/api";
 
 import { Backoff, msToDuration, sleep } from "./connection.js";
 import {
@@ -32,6 +33,7 @@ import {
   NackRequest,
 } from "./gen/baton/v1/queue.js";
 import { bytesOf, LEASE_RETRY_BUDGET_MS, leaseRetryBackoff, once, retryUnavailable } from "./retry.js";
+import { endProcessing, jobContext, startProcessing } from "./tracing.js";
 import { unary } from "./unary.js";
 
 /** How long a delivery is leased before consume must extend it. */
@@ -93,6 +95,11 @@ export interface Job {
   createdAt: Date | undefined;
   /** Proves this delivery to Ack/Nack/Extend on the raw stub; consume does all three. */
   leaseId: string;
+  /**
+   * The OpenTelemetry context the job travelled with (W3C traceparent): the enqueuer's, or
+   * Baton's delivery span when Baton traces. consume runs the handler in it.
+   */
+  traceContext: Record<string, string>;
 }
 
 /**
@@ -170,6 +177,8 @@ interface ConsumeStream {
 
 interface Held {
   job: Job;
+  /** The job's trace context, extracted: its handler, Ack, Nack and Extends continue it. */
+  traceContext: Context;
   controller: AbortController;
   /** Its handler was called: past this point the job can only be settled, not handed back. */
   started?: boolean;
@@ -194,6 +203,7 @@ function jobOf(delivery: Delivery): Job {
     lastError: job?.lastError ?? "",
     createdAt: job?.createdAt,
     leaseId: delivery.leaseId,
+    traceContext: { ...job?.traceContext },
   };
 }
 
@@ -420,7 +430,8 @@ class Worker {
   }
 
   private deliver(delivery: Delivery): void {
-    const held: Held = { job: jobOf(delivery), controller: new AbortController() };
+    const job = jobOf(delivery);
+    const held: Held = { job, traceContext: jobContext(job.traceContext), controller: new AbortController() };
     if (this.stopping) {
       // Arrived after the stop decision (the drain crossed it on the wire): never started.
       // Written after the drain, but this stream holds it, so Baton reads it before ending.
@@ -490,16 +501,25 @@ class Worker {
         return;
       }
       held.started = true;
-      let result: Uint8Array | string | void = undefined;
-      let failure: unknown;
-      let failed = false;
+      // The handler, and the Ack or Nack, run in the job's trace, in a span of their own.
+      const { span, ctx } = startProcessing(held.traceContext, held.job);
+      let outcome: unknown;
       try {
-        result = await this.handler(held.job, held.controller.signal);
-      } catch (error) {
-        failure = error;
-        failed = true;
+        outcome = await context.with(ctx, async () => {
+          let result: Uint8Array | string | void = undefined;
+          let failure: unknown;
+          let failed = false;
+          try {
+            result = await this.handler(held.job, held.controller.signal);
+          } catch (error) {
+            failure = error;
+            failed = true;
+          }
+          return this.settle(held, result, failed, failure);
+        });
+      } finally {
+        endProcessing(span, outcome);
       }
-      await this.settle(held, result, failed, failure);
     } finally {
       if (slot) {
         this.releaseSlot();
@@ -532,12 +552,18 @@ class Worker {
     this.slotWaiters.shift()?.();
   }
 
-  private async settle(held: Held, result: Uint8Array | string | void, failed: boolean, failure: unknown) {
+  /** Acks or nacks the job; resolves with what went wrong (reported), if anything. */
+  private async settle(
+    held: Held,
+    result: Uint8Array | string | void,
+    failed: boolean,
+    failure: unknown,
+  ): Promise<unknown> {
     if (held.controller.signal.aborted) {
       // Cut short by shutdown: not the job's fault, so no Nack (which would count as a failed
       // attempt); cancelling the stream hands it back at once.
       this.reportDropped(held);
-      return;
+      return undefined;
     }
     const leaseId = held.job.leaseId;
     const options = { waitForReady: true };
@@ -556,9 +582,10 @@ class Worker {
       await retryUnavailable(call, LEASE_RETRY_BUDGET_MS, undefined, leaseRetryBackoff());
     } catch (error) {
       this.options.onSettled?.(held.job, error);
-      return;
+      return error;
     }
     this.options.onSettled?.(held.job, failed ? failure : undefined);
+    return failed ? failure : undefined;
   }
 
   private reportDropped(held: Held): void {
@@ -571,7 +598,7 @@ class Worker {
   private extendAll(): void {
     for (const held of this.held.values()) {
       if (!held.controller.signal.aborted && !held.extending) {
-        void this.extend(held);
+        void context.with(held.traceContext, () => this.extend(held));
       }
     }
   }
@@ -642,7 +669,8 @@ export class QueueHelpers {
    * Runs `handler` on the jobs of `queue` until `options.signal` aborts (then drains and
    * resolves once the handlers are done) or an error no retry can fix occurs
    * (INVALID_ARGUMENT, UNAUTHENTICATED, …), with which it rejects once the running handlers
-   * are done.
+   * are done. Each handler runs in the job's OpenTelemetry trace (Job.traceContext), in a
+   * span "process <queue>" of kind consumer, as do the job's Ack or Nack.
    */
   consume(queue: string, handler: JobHandler, options: ConsumeOptions = {}): Promise<void> {
     const request = ConsumeRequest.fromPartial({

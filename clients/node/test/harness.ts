@@ -104,22 +104,31 @@ function batonBinary(): string {
   return binary;
 }
 
+/** What to start baton with beyond the harness's own flags. */
+export interface BatonOptions {
+  /** After the harness's flags, which they must not repeat. */
+  args?: string[];
+  /** Over this process's environment. */
+  env?: Record<string, string>;
+}
+
 /** One baton server process; `addr` comes from its JSON "serving" log line. */
 export class Baton {
   private constructor(
     readonly addr: string,
     private readonly child: ChildProcess,
+    private readonly logPath: string,
   ) {}
 
-  static async start(redis: Redis, listen = "127.0.0.1:0"): Promise<Baton> {
+  static async start(redis: Redis, listen = "127.0.0.1:0", options: BatonOptions = {}): Promise<Baton> {
     // A file, not a pipe: a pipe nobody drains would block baton once full.
     const logPath = join(mkdtempSync(join(tmpdir(), "baton-node-test-")), "baton.log");
     const log = openSync(logPath, "w");
     const child = spawn(
       batonBinary(),
       ["--listen", listen, "--metrics-listen", "127.0.0.1:0", "--log-format", "json",
-        "--redis-url", redis.url, "--shutdown-grace", "5s", "--shutdown-delay", "200ms"],
-      { stdio: ["ignore", log, log] },
+        "--redis-url", redis.url, "--shutdown-grace", "5s", "--shutdown-delay", "200ms", ...(options.args ?? [])],
+      { stdio: ["ignore", log, log], env: { ...process.env, ...options.env } },
     );
     let addr: string | undefined;
     await eventually(
@@ -133,7 +142,12 @@ export class Baton {
       },
       START_PATIENCE_MS,
     );
-    return new Baton(addr!, child);
+    return new Baton(addr!, child, logPath);
+  }
+
+  /** What baton has logged so far (JSON lines). */
+  log(): string {
+    return readFileSync(this.logPath, "utf8");
   }
 
   /** SIGTERM: a graceful shutdown; waits for the exit. */
@@ -157,8 +171,8 @@ export class Environment {
     return new Environment(await Redis.start());
   }
 
-  async baton(listen?: string): Promise<Baton> {
-    const baton = await Baton.start(this.redis, listen);
+  async baton(listen?: string, options?: BatonOptions): Promise<Baton> {
+    const baton = await Baton.start(this.redis, listen, options);
     this.batons.push(baton);
     return baton;
   }

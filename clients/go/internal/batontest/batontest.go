@@ -72,6 +72,7 @@ func (r *Redis) Signal(signal syscall.Signal) {
 type Baton struct {
 	// Addr is the gRPC address, read from baton's "serving" log line.
 	Addr    string
+	logPath string
 	process *process
 }
 
@@ -96,7 +97,7 @@ func StartBaton(t testing.TB, redis *Redis, listen string, extraArgs ...string) 
 	if err != nil {
 		t.Fatalf("starting baton: %v", err)
 	}
-	baton := &Baton{process: batonProcess}
+	baton := &Baton{logPath: logFile.Name(), process: batonProcess}
 	t.Cleanup(func() { batonProcess.stop(syscall.SIGKILL) })
 	grpcAddr := regexp.MustCompile(`"grpc_addr":"([^"]+)"`)
 	deadline := time.Now().Add(startPatience)
@@ -113,6 +114,9 @@ func StartBaton(t testing.TB, redis *Redis, listen string, extraArgs ...string) 
 	t.Fatalf("baton did not log its grpc_addr within %s:\n%s", startPatience, readFile(logFile.Name()))
 	return nil
 }
+
+// Log is what baton has logged so far (JSON lines, stdout and stderr).
+func (b *Baton) Log() []byte { return readFile(b.logPath) }
 
 // Terminate sends SIGTERM (a graceful shutdown) and waits for the process to exit.
 func (b *Baton) Terminate() { b.process.stop(syscall.SIGTERM) }

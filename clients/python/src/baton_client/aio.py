@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from . import _connection
+from . import _connection, _tracing
 from ._connection import DEFAULT_TIMEOUT
 from .cache import AsyncCache
 from .client import Stubs
@@ -20,26 +20,36 @@ from .session import AsyncSessions
 
 
 def _details(
-    details: grpc.aio.ClientCallDetails, api_key: str | None, timeout: float | None
+    details: grpc.aio.ClientCallDetails,
+    api_key: str | None,
+    timeout: float | None,
+    tracing: bool,
 ) -> grpc.aio.ClientCallDetails:
+    metadata = _connection.with_api_key(details.metadata, api_key)  # type: ignore[arg-type]
+    if tracing:
+        # The interceptor runs in a task started by the call, with a copy of its context.
+        metadata = _tracing.with_trace_context(metadata)
     return grpc.aio.ClientCallDetails(
         details.method,
         timeout if details.timeout is None else details.timeout,
-        _connection.with_api_key(details.metadata, api_key),  # type: ignore[arg-type]
+        metadata,  # type: ignore[arg-type]
         details.credentials,
         details.wait_for_ready,
     )
 
 
 class _UnaryDefaults(grpc.aio.UnaryUnaryClientInterceptor):
-    """API key and default timeout on unary calls."""
+    """API key, default timeout and (with ``tracing``) the trace context on unary calls."""
 
-    def __init__(self, api_key: str | None, default_timeout: float | None) -> None:
+    def __init__(self, api_key: str | None, default_timeout: float | None, tracing: bool) -> None:
         self._api_key = api_key
         self._default_timeout = default_timeout
+        self._tracing = tracing
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_details(details, self._api_key, self._default_timeout), request)
+        return await continuation(
+            _details(details, self._api_key, self._default_timeout, self._tracing), request
+        )
 
 
 class _StreamDefaults(
@@ -48,16 +58,19 @@ class _StreamDefaults(
     """API key on streams (KeepAlive and Consume are bidirectional), which get no default
     timeout: they are meant to stay open."""
 
-    def __init__(self, api_key: str | None) -> None:
+    def __init__(self, api_key: str | None, tracing: bool) -> None:
         self._api_key = api_key
+        self._tracing = tracing
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_details(details, self._api_key, None), request)
+        return await continuation(_details(details, self._api_key, None, self._tracing), request)
 
     async def intercept_stream_stream(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
-        return await continuation(_details(details, self._api_key, None), request_iterator)
+        return await continuation(
+            _details(details, self._api_key, None, self._tracing), request_iterator
+        )
 
 
 class AsyncClient(
@@ -76,11 +89,15 @@ class AsyncClient(
         timeout: float | None = DEFAULT_TIMEOUT,
         load_balancing: str = "round_robin",
         options: Sequence[tuple[str, Any]] = (),
+        tracing: bool = False,
     ) -> None:
         target = _connection.target_of(target)
         channel_options = [*_connection.channel_options(target, load_balancing), *options]
         credentials = _connection.credentials_of(tls, root_certificates)
-        interceptors = [_UnaryDefaults(api_key, timeout), _StreamDefaults(api_key)]
+        interceptors = [
+            _UnaryDefaults(api_key, timeout, tracing),
+            _StreamDefaults(api_key, tracing),
+        ]
         if credentials is None:
             self.channel = grpc.aio.insecure_channel(
                 target, options=channel_options, interceptors=interceptors

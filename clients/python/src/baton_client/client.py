@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from . import _connection
+from . import _connection, _tracing
 from ._connection import DEFAULT_TIMEOUT
 from .cache import Cache
 from .election import Elections
@@ -55,21 +55,26 @@ class _CallDefaults(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds the API key to every call and the default timeout to unary calls without one
-    (streams such as KeepAlive are meant to stay open)."""
+    """Adds the API key to every call, the default timeout to unary calls without one
+    (streams such as KeepAlive are meant to stay open) and, with ``tracing``, the current
+    OpenTelemetry trace context (the interceptor runs in the calling thread)."""
 
-    def __init__(self, api_key: str | None, default_timeout: float | None) -> None:
+    def __init__(self, api_key: str | None, default_timeout: float | None, tracing: bool) -> None:
         self._api_key = api_key
         self._default_timeout = default_timeout
+        self._tracing = tracing
 
     def _details(self, details: grpc.ClientCallDetails, unary: bool) -> _CallDetails:
         timeout = details.timeout
         if timeout is None and unary:
             timeout = self._default_timeout
+        metadata = _connection.with_api_key(details.metadata, self._api_key)
+        if self._tracing:
+            metadata = _tracing.with_trace_context(metadata)
         return _CallDetails(
             details.method,
             timeout,
-            _connection.with_api_key(details.metadata, self._api_key),
+            metadata,
             details.credentials,
             getattr(details, "wait_for_ready", None),
             getattr(details, "compression", None),
@@ -112,6 +117,9 @@ class Client(RateLimits, Locks, Elections, Cache, Sessions, Queue):
         load_balancing: ``"round_robin"`` (spread calls over every resolved replica) or
             ``"pick_first"``.
         options: extra gRPC channel options.
+        tracing: send the current OpenTelemetry trace context with every call (W3C
+            ``traceparent``, through opentelemetry-api's global propagator), so that Baton's
+            spans join the caller's trace. A no-op until an OpenTelemetry SDK is installed.
     """
 
     def __init__(
@@ -124,6 +132,7 @@ class Client(RateLimits, Locks, Elections, Cache, Sessions, Queue):
         timeout: float | None = DEFAULT_TIMEOUT,
         load_balancing: str = "round_robin",
         options: Sequence[tuple[str, Any]] = (),
+        tracing: bool = False,
     ) -> None:
         target = _connection.target_of(target)
         channel_options = [*_connection.channel_options(target, load_balancing), *options]
@@ -133,7 +142,9 @@ class Client(RateLimits, Locks, Elections, Cache, Sessions, Queue):
         else:
             raw = grpc.secure_channel(target, credentials, options=channel_options)
         self._raw_channel = raw
-        self.channel: grpc.Channel = grpc.intercept_channel(raw, _CallDefaults(api_key, timeout))
+        self.channel: grpc.Channel = grpc.intercept_channel(
+            raw, _CallDefaults(api_key, timeout, tracing)
+        )
         self.stubs = Stubs(self.channel)
         self._default_timeout = timeout
         self._rate_limits = self.stubs.rate_limits

@@ -34,8 +34,9 @@ from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry.trace import Span
 
-from . import _retry
+from . import _retry, _tracing
 from ._connection import Backoff, Seconds, duration, seconds, stream_backoff
 from .errors import (
     BatonError,
@@ -117,6 +118,10 @@ class Job:
     worker is shutting down. Its result no longer counts; long handlers should check it."""
     cancel_reason: str | None = None
     """``"cancelled"``, ``"lease_lost"`` or ``"shutdown"`` once ``cancelled`` is set."""
+    trace_context: dict[str, str] = field(default_factory=dict, repr=False)
+    """The OpenTelemetry context the job travelled with (W3C ``traceparent``): the
+    enqueuer's, or Baton's delivery span when Baton traces. ``consume`` runs the handler in
+    it."""
 
     def _cancel(self, reason: str) -> None:
         if self.cancel_reason is None:
@@ -137,6 +142,7 @@ def _job(delivery: queue_pb2.Delivery) -> Job:
         last_error=job.last_error,
         created_at=job.created_at.ToDatetime(datetime.UTC),
         lease_id=delivery.lease_id,
+        trace_context=dict(job.trace_context),
     )
 
 
@@ -203,6 +209,11 @@ def _lost(error: BatonError) -> tuple[str, Exception]:
         reason = "lease_lost"
     outcome.__cause__ = error
     return reason, outcome
+
+
+def _processing(job: Job) -> contextlib.AbstractContextManager[Span]:
+    """The job's trace context (and span) its handler, Ack and Nack run in."""
+    return _tracing.processing(job.queue, job.id, job.attempt, job.trace_context)
 
 
 SyncHandler = Callable[[Job], "bytes | None"]
@@ -435,22 +446,26 @@ class _Worker(_Settling):
             if job.cancelled.is_set():
                 self._report_dropped(job)  # cancelled before it started
                 return
-            try:
-                result, error = self._handler(job), None
-            except Exception as raised:
-                result, error = None, raised
-            self._settle(job, result, error)
+            with _processing(job) as span:
+                try:
+                    result, error = self._handler(job), None
+                except Exception as raised:
+                    result, error = None, raised
+                _tracing.failed(span, self._settle(job, result, error))
         finally:
             with self._guard:
                 self._held.pop(job.lease_id, None)
                 self._guard.notify_all()
 
-    def _settle(self, job: Job, result: bytes | None, error: Exception | None) -> None:
+    def _settle(
+        self, job: Job, result: bytes | None, error: Exception | None
+    ) -> BaseException | None:
+        """Acks or nacks the job; returns what went wrong (reported), if anything."""
         if job.cancelled.is_set():
             # Cut short by shutdown: not the job's fault, so no Nack (which would use up an
             # attempt); the stream's close hands it back at once.
             self._report_dropped(job)
-            return
+            return None
         # Retried past a replica restart; past the visibility timeout (when it is longer)
         # the lease has expired and every retry would be refused anyway.
         try:
@@ -462,8 +477,9 @@ class _Worker(_Settling):
                 _retry.settle(lambda: self._stub.Nack(nack, **_retry.READY), self._visibility)
         except BatonError as failed:
             self._report(job, failed)
-            return
+            return failed
         self._report(job, error)
+        return error
 
     def _watch_stop(self) -> None:
         """Waits for the stop decision (``stop`` set, or consume() ending), then winds down:
@@ -512,7 +528,8 @@ class _Worker(_Settling):
     def _extend(self, job: Job) -> None:
         request = self._extend_request(job)
         try:
-            _retry.settle(lambda: self._stub.Extend(request, **_retry.READY))
+            with _tracing.attached(_tracing.job_context(job.trace_context)):
+                _retry.settle(lambda: self._stub.Extend(request, **_retry.READY))
         except BatonError as error:
             with self._guard:
                 reason = self._extend_refused(job, error)
@@ -671,15 +688,16 @@ class _AsyncWorker(_Settling):
                 if job.cancelled.is_set():
                     self._report_dropped(job)  # cancelled before it started
                     return
-                try:
-                    result, error = await self._handler(job), None
-                except asyncio.CancelledError:
-                    if job.cancel_reason is None:
-                        raise  # not ours to swallow
-                    result, error = None, None
-                except Exception as raised:
-                    result, error = None, raised
-                await self._settle(job, result, error)
+                with _processing(job) as span:
+                    try:
+                        result, error = await self._handler(job), None
+                    except asyncio.CancelledError:
+                        if job.cancel_reason is None:
+                            raise  # not ours to swallow
+                        result, error = None, None
+                    except Exception as raised:
+                        result, error = None, raised
+                    _tracing.failed(span, await self._settle(job, result, error))
         except asyncio.CancelledError:
             # Handed back, or cancelled while waiting for a slot.
             if job.cancel_reason is None and job.lease_id in self._held:
@@ -690,10 +708,12 @@ class _AsyncWorker(_Settling):
             self._unstarted.pop(job.lease_id, None)
             self._tasks.pop(job.lease_id, None)
 
-    async def _settle(self, job: Job, result: bytes | None, error: Exception | None) -> None:
+    async def _settle(
+        self, job: Job, result: bytes | None, error: Exception | None
+    ) -> BaseException | None:
         if job.cancelled.is_set():
             self._report_dropped(job)  # see _Worker._settle
-            return
+            return None
         try:
             if error is None:
                 ack = queue_pb2.AckRequest(lease_id=job.lease_id, result=result or b"")
@@ -709,8 +729,9 @@ class _AsyncWorker(_Settling):
                 )
         except BatonError as failed:
             self._report(job, failed)
-            return
+            return failed
         self._report(job, error)
+        return error
 
     async def _heartbeat(self) -> None:
         extending: set[str] = set()
@@ -718,7 +739,8 @@ class _AsyncWorker(_Settling):
         async def extend(job: Job) -> None:
             request = self._extend_request(job)
             try:
-                await _retry.asettle(lambda: self._stub.Extend(request, **_retry.READY))  # type: ignore[arg-type,return-value]
+                with _tracing.attached(_tracing.job_context(job.trace_context)):
+                    await _retry.asettle(lambda: self._stub.Extend(request, **_retry.READY))  # type: ignore[arg-type,return-value]
             except BatonError as error:
                 reason = self._extend_refused(job, error)
                 if reason is not None:
@@ -833,7 +855,9 @@ class Queue:
         ``visibility_timeout`` bounds how long the jobs of a crashed worker wait before
         another worker gets them; ``on_settled(job, error)`` reports each delivery's end
         (None: acked; the handler's exception: nacked; JobCancelled, JobLeaseLost, or the
-        BatonError of a failed Ack/Nack)."""
+        BatonError of a failed Ack/Nack). Each handler runs in the job's OpenTelemetry trace
+        (``job.trace_context``), in a span "process <queue>" of kind consumer, as do the
+        job's Ack or Nack; with ``tracing=True`` on the client they carry it to Baton."""
         request = _consume_request(queue, max(concurrency, 1), visibility_timeout, types, consumer)
         worker = _Worker(
             self._queue,
