@@ -50,7 +50,7 @@ pub struct Args {
     #[arg(long)]
     report: Option<PathBuf>,
     /// Run only these scenario groups (comma-separated: ceiling, check, lock, cache,
-    /// session, singletons, queue); default all. For profiling one path at a time.
+    /// session, singletons, tracing, queue); default all. For profiling one path at a time.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also measure the peers a user would pick instead (BullMQ, node-redlock) with the
@@ -87,6 +87,7 @@ async fn main() {
         redis_port: redis.port,
         baton_addr: baton.addr,
         baton_pid: baton.pid(),
+        baton_binary: args.baton.clone(),
         pool: Pool::connect(baton.addr, 8).await,
         duration: args.duration,
         levels: args.concurrency.clone(),
@@ -115,6 +116,9 @@ async fn main() {
     }
     if args.runs("singletons") {
         scenarios::singletons::run(&mut bench).await;
+    }
+    if args.runs("tracing") {
+        scenarios::tracing::run(&mut bench).await;
     }
     let queue_rate = if args.runs("queue") { Some(scenarios::queue::run(&mut bench).await) } else { None };
 

@@ -8,8 +8,10 @@ pub mod queue;
 pub mod session;
 pub mod singletons;
 pub mod streams;
+pub mod tracing;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +25,8 @@ pub struct Bench {
     pub redis_port: u16,
     pub baton_addr: SocketAddr,
     pub baton_pid: u32,
+    /// The binary measured, for scenarios that start baton with other flags.
+    pub baton_binary: PathBuf,
     /// The connections the callers share.
     pub pool: Pool,
     /// How long each measurement runs.
