@@ -18,7 +18,7 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// What went wrong, in the domain's words; [`Status::from`] alone gives each its code,
 /// its [`Reason`] and its ErrorInfo, BadRequest and RetryInfo details.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// Bad input, rejected before any Redis call.
     #[error("{field}: {description}")]

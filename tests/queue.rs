@@ -618,3 +618,60 @@ async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(redis.dbsize(), 0, "rejected requests wrote {:?}", redis.keys());
 }
+
+/// The ack scripts Redis ran, from baton's own Redis latency histogram.
+async fn ack_scripts_run(baton: &Baton) -> u64 {
+    let metrics = common::scrape_metrics(baton.metrics_addr).await;
+    metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("baton_redis_command_duration_seconds_count{") && line.contains("op=\"queue_ack\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_acks_share_scripts_and_keep_their_own_outcomes() {
+    let redis = Redis::start();
+    let baton = Baton::start(Some(&redis.url()), &["--queue-max-in-flight", "1000"]);
+    let mut queues = baton.queues().await;
+    let queue = unique("grouped-acks");
+    const JOBS: usize = 300;
+    let jobs: Vec<EnqueueRequest> = (0..JOBS).map(|i| job(&queue, &i.to_string())).collect();
+    queues.enqueue_batch(EnqueueBatchRequest { requests: jobs }).await.unwrap();
+    let mut stream = consume(&mut queues, &queue, JOBS as u32, Duration::from_secs(60)).await;
+    let mut deliveries = Vec::new();
+    while deliveries.len() < JOBS {
+        deliveries.push(next_delivery(&mut stream, PATIENCE).await.expect("every job is delivered"));
+    }
+    // Every tenth job is cancelled first: its Ack must fail alone, whatever it is grouped with.
+    let cancelled: HashSet<String> =
+        deliveries.iter().step_by(10).map(|delivery| delivery.job.as_ref().unwrap().job_id.clone()).collect();
+    for job_id in &cancelled {
+        queues.cancel_job(CancelJobRequest { job_id: job_id.clone() }).await.unwrap();
+    }
+    let scripts_before = ack_scripts_run(&baton).await;
+
+    let acks = deliveries.iter().map(|delivery| {
+        let mut queues = queues.clone();
+        let delivery = delivery.clone();
+        async move { (delivery.job.clone().unwrap().job_id, ack(&mut queues, &delivery).await) }
+    });
+    let outcomes = futures::future::join_all(acks).await;
+
+    for (job_id, outcome) in &outcomes {
+        if cancelled.contains(job_id) {
+            let status = outcome.as_ref().expect_err("the Ack of a cancelled job is refused");
+            assert_eq!(reason_of(status), ErrorReason::JobCancelled);
+        } else {
+            outcome.as_ref().unwrap_or_else(|status| panic!("ack of {job_id}: {status:?}"));
+            assert_eq!(job_state(&mut queues, job_id).await, JobState::Succeeded);
+        }
+    }
+    let scripts = ack_scripts_run(&baton).await - scripts_before;
+    assert!(scripts < JOBS as u64 / 2, "{JOBS} concurrent Acks took {scripts} ack scripts");
+    // Repeating an applied Ack still answers done, alone.
+    let repeated = deliveries.iter().find(|d| !cancelled.contains(&d.job.as_ref().unwrap().job_id)).unwrap();
+    ack(&mut queues, repeated).await.unwrap();
+}

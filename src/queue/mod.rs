@@ -9,6 +9,7 @@
 //! Job and lease ids are self-contained, like SQS receipt handles: a job id carries its
 //! queue, a lease id carries its job id, so any replica can act on them alone.
 
+mod combine;
 mod consumer;
 pub mod grpc;
 mod ids;
@@ -299,11 +300,13 @@ pub struct QueueManager {
     notifier: Notifier,
     settings: QueueSettings,
     local_streams: Arc<LocalStreams>,
+    /// Shared by every namespace's manager; keyed by namespace and queue.
+    acks: Arc<combine::AckCombiner>,
 }
 
 impl QueueManager {
     pub fn new(store: Store, keys: KeyBuilder, notifier: Notifier, settings: QueueSettings) -> Self {
-        Self { store, keys, notifier, settings, local_streams: Arc::default() }
+        Self { store, keys, notifier, settings, local_streams: Arc::default(), acks: Arc::default() }
     }
 
     /// The same manager acting for another tenant namespace.
@@ -431,13 +434,6 @@ impl QueueManager {
             "JOB_CANCELLED" => Error::JobCancelled,
             _ => Error::JobNotLeased,
         }
-    }
-
-    /// Completes one delivery; `settlement` is the lease and the job's result, taken as is
-    /// (results can be large: no copy is made on the way to Redis).
-    pub async fn ack(&self, settlement: (LeaseRef, Vec<u8>)) -> Result<(), Error> {
-        let mut outcomes = self.ack_batch(std::slice::from_ref(&settlement)).await?;
-        outcomes.pop().unwrap_or_else(|| Err(Error::Internal("ack script returned nothing".into())))
     }
 
     /// Completes many deliveries (see [`per_queue`]). Each delivery's outcome is independent;

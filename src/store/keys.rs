@@ -70,6 +70,11 @@ impl KeyBuilder {
     }
 
     /// The namespace these keys belong to.
+    /// The namespace, shared rather than copied.
+    pub fn namespace_arc(&self) -> Arc<str> {
+        self.namespace.clone()
+    }
+
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
