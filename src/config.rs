@@ -85,7 +85,9 @@ pub struct Flags {
     pub otlp_protocol: OtlpProtocol,
 
     /// Sample this share of traces that start here (parent-based: a caller's sampling
-    /// decision is followed). Unset: OTEL_TRACES_SAMPLER(_ARG), else every trace.
+    /// decision is followed; an unsampled call makes no span). Unset: OTEL_TRACES_SAMPLER
+    /// (always_on, always_off, traceidratio, parentbased_*) with OTEL_TRACES_SAMPLER_ARG,
+    /// else every trace.
     #[arg(long, env = "BATON_TRACE_SAMPLE_RATIO", value_parser = sample_ratio)]
     pub trace_sample_ratio: Option<f64>,
 

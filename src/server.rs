@@ -247,7 +247,9 @@ pub async fn run(
         .http2_keepalive_timeout(Some(transport.keepalive_timeout))
         .http2_max_local_error_reset_streams(Some(transport.max_local_error_reset_streams))
         .max_concurrent_streams(transport.max_concurrent_streams)
-        .layer(crate::traces::rpc_span_layer())
+        // Absent when tracing is off, rather than present and idle: each layer of this shape
+        // costs a boxed future per call.
+        .layer(tower::util::option_layer(crate::traces::enabled().then(crate::traces::rpc_span_layer)))
         .layer(grpc_metrics_layer())
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(internal_error_for_panic))
         .layer(auth_layer(config.api_keys.clone()))

@@ -6,7 +6,7 @@
 //! HTTP) with the standard `OTEL_*` variables honoured. Off by default, and then free: no
 //! span is made.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use std::collections::HashMap;
 
@@ -24,6 +24,12 @@ use crate::middleware::{Around, AroundLayer, BoxResponse};
 
 /// Whether spans are made at all (an exporter is configured).
 static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The share of traces starting at baton that are recorded (f64 bits). Sampling is decided
+/// here, before any span exists: an unsampled call makes no span at all, so 1 % sampling
+/// costs about what tracing off does, rather than the price of a span per call (measured:
+/// 27 → 58 µs of CPU per Check when unsampled spans were made and dropped by the SDK).
+static ROOT_RATIO: AtomicU64 = AtomicU64::new(0);
 
 /// Reads `traceparent`, `tracestate` and `baggage`: set once tracing starts.
 static PROPAGATOR: std::sync::OnceLock<TextMapCompositePropagator> = std::sync::OnceLock::new();
@@ -66,21 +72,60 @@ pub fn start(flags: &Flags) -> anyhow::Result<Option<SdkTracerProvider>> {
                 .build()?
         }
     };
-    let mut builder = SdkTracerProvider::builder()
+    ROOT_RATIO.store(root_ratio(flags.trace_sample_ratio)?.to_bits(), Ordering::Relaxed);
+    // Every span baton makes was sampled before it was made (see ROOT_RATIO).
+    let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(Resource::builder().with_service_name("baton").build());
-    // Without the flag the SDK's default applies: OTEL_TRACES_SAMPLER(_ARG), else
-    // parent-based always-on.
-    if let Some(ratio) = flags.trace_sample_ratio {
-        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))));
-    }
-    let provider = builder.build();
+        .with_resource(Resource::builder().with_service_name("baton").build())
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+        .build();
     let _ = PROPAGATOR.set(TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
     ]));
     ENABLED.store(true, Ordering::Relaxed);
     Ok(Some(provider))
+}
+
+/// The share of root traces to record: `--trace-sample-ratio`, else the standard
+/// `OTEL_TRACES_SAMPLER` (`always_on`, `always_off`, `traceidratio` and their `parentbased_`
+/// forms; a caller's decision is always followed) with `OTEL_TRACES_SAMPLER_ARG`, else all.
+fn root_ratio(flag: Option<f64>) -> anyhow::Result<f64> {
+    if let Some(ratio) = flag {
+        return Ok(ratio);
+    }
+    let sampler = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default();
+    let argument = std::env::var("OTEL_TRACES_SAMPLER_ARG").ok();
+    ratio_of(&sampler, argument.as_deref())
+}
+
+fn ratio_of(sampler: &str, argument: Option<&str>) -> anyhow::Result<f64> {
+    match sampler.trim_start_matches("parentbased_") {
+        "" | "always_on" => Ok(1.0),
+        "always_off" => Ok(0.0),
+        "traceidratio" => match argument {
+            None => Ok(1.0),
+            Some(text) => match text.trim().parse::<f64>() {
+                Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+                _ => anyhow::bail!("OTEL_TRACES_SAMPLER_ARG must be a ratio between 0 and 1, not {text:?}"),
+            },
+        },
+        other => anyhow::bail!("OTEL_TRACES_SAMPLER={other:?} is not supported (always_on, always_off, traceidratio)"),
+    }
+}
+
+/// Whether a trace starting here is recorded.
+fn sample_root() -> bool {
+    let ratio = f64::from_bits(ROOT_RATIO.load(Ordering::Relaxed));
+    ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio)
+}
+
+/// Whether a call continuing `traceparent` (normalised), or starting a trace, is recorded.
+fn sampled(traceparent: Option<&str>) -> bool {
+    match traceparent {
+        Some(traceparent) => traceparent.ends_with("-01"),
+        None => sample_root(),
+    }
 }
 
 /// The `tracing` layer that turns spans into OpenTelemetry spans of `provider`.
@@ -134,6 +179,10 @@ impl<ResBody: 'static, E: 'static> Around<http::Response<ResBody>, E> for RpcSpa
         if !enabled() {
             return None;
         }
+        let headers = Headers::new(request.headers());
+        if !sampled(headers.traceparent.as_deref()) {
+            return None;
+        }
         let (service, method) = crate::telemetry::served_method(request.uri().path());
         let span = tracing::info_span!(
             "rpc",
@@ -152,7 +201,7 @@ impl<ResBody: 'static, E: 'static> Around<http::Response<ResBody>, E> for RpcSpa
             span_id = tracing::field::Empty,
         );
         if let Some(propagator) = PROPAGATOR.get() {
-            let _ = span.set_parent(propagator.extract(&Headers::new(request.headers())));
+            let _ = span.set_parent(propagator.extract(&headers));
         }
         // Logs inside the call carry these, to find the trace from a log line.
         if let Some(span_context) = span_context_of(&span) {
@@ -270,7 +319,7 @@ pub fn record_outcome(outcome: &'static str) {
 
 /// A span for a caller's wait (a busy lock, a held leadership) between two attempts.
 pub fn wait_span(pattern: &'static str) -> tracing::Span {
-    if !enabled() {
+    if !enabled() || tracing::Span::current().is_none() {
         return tracing::Span::none();
     }
     tracing::info_span!("wait", otel.name = "wait", baton.pattern = pattern)
@@ -295,7 +344,8 @@ pub fn message_span(
     stream: Option<&SpanContext>,
     carried: &str,
 ) -> tracing::Span {
-    if !enabled() {
+    let carried_traceparent = normalized_traceparent(carried);
+    if !enabled() || !sampled(carried_traceparent.as_deref()) {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
@@ -307,8 +357,8 @@ pub fn message_span(
         messaging.message.id = tracing::field::Empty,
         messaging.delivery.attempt = tracing::field::Empty,
     );
-    if let Some(propagator) = PROPAGATOR.get().filter(|_| !carried.is_empty()) {
-        let _ = span.set_parent(propagator.extract(&carried_context(carried)));
+    if let (Some(propagator), Some(carried)) = (PROPAGATOR.get(), carried_traceparent) {
+        let _ = span.set_parent(propagator.extract(&carried_context(&carried)));
     }
     if let Some(stream) = stream {
         span.add_link(stream.clone());
@@ -333,12 +383,12 @@ fn span_context_of(span: &tracing::Span) -> Option<SpanContext> {
 
 const TRACEPARENT: &str = "traceparent";
 
-/// The trace context a new job carries: this baton's Enqueue span when tracing is on, else
-/// the caller's own `traceparent` (so a worker continues the enqueuer's trace either way).
+/// The trace context a new job carries: this baton's Enqueue span when it records the call,
+/// else the caller's own `traceparent` (so a worker continues the enqueuer's trace either way).
 /// Only a well-formed W3C value is kept: a caller cannot store anything else this way.
 pub fn job_context(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
-    if enabled() {
-        return span_context_of(&tracing::Span::current()).map(|span_context| traceparent(&span_context));
+    if let Some(span_context) = enabled().then(|| span_context_of(&tracing::Span::current())).flatten() {
+        return Some(traceparent(&span_context));
     }
     metadata.get(TRACEPARENT).and_then(|value| value.to_str().ok()).and_then(normalized_traceparent)
 }
@@ -394,6 +444,16 @@ fn is_traceparent(value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_standard_sampler_variables() {
+        assert_eq!(ratio_of("", None).unwrap(), 1.0);
+        assert_eq!(ratio_of("parentbased_always_off", None).unwrap(), 0.0);
+        assert_eq!(ratio_of("traceidratio", Some("0.25")).unwrap(), 0.25);
+        assert_eq!(ratio_of("parentbased_traceidratio", None).unwrap(), 1.0);
+        assert!(ratio_of("traceidratio", Some("2")).is_err());
+        assert!(ratio_of("jaeger_remote", None).is_err());
+    }
 
     #[test]
     fn keeps_only_the_sampled_flag_of_a_traceparent() {

@@ -379,3 +379,23 @@ async fn each_keepalive_renewal_is_a_span_of_its_own_linked_to_the_stream() {
         "the stream's span ended first"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsampled_call_makes_no_span_and_a_callers_decision_is_followed() {
+    let redis = Redis::start();
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    // No trace that starts at baton is recorded.
+    let baton = Baton::start(Some(&redis.url()), &["--otlp-endpoint", &endpoint, "--trace-sample-ratio", "0"]);
+    let mut client = baton.rate_limiter().await;
+    client.check(check_request(&unique("root"))).await.unwrap();
+    let unsampled = format!("00-{}-{CALLER_SPAN}-00", "1".repeat(32));
+    client.check(with_context(check_request(&unique("unsampled")), &unsampled)).await.unwrap();
+    client.check(with_traceparent(check_request(&unique("sampled")))).await.unwrap();
+
+    receiver.span("the sampled caller's Check", |span| span.name == "baton.v1.RateLimiterService/Check").await;
+    let spans = receiver.spans();
+    let checks = spans.iter().filter(|span| span.name == "baton.v1.RateLimiterService/Check").count();
+    assert_eq!(checks, 1, "only the sampled caller's Check is recorded");
+    assert!(spans.iter().all(|span| hex(&span.trace_id) == TRACE_ID), "no span of another trace");
+}
