@@ -6,7 +6,8 @@
 //! HTTP) with the standard `OTEL_*` variables honoured. Off by default, and then free: no
 //! span is made.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use std::collections::HashMap;
 
@@ -255,15 +256,26 @@ pub async fn redis_call<T, E: std::fmt::Display>(
         otel.status_message = tracing::field::Empty,
         db.system = "redis",
         db.operation = op,
-        db.redis.hash_slot = slot,
-        baton.redis.attempts = 1,
+        db.redis.hash_slot = tracing::field::Empty,
+        baton.redis.attempts = tracing::field::Empty,
     );
-    let result = call.instrument(span.clone()).await;
+    if let Some(slot) = slot {
+        // As i64: the OpenTelemetry layer exports narrower integers as text.
+        span.record("db.redis.hash_slot", i64::from(slot));
+    }
+    let attempts = Arc::new(AtomicU32::new(1));
+    let result = REDIS_ATTEMPTS.scope(attempts.clone(), call).instrument(span.clone()).await;
+    span.record("baton.redis.attempts", i64::from(attempts.load(Ordering::Relaxed)));
     if let Err(err) = &result {
         span.record("otel.status_code", "ERROR");
         span.record("otel.status_message", err.to_string());
     }
     result
+}
+
+tokio::task_local! {
+    /// The attempts of the traced Redis call being made (see [`redis_attempt`]).
+    static REDIS_ATTEMPTS: Arc<AtomicU32>;
 }
 
 /// The current span's trace and span ids (hex) when it is sampled: a metric's exemplar.
@@ -277,9 +289,7 @@ pub fn sampled_ids() -> Option<(String, String)> {
 
 /// A Redis call is being sent again (a script the server had not cached is sent whole).
 pub fn redis_attempt(attempt: u32) {
-    if enabled() {
-        tracing::Span::current().record("baton.redis.attempts", attempt);
-    }
+    let _ = REDIS_ATTEMPTS.try_with(|attempts| attempts.store(attempt, Ordering::Relaxed));
 }
 
 /// The pattern a service serves, for the `baton.pattern` attribute.
@@ -370,7 +380,7 @@ pub fn message_span(
 pub fn record_message(span: &tracing::Span, job_id: &str, attempt: u32) {
     if enabled() {
         span.record("messaging.message.id", job_id);
-        span.record("messaging.delivery.attempt", attempt);
+        span.record("messaging.delivery.attempt", i64::from(attempt));
     }
 }
 

@@ -17,7 +17,9 @@ use baton::proto::v1::{
     AckRequest, AcquireRequest, Algorithm, CheckRequest, ConsumeRequest, EnqueueRequest, KeepAliveRequest, Limit,
     LimitRequest, ReleaseRequest, consume_response, limit_request,
 };
-use common::{Baton, Clients, PATIENCE, Redis, eventually, heartbeats, next_event, scrape_metrics, unique};
+use common::{
+    Baton, Clients, PATIENCE, Redis, RedisCluster, eventually, heartbeats, next_event, scrape_metrics, unique,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -177,6 +179,10 @@ async fn a_check_continues_the_callers_trace_with_a_redis_span_beneath_it() {
     assert_eq!(hex(&script.trace_id), TRACE_ID);
     assert_eq!(text(&script, "db.system").as_deref(), Some("redis"));
     assert!(script.name.starts_with("ratelimit"), "{}", script.name);
+    // A fresh Redis had not cached the script: it was sent whole on a second attempt.
+    assert_eq!(int(&script, "baton.redis.attempts"), Some(2));
+    let attributes: Vec<&str> = script.attributes.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(attributes.iter().filter(|key| **key == "baton.redis.attempts").count(), 1, "{attributes:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,6 +302,7 @@ async fn a_job_carries_its_trace_from_enqueue_through_delivery_on_another_replic
     assert_eq!(deliver.trace_id, enqueue.trace_id, "the delivery continues the enqueuer's trace");
     assert_eq!(deliver.parent_span_id, enqueue.span_id);
     assert_eq!(text(&deliver, "messaging.message.id").as_deref(), Some(job.job_id.as_str()));
+    assert_eq!(int(&deliver, "messaging.delivery.attempt"), Some(1));
     assert!(
         deliver.links.iter().any(|link| link.span_id == consume.span_id && link.trace_id == consume.trace_id),
         "the delivery links to the stream's span"
@@ -398,4 +405,32 @@ async fn an_unsampled_call_makes_no_span_and_a_callers_decision_is_followed() {
     let checks = spans.iter().filter(|span| span.name == "baton.v1.RateLimiterService/Check").count();
     assert_eq!(checks, 1, "only the sampled caller's Check is recorded");
     assert!(spans.iter().all(|span| hex(&span.trace_id) == TRACE_ID), "no span of another trace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_redis_span_names_the_hash_slot_of_its_keys() {
+    let cluster = RedisCluster::start(3);
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let baton = Baton::start(Some(&cluster.url()), &["--redis-mode", "cluster", "--otlp-endpoint", &endpoint]);
+    let mut client = baton.rate_limiter().await;
+    let key = unique("slotted");
+    client.check(with_traceparent(check_request(&key))).await.unwrap();
+
+    let server = receiver.span("the Check", |span| span.name == "baton.v1.RateLimiterService/Check").await;
+    let script = receiver.span("its Redis span", |span| span.parent_span_id == server.span_id).await;
+    let slot = int(&script, "db.redis.hash_slot")
+        .unwrap_or_else(|| panic!("a hash slot on a cluster: {:?}", script.attributes));
+    // The slot Redis itself gives the counter key the Check wrote.
+    let written: Vec<(String, i64)> = cluster
+        .nodes
+        .iter()
+        .flat_map(|node| node.query::<Vec<String>>(redis::cmd("KEYS").arg(format!("*{key}*"))).unwrap_or_default())
+        .map(|name| {
+            let slot = cluster.nodes[0].query::<i64>(redis::cmd("CLUSTER").arg("KEYSLOT").arg(&name)).unwrap();
+            (name, slot)
+        })
+        .collect();
+    assert!(!written.is_empty(), "the Check wrote its counter");
+    assert!(written.iter().all(|(_, written_slot)| *written_slot == slot), "{written:?} against {slot}");
 }
