@@ -15,3 +15,17 @@ func ObserveKeepAliveAnswers(observer func(renewed bool)) (stop func()) {
 	keepAliveAnswerObserver.Store(&observer)
 	return func() { keepAliveAnswerObserver.Store(nil) }
 }
+
+// SetAckBatchDelay makes Consume's acks wait up to delay for the AckBatch in flight (see
+// ackBatchDelay) until the returned function is called.
+func SetAckBatchDelay(delay time.Duration) (restore func()) {
+	previous := ackBatchDelay.Swap(int64(delay))
+	return func() { ackBatchDelay.Store(previous) }
+}
+
+// ObserveAcksQueued makes the tests hear every ack Consume queues for an AckBatch (see
+// ackQueuedObserver) until the returned function is called.
+func ObserveAcksQueued(observer func()) (stop func()) {
+	ackQueuedObserver.Store(&observer)
+	return func() { ackQueuedObserver.Store(nil) }
+}

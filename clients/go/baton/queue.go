@@ -149,6 +149,7 @@ type consumeConfig struct {
 	grace      time.Duration
 	prefetch   int
 	settled    func(*Job, error)
+	ackBatch   int
 }
 
 // ConsumeOption tunes [Client.Consume].
@@ -204,6 +205,16 @@ func WithOnSettled(settled func(job *Job, err error)) ConsumeOption {
 	return func(c *consumeConfig) { c.settled = settled }
 }
 
+// WithAckBatchSize bounds how many acks go to Baton in one AckBatch call (default
+// [DefaultAckBatchSize], 256; keep it within Baton's batch limit, 1,000 by default). Consume
+// coalesces its acks: one goes out at once when no AckBatch of this Consume is in flight;
+// those of handlers that finish while one is go out together as the next call, once it has
+// returned, once n of them wait, or once the oldest has waited 10 ms, whichever comes first.
+// Each job's outcome is its own, as with one Ack per job. n <= 0 sends one Ack per job.
+func WithAckBatchSize(n int) ConsumeOption {
+	return func(c *consumeConfig) { c.ackBatch = n }
+}
+
 // drainPatience bounds how long a stopping Consume waits, once its handlers are done, for
 // Baton to end the drained stream, which confirms that the jobs handed back were received.
 // Baton notices settlements on other replicas within a second.
@@ -213,8 +224,8 @@ const drainPatience = 3 * time.Second
 // or an error no retry can fix occurs (INVALID_ARGUMENT, UNAUTHENTICATED, …), which it
 // returns; it returns nil after ctx ends, once its handlers have returned.
 //
-// Each job is acked when its handler returns nil and nacked with the error text when it
-// fails. While a handler runs its lease is extended every third of the visibility timeout,
+// Each job is acked when its handler returns nil — acks are coalesced into AckBatch calls,
+// see [WithAckBatchSize] — and nacked with the error text when it fails. While a handler runs its lease is extended every third of the visibility timeout,
 // so long jobs are not handed to another worker. When CancelJob is called for a running
 // job, or its lease is lost, the handler's context is cancelled and the job is not acked.
 // Delivery is at least once: a worker that dies mid-job has its jobs delivered again, so
@@ -223,8 +234,10 @@ const drainPatience = 3 * time.Second
 // Each job's trace continues in its handler: the trace context the job carries (the
 // enqueuer's, or Baton's delivery span) is extracted with the global propagator
 // (otel.SetTextMapPropagator) and the handler runs in a span "process <queue>" (kind
-// consumer) of the global tracer provider, under which the job's Ack or Nack is sent too;
-// its Extends are sent under the job's context. With otelgrpc's client handler on the
+// consumer) of the global tracer provider, which ends once the job is settled; its Nack is
+// sent under that span, and its ack goes in an AckBatch call sent under the span of the
+// first job the call acks (see [WithAckBatchSize]); its Extends are sent under the job's
+// context. With otelgrpc's client handler on the
 // connection (see [WithDialOptions]) those calls carry the trace to Baton. Without an
 // OpenTelemetry SDK and propagator nothing is recorded or propagated.
 //
@@ -239,7 +252,7 @@ const drainPatience = 3 * time.Second
 // picks (then with a backoff of 50 ms growing to 250 ms); the jobs in hand go on, and their
 // Acks, Nacks and Extends are retried through a 5 s outage.
 func (c *Client) Consume(ctx context.Context, queue string, concurrency int, handler Handler, options ...ConsumeOption) error {
-	cfg := consumeConfig{visibility: DefaultVisibilityTimeout, grace: DefaultShutdownGrace}
+	cfg := consumeConfig{visibility: DefaultVisibilityTimeout, grace: DefaultShutdownGrace, ackBatch: DefaultAckBatchSize}
 	for _, option := range options {
 		option(&cfg)
 	}
@@ -272,6 +285,9 @@ func (c *Client) Consume(ctx context.Context, queue string, concurrency int, han
 		work:    work,
 		held:    make(map[string]*heldJob),
 	}
+	if cfg.ackBatch > 0 {
+		w.acks = newAckCoalescer(c, cfg.ackBatch)
+	}
 	request := &batonv1.ConsumeRequest{
 		Queue:             queue,
 		MaxInFlight:       uint32(concurrency + cfg.prefetch),
@@ -293,6 +309,7 @@ type worker struct {
 	slots    chan struct{} // one token per running handler
 	work     context.Context
 	handlers sync.WaitGroup // one per delivery until Consume is done with it
+	acks     *ackCoalescer  // nil: one Ack per job
 
 	stopped chan struct{} // closed at the stop decision: nothing starts from then on
 
@@ -731,12 +748,15 @@ func (w *worker) settle(ctx context.Context, held *heldJob, result []byte, handl
 	// Not cancelled with the handler's context: a result that counts is always settled.
 	ctx = context.WithoutCancel(ctx)
 	var err error
-	if handlerErr == nil {
+	switch {
+	case handlerErr == nil && w.acks != nil:
+		err = w.acks.ack(ctx, held.job.leaseID, result)
+	case handlerErr == nil:
 		err = w.client.retry(ctx, settleBudget, func(ctx context.Context) error {
 			_, err := w.client.Queue.Ack(ctx, &batonv1.AckRequest{LeaseId: held.job.leaseID, Result: result})
 			return err
 		})
-	} else {
+	default:
 		err = w.nack(ctx, held, handlerErr.Error(), cutShort)
 		if err == nil {
 			err = handlerErr

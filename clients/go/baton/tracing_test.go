@@ -135,8 +135,9 @@ func TestAJobsTraceContinuesInTheWorkerAndItsAck(t *testing.T) {
 	if process.Name() != "process "+queue || process.SpanKind() != trace.SpanKindConsumer {
 		t.Fatalf("the handler's span is %q of kind %s, want the consumer span \"process %s\"", process.Name(), process.SpanKind(), queue)
 	}
-	batontest.Eventually(t, 10*time.Second, "baton logs the Ack under the enqueuer's trace id", func() bool {
-		return servedTraces(replica, "Ack")[traceID.String()]
+	// The worker acks through AckBatch, each call under the trace of the first job it acks.
+	batontest.Eventually(t, 10*time.Second, "baton logs the AckBatch under the enqueuer's trace id", func() bool {
+		return servedTraces(replica, "AckBatch")[traceID.String()]
 	})
 	if !servedTraces(replica, "Enqueue")[traceID.String()] {
 		t.Fatalf("baton did not log the Enqueue of job %s under trace id %s", enqueued.JobID, traceID)

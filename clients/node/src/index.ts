@@ -23,6 +23,7 @@ export {
   type LeadershipOptions,
 } from "./election.js";
 export { Lease, type LockOptions } from "./lock.js";
+export { DEFAULT_ACK_BATCH_SIZE } from "./acks.js";
 export {
   type ConsumeOptions,
   DEFAULT_VISIBILITY_TIMEOUT_MS,

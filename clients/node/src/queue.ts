@@ -12,6 +12,7 @@
 import { ClientDuplexStream, Metadata, StatusObject, status as Status } from "@grpc/grpc-js";
 import { Context, context } from "@opentelemetry/api";
 
+import { AckBatcher, DEFAULT_ACK_BATCH_SIZE } from "./acks.js";
 import { Backoff, msToDuration, sleep } from "./connection.js";
 import {
   BatonError,
@@ -140,6 +141,15 @@ export interface ConsumeOptions {
    * its result no longer counted, or the BatonError of a failed Ack or Nack.
    */
   onSettled?: (job: Job, error: unknown) => void;
+  /**
+   * Acks per AckBatch call at most (default 256; keep it within Baton's batch limit, 1,000 by
+   * default). The worker coalesces its acks: one goes out at once when none of its AckBatch
+   * calls is in flight; those of handlers finishing while one is go out together when it
+   * returns, or once this many wait, or once the oldest has waited 10 ms. Each job keeps its
+   * own outcome, as with one Ack per job, and each call carries the trace context of the
+   * first job it acks. 0 sends one Ack per job.
+   */
+  ackBatchSize?: number;
 }
 
 class Shutdown extends Error {
@@ -239,6 +249,8 @@ class Worker {
   private readonly visibilityMs: number;
   private readonly concurrency: number;
   private readonly stop: AbortSignal;
+  /** Undefined: one Ack per job. */
+  private readonly acks: AckBatcher | undefined;
 
   constructor(
     private readonly stub: JobQueueServiceClient,
@@ -249,6 +261,8 @@ class Worker {
     this.visibilityMs = options.visibilityTimeoutMs ?? DEFAULT_VISIBILITY_TIMEOUT_MS;
     this.concurrency = Math.max(options.concurrency ?? 1, 1);
     this.stop = options.signal ?? new AbortController().signal;
+    const ackBatchSize = options.ackBatchSize ?? DEFAULT_ACK_BATCH_SIZE;
+    this.acks = ackBatchSize > 0 ? new AckBatcher(stub, ackBatchSize) : undefined;
   }
 
   async run(): Promise<void> {
@@ -566,6 +580,12 @@ class Worker {
       return undefined;
     }
     const leaseId = held.job.leaseId;
+    if (!failed && this.acks) {
+      const ack = AckRequest.fromPartial({ leaseId, result: result ? bytesOf(result) : Buffer.alloc(0) });
+      const refused = await this.acks.ack(ack);
+      this.options.onSettled?.(held.job, refused);
+      return refused;
+    }
     const options = { waitForReady: true };
     const call = failed
       ? () => {
@@ -670,7 +690,8 @@ export class QueueHelpers {
    * resolves once the handlers are done) or an error no retry can fix occurs
    * (INVALID_ARGUMENT, UNAUTHENTICATED, …), with which it rejects once the running handlers
    * are done. Each handler runs in the job's OpenTelemetry trace (Job.traceContext), in a
-   * span "process <queue>" of kind consumer, as do the job's Ack or Nack.
+   * span "process <queue>" of kind consumer, as does the job's Nack; acks go out coalesced in
+   * AckBatch calls (see `ackBatchSize`), each in the trace of the first job it acks.
    */
   consume(queue: string, handler: JobHandler, options: ConsumeOptions = {}): Promise<void> {
     const request = ConsumeRequest.fromPartial({

@@ -116,6 +116,8 @@ export interface BatonOptions {
 export class Baton {
   private constructor(
     readonly addr: string,
+    /** The Prometheus endpoint's host:port, from the same log line. */
+    readonly metricsAddr: string,
     private readonly child: ChildProcess,
     private readonly logPath: string,
   ) {}
@@ -131,18 +133,41 @@ export class Baton {
       { stdio: ["ignore", log, log], env: { ...process.env, ...options.env } },
     );
     let addr: string | undefined;
+    let metricsAddr: string | undefined;
     await eventually(
       "baton logs its grpc_addr",
       () => {
         if (child.exitCode !== null) {
           throw new Error(`baton exited before serving:\n${readFileSync(logPath, "utf8")}`);
         }
-        addr = /"grpc_addr":"([^"]+)"/.exec(readFileSync(logPath, "utf8"))?.[1];
+        const logged = readFileSync(logPath, "utf8");
+        addr = /"grpc_addr":"([^"]+)"/.exec(logged)?.[1];
+        metricsAddr = /"metrics_addr":"([^"]+)"/.exec(logged)?.[1];
         return addr !== undefined;
       },
       START_PATIENCE_MS,
     );
-    return new Baton(addr!, child, logPath);
+    return new Baton(addr!, metricsAddr ?? "", child, logPath);
+  }
+
+  /**
+   * The sum of the samples of the counter `name` on the replica's /metrics whose labels
+   * include `labels` (0 when there are none).
+   */
+  async counter(name: string, labels: Record<string, string> = {}): Promise<number> {
+    const page = await (await fetch(`http://${this.metricsAddr}/metrics`)).text();
+    let total = 0;
+    for (const line of page.split("\n")) {
+      const space = line.indexOf(" ");
+      const sample = line.slice(0, space);
+      if (space < 0 || (sample !== name && !sample.startsWith(`${name}{`))) {
+        continue;
+      }
+      if (Object.entries(labels).every(([label, want]) => sample.includes(`${label}="${want}"`))) {
+        total += Number(line.slice(space + 1).trim().split(" ")[0]); // then any exemplar
+      }
+    }
+    return total;
   }
 
   /** What baton has logged so far (JSON lines). */

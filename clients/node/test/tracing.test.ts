@@ -100,7 +100,10 @@ test("a job's trace continues in the worker and its Ack", async () => {
     const processing = exporter.getFinishedSpans().find((span) => span.spanContext().spanId === spanContext?.spanId);
     assert.equal(processing?.name, `process ${queue}`);
     assert.equal(processing?.kind, SpanKind.CONSUMER);
-    await eventually("baton logs the Ack under the enqueuer's trace id", () => servedTraces("Ack").has(traceId));
+    // The worker acks through AckBatch, each call in the trace of the first job it acks.
+    await eventually("baton logs the AckBatch under the enqueuer's trace id", () =>
+      servedTraces("AckBatch").has(traceId),
+    );
     assert.ok(servedTraces("Enqueue").has(traceId), "baton logs the Enqueue under the enqueuer's trace id");
   } finally {
     stop.abort();

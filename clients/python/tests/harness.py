@@ -139,6 +139,20 @@ class Baton:
                     return float(line.split()[1])
         return 0.0
 
+    def counter(self, name: str, **labels: str) -> float:
+        """The sum of the samples of the counter ``name`` on the replica's /metrics whose
+        labels include ``labels`` (0 when there are none)."""
+        with urllib.request.urlopen(f"http://{self.metrics_addr}/metrics", timeout=5) as page:
+            lines = page.read().decode().splitlines()
+        total = 0.0
+        for line in lines:
+            sample, _, value = line.partition(" ")
+            if sample != name and not sample.startswith(name + "{"):
+                continue
+            if all(f'{label}="{want}"' in sample for label, want in labels.items()) and value:
+                total += float(value.split()[0])  # then any exemplar
+        return total
+
     def terminate(self) -> None:
         """SIGTERM: a graceful shutdown; waits for the exit."""
         _stop(self.process, signal.SIGTERM)

@@ -1,5 +1,5 @@
 """OpenTelemetry: calls carry the caller's trace to Baton, and a job's trace continues in the
-worker and its Ack. Baton traces every RPC (exporting to a closed local port: the export
+worker and its ack. Baton traces every RPC (exporting to a closed local port: the export
 errors are only logged) and logs one "rpc served" line per call, with its trace id, at debug
 level; the tests look for their trace ids there."""
 
@@ -125,9 +125,10 @@ def test_a_jobs_trace_continues_in_the_worker_and_its_ack(
         assert settled == [None], "the job is acked"
         assert trace.format_trace_id(in_handler[0].trace_id) == trace_id(span)
         check_processing(spans, queue, in_handler[0])
+        # The worker acks through AckBatch, each call in the trace of the first job it acks.
         eventually(
-            lambda: trace_id(span) in served_traces(traced_baton, "Ack"),
-            "baton logs the Ack under the enqueuer's trace id",
+            lambda: trace_id(span) in served_traces(traced_baton, "AckBatch"),
+            "baton logs the AckBatch under the enqueuer's trace id",
         )
         assert trace_id(span) in served_traces(traced_baton, "Enqueue")
 
@@ -172,8 +173,9 @@ async def test_async_a_jobs_trace_continues_in_the_worker_and_its_ack(
             await asyncio.wait_for(worker, 10)
         assert trace.format_trace_id(in_handler[0].trace_id) == trace_id(span)
         check_processing(spans, queue, in_handler[0])
+        # The worker acks through AckBatch, each call in the trace of the first job it acks.
         eventually(
-            lambda: trace_id(span) in served_traces(traced_baton, "Ack"),
-            "baton logs the Ack under the enqueuer's trace id",
+            lambda: trace_id(span) in served_traces(traced_baton, "AckBatch"),
+            "baton logs the AckBatch under the enqueuer's trace id",
         )
         assert trace_id(span) in served_traces(traced_baton, "Enqueue")

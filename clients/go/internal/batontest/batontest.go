@@ -3,13 +3,16 @@ package batontest
 
 import (
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -71,9 +74,11 @@ func (r *Redis) Signal(signal syscall.Signal) {
 // Baton is one baton server process.
 type Baton struct {
 	// Addr is the gRPC address, read from baton's "serving" log line.
-	Addr    string
-	logPath string
-	process *process
+	Addr string
+	// MetricsAddr is the Prometheus endpoint's address (host:port), from the same line.
+	MetricsAddr string
+	logPath     string
+	process     *process
 }
 
 // StartBaton starts target/debug/baton (or $BATON_BIN) on redis, listening on listen
@@ -100,10 +105,15 @@ func StartBaton(t testing.TB, redis *Redis, listen string, extraArgs ...string) 
 	baton := &Baton{logPath: logFile.Name(), process: batonProcess}
 	t.Cleanup(func() { batonProcess.stop(syscall.SIGKILL) })
 	grpcAddr := regexp.MustCompile(`"grpc_addr":"([^"]+)"`)
+	metricsAddr := regexp.MustCompile(`"metrics_addr":"([^"]+)"`)
 	deadline := time.Now().Add(startPatience)
 	for time.Now().Before(deadline) {
-		if match := grpcAddr.FindSubmatch(readFile(logFile.Name())); match != nil {
+		logged := readFile(logFile.Name())
+		if match := grpcAddr.FindSubmatch(logged); match != nil {
 			baton.Addr = string(match[1])
+			if metrics := metricsAddr.FindSubmatch(logged); metrics != nil {
+				baton.MetricsAddr = string(metrics[1])
+			}
 			return baton
 		}
 		if batonProcess.exited() {
@@ -113,6 +123,42 @@ func StartBaton(t testing.TB, redis *Redis, listen string, extraArgs ...string) 
 	}
 	t.Fatalf("baton did not log its grpc_addr within %s:\n%s", startPatience, readFile(logFile.Name()))
 	return nil
+}
+
+// Counter sums the samples of the Prometheus counter name (e.g. "baton_grpc_requests_total")
+// on the replica's /metrics whose labels include every one of labels; 0 when there are none.
+func (b *Baton) Counter(t testing.TB, name string, labels map[string]string) float64 {
+	t.Helper()
+	response, err := http.Get("http://" + b.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("reading baton's metrics: %v", err)
+	}
+	defer response.Body.Close()
+	page, err := io.ReadAll(response.Body)
+	if err != nil {
+		t.Fatalf("reading baton's metrics: %v", err)
+	}
+	total := 0.0
+	for _, line := range strings.Split(string(page), "\n") {
+		sample, value, found := strings.Cut(line, " ")
+		if !found || !strings.HasPrefix(sample, name+"{") && sample != name {
+			continue
+		}
+		matches := true
+		for label, want := range labels {
+			if !strings.Contains(sample, fmt.Sprintf("%s=%q", label, want)) {
+				matches = false
+			}
+		}
+		fields := strings.Fields(value) // the value, then any exemplar
+		if len(fields) == 0 || !matches {
+			continue
+		}
+		if number, err := strconv.ParseFloat(fields[0], 64); err == nil {
+			total += number
+		}
+	}
+	return total
 }
 
 // Log is what baton has logged so far (JSON lines, stdout and stderr).

@@ -37,6 +37,7 @@ import grpc
 from opentelemetry.trace import Span
 
 from . import _retry, _tracing
+from ._acks import DEFAULT_ACK_BATCH_SIZE, AckBatcher, AsyncAckBatcher
 from ._connection import Backoff, Seconds, duration, seconds, stream_backoff
 from .errors import (
     BatonError,
@@ -330,12 +331,17 @@ class _Worker(_Settling):
         stop: threading.Event | None,
         shutdown_grace: float,
         on_settled: Settled | None,
+        ack_batch_size: int,
     ) -> None:
         super().__init__(request, on_settled)
         self._stub = stub
         self._handler = handler
         self._stop = stop
         self._grace = shutdown_grace
+        # None: one Ack per job.
+        self._acks = (
+            AckBatcher(stub, self._visibility, ack_batch_size) if ack_batch_size > 0 else None
+        )
         self._executor = ThreadPoolExecutor(concurrency, thread_name_prefix="baton-worker")
         self._extender = ThreadPoolExecutor(_EXTENDERS, thread_name_prefix="baton-extend")
         self._extending: set[str] = set()  # lease ids with an Extend under way
@@ -471,7 +477,12 @@ class _Worker(_Settling):
         try:
             if error is None:
                 ack = queue_pb2.AckRequest(lease_id=job.lease_id, result=result or b"")
-                _retry.settle(lambda: self._stub.Ack(ack, **_retry.READY), self._visibility)
+                if self._acks is not None:
+                    refused = self._acks.ack(ack)
+                    if refused is not None:
+                        raise refused
+                else:
+                    _retry.settle(lambda: self._stub.Ack(ack, **_retry.READY), self._visibility)
             else:
                 nack = queue_pb2.NackRequest(lease_id=job.lease_id, error=_error_text(error))
                 _retry.settle(lambda: self._stub.Nack(nack, **_retry.READY), self._visibility)
@@ -566,12 +577,16 @@ class _AsyncWorker(_Settling):
         stop: asyncio.Event | None,
         shutdown_grace: float,
         on_settled: Settled | None,
+        ack_batch_size: int,
     ) -> None:
         super().__init__(request, on_settled)
         self._stub = stub
         self._handler = handler
         self._stop = stop or asyncio.Event()
         self._grace = shutdown_grace
+        self._acks = (
+            AsyncAckBatcher(stub, self._visibility, ack_batch_size) if ack_batch_size > 0 else None
+        )
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}  # by lease id, one per held job
         self._stopped = asyncio.Event()  # set with the stop decision
@@ -717,10 +732,15 @@ class _AsyncWorker(_Settling):
         try:
             if error is None:
                 ack = queue_pb2.AckRequest(lease_id=job.lease_id, result=result or b"")
-                await _retry.asettle(
-                    lambda: self._stub.Ack(ack, **_retry.READY),  # type: ignore[arg-type,return-value]
-                    self._visibility,
-                )
+                if self._acks is not None:
+                    refused = await self._acks.ack(ack)
+                    if refused is not None:
+                        raise refused
+                else:
+                    await _retry.asettle(
+                        lambda: self._stub.Ack(ack, **_retry.READY),  # type: ignore[arg-type,return-value]
+                        self._visibility,
+                    )
             else:
                 nack = queue_pb2.NackRequest(lease_id=job.lease_id, error=_error_text(error))
                 await _retry.asettle(
@@ -774,6 +794,8 @@ class _AsyncWorker(_Settling):
             self._held[lease_id]._cancel("shutdown")
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._acks is not None:
+            await self._acks.aclose()  # only the acks of jobs cut short can be left
         stream = self._stream
         if stream is None or stream.reader is None:
             return
@@ -840,6 +862,7 @@ class Queue:
         consumer: str = "",
         shutdown_grace: Seconds = DEFAULT_SHUTDOWN_GRACE,
         on_settled: Settled | None = None,
+        ack_batch_size: int = DEFAULT_ACK_BATCH_SIZE,
     ) -> None:
         """Runs ``handler(job)`` on the jobs of ``queue`` in ``concurrency`` threads until
         ``stop`` is set (or an error no retry can fix, which it raises).
@@ -857,7 +880,14 @@ class Queue:
         (None: acked; the handler's exception: nacked; JobCancelled, JobLeaseLost, or the
         BatonError of a failed Ack/Nack). Each handler runs in the job's OpenTelemetry trace
         (``job.trace_context``), in a span "process <queue>" of kind consumer, as do the
-        job's Ack or Nack; with ``tracing=True`` on the client they carry it to Baton."""
+        job's Ack or Nack; with ``tracing=True`` on the client they carry it to Baton.
+
+        Acks are coalesced: one goes out at once as an AckBatch call when none of this
+        worker's is in flight; those of handlers finishing while one is go out together when
+        it returns, or once ``ack_batch_size`` (default 256; keep it within Baton's batch
+        limit, 1,000 by default) of them wait, or once the oldest has waited 10 ms. Each job
+        keeps its own outcome, as with one Ack per job, and each call carries the trace
+        context of the first job it acks. ``ack_batch_size=0`` sends one Ack per job."""
         request = _consume_request(queue, max(concurrency, 1), visibility_timeout, types, consumer)
         worker = _Worker(
             self._queue,
@@ -867,6 +897,7 @@ class Queue:
             stop,
             seconds(shutdown_grace),
             on_settled,
+            ack_batch_size,
         )
         worker.run()
 
@@ -925,6 +956,7 @@ class AsyncQueue:
         consumer: str = "",
         shutdown_grace: Seconds = DEFAULT_SHUTDOWN_GRACE,
         on_settled: Settled | None = None,
+        ack_batch_size: int = DEFAULT_ACK_BATCH_SIZE,
     ) -> None:
         """Runs ``await handler(job)`` on the jobs of ``queue``, ``concurrency`` at a time,
         until ``stop`` is set or the task running it is cancelled (a stop as graceful as
@@ -940,5 +972,6 @@ class AsyncQueue:
             stop,
             seconds(shutdown_grace),
             on_settled,
+            ack_batch_size,
         )
         await worker.run()
