@@ -120,7 +120,8 @@ cargo-test: toxiproxy
 # The load generator is the bench/ crate. Results go to bench/results/<date>.md, the summary
 # to docs/benchmarks.md. The peers (BullMQ, node-redlock: pinned in bench/peers) run against
 # the bench's own Redis in the same run.
-bench: redis-server
+# The clients' own workers (bench/workers) run from the clients' installed dependencies.
+bench: redis-server clients-deps
 	$(CARGO) build --release --locked -p baton -p baton-bench
 	npm ci --prefix bench/peers --no-fund --no-audit --loglevel=error
 	target/release/baton-bench --baton target/release/baton --peers bench/peers \

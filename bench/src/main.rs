@@ -124,7 +124,15 @@ async fn main() {
 
     let Bench { rows, mut notes, .. } = bench;
     if let Some(dir) = &args.peers {
-        notes.extend(peers::peer_notes(dir, redis.port, args.duration, &args.concurrency, queue_rate, &rows));
+        notes.extend(peers::peer_notes(
+            dir,
+            baton.addr,
+            redis.port,
+            args.duration,
+            &args.concurrency,
+            queue_rate,
+            &rows,
+        ));
     }
     let half_load: Vec<String> = rows
         .iter()

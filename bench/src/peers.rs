@@ -1,6 +1,8 @@
 //! The peers a user would pick instead of Baton (BullMQ, node-redlock), run by their Node
-//! scripts in `bench/peers` against the benchmark's own Redis.
+//! scripts in `bench/peers` against the benchmark's own Redis; and Baton's queue through each
+//! client's own worker (`bench/workers`), the figure users get, beside BullMQ's.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,6 +13,7 @@ use crate::scenarios::lock::LOCK_DISTINCT;
 /// BullMQ and node-redlock, each beside the Baton figure it compares with.
 pub fn peer_notes(
     dir: &Path,
+    baton: SocketAddr,
     port: u16,
     d: Duration,
     concurrency: &[usize],
@@ -21,6 +24,7 @@ pub fn peer_notes(
     match run_peer(dir, "bullmq.mjs", port, d, &[]) {
         Some(line) => {
             let rate = json_number(&line, "jobs_per_sec").unwrap_or(0.0);
+            notes.extend(worker_notes(baton, rate));
             let versus = match queue {
                 Some((per_job, batched)) => format!(
                     " (Baton: {per_job:.0} jobs/s with one Ack per job = {:.2}× BullMQ; {batched:.0} jobs/s with \
@@ -61,6 +65,47 @@ pub fn peer_notes(
             }
         }
         None => notes.push("node-redlock cycles: not measured (node redlock.mjs failed, see its stderr)".into()),
+    }
+    notes
+}
+
+/// Baton's queue through each client's own worker (concurrency 256 and producers' batches
+/// of 100, as BullMQ's Worker and addBulk are run), with and without ack coalescing.
+fn worker_notes(baton: SocketAddr, bullmq: f64) -> Vec<String> {
+    let addr = baton.to_string();
+    let workers: [(&str, &str, &[&str], Option<&str>); 3] = [
+        ("Node", "node", &["bench/workers/node.mjs"], None),
+        ("Go", "go", &["run", "."], Some("bench/workers/go")),
+        ("Python (asyncio)", "clients/python/.venv/bin/python", &["bench/workers/python.py"], None),
+    ];
+    let mut notes = Vec::new();
+    for (client, program, args, dir) in workers {
+        let rate = |ack_batch_size: &str| {
+            let mut command = Command::new(program);
+            if let Some(dir) = dir {
+                command.current_dir(dir);
+            }
+            let output = command
+                .args(args)
+                .args([addr.as_str(), "", "20000", "256", "100"])
+                .env("ACK_BATCH_SIZE", ack_batch_size)
+                .stderr(Stdio::inherit())
+                .output()
+                .ok()
+                .filter(|output| output.status.success())?;
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            stdout.lines().rev().find(|line| line.starts_with('{')).and_then(|line| json_number(line, "jobs_per_s"))
+        };
+        match (rate("256"), rate("0")) {
+            (Some(coalesced), Some(single)) => notes.push(format!(
+                "Queue through the {client} client's own worker (20,000 jobs, concurrency 256, EnqueueBatch of \
+                 100, from first enqueue to last ack): {coalesced:.0} jobs/s = {:.2}× BullMQ; with one Ack per job \
+                 (ACK_BATCH_SIZE=0) {single:.0} jobs/s = {:.2}× BullMQ",
+                coalesced / bullmq,
+                single / bullmq
+            )),
+            _ => notes.push(format!("Queue through the {client} client's own worker: not measured (see stderr)")),
+        }
     }
     notes
 }
