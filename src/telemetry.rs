@@ -131,8 +131,9 @@ impl<ResBody: 'static, E: 'static> Around<http::Response<ResBody>, E> for GrpcMe
 /// A traced call shown beside the latency bucket it fell in.
 #[derive(Debug, Clone)]
 struct Exemplar {
-    trace_id: String,
-    span_id: String,
+    // Kept as ids and written as hex only when scraped: a traced call allocates nothing here.
+    trace_id: opentelemetry::trace::TraceId,
+    span_id: opentelemetry::trace::SpanId,
     seconds: f64,
     /// Unix seconds.
     at: f64,
@@ -145,7 +146,12 @@ type SeriesLabels = (&'static str, &'static str, &'static str);
 /// The latest traced call per latency series and bucket (the last slot is `+Inf`).
 static EXEMPLARS: LazyLock<Mutex<HashMap<SeriesLabels, Vec<Option<Exemplar>>>>> = LazyLock::new(Default::default);
 
-fn record_exemplar(labels: SeriesLabels, seconds: f64, trace_id: String, span_id: String) {
+fn record_exemplar(
+    labels: SeriesLabels,
+    seconds: f64,
+    trace_id: opentelemetry::trace::TraceId,
+    span_id: opentelemetry::trace::SpanId,
+) {
     let bucket = LATENCY_BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(LATENCY_BUCKETS.len());
     let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let mut exemplars = EXEMPLARS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -294,7 +300,9 @@ mod tests {
     #[test]
     fn openmetrics_names_counter_families_and_attaches_exemplars_to_their_bucket() {
         let labels = ("baton.v1.LockService", "Acquire", "OK");
-        record_exemplar(labels, 0.003, "4bf92f3577b34da6a3ce929d0e0e4736".into(), "00f067aa0ba902b7".into());
+        let trace_id = opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span_id = opentelemetry::trace::SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        record_exemplar(labels, 0.003, trace_id, span_id);
         let text = "# HELP baton_grpc_requests_total calls\n# TYPE baton_grpc_requests_total counter\n\
                     baton_grpc_requests_total{service=\"baton.v1.LockService\",method=\"Acquire\",code=\"OK\"} 1\n\
                     # TYPE baton_grpc_request_duration_seconds histogram\n\

@@ -278,13 +278,13 @@ tokio::task_local! {
     static REDIS_ATTEMPTS: Arc<AtomicU32>;
 }
 
-/// The current span's trace and span ids (hex) when it is sampled: a metric's exemplar.
-pub fn sampled_ids() -> Option<(String, String)> {
+/// The current span's trace and span ids when it is sampled: a metric's exemplar.
+pub fn sampled_ids() -> Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)> {
     if !enabled() {
         return None;
     }
     let span_context = span_context_of(&tracing::Span::current())?;
-    span_context.is_sampled().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+    span_context.is_sampled().then(|| (span_context.trace_id(), span_context.span_id()))
 }
 
 /// A Redis call is being sent again (a script the server had not cached is sent whole).
