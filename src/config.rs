@@ -113,6 +113,15 @@ pub struct Flags {
     #[arg(long, env = "BATON_QUEUE_DEAD_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub queue_dead_retention: Duration,
 
+    /// How many succeeded jobs each queue keeps for inspection (the newest), within
+    /// --queue-retention.
+    #[arg(long, env = "BATON_QUEUE_KEEP_SUCCEEDED", default_value_t = 10_000)]
+    pub queue_keep_succeeded: u64,
+
+    /// How many dead jobs each queue keeps (the newest), within --queue-dead-retention.
+    #[arg(long, env = "BATON_QUEUE_KEEP_DEAD", default_value_t = 10_000)]
+    pub queue_keep_dead: u64,
+
     /// Visibility timeout of a Consume that does not set one.
     #[arg(long, env = "BATON_QUEUE_VISIBILITY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub queue_visibility_timeout: Duration,
@@ -399,7 +408,8 @@ impl Config {
         format!(
             "listen={} metrics_listen={} redis_mode={:?} redis_url={} cache_redis_url={} redis_timeout={:?} \
              shutdown_grace={:?} shutdown_delay={:?} lock_min_replicas={} lock_fence_idle={:?} \
-             queue_retention={:?} queue_dead_retention={:?} queue_visibility_timeout={:?} queue_max_in_flight={} \
+             queue_retention={:?} queue_dead_retention={:?} queue_keep_succeeded={} queue_keep_dead={} \
+             queue_visibility_timeout={:?} queue_max_in_flight={} \
              session_idle_timeout={:?} session_absolute_timeout={:?} session_max_bytes={} session_max_per_subject={} \
              max_connection_age={:?} tls={} mtls={} \
              limits={:?} server={:?} policies=[{}]",
@@ -415,6 +425,8 @@ impl Config {
             self.flags.lock_fence_idle,
             self.flags.queue_retention,
             self.flags.queue_dead_retention,
+            self.flags.queue_keep_succeeded,
+            self.flags.queue_keep_dead,
             self.flags.queue_visibility_timeout,
             self.flags.queue_max_in_flight,
             self.flags.session_idle_timeout,

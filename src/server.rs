@@ -166,6 +166,8 @@ pub async fn run(
     let queue_settings = QueueSettings {
         retention: config.flags.queue_retention,
         dead_retention: config.flags.queue_dead_retention,
+        keep_succeeded: config.flags.queue_keep_succeeded,
+        keep_dead: config.flags.queue_keep_dead,
         default_visibility: config.flags.queue_visibility_timeout,
         max_in_flight: config.flags.queue_max_in_flight,
         default_max_in_flight: defaults.default_max_in_flight.min(config.flags.queue_max_in_flight),

@@ -1,30 +1,35 @@
 -- Completes deliveries of one queue, each independently: the job becomes SUCCEEDED if
 -- `token` is its current lease. Repeating an applied Ack answers done again.
 --
--- KEYS[1] active, then one job key per delivery
--- ARGV[1] retention ms, then per delivery: job_id, token, result, the holding stream's
---         channel ('' when that stream lives in the calling process, which tells it
---         directly)
+-- KEYS[1] active  KEYS[2] succeeded  KEYS[3] watched  KEYS[4] events, then one job key per
+--         delivery
+-- ARGV[1] retention ms  ARGV[2] succeeded jobs kept  ARGV[3] the queue's channel, then per
+--         delivery: job_id, token, result, the holding stream's channel ('' when that
+--         stream lives in the calling process, which tells it directly)
 -- Returns {1, then per delivery 1 done, or the reason the lease may not settle it}.
+record_events(KEYS[3], KEYS[4], ARGV[3])
 local replies = {1}
 local announced = {}
-local settled = {}
-for i = 2, #KEYS do
-  local job, at = KEYS[i], 2 + (i - 2) * 4
+local settled, finished = {}, {}
+for i = 5, #KEYS do
+  local job, at = KEYS[i], 4 + (i - 5) * 4
   local id, token, channel = ARGV[at], ARGV[at + 1], ARGV[at + 3]
-  local state, lease, cancelled, deadline =
-    unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease', 'lease_deadline'))
+  local state, lease, cancelled, deadline, attempts =
+    unpack(redis.call('HMGET', job, 'state', 'lease', 'cancelled_lease', 'lease_deadline', 'attempts'))
   if state == 'SUCCEEDED' and lease == token then
-    replies[i] = 1
+    replies[i - 3] = 1
   else
     local refused = refusal(state, lease, cancelled, token, deadline)
     if refused then
-      replies[i] = refused
+      replies[i - 3] = refused
     else
       table.insert(settled, id)
+      table.insert(finished, int(now))
+      table.insert(finished, id)
       redis.call('HSET', job, 'state', 'SUCCEEDED', 'result', ARGV[at + 2], 'finished_at', int(now))
       redis.call('PEXPIRE', job, ARGV[1])
-      replies[i] = 1
+      replies[i - 3] = 1
+      event('succeeded', id, 'SUCCEEDED', attempts)
       -- One wake-up per stream, however many of its leases this call settled.
       if channel ~= '' and not announced[channel] then
         announced[channel] = true
@@ -34,4 +39,11 @@ for i = 2, #KEYS do
   end
 end
 in_bulk('ZREM', KEYS[1], settled)
+if #settled > 0 then
+  in_bulk('ZADD', KEYS[2], finished)
+  -- Past retention their hashes have expired: drop them from the index too.
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', int(now - tonumber(ARGV[1]) * 1000))
+  keep_newest(KEYS[2], KEYS[5], ARGV[4], ARGV[2])
+end
+announce_events()
 return replies

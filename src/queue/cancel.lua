@@ -2,6 +2,7 @@
 -- holder's Ack is refused and its stream is told (it finds `cancelled_lease`).
 --
 -- KEYS[1] job  KEYS[2] ready  KEYS[3] ready_since  KEYS[4] scheduled  KEYS[5] active
+-- KEYS[6] watched  KEYS[7] events
 -- ARGV: job_id, retention ms, the queue's channel (a stream's is it plus ':' and the
 --       first 16 hex digits of its lease tokens)
 -- Returns {1, cancelled (0|1), state after}.
@@ -21,4 +22,7 @@ if state == 'ACTIVE' then
   redis.call('PUBLISH', ARGV[3] .. ':' .. string.sub(lease, 1, 16), 'cancelled')
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+record_events(KEYS[6], KEYS[7], ARGV[3])
+event('cancelled', ARGV[1], 'CANCELLED', redis.call('HGET', KEYS[1], 'attempts'))
+announce_events()
 return {1, 1, 'CANCELLED'}

@@ -1,18 +1,20 @@
 -- Adds jobs to one queue, each independently: a repeated dedup key returns the existing
 -- job instead (also within the call).
 --
--- KEYS[1] ready   KEYS[2] ready_since   KEYS[3] scheduled, then per job: its key, its dedup key
+-- KEYS[1] ready   KEYS[2] ready_since   KEYS[3] scheduled   KEYS[4] watched   KEYS[5] events,
+--         then per job: its key, its dedup key
 -- ARGV[1] notify channel, then per job 13 values: job_id, type, payload, priority,
 --         max_attempts, backoff_initial_us, backoff_max_us, backoff_multiplier, delay_us
 --         (or 0), run_at_us (or 0), dedup_key ('' = none), dedup_ttl_ms, traceparent ('' = none)
 -- Returns {1, then per job {job_id, duplicate (0|1)}}. `job_count` is set before this body
 -- (by the line Enqueue prepends, or by schedule/tick.lua).
+record_events(KEYS[4], KEYS[5], ARGV[1])
 local replies = {1}
 local added = false
 -- Index entries are added at the end, one command per index for the whole call.
 local ranked, since, scheduled = {}, {}, {}
 for j = 0, job_count - 1 do
-  local job, dedup, a = KEYS[4 + 2 * j], KEYS[5 + 2 * j], 1 + 13 * j
+  local job, dedup, a = KEYS[6 + 2 * j], KEYS[7 + 2 * j], 1 + 13 * j
   local id, dedup_key = ARGV[a + 1], ARGV[a + 11]
   local existing = dedup_key ~= '' and redis.call('GET', dedup) or nil
   if existing then
@@ -51,6 +53,13 @@ for j = 0, job_count - 1 do
     end
     replies[j + 2] = {id, 0}
     added = true
+    if events.on then
+      if state == 'SCHEDULED' then
+        event('enqueued', id, state, 0, 'type', ARGV[a + 2], 'run_at', int(run_at))
+      else
+        event('enqueued', id, state, 0, 'type', ARGV[a + 2])
+      end
+    end
   end
 end
 in_bulk('ZADD', KEYS[1], ranked)
@@ -61,4 +70,5 @@ in_bulk('ZADD', KEYS[3], scheduled)
 if added then
   redis.call('PUBLISH', ARGV[1], 'enqueued')
 end
+announce_events()
 return replies

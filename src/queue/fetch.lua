@@ -2,21 +2,23 @@
 -- jobs to one consumer — one atomic step, so no job is ever in two places or none.
 --
 -- KEYS[1] ready  KEYS[2] ready_since  KEYS[3] scheduled  KEYS[4] active  KEYS[5] dead
--- KEYS[6] paused
+-- KEYS[6] paused  KEYS[7] watched  KEYS[8] events
 -- ARGV[1] job key prefix   ARGV[2] count   ARGV[3] visibility µs   ARGV[4] dead retention ms
--- ARGV[5] notify channel   ARGV[6] number of type filters, then the types, then `count`
---         lease tokens
+-- ARGV[5] notify channel   ARGV[6] dead jobs kept   ARGV[7] number of type filters, then the
+--         types, then `count` lease tokens
 -- Returns {1, next_event_in_us (-1: nothing pending), leases reclaimed, then per delivery:
 --          {job_id, attempt, lease_token, lease_deadline_us, HGETALL of the job}}.
 local prefix = ARGV[1]
 local count = tonumber(ARGV[2])
 local visibility = tonumber(ARGV[3])
-local type_count = tonumber(ARGV[6])
+local type_count = tonumber(ARGV[7])
 local wanted = {}
 for i = 1, type_count do
-  wanted[ARGV[6 + i]] = true
+  wanted[ARGV[7 + i]] = true
 end
-local tokens_at = 6 + type_count
+local tokens_at = 7 + type_count
+local dead_limits = {ARGV[4], ARGV[6]}
+record_events(KEYS[7], KEYS[8], ARGV[5])
 
 -- Due delayed and retrying jobs become ready, ranked by when they became due.
 local became_ready = false
@@ -37,12 +39,13 @@ for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[4], id)
   local attempts, max_attempts, was_due = unpack(redis.call('HMGET', job, 'attempts', 'max_attempts', 'due'))
   if tonumber(attempts) >= tonumber(max_attempts) then
-    make_dead(KEYS[5], id, job, ARGV[4], 'lease expired')
+    make_dead(KEYS[5], id, job, dead_limits, 'lease expired')
   else
     make_ready(KEYS[1], KEYS[2], id, job, tonumber(was_due))
     redis.call('HINCRBY', job, 'expired_leases', 1)
     reclaimed = reclaimed + 1
     became_ready = true
+    event('stalled', id, 'READY', attempts, 'error', 'lease expired')
   end
 end
 if became_ready then
@@ -77,6 +80,7 @@ if count > 0 and redis.call('EXISTS', KEYS[6]) == 0 then
       local attempt = redis.call('HINCRBY', job, 'attempts', 1)
       redis.call('HSET', job, 'state', 'ACTIVE', 'lease', token, 'lease_deadline', int(deadline))
       replies[#replies + 1] = {id, attempt, token, int(deadline), redis.call('HGETALL', job)}
+      event('active', id, 'ACTIVE', attempt)
     end
   end
   in_bulk('ZREM', KEYS[1], taken)
@@ -96,4 +100,5 @@ for _, key in ipairs({KEYS[3], KEYS[4]}) do
   end
 end
 replies[2] = next_event
+announce_events()
 return replies

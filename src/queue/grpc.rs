@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -14,15 +16,17 @@ use crate::proto::v1::{
     DeleteScheduleRequest, DeleteScheduleResponse, EnqueueBatchRequest, EnqueueBatchResponse, EnqueueRequest,
     EnqueueResponse, ExtendRequest, ExtendResponse, GetJobRequest, GetJobResponse, GetQueueStatsRequest,
     GetQueueStatsResponse, GetScheduleRequest, GetScheduleResponse, ListDeadJobsRequest, ListDeadJobsResponse,
-    ListSchedulesRequest, ListSchedulesResponse, NackRequest, NackResponse, PauseQueueRequest, PauseQueueResponse,
-    PauseScheduleRequest, PauseScheduleResponse, ResumeQueueRequest, ResumeQueueResponse, ResumeScheduleRequest,
-    ResumeScheduleResponse, RetryDeadJobsRequest, RetryDeadJobsResponse, consume_response, enqueue_request,
+    ListJobsRequest, ListJobsResponse, ListSchedulesRequest, ListSchedulesResponse, NackRequest, NackResponse,
+    PauseQueueRequest, PauseQueueResponse, PauseScheduleRequest, PauseScheduleResponse, ResumeQueueRequest,
+    ResumeQueueResponse, ResumeScheduleRequest, ResumeScheduleResponse, RetryDeadJobsRequest, RetryDeadJobsResponse,
+    UpdateProgressRequest, UpdateProgressResponse, WatchJobRequest, WatchJobResponse, WatchQueueRequest,
+    WatchQueueResponse, consume_response, enqueue_request, watch_queue_response,
 };
 use crate::proto::{duration_from_proto, duration_to_proto, now_micros, timestamp_from_micros};
 use crate::queue::schedule;
 use crate::queue::{
-    Backoff, ConsumeOptions, Consumer, ConsumerEvent, Delivery, Job, JobState, LeaseRef, MAX_PRIORITY, MIN_PRIORITY,
-    NewJob, QueueManager, QueueSettings, Steering,
+    Backoff, ConsumeOptions, Consumer, ConsumerEvent, Delivery, EventKind, Job, JobState, LeaseRef, MAX_PRIORITY,
+    MIN_PRIORITY, NewJob, Progress, QueueEvent, QueueManager, QueueSettings, Steering, Watched,
 };
 use crate::validate;
 use crate::validate::Limits;
@@ -34,8 +38,14 @@ const DEFAULT_SCHEDULE_PAGE: u32 = 100;
 const MAX_SCHEDULE_PAGE: u32 = 1000;
 const MAX_TYPE_FILTERS: usize = 32;
 const MAX_ERROR_BYTES: usize = 64 * 1024;
-const DEFAULT_DEAD_PAGE: usize = 100;
-const MAX_DEAD_PAGE: usize = 1000;
+/// ListDeadJobs and ListJobs pages.
+const DEFAULT_JOB_PAGE: usize = 100;
+const MAX_JOB_PAGE: usize = 1000;
+const MAX_PROGRESS_DETAIL_BYTES: usize = 4096;
+/// Messages a watcher's stream holds before its reader is too slow (then it misses events).
+const WATCH_BUFFER: usize = 16;
+/// A job watcher re-reads its job this often even without news (a lost announcement).
+const JOB_RECHECK: Duration = Duration::from_secs(5);
 /// How long a Consume stream may stay open without naming its queue.
 const FIRST_MESSAGE_WAIT: Duration = Duration::from_secs(10);
 
@@ -224,6 +234,66 @@ fn state_to_proto(state: JobState) -> pb::JobState {
     }
 }
 
+fn progress_to_proto(progress: Progress) -> pb::Progress {
+    pb::Progress {
+        value: progress.value,
+        detail: progress.detail,
+        reported_at: Some(timestamp_from_micros(progress.reported_at_micros)),
+    }
+}
+
+fn kind_to_proto(kind: EventKind) -> pb::QueueEventKind {
+    match kind {
+        EventKind::Enqueued => pb::QueueEventKind::Enqueued,
+        EventKind::Active => pb::QueueEventKind::Active,
+        EventKind::Progress => pb::QueueEventKind::Progress,
+        EventKind::Succeeded => pb::QueueEventKind::Succeeded,
+        EventKind::Failed => pb::QueueEventKind::Failed,
+        EventKind::Dead => pb::QueueEventKind::Dead,
+        EventKind::Stalled => pb::QueueEventKind::Stalled,
+        EventKind::Returned => pb::QueueEventKind::Returned,
+        EventKind::Redriven => pb::QueueEventKind::Redriven,
+        EventKind::Cancelled => pb::QueueEventKind::Cancelled,
+    }
+}
+
+fn watched_to_proto(watched: Watched) -> WatchQueueResponse {
+    let message = match watched {
+        Watched::Missed(count) => watch_queue_response::Message::Missed(pb::EventsMissed { count }),
+        Watched::Event(event) => {
+            let QueueEvent { kind, job_id, state, attempt, at_micros, progress, error, run_at_micros, job_type } =
+                (*event).clone();
+            watch_queue_response::Message::Event(pb::QueueEvent {
+                kind: kind_to_proto(kind) as i32,
+                job_id,
+                state: state_to_proto(state) as i32,
+                attempt,
+                at: Some(timestamp_from_micros(at_micros)),
+                progress: progress.map(progress_to_proto),
+                error,
+                run_at: run_at_micros.map(timestamp_from_micros),
+                r#type: job_type,
+            })
+        }
+    };
+    WatchQueueResponse { message: Some(message) }
+}
+
+/// The ListJobs / ListDeadJobs page size and offset.
+fn job_page(page_size: u32, page_token: &str) -> Result<(usize, usize), Error> {
+    let page_size = match page_size as usize {
+        0 => DEFAULT_JOB_PAGE,
+        n if n > MAX_JOB_PAGE => return Err(Error::invalid("page_size", format!("must be at most {MAX_JOB_PAGE}"))),
+        n => n,
+    };
+    // Tokens are offsets these RPCs returned; anything past Redis' signed range is not one.
+    let offset = match page_token {
+        "" => 0,
+        token => token.parse::<u32>().map_err(|_| Error::invalid("page_token", "is not a token this RPC returned"))?,
+    };
+    Ok((page_size, offset as usize))
+}
+
 fn job_to_proto(job: Job) -> pb::Job {
     let trace_context = crate::traces::carried_context(&job.trace_context);
     pb::Job {
@@ -247,6 +317,7 @@ fn job_to_proto(job: Job) -> pb::Job {
         }),
         finished_at: job.finished_at_micros.map(timestamp_from_micros),
         trace_context,
+        progress: job.progress.map(progress_to_proto),
     }
 }
 
@@ -280,6 +351,140 @@ fn delivery_to_proto(delivery: Delivery) -> ConsumeResponse {
 #[tonic::async_trait]
 impl JobQueueService for JobQueueGrpc {
     type ConsumeStream = std::pin::Pin<Box<dyn Stream<Item = Result<ConsumeResponse, Status>> + Send>>;
+    type WatchJobStream = ReceiverStream<Result<WatchJobResponse, Status>>;
+    type WatchQueueStream = ReceiverStream<Result<WatchQueueResponse, Status>>;
+
+    async fn update_progress(
+        &self,
+        request: Request<UpdateProgressRequest>,
+    ) -> Result<Response<UpdateProgressResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
+        let request = request.into_inner();
+        let lease = lease(&request.lease_id)?;
+        if !request.value.is_finite() {
+            return Err(Error::invalid("value", "must be a finite number").into());
+        }
+        if request.detail.len() > MAX_PROGRESS_DETAIL_BYTES {
+            return Err(Error::invalid("detail", format!("must be at most {MAX_PROGRESS_DETAIL_BYTES} bytes")).into());
+        }
+        self.queues.scoped(&namespace).update_progress(&lease, request.value, &request.detail).await?;
+        Ok(Response::new(UpdateProgressResponse {}))
+    }
+
+    async fn watch_job(&self, request: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown.into());
+        }
+        let namespace = crate::auth::namespace(&request);
+        let job_id = request.into_inner().job_id;
+        let queue = crate::queue::queue_of_job(&job_id)
+            .ok_or_else(|| Error::invalid("job_id", "is not a job id issued by Baton"))?;
+        crate::traces::record_name(&queue);
+        let queues = self.queues.scoped(&namespace);
+        let watch = queues.watch_job(&queue, &job_id).await?;
+        let notified = watch.wake.clone().notified_owned();
+        let mut notified = Box::pin(notified);
+        notified.as_mut().enable();
+        let Some(mut last) = queues.get_job(&job_id).await? else {
+            return Err(job_not_found(&job_id).into());
+        };
+        last.payload.clear();
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        sender.try_send(Ok(WatchJobResponse { job: Some(job_to_proto(last.clone())) })).expect("a fresh channel");
+        if !is_finished(last.state) {
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                let _watch = &watch;
+                loop {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep(JOB_RECHECK) => {}
+                        () = sender.closed() => return,
+                        () = shutdown.cancelled() => {
+                            let _ = sender.send(Err(Error::ShuttingDown.into())).await;
+                            return;
+                        }
+                    }
+                    notified = Box::pin(watch.wake.clone().notified_owned());
+                    notified.as_mut().enable();
+                    let job = match queues.get_job(&job_id).await {
+                        Ok(Some(job)) => Job { payload: Vec::new(), ..job },
+                        Ok(None) => {
+                            let _ = sender.send(Err(job_not_found(&job_id).into())).await;
+                            return;
+                        }
+                        // Redis is away: read again on the next news or recheck.
+                        Err(_) => continue,
+                    };
+                    if job == last {
+                        continue;
+                    }
+                    last = job.clone();
+                    if sender.send(Ok(WatchJobResponse { job: Some(job_to_proto(job)) })).await.is_err()
+                        || is_finished(last.state)
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn watch_queue(
+        &self,
+        request: Request<WatchQueueRequest>,
+    ) -> Result<Response<Self::WatchQueueStream>, Status> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown.into());
+        }
+        let namespace = crate::auth::namespace(&request);
+        let queue = request.into_inner().queue;
+        validate::key("queue", &queue, &self.limits)?;
+        crate::traces::record_name(&queue);
+        let mut watch = self.queues.scoped(&namespace).watch_queue(&queue).await?;
+        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    watched = watch.next() => {
+                        if sender.send(Ok(watched_to_proto(watched))).await.is_err() {
+                            return;
+                        }
+                    }
+                    () = sender.closed() => return,
+                    () = shutdown.cancelled() => {
+                        let _ = sender.send(Err(Error::ShuttingDown.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
+        let request = request.into_inner();
+        validate::key("queue", &request.queue, &self.limits)?;
+        let state = match pb::JobState::try_from(request.state) {
+            Ok(pb::JobState::Ready) => JobState::Ready,
+            Ok(pb::JobState::Scheduled) => JobState::Scheduled,
+            Ok(pb::JobState::Active) => JobState::Active,
+            Ok(pb::JobState::Succeeded) => JobState::Succeeded,
+            Ok(pb::JobState::Dead) => JobState::Dead,
+            _ => {
+                return Err(Error::invalid("state", "must be READY, SCHEDULED, ACTIVE, SUCCEEDED or DEAD").into());
+            }
+        };
+        let (page_size, offset) = job_page(request.page_size, &request.page_token)?;
+        let (jobs, more) = self.queues.scoped(&namespace).list_jobs(&request.queue, state, offset, page_size).await?;
+        Ok(Response::new(ListJobsResponse {
+            jobs: jobs.into_iter().map(job_to_proto).collect(),
+            next_page_token: if more { (offset + page_size).to_string() } else { String::new() },
+        }))
+    }
 
     async fn create_schedule(
         &self,
@@ -554,6 +759,7 @@ impl JobQueueService for JobQueueGrpc {
             dead: stats.dead,
             paused: stats.paused,
             oldest_ready_age: Some(duration_to_proto(stats.oldest_ready_age)),
+            succeeded: stats.succeeded,
         }))
     }
 
@@ -564,19 +770,10 @@ impl JobQueueService for JobQueueGrpc {
         let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         validate::key("queue", &request.queue, &self.limits)?;
-        let page_size = match request.page_size as usize {
-            0 => DEFAULT_DEAD_PAGE,
-            n => n.min(MAX_DEAD_PAGE),
-        };
-        // Tokens are offsets this RPC returned; anything past Redis' signed range is not one.
-        let offset: usize = match request.page_token.as_str() {
-            "" => 0,
-            token => {
-                token.parse::<u32>().map_err(|_| Error::invalid("page_token", "is not a token this RPC returned"))?
-                    as usize
-            }
-        };
-        let (jobs, more) = self.queues.scoped(&namespace).list_dead(&request.queue, offset, page_size).await?;
+        // ListDeadJobs has always capped an oversized page rather than refusing it.
+        let (page_size, offset) = job_page(request.page_size.min(MAX_JOB_PAGE as u32), &request.page_token)?;
+        let (jobs, more) =
+            self.queues.scoped(&namespace).list_jobs(&request.queue, JobState::Dead, offset, page_size).await?;
         Ok(Response::new(ListDeadJobsResponse {
             jobs: jobs.into_iter().map(job_to_proto).collect(),
             next_page_token: if more { (offset + page_size).to_string() } else { String::new() },
@@ -622,6 +819,10 @@ impl JobQueueService for JobQueueGrpc {
         self.queues.scoped(&namespace).resume(&queue).await?;
         Ok(Response::new(ResumeQueueResponse {}))
     }
+}
+
+fn is_finished(state: JobState) -> bool {
+    matches!(state, JobState::Succeeded | JobState::Dead | JobState::Cancelled)
 }
 
 fn job_not_found(job_id: &str) -> Error {

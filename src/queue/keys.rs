@@ -47,24 +47,58 @@ impl<'a> QueueKeys<'a> {
         self.keys.channel(Pattern::Queue, self.queue)
     }
 
+    /// The index a state's jobs are listed from (ListJobs), if it has one.
+    pub(super) fn index_of(&self, state: super::JobState) -> Option<String> {
+        use super::JobState;
+        let part = match state {
+            JobState::Ready => "ready",
+            JobState::Scheduled => "scheduled",
+            JobState::Active => "active",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+            JobState::Failed | JobState::Cancelled => return None,
+        };
+        Some(self.part(part))
+    }
+
+    /// The queue's events (prelude.lua's `record_events`), and watch.lua's keys.
+    pub(super) fn events(&self) -> Vec<String> {
+        self.parts(["watched", "events"])
+    }
+
+    pub(super) fn event_stream(&self) -> String {
+        self.part("events")
+    }
+
+    /// Where scripts announce recorded events (prelude.lua's `record_events`).
+    pub(super) fn events_channel(&self) -> String {
+        format!("{}:events", self.channel())
+    }
+
     /// enqueue.lua, before the per-job pairs of [`QueueKeys::job`] and [`QueueKeys::dedup`].
     pub(super) fn enqueue(&self) -> Vec<String> {
-        self.parts(["ready", "ready_since", "scheduled"])
+        self.parts(["ready", "ready_since", "scheduled", "watched", "events"])
     }
 
     /// fetch.lua and stats.lua.
     pub(super) fn whole_queue(&self) -> Vec<String> {
-        self.parts(["ready", "ready_since", "scheduled", "active", "dead", "paused"])
+        self.parts(["ready", "ready_since", "scheduled", "active", "dead", "paused", "watched", "events", "succeeded"])
     }
 
     /// ack.lua, before one job key per delivery.
     pub(super) fn ack(&self) -> Vec<String> {
-        self.parts(["active"])
+        self.parts(["active", "succeeded", "watched", "events"])
     }
 
     pub(super) fn nack(&self, job_id: &str) -> Vec<String> {
         let mut keys = vec![self.job(job_id)];
-        keys.extend(self.parts(["active", "scheduled", "dead"]));
+        keys.extend(self.parts(["active", "scheduled", "dead", "watched", "events"]));
+        keys
+    }
+
+    pub(super) fn progress(&self, job_id: &str) -> Vec<String> {
+        let mut keys = vec![self.job(job_id)];
+        keys.extend(self.events());
         keys
     }
 
@@ -74,12 +108,12 @@ impl<'a> QueueKeys<'a> {
 
     /// hand_back.lua, before the job keys.
     pub(super) fn hand_back(&self) -> Vec<String> {
-        self.parts(["ready", "ready_since", "active", "dead"])
+        self.parts(["ready", "ready_since", "active", "dead", "watched", "events"])
     }
 
     pub(super) fn cancel(&self, job_id: &str) -> Vec<String> {
         let mut keys = vec![self.job(job_id)];
-        keys.extend(self.parts(["ready", "ready_since", "scheduled", "active"]));
+        keys.extend(self.parts(["ready", "ready_since", "scheduled", "active", "watched", "events"]));
         keys
     }
 
@@ -90,6 +124,6 @@ impl<'a> QueueKeys<'a> {
 
     /// retry_dead.lua, before the job keys.
     pub(super) fn retry_dead(&self) -> Vec<String> {
-        self.parts(["ready", "ready_since", "dead"])
+        self.parts(["ready", "ready_since", "dead", "watched", "events"])
     }
 }

@@ -11,6 +11,7 @@
 
 mod combine;
 mod consumer;
+mod events;
 pub mod grpc;
 mod ids;
 mod keys;
@@ -28,6 +29,7 @@ use crate::error::Error;
 use crate::store::notify::Notifier;
 use crate::store::{Arg, Command, Fields, KeyBuilder, Outcome, Pipeline, Script, Store, StoreError};
 pub use consumer::{ConsumeOptions, Consumer, ConsumerEvent, Steering};
+pub use events::{EventKind, QueueEvent, Watched};
 pub use ids::{LeaseRef, new_job_id, queue_of_job};
 use ids::{STREAM_ID_BYTES, new_lease_token};
 use keys::QueueKeys;
@@ -37,7 +39,7 @@ pub use settlement::{LocalStream, SettledInbox};
 const PRELUDE: &str = include_str!("prelude.lua");
 const ENQUEUE_BODY: &str = include_str!("enqueue.lua");
 static ENQUEUE: LazyLock<Script> =
-    LazyLock::new(|| Script::new("queue_enqueue", &[PRELUDE, "local job_count = (#KEYS - 3) / 2\n", ENQUEUE_BODY]));
+    LazyLock::new(|| Script::new("queue_enqueue", &[PRELUDE, "local job_count = (#KEYS - 5) / 2\n", ENQUEUE_BODY]));
 static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new("queue_fetch", &[PRELUDE, include_str!("fetch.lua")]));
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new("queue_ack", &[PRELUDE, include_str!("ack.lua")]));
 static NACK: LazyLock<Script> = LazyLock::new(|| Script::new("queue_nack", &[PRELUDE, include_str!("nack.lua")]));
@@ -49,6 +51,9 @@ static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new("queue_cancel", &
 static RETRY_DEAD: LazyLock<Script> =
     LazyLock::new(|| Script::new("queue_retry_dead", &[PRELUDE, include_str!("retry_dead.lua")]));
 static STATS: LazyLock<Script> = LazyLock::new(|| Script::new("queue_stats", &[PRELUDE, include_str!("stats.lua")]));
+static PROGRESS: LazyLock<Script> =
+    LazyLock::new(|| Script::new("queue_progress", &[PRELUDE, include_str!("progress.lua")]));
+static WATCH: LazyLock<Script> = LazyLock::new(|| Script::new("queue_watch", &[PRELUDE, include_str!("watch.lua")]));
 
 pub const MIN_PRIORITY: i32 = -1000;
 pub const MAX_PRIORITY: i32 = 1000;
@@ -107,6 +112,15 @@ pub struct Job {
     pub finished_at_micros: Option<u64>,
     /// The W3C `traceparent` the job was enqueued under; empty when none.
     pub trace_context: String,
+    pub progress: Option<Progress>,
+}
+
+/// How far a worker said it was with a job (UpdateProgress).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub value: f64,
+    pub detail: Vec<u8>,
+    pub reported_at_micros: u64,
 }
 
 /// A validated Enqueue.
@@ -220,6 +234,10 @@ pub struct QueueSettings {
     pub retention: Duration,
     /// How long dead jobs are kept for inspection and redrive.
     pub dead_retention: Duration,
+    /// How many succeeded jobs each queue keeps (the newest), within `retention`.
+    pub keep_succeeded: u64,
+    /// How many dead jobs each queue keeps (the newest), within `dead_retention`.
+    pub keep_dead: u64,
     pub default_max_attempts: u32,
     pub max_attempts: u32,
     pub default_backoff: Duration,
@@ -238,6 +256,8 @@ impl Default for QueueSettings {
         Self {
             retention: Duration::from_secs(24 * 3600),
             dead_retention: Duration::from_secs(7 * 24 * 3600),
+            keep_succeeded: 10_000,
+            keep_dead: 10_000,
             default_max_attempts: 3,
             max_attempts: 1000,
             default_backoff: Duration::from_secs(1),
@@ -291,6 +311,8 @@ pub struct QueueStats {
     pub dead: u64,
     pub paused: bool,
     pub oldest_ready_age: Duration,
+    /// Succeeded jobs kept (retention).
+    pub succeeded: u64,
 }
 
 #[derive(Clone)]
@@ -302,11 +324,21 @@ pub struct QueueManager {
     local_streams: Arc<LocalStreams>,
     /// Shared by every namespace's manager; keyed by namespace and queue.
     acks: Arc<combine::AckCombiner>,
+    /// Watched queues' event followers, shared the same way.
+    hubs: events::Hubs,
 }
 
 impl QueueManager {
     pub fn new(store: Store, keys: KeyBuilder, notifier: Notifier, settings: QueueSettings) -> Self {
-        Self { store, keys, notifier, settings, local_streams: Arc::default(), acks: Arc::default() }
+        Self {
+            store,
+            keys,
+            notifier,
+            settings,
+            local_streams: Arc::default(),
+            acks: Arc::default(),
+            hubs: events::Hubs::default(),
+        }
     }
 
     /// The same manager acting for another tenant namespace.
@@ -399,6 +431,7 @@ impl QueueManager {
             micros(visibility).into(),
             (self.settings.dead_retention.as_millis() as u64).into(),
             (&channel).into(),
+            self.settings.keep_dead.into(),
             types.len().into(),
         ];
         args.extend(types.iter().map(Arg::from));
@@ -453,8 +486,9 @@ impl QueueManager {
         let routes: Vec<(String, Option<Arc<SettledInbox>>)> =
             acks.iter().map(|(lease, _)| self.settlement_route(lease)).collect();
         let retention_ms = self.settings.retention.as_millis() as u64;
-        let mut args: Vec<Arg> = Vec::with_capacity(1 + acks.len() * 4);
-        args.push(retention_ms.into());
+        let channel = queue_keys.channel();
+        let mut args: Vec<Arg> = Vec::with_capacity(3 + acks.len() * 4);
+        args.extend([Arg::from(retention_ms), self.settings.keep_succeeded.into(), (&channel).into()]);
         for ((lease, result), (channel, _)) in acks.iter().zip(&routes) {
             keys.push(queue_keys.job(&lease.job_id));
             args.extend([Arg::from(&lease.job_id), (&lease.token).into(), result.into(), channel.into()]);
@@ -498,6 +532,7 @@ impl QueueManager {
             (self.settings.dead_retention.as_millis() as u64).into(),
             (&channel).into(),
             (&queue_channel).into(),
+            self.settings.keep_dead.into(),
         ];
         match self.store.eval(&NACK, &queue_keys.nack(&lease.job_id), &args).await?.outcome()? {
             Outcome::Done(fields) => {
@@ -521,6 +556,17 @@ impl QueueManager {
         let keys = self.queue_keys(&lease.queue).extend(&lease.job_id);
         let args = [Arg::from(&lease.job_id), (&lease.token).into(), micros(visibility).into()];
         match self.store.eval(&EXTEND, &keys, &args).await?.outcome()? {
+            Outcome::Done(fields) => Ok(fields.int(0)?.max(0) as u64),
+            Outcome::Refused { reason, .. } => Err(Self::settle_error(&reason)),
+        }
+    }
+
+    /// Records a held job's progress; returns when (µs).
+    pub async fn update_progress(&self, lease: &LeaseRef, value: f64, detail: &[u8]) -> Result<u64, Error> {
+        let queue_keys = self.queue_keys(&lease.queue);
+        let (value, channel) = (value.to_string(), queue_keys.channel());
+        let args = [Arg::from(&lease.job_id), (&lease.token).into(), (&value).into(), detail.into(), (&channel).into()];
+        match self.store.eval(&PROGRESS, &queue_keys.progress(&lease.job_id), &args).await?.outcome()? {
             Outcome::Done(fields) => Ok(fields.int(0)?.max(0) as u64),
             Outcome::Refused { reason, .. } => Err(Self::settle_error(&reason)),
         }
@@ -564,8 +610,12 @@ impl QueueManager {
         let mut keys = queue_keys.hand_back();
         keys.extend(leases.iter().map(|l| queue_keys.job(&l.job_id)));
         let channel = queue_keys.channel();
-        let mut args: Vec<Arg> =
-            vec![(self.settings.dead_retention.as_millis() as u64).into(), (&channel).into(), unstarted.into()];
+        let mut args: Vec<Arg> = vec![
+            (self.settings.dead_retention.as_millis() as u64).into(),
+            (&channel).into(),
+            unstarted.into(),
+            self.settings.keep_dead.into(),
+        ];
         for lease in leases {
             args.push((&lease.job_id).into());
             args.push((&lease.token).into());
@@ -599,9 +649,10 @@ impl QueueManager {
     }
 
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, Error> {
-        let args = [micros(self.settings.dead_retention).into()];
+        let args = [micros(self.settings.dead_retention).into(), micros(self.settings.retention).into()];
         let counts = self.store.eval(&STATS, &self.queue_keys(queue).whole_queue(), &args).await?.done()?;
-        let [ready, scheduled, active, dead, paused, age] = [0, 1, 2, 3, 4, 5].map(|index| counts.int(index));
+        let [ready, scheduled, active, dead, paused, age, succeeded] =
+            [0, 1, 2, 3, 4, 5, 6].map(|index| counts.int(index));
         let (ready, scheduled, active, dead, paused, age) = (ready?, scheduled?, active?, dead?, paused?, age?);
         let count = |n: i64| n.max(0) as u64;
         record_queue_gauges(
@@ -616,17 +667,27 @@ impl QueueManager {
             dead: count(dead),
             paused: paused == 1,
             oldest_ready_age: Duration::from_micros(count(age)),
+            succeeded: count(succeeded?),
         })
     }
 
-    /// Dead jobs, oldest death first; `offset` pages.
-    pub async fn list_dead(&self, queue: &str, offset: usize, page_size: usize) -> Result<(Vec<Job>, bool), Error> {
-        let end = (offset + page_size) as isize; // one extra tells whether a next page exists
+    /// A page of the jobs in `state` (one with an index: see [`QueueKeys::index_of`]), in
+    /// their index's order — newest first for SUCCEEDED; `offset` pages.
+    pub async fn list_jobs(
+        &self,
+        queue: &str,
+        state: JobState,
+        offset: usize,
+        page_size: usize,
+    ) -> Result<(Vec<Job>, bool), Error> {
         let queue_keys = self.queue_keys(queue);
-        let ids: Vec<String> = self
-            .store
-            .command("queue_list_dead", &Command::new("ZRANGE").arg(&queue_keys.dead()).arg(offset).arg(end as u64))
-            .await?;
+        let index = queue_keys.index_of(state).ok_or_else(|| Error::invalid("state", "has no list"))?;
+        let end = (offset + page_size) as u64; // one extra tells whether a next page exists
+        let mut range = Command::new("ZRANGE").arg(&index).arg(offset).arg(end);
+        if state == JobState::Succeeded {
+            range = range.arg("REV");
+        }
+        let ids: Vec<String> = self.store.command("queue_list_jobs", &range).await?;
         let more = ids.len() > page_size;
         let ids = &ids[..ids.len().min(page_size)];
         let mut pipe = Pipeline::new();
@@ -634,10 +695,10 @@ impl QueueManager {
             pipe.add(Command::new("HGETALL").arg(&queue_keys.job(id)));
         }
         let hashes: Vec<HashMap<String, Vec<u8>>> =
-            if ids.is_empty() { Vec::new() } else { self.store.pipeline("queue_list_dead_jobs", &pipe).await? };
+            if ids.is_empty() { Vec::new() } else { self.store.pipeline("queue_list_jobs_read", &pipe).await? };
         let mut jobs = Vec::new();
         for (id, fields) in ids.iter().zip(hashes) {
-            // An entry whose job hash has expired is a leftover for the next stats sweep.
+            // An entry whose job hash has expired is a leftover for the next sweep.
             if !fields.is_empty() {
                 jobs.push(decode_job(queue, id, fields.into_iter().collect())?);
             }
@@ -754,5 +815,10 @@ fn decode_job(queue: &str, job_id: &str, fields: Vec<(String, Vec<u8>)>) -> Resu
         },
         finished_at_micros: (finished_at > 0).then_some(finished_at),
         trace_context: text("trace"),
+        progress: fields.contains_key("progress_at").then(|| Progress {
+            value: number("progress"),
+            detail: fields.get("progress_detail").cloned().unwrap_or_default(),
+            reported_at_micros: number("progress_at") as u64,
+        }),
     })
 }

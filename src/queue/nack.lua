@@ -1,15 +1,17 @@
 -- Fails one delivery: schedules a retry after the backoff (or `retry_after`), or moves the
 -- job to the dead set when asked or when its attempts are spent.
 --
--- KEYS[1] job   KEYS[2] active   KEYS[3] scheduled   KEYS[4] dead
+-- KEYS[1] job   KEYS[2] active   KEYS[3] scheduled   KEYS[4] dead   KEYS[5] watched
+-- KEYS[6] events
 -- ARGV: job_id, token, error, retry_after_us (0: the job's backoff), dead_letter (0|1),
 --       jitter in [0, 1), dead retention ms, the holding stream's channel ('' when that
---       stream lives in the calling process), the queue's channel
+--       stream lives in the calling process), the queue's channel, dead jobs kept
 -- Returns {1, state, run_at_us} or {0, reason}.
 local refusal = lease_refusal(KEYS[1], ARGV[2])
 if refusal then
   return {0, refusal}
 end
+record_events(KEYS[5], KEYS[6], ARGV[9])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'last_error', ARGV[3])
 if ARGV[8] ~= '' then
@@ -18,7 +20,8 @@ end
 local attempts, max_attempts, initial, cap, multiplier = unpack(redis.call('HMGET', KEYS[1],
   'attempts', 'max_attempts', 'backoff_initial', 'backoff_max', 'backoff_multiplier'))
 if ARGV[5] == '1' or tonumber(attempts) >= tonumber(max_attempts) then
-  make_dead(KEYS[4], ARGV[1], KEYS[1], ARGV[7], nil)
+  make_dead(KEYS[4], ARGV[1], KEYS[1], {ARGV[7], ARGV[10]}, nil)
+  announce_events()
   return {1, 'DEAD', 0}
 end
 local delay = tonumber(ARGV[4])
@@ -35,4 +38,6 @@ redis.call('ZADD', KEYS[3], int(run_at), ARGV[1])
 redis.call('HSET', KEYS[1], 'state', 'FAILED', 'lease', '', 'run_at', int(run_at))
 -- Waiting consumers set their timers for the retry.
 redis.call('PUBLISH', ARGV[9], 'scheduled')
+event('failed', ARGV[1], 'FAILED', attempts, 'error', ARGV[3], 'run_at', int(run_at))
+announce_events()
 return {1, 'FAILED', run_at}

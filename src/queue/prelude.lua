@@ -7,7 +7,10 @@
 --   active        sorted set: job id -> lease deadline µs
 --   dead          sorted set: job id -> when it died, µs
 --   paused        string, present while the queue is paused
---   job:<id>      hash: the job (see job.rs for the fields)
+--   succeeded     sorted set: job id -> when it was acked, µs (the last ones kept)
+--   watched       hash, present while somebody watches the queue: n = events recorded
+--   events        stream of events (see `event`), only while watched
+--   job:<id>      hash: the job (see decode_job in mod.rs for the fields)
 -- Scripts that choose which job to touch (fetch, reap) build job keys from ARGV's prefix,
 -- which is the queue's own `job:` prefix, so they stay in the queue's slot.
 
@@ -33,13 +36,72 @@ local function in_bulk(command, key, items)
   end
 end
 
-local function make_dead(dead, id, job, retention_ms, reason)
+-- Keeps the newest `keep` entries of a finished set (`succeeded`, `dead`), deleting the
+-- jobs of older ones; `job` is any job key of the queue (its prefix makes the others).
+local function keep_newest(set, job, id, keep)
+  local over = redis.call('ZCARD', set) - tonumber(keep)
+  if over > 0 then
+    local prefix = string.sub(job, 1, #job - #id)
+    local oldest = redis.call('ZRANGE', set, 0, over - 1)
+    redis.call('ZREMRANGEBYRANK', set, 0, over - 1)
+    for first = 1, #oldest, 500 do
+      local keys = {}
+      for i = first, math.min(first + 499, #oldest) do
+        keys[#keys + 1] = prefix .. oldest[i]
+      end
+      redis.call('UNLINK', unpack(keys))
+    end
+  end
+end
+
+-- Queue events (WatchQueue, WatchJob) are recorded only while a watcher keeps `watched`
+-- alive (watch.lua), so an unwatched queue pays one EXISTS per script for them.
+local EVENTS_KEPT = 10000
+-- A stream outlives its last watcher by this long, then goes.
+local EVENTS_TTL_MS = 120000
+local events = {on = false, any = false}
+
+-- Makes this script record events in the queue's `watched` and `events`, announced on the
+-- queue's channel plus ':events'.
+local function record_events(watched, stream, queue_channel)
+  events = {watched = watched, stream = stream, channel = queue_channel .. ':events', any = false,
+    on = redis.call('EXISTS', watched) == 1}
+end
+
+-- Records one event: kind, job id, the job's state after it, its attempt count, then
+-- optional field/value pairs (error, run_at, progress, detail, type).
+local function event(kind, id, state, attempt, ...)
+  if not events.on then
+    return
+  end
+  local n = redis.call('HINCRBY', events.watched, 'n', 1)
+  redis.call('XADD', events.stream, 'MAXLEN', '~', EVENTS_KEPT, '*', 'n', n, 'k', kind, 'id', id,
+    's', state, 'a', attempt or 0, 'at', int(now), ...)
+  events.any = true
+end
+
+-- Wakes the watchers once per script, after its events.
+local function announce_events()
+  if events.any then
+    redis.call('PEXPIRE', events.stream, EVENTS_TTL_MS)
+    redis.call('PUBLISH', events.channel, 'e')
+  end
+end
+
+-- `limits`: {retention_ms, keep}: a dead job is kept at most this long, and only the
+-- newest `keep` dead jobs of the queue.
+local function make_dead(dead, id, job, limits, reason)
   redis.call('ZADD', dead, int(now), id)
   redis.call('HSET', job, 'state', 'DEAD', 'lease', '', 'finished_at', int(now))
   if reason then
     redis.call('HSET', job, 'last_error', reason)
   end
-  redis.call('PEXPIRE', job, retention_ms)
+  redis.call('PEXPIRE', job, limits[1])
+  keep_newest(dead, job, id, limits[2])
+  if events.on then
+    event('dead', id, 'DEAD', redis.call('HGET', job, 'attempts'), 'error',
+      reason or redis.call('HGET', job, 'last_error'))
+  end
 end
 
 -- Why `token` may not settle a job in `state` under `lease` until `deadline` (`cancelled`:

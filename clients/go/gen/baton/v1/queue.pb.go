@@ -151,6 +151,91 @@ func (MissedTicks) EnumDescriptor() ([]byte, []int) {
 	return file_baton_v1_queue_proto_rawDescGZIP(), []int{1}
 }
 
+// QueueEventKind says what happened to a job.
+type QueueEventKind int32
+
+const (
+	// Never sent.
+	QueueEventKind_QUEUE_EVENT_KIND_UNSPECIFIED QueueEventKind = 0
+	// Added by Enqueue, EnqueueBatch or a schedule (state READY or SCHEDULED).
+	QueueEventKind_QUEUE_EVENT_KIND_ENQUEUED QueueEventKind = 1
+	// Delivered to a worker (ACTIVE; `attempt` is the delivery's).
+	QueueEventKind_QUEUE_EVENT_KIND_ACTIVE QueueEventKind = 2
+	// Its worker reported progress (`progress`).
+	QueueEventKind_QUEUE_EVENT_KIND_PROGRESS QueueEventKind = 3
+	// Acked (SUCCEEDED).
+	QueueEventKind_QUEUE_EVENT_KIND_SUCCEEDED QueueEventKind = 4
+	// Nacked and waiting to retry (FAILED; `error`, `run_at`).
+	QueueEventKind_QUEUE_EVENT_KIND_FAILED QueueEventKind = 5
+	// Out of attempts or dead-lettered (DEAD; `error`).
+	QueueEventKind_QUEUE_EVENT_KIND_DEAD QueueEventKind = 6
+	// Its lease expired or its worker's stream ended without settling it: READY again.
+	QueueEventKind_QUEUE_EVENT_KIND_STALLED QueueEventKind = 7
+	// Handed back unstarted by a draining worker: READY again, the attempt not charged.
+	QueueEventKind_QUEUE_EVENT_KIND_RETURNED QueueEventKind = 8
+	// Moved from the dead-letter set back to READY by RetryDeadJobs.
+	QueueEventKind_QUEUE_EVENT_KIND_REDRIVEN QueueEventKind = 9
+	// Cancelled by CancelJob (CANCELLED).
+	QueueEventKind_QUEUE_EVENT_KIND_CANCELLED QueueEventKind = 10
+)
+
+// Enum value maps for QueueEventKind.
+var (
+	QueueEventKind_name = map[int32]string{
+		0:  "QUEUE_EVENT_KIND_UNSPECIFIED",
+		1:  "QUEUE_EVENT_KIND_ENQUEUED",
+		2:  "QUEUE_EVENT_KIND_ACTIVE",
+		3:  "QUEUE_EVENT_KIND_PROGRESS",
+		4:  "QUEUE_EVENT_KIND_SUCCEEDED",
+		5:  "QUEUE_EVENT_KIND_FAILED",
+		6:  "QUEUE_EVENT_KIND_DEAD",
+		7:  "QUEUE_EVENT_KIND_STALLED",
+		8:  "QUEUE_EVENT_KIND_RETURNED",
+		9:  "QUEUE_EVENT_KIND_REDRIVEN",
+		10: "QUEUE_EVENT_KIND_CANCELLED",
+	}
+	QueueEventKind_value = map[string]int32{
+		"QUEUE_EVENT_KIND_UNSPECIFIED": 0,
+		"QUEUE_EVENT_KIND_ENQUEUED":    1,
+		"QUEUE_EVENT_KIND_ACTIVE":      2,
+		"QUEUE_EVENT_KIND_PROGRESS":    3,
+		"QUEUE_EVENT_KIND_SUCCEEDED":   4,
+		"QUEUE_EVENT_KIND_FAILED":      5,
+		"QUEUE_EVENT_KIND_DEAD":        6,
+		"QUEUE_EVENT_KIND_STALLED":     7,
+		"QUEUE_EVENT_KIND_RETURNED":    8,
+		"QUEUE_EVENT_KIND_REDRIVEN":    9,
+		"QUEUE_EVENT_KIND_CANCELLED":   10,
+	}
+)
+
+func (x QueueEventKind) Enum() *QueueEventKind {
+	p := new(QueueEventKind)
+	*p = x
+	return p
+}
+
+func (x QueueEventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (QueueEventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_baton_v1_queue_proto_enumTypes[2].Descriptor()
+}
+
+func (QueueEventKind) Type() protoreflect.EnumType {
+	return &file_baton_v1_queue_proto_enumTypes[2]
+}
+
+func (x QueueEventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use QueueEventKind.Descriptor instead.
+func (QueueEventKind) EnumDescriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{2}
+}
+
 // Backoff is an exponential retry schedule: the wait before retry n (n = 1, 2, ...) is
 // initial * multiplier^(n-1), at most max. Zero fields mean the server's defaults.
 type Backoff struct {
@@ -254,7 +339,9 @@ type Job struct {
 	// caller's `traceparent` metadata). In a delivery it is the delivery's span, so a worker
 	// that extracts it and sends it on with its Ack joins one trace from Enqueue to Ack.
 	// Empty when the job was enqueued outside any trace.
-	TraceContext  map[string]string `protobuf:"bytes,16,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	TraceContext map[string]string `protobuf:"bytes,16,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The latest UpdateProgress of any delivery of the job; unset before the first.
+	Progress      *Progress `protobuf:"bytes,17,opt,name=progress,proto3" json:"progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -401,6 +488,77 @@ func (x *Job) GetTraceContext() map[string]string {
 	return nil
 }
 
+func (x *Job) GetProgress() *Progress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+// Progress is how far a worker says it is with a job.
+type Progress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The application's measure (a percentage, a count of items).
+	Value float64 `protobuf:"fixed64,1,opt,name=value,proto3" json:"value,omitempty"`
+	// An optional small detail (a stage, a message), up to 4 KiB.
+	Detail []byte `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	// When it was reported, on the Redis server clock.
+	ReportedAt    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Progress) Reset() {
+	*x = Progress{}
+	mi := &file_baton_v1_queue_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Progress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Progress) ProtoMessage() {}
+
+func (x *Progress) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Progress.ProtoReflect.Descriptor instead.
+func (*Progress) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Progress) GetValue() float64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+func (x *Progress) GetDetail() []byte {
+	if x != nil {
+		return x.Detail
+	}
+	return nil
+}
+
+func (x *Progress) GetReportedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReportedAt
+	}
+	return nil
+}
+
 // EnqueueRequest describes one job to add.
 type EnqueueRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -434,7 +592,7 @@ type EnqueueRequest struct {
 
 func (x *EnqueueRequest) Reset() {
 	*x = EnqueueRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[2]
+	mi := &file_baton_v1_queue_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +604,7 @@ func (x *EnqueueRequest) String() string {
 func (*EnqueueRequest) ProtoMessage() {}
 
 func (x *EnqueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[2]
+	mi := &file_baton_v1_queue_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +617,7 @@ func (x *EnqueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueRequest.ProtoReflect.Descriptor instead.
 func (*EnqueueRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{2}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *EnqueueRequest) GetQueue() string {
@@ -574,7 +732,7 @@ type EnqueueResponse struct {
 
 func (x *EnqueueResponse) Reset() {
 	*x = EnqueueResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[3]
+	mi := &file_baton_v1_queue_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +744,7 @@ func (x *EnqueueResponse) String() string {
 func (*EnqueueResponse) ProtoMessage() {}
 
 func (x *EnqueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[3]
+	mi := &file_baton_v1_queue_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +757,7 @@ func (x *EnqueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueResponse.ProtoReflect.Descriptor instead.
 func (*EnqueueResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{3}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EnqueueResponse) GetJobId() string {
@@ -627,7 +785,7 @@ type EnqueueBatchRequest struct {
 
 func (x *EnqueueBatchRequest) Reset() {
 	*x = EnqueueBatchRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[4]
+	mi := &file_baton_v1_queue_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +797,7 @@ func (x *EnqueueBatchRequest) String() string {
 func (*EnqueueBatchRequest) ProtoMessage() {}
 
 func (x *EnqueueBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[4]
+	mi := &file_baton_v1_queue_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +810,7 @@ func (x *EnqueueBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueBatchRequest.ProtoReflect.Descriptor instead.
 func (*EnqueueBatchRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{4}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *EnqueueBatchRequest) GetRequests() []*EnqueueRequest {
@@ -673,7 +831,7 @@ type EnqueueBatchResponse struct {
 
 func (x *EnqueueBatchResponse) Reset() {
 	*x = EnqueueBatchResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[5]
+	mi := &file_baton_v1_queue_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +843,7 @@ func (x *EnqueueBatchResponse) String() string {
 func (*EnqueueBatchResponse) ProtoMessage() {}
 
 func (x *EnqueueBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[5]
+	mi := &file_baton_v1_queue_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +856,7 @@ func (x *EnqueueBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueBatchResponse.ProtoReflect.Descriptor instead.
 func (*EnqueueBatchResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{5}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EnqueueBatchResponse) GetResults() []*EnqueueResponse {
@@ -739,7 +897,7 @@ type ConsumeRequest struct {
 
 func (x *ConsumeRequest) Reset() {
 	*x = ConsumeRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[6]
+	mi := &file_baton_v1_queue_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +909,7 @@ func (x *ConsumeRequest) String() string {
 func (*ConsumeRequest) ProtoMessage() {}
 
 func (x *ConsumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[6]
+	mi := &file_baton_v1_queue_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +922,7 @@ func (x *ConsumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeRequest.ProtoReflect.Descriptor instead.
 func (*ConsumeRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{6}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ConsumeRequest) GetQueue() string {
@@ -834,7 +992,7 @@ type Delivery struct {
 
 func (x *Delivery) Reset() {
 	*x = Delivery{}
-	mi := &file_baton_v1_queue_proto_msgTypes[7]
+	mi := &file_baton_v1_queue_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -846,7 +1004,7 @@ func (x *Delivery) String() string {
 func (*Delivery) ProtoMessage() {}
 
 func (x *Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[7]
+	mi := &file_baton_v1_queue_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -859,7 +1017,7 @@ func (x *Delivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
 func (*Delivery) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{7}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Delivery) GetJob() *Job {
@@ -904,7 +1062,7 @@ type JobCancelled struct {
 
 func (x *JobCancelled) Reset() {
 	*x = JobCancelled{}
-	mi := &file_baton_v1_queue_proto_msgTypes[8]
+	mi := &file_baton_v1_queue_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1074,7 @@ func (x *JobCancelled) String() string {
 func (*JobCancelled) ProtoMessage() {}
 
 func (x *JobCancelled) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[8]
+	mi := &file_baton_v1_queue_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1087,7 @@ func (x *JobCancelled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCancelled.ProtoReflect.Descriptor instead.
 func (*JobCancelled) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{8}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JobCancelled) GetJobId() string {
@@ -962,7 +1120,7 @@ type ConsumeResponse struct {
 
 func (x *ConsumeResponse) Reset() {
 	*x = ConsumeResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[9]
+	mi := &file_baton_v1_queue_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1132,7 @@ func (x *ConsumeResponse) String() string {
 func (*ConsumeResponse) ProtoMessage() {}
 
 func (x *ConsumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[9]
+	mi := &file_baton_v1_queue_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1145,7 @@ func (x *ConsumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConsumeResponse.ProtoReflect.Descriptor instead.
 func (*ConsumeResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{9}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ConsumeResponse) GetEvent() isConsumeResponse_Event {
@@ -1046,7 +1204,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[10]
+	mi := &file_baton_v1_queue_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1216,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[10]
+	mi := &file_baton_v1_queue_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1229,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{10}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AckRequest) GetLeaseId() string {
@@ -1097,7 +1255,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[11]
+	mi := &file_baton_v1_queue_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1267,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[11]
+	mi := &file_baton_v1_queue_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1280,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{11}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{12}
 }
 
 // AckBatchRequest completes many deliveries.
@@ -1136,7 +1294,7 @@ type AckBatchRequest struct {
 
 func (x *AckBatchRequest) Reset() {
 	*x = AckBatchRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[12]
+	mi := &file_baton_v1_queue_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1148,7 +1306,7 @@ func (x *AckBatchRequest) String() string {
 func (*AckBatchRequest) ProtoMessage() {}
 
 func (x *AckBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[12]
+	mi := &file_baton_v1_queue_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1161,7 +1319,7 @@ func (x *AckBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckBatchRequest.ProtoReflect.Descriptor instead.
 func (*AckBatchRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{12}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *AckBatchRequest) GetAcks() []*AckRequest {
@@ -1182,7 +1340,7 @@ type AckBatchResponse struct {
 
 func (x *AckBatchResponse) Reset() {
 	*x = AckBatchResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[13]
+	mi := &file_baton_v1_queue_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1352,7 @@ func (x *AckBatchResponse) String() string {
 func (*AckBatchResponse) ProtoMessage() {}
 
 func (x *AckBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[13]
+	mi := &file_baton_v1_queue_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1365,7 @@ func (x *AckBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckBatchResponse.ProtoReflect.Descriptor instead.
 func (*AckBatchResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{13}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AckBatchResponse) GetResults() []*AckResult {
@@ -1231,7 +1389,7 @@ type AckResult struct {
 
 func (x *AckResult) Reset() {
 	*x = AckResult{}
-	mi := &file_baton_v1_queue_proto_msgTypes[14]
+	mi := &file_baton_v1_queue_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1401,7 @@ func (x *AckResult) String() string {
 func (*AckResult) ProtoMessage() {}
 
 func (x *AckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[14]
+	mi := &file_baton_v1_queue_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1414,7 @@ func (x *AckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResult.ProtoReflect.Descriptor instead.
 func (*AckResult) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{14}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AckResult) GetAcked() bool {
@@ -1290,7 +1448,7 @@ type NackRequest struct {
 
 func (x *NackRequest) Reset() {
 	*x = NackRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[15]
+	mi := &file_baton_v1_queue_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1460,7 @@ func (x *NackRequest) String() string {
 func (*NackRequest) ProtoMessage() {}
 
 func (x *NackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[15]
+	mi := &file_baton_v1_queue_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1473,7 @@ func (x *NackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackRequest.ProtoReflect.Descriptor instead.
 func (*NackRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{15}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *NackRequest) GetLeaseId() string {
@@ -1359,7 +1517,7 @@ type NackResponse struct {
 
 func (x *NackResponse) Reset() {
 	*x = NackResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[16]
+	mi := &file_baton_v1_queue_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1371,7 +1529,7 @@ func (x *NackResponse) String() string {
 func (*NackResponse) ProtoMessage() {}
 
 func (x *NackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[16]
+	mi := &file_baton_v1_queue_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1384,7 +1542,7 @@ func (x *NackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackResponse.ProtoReflect.Descriptor instead.
 func (*NackResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{16}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NackResponse) GetState() JobState {
@@ -1414,7 +1572,7 @@ type ExtendRequest struct {
 
 func (x *ExtendRequest) Reset() {
 	*x = ExtendRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[17]
+	mi := &file_baton_v1_queue_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1584,7 @@ func (x *ExtendRequest) String() string {
 func (*ExtendRequest) ProtoMessage() {}
 
 func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[17]
+	mi := &file_baton_v1_queue_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1597,7 @@ func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendRequest.ProtoReflect.Descriptor instead.
 func (*ExtendRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{17}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ExtendRequest) GetLeaseId() string {
@@ -1467,7 +1625,7 @@ type ExtendResponse struct {
 
 func (x *ExtendResponse) Reset() {
 	*x = ExtendResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[18]
+	mi := &file_baton_v1_queue_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1479,7 +1637,7 @@ func (x *ExtendResponse) String() string {
 func (*ExtendResponse) ProtoMessage() {}
 
 func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[18]
+	mi := &file_baton_v1_queue_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1492,7 +1650,7 @@ func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
 func (*ExtendResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{18}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExtendResponse) GetLeaseExpiresAt() *timestamppb.Timestamp {
@@ -1513,7 +1671,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[19]
+	mi := &file_baton_v1_queue_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +1683,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[19]
+	mi := &file_baton_v1_queue_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +1696,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{19}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetJobRequest) GetJobId() string {
@@ -1559,7 +1717,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[20]
+	mi := &file_baton_v1_queue_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +1729,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[20]
+	mi := &file_baton_v1_queue_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +1742,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{20}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -1605,7 +1763,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[21]
+	mi := &file_baton_v1_queue_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1775,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[21]
+	mi := &file_baton_v1_queue_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1788,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{21}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CancelJobRequest) GetJobId() string {
@@ -1653,7 +1811,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[22]
+	mi := &file_baton_v1_queue_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1823,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[22]
+	mi := &file_baton_v1_queue_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1836,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{22}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CancelJobResponse) GetCancelled() bool {
@@ -1706,7 +1864,7 @@ type GetQueueStatsRequest struct {
 
 func (x *GetQueueStatsRequest) Reset() {
 	*x = GetQueueStatsRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[23]
+	mi := &file_baton_v1_queue_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1718,7 +1876,7 @@ func (x *GetQueueStatsRequest) String() string {
 func (*GetQueueStatsRequest) ProtoMessage() {}
 
 func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[23]
+	mi := &file_baton_v1_queue_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1731,7 +1889,7 @@ func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{23}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetQueueStatsRequest) GetQueue() string {
@@ -1756,13 +1914,15 @@ type GetQueueStatsResponse struct {
 	Paused bool `protobuf:"varint,5,opt,name=paused,proto3" json:"paused,omitempty"`
 	// How long the oldest ready job has been due; zero when none is ready.
 	OldestReadyAge *durationpb.Duration `protobuf:"bytes,6,opt,name=oldest_ready_age,json=oldestReadyAge,proto3" json:"oldest_ready_age,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Succeeded jobs kept for inspection (the newest, within the retention: docs/queues.md).
+	Succeeded     uint64 `protobuf:"varint,7,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetQueueStatsResponse) Reset() {
 	*x = GetQueueStatsResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[24]
+	mi := &file_baton_v1_queue_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +1934,7 @@ func (x *GetQueueStatsResponse) String() string {
 func (*GetQueueStatsResponse) ProtoMessage() {}
 
 func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[24]
+	mi := &file_baton_v1_queue_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +1947,7 @@ func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{24}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetQueueStatsResponse) GetReady() uint64 {
@@ -1832,6 +1992,13 @@ func (x *GetQueueStatsResponse) GetOldestReadyAge() *durationpb.Duration {
 	return nil
 }
 
+func (x *GetQueueStatsResponse) GetSucceeded() uint64 {
+	if x != nil {
+		return x.Succeeded
+	}
+	return 0
+}
+
 // ListDeadJobsRequest asks for one page of a queue's dead-letter set.
 type ListDeadJobsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1847,7 +2014,7 @@ type ListDeadJobsRequest struct {
 
 func (x *ListDeadJobsRequest) Reset() {
 	*x = ListDeadJobsRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[25]
+	mi := &file_baton_v1_queue_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +2026,7 @@ func (x *ListDeadJobsRequest) String() string {
 func (*ListDeadJobsRequest) ProtoMessage() {}
 
 func (x *ListDeadJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[25]
+	mi := &file_baton_v1_queue_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +2039,7 @@ func (x *ListDeadJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadJobsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{25}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListDeadJobsRequest) GetQueue() string {
@@ -1909,7 +2076,7 @@ type ListDeadJobsResponse struct {
 
 func (x *ListDeadJobsResponse) Reset() {
 	*x = ListDeadJobsResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[26]
+	mi := &file_baton_v1_queue_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +2088,7 @@ func (x *ListDeadJobsResponse) String() string {
 func (*ListDeadJobsResponse) ProtoMessage() {}
 
 func (x *ListDeadJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[26]
+	mi := &file_baton_v1_queue_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2101,7 @@ func (x *ListDeadJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadJobsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{26}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListDeadJobsResponse) GetJobs() []*Job {
@@ -1964,7 +2131,7 @@ type RetryDeadJobsRequest struct {
 
 func (x *RetryDeadJobsRequest) Reset() {
 	*x = RetryDeadJobsRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[27]
+	mi := &file_baton_v1_queue_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2143,7 @@ func (x *RetryDeadJobsRequest) String() string {
 func (*RetryDeadJobsRequest) ProtoMessage() {}
 
 func (x *RetryDeadJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[27]
+	mi := &file_baton_v1_queue_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2156,7 @@ func (x *RetryDeadJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadJobsRequest.ProtoReflect.Descriptor instead.
 func (*RetryDeadJobsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{27}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RetryDeadJobsRequest) GetQueue() string {
@@ -2017,7 +2184,7 @@ type RetryDeadJobsResponse struct {
 
 func (x *RetryDeadJobsResponse) Reset() {
 	*x = RetryDeadJobsResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[28]
+	mi := &file_baton_v1_queue_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2196,7 @@ func (x *RetryDeadJobsResponse) String() string {
 func (*RetryDeadJobsResponse) ProtoMessage() {}
 
 func (x *RetryDeadJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[28]
+	mi := &file_baton_v1_queue_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2209,7 @@ func (x *RetryDeadJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadJobsResponse.ProtoReflect.Descriptor instead.
 func (*RetryDeadJobsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{28}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RetryDeadJobsResponse) GetRetried() uint64 {
@@ -2063,7 +2230,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[29]
+	mi := &file_baton_v1_queue_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2075,7 +2242,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[29]
+	mi := &file_baton_v1_queue_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2088,7 +2255,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{29}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PauseQueueRequest) GetQueue() string {
@@ -2107,7 +2274,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[30]
+	mi := &file_baton_v1_queue_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2119,7 +2286,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[30]
+	mi := &file_baton_v1_queue_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2132,7 +2299,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{30}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{31}
 }
 
 // ResumeQueueRequest names the queue to resume.
@@ -2146,7 +2313,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[31]
+	mi := &file_baton_v1_queue_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2158,7 +2325,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[31]
+	mi := &file_baton_v1_queue_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2171,7 +2338,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{31}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ResumeQueueRequest) GetQueue() string {
@@ -2190,7 +2357,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[32]
+	mi := &file_baton_v1_queue_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2369,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[32]
+	mi := &file_baton_v1_queue_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2382,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{32}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{33}
 }
 
 // Schedule enqueues a job into `queue` on every tick.
@@ -2264,7 +2431,7 @@ type Schedule struct {
 
 func (x *Schedule) Reset() {
 	*x = Schedule{}
-	mi := &file_baton_v1_queue_proto_msgTypes[33]
+	mi := &file_baton_v1_queue_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2276,7 +2443,7 @@ func (x *Schedule) String() string {
 func (*Schedule) ProtoMessage() {}
 
 func (x *Schedule) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[33]
+	mi := &file_baton_v1_queue_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2289,7 +2456,7 @@ func (x *Schedule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Schedule.ProtoReflect.Descriptor instead.
 func (*Schedule) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{33}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Schedule) GetQueue() string {
@@ -2445,7 +2612,7 @@ type CreateScheduleRequest struct {
 
 func (x *CreateScheduleRequest) Reset() {
 	*x = CreateScheduleRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[34]
+	mi := &file_baton_v1_queue_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2457,7 +2624,7 @@ func (x *CreateScheduleRequest) String() string {
 func (*CreateScheduleRequest) ProtoMessage() {}
 
 func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[34]
+	mi := &file_baton_v1_queue_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2470,7 +2637,7 @@ func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateScheduleRequest.ProtoReflect.Descriptor instead.
 func (*CreateScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{34}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CreateScheduleRequest) GetSchedule() *Schedule {
@@ -2498,7 +2665,7 @@ type CreateScheduleResponse struct {
 
 func (x *CreateScheduleResponse) Reset() {
 	*x = CreateScheduleResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[35]
+	mi := &file_baton_v1_queue_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2510,7 +2677,7 @@ func (x *CreateScheduleResponse) String() string {
 func (*CreateScheduleResponse) ProtoMessage() {}
 
 func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[35]
+	mi := &file_baton_v1_queue_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2523,7 +2690,7 @@ func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateScheduleResponse.ProtoReflect.Descriptor instead.
 func (*CreateScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{35}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateScheduleResponse) GetSchedule() *Schedule {
@@ -2546,7 +2713,7 @@ type GetScheduleRequest struct {
 
 func (x *GetScheduleRequest) Reset() {
 	*x = GetScheduleRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[36]
+	mi := &file_baton_v1_queue_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2558,7 +2725,7 @@ func (x *GetScheduleRequest) String() string {
 func (*GetScheduleRequest) ProtoMessage() {}
 
 func (x *GetScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[36]
+	mi := &file_baton_v1_queue_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2571,7 +2738,7 @@ func (x *GetScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetScheduleRequest.ProtoReflect.Descriptor instead.
 func (*GetScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{36}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetScheduleRequest) GetQueue() string {
@@ -2599,7 +2766,7 @@ type GetScheduleResponse struct {
 
 func (x *GetScheduleResponse) Reset() {
 	*x = GetScheduleResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[37]
+	mi := &file_baton_v1_queue_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +2778,7 @@ func (x *GetScheduleResponse) String() string {
 func (*GetScheduleResponse) ProtoMessage() {}
 
 func (x *GetScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[37]
+	mi := &file_baton_v1_queue_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +2791,7 @@ func (x *GetScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetScheduleResponse.ProtoReflect.Descriptor instead.
 func (*GetScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{37}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetScheduleResponse) GetSchedule() *Schedule {
@@ -2649,7 +2816,7 @@ type ListSchedulesRequest struct {
 
 func (x *ListSchedulesRequest) Reset() {
 	*x = ListSchedulesRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[38]
+	mi := &file_baton_v1_queue_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2661,7 +2828,7 @@ func (x *ListSchedulesRequest) String() string {
 func (*ListSchedulesRequest) ProtoMessage() {}
 
 func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[38]
+	mi := &file_baton_v1_queue_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2674,7 +2841,7 @@ func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchedulesRequest.ProtoReflect.Descriptor instead.
 func (*ListSchedulesRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{38}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListSchedulesRequest) GetQueue() string {
@@ -2711,7 +2878,7 @@ type ListSchedulesResponse struct {
 
 func (x *ListSchedulesResponse) Reset() {
 	*x = ListSchedulesResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[39]
+	mi := &file_baton_v1_queue_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2723,7 +2890,7 @@ func (x *ListSchedulesResponse) String() string {
 func (*ListSchedulesResponse) ProtoMessage() {}
 
 func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[39]
+	mi := &file_baton_v1_queue_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2736,7 +2903,7 @@ func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchedulesResponse.ProtoReflect.Descriptor instead.
 func (*ListSchedulesResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{39}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListSchedulesResponse) GetSchedules() []*Schedule {
@@ -2766,7 +2933,7 @@ type PauseScheduleRequest struct {
 
 func (x *PauseScheduleRequest) Reset() {
 	*x = PauseScheduleRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[40]
+	mi := &file_baton_v1_queue_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2778,7 +2945,7 @@ func (x *PauseScheduleRequest) String() string {
 func (*PauseScheduleRequest) ProtoMessage() {}
 
 func (x *PauseScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[40]
+	mi := &file_baton_v1_queue_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2791,7 +2958,7 @@ func (x *PauseScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseScheduleRequest.ProtoReflect.Descriptor instead.
 func (*PauseScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{40}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PauseScheduleRequest) GetQueue() string {
@@ -2819,7 +2986,7 @@ type PauseScheduleResponse struct {
 
 func (x *PauseScheduleResponse) Reset() {
 	*x = PauseScheduleResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[41]
+	mi := &file_baton_v1_queue_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2831,7 +2998,7 @@ func (x *PauseScheduleResponse) String() string {
 func (*PauseScheduleResponse) ProtoMessage() {}
 
 func (x *PauseScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[41]
+	mi := &file_baton_v1_queue_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2844,7 +3011,7 @@ func (x *PauseScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseScheduleResponse.ProtoReflect.Descriptor instead.
 func (*PauseScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{41}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PauseScheduleResponse) GetSchedule() *Schedule {
@@ -2867,7 +3034,7 @@ type ResumeScheduleRequest struct {
 
 func (x *ResumeScheduleRequest) Reset() {
 	*x = ResumeScheduleRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[42]
+	mi := &file_baton_v1_queue_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2879,7 +3046,7 @@ func (x *ResumeScheduleRequest) String() string {
 func (*ResumeScheduleRequest) ProtoMessage() {}
 
 func (x *ResumeScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[42]
+	mi := &file_baton_v1_queue_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2892,7 +3059,7 @@ func (x *ResumeScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeScheduleRequest.ProtoReflect.Descriptor instead.
 func (*ResumeScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{42}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ResumeScheduleRequest) GetQueue() string {
@@ -2920,7 +3087,7 @@ type ResumeScheduleResponse struct {
 
 func (x *ResumeScheduleResponse) Reset() {
 	*x = ResumeScheduleResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[43]
+	mi := &file_baton_v1_queue_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2932,7 +3099,7 @@ func (x *ResumeScheduleResponse) String() string {
 func (*ResumeScheduleResponse) ProtoMessage() {}
 
 func (x *ResumeScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[43]
+	mi := &file_baton_v1_queue_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2945,7 +3112,7 @@ func (x *ResumeScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeScheduleResponse.ProtoReflect.Descriptor instead.
 func (*ResumeScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{43}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ResumeScheduleResponse) GetSchedule() *Schedule {
@@ -2968,7 +3135,7 @@ type DeleteScheduleRequest struct {
 
 func (x *DeleteScheduleRequest) Reset() {
 	*x = DeleteScheduleRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[44]
+	mi := &file_baton_v1_queue_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2980,7 +3147,7 @@ func (x *DeleteScheduleRequest) String() string {
 func (*DeleteScheduleRequest) ProtoMessage() {}
 
 func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[44]
+	mi := &file_baton_v1_queue_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2993,7 +3160,7 @@ func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteScheduleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{44}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeleteScheduleRequest) GetQueue() string {
@@ -3021,7 +3188,7 @@ type DeleteScheduleResponse struct {
 
 func (x *DeleteScheduleResponse) Reset() {
 	*x = DeleteScheduleResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[45]
+	mi := &file_baton_v1_queue_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3033,7 +3200,7 @@ func (x *DeleteScheduleResponse) String() string {
 func (*DeleteScheduleResponse) ProtoMessage() {}
 
 func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[45]
+	mi := &file_baton_v1_queue_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3046,7 +3213,7 @@ func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteScheduleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{45}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeleteScheduleResponse) GetDeleted() bool {
@@ -3054,6 +3221,626 @@ func (x *DeleteScheduleResponse) GetDeleted() bool {
 		return x.Deleted
 	}
 	return false
+}
+
+// UpdateProgressRequest reports progress on a held job.
+type UpdateProgressRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The delivery's lease.
+	LeaseId string `protobuf:"bytes,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	// The progress, any finite number.
+	Value float64 `protobuf:"fixed64,2,opt,name=value,proto3" json:"value,omitempty"`
+	// Optional detail, up to 4 KiB.
+	Detail        []byte `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateProgressRequest) Reset() {
+	*x = UpdateProgressRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateProgressRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateProgressRequest) ProtoMessage() {}
+
+func (x *UpdateProgressRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateProgressRequest.ProtoReflect.Descriptor instead.
+func (*UpdateProgressRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *UpdateProgressRequest) GetLeaseId() string {
+	if x != nil {
+		return x.LeaseId
+	}
+	return ""
+}
+
+func (x *UpdateProgressRequest) GetValue() float64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+func (x *UpdateProgressRequest) GetDetail() []byte {
+	if x != nil {
+		return x.Detail
+	}
+	return nil
+}
+
+// UpdateProgressResponse acknowledges an UpdateProgress.
+type UpdateProgressResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateProgressResponse) Reset() {
+	*x = UpdateProgressResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateProgressResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateProgressResponse) ProtoMessage() {}
+
+func (x *UpdateProgressResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateProgressResponse.ProtoReflect.Descriptor instead.
+func (*UpdateProgressResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{48}
+}
+
+// WatchJobRequest names the job to watch.
+type WatchJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job's id.
+	JobId         string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobRequest) Reset() {
+	*x = WatchJobRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobRequest) ProtoMessage() {}
+
+func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *WatchJobRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+// WatchJobResponse is the job as it is after a change.
+type WatchJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The job, without its payload.
+	Job           *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobResponse) Reset() {
+	*x = WatchJobResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobResponse) ProtoMessage() {}
+
+func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
+func (*WatchJobResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *WatchJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+// WatchQueueRequest names the queue to watch.
+type WatchQueueRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue         string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchQueueRequest) Reset() {
+	*x = WatchQueueRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchQueueRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchQueueRequest) ProtoMessage() {}
+
+func (x *WatchQueueRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchQueueRequest.ProtoReflect.Descriptor instead.
+func (*WatchQueueRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *WatchQueueRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+// QueueEvent is one thing that happened to one job of the watched queue.
+type QueueEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened.
+	Kind QueueEventKind `protobuf:"varint,1,opt,name=kind,proto3,enum=baton.v1.QueueEventKind" json:"kind,omitempty"`
+	// The job.
+	JobId string `protobuf:"bytes,2,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// The job's state after the event.
+	State JobState `protobuf:"varint,3,opt,name=state,proto3,enum=baton.v1.JobState" json:"state,omitempty"`
+	// The job's delivery count after the event.
+	Attempt uint32 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// When it happened, on the Redis server clock.
+	At *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=at,proto3" json:"at,omitempty"`
+	// PROGRESS: the progress reported.
+	Progress *Progress `protobuf:"bytes,6,opt,name=progress,proto3" json:"progress,omitempty"`
+	// FAILED and DEAD: the error (the Nack's, or why the lease ended).
+	Error string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// ENQUEUED as SCHEDULED, and FAILED: when the job is due.
+	RunAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=run_at,json=runAt,proto3" json:"run_at,omitempty"`
+	// ENQUEUED: the job's type.
+	Type          string `protobuf:"bytes,9,opt,name=type,proto3" json:"type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueEvent) Reset() {
+	*x = QueueEvent{}
+	mi := &file_baton_v1_queue_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueEvent) ProtoMessage() {}
+
+func (x *QueueEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueEvent.ProtoReflect.Descriptor instead.
+func (*QueueEvent) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *QueueEvent) GetKind() QueueEventKind {
+	if x != nil {
+		return x.Kind
+	}
+	return QueueEventKind_QUEUE_EVENT_KIND_UNSPECIFIED
+}
+
+func (x *QueueEvent) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *QueueEvent) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *QueueEvent) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *QueueEvent) GetProgress() *Progress {
+	if x != nil {
+		return x.Progress
+	}
+	return nil
+}
+
+func (x *QueueEvent) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *QueueEvent) GetRunAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RunAt
+	}
+	return nil
+}
+
+func (x *QueueEvent) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+// EventsMissed tells a watcher that events were lost between the previous message and
+// the next: it read too slowly, or its replica fell behind Redis.
+type EventsMissed struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many events were lost; 0 when unknown (Redis was out of reach long enough for
+	// recording to stop).
+	Count         uint64 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsMissed) Reset() {
+	*x = EventsMissed{}
+	mi := &file_baton_v1_queue_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsMissed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsMissed) ProtoMessage() {}
+
+func (x *EventsMissed) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsMissed.ProtoReflect.Descriptor instead.
+func (*EventsMissed) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *EventsMissed) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+// WatchQueueResponse is one event, or a gap.
+type WatchQueueResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event or the gap.
+	//
+	// Types that are valid to be assigned to Message:
+	//
+	//	*WatchQueueResponse_Event
+	//	*WatchQueueResponse_Missed
+	Message       isWatchQueueResponse_Message `protobuf_oneof:"message"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchQueueResponse) Reset() {
+	*x = WatchQueueResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchQueueResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchQueueResponse) ProtoMessage() {}
+
+func (x *WatchQueueResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchQueueResponse.ProtoReflect.Descriptor instead.
+func (*WatchQueueResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *WatchQueueResponse) GetMessage() isWatchQueueResponse_Message {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+func (x *WatchQueueResponse) GetEvent() *QueueEvent {
+	if x != nil {
+		if x, ok := x.Message.(*WatchQueueResponse_Event); ok {
+			return x.Event
+		}
+	}
+	return nil
+}
+
+func (x *WatchQueueResponse) GetMissed() *EventsMissed {
+	if x != nil {
+		if x, ok := x.Message.(*WatchQueueResponse_Missed); ok {
+			return x.Missed
+		}
+	}
+	return nil
+}
+
+type isWatchQueueResponse_Message interface {
+	isWatchQueueResponse_Message()
+}
+
+type WatchQueueResponse_Event struct {
+	// An event.
+	Event *QueueEvent `protobuf:"bytes,1,opt,name=event,proto3,oneof"`
+}
+
+type WatchQueueResponse_Missed struct {
+	// Events lost before the next one.
+	Missed *EventsMissed `protobuf:"bytes,2,opt,name=missed,proto3,oneof"`
+}
+
+func (*WatchQueueResponse_Event) isWatchQueueResponse_Message() {}
+
+func (*WatchQueueResponse_Missed) isWatchQueueResponse_Message() {}
+
+// ListJobsRequest asks for one page of a queue's jobs in one state.
+type ListJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// READY, SCHEDULED, ACTIVE, SUCCEEDED or DEAD.
+	State JobState `protobuf:"varint,2,opt,name=state,proto3,enum=baton.v1.JobState" json:"state,omitempty"`
+	// Most jobs to return; 0 means 100, at most 1000.
+	PageSize uint32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of a previous answer; empty for the first page.
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsRequest) Reset() {
+	*x = ListJobsRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsRequest) ProtoMessage() {}
+
+func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
+func (*ListJobsRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *ListJobsRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *ListJobsRequest) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *ListJobsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListJobsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListJobsResponse is one page of jobs.
+type ListJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The jobs, in the order the request's state lists them.
+	Jobs []*Job `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// Pass as page_token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsResponse) Reset() {
+	*x = ListJobsResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsResponse) ProtoMessage() {}
+
+func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
+func (*ListJobsResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *ListJobsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *ListJobsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 var File_baton_v1_queue_proto protoreflect.FileDescriptor
@@ -3066,7 +3853,7 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\x12\x1e\n" +
 	"\n" +
 	"multiplier\x18\x03 \x01(\x01R\n" +
-	"multiplier\"\x98\x05\n" +
+	"multiplier\"\xc8\x05\n" +
 	"\x03Job\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x12\n" +
@@ -3087,10 +3874,16 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\abackoff\x18\x0e \x01(\v2\x11.baton.v1.BackoffR\abackoff\x12;\n" +
 	"\vfinished_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12D\n" +
-	"\rtrace_context\x18\x10 \x03(\v2\x1f.baton.v1.Job.TraceContextEntryR\ftraceContext\x1a?\n" +
+	"\rtrace_context\x18\x10 \x03(\v2\x1f.baton.v1.Job.TraceContextEntryR\ftraceContext\x12.\n" +
+	"\bprogress\x18\x11 \x01(\v2\x12.baton.v1.ProgressR\bprogress\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x89\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"u\n" +
+	"\bProgress\x12\x14\n" +
+	"\x05value\x18\x01 \x01(\x01R\x05value\x12\x16\n" +
+	"\x06detail\x18\x02 \x01(\fR\x06detail\x12;\n" +
+	"\vreported_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"reportedAt\"\x89\x03\n" +
 	"\x0eEnqueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x12\n" +
@@ -3169,14 +3962,15 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\tcancelled\x18\x01 \x01(\bR\tcancelled\x12(\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x12.baton.v1.JobStateR\x05state\",\n" +
 	"\x14GetQueueStatsRequest\x12\x14\n" +
-	"\x05queue\x18\x01 \x01(\tR\x05queue\"\xd4\x01\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\"\xf2\x01\n" +
 	"\x15GetQueueStatsResponse\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\x04R\x05ready\x12\x1c\n" +
 	"\tscheduled\x18\x02 \x01(\x04R\tscheduled\x12\x16\n" +
 	"\x06active\x18\x03 \x01(\x04R\x06active\x12\x12\n" +
 	"\x04dead\x18\x04 \x01(\x04R\x04dead\x12\x16\n" +
 	"\x06paused\x18\x05 \x01(\bR\x06paused\x12C\n" +
-	"\x10oldest_ready_age\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0eoldestReadyAge\"g\n" +
+	"\x10oldest_ready_age\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x0eoldestReadyAge\x12\x1c\n" +
+	"\tsucceeded\x18\a \x01(\x04R\tsucceeded\"g\n" +
 	"\x13ListDeadJobsRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
@@ -3254,7 +4048,44 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\vschedule_id\x18\x02 \x01(\tR\n" +
 	"scheduleId\"2\n" +
 	"\x16DeleteScheduleResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x01(\bR\adeleted*\xc5\x01\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"`\n" +
+	"\x15UpdateProgressRequest\x12\x19\n" +
+	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x01R\x05value\x12\x16\n" +
+	"\x06detail\x18\x03 \x01(\fR\x06detail\"\x18\n" +
+	"\x16UpdateProgressResponse\"(\n" +
+	"\x0fWatchJobRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"3\n" +
+	"\x10WatchJobResponse\x12\x1f\n" +
+	"\x03job\x18\x01 \x01(\v2\r.baton.v1.JobR\x03job\")\n" +
+	"\x11WatchQueueRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\"\xce\x02\n" +
+	"\n" +
+	"QueueEvent\x12,\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x18.baton.v1.QueueEventKindR\x04kind\x12\x15\n" +
+	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12(\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x12.baton.v1.JobStateR\x05state\x12\x18\n" +
+	"\aattempt\x18\x04 \x01(\rR\aattempt\x12*\n" +
+	"\x02at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12.\n" +
+	"\bprogress\x18\x06 \x01(\v2\x12.baton.v1.ProgressR\bprogress\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x121\n" +
+	"\x06run_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x05runAt\x12\x12\n" +
+	"\x04type\x18\t \x01(\tR\x04type\"$\n" +
+	"\fEventsMissed\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\x04R\x05count\"\x7f\n" +
+	"\x12WatchQueueResponse\x12,\n" +
+	"\x05event\x18\x01 \x01(\v2\x14.baton.v1.QueueEventH\x00R\x05event\x120\n" +
+	"\x06missed\x18\x02 \x01(\v2\x16.baton.v1.EventsMissedH\x00R\x06missedB\t\n" +
+	"\amessage\"\x8d\x01\n" +
+	"\x0fListJobsRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12(\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x12.baton.v1.JobStateR\x05state\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"]\n" +
+	"\x10ListJobsResponse\x12!\n" +
+	"\x04jobs\x18\x01 \x03(\v2\r.baton.v1.JobR\x04jobs\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xc5\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fJOB_STATE_READY\x10\x01\x12\x17\n" +
@@ -3267,7 +4098,20 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\vMissedTicks\x12\x1c\n" +
 	"\x18MISSED_TICKS_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11MISSED_TICKS_SKIP\x10\x01\x12\x19\n" +
-	"\x15MISSED_TICKS_CATCH_UP\x10\x022\xc9\v\n" +
+	"\x15MISSED_TICKS_CATCH_UP\x10\x02*\xe1\x02\n" +
+	"\x0eQueueEventKind\x12 \n" +
+	"\x1cQUEUE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19QUEUE_EVENT_KIND_ENQUEUED\x10\x01\x12\x1b\n" +
+	"\x17QUEUE_EVENT_KIND_ACTIVE\x10\x02\x12\x1d\n" +
+	"\x19QUEUE_EVENT_KIND_PROGRESS\x10\x03\x12\x1e\n" +
+	"\x1aQUEUE_EVENT_KIND_SUCCEEDED\x10\x04\x12\x1b\n" +
+	"\x17QUEUE_EVENT_KIND_FAILED\x10\x05\x12\x19\n" +
+	"\x15QUEUE_EVENT_KIND_DEAD\x10\x06\x12\x1c\n" +
+	"\x18QUEUE_EVENT_KIND_STALLED\x10\a\x12\x1d\n" +
+	"\x19QUEUE_EVENT_KIND_RETURNED\x10\b\x12\x1d\n" +
+	"\x19QUEUE_EVENT_KIND_REDRIVEN\x10\t\x12\x1e\n" +
+	"\x1aQUEUE_EVENT_KIND_CANCELLED\x10\n" +
+	"2\xf1\r\n" +
 	"\x0fJobQueueService\x12>\n" +
 	"\aEnqueue\x12\x18.baton.v1.EnqueueRequest\x1a\x19.baton.v1.EnqueueResponse\x12M\n" +
 	"\fEnqueueBatch\x12\x1d.baton.v1.EnqueueBatchRequest\x1a\x1e.baton.v1.EnqueueBatchResponse\x12B\n" +
@@ -3284,6 +4128,11 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"PauseQueue\x12\x1b.baton.v1.PauseQueueRequest\x1a\x1c.baton.v1.PauseQueueResponse\x12J\n" +
 	"\vResumeQueue\x12\x1c.baton.v1.ResumeQueueRequest\x1a\x1d.baton.v1.ResumeQueueResponse\x12S\n" +
+	"\x0eUpdateProgress\x12\x1f.baton.v1.UpdateProgressRequest\x1a .baton.v1.UpdateProgressResponse\x12C\n" +
+	"\bWatchJob\x12\x19.baton.v1.WatchJobRequest\x1a\x1a.baton.v1.WatchJobResponse0\x01\x12I\n" +
+	"\n" +
+	"WatchQueue\x12\x1b.baton.v1.WatchQueueRequest\x1a\x1c.baton.v1.WatchQueueResponse0\x01\x12A\n" +
+	"\bListJobs\x12\x19.baton.v1.ListJobsRequest\x1a\x1a.baton.v1.ListJobsResponse\x12S\n" +
 	"\x0eCreateSchedule\x12\x1f.baton.v1.CreateScheduleRequest\x1a .baton.v1.CreateScheduleResponse\x12J\n" +
 	"\vGetSchedule\x12\x1c.baton.v1.GetScheduleRequest\x1a\x1d.baton.v1.GetScheduleResponse\x12P\n" +
 	"\rListSchedules\x12\x1e.baton.v1.ListSchedulesRequest\x1a\x1f.baton.v1.ListSchedulesResponse\x12P\n" +
@@ -3305,151 +4154,183 @@ func file_baton_v1_queue_proto_rawDescGZIP() []byte {
 	return file_baton_v1_queue_proto_rawDescData
 }
 
-var file_baton_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_baton_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_baton_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                  // 0: baton.v1.JobState
 	(MissedTicks)(0),               // 1: baton.v1.MissedTicks
-	(*Backoff)(nil),                // 2: baton.v1.Backoff
-	(*Job)(nil),                    // 3: baton.v1.Job
-	(*EnqueueRequest)(nil),         // 4: baton.v1.EnqueueRequest
-	(*EnqueueResponse)(nil),        // 5: baton.v1.EnqueueResponse
-	(*EnqueueBatchRequest)(nil),    // 6: baton.v1.EnqueueBatchRequest
-	(*EnqueueBatchResponse)(nil),   // 7: baton.v1.EnqueueBatchResponse
-	(*ConsumeRequest)(nil),         // 8: baton.v1.ConsumeRequest
-	(*Delivery)(nil),               // 9: baton.v1.Delivery
-	(*JobCancelled)(nil),           // 10: baton.v1.JobCancelled
-	(*ConsumeResponse)(nil),        // 11: baton.v1.ConsumeResponse
-	(*AckRequest)(nil),             // 12: baton.v1.AckRequest
-	(*AckResponse)(nil),            // 13: baton.v1.AckResponse
-	(*AckBatchRequest)(nil),        // 14: baton.v1.AckBatchRequest
-	(*AckBatchResponse)(nil),       // 15: baton.v1.AckBatchResponse
-	(*AckResult)(nil),              // 16: baton.v1.AckResult
-	(*NackRequest)(nil),            // 17: baton.v1.NackRequest
-	(*NackResponse)(nil),           // 18: baton.v1.NackResponse
-	(*ExtendRequest)(nil),          // 19: baton.v1.ExtendRequest
-	(*ExtendResponse)(nil),         // 20: baton.v1.ExtendResponse
-	(*GetJobRequest)(nil),          // 21: baton.v1.GetJobRequest
-	(*GetJobResponse)(nil),         // 22: baton.v1.GetJobResponse
-	(*CancelJobRequest)(nil),       // 23: baton.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),      // 24: baton.v1.CancelJobResponse
-	(*GetQueueStatsRequest)(nil),   // 25: baton.v1.GetQueueStatsRequest
-	(*GetQueueStatsResponse)(nil),  // 26: baton.v1.GetQueueStatsResponse
-	(*ListDeadJobsRequest)(nil),    // 27: baton.v1.ListDeadJobsRequest
-	(*ListDeadJobsResponse)(nil),   // 28: baton.v1.ListDeadJobsResponse
-	(*RetryDeadJobsRequest)(nil),   // 29: baton.v1.RetryDeadJobsRequest
-	(*RetryDeadJobsResponse)(nil),  // 30: baton.v1.RetryDeadJobsResponse
-	(*PauseQueueRequest)(nil),      // 31: baton.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),     // 32: baton.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),     // 33: baton.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),    // 34: baton.v1.ResumeQueueResponse
-	(*Schedule)(nil),               // 35: baton.v1.Schedule
-	(*CreateScheduleRequest)(nil),  // 36: baton.v1.CreateScheduleRequest
-	(*CreateScheduleResponse)(nil), // 37: baton.v1.CreateScheduleResponse
-	(*GetScheduleRequest)(nil),     // 38: baton.v1.GetScheduleRequest
-	(*GetScheduleResponse)(nil),    // 39: baton.v1.GetScheduleResponse
-	(*ListSchedulesRequest)(nil),   // 40: baton.v1.ListSchedulesRequest
-	(*ListSchedulesResponse)(nil),  // 41: baton.v1.ListSchedulesResponse
-	(*PauseScheduleRequest)(nil),   // 42: baton.v1.PauseScheduleRequest
-	(*PauseScheduleResponse)(nil),  // 43: baton.v1.PauseScheduleResponse
-	(*ResumeScheduleRequest)(nil),  // 44: baton.v1.ResumeScheduleRequest
-	(*ResumeScheduleResponse)(nil), // 45: baton.v1.ResumeScheduleResponse
-	(*DeleteScheduleRequest)(nil),  // 46: baton.v1.DeleteScheduleRequest
-	(*DeleteScheduleResponse)(nil), // 47: baton.v1.DeleteScheduleResponse
-	nil,                            // 48: baton.v1.Job.TraceContextEntry
-	(*durationpb.Duration)(nil),    // 49: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 50: google.protobuf.Timestamp
+	(QueueEventKind)(0),            // 2: baton.v1.QueueEventKind
+	(*Backoff)(nil),                // 3: baton.v1.Backoff
+	(*Job)(nil),                    // 4: baton.v1.Job
+	(*Progress)(nil),               // 5: baton.v1.Progress
+	(*EnqueueRequest)(nil),         // 6: baton.v1.EnqueueRequest
+	(*EnqueueResponse)(nil),        // 7: baton.v1.EnqueueResponse
+	(*EnqueueBatchRequest)(nil),    // 8: baton.v1.EnqueueBatchRequest
+	(*EnqueueBatchResponse)(nil),   // 9: baton.v1.EnqueueBatchResponse
+	(*ConsumeRequest)(nil),         // 10: baton.v1.ConsumeRequest
+	(*Delivery)(nil),               // 11: baton.v1.Delivery
+	(*JobCancelled)(nil),           // 12: baton.v1.JobCancelled
+	(*ConsumeResponse)(nil),        // 13: baton.v1.ConsumeResponse
+	(*AckRequest)(nil),             // 14: baton.v1.AckRequest
+	(*AckResponse)(nil),            // 15: baton.v1.AckResponse
+	(*AckBatchRequest)(nil),        // 16: baton.v1.AckBatchRequest
+	(*AckBatchResponse)(nil),       // 17: baton.v1.AckBatchResponse
+	(*AckResult)(nil),              // 18: baton.v1.AckResult
+	(*NackRequest)(nil),            // 19: baton.v1.NackRequest
+	(*NackResponse)(nil),           // 20: baton.v1.NackResponse
+	(*ExtendRequest)(nil),          // 21: baton.v1.ExtendRequest
+	(*ExtendResponse)(nil),         // 22: baton.v1.ExtendResponse
+	(*GetJobRequest)(nil),          // 23: baton.v1.GetJobRequest
+	(*GetJobResponse)(nil),         // 24: baton.v1.GetJobResponse
+	(*CancelJobRequest)(nil),       // 25: baton.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),      // 26: baton.v1.CancelJobResponse
+	(*GetQueueStatsRequest)(nil),   // 27: baton.v1.GetQueueStatsRequest
+	(*GetQueueStatsResponse)(nil),  // 28: baton.v1.GetQueueStatsResponse
+	(*ListDeadJobsRequest)(nil),    // 29: baton.v1.ListDeadJobsRequest
+	(*ListDeadJobsResponse)(nil),   // 30: baton.v1.ListDeadJobsResponse
+	(*RetryDeadJobsRequest)(nil),   // 31: baton.v1.RetryDeadJobsRequest
+	(*RetryDeadJobsResponse)(nil),  // 32: baton.v1.RetryDeadJobsResponse
+	(*PauseQueueRequest)(nil),      // 33: baton.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),     // 34: baton.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),     // 35: baton.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),    // 36: baton.v1.ResumeQueueResponse
+	(*Schedule)(nil),               // 37: baton.v1.Schedule
+	(*CreateScheduleRequest)(nil),  // 38: baton.v1.CreateScheduleRequest
+	(*CreateScheduleResponse)(nil), // 39: baton.v1.CreateScheduleResponse
+	(*GetScheduleRequest)(nil),     // 40: baton.v1.GetScheduleRequest
+	(*GetScheduleResponse)(nil),    // 41: baton.v1.GetScheduleResponse
+	(*ListSchedulesRequest)(nil),   // 42: baton.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),  // 43: baton.v1.ListSchedulesResponse
+	(*PauseScheduleRequest)(nil),   // 44: baton.v1.PauseScheduleRequest
+	(*PauseScheduleResponse)(nil),  // 45: baton.v1.PauseScheduleResponse
+	(*ResumeScheduleRequest)(nil),  // 46: baton.v1.ResumeScheduleRequest
+	(*ResumeScheduleResponse)(nil), // 47: baton.v1.ResumeScheduleResponse
+	(*DeleteScheduleRequest)(nil),  // 48: baton.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil), // 49: baton.v1.DeleteScheduleResponse
+	(*UpdateProgressRequest)(nil),  // 50: baton.v1.UpdateProgressRequest
+	(*UpdateProgressResponse)(nil), // 51: baton.v1.UpdateProgressResponse
+	(*WatchJobRequest)(nil),        // 52: baton.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),       // 53: baton.v1.WatchJobResponse
+	(*WatchQueueRequest)(nil),      // 54: baton.v1.WatchQueueRequest
+	(*QueueEvent)(nil),             // 55: baton.v1.QueueEvent
+	(*EventsMissed)(nil),           // 56: baton.v1.EventsMissed
+	(*WatchQueueResponse)(nil),     // 57: baton.v1.WatchQueueResponse
+	(*ListJobsRequest)(nil),        // 58: baton.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),       // 59: baton.v1.ListJobsResponse
+	nil,                            // 60: baton.v1.Job.TraceContextEntry
+	(*durationpb.Duration)(nil),    // 61: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 62: google.protobuf.Timestamp
 }
 var file_baton_v1_queue_proto_depIdxs = []int32{
-	49, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
-	49, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
+	61, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
+	61, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
 	0,  // 2: baton.v1.Job.state:type_name -> baton.v1.JobState
-	50, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	50, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
-	2,  // 5: baton.v1.Job.backoff:type_name -> baton.v1.Backoff
-	50, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	48, // 7: baton.v1.Job.trace_context:type_name -> baton.v1.Job.TraceContextEntry
-	49, // 8: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
-	50, // 9: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
-	2,  // 10: baton.v1.EnqueueRequest.backoff:type_name -> baton.v1.Backoff
-	49, // 11: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
-	4,  // 12: baton.v1.EnqueueBatchRequest.requests:type_name -> baton.v1.EnqueueRequest
-	5,  // 13: baton.v1.EnqueueBatchResponse.results:type_name -> baton.v1.EnqueueResponse
-	49, // 14: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	3,  // 15: baton.v1.Delivery.job:type_name -> baton.v1.Job
-	50, // 16: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
-	9,  // 17: baton.v1.ConsumeResponse.delivery:type_name -> baton.v1.Delivery
-	10, // 18: baton.v1.ConsumeResponse.cancelled:type_name -> baton.v1.JobCancelled
-	12, // 19: baton.v1.AckBatchRequest.acks:type_name -> baton.v1.AckRequest
-	16, // 20: baton.v1.AckBatchResponse.results:type_name -> baton.v1.AckResult
-	49, // 21: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
-	0,  // 22: baton.v1.NackResponse.state:type_name -> baton.v1.JobState
-	50, // 23: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
-	49, // 24: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	50, // 25: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	3,  // 26: baton.v1.GetJobResponse.job:type_name -> baton.v1.Job
-	0,  // 27: baton.v1.CancelJobResponse.state:type_name -> baton.v1.JobState
-	49, // 28: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
-	3,  // 29: baton.v1.ListDeadJobsResponse.jobs:type_name -> baton.v1.Job
-	49, // 30: baton.v1.Schedule.every:type_name -> google.protobuf.Duration
-	4,  // 31: baton.v1.Schedule.job:type_name -> baton.v1.EnqueueRequest
-	1,  // 32: baton.v1.Schedule.missed_ticks:type_name -> baton.v1.MissedTicks
-	49, // 33: baton.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
-	49, // 34: baton.v1.Schedule.jitter:type_name -> google.protobuf.Duration
-	50, // 35: baton.v1.Schedule.created_at:type_name -> google.protobuf.Timestamp
-	50, // 36: baton.v1.Schedule.last_tick:type_name -> google.protobuf.Timestamp
-	50, // 37: baton.v1.Schedule.next_ticks:type_name -> google.protobuf.Timestamp
-	35, // 38: baton.v1.CreateScheduleRequest.schedule:type_name -> baton.v1.Schedule
-	35, // 39: baton.v1.CreateScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	35, // 40: baton.v1.GetScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	35, // 41: baton.v1.ListSchedulesResponse.schedules:type_name -> baton.v1.Schedule
-	35, // 42: baton.v1.PauseScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	35, // 43: baton.v1.ResumeScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	4,  // 44: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
-	6,  // 45: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
-	8,  // 46: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
-	12, // 47: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
-	14, // 48: baton.v1.JobQueueService.AckBatch:input_type -> baton.v1.AckBatchRequest
-	17, // 49: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
-	19, // 50: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
-	21, // 51: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
-	23, // 52: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
-	25, // 53: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
-	27, // 54: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
-	29, // 55: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
-	31, // 56: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
-	33, // 57: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
-	36, // 58: baton.v1.JobQueueService.CreateSchedule:input_type -> baton.v1.CreateScheduleRequest
-	38, // 59: baton.v1.JobQueueService.GetSchedule:input_type -> baton.v1.GetScheduleRequest
-	40, // 60: baton.v1.JobQueueService.ListSchedules:input_type -> baton.v1.ListSchedulesRequest
-	42, // 61: baton.v1.JobQueueService.PauseSchedule:input_type -> baton.v1.PauseScheduleRequest
-	44, // 62: baton.v1.JobQueueService.ResumeSchedule:input_type -> baton.v1.ResumeScheduleRequest
-	46, // 63: baton.v1.JobQueueService.DeleteSchedule:input_type -> baton.v1.DeleteScheduleRequest
-	5,  // 64: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
-	7,  // 65: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
-	11, // 66: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
-	13, // 67: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
-	15, // 68: baton.v1.JobQueueService.AckBatch:output_type -> baton.v1.AckBatchResponse
-	18, // 69: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
-	20, // 70: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
-	22, // 71: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
-	24, // 72: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
-	26, // 73: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
-	28, // 74: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
-	30, // 75: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
-	32, // 76: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
-	34, // 77: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
-	37, // 78: baton.v1.JobQueueService.CreateSchedule:output_type -> baton.v1.CreateScheduleResponse
-	39, // 79: baton.v1.JobQueueService.GetSchedule:output_type -> baton.v1.GetScheduleResponse
-	41, // 80: baton.v1.JobQueueService.ListSchedules:output_type -> baton.v1.ListSchedulesResponse
-	43, // 81: baton.v1.JobQueueService.PauseSchedule:output_type -> baton.v1.PauseScheduleResponse
-	45, // 82: baton.v1.JobQueueService.ResumeSchedule:output_type -> baton.v1.ResumeScheduleResponse
-	47, // 83: baton.v1.JobQueueService.DeleteSchedule:output_type -> baton.v1.DeleteScheduleResponse
-	64, // [64:84] is the sub-list for method output_type
-	44, // [44:64] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	62, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	62, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	3,  // 5: baton.v1.Job.backoff:type_name -> baton.v1.Backoff
+	62, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	60, // 7: baton.v1.Job.trace_context:type_name -> baton.v1.Job.TraceContextEntry
+	5,  // 8: baton.v1.Job.progress:type_name -> baton.v1.Progress
+	62, // 9: baton.v1.Progress.reported_at:type_name -> google.protobuf.Timestamp
+	61, // 10: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
+	62, // 11: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	3,  // 12: baton.v1.EnqueueRequest.backoff:type_name -> baton.v1.Backoff
+	61, // 13: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
+	6,  // 14: baton.v1.EnqueueBatchRequest.requests:type_name -> baton.v1.EnqueueRequest
+	7,  // 15: baton.v1.EnqueueBatchResponse.results:type_name -> baton.v1.EnqueueResponse
+	61, // 16: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	4,  // 17: baton.v1.Delivery.job:type_name -> baton.v1.Job
+	62, // 18: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
+	11, // 19: baton.v1.ConsumeResponse.delivery:type_name -> baton.v1.Delivery
+	12, // 20: baton.v1.ConsumeResponse.cancelled:type_name -> baton.v1.JobCancelled
+	14, // 21: baton.v1.AckBatchRequest.acks:type_name -> baton.v1.AckRequest
+	18, // 22: baton.v1.AckBatchResponse.results:type_name -> baton.v1.AckResult
+	61, // 23: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
+	0,  // 24: baton.v1.NackResponse.state:type_name -> baton.v1.JobState
+	62, // 25: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
+	61, // 26: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	62, // 27: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 28: baton.v1.GetJobResponse.job:type_name -> baton.v1.Job
+	0,  // 29: baton.v1.CancelJobResponse.state:type_name -> baton.v1.JobState
+	61, // 30: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	4,  // 31: baton.v1.ListDeadJobsResponse.jobs:type_name -> baton.v1.Job
+	61, // 32: baton.v1.Schedule.every:type_name -> google.protobuf.Duration
+	6,  // 33: baton.v1.Schedule.job:type_name -> baton.v1.EnqueueRequest
+	1,  // 34: baton.v1.Schedule.missed_ticks:type_name -> baton.v1.MissedTicks
+	61, // 35: baton.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
+	61, // 36: baton.v1.Schedule.jitter:type_name -> google.protobuf.Duration
+	62, // 37: baton.v1.Schedule.created_at:type_name -> google.protobuf.Timestamp
+	62, // 38: baton.v1.Schedule.last_tick:type_name -> google.protobuf.Timestamp
+	62, // 39: baton.v1.Schedule.next_ticks:type_name -> google.protobuf.Timestamp
+	37, // 40: baton.v1.CreateScheduleRequest.schedule:type_name -> baton.v1.Schedule
+	37, // 41: baton.v1.CreateScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	37, // 42: baton.v1.GetScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	37, // 43: baton.v1.ListSchedulesResponse.schedules:type_name -> baton.v1.Schedule
+	37, // 44: baton.v1.PauseScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	37, // 45: baton.v1.ResumeScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	4,  // 46: baton.v1.WatchJobResponse.job:type_name -> baton.v1.Job
+	2,  // 47: baton.v1.QueueEvent.kind:type_name -> baton.v1.QueueEventKind
+	0,  // 48: baton.v1.QueueEvent.state:type_name -> baton.v1.JobState
+	62, // 49: baton.v1.QueueEvent.at:type_name -> google.protobuf.Timestamp
+	5,  // 50: baton.v1.QueueEvent.progress:type_name -> baton.v1.Progress
+	62, // 51: baton.v1.QueueEvent.run_at:type_name -> google.protobuf.Timestamp
+	55, // 52: baton.v1.WatchQueueResponse.event:type_name -> baton.v1.QueueEvent
+	56, // 53: baton.v1.WatchQueueResponse.missed:type_name -> baton.v1.EventsMissed
+	0,  // 54: baton.v1.ListJobsRequest.state:type_name -> baton.v1.JobState
+	4,  // 55: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.Job
+	6,  // 56: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
+	8,  // 57: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
+	10, // 58: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
+	14, // 59: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
+	16, // 60: baton.v1.JobQueueService.AckBatch:input_type -> baton.v1.AckBatchRequest
+	19, // 61: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
+	21, // 62: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
+	23, // 63: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
+	25, // 64: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
+	27, // 65: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
+	29, // 66: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
+	31, // 67: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
+	33, // 68: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
+	35, // 69: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
+	50, // 70: baton.v1.JobQueueService.UpdateProgress:input_type -> baton.v1.UpdateProgressRequest
+	52, // 71: baton.v1.JobQueueService.WatchJob:input_type -> baton.v1.WatchJobRequest
+	54, // 72: baton.v1.JobQueueService.WatchQueue:input_type -> baton.v1.WatchQueueRequest
+	58, // 73: baton.v1.JobQueueService.ListJobs:input_type -> baton.v1.ListJobsRequest
+	38, // 74: baton.v1.JobQueueService.CreateSchedule:input_type -> baton.v1.CreateScheduleRequest
+	40, // 75: baton.v1.JobQueueService.GetSchedule:input_type -> baton.v1.GetScheduleRequest
+	42, // 76: baton.v1.JobQueueService.ListSchedules:input_type -> baton.v1.ListSchedulesRequest
+	44, // 77: baton.v1.JobQueueService.PauseSchedule:input_type -> baton.v1.PauseScheduleRequest
+	46, // 78: baton.v1.JobQueueService.ResumeSchedule:input_type -> baton.v1.ResumeScheduleRequest
+	48, // 79: baton.v1.JobQueueService.DeleteSchedule:input_type -> baton.v1.DeleteScheduleRequest
+	7,  // 80: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
+	9,  // 81: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
+	13, // 82: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
+	15, // 83: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
+	17, // 84: baton.v1.JobQueueService.AckBatch:output_type -> baton.v1.AckBatchResponse
+	20, // 85: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
+	22, // 86: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
+	24, // 87: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
+	26, // 88: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
+	28, // 89: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
+	30, // 90: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
+	32, // 91: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
+	34, // 92: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
+	36, // 93: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
+	51, // 94: baton.v1.JobQueueService.UpdateProgress:output_type -> baton.v1.UpdateProgressResponse
+	53, // 95: baton.v1.JobQueueService.WatchJob:output_type -> baton.v1.WatchJobResponse
+	57, // 96: baton.v1.JobQueueService.WatchQueue:output_type -> baton.v1.WatchQueueResponse
+	59, // 97: baton.v1.JobQueueService.ListJobs:output_type -> baton.v1.ListJobsResponse
+	39, // 98: baton.v1.JobQueueService.CreateSchedule:output_type -> baton.v1.CreateScheduleResponse
+	41, // 99: baton.v1.JobQueueService.GetSchedule:output_type -> baton.v1.GetScheduleResponse
+	43, // 100: baton.v1.JobQueueService.ListSchedules:output_type -> baton.v1.ListSchedulesResponse
+	45, // 101: baton.v1.JobQueueService.PauseSchedule:output_type -> baton.v1.PauseScheduleResponse
+	47, // 102: baton.v1.JobQueueService.ResumeSchedule:output_type -> baton.v1.ResumeScheduleResponse
+	49, // 103: baton.v1.JobQueueService.DeleteSchedule:output_type -> baton.v1.DeleteScheduleResponse
+	80, // [80:104] is the sub-list for method output_type
+	56, // [56:80] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_queue_proto_init() }
@@ -3457,25 +4338,29 @@ func file_baton_v1_queue_proto_init() {
 	if File_baton_v1_queue_proto != nil {
 		return
 	}
-	file_baton_v1_queue_proto_msgTypes[2].OneofWrappers = []any{
+	file_baton_v1_queue_proto_msgTypes[3].OneofWrappers = []any{
 		(*EnqueueRequest_Delay)(nil),
 		(*EnqueueRequest_RunAt)(nil),
 	}
-	file_baton_v1_queue_proto_msgTypes[9].OneofWrappers = []any{
+	file_baton_v1_queue_proto_msgTypes[10].OneofWrappers = []any{
 		(*ConsumeResponse_Delivery)(nil),
 		(*ConsumeResponse_Cancelled)(nil),
 	}
-	file_baton_v1_queue_proto_msgTypes[33].OneofWrappers = []any{
+	file_baton_v1_queue_proto_msgTypes[34].OneofWrappers = []any{
 		(*Schedule_Cron)(nil),
 		(*Schedule_Every)(nil),
+	}
+	file_baton_v1_queue_proto_msgTypes[54].OneofWrappers = []any{
+		(*WatchQueueResponse_Event)(nil),
+		(*WatchQueueResponse_Missed)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_queue_proto_rawDesc), len(file_baton_v1_queue_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   47,
+			NumEnums:      3,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,10 @@ const (
 	JobQueueService_RetryDeadJobs_FullMethodName  = "/baton.v1.JobQueueService/RetryDeadJobs"
 	JobQueueService_PauseQueue_FullMethodName     = "/baton.v1.JobQueueService/PauseQueue"
 	JobQueueService_ResumeQueue_FullMethodName    = "/baton.v1.JobQueueService/ResumeQueue"
+	JobQueueService_UpdateProgress_FullMethodName = "/baton.v1.JobQueueService/UpdateProgress"
+	JobQueueService_WatchJob_FullMethodName       = "/baton.v1.JobQueueService/WatchJob"
+	JobQueueService_WatchQueue_FullMethodName     = "/baton.v1.JobQueueService/WatchQueue"
+	JobQueueService_ListJobs_FullMethodName       = "/baton.v1.JobQueueService/ListJobs"
 	JobQueueService_CreateSchedule_FullMethodName = "/baton.v1.JobQueueService/CreateSchedule"
 	JobQueueService_GetSchedule_FullMethodName    = "/baton.v1.JobQueueService/GetSchedule"
 	JobQueueService_ListSchedules_FullMethodName  = "/baton.v1.JobQueueService/ListSchedules"
@@ -199,6 +203,54 @@ type JobQueueServiceClient interface {
 	// Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE; DEADLINE_EXCEEDED.
 	// Safe to retry on UNAVAILABLE (idempotent).
 	ResumeQueue(ctx context.Context, in *ResumeQueueRequest, opts ...grpc.CallOption) (*ResumeQueueResponse, error)
+	// UpdateProgress records how far a worker is with a job it holds: a number (a
+	// percentage, a count: the application's choice) and an optional small detail. It is kept
+	// with the job (Job.progress) and sent to WatchJob and WatchQueue watchers. The lease is
+	// not prolonged: that is Extend's job.
+	//
+	// Failures: FAILED_PRECONDITION (reason JOB_NOT_LEASED or JOB_CANCELLED) as for Ack;
+	// INVALID_ARGUMENT (malformed lease_id, a progress that is not a finite number, detail
+	// over 4 KiB); UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. Safe to retry: a
+	// repeated UpdateProgress only sets the same progress again.
+	UpdateProgress(ctx context.Context, in *UpdateProgressRequest, opts ...grpc.CallOption) (*UpdateProgressResponse, error)
+	// WatchJob streams a job as it changes, from any replica: first the job as it is now,
+	// then the job again after each change (delivered, progress, failed and waiting to retry,
+	// handed back), and last the job in a finished state — SUCCEEDED with its `result`, DEAD
+	// with its `last_error`, or CANCELLED — after which the stream ends OK. A job already
+	// finished is sent once and the stream ends. Run request/response over the queue with
+	// Enqueue then WatchJob. The payload is not repeated (empty in every message: GetJob reads
+	// it). Changes that follow each other closely may arrive as one message showing the
+	// latest; a job's state never goes back.
+	//
+	// Failures: NOT_FOUND (reason JOB_NOT_FOUND) when the job does not exist or is past
+	// retention, at the start or later; INVALID_ARGUMENT (malformed job_id); UNAVAILABLE
+	// (Redis unreachable at the start, or this server draining: watch again, through another
+	// replica); DEADLINE_EXCEEDED (the caller's deadline on the stream).
+	WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobResponse], error)
+	// WatchQueue streams a queue's events as they happen, to any number of watchers on any
+	// replica: jobs enqueued, delivered, reporting progress, succeeded, failed (to be
+	// retried), dead, stalled (their lease expired or their worker went away), handed back
+	// unstarted, redriven, cancelled. Events start when the watch starts (there is no replay).
+	// A watcher that reads slower than events come is sent `missed` with how many events it
+	// lost, never an unbounded backlog; so is one whose replica fell behind Redis.
+	//
+	// Events are recorded only while somebody watches the queue (on any replica), so an
+	// unwatched queue pays nothing for them; a watched one pays one stream entry per event.
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE (Redis unreachable
+	// at the start, or this server draining); DEADLINE_EXCEEDED.
+	WatchQueue(ctx context.Context, in *WatchQueueRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchQueueResponse], error)
+	// ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+	// SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
+	// expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
+	// server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
+	// ListDeadJobs). Payloads are included; a page that would not fit in one message is
+	// RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE): ask for a smaller page.
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue, a state not listed above,
+	// page_size over 1000, malformed page_token); UNAVAILABLE; RESOURCE_EXHAUSTED;
+	// DEADLINE_EXCEEDED. Safe to retry.
+	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	// CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
 	// fixed interval. However many replicas run, each tick enqueues exactly one job: every
 	// replica may notice the tick, each enqueues it de-duplicated by the schedule and the
@@ -384,6 +436,64 @@ func (c *jobQueueServiceClient) ResumeQueue(ctx context.Context, in *ResumeQueue
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ResumeQueueResponse)
 	err := c.cc.Invoke(ctx, JobQueueService_ResumeQueue_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobQueueServiceClient) UpdateProgress(ctx context.Context, in *UpdateProgressRequest, opts ...grpc.CallOption) (*UpdateProgressResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateProgressResponse)
+	err := c.cc.Invoke(ctx, JobQueueService_UpdateProgress_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobQueueServiceClient) WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &JobQueueService_ServiceDesc.Streams[1], JobQueueService_WatchJob_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchJobRequest, WatchJobResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobQueueService_WatchJobClient = grpc.ServerStreamingClient[WatchJobResponse]
+
+func (c *jobQueueServiceClient) WatchQueue(ctx context.Context, in *WatchQueueRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchQueueResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &JobQueueService_ServiceDesc.Streams[2], JobQueueService_WatchQueue_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchQueueRequest, WatchQueueResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobQueueService_WatchQueueClient = grpc.ServerStreamingClient[WatchQueueResponse]
+
+func (c *jobQueueServiceClient) ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJobsResponse)
+	err := c.cc.Invoke(ctx, JobQueueService_ListJobs_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -608,6 +718,54 @@ type JobQueueServiceServer interface {
 	// Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE; DEADLINE_EXCEEDED.
 	// Safe to retry on UNAVAILABLE (idempotent).
 	ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error)
+	// UpdateProgress records how far a worker is with a job it holds: a number (a
+	// percentage, a count: the application's choice) and an optional small detail. It is kept
+	// with the job (Job.progress) and sent to WatchJob and WatchQueue watchers. The lease is
+	// not prolonged: that is Extend's job.
+	//
+	// Failures: FAILED_PRECONDITION (reason JOB_NOT_LEASED or JOB_CANCELLED) as for Ack;
+	// INVALID_ARGUMENT (malformed lease_id, a progress that is not a finite number, detail
+	// over 4 KiB); UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. Safe to retry: a
+	// repeated UpdateProgress only sets the same progress again.
+	UpdateProgress(context.Context, *UpdateProgressRequest) (*UpdateProgressResponse, error)
+	// WatchJob streams a job as it changes, from any replica: first the job as it is now,
+	// then the job again after each change (delivered, progress, failed and waiting to retry,
+	// handed back), and last the job in a finished state — SUCCEEDED with its `result`, DEAD
+	// with its `last_error`, or CANCELLED — after which the stream ends OK. A job already
+	// finished is sent once and the stream ends. Run request/response over the queue with
+	// Enqueue then WatchJob. The payload is not repeated (empty in every message: GetJob reads
+	// it). Changes that follow each other closely may arrive as one message showing the
+	// latest; a job's state never goes back.
+	//
+	// Failures: NOT_FOUND (reason JOB_NOT_FOUND) when the job does not exist or is past
+	// retention, at the start or later; INVALID_ARGUMENT (malformed job_id); UNAVAILABLE
+	// (Redis unreachable at the start, or this server draining: watch again, through another
+	// replica); DEADLINE_EXCEEDED (the caller's deadline on the stream).
+	WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[WatchJobResponse]) error
+	// WatchQueue streams a queue's events as they happen, to any number of watchers on any
+	// replica: jobs enqueued, delivered, reporting progress, succeeded, failed (to be
+	// retried), dead, stalled (their lease expired or their worker went away), handed back
+	// unstarted, redriven, cancelled. Events start when the watch starts (there is no replay).
+	// A watcher that reads slower than events come is sent `missed` with how many events it
+	// lost, never an unbounded backlog; so is one whose replica fell behind Redis.
+	//
+	// Events are recorded only while somebody watches the queue (on any replica), so an
+	// unwatched queue pays nothing for them; a watched one pays one stream entry per event.
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE (Redis unreachable
+	// at the start, or this server draining); DEADLINE_EXCEEDED.
+	WatchQueue(*WatchQueueRequest, grpc.ServerStreamingServer[WatchQueueResponse]) error
+	// ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+	// SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
+	// expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
+	// server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
+	// ListDeadJobs). Payloads are included; a page that would not fit in one message is
+	// RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE): ask for a smaller page.
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue, a state not listed above,
+	// page_size over 1000, malformed page_token); UNAVAILABLE; RESOURCE_EXHAUSTED;
+	// DEADLINE_EXCEEDED. Safe to retry.
+	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	// CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
 	// fixed interval. However many replicas run, each tick enqueues exactly one job: every
 	// replica may notice the tick, each enqueues it de-duplicated by the schedule and the
@@ -697,6 +855,18 @@ func (UnimplementedJobQueueServiceServer) PauseQueue(context.Context, *PauseQueu
 }
 func (UnimplementedJobQueueServiceServer) ResumeQueue(context.Context, *ResumeQueueRequest) (*ResumeQueueResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeQueue not implemented")
+}
+func (UnimplementedJobQueueServiceServer) UpdateProgress(context.Context, *UpdateProgressRequest) (*UpdateProgressResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateProgress not implemented")
+}
+func (UnimplementedJobQueueServiceServer) WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[WatchJobResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchJob not implemented")
+}
+func (UnimplementedJobQueueServiceServer) WatchQueue(*WatchQueueRequest, grpc.ServerStreamingServer[WatchQueueResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchQueue not implemented")
+}
+func (UnimplementedJobQueueServiceServer) ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListJobs not implemented")
 }
 func (UnimplementedJobQueueServiceServer) CreateSchedule(context.Context, *CreateScheduleRequest) (*CreateScheduleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateSchedule not implemented")
@@ -978,6 +1148,64 @@ func _JobQueueService_ResumeQueue_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobQueueService_UpdateProgress_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateProgressRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobQueueServiceServer).UpdateProgress(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobQueueService_UpdateProgress_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobQueueServiceServer).UpdateProgress(ctx, req.(*UpdateProgressRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobQueueService_WatchJob_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchJobRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(JobQueueServiceServer).WatchJob(m, &grpc.GenericServerStream[WatchJobRequest, WatchJobResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobQueueService_WatchJobServer = grpc.ServerStreamingServer[WatchJobResponse]
+
+func _JobQueueService_WatchQueue_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchQueueRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(JobQueueServiceServer).WatchQueue(m, &grpc.GenericServerStream[WatchQueueRequest, WatchQueueResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobQueueService_WatchQueueServer = grpc.ServerStreamingServer[WatchQueueResponse]
+
+func _JobQueueService_ListJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobQueueServiceServer).ListJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobQueueService_ListJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobQueueServiceServer).ListJobs(ctx, req.(*ListJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _JobQueueService_CreateSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateScheduleRequest)
 	if err := dec(in); err != nil {
@@ -1146,6 +1374,14 @@ var JobQueueService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _JobQueueService_ResumeQueue_Handler,
 		},
 		{
+			MethodName: "UpdateProgress",
+			Handler:    _JobQueueService_UpdateProgress_Handler,
+		},
+		{
+			MethodName: "ListJobs",
+			Handler:    _JobQueueService_ListJobs_Handler,
+		},
+		{
 			MethodName: "CreateSchedule",
 			Handler:    _JobQueueService_CreateSchedule_Handler,
 		},
@@ -1176,6 +1412,16 @@ var JobQueueService_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _JobQueueService_Consume_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "WatchJob",
+			Handler:       _JobQueueService_WatchJob_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "WatchQueue",
+			Handler:       _JobQueueService_WatchQueue_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "baton/v1/queue.proto",

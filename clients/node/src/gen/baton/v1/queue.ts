@@ -12,8 +12,10 @@ import {
   Client,
   type ClientDuplexStream,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
   type handleBidiStreamingCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -154,6 +156,105 @@ export function missedTicksToJSON(object: MissedTicks): string {
   }
 }
 
+/** QueueEventKind says what happened to a job. */
+export enum QueueEventKind {
+  /** QUEUE_EVENT_KIND_UNSPECIFIED - Never sent. */
+  QUEUE_EVENT_KIND_UNSPECIFIED = 0,
+  /** QUEUE_EVENT_KIND_ENQUEUED - Added by Enqueue, EnqueueBatch or a schedule (state READY or SCHEDULED). */
+  QUEUE_EVENT_KIND_ENQUEUED = 1,
+  /** QUEUE_EVENT_KIND_ACTIVE - Delivered to a worker (ACTIVE; `attempt` is the delivery's). */
+  QUEUE_EVENT_KIND_ACTIVE = 2,
+  /** QUEUE_EVENT_KIND_PROGRESS - Its worker reported progress (`progress`). */
+  QUEUE_EVENT_KIND_PROGRESS = 3,
+  /** QUEUE_EVENT_KIND_SUCCEEDED - Acked (SUCCEEDED). */
+  QUEUE_EVENT_KIND_SUCCEEDED = 4,
+  /** QUEUE_EVENT_KIND_FAILED - Nacked and waiting to retry (FAILED; `error`, `run_at`). */
+  QUEUE_EVENT_KIND_FAILED = 5,
+  /** QUEUE_EVENT_KIND_DEAD - Out of attempts or dead-lettered (DEAD; `error`). */
+  QUEUE_EVENT_KIND_DEAD = 6,
+  /** QUEUE_EVENT_KIND_STALLED - Its lease expired or its worker's stream ended without settling it: READY again. */
+  QUEUE_EVENT_KIND_STALLED = 7,
+  /** QUEUE_EVENT_KIND_RETURNED - Handed back unstarted by a draining worker: READY again, the attempt not charged. */
+  QUEUE_EVENT_KIND_RETURNED = 8,
+  /** QUEUE_EVENT_KIND_REDRIVEN - Moved from the dead-letter set back to READY by RetryDeadJobs. */
+  QUEUE_EVENT_KIND_REDRIVEN = 9,
+  /** QUEUE_EVENT_KIND_CANCELLED - Cancelled by CancelJob (CANCELLED). */
+  QUEUE_EVENT_KIND_CANCELLED = 10,
+  UNRECOGNIZED = -1,
+}
+
+export function queueEventKindFromJSON(object: any): QueueEventKind {
+  switch (object) {
+    case 0:
+    case "QUEUE_EVENT_KIND_UNSPECIFIED":
+      return QueueEventKind.QUEUE_EVENT_KIND_UNSPECIFIED;
+    case 1:
+    case "QUEUE_EVENT_KIND_ENQUEUED":
+      return QueueEventKind.QUEUE_EVENT_KIND_ENQUEUED;
+    case 2:
+    case "QUEUE_EVENT_KIND_ACTIVE":
+      return QueueEventKind.QUEUE_EVENT_KIND_ACTIVE;
+    case 3:
+    case "QUEUE_EVENT_KIND_PROGRESS":
+      return QueueEventKind.QUEUE_EVENT_KIND_PROGRESS;
+    case 4:
+    case "QUEUE_EVENT_KIND_SUCCEEDED":
+      return QueueEventKind.QUEUE_EVENT_KIND_SUCCEEDED;
+    case 5:
+    case "QUEUE_EVENT_KIND_FAILED":
+      return QueueEventKind.QUEUE_EVENT_KIND_FAILED;
+    case 6:
+    case "QUEUE_EVENT_KIND_DEAD":
+      return QueueEventKind.QUEUE_EVENT_KIND_DEAD;
+    case 7:
+    case "QUEUE_EVENT_KIND_STALLED":
+      return QueueEventKind.QUEUE_EVENT_KIND_STALLED;
+    case 8:
+    case "QUEUE_EVENT_KIND_RETURNED":
+      return QueueEventKind.QUEUE_EVENT_KIND_RETURNED;
+    case 9:
+    case "QUEUE_EVENT_KIND_REDRIVEN":
+      return QueueEventKind.QUEUE_EVENT_KIND_REDRIVEN;
+    case 10:
+    case "QUEUE_EVENT_KIND_CANCELLED":
+      return QueueEventKind.QUEUE_EVENT_KIND_CANCELLED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return QueueEventKind.UNRECOGNIZED;
+  }
+}
+
+export function queueEventKindToJSON(object: QueueEventKind): string {
+  switch (object) {
+    case QueueEventKind.QUEUE_EVENT_KIND_UNSPECIFIED:
+      return "QUEUE_EVENT_KIND_UNSPECIFIED";
+    case QueueEventKind.QUEUE_EVENT_KIND_ENQUEUED:
+      return "QUEUE_EVENT_KIND_ENQUEUED";
+    case QueueEventKind.QUEUE_EVENT_KIND_ACTIVE:
+      return "QUEUE_EVENT_KIND_ACTIVE";
+    case QueueEventKind.QUEUE_EVENT_KIND_PROGRESS:
+      return "QUEUE_EVENT_KIND_PROGRESS";
+    case QueueEventKind.QUEUE_EVENT_KIND_SUCCEEDED:
+      return "QUEUE_EVENT_KIND_SUCCEEDED";
+    case QueueEventKind.QUEUE_EVENT_KIND_FAILED:
+      return "QUEUE_EVENT_KIND_FAILED";
+    case QueueEventKind.QUEUE_EVENT_KIND_DEAD:
+      return "QUEUE_EVENT_KIND_DEAD";
+    case QueueEventKind.QUEUE_EVENT_KIND_STALLED:
+      return "QUEUE_EVENT_KIND_STALLED";
+    case QueueEventKind.QUEUE_EVENT_KIND_RETURNED:
+      return "QUEUE_EVENT_KIND_RETURNED";
+    case QueueEventKind.QUEUE_EVENT_KIND_REDRIVEN:
+      return "QUEUE_EVENT_KIND_REDRIVEN";
+    case QueueEventKind.QUEUE_EVENT_KIND_CANCELLED:
+      return "QUEUE_EVENT_KIND_CANCELLED";
+    case QueueEventKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /**
  * Backoff is an exponential retry schedule: the wait before retry n (n = 1, 2, ...) is
  * initial * multiplier^(n-1), at most max. Zero fields mean the server's defaults.
@@ -219,11 +320,23 @@ export interface Job {
    * Empty when the job was enqueued outside any trace.
    */
   traceContext: { [key: string]: string };
+  /** The latest UpdateProgress of any delivery of the job; unset before the first. */
+  progress: Progress | undefined;
 }
 
 export interface Job_TraceContextEntry {
   key: string;
   value: string;
+}
+
+/** Progress is how far a worker says it is with a job. */
+export interface Progress {
+  /** The application's measure (a percentage, a count of items). */
+  value: number;
+  /** An optional small detail (a stage, a message), up to 4 KiB. */
+  detail: Buffer;
+  /** When it was reported, on the Redis server clock. */
+  reportedAt: Date | undefined;
 }
 
 /** EnqueueRequest describes one job to add. */
@@ -469,7 +582,11 @@ export interface GetQueueStatsResponse {
   /** Whether the queue is paused. */
   paused: boolean;
   /** How long the oldest ready job has been due; zero when none is ready. */
-  oldestReadyAge: Duration | undefined;
+  oldestReadyAge:
+    | Duration
+    | undefined;
+  /** Succeeded jobs kept for inspection (the newest, within the retention: docs/queues.md). */
+  succeeded: bigint;
 }
 
 /** ListDeadJobsRequest asks for one page of a queue's dead-letter set. */
@@ -682,6 +799,108 @@ export interface DeleteScheduleResponse {
   deleted: boolean;
 }
 
+/** UpdateProgressRequest reports progress on a held job. */
+export interface UpdateProgressRequest {
+  /** The delivery's lease. */
+  leaseId: string;
+  /** The progress, any finite number. */
+  value: number;
+  /** Optional detail, up to 4 KiB. */
+  detail: Buffer;
+}
+
+/** UpdateProgressResponse acknowledges an UpdateProgress. */
+export interface UpdateProgressResponse {
+}
+
+/** WatchJobRequest names the job to watch. */
+export interface WatchJobRequest {
+  /** The job's id. */
+  jobId: string;
+}
+
+/** WatchJobResponse is the job as it is after a change. */
+export interface WatchJobResponse {
+  /** The job, without its payload. */
+  job: Job | undefined;
+}
+
+/** WatchQueueRequest names the queue to watch. */
+export interface WatchQueueRequest {
+  /** The queue. */
+  queue: string;
+}
+
+/** QueueEvent is one thing that happened to one job of the watched queue. */
+export interface QueueEvent {
+  /** What happened. */
+  kind: QueueEventKind;
+  /** The job. */
+  jobId: string;
+  /** The job's state after the event. */
+  state: JobState;
+  /** The job's delivery count after the event. */
+  attempt: number;
+  /** When it happened, on the Redis server clock. */
+  at:
+    | Date
+    | undefined;
+  /** PROGRESS: the progress reported. */
+  progress:
+    | Progress
+    | undefined;
+  /** FAILED and DEAD: the error (the Nack's, or why the lease ended). */
+  error: string;
+  /** ENQUEUED as SCHEDULED, and FAILED: when the job is due. */
+  runAt:
+    | Date
+    | undefined;
+  /** ENQUEUED: the job's type. */
+  type: string;
+}
+
+/**
+ * EventsMissed tells a watcher that events were lost between the previous message and
+ * the next: it read too slowly, or its replica fell behind Redis.
+ */
+export interface EventsMissed {
+  /**
+   * How many events were lost; 0 when unknown (Redis was out of reach long enough for
+   * recording to stop).
+   */
+  count: bigint;
+}
+
+/** WatchQueueResponse is one event, or a gap. */
+export interface WatchQueueResponse {
+  /** An event. */
+  event?:
+    | QueueEvent
+    | undefined;
+  /** Events lost before the next one. */
+  missed?: EventsMissed | undefined;
+}
+
+/** ListJobsRequest asks for one page of a queue's jobs in one state. */
+export interface ListJobsRequest {
+  /** The queue. */
+  queue: string;
+  /** READY, SCHEDULED, ACTIVE, SUCCEEDED or DEAD. */
+  state: JobState;
+  /** Most jobs to return; 0 means 100, at most 1000. */
+  pageSize: number;
+  /** The next_page_token of a previous answer; empty for the first page. */
+  pageToken: string;
+}
+
+/** ListJobsResponse is one page of jobs. */
+export interface ListJobsResponse {
+  /** The jobs, in the order the request's state lists them. */
+  jobs: Job[];
+  /** Pass as page_token for the next page; empty on the last page. */
+  nextPageToken: string;
+}
+
 function createBaseBackoff(): Backoff {
   return { initial: undefined, max: undefined, multiplier: 0 };
 }
@@ -803,6 +1022,7 @@ function createBaseJob(): Job {
     backoff: undefined,
     finishedAt: undefined,
     traceContext: {},
+    progress: undefined,
   };
 }
 
@@ -856,6 +1076,9 @@ export const Job: MessageFns<Job> = {
     globalThis.Object.entries(message.traceContext).forEach(([key, value]: [string, string]) => {
       Job_TraceContextEntry.encode({ key: key as any, value }, writer.uint32(130).fork()).join();
     });
+    if (message.progress !== undefined) {
+      Progress.encode(message.progress, writer.uint32(138).fork()).join();
+    }
     return writer;
   },
 
@@ -1003,6 +1226,14 @@ export const Job: MessageFns<Job> = {
             }
             continue;
           }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.progress = Progress.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1087,6 +1318,7 @@ export const Job: MessageFns<Job> = {
           {},
         )
         : {},
+      progress: isSet(object.progress) ? Progress.fromJSON(object.progress) : undefined,
     };
   },
 
@@ -1146,6 +1378,9 @@ export const Job: MessageFns<Job> = {
         });
       }
     }
+    if (message.progress !== undefined) {
+      obj.progress = Progress.toJSON(message.progress);
+    }
     return obj;
   },
 
@@ -1180,6 +1415,9 @@ export const Job: MessageFns<Job> = {
       },
       {},
     );
+    message.progress = (object.progress !== undefined && object.progress !== null)
+      ? Progress.fromPartial(object.progress)
+      : undefined;
     return message;
   },
 };
@@ -1265,6 +1503,111 @@ export const Job_TraceContextEntry: MessageFns<Job_TraceContextEntry> = {
     const message = createBaseJob_TraceContextEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseProgress(): Progress {
+  return { value: 0, detail: Buffer.alloc(0), reportedAt: undefined };
+}
+
+export const Progress: MessageFns<Progress> = {
+  encode(message: Progress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.value !== 0) {
+      writer.uint32(9).double(message.value);
+    }
+    if (message.detail.length !== 0) {
+      writer.uint32(18).bytes(message.detail);
+    }
+    if (message.reportedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.reportedAt), writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Progress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 9) {
+              break;
+            }
+
+            message.value = reader.double();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.detail = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reportedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Progress {
+    return {
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+      detail: isSet(object.detail) ? Buffer.from(bytesFromBase64(object.detail)) : Buffer.alloc(0),
+      reportedAt: isSet(object.reportedAt)
+        ? fromJsonTimestamp(object.reportedAt)
+        : isSet(object.reported_at)
+        ? fromJsonTimestamp(object.reported_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: Progress): unknown {
+    const obj: any = {};
+    if (message.value !== 0) {
+      obj.value = floatToJson(message.value);
+    }
+    if (message.detail.length !== 0) {
+      obj.detail = base64FromBytes(message.detail);
+    }
+    if (message.reportedAt !== undefined) {
+      obj.reportedAt = message.reportedAt.toISOString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Progress>): Progress {
+    return Progress.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Progress>): Progress {
+    const message = createBaseProgress();
+    message.value = object.value ?? 0;
+    message.detail = object.detail ?? Buffer.alloc(0);
+    message.reportedAt = object.reportedAt ?? undefined;
     return message;
   },
 };
@@ -3356,7 +3699,7 @@ export const GetQueueStatsRequest: MessageFns<GetQueueStatsRequest> = {
 };
 
 function createBaseGetQueueStatsResponse(): GetQueueStatsResponse {
-  return { ready: 0n, scheduled: 0n, active: 0n, dead: 0n, paused: false, oldestReadyAge: undefined };
+  return { ready: 0n, scheduled: 0n, active: 0n, dead: 0n, paused: false, oldestReadyAge: undefined, succeeded: 0n };
 }
 
 export const GetQueueStatsResponse: MessageFns<GetQueueStatsResponse> = {
@@ -3390,6 +3733,12 @@ export const GetQueueStatsResponse: MessageFns<GetQueueStatsResponse> = {
     }
     if (message.oldestReadyAge !== undefined) {
       Duration.encode(message.oldestReadyAge, writer.uint32(50).fork()).join();
+    }
+    if (message.succeeded !== 0n) {
+      if (BigInt.asUintN(64, message.succeeded) !== message.succeeded) {
+        throw new globalThis.Error("value provided for field message.succeeded of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.succeeded);
     }
     return writer;
   },
@@ -3455,6 +3804,14 @@ export const GetQueueStatsResponse: MessageFns<GetQueueStatsResponse> = {
             message.oldestReadyAge = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.succeeded = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3479,6 +3836,7 @@ export const GetQueueStatsResponse: MessageFns<GetQueueStatsResponse> = {
         : isSet(object.oldest_ready_age)
         ? Duration.fromJSON(object.oldest_ready_age)
         : undefined,
+      succeeded: isSet(object.succeeded) ? BigInt(object.succeeded) : 0n,
     };
   },
 
@@ -3502,6 +3860,9 @@ export const GetQueueStatsResponse: MessageFns<GetQueueStatsResponse> = {
     if (message.oldestReadyAge !== undefined) {
       obj.oldestReadyAge = Duration.toJSON(message.oldestReadyAge);
     }
+    if (message.succeeded !== 0n) {
+      obj.succeeded = message.succeeded.toString();
+    }
     return obj;
   },
 
@@ -3518,6 +3879,7 @@ export const GetQueueStatsResponse: MessageFns<GetQueueStatsResponse> = {
     message.oldestReadyAge = (object.oldestReadyAge !== undefined && object.oldestReadyAge !== null)
       ? Duration.fromPartial(object.oldestReadyAge)
       : undefined;
+    message.succeeded = (object.succeeded !== undefined && object.succeeded !== null) ? BigInt(object.succeeded) : 0n;
     return message;
   },
 };
@@ -5461,6 +5823,960 @@ export const DeleteScheduleResponse: MessageFns<DeleteScheduleResponse> = {
   },
 };
 
+function createBaseUpdateProgressRequest(): UpdateProgressRequest {
+  return { leaseId: "", value: 0, detail: Buffer.alloc(0) };
+}
+
+export const UpdateProgressRequest: MessageFns<UpdateProgressRequest> = {
+  encode(message: UpdateProgressRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.leaseId !== "") {
+      writer.uint32(10).string(message.leaseId);
+    }
+    if (message.value !== 0) {
+      writer.uint32(17).double(message.value);
+    }
+    if (message.detail.length !== 0) {
+      writer.uint32(26).bytes(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateProgressRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateProgressRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.leaseId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.value = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.detail = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UpdateProgressRequest {
+    return {
+      leaseId: isSet(object.leaseId)
+        ? globalThis.String(object.leaseId)
+        : isSet(object.lease_id)
+        ? globalThis.String(object.lease_id)
+        : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+      detail: isSet(object.detail) ? Buffer.from(bytesFromBase64(object.detail)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: UpdateProgressRequest): unknown {
+    const obj: any = {};
+    if (message.leaseId !== "") {
+      obj.leaseId = message.leaseId;
+    }
+    if (message.value !== 0) {
+      obj.value = floatToJson(message.value);
+    }
+    if (message.detail.length !== 0) {
+      obj.detail = base64FromBytes(message.detail);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UpdateProgressRequest>): UpdateProgressRequest {
+    return UpdateProgressRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UpdateProgressRequest>): UpdateProgressRequest {
+    const message = createBaseUpdateProgressRequest();
+    message.leaseId = object.leaseId ?? "";
+    message.value = object.value ?? 0;
+    message.detail = object.detail ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
+function createBaseUpdateProgressResponse(): UpdateProgressResponse {
+  return {};
+}
+
+export const UpdateProgressResponse: MessageFns<UpdateProgressResponse> = {
+  encode(_: UpdateProgressResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UpdateProgressResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUpdateProgressResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): UpdateProgressResponse {
+    return {};
+  },
+
+  toJSON(_: UpdateProgressResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<UpdateProgressResponse>): UpdateProgressResponse {
+    return UpdateProgressResponse.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<UpdateProgressResponse>): UpdateProgressResponse {
+    const message = createBaseUpdateProgressResponse();
+    return message;
+  },
+};
+
+function createBaseWatchJobRequest(): WatchJobRequest {
+  return { jobId: "" };
+}
+
+export const WatchJobRequest: MessageFns<WatchJobRequest> = {
+  encode(message: WatchJobRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchJobRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchJobRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchJobRequest {
+    return {
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+    };
+  },
+
+  toJSON(message: WatchJobRequest): unknown {
+    const obj: any = {};
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchJobRequest>): WatchJobRequest {
+    return WatchJobRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WatchJobRequest>): WatchJobRequest {
+    const message = createBaseWatchJobRequest();
+    message.jobId = object.jobId ?? "";
+    return message;
+  },
+};
+
+function createBaseWatchJobResponse(): WatchJobResponse {
+  return { job: undefined };
+}
+
+export const WatchJobResponse: MessageFns<WatchJobResponse> = {
+  encode(message: WatchJobResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.job !== undefined) {
+      Job.encode(message.job, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchJobResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchJobResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.job = Job.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchJobResponse {
+    return { job: isSet(object.job) ? Job.fromJSON(object.job) : undefined };
+  },
+
+  toJSON(message: WatchJobResponse): unknown {
+    const obj: any = {};
+    if (message.job !== undefined) {
+      obj.job = Job.toJSON(message.job);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchJobResponse>): WatchJobResponse {
+    return WatchJobResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WatchJobResponse>): WatchJobResponse {
+    const message = createBaseWatchJobResponse();
+    message.job = (object.job !== undefined && object.job !== null) ? Job.fromPartial(object.job) : undefined;
+    return message;
+  },
+};
+
+function createBaseWatchQueueRequest(): WatchQueueRequest {
+  return { queue: "" };
+}
+
+export const WatchQueueRequest: MessageFns<WatchQueueRequest> = {
+  encode(message: WatchQueueRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchQueueRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchQueueRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchQueueRequest {
+    return { queue: isSet(object.queue) ? globalThis.String(object.queue) : "" };
+  },
+
+  toJSON(message: WatchQueueRequest): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchQueueRequest>): WatchQueueRequest {
+    return WatchQueueRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WatchQueueRequest>): WatchQueueRequest {
+    const message = createBaseWatchQueueRequest();
+    message.queue = object.queue ?? "";
+    return message;
+  },
+};
+
+function createBaseQueueEvent(): QueueEvent {
+  return {
+    kind: 0,
+    jobId: "",
+    state: 0,
+    attempt: 0,
+    at: undefined,
+    progress: undefined,
+    error: "",
+    runAt: undefined,
+    type: "",
+  };
+}
+
+export const QueueEvent: MessageFns<QueueEvent> = {
+  encode(message: QueueEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== 0) {
+      writer.uint32(8).int32(message.kind);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(18).string(message.jobId);
+    }
+    if (message.state !== 0) {
+      writer.uint32(24).int32(message.state);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(32).uint32(message.attempt);
+    }
+    if (message.at !== undefined) {
+      Timestamp.encode(toTimestamp(message.at), writer.uint32(42).fork()).join();
+    }
+    if (message.progress !== undefined) {
+      Progress.encode(message.progress, writer.uint32(50).fork()).join();
+    }
+    if (message.error !== "") {
+      writer.uint32(58).string(message.error);
+    }
+    if (message.runAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.runAt), writer.uint32(66).fork()).join();
+    }
+    if (message.type !== "") {
+      writer.uint32(74).string(message.type);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QueueEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQueueEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.at = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.progress = Progress.decode(reader, reader.uint32());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.runAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QueueEvent {
+    return {
+      kind: isSet(object.kind) ? queueEventKindFromJSON(object.kind) : 0,
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      state: isSet(object.state) ? jobStateFromJSON(object.state) : 0,
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      at: isSet(object.at) ? fromJsonTimestamp(object.at) : undefined,
+      progress: isSet(object.progress) ? Progress.fromJSON(object.progress) : undefined,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+      runAt: isSet(object.runAt)
+        ? fromJsonTimestamp(object.runAt)
+        : isSet(object.run_at)
+        ? fromJsonTimestamp(object.run_at)
+        : undefined,
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+    };
+  },
+
+  toJSON(message: QueueEvent): unknown {
+    const obj: any = {};
+    if (message.kind !== 0) {
+      obj.kind = queueEventKindToJSON(message.kind);
+    }
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.state !== 0) {
+      obj.state = jobStateToJSON(message.state);
+    }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.at !== undefined) {
+      obj.at = message.at.toISOString();
+    }
+    if (message.progress !== undefined) {
+      obj.progress = Progress.toJSON(message.progress);
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    if (message.runAt !== undefined) {
+      obj.runAt = message.runAt.toISOString();
+    }
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<QueueEvent>): QueueEvent {
+    return QueueEvent.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<QueueEvent>): QueueEvent {
+    const message = createBaseQueueEvent();
+    message.kind = object.kind ?? 0;
+    message.jobId = object.jobId ?? "";
+    message.state = object.state ?? 0;
+    message.attempt = object.attempt ?? 0;
+    message.at = object.at ?? undefined;
+    message.progress = (object.progress !== undefined && object.progress !== null)
+      ? Progress.fromPartial(object.progress)
+      : undefined;
+    message.error = object.error ?? "";
+    message.runAt = object.runAt ?? undefined;
+    message.type = object.type ?? "";
+    return message;
+  },
+};
+
+function createBaseEventsMissed(): EventsMissed {
+  return { count: 0n };
+}
+
+export const EventsMissed: MessageFns<EventsMissed> = {
+  encode(message: EventsMissed, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.count !== 0n) {
+      if (BigInt.asUintN(64, message.count) !== message.count) {
+        throw new globalThis.Error("value provided for field message.count of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EventsMissed {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEventsMissed();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.count = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EventsMissed {
+    return { count: isSet(object.count) ? BigInt(object.count) : 0n };
+  },
+
+  toJSON(message: EventsMissed): unknown {
+    const obj: any = {};
+    if (message.count !== 0n) {
+      obj.count = message.count.toString();
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<EventsMissed>): EventsMissed {
+    return EventsMissed.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<EventsMissed>): EventsMissed {
+    const message = createBaseEventsMissed();
+    message.count = (object.count !== undefined && object.count !== null) ? BigInt(object.count) : 0n;
+    return message;
+  },
+};
+
+function createBaseWatchQueueResponse(): WatchQueueResponse {
+  return { event: undefined, missed: undefined };
+}
+
+export const WatchQueueResponse: MessageFns<WatchQueueResponse> = {
+  encode(message: WatchQueueResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.event !== undefined) {
+      QueueEvent.encode(message.event, writer.uint32(10).fork()).join();
+    }
+    if (message.missed !== undefined) {
+      EventsMissed.encode(message.missed, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WatchQueueResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWatchQueueResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.event = QueueEvent.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.missed = EventsMissed.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WatchQueueResponse {
+    return {
+      event: isSet(object.event) ? QueueEvent.fromJSON(object.event) : undefined,
+      missed: isSet(object.missed) ? EventsMissed.fromJSON(object.missed) : undefined,
+    };
+  },
+
+  toJSON(message: WatchQueueResponse): unknown {
+    const obj: any = {};
+    if (message.event !== undefined) {
+      obj.event = QueueEvent.toJSON(message.event);
+    }
+    if (message.missed !== undefined) {
+      obj.missed = EventsMissed.toJSON(message.missed);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WatchQueueResponse>): WatchQueueResponse {
+    return WatchQueueResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WatchQueueResponse>): WatchQueueResponse {
+    const message = createBaseWatchQueueResponse();
+    message.event = (object.event !== undefined && object.event !== null)
+      ? QueueEvent.fromPartial(object.event)
+      : undefined;
+    message.missed = (object.missed !== undefined && object.missed !== null)
+      ? EventsMissed.fromPartial(object.missed)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseListJobsRequest(): ListJobsRequest {
+  return { queue: "", state: 0, pageSize: 0, pageToken: "" };
+}
+
+export const ListJobsRequest: MessageFns<ListJobsRequest> = {
+  encode(message: ListJobsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    if (message.state !== 0) {
+      writer.uint32(16).int32(message.state);
+    }
+    if (message.pageSize !== 0) {
+      writer.uint32(24).uint32(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      writer.uint32(34).string(message.pageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListJobsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListJobsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.pageSize = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.pageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListJobsRequest {
+    return {
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      state: isSet(object.state) ? jobStateFromJSON(object.state) : 0,
+      pageSize: isSet(object.pageSize)
+        ? globalThis.Number(object.pageSize)
+        : isSet(object.page_size)
+        ? globalThis.Number(object.page_size)
+        : 0,
+      pageToken: isSet(object.pageToken)
+        ? globalThis.String(object.pageToken)
+        : isSet(object.page_token)
+        ? globalThis.String(object.page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListJobsRequest): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.state !== 0) {
+      obj.state = jobStateToJSON(message.state);
+    }
+    if (message.pageSize !== 0) {
+      obj.pageSize = Math.round(message.pageSize);
+    }
+    if (message.pageToken !== "") {
+      obj.pageToken = message.pageToken;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListJobsRequest>): ListJobsRequest {
+    return ListJobsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListJobsRequest>): ListJobsRequest {
+    const message = createBaseListJobsRequest();
+    message.queue = object.queue ?? "";
+    message.state = object.state ?? 0;
+    message.pageSize = object.pageSize ?? 0;
+    message.pageToken = object.pageToken ?? "";
+    return message;
+  },
+};
+
+function createBaseListJobsResponse(): ListJobsResponse {
+  return { jobs: [], nextPageToken: "" };
+}
+
+export const ListJobsResponse: MessageFns<ListJobsResponse> = {
+  encode(message: ListJobsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.jobs) {
+      Job.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.nextPageToken !== "") {
+      writer.uint32(18).string(message.nextPageToken);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListJobsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListJobsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobs.push(Job.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.nextPageToken = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListJobsResponse {
+    return {
+      jobs: globalThis.Array.isArray(object?.jobs) ? object.jobs.map((e: any) => Job.fromJSON(e)) : [],
+      nextPageToken: isSet(object.nextPageToken)
+        ? globalThis.String(object.nextPageToken)
+        : isSet(object.next_page_token)
+        ? globalThis.String(object.next_page_token)
+        : "",
+    };
+  },
+
+  toJSON(message: ListJobsResponse): unknown {
+    const obj: any = {};
+    if (message.jobs?.length) {
+      obj.jobs = message.jobs.map((e) => Job.toJSON(e));
+    }
+    if (message.nextPageToken !== "") {
+      obj.nextPageToken = message.nextPageToken;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListJobsResponse>): ListJobsResponse {
+    return ListJobsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListJobsResponse>): ListJobsResponse {
+    const message = createBaseListJobsResponse();
+    message.jobs = object.jobs?.map((e) => Job.fromPartial(e)) || [];
+    message.nextPageToken = object.nextPageToken ?? "";
+    return message;
+  },
+};
+
 /**
  * JobQueueService is a durable job queue with priorities, delays, retries with backoff, a
  * dead-letter set and de-duplication, shared by every replica.
@@ -5763,6 +7079,96 @@ export const JobQueueServiceService = {
     responseDeserialize: (value: Buffer): ResumeQueueResponse => ResumeQueueResponse.decode(value),
   },
   /**
+   * UpdateProgress records how far a worker is with a job it holds: a number (a
+   * percentage, a count: the application's choice) and an optional small detail. It is kept
+   * with the job (Job.progress) and sent to WatchJob and WatchQueue watchers. The lease is
+   * not prolonged: that is Extend's job.
+   *
+   * Failures: FAILED_PRECONDITION (reason JOB_NOT_LEASED or JOB_CANCELLED) as for Ack;
+   * INVALID_ARGUMENT (malformed lease_id, a progress that is not a finite number, detail
+   * over 4 KiB); UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. Safe to retry: a
+   * repeated UpdateProgress only sets the same progress again.
+   */
+  updateProgress: {
+    path: "/baton.v1.JobQueueService/UpdateProgress" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: UpdateProgressRequest): Buffer =>
+      Buffer.from(UpdateProgressRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): UpdateProgressRequest => UpdateProgressRequest.decode(value),
+    responseSerialize: (value: UpdateProgressResponse): Buffer =>
+      Buffer.from(UpdateProgressResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): UpdateProgressResponse => UpdateProgressResponse.decode(value),
+  },
+  /**
+   * WatchJob streams a job as it changes, from any replica: first the job as it is now,
+   * then the job again after each change (delivered, progress, failed and waiting to retry,
+   * handed back), and last the job in a finished state — SUCCEEDED with its `result`, DEAD
+   * with its `last_error`, or CANCELLED — after which the stream ends OK. A job already
+   * finished is sent once and the stream ends. Run request/response over the queue with
+   * Enqueue then WatchJob. The payload is not repeated (empty in every message: GetJob reads
+   * it). Changes that follow each other closely may arrive as one message showing the
+   * latest; a job's state never goes back.
+   *
+   * Failures: NOT_FOUND (reason JOB_NOT_FOUND) when the job does not exist or is past
+   * retention, at the start or later; INVALID_ARGUMENT (malformed job_id); UNAVAILABLE
+   * (Redis unreachable at the start, or this server draining: watch again, through another
+   * replica); DEADLINE_EXCEEDED (the caller's deadline on the stream).
+   */
+  watchJob: {
+    path: "/baton.v1.JobQueueService/WatchJob" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchJobRequest): Buffer => Buffer.from(WatchJobRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchJobRequest => WatchJobRequest.decode(value),
+    responseSerialize: (value: WatchJobResponse): Buffer => Buffer.from(WatchJobResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchJobResponse => WatchJobResponse.decode(value),
+  },
+  /**
+   * WatchQueue streams a queue's events as they happen, to any number of watchers on any
+   * replica: jobs enqueued, delivered, reporting progress, succeeded, failed (to be
+   * retried), dead, stalled (their lease expired or their worker went away), handed back
+   * unstarted, redriven, cancelled. Events start when the watch starts (there is no replay).
+   * A watcher that reads slower than events come is sent `missed` with how many events it
+   * lost, never an unbounded backlog; so is one whose replica fell behind Redis.
+   *
+   * Events are recorded only while somebody watches the queue (on any replica), so an
+   * unwatched queue pays nothing for them; a watched one pays one stream entry per event.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE (Redis unreachable
+   * at the start, or this server draining); DEADLINE_EXCEEDED.
+   */
+  watchQueue: {
+    path: "/baton.v1.JobQueueService/WatchQueue" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WatchQueueRequest): Buffer => Buffer.from(WatchQueueRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WatchQueueRequest => WatchQueueRequest.decode(value),
+    responseSerialize: (value: WatchQueueResponse): Buffer => Buffer.from(WatchQueueResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WatchQueueResponse => WatchQueueResponse.decode(value),
+  },
+  /**
+   * ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+   * SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
+   * expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
+   * server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
+   * ListDeadJobs). Payloads are included; a page that would not fit in one message is
+   * RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE): ask for a smaller page.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue, a state not listed above,
+   * page_size over 1000, malformed page_token); UNAVAILABLE; RESOURCE_EXHAUSTED;
+   * DEADLINE_EXCEEDED. Safe to retry.
+   */
+  listJobs: {
+    path: "/baton.v1.JobQueueService/ListJobs" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListJobsRequest): Buffer => Buffer.from(ListJobsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListJobsRequest => ListJobsRequest.decode(value),
+    responseSerialize: (value: ListJobsResponse): Buffer => Buffer.from(ListJobsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListJobsResponse => ListJobsResponse.decode(value),
+  },
+  /**
    * CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
    * fixed interval. However many replicas run, each tick enqueues exactly one job: every
    * replica may notice the tick, each enqueues it de-duplicated by the schedule and the
@@ -6031,6 +7437,62 @@ export interface JobQueueServiceServer extends UntypedServiceImplementation {
    * Safe to retry on UNAVAILABLE (idempotent).
    */
   resumeQueue: handleUnaryCall<ResumeQueueRequest, ResumeQueueResponse>;
+  /**
+   * UpdateProgress records how far a worker is with a job it holds: a number (a
+   * percentage, a count: the application's choice) and an optional small detail. It is kept
+   * with the job (Job.progress) and sent to WatchJob and WatchQueue watchers. The lease is
+   * not prolonged: that is Extend's job.
+   *
+   * Failures: FAILED_PRECONDITION (reason JOB_NOT_LEASED or JOB_CANCELLED) as for Ack;
+   * INVALID_ARGUMENT (malformed lease_id, a progress that is not a finite number, detail
+   * over 4 KiB); UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. Safe to retry: a
+   * repeated UpdateProgress only sets the same progress again.
+   */
+  updateProgress: handleUnaryCall<UpdateProgressRequest, UpdateProgressResponse>;
+  /**
+   * WatchJob streams a job as it changes, from any replica: first the job as it is now,
+   * then the job again after each change (delivered, progress, failed and waiting to retry,
+   * handed back), and last the job in a finished state — SUCCEEDED with its `result`, DEAD
+   * with its `last_error`, or CANCELLED — after which the stream ends OK. A job already
+   * finished is sent once and the stream ends. Run request/response over the queue with
+   * Enqueue then WatchJob. The payload is not repeated (empty in every message: GetJob reads
+   * it). Changes that follow each other closely may arrive as one message showing the
+   * latest; a job's state never goes back.
+   *
+   * Failures: NOT_FOUND (reason JOB_NOT_FOUND) when the job does not exist or is past
+   * retention, at the start or later; INVALID_ARGUMENT (malformed job_id); UNAVAILABLE
+   * (Redis unreachable at the start, or this server draining: watch again, through another
+   * replica); DEADLINE_EXCEEDED (the caller's deadline on the stream).
+   */
+  watchJob: handleServerStreamingCall<WatchJobRequest, WatchJobResponse>;
+  /**
+   * WatchQueue streams a queue's events as they happen, to any number of watchers on any
+   * replica: jobs enqueued, delivered, reporting progress, succeeded, failed (to be
+   * retried), dead, stalled (their lease expired or their worker went away), handed back
+   * unstarted, redriven, cancelled. Events start when the watch starts (there is no replay).
+   * A watcher that reads slower than events come is sent `missed` with how many events it
+   * lost, never an unbounded backlog; so is one whose replica fell behind Redis.
+   *
+   * Events are recorded only while somebody watches the queue (on any replica), so an
+   * unwatched queue pays nothing for them; a watched one pays one stream entry per event.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE (Redis unreachable
+   * at the start, or this server draining); DEADLINE_EXCEEDED.
+   */
+  watchQueue: handleServerStreamingCall<WatchQueueRequest, WatchQueueResponse>;
+  /**
+   * ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+   * SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
+   * expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
+   * server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
+   * ListDeadJobs). Payloads are included; a page that would not fit in one message is
+   * RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE): ask for a smaller page.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue, a state not listed above,
+   * page_size over 1000, malformed page_token); UNAVAILABLE; RESOURCE_EXHAUSTED;
+   * DEADLINE_EXCEEDED. Safe to retry.
+   */
+  listJobs: handleUnaryCall<ListJobsRequest, ListJobsResponse>;
   /**
    * CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
    * fixed interval. However many replicas run, each tick enqueues exactly one job: every
@@ -6421,6 +7883,100 @@ export interface JobQueueServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResumeQueueResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * UpdateProgress records how far a worker is with a job it holds: a number (a
+   * percentage, a count: the application's choice) and an optional small detail. It is kept
+   * with the job (Job.progress) and sent to WatchJob and WatchQueue watchers. The lease is
+   * not prolonged: that is Extend's job.
+   *
+   * Failures: FAILED_PRECONDITION (reason JOB_NOT_LEASED or JOB_CANCELLED) as for Ack;
+   * INVALID_ARGUMENT (malformed lease_id, a progress that is not a finite number, detail
+   * over 4 KiB); UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. Safe to retry: a
+   * repeated UpdateProgress only sets the same progress again.
+   */
+  updateProgress(
+    request: UpdateProgressRequest,
+    callback: (error: ServiceError | null, response: UpdateProgressResponse) => void,
+  ): ClientUnaryCall;
+  updateProgress(
+    request: UpdateProgressRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: UpdateProgressResponse) => void,
+  ): ClientUnaryCall;
+  updateProgress(
+    request: UpdateProgressRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: UpdateProgressResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * WatchJob streams a job as it changes, from any replica: first the job as it is now,
+   * then the job again after each change (delivered, progress, failed and waiting to retry,
+   * handed back), and last the job in a finished state — SUCCEEDED with its `result`, DEAD
+   * with its `last_error`, or CANCELLED — after which the stream ends OK. A job already
+   * finished is sent once and the stream ends. Run request/response over the queue with
+   * Enqueue then WatchJob. The payload is not repeated (empty in every message: GetJob reads
+   * it). Changes that follow each other closely may arrive as one message showing the
+   * latest; a job's state never goes back.
+   *
+   * Failures: NOT_FOUND (reason JOB_NOT_FOUND) when the job does not exist or is past
+   * retention, at the start or later; INVALID_ARGUMENT (malformed job_id); UNAVAILABLE
+   * (Redis unreachable at the start, or this server draining: watch again, through another
+   * replica); DEADLINE_EXCEEDED (the caller's deadline on the stream).
+   */
+  watchJob(request: WatchJobRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchJobResponse>;
+  watchJob(
+    request: WatchJobRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchJobResponse>;
+  /**
+   * WatchQueue streams a queue's events as they happen, to any number of watchers on any
+   * replica: jobs enqueued, delivered, reporting progress, succeeded, failed (to be
+   * retried), dead, stalled (their lease expired or their worker went away), handed back
+   * unstarted, redriven, cancelled. Events start when the watch starts (there is no replay).
+   * A watcher that reads slower than events come is sent `missed` with how many events it
+   * lost, never an unbounded backlog; so is one whose replica fell behind Redis.
+   *
+   * Events are recorded only while somebody watches the queue (on any replica), so an
+   * unwatched queue pays nothing for them; a watched one pays one stream entry per event.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE (Redis unreachable
+   * at the start, or this server draining); DEADLINE_EXCEEDED.
+   */
+  watchQueue(request: WatchQueueRequest, options?: Partial<CallOptions>): ClientReadableStream<WatchQueueResponse>;
+  watchQueue(
+    request: WatchQueueRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WatchQueueResponse>;
+  /**
+   * ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+   * SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
+   * expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
+   * server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
+   * ListDeadJobs). Payloads are included; a page that would not fit in one message is
+   * RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE): ask for a smaller page.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue, a state not listed above,
+   * page_size over 1000, malformed page_token); UNAVAILABLE; RESOURCE_EXHAUSTED;
+   * DEADLINE_EXCEEDED. Safe to retry.
+   */
+  listJobs(
+    request: ListJobsRequest,
+    callback: (error: ServiceError | null, response: ListJobsResponse) => void,
+  ): ClientUnaryCall;
+  listJobs(
+    request: ListJobsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListJobsResponse) => void,
+  ): ClientUnaryCall;
+  listJobs(
+    request: ListJobsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListJobsResponse) => void,
   ): ClientUnaryCall;
   /**
    * CreateSchedule makes a queue receive a job on every tick of a cron expression or of a

@@ -27,6 +27,20 @@ class MissedTicks(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MISSED_TICKS_UNSPECIFIED: _ClassVar[MissedTicks]
     MISSED_TICKS_SKIP: _ClassVar[MissedTicks]
     MISSED_TICKS_CATCH_UP: _ClassVar[MissedTicks]
+
+class QueueEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    QUEUE_EVENT_KIND_UNSPECIFIED: _ClassVar[QueueEventKind]
+    QUEUE_EVENT_KIND_ENQUEUED: _ClassVar[QueueEventKind]
+    QUEUE_EVENT_KIND_ACTIVE: _ClassVar[QueueEventKind]
+    QUEUE_EVENT_KIND_PROGRESS: _ClassVar[QueueEventKind]
+    QUEUE_EVENT_KIND_SUCCEEDED: _ClassVar[QueueEventKind]
+    QUEUE_EVENT_KIND_FAILED: _ClassVar[QueueEventKind]
+    QUEUE_EVENT_KIND_DEAD: _ClassVar[QueueEventKind]
+    QUEUE_EVENT_KIND_STALLED: _ClassVar[QueueEventKind]
+    QUEUE_EVENT_KIND_RETURNED: _ClassVar[QueueEventKind]
+    QUEUE_EVENT_KIND_REDRIVEN: _ClassVar[QueueEventKind]
+    QUEUE_EVENT_KIND_CANCELLED: _ClassVar[QueueEventKind]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_READY: JobState
 JOB_STATE_SCHEDULED: JobState
@@ -38,6 +52,17 @@ JOB_STATE_CANCELLED: JobState
 MISSED_TICKS_UNSPECIFIED: MissedTicks
 MISSED_TICKS_SKIP: MissedTicks
 MISSED_TICKS_CATCH_UP: MissedTicks
+QUEUE_EVENT_KIND_UNSPECIFIED: QueueEventKind
+QUEUE_EVENT_KIND_ENQUEUED: QueueEventKind
+QUEUE_EVENT_KIND_ACTIVE: QueueEventKind
+QUEUE_EVENT_KIND_PROGRESS: QueueEventKind
+QUEUE_EVENT_KIND_SUCCEEDED: QueueEventKind
+QUEUE_EVENT_KIND_FAILED: QueueEventKind
+QUEUE_EVENT_KIND_DEAD: QueueEventKind
+QUEUE_EVENT_KIND_STALLED: QueueEventKind
+QUEUE_EVENT_KIND_RETURNED: QueueEventKind
+QUEUE_EVENT_KIND_REDRIVEN: QueueEventKind
+QUEUE_EVENT_KIND_CANCELLED: QueueEventKind
 
 class Backoff(_message.Message):
     __slots__ = ("initial", "max", "multiplier")
@@ -50,7 +75,7 @@ class Backoff(_message.Message):
     def __init__(self, initial: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., multiplier: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "queue", "type", "payload", "priority", "state", "attempts", "max_attempts", "created_at", "run_at", "last_error", "result", "dedup_key", "backoff", "finished_at", "trace_context")
+    __slots__ = ("job_id", "queue", "type", "payload", "priority", "state", "attempts", "max_attempts", "created_at", "run_at", "last_error", "result", "dedup_key", "backoff", "finished_at", "trace_context", "progress")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +99,7 @@ class Job(_message.Message):
     BACKOFF_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     queue: str
     type: str
@@ -90,7 +116,18 @@ class Job(_message.Message):
     backoff: Backoff
     finished_at: _timestamp_pb2.Timestamp
     trace_context: _containers.ScalarMap[str, str]
-    def __init__(self, job_id: _Optional[str] = ..., queue: _Optional[str] = ..., type: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., dedup_key: _Optional[str] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    progress: Progress
+    def __init__(self, job_id: _Optional[str] = ..., queue: _Optional[str] = ..., type: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., dedup_key: _Optional[str] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("value", "detail", "reported_at")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    detail: bytes
+    reported_at: _timestamp_pb2.Timestamp
+    def __init__(self, value: _Optional[float] = ..., detail: _Optional[bytes] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
     __slots__ = ("queue", "payload", "type", "delay", "run_at", "priority", "max_attempts", "backoff", "dedup_key", "dedup_ttl")
@@ -281,20 +318,22 @@ class GetQueueStatsRequest(_message.Message):
     def __init__(self, queue: _Optional[str] = ...) -> None: ...
 
 class GetQueueStatsResponse(_message.Message):
-    __slots__ = ("ready", "scheduled", "active", "dead", "paused", "oldest_ready_age")
+    __slots__ = ("ready", "scheduled", "active", "dead", "paused", "oldest_ready_age", "succeeded")
     READY_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     DEAD_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     OLDEST_READY_AGE_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     ready: int
     scheduled: int
     active: int
     dead: int
     paused: bool
     oldest_ready_age: _duration_pb2.Duration
-    def __init__(self, ready: _Optional[int] = ..., scheduled: _Optional[int] = ..., active: _Optional[int] = ..., dead: _Optional[int] = ..., paused: _Optional[bool] = ..., oldest_ready_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    succeeded: int
+    def __init__(self, ready: _Optional[int] = ..., scheduled: _Optional[int] = ..., active: _Optional[int] = ..., dead: _Optional[int] = ..., paused: _Optional[bool] = ..., oldest_ready_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., succeeded: _Optional[int] = ...) -> None: ...
 
 class ListDeadJobsRequest(_message.Message):
     __slots__ = ("queue", "page_size", "page_token")
@@ -469,3 +508,91 @@ class DeleteScheduleResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class UpdateProgressRequest(_message.Message):
+    __slots__ = ("lease_id", "value", "detail")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    value: float
+    detail: bytes
+    def __init__(self, lease_id: _Optional[str] = ..., value: _Optional[float] = ..., detail: _Optional[bytes] = ...) -> None: ...
+
+class UpdateProgressResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class WatchJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ...) -> None: ...
+
+class WatchQueueRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class QueueEvent(_message.Message):
+    __slots__ = ("kind", "job_id", "state", "attempt", "at", "progress", "error", "run_at", "type")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    kind: QueueEventKind
+    job_id: str
+    state: JobState
+    attempt: int
+    at: _timestamp_pb2.Timestamp
+    progress: Progress
+    error: str
+    run_at: _timestamp_pb2.Timestamp
+    type: str
+    def __init__(self, kind: _Optional[_Union[QueueEventKind, str]] = ..., job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., attempt: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error: _Optional[str] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., type: _Optional[str] = ...) -> None: ...
+
+class EventsMissed(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class WatchQueueResponse(_message.Message):
+    __slots__ = ("event", "missed")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    MISSED_FIELD_NUMBER: _ClassVar[int]
+    event: QueueEvent
+    missed: EventsMissed
+    def __init__(self, event: _Optional[_Union[QueueEvent, _Mapping]] = ..., missed: _Optional[_Union[EventsMissed, _Mapping]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("queue", "state", "page_size", "page_token")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    state: JobState
+    page_size: int
+    page_token: str
+    def __init__(self, queue: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[Job]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -125,6 +125,26 @@ class JobQueueServiceStub:
                 request_serializer=baton_dot_v1_dot_queue__pb2.ResumeQueueRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_queue__pb2.ResumeQueueResponse.FromString,
                 _registered_method=True)
+        self.UpdateProgress = channel.unary_unary(
+                '/baton.v1.JobQueueService/UpdateProgress',
+                request_serializer=baton_dot_v1_dot_queue__pb2.UpdateProgressRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.UpdateProgressResponse.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/baton.v1.JobQueueService/WatchJob',
+                request_serializer=baton_dot_v1_dot_queue__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.WatchJobResponse.FromString,
+                _registered_method=True)
+        self.WatchQueue = channel.unary_stream(
+                '/baton.v1.JobQueueService/WatchQueue',
+                request_serializer=baton_dot_v1_dot_queue__pb2.WatchQueueRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.WatchQueueResponse.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/baton.v1.JobQueueService/ListJobs',
+                request_serializer=baton_dot_v1_dot_queue__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
         self.CreateSchedule = channel.unary_unary(
                 '/baton.v1.JobQueueService/CreateSchedule',
                 request_serializer=baton_dot_v1_dot_queue__pb2.CreateScheduleRequest.SerializeToString,
@@ -383,6 +403,74 @@ class JobQueueServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateProgress(self, request, context):
+        """UpdateProgress records how far a worker is with a job it holds: a number (a
+        percentage, a count: the application's choice) and an optional small detail. It is kept
+        with the job (Job.progress) and sent to WatchJob and WatchQueue watchers. The lease is
+        not prolonged: that is Extend's job.
+
+        Failures: FAILED_PRECONDITION (reason JOB_NOT_LEASED or JOB_CANCELLED) as for Ack;
+        INVALID_ARGUMENT (malformed lease_id, a progress that is not a finite number, detail
+        over 4 KiB); UNAVAILABLE; RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. Safe to retry: a
+        repeated UpdateProgress only sets the same progress again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """WatchJob streams a job as it changes, from any replica: first the job as it is now,
+        then the job again after each change (delivered, progress, failed and waiting to retry,
+        handed back), and last the job in a finished state — SUCCEEDED with its `result`, DEAD
+        with its `last_error`, or CANCELLED — after which the stream ends OK. A job already
+        finished is sent once and the stream ends. Run request/response over the queue with
+        Enqueue then WatchJob. The payload is not repeated (empty in every message: GetJob reads
+        it). Changes that follow each other closely may arrive as one message showing the
+        latest; a job's state never goes back.
+
+        Failures: NOT_FOUND (reason JOB_NOT_FOUND) when the job does not exist or is past
+        retention, at the start or later; INVALID_ARGUMENT (malformed job_id); UNAVAILABLE
+        (Redis unreachable at the start, or this server draining: watch again, through another
+        replica); DEADLINE_EXCEEDED (the caller's deadline on the stream).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchQueue(self, request, context):
+        """WatchQueue streams a queue's events as they happen, to any number of watchers on any
+        replica: jobs enqueued, delivered, reporting progress, succeeded, failed (to be
+        retried), dead, stalled (their lease expired or their worker went away), handed back
+        unstarted, redriven, cancelled. Events start when the watch starts (there is no replay).
+        A watcher that reads slower than events come is sent `missed` with how many events it
+        lost, never an unbounded backlog; so is one whose replica fell behind Redis.
+
+        Events are recorded only while somebody watches the queue (on any replica), so an
+        unwatched queue pays nothing for them; a watched one pays one stream entry per event.
+
+        Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE (Redis unreachable
+        at the start, or this server draining); DEADLINE_EXCEEDED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+        SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
+        expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
+        server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
+        ListDeadJobs). Payloads are included; a page that would not fit in one message is
+        RESOURCE_EXHAUSTED (reason RESPONSE_TOO_LARGE): ask for a smaller page.
+
+        Failures: INVALID_ARGUMENT (empty or oversized queue, a state not listed above,
+        page_size over 1000, malformed page_token); UNAVAILABLE; RESOURCE_EXHAUSTED;
+        DEADLINE_EXCEEDED. Safe to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSchedule(self, request, context):
         """CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
         fixed interval. However many replicas run, each tick enqueues exactly one job: every
@@ -523,6 +611,26 @@ def add_JobQueueServiceServicer_to_server(servicer, server):
                     servicer.ResumeQueue,
                     request_deserializer=baton_dot_v1_dot_queue__pb2.ResumeQueueRequest.FromString,
                     response_serializer=baton_dot_v1_dot_queue__pb2.ResumeQueueResponse.SerializeToString,
+            ),
+            'UpdateProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProgress,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.UpdateProgressRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.UpdateProgressResponse.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.WatchJobRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'WatchQueue': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchQueue,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.WatchQueueRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.WatchQueueResponse.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.ListJobsRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.ListJobsResponse.SerializeToString,
             ),
             'CreateSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSchedule,
@@ -954,6 +1062,114 @@ class JobQueueService:
             '/baton.v1.JobQueueService/ResumeQueue',
             baton_dot_v1_dot_queue__pb2.ResumeQueueRequest.SerializeToString,
             baton_dot_v1_dot_queue__pb2.ResumeQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.JobQueueService/UpdateProgress',
+            baton_dot_v1_dot_queue__pb2.UpdateProgressRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.UpdateProgressResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/baton.v1.JobQueueService/WatchJob',
+            baton_dot_v1_dot_queue__pb2.WatchJobRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/baton.v1.JobQueueService/WatchQueue',
+            baton_dot_v1_dot_queue__pb2.WatchQueueRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.WatchQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.JobQueueService/ListJobs',
+            baton_dot_v1_dot_queue__pb2.ListJobsRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
