@@ -441,7 +441,7 @@ async fn progress_needs_the_current_lease_and_sane_input_and_lists_refuse_other_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_jobs_pages_ready_jobs_in_delivery_order() {
+async fn list_jobs_pages_ready_jobs_oldest_due_first() {
     let redis = Redis::start();
     let server = Server::start(&redis.url(), &[]);
     let queue = unique("pages");
@@ -457,8 +457,8 @@ async fn list_jobs_pages_ready_jobs_in_delivery_order() {
     };
     let first = queues.list_jobs(page(String::new())).await.unwrap().into_inner();
     let ids: Vec<&str> = first.jobs.iter().map(|j| j.job_id.as_str()).collect();
-    assert_eq!(ids, [high.as_str(), low.as_str()]);
-    assert_eq!(first.jobs[0].payload, b"high");
+    assert_eq!(ids, [low.as_str(), high.as_str()], "by due time, whatever their priority");
+    assert_eq!(first.jobs[1].payload, b"high");
     let second = queues.list_jobs(page(first.next_page_token)).await.unwrap().into_inner();
     assert_eq!(second.jobs.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>(), [later.as_str()]);
     assert!(second.next_page_token.is_empty());

@@ -2,11 +2,11 @@
 -- holder's Ack is refused and its stream is told (it finds `cancelled_lease`).
 --
 -- KEYS[1] job  KEYS[2] ready  KEYS[3] ready_since  KEYS[4] scheduled  KEYS[5] active
--- KEYS[6] watched  KEYS[7] events
+-- KEYS[6] watched  KEYS[7] events  KEYS[8] groups  KEYS[9] gactive  KEYS[10] config
 -- ARGV: job_id, retention ms, the queue's channel (a stream's is it plus ':' and the
 --       first 16 hex digits of its lease tokens)
 -- Returns {1, cancelled (0|1), state after}.
-local state, lease = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease'))
+local state, lease, group, holds = unpack(redis.call('HMGET', KEYS[1], 'state', 'lease', 'group', 'holds'))
 if not state then
   return {1, 0, 'MISSING'}
 end
@@ -15,6 +15,14 @@ if state ~= 'READY' and state ~= 'SCHEDULED' and state ~= 'FAILED' and state ~= 
 end
 for i = 2, 5 do
   redis.call('ZREM', KEYS[i], ARGV[1])
+end
+use_groups(KEYS[2], KEYS[8], KEYS[9], KEYS[10])
+if group and group ~= '' then
+  redis.call('ZREM', group_ready(group), ARGV[1])
+  if state == 'ACTIVE' or holds then
+    redis.call('HDEL', KEYS[1], 'holds')
+    release_group(group)
+  end
 end
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'lease', '', 'finished_at', int(now))
 if state == 'ACTIVE' then

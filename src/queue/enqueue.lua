@@ -1,20 +1,23 @@
 -- Adds jobs to one queue, each independently: a repeated dedup key returns the existing
 -- job instead (also within the call).
 --
--- KEYS[1] ready   KEYS[2] ready_since   KEYS[3] scheduled   KEYS[4] watched   KEYS[5] events,
---         then per job: its key, its dedup key
--- ARGV[1] notify channel, then per job 13 values: job_id, type, payload, priority,
+-- KEYS[1] ready   KEYS[2] ready_since   KEYS[3] scheduled   KEYS[4] watched   KEYS[5] events
+-- KEYS[6] groups  KEYS[7] gactive  KEYS[8] config, then per job: its key, its dedup key
+-- ARGV[1] notify channel, then per job 14 values: job_id, type, payload, priority,
 --         max_attempts, backoff_initial_us, backoff_max_us, backoff_multiplier, delay_us
---         (or 0), run_at_us (or 0), dedup_key ('' = none), dedup_ttl_ms, traceparent ('' = none)
+--         (or 0), run_at_us (or 0), dedup_key ('' = none), dedup_ttl_ms, traceparent
+--         ('' = none), group ('' = none)
 -- Returns {1, then per job {job_id, duplicate (0|1)}}. `job_count` is set before this body
 -- (by the line Enqueue prepends, or by schedule/tick.lua).
 record_events(KEYS[4], KEYS[5], ARGV[1])
+use_groups(KEYS[1], KEYS[6], KEYS[7], KEYS[8])
 local replies = {1}
 local added = false
 -- Index entries are added at the end, one command per index for the whole call.
 local ranked, since, scheduled = {}, {}, {}
 for j = 0, job_count - 1 do
-  local job, dedup, a = KEYS[6 + 2 * j], KEYS[7 + 2 * j], 1 + 13 * j
+  local job, dedup, a = KEYS[9 + 2 * j], KEYS[10 + 2 * j], 1 + 14 * j
+  local group = ARGV[a + 14]
   local id, dedup_key = ARGV[a + 1], ARGV[a + 11]
   local existing = dedup_key ~= '' and redis.call('GET', dedup) or nil
   if existing then
@@ -38,8 +41,10 @@ for j = 0, job_count - 1 do
       table.insert(scheduled, id)
     else
       state, due = 'READY', int(now)
-      table.insert(ranked, int(rank(tonumber(ARGV[a + 4]), now)))
-      table.insert(ranked, id)
+      if group == '' then
+        table.insert(ranked, int(rank(tonumber(ARGV[a + 4]), now)))
+        table.insert(ranked, id)
+      end
       table.insert(since, due)
       table.insert(since, id)
     end
@@ -50,6 +55,14 @@ for j = 0, job_count - 1 do
       'dedup_key', dedup_key, 'lease', '', 'state', state, 'due', due)
     if ARGV[a + 13] ~= '' then
       redis.call('HSET', job, 'trace', ARGV[a + 13])
+    end
+    if group ~= '' then
+      local seq = redis.call('HINCRBY', KEYS[8], 'seq', 1)
+      redis.call('HSET', job, 'group', group, 'gseq', seq)
+      if state == 'READY' then
+        redis.call('ZADD', group_ready(group), seq, id)
+        offer_group(group)
+      end
     end
     replies[j + 2] = {id, 0}
     added = true

@@ -12,21 +12,22 @@ use crate::error::Error;
 use crate::proto::v1::job_queue_service_server::JobQueueService;
 use crate::proto::v1::{
     self as pb, AckBatchRequest, AckBatchResponse, AckRequest, AckResponse, AckResult, CancelJobRequest,
-    CancelJobResponse, ConsumeRequest, ConsumeResponse, CreateScheduleRequest, CreateScheduleResponse,
-    DeleteScheduleRequest, DeleteScheduleResponse, EnqueueBatchRequest, EnqueueBatchResponse, EnqueueRequest,
-    EnqueueResponse, ExtendRequest, ExtendResponse, GetJobRequest, GetJobResponse, GetQueueStatsRequest,
-    GetQueueStatsResponse, GetScheduleRequest, GetScheduleResponse, ListDeadJobsRequest, ListDeadJobsResponse,
-    ListJobsRequest, ListJobsResponse, ListSchedulesRequest, ListSchedulesResponse, NackRequest, NackResponse,
-    PauseQueueRequest, PauseQueueResponse, PauseScheduleRequest, PauseScheduleResponse, ResumeQueueRequest,
-    ResumeQueueResponse, ResumeScheduleRequest, ResumeScheduleResponse, RetryDeadJobsRequest, RetryDeadJobsResponse,
-    UpdateProgressRequest, UpdateProgressResponse, WatchJobRequest, WatchJobResponse, WatchQueueRequest,
-    WatchQueueResponse, consume_response, enqueue_request, watch_queue_response,
+    CancelJobResponse, ConfigureQueueRequest, ConfigureQueueResponse, ConsumeRequest, ConsumeResponse,
+    CreateScheduleRequest, CreateScheduleResponse, DeleteScheduleRequest, DeleteScheduleResponse, EnqueueBatchRequest,
+    EnqueueBatchResponse, EnqueueRequest, EnqueueResponse, ExtendRequest, ExtendResponse, GetJobRequest,
+    GetJobResponse, GetQueueConfigRequest, GetQueueConfigResponse, GetQueueStatsRequest, GetQueueStatsResponse,
+    GetScheduleRequest, GetScheduleResponse, ListDeadJobsRequest, ListDeadJobsResponse, ListJobsRequest,
+    ListJobsResponse, ListSchedulesRequest, ListSchedulesResponse, NackRequest, NackResponse, PauseQueueRequest,
+    PauseQueueResponse, PauseScheduleRequest, PauseScheduleResponse, ResumeQueueRequest, ResumeQueueResponse,
+    ResumeScheduleRequest, ResumeScheduleResponse, RetryDeadJobsRequest, RetryDeadJobsResponse, UpdateProgressRequest,
+    UpdateProgressResponse, WatchJobRequest, WatchJobResponse, WatchQueueRequest, WatchQueueResponse, consume_response,
+    enqueue_request, watch_queue_response,
 };
 use crate::proto::{duration_from_proto, duration_to_proto, now_micros, timestamp_from_micros};
 use crate::queue::schedule;
 use crate::queue::{
     Backoff, ConsumeOptions, Consumer, ConsumerEvent, Delivery, EventKind, Job, JobState, LeaseRef, MAX_PRIORITY,
-    MIN_PRIORITY, NewJob, Progress, QueueEvent, QueueManager, QueueSettings, Steering, Watched,
+    MIN_PRIORITY, NewJob, Progress, QueueConfig, QueueEvent, QueueManager, QueueSettings, Steering, Watched,
 };
 use crate::validate;
 use crate::validate::Limits;
@@ -42,6 +43,7 @@ const MAX_ERROR_BYTES: usize = 64 * 1024;
 const DEFAULT_JOB_PAGE: usize = 100;
 const MAX_JOB_PAGE: usize = 1000;
 const MAX_PROGRESS_DETAIL_BYTES: usize = 4096;
+const MAX_GROUP_CONCURRENCY: u32 = 10_000;
 /// Messages a watcher's stream holds before its reader is too slow (then it misses events).
 const WATCH_BUFFER: usize = 16;
 /// A job watcher re-reads its job this often even without news (a lost announcement).
@@ -137,7 +139,11 @@ impl JobRules {
                 Some((key.to_owned(), ttl))
             }
         };
+        if !request.group.is_empty() {
+            validate::key(&at("group"), &request.group, &self.limits)?;
+        }
         Ok(NewJob {
+            group: request.group,
             queue: request.queue,
             job_type: request.r#type,
             payload: request.payload,
@@ -318,6 +324,7 @@ fn job_to_proto(job: Job) -> pb::Job {
         finished_at: job.finished_at_micros.map(timestamp_from_micros),
         trace_context,
         progress: job.progress.map(progress_to_proto),
+        group: job.group,
     }
 }
 
@@ -462,6 +469,56 @@ impl JobQueueService for JobQueueGrpc {
             }
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn configure_queue(
+        &self,
+        request: Request<ConfigureQueueRequest>,
+    ) -> Result<Response<ConfigureQueueResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
+        let request = request.into_inner();
+        validate::key("queue", &request.queue, &self.limits)?;
+        let config = request.config.unwrap_or_default();
+        if config.group_concurrency > MAX_GROUP_CONCURRENCY {
+            let message = format!("must be at most {MAX_GROUP_CONCURRENCY}");
+            return Err(Error::invalid("config.group_concurrency", message).into());
+        }
+        let start_limit = config
+            .start_limit
+            .as_ref()
+            .map(|limit| crate::ratelimit::grpc::spec_from_proto("config.start_limit", limit, &self.limits))
+            .transpose()?;
+        let config = QueueConfig {
+            group_concurrency: config.group_concurrency,
+            group_fifo: config.group_fifo,
+            start_limit,
+            start_limit_per_group: config.start_limit_per_group,
+        };
+        self.queues.scoped(&namespace).configure(&request.queue, &config).await?;
+        Ok(Response::new(ConfigureQueueResponse {}))
+    }
+
+    async fn get_queue_config(
+        &self,
+        request: Request<GetQueueConfigRequest>,
+    ) -> Result<Response<GetQueueConfigResponse>, Status> {
+        let namespace = crate::auth::namespace(&request);
+        let queue = request.into_inner().queue;
+        validate::key("queue", &queue, &self.limits)?;
+        let config = self.queues.scoped(&namespace).config(&queue).await?;
+        Ok(Response::new(GetQueueConfigResponse {
+            config: Some(pb::QueueConfig {
+                group_concurrency: config.group_concurrency,
+                group_fifo: config.group_fifo,
+                start_limit: config.start_limit.map(|spec| pb::Limit {
+                    algorithm: crate::ratelimit::grpc::algorithm_to_proto(spec.algorithm) as i32,
+                    limit: spec.limit,
+                    period: Some(duration_to_proto(spec.period)),
+                    burst: spec.burst,
+                }),
+                start_limit_per_group: config.start_limit_per_group,
+            }),
+        }))
     }
 
     async fn list_jobs(&self, request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {

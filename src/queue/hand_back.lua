@@ -4,19 +4,21 @@
 -- draining worker never started (the attempt is given back).
 --
 -- KEYS[1] ready  KEYS[2] ready_since  KEYS[3] active  KEYS[4] dead  KEYS[5] watched
--- KEYS[6] events, then the job keys
+-- KEYS[6] events  KEYS[7] groups  KEYS[8] gactive  KEYS[9] config, then the job keys
 -- ARGV[1] dead retention ms  ARGV[2] notify channel  ARGV[3] "1" when never started,
 -- ARGV[4] dead jobs kept, then per job key: job_id, token
 -- Returns {1, how many leases were handed back}.
 local unstarted = ARGV[3] == '1'
 local handed_back = 0
 record_events(KEYS[5], KEYS[6], ARGV[2])
-for i = 7, #KEYS do
+use_groups(KEYS[1], KEYS[7], KEYS[8], KEYS[9])
+for i = 10, #KEYS do
   local job = KEYS[i]
-  local id, token = ARGV[5 + (i - 7) * 2], ARGV[6 + (i - 7) * 2]
+  local id, token = ARGV[5 + (i - 10) * 2], ARGV[6 + (i - 10) * 2]
   if holds(job, token) then
     redis.call('ZREM', KEYS[3], id)
-    local attempts, max_attempts, due = unpack(redis.call('HMGET', job, 'attempts', 'max_attempts', 'due'))
+    local attempts, max_attempts, due, group = unpack(redis.call('HMGET', job, 'attempts', 'max_attempts', 'due', 'group'))
+    release_group(group)
     if unstarted then
       attempts = math.max(0, tonumber(attempts) - 1)
       redis.call('HSET', job, 'attempts', attempts)

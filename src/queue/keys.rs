@@ -38,6 +38,11 @@ impl<'a> QueueKeys<'a> {
         self.part("dead")
     }
 
+    /// ConfigureQueue's rules (prelude.lua's `queue_config`).
+    pub(super) fn config(&self) -> String {
+        self.part("config")
+    }
+
     pub(super) fn paused(&self) -> String {
         self.part("paused")
     }
@@ -51,7 +56,7 @@ impl<'a> QueueKeys<'a> {
     pub(super) fn index_of(&self, state: super::JobState) -> Option<String> {
         use super::JobState;
         let part = match state {
-            JobState::Ready => "ready",
+            JobState::Ready => "ready_since",
             JobState::Scheduled => "scheduled",
             JobState::Active => "active",
             JobState::Succeeded => "succeeded",
@@ -77,22 +82,45 @@ impl<'a> QueueKeys<'a> {
 
     /// enqueue.lua, before the per-job pairs of [`QueueKeys::job`] and [`QueueKeys::dedup`].
     pub(super) fn enqueue(&self) -> Vec<String> {
-        self.parts(["ready", "ready_since", "scheduled", "watched", "events"])
+        self.parts(["ready", "ready_since", "scheduled", "watched", "events", "groups", "gactive", "config"])
     }
 
     /// fetch.lua and stats.lua.
     pub(super) fn whole_queue(&self) -> Vec<String> {
-        self.parts(["ready", "ready_since", "scheduled", "active", "dead", "paused", "watched", "events", "succeeded"])
+        self.parts([
+            "ready",
+            "ready_since",
+            "scheduled",
+            "active",
+            "dead",
+            "paused",
+            "watched",
+            "events",
+            "succeeded",
+            "groups",
+            "gactive",
+            "config",
+        ])
     }
 
     /// ack.lua, before one job key per delivery.
     pub(super) fn ack(&self) -> Vec<String> {
-        self.parts(["active", "succeeded", "watched", "events"])
+        self.parts(["active", "succeeded", "watched", "events", "ready", "groups", "gactive", "config"])
     }
 
     pub(super) fn nack(&self, job_id: &str) -> Vec<String> {
         let mut keys = vec![self.job(job_id)];
-        keys.extend(self.parts(["active", "scheduled", "dead", "watched", "events"]));
+        keys.extend(self.parts([
+            "active",
+            "scheduled",
+            "dead",
+            "watched",
+            "events",
+            "ready",
+            "groups",
+            "gactive",
+            "config",
+        ]));
         keys
     }
 
@@ -108,12 +136,22 @@ impl<'a> QueueKeys<'a> {
 
     /// hand_back.lua, before the job keys.
     pub(super) fn hand_back(&self) -> Vec<String> {
-        self.parts(["ready", "ready_since", "active", "dead", "watched", "events"])
+        self.parts(["ready", "ready_since", "active", "dead", "watched", "events", "groups", "gactive", "config"])
     }
 
     pub(super) fn cancel(&self, job_id: &str) -> Vec<String> {
         let mut keys = vec![self.job(job_id)];
-        keys.extend(self.parts(["ready", "ready_since", "scheduled", "active", "watched", "events"]));
+        keys.extend(self.parts([
+            "ready",
+            "ready_since",
+            "scheduled",
+            "active",
+            "watched",
+            "events",
+            "groups",
+            "gactive",
+            "config",
+        ]));
         keys
     }
 
@@ -124,6 +162,6 @@ impl<'a> QueueKeys<'a> {
 
     /// retry_dead.lua, before the job keys.
     pub(super) fn retry_dead(&self) -> Vec<String> {
-        self.parts(["ready", "ready_since", "dead", "watched", "events"])
+        self.parts(["ready", "ready_since", "dead", "watched", "events", "groups", "gactive", "config"])
     }
 }

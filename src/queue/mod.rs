@@ -39,8 +39,9 @@ pub use settlement::{LocalStream, SettledInbox};
 const PRELUDE: &str = include_str!("prelude.lua");
 const ENQUEUE_BODY: &str = include_str!("enqueue.lua");
 static ENQUEUE: LazyLock<Script> =
-    LazyLock::new(|| Script::new("queue_enqueue", &[PRELUDE, "local job_count = (#KEYS - 5) / 2\n", ENQUEUE_BODY]));
-static FETCH: LazyLock<Script> = LazyLock::new(|| Script::new("queue_fetch", &[PRELUDE, include_str!("fetch.lua")]));
+    LazyLock::new(|| Script::new("queue_enqueue", &[PRELUDE, "local job_count = (#KEYS - 8) / 2\n", ENQUEUE_BODY]));
+static FETCH: LazyLock<Script> =
+    LazyLock::new(|| Script::new("queue_fetch", &[crate::ratelimit::LIMITS_LUA, PRELUDE, include_str!("fetch.lua")]));
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new("queue_ack", &[PRELUDE, include_str!("ack.lua")]));
 static NACK: LazyLock<Script> = LazyLock::new(|| Script::new("queue_nack", &[PRELUDE, include_str!("nack.lua")]));
 static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new("queue_extend", &[PRELUDE, include_str!("extend.lua")]));
@@ -54,6 +55,8 @@ static STATS: LazyLock<Script> = LazyLock::new(|| Script::new("queue_stats", &[P
 static PROGRESS: LazyLock<Script> =
     LazyLock::new(|| Script::new("queue_progress", &[PRELUDE, include_str!("progress.lua")]));
 static WATCH: LazyLock<Script> = LazyLock::new(|| Script::new("queue_watch", &[PRELUDE, include_str!("watch.lua")]));
+static CONFIGURE: LazyLock<Script> =
+    LazyLock::new(|| Script::new("queue_configure", &[PRELUDE, include_str!("configure.lua")]));
 
 pub const MIN_PRIORITY: i32 = -1000;
 pub const MAX_PRIORITY: i32 = 1000;
@@ -113,6 +116,8 @@ pub struct Job {
     /// The W3C `traceparent` the job was enqueued under; empty when none.
     pub trace_context: String,
     pub progress: Option<Progress>,
+    /// Empty when none.
+    pub group: String,
 }
 
 /// How far a worker said it was with a job (UpdateProgress).
@@ -138,6 +143,19 @@ pub struct NewJob {
     pub dedup: Option<(String, Duration)>,
     /// The enqueuing trace's `traceparent`, carried to the job's deliveries.
     pub trace_context: Option<String>,
+    /// Empty when none.
+    pub group: String,
+}
+
+/// How a queue delivers (ConfigureQueue); the default delivers without group or start
+/// limits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueConfig {
+    /// 0: no limit.
+    pub group_concurrency: u32,
+    pub group_fifo: bool,
+    pub start_limit: Option<crate::ratelimit::LimitSpec>,
+    pub start_limit_per_group: bool,
 }
 
 /// A job leased to a consumer.
@@ -185,7 +203,7 @@ impl EnqueueCall {
     }
 
     fn args<'a>(&'a self, jobs: &[&'a NewJob]) -> Vec<Arg<'a>> {
-        let mut args: Vec<Arg> = Vec::with_capacity(1 + jobs.len() * 13);
+        let mut args: Vec<Arg> = Vec::with_capacity(1 + jobs.len() * 14);
         args.push((&self.channel).into());
         for ((job, job_id), multiplier) in jobs.iter().zip(&self.job_ids).zip(&self.multipliers) {
             let (dedup_key, dedup_ttl_ms) = match &job.dedup {
@@ -206,6 +224,7 @@ impl EnqueueCall {
                 dedup_key.into(),
                 dedup_ttl_ms.into(),
                 job.trace_context.as_deref().unwrap_or_default().into(),
+                (&job.group).into(),
             ]);
         }
         args
@@ -727,6 +746,64 @@ impl QueueManager {
         Ok(self.store.eval(&RETRY_DEAD, &keys, &args).await?.done()?.uint(0)?)
     }
 
+    /// Sets a queue's whole configuration (the round-robin counters stay).
+    pub async fn configure(&self, queue: &str, config: &QueueConfig) -> Result<(), Error> {
+        let mut fields: Vec<(&str, String)> = Vec::new();
+        if config.group_concurrency > 0 {
+            fields.push(("gc", config.group_concurrency.to_string()));
+        }
+        if config.group_fifo {
+            fields.push(("fifo", "1".into()));
+        }
+        if let Some(spec) = &config.start_limit {
+            fields.extend([
+                ("lim_alg", spec.algorithm.script_code().to_string()),
+                ("lim_limit", spec.limit.to_string()),
+                ("lim_period", spec.period_micros().to_string()),
+                ("lim_burst", spec.burst.to_string()),
+                ("lim_key", spec.key_part()),
+            ]);
+            if config.start_limit_per_group {
+                fields.push(("lim_per_group", "1".into()));
+            }
+        }
+        let channel = self.channel(queue);
+        let mut args: Vec<Arg> = vec![(&channel).into()];
+        for (name, value) in &fields {
+            args.push((*name).into());
+            args.push(value.into());
+        }
+        let keys = [self.queue_keys(queue).config()];
+        self.store.eval(&CONFIGURE, &keys, &args).await?.done()?;
+        Ok(())
+    }
+
+    pub async fn config(&self, queue: &str) -> Result<QueueConfig, Error> {
+        let fields: HashMap<String, String> = self
+            .store
+            .command("queue_get_config", &Command::new("HGETALL").arg(&self.queue_keys(queue).config()))
+            .await?;
+        let number = |name: &str| fields.get(name).and_then(|value| value.parse::<u64>().ok());
+        let start_limit = match (number("lim_alg"), number("lim_limit"), number("lim_period")) {
+            (Some(code), Some(limit), Some(period)) => {
+                crate::ratelimit::Algorithm::from_script_code(code).map(|algorithm| crate::ratelimit::LimitSpec {
+                    algorithm,
+                    limit,
+                    period: Duration::from_micros(period),
+                    burst: number("lim_burst").unwrap_or(0),
+                })
+            }
+            _ => None,
+        };
+        Ok(QueueConfig {
+            group_concurrency: number("gc").unwrap_or(0) as u32,
+            group_fifo: fields.get("fifo").is_some_and(|value| value == "1"),
+            start_limit_per_group: start_limit.is_some()
+                && fields.get("lim_per_group").is_some_and(|value| value == "1"),
+            start_limit,
+        })
+    }
+
     pub async fn pause(&self, queue: &str) -> Result<(), Error> {
         let _: () = self
             .store
@@ -815,6 +892,7 @@ fn decode_job(queue: &str, job_id: &str, fields: Vec<(String, Vec<u8>)>) -> Resu
         },
         finished_at_micros: (finished_at > 0).then_some(finished_at),
         trace_context: text("trace"),
+        group: text("group"),
         progress: fields.contains_key("progress_at").then(|| Progress {
             value: number("progress"),
             detail: fields.get("progress_detail").cloned().unwrap_or_default(),

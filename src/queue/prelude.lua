@@ -1,8 +1,17 @@
 -- Shared by every queue script (prepended at load time).
 --
 -- A queue `q` is these keys, all sharing the hash tag {q}:
---   ready         sorted set: job id -> rank (priority band, then the time it became due)
---   ready_since   sorted set: job id -> the time it became due, µs (for the oldest-ready age)
+--   ready         sorted set: ungrouped job id -> rank (priority band, then the time it
+--                 became due)
+--   ready:<group> sorted set: a group's ready job id -> its enqueue sequence (FIFO)
+--   ready_since   sorted set: every ready job id -> the time it became due, µs (the
+--                 ready count and the oldest-ready age)
+--   groups        sorted set: groups with ready jobs that may run one now -> their turn
+--                 (round robin: a group served goes to the back)
+--   gactive       hash: group -> its jobs ACTIVE (or, FIFO, holding it while they wait to
+--                 retry)
+--   config        hash: ConfigureQueue's rules (gc, fifo, lim_*), and the counters turn
+--                 (round robin) and seq (enqueue order within groups)
 --   scheduled     sorted set: job id -> run_at µs (delayed jobs and retries in backoff)
 --   active        sorted set: job id -> lease deadline µs
 --   dead          sorted set: job id -> when it died, µs
@@ -22,8 +31,75 @@ local function rank(priority, due_us)
   return (1000 - priority) * 2199023255552 + due_ms
 end
 
+-- Groups: scripts that touch grouped jobs name the queue's group keys first.
+local G = {}
+local function use_groups(ready, groups, gactive, config)
+  G = {ready = ready, groups = groups, active = gactive, config = config}
+end
+
+-- The queue's configuration (ConfigureQueue), read once per script.
+local function queue_config()
+  if not G.conf then
+    G.conf = {}
+    local flat = redis.call('HGETALL', G.config)
+    for i = 1, #flat, 2 do
+      G.conf[flat[i]] = flat[i + 1]
+    end
+  end
+  return G.conf
+end
+
+-- Most active jobs per group; 0: no limit.
+local function group_limit()
+  local config = queue_config()
+  if config.fifo == '1' then
+    return 1
+  end
+  return tonumber(config.gc or 0)
+end
+
+local function group_ready(group)
+  return G.ready .. ':' .. group
+end
+
+-- Puts a group at the back of the round robin if it has ready jobs and room for one more.
+local function offer_group(group)
+  local limit = group_limit()
+  if limit > 0 and tonumber(redis.call('HGET', G.active, group) or 0) >= limit then
+    return
+  end
+  if redis.call('EXISTS', group_ready(group)) == 1 then
+    redis.call('ZADD', G.groups, 'NX', redis.call('HINCRBY', G.config, 'turn', 1), group)
+  end
+end
+
+local function count_down(group)
+  if redis.call('HINCRBY', G.active, group, -1) <= 0 then
+    redis.call('HDEL', G.active, group)
+  end
+end
+
+-- A job of `group` stopped being active: its group may run another.
+local function release_group(group)
+  if group and group ~= '' then
+    count_down(group)
+    offer_group(group)
+  end
+end
+
 local function make_ready(ready, ready_since, id, job, due)
-  redis.call('ZADD', ready, int(rank(tonumber(redis.call('HGET', job, 'priority')), due)), id)
+  local priority, group, seq, holds = unpack(redis.call('HMGET', job, 'priority', 'group', 'gseq', 'holds'))
+  if group and group ~= '' then
+    if holds then
+      -- A FIFO job held its group while it waited to retry; it is at the group's head now.
+      redis.call('HDEL', job, 'holds')
+      count_down(group)
+    end
+    redis.call('ZADD', group_ready(group), seq, id)
+    offer_group(group)
+  else
+    redis.call('ZADD', ready, int(rank(tonumber(priority), due)), id)
+  end
   redis.call('ZADD', ready_since, int(due), id)
   redis.call('HSET', job, 'state', 'READY', 'due', int(due), 'lease', '')
 end

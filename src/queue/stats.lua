@@ -13,6 +13,6 @@ if #oldest > 0 then
   age = math.max(0, now - tonumber(oldest[2]))
 end
 return {
-  1, redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[4]),
+  1, redis.call('ZCARD', KEYS[2]), redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[4]),
   redis.call('ZCARD', KEYS[5]), redis.call('EXISTS', KEYS[6]), age, redis.call('ZCARD', KEYS[9]),
 }

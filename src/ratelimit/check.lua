@@ -1,29 +1,13 @@
 -- Evaluates N rate limits atomically: either every limit admits the request and all
--- consume their cost, or nothing is consumed.
+-- consume their cost, or nothing is consumed (the algorithms: limits.lua).
 --
 -- KEYS[i]  the counter of limit i (all KEYS share one hash tag).
 -- ARGV[1]  "1" for a dry run (evaluate, write nothing), else "0".
 -- ARGV[2 + 5*(i-1) .. 6 + 5*(i-1)], for limit i:
---          algorithm (1 fixed window, 2 sliding log, 3 GCRA, 4 fixed window on the
---          clock's period boundaries, 5 the same counted the way envoyproxy/ratelimit
---          counts), limit, period in µs, burst (GCRA only), cost.
+--          algorithm (see `evaluate`), limit, period in µs, burst (GCRA only), cost.
 -- Returns {1, all_allowed, then per limit: allowed, remaining, reset_after_us, retry_after_us}.
---
--- Time is Redis's own clock, in microseconds, so every replica agrees.
---
--- State per algorithm:
---   fixed window  hash {s = window start µs, c = count}, expiring at the window's end
---                 (also for 4 and 5, whose windows start where now is a multiple of the
---                 period).
---   sliding log   sorted set, one member per admitted unit, scored by its time in µs;
---                 members older than one period are trimmed, so ZCARD is the usage.
---   GCRA          string: the theoretical arrival time (TAT) in µs, as "%.17g".
 
 local dry_run = ARGV[1] == '1'
-
--- GCRA compares floating-point sums of period/limit; this slack (a hundredth of a µs)
--- keeps rounding from denying a request that lands exactly on its emission time.
-local EPSILON = 0.01
 
 local replies = {1, 0}
 local writes = {}
@@ -31,95 +15,12 @@ local all_allowed = true
 
 for i, key in ipairs(KEYS) do
   local base = 2 + (i - 1) * 5
-  local algorithm = tonumber(ARGV[base])
-  local limit = tonumber(ARGV[base + 1])
-  local period = tonumber(ARGV[base + 2])
-  local burst = tonumber(ARGV[base + 3])
-  local cost = tonumber(ARGV[base + 4])
-  local allowed, remaining, reset_after, retry_after
-
-  if algorithm == 1 or algorithm == 4 or algorithm == 5 then
-    local state = redis.call('HMGET', key, 's', 'c')
-    local start = tonumber(state[1])
-    local count = tonumber(state[2]) or 0
-    if algorithm == 1 then
-      if start == nil or now >= start + period then
-        start = now
-        count = 0
-      end
-    else
-      local aligned = now - now % period
-      if start ~= aligned then
-        start = aligned
-        count = 0
-      end
-    end
-    local window_left = start + period - now
-    allowed = count + cost <= limit
-    reset_after = window_left
-    if algorithm == 5 then
-      -- envoyproxy/ratelimit's counting: every hit counts, admitted or not, and on its
-      -- own (never held back by another limit of the call).
-      if not dry_run and cost > 0 then
-        redis.call('HSET', key, 's', int(start), 'c', int(count + cost))
-        redis.call('PEXPIREAT', key, int(math.ceil((start + period) / 1000)))
-      end
-      remaining = limit - count - cost
-      retry_after = allowed and 0 or window_left
-    elseif allowed then
-      remaining = limit - count - cost
-      retry_after = 0
-      writes[#writes + 1] = {1, key, start, count + cost, math.ceil((start + period) / 1000)}
-    else
-      -- cost <= limit is validated, so the next window admits it.
-      remaining = limit - count
-      retry_after = window_left
-    end
-  elseif algorithm == 2 then
-    -- A member counts while now - its time < period.
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now - period))
-    local used = redis.call('ZCARD', key)
-    allowed = used + cost <= limit
-    if allowed then
-      remaining = limit - used - cost
-      reset_after = period
-      retry_after = 0
-      writes[#writes + 1] = {2, key, used, cost, period}
-    else
-      remaining = limit - used
-      -- The request fits once the (used + cost - limit) oldest units have aged out.
-      local freeing = redis.call('ZRANGE', key, int(used + cost - limit - 1), int(used + cost - limit - 1), 'WITHSCORES')
-      local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-      retry_after = tonumber(freeing[2]) + period - now
-      reset_after = tonumber(newest[2]) + period - now
-    end
+  local allowed, remaining, reset_after, retry_after, write = evaluate(key, tonumber(ARGV[base]),
+    tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]), dry_run)
+  if allowed then
+    writes[#writes + 1] = write
   else
-    local interval = period / limit
-    local capacity = burst * interval
-    local tat = tonumber(redis.call('GET', key)) or now
-    if tat < now then
-      tat = now
-    end
-    local new_tat = tat + cost * interval
-    local ahead = new_tat - now
-    allowed = ahead <= capacity + EPSILON
-    if allowed then
-      remaining = math.floor((capacity - ahead) / interval + EPSILON)
-      reset_after = ahead
-      retry_after = 0
-      writes[#writes + 1] = {3, key, new_tat, math.ceil(ahead / 1000)}
-    else
-      remaining = math.floor((capacity - (tat - now)) / interval + EPSILON)
-      reset_after = tat - now
-      retry_after = ahead - capacity
-    end
-  end
-
-  if not allowed then
     all_allowed = false
-  end
-  if remaining < 0 then
-    remaining = 0
   end
   replies[#replies + 1] = allowed and 1 or 0
   replies[#replies + 1] = remaining
@@ -131,26 +32,7 @@ if all_allowed then
   replies[2] = 1
   if not dry_run then
     for _, write in ipairs(writes) do
-      local kind, key = write[1], write[2]
-      if kind == 1 then
-        redis.call('HSET', key, 's', int(write[3]), 'c', int(write[4]))
-        redis.call('PEXPIREAT', key, int(write[5]))
-      elseif kind == 2 then
-        -- Members are unique: at one instant ZCARD only grows, so (now, used + j) never repeats.
-        local used, cost = write[3], write[4]
-        local batch = {}
-        for j = 1, cost do
-          batch[#batch + 1] = int(now)
-          batch[#batch + 1] = int(now) .. ':' .. int(used + j)
-          if #batch >= 1000 or j == cost then
-            redis.call('ZADD', key, unpack(batch))
-            batch = {}
-          end
-        end
-        redis.call('PEXPIRE', key, int(math.ceil(write[5] / 1000)))
-      else
-        redis.call('SET', key, string.format('%.17g', write[3]), 'PX', int(math.max(write[4], 1)))
-      end
+      consume(write)
     end
   end
 end

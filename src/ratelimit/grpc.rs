@@ -39,20 +39,7 @@ impl RateLimiterGrpc {
                 .map(|policy| (policy.spec, policy.fail_open))
                 .ok_or_else(|| Error::invalid(field_name(prefix, "policy"), format!("unknown policy {name:?}"))),
             Some(limit_request::Source::Limit(limit)) => {
-                let field = field_name(prefix, "limit");
-                let algorithm = match pb::Algorithm::try_from(limit.algorithm) {
-                    Ok(pb::Algorithm::FixedWindow) => Algorithm::FixedWindow,
-                    Ok(pb::Algorithm::SlidingWindow) => Algorithm::SlidingWindow,
-                    Ok(pb::Algorithm::TokenBucket) => Algorithm::TokenBucket,
-                    Ok(pb::Algorithm::Unspecified) | Err(_) => {
-                        return Err(Error::invalid(format!("{field}.algorithm"), "must name an algorithm"));
-                    }
-                };
-                let period = duration_from_proto(&format!("{field}.period"), limit.period.as_ref())?
-                    .ok_or_else(|| Error::invalid(format!("{field}.period"), "is required"))?;
-                let spec = LimitSpec::new(algorithm, limit.limit, period, limit.burst, &self.limits)
-                    .map_err(|err| Error::invalid(format!("{field}.{}", err.field), err.description))?;
-                Ok((spec, false))
+                Ok((spec_from_proto(&field_name(prefix, "limit"), limit, &self.limits)?, false))
             }
         }
     }
@@ -124,6 +111,32 @@ impl RateLimiterService for RateLimiterGrpc {
         let existed = self.limiter.scoped(&namespace).reset(&request.key, &spec).await?;
         Ok(Response::new(ResetResponse { existed }))
     }
+}
+
+pub(crate) fn algorithm_to_proto(algorithm: Algorithm) -> pb::Algorithm {
+    match algorithm {
+        Algorithm::FixedWindow => pb::Algorithm::FixedWindow,
+        Algorithm::SlidingWindow => pb::Algorithm::SlidingWindow,
+        Algorithm::TokenBucket => pb::Algorithm::TokenBucket,
+        // Envoy's windows are never a caller's choice, so never stored for a queue.
+        Algorithm::ClockWindow | Algorithm::UpstreamWindow => pb::Algorithm::FixedWindow,
+    }
+}
+
+/// An inline limit, validated; `field` names it in errors ("limits[2].limit").
+pub(crate) fn spec_from_proto(field: &str, limit: &pb::Limit, limits: &Limits) -> Result<LimitSpec, Error> {
+    let algorithm = match pb::Algorithm::try_from(limit.algorithm) {
+        Ok(pb::Algorithm::FixedWindow) => Algorithm::FixedWindow,
+        Ok(pb::Algorithm::SlidingWindow) => Algorithm::SlidingWindow,
+        Ok(pb::Algorithm::TokenBucket) => Algorithm::TokenBucket,
+        Ok(pb::Algorithm::Unspecified) | Err(_) => {
+            return Err(Error::invalid(format!("{field}.algorithm"), "must name an algorithm"));
+        }
+    };
+    let period = duration_from_proto(&format!("{field}.period"), limit.period.as_ref())?
+        .ok_or_else(|| Error::invalid(format!("{field}.period"), "is required"))?;
+    LimitSpec::new(algorithm, limit.limit, period, limit.burst, limits)
+        .map_err(|err| Error::invalid(format!("{field}.{}", err.field), err.description))
 }
 
 fn field_name(prefix: &str, name: &str) -> String {

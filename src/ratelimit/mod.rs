@@ -16,7 +16,10 @@ use crate::store::topology::{Slot, slot_of};
 use crate::store::{Arg, Command, KeyBuilder, Script, Store, StoreError};
 use crate::validate::Limits;
 
-static CHECK: LazyLock<Script> = LazyLock::new(|| Script::new("ratelimit_check", &[include_str!("check.lua")]));
+/// The algorithms (limits.lua), shared with the queues' start limits.
+pub(crate) const LIMITS_LUA: &str = include_str!("limits.lua");
+static CHECK: LazyLock<Script> =
+    LazyLock::new(|| Script::new("ratelimit_check", &[LIMITS_LUA, include_str!("check.lua")]));
 
 /// A named rate limit from the config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +59,17 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    fn script_code(self) -> u8 {
+    /// The algorithm of a script code, for those a caller may choose.
+    pub(crate) fn from_script_code(code: u64) -> Option<Self> {
+        match code {
+            1 => Some(Self::FixedWindow),
+            2 => Some(Self::SlidingWindow),
+            3 => Some(Self::TokenBucket),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn script_code(self) -> u8 {
         match self {
             Self::FixedWindow => 1,
             Self::SlidingWindow => 2,
@@ -149,11 +162,11 @@ impl LimitSpec {
         self.max_cost()
     }
 
-    fn period_micros(&self) -> u64 {
+    pub(crate) fn period_micros(&self) -> u64 {
         u64::try_from(self.period.as_micros()).unwrap_or(u64::MAX)
     }
 
-    fn key_part(&self) -> String {
+    pub(crate) fn key_part(&self) -> String {
         let tag = self.algorithm.key_tag();
         match self.algorithm {
             Algorithm::TokenBucket => format!("{tag}:{}:{}:{}", self.limit, self.period_micros(), self.burst),

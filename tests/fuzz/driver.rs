@@ -571,6 +571,36 @@ pub(crate) async fn round(fuzz: &mut Fuzz, s: &Strategies, c: &Clients) {
     let r = fuzz.sample(&s.list_dead_jobs);
     let v = o::key("queue", &r.queue);
     fuzz.exercise("Queue/ListDeadJobs", r, v, unary!(c.queues, list_dead_jobs, DEADLINE)).await;
+    let r = fuzz.sample(&s.list_jobs);
+    let listable = [JobState::Ready, JobState::Scheduled, JobState::Active, JobState::Succeeded, JobState::Dead];
+    let v = o::first([
+        o::key("queue", &r.queue),
+        (!listable.iter().any(|state| *state as i32 == r.state)).then(|| format!("state {} has no list", r.state)),
+        (r.page_size > 1000).then(|| format!("page_size {}", r.page_size)),
+    ]);
+    fuzz.exercise("Queue/ListJobs", r, v, unary!(c.queues, list_jobs, DEADLINE)).await;
+    let r = fuzz.sample(&s.configure_queue);
+    let config = r.config.unwrap_or_default();
+    let v = o::first([
+        o::key("queue", &r.queue),
+        (config.group_concurrency > 10_000).then(|| format!("group_concurrency {}", config.group_concurrency)),
+        config.start_limit.as_ref().and_then(|limit| o::limit("config.start_limit", limit)),
+    ]);
+    let queue = r.queue.clone();
+    fuzz.exercise("Queue/ConfigureQueue", r, v, unary!(c.queues, configure_queue, DEADLINE)).await;
+    let r = GetQueueConfigRequest { queue };
+    let v = o::key("queue", &r.queue);
+    fuzz.exercise("Queue/GetQueueConfig", r, v, unary!(c.queues, get_queue_config, DEADLINE)).await;
+    let (mut r, p) = fuzz.sample(&s.update_progress);
+    if let Some(id) = pick(&fuzz.pool.queue_leases, &p) {
+        r.lease_id = id;
+    }
+    let v = o::first([
+        o::malformed_id("lease_id", &r.lease_id),
+        (!r.value.is_finite()).then(|| format!("value {}", r.value)),
+        (r.detail.len() > 4096).then(|| format!("detail of {} bytes", r.detail.len())),
+    ]);
+    fuzz.exercise("Queue/UpdateProgress", r, v, unary!(c.queues, update_progress, DEADLINE)).await;
     let (mut r, p) = fuzz.sample(&s.retry_dead_jobs);
     if let Some(id) = pick(&fuzz.pool.jobs, &p) {
         r.job_ids.push(id);

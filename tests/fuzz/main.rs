@@ -62,13 +62,14 @@ use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use baton::proto::v1::session_store_service_client::SessionStoreServiceClient;
 use baton::proto::v1::{
     AckBatchRequest, AckRequest, AcquireRequest, Backoff, BatchGetRequest, BatchSetEntry, BatchSetRequest,
-    CancelJobRequest, CheckRequest, ClearSessionsRequest, ConsumeRequest, ConsumeResponse, CountSessionsRequest,
-    CreateSessionRequest, DeleteRequest, DeleteSessionRequest, DescribeRequest, EnqueueBatchRequest, EnqueueRequest,
-    ExtendRequest, FetchRequest, FillRequest, GetJobRequest, GetQueueStatsRequest, GetRequest, GetSessionRequest,
-    InvalidateTagRequest, KeepAliveRequest, Limit, LimitRequest, ListDeadJobsRequest, ListSessionsRequest, NackRequest,
-    PauseQueueRequest, ReleaseRequest, RenewRequest, ResetRequest, ResumeQueueRequest, RetryDeadJobsRequest,
-    RevokeSessionsRequest, RotateSessionRequest, SetRequest, UpdateSessionRequest, consume_response, enqueue_request,
-    limit_request, reset_request,
+    CancelJobRequest, CheckRequest, ClearSessionsRequest, ConfigureQueueRequest, ConsumeRequest, ConsumeResponse,
+    CountSessionsRequest, CreateSessionRequest, DeleteRequest, DeleteSessionRequest, DescribeRequest,
+    EnqueueBatchRequest, EnqueueRequest, ExtendRequest, FetchRequest, FillRequest, GetJobRequest,
+    GetQueueConfigRequest, GetQueueStatsRequest, GetRequest, GetSessionRequest, InvalidateTagRequest, JobState,
+    KeepAliveRequest, Limit, LimitRequest, ListDeadJobsRequest, ListJobsRequest, ListSessionsRequest, NackRequest,
+    PauseQueueRequest, QueueConfig, ReleaseRequest, RenewRequest, ResetRequest, ResumeQueueRequest,
+    RetryDeadJobsRequest, RevokeSessionsRequest, RotateSessionRequest, SetRequest, UpdateProgressRequest,
+    UpdateSessionRequest, consume_response, enqueue_request, limit_request, reset_request,
 };
 use common::{Baton, Clients as _, Redis};
 use proptest::prelude::*;
@@ -235,7 +236,7 @@ async fn random_requests_to_every_rpc_never_panic_and_rejections_are_invalid_arg
     for finding in &fuzz.findings {
         println!("finding: {finding}");
     }
-    assert_eq!(fuzz.tallies.len(), 39, "every RPC was exercised");
+    assert_eq!(fuzz.tallies.len(), 43, "every RPC was exercised");
     let problems: Vec<&String> = fuzz.failures.iter().chain(&fuzz.findings).collect();
     assert!(
         problems.is_empty(),

@@ -67,7 +67,7 @@ pub fn session_id(id: &str) -> Verdict {
     (!ok).then(|| format!("session_id of {} bytes is malformed", id.len()))
 }
 
-fn limit(field: &str, limit: &Limit) -> Verdict {
+pub fn limit(field: &str, limit: &Limit) -> Verdict {
     first([
         (!(1..=3).contains(&limit.algorithm)).then(|| format!("{field}.algorithm is {}", limit.algorithm)),
         bounded(&format!("{field}.period"), limit.period.as_ref(), Duration::ZERO..=Duration::MAX, true),
@@ -146,5 +146,6 @@ pub fn enqueue(r: &EnqueueRequest, at: &str) -> Verdict {
                 duration(&format!("{at}dedup_ttl"), r.dedup_ttl.as_ref()),
             ])
         },
+        if r.group.is_empty() { None } else { key(&format!("{at}group"), &r.group) },
     ])
 }

@@ -388,13 +388,27 @@ pub(crate) fn enqueue_request() -> BoxedStrategy<EnqueueRequest> {
     );
     let job_type = prop_oneof![3 => Just(String::new()), 2 => prop::sample::select(vec!["a", "b"]).prop_map(str::to_owned), 1 => text()];
     let dedup_key = prop_oneof![3 => Just(String::new()), 2 => prop::sample::select(vec!["d0", "d1"]).prop_map(str::to_owned), 1 => name()];
+    let group = prop_oneof![3 => Just(String::new()), 2 => prop::sample::select(vec!["g0", "g1"]).prop_map(str::to_owned), 1 => name()];
     (
-        (name(), bytes(), job_type, schedule),
+        (name(), bytes(), job_type, schedule, group),
         (i32s(), prop_oneof![3 => 0u32..5, 1 => u32s()], backoff, dedup_key, duration()),
     )
-        .prop_map(|((queue, payload, r#type, schedule), (priority, max_attempts, backoff, dedup_key, dedup_ttl))| {
-            EnqueueRequest { queue, payload, r#type, schedule, priority, max_attempts, backoff, dedup_key, dedup_ttl }
-        })
+        .prop_map(
+            |((queue, payload, r#type, schedule, group), (priority, max_attempts, backoff, dedup_key, dedup_ttl))| {
+                EnqueueRequest {
+                    queue,
+                    payload,
+                    r#type,
+                    schedule,
+                    priority,
+                    max_attempts,
+                    backoff,
+                    dedup_key,
+                    dedup_ttl,
+                    group,
+                }
+            },
+        )
         .boxed()
 }
 
@@ -471,6 +485,9 @@ pub(crate) struct Strategies {
     pub(crate) cancel_job: BoxedStrategy<(CancelJobRequest, Option<Index>)>,
     pub(crate) get_queue_stats: BoxedStrategy<GetQueueStatsRequest>,
     pub(crate) list_dead_jobs: BoxedStrategy<ListDeadJobsRequest>,
+    pub(crate) list_jobs: BoxedStrategy<ListJobsRequest>,
+    pub(crate) configure_queue: BoxedStrategy<ConfigureQueueRequest>,
+    pub(crate) update_progress: BoxedStrategy<(UpdateProgressRequest, Option<Index>)>,
     pub(crate) retry_dead_jobs: BoxedStrategy<(RetryDeadJobsRequest, Option<Index>)>,
     pub(crate) pause_queue: BoxedStrategy<PauseQueueRequest>,
     pub(crate) resume_queue: BoxedStrategy<ResumeQueueRequest>,
@@ -636,8 +653,31 @@ impl Strategies {
             get_job: (job_id(), pool_pick()).prop_map(|(job_id, pick)| (GetJobRequest { job_id }, pick)).boxed(),
             cancel_job: (job_id(), pool_pick()).prop_map(|(job_id, pick)| (CancelJobRequest { job_id }, pick)).boxed(),
             get_queue_stats: name().prop_map(|queue| GetQueueStatsRequest { queue }).boxed(),
-            list_dead_jobs: (name(), u32s(), page_token)
+            list_dead_jobs: (name(), u32s(), page_token.clone())
                 .prop_map(|(queue, page_size, page_token)| ListDeadJobsRequest { queue, page_size, page_token })
+                .boxed(),
+            list_jobs: (name(), prop_oneof![4 => 0i32..8, 1 => any::<i32>()], u32s(), page_token)
+                .prop_map(|(queue, state, page_size, page_token)| ListJobsRequest { queue, state, page_size, page_token })
+                .boxed(),
+            configure_queue: (
+                name(),
+                prop_oneof![3 => 0u32..10, 1 => Just(10_001u32), 1 => any::<u32>()],
+                any::<bool>(),
+                prop::option::weighted(0.6, limit()),
+                any::<bool>(),
+            )
+                .prop_map(|(queue, group_concurrency, group_fifo, start_limit, start_limit_per_group)| {
+                    let config = QueueConfig { group_concurrency, group_fifo, start_limit, start_limit_per_group };
+                    ConfigureQueueRequest { queue, config: Some(config) }
+                })
+                .boxed(),
+            update_progress: (
+                queue_lease_id(),
+                prop_oneof![4 => -1e6f64..1e6, 1 => prop::sample::select(vec![f64::NAN, f64::INFINITY, f64::NEG_INFINITY, f64::MAX])],
+                prop_oneof![4 => bytes(), 1 => prop::sample::select(vec![4096usize, 4097]).prop_map(|n| vec![b'd'; n])],
+                pool_pick(),
+            )
+                .prop_map(|(lease_id, value, detail, pick)| (UpdateProgressRequest { lease_id, value, detail }, pick))
                 .boxed(),
             retry_dead_jobs: (name(), list(job_id(), job_id_for(), MAX_BATCH), pool_pick())
                 .prop_map(|(queue, job_ids, pick)| (RetryDeadJobsRequest { queue, job_ids }, pick))

@@ -268,7 +268,8 @@ var (
 	callBackoff = backoffSchedule{first: 100 * time.Millisecond, max: 500 * time.Millisecond}
 	// streamBackoff paces reopening a KeepAlive, Consume or Observe stream that keeps failing
 	// (the first reopen after a stream that worked is immediate): a lease has only its ttl to
-	// find another replica.
+	// find another replica. WatchJob and WatchQueue streams are reopened on it too, but
+	// after a wait even when they worked (none after a SHUTTING_DOWN).
 	streamBackoff = backoffSchedule{first: 50 * time.Millisecond, max: 250 * time.Millisecond}
 )
 

@@ -19,13 +19,17 @@
 //     [Client.InvalidateTag] and [Client.GetOrLoad] (one loader per miss, via Fetch/Fill)
 //   - session.go: [Client.CreateSession] and the rest of the session store
 //   - sessionhttp.go: [SessionManager], net/http middleware keeping web sessions in Baton
-//   - queue.go: [Client.Enqueue] and [Client.Consume], the worker loop and its graceful stop
+//   - queue.go: [Client.Enqueue] and [Client.Consume], the worker loop and its graceful stop,
+//     and [Job.Progress]
+//   - queuewatch.go: [Client.WatchJob], [Client.WaitJob] and [*JobError], [Client.WatchQueue]
+//     and [*QueueWatch], [Client.ListJobs]
 //   - github.com/baton-dev/baton/clients/go/gen/baton/v1 (outside this package, in the same
 //     module): the generated stubs for every service (`make gen`), reachable as
 //     [Client.RateLimits], [Client.Locks], [Client.Elections], [Client.Cache],
 //     [Client.Sessions], [Client.Queue]
 //
 // The helpers retry only where the API makes it safe: Acquire and Campaign with a
-// request_id, Enqueue with a dedup key, reads, Release, Resign, Proclaim, Delete, Ack, Nack
-// and Extend, and resuming KeepAlive, Consume and Observe streams on another replica.
+// request_id, Enqueue with a dedup key, reads, Release, Resign, Proclaim, Delete, Ack, Nack,
+// Extend and UpdateProgress, and resuming KeepAlive, Consume, Observe, WatchJob and
+// WatchQueue streams on another replica.
 package baton

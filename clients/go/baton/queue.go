@@ -129,17 +129,64 @@ type Job struct {
 	CreatedAt time.Time
 
 	leaseID string
+	client  *Client
+	// lose cancels the handler's context with the cause given (a lease refusal).
+	lose func(cause error)
 }
 
 // LeaseID proves this delivery to Ack, Nack and Extend on the raw stub ([Client.Queue]);
 // [Client.Consume] already does all three.
 func (j *Job) LeaseID() string { return j.leaseID }
 
-// Handler works on one job. Returning nil acks the job (with result stored on it);
-// returning an error, or panicking, nacks it with the error's text, so it is retried after
-// its backoff until it runs out of attempts. ctx is cancelled with cause [ErrJobCancelled]
-// or [ErrJobLeaseLost] when the result would no longer count (the job is then not acked),
-// and when Consume's shutdown grace runs out (see [WithShutdownGrace]).
+// Progress records how far the handler is with the job — value is the application's measure
+// (a percentage, a count of items: any finite number), detail an optional small note (up to
+// 4 KiB) — under this delivery's lease. Baton keeps it with the job (Job.progress, read by
+// GetJob, [Client.WatchJob] and [Client.ListJobs]) and sends it to [Client.WatchJob] and
+// [Client.WatchQueue] watchers. It does not prolong the lease: Consume does that.
+//
+// It is retried on UNAVAILABLE (a repeated UpdateProgress only sets the same progress
+// again) for as long as ctx allows, without a deadline for the client's default timeout.
+// When Baton refuses it because the lease no longer counts, the error wraps both
+// [ErrJobCancelled] or [ErrJobLeaseLost] and the *Error ([ErrJobNotLeased], or reason
+// JOB_CANCELLED), and the handler's context is cancelled with that cause, as when an
+// Extend is refused: the job's result would no longer count.
+func (j *Job) Progress(ctx context.Context, value float64, detail []byte) error {
+	if j.client == nil {
+		return errors.New("baton: Progress needs a job delivered by Consume")
+	}
+	err := j.client.retryUnavailable(ctx, func(ctx context.Context) error {
+		_, err := j.client.Queue.UpdateProgress(ctx, &batonv1.UpdateProgressRequest{LeaseId: j.leaseID, Value: value, Detail: detail})
+		return err
+	})
+	if ended := leaseRefusal(err); ended != nil {
+		if j.lose != nil {
+			j.lose(ended)
+		}
+		return ended
+	}
+	return err
+}
+
+// leaseRefusal is the cause a refused lease gives the job's handler — [ErrJobCancelled] or
+// [ErrJobLeaseLost], wrapping Baton's FAILED_PRECONDITION — or nil when err is not one.
+func leaseRefusal(err error) error {
+	var mapped *Error
+	if !errors.As(err, &mapped) || mapped.Code != codes.FailedPrecondition {
+		return nil
+	}
+	if mapped.reason() == batonv1.ErrorReason_JOB_CANCELLED {
+		return fmt.Errorf("%w: %w", ErrJobCancelled, mapped)
+	}
+	return fmt.Errorf("%w: %w", ErrJobLeaseLost, mapped)
+}
+
+// Handler works on one job. Returning nil acks the job with result stored on it (the Job's
+// result, which [Client.WaitJob] hands to whoever waits for the job; coalesced acks carry
+// it too); returning an error, or panicking, nacks it with the error's text, so it is
+// retried after its backoff until it runs out of attempts. [Job.Progress] reports how far it
+// is meanwhile. ctx is cancelled with cause [ErrJobCancelled] or [ErrJobLeaseLost] when the
+// result would no longer count (the job is then not acked), and when Consume's shutdown
+// grace runs out (see [WithShutdownGrace]).
 type Handler func(ctx context.Context, job *Job) (result []byte, err error)
 
 type consumeConfig struct {
@@ -567,9 +614,11 @@ func (w *worker) deliver(delivery *batonv1.Delivery, stream *consumeStream) {
 		LastError:   job.GetLastError(),
 		CreatedAt:   job.GetCreatedAt().AsTime(),
 		leaseID:     delivery.GetLeaseId(),
+		client:      w.client,
 	}, stream: stream}
 	// The handler, and the Extends, Ack or Nack sent for the job, continue its trace.
 	held.ctx, held.cancel = context.WithCancelCause(jobTraceContext(w.work, job.GetTraceContext()))
+	held.job.lose = held.cancel
 	w.mu.Lock()
 	stopping := w.stopping
 	if stopping {
@@ -805,13 +854,8 @@ func (w *worker) extend(held *heldJob) {
 			})
 			return err
 		})
-		var mapped *Error
-		if errors.As(err, &mapped) && mapped.Code == codes.FailedPrecondition {
-			if mapped.reason() == batonv1.ErrorReason_JOB_CANCELLED {
-				held.cancel(fmt.Errorf("%w: %w", ErrJobCancelled, mapped))
-			} else {
-				held.cancel(fmt.Errorf("%w: %w", ErrJobLeaseLost, mapped))
-			}
+		if ended := leaseRefusal(err); ended != nil {
+			held.cancel(ended)
 			return
 		}
 		// Other failures (an outage past the budget, …) are retried at the next tick.

@@ -19,7 +19,21 @@ import { SessionStoreServiceClient } from "./gen/baton/v1/session.js";
 import { CacheEntry, CacheHelpers, CacheSetOptions, GetOrLoadOptions } from "./cache.js";
 import { ElectionEvent, ElectionHelpers, Leader, Leadership, LeadershipOptions } from "./election.js";
 import { acquire, Lease, LockOptions } from "./lock.js";
-import { ConsumeOptions, Enqueued, EnqueueOptions, JobHandler, QueueHelpers } from "./queue.js";
+import {
+  ConsumeOptions,
+  Enqueued,
+  EnqueueOptions,
+  JobHandler,
+  JobPage,
+  JobSnapshot,
+  ListableJobState,
+  ListJobsOptions,
+  QueueHelpers,
+  QueueWatchItem,
+  WaitForJobOptions,
+  WatchJobOptions,
+  WatchQueueOptions,
+} from "./queue.js";
 import { allow, AllowOptions, Decision } from "./ratelimit.js";
 import { CreateSessionOptions, Session, SessionHelpers, SessionUpdate } from "./session.js";
 
@@ -216,6 +230,45 @@ export class BatonClient {
    */
   consume(queue: string, handler: JobHandler, options?: ConsumeOptions): Promise<void> {
     return this.queue.consume(queue, handler, options);
+  }
+
+  /**
+   * The job as it changes, opened when iteration starts: first as it is now, then after each
+   * change, last in its finished state ("succeeded", "dead", "cancelled"), after which the
+   * iteration ends. Payloads are not included. Reopened on UNAVAILABLE, starting again with
+   * the job as it is then; ends early when `options.signal` aborts.
+   */
+  watchJob(jobId: string, options?: WatchJobOptions): AsyncIterable<JobSnapshot> {
+    return this.queue.watchJob(jobId, options);
+  }
+
+  /**
+   * Waits for the job to finish: resolves with it when "succeeded" (with the handler's
+   * `result`), rejects with JobNotSucceededError (carrying the job) when "dead" or
+   * "cancelled", with DeadlineExceededError past `timeoutMs`. Request/response over the
+   * queue is enqueue, then waitForJob. Reopens its stream on UNAVAILABLE.
+   */
+  waitForJob(jobId: string, options?: WaitForJobOptions): Promise<JobSnapshot> {
+    return this.queue.waitForJob(jobId, options);
+  }
+
+  /**
+   * The queue's events (enqueued, active, progress, succeeded, failed, dead, stalled,
+   * returned, redriven, cancelled) from the moment its stream is open (`options.onOpen`), and
+   * `missed` items where some were lost. Reopened on UNAVAILABLE after a `missed` item of
+   * count 0; ends when `options.signal` aborts.
+   */
+  watchQueue(queue: string, options?: WatchQueueOptions): AsyncIterable<QueueWatchItem> {
+    return this.queue.watchQueue(queue, options);
+  }
+
+  /**
+   * One page of the queue's jobs in `state` ("ready", "scheduled", "active", "succeeded",
+   * "dead"), with payloads; pass `nextPageToken` back as `pageToken` for the next page.
+   * Retried on UNAVAILABLE.
+   */
+  listJobs(queue: string, state: ListableJobState, options?: ListJobsOptions): Promise<JobPage> {
+    return this.queue.listJobs(queue, state, options);
   }
 
   /**

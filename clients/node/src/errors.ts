@@ -8,6 +8,7 @@ import { ErrorReason, errorReasonFromJSON } from "./gen/baton/v1/errors.js";
 import { BadRequest, ErrorInfo, RetryInfo } from "./gen/google/rpc/error_details.js";
 import { Status as RpcStatus } from "./gen/google/rpc/status.js";
 import { durationToMs } from "./connection.js";
+import type { JobSnapshot } from "./queue.js";
 
 export { ErrorReason } from "./gen/baton/v1/errors.js";
 
@@ -191,5 +192,17 @@ export class JobLeaseLostError extends Error {
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = "JobLeaseLostError";
+  }
+}
+
+/**
+ * The job waitForJob waited for finished without succeeding: `job.state` is "dead" (out of
+ * attempts or dead-lettered; `job.lastError` says why) or "cancelled". `job` is its final
+ * snapshot (without its payload).
+ */
+export class JobNotSucceededError extends Error {
+  constructor(readonly job: JobSnapshot) {
+    super(job.state === "dead" ? `job ${job.id} is dead: ${job.lastError}` : `job ${job.id} was ${job.state}`);
+    this.name = "JobNotSucceededError";
   }
 }

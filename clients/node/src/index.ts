@@ -5,7 +5,8 @@
 // every service in gen/, from `make gen`), ratelimit.ts (allow), lock.ts (lock, withLock,
 // Lease, which keeps locks and leaderships alike), election.ts (runAsLeader, Leadership,
 // leader, observe), cache.ts (cacheGet/Set/Delete, invalidateTag, getOrLoad), session.ts (createSession
-// … revokeSessions), queue.ts (enqueue, consume), errors.ts (BatonError and its subclasses,
+// … revokeSessions), queue.ts (enqueue, consume,
+// watchJob, waitForJob, watchQueue, listJobs), errors.ts (BatonError and its subclasses,
 // from google.rpc error details). express-session.ts, a session Store for Express, is
 // imported on its own ("@baton-dev/baton-client/express-session") so that this module does
 // not need express-session.
@@ -29,8 +30,22 @@ export {
   DEFAULT_VISIBILITY_TIMEOUT_MS,
   type Enqueued,
   type EnqueueOptions,
+  type EventsMissed,
   type Job,
   type JobHandler,
+  type JobPage,
+  type JobProgress,
+  type JobSnapshot,
+  type JobStateName,
+  type ListableJobState,
+  type ListJobsOptions,
+  type QueueEvent,
+  type QueueEventBase,
+  type QueueEventKind,
+  type QueueWatchItem,
+  type WaitForJobOptions,
+  type WatchJobOptions,
+  type WatchQueueOptions,
 } from "./queue.js";
 export type { CreateSessionOptions, Session, SessionUpdate } from "./session.js";
 export type { AlgorithmName, AllowOptions, Decision } from "./ratelimit.js";

@@ -1,4 +1,5 @@
-// Job queue: enqueue, and consume, the worker loop.
+// Job queue: enqueue, and consume, the worker loop; watchJob, waitForJob, watchQueue and
+// listJobs for callers and dashboards.
 //
 // consume runs a handler on each delivered job, at most `concurrency` at a time: it acks the
 // job when the handler resolves (its value is the job's result), nacks it with the error's
@@ -8,19 +9,29 @@
 // breaks — to whichever replica the balancer picks — while the handlers already running go on
 // and are acked through it. Acks, Nacks and Extends are retried through a 10 s outage. On
 // stop it drains (see Worker). Delivery is at least once, so handlers should be idempotent.
+// A handler reports progress with `job.progress(value, detail)` (UpdateProgress under its
+// lease), which watchers of the job and of its queue see.
+//
+// Request/response over the queue is enqueue, then waitForJob: it follows the job with
+// WatchJob (reopened on UNAVAILABLE, on whichever replica is up: any can serve it) until it
+// finishes, and resolves with the SUCCEEDED job and its result, or rejects with
+// JobNotSucceededError for DEAD and CANCELLED.
 
 import { ClientDuplexStream, Metadata, StatusObject, status as Status } from "@grpc/grpc-js";
 import { Context, context } from "@opentelemetry/api";
 
 import { AckBatcher, DEFAULT_ACK_BATCH_SIZE } from "./acks.js";
-import { Backoff, msToDuration, sleep } from "./connection.js";
+import { Backoff, durationToMs, msToDuration, sleep } from "./connection.js";
 import {
   BatonError,
+  codeOf,
   ErrorReason,
   FailedPreconditionError,
   fromGrpcError,
+  InternalError,
   JobCancelledError,
   JobLeaseLostError,
+  JobNotSucceededError,
   reasonOf,
 } from "./errors.js";
 import {
@@ -30,8 +41,19 @@ import {
   Delivery,
   EnqueueRequest,
   ExtendRequest,
+  Job as JobMessage,
   JobQueueServiceClient,
+  JobState,
+  ListJobsRequest,
   NackRequest,
+  Progress as ProgressMessage,
+  QueueEvent as QueueEventMessage,
+  QueueEventKind as QueueEventKindMessage,
+  UpdateProgressRequest,
+  WatchJobRequest,
+  WatchJobResponse,
+  WatchQueueRequest,
+  WatchQueueResponse,
 } from "./gen/baton/v1/queue.js";
 import { bytesOf, LEASE_RETRY_BUDGET_MS, leaseRetryBackoff, once, retryUnavailable } from "./retry.js";
 import { endProcessing, jobContext, startProcessing } from "./tracing.js";
@@ -81,6 +103,262 @@ export interface Enqueued {
   duplicate: boolean;
 }
 
+/**
+ * Where a job is in its life (JobState in proto/baton/v1/queue.proto): "ready" (due, waiting
+ * for a worker), "scheduled" (waiting for its run time), "active" (leased to a worker),
+ * "failed" (an attempt failed; waiting to retry), and the finished states "succeeded",
+ * "dead" (out of attempts or dead-lettered) and "cancelled". "unknown": a state this client
+ * does not know (a newer server's).
+ */
+export type JobStateName =
+  | "ready"
+  | "scheduled"
+  | "active"
+  | "succeeded"
+  | "failed"
+  | "dead"
+  | "cancelled"
+  | "unknown";
+
+/** The states listJobs pages through. */
+export type ListableJobState = "ready" | "scheduled" | "active" | "succeeded" | "dead";
+
+const STATE_NAMES: Partial<Record<JobState, JobStateName>> = {
+  [JobState.JOB_STATE_READY]: "ready",
+  [JobState.JOB_STATE_SCHEDULED]: "scheduled",
+  [JobState.JOB_STATE_ACTIVE]: "active",
+  [JobState.JOB_STATE_SUCCEEDED]: "succeeded",
+  [JobState.JOB_STATE_FAILED]: "failed",
+  [JobState.JOB_STATE_DEAD]: "dead",
+  [JobState.JOB_STATE_CANCELLED]: "cancelled",
+};
+
+const LISTABLE_STATES: Record<ListableJobState, JobState> = {
+  ready: JobState.JOB_STATE_READY,
+  scheduled: JobState.JOB_STATE_SCHEDULED,
+  active: JobState.JOB_STATE_ACTIVE,
+  succeeded: JobState.JOB_STATE_SUCCEEDED,
+  dead: JobState.JOB_STATE_DEAD,
+};
+
+function stateOf(state: JobState): JobStateName {
+  return STATE_NAMES[state] ?? "unknown";
+}
+
+/** How far a worker said it was with a job (Job.progress). */
+export interface JobProgress {
+  /** The application's measure (a percentage, a count of items). */
+  value: number;
+  /** The optional detail; empty when none was given. */
+  detail: Buffer;
+  /** When it was reported, by the Redis server's clock. */
+  reportedAt: Date | undefined;
+}
+
+function progressOf(progress: ProgressMessage): JobProgress {
+  return { value: progress.value, detail: progress.detail, reportedAt: progress.reportedAt };
+}
+
+/** A job's record as Baton keeps it: what watchJob, waitForJob and listJobs return. */
+export interface JobSnapshot {
+  id: string;
+  queue: string;
+  type: string;
+  /**
+   * The application's payload; listJobs includes it, watchJob and waitForJob do not (empty:
+   * Baton does not repeat it on the watch stream).
+   */
+  payload: Buffer;
+  priority: number;
+  state: JobStateName;
+  /** Deliveries since it was enqueued or last redriven. */
+  attempts: number;
+  maxAttempts: number;
+  createdAt: Date | undefined;
+  /** When it is (or was) due: its scheduled time, or the time of its next retry. */
+  runAt: Date | undefined;
+  /** The latest Nack's error, or a note that the latest lease expired. */
+  lastError: string;
+  /** The handler's result, as acked; empty until "succeeded". */
+  result: Buffer;
+  dedupKey: string;
+  /** The retry schedule in effect (the server's defaults filled in). */
+  retryBackoff: { initialMs: number; maxMs: number; multiplier: number } | undefined;
+  /** When it reached "succeeded", "dead" or "cancelled". */
+  finishedAt: Date | undefined;
+  /** The latest progress any delivery reported; undefined before the first. */
+  progress: JobProgress | undefined;
+  /** The W3C trace context the job travels with (empty outside any trace). */
+  traceContext: Record<string, string>;
+}
+
+function snapshotOf(job: JobMessage): JobSnapshot {
+  return {
+    id: job.jobId,
+    queue: job.queue,
+    type: job.type,
+    payload: job.payload,
+    priority: job.priority,
+    state: stateOf(job.state),
+    attempts: job.attempts,
+    maxAttempts: job.maxAttempts,
+    createdAt: job.createdAt,
+    runAt: job.runAt,
+    lastError: job.lastError,
+    result: job.result,
+    dedupKey: job.dedupKey,
+    retryBackoff: job.backoff && {
+      initialMs: durationToMs(job.backoff.initial),
+      maxMs: durationToMs(job.backoff.max),
+      multiplier: job.backoff.multiplier,
+    },
+    finishedAt: job.finishedAt,
+    progress: job.progress && progressOf(job.progress),
+    traceContext: { ...job.traceContext },
+  };
+}
+
+export interface WatchJobOptions {
+  /** Ends the iteration (without an error). */
+  signal?: AbortSignal;
+}
+
+export interface WaitForJobOptions {
+  /**
+   * Rejects with DeadlineExceededError when the job has not finished within this long, the
+   * reopenings of the stream included. Default: no limit.
+   */
+  timeoutMs?: number;
+  /** Rejects with its reason. */
+  signal?: AbortSignal;
+}
+
+/** What a QueueEvent reports; see QueueEventKind in proto/baton/v1/queue.proto. */
+export type QueueEventKind =
+  /** Added by enqueue or a schedule (state "ready" or "scheduled"). */
+  | "enqueued"
+  /** Delivered to a worker ("active"; `attempt` is the delivery's). */
+  | "active"
+  /** Its worker reported progress (`progress`). */
+  | "progress"
+  /** Acked ("succeeded"). */
+  | "succeeded"
+  /** Nacked and waiting to retry ("failed"; `error`, `runAt`). */
+  | "failed"
+  /** Out of attempts or dead-lettered ("dead"; `error`). */
+  | "dead"
+  /** Its lease expired or its worker's stream ended without settling it: "ready" again. */
+  | "stalled"
+  /** Handed back unstarted by a stopping worker: "ready" again, the attempt not charged. */
+  | "returned"
+  /** Moved from the dead-letter set back to "ready" (RetryDeadJobs). */
+  | "redriven"
+  /** Cancelled by CancelJob ("cancelled"). */
+  | "cancelled";
+
+const EVENT_KINDS: Partial<Record<QueueEventKindMessage, QueueEventKind>> = {
+  [QueueEventKindMessage.QUEUE_EVENT_KIND_ENQUEUED]: "enqueued",
+  [QueueEventKindMessage.QUEUE_EVENT_KIND_ACTIVE]: "active",
+  [QueueEventKindMessage.QUEUE_EVENT_KIND_PROGRESS]: "progress",
+  [QueueEventKindMessage.QUEUE_EVENT_KIND_SUCCEEDED]: "succeeded",
+  [QueueEventKindMessage.QUEUE_EVENT_KIND_FAILED]: "failed",
+  [QueueEventKindMessage.QUEUE_EVENT_KIND_DEAD]: "dead",
+  [QueueEventKindMessage.QUEUE_EVENT_KIND_STALLED]: "stalled",
+  [QueueEventKindMessage.QUEUE_EVENT_KIND_RETURNED]: "returned",
+  [QueueEventKindMessage.QUEUE_EVENT_KIND_REDRIVEN]: "redriven",
+  [QueueEventKindMessage.QUEUE_EVENT_KIND_CANCELLED]: "cancelled",
+};
+
+/** What every QueueEvent tells. */
+export interface QueueEventBase {
+  jobId: string;
+  /** The job's state after the event. */
+  state: JobStateName;
+  /** The job's delivery count after the event. */
+  attempt: number;
+  /** When it happened, by the Redis server's clock. */
+  at: Date | undefined;
+}
+
+/** One thing that happened to one job of a watched queue; switch on `kind`. */
+export type QueueEvent =
+  | (QueueEventBase & {
+      kind: "enqueued";
+      /** The job's type. */
+      jobType: string;
+      /** When it is due, when enqueued "scheduled". */
+      runAt: Date | undefined;
+    })
+  | (QueueEventBase & { kind: "progress"; progress: JobProgress | undefined })
+  | (QueueEventBase & {
+      kind: "failed";
+      /** The Nack's error, or why the lease ended. */
+      error: string;
+      /** When the job is retried. */
+      runAt: Date | undefined;
+    })
+  | (QueueEventBase & { kind: "dead"; error: string })
+  | (QueueEventBase & { kind: "active" | "succeeded" | "stalled" | "returned" | "redriven" | "cancelled" });
+
+/**
+ * Events were lost between the previous item and the next: the watcher read more slowly than
+ * they came, its replica fell behind Redis, or the stream was reopened on another replica.
+ */
+export interface EventsMissed {
+  kind: "missed";
+  /** How many were lost; 0 when unknown. */
+  count: number;
+}
+
+/** What watchQueue yields: an event, or a gap. */
+export type QueueWatchItem = QueueEvent | EventsMissed;
+
+function queueEventOf(event: QueueEventMessage): QueueEvent | undefined {
+  const kind = EVENT_KINDS[event.kind];
+  const base: QueueEventBase = { jobId: event.jobId, state: stateOf(event.state), attempt: event.attempt, at: event.at };
+  switch (kind) {
+    case undefined:
+      return undefined; // a kind this version does not know (a newer server's)
+    case "enqueued":
+      return { kind, ...base, jobType: event.type, runAt: event.runAt };
+    case "progress":
+      return { kind, ...base, progress: event.progress && progressOf(event.progress) };
+    case "failed":
+      return { kind, ...base, error: event.error, runAt: event.runAt };
+    case "dead":
+      return { kind, ...base, error: event.error };
+    default:
+      return { kind, ...base };
+  }
+}
+
+export interface WatchQueueOptions {
+  /** Ends the iteration (without an error). */
+  signal?: AbortSignal;
+  /**
+   * Called each time the stream is open on a replica — Baton records and sends the queue's
+   * events from then on —, the first time and after each reopening: enqueue after it to be
+   * sure to see the job's "enqueued".
+   */
+  onOpen?: () => void;
+}
+
+export interface ListJobsOptions {
+  /** Most jobs on the page: 0 or unset means the server's default (100), at most 1000. */
+  pageSize?: number;
+  /** The previous page's nextPageToken; unset for the first page. */
+  pageToken?: string;
+  signal?: AbortSignal;
+}
+
+/** One page of listJobs. */
+export interface JobPage {
+  /** With their payloads, in the state's order (see listJobs). */
+  jobs: JobSnapshot[];
+  /** Pass as `pageToken` for the next page; "" on the last page. */
+  nextPageToken: string;
+}
+
 /** One delivery of a job to a handler. */
 export interface Job {
   id: string;
@@ -101,6 +379,25 @@ export interface Job {
    * Baton's delivery span when Baton traces. consume runs the handler in it.
    */
   traceContext: Record<string, string>;
+  /**
+   * The latest progress any delivery of the job reported (an earlier attempt's, to resume
+   * from); undefined before the first.
+   */
+  lastProgress: JobProgress | undefined;
+  /**
+   * Records how far the handler is with the job (UpdateProgress under this delivery's lease):
+   * `value` is the application's measure (a percentage, a count; any finite number), `detail`
+   * an optional small note (a stage, a message; at most 4 KiB, a string as UTF-8). Kept with
+   * the job (JobSnapshot.progress) and sent to the watchers of the job (watchJob, waitForJob's
+   * stream) and of its queue (watchQueue). It does not prolong the lease: consume does that.
+   * Retried on UNAVAILABLE for up to 10 s, as Acks are (a repeat only sets the same progress
+   * again). Rejects with a JobCancelledError or JobLeaseLostError — and aborts the handler's
+   * signal with it — when Baton answers that the job was cancelled or the lease is not the
+   * job's current one; with the signal's reason when the signal aborted meanwhile; with an
+   * InvalidArgumentError (field "value" or "detail") for a value that is not finite or an
+   * oversized detail.
+   */
+  progress(value: number, detail?: Uint8Array | string): Promise<void>;
 }
 
 /**
@@ -200,7 +497,9 @@ interface Held {
   extending?: boolean;
 }
 
-function jobOf(delivery: Delivery): Job {
+type ReportProgress = (value: number, detail: Uint8Array | string | undefined) => Promise<void>;
+
+function jobOf(delivery: Delivery, reportProgress: ReportProgress): Job {
   const job = delivery.job;
   return {
     id: job?.jobId ?? "",
@@ -214,7 +513,16 @@ function jobOf(delivery: Delivery): Job {
     createdAt: job?.createdAt,
     leaseId: delivery.leaseId,
     traceContext: { ...job?.traceContext },
+    lastProgress: job?.progress && progressOf(job.progress),
+    progress: (value, detail) => reportProgress(value, detail),
   };
+}
+
+/** The error a handler's signal aborts with when Baton refuses its lease (FAILED_PRECONDITION). */
+function leaseLoss(jobId: string, error: FailedPreconditionError): Error {
+  return reasonOf(error) === ErrorReason.JOB_CANCELLED
+    ? new JobCancelledError(`job ${jobId} cancelled`, { cause: error })
+    : new JobLeaseLostError(`job ${jobId} lease lost`, { cause: error });
 }
 
 function messageOf(error: unknown): string {
@@ -444,7 +752,9 @@ class Worker {
   }
 
   private deliver(delivery: Delivery): void {
-    const job = jobOf(delivery);
+    const { leaseId } = delivery;
+    const jobId = delivery.job?.jobId ?? "";
+    const job = jobOf(delivery, (value, detail) => this.reportProgress(leaseId, jobId, value, detail));
     const held: Held = { job, traceContext: jobContext(job.traceContext), controller: new AbortController() };
     if (this.stopping) {
       // Arrived after the stop decision (the drain crossed it on the wire): never started.
@@ -639,20 +949,54 @@ class Worker {
       );
     } catch (error) {
       if (error instanceof FailedPreconditionError) {
-        const lost =
-          reasonOf(error) === ErrorReason.JOB_CANCELLED
-            ? new JobCancelledError(`job ${held.job.id} cancelled`, { cause: error })
-            : new JobLeaseLostError(`job ${held.job.id} lease lost`, { cause: error });
-        this.abort(held.job.leaseId, lost);
+        this.abort(held.job.leaseId, leaseLoss(held.job.id, error));
       }
       // Anything else (UNAVAILABLE past the budget, …) is retried at the next beat.
     } finally {
       held.extending = false;
     }
   }
+
+  /**
+   * Job.progress: UpdateProgress under the delivery's lease, retried on UNAVAILABLE as Acks
+   * are, and cut short when the handler's signal aborts. A refused lease aborts the handler's
+   * signal, as a refused Extend does.
+   */
+  private async reportProgress(
+    leaseId: string,
+    jobId: string,
+    value: number,
+    detail: Uint8Array | string | undefined,
+  ): Promise<void> {
+    const request = UpdateProgressRequest.fromPartial({
+      leaseId,
+      value,
+      detail: detail === undefined ? Buffer.alloc(0) : bytesOf(detail),
+    });
+    // Undefined once the job is settled: Baton then refuses the lease anyway.
+    const signal = this.held.get(leaseId)?.controller.signal;
+    try {
+      await retryUnavailable(
+        () => unary(this.stub.updateProgress.bind(this.stub), request, { waitForReady: true }, signal),
+        LEASE_RETRY_BUDGET_MS,
+        signal,
+        leaseRetryBackoff(),
+      );
+    } catch (error) {
+      if (error instanceof FailedPreconditionError) {
+        const lost = leaseLoss(jobId, error);
+        this.abort(leaseId, lost);
+        throw lost;
+      }
+      if (signal?.aborted) {
+        throw signal.reason;
+      }
+      throw error;
+    }
+  }
 }
 
-/** enqueue and consume, for BatonClient. */
+/** enqueue, consume, watchJob, waitForJob, watchQueue and listJobs, for BatonClient. */
 export class QueueHelpers {
   constructor(
     private readonly stub: JobQueueServiceClient,
@@ -702,5 +1046,171 @@ export class QueueHelpers {
       consumer: options.consumer ?? "",
     });
     return new Worker(this.stub, request, handler, options).run();
+  }
+
+  /**
+   * The job as it changes: first as it is now, then after each change (delivered, progress,
+   * failed and waiting to retry, handed back), last in its finished state, after which the
+   * iteration ends. The stream opens when iteration starts; one that ends UNAVAILABLE (a
+   * replica draining, a broken connection) is reopened on whichever replica is up, and starts
+   * again with the job as it is then (possibly the same as the last snapshot). Ends early
+   * when `signal` aborts or the caller stops iterating; throws NotFoundError when the job
+   * does not exist or is past retention, or the BatonError of any other failure.
+   */
+  watchJob(jobId: string, options: WatchJobOptions = {}): AsyncGenerator<JobSnapshot, void, undefined> {
+    return this.watch(jobId, options.signal, undefined);
+  }
+
+  /**
+   * Follows the job (as watchJob does, reopening after UNAVAILABLE) until it finishes:
+   * resolves with it when "succeeded" (its `result` as the handler returned it; the payload is
+   * not included), rejects with JobNotSucceededError, carrying the final snapshot, when it is
+   * "dead" or "cancelled". Rejects with DeadlineExceededError once `timeoutMs` passes, with
+   * the signal's reason when `signal` aborts, with NotFoundError when the job does not exist.
+   */
+  async waitForJob(jobId: string, options: WaitForJobOptions = {}): Promise<JobSnapshot> {
+    const { signal, timeoutMs } = options;
+    const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
+    let last: JobSnapshot | undefined;
+    for await (const snapshot of this.watch(jobId, signal, deadline)) {
+      last = snapshot;
+    }
+    signal?.throwIfAborted();
+    switch (last?.state) {
+      case "succeeded":
+        return last;
+      case "dead":
+      case "cancelled":
+        throw new JobNotSucceededError(last);
+      default:
+        // Baton ends the stream OK only after a finished state.
+        throw new InternalError(`WatchJob ended with job ${jobId} ${last?.state ?? "never sent"}, not finished`, {
+          code: Status.INTERNAL,
+        });
+    }
+  }
+
+  /** WatchJob, reopened after UNAVAILABLE until the job finishes, `signal` aborts or `deadline` passes. */
+  private async *watch(
+    jobId: string,
+    signal: AbortSignal | undefined,
+    deadline: number | undefined,
+  ): AsyncGenerator<JobSnapshot, void, undefined> {
+    const request = WatchJobRequest.fromPartial({ jobId });
+    const backoff = new Backoff(50, 1000);
+    while (!signal?.aborted) {
+      // Wait-for-ready: while the channel reconnects the stream starts as soon as a replica is up.
+      const call = this.stub.watchJob(request, new Metadata({ waitForReady: true }), { deadline });
+      call.on("error", () => undefined); // the iteration below rethrows it
+      const cancel = () => call.cancel();
+      signal?.addEventListener("abort", cancel, { once: true });
+      let failure: unknown;
+      try {
+        for await (const response of call as AsyncIterable<WatchJobResponse>) {
+          backoff.reset();
+          if (response.job) {
+            yield snapshotOf(response.job);
+          }
+        }
+      } catch (error) {
+        failure = error;
+      } finally {
+        signal?.removeEventListener("abort", cancel);
+        // Ends the stream when the caller stopped iterating; a no-op once it has ended.
+        call.cancel();
+      }
+      if (signal?.aborted || failure === undefined) {
+        return; // the job finished (Baton ended the stream OK), or the caller gave up
+      }
+      if (codeOf(failure) !== Status.UNAVAILABLE) {
+        throw fromGrpcError(failure);
+      }
+      // Reopened past the deadline, the call fails at once with DEADLINE_EXCEEDED.
+      const mapped = fromGrpcError(failure);
+      const delay = backoff.delayMs(mapped instanceof BatonError ? mapped.retryAfterMs : undefined);
+      await sleep(deadline === undefined ? delay : Math.min(delay, Math.max(deadline - Date.now(), 0)), signal);
+    }
+  }
+
+  /**
+   * The queue's events from the moment the stream is open (see `onOpen`; there is no replay),
+   * in order, with a `missed` item wherever some were lost. A stream that ends UNAVAILABLE
+   * (a replica draining, a broken connection) is reopened on whichever replica is up, after a
+   * `missed` item of count 0 (what happened in between is unknown). Ends when `signal`
+   * aborts or the caller stops iterating; throws the BatonError of any other failure.
+   * Baton records a queue's events only while somebody watches it.
+   */
+  async *watchQueue(queue: string, options: WatchQueueOptions = {}): AsyncGenerator<QueueWatchItem, void, undefined> {
+    const { signal, onOpen } = options;
+    const request = WatchQueueRequest.fromPartial({ queue });
+    const backoff = new Backoff(50, 1000);
+    while (!signal?.aborted) {
+      const call = this.stub.watchQueue(request, new Metadata({ waitForReady: true }));
+      call.on("error", () => undefined); // the iteration below rethrows it
+      let opened = false;
+      // Baton answers the headers once the watch is set up, before any event.
+      call.on("metadata", () => {
+        opened = true;
+        backoff.reset();
+        onOpen?.();
+      });
+      const cancel = () => call.cancel();
+      signal?.addEventListener("abort", cancel, { once: true });
+      let failure: unknown;
+      try {
+        // Iterating the stream, rather than buffering its events, leaves the pace to the
+        // caller: one that falls behind is told by Baton what it missed.
+        for await (const response of call as AsyncIterable<WatchQueueResponse>) {
+          if (response.missed) {
+            yield { kind: "missed", count: Number(response.missed.count) };
+          } else if (response.event) {
+            const event = queueEventOf(response.event);
+            if (event) {
+              yield event;
+            }
+          }
+        }
+      } catch (error) {
+        failure = error;
+      } finally {
+        signal?.removeEventListener("abort", cancel);
+        call.cancel();
+      }
+      if (signal?.aborted) {
+        return;
+      }
+      // Baton never ends the stream OK on its own; if it does, reopening is as safe.
+      if (failure !== undefined && codeOf(failure) !== Status.UNAVAILABLE) {
+        throw fromGrpcError(failure);
+      }
+      if (opened) {
+        yield { kind: "missed", count: 0 };
+      }
+      const mapped = fromGrpcError(failure);
+      await sleep(backoff.delayMs(mapped instanceof BatonError ? mapped.retryAfterMs : undefined), signal);
+    }
+  }
+
+  /**
+   * One page of the queue's jobs in `state`, with their payloads: "ready" in delivery order,
+   * "scheduled" (delayed, and failed ones waiting to retry) soonest first, "active" by lease
+   * expiry, "succeeded" most recently finished first (as many as Baton keeps), "dead" oldest
+   * death first. Retried on UNAVAILABLE. A page too large for one message is
+   * ResourceExhaustedError (RESPONSE_TOO_LARGE): ask for a smaller `pageSize`.
+   */
+  async listJobs(queue: string, state: ListableJobState, options: ListJobsOptions = {}): Promise<JobPage> {
+    const request = ListJobsRequest.fromPartial({
+      queue,
+      // A state not listable (from untyped code) goes as UNSPECIFIED, which Baton refuses.
+      state: LISTABLE_STATES[state] ?? JobState.JOB_STATE_UNSPECIFIED,
+      pageSize: options.pageSize ?? 0,
+      pageToken: options.pageToken ?? "",
+    });
+    const response = await retryUnavailable(
+      () => unary(this.stub.listJobs.bind(this.stub), request, { waitForReady: true }, options.signal),
+      this.defaultTimeoutMs,
+      options.signal,
+    );
+    return { jobs: response.jobs.map(snapshotOf), nextPageToken: response.nextPageToken };
   }
 }

@@ -2,10 +2,10 @@
 -- script: of every replica that noticed the tick, exactly one gets here first with the
 -- schedule still due at it; the others find it moved on and enqueue nothing.
 --
--- KEYS: enqueue.lua's (ready, ready_since, scheduled, watched, events, then a job and a
---       dedup key per job),
+-- KEYS: enqueue.lua's (ready, ready_since, scheduled, watched, events, groups, gactive,
+--       config, then a job and a dedup key per job),
 --       then schedules, state, due
--- ARGV: enqueue.lua's (channel, then 13 values per job), then schedule id, the due tick
+-- ARGV: enqueue.lua's (channel, then 14 values per job), then schedule id, the due tick
 --       it was read at (µs), its generation (created µs), its next tick (µs, '' when none),
 --       the latest tick enqueued (µs, 0 when none)
 -- Returns enqueue.lua's reply, or {0, 'STALE'} when the schedule moved on or was replaced.
@@ -21,7 +21,7 @@ local created, last, fired, paused = parse_state(state)
 if created ~= generation then
   return {0, 'STALE'}
 end
-local job_count = (#KEYS - 8) / 2
+local job_count = (#KEYS - 11) / 2
 if next_tick == '' then
   redis.call('ZREM', due_key, id)
 else

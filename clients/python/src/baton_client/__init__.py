@@ -12,7 +12,8 @@ Layout:
 - ``cache``: ``cache_get/set/delete()``, ``invalidate_tag()``, ``get_or_load()``
 - ``session``: ``create_session()`` … ``revoke_sessions()``; ``django_sessions``: a Django
   session engine on them
-- ``queue``: ``enqueue()`` and ``consume()``, the worker loop
+- ``queue``: ``enqueue()`` and ``consume()``, the worker loop (``job.progress()``);
+  ``watch_job()``, ``wait_for_job()``, ``watch_queue()`` and ``list_jobs()``
 - ``errors``: ``BatonError`` and its subclasses, from ``google.rpc`` error details;
   ``ErrorReason``, the generated enum of their ``reason`` (``BatonError.error_reason``)
 """
@@ -38,6 +39,7 @@ from .errors import (
     Internal,
     InvalidArgument,
     JobCancelled,
+    JobFailed,
     JobLeaseLost,
     LeaseLost,
     LockNotAcquired,
@@ -51,7 +53,23 @@ from .errors import (
 )
 from .lock import AsyncLease, Lease
 from .pb.baton.v1.errors_pb2 import ErrorReason
-from .queue import Enqueued, Job, RetryBackoff
+from .queue import (
+    AsyncJob,
+    AsyncJobWatch,
+    AsyncQueueWatch,
+    Enqueued,
+    EventsMissed,
+    Job,
+    JobPage,
+    JobProgress,
+    JobSnapshot,
+    JobState,
+    JobWatch,
+    QueueEvent,
+    QueueEventKind,
+    QueueWatch,
+    RetryBackoff,
+)
 from .ratelimit import Algorithm, Decision
 from .session import Session
 
@@ -60,9 +78,12 @@ __all__ = [
     "Algorithm",
     "AlreadyExists",
     "AsyncClient",
+    "AsyncJob",
+    "AsyncJobWatch",
     "AsyncLeadership",
     "AsyncLease",
     "AsyncObservation",
+    "AsyncQueueWatch",
     "BatonError",
     "CacheEntry",
     "Client",
@@ -72,12 +93,19 @@ __all__ = [
     "ElectionEventKind",
     "Enqueued",
     "ErrorReason",
+    "EventsMissed",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
     "Job",
     "JobCancelled",
+    "JobFailed",
     "JobLeaseLost",
+    "JobPage",
+    "JobProgress",
+    "JobSnapshot",
+    "JobState",
+    "JobWatch",
     "Leader",
     "Leadership",
     "Lease",
@@ -86,6 +114,9 @@ __all__ = [
     "NotFound",
     "Observation",
     "PermissionDenied",
+    "QueueEvent",
+    "QueueEventKind",
+    "QueueWatch",
     "ResourceExhausted",
     "RetryBackoff",
     "Session",

@@ -7,7 +7,7 @@ the generated enum (``ErrorReason.LEASE_NOT_HELD``), never on the message text.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import grpc
 
@@ -15,6 +15,9 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 
 from .pb.baton.v1.errors_pb2 import ErrorReason
+
+if TYPE_CHECKING:
+    from .queue import JobSnapshot
 
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -180,3 +183,16 @@ class JobLeaseLost(Exception):
     """Baton refused to extend a running job's lease (``JOB_NOT_LEASED``): it expired or the
     job went to another worker, whose result is the one that counts. The job was not acked.
     ``__cause__`` is the FailedPrecondition."""
+
+
+class JobFailed(BatonError):
+    """``wait_for_job``: the job finished without succeeding. ``job`` is its final snapshot:
+    ``job.state`` is ``JobState.DEAD`` — out of attempts or dead-lettered, ``job.last_error``
+    says why; ``code`` is UNKNOWN, as for an error raised by a server's handler — or
+    ``JobState.CANCELLED`` — ``code`` CANCELLED, ``error_reason`` JOB_CANCELLED."""
+
+    def __init__(
+        self, message: str, *, code: grpc.StatusCode, reason: str = "", job: JobSnapshot
+    ) -> None:
+        super().__init__(message, code=code, reason=reason)
+        self.job = job

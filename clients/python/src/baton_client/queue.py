@@ -17,6 +17,14 @@ the running handlers finish and are acked; and the worker returns as soon as the
 (Baton then ends the stream), or after ``shutdown_grace`` (30 s by default), having flagged
 the handlers still running and handed their jobs back by cancelling the stream (a job of an
 earlier stream cut short that way waits for its visibility timeout instead).
+
+A handler reports how far it is with ``job.progress(value, detail)`` (``await`` it in
+asyncio), kept with the job and sent to its watchers. Callers follow a job with
+``watch_job`` (its snapshots, until it finishes) or ``wait_for_job`` (its outcome:
+request/response over the queue is ``enqueue`` then ``wait_for_job``), a whole queue with
+``watch_queue`` (its events from the moment the watch starts), and page through a queue's
+jobs in one state with ``list_jobs``. The watches are reopened, on whichever replica the
+balancer picks, when their stream ends UNAVAILABLE (a draining replica ends them so).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import enum
 import threading
 import time
 from asyncio import FIRST_COMPLETED
@@ -31,7 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from queue import SimpleQueue
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
 from opentelemetry.trace import Span
@@ -39,10 +48,13 @@ from opentelemetry.trace import Span
 from . import _retry, _tracing
 from ._acks import DEFAULT_ACK_BATCH_SIZE, AckBatcher, AsyncAckBatcher
 from ._connection import Backoff, Seconds, duration, seconds, stream_backoff
+from .election import _reopen_delay
 from .errors import (
     BatonError,
+    DeadlineExceeded,
     FailedPrecondition,
     JobCancelled,
+    JobFailed,
     JobLeaseLost,
     from_rpc_error,
 )
@@ -97,6 +109,224 @@ class Enqueued:
     """The dedup key matched an earlier job, whose id ``job_id`` is; nothing was added."""
 
 
+class JobState(enum.IntEnum):
+    """Where a job is in its life; see proto/baton/v1/queue.proto."""
+
+    UNSPECIFIED = queue_pb2.JOB_STATE_UNSPECIFIED
+    """A state this version of the client does not know (a newer server's)."""
+    READY = queue_pb2.JOB_STATE_READY
+    """Waiting in the queue, due now."""
+    SCHEDULED = queue_pb2.JOB_STATE_SCHEDULED
+    """Waiting for its ``run_at`` (a delay or a scheduled time)."""
+    ACTIVE = queue_pb2.JOB_STATE_ACTIVE
+    """Leased to a worker."""
+    SUCCEEDED = queue_pb2.JOB_STATE_SUCCEEDED
+    """Finished: acked, with its ``result``."""
+    FAILED = queue_pb2.JOB_STATE_FAILED
+    """An attempt failed; waiting for its backoff to retry at ``run_at``."""
+    DEAD = queue_pb2.JOB_STATE_DEAD
+    """Finished: out of attempts or dead-lettered; in the dead-letter set until redriven."""
+    CANCELLED = queue_pb2.JOB_STATE_CANCELLED
+    """Finished: cancelled by CancelJob."""
+
+    @property
+    def finished(self) -> bool:
+        """SUCCEEDED, DEAD or CANCELLED."""
+        return self in (JobState.SUCCEEDED, JobState.DEAD, JobState.CANCELLED)
+
+
+def _job_state(value: int) -> JobState:
+    try:
+        return JobState(value)
+    except ValueError:
+        return JobState.UNSPECIFIED
+
+
+class QueueEventKind(enum.IntEnum):
+    """What a :class:`QueueEvent` tells; see proto/baton/v1/queue.proto."""
+
+    ENQUEUED = queue_pb2.QUEUE_EVENT_KIND_ENQUEUED
+    """Added by enqueue, EnqueueBatch or a schedule (READY or SCHEDULED; ``type`` is set)."""
+    ACTIVE = queue_pb2.QUEUE_EVENT_KIND_ACTIVE
+    """Delivered to a worker (``attempt`` is the delivery's)."""
+    PROGRESS = queue_pb2.QUEUE_EVENT_KIND_PROGRESS
+    """Its handler reported progress (``progress``)."""
+    SUCCEEDED = queue_pb2.QUEUE_EVENT_KIND_SUCCEEDED
+    """Acked."""
+    FAILED = queue_pb2.QUEUE_EVENT_KIND_FAILED
+    """Nacked and waiting to retry (``error``, ``run_at``)."""
+    DEAD = queue_pb2.QUEUE_EVENT_KIND_DEAD
+    """Out of attempts or dead-lettered (``error``)."""
+    STALLED = queue_pb2.QUEUE_EVENT_KIND_STALLED
+    """Its lease expired or its worker's stream ended without settling it: READY again."""
+    RETURNED = queue_pb2.QUEUE_EVENT_KIND_RETURNED
+    """Handed back unstarted by a stopping worker: READY again, the attempt not charged."""
+    REDRIVEN = queue_pb2.QUEUE_EVENT_KIND_REDRIVEN
+    """Moved from the dead-letter set back to READY by RetryDeadJobs."""
+    CANCELLED = queue_pb2.QUEUE_EVENT_KIND_CANCELLED
+    """Cancelled by CancelJob."""
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """How far a handler said it was with a job (:meth:`Job.progress`)."""
+
+    value: float
+    """The application's measure: a percentage, a count of items."""
+    detail: bytes
+    """An optional small detail (a stage, a message), up to 4 KiB."""
+    reported_at: datetime.datetime
+    """When it was reported (Redis server clock)."""
+
+
+def _time(message: Any, name: str) -> datetime.datetime | None:
+    """The Timestamp field ``name`` of ``message`` as a datetime, None when unset."""
+    if not message.HasField(name):
+        return None
+    stamp: datetime.datetime = getattr(message, name).ToDatetime(datetime.UTC)
+    return stamp
+
+
+def _progress(message: Any) -> JobProgress | None:
+    """The ``progress`` field of a Job or QueueEvent, None when unset."""
+    if not message.HasField("progress"):
+        return None
+    progress = message.progress
+    return JobProgress(
+        value=progress.value,
+        detail=progress.detail,
+        reported_at=progress.reported_at.ToDatetime(datetime.UTC),
+    )
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A job as Baton keeps it, at one moment: from ``watch_job``, ``wait_for_job`` and
+    ``list_jobs`` (a handler gets a :class:`Job`, one delivery, instead)."""
+
+    id: str
+    queue: str
+    type: str
+    payload: bytes
+    """Empty in the snapshots of ``watch_job`` and ``wait_for_job`` (Baton does not repeat
+    it: ``client.stubs.queue.GetJob`` reads it); ``list_jobs`` includes it."""
+    priority: int
+    state: JobState
+    attempts: int
+    """How many times it was delivered since it was enqueued or last redriven."""
+    max_attempts: int
+    created_at: datetime.datetime
+    run_at: datetime.datetime | None
+    """When it is (or was) due: its scheduled time, or the time of its next retry."""
+    last_error: str
+    """The exception text of the latest failed attempt, or a note that a lease expired."""
+    result: bytes
+    """What the handler returned; empty until SUCCEEDED."""
+    dedup_key: str
+    retry_backoff: RetryBackoff | None
+    """The retry schedule in effect (Baton's defaults filled in), in seconds."""
+    finished_at: datetime.datetime | None
+    """When it became SUCCEEDED, DEAD or CANCELLED; None before."""
+    progress: JobProgress | None
+    """The latest progress reported by any of its deliveries; None before the first."""
+    trace_context: dict[str, str] = field(default_factory=dict, repr=False)
+    """The W3C trace context the job travels with (see :attr:`Job.trace_context`)."""
+
+    @property
+    def finished(self) -> bool:
+        """SUCCEEDED, DEAD or CANCELLED."""
+        return self.state.finished
+
+
+def _snapshot(job: queue_pb2.Job) -> JobSnapshot:
+    backoff = None
+    if job.HasField("backoff"):
+        backoff = RetryBackoff(
+            initial=job.backoff.initial.ToTimedelta().total_seconds(),
+            max=job.backoff.max.ToTimedelta().total_seconds(),
+            multiplier=job.backoff.multiplier,
+        )
+    return JobSnapshot(
+        id=job.job_id,
+        queue=job.queue,
+        type=job.type,
+        payload=job.payload,
+        priority=job.priority,
+        state=_job_state(job.state),
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        created_at=job.created_at.ToDatetime(datetime.UTC),
+        run_at=_time(job, "run_at"),
+        last_error=job.last_error,
+        result=job.result,
+        dedup_key=job.dedup_key,
+        retry_backoff=backoff,
+        finished_at=_time(job, "finished_at"),
+        progress=_progress(job),
+        trace_context=dict(job.trace_context),
+    )
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of ``list_jobs``."""
+
+    jobs: list[JobSnapshot]
+    next_page_token: str
+    """Pass as ``page_token`` for the next page; empty on the last page."""
+
+
+@dataclass(frozen=True)
+class QueueEvent:
+    """One thing that happened to one job of a watched queue."""
+
+    kind: QueueEventKind
+    job_id: str
+    state: JobState
+    """The job's state after the event."""
+    attempt: int
+    """The job's delivery count after the event."""
+    at: datetime.datetime
+    """When it happened (Redis server clock)."""
+    progress: JobProgress | None
+    """PROGRESS: the progress reported; else None."""
+    error: str
+    """FAILED and DEAD: the error (the handler's exception text, or why the lease ended)."""
+    run_at: datetime.datetime | None
+    """ENQUEUED as SCHEDULED, and FAILED: when the job is due; else None."""
+    type: str
+    """ENQUEUED: the job's type."""
+
+
+@dataclass(frozen=True)
+class EventsMissed:
+    """Events of the watched queue were lost between the previous event and the next: the
+    watcher read more slowly than they came, its replica fell behind Redis, or the watch's
+    stream broke and was reopened."""
+
+    count: int
+    """How many were lost; 0 when unknown (always so after a reopened stream)."""
+
+
+def _queue_event(event: queue_pb2.QueueEvent) -> QueueEvent | None:
+    """The event, or None for a kind this version does not know (a newer server's)."""
+    try:
+        kind = QueueEventKind(event.kind)
+    except ValueError:
+        return None
+    return QueueEvent(
+        kind=kind,
+        job_id=event.job_id,
+        state=_job_state(event.state),
+        attempt=event.attempt,
+        at=event.at.ToDatetime(datetime.UTC),
+        progress=_progress(event),
+        error=event.error,
+        run_at=_time(event, "run_at"),
+        type=event.type,
+    )
+
+
 @dataclass(eq=False)
 class Job:
     """One delivery of a job to a handler."""
@@ -123,6 +353,44 @@ class Job:
     """The OpenTelemetry context the job travelled with (W3C ``traceparent``): the
     enqueuer's, or Baton's delivery span when Baton traces. ``consume`` runs the handler in
     it."""
+    last_progress: JobProgress | None = None
+    """The latest progress reported for the job — on a retry, by an earlier attempt, which a
+    handler can resume from; None before the first report."""
+    _stub: queue_pb2_grpc.JobQueueServiceStub | None = field(default=None, repr=False)
+    # Told when Baton refuses a progress report: the lease is no longer this delivery's.
+    _refused: Callable[[Job, BatonError], None] | None = field(default=None, repr=False)
+
+    def progress(self, value: float, detail: bytes = b"") -> None:
+        """Reports how far the handler is with the job: ``value`` (any finite number: a
+        percentage, a count of items — the application's choice) and an optional
+        ``detail`` (at most 4 KiB: a stage, a message). Baton keeps the latest with the job
+        (``JobSnapshot.progress``, and ``last_progress`` of a retry) and sends it to the
+        job's and the queue's watchers. It does not prolong the lease (``consume`` does).
+
+        Retried on UNAVAILABLE (a repeated report only sets the same progress again).
+        When Baton refuses it because the job is no longer this delivery's — cancelled
+        (``JOB_CANCELLED``) or its lease lost (``JOB_NOT_LEASED``) — ``cancelled`` is set,
+        the job will not be acked, and the :class:`FailedPrecondition` is raised."""
+        stub, request = self._progress_request(value, detail)
+        try:
+            _retry.settle(lambda: stub.UpdateProgress(request, **_retry.READY))
+        except FailedPrecondition as refused:
+            self._lose(refused)
+            raise
+
+    def _progress_request(
+        self, value: float, detail: bytes
+    ) -> tuple[queue_pb2_grpc.JobQueueServiceStub, queue_pb2.UpdateProgressRequest]:
+        if self._stub is None:
+            raise RuntimeError("progress() reports on a job delivered by consume()")
+        request = queue_pb2.UpdateProgressRequest(
+            lease_id=self.lease_id, value=value, detail=detail
+        )
+        return self._stub, request
+
+    def _lose(self, refused: BatonError) -> None:
+        if self._refused is not None:
+            self._refused(self, refused)
 
     def _cancel(self, reason: str) -> None:
         if self.cancel_reason is None:
@@ -130,9 +398,33 @@ class Job:
         self.cancelled.set()
 
 
-def _job(delivery: queue_pb2.Delivery) -> Job:
+class AsyncJob(Job):
+    """One delivery of a job to an asyncio handler: a :class:`Job` whose ``progress`` is a
+    coroutine."""
+
+    async def progress(self, value: float, detail: bytes = b"") -> None:  # type: ignore[override]
+        """See :meth:`Job.progress`: ``await job.progress(50, b"resizing")``."""
+        stub, request = self._progress_request(value, detail)
+        try:
+            await _retry.asettle(
+                lambda: stub.UpdateProgress(request, **_retry.READY)  # type: ignore[arg-type,return-value]
+            )
+        except FailedPrecondition as refused:
+            self._lose(refused)
+            raise
+
+
+_Delivered = TypeVar("_Delivered", bound=Job)
+
+
+def _job(
+    delivery: queue_pb2.Delivery,
+    kind: type[_Delivered],
+    stub: queue_pb2_grpc.JobQueueServiceStub,
+    refused: Callable[[Job, BatonError], None],
+) -> _Delivered:
     job = delivery.job
-    return Job(
+    return kind(
         id=job.job_id,
         queue=job.queue,
         type=job.type,
@@ -144,6 +436,9 @@ def _job(delivery: queue_pb2.Delivery) -> Job:
         created_at=job.created_at.ToDatetime(datetime.UTC),
         lease_id=delivery.lease_id,
         trace_context=dict(job.trace_context),
+        last_progress=_progress(job),
+        _stub=stub,
+        _refused=refused,
     )
 
 
@@ -218,7 +513,7 @@ def _processing(job: Job) -> contextlib.AbstractContextManager[Span]:
 
 
 SyncHandler = Callable[[Job], "bytes | None"]
-AsyncHandler = Callable[[Job], Awaitable["bytes | None"]]
+AsyncHandler = Callable[[AsyncJob], Awaitable["bytes | None"]]
 Settled = Callable[[Job, "BaseException | None"], None]
 
 
@@ -422,7 +717,7 @@ class _Worker(_Settling):
         return self._stop is not None and self._stop.is_set()
 
     def _deliver(self, stream: _SyncStream, delivery: queue_pb2.Delivery) -> None:
-        job = _job(delivery)
+        job = _job(delivery, Job, self._stub, self._refused)
         with self._guard:
             if self._stop_requested():
                 self._begin_stop()
@@ -519,6 +814,14 @@ class _Worker(_Settling):
         if stream is not None:
             stream.call.cancel()
 
+    def _refused(self, job: Job, error: BatonError) -> None:
+        """Flags a job whose Extend or progress report Baton refused because its lease is
+        no longer this worker's."""
+        with self._guard:
+            reason = self._extend_refused(job, error)
+        if reason is not None:
+            job._cancel(reason)
+
     def _heartbeat(self) -> None:
         """Extends every held lease each third of the visibility timeout (so that two failed
         Extends in a row still leave time for a third)."""
@@ -542,10 +845,7 @@ class _Worker(_Settling):
             with _tracing.attached(_tracing.job_context(job.trace_context)):
                 _retry.settle(lambda: self._stub.Extend(request, **_retry.READY))
         except BatonError as error:
-            with self._guard:
-                reason = self._extend_refused(job, error)
-            if reason is not None:
-                job._cancel(reason)
+            self._refused(job, error)
         finally:
             with self._guard:
                 self._extending.discard(job.lease_id)
@@ -672,7 +972,7 @@ class _AsyncWorker(_Settling):
         self._begin_stop()
 
     def _deliver(self, stream: _AsyncStream, delivery: queue_pb2.Delivery) -> None:
-        job = _job(delivery)
+        job = _job(delivery, AsyncJob, self._stub, self._progress_refused)
         if self._stop.is_set():
             self._begin_stop()
         if self._stopping:
@@ -693,7 +993,14 @@ class _AsyncWorker(_Settling):
             if task is not None:
                 task.cancel()
 
-    async def _process(self, job: Job) -> None:
+    def _progress_refused(self, job: Job, error: BatonError) -> None:
+        """Flags a job whose progress report Baton refused because its lease is no longer
+        this worker's; the handler gets the error (its task is left to handle it)."""
+        reason = self._extend_refused(job, error)
+        if reason is not None:
+            job._cancel(reason)
+
+    async def _process(self, job: AsyncJob) -> None:
         try:
             async with self._slots:
                 if self._stop.is_set():
@@ -806,8 +1113,449 @@ class _AsyncWorker(_Settling):
         await asyncio.gather(stream.reader, return_exceptions=True)
 
 
+_Item = TypeVar("_Item")
+
+
+class _Watch(Generic[_Item]):
+    """A server stream of the sync client read as an iterator: opened by the first
+    ``next()`` (or ``start``), reopened when it ends UNAVAILABLE — with a short backoff, on
+    whichever replica the balancer picks — and ended by :meth:`close` from any thread, by
+    leaving the ``with`` block, or by closing the client."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.reopens = 0
+        """How many times the stream was reopened after breaking, for monitoring."""
+        self._guard = threading.Lock()
+        self._closed = threading.Event()
+        self._call: Any = None  # the open stream, if any
+        self._backoff = stream_backoff()
+        self._deadline = deadline  # time.monotonic() past which the watch fails
+        self._gap = False  # reopened: say so before the next item
+
+    def _open(self, timeout: float | None) -> Any:
+        raise NotImplementedError
+
+    def _item(self, response: Any) -> _Item | None:
+        """What a message of the stream yields; None: nothing."""
+        raise NotImplementedError
+
+    def _reopened(self) -> _Item | None:
+        """What a reopened stream yields first; None: nothing."""
+        return None
+
+    def _complete(self) -> bool:
+        """Whether the iteration is over (nothing more can come)."""
+        return False
+
+    def _ended_ok(self) -> bool:
+        """Whether a stream that ends OK ends the iteration, rather than being reopened."""
+        return False
+
+    def _timeout(self) -> float | None:
+        if self._deadline is None:
+            return None
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise self._expired()
+        return left
+
+    def _expired(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            "the watch's timeout passed", code=grpc.StatusCode.DEADLINE_EXCEEDED
+        )
+
+    def _connect(self) -> Any:
+        """Under the guard: the open stream, opened if need be; None once the client is
+        closed."""
+        if self._call is None:
+            try:
+                self._call = self._open(self._timeout())
+            except ValueError:  # the client was closed
+                return None
+        return self._call
+
+    def __iter__(self) -> _Watch[_Item]:
+        return self
+
+    def __next__(self) -> _Item:
+        while True:
+            with self._guard:
+                if self._closed.is_set() or self._complete():
+                    raise StopIteration
+                call = self._connect()
+                if call is None:
+                    raise StopIteration
+                if self._gap:
+                    self._gap = False
+                    gap = self._reopened()
+                    if gap is not None:
+                        return gap
+            error: grpc.RpcError | None = None
+            try:
+                response = next(call)
+            except StopIteration:
+                pass
+            except grpc.RpcError as raised:
+                error = raised
+            else:
+                self._backoff.reset()
+                item = self._item(response)
+                if item is not None:
+                    return item
+                continue
+            with self._guard:
+                self._call = None
+            if self._closed.is_set() or self._complete():
+                raise StopIteration
+            if error is None and self._ended_ok():
+                raise StopIteration
+            if (
+                error is not None
+                and self._deadline is not None
+                and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+            ):
+                raise self._expired() from None
+            delay = _reopen_delay(self._backoff, error)
+            if delay is None:
+                raise StopIteration
+            if self._deadline is not None and time.monotonic() + delay >= self._deadline:
+                raise self._expired()
+            if self._closed.wait(delay):
+                raise StopIteration
+            self.reopens += 1
+            self._gap = True
+
+    def close(self) -> None:
+        """Ends the iteration: a ``next()`` blocked on the stream returns at once."""
+        with self._guard:
+            self._closed.set()
+            if self._call is not None:
+                self._call.cancel()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _AsyncWatch(Generic[_Item]):
+    """:class:`_Watch` for the asyncio client: iterate it with ``async for``; cancelling the
+    task that iterates also ends the stream."""
+
+    def __init__(self) -> None:
+        self.reopens = 0
+        """How many times the stream was reopened after breaking, for monitoring."""
+        self._closed = asyncio.Event()
+        self._call: Any = None  # the open stream, if any
+        self._backoff = stream_backoff()
+        self._gap = False  # reopened: say so before the next item
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _item(self, response: Any) -> _Item | None:
+        raise NotImplementedError
+
+    def _reopened(self) -> _Item | None:
+        return None
+
+    def _complete(self) -> bool:
+        return False
+
+    def _ended_ok(self) -> bool:
+        return False
+
+    def _connect(self) -> Any:
+        """The open stream, opened if need be; None once the client is closed."""
+        if self._call is None:
+            try:
+                self._call = self._open()
+            except Exception:  # the client was closed
+                return None
+        return self._call
+
+    def __aiter__(self) -> _AsyncWatch[_Item]:
+        return self
+
+    async def __anext__(self) -> _Item:
+        while True:
+            if self._closed.is_set() or self._complete():
+                raise StopAsyncIteration
+            call = self._connect()
+            if call is None:
+                raise StopAsyncIteration
+            if self._gap:
+                self._gap = False
+                gap = self._reopened()
+                if gap is not None:
+                    return gap
+            error: grpc.RpcError | None = None
+            try:
+                response = await call.read()
+            except grpc.RpcError as raised:
+                error = raised
+            except asyncio.CancelledError:
+                # Either this task was cancelled — the stream goes with it — or the call was
+                # (close(), or the client closed), which ends the iteration.
+                call.cancel()
+                self._call = None
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                raise StopAsyncIteration from None
+            else:
+                if response is not grpc.aio.EOF:
+                    self._backoff.reset()
+                    item = self._item(response)
+                    if item is not None:
+                        return item
+                    continue
+            self._call = None
+            if self._closed.is_set() or self._complete():
+                raise StopAsyncIteration
+            if error is None and self._ended_ok():
+                raise StopAsyncIteration
+            delay = _reopen_delay(self._backoff, error)
+            if delay is None:
+                raise StopAsyncIteration
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), delay)
+            if self._closed.is_set():
+                raise StopAsyncIteration
+            self.reopens += 1
+            self._gap = True
+
+    def close(self) -> None:
+        """Ends the iteration: an ``__anext__`` waiting on the stream returns at once."""
+        self._closed.set()
+        if self._call is not None:
+            self._call.cancel()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _FollowsJob:
+    """What the sync and asyncio job watches share: the snapshots, without repeats."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.last: JobSnapshot | None = None
+        """The latest snapshot seen; after the iteration, the job as it finished."""
+        self._request = queue_pb2.WatchJobRequest(job_id=job_id)
+        self._last: queue_pb2.Job | None = None
+
+    def _snapshot(self, response: queue_pb2.WatchJobResponse) -> JobSnapshot | None:
+        if response.job == self._last:
+            return None  # the first message of a reopened stream, when nothing changed
+        self._last = response.job
+        self.last = _snapshot(response.job)
+        return self.last
+
+    def _finished(self) -> bool:
+        return self.last is not None and self.last.finished
+
+    def _final(self) -> bool:
+        """Baton ends the stream OK after the finished state, which may be one this version
+        does not know."""
+        return self.last is not None and (
+            self.last.finished or self.last.state == JobState.UNSPECIFIED
+        )
+
+    def _outcome(self) -> JobSnapshot:
+        """The finished job for ``wait_for_job``: SUCCEEDED, else raised."""
+        job = self.last
+        if job is None or not self._final():
+            raise BatonError(
+                f"watching job {self.job_id} ended before it finished: the client was closed",
+                code=grpc.StatusCode.CANCELLED,
+            )
+        if job.state == JobState.SUCCEEDED:
+            return job
+        if job.state == JobState.CANCELLED:
+            raise JobFailed(
+                f"job {job.id} was cancelled",
+                code=grpc.StatusCode.CANCELLED,
+                reason=ErrorReason.Name(ErrorReason.JOB_CANCELLED),
+                job=job,
+            )
+        if job.state == JobState.DEAD:
+            raise JobFailed(
+                f"job {job.id} is dead after {job.attempts} attempt(s): {job.last_error}",
+                code=grpc.StatusCode.UNKNOWN,
+                job=job,
+            )
+        raise BatonError(
+            f"job {job.id} finished in a state this client does not know",
+            code=grpc.StatusCode.UNKNOWN,
+        )
+
+
+class JobWatch(_FollowsJob, _Watch[JobSnapshot]):
+    """The snapshots of one job (sync client), from ``client.watch_job(job_id)``: iterate
+    it. First the job as it is, then the job after each change, last in a finished state,
+    after which the iteration ends; a snapshot carries no payload. Changes close together may
+    come as one snapshot showing the latest; the state never goes back. The WatchJob stream
+    is reopened when it ends UNAVAILABLE (a snapshot unchanged since the last one is not
+    repeated). :class:`NotFound` when the job does not exist or is past retention.
+    :meth:`close` — from any thread — or leaving the ``with`` block ends the iteration."""
+
+    def __init__(
+        self,
+        stub: queue_pb2_grpc.JobQueueServiceStub,
+        job_id: str,
+        deadline: float | None = None,
+    ) -> None:
+        _FollowsJob.__init__(self, job_id)
+        _Watch.__init__(self, deadline)
+        self._stub = stub
+
+    def _open(self, timeout: float | None) -> Any:
+        return self._stub.WatchJob(self._request, timeout=timeout, wait_for_ready=True)
+
+    def _item(self, response: queue_pb2.WatchJobResponse) -> JobSnapshot | None:
+        return self._snapshot(response)
+
+    def _complete(self) -> bool:
+        return self._finished()
+
+    def _ended_ok(self) -> bool:
+        return self._final()
+
+    def _expired(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"job {self.job_id} did not finish in time", code=grpc.StatusCode.DEADLINE_EXCEEDED
+        )
+
+    def __enter__(self) -> JobWatch:
+        return self
+
+
+class AsyncJobWatch(_FollowsJob, _AsyncWatch[JobSnapshot]):
+    """The snapshots of one job (asyncio client), from ``client.watch_job(job_id)``:
+    iterate it with ``async for``. As :class:`JobWatch`; cancelling the task that iterates
+    it also ends the stream."""
+
+    def __init__(self, stub: queue_pb2_grpc.JobQueueServiceStub, job_id: str) -> None:
+        _FollowsJob.__init__(self, job_id)
+        _AsyncWatch.__init__(self)
+        self._stub = stub
+
+    def _open(self) -> Any:
+        return self._stub.WatchJob(self._request, wait_for_ready=True)
+
+    def _item(self, response: queue_pb2.WatchJobResponse) -> JobSnapshot | None:
+        return self._snapshot(response)
+
+    def _complete(self) -> bool:
+        return self._finished()
+
+    def _ended_ok(self) -> bool:
+        return self._final()
+
+    async def __aenter__(self) -> AsyncJobWatch:
+        return self
+
+
+def _watched(response: queue_pb2.WatchQueueResponse) -> QueueEvent | EventsMissed | None:
+    which = response.WhichOneof("message")
+    if which == "event":
+        return _queue_event(response.event)
+    if which == "missed":
+        return EventsMissed(count=response.missed.count)
+    return None  # a message this version does not know
+
+
+class QueueWatch(_Watch["QueueEvent | EventsMissed"]):
+    """The events of one queue (sync client), from ``client.watch_queue(queue)``: iterate
+    it. Events start when the watch does (there is no replay): entering the ``with`` block
+    (or :meth:`start`) returns once Baton has started it, so every event after that is
+    seen — or an :class:`EventsMissed` stands in their place, when the watcher read too
+    slowly, its replica fell behind Redis, or the stream broke (it is reopened at once, on
+    whichever replica the balancer picks, and ``EventsMissed(count=0)`` comes first).
+    :meth:`close` — from any thread — or leaving the ``with`` block ends the iteration."""
+
+    def __init__(self, stub: queue_pb2_grpc.JobQueueServiceStub, queue: str) -> None:
+        super().__init__()
+        self.queue = queue
+        self._stub = stub
+        self._request = queue_pb2.WatchQueueRequest(queue=queue)
+
+    def _open(self, timeout: float | None) -> Any:
+        return self._stub.WatchQueue(self._request, timeout=timeout, wait_for_ready=True)
+
+    def _item(self, response: queue_pb2.WatchQueueResponse) -> QueueEvent | EventsMissed | None:
+        return _watched(response)
+
+    def _reopened(self) -> QueueEvent | EventsMissed | None:
+        return EventsMissed(count=0)
+
+    def start(self) -> QueueWatch:
+        """Opens the stream, if not yet open, and waits until Baton has started the watch
+        (its answer's headers), or the stream has failed (the error then comes from
+        ``next()``); with no replica reachable it waits for one."""
+        with self._guard:
+            if self._closed.is_set():
+                return self
+            call = self._connect()
+        if call is not None:
+            call.initial_metadata()
+        return self
+
+    def __enter__(self) -> QueueWatch:
+        return self.start()
+
+
+class AsyncQueueWatch(_AsyncWatch["QueueEvent | EventsMissed"]):
+    """The events of one queue (asyncio client), from ``client.watch_queue(queue)``:
+    ``async with client.watch_queue(queue) as events: async for event in events:``. As
+    :class:`QueueWatch`; cancelling the task that iterates it also ends the stream."""
+
+    def __init__(self, stub: queue_pb2_grpc.JobQueueServiceStub, queue: str) -> None:
+        super().__init__()
+        self.queue = queue
+        self._stub = stub
+        self._request = queue_pb2.WatchQueueRequest(queue=queue)
+
+    def _open(self) -> Any:
+        return self._stub.WatchQueue(self._request, wait_for_ready=True)
+
+    def _item(self, response: queue_pb2.WatchQueueResponse) -> QueueEvent | EventsMissed | None:
+        return _watched(response)
+
+    def _reopened(self) -> QueueEvent | EventsMissed | None:
+        return EventsMissed(count=0)
+
+    async def start(self) -> AsyncQueueWatch:
+        """See :meth:`QueueWatch.start`."""
+        call = None if self._closed.is_set() else self._connect()
+        if call is not None:
+            with contextlib.suppress(grpc.RpcError):  # the error comes from __anext__
+                await call.initial_metadata()
+        return self
+
+    async def __aenter__(self) -> AsyncQueueWatch:
+        return await self.start()
+
+
+def _list_jobs_request(
+    queue: str, state: JobState | int, page_size: int, page_token: str
+) -> queue_pb2.ListJobsRequest:
+    return queue_pb2.ListJobsRequest(
+        queue=queue,
+        state=int(state),  # type: ignore[arg-type]
+        page_size=page_size,
+        page_token=page_token,
+    )
+
+
+def _job_page(response: queue_pb2.ListJobsResponse) -> JobPage:
+    return JobPage(
+        jobs=[_snapshot(job) for job in response.jobs], next_page_token=response.next_page_token
+    )
+
+
 class Queue:
-    """``enqueue()`` and ``consume()`` for the sync :class:`baton_client.Client`."""
+    """``enqueue()``, ``consume()``, ``watch_job()``, ``wait_for_job()``, ``watch_queue()``
+    and ``list_jobs()`` for the sync :class:`baton_client.Client`."""
 
     _queue: queue_pb2_grpc.JobQueueServiceStub
     _default_timeout: float | None
@@ -867,8 +1615,9 @@ class Queue:
         """Runs ``handler(job)`` on the jobs of ``queue`` in ``concurrency`` threads until
         ``stop`` is set (or an error no retry can fix, which it raises).
 
-        Returning acks the job (bytes returned become its result); raising nacks it with the
-        exception's text, to be retried after its backoff. ``job.cancelled`` is set when the
+        Returning acks the job (bytes returned become its result, sent with the Ack); raising
+        nacks it with the exception's text, to be retried after its backoff;
+        ``job.progress(value, detail)`` reports how far it is. ``job.cancelled`` is set when the
         result no longer counts — CancelJob, a lost lease, or shutdown — and the job is then
         not acked. On ``stop`` Baton is told to deliver no more, no new job starts, the jobs
         never started go back to the queue at once without using up an attempt, and running
@@ -901,9 +1650,56 @@ class Queue:
         )
         worker.run()
 
+    def watch_job(self, job_id: str) -> JobWatch:
+        """The snapshots of job ``job_id`` as it changes, until it finishes: ``for job in
+        client.watch_job(job_id):`` — first as it is, then after each change (delivered,
+        progress reported, failed and waiting to retry, handed back), last SUCCEEDED (with
+        its ``result``), DEAD (with its ``last_error``) or CANCELLED; see :class:`JobWatch`.
+        """
+        return JobWatch(self._queue, job_id)
+
+    def wait_for_job(self, job_id: str, timeout: Seconds | None = None) -> JobSnapshot:
+        """Waits until job ``job_id`` finishes and returns it when SUCCEEDED: its ``result``
+        is what the handler returned. Request/response over the queue is ``enqueue`` then
+        ``wait_for_job``.
+
+        Raises :class:`JobFailed` (its ``job`` is the final snapshot) when the job went
+        DEAD or was CANCELLED, :class:`NotFound` when it does not exist or is past
+        retention, :class:`DeadlineExceeded` when it has not finished within ``timeout``
+        seconds (None: as long as it takes). The WatchJob stream it waits on is reopened
+        when it ends UNAVAILABLE (a draining replica ends it so; any replica can serve it),
+        after 50 ms growing to 250 ms."""
+        deadline = None if timeout is None else time.monotonic() + seconds(timeout)
+        with JobWatch(self._queue, job_id, deadline) as watch:
+            for _ in watch:
+                pass
+        return watch._outcome()
+
+    def watch_queue(self, queue: str) -> QueueWatch:
+        """The events of ``queue`` — enqueued, delivered, progress, succeeded, failed,
+        dead, stalled, handed back, redriven, cancelled — and :class:`EventsMissed` where
+        some were lost: ``with client.watch_queue(queue) as events: for event in events:``.
+        Entering the block returns once the watch has started; see :class:`QueueWatch`."""
+        return QueueWatch(self._queue, queue)
+
+    def list_jobs(
+        self, queue: str, state: JobState | int, page_size: int = 0, page_token: str = ""
+    ) -> JobPage:
+        """One page of ``queue``'s jobs in ``state``, with their payloads: READY (in
+        delivery order), SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest
+        first), ACTIVE (lease expiring soonest first), SUCCEEDED (the most recently finished
+        first, as many as Baton keeps) or DEAD (oldest death first). ``page_size`` 0 means
+        100 (at most 1000); pass the page's ``next_page_token`` as ``page_token`` for the
+        next one. A page over the message limit is :class:`ResourceExhausted`
+        (RESPONSE_TOO_LARGE): ask for a smaller one. Retried on UNAVAILABLE."""
+        request = _list_jobs_request(queue, state, page_size, page_token)
+        response = _retry.call(lambda: self._queue.ListJobs(request), self._default_timeout)
+        return _job_page(response)
+
 
 class AsyncQueue:
-    """``enqueue()`` and ``consume()`` for :class:`baton_client.AsyncClient`."""
+    """``enqueue()``, ``consume()``, ``watch_job()``, ``wait_for_job()``, ``watch_queue()``
+    and ``list_jobs()`` for :class:`baton_client.AsyncClient`."""
 
     _queue: queue_pb2_grpc.JobQueueServiceStub
     _default_timeout: float | None
@@ -975,3 +1771,38 @@ class AsyncQueue:
             ack_batch_size,
         )
         await worker.run()
+
+    def watch_job(self, job_id: str) -> AsyncJobWatch:
+        """``async for job in client.watch_job(job_id):`` — see :meth:`Queue.watch_job`."""
+        return AsyncJobWatch(self._queue, job_id)
+
+    async def wait_for_job(self, job_id: str, timeout: Seconds | None = None) -> JobSnapshot:
+        """See :meth:`Queue.wait_for_job`."""
+        watch = AsyncJobWatch(self._queue, job_id)
+        try:
+            async with asyncio.timeout(None if timeout is None else seconds(timeout)):
+                async for _ in watch:
+                    pass
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"job {job_id} did not finish in time", code=grpc.StatusCode.DEADLINE_EXCEEDED
+            ) from None
+        finally:
+            watch.close()
+        return watch._outcome()
+
+    def watch_queue(self, queue: str) -> AsyncQueueWatch:
+        """``async with client.watch_queue(queue) as events: async for event in events:`` —
+        see :meth:`Queue.watch_queue`."""
+        return AsyncQueueWatch(self._queue, queue)
+
+    async def list_jobs(
+        self, queue: str, state: JobState | int, page_size: int = 0, page_token: str = ""
+    ) -> JobPage:
+        """See :meth:`Queue.list_jobs`."""
+        request = _list_jobs_request(queue, state, page_size, page_token)
+        response = await _retry.acall(
+            lambda: self._queue.ListJobs(request),  # type: ignore[arg-type,return-value]
+            self._default_timeout,
+        )
+        return _job_page(response)

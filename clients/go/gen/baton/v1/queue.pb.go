@@ -341,7 +341,9 @@ type Job struct {
 	// Empty when the job was enqueued outside any trace.
 	TraceContext map[string]string `protobuf:"bytes,16,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The latest UpdateProgress of any delivery of the job; unset before the first.
-	Progress      *Progress `protobuf:"bytes,17,opt,name=progress,proto3" json:"progress,omitempty"`
+	Progress *Progress `protobuf:"bytes,17,opt,name=progress,proto3" json:"progress,omitempty"`
+	// The group given to Enqueue, if any.
+	Group         string `protobuf:"bytes,18,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -495,6 +497,13 @@ func (x *Job) GetProgress() *Progress {
 	return nil
 }
 
+func (x *Job) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 // Progress is how far a worker says it is with a job.
 type Progress struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -585,7 +594,13 @@ type EnqueueRequest struct {
 	// within dedup_ttl returns the first job's id with `duplicate = true`. Empty means none.
 	DedupKey string `protobuf:"bytes,9,opt,name=dedup_key,json=dedupKey,proto3" json:"dedup_key,omitempty"`
 	// How long `dedup_key` is remembered; 0 means the server's default.
-	DedupTtl      *durationpb.Duration `protobuf:"bytes,10,opt,name=dedup_ttl,json=dedupTtl,proto3" json:"dedup_ttl,omitempty"`
+	DedupTtl *durationpb.Duration `protobuf:"bytes,10,opt,name=dedup_ttl,json=dedupTtl,proto3" json:"dedup_ttl,omitempty"`
+	// Optional group (a tenant, a customer, an account), 1..=512 bytes: the queue's
+	// configuration may limit how many jobs of one group are active at once and make each
+	// group strict FIFO; deliveries go round-robin across groups, so one busy group cannot
+	// starve the others. Within a group jobs are delivered in enqueue order (`priority`
+	// orders ungrouped jobs only). Empty means none.
+	Group         string `protobuf:"bytes,11,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -699,6 +714,13 @@ func (x *EnqueueRequest) GetDedupTtl() *durationpb.Duration {
 		return x.DedupTtl
 	}
 	return nil
+}
+
+func (x *EnqueueRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
 }
 
 type isEnqueueRequest_Schedule interface {
@@ -3843,17 +3865,282 @@ func (x *ListJobsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// QueueConfig says how a queue delivers.
+type QueueConfig struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many jobs of one group ACTIVE at once, on all replicas together; 0 means
+	// no limit. At most 10,000.
+	GroupConcurrency uint32 `protobuf:"varint,1,opt,name=group_concurrency,json=groupConcurrency,proto3" json:"group_concurrency,omitempty"`
+	// Strict FIFO per group (SQS FIFO message groups): one job of a group at a time, in
+	// enqueue order; a job that failed and waits to retry holds its group until it is
+	// delivered again, so the next job never overtakes it. A job that goes dead or is
+	// cancelled releases its group. Implies group_concurrency 1.
+	GroupFifo bool `protobuf:"varint,2,opt,name=group_fifo,json=groupFifo,proto3" json:"group_fifo,omitempty"`
+	// At most this many job starts (deliveries) per period, counted with the rate limiter's
+	// own algorithms (a SLIDING_WINDOW limit holds in every span of one period, exactly). A
+	// limited queue keeps jobs READY until the limit allows them; it never delivers and
+	// hands back. Unset means none.
+	StartLimit *Limit `protobuf:"bytes,3,opt,name=start_limit,json=startLimit,proto3" json:"start_limit,omitempty"`
+	// Apply start_limit to each group on its own (and to the ungrouped jobs as one more
+	// group) instead of to the whole queue.
+	StartLimitPerGroup bool `protobuf:"varint,4,opt,name=start_limit_per_group,json=startLimitPerGroup,proto3" json:"start_limit_per_group,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *QueueConfig) Reset() {
+	*x = QueueConfig{}
+	mi := &file_baton_v1_queue_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueConfig) ProtoMessage() {}
+
+func (x *QueueConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueConfig.ProtoReflect.Descriptor instead.
+func (*QueueConfig) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *QueueConfig) GetGroupConcurrency() uint32 {
+	if x != nil {
+		return x.GroupConcurrency
+	}
+	return 0
+}
+
+func (x *QueueConfig) GetGroupFifo() bool {
+	if x != nil {
+		return x.GroupFifo
+	}
+	return false
+}
+
+func (x *QueueConfig) GetStartLimit() *Limit {
+	if x != nil {
+		return x.StartLimit
+	}
+	return nil
+}
+
+func (x *QueueConfig) GetStartLimitPerGroup() bool {
+	if x != nil {
+		return x.StartLimitPerGroup
+	}
+	return false
+}
+
+// ConfigureQueueRequest sets a queue's configuration.
+type ConfigureQueueRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// The whole configuration (fields left unset turn their rule off).
+	Config        *QueueConfig `protobuf:"bytes,2,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigureQueueRequest) Reset() {
+	*x = ConfigureQueueRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigureQueueRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigureQueueRequest) ProtoMessage() {}
+
+func (x *ConfigureQueueRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigureQueueRequest.ProtoReflect.Descriptor instead.
+func (*ConfigureQueueRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *ConfigureQueueRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *ConfigureQueueRequest) GetConfig() *QueueConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
+// ConfigureQueueResponse acknowledges a ConfigureQueue.
+type ConfigureQueueResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConfigureQueueResponse) Reset() {
+	*x = ConfigureQueueResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConfigureQueueResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConfigureQueueResponse) ProtoMessage() {}
+
+func (x *ConfigureQueueResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConfigureQueueResponse.ProtoReflect.Descriptor instead.
+func (*ConfigureQueueResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{59}
+}
+
+// GetQueueConfigRequest names the queue.
+type GetQueueConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue.
+	Queue         string `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQueueConfigRequest) Reset() {
+	*x = GetQueueConfigRequest{}
+	mi := &file_baton_v1_queue_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQueueConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQueueConfigRequest) ProtoMessage() {}
+
+func (x *GetQueueConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQueueConfigRequest.ProtoReflect.Descriptor instead.
+func (*GetQueueConfigRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *GetQueueConfigRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+// GetQueueConfigResponse carries the configuration.
+type GetQueueConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The queue's configuration.
+	Config        *QueueConfig `protobuf:"bytes,1,opt,name=config,proto3" json:"config,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQueueConfigResponse) Reset() {
+	*x = GetQueueConfigResponse{}
+	mi := &file_baton_v1_queue_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQueueConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQueueConfigResponse) ProtoMessage() {}
+
+func (x *GetQueueConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQueueConfigResponse.ProtoReflect.Descriptor instead.
+func (*GetQueueConfigResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *GetQueueConfigResponse) GetConfig() *QueueConfig {
+	if x != nil {
+		return x.Config
+	}
+	return nil
+}
+
 var File_baton_v1_queue_proto protoreflect.FileDescriptor
 
 const file_baton_v1_queue_proto_rawDesc = "" +
 	"\n" +
-	"\x14baton/v1/queue.proto\x12\bbaton.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x01\n" +
+	"\x14baton/v1/queue.proto\x12\bbaton.v1\x1a\x18baton/v1/ratelimit.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x01\n" +
 	"\aBackoff\x123\n" +
 	"\ainitial\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\ainitial\x12+\n" +
 	"\x03max\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03max\x12\x1e\n" +
 	"\n" +
 	"multiplier\x18\x03 \x01(\x01R\n" +
-	"multiplier\"\xc8\x05\n" +
+	"multiplier\"\xde\x05\n" +
 	"\x03Job\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05queue\x18\x02 \x01(\tR\x05queue\x12\x12\n" +
@@ -3875,7 +4162,8 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\vfinished_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12D\n" +
 	"\rtrace_context\x18\x10 \x03(\v2\x1f.baton.v1.Job.TraceContextEntryR\ftraceContext\x12.\n" +
-	"\bprogress\x18\x11 \x01(\v2\x12.baton.v1.ProgressR\bprogress\x1a?\n" +
+	"\bprogress\x18\x11 \x01(\v2\x12.baton.v1.ProgressR\bprogress\x12\x14\n" +
+	"\x05group\x18\x12 \x01(\tR\x05group\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"u\n" +
@@ -3883,7 +4171,7 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x05value\x18\x01 \x01(\x01R\x05value\x12\x16\n" +
 	"\x06detail\x18\x02 \x01(\fR\x06detail\x12;\n" +
 	"\vreported_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"reportedAt\"\x89\x03\n" +
+	"reportedAt\"\x9f\x03\n" +
 	"\x0eEnqueueRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x12\n" +
@@ -3895,7 +4183,8 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\abackoff\x18\b \x01(\v2\x11.baton.v1.BackoffR\abackoff\x12\x1b\n" +
 	"\tdedup_key\x18\t \x01(\tR\bdedupKey\x126\n" +
 	"\tdedup_ttl\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationR\bdedupTtlB\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\bdedupTtl\x12\x14\n" +
+	"\x05group\x18\v \x01(\tR\x05groupB\n" +
 	"\n" +
 	"\bschedule\"F\n" +
 	"\x0fEnqueueResponse\x12\x15\n" +
@@ -4085,7 +4374,22 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\"]\n" +
 	"\x10ListJobsResponse\x12!\n" +
 	"\x04jobs\x18\x01 \x03(\v2\r.baton.v1.JobR\x04jobs\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\xc5\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xbe\x01\n" +
+	"\vQueueConfig\x12+\n" +
+	"\x11group_concurrency\x18\x01 \x01(\rR\x10groupConcurrency\x12\x1d\n" +
+	"\n" +
+	"group_fifo\x18\x02 \x01(\bR\tgroupFifo\x120\n" +
+	"\vstart_limit\x18\x03 \x01(\v2\x0f.baton.v1.LimitR\n" +
+	"startLimit\x121\n" +
+	"\x15start_limit_per_group\x18\x04 \x01(\bR\x12startLimitPerGroup\"\\\n" +
+	"\x15ConfigureQueueRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12-\n" +
+	"\x06config\x18\x02 \x01(\v2\x15.baton.v1.QueueConfigR\x06config\"\x18\n" +
+	"\x16ConfigureQueueResponse\"-\n" +
+	"\x15GetQueueConfigRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\"G\n" +
+	"\x16GetQueueConfigResponse\x12-\n" +
+	"\x06config\x18\x01 \x01(\v2\x15.baton.v1.QueueConfigR\x06config*\xc5\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fJOB_STATE_READY\x10\x01\x12\x17\n" +
@@ -4111,7 +4415,7 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x19QUEUE_EVENT_KIND_RETURNED\x10\b\x12\x1d\n" +
 	"\x19QUEUE_EVENT_KIND_REDRIVEN\x10\t\x12\x1e\n" +
 	"\x1aQUEUE_EVENT_KIND_CANCELLED\x10\n" +
-	"2\xf1\r\n" +
+	"2\x9b\x0f\n" +
 	"\x0fJobQueueService\x12>\n" +
 	"\aEnqueue\x12\x18.baton.v1.EnqueueRequest\x1a\x19.baton.v1.EnqueueResponse\x12M\n" +
 	"\fEnqueueBatch\x12\x1d.baton.v1.EnqueueBatchRequest\x1a\x1e.baton.v1.EnqueueBatchResponse\x12B\n" +
@@ -4133,6 +4437,8 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\n" +
 	"WatchQueue\x12\x1b.baton.v1.WatchQueueRequest\x1a\x1c.baton.v1.WatchQueueResponse0\x01\x12A\n" +
 	"\bListJobs\x12\x19.baton.v1.ListJobsRequest\x1a\x1a.baton.v1.ListJobsResponse\x12S\n" +
+	"\x0eConfigureQueue\x12\x1f.baton.v1.ConfigureQueueRequest\x1a .baton.v1.ConfigureQueueResponse\x12S\n" +
+	"\x0eGetQueueConfig\x12\x1f.baton.v1.GetQueueConfigRequest\x1a .baton.v1.GetQueueConfigResponse\x12S\n" +
 	"\x0eCreateSchedule\x12\x1f.baton.v1.CreateScheduleRequest\x1a .baton.v1.CreateScheduleResponse\x12J\n" +
 	"\vGetSchedule\x12\x1c.baton.v1.GetScheduleRequest\x1a\x1d.baton.v1.GetScheduleResponse\x12P\n" +
 	"\rListSchedules\x12\x1e.baton.v1.ListSchedulesRequest\x1a\x1f.baton.v1.ListSchedulesResponse\x12P\n" +
@@ -4155,7 +4461,7 @@ func file_baton_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_baton_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                  // 0: baton.v1.JobState
 	(MissedTicks)(0),               // 1: baton.v1.MissedTicks
@@ -4217,51 +4523,57 @@ var file_baton_v1_queue_proto_goTypes = []any{
 	(*WatchQueueResponse)(nil),     // 57: baton.v1.WatchQueueResponse
 	(*ListJobsRequest)(nil),        // 58: baton.v1.ListJobsRequest
 	(*ListJobsResponse)(nil),       // 59: baton.v1.ListJobsResponse
-	nil,                            // 60: baton.v1.Job.TraceContextEntry
-	(*durationpb.Duration)(nil),    // 61: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 62: google.protobuf.Timestamp
+	(*QueueConfig)(nil),            // 60: baton.v1.QueueConfig
+	(*ConfigureQueueRequest)(nil),  // 61: baton.v1.ConfigureQueueRequest
+	(*ConfigureQueueResponse)(nil), // 62: baton.v1.ConfigureQueueResponse
+	(*GetQueueConfigRequest)(nil),  // 63: baton.v1.GetQueueConfigRequest
+	(*GetQueueConfigResponse)(nil), // 64: baton.v1.GetQueueConfigResponse
+	nil,                            // 65: baton.v1.Job.TraceContextEntry
+	(*durationpb.Duration)(nil),    // 66: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 67: google.protobuf.Timestamp
+	(*Limit)(nil),                  // 68: baton.v1.Limit
 }
 var file_baton_v1_queue_proto_depIdxs = []int32{
-	61, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
-	61, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
+	66, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
+	66, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
 	0,  // 2: baton.v1.Job.state:type_name -> baton.v1.JobState
-	62, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	62, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	67, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	67, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
 	3,  // 5: baton.v1.Job.backoff:type_name -> baton.v1.Backoff
-	62, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	60, // 7: baton.v1.Job.trace_context:type_name -> baton.v1.Job.TraceContextEntry
+	67, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	65, // 7: baton.v1.Job.trace_context:type_name -> baton.v1.Job.TraceContextEntry
 	5,  // 8: baton.v1.Job.progress:type_name -> baton.v1.Progress
-	62, // 9: baton.v1.Progress.reported_at:type_name -> google.protobuf.Timestamp
-	61, // 10: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
-	62, // 11: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	67, // 9: baton.v1.Progress.reported_at:type_name -> google.protobuf.Timestamp
+	66, // 10: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
+	67, // 11: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
 	3,  // 12: baton.v1.EnqueueRequest.backoff:type_name -> baton.v1.Backoff
-	61, // 13: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
+	66, // 13: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
 	6,  // 14: baton.v1.EnqueueBatchRequest.requests:type_name -> baton.v1.EnqueueRequest
 	7,  // 15: baton.v1.EnqueueBatchResponse.results:type_name -> baton.v1.EnqueueResponse
-	61, // 16: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	66, // 16: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
 	4,  // 17: baton.v1.Delivery.job:type_name -> baton.v1.Job
-	62, // 18: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
+	67, // 18: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
 	11, // 19: baton.v1.ConsumeResponse.delivery:type_name -> baton.v1.Delivery
 	12, // 20: baton.v1.ConsumeResponse.cancelled:type_name -> baton.v1.JobCancelled
 	14, // 21: baton.v1.AckBatchRequest.acks:type_name -> baton.v1.AckRequest
 	18, // 22: baton.v1.AckBatchResponse.results:type_name -> baton.v1.AckResult
-	61, // 23: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
+	66, // 23: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
 	0,  // 24: baton.v1.NackResponse.state:type_name -> baton.v1.JobState
-	62, // 25: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
-	61, // 26: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	62, // 27: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	67, // 25: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
+	66, // 26: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	67, // 27: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
 	4,  // 28: baton.v1.GetJobResponse.job:type_name -> baton.v1.Job
 	0,  // 29: baton.v1.CancelJobResponse.state:type_name -> baton.v1.JobState
-	61, // 30: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	66, // 30: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
 	4,  // 31: baton.v1.ListDeadJobsResponse.jobs:type_name -> baton.v1.Job
-	61, // 32: baton.v1.Schedule.every:type_name -> google.protobuf.Duration
+	66, // 32: baton.v1.Schedule.every:type_name -> google.protobuf.Duration
 	6,  // 33: baton.v1.Schedule.job:type_name -> baton.v1.EnqueueRequest
 	1,  // 34: baton.v1.Schedule.missed_ticks:type_name -> baton.v1.MissedTicks
-	61, // 35: baton.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
-	61, // 36: baton.v1.Schedule.jitter:type_name -> google.protobuf.Duration
-	62, // 37: baton.v1.Schedule.created_at:type_name -> google.protobuf.Timestamp
-	62, // 38: baton.v1.Schedule.last_tick:type_name -> google.protobuf.Timestamp
-	62, // 39: baton.v1.Schedule.next_ticks:type_name -> google.protobuf.Timestamp
+	66, // 35: baton.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
+	66, // 36: baton.v1.Schedule.jitter:type_name -> google.protobuf.Duration
+	67, // 37: baton.v1.Schedule.created_at:type_name -> google.protobuf.Timestamp
+	67, // 38: baton.v1.Schedule.last_tick:type_name -> google.protobuf.Timestamp
+	67, // 39: baton.v1.Schedule.next_ticks:type_name -> google.protobuf.Timestamp
 	37, // 40: baton.v1.CreateScheduleRequest.schedule:type_name -> baton.v1.Schedule
 	37, // 41: baton.v1.CreateScheduleResponse.schedule:type_name -> baton.v1.Schedule
 	37, // 42: baton.v1.GetScheduleResponse.schedule:type_name -> baton.v1.Schedule
@@ -4271,66 +4583,73 @@ var file_baton_v1_queue_proto_depIdxs = []int32{
 	4,  // 46: baton.v1.WatchJobResponse.job:type_name -> baton.v1.Job
 	2,  // 47: baton.v1.QueueEvent.kind:type_name -> baton.v1.QueueEventKind
 	0,  // 48: baton.v1.QueueEvent.state:type_name -> baton.v1.JobState
-	62, // 49: baton.v1.QueueEvent.at:type_name -> google.protobuf.Timestamp
+	67, // 49: baton.v1.QueueEvent.at:type_name -> google.protobuf.Timestamp
 	5,  // 50: baton.v1.QueueEvent.progress:type_name -> baton.v1.Progress
-	62, // 51: baton.v1.QueueEvent.run_at:type_name -> google.protobuf.Timestamp
+	67, // 51: baton.v1.QueueEvent.run_at:type_name -> google.protobuf.Timestamp
 	55, // 52: baton.v1.WatchQueueResponse.event:type_name -> baton.v1.QueueEvent
 	56, // 53: baton.v1.WatchQueueResponse.missed:type_name -> baton.v1.EventsMissed
 	0,  // 54: baton.v1.ListJobsRequest.state:type_name -> baton.v1.JobState
 	4,  // 55: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.Job
-	6,  // 56: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
-	8,  // 57: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
-	10, // 58: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
-	14, // 59: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
-	16, // 60: baton.v1.JobQueueService.AckBatch:input_type -> baton.v1.AckBatchRequest
-	19, // 61: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
-	21, // 62: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
-	23, // 63: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
-	25, // 64: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
-	27, // 65: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
-	29, // 66: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
-	31, // 67: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
-	33, // 68: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
-	35, // 69: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
-	50, // 70: baton.v1.JobQueueService.UpdateProgress:input_type -> baton.v1.UpdateProgressRequest
-	52, // 71: baton.v1.JobQueueService.WatchJob:input_type -> baton.v1.WatchJobRequest
-	54, // 72: baton.v1.JobQueueService.WatchQueue:input_type -> baton.v1.WatchQueueRequest
-	58, // 73: baton.v1.JobQueueService.ListJobs:input_type -> baton.v1.ListJobsRequest
-	38, // 74: baton.v1.JobQueueService.CreateSchedule:input_type -> baton.v1.CreateScheduleRequest
-	40, // 75: baton.v1.JobQueueService.GetSchedule:input_type -> baton.v1.GetScheduleRequest
-	42, // 76: baton.v1.JobQueueService.ListSchedules:input_type -> baton.v1.ListSchedulesRequest
-	44, // 77: baton.v1.JobQueueService.PauseSchedule:input_type -> baton.v1.PauseScheduleRequest
-	46, // 78: baton.v1.JobQueueService.ResumeSchedule:input_type -> baton.v1.ResumeScheduleRequest
-	48, // 79: baton.v1.JobQueueService.DeleteSchedule:input_type -> baton.v1.DeleteScheduleRequest
-	7,  // 80: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
-	9,  // 81: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
-	13, // 82: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
-	15, // 83: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
-	17, // 84: baton.v1.JobQueueService.AckBatch:output_type -> baton.v1.AckBatchResponse
-	20, // 85: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
-	22, // 86: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
-	24, // 87: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
-	26, // 88: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
-	28, // 89: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
-	30, // 90: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
-	32, // 91: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
-	34, // 92: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
-	36, // 93: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
-	51, // 94: baton.v1.JobQueueService.UpdateProgress:output_type -> baton.v1.UpdateProgressResponse
-	53, // 95: baton.v1.JobQueueService.WatchJob:output_type -> baton.v1.WatchJobResponse
-	57, // 96: baton.v1.JobQueueService.WatchQueue:output_type -> baton.v1.WatchQueueResponse
-	59, // 97: baton.v1.JobQueueService.ListJobs:output_type -> baton.v1.ListJobsResponse
-	39, // 98: baton.v1.JobQueueService.CreateSchedule:output_type -> baton.v1.CreateScheduleResponse
-	41, // 99: baton.v1.JobQueueService.GetSchedule:output_type -> baton.v1.GetScheduleResponse
-	43, // 100: baton.v1.JobQueueService.ListSchedules:output_type -> baton.v1.ListSchedulesResponse
-	45, // 101: baton.v1.JobQueueService.PauseSchedule:output_type -> baton.v1.PauseScheduleResponse
-	47, // 102: baton.v1.JobQueueService.ResumeSchedule:output_type -> baton.v1.ResumeScheduleResponse
-	49, // 103: baton.v1.JobQueueService.DeleteSchedule:output_type -> baton.v1.DeleteScheduleResponse
-	80, // [80:104] is the sub-list for method output_type
-	56, // [56:80] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	68, // 56: baton.v1.QueueConfig.start_limit:type_name -> baton.v1.Limit
+	60, // 57: baton.v1.ConfigureQueueRequest.config:type_name -> baton.v1.QueueConfig
+	60, // 58: baton.v1.GetQueueConfigResponse.config:type_name -> baton.v1.QueueConfig
+	6,  // 59: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
+	8,  // 60: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
+	10, // 61: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
+	14, // 62: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
+	16, // 63: baton.v1.JobQueueService.AckBatch:input_type -> baton.v1.AckBatchRequest
+	19, // 64: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
+	21, // 65: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
+	23, // 66: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
+	25, // 67: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
+	27, // 68: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
+	29, // 69: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
+	31, // 70: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
+	33, // 71: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
+	35, // 72: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
+	50, // 73: baton.v1.JobQueueService.UpdateProgress:input_type -> baton.v1.UpdateProgressRequest
+	52, // 74: baton.v1.JobQueueService.WatchJob:input_type -> baton.v1.WatchJobRequest
+	54, // 75: baton.v1.JobQueueService.WatchQueue:input_type -> baton.v1.WatchQueueRequest
+	58, // 76: baton.v1.JobQueueService.ListJobs:input_type -> baton.v1.ListJobsRequest
+	61, // 77: baton.v1.JobQueueService.ConfigureQueue:input_type -> baton.v1.ConfigureQueueRequest
+	63, // 78: baton.v1.JobQueueService.GetQueueConfig:input_type -> baton.v1.GetQueueConfigRequest
+	38, // 79: baton.v1.JobQueueService.CreateSchedule:input_type -> baton.v1.CreateScheduleRequest
+	40, // 80: baton.v1.JobQueueService.GetSchedule:input_type -> baton.v1.GetScheduleRequest
+	42, // 81: baton.v1.JobQueueService.ListSchedules:input_type -> baton.v1.ListSchedulesRequest
+	44, // 82: baton.v1.JobQueueService.PauseSchedule:input_type -> baton.v1.PauseScheduleRequest
+	46, // 83: baton.v1.JobQueueService.ResumeSchedule:input_type -> baton.v1.ResumeScheduleRequest
+	48, // 84: baton.v1.JobQueueService.DeleteSchedule:input_type -> baton.v1.DeleteScheduleRequest
+	7,  // 85: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
+	9,  // 86: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
+	13, // 87: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
+	15, // 88: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
+	17, // 89: baton.v1.JobQueueService.AckBatch:output_type -> baton.v1.AckBatchResponse
+	20, // 90: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
+	22, // 91: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
+	24, // 92: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
+	26, // 93: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
+	28, // 94: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
+	30, // 95: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
+	32, // 96: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
+	34, // 97: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
+	36, // 98: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
+	51, // 99: baton.v1.JobQueueService.UpdateProgress:output_type -> baton.v1.UpdateProgressResponse
+	53, // 100: baton.v1.JobQueueService.WatchJob:output_type -> baton.v1.WatchJobResponse
+	57, // 101: baton.v1.JobQueueService.WatchQueue:output_type -> baton.v1.WatchQueueResponse
+	59, // 102: baton.v1.JobQueueService.ListJobs:output_type -> baton.v1.ListJobsResponse
+	62, // 103: baton.v1.JobQueueService.ConfigureQueue:output_type -> baton.v1.ConfigureQueueResponse
+	64, // 104: baton.v1.JobQueueService.GetQueueConfig:output_type -> baton.v1.GetQueueConfigResponse
+	39, // 105: baton.v1.JobQueueService.CreateSchedule:output_type -> baton.v1.CreateScheduleResponse
+	41, // 106: baton.v1.JobQueueService.GetSchedule:output_type -> baton.v1.GetScheduleResponse
+	43, // 107: baton.v1.JobQueueService.ListSchedules:output_type -> baton.v1.ListSchedulesResponse
+	45, // 108: baton.v1.JobQueueService.PauseSchedule:output_type -> baton.v1.PauseScheduleResponse
+	47, // 109: baton.v1.JobQueueService.ResumeSchedule:output_type -> baton.v1.ResumeScheduleResponse
+	49, // 110: baton.v1.JobQueueService.DeleteSchedule:output_type -> baton.v1.DeleteScheduleResponse
+	85, // [85:111] is the sub-list for method output_type
+	59, // [59:85] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_queue_proto_init() }
@@ -4338,6 +4657,7 @@ func file_baton_v1_queue_proto_init() {
 	if File_baton_v1_queue_proto != nil {
 		return
 	}
+	file_baton_v1_ratelimit_proto_init()
 	file_baton_v1_queue_proto_msgTypes[3].OneofWrappers = []any{
 		(*EnqueueRequest_Delay)(nil),
 		(*EnqueueRequest_RunAt)(nil),
@@ -4360,7 +4680,7 @@ func file_baton_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_queue_proto_rawDesc), len(file_baton_v1_queue_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   58,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

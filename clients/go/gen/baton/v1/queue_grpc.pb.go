@@ -37,6 +37,8 @@ const (
 	JobQueueService_WatchJob_FullMethodName       = "/baton.v1.JobQueueService/WatchJob"
 	JobQueueService_WatchQueue_FullMethodName     = "/baton.v1.JobQueueService/WatchQueue"
 	JobQueueService_ListJobs_FullMethodName       = "/baton.v1.JobQueueService/ListJobs"
+	JobQueueService_ConfigureQueue_FullMethodName = "/baton.v1.JobQueueService/ConfigureQueue"
+	JobQueueService_GetQueueConfig_FullMethodName = "/baton.v1.JobQueueService/GetQueueConfig"
 	JobQueueService_CreateSchedule_FullMethodName = "/baton.v1.JobQueueService/CreateSchedule"
 	JobQueueService_GetSchedule_FullMethodName    = "/baton.v1.JobQueueService/GetSchedule"
 	JobQueueService_ListSchedules_FullMethodName  = "/baton.v1.JobQueueService/ListSchedules"
@@ -240,7 +242,7 @@ type JobQueueServiceClient interface {
 	// Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE (Redis unreachable
 	// at the start, or this server draining); DEADLINE_EXCEEDED.
 	WatchQueue(ctx context.Context, in *WatchQueueRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchQueueResponse], error)
-	// ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+	// ListJobs pages through a queue's jobs in one state: READY (oldest due first),
 	// SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
 	// expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
 	// server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
@@ -251,6 +253,20 @@ type JobQueueServiceClient interface {
 	// page_size over 1000, malformed page_token); UNAVAILABLE; RESOURCE_EXHAUSTED;
 	// DEADLINE_EXCEEDED. Safe to retry.
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
+	// ConfigureQueue sets how a queue delivers: per-group concurrency, strict FIFO groups,
+	// and a limit on job starts. It takes effect on the next delivery of every replica; jobs
+	// already delivered are not affected. The configuration is kept until changed (a queue
+	// with no configuration delivers as before: no group limit, no start limit).
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue, group_concurrency over 10,000, an
+	// invalid start limit — its fields named as for RateLimitService.Check); UNAVAILABLE;
+	// DEADLINE_EXCEEDED. Safe to retry (it sets the whole configuration).
+	ConfigureQueue(ctx context.Context, in *ConfigureQueueRequest, opts ...grpc.CallOption) (*ConfigureQueueResponse, error)
+	// GetQueueConfig reads a queue's configuration; a queue never configured has the empty
+	// one.
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE; DEADLINE_EXCEEDED.
+	GetQueueConfig(ctx context.Context, in *GetQueueConfigRequest, opts ...grpc.CallOption) (*GetQueueConfigResponse, error)
 	// CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
 	// fixed interval. However many replicas run, each tick enqueues exactly one job: every
 	// replica may notice the tick, each enqueues it de-duplicated by the schedule and the
@@ -494,6 +510,26 @@ func (c *jobQueueServiceClient) ListJobs(ctx context.Context, in *ListJobsReques
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListJobsResponse)
 	err := c.cc.Invoke(ctx, JobQueueService_ListJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobQueueServiceClient) ConfigureQueue(ctx context.Context, in *ConfigureQueueRequest, opts ...grpc.CallOption) (*ConfigureQueueResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConfigureQueueResponse)
+	err := c.cc.Invoke(ctx, JobQueueService_ConfigureQueue_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobQueueServiceClient) GetQueueConfig(ctx context.Context, in *GetQueueConfigRequest, opts ...grpc.CallOption) (*GetQueueConfigResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetQueueConfigResponse)
+	err := c.cc.Invoke(ctx, JobQueueService_GetQueueConfig_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -755,7 +791,7 @@ type JobQueueServiceServer interface {
 	// Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE (Redis unreachable
 	// at the start, or this server draining); DEADLINE_EXCEEDED.
 	WatchQueue(*WatchQueueRequest, grpc.ServerStreamingServer[WatchQueueResponse]) error
-	// ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+	// ListJobs pages through a queue's jobs in one state: READY (oldest due first),
 	// SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
 	// expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
 	// server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
@@ -766,6 +802,20 @@ type JobQueueServiceServer interface {
 	// page_size over 1000, malformed page_token); UNAVAILABLE; RESOURCE_EXHAUSTED;
 	// DEADLINE_EXCEEDED. Safe to retry.
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
+	// ConfigureQueue sets how a queue delivers: per-group concurrency, strict FIFO groups,
+	// and a limit on job starts. It takes effect on the next delivery of every replica; jobs
+	// already delivered are not affected. The configuration is kept until changed (a queue
+	// with no configuration delivers as before: no group limit, no start limit).
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue, group_concurrency over 10,000, an
+	// invalid start limit — its fields named as for RateLimitService.Check); UNAVAILABLE;
+	// DEADLINE_EXCEEDED. Safe to retry (it sets the whole configuration).
+	ConfigureQueue(context.Context, *ConfigureQueueRequest) (*ConfigureQueueResponse, error)
+	// GetQueueConfig reads a queue's configuration; a queue never configured has the empty
+	// one.
+	//
+	// Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE; DEADLINE_EXCEEDED.
+	GetQueueConfig(context.Context, *GetQueueConfigRequest) (*GetQueueConfigResponse, error)
 	// CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
 	// fixed interval. However many replicas run, each tick enqueues exactly one job: every
 	// replica may notice the tick, each enqueues it de-duplicated by the schedule and the
@@ -867,6 +917,12 @@ func (UnimplementedJobQueueServiceServer) WatchQueue(*WatchQueueRequest, grpc.Se
 }
 func (UnimplementedJobQueueServiceServer) ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListJobs not implemented")
+}
+func (UnimplementedJobQueueServiceServer) ConfigureQueue(context.Context, *ConfigureQueueRequest) (*ConfigureQueueResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ConfigureQueue not implemented")
+}
+func (UnimplementedJobQueueServiceServer) GetQueueConfig(context.Context, *GetQueueConfigRequest) (*GetQueueConfigResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQueueConfig not implemented")
 }
 func (UnimplementedJobQueueServiceServer) CreateSchedule(context.Context, *CreateScheduleRequest) (*CreateScheduleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateSchedule not implemented")
@@ -1206,6 +1262,42 @@ func _JobQueueService_ListJobs_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobQueueService_ConfigureQueue_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConfigureQueueRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobQueueServiceServer).ConfigureQueue(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobQueueService_ConfigureQueue_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobQueueServiceServer).ConfigureQueue(ctx, req.(*ConfigureQueueRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobQueueService_GetQueueConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetQueueConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobQueueServiceServer).GetQueueConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobQueueService_GetQueueConfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobQueueServiceServer).GetQueueConfig(ctx, req.(*GetQueueConfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _JobQueueService_CreateSchedule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateScheduleRequest)
 	if err := dec(in); err != nil {
@@ -1380,6 +1472,14 @@ var JobQueueService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListJobs",
 			Handler:    _JobQueueService_ListJobs_Handler,
+		},
+		{
+			MethodName: "ConfigureQueue",
+			Handler:    _JobQueueService_ConfigureQueue_Handler,
+		},
+		{
+			MethodName: "GetQueueConfig",
+			Handler:    _JobQueueService_GetQueueConfig_Handler,
 		},
 		{
 			MethodName: "CreateSchedule",

@@ -24,6 +24,7 @@ import {
 } from "@grpc/grpc-js";
 import { Duration } from "../../google/protobuf/duration.js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
+import { Limit } from "./ratelimit.js";
 
 export const protobufPackage = "baton.v1";
 
@@ -321,7 +322,11 @@ export interface Job {
    */
   traceContext: { [key: string]: string };
   /** The latest UpdateProgress of any delivery of the job; unset before the first. */
-  progress: Progress | undefined;
+  progress:
+    | Progress
+    | undefined;
+  /** The group given to Enqueue, if any. */
+  group: string;
 }
 
 export interface Job_TraceContextEntry {
@@ -369,7 +374,17 @@ export interface EnqueueRequest {
    */
   dedupKey: string;
   /** How long `dedup_key` is remembered; 0 means the server's default. */
-  dedupTtl: Duration | undefined;
+  dedupTtl:
+    | Duration
+    | undefined;
+  /**
+   * Optional group (a tenant, a customer, an account), 1..=512 bytes: the queue's
+   * configuration may limit how many jobs of one group are active at once and make each
+   * group strict FIFO; deliveries go round-robin across groups, so one busy group cannot
+   * starve the others. Within a group jobs are delivered in enqueue order (`priority`
+   * orders ungrouped jobs only). Empty means none.
+   */
+  group: string;
 }
 
 /** EnqueueResponse identifies the enqueued job. */
@@ -901,6 +916,60 @@ export interface ListJobsResponse {
   nextPageToken: string;
 }
 
+/** QueueConfig says how a queue delivers. */
+export interface QueueConfig {
+  /**
+   * At most this many jobs of one group ACTIVE at once, on all replicas together; 0 means
+   * no limit. At most 10,000.
+   */
+  groupConcurrency: number;
+  /**
+   * Strict FIFO per group (SQS FIFO message groups): one job of a group at a time, in
+   * enqueue order; a job that failed and waits to retry holds its group until it is
+   * delivered again, so the next job never overtakes it. A job that goes dead or is
+   * cancelled releases its group. Implies group_concurrency 1.
+   */
+  groupFifo: boolean;
+  /**
+   * At most this many job starts (deliveries) per period, counted with the rate limiter's
+   * own algorithms (a SLIDING_WINDOW limit holds in every span of one period, exactly). A
+   * limited queue keeps jobs READY until the limit allows them; it never delivers and
+   * hands back. Unset means none.
+   */
+  startLimit:
+    | Limit
+    | undefined;
+  /**
+   * Apply start_limit to each group on its own (and to the ungrouped jobs as one more
+   * group) instead of to the whole queue.
+   */
+  startLimitPerGroup: boolean;
+}
+
+/** ConfigureQueueRequest sets a queue's configuration. */
+export interface ConfigureQueueRequest {
+  /** The queue. */
+  queue: string;
+  /** The whole configuration (fields left unset turn their rule off). */
+  config: QueueConfig | undefined;
+}
+
+/** ConfigureQueueResponse acknowledges a ConfigureQueue. */
+export interface ConfigureQueueResponse {
+}
+
+/** GetQueueConfigRequest names the queue. */
+export interface GetQueueConfigRequest {
+  /** The queue. */
+  queue: string;
+}
+
+/** GetQueueConfigResponse carries the configuration. */
+export interface GetQueueConfigResponse {
+  /** The queue's configuration. */
+  config: QueueConfig | undefined;
+}
+
 function createBaseBackoff(): Backoff {
   return { initial: undefined, max: undefined, multiplier: 0 };
 }
@@ -1023,6 +1092,7 @@ function createBaseJob(): Job {
     finishedAt: undefined,
     traceContext: {},
     progress: undefined,
+    group: "",
   };
 }
 
@@ -1078,6 +1148,9 @@ export const Job: MessageFns<Job> = {
     });
     if (message.progress !== undefined) {
       Progress.encode(message.progress, writer.uint32(138).fork()).join();
+    }
+    if (message.group !== "") {
+      writer.uint32(146).string(message.group);
     }
     return writer;
   },
@@ -1234,6 +1307,14 @@ export const Job: MessageFns<Job> = {
             message.progress = Progress.decode(reader, reader.uint32());
             continue;
           }
+          case 18: {
+            if (tag !== 146) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1319,6 +1400,7 @@ export const Job: MessageFns<Job> = {
         )
         : {},
       progress: isSet(object.progress) ? Progress.fromJSON(object.progress) : undefined,
+      group: isSet(object.group) ? globalThis.String(object.group) : "",
     };
   },
 
@@ -1381,6 +1463,9 @@ export const Job: MessageFns<Job> = {
     if (message.progress !== undefined) {
       obj.progress = Progress.toJSON(message.progress);
     }
+    if (message.group !== "") {
+      obj.group = message.group;
+    }
     return obj;
   },
 
@@ -1418,6 +1503,7 @@ export const Job: MessageFns<Job> = {
     message.progress = (object.progress !== undefined && object.progress !== null)
       ? Progress.fromPartial(object.progress)
       : undefined;
+    message.group = object.group ?? "";
     return message;
   },
 };
@@ -1624,6 +1710,7 @@ function createBaseEnqueueRequest(): EnqueueRequest {
     backoff: undefined,
     dedupKey: "",
     dedupTtl: undefined,
+    group: "",
   };
 }
 
@@ -1658,6 +1745,9 @@ export const EnqueueRequest: MessageFns<EnqueueRequest> = {
     }
     if (message.dedupTtl !== undefined) {
       Duration.encode(message.dedupTtl, writer.uint32(82).fork()).join();
+    }
+    if (message.group !== "") {
+      writer.uint32(90).string(message.group);
     }
     return writer;
   },
@@ -1755,6 +1845,14 @@ export const EnqueueRequest: MessageFns<EnqueueRequest> = {
             message.dedupTtl = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1795,6 +1893,7 @@ export const EnqueueRequest: MessageFns<EnqueueRequest> = {
         : isSet(object.dedup_ttl)
         ? Duration.fromJSON(object.dedup_ttl)
         : undefined,
+      group: isSet(object.group) ? globalThis.String(object.group) : "",
     };
   },
 
@@ -1830,6 +1929,9 @@ export const EnqueueRequest: MessageFns<EnqueueRequest> = {
     if (message.dedupTtl !== undefined) {
       obj.dedupTtl = Duration.toJSON(message.dedupTtl);
     }
+    if (message.group !== "") {
+      obj.group = message.group;
+    }
     return obj;
   },
 
@@ -1854,6 +1956,7 @@ export const EnqueueRequest: MessageFns<EnqueueRequest> = {
     message.dedupTtl = (object.dedupTtl !== undefined && object.dedupTtl !== null)
       ? Duration.fromPartial(object.dedupTtl)
       : undefined;
+    message.group = object.group ?? "";
     return message;
   },
 };
@@ -6777,6 +6880,416 @@ export const ListJobsResponse: MessageFns<ListJobsResponse> = {
   },
 };
 
+function createBaseQueueConfig(): QueueConfig {
+  return { groupConcurrency: 0, groupFifo: false, startLimit: undefined, startLimitPerGroup: false };
+}
+
+export const QueueConfig: MessageFns<QueueConfig> = {
+  encode(message: QueueConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.groupConcurrency !== 0) {
+      writer.uint32(8).uint32(message.groupConcurrency);
+    }
+    if (message.groupFifo !== false) {
+      writer.uint32(16).bool(message.groupFifo);
+    }
+    if (message.startLimit !== undefined) {
+      Limit.encode(message.startLimit, writer.uint32(26).fork()).join();
+    }
+    if (message.startLimitPerGroup !== false) {
+      writer.uint32(32).bool(message.startLimitPerGroup);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): QueueConfig {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseQueueConfig();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.groupConcurrency = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.groupFifo = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.startLimit = Limit.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.startLimitPerGroup = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): QueueConfig {
+    return {
+      groupConcurrency: isSet(object.groupConcurrency)
+        ? globalThis.Number(object.groupConcurrency)
+        : isSet(object.group_concurrency)
+        ? globalThis.Number(object.group_concurrency)
+        : 0,
+      groupFifo: isSet(object.groupFifo)
+        ? globalThis.Boolean(object.groupFifo)
+        : isSet(object.group_fifo)
+        ? globalThis.Boolean(object.group_fifo)
+        : false,
+      startLimit: isSet(object.startLimit)
+        ? Limit.fromJSON(object.startLimit)
+        : isSet(object.start_limit)
+        ? Limit.fromJSON(object.start_limit)
+        : undefined,
+      startLimitPerGroup: isSet(object.startLimitPerGroup)
+        ? globalThis.Boolean(object.startLimitPerGroup)
+        : isSet(object.start_limit_per_group)
+        ? globalThis.Boolean(object.start_limit_per_group)
+        : false,
+    };
+  },
+
+  toJSON(message: QueueConfig): unknown {
+    const obj: any = {};
+    if (message.groupConcurrency !== 0) {
+      obj.groupConcurrency = Math.round(message.groupConcurrency);
+    }
+    if (message.groupFifo !== false) {
+      obj.groupFifo = message.groupFifo;
+    }
+    if (message.startLimit !== undefined) {
+      obj.startLimit = Limit.toJSON(message.startLimit);
+    }
+    if (message.startLimitPerGroup !== false) {
+      obj.startLimitPerGroup = message.startLimitPerGroup;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<QueueConfig>): QueueConfig {
+    return QueueConfig.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<QueueConfig>): QueueConfig {
+    const message = createBaseQueueConfig();
+    message.groupConcurrency = object.groupConcurrency ?? 0;
+    message.groupFifo = object.groupFifo ?? false;
+    message.startLimit = (object.startLimit !== undefined && object.startLimit !== null)
+      ? Limit.fromPartial(object.startLimit)
+      : undefined;
+    message.startLimitPerGroup = object.startLimitPerGroup ?? false;
+    return message;
+  },
+};
+
+function createBaseConfigureQueueRequest(): ConfigureQueueRequest {
+  return { queue: "", config: undefined };
+}
+
+export const ConfigureQueueRequest: MessageFns<ConfigureQueueRequest> = {
+  encode(message: ConfigureQueueRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    if (message.config !== undefined) {
+      QueueConfig.encode(message.config, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfigureQueueRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfigureQueueRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.config = QueueConfig.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConfigureQueueRequest {
+    return {
+      queue: isSet(object.queue) ? globalThis.String(object.queue) : "",
+      config: isSet(object.config) ? QueueConfig.fromJSON(object.config) : undefined,
+    };
+  },
+
+  toJSON(message: ConfigureQueueRequest): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    if (message.config !== undefined) {
+      obj.config = QueueConfig.toJSON(message.config);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfigureQueueRequest>): ConfigureQueueRequest {
+    return ConfigureQueueRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ConfigureQueueRequest>): ConfigureQueueRequest {
+    const message = createBaseConfigureQueueRequest();
+    message.queue = object.queue ?? "";
+    message.config = (object.config !== undefined && object.config !== null)
+      ? QueueConfig.fromPartial(object.config)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseConfigureQueueResponse(): ConfigureQueueResponse {
+  return {};
+}
+
+export const ConfigureQueueResponse: MessageFns<ConfigureQueueResponse> = {
+  encode(_: ConfigureQueueResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConfigureQueueResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConfigureQueueResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ConfigureQueueResponse {
+    return {};
+  },
+
+  toJSON(_: ConfigureQueueResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<ConfigureQueueResponse>): ConfigureQueueResponse {
+    return ConfigureQueueResponse.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<ConfigureQueueResponse>): ConfigureQueueResponse {
+    const message = createBaseConfigureQueueResponse();
+    return message;
+  },
+};
+
+function createBaseGetQueueConfigRequest(): GetQueueConfigRequest {
+  return { queue: "" };
+}
+
+export const GetQueueConfigRequest: MessageFns<GetQueueConfigRequest> = {
+  encode(message: GetQueueConfigRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.queue !== "") {
+      writer.uint32(10).string(message.queue);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetQueueConfigRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetQueueConfigRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.queue = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetQueueConfigRequest {
+    return { queue: isSet(object.queue) ? globalThis.String(object.queue) : "" };
+  },
+
+  toJSON(message: GetQueueConfigRequest): unknown {
+    const obj: any = {};
+    if (message.queue !== "") {
+      obj.queue = message.queue;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetQueueConfigRequest>): GetQueueConfigRequest {
+    return GetQueueConfigRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetQueueConfigRequest>): GetQueueConfigRequest {
+    const message = createBaseGetQueueConfigRequest();
+    message.queue = object.queue ?? "";
+    return message;
+  },
+};
+
+function createBaseGetQueueConfigResponse(): GetQueueConfigResponse {
+  return { config: undefined };
+}
+
+export const GetQueueConfigResponse: MessageFns<GetQueueConfigResponse> = {
+  encode(message: GetQueueConfigResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.config !== undefined) {
+      QueueConfig.encode(message.config, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetQueueConfigResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetQueueConfigResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.config = QueueConfig.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetQueueConfigResponse {
+    return { config: isSet(object.config) ? QueueConfig.fromJSON(object.config) : undefined };
+  },
+
+  toJSON(message: GetQueueConfigResponse): unknown {
+    const obj: any = {};
+    if (message.config !== undefined) {
+      obj.config = QueueConfig.toJSON(message.config);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetQueueConfigResponse>): GetQueueConfigResponse {
+    return GetQueueConfigResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetQueueConfigResponse>): GetQueueConfigResponse {
+    const message = createBaseGetQueueConfigResponse();
+    message.config = (object.config !== undefined && object.config !== null)
+      ? QueueConfig.fromPartial(object.config)
+      : undefined;
+    return message;
+  },
+};
+
 /**
  * JobQueueService is a durable job queue with priorities, delays, retries with backoff, a
  * dead-letter set and de-duplication, shared by every replica.
@@ -7148,7 +7661,7 @@ export const JobQueueServiceService = {
     responseDeserialize: (value: Buffer): WatchQueueResponse => WatchQueueResponse.decode(value),
   },
   /**
-   * ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+   * ListJobs pages through a queue's jobs in one state: READY (oldest due first),
    * SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
    * expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
    * server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
@@ -7167,6 +7680,44 @@ export const JobQueueServiceService = {
     requestDeserialize: (value: Buffer): ListJobsRequest => ListJobsRequest.decode(value),
     responseSerialize: (value: ListJobsResponse): Buffer => Buffer.from(ListJobsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListJobsResponse => ListJobsResponse.decode(value),
+  },
+  /**
+   * ConfigureQueue sets how a queue delivers: per-group concurrency, strict FIFO groups,
+   * and a limit on job starts. It takes effect on the next delivery of every replica; jobs
+   * already delivered are not affected. The configuration is kept until changed (a queue
+   * with no configuration delivers as before: no group limit, no start limit).
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue, group_concurrency over 10,000, an
+   * invalid start limit — its fields named as for RateLimitService.Check); UNAVAILABLE;
+   * DEADLINE_EXCEEDED. Safe to retry (it sets the whole configuration).
+   */
+  configureQueue: {
+    path: "/baton.v1.JobQueueService/ConfigureQueue" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ConfigureQueueRequest): Buffer =>
+      Buffer.from(ConfigureQueueRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConfigureQueueRequest => ConfigureQueueRequest.decode(value),
+    responseSerialize: (value: ConfigureQueueResponse): Buffer =>
+      Buffer.from(ConfigureQueueResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConfigureQueueResponse => ConfigureQueueResponse.decode(value),
+  },
+  /**
+   * GetQueueConfig reads a queue's configuration; a queue never configured has the empty
+   * one.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE; DEADLINE_EXCEEDED.
+   */
+  getQueueConfig: {
+    path: "/baton.v1.JobQueueService/GetQueueConfig" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetQueueConfigRequest): Buffer =>
+      Buffer.from(GetQueueConfigRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetQueueConfigRequest => GetQueueConfigRequest.decode(value),
+    responseSerialize: (value: GetQueueConfigResponse): Buffer =>
+      Buffer.from(GetQueueConfigResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetQueueConfigResponse => GetQueueConfigResponse.decode(value),
   },
   /**
    * CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
@@ -7481,7 +8032,7 @@ export interface JobQueueServiceServer extends UntypedServiceImplementation {
    */
   watchQueue: handleServerStreamingCall<WatchQueueRequest, WatchQueueResponse>;
   /**
-   * ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+   * ListJobs pages through a queue's jobs in one state: READY (oldest due first),
    * SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
    * expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
    * server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
@@ -7493,6 +8044,24 @@ export interface JobQueueServiceServer extends UntypedServiceImplementation {
    * DEADLINE_EXCEEDED. Safe to retry.
    */
   listJobs: handleUnaryCall<ListJobsRequest, ListJobsResponse>;
+  /**
+   * ConfigureQueue sets how a queue delivers: per-group concurrency, strict FIFO groups,
+   * and a limit on job starts. It takes effect on the next delivery of every replica; jobs
+   * already delivered are not affected. The configuration is kept until changed (a queue
+   * with no configuration delivers as before: no group limit, no start limit).
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue, group_concurrency over 10,000, an
+   * invalid start limit — its fields named as for RateLimitService.Check); UNAVAILABLE;
+   * DEADLINE_EXCEEDED. Safe to retry (it sets the whole configuration).
+   */
+  configureQueue: handleUnaryCall<ConfigureQueueRequest, ConfigureQueueResponse>;
+  /**
+   * GetQueueConfig reads a queue's configuration; a queue never configured has the empty
+   * one.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE; DEADLINE_EXCEEDED.
+   */
+  getQueueConfig: handleUnaryCall<GetQueueConfigRequest, GetQueueConfigResponse>;
   /**
    * CreateSchedule makes a queue receive a job on every tick of a cron expression or of a
    * fixed interval. However many replicas run, each tick enqueues exactly one job: every
@@ -7952,7 +8521,7 @@ export interface JobQueueServiceClient extends Client {
     options?: Partial<CallOptions>,
   ): ClientReadableStream<WatchQueueResponse>;
   /**
-   * ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+   * ListJobs pages through a queue's jobs in one state: READY (oldest due first),
    * SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
    * expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
    * server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
@@ -7977,6 +8546,52 @@ export interface JobQueueServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListJobsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * ConfigureQueue sets how a queue delivers: per-group concurrency, strict FIFO groups,
+   * and a limit on job starts. It takes effect on the next delivery of every replica; jobs
+   * already delivered are not affected. The configuration is kept until changed (a queue
+   * with no configuration delivers as before: no group limit, no start limit).
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue, group_concurrency over 10,000, an
+   * invalid start limit — its fields named as for RateLimitService.Check); UNAVAILABLE;
+   * DEADLINE_EXCEEDED. Safe to retry (it sets the whole configuration).
+   */
+  configureQueue(
+    request: ConfigureQueueRequest,
+    callback: (error: ServiceError | null, response: ConfigureQueueResponse) => void,
+  ): ClientUnaryCall;
+  configureQueue(
+    request: ConfigureQueueRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ConfigureQueueResponse) => void,
+  ): ClientUnaryCall;
+  configureQueue(
+    request: ConfigureQueueRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ConfigureQueueResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * GetQueueConfig reads a queue's configuration; a queue never configured has the empty
+   * one.
+   *
+   * Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE; DEADLINE_EXCEEDED.
+   */
+  getQueueConfig(
+    request: GetQueueConfigRequest,
+    callback: (error: ServiceError | null, response: GetQueueConfigResponse) => void,
+  ): ClientUnaryCall;
+  getQueueConfig(
+    request: GetQueueConfigRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetQueueConfigResponse) => void,
+  ): ClientUnaryCall;
+  getQueueConfig(
+    request: GetQueueConfigRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetQueueConfigResponse) => void,
   ): ClientUnaryCall;
   /**
    * CreateSchedule makes a queue receive a job on every tick of a cron expression or of a

@@ -1,5 +1,6 @@
 import datetime
 
+from baton_client.pb.baton.v1 import ratelimit_pb2 as _ratelimit_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -75,7 +76,7 @@ class Backoff(_message.Message):
     def __init__(self, initial: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., multiplier: _Optional[float] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "queue", "type", "payload", "priority", "state", "attempts", "max_attempts", "created_at", "run_at", "last_error", "result", "dedup_key", "backoff", "finished_at", "trace_context", "progress")
+    __slots__ = ("job_id", "queue", "type", "payload", "priority", "state", "attempts", "max_attempts", "created_at", "run_at", "last_error", "result", "dedup_key", "backoff", "finished_at", "trace_context", "progress", "group")
     class TraceContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +101,7 @@ class Job(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     queue: str
     type: str
@@ -117,7 +119,8 @@ class Job(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     trace_context: _containers.ScalarMap[str, str]
     progress: Progress
-    def __init__(self, job_id: _Optional[str] = ..., queue: _Optional[str] = ..., type: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., dedup_key: _Optional[str] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    group: str
+    def __init__(self, job_id: _Optional[str] = ..., queue: _Optional[str] = ..., type: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., dedup_key: _Optional[str] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., group: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("value", "detail", "reported_at")
@@ -130,7 +133,7 @@ class Progress(_message.Message):
     def __init__(self, value: _Optional[float] = ..., detail: _Optional[bytes] = ..., reported_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EnqueueRequest(_message.Message):
-    __slots__ = ("queue", "payload", "type", "delay", "run_at", "priority", "max_attempts", "backoff", "dedup_key", "dedup_ttl")
+    __slots__ = ("queue", "payload", "type", "delay", "run_at", "priority", "max_attempts", "backoff", "dedup_key", "dedup_ttl", "group")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +144,7 @@ class EnqueueRequest(_message.Message):
     BACKOFF_FIELD_NUMBER: _ClassVar[int]
     DEDUP_KEY_FIELD_NUMBER: _ClassVar[int]
     DEDUP_TTL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     queue: str
     payload: bytes
     type: str
@@ -151,7 +155,8 @@ class EnqueueRequest(_message.Message):
     backoff: Backoff
     dedup_key: str
     dedup_ttl: _duration_pb2.Duration
-    def __init__(self, queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., type: _Optional[str] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., dedup_key: _Optional[str] = ..., dedup_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    group: str
+    def __init__(self, queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., type: _Optional[str] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., backoff: _Optional[_Union[Backoff, _Mapping]] = ..., dedup_key: _Optional[str] = ..., dedup_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., group: _Optional[str] = ...) -> None: ...
 
 class EnqueueResponse(_message.Message):
     __slots__ = ("job_id", "duplicate")
@@ -596,3 +601,39 @@ class ListJobsResponse(_message.Message):
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
     next_page_token: str
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class QueueConfig(_message.Message):
+    __slots__ = ("group_concurrency", "group_fifo", "start_limit", "start_limit_per_group")
+    GROUP_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIFO_FIELD_NUMBER: _ClassVar[int]
+    START_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    START_LIMIT_PER_GROUP_FIELD_NUMBER: _ClassVar[int]
+    group_concurrency: int
+    group_fifo: bool
+    start_limit: _ratelimit_pb2.Limit
+    start_limit_per_group: bool
+    def __init__(self, group_concurrency: _Optional[int] = ..., group_fifo: _Optional[bool] = ..., start_limit: _Optional[_Union[_ratelimit_pb2.Limit, _Mapping]] = ..., start_limit_per_group: _Optional[bool] = ...) -> None: ...
+
+class ConfigureQueueRequest(_message.Message):
+    __slots__ = ("queue", "config")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    config: QueueConfig
+    def __init__(self, queue: _Optional[str] = ..., config: _Optional[_Union[QueueConfig, _Mapping]] = ...) -> None: ...
+
+class ConfigureQueueResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetQueueConfigRequest(_message.Message):
+    __slots__ = ("queue",)
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    queue: str
+    def __init__(self, queue: _Optional[str] = ...) -> None: ...
+
+class GetQueueConfigResponse(_message.Message):
+    __slots__ = ("config",)
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    config: QueueConfig
+    def __init__(self, config: _Optional[_Union[QueueConfig, _Mapping]] = ...) -> None: ...

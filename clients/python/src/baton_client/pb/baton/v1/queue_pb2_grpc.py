@@ -145,6 +145,16 @@ class JobQueueServiceStub:
                 request_serializer=baton_dot_v1_dot_queue__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=baton_dot_v1_dot_queue__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.ConfigureQueue = channel.unary_unary(
+                '/baton.v1.JobQueueService/ConfigureQueue',
+                request_serializer=baton_dot_v1_dot_queue__pb2.ConfigureQueueRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.ConfigureQueueResponse.FromString,
+                _registered_method=True)
+        self.GetQueueConfig = channel.unary_unary(
+                '/baton.v1.JobQueueService/GetQueueConfig',
+                request_serializer=baton_dot_v1_dot_queue__pb2.GetQueueConfigRequest.SerializeToString,
+                response_deserializer=baton_dot_v1_dot_queue__pb2.GetQueueConfigResponse.FromString,
+                _registered_method=True)
         self.CreateSchedule = channel.unary_unary(
                 '/baton.v1.JobQueueService/CreateSchedule',
                 request_serializer=baton_dot_v1_dot_queue__pb2.CreateScheduleRequest.SerializeToString,
@@ -456,7 +466,7 @@ class JobQueueServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """ListJobs pages through a queue's jobs in one state: READY (in delivery order),
+        """ListJobs pages through a queue's jobs in one state: READY (oldest due first),
         SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest first), ACTIVE (lease
         expiring soonest first), SUCCEEDED (the most recently finished first, as many as the
         server keeps: see docs/queues.md, Retention) or DEAD (oldest death first, as
@@ -466,6 +476,30 @@ class JobQueueServiceServicer:
         Failures: INVALID_ARGUMENT (empty or oversized queue, a state not listed above,
         page_size over 1000, malformed page_token); UNAVAILABLE; RESOURCE_EXHAUSTED;
         DEADLINE_EXCEEDED. Safe to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfigureQueue(self, request, context):
+        """ConfigureQueue sets how a queue delivers: per-group concurrency, strict FIFO groups,
+        and a limit on job starts. It takes effect on the next delivery of every replica; jobs
+        already delivered are not affected. The configuration is kept until changed (a queue
+        with no configuration delivers as before: no group limit, no start limit).
+
+        Failures: INVALID_ARGUMENT (empty or oversized queue, group_concurrency over 10,000, an
+        invalid start limit — its fields named as for RateLimitService.Check); UNAVAILABLE;
+        DEADLINE_EXCEEDED. Safe to retry (it sets the whole configuration).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueueConfig(self, request, context):
+        """GetQueueConfig reads a queue's configuration; a queue never configured has the empty
+        one.
+
+        Failures: INVALID_ARGUMENT (empty or oversized queue); UNAVAILABLE; DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -631,6 +665,16 @@ def add_JobQueueServiceServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=baton_dot_v1_dot_queue__pb2.ListJobsRequest.FromString,
                     response_serializer=baton_dot_v1_dot_queue__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'ConfigureQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureQueue,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.ConfigureQueueRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.ConfigureQueueResponse.SerializeToString,
+            ),
+            'GetQueueConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueConfig,
+                    request_deserializer=baton_dot_v1_dot_queue__pb2.GetQueueConfigRequest.FromString,
+                    response_serializer=baton_dot_v1_dot_queue__pb2.GetQueueConfigResponse.SerializeToString,
             ),
             'CreateSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSchedule,
@@ -1170,6 +1214,60 @@ class JobQueueService:
             '/baton.v1.JobQueueService/ListJobs',
             baton_dot_v1_dot_queue__pb2.ListJobsRequest.SerializeToString,
             baton_dot_v1_dot_queue__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.JobQueueService/ConfigureQueue',
+            baton_dot_v1_dot_queue__pb2.ConfigureQueueRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.ConfigureQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/baton.v1.JobQueueService/GetQueueConfig',
+            baton_dot_v1_dot_queue__pb2.GetQueueConfigRequest.SerializeToString,
+            baton_dot_v1_dot_queue__pb2.GetQueueConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,
