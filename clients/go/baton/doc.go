@@ -21,6 +21,9 @@
 //   - sessionhttp.go: [SessionManager], net/http middleware keeping web sessions in Baton
 //   - queue.go: [Client.Enqueue] and [Client.Consume], the worker loop and its graceful stop,
 //     and [Job.Progress]
+//   - queueconfig.go: [Client.ConfigureQueue] and [Client.GetQueueConfig] ([QueueConfig]:
+//     per-group concurrency, strict FIFO groups, a start [Limit]); groups are set with
+//     [WithGroup]
 //   - queuewatch.go: [Client.WatchJob], [Client.WaitJob] and [*JobError], [Client.WatchQueue]
 //     and [*QueueWatch], [Client.ListJobs]
 //   - github.com/baton-dev/baton/clients/go/gen/baton/v1 (outside this package, in the same
@@ -30,6 +33,6 @@
 //
 // The helpers retry only where the API makes it safe: Acquire and Campaign with a
 // request_id, Enqueue with a dedup key, reads, Release, Resign, Proclaim, Delete, Ack, Nack,
-// Extend and UpdateProgress, and resuming KeepAlive, Consume, Observe, WatchJob and
+// Extend, UpdateProgress and ConfigureQueue, and resuming KeepAlive, Consume, Observe, WatchJob and
 // WatchQueue streams on another replica.
 package baton

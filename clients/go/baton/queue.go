@@ -82,6 +82,23 @@ func WithDedupKey(key string, ttl time.Duration) EnqueueOption {
 	}
 }
 
+// WithGroup puts the job in group (a tenant, a customer, an account; 1 to 512 bytes).
+// Deliveries go round-robin across a queue's groups — the jobs without a group taking turns
+// as one more group — so one busy group cannot starve the others, and within a group jobs
+// are delivered in enqueue order ([WithPriority] orders ungrouped jobs only). The queue's
+// [QueueConfig] may bound how many jobs of one group are active at once, make each group
+// strict FIFO, and limit job starts per group; see [Client.ConfigureQueue]. A delivered
+// job's group is [Job.Group].
+//
+// Enqueue options are functions of the request, so they also fill the requests of a batch
+// sent through the raw stub ([Client.Queue].EnqueueBatch):
+//
+//	request := &batonv1.EnqueueRequest{Queue: "invoices", Payload: payload}
+//	baton.WithGroup("tenant-42")(request)
+func WithGroup(group string) EnqueueOption {
+	return func(r *batonv1.EnqueueRequest) { r.Group = group }
+}
+
 // Enqueued identifies the job an [Client.Enqueue] added.
 type Enqueued struct {
 	JobID string
@@ -127,6 +144,8 @@ type Job struct {
 	// LastError is the error text of the previous attempt's Nack, if any.
 	LastError string
 	CreatedAt time.Time
+	// Group is the job's group ([WithGroup]); empty when it has none.
+	Group string
 
 	leaseID string
 	client  *Client
@@ -613,6 +632,7 @@ func (w *worker) deliver(delivery *batonv1.Delivery, stream *consumeStream) {
 		MaxAttempts: job.GetMaxAttempts(),
 		LastError:   job.GetLastError(),
 		CreatedAt:   job.GetCreatedAt().AsTime(),
+		Group:       job.GetGroup(),
 		leaseID:     delivery.GetLeaseId(),
 		client:      w.client,
 	}, stream: stream}

@@ -28,8 +28,10 @@ import {
   JobSnapshot,
   ListableJobState,
   ListJobsOptions,
+  QueueConfig,
   QueueHelpers,
   QueueWatchItem,
+  StoredQueueConfig,
   WaitForJobOptions,
   WatchJobOptions,
   WatchQueueOptions,
@@ -218,7 +220,10 @@ export class BatonClient {
     return this.sessions.clear(signal);
   }
 
-  /** Adds a job to `queue`; retried on UNAVAILABLE only with a `dedupKey`. */
+  /**
+   * Adds a job to `queue` (to `options.group`, if given); retried on UNAVAILABLE only with a
+   * `dedupKey`.
+   */
   enqueue(queue: string, payload?: Uint8Array | string, options?: EnqueueOptions): Promise<Enqueued> {
     return this.queue.enqueue(queue, payload, options);
   }
@@ -269,6 +274,21 @@ export class BatonClient {
    */
   listJobs(queue: string, state: ListableJobState, options?: ListJobsOptions): Promise<JobPage> {
     return this.queue.listJobs(queue, state, options);
+  }
+
+  /**
+   * Sets how `queue` delivers (the whole configuration: what `config` leaves out is off):
+   * `groupConcurrency` (at most that many active jobs per group), `groupFifo` (each group
+   * strict FIFO, one at a time), `startLimit` (job starts per period, queue-wide or, with
+   * `startLimitPerGroup`, per group). Applies from the next delivery. Retried on UNAVAILABLE.
+   */
+  configureQueue(queue: string, config: QueueConfig, signal?: AbortSignal): Promise<void> {
+    return this.queue.configureQueue(queue, config, signal);
+  }
+
+  /** The configuration of `queue`, every field filled in (all off if never configured). Retried on UNAVAILABLE. */
+  getQueueConfig(queue: string, signal?: AbortSignal): Promise<StoredQueueConfig> {
+    return this.queue.getQueueConfig(queue, signal);
   }
 
   /**

@@ -6,7 +6,7 @@
 // Lease, which keeps locks and leaderships alike), election.ts (runAsLeader, Leadership,
 // leader, observe), cache.ts (cacheGet/Set/Delete, invalidateTag, getOrLoad), session.ts (createSession
 // … revokeSessions), queue.ts (enqueue, consume,
-// watchJob, waitForJob, watchQueue, listJobs), errors.ts (BatonError and its subclasses,
+// watchJob, waitForJob, watchQueue, listJobs, configureQueue, getQueueConfig), errors.ts (BatonError and its subclasses,
 // from google.rpc error details). express-session.ts, a session Store for Express, is
 // imported on its own ("@baton-dev/baton-client/express-session") so that this module does
 // not need express-session.
@@ -39,14 +39,16 @@ export {
   type JobStateName,
   type ListableJobState,
   type ListJobsOptions,
+  type QueueConfig,
   type QueueEvent,
   type QueueEventBase,
   type QueueEventKind,
   type QueueWatchItem,
+  type StoredQueueConfig,
   type WaitForJobOptions,
   type WatchJobOptions,
   type WatchQueueOptions,
 } from "./queue.js";
 export type { CreateSessionOptions, Session, SessionUpdate } from "./session.js";
-export type { AlgorithmName, AllowOptions, Decision } from "./ratelimit.js";
+export type { AlgorithmName, AllowOptions, Decision, RateLimit } from "./ratelimit.js";
 export * as pb from "./pb.js";

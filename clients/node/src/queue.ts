@@ -1,5 +1,6 @@
 // Job queue: enqueue, and consume, the worker loop; watchJob, waitForJob, watchQueue and
-// listJobs for callers and dashboards.
+// listJobs for callers and dashboards; configureQueue and getQueueConfig for how a queue
+// delivers (per-group concurrency, strict FIFO groups, a limit on job starts).
 //
 // consume runs a handler on each delivered job, at most `concurrency` at a time: it acks the
 // job when the handler resolves (its value is the job's result), nacks it with the error's
@@ -36,11 +37,13 @@ import {
 } from "./errors.js";
 import {
   AckRequest,
+  ConfigureQueueRequest,
   ConsumeRequest,
   ConsumeResponse,
   Delivery,
   EnqueueRequest,
   ExtendRequest,
+  GetQueueConfigRequest,
   Job as JobMessage,
   JobQueueServiceClient,
   JobState,
@@ -48,6 +51,7 @@ import {
   NackRequest,
   Progress as ProgressMessage,
   QueueEvent as QueueEventMessage,
+  QueueConfig as QueueConfigMessage,
   QueueEventKind as QueueEventKindMessage,
   UpdateProgressRequest,
   WatchJobRequest,
@@ -55,6 +59,7 @@ import {
   WatchQueueRequest,
   WatchQueueResponse,
 } from "./gen/baton/v1/queue.js";
+import { limitMessage, RateLimit, rateLimitOf } from "./ratelimit.js";
 import { bytesOf, LEASE_RETRY_BUDGET_MS, leaseRetryBackoff, once, retryUnavailable } from "./retry.js";
 import { endProcessing, jobContext, startProcessing } from "./tracing.js";
 import { unary } from "./unary.js";
@@ -94,6 +99,13 @@ export interface EnqueueOptions {
    */
   dedupKey?: string;
   dedupTtlMs?: number;
+  /**
+   * The job's group (a tenant, a customer, an account; 1..=512 bytes), which the queue's
+   * configuration may limit (see QueueConfig). Deliveries go round-robin across groups, so one
+   * busy group cannot starve the others; within a group jobs are delivered in enqueue order
+   * (`priority` orders ungrouped jobs only). Default: none.
+   */
+  group?: string;
   signal?: AbortSignal;
 }
 
@@ -190,6 +202,8 @@ export interface JobSnapshot {
   progress: JobProgress | undefined;
   /** The W3C trace context the job travels with (empty outside any trace). */
   traceContext: Record<string, string>;
+  /** The group given to enqueue; "" when none. */
+  group: string;
 }
 
 function snapshotOf(job: JobMessage): JobSnapshot {
@@ -215,6 +229,7 @@ function snapshotOf(job: JobMessage): JobSnapshot {
     finishedAt: job.finishedAt,
     progress: job.progress && progressOf(job.progress),
     traceContext: { ...job.traceContext },
+    group: job.group,
   };
 }
 
@@ -359,6 +374,61 @@ export interface JobPage {
   nextPageToken: string;
 }
 
+/**
+ * How a queue delivers (QueueConfig in proto/baton/v1/queue.proto), for configureQueue, which
+ * sets the whole of it: a field left out turns its rule off.
+ */
+export interface QueueConfig {
+  /**
+   * At most this many jobs of one group active at once, on every replica together; 0 or unset
+   * means no limit. At most 10,000.
+   */
+  groupConcurrency?: number;
+  /**
+   * Strict FIFO per group: one job of a group at a time, in enqueue order; a job that failed
+   * and waits to retry holds its group until it is delivered again, so the next never
+   * overtakes it (one that goes dead or is cancelled releases the group). Implies
+   * groupConcurrency 1.
+   */
+  groupFifo?: boolean;
+  /**
+   * At most `limit` job starts (deliveries) per `periodMs`, counted as allow() counts (a
+   * "sliding_window" limit, the default, holds in every span of one period exactly). Jobs
+   * wait ready until the limit lets them start. Unset means none.
+   */
+  startLimit?: RateLimit;
+  /** Apply `startLimit` to each group on its own (the ungrouped jobs as one more group). */
+  startLimitPerGroup?: boolean;
+}
+
+/** A queue's configuration as Baton keeps it, every field filled in: what getQueueConfig resolves with. */
+export interface StoredQueueConfig extends QueueConfig {
+  /** 0: no limit. */
+  groupConcurrency: number;
+  groupFifo: boolean;
+  /** Undefined: none. */
+  startLimit: Required<RateLimit> | undefined;
+  startLimitPerGroup: boolean;
+}
+
+function queueConfigMessage(config: QueueConfig): QueueConfigMessage {
+  return QueueConfigMessage.fromPartial({
+    groupConcurrency: config.groupConcurrency ?? 0,
+    groupFifo: config.groupFifo ?? false,
+    startLimit: config.startLimit && limitMessage(config.startLimit),
+    startLimitPerGroup: config.startLimitPerGroup ?? false,
+  });
+}
+
+function storedQueueConfigOf(config: QueueConfigMessage | undefined): StoredQueueConfig {
+  return {
+    groupConcurrency: config?.groupConcurrency ?? 0,
+    groupFifo: config?.groupFifo ?? false,
+    startLimit: config?.startLimit && rateLimitOf(config.startLimit),
+    startLimitPerGroup: config?.startLimitPerGroup ?? false,
+  };
+}
+
 /** One delivery of a job to a handler. */
 export interface Job {
   id: string;
@@ -372,6 +442,8 @@ export interface Job {
   /** The error message of the previous attempt, if it failed. */
   lastError: string;
   createdAt: Date | undefined;
+  /** The group given to enqueue; "" when none. */
+  group: string;
   /** Proves this delivery to Ack/Nack/Extend on the raw stub; consume does all three. */
   leaseId: string;
   /**
@@ -511,6 +583,7 @@ function jobOf(delivery: Delivery, reportProgress: ReportProgress): Job {
     maxAttempts: job?.maxAttempts ?? 0,
     lastError: job?.lastError ?? "",
     createdAt: job?.createdAt,
+    group: job?.group ?? "",
     leaseId: delivery.leaseId,
     traceContext: { ...job?.traceContext },
     lastProgress: job?.progress && progressOf(job.progress),
@@ -996,7 +1069,10 @@ class Worker {
   }
 }
 
-/** enqueue, consume, watchJob, waitForJob, watchQueue and listJobs, for BatonClient. */
+/**
+ * enqueue, consume, watchJob, waitForJob, watchQueue, listJobs, configureQueue and
+ * getQueueConfig, for BatonClient.
+ */
 export class QueueHelpers {
   constructor(
     private readonly stub: JobQueueServiceClient,
@@ -1019,6 +1095,7 @@ export class QueueHelpers {
       },
       dedupKey: options.dedupKey ?? "",
       dedupTtl: options.dedupTtlMs ? msToDuration(options.dedupTtlMs) : undefined,
+      group: options.group ?? "",
     });
     // Wait-for-ready only when a retry is safe too; otherwise fail fast while reconnecting.
     const call = () =>
@@ -1212,5 +1289,32 @@ export class QueueHelpers {
       options.signal,
     );
     return { jobs: response.jobs.map(snapshotOf), nextPageToken: response.nextPageToken };
+  }
+
+  /**
+   * Sets how `queue` delivers — the whole configuration: what `config` leaves out is turned
+   * off. It takes effect at the next delivery on every replica; jobs already delivered are
+   * not affected. Retried on UNAVAILABLE (setting it again is harmless). InvalidArgumentError
+   * for groupConcurrency over 10,000 (field "config.group_concurrency") or an invalid start
+   * limit (its field under "config.start_limit").
+   */
+  async configureQueue(queue: string, config: QueueConfig, signal?: AbortSignal): Promise<void> {
+    const request = ConfigureQueueRequest.fromPartial({ queue, config: queueConfigMessage(config) });
+    await retryUnavailable(
+      () => unary(this.stub.configureQueue.bind(this.stub), request, { waitForReady: true }, signal),
+      this.defaultTimeoutMs,
+      signal,
+    );
+  }
+
+  /** The configuration of `queue`; a queue never configured has none of the rules. Retried on UNAVAILABLE. */
+  async getQueueConfig(queue: string, signal?: AbortSignal): Promise<StoredQueueConfig> {
+    const request = GetQueueConfigRequest.fromPartial({ queue });
+    const response = await retryUnavailable(
+      () => unary(this.stub.getQueueConfig.bind(this.stub), request, { waitForReady: true }, signal),
+      this.defaultTimeoutMs,
+      signal,
+    );
+    return storedQueueConfigOf(response.config);
   }
 }

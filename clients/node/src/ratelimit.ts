@@ -1,7 +1,16 @@
 // Rate limits: allow() on baton.v1.RateLimiterService/Check.
 
-import { fromGrpcError } from "./errors.js";
-import { Algorithm, CheckRequest, CheckResponse, LimitRequest, RateLimiterServiceClient } from "./gen/baton/v1/ratelimit.js";
+import { status as Status } from "@grpc/grpc-js";
+
+import { fromGrpcError, InternalError } from "./errors.js";
+import {
+  Algorithm,
+  CheckRequest,
+  CheckResponse,
+  Limit,
+  LimitRequest,
+  RateLimiterServiceClient,
+} from "./gen/baton/v1/ratelimit.js";
 import { durationToMs, msToDuration } from "./connection.js";
 import { unary } from "./unary.js";
 
@@ -25,9 +34,24 @@ const ALGORITHMS: Record<AlgorithmName, Algorithm> = {
   token_bucket: Algorithm.ALGORITHM_TOKEN_BUCKET,
 };
 
+/**
+ * An inline limit: at most `limit` per `periodMs`, counted by `algorithm` (baton.v1.Limit).
+ * What allow() takes inline, and a queue's start limit (QueueConfig.startLimit).
+ */
+export interface RateLimit {
+  /** Admitted per period; at least 1. */
+  limit: number;
+  /** The period's length, from 1 ms up to the server's maximum (default 30 days). */
+  periodMs: number;
+  /** Default "sliding_window". */
+  algorithm?: AlgorithmName;
+  /** Token bucket only: how many may pass at once; 0 or unset means `limit`. */
+  burst?: number;
+}
+
 /** An inline limit ("limit per periodMs"), or the name of one in the server's configuration. */
 export type AllowOptions = (
-  | { limit: number; periodMs: number; algorithm?: AlgorithmName; burst?: number; policy?: never }
+  | (RateLimit & { policy?: never })
   | { policy: string; limit?: never; periodMs?: never; algorithm?: never; burst?: never }
 ) & {
   /** Units this request consumes (default 1). */
@@ -54,21 +78,42 @@ export interface Decision {
   degraded: boolean;
 }
 
+/** The baton.v1.Limit of an inline limit. */
+export function limitMessage(limit: RateLimit): Limit {
+  return Limit.fromPartial({
+    // An algorithm not listed (from untyped code) goes as UNSPECIFIED, which Baton refuses.
+    algorithm: ALGORITHMS[limit.algorithm ?? "sliding_window"] ?? Algorithm.ALGORITHM_UNSPECIFIED,
+    limit: BigInt(limit.limit),
+    period: msToDuration(limit.periodMs),
+    burst: BigInt(limit.burst ?? 0),
+  });
+}
+
+/**
+ * An inline limit as Baton sent it, every field filled in. Rejects (InternalError) an
+ * algorithm this client does not know — a newer server's — rather than name it wrongly.
+ */
+export function rateLimitOf(limit: Limit): Required<RateLimit> {
+  const algorithm = (Object.keys(ALGORITHMS) as AlgorithmName[]).find((name) => ALGORITHMS[name] === limit.algorithm);
+  if (algorithm === undefined) {
+    throw new InternalError(`a limit with algorithm ${limit.algorithm}, which this client does not know`, {
+      code: Status.INTERNAL,
+    });
+  }
+  return {
+    limit: Number(limit.limit),
+    periodMs: durationToMs(limit.period),
+    algorithm,
+    burst: Number(limit.burst),
+  };
+}
+
 function limitRequest(key: string, options: AllowOptions): LimitRequest {
   const cost = BigInt(options.cost ?? 1);
   if (options.policy !== undefined) {
     return LimitRequest.fromPartial({ key, policy: options.policy, cost });
   }
-  return LimitRequest.fromPartial({
-    key,
-    cost,
-    limit: {
-      algorithm: ALGORITHMS[options.algorithm ?? "sliding_window"],
-      limit: BigInt(options.limit),
-      period: msToDuration(options.periodMs),
-      burst: BigInt(options.burst ?? 0),
-    },
-  });
+  return LimitRequest.fromPartial({ key, cost, limit: limitMessage(options) });
 }
 
 function decision(response: CheckResponse): Decision {

@@ -5,7 +5,7 @@ Layout:
 
 - ``client.Client`` (threads) and ``aio.AsyncClient`` (asyncio): connection options, and
   ``.stubs``, the generated stubs of every service (``pb/``, from ``make gen``)
-- ``ratelimit``: ``allow()``
+- ``ratelimit``: ``allow()``; ``Limit``, an inline limit definition
 - ``lock``: ``lock()`` / ``acquire()`` and the leases they hold through KeepAlive
 - ``election``: ``lead()`` / ``campaign()``, the leaderships they keep as the lock keeps
   leases, ``leader()`` and ``observe()``
@@ -13,7 +13,8 @@ Layout:
 - ``session``: ``create_session()`` … ``revoke_sessions()``; ``django_sessions``: a Django
   session engine on them
 - ``queue``: ``enqueue()`` and ``consume()``, the worker loop (``job.progress()``);
-  ``watch_job()``, ``wait_for_job()``, ``watch_queue()`` and ``list_jobs()``
+  ``watch_job()``, ``wait_for_job()``, ``watch_queue()`` and ``list_jobs()``;
+  ``configure_queue()`` / ``get_queue_config()`` (groups and start limits)
 - ``errors``: ``BatonError`` and its subclasses, from ``google.rpc`` error details;
   ``ErrorReason``, the generated enum of their ``reason`` (``BatonError.error_reason``)
 """
@@ -65,12 +66,13 @@ from .queue import (
     JobSnapshot,
     JobState,
     JobWatch,
+    QueueConfig,
     QueueEvent,
     QueueEventKind,
     QueueWatch,
     RetryBackoff,
 )
-from .ratelimit import Algorithm, Decision
+from .ratelimit import Algorithm, Decision, Limit
 from .session import Session
 
 __all__ = [
@@ -110,10 +112,12 @@ __all__ = [
     "Leadership",
     "Lease",
     "LeaseLost",
+    "Limit",
     "LockNotAcquired",
     "NotFound",
     "Observation",
     "PermissionDenied",
+    "QueueConfig",
     "QueueEvent",
     "QueueEventKind",
     "QueueWatch",

@@ -25,6 +25,10 @@ request/response over the queue is ``enqueue`` then ``wait_for_job``), a whole q
 ``watch_queue`` (its events from the moment the watch starts), and page through a queue's
 jobs in one state with ``list_jobs``. The watches are reopened, on whichever replica the
 balancer picks, when their stream ends UNAVAILABLE (a draining replica ends them so).
+
+A job may belong to a ``group`` (a tenant, a customer): deliveries go round-robin across a
+queue's groups, and ``configure_queue`` bounds how many jobs of one group are active at once,
+makes each group strict FIFO, or limits job starts per period (``get_queue_config`` reads it).
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from .errors import (
 )
 from .pb.baton.v1 import queue_pb2
 from .pb.baton.v1.errors_pb2 import ErrorReason
+from .ratelimit import Limit, _limit, _limit_proto
 
 if TYPE_CHECKING:
     from .pb.baton.v1 import queue_pb2_grpc
@@ -107,6 +112,45 @@ class Enqueued:
     job_id: str
     duplicate: bool
     """The dedup key matched an earlier job, whose id ``job_id`` is; nothing was added."""
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """How a queue delivers (``configure_queue``, ``get_queue_config``); the defaults are a
+    queue never configured: no group limit, no start limit."""
+
+    group_concurrency: int = 0
+    """At most this many jobs of one group active at once, on every replica together; 0
+    means no limit (at most 10,000)."""
+    group_fifo: bool = False
+    """Each group strict FIFO: one job at a time, in enqueue order; a job waiting to retry
+    holds its group (one that goes dead or is cancelled releases it)."""
+    start_limit: Limit | None = None
+    """At most this many job starts (deliveries) per period; jobs over it stay READY until
+    it allows them. None: no limit."""
+    start_limit_per_group: bool = False
+    """Apply ``start_limit`` to each group on its own (the ungrouped jobs as one more group)
+    rather than to the whole queue."""
+
+
+def _queue_config_proto(config: QueueConfig) -> queue_pb2.QueueConfig:
+    proto = queue_pb2.QueueConfig(
+        group_concurrency=config.group_concurrency,
+        group_fifo=config.group_fifo,
+        start_limit_per_group=config.start_limit_per_group,
+    )
+    if config.start_limit is not None:
+        proto.start_limit.CopyFrom(_limit_proto(config.start_limit))
+    return proto
+
+
+def _queue_config(proto: queue_pb2.QueueConfig) -> QueueConfig:
+    return QueueConfig(
+        group_concurrency=proto.group_concurrency,
+        group_fifo=proto.group_fifo,
+        start_limit=_limit(proto.start_limit) if proto.HasField("start_limit") else None,
+        start_limit_per_group=proto.start_limit_per_group,
+    )
 
 
 class JobState(enum.IntEnum):
@@ -229,6 +273,8 @@ class JobSnapshot:
     """When it became SUCCEEDED, DEAD or CANCELLED; None before."""
     progress: JobProgress | None
     """The latest progress reported by any of its deliveries; None before the first."""
+    group: str = ""
+    """The group given to ``enqueue``; empty for none."""
     trace_context: dict[str, str] = field(default_factory=dict, repr=False)
     """The W3C trace context the job travels with (see :attr:`Job.trace_context`)."""
 
@@ -263,6 +309,7 @@ def _snapshot(job: queue_pb2.Job) -> JobSnapshot:
         retry_backoff=backoff,
         finished_at=_time(job, "finished_at"),
         progress=_progress(job),
+        group=job.group,
         trace_context=dict(job.trace_context),
     )
 
@@ -344,6 +391,8 @@ class Job:
     created_at: datetime.datetime
     lease_id: str
     """Proves this delivery to Ack/Nack/Extend on the raw stub; ``consume`` does all three."""
+    group: str = ""
+    """The group given to ``enqueue``; empty for none."""
     cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
     """Set when the handler should stop: the job was cancelled, its lease lost, or the
     worker is shutting down. Its result no longer counts; long handlers should check it."""
@@ -435,6 +484,7 @@ def _job(
         last_error=job.last_error,
         created_at=job.created_at.ToDatetime(datetime.UTC),
         lease_id=delivery.lease_id,
+        group=job.group,
         trace_context=dict(job.trace_context),
         last_progress=_progress(job),
         _stub=stub,
@@ -453,6 +503,7 @@ def _enqueue_request(
     retry_backoff: RetryBackoff | None,
     dedup_key: str,
     dedup_ttl: Seconds | None,
+    group: str,
 ) -> queue_pb2.EnqueueRequest:
     request = queue_pb2.EnqueueRequest(
         queue=queue,
@@ -461,6 +512,7 @@ def _enqueue_request(
         priority=priority,
         max_attempts=max_attempts,
         dedup_key=dedup_key,
+        group=group,
     )
     if delay is not None:
         request.delay.CopyFrom(duration(delay))
@@ -1553,9 +1605,21 @@ def _job_page(response: queue_pb2.ListJobsResponse) -> JobPage:
     )
 
 
+def _configure_queue_request(
+    queue: str,
+    group_concurrency: int,
+    group_fifo: bool,
+    start_limit: Limit | None,
+    start_limit_per_group: bool,
+) -> queue_pb2.ConfigureQueueRequest:
+    config = QueueConfig(group_concurrency, group_fifo, start_limit, start_limit_per_group)
+    return queue_pb2.ConfigureQueueRequest(queue=queue, config=_queue_config_proto(config))
+
+
 class Queue:
-    """``enqueue()``, ``consume()``, ``watch_job()``, ``wait_for_job()``, ``watch_queue()``
-    and ``list_jobs()`` for the sync :class:`baton_client.Client`."""
+    """``enqueue()``, ``consume()``, ``watch_job()``, ``wait_for_job()``, ``watch_queue()``,
+    ``list_jobs()``, ``configure_queue()`` and ``get_queue_config()`` for the sync
+    :class:`baton_client.Client`."""
 
     _queue: queue_pb2_grpc.JobQueueServiceStub
     _default_timeout: float | None
@@ -1573,13 +1637,18 @@ class Queue:
         retry_backoff: RetryBackoff | None = None,
         dedup_key: str = "",
         dedup_ttl: Seconds | None = None,
+        group: str = "",
     ) -> Enqueued:
         """Adds a job to ``queue``, ready now, after ``delay`` seconds or at ``run_at``.
 
         With a ``dedup_key``, another enqueue to the queue with the same key within
         ``dedup_ttl`` answers the first job's id with ``duplicate=True``; that also makes the
         call safe to retry, so only then is it retried on UNAVAILABLE — without a key a retry
-        after a lost answer could enqueue the job twice."""
+        after a lost answer could enqueue the job twice.
+
+        ``group`` (a tenant, a customer; up to 512 bytes) puts the job in a group: deliveries
+        go round-robin across the queue's groups, within a group in enqueue order
+        (``priority`` orders ungrouped jobs only), under the limits of ``configure_queue``."""
         request = _enqueue_request(
             queue,
             payload,
@@ -1591,6 +1660,7 @@ class Queue:
             retry_backoff,
             dedup_key,
             dedup_ttl,
+            group,
         )
         if dedup_key:
             response = _retry.call(lambda: self._queue.Enqueue(request), self._default_timeout)
@@ -1685,8 +1755,8 @@ class Queue:
     def list_jobs(
         self, queue: str, state: JobState | int, page_size: int = 0, page_token: str = ""
     ) -> JobPage:
-        """One page of ``queue``'s jobs in ``state``, with their payloads: READY (in
-        delivery order), SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest
+        """One page of ``queue``'s jobs in ``state``, with their payloads: READY (oldest
+        due first), SCHEDULED (delayed jobs and FAILED ones waiting to retry, soonest
         first), ACTIVE (lease expiring soonest first), SUCCEEDED (the most recently finished
         first, as many as Baton keeps) or DEAD (oldest death first). ``page_size`` 0 means
         100 (at most 1000); pass the page's ``next_page_token`` as ``page_token`` for the
@@ -1696,10 +1766,45 @@ class Queue:
         response = _retry.call(lambda: self._queue.ListJobs(request), self._default_timeout)
         return _job_page(response)
 
+    def configure_queue(
+        self,
+        queue: str,
+        *,
+        group_concurrency: int = 0,
+        group_fifo: bool = False,
+        start_limit: Limit | None = None,
+        start_limit_per_group: bool = False,
+    ) -> None:
+        """Sets how ``queue`` delivers — the whole configuration: what is not given is
+        turned off. ``group_concurrency`` bounds the jobs of one group active at once, on
+        every replica together (0: no limit; at most 10,000). ``group_fifo`` makes each group
+        strict FIFO: one job at a time, in enqueue order, a job waiting to retry holding its
+        group (implies ``group_concurrency`` 1). ``start_limit`` bounds job starts
+        (deliveries) per period, counted with the rate limiter's algorithms — a
+        ``SLIDING_WINDOW`` limit holds in every span of one period — queue-wide, or per group
+        with ``start_limit_per_group`` (the ungrouped jobs counting as one more group); jobs
+        over it stay READY until it allows them. It applies from each replica's next
+        delivery; jobs already delivered are not affected.
+
+        Raises :class:`InvalidArgument` naming the field (``config.group_concurrency``, the
+        start limit's fields) for a bad configuration. Retried on UNAVAILABLE."""
+        request = _configure_queue_request(
+            queue, group_concurrency, group_fifo, start_limit, start_limit_per_group
+        )
+        _retry.call(lambda: self._queue.ConfigureQueue(request), self._default_timeout)
+
+    def get_queue_config(self, queue: str) -> QueueConfig:
+        """``queue``'s configuration (``configure_queue``); a queue never configured has
+        the default :class:`QueueConfig`. Retried on UNAVAILABLE."""
+        request = queue_pb2.GetQueueConfigRequest(queue=queue)
+        response = _retry.call(lambda: self._queue.GetQueueConfig(request), self._default_timeout)
+        return _queue_config(response.config)
+
 
 class AsyncQueue:
-    """``enqueue()``, ``consume()``, ``watch_job()``, ``wait_for_job()``, ``watch_queue()``
-    and ``list_jobs()`` for :class:`baton_client.AsyncClient`."""
+    """``enqueue()``, ``consume()``, ``watch_job()``, ``wait_for_job()``, ``watch_queue()``,
+    ``list_jobs()``, ``configure_queue()`` and ``get_queue_config()`` for
+    :class:`baton_client.AsyncClient`."""
 
     _queue: queue_pb2_grpc.JobQueueServiceStub
     _default_timeout: float | None
@@ -1717,6 +1822,7 @@ class AsyncQueue:
         retry_backoff: RetryBackoff | None = None,
         dedup_key: str = "",
         dedup_ttl: Seconds | None = None,
+        group: str = "",
     ) -> Enqueued:
         """See :meth:`Queue.enqueue`."""
         request = _enqueue_request(
@@ -1730,6 +1836,7 @@ class AsyncQueue:
             retry_backoff,
             dedup_key,
             dedup_ttl,
+            group,
         )
         if dedup_key:
             response = await _retry.acall(
@@ -1806,3 +1913,30 @@ class AsyncQueue:
             self._default_timeout,
         )
         return _job_page(response)
+
+    async def configure_queue(
+        self,
+        queue: str,
+        *,
+        group_concurrency: int = 0,
+        group_fifo: bool = False,
+        start_limit: Limit | None = None,
+        start_limit_per_group: bool = False,
+    ) -> None:
+        """See :meth:`Queue.configure_queue`."""
+        request = _configure_queue_request(
+            queue, group_concurrency, group_fifo, start_limit, start_limit_per_group
+        )
+        await _retry.acall(
+            lambda: self._queue.ConfigureQueue(request),  # type: ignore[arg-type,return-value]
+            self._default_timeout,
+        )
+
+    async def get_queue_config(self, queue: str) -> QueueConfig:
+        """See :meth:`Queue.get_queue_config`."""
+        request = queue_pb2.GetQueueConfigRequest(queue=queue)
+        response = await _retry.acall(
+            lambda: self._queue.GetQueueConfig(request),  # type: ignore[arg-type,return-value]
+            self._default_timeout,
+        )
+        return _queue_config(response.config)

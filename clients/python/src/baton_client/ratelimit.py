@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import grpc
 
-from ._connection import Seconds, duration
+from ._connection import Seconds, duration, seconds
 from .errors import from_rpc_error
 from .pb.baton.v1 import ratelimit_pb2
 
@@ -30,6 +30,48 @@ class Algorithm(enum.IntEnum):
     """
     TOKEN_BUCKET = ratelimit_pb2.ALGORITHM_TOKEN_BUCKET
     """GCRA: ``burst`` at once, then one every ``period / limit``."""
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A limit defined inline: at most ``limit`` per ``period`` seconds, counted by
+    ``algorithm``; e.g. a queue's start limit (``configure_queue(start_limit=...)``)."""
+
+    limit: int
+    """Admitted per period; at least 1."""
+    period: Seconds
+    """From 1 ms up to Baton's maximum (30 days by default); a timedelta given is kept as
+    seconds, so that equal limits compare equal."""
+    algorithm: Algorithm = Algorithm.SLIDING_WINDOW
+    """An algorithm a newer Baton reports and this version does not know is kept as its
+    number."""
+    burst: int = 0
+    """Token bucket only: how many may pass at once; 0 means ``limit``."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "period", seconds(self.period))
+
+
+def _limit_proto(limit: Limit) -> ratelimit_pb2.Limit:
+    return ratelimit_pb2.Limit(
+        algorithm=int(limit.algorithm),  # type: ignore[arg-type]
+        limit=limit.limit,
+        period=duration(limit.period),
+        burst=limit.burst,
+    )
+
+
+def _limit(proto: ratelimit_pb2.Limit) -> Limit:
+    try:
+        algorithm = Algorithm(proto.algorithm)
+    except ValueError:
+        algorithm = cast(Algorithm, int(proto.algorithm))
+    return Limit(
+        limit=proto.limit,
+        period=proto.period.ToTimedelta(),
+        algorithm=algorithm,
+        burst=proto.burst,
+    )
 
 
 @dataclass(frozen=True)
