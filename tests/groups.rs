@@ -392,3 +392,68 @@ async fn bad_configurations_and_groups_are_refused_naming_the_field() {
     assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "group");
     let _ = PATIENCE;
 }
+
+/// Run as a child process by the next test: leases the head job of each of 3 FIFO groups
+/// and holds them until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifo_consumer_child_process() {
+    let (Ok(addr), Ok(queue)) = (std::env::var("BATON_FIFO_CHILD_ADDR"), std::env::var("BATON_FIFO_CHILD_QUEUE"))
+    else {
+        return; // Not running as the child: nothing to do.
+    };
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut queues = JobQueueServiceClient::new(channel);
+    let mut stream = consume(&mut queues, &queue, 8).await;
+    for _ in 0..3 {
+        let held = delivery(&mut stream, PATIENCE).await.expect("a job for the child");
+        assert_eq!(payload_of(&held), "0", "the head of its group");
+    }
+    println!("HOLDING");
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_group_waits_for_the_job_a_sigkilled_consumer_process_held() {
+    let redis = Redis::start();
+    let baton = Server::start(&redis.url(), &[]);
+    let queue = unique("fifo-killed");
+    let mut queues = baton.queues().await;
+    configure(&mut queues, &queue, QueueConfig { group_fifo: true, ..Default::default() }).await;
+    let mut jobs = Vec::new();
+    for i in 0..10 {
+        jobs.extend((0..3).map(|g| grouped(&queue, &format!("g{g}"), i.to_string())));
+    }
+    enqueue_all(&mut queues, jobs).await;
+    let env = [("BATON_FIFO_CHILD_ADDR", baton.addr.to_string()), ("BATON_FIFO_CHILD_QUEUE", queue.clone())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut child =
+        common::spawn_holding_child("fifo_consumer_child_process", &env, "the child never leased its jobs").await;
+    // While the child holds every group's head, nothing else of those groups is delivered.
+    let mut stream = consume(&mut queues, &queue, 8).await;
+    assert!(delivery(&mut stream, Duration::from_millis(300)).await.is_none(), "a group's next job overtook its head");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut order: HashMap<String, Vec<(String, u32)>> = HashMap::new();
+    let mut streams = [stream, consume(&mut queues, &queue, 8).await, consume(&mut queues, &queue, 8).await];
+    let (mut settled, started) = (0, Instant::now());
+    while settled < 30 {
+        assert!(started.elapsed() < PATIENCE, "only {settled} of 30 jobs settled");
+        for stream in &mut streams {
+            if let Some(delivery) = delivery(stream, Duration::from_millis(50)).await {
+                let entries = order.entry(group_of(&delivery)).or_default();
+                entries.push((payload_of(&delivery), delivery.attempt));
+                queues.ack(AckRequest { lease_id: delivery.lease_id, result: Vec::new() }).await.unwrap();
+                settled += 1;
+            }
+        }
+    }
+    for g in 0..3 {
+        let expected: Vec<(String, u32)> = (0..10).map(|i| (i.to_string(), if i == 0 { 2 } else { 1 })).collect();
+        assert_eq!(
+            order[&format!("g{g}")],
+            expected,
+            "g{g}: the killed consumer's job first, again, then the rest in order"
+        );
+    }
+}

@@ -114,9 +114,12 @@ end
 
 -- Keeps the newest `keep` entries of a finished set (`succeeded`, `dead`), deleting the
 -- jobs of older ones; `job` is any job key of the queue (its prefix makes the others).
+-- Trimming waits until the set is over by 1/64 of `keep`, so a busy queue trims once per
+-- that many finished jobs rather than in every script.
 local function keep_newest(set, job, id, keep)
-  local over = redis.call('ZCARD', set) - tonumber(keep)
-  if over > 0 then
+  keep = tonumber(keep)
+  local over = redis.call('ZCARD', set) - keep
+  if over > math.floor(keep / 64) then
     local prefix = string.sub(job, 1, #job - #id)
     local oldest = redis.call('ZRANGE', set, 0, over - 1)
     redis.call('ZREMRANGEBYRANK', set, 0, over - 1)

@@ -40,9 +40,13 @@ pub(crate) fn check_request(keys: &[String], algorithm: Algorithm) -> CheckReque
 }
 
 pub async fn run(bench: &mut Bench) {
-    // The same source baton loads: the common prelude, then the script.
-    let check_source =
-        [include_str!("../../../src/store/prelude.lua"), include_str!("../../../src/ratelimit/check.lua")].join("\n");
+    // The same source baton loads: the common prelude, the algorithms, then the script.
+    let check_source = [
+        include_str!("../../../src/store/prelude.lua"),
+        include_str!("../../../src/ratelimit/limits.lua"),
+        include_str!("../../../src/ratelimit/check.lua"),
+    ]
+    .join("\n");
     let (redis_port, d) = (bench.redis_port, bench.duration);
     let check_sha = script_sha(redis_port, &check_source);
     for (name, algorithm, code) in [

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use baton::proto::duration_to_proto;
 use baton::proto::v1::job_queue_service_client::JobQueueServiceClient;
 use baton::proto::v1::{
-    AckBatchRequest, AckRequest, ConsumeRequest, EnqueueBatchRequest, EnqueueRequest, consume_response, enqueue_request,
+    AckBatchRequest, AckRequest, ConsumeRequest, EnqueueBatchRequest, EnqueueRequest, WatchQueueRequest,
+    consume_response, enqueue_request,
 };
 use futures::FutureExt;
 use tokio_stream::StreamExt;
@@ -21,15 +22,26 @@ use crate::measure::histogram;
 pub async fn run(bench: &mut Bench) -> (f64, f64) {
     let d = bench.duration;
     let pool: Vec<Channel> = (0..6).map(|worker| bench.pool.get(worker)).collect();
-    let per_job = queue_end_to_end(&pool, "bench-e2e", d, false).await;
+    let plain = Variant { batched_acks: false, groups: 0, watcher: false };
+    let per_job = queue_end_to_end(&pool, "bench-e2e", d, plain).await;
     bench.notes.push(format!(
         "Queue end to end (2 producers with EnqueueBatch of 100, 4 consumer streams with max_in_flight 256, \
          one Ack per job): {per_job:.0} jobs/s acked"
     ));
-    let batched = queue_end_to_end(&pool, "bench-e2e-batched", d, true).await;
+    let batched_acks = Variant { batched_acks: true, ..plain };
+    let batched = queue_end_to_end(&pool, "bench-e2e-batched", d, batched_acks).await;
     bench.notes.push(format!(
         "Queue end to end as above, consumers acking with AckBatch (whatever the stream has delivered, up to \
          {ACK_BATCH}): {batched:.0} jobs/s acked"
+    ));
+    let grouped = queue_end_to_end(&pool, "bench-e2e-groups", d, Variant { groups: 100, ..batched_acks }).await;
+    let watched = queue_end_to_end(&pool, "bench-e2e-watched", d, Variant { watcher: true, ..batched_acks }).await;
+    bench.notes.push(format!(
+        "Queue end to end with AckBatch, jobs spread over 100 groups (round robin, no group limit): \
+         {grouped:.0} jobs/s ({:.2}× plain); with a WatchQueue watcher reading every event: {watched:.0} jobs/s \
+         ({:.2}× plain)",
+        grouped / batched,
+        watched / batched
     ));
     delayed_lateness(bench).await;
     (per_job, batched)
@@ -66,11 +78,39 @@ async fn delayed_lateness(bench: &mut Bench) {
 /// Most leases one AckBatch of the benchmark's consumers settles.
 const ACK_BATCH: usize = 256;
 
+#[derive(Clone, Copy)]
+struct Variant {
+    batched_acks: bool,
+    /// Jobs spread round robin over this many groups; 0: ungrouped.
+    groups: usize,
+    /// A WatchQueue stream reads every event meanwhile.
+    watcher: bool,
+}
+
 /// Jobs per second from enqueue to ack: 2 producers with EnqueueBatch of 100 (the backlog
 /// kept bounded, so the figure is throughput, not queue growth) and 4 consumer streams.
-async fn queue_end_to_end(pool: &[Channel], queue: &'static str, d: Duration, batched_acks: bool) -> f64 {
+async fn queue_end_to_end(pool: &[Channel], queue: &'static str, d: Duration, variant: Variant) -> f64 {
+    let Variant { batched_acks, groups, watcher } = variant;
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + d;
+    let watching = if watcher {
+        let mut queues = JobQueueServiceClient::new(pool[0].clone());
+        let request = WatchQueueRequest { queue: queue.into() };
+        let mut events = queues.watch_queue(request).await.unwrap().into_inner();
+        Some(tokio::spawn(async move {
+            let mut seen = 0u64;
+            while Instant::now() < stop {
+                match tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+                    Ok(Some(Ok(_))) => seen += 1,
+                    Ok(_) => break,
+                    Err(_) => {}
+                }
+            }
+            seen
+        }))
+    } else {
+        None
+    };
     let mut consumers = Vec::new();
     for consumer_channel in &pool[..4] {
         let mut queues = JobQueueServiceClient::new(consumer_channel.clone());
@@ -132,8 +172,13 @@ async fn queue_end_to_end(pool: &[Channel], queue: &'static str, d: Duration, ba
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     continue;
                 }
-                let requests = (0..100)
-                    .map(|_| EnqueueRequest { queue: queue.into(), payload: vec![b'j'; 64], ..Default::default() })
+                let requests = (0..100u64)
+                    .map(|i| EnqueueRequest {
+                        queue: queue.into(),
+                        payload: vec![b'j'; 64],
+                        group: if groups > 0 { format!("g{}", (enqueued + i) % groups as u64) } else { String::new() },
+                        ..Default::default()
+                    })
                     .collect();
                 queues.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap();
                 enqueued += 100;
@@ -143,5 +188,9 @@ async fn queue_end_to_end(pool: &[Channel], queue: &'static str, d: Duration, ba
     for task in producers.into_iter().chain(consumers) {
         task.await.unwrap();
     }
-    acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    let rate = acked.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    if let Some(watching) = watching {
+        assert!(watching.await.unwrap() > 0, "the watcher saw the queue's events");
+    }
+    rate
 }
