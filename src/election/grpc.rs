@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -20,6 +19,7 @@ use crate::proto::v1::{
     LeaderRequest, LeaderResponse, ObserveRequest, ObserveResponse, ProclaimRequest, ProclaimResponse, ResignRequest,
     ResignResponse,
 };
+use crate::task::serve_until_drained;
 use crate::validate::{self, Limits};
 
 /// The longest a Campaign waits, and how long a Campaign without `wait_timeout` waits.
@@ -143,26 +143,12 @@ impl ElectionService for ElectionGrpc {
         let namespace = crate::auth::namespace(&request);
         let request = request.into_inner();
         validate::key("name", &request.name, &self.limits)?;
-        let mut observation = self.elections.scoped(&namespace).observe(&request.name).await?;
-        let (sender, receiver) = mpsc::channel(OBSERVE_BUFFER);
-        let draining = self.draining.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    change = observation.next() => {
-                        if sender.send(Ok(change_to_proto(&change))).await.is_err() {
-                            return;
-                        }
-                    }
-                    () = sender.closed() => return,
-                    () = draining.cancelled() => {
-                        let _ = sender.send(Err(Error::ShuttingDown.into())).await;
-                        return;
-                    }
-                }
-            }
+        let observation = self.elections.scoped(&namespace).observe(&request.name).await?;
+        let changes = futures::stream::unfold(observation, |mut observation| async move {
+            let change = observation.next().await;
+            Some((Ok(change_to_proto(&change)), observation))
         });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(serve_until_drained(changes, self.draining.clone(), OBSERVE_BUFFER)))
     }
 
     async fn keep_alive(

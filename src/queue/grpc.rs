@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use std::pin::Pin;
+
+use tokio::sync::futures::OwnedNotified;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -26,9 +28,11 @@ use crate::proto::v1::{
 use crate::proto::{duration_from_proto, duration_to_proto, now_micros, timestamp_from_micros};
 use crate::queue::schedule;
 use crate::queue::{
-    Backoff, ConsumeOptions, Consumer, ConsumerEvent, Delivery, EventKind, Job, JobState, LeaseRef, MAX_PRIORITY,
-    MIN_PRIORITY, NewJob, Progress, QueueConfig, QueueEvent, QueueManager, QueueSettings, Steering, Watched,
+    Backoff, ConsumeOptions, Consumer, ConsumerEvent, Delivery, EventKind, Job, JobState, JobWatch, LeaseRef,
+    MAX_PRIORITY, MIN_PRIORITY, NewJob, Progress, QueueConfig, QueueEvent, QueueManager, QueueSettings, Steering,
+    Watched,
 };
+use crate::task::serve_until_drained;
 use crate::validate;
 use crate::validate::Limits;
 
@@ -389,53 +393,17 @@ impl JobQueueService for JobQueueGrpc {
         crate::traces::record_name(&queue);
         let queues = self.queues.scoped(&namespace);
         let watch = queues.watch_job(&queue, &job_id).await?;
-        let notified = watch.wake.clone().notified_owned();
-        let mut notified = Box::pin(notified);
-        notified.as_mut().enable();
-        let Some(mut last) = queues.get_job(&job_id).await? else {
+        // Registered before the read, so a change between the read and the wait is not missed.
+        let notified = JobFollow::registered(&watch);
+        let Some(first) = queues.get_job(&job_id).await? else {
             return Err(job_not_found(&job_id).into());
         };
-        last.payload.clear();
-        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
-        sender.try_send(Ok(WatchJobResponse { job: Some(job_to_proto(last.clone())) })).expect("a fresh channel");
-        if !is_finished(last.state) {
-            let shutdown = self.shutdown.clone();
-            tokio::spawn(async move {
-                let _watch = &watch;
-                loop {
-                    tokio::select! {
-                        () = &mut notified => {}
-                        () = tokio::time::sleep(JOB_RECHECK) => {}
-                        () = sender.closed() => return,
-                        () = shutdown.cancelled() => {
-                            let _ = sender.send(Err(Error::ShuttingDown.into())).await;
-                            return;
-                        }
-                    }
-                    notified = Box::pin(watch.wake.clone().notified_owned());
-                    notified.as_mut().enable();
-                    let job = match queues.get_job(&job_id).await {
-                        Ok(Some(job)) => Job { payload: Vec::new(), ..job },
-                        Ok(None) => {
-                            let _ = sender.send(Err(job_not_found(&job_id).into())).await;
-                            return;
-                        }
-                        // Redis is away: read again on the next news or recheck.
-                        Err(_) => continue,
-                    };
-                    if job == last {
-                        continue;
-                    }
-                    last = job.clone();
-                    if sender.send(Ok(WatchJobResponse { job: Some(job_to_proto(job)) })).await.is_err()
-                        || is_finished(last.state)
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        let first = Job { payload: Vec::new(), ..first };
+        let finished = is_finished(first.state);
+        let follow = JobFollow { queues, job_id, watch, last: first.clone(), notified, finished };
+        let first = futures::stream::once(async move { Ok(WatchJobResponse { job: Some(job_to_proto(first)) }) });
+        let changes = futures::stream::unfold(follow, JobFollow::next_change);
+        Ok(Response::new(serve_until_drained(first.chain(changes), self.shutdown.clone(), WATCH_BUFFER)))
     }
 
     async fn watch_queue(
@@ -449,26 +417,12 @@ impl JobQueueService for JobQueueGrpc {
         let queue = request.into_inner().queue;
         validate::key("queue", &queue, &self.limits)?;
         crate::traces::record_name(&queue);
-        let mut watch = self.queues.scoped(&namespace).watch_queue(&queue).await?;
-        let (sender, receiver) = mpsc::channel(WATCH_BUFFER);
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    watched = watch.next() => {
-                        if sender.send(Ok(watched_to_proto(watched))).await.is_err() {
-                            return;
-                        }
-                    }
-                    () = sender.closed() => return,
-                    () = shutdown.cancelled() => {
-                        let _ = sender.send(Err(Error::ShuttingDown.into())).await;
-                        return;
-                    }
-                }
-            }
+        let watch = self.queues.scoped(&namespace).watch_queue(&queue).await?;
+        let events = futures::stream::unfold(watch, |mut watch| async move {
+            let watched = watch.next().await;
+            Some((Ok(watched_to_proto(watched)), watch))
         });
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(serve_until_drained(events, self.shutdown.clone(), WATCH_BUFFER)))
     }
 
     async fn configure_queue(
@@ -875,6 +829,56 @@ impl JobQueueService for JobQueueGrpc {
         validate::key("queue", &queue, &self.limits)?;
         self.queues.scoped(&namespace).resume(&queue).await?;
         Ok(Response::new(ResumeQueueResponse {}))
+    }
+}
+
+/// A WatchJob stream's state: the job as last sent, and the wake-up for its next change.
+struct JobFollow {
+    queues: QueueManager,
+    job_id: String,
+    watch: JobWatch,
+    last: Job,
+    notified: Pin<Box<OwnedNotified>>,
+    finished: bool,
+}
+
+impl JobFollow {
+    fn registered(watch: &JobWatch) -> Pin<Box<OwnedNotified>> {
+        let mut notified = Box::pin(watch.wake.clone().notified_owned());
+        notified.as_mut().enable();
+        notified
+    }
+
+    /// The job once it differs from the last sent (re-read on its events and every
+    /// [`JOB_RECHECK`]); nothing after a finished state or NOT_FOUND.
+    async fn next_change(mut self) -> Option<(Result<WatchJobResponse, Status>, Self)> {
+        if self.finished {
+            return None;
+        }
+        loop {
+            tokio::select! {
+                () = &mut self.notified => {}
+                () = tokio::time::sleep(JOB_RECHECK) => {}
+            }
+            self.notified = Self::registered(&self.watch);
+            match self.queues.get_job(&self.job_id).await {
+                Ok(Some(job)) => {
+                    let job = Job { payload: Vec::new(), ..job };
+                    if job != self.last {
+                        self.last = job.clone();
+                        self.finished = is_finished(job.state);
+                        return Some((Ok(WatchJobResponse { job: Some(job_to_proto(job)) }), self));
+                    }
+                }
+                Ok(None) => {
+                    self.finished = true;
+                    let gone = job_not_found(&self.job_id).into();
+                    return Some((Err(gone), self));
+                }
+                // Redis is away: read again on the next news or recheck.
+                Err(_) => {}
+            }
+        }
     }
 }
 

@@ -29,7 +29,7 @@ use crate::error::Error;
 use crate::store::notify::Notifier;
 use crate::store::{Arg, Command, Fields, KeyBuilder, Outcome, Pipeline, Script, Store, StoreError};
 pub use consumer::{ConsumeOptions, Consumer, ConsumerEvent, Steering};
-pub use events::{EventKind, QueueEvent, Watched};
+pub use events::{EventKind, JobWatch, QueueEvent, Watched};
 pub use ids::{LeaseRef, new_job_id, queue_of_job};
 use ids::{STREAM_ID_BYTES, new_lease_token};
 use keys::QueueKeys;
