@@ -14,7 +14,7 @@ CARGO_DENY_STAMP := tools/cargo/.cargo-deny-$(CARGO_DENY_VERSION)
 ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 
 .PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench clean clients-test gen deploy-test abuse-test \
-	toxiproxy chaos soak fresh-test docs-test
+	toxiproxy chaos soak fresh-test docs-test envoy-ratelimit
 
 # Client SDKs (clients/go, clients/python, clients/node): `make gen`, `make clients-test`.
 -include clients/clients.mk
@@ -121,11 +121,25 @@ cargo-test: toxiproxy
 # to docs/benchmarks.md. The peers (BullMQ, node-redlock: pinned in bench/peers) run against
 # the bench's own Redis in the same run.
 # The clients' own workers (bench/workers) run from the clients' installed dependencies.
-bench: redis-server clients-deps
+bench: redis-server clients-deps envoy-ratelimit
 	$(CARGO) build --release --locked -p baton -p baton-bench
 	npm ci --prefix bench/peers --no-fund --no-audit --loglevel=error
 	target/release/baton-bench --baton target/release/baton --peers bench/peers \
-		--report bench/results/$$(date +%F).md
+		--envoy-ratelimit $(ENVOY_RATELIMIT) --report bench/results/$$(date +%F).md
+
+# envoyproxy/ratelimit, the reference Envoy rate limit service and the benchmark's RLS peer,
+# from the Go module proxy at a pinned commit (it tags no releases).
+ENVOY_RATELIMIT_VERSION := v1.4.1-0.20260122083618-3fb702589d36
+ENVOY_RATELIMIT := tools/ratelimit/service_cmd
+ENVOY_RATELIMIT_STAMP := tools/ratelimit/.ratelimit-$(ENVOY_RATELIMIT_VERSION)
+
+$(ENVOY_RATELIMIT_STAMP):
+	@echo "installing envoyproxy/ratelimit $(ENVOY_RATELIMIT_VERSION) (Go module proxy)"
+	mkdir -p tools/ratelimit
+	GOBIN=$(CURDIR)/tools/ratelimit go install github.com/envoyproxy/ratelimit/src/service_cmd@$(ENVOY_RATELIMIT_VERSION)
+	@touch $@
+
+envoy-ratelimit: $(ENVOY_RATELIMIT_STAMP)
 
 # What a newcomer's machine does: a clean clone of HEAD, built and tested with an empty
 # cargo home (the toolchain still comes from rustup). Slow (a full cold build): run it

@@ -49,7 +49,7 @@ pub struct Args {
     /// Write the Markdown report here as well as to stdout.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Run only these scenario groups (comma-separated: ceiling, check, lock, cache,
+    /// Run only these scenario groups (comma-separated: ceiling, check, envoy, lock, cache,
     /// session, singletons, tracing, queue); default all. For profiling one path at a time.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -57,6 +57,11 @@ pub struct Args {
     /// Node scripts in this directory (bench/peers, after `npm ci`), against the same Redis.
     #[arg(long)]
     peers: Option<PathBuf>,
+    /// envoyproxy/ratelimit's server binary, measured beside baton's ShouldRateLimit
+    /// (`make bench` builds it from the Go module proxy); without it baton runs alone.
+    #[arg(long)]
+    envoy_ratelimit: Option<PathBuf>,
+
     /// Internal: serve a bare tonic server (gRPC health only, no layers) on this address and
     /// print it; the benchmark starts itself this way for the machine's gRPC ceiling.
     #[arg(long, hide = true)]
@@ -104,6 +109,9 @@ async fn main() {
     }
     if args.runs("check") {
         scenarios::check::run(&mut bench).await;
+    }
+    if args.runs("envoy") {
+        scenarios::envoy::run(&mut bench, args.envoy_ratelimit.as_deref()).await;
     }
     if args.runs("lock") {
         scenarios::lock::run(&mut bench).await;

@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod ceiling;
 pub mod check;
+pub mod envoy;
 pub mod lock;
 pub mod queue;
 pub mod session;
