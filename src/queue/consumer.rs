@@ -291,7 +291,8 @@ impl Consumer {
         let (deliveries, next_event) =
             self.queues.fetch(&self.queue, &self.stream_id, credit, self.visibility, &self.types).await?;
         let filled = !deliveries.is_empty() && deliveries.len() == credit;
-        for mut delivery in deliveries {
+        let mut deliveries = deliveries.into_iter();
+        while let Some(mut delivery) = deliveries.next() {
             // A span per delivery, in the enqueuer's trace, rather than one held open for
             // the stream's life; the worker continues from it.
             let span = crate::traces::message_span(
@@ -307,6 +308,9 @@ impl Consumer {
             // Counted as held before sending: if the send fails, hand_back returns it.
             self.held.push(lease);
             if self.sender.send(ConsumerEvent::Delivered(delivery)).await.is_err() {
+                // The rest of the batch is leased to this stream too: hand it all back now,
+                // not after the visibility timeout (a FIFO group would wait that long).
+                self.held.extend(deliveries.map(|delivery| delivery.lease));
                 return Ok(Next::ClientGone);
             }
         }

@@ -9,7 +9,7 @@
 //! tells its watchers how many events they missed instead of pretending nothing happened.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast};
@@ -29,6 +29,8 @@ const RECORD_FOR: Duration = Duration::from_secs(30);
 const REFRESH_EVERY: Duration = Duration::from_secs(10);
 /// A lost announcement delays watchers by at most this.
 const SAFETY_RECHECK: Duration = Duration::from_secs(5);
+/// Job watcher entries kept before the first sweep of dead ones.
+const MIN_SWEEP: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -87,23 +89,52 @@ pub enum Watched {
 struct Hub {
     events: broadcast::Sender<Watched>,
     /// WatchJob watchers by job id, woken on their job's events and on every gap.
-    jobs: Mutex<HashMap<String, Weak<Notify>>>,
-    _follower: TaskGuard,
+    jobs: Mutex<JobWatchers>,
+    /// Set once the hub exists, so the follower never finds it half-built.
+    follower: OnceLock<TaskGuard>,
+}
+
+/// Job watchers by job id. A watcher whose job has no further event leaves a dead entry
+/// behind, so entries are swept whenever the map doubles past its last live size.
+struct JobWatchers {
+    by_job: HashMap<String, Weak<Notify>>,
+    sweep_above: usize,
+}
+
+impl Default for JobWatchers {
+    fn default() -> Self {
+        Self { by_job: HashMap::new(), sweep_above: MIN_SWEEP }
+    }
+}
+
+impl JobWatchers {
+    fn join(&mut self, job_id: &str) -> Arc<Notify> {
+        if let Some(wake) = self.by_job.get(job_id).and_then(Weak::upgrade) {
+            return wake;
+        }
+        if self.by_job.len() >= self.sweep_above {
+            self.by_job.retain(|_, wake| wake.strong_count() > 0);
+            self.sweep_above = (self.by_job.len() * 2).max(MIN_SWEEP);
+        }
+        let wake = Arc::new(Notify::new());
+        self.by_job.insert(job_id.to_owned(), Arc::downgrade(&wake));
+        wake
+    }
 }
 
 impl Hub {
     fn dispatch(&self, watched: Watched) {
         let mut jobs = self.jobs.lock().expect("job watchers lock");
         match &watched {
-            Watched::Event(event) => match jobs.get(&event.job_id).map(Weak::upgrade) {
+            Watched::Event(event) => match jobs.by_job.get(&event.job_id).map(Weak::upgrade) {
                 Some(Some(wake)) => wake.notify_waiters(),
                 Some(None) => {
-                    jobs.remove(&event.job_id);
+                    jobs.by_job.remove(&event.job_id);
                 }
                 None => {}
             },
             Watched::Missed(_) => {
-                jobs.retain(|_, wake| wake.upgrade().inspect(|wake| wake.notify_waiters()).is_some());
+                jobs.by_job.retain(|_, wake| wake.upgrade().inspect(|wake| wake.notify_waiters()).is_some());
             }
         }
         drop(jobs);
@@ -153,17 +184,7 @@ impl QueueManager {
     /// A wake-up for changes of `job_id` of `queue`; read the job after enabling it.
     pub async fn watch_job(&self, queue: &str, job_id: &str) -> Result<JobWatch, Error> {
         let hub = self.hub(queue).await?;
-        let wake = {
-            let mut jobs = hub.jobs.lock().expect("job watchers lock");
-            match jobs.get(job_id).and_then(Weak::upgrade) {
-                Some(wake) => wake,
-                None => {
-                    let wake = Arc::new(Notify::new());
-                    jobs.insert(job_id.to_owned(), Arc::downgrade(&wake));
-                    wake
-                }
-            }
-        };
+        let wake = hub.jobs.lock().expect("job watchers lock").join(job_id);
         Ok(JobWatch { _hub: hub, wake })
     }
 
@@ -178,12 +199,13 @@ impl QueueManager {
         if let Some(hub) = hubs.get(&channel).and_then(Weak::upgrade) {
             return Ok(hub);
         }
-        let follower = Follower { queues: self.clone(), queue: queue.to_owned(), hub: Weak::new() };
-        let hub = Arc::new_cyclic(|hub: &Weak<Hub>| Hub {
+        let hub = Arc::new(Hub {
             events: broadcast::channel(WATCHER_BACKLOG).0,
             jobs: Mutex::default(),
-            _follower: TaskGuard::spawn(Follower { hub: hub.clone(), ..follower }.run(start, channel.clone())),
+            follower: OnceLock::new(),
         });
+        let follower = Follower { queues: self.clone(), queue: queue.to_owned(), hub: Arc::downgrade(&hub) };
+        let _ = hub.follower.set(TaskGuard::spawn(follower.run(start, channel.clone())));
         hubs.retain(|_, hub| hub.strong_count() > 0);
         hubs.insert(channel, Arc::downgrade(&hub));
         Ok(hub)
@@ -312,4 +334,22 @@ fn decode(fields: &[Vec<u8>]) -> Option<(u64, QueueEvent)> {
         job_type: text("type").unwrap_or_default(),
     };
     Some((number("n")? as u64, event))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchers_of_jobs_that_never_change_again_do_not_pile_up() {
+        let mut watchers = JobWatchers::default();
+        let live: Vec<Arc<Notify>> = (0..100).map(|i| watchers.join(&format!("live-{i}"))).collect();
+        for i in 0..100_000 {
+            drop(watchers.join(&format!("finished-{i}")));
+        }
+        assert!(watchers.by_job.len() <= 2 * MIN_SWEEP, "{} entries kept", watchers.by_job.len());
+        // Live watchers survive every sweep and share one wake-up per job.
+        assert!(Arc::ptr_eq(&watchers.join("live-7"), &live[7]));
+        assert_eq!(watchers.by_job.values().filter(|wake| wake.strong_count() > 0).count(), 100);
+    }
 }
