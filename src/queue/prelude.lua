@@ -64,6 +64,10 @@ end
 
 -- Puts a group at the back of the round robin if it has ready jobs and room for one more.
 local function offer_group(group)
+  -- Already in line: its place stands (and the turn counter is not spent on it).
+  if redis.call('ZSCORE', G.groups, group) then
+    return
+  end
   local limit = group_limit()
   if limit > 0 and tonumber(redis.call('HGET', G.active, group) or 0) >= limit then
     return
