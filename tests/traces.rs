@@ -139,6 +139,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// Now on the clock spans are stamped with (the same machine's).
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_continues_the_callers_trace_with_a_redis_span_beneath_it() {
     let redis = Redis::start();
@@ -223,10 +228,15 @@ async fn an_acquire_that_waited_shows_its_wait_between_two_attempts() {
     let held = locks.acquire(acquire(Duration::ZERO)).await.unwrap().into_inner().lease.unwrap();
     let mut waiter = locks.clone();
     let waiting = tokio::spawn({
-        let request = acquire(Duration::from_secs(10));
+        let request = acquire(Duration::from_secs(30));
         async move { waiter.acquire(with_traceparent(request)).await.unwrap().into_inner() }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Released only once the waiter's first attempt has been exported, so the waiter is known
+    // to be waiting (a fixed sleep raced a slow start of the waiting call on a loaded machine).
+    receiver
+        .span("the waiter's first attempt", |span| hex(&span.trace_id) == TRACE_ID && span.name.starts_with("lock"))
+        .await;
+    let released_at = unix_nanos();
     locks.release(ReleaseRequest { name: name.clone(), lease_id: held.lease_id }).await.unwrap();
     assert!(waiting.await.unwrap().acquired);
 
@@ -238,22 +248,23 @@ async fn an_acquire_that_waited_shows_its_wait_between_two_attempts() {
     assert_eq!(text(&server, "baton.outcome").as_deref(), Some("waited"));
     assert_eq!(text(&server, "baton.name").as_deref(), Some(name.as_str()));
     assert_eq!(text(&server, "baton.pattern").as_deref(), Some("lock"));
-    let took = server.end_time_unix_nano - server.start_time_unix_nano;
-    assert!(took >= 250_000_000, "the call waited for the release: {took} ns");
+    assert!(server.end_time_unix_nano >= released_at, "the call waited for the release");
 
-    let wait =
-        receiver.span("the wait span", |span| span.parent_span_id == server.span_id && span.name == "wait").await;
-    assert!(wait.end_time_unix_nano - wait.start_time_unix_nano >= 200_000_000, "the wait spans the holder's time");
-    // One attempt found the lock busy, the one after the wait took it.
-    let children = |spans: &[Span]| {
-        spans.iter().filter(|span| span.parent_span_id == server.span_id && span.name.starts_with("lock")).count()
+    // Children end before their parent, so they were exported with it or before it. A waiter
+    // re-checks every second, one wait span per nap: the last nap is the one the release ended.
+    let beneath = |prefix: &str| -> Vec<Span> {
+        let spans = receiver.spans().into_iter();
+        spans.filter(|span| span.parent_span_id == server.span_id && span.name.starts_with(prefix)).collect()
     };
-    eventually(PATIENCE, "two Redis attempts beneath the Acquire", || async { children(&receiver.spans()) >= 2 }).await;
-    let attempts: Vec<Span> = receiver
-        .spans()
-        .into_iter()
-        .filter(|span| span.parent_span_id == server.span_id && span.name.starts_with("lock"))
-        .collect();
+    let wait = beneath("wait").into_iter().max_by_key(|span| span.start_time_unix_nano).expect("a wait span");
+    assert!(
+        wait.start_time_unix_nano <= released_at && wait.end_time_unix_nano >= released_at,
+        "the last wait spans the release: {} ..= {} against {released_at}",
+        wait.start_time_unix_nano,
+        wait.end_time_unix_nano
+    );
+    // An attempt found the lock busy before that wait, the one after it took the lock.
+    let attempts = beneath("lock");
     assert!(attempts.iter().any(|span| span.end_time_unix_nano <= wait.start_time_unix_nano));
     assert!(attempts.iter().any(|span| span.start_time_unix_nano >= wait.end_time_unix_nano));
 }
