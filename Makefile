@@ -14,7 +14,7 @@ CARGO_DENY_STAMP := tools/cargo/.cargo-deny-$(CARGO_DENY_VERSION)
 ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 
 .PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench clean clients-test gen deploy-test abuse-test \
-	toxiproxy chaos soak fresh-test docs-test envoy-ratelimit
+	toxiproxy chaos soak fresh-test docs-test envoy-ratelimit dashboard-test
 
 # Client SDKs (clients/go, clients/python, clients/node): `make gen`, `make clients-test`.
 -include clients/clients.mk
@@ -24,13 +24,18 @@ ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 -include tests/abuse/abuse.mk
 # Every `sh` block of README.md and docs/ run against a real baton (tests/docs/): `make docs-test`.
 -include tests/docs/docs.mk
+# The operator dashboard in headless Chromium (tests/dashboard/): `make dashboard-test`.
+-include tests/dashboard/dashboard.mk
 # Upstream frameworks' own test suites against a real baton (conformance/): `make conformance`.
 -include conformance/conformance.mk
 
-run: redis-server
-	$(CARGO) run --release --bin baton -- $(ARGS)
+# The dashboard is on in development (http://127.0.0.1:8080); `make run ADMIN_LISTEN=…` moves it.
+ADMIN_LISTEN ?= 127.0.0.1:8080
 
-test: deps lint cargo-test abuse-test clients-test deploy-test docs-test
+run: redis-server
+	$(CARGO) run --release --bin baton -- --admin-listen $(ADMIN_LISTEN) $(ARGS)
+
+test: deps lint cargo-test abuse-test clients-test deploy-test docs-test dashboard-test
 
 deps: redis-server buf
 
@@ -160,3 +165,4 @@ clients-test::
 deploy-test::
 abuse-test::
 docs-test::
+dashboard-test::

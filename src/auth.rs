@@ -28,6 +28,20 @@ pub struct ApiKeyFile {
     /// key may call; empty = all.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Who holds the key, for the logs of dashboard actions; the hash's first 8 digits when
+    /// unset.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `admin` lets the key act on the dashboard (pause queues, retry jobs, revoke
+    /// sessions); any other key there only reads.
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +49,16 @@ struct ApiKey {
     hash: [u8; 32],
     tenant: Arc<str>,
     allow: Vec<String>,
+    name: Arc<str>,
+    role: Option<Role>,
+}
+
+/// Who presented a key: what the dashboard shows and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: Arc<str>,
+    pub tenant: Arc<str>,
+    pub admin: bool,
 }
 
 /// The tenant a request acts for, set by [`auth_layer`].
@@ -70,7 +94,17 @@ impl ApiKeys {
             if !tenant_ok {
                 return Err(format!("api_keys[{index}].tenant must be 1 to 64 characters of [A-Za-z0-9_-]"));
             }
-            keys.push(ApiKey { hash: bytes, tenant: entry.tenant.into(), allow: entry.allow });
+            let name = entry.name.unwrap_or_else(|| entry.sha256[..8].to_ascii_lowercase());
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                return Err(format!("api_keys[{index}].name must be 1 to 64 printable characters"));
+            }
+            keys.push(ApiKey {
+                hash: bytes,
+                tenant: entry.tenant.into(),
+                allow: entry.allow,
+                name: name.into(),
+                role: entry.role,
+            });
         }
         Ok(Self { keys })
     }
@@ -79,8 +113,26 @@ impl ApiKeys {
         !self.keys.is_empty()
     }
 
-    fn find(&self, presented: &str) -> Option<&ApiKey> {
+    /// The holder of `presented`, if it is a configured key, and the key's hash.
+    pub fn identify(&self, presented: &str) -> Option<(Identity, [u8; 32])> {
         let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.identify_hash(&hash).map(|identity| (identity, hash))
+    }
+
+    /// The holder of the key whose SHA-256 is `hash`, while that key is configured.
+    pub fn identify_hash(&self, hash: &[u8; 32]) -> Option<Identity> {
+        self.find_hash(hash).map(|key| Identity {
+            name: key.name.clone(),
+            tenant: key.tenant.clone(),
+            admin: key.role == Some(Role::Admin),
+        })
+    }
+
+    fn find(&self, presented: &str) -> Option<&ApiKey> {
+        self.find_hash(&Sha256::digest(presented.as_bytes()).into())
+    }
+
+    fn find_hash(&self, hash: &[u8; 32]) -> Option<&ApiKey> {
         let mut found = None;
         for key in &self.keys {
             // Constant time per entry, and every entry is visited.
@@ -93,7 +145,7 @@ impl ApiKeys {
     }
 }
 
-fn decode_hex(text: &str) -> Option<[u8; 32]> {
+pub fn decode_hex(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 {
         return None;
     }
@@ -166,11 +218,19 @@ mod tests {
     fn keys() -> ApiKeys {
         let hash = |key: &str| Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>();
         ApiKeys::from_file(vec![
-            ApiKeyFile { sha256: hash("admin-key"), tenant: "acme".into(), allow: vec![] },
+            ApiKeyFile {
+                sha256: hash("admin-key"),
+                tenant: "acme".into(),
+                allow: vec![],
+                name: Some("ops".into()),
+                role: Some(Role::Admin),
+            },
             ApiKeyFile {
                 sha256: hash("worker-key"),
                 tenant: "acme".into(),
                 allow: vec!["baton.v1.JobQueueService/Consume".into(), "baton.v1.JobQueueService/Ack".into()],
+                name: None,
+                role: None,
             },
         ])
         .unwrap()
@@ -186,14 +246,26 @@ mod tests {
         assert!(allowed(worker, "/baton.v1.JobQueueService/Ack"));
         assert!(!allowed(worker, "/baton.v1.JobQueueService/Enqueue"));
         assert!(!allowed(worker, "/baton.v1.LockService/Acquire"));
+        let (ops, _) = keys.identify("admin-key").unwrap();
+        assert!(ops.admin && &*ops.name == "ops" && &*ops.tenant == "acme");
+        let (worker, hash) = keys.identify("worker-key").unwrap();
+        assert_eq!(keys.identify_hash(&hash), Some(worker.clone()));
+        assert!(!worker.admin);
+        assert_eq!(worker.name.len(), 8, "unnamed keys go by their hash's first digits");
+    }
+
+    fn entry() -> ApiKeyFile {
+        ApiKeyFile { sha256: "0".repeat(64), tenant: "t".into(), allow: vec![], name: None, role: None }
     }
 
     #[test]
     fn rejects_malformed_entries() {
-        let bad = ApiKeys::from_file(vec![ApiKeyFile { sha256: "abc".into(), tenant: "t".into(), allow: vec![] }]);
+        let bad = ApiKeys::from_file(vec![ApiKeyFile { sha256: "abc".into(), tenant: "t".into(), ..entry() }]);
         assert!(bad.unwrap_err().contains("sha256"));
-        let bad = ApiKeys::from_file(vec![ApiKeyFile { sha256: "0".repeat(64), tenant: "a b".into(), allow: vec![] }]);
+        let bad = ApiKeys::from_file(vec![ApiKeyFile { tenant: "a b".into(), ..entry() }]);
         assert!(bad.unwrap_err().contains("tenant"));
+        let bad = ApiKeys::from_file(vec![ApiKeyFile { name: Some("a\nb".into()), ..entry() }]);
+        assert!(bad.unwrap_err().contains("name"));
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub struct Flags {
     #[arg(long, env = "BATON_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
 
+    /// Address of the operator's dashboard (docs/dashboard.md); off unless given. Anyone who
+    /// reaches it can read the default namespace; actions need an `admin` API key.
+    #[arg(long, env = "BATON_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Redis URL (`redis://[user:password@]host:port/db`, `redis+unix://`). Without it Baton starts a
     /// private, non-persistent `redis-server` child: development only. With `--redis-mode
     /// cluster` it lists seed nodes, with `sentinel` the sentinels, comma-separated
@@ -406,7 +411,7 @@ impl Config {
     /// The effective configuration for the start-up log, with secrets redacted.
     pub fn redacted_summary(&self) -> String {
         format!(
-            "listen={} metrics_listen={} redis_mode={:?} redis_url={} cache_redis_url={} redis_timeout={:?} \
+            "listen={} metrics_listen={} admin_listen={:?} redis_mode={:?} redis_url={} cache_redis_url={} redis_timeout={:?} \
              shutdown_grace={:?} shutdown_delay={:?} lock_min_replicas={} lock_fence_idle={:?} \
              queue_retention={:?} queue_dead_retention={:?} queue_keep_succeeded={} queue_keep_dead={} \
              queue_visibility_timeout={:?} queue_max_in_flight={} \
@@ -415,6 +420,7 @@ impl Config {
              limits={:?} server={:?} policies=[{}]",
             self.flags.listen,
             self.flags.metrics_listen,
+            self.flags.admin_listen,
             self.flags.redis_mode,
             self.flags.redis_url.as_deref().map(redact_url).unwrap_or_else(|| "embedded".into()),
             self.flags.cache_redis_url.as_deref().map(redact_url).unwrap_or_else(|| "same".into()),

@@ -37,6 +37,7 @@ mod auth;
 mod cache;
 mod codec;
 pub mod config;
+mod dashboard;
 mod deadline;
 mod election;
 mod envoy;

@@ -59,6 +59,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("--admin-listen {address}: {source}")]
+    AdminListen { address: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Where the server reaches Redis; the embedded dev Redis resolves to a URL too.
@@ -126,6 +128,7 @@ pub async fn run(
         }
     }
 
+    let limiter = RateLimiter::new(main_store.clone(), KeyBuilder::default());
     // grpcurl speaks reflection v1; Python's grpcio-reflection only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -138,11 +141,7 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let rate_limiter = RateLimiterGrpc::new(
-        RateLimiter::new(main_store.clone(), KeyBuilder::default()),
-        Arc::new(config.policies.clone()),
-        config.limits.clone(),
-    );
+    let rate_limiter = RateLimiterGrpc::new(limiter.clone(), Arc::new(config.policies.clone()), config.limits.clone());
 
     // Cancelled when shutdown begins: from then on this replica takes no new work (Acquire,
     // Fetch waits, Consume answer UNAVAILABLE) and its streams end, leases kept, so clients
@@ -151,16 +150,11 @@ pub async fn run(
     let notifier = Notifier::start(main_store.clone());
     let lock_settings =
         LockSettings { fence_idle: config.flags.lock_fence_idle, min_replicas: config.flags.lock_min_replicas };
-    let lock_service = LockGrpc::new(
-        LockManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), lock_settings),
-        config.limits.clone(),
-        draining.clone(),
-    );
-    let election_service = ElectionGrpc::new(
-        ElectionManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), config.flags.lock_fence_idle),
-        config.limits.clone(),
-        draining.clone(),
-    );
+    let locks = LockManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), lock_settings);
+    let lock_service = LockGrpc::new(locks.clone(), config.limits.clone(), draining.clone());
+    let elections =
+        ElectionManager::new(main_store.clone(), KeyBuilder::default(), notifier.clone(), config.flags.lock_fence_idle);
+    let election_service = ElectionGrpc::new(elections.clone(), config.limits.clone(), draining.clone());
 
     let defaults = QueueSettings::default();
     let queue_settings = QueueSettings {
@@ -179,7 +173,7 @@ pub async fn run(
         TaskGuard::spawn(scheduler::run(queues.clone(), notifier.clone(), draining.clone(), move |schedule| {
             job_rules.scheduled_job(schedule)
         }));
-    let queue_service = JobQueueGrpc::new(queues, config.limits.clone(), draining.clone());
+    let queue_service = JobQueueGrpc::new(queues.clone(), config.limits.clone(), draining.clone());
 
     // The cache may live on its own (evicting) Redis, with its own notification listener.
     let cache_notifier = match &cache_store {
@@ -207,7 +201,7 @@ pub async fn run(
         },
     );
     let _session_gauge = sessions.spawn_gauge();
-    let session_service = SessionGrpc::new(sessions, config.limits.clone());
+    let session_service = SessionGrpc::new(sessions.clone(), config.limits.clone());
     let (envoy_rules, envoy_rules_rx) = tokio::sync::watch::channel(Arc::new(config.envoy.rules.clone()));
     let _envoy_reloader = config.envoy.settings.config_dir.clone().map(|dir| {
         crate::envoy::upstream_files::spawn_reloader(
@@ -218,6 +212,29 @@ pub async fn run(
             config.envoy.loaded_files.clone(),
         )
     });
+    let _dashboard = match config.flags.admin_listen {
+        Some(address) => {
+            let listener =
+                TcpListener::bind(address).await.map_err(|source| ServeError::AdminListen { address, source })?;
+            tracing::info!(admin_addr = %listener.local_addr().map_err(|source| ServeError::AdminListen { address, source })?, "dashboard serving");
+            Some(crate::dashboard::serve(
+                listener,
+                crate::dashboard::Dashboard {
+                    queues: queues.clone(),
+                    locks,
+                    elections,
+                    sessions,
+                    limiter,
+                    policies: Arc::new(config.policies.clone()),
+                    envoy: envoy_rules_rx.clone(),
+                    keys: config.api_keys.clone(),
+                    store: main_store.clone(),
+                    limits: config.limits.clone(),
+                },
+            ))
+        }
+        None => None,
+    };
     let envoy_service = EnvoyGrpc::new(
         RateLimiter::new(main_store.clone(), KeyBuilder::default()),
         envoy_rules_rx,

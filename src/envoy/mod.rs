@@ -308,6 +308,11 @@ pub struct EnvoyRules {
 }
 
 impl EnvoyRules {
+    /// The configured domains, by name (the dashboard lists them).
+    pub fn domain_names(&self) -> impl Iterator<Item = &str> {
+        self.domains.keys().map(String::as_str)
+    }
+
     /// Rules from domain files; `origin` names where each came from, for errors.
     pub fn build<'a>(
         files: impl IntoIterator<Item = (String, &'a DomainFile)>,

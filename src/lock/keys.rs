@@ -16,6 +16,10 @@ impl LockKeys {
         Self { common: [key("holders"), key("leases"), key("fence")], waiters: key("waiters") }
     }
 
+    pub(super) fn waiters_marker(&self) -> &str {
+        &self.waiters
+    }
+
     /// For renew, held and describe.
     pub(super) fn common(&self) -> &[String] {
         &self.common

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::store::keys::Pattern;
 use crate::store::notify::Notifier;
-use crate::store::{Arg, Fields, KeyBuilder, Outcome, Reply, Script, Store, StoreError};
+use crate::store::{Arg, Command, Fields, KeyBuilder, Outcome, Reply, Script, Store, StoreError};
 use keys::LockKeys;
 
 const PRELUDE: &str = include_str!("prelude.lua");
@@ -259,6 +259,13 @@ impl LockManager {
     }
 
     /// The live leases, soonest expiry first.
+    /// Whether some Acquire is waiting for `name` (its waiters' marker is present).
+    pub async fn has_waiters(&self, name: &str) -> Result<bool, Error> {
+        let keys = LockKeys::new(&self.keys, name);
+        let exists = Command::new("EXISTS").arg(keys.waiters_marker());
+        Ok(self.store.command::<i64>("lock_waiters", &exists).await? == 1)
+    }
+
     pub async fn describe(&self, name: &str) -> Result<Vec<Holder>, Error> {
         let keys = LockKeys::new(&self.keys, name);
         let fields: Fields = self.store.eval(&DESCRIBE, keys.common(), &[]).await?.done()?;

@@ -2,7 +2,8 @@
 -- job instead (also within the call).
 --
 -- KEYS[1] ready   KEYS[2] ready_since   KEYS[3] scheduled   KEYS[4] watched   KEYS[5] events
--- KEYS[6] groups  KEYS[7] gactive  KEYS[8] config, then per job: its key, its dedup key
+-- KEYS[6] groups  KEYS[7] gactive  KEYS[8] config  KEYS[9] enqueued (per-minute counts),
+-- then per job: its key, its dedup key
 -- ARGV[1] notify channel, then per job 14 values: job_id, type, payload, priority,
 --         max_attempts, backoff_initial_us, backoff_max_us, backoff_multiplier, delay_us
 --         (or 0), run_at_us (or 0), dedup_key ('' = none), dedup_ttl_ms, traceparent
@@ -12,11 +13,11 @@
 record_events(KEYS[4], KEYS[5], ARGV[1])
 use_groups(KEYS[1], KEYS[6], KEYS[7], KEYS[8])
 local replies = {1}
-local added = false
+local added = 0
 -- Index entries are added at the end, one command per index for the whole call.
 local ranked, since, scheduled = {}, {}, {}
 for j = 0, job_count - 1 do
-  local job, dedup, a = KEYS[9 + 2 * j], KEYS[10 + 2 * j], 1 + 14 * j
+  local job, dedup, a = KEYS[10 + 2 * j], KEYS[11 + 2 * j], 1 + 14 * j
   local group = ARGV[a + 14]
   local id, dedup_key = ARGV[a + 1], ARGV[a + 11]
   local existing = dedup_key ~= '' and redis.call('GET', dedup) or nil
@@ -65,7 +66,7 @@ for j = 0, job_count - 1 do
       end
     end
     replies[j + 2] = {id, 0}
-    added = true
+    added = added + 1
     if events.on then
       if state == 'SCHEDULED' then
         event('enqueued', id, state, 0, 'type', ARGV[a + 2], 'run_at', int(run_at))
@@ -80,8 +81,15 @@ in_bulk('ZADD', KEYS[2], since)
 in_bulk('ZADD', KEYS[3], scheduled)
 -- Waiting consumers wake, once per call: to take a ready job, or to set their timer for a
 -- scheduled one.
-if added then
+if added > 0 then
   redis.call('PUBLISH', ARGV[1], 'enqueued')
+  -- The dashboard's enqueue rate: a count per minute, the minute before last dropped when a
+  -- minute's count starts (so a busy queue pays one HINCRBY per call).
+  local minute = math.floor(now / 60000000)
+  if redis.call('HINCRBY', KEYS[9], minute, added) == added then
+    redis.call('HDEL', KEYS[9], minute - 2)
+    redis.call('PEXPIRE', KEYS[9], 180000)
+  end
 end
 announce_events()
 return replies

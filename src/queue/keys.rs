@@ -39,6 +39,16 @@ impl<'a> QueueKeys<'a> {
     }
 
     /// ConfigureQueue's rules (prelude.lua's `queue_config`).
+    /// The groups' round robin and their active counts (prelude.lua's `use_groups`).
+    pub(super) fn groups(&self) -> [String; 2] {
+        [self.part("groups"), self.part("gactive")]
+    }
+
+    /// A group's ready jobs (prelude.lua's `group_ready`).
+    pub(super) fn group_ready(&self, group: &str) -> String {
+        format!("{}:{group}", self.part("ready"))
+    }
+
     pub(super) fn config(&self) -> String {
         self.part("config")
     }
@@ -82,7 +92,22 @@ impl<'a> QueueKeys<'a> {
 
     /// enqueue.lua, before the per-job pairs of [`QueueKeys::job`] and [`QueueKeys::dedup`].
     pub(super) fn enqueue(&self) -> Vec<String> {
-        self.parts(["ready", "ready_since", "scheduled", "watched", "events", "groups", "gactive", "config"])
+        self.parts([
+            "ready",
+            "ready_since",
+            "scheduled",
+            "watched",
+            "events",
+            "groups",
+            "gactive",
+            "config",
+            "enqueued",
+        ])
+    }
+
+    /// Jobs enqueued per minute, the last few minutes (enqueue.lua).
+    pub(super) fn enqueued(&self) -> String {
+        self.part("enqueued")
     }
 
     /// fetch.lua and stats.lua.

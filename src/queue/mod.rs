@@ -15,6 +15,7 @@ mod events;
 pub mod grpc;
 mod ids;
 mod keys;
+mod registry;
 pub mod schedule;
 mod settlement;
 
@@ -39,7 +40,7 @@ pub use settlement::{LocalStream, SettledInbox};
 const PRELUDE: &str = include_str!("prelude.lua");
 const ENQUEUE_BODY: &str = include_str!("enqueue.lua");
 static ENQUEUE: LazyLock<Script> =
-    LazyLock::new(|| Script::new("queue_enqueue", &[PRELUDE, "local job_count = (#KEYS - 8) / 2\n", ENQUEUE_BODY]));
+    LazyLock::new(|| Script::new("queue_enqueue", &[PRELUDE, "local job_count = (#KEYS - 9) / 2\n", ENQUEUE_BODY]));
 static FETCH: LazyLock<Script> =
     LazyLock::new(|| Script::new("queue_fetch", &[crate::ratelimit::LIMITS_LUA, PRELUDE, include_str!("fetch.lua")]));
 static ACK: LazyLock<Script> = LazyLock::new(|| Script::new("queue_ack", &[PRELUDE, include_str!("ack.lua")]));
@@ -51,6 +52,8 @@ static HELD: LazyLock<Script> = LazyLock::new(|| Script::new("queue_held", &[PRE
 static CANCEL: LazyLock<Script> = LazyLock::new(|| Script::new("queue_cancel", &[PRELUDE, include_str!("cancel.lua")]));
 static RETRY_DEAD: LazyLock<Script> =
     LazyLock::new(|| Script::new("queue_retry_dead", &[PRELUDE, include_str!("retry_dead.lua")]));
+static DELETE_DEAD: LazyLock<Script> =
+    LazyLock::new(|| Script::new("queue_delete_dead", &[PRELUDE, include_str!("delete_dead.lua")]));
 static STATS: LazyLock<Script> = LazyLock::new(|| Script::new("queue_stats", &[PRELUDE, include_str!("stats.lua")]));
 static PROGRESS: LazyLock<Script> =
     LazyLock::new(|| Script::new("queue_progress", &[PRELUDE, include_str!("progress.lua")]));
@@ -345,6 +348,7 @@ pub struct QueueManager {
     acks: Arc<combine::AckCombiner>,
     /// Watched queues' event followers, shared the same way.
     hubs: events::Hubs,
+    registry: Arc<registry::Registry>,
 }
 
 impl QueueManager {
@@ -357,6 +361,7 @@ impl QueueManager {
             local_streams: Arc::default(),
             acks: Arc::default(),
             hubs: events::Hubs::default(),
+            registry: Arc::default(),
         }
     }
 
@@ -428,7 +433,39 @@ impl QueueManager {
     async fn enqueue_queue(&self, queue: &str, jobs: Vec<&NewJob>) -> Result<Vec<(String, bool)>, Error> {
         let call = EnqueueCall::new(&self.queue_keys(queue), queue, &jobs);
         let fields = self.store.eval(&ENQUEUE, &call.keys, &call.args(&jobs)).await?.done()?;
-        enqueued(fields)
+        let outcomes = enqueued(fields)?;
+        if self.registry.needs_noting(&self.keys.namespace_arc(), queue) {
+            self.note_queue(queue).await?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Names `queue` in its namespace's set of queues (see `registry`).
+    pub(crate) async fn note_queue(&self, queue: &str) -> Result<(), Error> {
+        let add = Command::new("SADD").arg(&self.keys.index("queues")).arg(queue);
+        self.store.command::<i64>("queue_registry", &add).await?;
+        Ok(())
+    }
+
+    /// The queues of this namespace, by name, with their counts; a queue with nothing left
+    /// in Redis is dropped from the set instead.
+    pub async fn queues(&self) -> Result<Vec<(String, QueueStats)>, Error> {
+        let index = self.keys.index("queues");
+        let mut names: Vec<String> =
+            self.store.command("queue_registry", &Command::new("SMEMBERS").arg(&index)).await?;
+        names.sort();
+        let mut queues = Vec::with_capacity(names.len());
+        for name in names {
+            let stats = self.stats(&name).await?;
+            let empty = stats.ready + stats.scheduled + stats.active + stats.dead + stats.succeeded == 0;
+            if empty && !stats.paused && self.schedule_count(&name).await? == 0 {
+                self.store.command::<i64>("queue_registry", &Command::new("SREM").arg(&index).arg(&name)).await?;
+                self.registry.forget(&self.keys.namespace_arc(), &name);
+                continue;
+            }
+            queues.push((name, stats));
+        }
+        Ok(queues)
     }
 
     /// Leases up to `count` ready jobs; also promotes due jobs and reclaims expired leases.
@@ -728,13 +765,7 @@ impl QueueManager {
     /// Redrives dead jobs (all of the first 1000 when `job_ids` is empty).
     pub async fn retry_dead(&self, queue: &str, job_ids: &[String]) -> Result<u64, Error> {
         let queue_keys = self.queue_keys(queue);
-        let ids: Vec<String> = if job_ids.is_empty() {
-            self.store
-                .command("queue_list_dead", &Command::new("ZRANGE").arg(&queue_keys.dead()).arg(0u64).arg(999u64))
-                .await?
-        } else {
-            job_ids.to_vec()
-        };
+        let ids = self.dead_ids(&queue_keys, job_ids).await?;
         if ids.is_empty() {
             return Ok(0);
         }
@@ -744,6 +775,87 @@ impl QueueManager {
         let mut args: Vec<Arg> = ids.iter().map(Arg::from).collect();
         args.push((&channel).into());
         Ok(self.store.eval(&RETRY_DEAD, &keys, &args).await?.done()?.uint(0)?)
+    }
+
+    /// Jobs enqueued and jobs succeeded per minute, over the last full minute (enqueues)
+    /// and the last 60 s (successes, from the kept succeeded jobs: when the newest kept
+    /// ones span less than a minute, scaled from the span they cover).
+    pub async fn rates(&self, queue: &str, now_micros: u64) -> Result<(u64, u64), Error> {
+        const MINUTE: u64 = 60_000_000;
+        let queue_keys = self.queue_keys(queue);
+        let succeeded =
+            queue_keys.index_of(JobState::Succeeded).ok_or_else(|| Error::Internal("no succeeded index".into()))?;
+        let since = now_micros.saturating_sub(MINUTE);
+        let mut pipe = Pipeline::new();
+        pipe.add(Command::new("HGET").arg(&queue_keys.enqueued()).arg(now_micros / MINUTE - 1));
+        pipe.add(Command::new("ZCOUNT").arg(&succeeded).arg(since).arg("+inf"));
+        pipe.add(Command::new("ZRANGE").arg(&succeeded).arg(0u64).arg(0u64).arg("WITHSCORES"));
+        pipe.add(Command::new("ZCARD").arg(&succeeded));
+        let (enqueued, succeeded, oldest, kept): (Option<u64>, u64, Vec<(String, f64)>, u64) =
+            self.store.pipeline("queue_rates", &pipe).await?;
+        let trimmed = kept >= self.settings.keep_succeeded;
+        let covered = match oldest.first() {
+            Some((_, oldest)) if trimmed && (*oldest as u64) > since => {
+                now_micros.saturating_sub(*oldest as u64).max(1)
+            }
+            _ => MINUTE,
+        };
+        Ok((enqueued.unwrap_or(0), succeeded * MINUTE / covered))
+    }
+
+    /// Up to `limit` groups of `queue` with jobs ready or active: (group, ready, active),
+    /// by name.
+    pub async fn groups(&self, queue: &str, limit: usize) -> Result<Vec<(String, u64, u64)>, Error> {
+        let queue_keys = self.queue_keys(queue);
+        let [waiting, gactive] = queue_keys.groups();
+        let active: HashMap<String, u64> =
+            self.store.command("queue_groups", &Command::new("HGETALL").arg(&gactive)).await?;
+        let turn: Vec<String> = self
+            .store
+            .command("queue_groups", &Command::new("ZRANGE").arg(&waiting).arg(0u64).arg(limit as u64))
+            .await?;
+        let mut names: Vec<String> = active.keys().cloned().chain(turn).collect();
+        names.sort();
+        names.dedup();
+        names.truncate(limit);
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = Pipeline::new();
+        for name in &names {
+            pipe.add(Command::new("ZCARD").arg(&queue_keys.group_ready(name)));
+        }
+        let ready: Vec<u64> = self.store.pipeline("queue_groups", &pipe).await?;
+        Ok(names
+            .into_iter()
+            .zip(ready)
+            .map(|(name, ready)| {
+                let active = active.get(&name).copied().unwrap_or(0);
+                (name, ready, active)
+            })
+            .collect())
+    }
+
+    /// Deletes dead jobs for good (all of the first 1000 when `job_ids` is empty).
+    pub async fn delete_dead(&self, queue: &str, job_ids: &[String]) -> Result<u64, Error> {
+        let queue_keys = self.queue_keys(queue);
+        let ids = self.dead_ids(&queue_keys, job_ids).await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut keys = vec![queue_keys.dead()];
+        keys.extend(ids.iter().map(|id| queue_keys.job(id)));
+        let args: Vec<Arg> = ids.iter().map(Arg::from).collect();
+        Ok(self.store.eval(&DELETE_DEAD, &keys, &args).await?.done()?.uint(0)?)
+    }
+
+    /// `job_ids`, or the first 1000 dead jobs when it is empty.
+    async fn dead_ids(&self, queue_keys: &QueueKeys<'_>, job_ids: &[String]) -> Result<Vec<String>, Error> {
+        if !job_ids.is_empty() {
+            return Ok(job_ids.to_vec());
+        }
+        let first = Command::new("ZRANGE").arg(&queue_keys.dead()).arg(0u64).arg(999u64);
+        Ok(self.store.command("queue_list_dead", &first).await?)
     }
 
     /// Sets a queue's whole configuration (the round-robin counters stay).

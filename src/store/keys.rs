@@ -79,6 +79,36 @@ impl KeyBuilder {
         &self.namespace
     }
 
+    /// A namespace-wide key, outside every pattern's units (the set of a namespace's queues).
+    pub fn index(&self, name: &str) -> String {
+        format!("baton:{}:{name}", self.namespace)
+    }
+
+    /// A SCAN pattern for the `part` keys of every plain unit (no hash tag of its own) of
+    /// `pattern` that starts with `prefix`; None for a prefix that is itself a hash tag.
+    pub fn units_starting_with(&self, pattern: Pattern, prefix: &str, part: &str) -> Option<String> {
+        if prefix.starts_with('{') {
+            return None;
+        }
+        let encoded = percent_encode(prefix, &['%', '{', '}']);
+        let mut glob = String::with_capacity(encoded.len() + 8);
+        for c in encoded.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                glob.push('\\');
+            }
+            glob.push(c);
+        }
+        Some(format!("baton:{}:{}:{{{glob}*}}:{part}", self.namespace, pattern.segment()))
+    }
+
+    /// The plain unit a `part` key of `pattern` belongs to: the inverse of [`Self::key`]
+    /// for units without a hash tag of their own.
+    pub fn unit_of(&self, pattern: Pattern, key: &str, part: &str) -> Option<String> {
+        let head = format!("baton:{}:{}:{{", self.namespace, pattern.segment());
+        let encoded = key.strip_prefix(&head)?.strip_suffix(&format!("}}:{part}"))?;
+        (!encoded.contains('}')).then(|| percent_decode(encoded))
+    }
+
     /// The key of `part` of `unit` under `pattern`.
     pub fn key(&self, pattern: Pattern, unit: &str, part: &str) -> String {
         let (namespace, segment) = (&self.namespace, pattern.segment());
@@ -117,6 +147,28 @@ fn percent_encode<'a>(text: &'a str, special: &[char]) -> Cow<'a, str> {
     Cow::Owned(encoded)
 }
 
+/// Undoes [`percent_encode`] (an undecodable escape stays as it is).
+fn percent_decode(text: &str) -> String {
+    let mut bytes = Vec::with_capacity(text.len());
+    let raw = text.as_bytes();
+    let mut index = 0;
+    while index < raw.len() {
+        let escaped =
+            raw.get(index + 1..index + 3).and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match (raw[index], escaped) {
+            (b'%', Some(byte)) => {
+                bytes.push(byte);
+                index += 3;
+            }
+            (byte, _) => {
+                bytes.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 impl Default for KeyBuilder {
     fn default() -> Self {
         Self::new(DEFAULT_NAMESPACE)
@@ -131,6 +183,20 @@ mod tests {
     fn keys_carry_namespace_pattern_and_hash_tag() {
         let keys = KeyBuilder::new("acme");
         assert_eq!(keys.key(Pattern::RateLimit, "user:1", "fw:10:1000"), "baton:acme:rl:{user:1}:fw:10:1000");
+    }
+
+    #[test]
+    fn a_prefix_finds_its_units_and_they_read_back() {
+        let keys = KeyBuilder::new("acme");
+        let glob = keys.units_starting_with(Pattern::Lock, "or*d{", "holders").unwrap();
+        assert_eq!(glob, "baton:acme:lock:{or\\*d%7B*}:holders");
+        for name in ["orders/42", "a%b{c}", "x:y"] {
+            let key = keys.key(Pattern::Lock, name, "holders");
+            assert_eq!(keys.unit_of(Pattern::Lock, &key, "holders").as_deref(), Some(name), "{key}");
+        }
+        assert_eq!(keys.units_starting_with(Pattern::Lock, "{tag}", "holders"), None);
+        let other_tenant = KeyBuilder::new("other").key(Pattern::Lock, "orders/42", "holders");
+        assert_eq!(keys.unit_of(Pattern::Lock, &other_tenant, "holders"), None);
     }
 
     fn decode(text: &str) -> String {

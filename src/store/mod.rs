@@ -308,6 +308,36 @@ impl Store {
         Ok(vec![self.command(op, &cmd).await?])
     }
 
+    /// Up to `limit` keys matching `glob`, and whether the whole keyspace was walked (SCAN,
+    /// at most `rounds` steps of 1,000 keys, so a lookup never holds the dashboard long).
+    /// None on a Redis Cluster, whose keys no single SCAN walks.
+    pub async fn scan(
+        &self,
+        op: &'static str,
+        glob: &str,
+        limit: usize,
+        rounds: usize,
+    ) -> Result<Option<(Vec<String>, bool)>, StoreError> {
+        if self.is_cluster() {
+            return Ok(None);
+        }
+        let mut found = Vec::new();
+        let mut cursor = 0u64;
+        for _ in 0..rounds {
+            let step = Command::new("SCAN").arg(cursor).arg("MATCH").arg(glob).arg("COUNT").arg(1000u64);
+            let (next, keys): (u64, Vec<String>) = self.command(op, &step).await?;
+            found.extend(keys);
+            cursor = next;
+            if cursor == 0 || found.len() >= limit {
+                break;
+            }
+        }
+        found.sort();
+        found.dedup();
+        found.truncate(limit);
+        Ok(Some((found, cursor == 0)))
+    }
+
     /// Runs one non-blocking command within the Redis timeout.
     pub async fn command<T: Decode>(&self, op: &'static str, cmd: &Command) -> Result<T, StoreError> {
         let mut conn = self.inner.multiplexed.clone();

@@ -6,8 +6,9 @@ The convention (docs/testing.md, "Docs that run"):
 - A fence tagged `sh` is executed. Its commands run in file order in one bash session per
   file (so `LEASE=$(…)` in one block is `$LEASE` in the next), with `set -u -o pipefail`,
   in a fresh temporary directory, against a baton the test starts on free ports with
-  docs/examples/config.toml. `localhost:50051` and `localhost:9090` in a command are
-  replaced by that baton's gRPC and metrics addresses; Redis is flushed before each file.
+  docs/examples/config.toml. `localhost:50051`, `localhost:9090` and `localhost:8080` in a
+  command are replaced by that baton's gRPC, metrics and dashboard addresses; Redis is
+  flushed before each file.
 - Every command must exit 0, unless a comment line right above it says
   `# fails: CODE REASON` (gRPC code and ErrorInfo reason, as in docs/errors.md): then it
   must exit with grpcurl's status for CODE and print that reason. `# prints: TEXT` above a
@@ -387,7 +388,7 @@ def free_port() -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        if port not in (6379, 50051, 9090):
+        if port not in (6379, 50051, 9090, 8080):
             return port
 
 
@@ -447,21 +448,22 @@ class Baton:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(baton_bin), "--config", str(config), "--listen", "127.0.0.1:0",
-                 "--metrics-listen", "127.0.0.1:0", "--redis-url", f"redis://127.0.0.1:{redis.port}",
+                 "--metrics-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--redis-url", f"redis://127.0.0.1:{redis.port}",
                  "--log-format", "json", "--shutdown-delay", "0s", "--shutdown-grace", "5s"],
                 env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        self.grpc_addr, self.metrics_addr = self._addresses()
+        self.grpc_addr, self.metrics_addr, self.admin_addr = self._addresses()
 
-    def _addresses(self) -> tuple[str, str]:
+    def _addresses(self) -> tuple[str, str, str]:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
+            found: dict[str, str] = {}
             for line in self.log.read_text(errors="replace").splitlines():
                 if line.startswith("{"):
                     fields = json.loads(line)
-                    fields = fields.get("fields", fields)
-                    if "grpc_addr" in fields:
-                        return fields["grpc_addr"], fields["metrics_addr"]
+                    found.update(fields.get("fields", fields))
+            if "grpc_addr" in found and "admin_addr" in found:
+                return found["grpc_addr"], found["metrics_addr"], found["admin_addr"]
             if self.process.poll() is not None:
                 raise RuntimeError(f"baton exited with {self.process.returncode}:\n{self.tail()}")
             time.sleep(0.05)
@@ -472,7 +474,11 @@ class Baton:
 
     def localise(self, text: str) -> str:
         """The docs' addresses become this baton's."""
-        return text.replace("localhost:50051", self.grpc_addr).replace("localhost:9090", self.metrics_addr)
+        return (
+            text.replace("localhost:50051", self.grpc_addr)
+            .replace("localhost:9090", self.metrics_addr)
+            .replace("localhost:8080", self.admin_addr)
+        )
 
     def stop(self) -> None:
         stop(self.process)

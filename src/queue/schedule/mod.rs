@@ -122,6 +122,11 @@ impl QueueManager {
         self.queue_keys(queue).schedules()
     }
 
+    /// How many schedules `queue` has.
+    pub(crate) async fn schedule_count(&self, queue: &str) -> Result<u64, Error> {
+        Ok(self.store.command("schedule_count", &Command::new("HLEN").arg(&self.schedule_keys(queue)[0])).await?)
+    }
+
     /// Redis's clock, µs.
     async fn redis_now(&self) -> Result<u64, Error> {
         let (seconds, micros): (u64, u64) = self.store.command("time", &Command::new("TIME")).await?;
@@ -155,6 +160,7 @@ impl QueueManager {
         // may drop the queue from the index, cannot leave this one out of it (see delete).
         let member = index_member(self.keys.namespace(), &definition.queue);
         self.store.command::<i64>("schedule_index", &Command::new("SADD").arg(INDEX).arg(&member)).await?;
+        self.note_queue(&definition.queue).await?;
         self.store.command::<i64>("schedule_announce", &Command::new("PUBLISH").arg(CHANNEL).arg("put")).await?;
         metrics::counter!("baton_schedule_put_total").increment(1);
         self.schedule(&definition.queue, &definition.schedule_id).await

@@ -3,7 +3,7 @@
 -- schedule still due at it; the others find it moved on and enqueue nothing.
 --
 -- KEYS: enqueue.lua's (ready, ready_since, scheduled, watched, events, groups, gactive,
---       config, then a job and a dedup key per job),
+--       config, enqueued, then a job and a dedup key per job),
 --       then schedules, state, due
 -- ARGV: enqueue.lua's (channel, then 14 values per job), then schedule id, the due tick
 --       it was read at (µs), its generation (created µs), its next tick (µs, '' when none),
@@ -21,7 +21,7 @@ local created, last, fired, paused = parse_state(state)
 if created ~= generation then
   return {0, 'STALE'}
 end
-local job_count = (#KEYS - 11) / 2
+local job_count = (#KEYS - 12) / 2
 if next_tick == '' then
   redis.call('ZREM', due_key, id)
 else
