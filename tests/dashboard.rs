@@ -8,7 +8,7 @@
 mod common;
 
 use baton::proto::v1::{ConsumeRequest, EnqueueRequest, GetJobRequest, JobState, NackRequest, consume_response};
-use common::{Clients, PATIENCE, Redis, Server, free_port, next_event};
+use common::{Clients, PATIENCE, Redis, RedisCluster, Server, free_port, next_event};
 use sha2::{Digest, Sha256};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,6 +31,11 @@ struct Dashboard {
 
 impl Dashboard {
     fn start(redis: &Redis) -> Self {
+        Self::start_on(&redis.url(), &[])
+    }
+
+    /// On the Redis at `url`, with `extra` flags.
+    fn start_on(url: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("baton.toml");
         let config = format!(
@@ -43,7 +48,9 @@ impl Dashboard {
         );
         std::fs::write(&path, config).unwrap();
         let admin = format!("127.0.0.1:{}", free_port());
-        let server = Server::start(&redis.url(), &["--config", path.to_str().unwrap(), "--admin-listen", &admin]);
+        let mut flags = vec!["--config", path.to_str().unwrap(), "--admin-listen", &admin];
+        flags.extend_from_slice(extra);
+        let server = Server::start(url, &flags);
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         Self { _dir: dir, server, base: format!("http://{admin}"), http }
     }
@@ -347,4 +354,72 @@ async fn a_queue_shows_its_enqueues_per_minute_and_its_successes_of_the_last_min
     let (_, page) = dashboard.get("/queues/rated", Some(admin_a.as_str())).await;
     assert!(page.contains("<dt>Succeeded /min</dt><dd>3</dd>"), "3 successes within the minute, not scaled up: {page}");
     assert!(page.contains("<dt>Succeeded</dt><dd>3</dd>"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_every_master_is_shown_and_names_are_looked_up_exactly() {
+    let cluster = RedisCluster::start(3);
+    let dashboard = Dashboard::start_on(&cluster.url(), &["--redis-mode", "cluster"]);
+    // Queues in many slots, listed from the one set of names.
+    for queue in ["alpha", "beta", "gamma", "delta"] {
+        enqueue(&dashboard, ADMIN_A, queue, b"x", 3).await;
+    }
+    let mut locks = dashboard.server.locks().await;
+    let acquire = baton::proto::v1::AcquireRequest {
+        name: "orders/42".into(),
+        ttl: Some(baton::proto::duration_to_proto(std::time::Duration::from_secs(60))),
+        ..Default::default()
+    };
+    assert!(locks.acquire(with_key(acquire, ADMIN_A)).await.unwrap().into_inner().acquired);
+    let admin_a = dashboard.sign_in(ADMIN_A).await.unwrap();
+
+    let (_, page) = dashboard.get("/queues", Some(admin_a.as_str())).await;
+    for queue in ["alpha", "beta", "gamma", "delta"] {
+        assert!(page.contains(&format!("<tr data-queue=\"{queue}\">")), "{queue}: {page}");
+    }
+    let (status, page) = dashboard.get("/redis", Some(admin_a.as_str())).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page.matches("<h2>Master ").count(), 3, "one section per master: {page}");
+    assert_eq!(page.matches("<dt>Memory used</dt>").count(), 3);
+
+    // No single SCAN walks a cluster: a prefix finds nothing and says why; the exact name
+    // finds the holder.
+    let (_, page) = dashboard.get("/locks?prefix=orders%2F", Some(admin_a.as_str())).await;
+    assert!(page.contains("looked up exactly") && !page.contains("data-lock"), "{page}");
+    let (_, page) = dashboard.get("/locks?prefix=orders%2F42", Some(admin_a.as_str())).await;
+    assert!(page.contains("<tr data-lock=\"orders/42\">"), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_finds_the_tenants_own_locks_and_leaders_and_glob_characters_match_only_themselves() {
+    let redis = Redis::start();
+    let dashboard = Dashboard::start(&redis);
+    let mut locks = dashboard.server.locks().await;
+    for (key, name) in [(ADMIN_A, "orders/1"), (ADMIN_A, "orders/2"), (ADMIN_A, "order*s"), (ADMIN_B, "orders/3")] {
+        let acquire = baton::proto::v1::AcquireRequest {
+            name: name.into(),
+            ttl: Some(baton::proto::duration_to_proto(std::time::Duration::from_secs(60))),
+            ..Default::default()
+        };
+        assert!(locks.acquire(with_key(acquire, key)).await.unwrap().into_inner().acquired);
+    }
+    let mut elections = dashboard.server.elections().await;
+    let campaign = baton::proto::v1::CampaignRequest {
+        name: "scheduler".into(),
+        value: b"pod-7".to_vec(),
+        ttl: Some(baton::proto::duration_to_proto(std::time::Duration::from_secs(60))),
+        ..Default::default()
+    };
+    elections.campaign(with_key(campaign, ADMIN_A)).await.unwrap();
+    let admin_a = dashboard.sign_in(ADMIN_A).await.unwrap();
+
+    let (_, page) = dashboard.get("/locks?prefix=orders%2F", Some(admin_a.as_str())).await;
+    assert_eq!(page.matches("<tr data-lock=").count(), 2, "{page}");
+    assert!(page.contains("data-lock=\"orders/1\"") && page.contains("data-lock=\"orders/2\""), "{page}");
+    let (_, page) = dashboard.get("/locks?prefix=order*", Some(admin_a.as_str())).await;
+    assert_eq!(page.matches("<tr data-lock=").count(), 1, "`*` is a character, not a glob: {page}");
+    let (_, page) = dashboard.get("/elections?prefix=sch", Some(admin_a.as_str())).await;
+    assert!(page.contains("<tr data-election=\"scheduler\">") && page.contains("pod-7"), "{page}");
+    let (_, page) = dashboard.get("/elections?prefix=sch", None).await;
+    assert!(!page.contains("data-election"), "signed out reads the default namespace: {page}");
 }

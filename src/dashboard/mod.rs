@@ -812,8 +812,8 @@ async fn revoke_sessions(State(dashboard): State<Shared>, viewer: Viewer, Form(f
 // ---- redis ----
 
 async fn redis_page(State(dashboard): State<Shared>, viewer: Viewer) -> Page {
-    let nodes = dashboard.store.info("dashboard_info", None).await.map_err(Error::from)?;
-    let nodes: Vec<RedisNode> = nodes.iter().map(|info| RedisNode::parse(info)).collect();
+    let nodes = dashboard.store.info_by_node("dashboard_info", None).await.map_err(Error::from)?;
+    let nodes: Vec<RedisNode> = nodes.iter().map(|(address, info)| RedisNode::parse(address, info)).collect();
     html(&RedisPage { chrome: viewer.chrome("Redis", "redis"), nodes })
 }
 

@@ -410,6 +410,8 @@ pub(crate) struct SessionsPage {
 
 /// One Redis node's INFO, the lines an operator looks at.
 pub(crate) struct RedisNode {
+    /// Empty on a single server.
+    pub address: String,
     pub role: String,
     pub version: String,
     pub memory_used: String,
@@ -422,7 +424,7 @@ pub(crate) struct RedisNode {
 }
 
 impl RedisNode {
-    pub fn parse(info: &str) -> Self {
+    pub fn parse(address: &str, info: &str) -> Self {
         let field = |name: &str| {
             info.lines()
                 .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(':')))
@@ -434,6 +436,7 @@ impl RedisNode {
         };
         let policy = field("maxmemory_policy");
         Self {
+            address: address.to_owned(),
             role: field("role"),
             version: field("redis_version"),
             memory_used: field("used_memory_human"),

@@ -297,15 +297,26 @@ impl Store {
     /// `INFO [section]` of every master: one reply on a single server, one per master on
     /// a Redis Cluster (where the cluster connection asks them all).
     pub async fn info(&self, op: &'static str, section: Option<&str>) -> Result<Vec<String>, StoreError> {
+        Ok(self.info_by_node(op, section).await?.into_iter().map(|(_, info)| info).collect())
+    }
+
+    /// [`Self::info`] with each master's address ("" on a single server), by address.
+    pub async fn info_by_node(
+        &self,
+        op: &'static str,
+        section: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let mut cmd = Command::new("INFO");
         if let Some(section) = section {
             cmd = cmd.arg(section);
         }
         if self.is_cluster() {
             let per_node: HashMap<String, String> = self.command(op, &cmd).await?;
-            return Ok(per_node.into_values().collect());
+            let mut nodes: Vec<(String, String)> = per_node.into_iter().collect();
+            nodes.sort();
+            return Ok(nodes);
         }
-        Ok(vec![self.command(op, &cmd).await?])
+        Ok(vec![(String::new(), self.command(op, &cmd).await?)])
     }
 
     /// Up to `limit` keys matching `glob`, and whether the whole keyspace was walked (SCAN,
