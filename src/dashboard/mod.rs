@@ -88,10 +88,8 @@ fn router(dashboard: Shared) -> Router {
         .route("/logout", post(sign_out))
         .route("/queues", get(queues_page))
         .route("/queues/{queue}", get(queue_page))
-        .route("/queues/{queue}/pause", post(pause_queue))
-        .route("/queues/{queue}/resume", post(resume_queue))
-        .route("/queues/{queue}/dead/retry", post(retry_dead))
-        .route("/queues/{queue}/dead/delete", post(delete_dead))
+        .route("/queues/{queue}/{action}", post(queue_action))
+        .route("/queues/{queue}/dead/{action}", post(dead_action))
         .route("/queues/{queue}/jobs/{job}", get(job_page))
         .route("/queues/{queue}/jobs/{job}/cancel", post(cancel_job))
         .route("/locks", get(locks_page))
@@ -542,56 +540,42 @@ impl DeadAction {
     }
 }
 
-async fn pause_queue(
+/// Pause or resume: `/queues/{queue}/pause`, `/queues/{queue}/resume`.
+async fn queue_action(
     State(dashboard): State<Shared>,
     viewer: Viewer,
-    Path(queue): Path<String>,
+    Path((queue, action)): Path<(String, String)>,
     Form(form): Form<Token>,
 ) -> Page {
     let admin = viewer.authorize(&form.csrf)?;
     check_name("queue", &queue, &dashboard.limits)?;
-    dashboard.queues.scoped(&viewer.namespace).pause(&queue).await?;
-    tracing::info!(key = %admin, tenant = %viewer.namespace, %queue, "dashboard: queue paused");
-    done(&format!("/queues/{}", encode(&queue)), "Queue paused")
+    let queues = dashboard.queues.scoped(&viewer.namespace);
+    let done_as = match action.as_str() {
+        "pause" => queues.pause(&queue).await.map(|()| "Queue paused")?,
+        "resume" => queues.resume(&queue).await.map(|()| "Queue resumed")?,
+        _ => return Err(Failure::NotFound("no such action".into())),
+    };
+    tracing::info!(key = %admin, tenant = %viewer.namespace, %queue, %action, "dashboard: queue {action}d");
+    done(&format!("/queues/{}", encode(&queue)), done_as)
 }
 
-async fn resume_queue(
+/// Retry or delete dead jobs: `/queues/{queue}/dead/retry`, `/queues/{queue}/dead/delete`.
+async fn dead_action(
     State(dashboard): State<Shared>,
     viewer: Viewer,
-    Path(queue): Path<String>,
-    Form(form): Form<Token>,
-) -> Page {
-    let admin = viewer.authorize(&form.csrf)?;
-    check_name("queue", &queue, &dashboard.limits)?;
-    dashboard.queues.scoped(&viewer.namespace).resume(&queue).await?;
-    tracing::info!(key = %admin, tenant = %viewer.namespace, %queue, "dashboard: queue resumed");
-    done(&format!("/queues/{}", encode(&queue)), "Queue resumed")
-}
-
-async fn retry_dead(
-    State(dashboard): State<Shared>,
-    viewer: Viewer,
-    Path(queue): Path<String>,
+    Path((queue, action)): Path<(String, String)>,
     Form(form): Form<DeadAction>,
 ) -> Page {
     let admin = viewer.authorize(&form.csrf)?;
     check_name("queue", &queue, &dashboard.limits)?;
-    let retried = dashboard.queues.scoped(&viewer.namespace).retry_dead(&queue, form.selection()?).await?;
-    tracing::info!(key = %admin, tenant = %viewer.namespace, %queue, retried, all = form.all, "dashboard: dead jobs retried");
-    done(&format!("/queues/{}?state=dead", encode(&queue)), &format!("Retried {retried} dead jobs"))
-}
-
-async fn delete_dead(
-    State(dashboard): State<Shared>,
-    viewer: Viewer,
-    Path(queue): Path<String>,
-    Form(form): Form<DeadAction>,
-) -> Page {
-    let admin = viewer.authorize(&form.csrf)?;
-    check_name("queue", &queue, &dashboard.limits)?;
-    let deleted = dashboard.queues.scoped(&viewer.namespace).delete_dead(&queue, form.selection()?).await?;
-    tracing::info!(key = %admin, tenant = %viewer.namespace, %queue, deleted, all = form.all, "dashboard: dead jobs deleted");
-    done(&format!("/queues/{}?state=dead", encode(&queue)), &format!("Deleted {deleted} dead jobs"))
+    let queues = dashboard.queues.scoped(&viewer.namespace);
+    let (count, verb) = match action.as_str() {
+        "retry" => (queues.retry_dead(&queue, form.selection()?).await?, "Retried"),
+        "delete" => (queues.delete_dead(&queue, form.selection()?).await?, "Deleted"),
+        _ => return Err(Failure::NotFound("no such action".into())),
+    };
+    tracing::info!(key = %admin, tenant = %viewer.namespace, %queue, %action, count, all = form.all, "dashboard: dead jobs");
+    done(&format!("/queues/{}?state=dead", encode(&queue)), &format!("{verb} {count} dead jobs"))
 }
 
 async fn job_page(
