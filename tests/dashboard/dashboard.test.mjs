@@ -757,6 +757,22 @@ describe("operator dashboard", { concurrency: false }, () => {
     assert.ok(signedOut, "the Sign out step did not run");
     assert.equal(await rawPost(signedOut.pause, { cookie: signedOut.cookie }), 403, "a POST with the signed-out cookie and its csrf");
   });
+
+  // Live pages refresh their content in place: a queue that appears shows up unreloaded.
+  step("a live page follows the data without a reload", async () => {
+    const page = anonPage;
+    await visit(page, "/queues");
+    await page.evaluate(() => { window.__sameDocument = true; });
+    assert.equal(await page.locator('tr[data-queue="live"]').count(), 0, "no queue live yet");
+    await api.queue.enqueue({ queue: "live", payload: Buffer.from("x") });
+    await eventually(
+      "tr[data-queue=live] on the open page",
+      async () => (await page.locator('tr[data-queue="live"]').count()) === 1,
+      15_000,
+    );
+    assert.equal(await page.evaluate(() => window.__sameDocument), true, "the page was reloaded, not refreshed in place");
+    assert.deepEqual(page.errors, [], "console errors");
+  });
 });
 
 /** Follows a link or a GET form's button and waits for the page it leads to. */
