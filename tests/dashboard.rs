@@ -423,3 +423,17 @@ async fn a_prefix_finds_the_tenants_own_locks_and_leaders_and_glob_characters_ma
     let (_, page) = dashboard.get("/elections?prefix=sch", None).await;
     assert!(!page.contains("data-election"), "signed out reads the default namespace: {page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_gets_ten_sign_in_attempts_a_minute_so_a_key_cannot_be_guessed_through_the_form() {
+    let redis = Redis::start();
+    let dashboard = Dashboard::start(&redis);
+    for attempt in 0..10 {
+        assert_eq!(dashboard.sign_in(&format!("guess-{attempt}")).await, Err(401), "attempt {attempt}");
+    }
+    assert_eq!(dashboard.sign_in(ADMIN_A).await, Err(429), "the right key too, once the minute's attempts are spent");
+    // Counted apart from every tenant's own rate limits.
+    let keys = redis.keys();
+    assert!(keys.iter().all(|key| !key.starts_with("baton:default:") && !key.starts_with("baton:a:")), "{keys:?}");
+    assert!(keys.iter().any(|key| key.starts_with("baton:dashboard:sign-in:rl:{127.0.0.1}")), "{keys:?}");
+}

@@ -2,20 +2,23 @@
 //!
 //! Server-rendered with askama (which escapes everything a page shows, payloads included),
 //! served by axum (tonic's own HTTP router), assets compiled into the binary. Pages read;
-//! forms act, and only for a signed-in `admin` API key: the key rides in an HttpOnly,
-//! SameSite=Strict cookie, and every form carries a token derived from it (a cross-site
-//! form cannot know it), so an action needs both. Signed out, the pages show the default
-//! namespace; signed in, the key's own tenant. Every action is logged with the key's name.
+//! forms act, and only for a signed-in `admin` API key. Signing in stores a sign-in in
+//! Redis (shared by every replica, revoked by Sign out) and gives the browser only its
+//! random id, in an HttpOnly, SameSite=Strict cookie; every form carries a token derived
+//! from that id (a cross-site form cannot know it), so an action needs both. Signed out,
+//! the pages show the default namespace; signed in, the key's own tenant. Every action is
+//! logged with the key's name.
 
 mod pages;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -32,7 +35,7 @@ use crate::envoy::EnvoyRules;
 use crate::error::Error;
 use crate::lock::LockManager;
 use crate::queue::{JobState, QueueManager};
-use crate::ratelimit::{LimitCheck, Policy, RateLimiter};
+use crate::ratelimit::{Algorithm, LimitCheck, LimitSpec, Policy, RateLimiter};
 use crate::session::SessionManager;
 use crate::store::keys::{DEFAULT_NAMESPACE, Pattern};
 use crate::store::{Command, KeyBuilder, Store};
@@ -45,6 +48,11 @@ use pages::*;
 const COOKIE: &str = "baton_dashboard";
 /// How long a sign-in lasts.
 const SIGN_IN_TTL: Duration = Duration::from_secs(8 * 3600);
+/// Sign-in attempts one address may make per minute, right or wrong: guessing a key
+/// through the form is as slow as this (counted by the rate limiter, in a namespace no
+/// tenant can name).
+const SIGN_INS_PER_MINUTE: u64 = 10;
+const SIGN_IN_LIMIT_NAMESPACE: &str = "dashboard:sign-in";
 /// Jobs per page of a queue's list.
 const JOBS_PER_PAGE: usize = 50;
 /// Groups shown on a queue's page.
@@ -72,6 +80,7 @@ type Shared = Arc<Dashboard>;
 pub fn serve(listener: TcpListener, dashboard: Dashboard) -> TaskGuard {
     let app = router(Arc::new(dashboard));
     TaskGuard::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "dashboard listener failed");
         }
@@ -208,6 +217,7 @@ pub(crate) enum Failure {
     NotFound(String),
     Forbidden(String),
     BadRequest(String),
+    TooMany(String),
     Unavailable,
     Internal(String),
 }
@@ -237,6 +247,7 @@ impl IntoResponse for Failure {
             Self::NotFound(message) => (StatusCode::NOT_FOUND, message),
             Self::Forbidden(message) => (StatusCode::FORBIDDEN, message),
             Self::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
+            Self::TooMany(message) => (StatusCode::TOO_MANY_REQUESTS, message),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Redis is unavailable; try again shortly".into()),
             Self::Internal(cause) => {
                 tracing::error!(%cause, "dashboard page failed");
@@ -402,10 +413,35 @@ struct SignIn {
     csrf: String,
 }
 
-async fn sign_in(State(dashboard): State<Shared>, jar: CookieJar, viewer: Viewer, Form(form): Form<SignIn>) -> Page {
+async fn sign_in(
+    State(dashboard): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    jar: CookieJar,
+    viewer: Viewer,
+    Form(form): Form<SignIn>,
+) -> Page {
     let expected = jar.get(LOGIN_COOKIE).map(|cookie| cookie.value().to_owned()).unwrap_or_default();
     if expected.is_empty() || expected != form.csrf {
         return Err(Failure::Forbidden("the sign-in form is stale or came from another site: reload it".into()));
+    }
+    let attempts = LimitCheck {
+        key: peer.ip().to_string(),
+        spec: LimitSpec {
+            algorithm: Algorithm::FixedWindow,
+            limit: SIGN_INS_PER_MINUTE,
+            period: Duration::from_secs(60),
+            burst: 0,
+        },
+        cost: 1,
+    };
+    let limiter = dashboard.limiter.scoped(&Arc::from(SIGN_IN_LIMIT_NAMESPACE));
+    let verdict = limiter.check(&[attempts], false, false).await?;
+    if !verdict.allowed {
+        tracing::warn!(%peer, "dashboard sign-in refused: too many attempts");
+        return Err(Failure::TooMany(format!(
+            "too many sign-in attempts from this address: try again in {}",
+            span(verdict.retry_after)
+        )));
     }
     let Some((identity, hash)) = dashboard.keys.identify(form.key.trim()) else {
         tracing::warn!("dashboard sign-in with an unknown key");
