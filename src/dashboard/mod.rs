@@ -55,6 +55,8 @@ const SIGN_INS_PER_MINUTE: u64 = 10;
 const SIGN_IN_LIMIT_NAMESPACE: &str = "dashboard:sign-in";
 /// Jobs per page of a queue's list.
 const JOBS_PER_PAGE: usize = 50;
+/// Queues shown on the queues page (each costs three reads).
+const QUEUES_SHOWN: usize = 500;
 /// Groups shown on a queue's page.
 const GROUPS_SHOWN: usize = 100;
 /// Bytes of a payload or result a page shows.
@@ -493,13 +495,14 @@ async fn queues_page(State(dashboard): State<Shared>, viewer: Viewer, Query(noti
     let manager = dashboard.queues.scoped(&viewer.namespace);
     let now = now_micros();
     let mut rows = Vec::new();
-    for (name, stats) in manager.queues().await? {
+    let (queues, total) = manager.queues(QUEUES_SHOWN).await?;
+    for (name, stats) in queues {
         let rates = manager.rates(&name, now).await?;
         rows.push(QueueRow::new(name, &stats, rates));
     }
     let mut chrome = viewer.chrome("Queues", "queues");
     chrome.notice = notice.notice;
-    html(&QueuesPage { chrome, queues: rows })
+    html(&QueuesPage { chrome, queues: rows, total })
 }
 
 #[derive(Deserialize)]

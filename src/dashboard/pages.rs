@@ -113,6 +113,8 @@ impl QueueRow {
 pub(crate) struct QueuesPage {
     pub chrome: Chrome,
     pub queues: Vec<QueueRow>,
+    /// How many queue names the namespace has, shown or not.
+    pub total: usize,
 }
 
 pub(crate) struct JobRow {

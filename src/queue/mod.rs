@@ -447,13 +447,16 @@ impl QueueManager {
         Ok(())
     }
 
-    /// The queues of this namespace, by name, with their counts; a queue with nothing left
-    /// in Redis is dropped from the set instead.
-    pub async fn queues(&self) -> Result<Vec<(String, QueueStats)>, Error> {
+    /// The first `limit` queues of this namespace by name, with their counts, and how many
+    /// it has in all; a queue with nothing left in Redis is dropped from the set instead.
+    /// Bounded, because callers name queues: a page never reads more than `limit` of them.
+    pub async fn queues(&self, limit: usize) -> Result<(Vec<(String, QueueStats)>, usize), Error> {
         let index = self.keys.index("queues");
         let mut names: Vec<String> =
             self.store.command("queue_registry", &Command::new("SMEMBERS").arg(&index)).await?;
+        let total = names.len();
         names.sort();
+        names.truncate(limit);
         let mut queues = Vec::with_capacity(names.len());
         for name in names {
             let stats = self.stats(&name).await?;
@@ -465,7 +468,7 @@ impl QueueManager {
             }
             queues.push((name, stats));
         }
-        Ok(queues)
+        Ok((queues, total))
     }
 
     /// Leases up to `count` ready jobs; also promotes due jobs and reclaims expired leases.

@@ -213,9 +213,7 @@ impl QueueManager {
             self.store.command::<i64>("schedule_index", &Command::new("SREM").arg(INDEX).arg(&member)).await?;
             // A schedule created meanwhile (its SADD may have run before this SREM) puts
             // the queue back.
-            let count: i64 =
-                self.store.command("schedule_index", &Command::new("HLEN").arg(&self.schedule_keys(queue)[0])).await?;
-            if count > 0 {
+            if self.schedule_count(queue).await? > 0 {
                 self.store.command::<i64>("schedule_index", &Command::new("SADD").arg(INDEX).arg(&member)).await?;
             }
         }
