@@ -17,7 +17,7 @@ use baton::proto::v1::{
     AckRequest, AcquireRequest, ConsumeRequest, EnqueueRequest, ErrorReason, FetchRequest, GetJobRequest, JobState,
     KeepAliveRequest, RenewRequest, consume_response,
 };
-use common::{Baton, Clients, PATIENCE, Redis, next_event, reason_of, unique};
+use common::{Baton, Clients, PATIENCE, Redis, eventually, next_event, reason_of, unique};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -130,6 +130,24 @@ async fn a_draining_worker_gets_nothing_more_and_unstarted_jobs_cost_no_attempt(
     // Stop: no more jobs; two were never started, three are finished.
     let unstarted: Vec<String> = deliveries[3..].iter().map(|d| d.lease_id.clone()).collect();
     steer.send(ConsumeRequest { drain: true, unstarted_lease_ids: unstarted, ..Default::default() }).await.unwrap();
+    // The steering message and the Acks travel on different HTTP/2 streams: an Ack served
+    // before the drain would rightly free a slot for one more delivery. The handed-back jobs
+    // being ready again shows the drain was applied (the server applies both together).
+    let handed_back: Vec<String> = deliveries[3..].iter().map(|d| d.job.as_ref().unwrap().job_id.clone()).collect();
+    eventually(PATIENCE, "the unstarted jobs to be ready again", || {
+        let mut queues = queues.clone();
+        let handed_back = handed_back.clone();
+        async move {
+            for job_id in handed_back {
+                let job = queues.get_job(GetJobRequest { job_id }).await.unwrap().into_inner().job.unwrap();
+                if JobState::try_from(job.state).unwrap() != JobState::Ready {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
     for delivery in &deliveries[..3] {
         queues.ack(AckRequest { lease_id: delivery.lease_id.clone(), result: Vec::new() }).await.unwrap();
     }
