@@ -13,7 +13,7 @@ CARGO_DENY := tools/cargo/bin/cargo-deny
 CARGO_DENY_STAMP := tools/cargo/.cargo-deny-$(CARGO_DENY_VERSION)
 ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 
-.PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench clean clients-test gen deploy-test abuse-test \
+.PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench lock-peers clean clients-test gen deploy-test abuse-test \
 	toxiproxy chaos soak fresh-test docs-test envoy-ratelimit dashboard-test
 
 # Client SDKs (clients/go, clients/python, clients/node): `make gen`, `make clients-test`.
@@ -116,21 +116,37 @@ SOAK_SECS ?= 1800
 soak: redis-server
 	BATON_SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release --locked --test soak -- --nocapture
 
-cargo-test: toxiproxy
+cargo-test: toxiproxy lock-peers
 	TOXIPROXY_BIN=$(CURDIR)/$(TOXIPROXY) $(CARGO) test --workspace --locked -- --test-threads=$(TEST_THREADS)
-	@# The benchmark is a measurement, not a test: this 5-second smoke only proves it runs.
+	@# The benchmark is a measurement, not a test: this smoke only proves it runs.
 	$(CARGO) run --locked --quiet -p baton-bench -- --baton target/debug/baton \
-		--duration 300ms --concurrency 4 --streams 200 > /dev/null
+		--duration 300ms --concurrency 4 --streams 200 --locks-bench $(LOCKS_BENCH) --etcd $(ETCD) > /dev/null
 
 # The load generator is the bench/ crate. Results go to bench/results/<date>.md, the summary
 # to docs/benchmarks.md. The peers (BullMQ, node-redlock: pinned in bench/peers) run against
 # the bench's own Redis in the same run.
 # The clients' own workers (bench/workers) run from the clients' installed dependencies.
-bench: redis-server clients-deps envoy-ratelimit
+bench: redis-server clients-deps envoy-ratelimit lock-peers
 	$(CARGO) build --release --locked -p baton -p baton-bench
 	npm ci --prefix bench/peers --no-fund --no-audit --loglevel=error
 	target/release/baton-bench --baton target/release/baton --peers bench/peers \
-		--envoy-ratelimit $(ENVOY_RATELIMIT) --report bench/results/$$(date +%F).md
+		--envoy-ratelimit $(ENVOY_RATELIMIT) --locks-bench $(LOCKS_BENCH) --etcd $(ETCD) \
+		--report bench/results/$$(date +%F).md
+
+# etcd 3.6, the gRPC coordination peer, and bench/locks, which drives Baton's Go lock helper
+# and etcd's concurrency.Mutex alike: one Go module (bench/locks/go.mod pins etcd), built
+# from the Go module proxy. etcd's own server module refuses `go install` (replace lines).
+LOCKS_BENCH := tools/locks/locks
+ETCD := tools/locks/etcd
+LOCKS_SOURCES := bench/locks/go.mod bench/locks/go.sum $(wildcard bench/locks/*.go bench/locks/etcd/*.go)
+
+$(LOCKS_BENCH): $(LOCKS_SOURCES) $(wildcard clients/go/baton/*.go)
+	cd bench/locks && go vet ./... && go build -o ../../$(LOCKS_BENCH) .
+
+$(ETCD): $(LOCKS_SOURCES)
+	cd bench/locks && go build -o ../../$(ETCD) ./etcd
+
+lock-peers: $(LOCKS_BENCH) $(ETCD)
 
 # envoyproxy/ratelimit, the reference Envoy rate limit service and the benchmark's RLS peer,
 # from the Go module proxy at a pinned commit (it tags no releases).
@@ -158,7 +174,7 @@ fresh-test:
 
 clean:
 	$(CARGO) clean
-	rm -rf tools/node_modules tools/cargo tools/toxiproxy
+	rm -rf tools/node_modules tools/cargo tools/toxiproxy tools/locks
 
 # Until clients/clients.mk and deploy/deploy.mk define them, there is nothing to test there.
 clients-test::

@@ -9,7 +9,8 @@
 //! - [`scenarios`]: one module per scenario group (`--only`), plus idle streams' memory.
 //! - [`measure`]: closed- and open-loop load, histograms, the server's CPU per operation.
 //! - [`redis_baseline`]: `redis-benchmark` and `redis-cli`, the "× raw" figures.
-//! - [`peers`]: BullMQ and node-redlock (`bench/peers`) against the same Redis.
+//! - [`peers`]: BullMQ and node-redlock (`bench/peers`) against the same Redis; etcd is
+//!   [`scenarios::etcd`].
 //! - [`report`]: the Markdown report.
 
 // A failed call ends the measurement, and the panic says where: the load generator is
@@ -61,6 +62,14 @@ pub struct Args {
     /// (`make bench` builds it from the Go module proxy); without it baton runs alone.
     #[arg(long)]
     envoy_ratelimit: Option<PathBuf>,
+    /// The `bench/locks` program (lock cycles through the Go client's helper and through
+    /// etcd's `concurrency.Mutex`), measured with `--etcd` in the lock group.
+    #[arg(long, requires = "etcd")]
+    locks_bench: Option<PathBuf>,
+    /// etcd's server binary (`make bench` builds 3.6 from the Go module proxy), the gRPC
+    /// coordination peer for lock cycles and hand-overs.
+    #[arg(long, requires = "locks_bench")]
+    etcd: Option<PathBuf>,
 
     /// Internal: serve a bare tonic server (gRPC health only, no layers) on this address and
     /// print it; the benchmark starts itself this way for the machine's gRPC ceiling.
@@ -115,6 +124,9 @@ async fn main() {
     }
     if args.runs("lock") {
         scenarios::lock::run(&mut bench).await;
+        if let (Some(locks), Some(etcd)) = (&args.locks_bench, &args.etcd) {
+            scenarios::etcd::run(&mut bench, locks, etcd).await;
+        }
     }
     if args.runs("cache") {
         scenarios::cache::run(&mut bench).await;

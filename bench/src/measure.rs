@@ -52,7 +52,7 @@ impl CpuMeter {
 }
 
 /// CPU time (user + system) a process has used so far, in microseconds.
-fn cpu_micros(pid: u32) -> u64 {
+pub fn cpu_micros(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let fields: Vec<&str> =

@@ -134,7 +134,7 @@ fn run_peer(dir: &Path, script: &str, port: u16, d: Duration, extra: &[&str]) ->
 }
 
 /// A number field of the flat JSON object a peer script prints.
-fn json_number(line: &str, key: &str) -> Option<f64> {
+pub fn json_number(line: &str, key: &str) -> Option<f64> {
     let rest = &line[line.find(&format!("\"{key}\":"))? + key.len() + 3..];
     rest[..rest.find([',', '}']).unwrap_or(rest.len())].trim().parse().ok()
 }

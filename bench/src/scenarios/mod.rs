@@ -4,6 +4,7 @@ pub mod cache;
 pub mod ceiling;
 pub mod check;
 pub mod envoy;
+pub mod etcd;
 pub mod lock;
 pub mod queue;
 pub mod session;

@@ -1,0 +1,137 @@
+//! Lock cycles through the lock helper a Go user calls, Baton's against etcd's: the
+//! `bench/locks` program (built by `make bench`) runs Baton's `Client.Lock` + `Unlock` and
+//! etcd's `concurrency.Mutex` (one session per caller) the same way, one process and one
+//! client connection each, at every concurrency level, then hand-overs on one name. etcd 3.6
+//! runs as one member with `--unsafe-no-fsync`: the benchmark's Redis keeps nothing on disk
+//! either. Each server's CPU time is charged to its own cycles.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use testkit::free_port;
+
+use super::Bench;
+use crate::measure::{cpu_micros, rss_mib};
+use crate::peers::json_number;
+
+/// One system's figures at one level.
+struct Cycles {
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_us: f64,
+}
+
+pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path) {
+    let (mut server, etcd_addr, data_dir) = start_etcd(etcd);
+    let baton = (bench.baton_addr, bench.baton_pid);
+    let etcd_server = (etcd_addr, server.id());
+    let seconds = format!("{}ms", bench.duration.as_millis());
+    let version = etcd_version(etcd);
+    for c in bench.levels.clone() {
+        let level = ["-concurrency", &c.to_string(), "-duration", &seconds].map(str::to_owned);
+        let ours = cycles(locks, "baton", baton, &level);
+        let theirs = cycles(locks, "etcd", etcd_server, &level);
+        bench.notes.push(format!(
+            "Lock cycles through the Go client's own helper at {c} callers (distinct names, one connection): \
+                 Baton Client.Lock + Unlock {:.0}/s (p50 {:.0} µs, p99 {:.0} µs, {:.0} µs of baton CPU per cycle); \
+                 etcd {} concurrency.Mutex (--unsafe-no-fsync) {:.0}/s (p50 {:.0} µs, p99 {:.0} µs, {:.0} µs of \
+                 etcd CPU per cycle): Baton {:.2}× etcd, {:.2}× its CPU per cycle",
+            ours.per_sec,
+            ours.p50_us,
+            ours.p99_us,
+            ours.cpu_us,
+            version,
+            theirs.per_sec,
+            theirs.p50_us,
+            theirs.p99_us,
+            theirs.cpu_us,
+            ours.per_sec / theirs.per_sec,
+            ours.cpu_us / theirs.cpu_us,
+        ));
+    }
+    // A few rounds in a smoke run, 200 in a real one: each round waits 20 ms for the waiter.
+    let rounds = (bench.duration.as_millis() / 25).clamp(5, 200).to_string();
+    let handover = ["-handover", rounds.as_str()].map(str::to_owned);
+    let ours = run_locks(locks, "baton", baton.0, &handover);
+    let theirs = run_locks(locks, "etcd", etcd_addr, &handover);
+    let at = |line: &str, key| json_number(line, key).unwrap_or(0.0);
+    bench.notes.push(format!(
+        "Lock hand-over through the Go helpers ({rounds} rounds, Unlock called → the waiting Lock returns): Baton p50 \
+         {:.0} µs, p99 {:.0} µs; etcd p50 {:.0} µs, p99 {:.0} µs",
+        at(&ours, "p50_us"),
+        at(&ours, "p99_us"),
+        at(&theirs, "p50_us"),
+        at(&theirs, "p99_us"),
+    ));
+    bench.notes.push(format!("etcd RSS after the lock runs: {:.0} MiB", rss_mib(server.id())));
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(data_dir);
+}
+
+/// Runs one level against one server, charging the server's CPU time to its cycles.
+fn cycles(locks: &Path, system: &str, (addr, pid): (SocketAddr, u32), args: &[String]) -> Cycles {
+    let before = cpu_micros(pid);
+    let line = run_locks(locks, system, addr, args);
+    let spent = cpu_micros(pid).saturating_sub(before) as f64;
+    let field = |key| json_number(&line, key).unwrap_or_else(|| panic!("no {key} in {line}"));
+    Cycles {
+        per_sec: field("cycles_per_sec"),
+        p50_us: field("p50_us"),
+        p99_us: field("p99_us"),
+        cpu_us: spent / field("cycles").max(1.0),
+    }
+}
+
+/// The JSON line `bench/locks` prints; its failure (reason on its stderr) ends the benchmark.
+fn run_locks(locks: &Path, system: &str, addr: SocketAddr, args: &[String]) -> String {
+    let output = Command::new(locks)
+        .args(["-system", system, "-target", &addr.to_string()])
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {}: {err}", locks.display()));
+    assert!(output.status.success(), "{} -system {system}: {}", locks.display(), output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout.lines().rev().find(|line| line.starts_with('{')).expect("a JSON line").to_owned()
+}
+
+/// One etcd member on free ports with a data directory of its own.
+fn start_etcd(binary: &Path) -> (Child, SocketAddr, PathBuf) {
+    let (client, peer) = (free_port(), free_port());
+    let data_dir = std::env::temp_dir().join(format!("baton-bench-etcd-{}", std::process::id()));
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut child = Command::new(binary)
+        .args([
+            "--name",
+            "bench",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--unsafe-no-fsync",
+            "--log-level",
+            "error",
+        ])
+        .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("bench={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], client));
+    let listening = testkit::wait::until(testkit::PATIENCE, || {
+        TcpStream::connect(addr).is_ok() || matches!(child.try_wait(), Ok(Some(_)))
+    });
+    assert!(listening && matches!(child.try_wait(), Ok(None)), "etcd did not listen on {addr}");
+    (child, addr, data_dir)
+}
+
+/// "3.6.16", from the binary's own `--version`.
+fn etcd_version(binary: &Path) -> String {
+    let output = Command::new(binary).arg("--version").output().map(|o| o.stdout).unwrap_or_default();
+    let text = String::from_utf8_lossy(&output);
+    text.lines().find_map(|line| line.strip_prefix("etcd Version: ")).unwrap_or("?").trim().to_owned()
+}
