@@ -79,6 +79,16 @@ impl Error {
         Self::InvalidArgument { field: field.into(), description: description.into() }
     }
 
+    /// The same error about a field of the message in field `parent`.
+    pub fn within(self, parent: &str) -> Self {
+        match self {
+            Self::InvalidArgument { field, description } => {
+                Self::InvalidArgument { field: format!("{parent}.{field}"), description }
+            }
+            other => other,
+        }
+    }
+
     /// The ErrorInfo reason clients branch on.
     pub fn reason(&self) -> Reason {
         match self {

@@ -196,7 +196,10 @@ async fn a_holder_that_stops_sending_heartbeats_loses_its_lease_within_the_ttl()
     let lease = locks.acquire(acquire_request(&name, ttl, Duration::ZERO)).await.unwrap().into_inner().lease.unwrap();
     // The stream stays open (the sender is kept), but no heartbeat follows the first message.
     let (heartbeat, heartbeats) = tokio::sync::mpsc::channel(1);
-    heartbeat.send(KeepAliveRequest { name: name.clone(), lease_id: lease.lease_id, ttl: None }).await.unwrap();
+    heartbeat
+        .send(KeepAliveRequest { name: name.clone(), lease_id: lease.lease_id, ..Default::default() })
+        .await
+        .unwrap();
     let mut answers = locks.keep_alive(ReceiverStream::new(heartbeats)).await.unwrap().into_inner();
     answers.next().await.unwrap().expect("the first renewal");
     let silent_since = Instant::now();
@@ -224,7 +227,7 @@ async fn heartbeating_holder_child_process() {
     let mut locks = LockServiceClient::new(channel);
     let ttl = Duration::from_secs(1);
     let lease = locks.acquire(acquire_request(&name, ttl, Duration::ZERO)).await.unwrap().into_inner().lease.unwrap();
-    let request = KeepAliveRequest { name, lease_id: lease.lease_id, ttl: None };
+    let request = KeepAliveRequest { name, lease_id: lease.lease_id, ..Default::default() };
     let (heartbeats, _sending) = common::heartbeats(request, ttl / 3);
     let mut answers = locks.keep_alive(heartbeats).await.unwrap().into_inner();
     answers.next().await.unwrap().unwrap();
@@ -267,7 +270,7 @@ async fn every_heartbeat_is_answered_in_order_and_only_renewals_say_so() {
     let ttl = Duration::from_secs(3);
     let lease = locks.acquire(acquire_request(&name, ttl, Duration::ZERO)).await.unwrap().into_inner().lease.unwrap();
     let (heartbeat, heartbeats) = tokio::sync::mpsc::channel(8);
-    let first = KeepAliveRequest { name: name.clone(), lease_id: lease.lease_id.clone(), ttl: None };
+    let first = KeepAliveRequest { name: name.clone(), lease_id: lease.lease_id.clone(), ..Default::default() };
     heartbeat.send(first).await.unwrap();
     let mut answers = locks.keep_alive(ReceiverStream::new(heartbeats)).await.unwrap().into_inner();
     let mut next = async || tokio::time::timeout(PATIENCE, answers.next()).await.unwrap().unwrap().unwrap();

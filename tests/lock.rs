@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use baton::proto::duration_to_proto;
 use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::{
-    AcquireRequest, AcquireResponse, DescribeRequest, ErrorReason, KeepAliveRequest, Lease, ReleaseRequest,
-    RenewRequest,
+    AcquireRequest, AcquireResponse, DescribeRequest, ErrorReason, KeepAliveRequest, KeepAliveResponse, Lease,
+    ReleaseRequest, RenewRequest,
 };
 use common::{Baton, Clients, PATIENCE, Redis, Server, eventually, reason_of, unique};
 use tokio_stream::StreamExt;
@@ -373,7 +373,7 @@ impl Drop for KeptAlive {
 }
 
 async fn keep_alive(locks: &mut Locks, lease: &Lease) -> KeptAlive {
-    let request = KeepAliveRequest { name: lease.name.clone(), lease_id: lease.lease_id.clone(), ttl: None };
+    let request = KeepAliveRequest { name: lease.name.clone(), lease_id: lease.lease_id.clone(), ..Default::default() };
     let ttl = lease.ttl.as_ref().map(|ttl| Duration::new(ttl.seconds as u64, ttl.nanos as u32)).unwrap();
     let (heartbeats, task) = common::heartbeats(request, ttl / 3);
     let answers = locks.keep_alive(heartbeats).await.expect("keepalive").into_inner();
@@ -404,6 +404,105 @@ async fn keepalive_holds_the_lock_and_cancelling_it_frees_the_lock_at_once() {
     let response = acquire(&mut locks, &name, Duration::from_secs(1), Duration::from_secs(2)).await;
     assert!(response.acquired);
     assert!(started.elapsed() <= Duration::from_millis(500), "freed after {:?}", started.elapsed());
+}
+
+/// A KeepAlive stream that acquires its own lease: its first message is an AcquireRequest.
+async fn acquiring_stream(
+    locks: &mut Locks,
+    request: AcquireRequest,
+) -> (tokio::sync::mpsc::Sender<KeepAliveRequest>, tonic::Streaming<KeepAliveResponse>) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    sender.send(KeepAliveRequest { acquire: Some(request), ..Default::default() }).await.unwrap();
+    let answers = locks.keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver)).await.unwrap().into_inner();
+    (sender, answers)
+}
+
+async fn answer(answers: &mut tonic::Streaming<KeepAliveResponse>) -> KeepAliveResponse {
+    tokio::time::timeout(PATIENCE, answers.next()).await.expect("an answer").expect("not the end").expect("ok")
+}
+
+async fn the_end(answers: &mut tonic::Streaming<KeepAliveResponse>) {
+    let end = tokio::time::timeout(PATIENCE, answers.next()).await.expect("the stream ends");
+    assert!(end.is_none(), "expected the end (OK), got {end:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_acquires_keeps_and_releases_a_lease_and_hands_it_to_a_waiting_stream() {
+    let redis = Redis::start();
+    let baton = Server::start(&redis.url(), &[]);
+    let mut locks = baton.locks().await;
+    let name = unique("one-stream");
+    let ttl = Duration::from_millis(600);
+
+    let (holder, mut held) = acquiring_stream(&mut locks, acquire_request(&name, ttl, Duration::ZERO, 1)).await;
+    let granted = answer(&mut held).await;
+    assert!(granted.acquired && granted.renewed, "{granted:?}");
+    let lease = granted.lease.unwrap();
+    assert_eq!(lease.name, name);
+
+    // Busy: the holder is named, and that stream ends there.
+    let (_busy, mut refused) = acquiring_stream(&mut locks, acquire_request(&name, ttl, Duration::ZERO, 1)).await;
+    let busy = answer(&mut refused).await;
+    assert!(!busy.acquired && busy.lease.is_none(), "{busy:?}");
+    assert_eq!(busy.holder.unwrap().fencing_token, lease.fencing_token);
+    the_end(&mut refused).await;
+
+    // Heartbeats keep it past several ttls.
+    let kept_since = Instant::now();
+    while kept_since.elapsed() < ttl * 3 {
+        tokio::time::sleep(ttl / 3).await;
+        holder.send(KeepAliveRequest::default()).await.unwrap();
+        let renewal = answer(&mut held).await;
+        assert!(renewal.acquired);
+        assert_eq!(renewal.lease.unwrap().fencing_token, lease.fencing_token);
+    }
+    assert!(is_held(&mut locks, &name).await);
+
+    // A stream waiting for it gets it once the holder's stream releases.
+    let waiting = {
+        let mut locks = locks.clone();
+        let request = acquire_request(&name, ttl, Duration::from_secs(10), 1);
+        tokio::spawn(async move {
+            let (sender, mut answers) = acquiring_stream(&mut locks, request).await;
+            (sender, answer(&mut answers).await, answers)
+        })
+    };
+    until_someone_waits(&redis, &name).await;
+    holder.send(KeepAliveRequest { release: true, ..Default::default() }).await.unwrap();
+    let released = answer(&mut held).await;
+    assert!(released.released && !released.acquired, "{released:?}");
+    the_end(&mut held).await;
+    let (next_holder, granted, next) = waiting.await.unwrap();
+    assert!(granted.acquired);
+    assert!(granted.lease.unwrap().fencing_token > lease.fencing_token);
+
+    // The new holder's stream is kept like any other: cancelling it frees the lock at once.
+    drop(next);
+    drop(next_holder);
+    let response = acquire(&mut locks, &name, ttl, Duration::from_secs(2)).await;
+    assert!(response.acquired, "{response:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquiring_stream_retried_with_its_request_id_keeps_the_same_lease() {
+    let redis = Redis::start();
+    let baton = Server::start(&redis.url(), &[]);
+    let mut locks = baton.locks().await;
+    let name = unique("retried");
+    let request = AcquireRequest {
+        request_id: "stream-req-1".into(),
+        ..acquire_request(&name, Duration::from_secs(30), Duration::ZERO, 1)
+    };
+    // The first stream's answer is "lost": it is half-closed, not cancelled, so the lease
+    // stays for its ttl, as after a broken connection whose release never came.
+    let (first_sender, mut first) = acquiring_stream(&mut locks, request.clone()).await;
+    let lost = answer(&mut first).await.lease.unwrap();
+    drop(first_sender);
+    let (_retry, mut retried) = acquiring_stream(&mut locks, request).await;
+    let again = answer(&mut retried).await;
+    assert!(again.acquired);
+    let again = again.lease.unwrap();
+    assert_eq!((again.lease_id, again.fencing_token), (lost.lease_id, lost.fencing_token));
 }
 
 /// Run as a child process by the next test: holds a KeepAlive until killed.
@@ -548,8 +647,13 @@ async fn bad_inputs_are_invalid_argument_naming_the_field_and_write_nothing() {
     }
     let renew = RenewRequest { name: "n".into(), lease_id: "bad".into(), ttl: None };
     assert_eq!(locks.renew(renew).await.unwrap_err().code(), Code::InvalidArgument);
-    let keepalive = KeepAliveRequest { name: "n".into(), lease_id: "bad".into(), ttl: None };
+    let keepalive = KeepAliveRequest { name: "n".into(), lease_id: "bad".into(), ..Default::default() };
     assert_eq!(locks.keep_alive(tokio_stream::once(keepalive)).await.unwrap_err().code(), Code::InvalidArgument);
+    // An acquiring stream names the field inside its `acquire`.
+    let acquiring =
+        KeepAliveRequest { acquire: Some(acquire_request("n", second * 7200, second, 1)), ..Default::default() };
+    let status = locks.keep_alive(tokio_stream::once(acquiring)).await.unwrap_err();
+    assert_eq!(status.get_details_bad_request().unwrap().field_violations[0].field, "acquire.ttl");
     let renew = RenewRequest {
         name: "n".into(),
         lease_id: baton::ids::new_lease_id(),

@@ -362,7 +362,7 @@ async fn each_keepalive_renewal_is_a_span_of_its_own_linked_to_the_stream() {
     let ttl = Duration::from_millis(600);
     let acquire = AcquireRequest { name: name.clone(), ttl: Some(duration_to_proto(ttl)), ..Default::default() };
     let lease = locks.acquire(acquire).await.unwrap().into_inner().lease.unwrap();
-    let opening = KeepAliveRequest { name: name.clone(), lease_id: lease.lease_id.clone(), ttl: None };
+    let opening = KeepAliveRequest { name: name.clone(), lease_id: lease.lease_id.clone(), ..Default::default() };
     let (beats, task) = heartbeats(opening, ttl / 3);
     let mut answers = locks.keep_alive(with_traceparent(beats)).await.unwrap().into_inner();
     let mut renewed = 0;

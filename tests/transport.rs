@@ -233,6 +233,7 @@ async fn the_default_deadline_ends_stuck_calls_but_not_streams_or_asked_for_wait
         name: name.clone(),
         lease_id: lease.lease_id.clone(),
         ttl: Some(duration_to_proto(Duration::from_secs(2))),
+        ..Default::default()
     };
     let (heartbeats, _sending) = common::heartbeats(keepalive, Duration::from_millis(600));
     let mut stream = locks.keep_alive(heartbeats).await.expect("keepalive").into_inner();

@@ -10,7 +10,7 @@ use crate::deadline;
 use crate::election::{Campaign, CampaignParams, Change, ChangeKind, ElectionManager, Leader, MAX_VALUE_BYTES};
 use crate::error::Error;
 use crate::lock::grpc::lease_to_proto;
-use crate::lock::leases::{self, Opening, required_ttl};
+use crate::lock::leases::{self, Answers, Opening, required_ttl};
 use crate::proto::timestamp_from_micros;
 use crate::proto::v1::election_service_server::ElectionService;
 use crate::proto::v1::observe_response::Kind;
@@ -166,7 +166,13 @@ impl ElectionService for ElectionGrpc {
                 lease_id: first.lease_id,
                 ttl: first.ttl,
             },
-            |lease, renewed| ElectionServiceKeepAliveResponse { lease: Some(lease_to_proto(lease)), renewed },
+            Answers {
+                heartbeat: |lease, renewed| ElectionServiceKeepAliveResponse {
+                    lease: Some(lease_to_proto(lease)),
+                    renewed,
+                },
+                release: None,
+            },
         )
         .await?;
         Ok(Response::new(stream))

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
-use crate::lock::leases::{self, Opening, optional_ttl, required_ttl};
+use crate::lock::leases::{self, Answers, Opening, ReleaseAnswer, optional_ttl, required_ttl};
 use crate::lock::{AcquireParams, Acquisition, Holder, Lease, LockManager, MAX_PERMITS, MAX_WAIT};
 use crate::proto::v1::lock_service_server::LockService;
 use crate::proto::v1::{
@@ -35,7 +35,50 @@ impl LockGrpc {
     fn lease_ref(&self, name: &str, lease_id: &str) -> Result<(), Error> {
         leases::lease_ref(name, lease_id, &self.limits)
     }
+
+    /// An Acquire as a caller sent it, validated.
+    fn acquire_params(
+        &self,
+        request: AcquireRequest,
+        caller_deadline: Option<Duration>,
+    ) -> Result<AcquireParams, Error> {
+        validate::key("name", &request.name, &self.limits)?;
+        let ttl = required_ttl("ttl", request.ttl.as_ref())?;
+        let wait = leases::wait(request.wait_timeout.as_ref(), Duration::ZERO, MAX_WAIT, caller_deadline)?;
+        leases::owner(&request.owner)?;
+        if request.permits > MAX_PERMITS {
+            return Err(Error::invalid("permits", format!("must be at most {MAX_PERMITS}")));
+        }
+        let request_id = leases::request_id(request.request_id)?;
+        crate::traces::record_name(&request.name);
+        Ok(AcquireParams {
+            name: request.name,
+            ttl,
+            wait,
+            owner: request.owner,
+            permits: request.permits.max(1),
+            request_id,
+        })
+    }
 }
+
+/// How a lock's KeepAlive stream answers: heartbeats with the lease, and a `release`.
+const ANSWERS: Answers<KeepAliveRequest, KeepAliveResponse> = Answers {
+    heartbeat: |lease, renewed| KeepAliveResponse {
+        lease: Some(lease_to_proto(lease)),
+        renewed,
+        acquired: true,
+        ..Default::default()
+    },
+    release: Some(ReleaseAnswer {
+        asks: |request| request.release,
+        answer: |lease, released| KeepAliveResponse {
+            lease: Some(lease_to_proto(lease)),
+            released,
+            ..Default::default()
+        },
+    }),
+};
 
 pub(crate) fn lease_to_proto(lease: Lease) -> pb::Lease {
     pb::Lease {
@@ -62,24 +105,7 @@ impl LockService for LockGrpc {
     async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
         let namespace = crate::auth::namespace(&request);
         let caller_deadline = deadline::remaining(request.metadata());
-        let request = request.into_inner();
-        validate::key("name", &request.name, &self.limits)?;
-        let ttl = required_ttl("ttl", request.ttl.as_ref())?;
-        let wait = leases::wait(request.wait_timeout.as_ref(), Duration::ZERO, MAX_WAIT, caller_deadline)?;
-        leases::owner(&request.owner)?;
-        if request.permits > MAX_PERMITS {
-            return Err(Error::invalid("permits", format!("must be at most {MAX_PERMITS}")).into());
-        }
-        let request_id = leases::request_id(request.request_id)?;
-        crate::traces::record_name(&request.name);
-        let params = AcquireParams {
-            name: request.name,
-            ttl,
-            wait,
-            owner: request.owner,
-            permits: request.permits.max(1),
-            request_id,
-        };
+        let params = self.acquire_params(request.into_inner(), caller_deadline)?;
         let response = match self.locks.scoped(&namespace).acquire(&params, &self.draining).await? {
             Acquisition::Acquired(lease) => {
                 AcquireResponse { acquired: true, lease: Some(lease_to_proto(lease)), holder: None }
@@ -124,15 +150,27 @@ impl LockService for LockGrpc {
         request: Request<Streaming<KeepAliveRequest>>,
     ) -> Result<Response<Self::KeepAliveStream>, Status> {
         let namespace = crate::auth::namespace(&request);
-        let stream = leases::serve(
-            self.locks.scoped(&namespace),
-            request.into_inner(),
-            &self.limits,
-            self.draining.clone(),
-            |first: KeepAliveRequest| Opening { name: first.name, lease_id: first.lease_id, ttl: first.ttl },
-            |lease, renewed| KeepAliveResponse { lease: Some(lease_to_proto(lease)), renewed },
-        )
-        .await?;
-        Ok(Response::new(stream))
+        let caller_deadline = deadline::remaining(request.metadata());
+        let mut requests = request.into_inner();
+        let first = leases::first_message(&mut requests, &self.draining).await?;
+        let locks = self.locks.scoped(&namespace);
+        let lease = match first.acquire {
+            // The lease's whole life on this stream: granted here, then kept as any other.
+            Some(acquire) => {
+                let params = self.acquire_params(acquire, caller_deadline).map_err(|err| err.within("acquire"))?;
+                match locks.acquire(&params, &self.draining).await? {
+                    Acquisition::Acquired(lease) => lease,
+                    Acquisition::Busy(holder) => {
+                        let busy = KeepAliveResponse { holder: Some(holder_to_proto(holder)), ..Default::default() };
+                        return Ok(Response::new(leases::answer_once(busy)));
+                    }
+                }
+            }
+            None => {
+                let opening = Opening { name: first.name, lease_id: first.lease_id, ttl: first.ttl };
+                leases::renew_opening(&locks, opening, &self.limits).await?
+            }
+        };
+        Ok(Response::new(leases::keep(locks, lease, requests, self.draining.clone(), ANSWERS)))
     }
 }

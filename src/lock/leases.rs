@@ -133,40 +133,89 @@ fn check_ttl_range(field: &str, ttl: Duration) -> Result<Duration, Error> {
 
 /// Opens a KeepAlive stream: reads the first message (`open` takes the lease out of it),
 /// renews the lease once — failing the call itself when it is not held — and answers each
-/// heartbeat after that with `answer(lease, renewed)`.
+/// heartbeat after that with `answers`.
 pub async fn serve<L: Leases, Request: Send + 'static, Response: Send + 'static>(
     leases: L,
     mut requests: Streaming<Request>,
     limits: &Limits,
     draining: CancellationToken,
     open: impl FnOnce(Request) -> Opening,
-    answer: fn(Lease, bool) -> Response,
+    answers: Answers<Request, Response>,
 ) -> Result<ReceiverStream<Result<Response, Status>>, Status> {
+    let first = open(first_message(&mut requests, &draining).await?);
+    let lease = renew_opening(&leases, first, limits).await?;
+    Ok(keep(leases, lease, requests, draining, answers))
+}
+
+/// A KeepAlive stream's first message, which must come within FIRST_MESSAGE_WAIT.
+pub async fn first_message<Request>(
+    requests: &mut Streaming<Request>,
+    draining: &CancellationToken,
+) -> Result<Request, Status> {
     if draining.is_cancelled() {
         return Err(Error::ShuttingDown.into());
     }
-    let first = match tokio::time::timeout(FIRST_MESSAGE_WAIT, requests.message()).await {
-        Ok(Ok(Some(first))) => open(first),
-        Ok(Err(status)) => return Err(status),
+    match tokio::time::timeout(FIRST_MESSAGE_WAIT, requests.message()).await {
+        Ok(Ok(Some(first))) => Ok(first),
+        Ok(Err(status)) => Err(status),
         Ok(Ok(None)) | Err(_) => {
-            return Err(Error::invalid("name", "the first message must name the lease (name, lease_id)").into());
+            Err(Error::invalid("name", "the first message must name the lease (name, lease_id)").into())
         }
-    };
+    }
+}
+
+/// Renews the lease a first message names: proof that it is held, or the call's failure.
+pub async fn renew_opening<L: Leases>(leases: &L, first: Opening, limits: &Limits) -> Result<Lease, Status> {
     lease_ref(&first.name, &first.lease_id, limits)?;
     let ttl = optional_ttl("ttl", first.ttl.as_ref())?;
-    let lease = leases.renew(&first.name, &first.lease_id, ttl).await?;
+    Ok(leases.renew(&first.name, &first.lease_id, ttl).await?)
+}
+
+/// A stream of one answer, then the end (OK).
+pub fn answer_once<Response: Send + 'static>(answer: Response) -> ReceiverStream<Result<Response, Status>> {
+    let (sender, receiver) = mpsc::channel(1);
+    let _ = sender.try_send(Ok(answer));
+    ReceiverStream::new(receiver)
+}
+
+/// How a KeepAlive stream answers its messages.
+pub struct Answers<Request, Response> {
+    /// The answer to the first message (renewed: true) and to each heartbeat.
+    pub heartbeat: fn(Lease, bool) -> Response,
+    /// `None` where a stream cannot release its lease.
+    pub release: Option<ReleaseAnswer<Request, Response>>,
+}
+
+/// A message that releases the stream's lease, which ends the stream.
+pub struct ReleaseAnswer<Request, Response> {
+    /// Whether a message asks to release.
+    pub asks: fn(&Request) -> bool,
+    /// The answer, saying whether it released the lease (false: it was already gone).
+    pub answer: fn(Lease, bool) -> Response,
+}
+
+/// Answers with `lease`, already held (renewed or just granted), then keeps it alive on the
+/// stream's heartbeats.
+pub fn keep<L: Leases, Request: Send + 'static, Response: Send + 'static>(
+    leases: L,
+    lease: Lease,
+    requests: Streaming<Request>,
+    draining: CancellationToken,
+    answers: Answers<Request, Response>,
+) -> ReceiverStream<Result<Response, Status>> {
     let (sender, receiver) = mpsc::channel(4);
-    let _ = sender.try_send(Ok(answer(lease.clone(), true)));
-    let stream = Stream { trace: crate::traces::stream_context(), sender, draining, answer };
+    let _ = sender.try_send(Ok((answers.heartbeat)(lease.clone(), true)));
+    let stream = Stream { trace: crate::traces::stream_context(), sender, draining, answers };
     tokio::spawn(answer_heartbeats(leases, lease, requests, stream));
-    Ok(ReceiverStream::new(receiver))
+    ReceiverStream::new(receiver)
 }
 
 /// Renews the lease on each of the client's heartbeats, and never otherwise: a holder that
 /// stops sending (frozen, paused, cut off) loses the lease at most its ttl after the last
 /// renewal, however long its connection lingers. Every heartbeat is answered, in order, so
 /// the client can match each answer to the heartbeat it sent. Ends when the client goes
-/// away (the lease is released at once), when the lease runs out after the last renewal
+/// away (the lease is released at once), when it asks to release the lease (answered, then
+/// OK), when the lease runs out after the last renewal
 /// (FAILED_PRECONDITION, or OK when another stream keeps it alive), or when this replica
 /// drains (UNAVAILABLE; the lease stays, for the client to resume elsewhere). A half-close
 /// only stops the heartbeats.
@@ -174,15 +223,23 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
     leases: L,
     mut lease: Lease,
     mut heartbeats: Streaming<Request>,
-    stream: Stream<Response>,
+    stream: Stream<Request, Response>,
 ) {
-    let Stream { trace, sender, draining, answer } = stream;
+    let Stream { trace, sender, draining, answers } = stream;
     // By this process's clock, the lease surely ends `ttl` after a renewal's answer.
     let mut renewed_at = Instant::now();
     let mut sending = true;
     loop {
         tokio::select! {
             heartbeat = heartbeats.message(), if sending => match heartbeat {
+                Ok(Some(message)) if answers.release.as_ref().is_some_and(|release| (release.asks)(&message)) => {
+                    let Some(release) = answers.release else { return };
+                    let _ = match leases.release(&lease.name, &lease.lease_id).await {
+                        Ok(released) => sender.send(Ok((release.answer)(lease, released))).await,
+                        Err(err) => sender.send(Err(err.into())).await,
+                    };
+                    return;
+                }
                 Ok(Some(_)) => {
                     let renewed = if renewed_at.elapsed() < lease.ttl / 10 {
                         false
@@ -205,7 +262,7 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
                             }
                         }
                     };
-                    if sender.send(Ok(answer(lease.clone(), renewed))).await.is_err() {
+                    if sender.send(Ok((answers.heartbeat)(lease.clone(), renewed))).await.is_err() {
                         release_abandoned(&leases, &lease).await;
                         return;
                     }
@@ -251,12 +308,12 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
 }
 
 /// A KeepAlive stream's answering side.
-struct Stream<Response> {
+struct Stream<Request, Response> {
     /// The KeepAlive call's span, which each renewal's span links to.
     trace: Option<opentelemetry::trace::SpanContext>,
     sender: mpsc::Sender<Result<Response, Status>>,
     draining: CancellationToken,
-    answer: fn(Lease, bool) -> Response,
+    answers: Answers<Request, Response>,
 }
 
 /// The KeepAlive client went away: its lease is released at once rather than left to expire.

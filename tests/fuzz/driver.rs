@@ -350,6 +350,15 @@ pub(crate) async fn round(fuzz: &mut Fuzz, s: &Strategies, c: &Clients) {
     }
     let v = o::first([o::key("name", &r.name), o::lock_lease_id(&r.lease_id), o::lock_ttl(r.ttl.as_ref(), false)]);
     fuzz.exercise("Lock/KeepAlive", r, v, first_message!(c.locks, keep_alive)).await;
+    // A stream that acquires its lease is judged as Acquire is.
+    let r = fuzz.sample(&s.acquire);
+    let v = o::first([
+        o::key("acquire.name", &r.name),
+        o::lock_ttl(r.ttl.as_ref(), true),
+        o::duration("acquire.wait_timeout", r.wait_timeout.as_ref()),
+    ]);
+    let r = KeepAliveRequest { acquire: Some(r), ..Default::default() };
+    fuzz.exercise("Lock/KeepAlive acquiring", r, v, first_message!(c.locks, keep_alive)).await;
     // The server releases what the dropped stream held: until Redis is quiet again, that
     // would blur the next request's measurement.
     fuzz.settle().await;

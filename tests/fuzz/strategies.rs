@@ -545,7 +545,7 @@ impl Strategies {
                 .boxed(),
             describe: name().prop_map(|name| DescribeRequest { name }).boxed(),
             keep_alive: (name(), lock_lease_id(), duration(), pool_pick())
-                .prop_map(|(name, lease_id, ttl, pick)| (KeepAliveRequest { name, lease_id, ttl }, pick))
+                .prop_map(|(name, lease_id, ttl, pick)| (KeepAliveRequest { name, lease_id, ttl, ..Default::default() }, pick))
                 .boxed(),
             get: name().prop_map(|key| GetRequest { key }).boxed(),
             set: batch_set_entry()

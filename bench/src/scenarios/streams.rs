@@ -46,7 +46,7 @@ pub async fn run(bench: &mut Bench, streams: usize) {
             ..Default::default()
         };
         let lease = locks.acquire(request).await.unwrap().into_inner().lease.unwrap();
-        let request = KeepAliveRequest { name, lease_id: lease.lease_id, ttl: None };
+        let request = KeepAliveRequest { name, lease_id: lease.lease_id, ..Default::default() };
         held.push(
             locks
                 .keep_alive(tokio_stream::StreamExt::chain(tokio_stream::once(request), tokio_stream::pending()))

@@ -659,7 +659,12 @@ type KeepAliveRequest struct {
 	LeaseId string `protobuf:"bytes,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
 	// The ttl of each renewal: 100 ms ..= 1 h; 0 means the lease's current ttl. Read from the
 	// first message only.
-	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// First message only, instead of name, lease_id and ttl: acquire the lock on this stream,
+	// as Acquire would with this request, and keep the lease it grants (renewals use its ttl).
+	Acquire *AcquireRequest `protobuf:"bytes,4,opt,name=acquire,proto3" json:"acquire,omitempty"`
+	// A later message: release the lease and end the stream. Answered with `released`.
+	Release       bool `protobuf:"varint,5,opt,name=release,proto3" json:"release,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -715,6 +720,20 @@ func (x *KeepAliveRequest) GetTtl() *durationpb.Duration {
 	return nil
 }
 
+func (x *KeepAliveRequest) GetAcquire() *AcquireRequest {
+	if x != nil {
+		return x.Acquire
+	}
+	return nil
+}
+
+func (x *KeepAliveRequest) GetRelease() bool {
+	if x != nil {
+		return x.Release
+	}
+	return false
+}
+
 // KeepAliveResponse answers the first message and each heartbeat, in order.
 type KeepAliveResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -724,7 +743,15 @@ type KeepAliveResponse struct {
 	// message). A heartbeat answered `false` proves nothing: it came too soon after the
 	// previous renewal, or Redis was unreachable (a renewal that timed out may still apply
 	// later, which only lengthens the lease).
-	Renewed       bool `protobuf:"varint,2,opt,name=renewed,proto3" json:"renewed,omitempty"`
+	Renewed bool `protobuf:"varint,2,opt,name=renewed,proto3" json:"renewed,omitempty"`
+	// Whether the stream holds the lease: true in every answer that carries one; false only
+	// in the answer to an `acquire` that was not granted, the stream's last.
+	Acquired bool `protobuf:"varint,3,opt,name=acquired,proto3" json:"acquired,omitempty"`
+	// Set when an `acquire` was not granted: the current holder, as Acquire answers it.
+	Holder *Holder `protobuf:"bytes,4,opt,name=holder,proto3" json:"holder,omitempty"`
+	// The answer to `release`, the stream's last: true when it released the lease, false
+	// when the lease was already gone.
+	Released      bool `protobuf:"varint,5,opt,name=released,proto3" json:"released,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -773,6 +800,27 @@ func (x *KeepAliveResponse) GetRenewed() bool {
 	return false
 }
 
+func (x *KeepAliveResponse) GetAcquired() bool {
+	if x != nil {
+		return x.Acquired
+	}
+	return false
+}
+
+func (x *KeepAliveResponse) GetHolder() *Holder {
+	if x != nil {
+		return x.Holder
+	}
+	return nil
+}
+
+func (x *KeepAliveResponse) GetReleased() bool {
+	if x != nil {
+		return x.Released
+	}
+	return false
+}
+
 var File_baton_v1_lock_proto protoreflect.FileDescriptor
 
 const file_baton_v1_lock_proto_rawDesc = "" +
@@ -817,14 +865,19 @@ const file_baton_v1_lock_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"R\n" +
 	"\x10DescribeResponse\x12\x12\n" +
 	"\x04held\x18\x01 \x01(\bR\x04held\x12*\n" +
-	"\aholders\x18\x02 \x03(\v2\x10.baton.v1.HolderR\aholders\"n\n" +
+	"\aholders\x18\x02 \x03(\v2\x10.baton.v1.HolderR\aholders\"\xbc\x01\n" +
 	"\x10KeepAliveRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\tR\aleaseId\x12+\n" +
-	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"T\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x122\n" +
+	"\aacquire\x18\x04 \x01(\v2\x18.baton.v1.AcquireRequestR\aacquire\x12\x18\n" +
+	"\arelease\x18\x05 \x01(\bR\arelease\"\xb6\x01\n" +
 	"\x11KeepAliveResponse\x12%\n" +
 	"\x05lease\x18\x01 \x01(\v2\x0f.baton.v1.LeaseR\x05lease\x12\x18\n" +
-	"\arenewed\x18\x02 \x01(\bR\arenewed2\xd4\x02\n" +
+	"\arenewed\x18\x02 \x01(\bR\arenewed\x12\x1a\n" +
+	"\bacquired\x18\x03 \x01(\bR\bacquired\x12(\n" +
+	"\x06holder\x18\x04 \x01(\v2\x10.baton.v1.HolderR\x06holder\x12\x1a\n" +
+	"\breleased\x18\x05 \x01(\bR\breleased2\xd4\x02\n" +
 	"\vLockService\x12>\n" +
 	"\aAcquire\x12\x18.baton.v1.AcquireRequest\x1a\x19.baton.v1.AcquireResponse\x128\n" +
 	"\x05Renew\x12\x16.baton.v1.RenewRequest\x1a\x17.baton.v1.RenewResponse\x12>\n" +
@@ -874,22 +927,24 @@ var file_baton_v1_lock_proto_depIdxs = []int32{
 	0,  // 8: baton.v1.RenewResponse.lease:type_name -> baton.v1.Lease
 	1,  // 9: baton.v1.DescribeResponse.holders:type_name -> baton.v1.Holder
 	13, // 10: baton.v1.KeepAliveRequest.ttl:type_name -> google.protobuf.Duration
-	0,  // 11: baton.v1.KeepAliveResponse.lease:type_name -> baton.v1.Lease
-	2,  // 12: baton.v1.LockService.Acquire:input_type -> baton.v1.AcquireRequest
-	4,  // 13: baton.v1.LockService.Renew:input_type -> baton.v1.RenewRequest
-	6,  // 14: baton.v1.LockService.Release:input_type -> baton.v1.ReleaseRequest
-	8,  // 15: baton.v1.LockService.Describe:input_type -> baton.v1.DescribeRequest
-	10, // 16: baton.v1.LockService.KeepAlive:input_type -> baton.v1.KeepAliveRequest
-	3,  // 17: baton.v1.LockService.Acquire:output_type -> baton.v1.AcquireResponse
-	5,  // 18: baton.v1.LockService.Renew:output_type -> baton.v1.RenewResponse
-	7,  // 19: baton.v1.LockService.Release:output_type -> baton.v1.ReleaseResponse
-	9,  // 20: baton.v1.LockService.Describe:output_type -> baton.v1.DescribeResponse
-	11, // 21: baton.v1.LockService.KeepAlive:output_type -> baton.v1.KeepAliveResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	2,  // 11: baton.v1.KeepAliveRequest.acquire:type_name -> baton.v1.AcquireRequest
+	0,  // 12: baton.v1.KeepAliveResponse.lease:type_name -> baton.v1.Lease
+	1,  // 13: baton.v1.KeepAliveResponse.holder:type_name -> baton.v1.Holder
+	2,  // 14: baton.v1.LockService.Acquire:input_type -> baton.v1.AcquireRequest
+	4,  // 15: baton.v1.LockService.Renew:input_type -> baton.v1.RenewRequest
+	6,  // 16: baton.v1.LockService.Release:input_type -> baton.v1.ReleaseRequest
+	8,  // 17: baton.v1.LockService.Describe:input_type -> baton.v1.DescribeRequest
+	10, // 18: baton.v1.LockService.KeepAlive:input_type -> baton.v1.KeepAliveRequest
+	3,  // 19: baton.v1.LockService.Acquire:output_type -> baton.v1.AcquireResponse
+	5,  // 20: baton.v1.LockService.Renew:output_type -> baton.v1.RenewResponse
+	7,  // 21: baton.v1.LockService.Release:output_type -> baton.v1.ReleaseResponse
+	9,  // 22: baton.v1.LockService.Describe:output_type -> baton.v1.DescribeResponse
+	11, // 23: baton.v1.LockService.KeepAlive:output_type -> baton.v1.KeepAliveResponse
+	19, // [19:24] is the sub-list for method output_type
+	14, // [14:19] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_lock_proto_init() }

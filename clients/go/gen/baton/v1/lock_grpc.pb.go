@@ -117,6 +117,16 @@ type LockServiceClient interface {
 	// this server draining); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening
 	// the stream with the same lease_id is safe and expected (the Baton clients do it for
 	// you).
+	//
+	// One stream can also carry a lease's whole life, which costs one stream instead of
+	// Acquire + KeepAlive + Release: a first message with `acquire` (instead of name and
+	// lease_id) acquires as Acquire does, waiting up to its wait_timeout. Granted, the answer
+	// carries the lease (`acquired` and `renewed` true) and the stream goes on as above. Not
+	// granted, the answer carries the holder (`acquired` false) and the stream ends OK. A
+	// later message with `release` releases the lease: it is answered (`released`, as
+	// Release's) and the stream ends OK. Failures of the opening `acquire` are Acquire's;
+	// retried on UNAVAILABLE with the same request_id, a grant whose answer was lost comes
+	// back (and is then kept by this stream).
 	KeepAlive(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[KeepAliveRequest, KeepAliveResponse], error)
 }
 
@@ -272,6 +282,16 @@ type LockServiceServer interface {
 	// this server draining); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening
 	// the stream with the same lease_id is safe and expected (the Baton clients do it for
 	// you).
+	//
+	// One stream can also carry a lease's whole life, which costs one stream instead of
+	// Acquire + KeepAlive + Release: a first message with `acquire` (instead of name and
+	// lease_id) acquires as Acquire does, waiting up to its wait_timeout. Granted, the answer
+	// carries the lease (`acquired` and `renewed` true) and the stream goes on as above. Not
+	// granted, the answer carries the holder (`acquired` false) and the stream ends OK. A
+	// later message with `release` releases the lease: it is answered (`released`, as
+	// Release's) and the stream ends OK. Failures of the opening `acquire` are Acquire's;
+	// retried on UNAVAILABLE with the same request_id, a grant whose answer was lost comes
+	// back (and is then kept by this stream).
 	KeepAlive(grpc.BidiStreamingServer[KeepAliveRequest, KeepAliveResponse]) error
 	mustEmbedUnimplementedLockServiceServer()
 }

@@ -177,7 +177,18 @@ export interface KeepAliveRequest {
    * The ttl of each renewal: 100 ms ..= 1 h; 0 means the lease's current ttl. Read from the
    * first message only.
    */
-  ttl: Duration | undefined;
+  ttl:
+    | Duration
+    | undefined;
+  /**
+   * First message only, instead of name, lease_id and ttl: acquire the lock on this stream,
+   * as Acquire would with this request, and keep the lease it grants (renewals use its ttl).
+   */
+  acquire:
+    | AcquireRequest
+    | undefined;
+  /** A later message: release the lease and end the stream. Answered with `released`. */
+  release: boolean;
 }
 
 /** KeepAliveResponse answers the first message and each heartbeat, in order. */
@@ -193,6 +204,20 @@ export interface KeepAliveResponse {
    * later, which only lengthens the lease).
    */
   renewed: boolean;
+  /**
+   * Whether the stream holds the lease: true in every answer that carries one; false only
+   * in the answer to an `acquire` that was not granted, the stream's last.
+   */
+  acquired: boolean;
+  /** Set when an `acquire` was not granted: the current holder, as Acquire answers it. */
+  holder:
+    | Holder
+    | undefined;
+  /**
+   * The answer to `release`, the stream's last: true when it released the lease, false
+   * when the lease was already gone.
+   */
+  released: boolean;
 }
 
 function createBaseLease(): Lease {
@@ -1202,7 +1227,7 @@ export const DescribeResponse: MessageFns<DescribeResponse> = {
 };
 
 function createBaseKeepAliveRequest(): KeepAliveRequest {
-  return { name: "", leaseId: "", ttl: undefined };
+  return { name: "", leaseId: "", ttl: undefined, acquire: undefined, release: false };
 }
 
 export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
@@ -1215,6 +1240,12 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
     }
     if (message.ttl !== undefined) {
       Duration.encode(message.ttl, writer.uint32(26).fork()).join();
+    }
+    if (message.acquire !== undefined) {
+      AcquireRequest.encode(message.acquire, writer.uint32(34).fork()).join();
+    }
+    if (message.release !== false) {
+      writer.uint32(40).bool(message.release);
     }
     return writer;
   },
@@ -1256,6 +1287,22 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
             message.ttl = Duration.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.acquire = AcquireRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.release = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1277,6 +1324,8 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
         ? globalThis.String(object.lease_id)
         : "",
       ttl: isSet(object.ttl) ? Duration.fromJSON(object.ttl) : undefined,
+      acquire: isSet(object.acquire) ? AcquireRequest.fromJSON(object.acquire) : undefined,
+      release: isSet(object.release) ? globalThis.Boolean(object.release) : false,
     };
   },
 
@@ -1291,6 +1340,12 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
     if (message.ttl !== undefined) {
       obj.ttl = Duration.toJSON(message.ttl);
     }
+    if (message.acquire !== undefined) {
+      obj.acquire = AcquireRequest.toJSON(message.acquire);
+    }
+    if (message.release !== false) {
+      obj.release = message.release;
+    }
     return obj;
   },
 
@@ -1302,12 +1357,16 @@ export const KeepAliveRequest: MessageFns<KeepAliveRequest> = {
     message.name = object.name ?? "";
     message.leaseId = object.leaseId ?? "";
     message.ttl = (object.ttl !== undefined && object.ttl !== null) ? Duration.fromPartial(object.ttl) : undefined;
+    message.acquire = (object.acquire !== undefined && object.acquire !== null)
+      ? AcquireRequest.fromPartial(object.acquire)
+      : undefined;
+    message.release = object.release ?? false;
     return message;
   },
 };
 
 function createBaseKeepAliveResponse(): KeepAliveResponse {
-  return { lease: undefined, renewed: false };
+  return { lease: undefined, renewed: false, acquired: false, holder: undefined, released: false };
 }
 
 export const KeepAliveResponse: MessageFns<KeepAliveResponse> = {
@@ -1317,6 +1376,15 @@ export const KeepAliveResponse: MessageFns<KeepAliveResponse> = {
     }
     if (message.renewed !== false) {
       writer.uint32(16).bool(message.renewed);
+    }
+    if (message.acquired !== false) {
+      writer.uint32(24).bool(message.acquired);
+    }
+    if (message.holder !== undefined) {
+      Holder.encode(message.holder, writer.uint32(34).fork()).join();
+    }
+    if (message.released !== false) {
+      writer.uint32(40).bool(message.released);
     }
     return writer;
   },
@@ -1350,6 +1418,30 @@ export const KeepAliveResponse: MessageFns<KeepAliveResponse> = {
             message.renewed = reader.bool();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.acquired = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.holder = Holder.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.released = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1366,6 +1458,9 @@ export const KeepAliveResponse: MessageFns<KeepAliveResponse> = {
     return {
       lease: isSet(object.lease) ? Lease.fromJSON(object.lease) : undefined,
       renewed: isSet(object.renewed) ? globalThis.Boolean(object.renewed) : false,
+      acquired: isSet(object.acquired) ? globalThis.Boolean(object.acquired) : false,
+      holder: isSet(object.holder) ? Holder.fromJSON(object.holder) : undefined,
+      released: isSet(object.released) ? globalThis.Boolean(object.released) : false,
     };
   },
 
@@ -1377,6 +1472,15 @@ export const KeepAliveResponse: MessageFns<KeepAliveResponse> = {
     if (message.renewed !== false) {
       obj.renewed = message.renewed;
     }
+    if (message.acquired !== false) {
+      obj.acquired = message.acquired;
+    }
+    if (message.holder !== undefined) {
+      obj.holder = Holder.toJSON(message.holder);
+    }
+    if (message.released !== false) {
+      obj.released = message.released;
+    }
     return obj;
   },
 
@@ -1387,6 +1491,11 @@ export const KeepAliveResponse: MessageFns<KeepAliveResponse> = {
     const message = createBaseKeepAliveResponse();
     message.lease = (object.lease !== undefined && object.lease !== null) ? Lease.fromPartial(object.lease) : undefined;
     message.renewed = object.renewed ?? false;
+    message.acquired = object.acquired ?? false;
+    message.holder = (object.holder !== undefined && object.holder !== null)
+      ? Holder.fromPartial(object.holder)
+      : undefined;
+    message.released = object.released ?? false;
     return message;
   },
 };
@@ -1522,6 +1631,16 @@ export const LockServiceService = {
    * this server draining); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening
    * the stream with the same lease_id is safe and expected (the Baton clients do it for
    * you).
+   *
+   * One stream can also carry a lease's whole life, which costs one stream instead of
+   * Acquire + KeepAlive + Release: a first message with `acquire` (instead of name and
+   * lease_id) acquires as Acquire does, waiting up to its wait_timeout. Granted, the answer
+   * carries the lease (`acquired` and `renewed` true) and the stream goes on as above. Not
+   * granted, the answer carries the holder (`acquired` false) and the stream ends OK. A
+   * later message with `release` releases the lease: it is answered (`released`, as
+   * Release's) and the stream ends OK. Failures of the opening `acquire` are Acquire's;
+   * retried on UNAVAILABLE with the same request_id, a grant whose answer was lost comes
+   * back (and is then kept by this stream).
    */
   keepAlive: {
     path: "/baton.v1.LockService/KeepAlive" as const,
@@ -1606,6 +1725,16 @@ export interface LockServiceServer extends UntypedServiceImplementation {
    * this server draining); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening
    * the stream with the same lease_id is safe and expected (the Baton clients do it for
    * you).
+   *
+   * One stream can also carry a lease's whole life, which costs one stream instead of
+   * Acquire + KeepAlive + Release: a first message with `acquire` (instead of name and
+   * lease_id) acquires as Acquire does, waiting up to its wait_timeout. Granted, the answer
+   * carries the lease (`acquired` and `renewed` true) and the stream goes on as above. Not
+   * granted, the answer carries the holder (`acquired` false) and the stream ends OK. A
+   * later message with `release` releases the lease: it is answered (`released`, as
+   * Release's) and the stream ends OK. Failures of the opening `acquire` are Acquire's;
+   * retried on UNAVAILABLE with the same request_id, a grant whose answer was lost comes
+   * back (and is then kept by this stream).
    */
   keepAlive: handleBidiStreamingCall<KeepAliveRequest, KeepAliveResponse>;
 }
@@ -1738,6 +1867,16 @@ export interface LockServiceClient extends Client {
    * this server draining); RESOURCE_EXHAUSTED; DEADLINE_EXCEEDED. On UNAVAILABLE, reopening
    * the stream with the same lease_id is safe and expected (the Baton clients do it for
    * you).
+   *
+   * One stream can also carry a lease's whole life, which costs one stream instead of
+   * Acquire + KeepAlive + Release: a first message with `acquire` (instead of name and
+   * lease_id) acquires as Acquire does, waiting up to its wait_timeout. Granted, the answer
+   * carries the lease (`acquired` and `renewed` true) and the stream goes on as above. Not
+   * granted, the answer carries the holder (`acquired` false) and the stream ends OK. A
+   * later message with `release` releases the lease: it is answered (`released`, as
+   * Release's) and the stream ends OK. Failures of the opening `acquire` are Acquire's;
+   * retried on UNAVAILABLE with the same request_id, a grant whose answer was lost comes
+   * back (and is then kept by this stream).
    */
   keepAlive(): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
   keepAlive(options: Partial<CallOptions>): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;

@@ -105,19 +105,29 @@ class DescribeResponse(_message.Message):
     def __init__(self, held: _Optional[bool] = ..., holders: _Optional[_Iterable[_Union[Holder, _Mapping]]] = ...) -> None: ...
 
 class KeepAliveRequest(_message.Message):
-    __slots__ = ("name", "lease_id", "ttl")
+    __slots__ = ("name", "lease_id", "ttl", "acquire", "release")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
     name: str
     lease_id: str
     ttl: _duration_pb2.Duration
-    def __init__(self, name: _Optional[str] = ..., lease_id: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    acquire: AcquireRequest
+    release: bool
+    def __init__(self, name: _Optional[str] = ..., lease_id: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., acquire: _Optional[_Union[AcquireRequest, _Mapping]] = ..., release: _Optional[bool] = ...) -> None: ...
 
 class KeepAliveResponse(_message.Message):
-    __slots__ = ("lease", "renewed")
+    __slots__ = ("lease", "renewed", "acquired", "holder", "released")
     LEASE_FIELD_NUMBER: _ClassVar[int]
     RENEWED_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRED_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
     lease: Lease
     renewed: bool
-    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., renewed: _Optional[bool] = ...) -> None: ...
+    acquired: bool
+    holder: Holder
+    released: bool
+    def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ..., renewed: _Optional[bool] = ..., acquired: _Optional[bool] = ..., holder: _Optional[_Union[Holder, _Mapping]] = ..., released: _Optional[bool] = ...) -> None: ...
