@@ -447,6 +447,13 @@ async fn one_stream_acquires_keeps_and_releases_a_lease_and_hands_it_to_a_waitin
     assert_eq!(busy.holder.unwrap().fencing_token, lease.fencing_token);
     the_end(&mut refused).await;
 
+    // The first heartbeat after a grant renews however soon it comes (the client dates the
+    // lease by it); the next one that soon does not.
+    holder.send(KeepAliveRequest::default()).await.unwrap();
+    assert!(answer(&mut held).await.renewed);
+    holder.send(KeepAliveRequest::default()).await.unwrap();
+    assert!(!answer(&mut held).await.renewed);
+
     // Heartbeats keep it past several ttls.
     let kept_since = Instant::now();
     while kept_since.elapsed() < ttl * 3 {

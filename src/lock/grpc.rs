@@ -154,6 +154,7 @@ impl LockService for LockGrpc {
         let mut requests = request.into_inner();
         let first = leases::first_message(&mut requests, &self.draining).await?;
         let locks = self.locks.scoped(&namespace);
+        let granted_here = first.acquire.is_some();
         let lease = match first.acquire {
             // The lease's whole life on this stream: granted here, then kept as any other.
             Some(acquire) => {
@@ -171,6 +172,6 @@ impl LockService for LockGrpc {
                 leases::renew_opening(&locks, opening, &self.limits).await?
             }
         };
-        Ok(Response::new(leases::keep(locks, lease, requests, self.draining.clone(), ANSWERS)))
+        Ok(Response::new(leases::keep(locks, lease, granted_here, requests, self.draining.clone(), ANSWERS)))
     }
 }

@@ -144,7 +144,7 @@ pub async fn serve<L: Leases, Request: Send + 'static, Response: Send + 'static>
 ) -> Result<ReceiverStream<Result<Response, Status>>, Status> {
     let first = open(first_message(&mut requests, &draining).await?);
     let lease = renew_opening(&leases, first, limits).await?;
-    Ok(keep(leases, lease, requests, draining, answers))
+    Ok(keep(leases, lease, false, requests, draining, answers))
 }
 
 /// A KeepAlive stream's first message, which must come within FIRST_MESSAGE_WAIT.
@@ -194,18 +194,19 @@ pub struct ReleaseAnswer<Request, Response> {
     pub answer: fn(Lease, bool) -> Response,
 }
 
-/// Answers with `lease`, already held (renewed or just granted), then keeps it alive on the
-/// stream's heartbeats.
+/// Answers with `lease`, already held (renewed by the first message, or `granted_here`),
+/// then keeps it alive on the stream's heartbeats.
 pub fn keep<L: Leases, Request: Send + 'static, Response: Send + 'static>(
     leases: L,
     lease: Lease,
+    granted_here: bool,
     requests: Streaming<Request>,
     draining: CancellationToken,
     answers: Answers<Request, Response>,
 ) -> ReceiverStream<Result<Response, Status>> {
     let (sender, receiver) = mpsc::channel(4);
     let _ = sender.try_send(Ok((answers.heartbeat)(lease.clone(), true)));
-    let stream = Stream { trace: crate::traces::stream_context(), sender, draining, answers };
+    let stream = Stream { trace: crate::traces::stream_context(), sender, draining, answers, granted_here };
     tokio::spawn(answer_heartbeats(leases, lease, requests, stream));
     ReceiverStream::new(receiver)
 }
@@ -225,9 +226,13 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
     mut heartbeats: Streaming<Request>,
     stream: Stream<Request, Response>,
 ) {
-    let Stream { trace, sender, draining, answers } = stream;
+    let Stream { trace, sender, draining, answers, .. } = stream;
     // By this process's clock, the lease surely ends `ttl` after a renewal's answer.
     let mut renewed_at = Instant::now();
+    // Heartbeats closer than ttl/10 to a renewal renew nothing; but a lease granted on this
+    // stream renews on the first, which lets a client whose acquire waited date the lease
+    // by its own clock.
+    let mut renewable_from = if stream.granted_here { renewed_at } else { renewed_at + lease.ttl / 10 };
     let mut sending = true;
     loop {
         tokio::select! {
@@ -241,7 +246,7 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
                     return;
                 }
                 Ok(Some(_)) => {
-                    let renewed = if renewed_at.elapsed() < lease.ttl / 10 {
+                    let renewed = if Instant::now() < renewable_from {
                         false
                     } else {
                         // A span per renewal, linked to the stream's, not one held for hours.
@@ -250,6 +255,7 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
                             Ok(renewal) => {
                                 lease = renewal;
                                 renewed_at = Instant::now();
+                                renewable_from = renewed_at + lease.ttl / 10;
                                 true
                             }
                             // The client's own deadline runs; a later heartbeat renews if the
@@ -314,6 +320,8 @@ struct Stream<Request, Response> {
     sender: mpsc::Sender<Result<Response, Status>>,
     draining: CancellationToken,
     answers: Answers<Request, Response>,
+    /// The lease was granted on this stream (rather than renewed by its first message).
+    granted_here: bool,
 }
 
 /// The KeepAlive client went away: its lease is released at once rather than left to expire.

@@ -221,7 +221,7 @@ func (c *Client) lead(ctx context.Context, granted *batonv1.Lease, electedAt tim
 		kept: keepLease(granted, electedAt, ErrLeadershipLost, func(ctx context.Context) (keepAliveStream, error) {
 			stream, err := c.Elections.KeepAlive(ctx)
 			return electionKeepAlive{stream}, err
-		}),
+		}, nil),
 	}
 	lost, cancelled := leadership.kept.awaitConfirmation(ctx)
 	if lost == nil && cancelled == nil {
@@ -286,9 +286,12 @@ func (s electionKeepAlive) heartbeat() error {
 	return s.stream.Send(&batonv1.ElectionServiceKeepAliveRequest{})
 }
 
-func (s electionKeepAlive) recv() (renewed bool, lease *batonv1.Lease, err error) {
+// release: a leadership is given up by Resign.
+func (electionKeepAlive) release() error { return errStreamCannotRelease }
+
+func (s electionKeepAlive) recv() (keepAliveAnswer, error) {
 	response, err := s.stream.Recv()
-	return response.GetRenewed(), response.GetLease(), err
+	return keepAliveAnswer{renewed: response.GetRenewed(), lease: response.GetLease()}, err
 }
 
 // Leader returns who leads the election name now, or nil when nobody does. Retried on

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	batonv1 "github.com/baton-dev/baton/clients/go/gen/baton/v1"
@@ -68,11 +69,13 @@ func WithPermits(n uint32) LockOption {
 //	// pass lease.FencingToken() to the resource; stop when <-lease.Done() fires
 //
 // It waits, woken by releases, until acquired, ctx ends, or [WithWait] runs out
-// ([ErrNotAcquired]). Each call sends one random request_id and retries Acquire with it
-// on UNAVAILABLE, so a grant whose answer was lost is handed back rather than orphaned.
-// Lock returns once the lease's KeepAlive stream has answered its first message, so that
-// [Lease.Deadline] is known from the start. ctx bounds only the acquisition; the lease lives
-// on until Unlock or loss.
+// ([ErrNotAcquired]). The lease's whole life is one KeepAlive stream: its first message
+// acquires, its heartbeats keep the lease, and Unlock releases on it. Each call sends one
+// random request_id and retries with it on UNAVAILABLE, so a grant whose answer was lost is
+// handed back rather than orphaned. Lock returns once [Lease.Deadline] is known by this
+// process's clock: at once when the grant came within a tenth of the ttl of the call, else
+// after the stream's first heartbeat has renewed the lease. ctx bounds only the
+// acquisition; the lease lives on until Unlock or loss.
 func (c *Client) Lock(ctx context.Context, name string, ttl time.Duration, options ...LockOption) (*Lease, error) {
 	var cfg lockConfig
 	for _, option := range options {
@@ -85,7 +88,9 @@ func (c *Client) Lock(ctx context.Context, name string, ttl time.Duration, optio
 		Permits:   cfg.permits,
 		RequestId: newRequestID(),
 	}
-	giveUpAt := time.Now().Add(cfg.wait)
+	// No grant of this request_id can be older than this.
+	firstSentAt := time.Now()
+	giveUpAt := firstSentAt.Add(cfg.wait)
 	retry := newBackoff(callBackoff)
 	for {
 		wait := maxServerWait
@@ -93,16 +98,17 @@ func (c *Client) Lock(ctx context.Context, name string, ttl time.Duration, optio
 			wait = max(time.Until(giveUpAt), 0)
 		}
 		request.WaitTimeout = durationpb.New(wait)
-		response, err := c.acquireOnce(ctx, request, wait)
+		granted, holder, err := c.acquireOnStream(ctx, request, wait)
 		switch {
-		case err == nil && response.GetAcquired():
-			return c.hold(ctx, response.GetLease(), time.Now())
+		case err == nil && granted != nil:
+			granted.firstSentAt = firstSentAt
+			return c.hold(ctx, granted)
 		case err == nil:
 			// Baton answers "not acquired" when our wait ran out or shortly before ctx's
 			// deadline; only a wait cut short by its own one-hour maximum goes on.
 			deadline, hasDeadline := ctx.Deadline()
 			if wait < maxServerWait || (hasDeadline && time.Until(deadline) < wait) {
-				return nil, fmt.Errorf("%w: %q is held by %q", ErrNotAcquired, name, response.GetHolder().GetOwner())
+				return nil, fmt.Errorf("%w: %q is held by %q", ErrNotAcquired, name, holder.GetOwner())
 			}
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("baton: acquiring %q: %w", name, context.Cause(ctx))
@@ -117,16 +123,63 @@ func (c *Client) Lock(ctx context.Context, name string, ttl time.Duration, optio
 	}
 }
 
-// acquireOnce bounds one Acquire by its wait plus the default timeout, so a replica that
-// dies mid-wait is noticed and the call retried elsewhere. It waits for a ready connection:
-// with the request_id a late attempt is harmless.
-func (c *Client) acquireOnce(ctx context.Context, request *batonv1.AcquireRequest, wait time.Duration) (*batonv1.AcquireResponse, error) {
+// grantedStream is a KeepAlive stream whose opening acquire was granted, and the lease it
+// keeps from then on.
+type grantedStream struct {
+	stream keepAliveStream
+	cancel context.CancelFunc
+	lease  *batonv1.Lease
+	// firstSentAt is when Lock sent its first attempt: no grant of its request_id is older.
+	firstSentAt time.Time
+}
+
+// acquireOnStream opens the KeepAlive stream that acquires with request: it returns the
+// stream when granted, the holder when not. Until the answer, ctx's end — or, when ctx has
+// no deadline, the wait plus the default timeout, so that a replica dying mid-wait is
+// noticed and the call retried elsewhere — ends the stream; once granted the stream lives
+// on. It waits for a ready connection: with the request_id a late attempt is harmless.
+func (c *Client) acquireOnStream(ctx context.Context, request *batonv1.AcquireRequest, wait time.Duration) (*grantedStream, *batonv1.Holder, error) {
+	streamCtx, cancel := context.WithCancel(withWaitForReady(context.Background()))
+	unlink := context.AfterFunc(ctx, cancel)
+	var (
+		timedOut atomic.Bool
+		limit    *time.Timer
+	)
 	if _, hasDeadline := ctx.Deadline(); !hasDeadline && c.defaultTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, wait+c.defaultTimeout)
-		defer cancel()
+		limit = time.AfterFunc(wait+c.defaultTimeout, func() { timedOut.Store(true); cancel() })
 	}
-	return c.Locks.Acquire(withWaitForReady(ctx), request)
+	var stream batonv1.LockService_KeepAliveClient
+	response, err := func() (*batonv1.KeepAliveResponse, error) {
+		var err error
+		if stream, err = c.Locks.KeepAlive(streamCtx); err != nil {
+			return nil, err
+		}
+		_ = stream.Send(&batonv1.KeepAliveRequest{Acquire: request}) // a failed send shows in Recv
+		return stream.Recv()
+	}()
+	// Both false once they have fired: then the stream is cancelled, which gives a grant
+	// back at once.
+	live := unlink()
+	if limit != nil && !limit.Stop() {
+		live = false
+	}
+	switch {
+	case err == nil && response.GetAcquired() && live:
+		return &grantedStream{stream: lockKeepAlive{stream}, cancel: cancel, lease: response.GetLease()}, nil, nil
+	case err == nil && !response.GetAcquired():
+		cancel()
+		return nil, response.GetHolder(), nil
+	}
+	cancel()
+	switch {
+	case timedOut.Load():
+		return nil, nil, status.Error(codes.DeadlineExceeded, "baton: no answer within the wait plus the default timeout")
+	case err == nil: // granted, but ctx ended meanwhile
+		return nil, nil, context.Cause(ctx)
+	case errors.Is(err, io.EOF):
+		return nil, nil, status.Error(codes.Unavailable, "baton: the KeepAlive stream ended before answering")
+	}
+	return nil, nil, err
 }
 
 // Lease is a held lock, kept by a KeepAlive stream on which it proves itself alive: it
@@ -159,16 +212,17 @@ type Lease struct {
 	unlockErr    error
 }
 
-// hold starts keeping a granted lease alive and returns once its KeepAlive stream has
-// answered, or fails if the lease could not be kept.
-func (c *Client) hold(ctx context.Context, granted *batonv1.Lease, acquiredAt time.Time) (*Lease, error) {
+// hold goes on keeping a lease on the stream that acquired it and returns once its
+// deadline is known, or fails if the lease could not be kept.
+func (c *Client) hold(ctx context.Context, granted *grantedStream) (*Lease, error) {
+	open := func(ctx context.Context) (keepAliveStream, error) {
+		stream, err := c.Locks.KeepAlive(ctx)
+		return lockKeepAlive{stream}, err
+	}
 	lease := &Lease{
 		client:       c,
-		fencingToken: granted.GetFencingToken(),
-		kept: keepLease(granted, acquiredAt, ErrLeaseLost, func(ctx context.Context) (keepAliveStream, error) {
-			stream, err := c.Locks.KeepAlive(ctx)
-			return lockKeepAlive{stream}, err
-		}),
+		fencingToken: granted.lease.GetFencingToken(),
+		kept:         keepLease(granted.lease, time.Now(), ErrLeaseLost, open, granted),
 	}
 	lost, cancelled := lease.kept.awaitConfirmation(ctx)
 	if lost == nil && cancelled == nil {
@@ -217,9 +271,9 @@ func (l *Lease) Err() error { return l.kept.Err() }
 // Context is cancelled when the lease ends; pass it to the work the lock protects.
 func (l *Lease) Context() context.Context { return l.kept.life }
 
-// Unlock releases the lease, so a waiting Acquire gets it at once: it calls Release
-// (retried through a 5 s outage) and ends the KeepAlive stream, which Baton also takes as a
-// release. It returns the loss if the lease was lost while held (the protected work may
+// Unlock releases the lease, so a waiting Acquire gets it at once: it asks Baton to release
+// it on the lease's KeepAlive stream — or, when that stream is down or does not answer,
+// calls Release (retried through a 5 s outage) — and ends the stream. It returns the loss if the lease was lost while held (the protected work may
 // have overlapped another holder), and is safe to call more than once.
 func (l *Lease) Unlock() error {
 	l.unlockOnce.Do(func() {
@@ -241,10 +295,18 @@ func (l *Lease) Unlock() error {
 	return l.unlockErr
 }
 
-// release calls Release with the settle budget, which the API declares safe to retry; it
-// also tells whether more than one attempt was made.
+// release releases on the KeepAlive stream, or else calls Release with the settle budget,
+// which the API declares safe to retry; it also tells whether more than one attempt was
+// made.
 func (l *Lease) release() (released, retried bool, err error) {
+	released, answered, sent := l.kept.releaseOnStream()
+	if answered {
+		return released, false, nil
+	}
 	attempts := 0
+	if sent {
+		attempts = 1 // it may have released before the stream broke
+	}
 	err = l.client.retry(context.Background(), settleBudget, func(ctx context.Context) error {
 		attempts++
 		response, err := l.client.Locks.Release(ctx, &batonv1.ReleaseRequest{Name: l.Name(), LeaseId: l.LeaseID()})
@@ -265,9 +327,13 @@ func (s lockKeepAlive) open(name, leaseID string, ttl time.Duration) error {
 
 func (s lockKeepAlive) heartbeat() error { return s.stream.Send(&batonv1.KeepAliveRequest{}) }
 
-func (s lockKeepAlive) recv() (renewed bool, lease *batonv1.Lease, err error) {
+func (s lockKeepAlive) release() error {
+	return s.stream.Send(&batonv1.KeepAliveRequest{Release: true})
+}
+
+func (s lockKeepAlive) recv() (keepAliveAnswer, error) {
 	response, err := s.stream.Recv()
-	return response.GetRenewed(), response.GetLease(), err
+	return keepAliveAnswer{renewed: response.GetRenewed(), released: response.GetReleased(), lease: response.GetLease()}, err
 }
 
 // keepAliveStream is one KeepAlive stream of LockService or ElectionService, whose messages
@@ -276,9 +342,24 @@ type keepAliveStream interface {
 	// open sends the first message, which names the lease.
 	open(name, leaseID string, ttl time.Duration) error
 	heartbeat() error
-	// recv returns the next answer: whether it renewed the lease, and the lease as answered.
-	recv() (renewed bool, lease *batonv1.Lease, err error)
+	// release asks Baton to release the lease and end the stream; errStreamCannotRelease
+	// where the service has no such message.
+	release() error
+	recv() (keepAliveAnswer, error)
 }
+
+// keepAliveAnswer is one answer on a KeepAlive stream.
+type keepAliveAnswer struct {
+	renewed  bool // whether the message renewed the lease
+	released bool // the answer to release: whether it released the lease
+	lease    *batonv1.Lease
+}
+
+var errStreamCannotRelease = errors.New("baton: this KeepAlive stream cannot release its lease")
+
+// streamReleaseWait is how long Unlock waits for the stream to answer its release before
+// calling Release instead.
+const streamReleaseWait = 2 * time.Second
 
 // keptLease is a lease kept alive by heartbeats on KeepAlive streams: a lock's ([Lease]) or
 // a leadership's ([Leadership]), which Baton keeps by one contract, described at [Lease].
@@ -294,6 +375,11 @@ type keptLease struct {
 	lossSentinel error
 	// openKeepAlive opens a KeepAlive stream of the lease's service under ctx.
 	openKeepAlive func(ctx context.Context) (keepAliveStream, error)
+	// granted is the stream that acquired the lease, followed first; nil once taken, or
+	// when the lease was granted by a call of its own.
+	granted *grantedStream
+	// releaseAnswer carries the answer to a release sent on the stream.
+	releaseAnswer chan bool
 
 	// life ends, with its cause, at loss or stop; every KeepAlive stream is opened under
 	// it, so ending it also ends the stream — which makes Baton give the lease up at once
@@ -304,7 +390,9 @@ type keptLease struct {
 	confirmed chan struct{} // closed at the first answered KeepAlive message
 	stopping  atomic.Bool   // from stop on, stream errors are expected, not loss
 
-	mu        sync.Mutex
+	mu sync.Mutex
+	// current is the stream being followed; nil between streams.
+	current   *followedStream
 	expiresAt time.Time // by the Redis clock, as last answered
 	// heldUntil is, on this process's monotonic clock, the send time of the latest KeepAlive
 	// message answered "renewed" plus the ttl: the lease is certainly held until then.
@@ -325,8 +413,8 @@ func leaseMargin(ttl time.Duration) time.Duration {
 
 // keepLease starts keeping granted alive, with streams from openKeepAlive, until it is
 // lost (every loss wrapping lossSentinel) or stopped. grantAnsweredAt is when the call
-// that granted it answered.
-func keepLease(granted *batonv1.Lease, grantAnsweredAt time.Time, lossSentinel error, openKeepAlive func(context.Context) (keepAliveStream, error)) *keptLease {
+// that granted it answered; on is the stream that acquired it, if it was.
+func keepLease(granted *batonv1.Lease, grantAnsweredAt time.Time, lossSentinel error, openKeepAlive func(context.Context) (keepAliveStream, error), on *grantedStream) *keptLease {
 	life, end := context.WithCancelCause(context.Background())
 	ttl := granted.GetTtl().AsDuration()
 	kept := &keptLease{
@@ -336,6 +424,8 @@ func keepLease(granted *batonv1.Lease, grantAnsweredAt time.Time, lossSentinel e
 		margin:        leaseMargin(ttl),
 		lossSentinel:  lossSentinel,
 		openKeepAlive: openKeepAlive,
+		granted:       on,
+		releaseAnswer: make(chan bool, 1),
 		life:          life,
 		end:           end,
 		keptAlive:     make(chan struct{}),
@@ -346,8 +436,46 @@ func keepLease(granted *batonv1.Lease, grantAnsweredAt time.Time, lossSentinel e
 		deadline: grantAnsweredAt.Add(ttl),
 	}
 	kept.lossTimer = time.AfterFunc(time.Until(kept.deadline), kept.checkDeadline)
+	if on != nil {
+		// Followed from now on, so that an Unlock right after Lock can release on it.
+		kept.current = newFollowedStream(on.stream)
+	}
+	if on != nil && grantAnsweredAt.Sub(on.firstSentAt) < ttl/10 {
+		// Granted soon after the first attempt was sent: that dates the lease well enough,
+		// and no heartbeat need wait for it.
+		kept.renewed(on.firstSentAt, granted)
+	}
 	go kept.keepAlive()
 	return kept
+}
+
+// releaseOnStream asks Baton to release the lease on the stream being followed. sent tells
+// whether the request may have gone out; answered, whether Baton said if it released.
+func (k *keptLease) releaseOnStream() (released, answered, sent bool) {
+	k.mu.Lock()
+	current := k.current
+	k.mu.Unlock()
+	if current == nil {
+		return false, false, false
+	}
+	if err := current.send(true, current.stream.release); errors.Is(err, errStreamCannotRelease) {
+		return false, false, false
+	}
+	timeout := time.NewTimer(streamReleaseWait)
+	defer timeout.Stop()
+	select {
+	case released = <-k.releaseAnswer:
+		return released, true, true
+	case <-current.ended:
+		select {
+		case released = <-k.releaseAnswer:
+			return released, true, true
+		default:
+			return false, false, true
+		}
+	case <-timeout.C:
+		return false, false, true
+	}
 }
 
 // awaitConfirmation waits until the KeepAlive stream has answered, so that the deadline is
@@ -475,7 +603,7 @@ func (k *keptLease) keepAlive() {
 	var brokenAt time.Time
 	for {
 		answered, err := k.followKeepAlive(brokenAt)
-		if k.life.Err() != nil {
+		if k.life.Err() != nil || k.stopping.Load() {
 			return
 		}
 		if answered || brokenAt.IsZero() {
@@ -518,31 +646,40 @@ func retryableStreamEnd(err error) bool {
 // heartbeat goes out every third of the ttl. It returns why the stream ended, and whether
 // anything on it was answered.
 func (k *keptLease) followKeepAlive(brokenAt time.Time) (answered bool, err error) {
-	streamCtx, closeStream := context.WithCancel(withWaitForReady(k.life))
-	defer closeStream()
-	stream, err := k.openKeepAlive(streamCtx)
+	stream, closeStream, granted, err := k.nextStream()
 	if err != nil {
 		return false, err
 	}
-	// Send times of the messages not answered yet, oldest first: Baton answers every one,
-	// in order, so each answer belongs to the oldest.
-	var (
-		mu        sync.Mutex
-		pending   []time.Time
-		anyAnswer atomic.Bool
-	)
-	send := func(message func() error) {
-		mu.Lock()
-		pending = append(pending, time.Now()) // before sending: the answer may come at once
-		mu.Unlock()
-		// A failed send means the stream has ended; recv reports why.
-		_ = message()
+	defer closeStream()
+	var anyAnswer atomic.Bool
+	k.mu.Lock()
+	if !granted {
+		k.current = newFollowedStream(stream)
+	}
+	followed := k.current
+	k.mu.Unlock()
+	defer func() {
+		k.mu.Lock()
+		k.current = nil
+		k.mu.Unlock()
+	}()
+	if granted {
+		// The grant was this stream's first answer. Unless that dated the lease, the first
+		// heartbeat does, at once: Baton renews on it however soon it comes.
+		anyAnswer.Store(true)
+		select {
+		case <-k.confirmed:
+		default:
+			_ = followed.send(false, stream.heartbeat)
+		}
+	} else {
+		_ = followed.send(false, func() error { return stream.open(k.name, k.leaseID, k.ttl) })
 	}
 	ended := make(chan error, 1)
-	send(func() error { return stream.open(k.name, k.leaseID, k.ttl) })
 	go func() {
+		defer close(followed.ended)
 		for {
-			renewed, lease, err := stream.recv()
+			answer, err := stream.recv()
 			if err != nil {
 				if err == io.EOF {
 					err = nil
@@ -550,20 +687,20 @@ func (k *keptLease) followKeepAlive(brokenAt time.Time) (answered bool, err erro
 				ended <- err
 				return
 			}
-			mu.Lock()
-			if len(pending) == 0 {
-				mu.Unlock()
+			sent, ok := followed.answered()
+			if !ok {
 				continue // an answer to nothing sent cannot be dated
 			}
-			sentAt := pending[0]
-			pending = pending[1:]
-			mu.Unlock()
+			if sent.release {
+				k.releaseAnswer <- answer.released // buffered; one release per lease
+				continue
+			}
 			if !anyAnswer.Swap(true) && !brokenAt.IsZero() {
 				observeReconnect("keepalive", time.Since(brokenAt))
 			}
-			observeKeepAliveAnswer(renewed)
-			if renewed {
-				k.renewed(sentAt, lease)
+			observeKeepAliveAnswer(answer.renewed)
+			if answer.renewed {
+				k.renewed(sent.at, answer.lease)
 			}
 			// Not renewed: the heartbeat proves nothing, and HeldUntil stays where it was.
 		}
@@ -575,9 +712,70 @@ func (k *keptLease) followKeepAlive(brokenAt time.Time) (answered bool, err erro
 		case err := <-ended:
 			return anyAnswer.Load(), err
 		case <-heartbeats.C:
-			send(stream.heartbeat)
+			_ = followed.send(false, stream.heartbeat)
 		}
 	}
+}
+
+// followedStream is a KeepAlive stream and its messages not answered yet, oldest first:
+// Baton answers every one, in order, so each answer belongs to the oldest.
+type followedStream struct {
+	stream keepAliveStream
+	ended  chan struct{} // closed when its answers end
+	// sending serialises sends, which gRPC allows from one goroutine at a time: heartbeats
+	// come from the follower, a release from Unlock.
+	sending sync.Mutex
+	mu      sync.Mutex
+	pending []sentMessage
+}
+
+type sentMessage struct {
+	at      time.Time
+	release bool
+}
+
+func newFollowedStream(stream keepAliveStream) *followedStream {
+	return &followedStream{stream: stream, ended: make(chan struct{})}
+}
+
+// send records a message, then sends it; a failed send means the stream has ended, and
+// its recv reports why.
+func (f *followedStream) send(release bool, message func() error) error {
+	f.sending.Lock()
+	defer f.sending.Unlock()
+	f.mu.Lock()
+	f.pending = append(f.pending, sentMessage{time.Now(), release}) // before sending: the answer may come at once
+	f.mu.Unlock()
+	return message()
+}
+
+// answered takes the message the next answer belongs to.
+func (f *followedStream) answered() (sentMessage, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.pending) == 0 {
+		return sentMessage{}, false
+	}
+	sent := f.pending[0]
+	f.pending = f.pending[1:]
+	return sent, true
+}
+
+// nextStream is the stream that acquired the lease, the first time, and then a new one
+// under the lease's life. granted tells which.
+func (k *keptLease) nextStream() (stream keepAliveStream, closeStream func(), granted bool, err error) {
+	if on := k.granted; on != nil {
+		k.granted = nil
+		// Opened before the lease's life began: ending the life must end it too.
+		unlink := context.AfterFunc(k.life, on.cancel)
+		return on.stream, func() { unlink(); on.cancel() }, true, nil
+	}
+	streamCtx, cancel := context.WithCancel(withWaitForReady(k.life))
+	if stream, err = k.openKeepAlive(streamCtx); err != nil {
+		cancel()
+		return nil, nil, false, err
+	}
+	return stream, cancel, false, nil
 }
 
 // newRequestID is 128 random bits: one per logical Acquire or Campaign, reused by its

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/baton-dev/baton/clients/go/baton"
@@ -524,5 +525,89 @@ func TestHeartbeatsAnsweredNotRenewedDoNotMoveHeldUntil(t *testing.T) {
 	t.Logf("granted to the next holder %s after the loss was reported", grantedAt.Sub(lostAt))
 	if !grantedAt.After(lostAt) {
 		t.Errorf("the lock was granted %s before the holder reported its loss", lostAt.Sub(grantedAt))
+	}
+}
+
+// callCounter counts the RPCs a client makes, by full method name.
+type callCounter struct {
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (c *callCounter) count(method string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls[method]++
+}
+
+func (c *callCounter) options() baton.Option {
+	return baton.WithDialOptions(
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			c.count(method)
+			return invoker(ctx, method, req, reply, cc, opts...)
+		}),
+		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			c.count(method)
+			return streamer(ctx, desc, cc, method, opts...)
+		}),
+	)
+}
+
+func TestALockCycleIsOneKeepAliveStream(t *testing.T) {
+	counter := &callCounter{calls: map[string]int{}}
+	client, _ := server(t, counter.options())
+	ctx := testContext(t)
+	const cycles = 20
+	for i := range cycles {
+		lease, err := client.Lock(ctx, unique(fmt.Sprint("cycle-", i)), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Until(lease.Deadline()) < 4*time.Second {
+			t.Fatalf("a lease granted at once has its deadline in %s, want about the ttl less a tenth", time.Until(lease.Deadline()))
+		}
+		if err := lease.Unlock(); err != nil {
+			t.Fatalf("unlock %d: %v", i, err)
+		}
+	}
+	counter.mu.Lock()
+	defer counter.mu.Unlock()
+	want := map[string]int{"/baton.v1.LockService/KeepAlive": cycles}
+	if fmt.Sprint(counter.calls) != fmt.Sprint(want) {
+		t.Fatalf("RPCs for %d lock cycles: %v, want %v (no Acquire, Release or second stream)", cycles, counter.calls, want)
+	}
+}
+
+func TestALockThatWaitedLongerThanItsTtlIsDatedByItsFirstHeartbeat(t *testing.T) {
+	client, _ := server(t)
+	ctx := testContext(t)
+	name := unique("slow-grant")
+	const ttl = time.Second
+	first, err := client.Lock(ctx, name, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		// Held for longer than the waiter's ttl: a lease dated by the waiter's first send
+		// would be past its deadline as it is granted.
+		time.Sleep(3 * ttl / 2)
+		first.Unlock()
+	}()
+	waited, err := client.Lock(ctx, name, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer waited.Unlock()
+	if err := waited.Err(); err != nil {
+		t.Fatalf("the waiter's lease ended as it was granted: %v", err)
+	}
+	if left := time.Until(waited.Deadline()); left < ttl/2 {
+		t.Fatalf("deadline %s after a grant that waited, want about the ttl less a tenth", left)
+	}
+	// Still held two ttls later: heartbeats keep it as any other.
+	select {
+	case <-waited.Done():
+		t.Fatalf("lost: %v", waited.Err())
+	case <-time.After(2 * ttl):
 	}
 }

@@ -121,7 +121,9 @@ type LockServiceClient interface {
 	// One stream can also carry a lease's whole life, which costs one stream instead of
 	// Acquire + KeepAlive + Release: a first message with `acquire` (instead of name and
 	// lease_id) acquires as Acquire does, waiting up to its wait_timeout. Granted, the answer
-	// carries the lease (`acquired` and `renewed` true) and the stream goes on as above. Not
+	// carries the lease (`acquired` and `renewed` true) and the stream goes on as above,
+	// except that its first heartbeat renews however soon it comes: a client whose acquire
+	// waited (or was retried) cannot date the grant, and dates the lease by that. Not
 	// granted, the answer carries the holder (`acquired` false) and the stream ends OK. A
 	// later message with `release` releases the lease: it is answered (`released`, as
 	// Release's) and the stream ends OK. Failures of the opening `acquire` are Acquire's;
@@ -286,7 +288,9 @@ type LockServiceServer interface {
 	// One stream can also carry a lease's whole life, which costs one stream instead of
 	// Acquire + KeepAlive + Release: a first message with `acquire` (instead of name and
 	// lease_id) acquires as Acquire does, waiting up to its wait_timeout. Granted, the answer
-	// carries the lease (`acquired` and `renewed` true) and the stream goes on as above. Not
+	// carries the lease (`acquired` and `renewed` true) and the stream goes on as above,
+	// except that its first heartbeat renews however soon it comes: a client whose acquire
+	// waited (or was retried) cannot date the grant, and dates the lease by that. Not
 	// granted, the answer carries the holder (`acquired` false) and the stream ends OK. A
 	// later message with `release` releases the lease: it is answered (`released`, as
 	// Release's) and the stream ends OK. Failures of the opening `acquire` are Acquire's;
