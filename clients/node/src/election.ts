@@ -116,6 +116,7 @@ function leadershipKeeper(stub: ElectionServiceClient): LeaseKeeper {
     keepAlive: (metadata) => stub.keepAlive(metadata),
     giveUp: async (name, leaseId, options) =>
       (await unary(stub.resign.bind(stub), ResignRequest.fromPartial({ name, leaseId }), options)).resigned,
+    releasesOnStream: false,
   };
 }
 

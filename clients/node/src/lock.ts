@@ -22,6 +22,9 @@
 // a loss. Cancelling a stream releases the lease at once, so the helper cancels only when it
 // gives the lease up; a half-close would only stop the heartbeats, and the helper never needs
 // one.
+//
+// A lock's whole life is one stream: its first message acquires (`acquire`), and `release`
+// on it releases — no Acquire or Release call, unless that stream is down at release time.
 
 import { randomBytes } from "node:crypto";
 
@@ -82,12 +85,14 @@ export interface LockOptions {
  */
 export interface LeaseKeeper {
   /** Opens a KeepAlive stream. */
-  keepAlive(metadata: Metadata): ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
+  keepAlive(metadata: Metadata): KeepAliveCall;
   /**
    * One attempt to end the lease at once (Release, Resign): true when it ended a held lease,
    * false when the lease had ended already. Rejects with the raw gRPC error.
    */
   giveUp(name: string, leaseId: string, options: UnaryOptions): Promise<boolean>;
+  /** Whether a `release` message on the stream ends the lease (LockService's streams). */
+  releasesOnStream: boolean;
 }
 
 function lockKeeper(stub: LockServiceClient): LeaseKeeper {
@@ -95,14 +100,25 @@ function lockKeeper(stub: LockServiceClient): LeaseKeeper {
     keepAlive: (metadata) => stub.keepAlive(metadata),
     giveUp: async (name, leaseId, options) =>
       (await unary(stub.release.bind(stub), ReleaseRequest.fromPartial({ name, leaseId }), options)).released,
+    releasesOnStream: true,
   };
 }
 
-/** One KeepAlive stream of a lease, with the send times of its unanswered messages. */
+/** How long `release` waits for the stream's answer before calling Release instead. */
+const STREAM_RELEASE_WAIT_MS = 2_000;
+
+/** What a lease reads on either service's KeepAlive stream (an election's has no `released`). */
+type LeaseKeepAliveResponse = Pick<KeepAliveResponse, "lease" | "renewed"> & Partial<Pick<KeepAliveResponse, "released">>;
+
+type KeepAliveCall = ClientDuplexStream<KeepAliveRequest, LeaseKeepAliveResponse>;
+
+/** One KeepAlive stream of a lease, with its unanswered messages. */
 interface KeepAliveStream {
-  call: ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
-  /** Monotonic send times of the messages not answered yet, oldest first. */
-  unanswered: number[];
+  call: KeepAliveCall;
+  /** The messages not answered yet, oldest first: monotonic send time, and whether a release. */
+  unanswered: { sentAt: number; release: boolean }[];
+  /** Told the answer to a release sent on the stream, or undefined when it ended unanswered. */
+  onReleased?: (released: boolean | undefined) => void;
 }
 
 /**
@@ -152,13 +168,15 @@ export class Lease {
 
   /**
    * `grantSentAt`: the monotonic send time of the earliest Acquire that may have made this
-   * grant; the lease was granted after it.
+   * grant; the lease was granted after it. `grantedOn`: the KeepAlive stream that acquired
+   * it, if one did, which goes on keeping it.
    */
   constructor(
     private readonly keeper: LeaseKeeper,
     granted: LeaseMessage,
     grantSentAt: number,
     private readonly onRenew: ((lease: Lease) => void) | undefined,
+    grantedOn?: KeepAliveCall,
   ) {
     this.name = granted.name;
     this.leaseId = granted.leaseId;
@@ -166,7 +184,8 @@ export class Lease {
     this.ttlMs = durationToMs(granted.ttl);
     this.lossMarginMs = Math.max(this.ttlMs / 10, MIN_LOSS_MARGIN_MS);
     this.expiresAt = granted.expiresAt;
-    if (grantSentAt + this.ttlMs - this.lossMarginMs - monotonicMs() >= this.ttlMs / 3) {
+    const dated = grantSentAt + this.ttlMs - this.lossMarginMs - monotonicMs() >= this.ttlMs / 3;
+    if (dated) {
       // The grant leaves a third of the ttl before the loss: time for KeepAlive to answer.
       this.heldUntil = grantSentAt + this.ttlMs;
       this.ready = Promise.resolve();
@@ -181,7 +200,13 @@ export class Lease {
       });
     }
     this.armLossTimer();
-    this.open();
+    if (grantedOn) {
+      // Baton renews on the first heartbeat after a grant however soon it comes, which dates
+      // a lease the grant could not.
+      this.follow(grantedOn, dated ? undefined : KeepAliveRequest.create());
+    } else {
+      this.open();
+    }
   }
 
   /** Aborted when the lease ends: with a LeaseLostError on loss, or on release. */
@@ -220,7 +245,10 @@ export class Lease {
     this.stopHeartbeats();
     // Release first, then cancel: a cancel alone releases too, but then Release's (Resign's)
     // answer could not tell a lease we gave up from one that was gone already.
-    const [released, error] = await this.releaseWithRetries();
+    const onStream = await this.releaseOnStream();
+    const [released, error] = onStream.answered
+      ? [onStream.released, undefined]
+      : await this.releaseWithRetries(onStream.sent);
     this.end(new Error(`lease on ${JSON.stringify(this.name)} released`));
     if (this.loss) {
       throw this.loss;
@@ -234,11 +262,33 @@ export class Lease {
   }
 
   /**
-   * Release within the lease retry budget. After an attempt that failed, `released: false`
-   * is what a repeat of an applied Release answers, so it counts as released.
+   * Sends `release` on the open stream and waits for its answer. `sent`: whether a release
+   * may have gone out; `answered`: whether Baton said if it released.
    */
-  private async releaseWithRetries(): Promise<[boolean, unknown]> {
-    let retried = false;
+  private releaseOnStream(): Promise<{ answered: boolean; released: boolean; sent: boolean }> {
+    const stream = this.current;
+    if (!stream || !this.keeper.releasesOnStream) {
+      return Promise.resolve({ answered: false, released: false, sent: false });
+    }
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => stream.onReleased?.(undefined), STREAM_RELEASE_WAIT_MS);
+      stream.onReleased = (released) => {
+        clearTimeout(timer);
+        stream.onReleased = undefined;
+        resolve({ answered: released !== undefined, released: released ?? false, sent: true });
+      };
+      stream.unanswered.push({ sentAt: monotonicMs(), release: true });
+      stream.call.write(KeepAliveRequest.fromPartial({ release: true }));
+    });
+  }
+
+  /**
+   * Release within the lease retry budget. After an attempt that failed (or a release on the
+   * stream that went unanswered), `released: false` is what a repeat of an applied Release
+   * answers, so it counts as released.
+   */
+  private async releaseWithRetries(alreadyTried: boolean): Promise<[boolean, unknown]> {
+    let retried = alreadyTried;
     try {
       const released = await retryUnavailable(
         () => this.keeper.giveUp(this.name, this.leaseId, { waitForReady: true }),
@@ -306,7 +356,7 @@ export class Lease {
     if (this.ended.signal.aborted || this.unlocking) {
       return;
     }
-    let call: ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>;
+    let call: KeepAliveCall;
     try {
       // Wait-for-ready: while the channel reconnects the stream starts as soon as a replica
       // is up; the loss timer bounds the wait.
@@ -315,19 +365,26 @@ export class Lease {
       // The client was closed while the lease was held; the loss timer ends it.
       return;
     }
+    const ttl = msToDuration(this.ttlMs);
+    this.follow(call, KeepAliveRequest.fromPartial({ name: this.name, leaseId: this.leaseId, ttl }));
+  }
+
+  /** Makes `call` the lease's stream: sends `first`, if any, then a heartbeat every ttl/3. */
+  private follow(call: KeepAliveCall, first: KeepAliveRequest | undefined): void {
     const stream: KeepAliveStream = { call, unanswered: [] };
     this.current = stream;
-    call.on("data", (response: KeepAliveResponse) => this.answered(stream, response));
+    call.on("data", (response: LeaseKeepAliveResponse) => this.answered(stream, response));
     call.on("error", () => undefined); // the status event below carries the same status
     call.on("status", (status: StatusObject) => this.streamEnded(stream, status));
-    const ttl = msToDuration(this.ttlMs);
-    this.send(stream, KeepAliveRequest.fromPartial({ name: this.name, leaseId: this.leaseId, ttl }));
+    if (first) {
+      this.send(stream, first);
+    }
     clearInterval(this.heartbeat);
     this.heartbeat = setInterval(() => this.beat(), this.ttlMs / 3);
   }
 
   private send(stream: KeepAliveStream, request: KeepAliveRequest): void {
-    stream.unanswered.push(monotonicMs());
+    stream.unanswered.push({ sentAt: monotonicMs(), release: false });
     stream.call.write(request);
   }
 
@@ -340,11 +397,16 @@ export class Lease {
     }
   }
 
-  private answered(stream: KeepAliveStream, response: KeepAliveResponse): void {
-    const sentAt = stream.unanswered.shift();
-    if (sentAt === undefined || this.ended.signal.aborted) {
+  private answered(stream: KeepAliveStream, response: LeaseKeepAliveResponse): void {
+    const sent = stream.unanswered.shift();
+    if (sent?.release) {
+      stream.onReleased?.(response.released ?? false);
       return;
     }
+    if (sent === undefined || this.ended.signal.aborted) {
+      return;
+    }
+    const { sentAt } = sent;
     this.reopenBackoff.reset();
     if (!response.renewed) {
       // Too soon after the previous renewal, or Redis unreachable: proves nothing.
@@ -363,6 +425,7 @@ export class Lease {
   }
 
   private streamEnded(stream: KeepAliveStream, status: StatusObject): void {
+    stream.onReleased?.(undefined);
     if (this.ended.signal.aborted || this.unlocking || stream !== this.current) {
       return;
     }
@@ -383,8 +446,9 @@ export class Lease {
 
 /**
  * Acquires `name` and keeps it until released. Waits, woken by releases, until acquired,
- * `waitMs` passes, or `signal` aborts. Sends one random request_id and retries Acquire with it
- * on UNAVAILABLE, so a grant whose answer was lost is handed back rather than orphaned.
+ * `waitMs` passes, or `signal` aborts. Acquires on the KeepAlive stream that then keeps the
+ * lease; sends one random request_id and retries with it on UNAVAILABLE, so a grant whose
+ * answer was lost is handed back rather than orphaned.
  */
 export async function acquire(
   stub: LockServiceClient,
@@ -413,10 +477,9 @@ export async function acquire(
     // The wait plus the default timeout, so a replica that dies mid-wait is noticed.
     const deadline = defaultTimeoutMs > 0 ? Date.now() + waitMs + defaultTimeoutMs : Infinity;
     grantSentAt ??= monotonicMs();
-    let response;
+    let answer;
     try {
-      // Safe to retry, and so wait-for-ready: the request_id makes a repeat return the grant.
-      response = await unary(stub.acquire.bind(stub), request, { deadline, waitForReady: true }, signal);
+      answer = await acquireOnStream(stub, request, deadline, signal);
     } catch (error) {
       signal?.throwIfAborted();
       const mapped = fromGrpcError(error);
@@ -433,8 +496,9 @@ export async function acquire(
       await sleep(delay, signal);
       continue;
     }
+    const { call, response } = answer;
     if (response.acquired && response.lease) {
-      return keepGrantedLease(lockKeeper(stub), response.lease, grantSentAt, options.onRenew);
+      return keepGrantedLease(lockKeeper(stub), response.lease, grantSentAt, options.onRenew, call);
     }
     // A definite refusal: no earlier attempt holds a grant for this request_id any more.
     grantSentAt = undefined;
@@ -453,8 +517,9 @@ export async function keepGrantedLease(
   granted: LeaseMessage,
   grantSentAt: number,
   onRenew?: (lease: Lease) => void,
+  grantedOn?: KeepAliveCall,
 ): Promise<Lease> {
-  const lease = new Lease(keeper, granted, grantSentAt, onRenew);
+  const lease = new Lease(keeper, granted, grantSentAt, onRenew, grantedOn);
   try {
     await lease.ready;
   } catch (error) {
@@ -462,4 +527,53 @@ export async function keepGrantedLease(
     throw error;
   }
   return lease;
+}
+
+/**
+ * Opens a KeepAlive stream whose first message acquires with `request`, and resolves with its
+ * first answer; the stream stays open when that is a grant. Until then `deadline` (epoch ms:
+ * the wait plus the default timeout, so a replica that dies mid-wait is noticed) and `signal`
+ * end it. Safe to retry, and so wait-for-ready: the request_id makes a repeat return the grant.
+ */
+function acquireOnStream(
+  stub: LockServiceClient,
+  request: AcquireRequest,
+  deadline: number,
+  signal: AbortSignal | undefined,
+): Promise<{ call: ClientDuplexStream<KeepAliveRequest, KeepAliveResponse>; response: KeepAliveResponse }> {
+  return new Promise((resolve, reject) => {
+    const call = stub.keepAlive(new Metadata({ waitForReady: true }));
+    const timer =
+      deadline === Infinity
+        ? undefined
+        : setTimeout(
+            () => settle({ code: Status.DEADLINE_EXCEEDED, details: "no answer within the wait", metadata: new Metadata() }),
+            Math.max(deadline - Date.now(), 0),
+          );
+    const aborted = (): void => settle(signal?.reason);
+    const answered = (response: KeepAliveResponse): void => settle(undefined, response);
+    const ended = (status: StatusObject): void =>
+      settle(status.code === Status.OK ? { ...status, code: Status.UNAVAILABLE, details: "ended unanswered" } : status);
+    function settle(error: unknown, response?: KeepAliveResponse): void {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", aborted);
+      call.off("data", answered);
+      call.off("status", ended);
+      if (response?.acquired) {
+        resolve({ call, response });
+        return;
+      }
+      call.cancel(); // a grant made meanwhile is released at once
+      if (response) {
+        resolve({ call, response });
+      } else {
+        reject(error);
+      }
+    }
+    signal?.addEventListener("abort", aborted, { once: true });
+    call.on("data", answered);
+    call.on("error", () => undefined); // the status event carries the same status
+    call.on("status", ended);
+    call.write(KeepAliveRequest.fromPartial({ acquire: request }));
+  });
 }

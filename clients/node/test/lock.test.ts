@@ -7,15 +7,17 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { BatonClient, ErrorReason, FailedPreconditionError, Lease, LeaseLostError, LockNotAcquiredError, reasonOf } from "../src/index.js";
 import { DescribeRequest, KeepAliveResponse, ReleaseRequest } from "../src/gen/baton/v1/lock.js";
 import { unary } from "../src/unary.js";
-import { Environment, eventually, freePort, unique } from "./harness.js";
+import { Baton, Environment, eventually, freePort, unique } from "./harness.js";
 
 let environment: Environment;
 let client: BatonClient;
 let addr: string;
+let server: Baton;
 
 before(async () => {
   environment = await Environment.start();
-  addr = (await environment.baton()).addr;
+  server = await environment.baton();
+  addr = server.addr;
   client = new BatonClient({ target: addr });
   environment.onClose(() => client.close());
 });
@@ -307,4 +309,20 @@ test("heartbeats answered renewed=false do not keep a lease: lost locally before
     environment.redis.thaw();
   }
   await assert.rejects(lease.release(), LeaseLostError);
+});
+
+test("a lock cycle is one KeepAlive stream: no Acquire, no Release", async () => {
+  const calls = (method: string) =>
+    server.counter("baton_grpc_requests_total", { service: "baton.v1.LockService", method });
+  const before = { acquire: await calls("Acquire"), release: await calls("Release"), keepAlive: await calls("KeepAlive") };
+  const cycles = 20;
+  for (let i = 0; i < cycles; i++) {
+    const lease = await client.lock(unique(`cycle-${i}`), { ttlMs: 5000 });
+    assert.ok(lease.lossAt - performance.now() > 4000, "a lease granted at once is dated by the call");
+    await lease.release();
+  }
+  await eventually("every stream counted", async () => (await calls("KeepAlive")) - before.keepAlive >= cycles);
+  assert.equal((await calls("KeepAlive")) - before.keepAlive, cycles);
+  assert.equal((await calls("Acquire")) - before.acquire, 0);
+  assert.equal((await calls("Release")) - before.release, 0);
 });
