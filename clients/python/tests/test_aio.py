@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import time
 
 import pytest
 from conftest import unique
-from harness import free_port
+from harness import Baton, free_port
 
 import baton_client
 from baton_client.pb.baton.v1 import lock_pb2, queue_pb2
@@ -229,3 +230,26 @@ async def test_stopping_finishes_started_jobs_and_hands_back_the_rest(
             assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_SUCCEEDED, 1), job
         else:
             assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_READY, 0), job
+
+
+async def test_an_async_lock_cycle_is_one_keepalive_stream_and_a_late_grant_is_proven(
+    baton: Baton, async_client: baton_client.AsyncClient
+) -> None:
+    def calls() -> dict[str, float]:
+        return {
+            method: baton.counter(
+                "baton_grpc_requests_total", service="baton.v1.LockService", method=method
+            )
+            for method in ("Acquire", "Release")
+        }
+
+    before = calls()
+    name = unique("late")
+    first = await async_client.acquire(name, ttl=5)
+    asyncio.get_running_loop().call_later(1.5, lambda: asyncio.ensure_future(first.release()))
+    # Granted about 1.5 s after it was asked for, with a 1 s ttl: proven by a heartbeat
+    # sent once granted, not lost as it is handed out.
+    async with async_client.lock(name, ttl=1, wait=5) as lease:
+        assert lease.held_until > time.monotonic() + 0.5
+        assert not await lease.wait_lost(1.5), lease.loss
+    assert calls() == before, "no Acquire or Release: the stream acquired and released"

@@ -329,3 +329,28 @@ def test_a_grant_after_a_long_wait_is_proven_before_it_is_handed_out(
     with client.lock(name, ttl=1, wait=5) as lease:
         assert lease.held_until > time.monotonic() + 0.5
         assert not lease.wait_lost(1.5), lease.loss
+
+
+def _lock_calls(baton: Baton) -> dict[str, float]:
+    return {
+        method: baton.counter(
+            "baton_grpc_requests_total", service="baton.v1.LockService", method=method
+        )
+        for method in ("Acquire", "KeepAlive", "Release")
+    }
+
+
+def test_a_lock_cycle_is_one_keepalive_stream(baton: Baton, client: baton_client.Client) -> None:
+    before = _lock_calls(baton)
+    cycles = 20
+    for i in range(cycles):
+        with client.lock(unique(f"cycle-{i}"), ttl=5) as lease:
+            # Granted at once: the first send dates it, no heartbeat need prove it first.
+            assert lease.held_until > time.monotonic() + 4
+    eventually(
+        lambda: _lock_calls(baton)["KeepAlive"] - before["KeepAlive"] >= cycles,
+        "every stream counted",
+    )
+    after = _lock_calls(baton)
+    calls = {method: after[method] - before[method] for method in after}
+    assert calls == {"Acquire": 0, "KeepAlive": cycles, "Release": 0}

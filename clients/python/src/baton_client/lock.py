@@ -21,8 +21,12 @@ lost when Baton answers LEASE_NOT_HELD or an error no retry can fix.
 When the stream ends with UNAVAILABLE (a replica draining, a broken connection) a new one is
 opened at once — backoff 50 ms growing to 250 ms — with the same lease id, on whichever
 replica the balancer picks, until the lease would be reported lost. A half-close only ends
-the heartbeats (the lease then runs out its ttl); cancelling a stream releases the lease, as
-releasing does: release() calls Release, then cancels the stream.
+the heartbeats (the lease then runs out its ttl); cancelling a stream releases the lease.
+
+A lock's whole life is one stream: its first message acquires (``acquire``), heartbeats keep
+the lease, and release() sends ``release`` on it and waits for the answer — no Acquire or
+Release call. Only when that stream is down or silent for 2 s does release() call Release;
+then it cancels the stream.
 
 A leadership (election.py) is a lease with the same KeepAlive contract on ElectionService, so
 it is kept by the same machinery: ``_LeaseState`` (the liveness bookkeeping), ``_KeptLease``
@@ -50,7 +54,6 @@ from . import _retry
 from ._connection import Backoff, Seconds, duration, seconds, stream_backoff
 from .errors import BatonError, LeaseLost, LockNotAcquired, from_rpc_error
 from .pb.baton.v1 import election_pb2, lock_pb2
-from .pb.baton.v1.errors_pb2 import ErrorReason
 
 if TYPE_CHECKING:
     from .pb.baton.v1 import lock_pb2_grpc
@@ -62,6 +65,8 @@ MIN_MARGIN = 0.05
 """The smallest safety margin (seconds) between reporting a lease lost and its expiry."""
 
 _RETRY_ACQUIRE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+STREAM_RELEASE_WAIT = 2.0
+"""How long release() waits for the stream's answer before calling Release instead."""
 # Stream endings worth resuming from; anything else but FAILED_PRECONDITION is final too.
 _RESUMABLE = (
     grpc.StatusCode.UNAVAILABLE,
@@ -100,6 +105,8 @@ class _Attempt(Generic[R]):
         self.failing_since: float | None = None
         self.sent_at = 0.0
         """When the last round was sent: a grant it answers was made after this instant."""
+        self.earliest_sent_at: float | None = None
+        """When the earliest round whose grant a later round may hand back was sent."""
 
     def next_call(self) -> tuple[R, float, float | None]:
         """The request with this round's wait, the wait, and the call's timeout: the wait
@@ -112,6 +119,8 @@ class _Attempt(Generic[R]):
         self.request.wait_timeout.CopyFrom(duration(wait))
         timeout = None if self.default_timeout is None else wait + self.default_timeout
         self.sent_at = time.monotonic()
+        if self.earliest_sent_at is None:
+            self.earliest_sent_at = self.sent_at
         return self.request, wait, timeout
 
     def answered(self) -> None:
@@ -120,21 +129,25 @@ class _Attempt(Generic[R]):
         self.failing_since = None
         self.backoff.reset()
 
-    def outcome(self, response: lock_pb2.AcquireResponse, wait: float) -> bool:
+    def outcome(self, response: lock_pb2.KeepAliveResponse, wait: float) -> bool:
         """(Acquire) True when acquired; raises when the wait is over; False to wait again."""
         self.answered()
         if response.acquired:
             return True
+        # A definite refusal: no earlier round holds a grant for this request_id any more.
+        self.earliest_sent_at = None
         if wait < MAX_SERVER_WAIT:
             raise LockNotAcquired(self.name, response.holder.owner)
         return False
 
-    def needs_proof(self, lease: lock_pb2.Lease) -> bool:
-        """Whether the grant came after a wait so long that its send time proves too little:
-        the grant was made somewhere between send and answer, and only the send time is
-        known to precede it. The lease is then renewed once before it is handed out."""
+    def proven_at(self, lease: lock_pb2.Lease) -> float | None:
+        """The instant a grant is known to postdate — the send of the earliest round that may
+        have made it — or None when that is too long ago to prove enough: the grant was made
+        somewhere between send and answer. The lease is then renewed once before it is handed
+        out."""
         ttl = lease.ttl.ToTimedelta().total_seconds()
-        return time.monotonic() - self.sent_at > ttl / 2
+        sent_at = self.sent_at if self.earliest_sent_at is None else self.earliest_sent_at
+        return None if time.monotonic() - sent_at > ttl / 2 else sent_at
 
     def retry_delay(self, error: grpc.RpcError) -> float:
         """Seconds before retrying, or raises when the error is final or retrying has gone
@@ -157,17 +170,26 @@ def _acquire_request(name: str, ttl: Seconds, owner: str, permits: int) -> lock_
     return lock_pb2.AcquireRequest(name=name, ttl=duration(ttl), owner=owner, permits=permits)
 
 
-def _renew_request(lease: lock_pb2.Lease) -> lock_pb2.RenewRequest:
-    return lock_pb2.RenewRequest(name=lease.name, lease_id=lease.lease_id, ttl=lease.ttl)
+class _NoAnswer(grpc.RpcError):
+    """An acquiring stream that did not answer within its round's timeout (the wait plus the
+    default timeout): retried as a DEADLINE_EXCEEDED Acquire is."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "no answer within the wait plus the default timeout"
+
+    def trailing_metadata(self) -> None:
+        return None
 
 
-def _unproven(lease: lock_pb2.Lease, error: BatonError) -> BaseException:
-    """The exception for a grant that could not be renewed before being handed out."""
-    if isinstance(error, BatonError) and error.error_reason == ErrorReason.LEASE_NOT_HELD:
-        lost = LeaseLost(f"lock {lease.name!r} was lost before its grant could be confirmed")
-        lost.__cause__ = error
-        return lost
-    return error
+class _StreamEndedUnanswered(_NoAnswer):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "the KeepAlive stream ended before answering"
 
 
 Q = TypeVar("Q")
@@ -175,13 +197,20 @@ Q = TypeVar("Q")
 
 class _Stream(Generic[Q]):
     """One KeepAlive stream: the queue its requests go through (None half-closes it, which
-    ends the heartbeats, not the lease) and the send times of its messages not answered yet,
-    oldest first."""
+    ends the heartbeats, not the lease) and its messages not answered yet, oldest first: their
+    send times, and whether each is a release."""
 
     def __init__(self, requests: Q) -> None:
         self.requests = requests
-        self.unanswered: collections.deque[float] = collections.deque()
+        self.unanswered: collections.deque[tuple[float, bool]] = collections.deque()
         self.call: Any = None
+        self.responses: Any = None
+        """What the reader iterates: the call, or the iterator whose first answer (a grant)
+        was read already."""
+        self.released: bool | None = None
+        """The answer to a release sent on the stream, once answered."""
+        self.release_settled = asyncio.Event()
+        """(asyncio) Set when a release is answered or the stream ends."""
 
 
 class _LeaseState:
@@ -199,6 +228,8 @@ class _LeaseState:
     one is a heartbeat."""
     _already_gone: str
     """The loss reported when giving the lease up finds it gone; formatted with ``name``."""
+    _releases_on_stream = False
+    """Whether a ``release`` message on the stream gives the lease up (LockService's)."""
 
     def __init__(
         self, granted: lock_pb2.Lease, proven_at: float | None, on_renewed: Renewed[Any] | None
@@ -256,6 +287,8 @@ class _LeaseState:
             # Baton says so); the keeper just waits for the end.
             return ("wait", math.inf) if self._giving_up else ("lose", now)
         if self._current is None:
+            if self._giving_up:
+                return "wait", math.inf  # giving up: a new stream would only renew it
             if now >= self._reopen_at:
                 return "open", now
             return "wait", min(self._reopen_at, self.lost_at)
@@ -265,9 +298,21 @@ class _LeaseState:
             return "beat", now
         return "wait", min(self._next_heartbeat, self.lost_at)
 
-    def _sent(self, stream: _Stream[Any], now: float) -> None:
-        stream.unanswered.append(now)
+    def _sent(self, stream: _Stream[Any], now: float, release: bool = False) -> None:
+        stream.unanswered.append((now, release))
         self._next_heartbeat = now + self.ttl / 3
+
+    def _followed(self, stream: _Stream[Any]) -> None:
+        """Makes ``stream``, whose acquire was granted, the lease's: an unproven grant is
+        proven by a heartbeat at once (Baton renews on the first one after a grant however
+        soon it comes)."""
+        self._current = stream
+        now = time.monotonic()
+        if self._proven:
+            self._next_heartbeat = now + self.ttl / 3
+        else:
+            self._sent(stream, now)
+            stream.requests.put_nowait(self._keep_alive_request())
 
     def _answer(self, stream: _Stream[Any], response: KeepAliveResponse) -> bool:
         """Applies one answer, matched to the oldest unanswered send of ``stream``; True when
@@ -275,9 +320,15 @@ class _LeaseState:
         ``renewed = false`` (too soon after the previous renewal, or Redis unreachable) proves
         nothing."""
         now = time.monotonic()
-        if self._ended or not stream.unanswered:
+        if not stream.unanswered:
             return False
-        sent = stream.unanswered.popleft()
+        sent, release = stream.unanswered.popleft()
+        if release:
+            stream.released = response.released  # type: ignore[union-attr]
+            stream.release_settled.set()
+            return False
+        if self._ended:
+            return False
         if self._broken_at is not None:
             self.longest_reconnect = max(self.longest_reconnect, now - self._broken_at)
             self._broken_at = None
@@ -359,12 +410,16 @@ class _KeptLease(_LeaseState):
         granted: lock_pb2.Lease,
         proven_at: float | None,
         on_renewed: Renewed[Any] | None = None,
+        granted_on: _Stream[queue.SimpleQueue[KeepAliveRequest | None]] | None = None,
     ) -> None:
         super().__init__(granted, proven_at, on_renewed)
         self._stub = stub
         self.lost_event = threading.Event()
         """Set when the lease is lost."""
         self._guard = threading.Condition()
+        if granted_on is not None:
+            self._followed(granted_on)
+            self._start_reader(granted_on)
         self._keeper = threading.Thread(
             target=self._keep_alive, name=f"baton-keepalive-{self.name}", daemon=True
         )
@@ -393,14 +448,34 @@ class _KeptLease(_LeaseState):
         # Give up first: cancelling the stream also gives the lease up, and a Release or
         # Resign that came second would then answer that it was already gone.
         given_up, error = False, None
-        try:
-            given_up = _retry.settle(self._give_up_call)
-        except BatonError as failed:
-            error = failed
+        answered, sent = self._release_on_stream()
+        if answered is not None:
+            given_up = answered
+        else:
+            try:
+                # After a release that went out unanswered, "already gone" may be its doing.
+                given_up = _retry.settle(self._give_up_call) or sent
+            except BatonError as failed:
+                error = failed
         with self._guard:
             self._end()
         self._keeper.join()
         self._give_up_outcome(given_up, error)
+
+    def _release_on_stream(self) -> tuple[bool | None, bool]:
+        """Sends ``release`` on the open stream and waits for its answer: whether it released
+        (None: no answer), and whether a release may have gone out."""
+        with self._guard:
+            stream = self._current
+            if stream is None or not self._releases_on_stream or self._ended:
+                return None, False
+            self._sent(stream, time.monotonic(), release=True)
+            stream.requests.put(lock_pb2.KeepAliveRequest(release=True))
+            self._guard.wait_for(
+                lambda: stream.released is not None or stream is not self._current or self._ended,
+                STREAM_RELEASE_WAIT,
+            )
+            return stream.released, True
 
     def _wait_proven(self) -> None:
         """Blocks until an unproven grant is proven by its first KeepAlive answer; raises its
@@ -469,6 +544,9 @@ class _KeptLease(_LeaseState):
             self._ended = True  # no channel left to keep the lease on, even while releasing
             return
         self._current = stream
+        self._start_reader(stream)
+
+    def _start_reader(self, stream: _Stream[queue.SimpleQueue[KeepAliveRequest | None]]) -> None:
         threading.Thread(
             target=self._read,
             args=(stream,),
@@ -479,15 +557,15 @@ class _KeptLease(_LeaseState):
     def _read(self, stream: _Stream[queue.SimpleQueue[KeepAliveRequest | None]]) -> None:
         error: grpc.RpcError | None = None
         try:
-            for response in stream.call:
+            for response in stream.responses or stream.call:
                 with self._guard:
                     if time.monotonic() >= self.lost_at:
                         # Frozen past the deadline: the loss comes first, whatever this
                         # (old) answer says.
                         self._lose(self._expired_loss())
                     renewed = self._answer(stream, response)
-                    if renewed:
-                        self._guard.notify_all()  # a proof awaited by _wait_proven
+                    # A proof awaited by _wait_proven, or a release's answer.
+                    self._guard.notify_all()
                 if renewed:
                     self._tell_renewed()
         except grpc.RpcError as raised:
@@ -510,16 +588,18 @@ class Lease(_KeptLease):
 
     _keep_alive_request = lock_pb2.KeepAliveRequest
     _already_gone = "lock {name!r} was already gone when released"
+    _releases_on_stream = True
     _stub: lock_pb2_grpc.LockServiceStub
 
     def __init__(
         self,
         stub: lock_pb2_grpc.LockServiceStub,
         granted: lock_pb2.Lease,
-        proven_at: float,
+        proven_at: float | None,
         on_renewed: Renewed[Lease] | None = None,
+        granted_on: _Stream[queue.SimpleQueue[KeepAliveRequest | None]] | None = None,
     ) -> None:
-        super().__init__(stub, granted, proven_at, on_renewed)
+        super().__init__(stub, granted, proven_at, on_renewed, granted_on)
 
     def release(self) -> None:
         """Releases the lease so a waiter gets it at once. Raises :class:`LeaseLost` if it was
@@ -552,6 +632,7 @@ class _AsyncKeptLease(_LeaseState):
         granted: lock_pb2.Lease,
         proven_at: float | None,
         on_renewed: Renewed[Any] | None = None,
+        granted_on: _Stream[asyncio.Queue[KeepAliveRequest | None]] | None = None,
     ) -> None:
         super().__init__(granted, proven_at, on_renewed)
         self._stub = stub
@@ -560,6 +641,9 @@ class _AsyncKeptLease(_LeaseState):
         self._wake = asyncio.Event()
         self._proven_or_ended = asyncio.Event()
         self._readers: set[asyncio.Task[None]] = set()
+        if granted_on is not None:
+            self._followed(granted_on)
+            self._start_reader(granted_on)
         loop = asyncio.get_running_loop()
         # The local timer: the event loop's clock is time.monotonic().
         self._deadline = loop.call_at(self.lost_at, self._on_deadline)
@@ -587,13 +671,28 @@ class _AsyncKeptLease(_LeaseState):
             return
         self._giving_up = True
         given_up, error = False, None
-        try:
-            given_up = await _retry.asettle(self._give_up_call)
-        except BatonError as failed:
-            error = failed
+        answered, sent = await self._release_on_stream()
+        if answered is not None:
+            given_up = answered
+        else:
+            try:
+                given_up = await _retry.asettle(self._give_up_call) or sent
+            except BatonError as failed:
+                error = failed
         self._end()
         await asyncio.gather(self._keeper, *self._readers, return_exceptions=True)
         self._give_up_outcome(given_up, error)
+
+    async def _release_on_stream(self) -> tuple[bool | None, bool]:
+        """See :meth:`_KeptLease._release_on_stream`."""
+        stream = self._current
+        if stream is None or not self._releases_on_stream or self._ended:
+            return None, False
+        self._sent(stream, time.monotonic(), release=True)
+        stream.requests.put_nowait(lock_pb2.KeepAliveRequest(release=True))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stream.release_settled.wait(), STREAM_RELEASE_WAIT)
+        return stream.released, True
 
     async def _wait_proven(self) -> None:
         """See :meth:`_KeptLease._wait_proven`."""
@@ -666,6 +765,9 @@ class _AsyncKeptLease(_LeaseState):
             self._ended = True  # no channel left to keep the lease on, even while releasing
             return
         self._current = stream
+        self._start_reader(stream)
+
+    def _start_reader(self, stream: _Stream[asyncio.Queue[KeepAliveRequest | None]]) -> None:
         reader = asyncio.get_running_loop().create_task(self._read(stream))
         self._readers.add(reader)
         reader.add_done_callback(self._readers.discard)
@@ -673,7 +775,7 @@ class _AsyncKeptLease(_LeaseState):
     async def _read(self, stream: _Stream[asyncio.Queue[KeepAliveRequest | None]]) -> None:
         error: grpc.RpcError | None = None
         try:
-            async for response in stream.call:
+            async for response in stream.responses or stream.call:
                 if time.monotonic() >= self.lost_at:
                     self._lose(self._expired_loss())
                 if self._answer(stream, response):
@@ -687,6 +789,7 @@ class _AsyncKeptLease(_LeaseState):
             # this task: end the stream as any other.
             pass
         stream.requests.put_nowait(None)
+        stream.release_settled.set()
         loss = self._ended_with(stream, error)
         if loss is not None:
             self._lose(loss)
@@ -702,16 +805,18 @@ class AsyncLease(_AsyncKeptLease):
 
     _keep_alive_request = lock_pb2.KeepAliveRequest
     _already_gone = "lock {name!r} was already gone when released"
+    _releases_on_stream = True
     _stub: lock_pb2_grpc.LockServiceStub
 
     def __init__(
         self,
         stub: lock_pb2_grpc.LockServiceStub,
         granted: lock_pb2.Lease,
-        proven_at: float,
+        proven_at: float | None,
         on_renewed: Renewed[AsyncLease] | None = None,
+        granted_on: _Stream[asyncio.Queue[KeepAliveRequest | None]] | None = None,
     ) -> None:
-        super().__init__(stub, granted, proven_at, on_renewed)
+        super().__init__(stub, granted, proven_at, on_renewed, granted_on)
 
     async def release(self) -> None:
         """Releases the lease so a waiter gets it at once. Raises :class:`LeaseLost` if it was
@@ -756,32 +861,56 @@ class Locks:
         while True:
             request, round_wait, timeout = attempt.next_call()
             try:
-                response = self._locks.Acquire(request, timeout=timeout, wait_for_ready=True)
+                stream, response = self._acquire_on_stream(request, timeout)
             except grpc.RpcError as error:
                 time.sleep(attempt.retry_delay(error))
                 continue
             if attempt.outcome(response, round_wait):
-                proven_at = attempt.sent_at
-                if attempt.needs_proof(response.lease):
-                    proven_at = self._prove(response.lease)
-                return Lease(self._locks, response.lease, proven_at, on_renewed)
+                proven_at = attempt.proven_at(response.lease)
+                lease = Lease(self._locks, response.lease, proven_at, on_renewed, stream)
+                if proven_at is None:
+                    lease._wait_proven()
+                return lease
 
-    def _prove(self, lease: lock_pb2.Lease) -> float:
-        """Renews a grant that came after a long wait; the send time of the renewal."""
-        sent_at = [0.0]
+    def _acquire_on_stream(
+        self, request: lock_pb2.AcquireRequest, timeout: float | None
+    ) -> tuple[_Stream[queue.SimpleQueue[KeepAliveRequest | None]], lock_pb2.KeepAliveResponse]:
+        """Opens a KeepAlive stream whose first message acquires with ``request``; its first
+        answer, and the stream, left open when that is a grant. ``timeout`` bounds only the
+        wait for that answer (the stream lives on). Safe to retry, and so wait-for-ready: the
+        request_id makes a repeat return the grant."""
+        stream: _Stream[queue.SimpleQueue[KeepAliveRequest | None]] = _Stream(queue.SimpleQueue())
+        stream.requests.put(lock_pb2.KeepAliveRequest(acquire=request))
+        stream.call = self._locks.KeepAlive(_requests(stream.requests), wait_for_ready=True)
+        timed_out = threading.Event()
 
-        def renew() -> lock_pb2.RenewResponse:
-            sent_at[0] = time.monotonic()
-            return self._locks.Renew(_renew_request(lease), **_retry.READY)
+        def give_up_waiting() -> None:
+            timed_out.set()
+            stream.call.cancel()
 
+        timer = None if timeout is None else threading.Timer(timeout, give_up_waiting)
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
-            _retry.settle(renew)
-        except BatonError as error:
-            with contextlib.suppress(BatonError):
-                release = lock_pb2.ReleaseRequest(name=lease.name, lease_id=lease.lease_id)
-                _retry.once(lambda: self._locks.Release(release))
-            raise _unproven(lease, error) from None
-        return sent_at[0]
+            response = next(stream.call)
+        except (grpc.RpcError, StopIteration) as error:
+            stream.requests.put(None)
+            if timed_out.is_set():
+                raise _NoAnswer() from None
+            if isinstance(error, StopIteration):
+                raise _StreamEndedUnanswered() from None
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if timed_out.is_set() or not response.acquired:
+            stream.call.cancel()  # a grant made meanwhile is released at once
+            stream.requests.put(None)
+            if timed_out.is_set():
+                raise _NoAnswer()
+        stream.responses = stream.call
+        return stream, response
 
     @contextlib.contextmanager
     def lock(
@@ -822,34 +951,41 @@ class AsyncLocks:
         while True:
             request, round_wait, timeout = attempt.next_call()
             try:
-                response = await self._locks.Acquire(  # type: ignore[misc]
-                    request, timeout=timeout, wait_for_ready=True
-                )
+                stream, response = await self._acquire_on_stream(request, timeout)
             except grpc.RpcError as error:
                 await asyncio.sleep(attempt.retry_delay(error))
                 continue
             if attempt.outcome(response, round_wait):
-                proven_at = attempt.sent_at
-                if attempt.needs_proof(response.lease):
-                    proven_at = await self._prove(response.lease)
-                return AsyncLease(self._locks, response.lease, proven_at, on_renewed)
+                proven_at = attempt.proven_at(response.lease)
+                lease = AsyncLease(self._locks, response.lease, proven_at, on_renewed, stream)
+                if proven_at is None:
+                    await lease._wait_proven()
+                return lease
 
-    async def _prove(self, lease: lock_pb2.Lease) -> float:
-        """See :meth:`Locks._prove`."""
-        sent_at = [0.0]
-
-        def renew() -> Any:
-            sent_at[0] = time.monotonic()
-            return self._locks.Renew(_renew_request(lease), **_retry.READY)
-
+    async def _acquire_on_stream(
+        self, request: lock_pb2.AcquireRequest, timeout: float | None
+    ) -> tuple[_Stream[asyncio.Queue[KeepAliveRequest | None]], lock_pb2.KeepAliveResponse]:
+        """See :meth:`Locks._acquire_on_stream`."""
+        stream: _Stream[asyncio.Queue[KeepAliveRequest | None]] = _Stream(asyncio.Queue())
+        stream.requests.put_nowait(lock_pb2.KeepAliveRequest(acquire=request))
+        stream.call = self._locks.KeepAlive(_arequests(stream.requests), wait_for_ready=True)
+        # The reader goes on with the same iterator: grpc.aio allows one reading style.
+        responses = stream.call.__aiter__()
         try:
-            await _retry.asettle(renew)
-        except BatonError as error:
-            with contextlib.suppress(BatonError):
-                release = lock_pb2.ReleaseRequest(name=lease.name, lease_id=lease.lease_id)
-                await _retry.aonce(lambda: self._locks.Release(release))  # type: ignore[arg-type,return-value]
-            raise _unproven(lease, error) from None
-        return sent_at[0]
+            response = await asyncio.wait_for(anext(responses), timeout)
+        except (grpc.RpcError, StopAsyncIteration, TimeoutError) as error:
+            stream.call.cancel()
+            stream.requests.put_nowait(None)
+            if isinstance(error, TimeoutError):
+                raise _NoAnswer() from None
+            if isinstance(error, StopAsyncIteration):
+                raise _StreamEndedUnanswered() from None
+            raise
+        if not response.acquired:
+            stream.call.cancel()
+            stream.requests.put_nowait(None)
+        stream.responses = responses
+        return stream, response
 
     @contextlib.asynccontextmanager
     async def lock(
