@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use baton::proto::envoy::extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor};
 use baton::proto::envoy::service::ratelimit::v3::RateLimitRequest;
 use baton::proto::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use testkit::{BatonProcess, free_port};
+use testkit::process::spawn_ready;
+use testkit::{BatonProcess, PATIENCE, free_port};
 
 use super::{Bench, Pool};
 use crate::measure;
@@ -87,7 +88,8 @@ pub async fn run(bench: &mut Bench, upstream: Option<&Path>) {
 /// README configures it (environment variables), and waits for its gRPC port.
 fn start_upstream(binary: &Path, root: &Path, redis_port: u16) -> (Child, SocketAddr) {
     let (grpc, http, debug) = (free_port(), free_port(), free_port());
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    command
         .envs([
             ("HOST", "127.0.0.1".to_owned()),
             ("PORT", http.to_string()),
@@ -105,13 +107,8 @@ fn start_upstream(binary: &Path, root: &Path, redis_port: u16) -> (Child, Socket
             ("RUNTIME_WATCH_ROOT", "false".to_owned()),
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+        .stderr(Stdio::null());
     let addr = SocketAddr::from(([127, 0, 0, 1], grpc));
-    let listening = testkit::wait::until(testkit::PATIENCE, || {
-        TcpStream::connect(addr).is_ok() || matches!(child.try_wait(), Ok(Some(_)))
-    });
-    assert!(listening && matches!(child.try_wait(), Ok(None)), "envoyproxy/ratelimit did not listen on {addr}");
-    (child, addr)
+    let child = spawn_ready(&mut command, PATIENCE, || TcpStream::connect(addr).is_ok());
+    (child.unwrap_or_else(|| panic!("envoyproxy/ratelimit did not listen on {addr}")), addr)
 }

@@ -9,7 +9,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use testkit::free_port;
+use testkit::process::spawn_ready;
+use testkit::{PATIENCE, free_port};
 
 use super::Bench;
 use crate::measure::{cpu_micros, rss_mib};
@@ -104,29 +105,18 @@ fn start_etcd(binary: &Path) -> (Child, SocketAddr, PathBuf) {
     let data_dir = std::env::temp_dir().join(format!("baton-bench-etcd-{}", std::process::id()));
     let client_url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut child = Command::new(binary)
-        .args([
-            "--name",
-            "bench",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--unsafe-no-fsync",
-            "--log-level",
-            "error",
-        ])
+    let mut command = Command::new(binary);
+    command
+        .args(["--name", "bench", "--data-dir", data_dir.to_str().unwrap(), "--unsafe-no-fsync"])
+        .args(["--log-level", "error"])
         .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
         .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("bench={peer_url}")])
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+        .stderr(Stdio::inherit());
     let addr = SocketAddr::from(([127, 0, 0, 1], client));
-    let listening = testkit::wait::until(testkit::PATIENCE, || {
-        TcpStream::connect(addr).is_ok() || matches!(child.try_wait(), Ok(Some(_)))
-    });
-    assert!(listening && matches!(child.try_wait(), Ok(None)), "etcd did not listen on {addr}");
-    (child, addr, data_dir)
+    let child = spawn_ready(&mut command, PATIENCE, || TcpStream::connect(addr).is_ok());
+    (child.unwrap_or_else(|| panic!("etcd did not listen on {addr}")), addr, data_dir)
 }
 
 /// "3.6.16", from the binary's own `--version`.
