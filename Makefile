@@ -164,13 +164,14 @@ envoy-ratelimit: $(ENVOY_RATELIMIT_STAMP)
 
 # What a newcomer's machine does: a clean clone of HEAD, built and tested with an empty
 # cargo home (the toolchain still comes from rustup). Slow (a full cold build): run it
-# before a release or after touching the Makefile, Cargo.lock or an install step.
+# before a release or after touching the Makefile, Cargo.lock or an install step. The clone
+# and cargo home (about 12 GiB) are removed however it ends; KEEP_FRESH=1 keeps them.
 fresh-test:
 	@dir=$$(mktemp -d) && cargo_home=$$(mktemp -d) && \
+	if [ -z "$(KEEP_FRESH)" ]; then trap 'rm -rf "$$dir" "$$cargo_home"' EXIT; fi && \
 	echo "cloning HEAD into $$dir; CARGO_HOME=$$cargo_home" && \
 	git clone --quiet --no-local . "$$dir" && \
-	CARGO_HOME="$$cargo_home" RUSTUP_HOME="$${RUSTUP_HOME:-$$HOME/.rustup}" $(MAKE) -C "$$dir" test && \
-	rm -rf "$$dir" "$$cargo_home"
+	CARGO_HOME="$$cargo_home" RUSTUP_HOME="$${RUSTUP_HOME:-$$HOME/.rustup}" $(MAKE) -C "$$dir" test
 
 clean:
 	$(CARGO) clean
