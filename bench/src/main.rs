@@ -99,6 +99,7 @@ async fn main() {
     measure::measure_pid(baton.pid());
     let mut bench = Bench {
         redis_port: redis.port,
+        redis_pid: redis.pid(),
         baton_addr: baton.addr,
         baton_pid: baton.pid(),
         baton_binary: args.baton.clone(),

@@ -159,7 +159,7 @@ pub async fn first_message<Request>(
         Ok(Ok(Some(first))) => Ok(first),
         Ok(Err(status)) => Err(status),
         Ok(Ok(None)) | Err(_) => {
-            Err(Error::invalid("name", "the first message must name the lease (name, lease_id)").into())
+            Err(Error::invalid("name", "the first message must name the lease (name, lease_id) or acquire one").into())
         }
     }
 }
@@ -226,13 +226,13 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
     mut heartbeats: Streaming<Request>,
     stream: Stream<Request, Response>,
 ) {
-    let Stream { trace, sender, draining, answers, .. } = stream;
+    let Stream { trace, sender, draining, answers, granted_here } = stream;
     // By this process's clock, the lease surely ends `ttl` after a renewal's answer.
     let mut renewed_at = Instant::now();
     // Heartbeats closer than ttl/10 to a renewal renew nothing; but a lease granted on this
     // stream renews on the first, which lets a client whose acquire waited date the lease
     // by its own clock.
-    let mut renewable_from = if stream.granted_here { renewed_at } else { renewed_at + lease.ttl / 10 };
+    let mut renewable_from = if granted_here { renewed_at } else { renewed_at + lease.ttl / 10 };
     let mut sending = true;
     loop {
         tokio::select! {

@@ -22,6 +22,8 @@ struct Cycles {
     p50_us: f64,
     p99_us: f64,
     cpu_us: f64,
+    /// The benchmark's Redis's CPU time per cycle (Baton's store; etcd uses none).
+    redis_cpu_us: f64,
 }
 
 pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path) {
@@ -32,17 +34,19 @@ pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path) {
     let version = etcd_version(etcd);
     for c in bench.levels.clone() {
         let level = ["-concurrency", &c.to_string(), "-duration", &seconds].map(str::to_owned);
-        let ours = cycles(locks, "baton", baton, &level);
-        let theirs = cycles(locks, "etcd", etcd_server, &level);
+        let ours = cycles(locks, "baton", baton, bench.redis_pid, &level);
+        let theirs = cycles(locks, "etcd", etcd_server, bench.redis_pid, &level);
         bench.notes.push(format!(
             "Lock cycles through the Go client's own helper at {c} callers (distinct names, one connection): \
-                 Baton Client.Lock + Unlock {:.0}/s (p50 {:.0} µs, p99 {:.0} µs, {:.0} µs of baton CPU per cycle); \
+                 Baton Client.Lock + Unlock {:.0}/s (p50 {:.0} µs, p99 {:.0} µs, {:.0} µs of baton CPU and {:.0} µs of \
+                 Redis CPU per cycle); \
                  etcd {} concurrency.Mutex (--unsafe-no-fsync) {:.0}/s (p50 {:.0} µs, p99 {:.0} µs, {:.0} µs of \
                  etcd CPU per cycle): Baton {:.2}× etcd, {:.2}× its CPU per cycle",
             ours.per_sec,
             ours.p50_us,
             ours.p99_us,
             ours.cpu_us,
+            ours.redis_cpu_us,
             version,
             theirs.per_sec,
             theirs.p50_us,
@@ -73,16 +77,18 @@ pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path) {
 }
 
 /// Runs one level against one server, charging the server's CPU time to its cycles.
-fn cycles(locks: &Path, system: &str, (addr, pid): (SocketAddr, u32), args: &[String]) -> Cycles {
-    let before = cpu_micros(pid);
+fn cycles(locks: &Path, system: &str, (addr, pid): (SocketAddr, u32), redis_pid: u32, args: &[String]) -> Cycles {
+    let (before, redis_before) = (cpu_micros(pid), cpu_micros(redis_pid));
     let line = run_locks(locks, system, addr, args);
     let spent = cpu_micros(pid).saturating_sub(before) as f64;
+    let redis_spent = cpu_micros(redis_pid).saturating_sub(redis_before) as f64;
     let field = |key| json_number(&line, key).unwrap_or_else(|| panic!("no {key} in {line}"));
     Cycles {
         per_sec: field("cycles_per_sec"),
         p50_us: field("p50_us"),
         p99_us: field("p99_us"),
         cpu_us: spent / field("cycles").max(1.0),
+        redis_cpu_us: redis_spent / field("cycles").max(1.0),
     }
 }
 

@@ -25,6 +25,8 @@ use crate::measure::{self, Row};
 pub struct Bench {
     /// The benchmark's own Redis, which baton uses and `redis-benchmark` measures.
     pub redis_port: u16,
+    /// The benchmark's redis-server, whose CPU time a scenario may charge to its operations.
+    pub redis_pid: u32,
     pub baton_addr: SocketAddr,
     pub baton_pid: u32,
     /// The binary measured, for scenarios that start baton with other flags.

@@ -273,8 +273,9 @@ func (l *Lease) Context() context.Context { return l.kept.life }
 
 // Unlock releases the lease, so a waiting Acquire gets it at once: it asks Baton to release
 // it on the lease's KeepAlive stream — or, when that stream is down or does not answer,
-// calls Release (retried through a 5 s outage) — and ends the stream. It returns the loss if the lease was lost while held (the protected work may
-// have overlapped another holder), and is safe to call more than once.
+// calls Release (retried through a 5 s outage) — and ends the stream. It returns the loss
+// if the lease was lost while held (the protected work may have overlapped another holder),
+// and is safe to call more than once.
 func (l *Lease) Unlock() error {
 	l.unlockOnce.Do(func() {
 		var (

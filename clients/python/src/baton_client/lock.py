@@ -205,8 +205,8 @@ class _Stream(Generic[Q]):
         self.unanswered: collections.deque[tuple[float, bool]] = collections.deque()
         self.call: Any = None
         self.responses: Any = None
-        """What the reader iterates: the call, or the iterator whose first answer (a grant)
-        was read already."""
+        """(asyncio) The iterator whose first answer, a grant, was read already; the reader
+        goes on with it rather than the call (grpc.aio allows one reading style per call)."""
         self.released: bool | None = None
         """The answer to a release sent on the stream, once answered."""
         self.release_settled = asyncio.Event()
@@ -909,7 +909,6 @@ class Locks:
             stream.requests.put(None)
             if timed_out.is_set():
                 raise _NoAnswer()
-        stream.responses = stream.call
         return stream, response
 
     @contextlib.contextmanager
