@@ -51,7 +51,7 @@ pub struct Args {
     #[arg(long)]
     report: Option<PathBuf>,
     /// Run only these scenario groups (comma-separated: ceiling, check, envoy, lock, cache,
-    /// session, singletons, tracing, queue); default all. For profiling one path at a time.
+    /// session, singletons, tracing, queue, pinned); default all. For profiling one path at a time.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Also measure the peers a user would pick instead (BullMQ, node-redlock) with the
@@ -97,6 +97,7 @@ async fn main() {
         "warn,baton=info",
     );
     measure::measure_pid(baton.pid());
+    measure::measure_redis(redis.pid());
     let mut bench = Bench {
         redis_port: redis.port,
         redis_pid: redis.pid(),
@@ -142,6 +143,9 @@ async fn main() {
         scenarios::tracing::run(&mut bench).await;
     }
     let queue_rate = if args.runs("queue") { Some(scenarios::queue::run(&mut bench).await) } else { None };
+    if args.runs("pinned") {
+        scenarios::pinned::run(&mut bench).await;
+    }
 
     let Bench { rows, mut notes, .. } = bench;
     if let Some(dir) = &args.peers {

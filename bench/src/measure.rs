@@ -16,10 +16,27 @@ pub struct Row {
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
-    /// The raw Redis figure this row is compared with, ops/s.
-    pub baseline: Option<f64>,
+    /// The raw Redis figure this row is compared with.
+    pub baseline: Option<Raw>,
     /// Baton's CPU time per operation, µs.
     pub cpu_us_per_op: Option<f64>,
+    /// The benchmark Redis's CPU time per operation, µs: what each call costs the one
+    /// process every replica shares.
+    pub redis_cpu_us_per_op: Option<f64>,
+}
+
+/// A raw Redis run: its throughput and what each of its operations cost Redis.
+#[derive(Clone, Copy)]
+pub struct Raw {
+    pub ops_per_sec: f64,
+    pub redis_cpu_us_per_op: Option<f64>,
+}
+
+impl Raw {
+    /// The same run counted in units of `n` operations (a lock cycle is two commands).
+    pub fn per(self, n: f64) -> Self {
+        Self { ops_per_sec: self.ops_per_sec / n, redis_cpu_us_per_op: self.redis_cpu_us_per_op.map(|cpu| cpu * n) }
+    }
 }
 
 /// A latency histogram from 1 µs to a minute, 3 significant digits.
@@ -29,24 +46,40 @@ pub fn histogram() -> Histogram<u64> {
 
 /// The server process whose CPU time each measurement charges to its operations (0: none).
 static MEASURED_PID: AtomicU32 = AtomicU32::new(0);
+/// The benchmark's redis-server, whose CPU time every measurement also charges (0: none).
+static REDIS_PID: AtomicU32 = AtomicU32::new(0);
 
 /// Charges the CPU time of the following measurements to process `pid`.
 pub fn measure_pid(pid: u32) {
     MEASURED_PID.store(pid, Ordering::Relaxed);
 }
-/// The measured process's CPU time over one measurement.
-struct CpuMeter {
+
+/// Charges Redis's CPU time too, to every following measurement.
+pub fn measure_redis(pid: u32) {
+    REDIS_PID.store(pid, Ordering::Relaxed);
+}
+
+/// A process's CPU time over one measurement.
+pub struct CpuMeter {
     pid: u32,
     before: u64,
 }
 
 impl CpuMeter {
     fn start() -> Option<Self> {
-        let pid = MEASURED_PID.load(Ordering::Relaxed);
+        Self::of(MEASURED_PID.load(Ordering::Relaxed))
+    }
+
+    /// The benchmark Redis's meter, when it is known.
+    pub fn redis() -> Option<Self> {
+        Self::of(REDIS_PID.load(Ordering::Relaxed))
+    }
+
+    fn of(pid: u32) -> Option<Self> {
         (pid != 0).then(|| Self { pid, before: cpu_micros(pid) })
     }
 
-    fn per_op(&self, operations: u64) -> Option<f64> {
+    pub fn per_op(&self, operations: u64) -> Option<f64> {
         (operations > 0).then(|| cpu_micros(self.pid).saturating_sub(self.before) as f64 / operations as f64)
     }
 }
@@ -81,6 +114,7 @@ pub struct Measured {
     rate: f64,
     histogram: Histogram<u64>,
     cpu_us_per_op: Option<f64>,
+    redis_cpu_us_per_op: Option<f64>,
 }
 
 /// Runs `op` from `concurrency` callers for `duration`; callers spread over a few HTTP/2
@@ -90,7 +124,7 @@ where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    let cpu = CpuMeter::start();
+    let (cpu, redis_cpu) = (CpuMeter::start(), CpuMeter::redis());
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = Vec::new();
@@ -112,8 +146,9 @@ where
     for worker in workers {
         total.add(worker.await.unwrap()).unwrap();
     }
-    let cpu_us_per_op = cpu.and_then(|cpu| cpu.per_op(total.len()));
-    Measured { rate: total.len() as f64 / started.elapsed().as_secs_f64(), histogram: total, cpu_us_per_op }
+    let rate = total.len() as f64 / started.elapsed().as_secs_f64();
+    let [cpu_us_per_op, redis_cpu_us_per_op] = [cpu, redis_cpu].map(|meter| meter?.per_op(total.len()));
+    Measured { rate, histogram: total, cpu_us_per_op, redis_cpu_us_per_op }
 }
 
 /// Starts `op` at a steady `rate` per second for `duration`, however long earlier calls take
@@ -124,7 +159,7 @@ where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let cpu = CpuMeter::start();
+    let (cpu, redis_cpu) = (CpuMeter::start(), CpuMeter::redis());
     let started = Instant::now();
     // tokio's timer ticks in whole milliseconds: each tick starts the calls due by then.
     let mut ticks = tokio::time::interval(Duration::from_millis(1));
@@ -148,8 +183,9 @@ where
     while let Some(latency) = calls.join_next().await {
         histogram.record(latency.unwrap().as_micros().max(1) as u64).unwrap();
     }
-    let cpu_us_per_op = cpu.and_then(|cpu| cpu.per_op(histogram.len()));
-    Measured { rate: histogram.len() as f64 / started.elapsed().as_secs_f64(), histogram, cpu_us_per_op }
+    let rate = histogram.len() as f64 / started.elapsed().as_secs_f64();
+    let [cpu_us_per_op, redis_cpu_us_per_op] = [cpu, redis_cpu].map(|meter| meter?.per_op(histogram.len()));
+    Measured { rate, histogram, cpu_us_per_op, redis_cpu_us_per_op }
 }
 
 /// Measures `op` closed-loop at every concurrency, then paced at half the peak it reached:
@@ -159,7 +195,7 @@ pub async fn scenario<F, Fut>(
     name: &str,
     concurrency: &[usize],
     duration: Duration,
-    baseline: impl Fn(usize) -> Option<f64>,
+    baseline: impl Fn(usize) -> Option<Raw>,
     op: F,
 ) where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
@@ -176,13 +212,14 @@ pub async fn scenario<F, Fut>(
     rows.push(row(name, &format!("paced {half:.0}/s"), paced(half, duration, op).await, None));
 }
 
-pub fn row(scenario: &str, callers: &str, measured: Measured, baseline: Option<f64>) -> Row {
-    let Measured { rate, histogram, cpu_us_per_op } = measured;
+pub fn row(scenario: &str, callers: &str, measured: Measured, baseline: Option<Raw>) -> Row {
+    let Measured { rate, histogram, cpu_us_per_op, redis_cpu_us_per_op } = measured;
     Row {
         scenario: scenario.to_owned(),
         callers: callers.to_owned(),
         ops_per_sec: rate,
         cpu_us_per_op,
+        redis_cpu_us_per_op,
         p50_us: histogram.value_at_quantile(0.5),
         p99_us: histogram.value_at_quantile(0.99),
         p999_us: histogram.value_at_quantile(0.999),

@@ -4,12 +4,17 @@
 use std::process::Command;
 use std::time::Duration;
 
-/// `redis-benchmark` for one command at one concurrency; returns requests per second.
-pub fn redis_benchmark(port: u16, concurrency: usize, duration: Duration, command: &[&str]) -> f64 {
+use crate::measure::{CpuMeter, Raw};
+
+/// `redis-benchmark` for one command at one concurrency: requests per second, and the
+/// Redis CPU time each cost.
+pub fn redis_benchmark(port: u16, concurrency: usize, duration: Duration, command: &[&str]) -> Raw {
     // redis-benchmark counts requests, not time: size the run from a short probe.
     let probe = run_redis_benchmark(port, concurrency, 20_000, command);
     let requests = ((probe * duration.as_secs_f64()) as u64).max(20_000);
-    run_redis_benchmark(port, concurrency, requests, command)
+    let redis_cpu = CpuMeter::redis();
+    let ops_per_sec = run_redis_benchmark(port, concurrency, requests, command);
+    Raw { ops_per_sec, redis_cpu_us_per_op: redis_cpu.and_then(|meter| meter.per_op(requests)) }
 }
 
 /// One `redis-benchmark` run of `requests` requests.

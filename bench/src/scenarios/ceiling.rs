@@ -8,8 +8,11 @@ use testkit::{PATIENCE, free_port};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::{Bench, channels};
+use super::{Bench, Call, Pool};
 use crate::measure;
+
+/// The row of baton's own health `Check`: every layer, no Redis.
+pub const BATON_HEALTH: &str = "baton Health/Check (every layer, no Redis)";
 
 /// A child process killed when dropped.
 struct Process(Child);
@@ -37,35 +40,22 @@ pub async fn serve_bare(addr: SocketAddr) {
     tonic::transport::Server::builder().add_service(health).serve(addr).await.expect("bare server");
 }
 
+/// Caller `w`'s call: gRPC health `Check`, which touches no Redis.
+pub fn health(pool: Pool) -> impl Fn(usize, u64) -> Call + Send + Sync + 'static {
+    move |w, _| {
+        let mut health = HealthClient::new(pool.get(w));
+        Box::pin(async move {
+            health.check(HealthCheckRequest { service: String::new() }).await.expect("health");
+        })
+    }
+}
+
 pub async fn run(bench: &mut Bench) {
     let (bare_process, bare_addr) = start_bare_server();
-    let bare = channels(bare_addr, 8).await;
+    let bare = Pool::connect(bare_addr, 8).await;
     measure::measure_pid(bare_process.0.id());
-    bench
-        .scenario(
-            "gRPC ceiling: bare tonic server, Health/Check",
-            |_| None,
-            move |w, _| {
-                let mut health = HealthClient::new(bare[w % bare.len()].clone());
-                async move {
-                    health.check(HealthCheckRequest { service: String::new() }).await.expect("health");
-                }
-            },
-        )
-        .await;
+    bench.scenario("gRPC ceiling: bare tonic server, Health/Check", |_| None, health(bare)).await;
     measure::measure_pid(bench.baton_pid);
     drop(bare_process);
-    let pool = bench.pool.clone();
-    bench
-        .scenario(
-            "baton Health/Check (every layer, no Redis)",
-            |_| None,
-            move |w, _| {
-                let mut health = HealthClient::new(pool.get(w));
-                async move {
-                    health.check(HealthCheckRequest { service: String::new() }).await.expect("health");
-                }
-            },
-        )
-        .await;
+    bench.scenario(BATON_HEALTH, |_| None, health(bench.pool.clone())).await;
 }

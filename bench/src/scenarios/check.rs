@@ -7,7 +7,7 @@ use baton::proto::duration_to_proto;
 use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use baton::proto::v1::{Algorithm, CheckRequest, Limit, LimitRequest, limit_request};
 
-use super::Bench;
+use super::{Bench, Call, Pool};
 use crate::redis_baseline::{redis_benchmark, script_sha};
 
 /// Generous enough never to deny in a run; the sliding log is capped at 10,000 per key.
@@ -39,6 +39,17 @@ pub(crate) fn check_request(keys: &[String], algorithm: Algorithm) -> CheckReque
     }
 }
 
+/// Caller `w`'s call `i`: one `Check` of `algorithm` on one of 100,000 keys.
+pub fn check_one(pool: Pool, algorithm: Algorithm) -> impl Fn(usize, u64) -> Call + Send + Sync + 'static {
+    move |w, i| {
+        let mut client = RateLimiterServiceClient::new(pool.get(w));
+        let key = format!("k{}", (w as u64 * 1_000_003 + i) % 100_000);
+        Box::pin(async move {
+            client.check(check_request(&[key], algorithm)).await.expect("check");
+        })
+    }
+}
+
 pub async fn run(bench: &mut Bench) {
     // The same source baton loads: the common prelude, the algorithms, then the script.
     let check_source = [
@@ -63,16 +74,7 @@ pub async fn run(bench: &mut Bench) {
             let command = ["EVALSHA", &check_sha, "1", &raw_key, "0", code, &cap, "60000000", &burst, "1"];
             Some(redis_benchmark(redis_port, c, d, &command))
         };
-        let pool = bench.pool.clone();
-        bench
-            .scenario(name, raw, move |w, i| {
-                let mut client = RateLimiterServiceClient::new(pool.get(w));
-                let key = format!("k{}", (w as u64 * 1_000_003 + i) % 100_000);
-                async move {
-                    client.check(check_request(&[key], algorithm)).await.expect("check");
-                }
-            })
-            .await;
+        bench.scenario(name, raw, check_one(bench.pool.clone(), algorithm)).await;
     }
     let pool = bench.pool.clone();
     bench

@@ -8,33 +8,36 @@ use baton::proto::duration_to_proto;
 use baton::proto::v1::lock_service_client::LockServiceClient;
 use baton::proto::v1::{AcquireRequest, ReleaseRequest};
 
-use super::Bench;
+use super::{Bench, Call, Pool};
 use crate::measure::{self, histogram, row};
 use crate::redis_baseline::redis_benchmark;
 
 /// The row the node-redlock peer is compared with.
 pub const LOCK_DISTINCT: &str = "Lock acquire+release cycle, distinct names";
 
+/// Caller `w`'s call `i`: Acquire and Release of a name no one else takes.
+pub fn cycle(pool: Pool) -> impl Fn(usize, u64) -> Call + Send + Sync + 'static {
+    move |w, i| {
+        let mut locks = LockServiceClient::new(pool.get(w));
+        let name = format!("order:{w}:{i}");
+        Box::pin(async move {
+            let request = AcquireRequest {
+                name: name.clone(),
+                ttl: Some(duration_to_proto(Duration::from_secs(10))),
+                ..Default::default()
+            };
+            let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("free lock");
+            locks.release(ReleaseRequest { name, lease_id: lease.lease_id }).await.expect("release");
+        })
+    }
+}
+
 pub async fn run(bench: &mut Bench) {
     let (redis_port, d) = (bench.redis_port, bench.duration);
-    let raw =
-        |c| Some(redis_benchmark(redis_port, c, d, &["SET", "lock:__rand_int__", "owner", "NX", "PX", "10000"]) / 2.0);
-    let pool = bench.pool.clone();
-    bench
-        .scenario(LOCK_DISTINCT, raw, move |w, i| {
-            let mut locks = LockServiceClient::new(pool.get(w));
-            let name = format!("order:{w}:{i}");
-            async move {
-                let request = AcquireRequest {
-                    name: name.clone(),
-                    ttl: Some(duration_to_proto(Duration::from_secs(10))),
-                    ..Default::default()
-                };
-                let lease = locks.acquire(request).await.expect("acquire").into_inner().lease.expect("free lock");
-                locks.release(ReleaseRequest { name, lease_id: lease.lease_id }).await.expect("release");
-            }
-        })
-        .await;
+    let raw = |c| {
+        Some(redis_benchmark(redis_port, c, d, &["SET", "lock:__rand_int__", "owner", "NX", "PX", "10000"]).per(2.0))
+    };
+    bench.scenario(LOCK_DISTINCT, raw, cycle(bench.pool.clone())).await;
     for c in bench.levels.clone() {
         let pool = bench.pool.clone();
         let result = measure::load(

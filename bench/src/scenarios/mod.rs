@@ -6,6 +6,7 @@ pub mod check;
 pub mod envoy;
 pub mod etcd;
 pub mod lock;
+pub mod pinned;
 pub mod queue;
 pub mod session;
 pub mod singletons;
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 
-use crate::measure::{self, Row};
+use crate::measure::{self, Raw, Row};
 
 /// What every scenario measures against, and the report it adds to.
 pub struct Bench {
@@ -44,7 +45,7 @@ pub struct Bench {
 impl Bench {
     /// Measures `op` at every concurrency and paced at half its peak; see
     /// [`measure::scenario`].
-    pub async fn scenario<F, Fut>(&mut self, name: &str, baseline: impl Fn(usize) -> Option<f64>, op: F)
+    pub async fn scenario<F, Fut>(&mut self, name: &str, baseline: impl Fn(usize) -> Option<Raw>, op: F)
     where
         F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -52,6 +53,9 @@ impl Bench {
         measure::scenario(&mut self.rows, name, &self.levels, self.duration, baseline, op).await;
     }
 }
+
+/// One call of a scenario, boxed so that more than one pass can make the same calls.
+pub type Call = futures::future::BoxFuture<'static, ()>;
 
 /// A few HTTP/2 connections that callers spread over, as a real client pool would.
 #[derive(Clone)]
