@@ -13,7 +13,7 @@ CARGO_DENY := tools/cargo/bin/cargo-deny
 CARGO_DENY_STAMP := tools/cargo/.cargo-deny-$(CARGO_DENY_VERSION)
 ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 
-.PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench lock-peers clean clients-test gen deploy-test abuse-test \
+.PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench bench-smoke lock-peers clean clients-test gen deploy-test abuse-test \
 	toxiproxy chaos soak fresh-test docs-test envoy-ratelimit dashboard-test
 
 # Client SDKs (clients/go, clients/python, clients/node): `make gen`, `make clients-test`.
@@ -35,7 +35,7 @@ ADMIN_LISTEN ?= 127.0.0.1:8080
 run: redis-server
 	$(CARGO) run --release --bin baton -- --admin-listen $(ADMIN_LISTEN) $(ARGS)
 
-test: deps lint cargo-test abuse-test clients-test deploy-test docs-test dashboard-test
+test: deps lint cargo-test abuse-test clients-test bench-smoke deploy-test docs-test dashboard-test
 
 deps: redis-server buf
 
@@ -116,22 +116,27 @@ SOAK_SECS ?= 1800
 soak: redis-server
 	BATON_SOAK_SECS=$(SOAK_SECS) $(CARGO) test --release --locked --test soak -- --nocapture
 
-cargo-test: toxiproxy lock-peers
+cargo-test: toxiproxy
 	TOXIPROXY_BIN=$(CURDIR)/$(TOXIPROXY) $(CARGO) test --workspace --locked -- --test-threads=$(TEST_THREADS)
-	@# The benchmark is a measurement, not a test: this smoke only proves it runs.
-	$(CARGO) run --locked --quiet -p baton-bench -- --baton target/debug/baton \
-		--duration 300ms --concurrency 4 --streams 200 --locks-bench $(LOCKS_BENCH) --etcd $(ETCD) > /dev/null
+
+# The benchmark is a measurement, not a test: this smoke only proves that every part of it
+# runs, the etcd peer and the three clients' lock-helper loads included.
+bench-smoke: redis-server lock-peers clients-deps $(CLIENTS_NODE_DIST) $(BATON_BIN)
+	$(CLIENTS_VENV)/bin/ruff check bench/locks bench/workers
+	$(CARGO) run --locked --quiet -p baton-bench -- --baton $(BATON_BIN) \
+		--duration 300ms --concurrency 4 --streams 200 --locks-bench $(LOCKS_BENCH) --etcd $(ETCD) \
+		--client-lock-helpers > /dev/null
 
 # The load generator is the bench/ crate. Results go to bench/results/<date>.md, the summary
 # to docs/benchmarks.md. The peers (BullMQ, node-redlock: pinned in bench/peers) run against
 # the bench's own Redis in the same run.
 # The clients' own workers (bench/workers) run from the clients' installed dependencies.
-bench: redis-server clients-deps envoy-ratelimit lock-peers
+bench: redis-server clients-deps $(CLIENTS_NODE_DIST) envoy-ratelimit lock-peers
 	$(CARGO) build --release --locked -p baton -p baton-bench
 	npm ci --prefix bench/peers --no-fund --no-audit --loglevel=error
 	target/release/baton-bench --baton target/release/baton --peers bench/peers \
 		--envoy-ratelimit $(ENVOY_RATELIMIT) --locks-bench $(LOCKS_BENCH) --etcd $(ETCD) \
-		--report bench/results/$$(date +%F).md
+		--client-lock-helpers --report bench/results/$$(date +%F).md
 
 # etcd 3.6, the gRPC coordination peer, and bench/locks, which drives Baton's Go lock helper
 # and etcd's concurrency.Mutex alike: one Go module (bench/locks/go.mod pins etcd), built

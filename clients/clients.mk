@@ -56,6 +56,12 @@ $(CLIENTS_GO_PLUGINS): $(CLIENTS_GO)/go.mod $(CLIENTS_GO)/go.sum
 
 clients-deps: $(CLIENTS_PY_DEPS) $(CLIENTS_NODE_DEPS) $(CLIENTS_GO_PLUGINS)
 
+# The built Node package (dist/), which the benchmark's Node load programs import: npm ci
+# builds it once, and a change to the sources must not leave them measuring the old build.
+CLIENTS_NODE_DIST := $(CLIENTS_NODE)/dist/esm/index.js
+$(CLIENTS_NODE_DIST): $(CLIENTS_NODE_DEPS) $(shell find $(CLIENTS_NODE)/src -name '*.ts' -not -path '*/test/*')
+	cd $(CLIENTS_NODE) && npm run --silent build
+
 gen: buf clients-deps
 	$(BUF) generate --template clients/buf.gen.yaml
 	$(BUF) generate --template $(CLIENTS_NODE)/buf.gen.rpc.yaml

@@ -6,7 +6,7 @@
 //
 // It prints ONE JSON line, e.g.
 //
-//	{"system":"etcd","mode":"cycles","concurrency":16,"cycles":40000,"seconds":5.0,"cycles_per_sec":8000,"p50_us":1900,"p99_us":4100}
+//	{"system":"etcd","mode":"cycles","concurrency":16,"cycles":40000,"seconds":5.0,"cycles_per_sec":8000,"p50_us":1900,"p99_us":4100,"client_cpu_us":95}
 //
 // and exits non-zero, with the reason on stderr, on the first failed call.
 package main
@@ -19,6 +19,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/baton-dev/baton/clients/go/baton"
@@ -72,6 +73,9 @@ type result struct {
 	CyclesPerSec float64 `json:"cycles_per_sec"`
 	P50Us        int64   `json:"p50_us"`
 	P99Us        int64   `json:"p99_us"`
+	// ClientCPUUs is this process's own CPU time per cycle: the helper's side of the bill,
+	// which shares the machine with the server's.
+	ClientCPUUs float64 `json:"client_cpu_us"`
 }
 
 func main() {
@@ -157,6 +161,7 @@ func measureCycles(newLocker func() (locker, error), callers int, duration time.
 	)
 	ctx := context.Background()
 	run := fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
+	cpuBefore := ownCPU()
 	started := time.Now()
 	deadline := started.Add(duration)
 	for caller, l := range lockers {
@@ -193,6 +198,7 @@ func measureCycles(newLocker func() (locker, error), callers int, duration time.
 	out := summarise(latencies)
 	out.Mode, out.Concurrency, out.Seconds = "cycles", callers, seconds
 	out.CyclesPerSec = float64(len(latencies)) / seconds
+	out.ClientCPUUs = float64(ownCPU()-cpuBefore) / float64(max(len(latencies), 1))
 	return out, nil
 }
 
@@ -246,6 +252,15 @@ func measureHandover(newLocker func() (locker, error), rounds int) (result, erro
 	out := summarise(latencies)
 	out.Mode, out.Concurrency, out.Seconds = "handover", 2, time.Since(started).Seconds()
 	return out, nil
+}
+
+// ownCPU is this process's user + system time so far, in microseconds.
+func ownCPU() int64 {
+	var usage syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &usage); err != nil {
+		return 0
+	}
+	return usage.Utime.Nano()/1000 + usage.Stime.Nano()/1000
 }
 
 func summarise(latencies []time.Duration) result {

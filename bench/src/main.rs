@@ -71,6 +71,12 @@ pub struct Args {
     #[arg(long, requires = "locks_bench")]
     etcd: Option<PathBuf>,
 
+    /// With `--locks-bench`: also run lock cycles through the Node and Python clients' own
+    /// helpers (bench/locks/node.mjs and python.py; the clients' dependencies installed and
+    /// the Node client built, as `make bench` does), against etcd's figures.
+    #[arg(long, requires = "locks_bench")]
+    client_lock_helpers: bool,
+
     /// Internal: serve a bare tonic server (gRPC health only, no layers) on this address and
     /// print it; the benchmark starts itself this way for the machine's gRPC ceiling.
     #[arg(long, hide = true)]
@@ -127,7 +133,7 @@ async fn main() {
     if args.runs("lock") {
         scenarios::lock::run(&mut bench).await;
         if let (Some(locks), Some(etcd)) = (&args.locks_bench, &args.etcd) {
-            scenarios::etcd::run(&mut bench, locks, etcd).await;
+            scenarios::etcd::run(&mut bench, locks, etcd, args.client_lock_helpers).await;
         }
     }
     if args.runs("cache") {

@@ -24,7 +24,7 @@ fn limit(algorithm: Algorithm) -> Limit {
     }
 }
 
-pub(crate) fn check_request(keys: &[String], algorithm: Algorithm) -> CheckRequest {
+fn check_request(keys: &[String], algorithm: Algorithm) -> CheckRequest {
     CheckRequest {
         limits: keys
             .iter()

@@ -3,7 +3,9 @@
 //! etcd's `concurrency.Mutex` (one session per caller) the same way, one process and one
 //! client connection each, at every concurrency level, then hand-overs on one name. etcd 3.6
 //! runs as one member with `--unsafe-no-fsync`: the benchmark's Redis keeps nothing on disk
-//! either. Each server's CPU time is charged to its own cycles.
+//! either. Each server's CPU time is charged to its own cycles. With `--client-lock-helpers`,
+//! the Node and Python clients' helpers run the same cycles (`bench/locks/node.mjs`,
+//! `python.py`, from the repository root after `make clients-deps`).
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -24,9 +26,11 @@ struct Cycles {
     cpu_us: f64,
     /// The benchmark's Redis's CPU time per cycle (Baton's store; etcd uses none).
     redis_cpu_us: f64,
+    /// The load program's own CPU time per cycle: the client helper's cost.
+    client_cpu_us: f64,
 }
 
-pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path) {
+pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path, client_helpers: bool) {
     let (mut server, etcd_addr, data_dir) = start_etcd(etcd);
     let baton = (bench.baton_addr, bench.baton_pid);
     let etcd_server = (etcd_addr, server.id());
@@ -34,33 +38,46 @@ pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path) {
     let version = etcd_version(etcd);
     for c in bench.levels.clone() {
         let level = ["-concurrency", &c.to_string(), "-duration", &seconds].map(str::to_owned);
-        let ours = cycles(locks, "baton", baton, bench.redis_pid, &level);
-        let theirs = cycles(locks, "etcd", etcd_server, bench.redis_pid, &level);
+        let ours = cycles(go_locks(locks, "baton", baton.0, &level), baton.1, bench.redis_pid);
+        let theirs = cycles(go_locks(locks, "etcd", etcd_server.0, &level), etcd_server.1, bench.redis_pid);
         bench.notes.push(format!(
             "Lock cycles through the Go client's own helper at {c} callers (distinct names, one connection): \
-                 Baton Client.Lock + Unlock {:.0}/s (p50 {:.0} µs, p99 {:.0} µs, {:.0} µs of baton CPU and {:.0} µs of \
-                 Redis CPU per cycle); \
-                 etcd {} concurrency.Mutex (--unsafe-no-fsync) {:.0}/s (p50 {:.0} µs, p99 {:.0} µs, {:.0} µs of \
-                 etcd CPU per cycle): Baton {:.2}× etcd, {:.2}× its CPU per cycle",
-            ours.per_sec,
-            ours.p50_us,
-            ours.p99_us,
-            ours.cpu_us,
-            ours.redis_cpu_us,
+                 Baton Client.Lock + Unlock {}; \
+                 etcd {} concurrency.Mutex (--unsafe-no-fsync) {:.0}/s (p50 {:.0} µs, p99 {:.0} µs; CPU per cycle: \
+                 etcd {:.0} µs, the client {:.0} µs): Baton {:.2}× etcd, {:.2}× its server CPU per cycle",
+            ours.describe(),
             version,
             theirs.per_sec,
             theirs.p50_us,
             theirs.p99_us,
             theirs.cpu_us,
+            theirs.client_cpu_us,
             ours.per_sec / theirs.per_sec,
             ours.cpu_us / theirs.cpu_us,
         ));
+        if client_helpers {
+            let level = [baton.0.to_string(), c.to_string(), format!("{}", bench.duration.as_secs_f64())];
+            let helpers = [
+                ("Node client's lock + release", "node", "bench/locks/node.mjs"),
+                ("Python asyncio client's lock", "clients/python/.venv/bin/python", "bench/locks/python.py"),
+            ];
+            for (helper, program, script) in helpers {
+                let mut command = Command::new(program);
+                command.arg(script).args(&level);
+                let helped = cycles(command, baton.1, bench.redis_pid);
+                bench.notes.push(format!(
+                    "Lock cycles through the {helper} at {c} callers: {}: {:.2}× etcd's Go mutex",
+                    helped.describe(),
+                    helped.per_sec / theirs.per_sec
+                ));
+            }
+        }
     }
     // A few rounds in a smoke run, 200 in a real one: each round waits 20 ms for the waiter.
     let rounds = (bench.duration.as_millis() / 25).clamp(5, 200).to_string();
     let handover = ["-handover", rounds.as_str()].map(str::to_owned);
-    let ours = run_locks(locks, "baton", baton.0, &handover);
-    let theirs = run_locks(locks, "etcd", etcd_addr, &handover);
+    let ours = json_line(go_locks(locks, "baton", baton.0, &handover));
+    let theirs = json_line(go_locks(locks, "etcd", etcd_addr, &handover));
     let at = |line: &str, key| json_number(line, key).unwrap_or(0.0);
     bench.notes.push(format!(
         "Lock hand-over through the Go helpers ({rounds} rounds, Unlock called → the waiting Lock returns): Baton p50 \
@@ -76,10 +93,20 @@ pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path) {
     let _ = std::fs::remove_dir_all(data_dir);
 }
 
-/// Runs one level against one server, charging the server's CPU time to its cycles.
-fn cycles(locks: &Path, system: &str, (addr, pid): (SocketAddr, u32), redis_pid: u32, args: &[String]) -> Cycles {
+impl Cycles {
+    fn describe(&self) -> String {
+        format!(
+            "{:.0}/s (p50 {:.0} µs, p99 {:.0} µs; CPU per cycle: baton {:.0} µs, Redis {:.0} µs, the client {:.0} µs)",
+            self.per_sec, self.p50_us, self.p99_us, self.cpu_us, self.redis_cpu_us, self.client_cpu_us
+        )
+    }
+}
+
+/// Runs one level of a load program against the server `pid`, charging the server's CPU
+/// time (and Redis's) to its cycles.
+fn cycles(program: Command, pid: u32, redis_pid: u32) -> Cycles {
     let (before, redis_before) = (cpu_micros(pid), cpu_micros(redis_pid));
-    let line = run_locks(locks, system, addr, args);
+    let line = json_line(program);
     let spent = cpu_micros(pid).saturating_sub(before) as f64;
     let redis_spent = cpu_micros(redis_pid).saturating_sub(redis_before) as f64;
     let field = |key| json_number(&line, key).unwrap_or_else(|| panic!("no {key} in {line}"));
@@ -89,18 +116,23 @@ fn cycles(locks: &Path, system: &str, (addr, pid): (SocketAddr, u32), redis_pid:
         p99_us: field("p99_us"),
         cpu_us: spent / field("cycles").max(1.0),
         redis_cpu_us: redis_spent / field("cycles").max(1.0),
+        client_cpu_us: field("client_cpu_us"),
     }
 }
 
-/// The JSON line `bench/locks` prints; its failure (reason on its stderr) ends the benchmark.
-fn run_locks(locks: &Path, system: &str, addr: SocketAddr, args: &[String]) -> String {
-    let output = Command::new(locks)
-        .args(["-system", system, "-target", &addr.to_string()])
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {}: {err}", locks.display()));
-    assert!(output.status.success(), "{} -system {system}: {}", locks.display(), output.status);
+/// `bench/locks` against one system.
+fn go_locks(locks: &Path, system: &str, addr: SocketAddr, args: &[String]) -> Command {
+    let mut command = Command::new(locks);
+    command.args(["-system", system, "-target", &addr.to_string()]).args(args);
+    command
+}
+
+/// The JSON line a load program prints (`bench/locks`'s shape); its failure (reason on its
+/// stderr) ends the benchmark.
+fn json_line(mut program: Command) -> String {
+    let output =
+        program.stderr(Stdio::inherit()).output().unwrap_or_else(|err| panic!("cannot run {program:?}: {err}"));
+    assert!(output.status.success(), "{program:?}: {}", output.status);
     let stdout = String::from_utf8_lossy(&output.stdout);
     stdout.lines().rev().find(|line| line.starts_with('{')).expect("a JSON line").to_owned()
 }

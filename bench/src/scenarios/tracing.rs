@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use baton::proto::v1::Algorithm;
-use baton::proto::v1::rate_limiter_service_client::RateLimiterServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use testkit::BatonProcess;
 
-use super::check::check_request;
+use super::check::check_one;
 use super::{Bench, Pool};
 use crate::measure;
 
@@ -51,19 +50,7 @@ async fn start_receiver(counter: SpanCounter) -> SocketAddr {
 }
 
 async fn check_scenario(bench: &mut Bench, name: &str, pool: Pool) {
-    bench
-        .scenario(
-            name,
-            |_| None,
-            move |w, i| {
-                let mut client = RateLimiterServiceClient::new(pool.get(w));
-                let key = format!("k{}", (w as u64 * 1_000_003 + i) % 100_000);
-                async move {
-                    client.check(check_request(&[key], Algorithm::FixedWindow)).await.expect("check");
-                }
-            },
-        )
-        .await;
+    bench.scenario(name, |_| None, check_one(pool, Algorithm::FixedWindow)).await;
 }
 
 pub async fn run(bench: &mut Bench) {
