@@ -165,6 +165,8 @@ async fn main() {
             &rows,
         ));
     }
+    // Memory must stay flat under load, scraped or not: what the whole run left behind.
+    notes.push(format!("baton RSS after the whole benchmark: {:.0} MiB", measure::rss_mib(baton.pid())));
     let half_load: Vec<String> = rows
         .iter()
         .filter(|r| r.callers.starts_with("paced"))
