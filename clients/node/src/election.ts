@@ -10,7 +10,7 @@
 // with one random request_id, so a leadership whose answer was lost is handed back rather
 // than left to expire while every other candidate waits.
 
-import { randomBytes } from "node:crypto";
+import { randomUUID } from "node:crypto";
 
 import { Metadata, status as Status } from "@grpc/grpc-js";
 
@@ -228,7 +228,7 @@ export class ElectionHelpers {
    */
   private async campaign(name: string, options: LeadershipOptions): Promise<Lease> {
     const { signal } = options;
-    const requestId = randomBytes(16).toString("hex");
+    const requestId = randomUUID();
     const backoff = new Backoff();
     let failingSince: number | undefined;
     // The send time of the earliest attempt whose leadership a later attempt may be handed back.

@@ -26,7 +26,7 @@
 // A lock's whole life is one stream: its first message acquires (`acquire`), and `release`
 // on it releases — no Acquire or Release call, unless that stream is down at release time.
 
-import { randomBytes } from "node:crypto";
+import { randomUUID } from "node:crypto";
 
 import { ClientDuplexStream, Metadata, StatusObject, status as Status } from "@grpc/grpc-js";
 
@@ -249,7 +249,8 @@ export class Lease {
     const [released, error] = onStream.answered
       ? [onStream.released, undefined]
       : await this.releaseWithRetries(onStream.sent);
-    this.end(new Error(`lease on ${JSON.stringify(this.name)} released`));
+    // Baton ends a stream itself once it has answered its release.
+    this.end(new Error(`lease on ${JSON.stringify(this.name)} released`), onStream.answered);
     if (this.loss) {
       throw this.loss;
     }
@@ -321,13 +322,22 @@ export class Lease {
   }
 
   /** Gives the lease up: the stream cancelled (Baton releases on cancel), every timer cleared. */
-  private end(reason: Error): void {
+  /**
+   * `serverEnds`: Baton is ending the stream itself, so it is only half-closed. Cancelling it
+   * would end it the same, but grpc-js builds a CANCELLED error for that, with the caller's
+   * stack trace merged in: 5% of the Node helper's CPU in a lock-cycle profile.
+   */
+  private end(reason: Error, serverEnds = false): void {
     this.stopHeartbeats();
     clearTimeout(this.lossTimer);
     if (!this.ended.signal.aborted) {
       this.ended.abort(reason);
     }
-    this.current?.call.cancel();
+    if (serverEnds) {
+      this.current?.call.end();
+    } else {
+      this.current?.call.cancel();
+    }
     this.current = undefined;
   }
 
@@ -458,7 +468,8 @@ export async function acquire(
 ): Promise<Lease> {
   const { signal } = options;
   const giveUpAt = options.waitMs === undefined ? undefined : Date.now() + options.waitMs;
-  const requestId = randomBytes(16).toString("hex");
+  // randomUUID draws from a cached entropy pool; randomBytes(16) was 2% of a lock cycle's CPU.
+  const requestId = randomUUID();
   const backoff = new Backoff();
   let failingSince: number | undefined;
   // The send time of the earliest attempt whose grant a later attempt may be handed back.
