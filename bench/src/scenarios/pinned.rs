@@ -110,3 +110,30 @@ fn pin(pid: u32, cpus: &[usize]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Layout;
+
+    fn layout(cpus: &[usize]) -> Option<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+        Layout::for_cpus(cpus).map(|l| (l.redis, l.baton, l.load))
+    }
+
+    #[test]
+    fn one_cpu_pins_nothing() {
+        assert!(layout(&[]).is_none());
+        assert!(layout(&[3]).is_none());
+    }
+
+    #[test]
+    fn two_cpus_keep_the_load_generator_apart() {
+        assert_eq!(layout(&[0, 1]), Some((vec![1], vec![1], vec![0])));
+    }
+
+    #[test]
+    fn more_cpus_give_each_process_its_own() {
+        assert_eq!(layout(&[0, 1, 2]), Some((vec![0], vec![1], vec![2])));
+        assert_eq!(layout(&[2, 3, 4, 5, 6]), Some((vec![2], vec![3, 4], vec![5, 6])));
+        assert_eq!(layout(&[0, 1, 2, 3]), Some((vec![0], vec![1, 2], vec![3])));
+    }
+}
