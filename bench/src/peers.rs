@@ -70,7 +70,8 @@ pub fn peer_notes(
 }
 
 /// Baton's queue through each client's own worker (concurrency 256 and producers' batches
-/// of 100, as BullMQ's Worker and addBulk are run), with and without ack coalescing.
+/// of 100, as BullMQ's Worker and addBulk are run), with and without ack coalescing, and
+/// with a prefetch of 256 (each handler's next job already in hand).
 fn worker_notes(baton: SocketAddr, bullmq: f64) -> Vec<String> {
     let addr = baton.to_string();
     let workers: [(&str, &str, &[&str], Option<&str>); 3] = [
@@ -80,7 +81,7 @@ fn worker_notes(baton: SocketAddr, bullmq: f64) -> Vec<String> {
     ];
     let mut notes = Vec::new();
     for (client, program, args, dir) in workers {
-        let rate = |ack_batch_size: &str| {
+        let rate = |ack_batch_size: &str, prefetch: &str| {
             let mut command = Command::new(program);
             if let Some(dir) = dir {
                 command.current_dir(dir);
@@ -89,6 +90,7 @@ fn worker_notes(baton: SocketAddr, bullmq: f64) -> Vec<String> {
                 .args(args)
                 .args([addr.as_str(), "", "50000", "256", "100"])
                 .env("ACK_BATCH_SIZE", ack_batch_size)
+                .env("PREFETCH", prefetch)
                 .stderr(Stdio::inherit())
                 .output()
                 .ok()
@@ -96,13 +98,15 @@ fn worker_notes(baton: SocketAddr, bullmq: f64) -> Vec<String> {
             let stdout = String::from_utf8_lossy(&output.stdout);
             stdout.lines().rev().find(|line| line.starts_with('{')).and_then(|line| json_number(line, "jobs_per_s"))
         };
-        match (rate("256"), rate("0")) {
-            (Some(coalesced), Some(single)) => notes.push(format!(
+        match (rate("256", "0"), rate("0", "0"), rate("256", "256")) {
+            (Some(coalesced), Some(single), Some(prefetched)) => notes.push(format!(
                 "Queue through the {client} client's own worker (50,000 jobs, concurrency 256, EnqueueBatch of \
                  100, timed after a warm-up of 4 × concurrency acks as BullMQ is): {coalesced:.0} jobs/s = {:.2}× BullMQ; with one Ack per job \
-                 (ACK_BATCH_SIZE=0) {single:.0} jobs/s = {:.2}× BullMQ",
+                 (ACK_BATCH_SIZE=0) {single:.0} jobs/s = {:.2}× BullMQ; with a prefetch of 256 (PREFETCH=256) \
+                 {prefetched:.0} jobs/s = {:.2}× BullMQ",
                 coalesced / bullmq,
-                single / bullmq
+                single / bullmq,
+                prefetched / bullmq
             )),
             _ => notes.push(format!("Queue through the {client} client's own worker: not measured (see stderr)")),
         }

@@ -32,6 +32,8 @@ const concurrency = positive(5, 256);
 const batch = positive(6, 100);
 // ACK_BATCH_SIZE=0 measures the worker without ack coalescing (one Ack per job).
 const ackBatchSize = process.env.ACK_BATCH_SIZE ? Number(process.env.ACK_BATCH_SIZE) : DEFAULT_ACK_BATCH_SIZE;
+// PREFETCH leases that many jobs beyond the concurrency.
+const prefetch = Number(process.env.PREFETCH ?? 0);
 
 const client = new BatonClient({ target: addr });
 const stub = client.stubs.queue;
@@ -49,6 +51,7 @@ const done = new Promise((resolve) => (allAcked = resolve));
 const stop = new AbortController();
 const consuming = client.consume(queue, async () => {}, {
   concurrency,
+  prefetch,
   ackBatchSize,
   signal: stop.signal,
   onSettled: (job, error) => {
@@ -91,6 +94,7 @@ try {
       jobs_per_s: Math.round((jobs - warmup) / seconds),
       concurrency,
       ack_batch_size: ackBatchSize,
+      prefetch,
     }),
   );
 } catch (error) {

@@ -31,7 +31,9 @@ def positive(index: int, fallback: int) -> int:
         return fallback
     value = int(sys.argv[index])
     if value <= 0:
-        raise SystemExit(f"argument {index}: want a positive integer, got {sys.argv[index]!r}")
+        raise SystemExit(
+            f"argument {index}: want a positive integer, got {sys.argv[index]!r}"
+        )
     return value
 
 
@@ -46,7 +48,9 @@ def shares(jobs: int, batch: int) -> list[list[int]]:
 
 def request(queue: str, n: int) -> queue_pb2.EnqueueBatchRequest:
     return queue_pb2.EnqueueBatchRequest(
-        requests=[queue_pb2.EnqueueRequest(queue=queue, payload=PAYLOAD) for _ in range(n)]
+        requests=[
+            queue_pb2.EnqueueRequest(queue=queue, payload=PAYLOAD) for _ in range(n)
+        ]
     )
 
 
@@ -75,7 +79,12 @@ class Tally:
 
 
 async def run_asyncio(
-    addr: str, queue: str, jobs: int, concurrency: int, batch: int, ack_batch: int
+    addr: str,
+    queue: str,
+    jobs: int,
+    concurrency: int,
+    batch: int,
+    options: dict[str, int],
 ) -> tuple[float, Tally]:
     tally = Tally(jobs, concurrency)
     async with baton_client.AsyncClient(addr) as client:
@@ -90,7 +99,7 @@ async def run_asyncio(
 
         worker = asyncio.create_task(
             client.consume(
-                queue, handle, concurrency, stop=stop, on_settled=settled, ack_batch_size=ack_batch
+                queue, handle, concurrency, stop=stop, on_settled=settled, **options
             )
         )
 
@@ -101,7 +110,9 @@ async def run_asyncio(
         started = time.perf_counter()
         await asyncio.gather(*(produce(sizes) for sizes in shares(jobs, batch)))
         waiting = asyncio.create_task(done.wait())
-        await asyncio.wait({waiting, worker}, timeout=PATIENCE, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {waiting, worker}, timeout=PATIENCE, return_when=asyncio.FIRST_COMPLETED
+        )
         seconds = time.perf_counter() - (tally.warmed_at or started)
         waiting.cancel()
         stop.set()
@@ -110,7 +121,12 @@ async def run_asyncio(
 
 
 def run_threads(
-    addr: str, queue: str, jobs: int, concurrency: int, batch: int, ack_batch: int
+    addr: str,
+    queue: str,
+    jobs: int,
+    concurrency: int,
+    batch: int,
+    options: dict[str, int],
 ) -> tuple[float, Tally]:
     tally = Tally(jobs, concurrency)
     done, stop = threading.Event(), threading.Event()
@@ -123,7 +139,7 @@ def run_threads(
         worker = threading.Thread(
             target=client.consume,
             args=(queue, lambda job: None, concurrency),
-            kwargs={"stop": stop, "on_settled": settled, "ack_batch_size": ack_batch},
+            kwargs={"stop": stop, "on_settled": settled, **options},
             daemon=True,
         )
         worker.start()
@@ -155,17 +171,25 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[2]:
         queue = sys.argv[2]
     jobs, concurrency, batch = positive(3, 20_000), positive(4, 256), positive(5, 100)
-    # ACK_BATCH_SIZE=0 measures the worker without ack coalescing (one Ack per job).
-    ack_batch = int(os.environ.get("ACK_BATCH_SIZE", DEFAULT_ACK_BATCH_SIZE))
+    # ACK_BATCH_SIZE=0 measures the worker without ack coalescing (one Ack per job);
+    # PREFETCH leases that many jobs beyond the concurrency.
+    options = {
+        "ack_batch_size": int(os.environ.get("ACK_BATCH_SIZE", DEFAULT_ACK_BATCH_SIZE)),
+        "prefetch": int(os.environ.get("PREFETCH", "0")),
+    }
     kind = os.environ.get("PYTHON_WORKER", "asyncio")
     if kind == "asyncio":
-        seconds, tally = asyncio.run(run_asyncio(addr, queue, jobs, concurrency, batch, ack_batch))
+        seconds, tally = asyncio.run(
+            run_asyncio(addr, queue, jobs, concurrency, batch, options)
+        )
     elif kind == "threads":
-        seconds, tally = run_threads(addr, queue, jobs, concurrency, batch, ack_batch)
+        seconds, tally = run_threads(addr, queue, jobs, concurrency, batch, options)
     else:
         raise SystemExit(f"PYTHON_WORKER: asyncio or threads, not {kind!r}")
     if tally.acked != jobs or tally.failed:
-        raise SystemExit(f"bench/workers/python: {tally.acked}/{jobs} acked, {tally.failed} failed")
+        raise SystemExit(
+            f"bench/workers/python: {tally.acked}/{jobs} acked, {tally.failed} failed"
+        )
     print(
         json.dumps(
             {
@@ -175,7 +199,7 @@ def main() -> None:
                 "seconds": round(seconds, 3),
                 "jobs_per_s": round((jobs - tally.warmup) / seconds),
                 "concurrency": concurrency,
-                "ack_batch_size": ack_batch,
+                **options,
                 "worker": kind,
             },
             separators=(",", ":"),

@@ -65,11 +65,14 @@ func run() error {
 		return err
 	}
 	// ACK_BATCH_SIZE=0 measures the worker without ack coalescing (one Ack per job).
-	ackBatch := baton.DefaultAckBatchSize
-	if value := os.Getenv("ACK_BATCH_SIZE"); value != "" {
-		if ackBatch, err = strconv.Atoi(value); err != nil {
-			return fmt.Errorf("ACK_BATCH_SIZE: %w", err)
-		}
+	ackBatch, err := envCount("ACK_BATCH_SIZE", baton.DefaultAckBatchSize)
+	if err != nil {
+		return err
+	}
+	// PREFETCH leases that many jobs beyond the concurrency.
+	prefetch, err := envCount("PREFETCH", 0)
+	if err != nil {
+		return err
 	}
 
 	client, err := baton.New(addr)
@@ -91,6 +94,7 @@ func run() error {
 		consumed <- client.Consume(ctx, queue, concurrency,
 			func(context.Context, *baton.Job) ([]byte, error) { return nil, nil },
 			baton.WithAckBatchSize(ackBatch),
+			baton.WithPrefetch(prefetch),
 			baton.WithOnSettled(func(job *baton.Job, err error) {
 				if err != nil {
 					if failed.Add(1) <= 5 {
@@ -164,7 +168,21 @@ func run() error {
 		JobsPerS:     round(float64(jobs-warmup)/seconds, 0),
 		Concurrency:  concurrency,
 		AckBatchSize: ackBatch,
+		Prefetch:     prefetch,
 	})
+}
+
+// envCount reads a count from the environment: fallback when it is unset.
+func envCount(name string, fallback int) (int, error) {
+	value := os.Getenv(name)
+	if value == "" {
+		return fallback, nil
+	}
+	n, err := strconv.Atoi(value)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	return n, nil
 }
 
 // result is the JSON line, its fields in this order.
@@ -176,6 +194,7 @@ type result struct {
 	JobsPerS     float64 `json:"jobs_per_s"`
 	Concurrency  int     `json:"concurrency"`
 	AckBatchSize int     `json:"ack_batch_size"`
+	Prefetch     int     `json:"prefetch"`
 }
 
 func btoi(b bool) int {

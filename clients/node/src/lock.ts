@@ -321,8 +321,8 @@ export class Lease {
     );
   }
 
-  /** Gives the lease up: the stream cancelled (Baton releases on cancel), every timer cleared. */
   /**
+   * Gives the lease up: the stream cancelled (Baton releases on cancel), every timer cleared.
    * `serverEnds`: Baton is ending the stream itself, so it is only half-closed. Cancelling it
    * would end it the same, but grpc-js builds a CANCELLED error for that, with the caller's
    * stack trace merged in: 5% of the Node helper's CPU in a lock-cycle profile.

@@ -480,8 +480,15 @@ export interface Job {
 export type JobHandler = (job: Job, signal: AbortSignal) => Promise<Uint8Array | string | void>;
 
 export interface ConsumeOptions {
-  /** Jobs in hand at once (default 1). */
+  /** Handlers running at once (default 1). */
   concurrency?: number;
+  /**
+   * Jobs leased beyond `concurrency` (default 0), so that a handler that finishes starts its
+   * next job without waiting for a delivery. They are extended while they wait; on stop,
+   * those not started go back to the queue at once without their attempt charged. Baton
+   * leases at most 1,000 jobs to one stream by default (`concurrency + prefetch`).
+   */
+  prefetch?: number;
   /**
    * Stops the worker gracefully: no more deliveries (the stream is drained), jobs in hand
    * that never started go back to the queue at once without their attempt charged, running
@@ -1069,6 +1076,11 @@ class Worker {
   }
 }
 
+/** A count option as a whole number, 0 when absent, negative or not a number. */
+function wholeOrZero(count: number | undefined): number {
+  return count !== undefined && Number.isFinite(count) ? Math.max(Math.floor(count), 0) : 0;
+}
+
 /**
  * enqueue, consume, watchJob, waitForJob, watchQueue, listJobs, configureQueue and
  * getQueueConfig, for BatonClient.
@@ -1117,7 +1129,7 @@ export class QueueHelpers {
   consume(queue: string, handler: JobHandler, options: ConsumeOptions = {}): Promise<void> {
     const request = ConsumeRequest.fromPartial({
       queue,
-      maxInFlight: Math.max(options.concurrency ?? 1, 1),
+      maxInFlight: Math.max(options.concurrency ?? 1, 1) + wholeOrZero(options.prefetch),
       visibilityTimeout: msToDuration(options.visibilityTimeoutMs ?? DEFAULT_VISIBILITY_TIMEOUT_MS),
       types: options.types ?? [],
       consumer: options.consumer ?? "",

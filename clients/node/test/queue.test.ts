@@ -288,6 +288,50 @@ test("a stopped worker finishes its 100 running jobs, takes no more, and charges
   }
 });
 
+test("a stopped worker hands its prefetched jobs back at once, uncharged, while its handlers run on", async () => {
+  const queue = unique("thumbnails");
+  const ids = await enqueueMany(queue, 10);
+  const [concurrency, prefetch] = [2, 3];
+  const started = new Set<string>();
+  let finish!: () => void;
+  const finished = new Promise<void>((resolve) => (finish = resolve));
+  const stop = new AbortController();
+  const settled = new Settlements();
+  const running = client.consume(
+    queue,
+    async (job) => {
+      started.add(job.id);
+      await finished;
+    },
+    { concurrency, prefetch, shutdownGraceMs: 10_000, signal: stop.signal, onSettled: settled.record },
+  );
+  const leased = async () =>
+    [...(await statesOf(ids)).values()].filter((job) => job.state === JobState.JOB_STATE_ACTIVE).length;
+  try {
+    // Two running, three more leased and waiting for a slot.
+    await eventually(
+      "two handlers running and five jobs leased",
+      async () => started.size === concurrency && (await leased()) === concurrency + prefetch,
+    );
+    stop.abort();
+    // The waiting ones go back while the running handlers have not finished.
+    await eventually("only the running jobs still leased", async () => (await leased()) === concurrency);
+  } finally {
+    finish();
+    stop.abort();
+    await running;
+  }
+  assert.equal(started.size, concurrency, "a prefetched job started after the stop");
+  assert.equal(settled.acked.size, concurrency);
+  assert.deepEqual(settled.other, []);
+  for (const [id, job] of await statesOf(ids)) {
+    const expected = started.has(id)
+      ? { state: JobState.JOB_STATE_SUCCEEDED, attempts: 1 }
+      : { state: JobState.JOB_STATE_READY, attempts: 0 };
+    assert.deepEqual(job, expected, `job ${id}`);
+  }
+});
+
 test("deliveries that arrive after the stop go back to the queue without their attempt charged", async () => {
   const queue = unique("invoices");
   const ids = await enqueueMany(queue, 150);

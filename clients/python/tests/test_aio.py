@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 from conftest import unique
@@ -230,6 +231,64 @@ async def test_stopping_finishes_started_jobs_and_hands_back_the_rest(
             assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_SUCCEEDED, 1), job
         else:
             assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_READY, 0), job
+
+
+async def test_stop_hands_prefetched_jobs_back_uncharged_while_handlers_run_on(
+    async_client: baton_client.AsyncClient,
+) -> None:
+    queue = unique("thumbnails")
+    ids = [(await async_client.enqueue(queue, f"{n}".encode())).job_id for n in range(10)]
+    concurrency, prefetch = 2, 3
+    started: set[str] = set()
+    release = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def render(job: baton_client.Job) -> None:
+        started.add(job.id)
+        await release.wait()
+
+    async def leased() -> int:
+        jobs = [
+            (await async_client.stubs.queue.GetJob(queue_pb2.GetJobRequest(job_id=job_id))).job
+            for job_id in ids
+        ]
+        return [job.state for job in jobs].count(queue_pb2.JOB_STATE_ACTIVE)
+
+    async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+        deadline = time.monotonic() + 10
+        while not await condition():
+            assert time.monotonic() < deadline, f"{what}: not true within 10 s"
+            await asyncio.sleep(0.02)
+
+    consumer = asyncio.create_task(
+        async_client.consume(queue, render, concurrency, stop=stop, prefetch=prefetch)
+    )
+    try:
+
+        async def two_running_five_leased() -> bool:
+            return len(started) == concurrency and await leased() == concurrency + prefetch
+
+        await until(two_running_five_leased, "two handlers running and five jobs leased")
+        stop.set()
+
+        async def only_running_leased() -> bool:
+            return await leased() == concurrency
+
+        # The waiting ones go back while the running handlers have not finished.
+        await until(only_running_leased, "only the running jobs still leased")
+    finally:
+        stop.set()
+        release.set()
+        await asyncio.wait_for(consumer, 10)
+    assert len(started) == concurrency, "a prefetched job started after the stop"
+    for job_id in ids:
+        job = (await async_client.stubs.queue.GetJob(queue_pb2.GetJobRequest(job_id=job_id))).job
+        expected = (
+            (queue_pb2.JOB_STATE_SUCCEEDED, 1)
+            if job_id in started
+            else (queue_pb2.JOB_STATE_READY, 0)
+        )
+        assert (job.state, job.attempts) == expected, job
 
 
 async def test_an_async_lock_cycle_is_one_keepalive_stream_and_a_late_grant_is_proven(

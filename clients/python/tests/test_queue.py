@@ -290,6 +290,56 @@ def test_deliveries_never_started_go_back_without_charging_an_attempt(
     assert took < 1.5
 
 
+def test_stop_hands_prefetched_jobs_back_uncharged_while_handlers_run_on(
+    client: baton_client.Client,
+) -> None:
+    queue = unique("thumbnails")
+    ids = enqueue_many(client, queue, 10)
+    concurrency, prefetch = 2, 3
+    guard = threading.Lock()
+    started: set[str] = set()
+    release = threading.Event()
+    stop = threading.Event()
+    settled = Settlements()
+
+    def render(job: baton_client.Job) -> None:
+        with guard:
+            started.add(job.id)
+        release.wait(20)
+
+    def leased() -> int:
+        return [job_state(client, job_id).state for job_id in ids].count(queue_pb2.JOB_STATE_ACTIVE)
+
+    worker = threading.Thread(
+        target=client.consume,
+        args=(queue, render, concurrency),
+        kwargs={"stop": stop, "prefetch": prefetch, "shutdown_grace": 10, "on_settled": settled},
+    )
+    worker.start()
+    try:
+        # Two running, three more leased and waiting for a thread.
+        eventually(
+            lambda: len(started) == concurrency and leased() == concurrency + prefetch,
+            "two handlers running and five jobs leased",
+        )
+        stop.set()
+        # The waiting ones go back while the running handlers have not finished.
+        eventually(lambda: leased() == concurrency, "only the running jobs still leased", 5)
+    finally:
+        stop.set()
+        release.set()
+        worker.join(10)
+    assert not worker.is_alive(), "consume() did not return after stop"
+    assert len(started) == concurrency, "a prefetched job started after the stop"
+    assert sum(settled.acked.values()) == concurrency and not settled.other, settled.other
+    for job_id in ids:
+        job = job_state(client, job_id)
+        if job_id in started:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_SUCCEEDED, 1), job
+        else:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_READY, 0), job
+
+
 def test_stop_hands_back_deliveries_of_an_earlier_stream_through_the_open_one(
     start_baton,
 ) -> None:

@@ -532,11 +532,11 @@ def _enqueue_request(
 
 
 def _consume_request(
-    queue: str, concurrency: int, visibility_timeout: Seconds, types: Any, consumer: str
+    queue: str, max_in_flight: int, visibility_timeout: Seconds, types: Any, consumer: str
 ) -> queue_pb2.ConsumeRequest:
     return queue_pb2.ConsumeRequest(
         queue=queue,
-        max_in_flight=concurrency,
+        max_in_flight=max_in_flight,
         visibility_timeout=duration(visibility_timeout),
         types=list(types),
         consumer=consumer,
@@ -1681,6 +1681,7 @@ class Queue:
         shutdown_grace: Seconds = DEFAULT_SHUTDOWN_GRACE,
         on_settled: Settled | None = None,
         ack_batch_size: int = DEFAULT_ACK_BATCH_SIZE,
+        prefetch: int = 0,
     ) -> None:
         """Runs ``handler(job)`` on the jobs of ``queue`` in ``concurrency`` threads until
         ``stop`` is set (or an error no retry can fix, which it raises).
@@ -1706,8 +1707,16 @@ class Queue:
         it returns, or once ``ack_batch_size`` (default 256; keep it within Baton's batch
         limit, 1,000 by default) of them wait, or once the oldest has waited 10 ms. Each job
         keeps its own outcome, as with one Ack per job, and each call carries the trace
-        context of the first job it acks. ``ack_batch_size=0`` sends one Ack per job."""
-        request = _consume_request(queue, max(concurrency, 1), visibility_timeout, types, consumer)
+        context of the first job it acks. ``ack_batch_size=0`` sends one Ack per job.
+
+        ``prefetch`` (default 0) leases that many jobs beyond ``concurrency``, so that a
+        handler that finishes starts its next job without waiting for a delivery. They are
+        extended while they wait; on ``stop`` those not started go back to the queue at once
+        without their attempt charged. Baton leases at most 1,000 jobs to one stream by
+        default (``concurrency + prefetch``)."""
+        request = _consume_request(
+            queue, max(concurrency, 1) + max(prefetch, 0), visibility_timeout, types, consumer
+        )
         worker = _Worker(
             self._queue,
             request,
@@ -1860,13 +1869,16 @@ class AsyncQueue:
         shutdown_grace: Seconds = DEFAULT_SHUTDOWN_GRACE,
         on_settled: Settled | None = None,
         ack_batch_size: int = DEFAULT_ACK_BATCH_SIZE,
+        prefetch: int = 0,
     ) -> None:
         """Runs ``await handler(job)`` on the jobs of ``queue``, ``concurrency`` at a time,
         until ``stop`` is set or the task running it is cancelled (a stop as graceful as
         ``stop``). As :meth:`Queue.consume`, except that a handler whose job is cancelled,
         whose lease is lost, or that outlives the ``shutdown_grace`` is itself cancelled
         (CancelledError)."""
-        request = _consume_request(queue, max(concurrency, 1), visibility_timeout, types, consumer)
+        request = _consume_request(
+            queue, max(concurrency, 1) + max(prefetch, 0), visibility_timeout, types, consumer
+        )
         worker = _AsyncWorker(
             self._queue,
             request,
