@@ -52,15 +52,23 @@ pub fn peer_notes(
             let version = json_string(&line, "version").unwrap_or("?");
             for &c in concurrency {
                 let rate = json_number(&line, &format!("cycles_per_sec_c{c}")).unwrap_or(0.0);
-                let baton = rows.iter().find(|r| r.scenario == LOCK_DISTINCT && r.callers == c.to_string());
+                // Without the lock group in this run (--only) there is nothing to compare.
+                let beside = rows
+                    .iter()
+                    .find(|r| r.scenario == LOCK_DISTINCT && r.callers == c.to_string())
+                    .map(|baton| {
+                        format!(
+                            " (Baton distinct-name cycles at {c}: {:.0}/s = {:.2}× node-redlock)",
+                            baton.ops_per_sec,
+                            baton.ops_per_sec / rate
+                        )
+                    })
+                    .unwrap_or_default();
                 notes.push(format!(
                     "node-redlock {version} acquire+release cycles at {c} tasks (distinct names, one ioredis \
-                     connection): {rate:.0}/s, p50 {} µs, p99 {} µs \
-                     (Baton distinct-name cycles at {c}: {:.0}/s = {:.2}× node-redlock)",
+                     connection): {rate:.0}/s, p50 {} µs, p99 {} µs{beside}",
                     json_number(&line, &format!("p50_us_c{c}")).unwrap_or(0.0),
                     json_number(&line, &format!("p99_us_c{c}")).unwrap_or(0.0),
-                    baton.map_or(0.0, |r| r.ops_per_sec),
-                    baton.map_or(0.0, |r| r.ops_per_sec) / rate,
                 ));
             }
         }
