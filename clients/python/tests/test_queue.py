@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import pytest
@@ -60,6 +60,18 @@ def consuming(
 
 def job_state(client: baton_client.Client, job_id: str) -> queue_pb2.Job:
     return client.stubs.queue.GetJob(queue_pb2.GetJobRequest(job_id=job_id)).job
+
+
+def assert_ran_once_or_never_charged(
+    client: baton_client.Client, ids: list[str], started: Collection[str]
+) -> None:
+    """Each job that started SUCCEEDED on its first attempt; every other is READY, uncharged."""
+    for job_id in ids:
+        job = job_state(client, job_id)
+        if job_id in started:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_SUCCEEDED, 1), job
+        else:
+            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_READY, 0), job
 
 
 def test_enqueue_with_dedup_key_answers_the_first_job(client: baton_client.Client) -> None:
@@ -250,12 +262,7 @@ def test_stop_finishes_100_jobs_in_flight_and_takes_no_more(client: baton_client
     assert len(started) == 100, "jobs were started after the stop"
     assert not settled.other, settled.other
     assert set(settled.acked) == set(started)
-    for job_id in ids:
-        job = job_state(client, job_id)
-        if job_id in started:
-            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_SUCCEEDED, 1), job
-        else:
-            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_READY, 0), job
+    assert_ran_once_or_never_charged(client, ids, started)
 
 
 def test_deliveries_never_started_go_back_without_charging_an_attempt(
@@ -279,12 +286,7 @@ def test_deliveries_never_started_go_back_without_charging_an_attempt(
     client.consume(queue, bill, 60, stop=stop, shutdown_grace=10)
     took = time.monotonic() - began
     assert 1 <= len(started) < 60, started
-    for job_id in ids:
-        job = job_state(client, job_id)
-        if job_id in started:
-            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_SUCCEEDED, 1), job
-        else:
-            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_READY, 0), job
+    assert_ran_once_or_never_charged(client, ids, started)
     print(f"\nhand-back: {len(started)} started, consume() took {took:.3f}s")
     # Baton ended the drained stream itself (no wait for the stop's patience).
     assert took < 1.5
@@ -332,12 +334,7 @@ def test_stop_hands_prefetched_jobs_back_uncharged_while_handlers_run_on(
     assert not worker.is_alive(), "consume() did not return after stop"
     assert len(started) == concurrency, "a prefetched job started after the stop"
     assert sum(settled.acked.values()) == concurrency and not settled.other, settled.other
-    for job_id in ids:
-        job = job_state(client, job_id)
-        if job_id in started:
-            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_SUCCEEDED, 1), job
-        else:
-            assert (job.state, job.attempts) == (queue_pb2.JOB_STATE_READY, 0), job
+    assert_ran_once_or_never_charged(client, ids, started)
 
 
 def test_stop_hands_back_deliveries_of_an_earlier_stream_through_the_open_one(
