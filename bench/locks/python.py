@@ -64,7 +64,5 @@ async def main(address: str, callers: int, seconds: float) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        raise SystemExit(
-            "usage: python bench/locks/python.py ADDRESS CONCURRENCY SECONDS"
-        )
+        raise SystemExit("usage: python bench/locks/python.py ADDRESS CONCURRENCY SECONDS")
     asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))

@@ -31,9 +31,7 @@ def positive(index: int, fallback: int) -> int:
         return fallback
     value = int(sys.argv[index])
     if value <= 0:
-        raise SystemExit(
-            f"argument {index}: want a positive integer, got {sys.argv[index]!r}"
-        )
+        raise SystemExit(f"argument {index}: want a positive integer, got {sys.argv[index]!r}")
     return value
 
 
@@ -48,9 +46,7 @@ def shares(jobs: int, batch: int) -> list[list[int]]:
 
 def request(queue: str, n: int) -> queue_pb2.EnqueueBatchRequest:
     return queue_pb2.EnqueueBatchRequest(
-        requests=[
-            queue_pb2.EnqueueRequest(queue=queue, payload=PAYLOAD) for _ in range(n)
-        ]
+        requests=[queue_pb2.EnqueueRequest(queue=queue, payload=PAYLOAD) for _ in range(n)]
     )
 
 
@@ -98,9 +94,7 @@ async def run_asyncio(
                 done.set()
 
         worker = asyncio.create_task(
-            client.consume(
-                queue, handle, concurrency, stop=stop, on_settled=settled, **options
-            )
+            client.consume(queue, handle, concurrency, stop=stop, on_settled=settled, **options)
         )
 
         async def produce(sizes: list[int]) -> None:
@@ -110,9 +104,7 @@ async def run_asyncio(
         started = time.perf_counter()
         await asyncio.gather(*(produce(sizes) for sizes in shares(jobs, batch)))
         waiting = asyncio.create_task(done.wait())
-        await asyncio.wait(
-            {waiting, worker}, timeout=PATIENCE, return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait({waiting, worker}, timeout=PATIENCE, return_when=asyncio.FIRST_COMPLETED)
         seconds = time.perf_counter() - (tally.warmed_at or started)
         waiting.cancel()
         stop.set()
@@ -179,17 +171,13 @@ def main() -> None:
     }
     kind = os.environ.get("PYTHON_WORKER", "asyncio")
     if kind == "asyncio":
-        seconds, tally = asyncio.run(
-            run_asyncio(addr, queue, jobs, concurrency, batch, options)
-        )
+        seconds, tally = asyncio.run(run_asyncio(addr, queue, jobs, concurrency, batch, options))
     elif kind == "threads":
         seconds, tally = run_threads(addr, queue, jobs, concurrency, batch, options)
     else:
         raise SystemExit(f"PYTHON_WORKER: asyncio or threads, not {kind!r}")
     if tally.acked != jobs or tally.failed:
-        raise SystemExit(
-            f"bench/workers/python: {tally.acked}/{jobs} acked, {tally.failed} failed"
-        )
+        raise SystemExit(f"bench/workers/python: {tally.acked}/{jobs} acked, {tally.failed} failed")
     print(
         json.dumps(
             {

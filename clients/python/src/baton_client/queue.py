@@ -532,11 +532,16 @@ def _enqueue_request(
 
 
 def _consume_request(
-    queue: str, max_in_flight: int, visibility_timeout: Seconds, types: Any, consumer: str
+    queue: str,
+    concurrency: int,
+    prefetch: int,
+    visibility_timeout: Seconds,
+    types: Any,
+    consumer: str,
 ) -> queue_pb2.ConsumeRequest:
     return queue_pb2.ConsumeRequest(
         queue=queue,
-        max_in_flight=max_in_flight,
+        max_in_flight=concurrency + max(prefetch, 0),
         visibility_timeout=duration(visibility_timeout),
         types=list(types),
         consumer=consumer,
@@ -1715,7 +1720,7 @@ class Queue:
         without their attempt charged. Baton leases at most 1,000 jobs to one stream by
         default (``concurrency + prefetch``)."""
         request = _consume_request(
-            queue, max(concurrency, 1) + max(prefetch, 0), visibility_timeout, types, consumer
+            queue, max(concurrency, 1), prefetch, visibility_timeout, types, consumer
         )
         worker = _Worker(
             self._queue,
@@ -1877,7 +1882,7 @@ class AsyncQueue:
         whose lease is lost, or that outlives the ``shutdown_grace`` is itself cancelled
         (CancelledError)."""
         request = _consume_request(
-            queue, max(concurrency, 1) + max(prefetch, 0), visibility_timeout, types, consumer
+            queue, max(concurrency, 1), prefetch, visibility_timeout, types, consumer
         )
         worker = _AsyncWorker(
             self._queue,
