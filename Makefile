@@ -7,10 +7,12 @@ BUF := tools/node_modules/.bin/buf
 # the timing tests honest on a 2-core machine.
 TEST_THREADS ?= 2
 # cargo-deny from crates.io, pinned; advisories from the offline RustSec snapshot beside
-# the repository (../shared/advisory-db) when the machine has one.
+# the repository (../shared/advisory-db) when the machine has one. Installed once per machine
+# into TOOLS_CACHE, outside the checkout: compiling it takes minutes, and a clean clone (as
+# CI's) would otherwise pay them on every run.
+TOOLS_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/baton-tools
 CARGO_DENY_VERSION := 0.20.2
-CARGO_DENY := tools/cargo/bin/cargo-deny
-CARGO_DENY_STAMP := tools/cargo/.cargo-deny-$(CARGO_DENY_VERSION)
+CARGO_DENY := $(TOOLS_CACHE)/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
 ADVISORY_SNAPSHOT ?= $(firstword $(wildcard ../shared/advisory-db))
 
 .PHONY: run test deps redis-server buf lint fmt-check clippy deny cargo-test bench bench-smoke lock-peers clean clients-test gen deploy-test abuse-test \
@@ -70,16 +72,17 @@ clippy:
 		$(CARGO) clippy --workspace --all-targets --locked -- -D warnings; \
 	else echo "clippy is not installed: skipping the lint"; fi
 
-$(CARGO_DENY_STAMP):
-	@echo "installing cargo-deny $(CARGO_DENY_VERSION) (crates.io)"
-	$(CARGO) install --locked --quiet cargo-deny --version $(CARGO_DENY_VERSION) --root tools/cargo
-	@touch $@
+# cargo install writes the binary last, so an interrupted install leaves nothing to trust.
+$(CARGO_DENY):
+	@echo "installing cargo-deny $(CARGO_DENY_VERSION) (crates.io) into $(TOOLS_CACHE)"
+	$(CARGO) install --locked --quiet cargo-deny --version $(CARGO_DENY_VERSION) \
+		--root $(TOOLS_CACHE)/cargo-deny-$(CARGO_DENY_VERSION)
 
 # Licences, bans and sources always; advisories against the snapshot, without network.
 # cargo-deny reads `cargo metadata --offline`, which needs every package of Cargo.lock,
 # including the Windows/wasm-only ones no Linux build downloads: fetch them first, or a
 # machine with an empty cargo registry fails here.
-deny: $(CARGO_DENY_STAMP)
+deny: $(CARGO_DENY)
 	$(CARGO) fetch --locked --quiet
 	@if [ -n "$(ADVISORY_SNAPSHOT)" ]; then \
 		tools/advisory-db.sh "$(ADVISORY_SNAPSHOT)" target/advisory-db && \
@@ -168,7 +171,7 @@ $(ENVOY_RATELIMIT_STAMP):
 envoy-ratelimit: $(ENVOY_RATELIMIT_STAMP)
 
 # What a newcomer's machine does: a clean clone of HEAD, built and tested with an empty
-# cargo home (the toolchain still comes from rustup). Slow (a full cold build): run it
+# cargo home and tools cache (the toolchain still comes from rustup). Slow (a full cold build): run it
 # before a release or after touching the Makefile, Cargo.lock or an install step. The clone
 # and cargo home (about 12 GiB) are removed however it ends; KEEP_FRESH=1 keeps them.
 fresh-test:
@@ -176,11 +179,12 @@ fresh-test:
 	if [ -z "$(KEEP_FRESH)" ]; then trap 'rm -rf "$$dir" "$$cargo_home"' EXIT; fi && \
 	echo "cloning HEAD into $$dir; CARGO_HOME=$$cargo_home" && \
 	git clone --quiet --no-local . "$$dir" && \
-	CARGO_HOME="$$cargo_home" RUSTUP_HOME="$${RUSTUP_HOME:-$$HOME/.rustup}" $(MAKE) -C "$$dir" test
+	CARGO_HOME="$$cargo_home" RUSTUP_HOME="$${RUSTUP_HOME:-$$HOME/.rustup}" \
+		$(MAKE) -C "$$dir" test TOOLS_CACHE="$$cargo_home/baton-tools"
 
 clean:
 	$(CARGO) clean
-	rm -rf tools/node_modules tools/cargo tools/toxiproxy tools/locks
+	rm -rf tools/node_modules tools/toxiproxy tools/locks
 
 # Until clients/clients.mk and deploy/deploy.mk define them, there is nothing to test there.
 clients-test::
