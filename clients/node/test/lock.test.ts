@@ -66,13 +66,18 @@ test("release hands the lock to a waiter at once", async () => {
   const first = await client.lock(name, { ttlMs: 60_000 });
   const waiter = client.lock(name, { ttlMs: 60_000, waitMs: 10_000 });
   await sleep(200);
+  const watched = first.signal; // read while held: the release aborts it
   await first.release();
-  assert.equal(first.signal.aborted, true);
+  assert.equal(watched.aborted, true);
+  assert.match(String(watched.reason), /released/);
   // A minute-long ttl means only the explicit release could have freed it this fast.
   const second = await Promise.race([waiter, sleep(5000).then(() => undefined)]);
   assert.ok(second instanceof Lease, "the waiter did not get the lock after release");
   assert.ok(second.fencingToken > first.fencingToken);
   await second.release();
+  // First read after the release: already aborted, with the same reason.
+  assert.equal(second.signal.aborted, true);
+  assert.match(String(second.signal.reason), /released/);
 });
 
 test("losing the lease aborts its signal and rejects withLock", async () => {
