@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -105,3 +107,14 @@ def settle_backoff() -> Backoff:
 def stream_backoff() -> Backoff:
     """The backoff between reopening a KeepAlive stream: its lease has a deadline."""
     return Backoff(0.05, 0.25)
+
+
+_T = TypeVar("_T")
+
+
+async def within(awaitable: Awaitable[_T], timeout: float | None) -> _T:
+    """``asyncio.wait_for`` without its Task: on Python 3.11 wait_for runs the awaitable in a
+    Task of its own, three of them per cycle of the asyncio lock helper. Raises TimeoutError
+    once ``timeout`` (None: never) passes; the awaitable is cancelled then."""
+    async with asyncio.timeout(timeout):
+        return await awaitable

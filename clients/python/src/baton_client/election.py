@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from . import _retry
-from ._connection import Backoff, Seconds, duration
+from ._connection import Backoff, Seconds, duration, within
 from .errors import BatonError, LeaseLost, from_rpc_error
 from .lock import _AsyncKeptLease, _Attempt, _KeptLease
 from .pb.baton.v1 import election_pb2, lock_pb2
@@ -381,7 +381,7 @@ class AsyncObservation:
             if delay is None:
                 raise StopAsyncIteration
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), delay)
+                await within(self._closed.wait(), delay)
             if self._closed.is_set():
                 raise StopAsyncIteration
             self.reopens += 1

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import grpc
 
 from . import _retry
-from ._connection import Backoff, Seconds, duration, seconds, stream_backoff
+from ._connection import Backoff, Seconds, duration, seconds, stream_backoff, within
 from .errors import BatonError, LeaseLost, LockNotAcquired, from_rpc_error
 from .pb.baton.v1 import election_pb2, lock_pb2
 
@@ -656,7 +656,7 @@ class _AsyncKeptLease(_LeaseState):
     async def wait_lost(self, timeout: float | None = None) -> bool:
         """Waits until the lease is lost (True) or ``timeout`` passes (False)."""
         try:
-            await asyncio.wait_for(self.lost_event.wait(), timeout)
+            await within(self.lost_event.wait(), timeout)
         except TimeoutError:
             return False
         return True
@@ -691,7 +691,7 @@ class _AsyncKeptLease(_LeaseState):
         self._sent(stream, time.monotonic(), release=True)
         stream.requests.put_nowait(lock_pb2.KeepAliveRequest(release=True))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stream.release_settled.wait(), STREAM_RELEASE_WAIT)
+            await within(stream.release_settled.wait(), STREAM_RELEASE_WAIT)
         return stream.released, True
 
     async def _wait_proven(self) -> None:
@@ -749,7 +749,7 @@ class _AsyncKeptLease(_LeaseState):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     timeout = None if until == math.inf else until - now
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    await within(self._wake.wait(), timeout)
 
     def _open(self, now: float) -> None:
         stream: _Stream[asyncio.Queue[KeepAliveRequest | None]]
@@ -971,7 +971,7 @@ class AsyncLocks:
         # The reader goes on with the same iterator: grpc.aio allows one reading style.
         responses = stream.call.__aiter__()
         try:
-            response = await asyncio.wait_for(anext(responses), timeout)
+            response = await within(anext(responses), timeout)
         except (grpc.RpcError, StopAsyncIteration, TimeoutError) as error:
             stream.call.cancel()
             stream.requests.put_nowait(None)

@@ -51,7 +51,7 @@ from opentelemetry.trace import Span
 
 from . import _retry, _tracing
 from ._acks import DEFAULT_ACK_BATCH_SIZE, AckBatcher, AsyncAckBatcher
-from ._connection import Backoff, Seconds, duration, seconds, stream_backoff
+from ._connection import Backoff, Seconds, duration, seconds, stream_backoff, within
 from .election import _reopen_delay
 from .errors import (
     BatonError,
@@ -974,7 +974,7 @@ class _AsyncWorker(_Settling):
                     raise from_rpc_error(error) from None
                 with contextlib.suppress(TimeoutError):
                     delay = _reconnect_delay(backoff, error)
-                    await asyncio.wait_for(self._stopped.wait(), delay)
+                    await within(self._stopped.wait(), delay)
         finally:
             # Also when consume() itself is cancelled: the stop is as graceful as for
             # ``stop``, so no job stays leased to a worker that is gone.
@@ -1374,7 +1374,7 @@ class _AsyncWatch(Generic[_Item]):
             if delay is None:
                 raise StopAsyncIteration
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), delay)
+                await within(self._closed.wait(), delay)
             if self._closed.is_set():
                 raise StopAsyncIteration
             self.reopens += 1
