@@ -133,7 +133,7 @@ async fn main() {
     if args.runs("lock") {
         scenarios::lock::run(&mut bench).await;
         if let (Some(locks), Some(etcd)) = (&args.locks_bench, &args.etcd) {
-            scenarios::etcd::run(&mut bench, locks, etcd, args.client_lock_helpers).await;
+            scenarios::etcd::run(&mut bench, locks, etcd, args.client_lock_helpers, args.peers.as_deref()).await;
         }
     }
     if args.runs("cache") {

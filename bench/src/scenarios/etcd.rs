@@ -5,7 +5,9 @@
 //! runs as one member with `--unsafe-no-fsync`: the benchmark's Redis keeps nothing on disk
 //! either. Each server's CPU time is charged to its own cycles. With `--client-lock-helpers`,
 //! the Node and Python clients' helpers run the same cycles (`bench/locks/node.mjs`,
-//! `python.py`, from the repository root after `make clients-deps`).
+//! `python.py`, from the repository root after `make clients-deps`), and with the peers'
+//! directory too, etcd's own Node lock helper beside the Node client's (etcd3's
+//! `client.lock(name).acquire()`, `bench/peers/etcd3-lock.mjs`): the same language's pair.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -30,7 +32,7 @@ struct Cycles {
     client_cpu_us: f64,
 }
 
-pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path, client_helpers: bool) {
+pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path, client_helpers: bool, peers: Option<&Path>) {
     let (mut server, etcd_addr, data_dir) = start_etcd(etcd);
     let baton = (bench.baton_addr, bench.baton_pid);
     let etcd_server = (etcd_addr, server.id());
@@ -61,6 +63,7 @@ pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path, client_helpers: b
                 ("Node client's lock + release", "node", "bench/locks/node.mjs"),
                 ("Python asyncio client's lock", "clients/python/.venv/bin/python", "bench/locks/python.py"),
             ];
+            let mut node_helper = None;
             for (helper, program, script) in helpers {
                 let mut command = Command::new(program);
                 command.arg(script).args(&level);
@@ -69,6 +72,26 @@ pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path, client_helpers: b
                     "Lock cycles through the {helper} at {c} callers: {}: {:.2}× etcd's Go mutex",
                     helped.describe(),
                     helped.per_sec / theirs.per_sec
+                ));
+                if program == "node" {
+                    node_helper = Some(helped.per_sec);
+                }
+            }
+            if let (Some(dir), Some(node_helper)) = (peers, node_helper) {
+                let mut command = Command::new("node");
+                command.arg(dir.join("etcd3-lock.mjs")).args(["--target", &etcd_addr.to_string()]);
+                command.args(["--concurrency", &c.to_string(), "--duration", &level[2]]);
+                let node_etcd = cycles(command, etcd_server.1, bench.redis_pid);
+                bench.notes.push(format!(
+                    "Lock cycles through etcd3's own Node helper (npm etcd3, lock(name).acquire() + release()) at \
+                     {c} callers: {:.0}/s (p50 {:.0} µs, p99 {:.0} µs; CPU per cycle: etcd {:.0} µs, the client \
+                     {:.0} µs): the Node client's lock + release {:.2}× it",
+                    node_etcd.per_sec,
+                    node_etcd.p50_us,
+                    node_etcd.p99_us,
+                    node_etcd.cpu_us,
+                    node_etcd.client_cpu_us,
+                    node_helper / node_etcd.per_sec,
                 ));
             }
         }
