@@ -291,6 +291,46 @@ async def test_stop_hands_prefetched_jobs_back_uncharged_while_handlers_run_on(
         assert (job.state, job.attempts) == expected, job
 
 
+async def test_an_extend_refused_because_the_ack_landed_first_is_not_a_lost_lease(
+    async_client: baton_client.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ack is applied, but its answer is late: the heartbeats meanwhile (every third of
+    # the 1 s visibility) extend a lease Baton has already ended, and are refused.
+    queue = unique("invoices")
+    await async_client.enqueue(queue, b"inv-1")
+    ack_batch = async_client.stubs.queue.AckBatch
+    applied = asyncio.Event()
+
+    def answered_late(request: queue_pb2.AckBatchRequest, **kwargs: object) -> Awaitable[object]:
+        async def call() -> object:
+            response = await ack_batch(request, **kwargs)  # type: ignore[arg-type]
+            applied.set()
+            await asyncio.sleep(1.5)
+            return response
+
+        return call()
+
+    monkeypatch.setattr(async_client.stubs.queue, "AckBatch", answered_late)
+    settled: list[BaseException | None] = []
+    stop = asyncio.Event()
+
+    def on_settled(job: baton_client.Job, error: BaseException | None) -> None:
+        settled.append(error)
+        stop.set()
+
+    async def invoice(job: baton_client.Job) -> bytes:
+        return b"sent"
+
+    await asyncio.wait_for(
+        async_client.consume(
+            queue, invoice, 1, stop=stop, visibility_timeout=1.0, on_settled=on_settled
+        ),
+        20,
+    )
+    assert applied.is_set(), "the ack did not go through AckBatch"
+    assert settled == [None], f"the acked job was reported as {settled}"
+
+
 async def test_an_async_lock_cycle_is_one_keepalive_stream_and_a_late_grant_is_proven(
     baton: Baton, async_client: baton_client.AsyncClient
 ) -> None:

@@ -588,6 +588,9 @@ class _Settling:
         # Held, and no handler started on it yet, whichever stream delivered it: any open
         # stream of the queue can hand it back.
         self._unstarted: dict[str, Job] = {}
+        # Lease ids whose Ack or Nack is under way. They are still extended (an ack may wait
+        # for a batch), but an Extend refused for one leaves the outcome to the settlement.
+        self._settling: set[str] = set()
         self._stopping = False  # the stop decision: no handler starts from then on
 
     def _report(self, job: Job, error: BaseException | None) -> None:
@@ -639,6 +642,10 @@ class _Settling:
         """The cancel reason a failed Extend means, if any."""
         if not isinstance(error, FailedPrecondition) or job.lease_id not in self._held:
             return None  # UNAVAILABLE past the retry budget: the next beat tries again
+        if job.lease_id in self._settling:
+            # Most likely refused because the Ack got there first; if the lease was lost
+            # instead, the Ack is refused too and reports it.
+            return None
         reason, self._outcomes[job.lease_id] = _lost(error)
         return reason
 
@@ -813,6 +820,7 @@ class _Worker(_Settling):
         finally:
             with self._guard:
                 self._held.pop(job.lease_id, None)
+                self._settling.discard(job.lease_id)
                 self._guard.notify_all()
 
     def _settle(
@@ -824,6 +832,7 @@ class _Worker(_Settling):
             # attempt); the stream's close hands it back at once.
             self._report_dropped(job)
             return None
+        self._settling.add(job.lease_id)
         # Retried past a replica restart; past the visibility timeout (when it is longer)
         # the lease has expired and every retry would be refused anyway.
         try:
@@ -1084,6 +1093,7 @@ class _AsyncWorker(_Settling):
             self._report_dropped(job)
         finally:
             self._held.pop(job.lease_id, None)
+            self._settling.discard(job.lease_id)
             self._unstarted.pop(job.lease_id, None)
             self._tasks.pop(job.lease_id, None)
 
@@ -1093,6 +1103,7 @@ class _AsyncWorker(_Settling):
         if job.cancelled.is_set():
             self._report_dropped(job)  # see _Worker._settle
             return None
+        self._settling.add(job.lease_id)
         try:
             if error is None:
                 ack = queue_pb2.AckRequest(lease_id=job.lease_id, result=result or b"")
