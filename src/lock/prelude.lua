@@ -22,14 +22,18 @@ local function parse_lease(info)
   return tonumber(token), tonumber(ttl), owner
 end
 
--- Both structures live exactly as long as the longest lease.
+-- Both structures live exactly as long as the longest lease, which expires at `latest_us`.
+local function expire_at(latest_us)
+  local at = int(math.ceil(latest_us / 1000) + 1)
+  redis.call('PEXPIREAT', KEYS[1], at)
+  redis.call('PEXPIREAT', KEYS[2], at)
+end
+
 local function expire_with_latest()
   local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
   if #latest == 0 then
     redis.call('DEL', KEYS[1], KEYS[2])
   else
-    local at = int(math.ceil(tonumber(latest[2]) / 1000) + 1)
-    redis.call('PEXPIREAT', KEYS[1], at)
-    redis.call('PEXPIREAT', KEYS[2], at)
+    expire_at(tonumber(latest[2]))
   end
 end
