@@ -117,6 +117,8 @@ async fn per_remote_address_limits_count_each_address_with_exact_statuses_and_he
     let over = ask(&mut envoy, "edge_proxy_per_ip", vec![descriptor(&[("remote_address", &ip)])], 0).await;
     assert_eq!(over.overall_code, Code::OverLimit as i32);
     assert_eq!(over.statuses[0].code, Code::OverLimit as i32);
+    // Counters end with their minute, though only a window's first hit sets that.
+    redis.assert_every_key_expires_within(Duration::from_secs(60));
     // Another address has its own counter.
     let other = ask(&mut envoy, "edge_proxy_per_ip", vec![descriptor(&[("remote_address", &unique("10.9"))])], 0).await;
     assert_eq!(other.overall_code, Code::Ok as i32);
@@ -520,4 +522,5 @@ async fn upstream_counting_counts_every_hit_and_headers_follow_the_denying_descr
     let mut look = descriptor(&[("user", &user)]);
     look.hits_addend = Some(0);
     assert_eq!(ask(&mut envoy, "plans", vec![look], 0).await.overall_code, Code::OverLimit as i32);
+    redis.assert_every_key_expires_within(Duration::from_secs(3600));
 }

@@ -72,6 +72,8 @@ async fn fixed_window_admits_exactly_the_limit_under_64_concurrent_callers() {
     }
     assert_eq!(calls, 1000);
     assert_eq!(allowed, 100);
+    // The window's first write set the counter's expiry; the 99 after it kept it.
+    redis.assert_every_key_expires_within(Duration::from_secs(3600));
 
     let mut client = client.clone();
     let denied = check(&mut client, request(vec![item(&key, hourly, 1)])).await;

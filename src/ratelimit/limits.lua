@@ -14,6 +14,42 @@
 -- keeps rounding from denying a request that lands exactly on its emission time.
 local EPSILON = 0.01
 
+-- When a fixed window's counter must be set to expire, ms: only on the window's first write
+-- (`count` 0). Every later write in the window keeps its start, so the expiry that write set
+-- still stands (one command fewer per request).
+local function window_expiry(count, start, period)
+  if count == 0 then
+    return math.ceil((start + period) / 1000)
+  end
+  return nil
+end
+
+-- Applies a write `evaluate` returned (defined first: algorithm 5 writes its own count).
+local function consume(write)
+  local kind, key = write[1], write[2]
+  if kind == 1 then
+    redis.call('HSET', key, 's', int(write[3]), 'c', int(write[4]))
+    if write[5] then
+      redis.call('PEXPIREAT', key, int(write[5]))
+    end
+  elseif kind == 2 then
+    -- Members are unique: at one instant ZCARD only grows, so (now, used + j) never repeats.
+    local used, cost = write[3], write[4]
+    local batch = {}
+    for j = 1, cost do
+      batch[#batch + 1] = int(now)
+      batch[#batch + 1] = int(now) .. ':' .. int(used + j)
+      if #batch >= 1000 or j == cost then
+        redis.call('ZADD', key, unpack(batch))
+        batch = {}
+      end
+    end
+    redis.call('PEXPIRE', key, int(math.ceil(write[5] / 1000)))
+  else
+    redis.call('SET', key, string.format('%.17g', write[3]), 'PX', int(math.max(write[4], 1)))
+  end
+end
+
 -- Evaluates one limit for `cost` units: algorithm (1 fixed window, 2 sliding log, 3 GCRA,
 -- 4 fixed window on the clock's period boundaries, 5 the same counted the way
 -- envoyproxy/ratelimit counts), limit, period µs, burst (GCRA only). Writes nothing but
@@ -44,15 +80,14 @@ local function evaluate(key, algorithm, limit, period, burst, cost, dry_run)
       -- envoyproxy/ratelimit's counting: every hit counts, admitted or not, and on its
       -- own (never held back by another limit of the call).
       if not dry_run and cost > 0 then
-        redis.call('HSET', key, 's', int(start), 'c', int(count + cost))
-        redis.call('PEXPIREAT', key, int(math.ceil((start + period) / 1000)))
+        consume({1, key, start, count + cost, window_expiry(count, start, period)})
       end
       remaining = limit - count - cost
       retry_after = allowed and 0 or window_left
     elseif allowed then
       remaining = limit - count - cost
       retry_after = 0
-      write = {1, key, start, count + cost, math.ceil((start + period) / 1000)}
+      write = {1, key, start, count + cost, window_expiry(count, start, period)}
     else
       -- cost <= limit is validated, so the next window admits it.
       remaining = limit - count
@@ -102,28 +137,4 @@ local function evaluate(key, algorithm, limit, period, burst, cost, dry_run)
     remaining = 0
   end
   return allowed, remaining, reset_after, retry_after, write
-end
-
--- Applies a write `evaluate` returned.
-local function consume(write)
-  local kind, key = write[1], write[2]
-  if kind == 1 then
-    redis.call('HSET', key, 's', int(write[3]), 'c', int(write[4]))
-    redis.call('PEXPIREAT', key, int(write[5]))
-  elseif kind == 2 then
-    -- Members are unique: at one instant ZCARD only grows, so (now, used + j) never repeats.
-    local used, cost = write[3], write[4]
-    local batch = {}
-    for j = 1, cost do
-      batch[#batch + 1] = int(now)
-      batch[#batch + 1] = int(now) .. ':' .. int(used + j)
-      if #batch >= 1000 or j == cost then
-        redis.call('ZADD', key, unpack(batch))
-        batch = {}
-      end
-    end
-    redis.call('PEXPIRE', key, int(math.ceil(write[5] / 1000)))
-  else
-    redis.call('SET', key, string.format('%.17g', write[3]), 'PX', int(math.max(write[4], 1)))
-  end
 end

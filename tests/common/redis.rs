@@ -34,6 +34,18 @@ impl Redis {
         redis::cmd("KEYS").arg("*").query(&mut self.connection()).unwrap()
     }
 
+    /// Asserts that every key expires, within `most`: what a counter's window allows.
+    #[allow(dead_code)]
+    pub fn assert_every_key_expires_within(&self, most: Duration) {
+        let mut connection = self.connection();
+        let keys = self.keys();
+        assert!(!keys.is_empty(), "no keys to look at");
+        for key in keys {
+            let ttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut connection).unwrap();
+            assert!(ttl > 0 && ttl as u128 <= most.as_millis(), "{key}: PTTL {ttl} ms, want (0, {most:?}]");
+        }
+    }
+
     /// Records every message published on Baton's channels from now on.
     pub fn record_published(&self) -> Published {
         let mut connection = self.connection();
