@@ -35,7 +35,6 @@ impl Redis {
     }
 
     /// Asserts that every key expires, within `most`: what a counter's window allows.
-    #[allow(dead_code)]
     pub fn assert_every_key_expires_within(&self, most: Duration) {
         let mut connection = self.connection();
         let keys = self.keys();
