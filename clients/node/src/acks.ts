@@ -1,15 +1,19 @@
 // A worker's acks, coalesced into AckBatch calls.
 //
-// An ack goes out at once when no AckBatch of the worker is in flight; the acks of handlers
-// that finish while one is go out together as the next call when it returns — or sooner, once
-// `maxBatch` of them wait (a full call) or the oldest has waited `ackBatchTuning.delayMs`
-// (10 ms: a call retrying through an outage, or stuck on a frozen replica, does not hold the
-// others back). A call's results stay under 1 MiB. Each ack gets the outcome its single Ack
-// would have had: undefined when acked, a FailedPreconditionError with the result's reason
-// (JOB_NOT_LEASED, JOB_CANCELLED) when not, the call's error when it failed past the lease
-// retry budget (retried on UNAVAILABLE, as Ack is); a call refused as a whole (a result over
-// Baton's limit, more acks than Baton takes, a server without AckBatch) is replaced by one
-// Ack per job. A call carries the OpenTelemetry context of its first ack.
+// When no AckBatch of the worker is in flight, an ack goes out at the end of the event-loop
+// turn that queued it, with every other ack that turn queued: the handlers of one burst of
+// deliveries finish in the same turn, and sending the first ack alone would split each burst
+// into a call of one and a call of the rest (7-9% fewer jobs/s through the worker, measured).
+// The acks of handlers that finish while a call is in flight go out together as the next call
+// when it returns — or sooner, once `maxBatch` of them wait (a full call) or the oldest has
+// waited `ackBatchTuning.delayMs` (10 ms: a call retrying through an outage, or stuck on a
+// frozen replica, does not hold the others back). A call's results stay under 1 MiB. Each ack
+// gets the outcome its single Ack would have had: undefined when acked, a
+// FailedPreconditionError with the result's reason (JOB_NOT_LEASED, JOB_CANCELLED) when not,
+// the call's error when it failed past the lease retry budget (retried on UNAVAILABLE, as Ack
+// is); a call refused as a whole (a result over Baton's limit, more acks than Baton takes, a
+// server without AckBatch) is replaced by one Ack per job. A call carries the OpenTelemetry
+// context of its first ack.
 
 import { status as Status } from "@grpc/grpc-js";
 import { Context, context } from "@opentelemetry/api";
@@ -66,6 +70,7 @@ export class AckBatcher {
   private waiting: PendingAck[] = [];
   private inFlight = 0;
   private timer: NodeJS.Timeout | undefined;
+  private dispatchScheduled = false;
 
   constructor(
     private readonly stub: JobQueueServiceClient,
@@ -80,7 +85,13 @@ export class AckBatcher {
     return new Promise((settle) => {
       this.waiting.push({ request, ctx: context.active(), queuedAt: performance.now(), settle });
       ackBatchTuning.onQueued?.();
-      this.dispatch();
+      if (!this.dispatchScheduled) {
+        this.dispatchScheduled = true;
+        setImmediate(() => {
+          this.dispatchScheduled = false;
+          this.dispatch();
+        });
+      }
     });
   }
 

@@ -175,10 +175,44 @@ test("concurrent handlers ack through fewer AckBatch calls than jobs", async () 
   assert.ok(batches > 0 && batches < jobs && singles === 0, `${batches} AckBatch and ${singles} Ack calls`);
 });
 
+test("acks queued in one event-loop turn go out as one call, the first included", async () => {
+  // The handlers all finish in the turn that the last one starts in: no call is in flight,
+  // yet their acks wait for the end of that turn and go out together.
+  const { client } = await start();
+  const calls = spyOnAckBatch(client, async () => undefined);
+  const jobs = 8;
+  const queue = unique("one-turn");
+  await enqueueBatch(client, queue, jobs);
+  const allRunning = signal();
+  let running = 0;
+  let acked = 0;
+  const stop = new AbortController();
+  const consuming = client.consume(
+    queue,
+    async () => {
+      if (++running === jobs) {
+        allRunning.fire();
+      }
+      await atMost(allRunning.fired, 10_000);
+    },
+    { concurrency: jobs, signal: stop.signal, onSettled: (_job, error) => (acked += error === undefined ? 1 : 0) },
+  );
+  try {
+    await eventually("every job acked", () => acked === jobs, 20_000);
+  } finally {
+    stop.abort();
+    await consuming;
+  }
+  assert.deepEqual(
+    calls.map((call) => [call.leases.length, call.code]),
+    [[jobs, Status.OK]],
+  );
+});
+
 test("a lost lease in a batch is reported as from Ack while the others are acked", async () => {
   // One job's lease is lost while its handler runs (another party nacks the delivery to the
   // dead-letter set, which the worker is not told of); its ack goes out in the same call as
-  // six others.
+  // six others. A first job finishes alone, so that its call is in flight while they finish.
   const { baton, client } = await start();
   const jobs = 8;
   const allQueued = signal();
@@ -190,7 +224,7 @@ test("a lost lease in a batch is reported as from Ack while the others are acked
   });
   const queue = unique("lost");
   const ids = await enqueueBatch(client, queue, jobs);
-  const lost = ids[0];
+  const [first, lost] = ids;
   const runs = new Map<string, number>();
   const leases = new Map<string, string>();
   const acked = new Set<string>();
@@ -207,12 +241,15 @@ test("a lost lease in a batch is reported as from Ack while the others are acked
         allRunning.fire();
       }
       await atMost(allRunning.fired, 10_000);
+      if (job.id === first) {
+        return;
+      }
       if (job.id === lost) {
         const stub = client.stubs.queue;
         const nack = NackRequest.fromPartial({ leaseId: job.leaseId, error: "lost", deadLetter: true });
         await unary(stub.nack.bind(stub), nack);
-        await atMost(firstCallOut.fired, 10_000); // its ack waits for the call in flight
       }
+      await atMost(firstCallOut.fired, 10_000); // their acks wait for the call in flight
     },
     {
       concurrency: jobs,
@@ -274,6 +311,7 @@ test("an ack refused with its batch is sent alone for its own outcome", async ()
   });
   const queue = unique("oversized");
   const ids = await enqueueBatch(client, queue, jobs);
+  const [oversized, first] = ids;
   const allRunning = signal();
   let running = 0;
   const outcomes = new Map<string, unknown>();
@@ -285,11 +323,10 @@ test("an ack refused with its batch is sent alone for its own outcome", async ()
         allRunning.fire();
       }
       await atMost(allRunning.fired, 10_000);
-      if (job.id !== ids[0]) {
-        return "ok";
+      if (job.id !== first) {
+        await atMost(firstCallOut.fired, 10_000); // the rest go out together, after the first
       }
-      await atMost(firstCallOut.fired, 10_000);
-      return Buffer.alloc(2048);
+      return job.id === oversized ? Buffer.alloc(2048) : "ok";
     },
     { concurrency: jobs, signal: stop.signal, onSettled: (job, error) => outcomes.set(job.id, error) },
   );
@@ -299,7 +336,7 @@ test("an ack refused with its batch is sent alone for its own outcome", async ()
     stop.abort();
     await consuming;
   }
-  const refused = outcomes.get(ids[0]);
+  const refused = outcomes.get(oversized);
   assert.ok(refused instanceof InvalidArgumentError && refused.field === "result", `reported ${String(refused)}`);
   assert.ok(
     ids.slice(1).every((id) => outcomes.get(id) === undefined),
