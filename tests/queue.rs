@@ -307,6 +307,48 @@ async fn priorities_first_then_fifo_within_a_priority() {
     }
 }
 
+/// A delivered job travels from Redis packed (fetch.lua's cmsgpack): every length class of
+/// msgpack string and every byte value arrives as enqueued, and so does each field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_carry_every_payload_size_and_byte_exactly() {
+    let redis = Redis::start();
+    let baton = Server::start(&redis.url(), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("packed");
+    // The bounds of msgpack's fixstr, str8, str16 and str32, and the largest payload allowed.
+    let sizes = [0, 1, 31, 32, 255, 256, 65_535, 65_536, 1024 * 1024];
+    let mut sent = HashMap::new();
+    for (n, size) in sizes.into_iter().enumerate() {
+        let payload: Vec<u8> = (0..size).map(|i| ((i * 7 + n) % 256) as u8).collect();
+        let request = EnqueueRequest {
+            r#type: format!("tÿpe-{size}"),
+            priority: n as i32 - 4,
+            max_attempts: 3 + n as u32,
+            payload: payload.clone(),
+            ..job(&queue, "")
+        };
+        sent.insert(enqueue(&mut queues, request).await, (n, payload));
+    }
+    let mut stream = consume(&mut queues, &queue, sizes.len() as u32, Duration::from_secs(30)).await;
+    for _ in 0..sizes.len() {
+        let delivery = next_delivery(&mut stream, PATIENCE).await.expect("delivered");
+        let job = delivery.job.as_ref().unwrap();
+        let (n, payload) = sent.remove(&job.job_id).expect("a job enqueued once, delivered once");
+        assert!(
+            job.payload == payload,
+            "job {n}: payload of {} bytes arrived as {} bytes",
+            payload.len(),
+            job.payload.len()
+        );
+        assert_eq!(
+            (job.r#type.as_str(), job.priority, job.max_attempts, job.attempts, delivery.attempt),
+            (format!("tÿpe-{}", payload.len()).as_str(), n as i32 - 4, 3 + n as u32, 1, 1),
+        );
+        assert_eq!(JobState::try_from(job.state).unwrap(), JobState::Active);
+        ack(&mut queues, &delivery).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_job_is_never_delivered_early() {
     let redis = Redis::start();

@@ -504,9 +504,9 @@ impl QueueManager {
         }
         let mut deliveries = Vec::with_capacity(fields.len().saturating_sub(2));
         for index in 2..fields.len() {
-            let mut delivery = fields.take_fields(index)?;
+            let delivery = fields.take_fields(index)?;
             let job_id = delivery.string(0)?;
-            let job = decode_job(queue, &job_id, delivery.take_fields(4)?.take_pairs(0)?)?;
+            let job = decode_job(queue, &job_id, delivery.packed_pairs(4)?)?;
             deliveries.push(Delivery {
                 attempt: delivery.uint(1)? as u32,
                 lease: LeaseRef { queue: queue.to_owned(), job_id, token: delivery.string(2)? },
@@ -694,7 +694,7 @@ impl QueueManager {
         if fields.is_empty() {
             return Ok(None);
         }
-        decode_job(&queue, job_id, fields.into_iter().collect()).map(Some)
+        decode_job(&queue, job_id, fields.iter().map(|(name, value)| (name.as_bytes(), value.as_slice()))).map(Some)
     }
 
     /// Cancels a job; returns whether it was cancelled and its state afterwards (None: no such job).
@@ -759,7 +759,11 @@ impl QueueManager {
         for (id, fields) in ids.iter().zip(hashes) {
             // An entry whose job hash has expired is a leftover for the next sweep.
             if !fields.is_empty() {
-                jobs.push(decode_job(queue, id, fields.into_iter().collect())?);
+                jobs.push(decode_job(
+                    queue,
+                    id,
+                    fields.iter().map(|(name, value)| (name.as_bytes(), value.as_slice())),
+                )?);
             }
         }
         Ok((jobs, more))
@@ -980,38 +984,64 @@ fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-fn decode_job(queue: &str, job_id: &str, fields: Vec<(String, Vec<u8>)>) -> Result<Job, Error> {
-    let fields: HashMap<String, Vec<u8>> = fields.into_iter().collect();
-    let text = |name: &str| fields.get(name).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-    let number = |name: &str| text(name).parse::<f64>().unwrap_or(0.0);
-    let state = JobState::parse(&text("state")).ok_or_else(|| Error::Internal(format!("job {job_id} has no state")))?;
-    let finished_at = number("finished_at") as u64;
-    Ok(Job {
+/// A job from its hash's fields, in any order (those it does not know are skipped).
+fn decode_job<'a>(
+    queue: &str,
+    job_id: &str,
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<Job, Error> {
+    let text = |value: &[u8]| String::from_utf8_lossy(value).into_owned();
+    let number =
+        |value: &[u8]| std::str::from_utf8(value).ok().and_then(|text| text.parse::<f64>().ok()).unwrap_or(0.0);
+    let mut job = Job {
         job_id: job_id.to_owned(),
         queue: queue.to_owned(),
-        job_type: text("type"),
-        payload: fields.get("payload").cloned().unwrap_or_default(),
-        priority: number("priority") as i32,
-        state,
-        attempts: number("attempts") as u32,
-        max_attempts: number("max_attempts") as u32,
-        created_at_micros: number("created_at") as u64,
-        run_at_micros: number("run_at") as u64,
-        last_error: text("last_error"),
-        result: fields.get("result").cloned().unwrap_or_default(),
-        dedup_key: text("dedup_key"),
-        backoff: Backoff {
-            initial: Duration::from_micros(number("backoff_initial") as u64),
-            max: Duration::from_micros(number("backoff_max") as u64),
-            multiplier: number("backoff_multiplier"),
-        },
-        finished_at_micros: (finished_at > 0).then_some(finished_at),
-        trace_context: text("trace"),
-        group: text("group"),
-        progress: fields.contains_key("progress_at").then(|| Progress {
-            value: number("progress"),
-            detail: fields.get("progress_detail").cloned().unwrap_or_default(),
-            reported_at_micros: number("progress_at") as u64,
-        }),
-    })
+        job_type: String::new(),
+        payload: Vec::new(),
+        priority: 0,
+        state: JobState::Ready,
+        attempts: 0,
+        max_attempts: 0,
+        created_at_micros: 0,
+        run_at_micros: 0,
+        last_error: String::new(),
+        result: Vec::new(),
+        dedup_key: String::new(),
+        backoff: Backoff { initial: Duration::ZERO, max: Duration::ZERO, multiplier: 0.0 },
+        finished_at_micros: None,
+        trace_context: String::new(),
+        progress: None,
+        group: String::new(),
+    };
+    let mut state = None;
+    let (mut progress, mut progress_detail, mut progress_at) = (0.0, Vec::new(), None);
+    for (name, value) in fields {
+        match name {
+            b"type" => job.job_type = text(value),
+            b"payload" => job.payload = value.to_vec(),
+            b"priority" => job.priority = number(value) as i32,
+            b"state" => state = std::str::from_utf8(value).ok().and_then(JobState::parse),
+            b"attempts" => job.attempts = number(value) as u32,
+            b"max_attempts" => job.max_attempts = number(value) as u32,
+            b"created_at" => job.created_at_micros = number(value) as u64,
+            b"run_at" => job.run_at_micros = number(value) as u64,
+            b"last_error" => job.last_error = text(value),
+            b"result" => job.result = value.to_vec(),
+            b"dedup_key" => job.dedup_key = text(value),
+            b"backoff_initial" => job.backoff.initial = Duration::from_micros(number(value) as u64),
+            b"backoff_max" => job.backoff.max = Duration::from_micros(number(value) as u64),
+            b"backoff_multiplier" => job.backoff.multiplier = number(value),
+            b"finished_at" => job.finished_at_micros = Some(number(value) as u64).filter(|at| *at > 0),
+            b"trace" => job.trace_context = text(value),
+            b"group" => job.group = text(value),
+            b"progress" => progress = number(value),
+            b"progress_detail" => progress_detail = value.to_vec(),
+            b"progress_at" => progress_at = Some(number(value) as u64),
+            _ => {}
+        }
+    }
+    job.state = state.ok_or_else(|| Error::Internal(format!("job {job_id} has no state")))?;
+    job.progress =
+        progress_at.map(|reported_at_micros| Progress { value: progress, detail: progress_detail, reported_at_micros });
+    Ok(job)
 }

@@ -237,6 +237,40 @@ impl Fields {
         }
         Ok(pairs)
     }
+
+    /// The name/value pairs of a hash that a script packed as
+    /// `cmsgpack.pack(redis.call('HGETALL', key))`, borrowed from the reply.
+    pub fn packed_pairs(&self, index: usize) -> Result<Vec<Pair<'_>>, StoreError> {
+        let mut packed = match self.values.get(index) {
+            Some(Value::BulkString(bytes)) => bytes.as_slice(),
+            other => return Err(unexpected(format!("field {index}: expected a packed hash, got {other:?}"))),
+        };
+        let malformed = |what: &str| unexpected(format!("field {index}: packed hash: {what}"));
+        let count = rmp::decode::read_array_len(&mut packed).map_err(|_| malformed("expected an array"))?;
+        if count % 2 != 0 {
+            return Err(malformed("an odd number of values"));
+        }
+        // Each value takes a byte at least: a count beyond that is a malformed reply, not an
+        // allocation to make.
+        let mut pairs = Vec::with_capacity((count as usize / 2).min(packed.len() / 2));
+        for _ in 0..count / 2 {
+            let name = packed_string(&mut packed).ok_or_else(|| malformed("expected a string"))?;
+            let value = packed_string(&mut packed).ok_or_else(|| malformed("expected a string"))?;
+            pairs.push((name, value));
+        }
+        Ok(pairs)
+    }
+}
+
+/// A hash field's name and value, borrowed from a reply.
+pub type Pair<'a> = (&'a [u8], &'a [u8]);
+
+/// The next msgpack string of `packed`, which moves past it.
+fn packed_string<'a>(packed: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = rmp::decode::read_str_len(packed).ok()? as usize;
+    let value = packed.get(..len)?;
+    *packed = &packed[len..];
+    Some(value)
 }
 
 fn unexpected(what: String) -> StoreError {
@@ -342,6 +376,29 @@ mod tests {
         assert!(fields.take_bytes(0).is_err(), "taken once");
         assert_eq!(fields.take_pairs(1).unwrap(), vec![("a".to_owned(), b"1".to_vec())]);
         assert!(fields.take_pairs(0).is_err(), "a nil where a name belongs");
+    }
+
+    #[test]
+    fn packed_hashes_decode_and_malformed_ones_are_errors() {
+        // What cmsgpack.pack({'a', <40 x>, 'b', ''}) answers: a fixarray, a fixstr, a str8.
+        let mut packed = vec![0x94, 0xa1, b'a', 0xd9, 40];
+        packed.extend([b'x'; 40]);
+        packed.extend([0xa1, b'b', 0xa0]);
+        let fields = Fields { values: vec![Value::BulkString(packed.clone()), Value::Int(1)] };
+        assert_eq!(fields.packed_pairs(0).unwrap(), vec![(&b"a"[..], &[b'x'; 40][..]), (&b"b"[..], &b""[..])]);
+        let malformed = [
+            packed[..packed.len() - 1].to_vec(),      // the last string missing
+            vec![0x93, 0xa1, b'a', 0xa1, b'b', 0xa0], // an odd count
+            vec![0xdd, 0xff, 0xff, 0xff, 0xff, 0xa0], // a count far beyond the bytes
+            vec![0x92, 0x01, 0xa0],                   // a number where a name belongs
+            vec![0xdb, 0xff, 0xff, 0xff, 0xff],       // not an array
+            Vec::new(),
+        ];
+        for bytes in malformed {
+            let fields = Fields { values: vec![Value::BulkString(bytes.clone())] };
+            assert!(fields.packed_pairs(0).is_err(), "{bytes:?}");
+        }
+        assert!(fields.packed_pairs(1).is_err(), "an integer is not a packed hash");
     }
 
     #[test]
