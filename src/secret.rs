@@ -14,7 +14,13 @@ pub fn random_hex(count: usize) -> String {
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 /// Whether `text` is exactly `count` bytes in lowercase hex, as [`random_hex`] makes them.
@@ -33,5 +39,6 @@ mod tests {
         assert!(is_hex(&a, 16));
         assert!(!is_hex(&a.to_uppercase(), 16));
         assert!(!is_hex(&a, 8));
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
     }
 }

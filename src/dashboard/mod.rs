@@ -397,7 +397,7 @@ struct Notice {
 const LOGIN_COOKIE: &str = "baton_login";
 
 async fn login_page(jar: CookieJar, viewer: Viewer) -> Response {
-    let token = uuid::Uuid::new_v4().simple().to_string();
+    let token = crate::secret::random_hex(16);
     let cookie =
         Cookie::build((LOGIN_COOKIE, token.clone())).path("/login").http_only(true).same_site(SameSite::Strict).build();
     let page = LoginPage { chrome: viewer.chrome("Sign in", "login"), failed: false, token };

@@ -49,10 +49,15 @@ pub fn new_stream_id() -> String {
     crate::secret::random_hex(STREAM_ID_BYTES)
 }
 
-/// A lease token: the stream's id, then 64 random bits of its own. Both halves come from
-/// the OS CSPRNG, so the whole token is 128 unguessable bits.
-pub(super) fn new_lease_token(stream_id: &str) -> String {
-    format!("{stream_id}{}", crate::secret::random_hex(LEASE_TOKEN_BYTES - STREAM_ID_BYTES))
+/// `count` lease tokens: each the stream's id, then 64 random bits of its own. Both halves
+/// come from the OS CSPRNG, so a whole token is 128 unguessable bits. One read of it serves
+/// them all: a read per token was most of baton's system calls under a busy queue.
+pub(super) fn new_lease_tokens(stream_id: &str, count: usize) -> Vec<String> {
+    let own = LEASE_TOKEN_BYTES - STREAM_ID_BYTES;
+    crate::secret::random_bytes(count * own)
+        .chunks(own)
+        .map(|bytes| format!("{stream_id}{}", crate::secret::hex(bytes)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -63,8 +68,12 @@ mod tests {
     fn job_and_lease_ids_carry_their_queue() {
         let job_id = new_job_id("emails:high");
         assert_eq!(queue_of_job(&job_id).as_deref(), Some("emails:high"));
-        let lease =
-            LeaseRef { queue: "emails:high".into(), job_id: job_id.clone(), token: new_lease_token(&new_stream_id()) };
+        let stream_id = new_stream_id();
+        let tokens = new_lease_tokens(&stream_id, 3);
+        assert_eq!(tokens.len(), 3);
+        assert!(tokens.iter().all(|token| token.starts_with(&stream_id)));
+        assert!(tokens[0] != tokens[1] && tokens[1] != tokens[2], "{tokens:?}");
+        let lease = LeaseRef { queue: "emails:high".into(), job_id: job_id.clone(), token: tokens[0].clone() };
         assert_eq!(LeaseRef::parse(&lease.lease_id()), Some(lease));
     }
 

@@ -32,7 +32,7 @@ use crate::store::{Arg, Command, Fields, KeyBuilder, Outcome, Pipeline, Script, 
 pub use consumer::{ConsumeOptions, Consumer, ConsumerEvent, Steering};
 pub use events::{EventKind, JobWatch, QueueEvent, Watched};
 pub use ids::{LeaseRef, new_job_id, queue_of_job};
-use ids::{STREAM_ID_BYTES, new_lease_token};
+use ids::{STREAM_ID_BYTES, new_lease_tokens};
 use keys::QueueKeys;
 use settlement::LocalStreams;
 pub use settlement::{LocalStream, SettledInbox};
@@ -483,7 +483,7 @@ impl QueueManager {
     ) -> Result<(Vec<Delivery>, Option<Duration>), Error> {
         let queue_keys = self.queue_keys(queue);
         let (job_prefix, channel) = (queue_keys.job_prefix(), queue_keys.channel());
-        let tokens: Vec<String> = (0..count).map(|_| new_lease_token(stream_id)).collect();
+        let tokens = new_lease_tokens(stream_id, count);
         let mut args: Vec<Arg> = vec![
             (&job_prefix).into(),
             count.into(),
