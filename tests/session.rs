@@ -152,6 +152,35 @@ async fn idle_timeout_slides_with_touches_and_the_absolute_timeout_does_not() {
     assert_eq!(get(&mut sessions, &peeked, true).await.unwrap_err().code(), Code::NotFound);
 }
 
+/// A session travels from Redis packed (session_reply's cmsgpack): values at every msgpack
+/// string length bound and of every byte value, and non-ASCII keys, arrive as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_values_of_every_size_and_byte_arrive_exactly() {
+    let redis = Redis::start();
+    // Room for a value past str16's bound (the default limit is 64 KiB a session).
+    let baton = Server::start(&redis.url(), &["--session-max-bytes", "262144"]);
+    let mut sessions = baton.sessions().await;
+    let data: HashMap<String, Vec<u8>> = [0usize, 1, 31, 32, 255, 256, 65_535, 65_536]
+        .into_iter()
+        .map(|size| (format!("clé-{size}"), (0..size).map(|i| ((i * 13 + size) % 256) as u8).collect()))
+        .collect();
+    let request = CreateSessionRequest {
+        data: data.clone(),
+        attributes: HashMap::from([("agent".to_owned(), "ünïcode/1.0".to_owned())]),
+        ..create_request(&unique("sizes"))
+    };
+    let (id, created) = create(&mut sessions, request).await;
+    for session in [created, get(&mut sessions, &id, false).await.unwrap()] {
+        assert_eq!(session.data.len(), data.len());
+        for (key, value) in &data {
+            assert!(session.data.get(key) == Some(value), "{key}: {} bytes arrived otherwise", value.len());
+        }
+        assert_eq!(session.attributes.get("agent").map(String::as_str), Some("ünïcode/1.0"));
+        assert_eq!(session.version, 1);
+        assert!(session.absolute_expires_at.is_some() && !session.handle.is_empty());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_moves_the_data_and_kills_the_old_id() {
     let redis = Redis::start();

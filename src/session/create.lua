@@ -2,7 +2,7 @@
 -- KEYS[1] session
 -- ARGV: subject, handle, idle_timeout µs, absolute_timeout µs, size, then n_data, data
 --       key/value pairs, then n_attributes, attribute key/value pairs
--- Returns {1, HGETALL of the new session}, or {0, 'SESSION_EXISTS'} when the id is taken.
+-- Returns {1, the new session's packed HGETALL}, or {0, 'SESSION_EXISTS'} when the id is taken.
 if redis.call('EXISTS', KEYS[1]) == 1 and live(KEYS[1]) then
   return {0, 'SESSION_EXISTS'}
 end

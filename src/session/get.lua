@@ -1,5 +1,5 @@
 -- Reads a session, sliding its idle deadline unless ARGV[1] is "0".
--- KEYS[1] session.  Returns {1, its HGETALL}, {0, 'MISSING'}, or {0, 'EXPIRED'} when it had just expired
+-- KEYS[1] session.  Returns {1, its packed HGETALL}, {0, 'MISSING'}, or {0, 'EXPIRED'} when it had just expired
 -- (deleted now).
 local session = live(KEYS[1])
 if not session then

@@ -9,7 +9,7 @@
 pub mod grpc;
 mod keys;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -564,30 +564,35 @@ fn decode(reply: Reply) -> Result<Option<Session>, Error> {
     }
 }
 
-/// A session from its hash's fields, as every script's `{1, HGETALL}` carries them.
-fn session_from(mut fields: crate::store::Fields) -> Result<Session, Error> {
-    let fields: HashMap<String, Vec<u8>> = fields.take_pairs(0)?.into_iter().collect();
-    let text = |name: &str| fields.get(name).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-    let number = |name: &str| text(name).parse::<u64>().unwrap_or(0);
-    if !fields.contains_key("abs_exp") {
-        return Err(Error::Internal("session script returned a hash without deadlines".into()));
-    }
-    let mut session = Session {
-        handle: text("handle"),
-        subject: text("subject"),
-        version: number("ver"),
-        created_at_micros: number("created"),
-        last_seen_at_micros: number("last_seen"),
-        idle_expires_at_micros: number("idle_exp"),
-        absolute_expires_at_micros: number("abs_exp"),
-        ..Session::default()
-    };
-    for (name, value) in fields {
-        if let Some(key) = name.strip_prefix("d:") {
-            session.data.insert(key.to_owned(), value);
-        } else if let Some(key) = name.strip_prefix("a:") {
-            session.attributes.insert(key.to_owned(), String::from_utf8_lossy(&value).into_owned());
+/// A session from its hash's fields, as every script's `{1, packed HGETALL}` carries them.
+fn session_from(fields: crate::store::Fields) -> Result<Session, Error> {
+    let text = |value: &[u8]| String::from_utf8_lossy(value).into_owned();
+    let number = |value: &[u8]| std::str::from_utf8(value).ok().and_then(|text| text.parse::<u64>().ok()).unwrap_or(0);
+    let mut session = Session::default();
+    let mut has_deadlines = false;
+    for (name, value) in fields.packed_pairs(0)? {
+        match name {
+            b"handle" => session.handle = text(value),
+            b"subject" => session.subject = text(value),
+            b"ver" => session.version = number(value),
+            b"created" => session.created_at_micros = number(value),
+            b"last_seen" => session.last_seen_at_micros = number(value),
+            b"idle_exp" => session.idle_expires_at_micros = number(value),
+            b"abs_exp" => {
+                session.absolute_expires_at_micros = number(value);
+                has_deadlines = true;
+            }
+            _ => {
+                if let Some(key) = name.strip_prefix(b"d:") {
+                    session.data.insert(text(key), value.to_vec());
+                } else if let Some(key) = name.strip_prefix(b"a:") {
+                    session.attributes.insert(text(key), text(value));
+                }
+            }
         }
+    }
+    if !has_deadlines {
+        return Err(Error::Internal("session script returned a hash without deadlines".into()));
     }
     Ok(session)
 }

@@ -34,11 +34,10 @@ local function touch(key, session)
   end
 end
 
--- The reply for a session: {1, then its HGETALL}.
+-- The reply for a session: {1, its HGETALL packed by cmsgpack}. Packed, the session is one
+-- value of the reply rather than two per field: parsing a reply costs baton per value.
 local function session_reply(key)
-  local reply = redis.call('HGETALL', key)
-  table.insert(reply, 1, 1)
-  return reply
+  return {1, cmsgpack.pack(redis.call('HGETALL', key))}
 end
 
 -- Takes a live session away from `key`: its deadlines and its fields, or nil when it is

@@ -1,6 +1,6 @@
 -- Writes a session taken by `take.lua` under its new id, keeping data, version and
 -- deadlines. KEYS[1] new session; ARGV[1] new handle, then the taken field/value pairs.
--- Returns {1, HGETALL of the new session}, or {0, 'MISSING'} when its deadlines have passed
+-- Returns {1, the new session's packed HGETALL}, or {0, 'MISSING'} when its deadlines have passed
 -- meanwhile.
 local fields = {}
 for i = 2, #ARGV, 2 do

@@ -1,7 +1,7 @@
 -- Moves a live session to a new id: same data, version and deadlines; the old id is dead
 -- in the same step.
 -- KEYS[1] old session  KEYS[2] new session;  ARGV[1] new handle
--- Returns {1, HGETALL of the new session}, or {0, 'MISSING'} when the old one is missing or
+-- Returns {1, the new session's packed HGETALL}, or {0, 'MISSING'} when the old one is missing or
 -- expired.
 -- (Both keys in one script: on a single Redis or Sentinel. On a Redis Cluster the two keys
 -- are in different slots, and take.lua then put.lua do the same in two steps.)

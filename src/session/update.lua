@@ -3,7 +3,7 @@
 -- KEYS[1] session
 -- ARGV: if_version (0 = none), max data bytes, new idle timeout µs (0 = keep), new absolute
 --       timeout µs from creation (0 = keep), n_set, key/value pairs, n_remove, keys
--- Returns {1, HGETALL}, {0, 'MISSING'} when missing or expired, {0, 'VERSION_MISMATCH'} /
+-- Returns {1, its packed HGETALL}, {0, 'MISSING'} when missing or expired, {0, 'VERSION_MISMATCH'} /
 -- {0, 'TOO_LARGE'}, or
 -- {0, 'ENDED', subject} when the new absolute deadline had already passed (session deleted).
 local session = live(KEYS[1])
