@@ -694,7 +694,7 @@ impl QueueManager {
         if fields.is_empty() {
             return Ok(None);
         }
-        decode_job(&queue, job_id, fields.iter().map(|(name, value)| (name.as_bytes(), value.as_slice()))).map(Some)
+        decode_job_hash(&queue, job_id, &fields).map(Some)
     }
 
     /// Cancels a job; returns whether it was cancelled and its state afterwards (None: no such job).
@@ -759,11 +759,7 @@ impl QueueManager {
         for (id, fields) in ids.iter().zip(hashes) {
             // An entry whose job hash has expired is a leftover for the next sweep.
             if !fields.is_empty() {
-                jobs.push(decode_job(
-                    queue,
-                    id,
-                    fields.iter().map(|(name, value)| (name.as_bytes(), value.as_slice())),
-                )?);
+                jobs.push(decode_job_hash(queue, id, &fields)?);
             }
         }
         Ok((jobs, more))
@@ -982,6 +978,11 @@ where
 
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A job read back with a plain `HGETALL` (GetJob, ListJobs).
+fn decode_job_hash(queue: &str, job_id: &str, fields: &HashMap<String, Vec<u8>>) -> Result<Job, Error> {
+    decode_job(queue, job_id, fields.iter().map(|(name, value)| (name.as_bytes(), value.as_slice())))
 }
 
 /// A job from its hash's fields, in any order (those it does not know are skipped).
