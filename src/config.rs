@@ -174,6 +174,13 @@ pub struct Flags {
     #[arg(long, env = "BATON_MAX_CONNECTION_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
 
+    /// Threads that serve requests (1..=1024). Default: the CPUs this process may use (its
+    /// affinity and cgroup quota). Fewer where baton shares its cores with Redis or other
+    /// busy processes: threads that outnumber the free cores cost CPU in wake-ups and
+    /// context switches (docs/operations.md).
+    #[arg(long, env = "BATON_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// Certificate chain (PEM) to serve gRPC over TLS; with `--tls-key`. The files are
     /// re-read when they change, so certificates rotate without a restart.
     #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key")]
@@ -416,7 +423,7 @@ impl Config {
              queue_retention={:?} queue_dead_retention={:?} queue_keep_succeeded={} queue_keep_dead={} \
              queue_visibility_timeout={:?} queue_max_in_flight={} \
              session_idle_timeout={:?} session_absolute_timeout={:?} session_max_bytes={} session_max_per_subject={} \
-             max_connection_age={:?} tls={} mtls={} \
+             max_connection_age={:?} worker_threads={} tls={} mtls={} \
              limits={:?} server={:?} policies=[{}]",
             self.flags.listen,
             self.flags.metrics_listen,
@@ -440,6 +447,7 @@ impl Config {
             self.flags.session_max_bytes,
             self.flags.session_max_per_subject,
             self.flags.max_connection_age,
+            self.flags.worker_threads.map_or_else(|| "auto".to_owned(), |threads| threads.to_string()),
             self.flags.tls_cert.is_some(),
             self.flags.tls_client_ca.is_some(),
             self.limits,
@@ -533,6 +541,23 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_flag_and_its_environment_twin_are_documented() {
+        use clap::CommandFactory;
+        let documented = include_str!("../docs/configuration.md");
+        for arg in Flags::command().get_arguments() {
+            let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else { continue };
+            assert!(documented.contains(&format!("`--{long}`")), "--{long} missing from docs/configuration.md");
+            let env = env.to_string_lossy();
+            // Grouped rows abbreviate a twin's shared prefix (`BATON_TLS_CERT`, `…_KEY`).
+            let suffix = env.rsplit('_').next().unwrap_or(&env);
+            assert!(
+                documented.contains(&format!("`{env}`")) || documented.contains(&format!("`…_{suffix}`")),
+                "{env} missing from docs/configuration.md"
+            );
+        }
+    }
 
     #[test]
     fn redacts_passwords() {

@@ -13,8 +13,7 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     // rediss:// connections use the process-wide rustls provider; the listener names its own.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let flags = Flags::parse();
@@ -25,6 +24,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.flags.worker_threads {
+        runtime.worker_threads(threads.into());
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(serve(config)),
+        Err(err) => {
+            eprintln!("baton: cannot start the runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
     let traces = match traces::start(&config.flags) {
         Ok(traces) => traces,
         Err(err) => {

@@ -78,6 +78,27 @@ async fn embedded_redis_dies_with_a_sigkilled_baton() {
     eventually(PATIENCE, "embedded redis-server gone after SIGKILL", || async move { !process_alive(redis_pid) }).await;
 }
 
+/// The names of `pid`'s threads that run tokio's workers.
+fn worker_threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.trim() == "tokio-rt-worker")
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_threads_serve_as_many_as_asked() {
+    let redis = Redis::start();
+    for threads in ["1", "3"] {
+        let baton = Baton::start(Some(&redis.url()), &["--worker-threads", threads]);
+        let mut health = baton.health().await;
+        assert_eq!(health_status(&mut health, "").await, Some(ServingStatus::Serving));
+        assert_eq!(worker_threads_of(baton.pid()).to_string(), threads);
+        assert!(baton.logs().iter().any(|line| line.contains(&format!("worker_threads={threads} "))));
+    }
+}
+
 #[test]
 fn bad_configuration_exits_non_zero_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -94,6 +115,12 @@ fn bad_configuration_exits_non_zero_with_a_clear_message() {
     let output = Command::new(env!("CARGO_BIN_EXE_baton")).args(["--redis-timeout", "soon"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--redis-timeout"));
+
+    for threads in ["0", "1025", "many"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_baton")).args(["--worker-threads", threads]).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "--worker-threads {threads}");
+        assert!(String::from_utf8_lossy(&output.stderr).contains("--worker-threads"));
+    }
 
     let output = Command::new(env!("CARGO_BIN_EXE_baton"))
         .args([
