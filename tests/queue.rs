@@ -349,6 +349,58 @@ async fn deliveries_carry_every_payload_size_and_byte_exactly() {
     }
 }
 
+/// The next `deliveries` event of a stream opened with `batch_deliveries`.
+async fn next_batch(stream: &mut tonic::Streaming<ConsumeResponse>) -> Vec<Delivery> {
+    match next_event(stream, PATIENCE).await {
+        Some(consume_response::Event::Deliveries(batch)) => batch.deliveries,
+        other => panic!("expected a batch of deliveries, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_deliveries_bring_a_fetch_in_few_messages_each_under_the_byte_bound() {
+    let redis = Redis::start();
+    let baton = Server::start(&redis.url(), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("batched");
+    let requests = (0..100).map(|i| job(&queue, &format!("small-{i}"))).collect();
+    queues.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap();
+    let request = ConsumeRequest {
+        queue: queue.clone(),
+        max_in_flight: 200,
+        visibility_timeout: Some(duration_to_proto(Duration::from_secs(30))),
+        batch_deliveries: true,
+        ..Default::default()
+    };
+    let mut stream = queues.consume(tokio_stream::once(request)).await.unwrap().into_inner();
+
+    // Ready before the stream opened: one fetch takes them all, in one message or few.
+    let (mut payloads, mut messages, mut leases) = (Vec::new(), 0, Vec::new());
+    while payloads.len() < 100 {
+        messages += 1;
+        for delivery in next_batch(&mut stream).await {
+            payloads.push(String::from_utf8(delivery.job.unwrap().payload).unwrap());
+            leases.push(AckRequest { lease_id: delivery.lease_id, result: Vec::new() });
+        }
+    }
+    assert!(messages <= 5, "100 ready jobs came in {messages} messages");
+    assert_eq!(payloads, (0..100).map(|i| format!("small-{i}")).collect::<Vec<_>>(), "each once, in order");
+    let results = queues.ack_batch(AckBatchRequest { acks: leases }).await.unwrap().into_inner().results;
+    assert!(results.iter().all(|result| result.acked));
+
+    // Large payloads: no batch holds more than 1 MiB of them, so each of these goes alone.
+    let large = 700 * 1024;
+    let requests = (0..3).map(|i| EnqueueRequest { payload: vec![i; large], ..job(&queue, "") }).collect();
+    queues.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap();
+    let mut received = Vec::new();
+    while received.len() < 3 {
+        let batch = next_batch(&mut stream).await;
+        assert_eq!(batch.len(), 1, "two payloads of {large} bytes in one batch");
+        received.extend(batch.into_iter().map(|delivery| delivery.job.unwrap().payload));
+    }
+    assert_eq!(received, (0..3).map(|i| vec![i; large]).collect::<Vec<_>>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_job_is_never_delivered_early() {
     let redis = Redis::start();

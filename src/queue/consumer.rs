@@ -30,7 +30,13 @@ pub struct ConsumeOptions {
     pub types: Vec<String>,
     pub max_in_flight: usize,
     pub visibility: Duration,
+    /// Send each fetch's jobs together ([`ConsumerEvent::DeliveredBatch`]).
+    pub batch_deliveries: bool,
 }
+
+/// Most job payload bytes in one [`ConsumerEvent::DeliveredBatch`]: a batch stays far below
+/// gRPC's 4 MiB message limit, whatever the jobs carry besides their payloads.
+pub const BATCH_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// A steering message from the client.
 pub struct Steering {
@@ -47,6 +53,8 @@ type SteeringStream = Pin<Box<dyn Stream<Item = Result<Steering, Status>> + Send
 #[allow(clippy::large_enum_variant)]
 pub enum ConsumerEvent {
     Delivered(Delivery),
+    /// Jobs of one fetch, for a stream that asked for them together.
+    DeliveredBatch(Vec<Delivery>),
     /// A held job was cancelled: the worker should stop it.
     Cancelled(LeaseRef),
     /// The stream ends with this error (the last event).
@@ -64,6 +72,7 @@ pub struct Consumer {
     types: Vec<String>,
     max_in_flight: usize,
     visibility: Duration,
+    batch_deliveries: bool,
     sender: mpsc::Sender<ConsumerEvent>,
     shutdown: CancellationToken,
     /// The client's steering messages; None once it half-closed.
@@ -137,6 +146,7 @@ impl Consumer {
             types: options.types,
             max_in_flight: options.max_in_flight,
             visibility: options.visibility,
+            batch_deliveries: options.batch_deliveries,
             sender,
             shutdown,
             requests: Some(Box::pin(steering)),
@@ -291,24 +301,23 @@ impl Consumer {
         let (deliveries, next_event) =
             self.queues.fetch(&self.queue, &self.stream_id, credit, self.visibility, &self.types).await?;
         let filled = !deliveries.is_empty() && deliveries.len() == credit;
-        let mut deliveries = deliveries.into_iter();
-        while let Some(mut delivery) = deliveries.next() {
-            // A span per delivery, in the enqueuer's trace, rather than one held open for
-            // the stream's life; the worker continues from it.
-            let span = crate::traces::message_span(
-                "deliver",
-                "queue",
-                &self.queue,
-                self.trace.as_ref(),
-                &delivery.job.trace_context,
-            );
-            crate::traces::record_message(&span, &delivery.job.job_id, delivery.attempt);
-            delivery.trace_context = crate::traces::delivery_context(&span, &delivery.job.trace_context);
-            let lease = delivery.lease.clone();
-            // Counted as held before sending: if the send fails, hand_back returns it.
-            self.held.push(lease);
-            if self.sender.send(ConsumerEvent::Delivered(delivery)).await.is_err() {
-                // The rest of the batch is leased to this stream too: hand it all back now,
+        let mut deliveries = deliveries.into_iter().peekable();
+        while let Some(first) = deliveries.next() {
+            let event = if self.batch_deliveries {
+                let mut payload_bytes = first.job.payload.len();
+                let mut batch = vec![self.deliver(first)];
+                while let Some(delivery) =
+                    deliveries.next_if(|next| payload_bytes + next.job.payload.len() <= BATCH_PAYLOAD_BYTES)
+                {
+                    payload_bytes += delivery.job.payload.len();
+                    batch.push(self.deliver(delivery));
+                }
+                ConsumerEvent::DeliveredBatch(batch)
+            } else {
+                ConsumerEvent::Delivered(self.deliver(first))
+            };
+            if self.sender.send(event).await.is_err() {
+                // The rest of the fetch is leased to this stream too: hand it all back now,
                 // not after the visibility timeout (a FIFO group would wait that long).
                 self.held.extend(deliveries.map(|delivery| delivery.lease));
                 return Ok(Next::ClientGone);
@@ -320,6 +329,24 @@ impl Consumer {
         }
         let until_next = next_event.map(|d| d + Duration::from_millis(1)).unwrap_or(SAFETY_RECHECK);
         Ok(Next::Nap(until_next.min(SAFETY_RECHECK)))
+    }
+
+    /// Readies one delivery to send: its span, the context the worker continues from, and
+    /// its lease counted as held (if the send fails, hand_back returns it).
+    fn deliver(&mut self, mut delivery: Delivery) -> Delivery {
+        // A span per delivery, in the enqueuer's trace, rather than one held open for the
+        // stream's life; the worker continues from it.
+        let span = crate::traces::message_span(
+            "deliver",
+            "queue",
+            &self.queue,
+            self.trace.as_ref(),
+            &delivery.job.trace_context,
+        );
+        crate::traces::record_message(&span, &delivery.job.job_id, delivery.attempt);
+        delivery.trace_context = crate::traces::delivery_context(&span, &delivery.job.trace_context);
+        self.held.push(delivery.lease.clone());
+        delivery
     }
 
     /// Drops settled leases and tells the client about cancelled ones.

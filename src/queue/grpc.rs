@@ -334,28 +334,27 @@ fn job_to_proto(job: Job) -> pb::Job {
 
 /// What a consumer tells its stream, on the wire.
 fn event_to_proto(event: ConsumerEvent) -> Result<ConsumeResponse, Status> {
-    match event {
-        ConsumerEvent::Delivered(delivery) => Ok(delivery_to_proto(delivery)),
-        ConsumerEvent::Cancelled(lease) => {
-            let event = consume_response::Event::Cancelled(pb::JobCancelled {
-                job_id: lease.job_id.clone(),
-                lease_id: lease.lease_id(),
-            });
-            Ok(ConsumeResponse { event: Some(event) })
-        }
-        ConsumerEvent::Ended(err) => Err(err.into()),
-    }
+    let event = match event {
+        ConsumerEvent::Delivered(delivery) => consume_response::Event::Delivery(delivery_to_proto(delivery)),
+        ConsumerEvent::DeliveredBatch(deliveries) => consume_response::Event::Deliveries(pb::DeliveryBatch {
+            deliveries: deliveries.into_iter().map(delivery_to_proto).collect(),
+        }),
+        ConsumerEvent::Cancelled(lease) => consume_response::Event::Cancelled(pb::JobCancelled {
+            job_id: lease.job_id.clone(),
+            lease_id: lease.lease_id(),
+        }),
+        ConsumerEvent::Ended(err) => return Err(err.into()),
+    };
+    Ok(ConsumeResponse { event: Some(event) })
 }
 
-fn delivery_to_proto(delivery: Delivery) -> ConsumeResponse {
-    ConsumeResponse {
-        event: Some(consume_response::Event::Delivery(pb::Delivery {
-            lease_id: delivery.lease.lease_id(),
-            attempt: delivery.attempt,
-            lease_expires_at: Some(timestamp_from_micros(delivery.lease_deadline_micros)),
-            // The worker continues from the delivery's span rather than from Enqueue's.
-            job: Some(pb::Job { trace_context: delivery.trace_context, ..job_to_proto(delivery.job) }),
-        })),
+fn delivery_to_proto(delivery: Delivery) -> pb::Delivery {
+    pb::Delivery {
+        lease_id: delivery.lease.lease_id(),
+        attempt: delivery.attempt,
+        lease_expires_at: Some(timestamp_from_micros(delivery.lease_deadline_micros)),
+        // The worker continues from the delivery's span rather than from Enqueue's.
+        job: Some(pb::Job { trace_context: delivery.trace_context, ..job_to_proto(delivery.job) }),
     }
 }
 
@@ -667,6 +666,7 @@ impl JobQueueService for JobQueueGrpc {
             types: request.types,
             max_in_flight: max_in_flight as usize,
             visibility,
+            batch_deliveries: request.batch_deliveries,
         };
         let events = Consumer::start(self.queues.scoped(&namespace), options, opening, steering, self.shutdown.clone());
         Ok(Response::new(Box::pin(events.map(event_to_proto))))

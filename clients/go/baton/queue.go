@@ -360,6 +360,8 @@ func (c *Client) Consume(ctx context.Context, queue string, concurrency int, han
 		VisibilityTimeout: durationpb.New(cfg.visibility),
 		Types:             cfg.types,
 		Consumer:          cfg.consumer,
+		// A fetch's jobs in one message rather than one a message; older servers ignore it.
+		BatchDeliveries: true,
 	}
 	err := w.run(ctx, request)
 	w.handlers.Wait()
@@ -538,6 +540,10 @@ func (w *worker) read(s *consumeStream) {
 		}
 		if delivery := response.GetDelivery(); delivery != nil {
 			w.deliver(delivery, s)
+		} else if batch := response.GetDeliveries(); batch != nil {
+			for _, delivery := range batch.GetDeliveries() {
+				w.deliver(delivery, s)
+			}
 		} else if cancelled := response.GetCancelled(); cancelled != nil {
 			w.cancel(cancelled.GetLeaseId())
 		}

@@ -727,6 +727,8 @@ class Worker {
     call.on("data", (response: ConsumeResponse) => {
       if (response.delivery) {
         this.deliver(response.delivery);
+      } else if (response.deliveries) {
+        for (const delivery of response.deliveries.deliveries) this.deliver(delivery);
       } else if (response.cancelled) {
         this.abort(response.cancelled.leaseId, new JobCancelledError(`job ${response.cancelled.jobId} cancelled`));
       }
@@ -1133,6 +1135,8 @@ export class QueueHelpers {
       visibilityTimeout: msToDuration(options.visibilityTimeoutMs ?? DEFAULT_VISIBILITY_TIMEOUT_MS),
       types: options.types ?? [],
       consumer: options.consumer ?? "",
+      // A fetch's jobs in one message rather than one a message; older servers ignore it.
+      batchDeliveries: true,
     });
     return new Worker(this.stub, request, handler, options).run();
   }

@@ -395,7 +395,10 @@ test("a stopped worker hands back, through its current stream, unstarted jobs an
     const call = consume(...args);
     const delivered: string[] = [];
     call.on("metadata", () => streams.push(delivered));
-    call.on("data", (response: ConsumeResponse) => response.delivery && delivered.push(response.delivery.job!.jobId));
+    call.on("data", (response: ConsumeResponse) => {
+      const deliveries = response.delivery ? [response.delivery] : (response.deliveries?.deliveries ?? []);
+      delivered.push(...deliveries.map((delivery) => delivery.job!.jobId));
+    });
     return call;
   }) as typeof stub.consume;
   let release!: () => void;

@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from conftest import unique
@@ -352,3 +353,60 @@ async def test_an_async_lock_cycle_is_one_keepalive_stream_and_a_late_grant_is_p
         assert lease.held_until > time.monotonic() + 0.5
         assert not await lease.wait_lost(1.5), lease.loss
     assert calls() == before, "no Acquire or Release: the stream acquired and released"
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["many-a-message", "one-a-message"])
+async def test_the_worker_takes_jobs_one_or_many_to_a_message(
+    async_client: baton_client.AsyncClient, monkeypatch: pytest.MonkeyPatch, batched: bool
+) -> None:
+    """The worker asks for a fetch's jobs in one message, and still takes them one to a
+    message, as a server from before ``batch_deliveries`` sends them."""
+    opening = baton_client.queue._consume_request
+
+    def consume_request(*args: Any, **kwargs: Any) -> queue_pb2.ConsumeRequest:
+        request = opening(*args, **kwargs)
+        assert request.batch_deliveries
+        request.batch_deliveries = batched
+        return request
+
+    monkeypatch.setattr(baton_client.queue, "_consume_request", consume_request)
+    queue = unique("shapes")
+    enqueued = {(await async_client.enqueue(queue, str(i).encode())).job_id for i in range(40)}
+    acked: list[str] = []
+
+    async def handle(job: baton_client.AsyncJob) -> None:
+        await asyncio.sleep(0)
+
+    stop = asyncio.Event()
+    consumer = asyncio.create_task(
+        async_client.consume(
+            queue,
+            handle,
+            8,
+            stop=stop,
+            on_settled=lambda job, error: acked.append(job.id) if error is None else None,
+        )
+    )
+    deadline = time.monotonic() + 20
+    while len(acked) < len(enqueued) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    stop.set()
+    await asyncio.wait_for(consumer, 10)
+    assert sorted(acked) == sorted(enqueued)
+
+
+async def test_a_stream_that_asks_gets_a_fetch_in_one_message(
+    async_client: baton_client.AsyncClient,
+) -> None:
+    queue = unique("one-message")
+    for i in range(5):
+        await async_client.enqueue(queue, str(i).encode())
+    request = baton_client.queue._consume_request(queue, 10, 0, 30, (), "test")
+    call = async_client.stubs.queue.Consume(iter([request]))
+    try:
+        response = await asyncio.wait_for(call.read(), 10)
+    finally:
+        call.cancel()
+    assert response.WhichOneof("event") == "deliveries"
+    payloads = [delivery.job.payload for delivery in response.deliveries.deliveries]
+    assert payloads == [b"0", b"1", b"2", b"3", b"4"]

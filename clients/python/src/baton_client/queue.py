@@ -545,6 +545,9 @@ def _consume_request(
         visibility_timeout=duration(visibility_timeout),
         types=list(types),
         consumer=consumer,
+        # A fetch's jobs in one message: each message read costs grpcio's Python layer more
+        # than the job it carries costs the worker. Older servers send one job a message.
+        batch_deliveries=True,
     )
 
 
@@ -751,6 +754,9 @@ class _Worker(_Settling):
                 event = response.WhichOneof("event")
                 if event == "delivery":
                     self._deliver(stream, response.delivery)
+                elif event == "deliveries":
+                    for delivery in response.deliveries.deliveries:
+                        self._deliver(stream, delivery)
                 elif event == "cancelled":
                     self._cancel(response.cancelled.lease_id, "cancelled")
         except grpc.RpcError as raised:
@@ -1008,6 +1014,9 @@ class _AsyncWorker(_Settling):
                 event = response.WhichOneof("event")
                 if event == "delivery":
                     self._deliver(stream, response.delivery)
+                elif event == "deliveries":
+                    for delivery in response.deliveries.deliveries:
+                        self._deliver(stream, delivery)
                 elif event == "cancelled":
                     self._cancel(response.cancelled.lease_id, "cancelled")
         except grpc.RpcError as raised:

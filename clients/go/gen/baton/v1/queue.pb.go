@@ -913,8 +913,13 @@ type ConsumeRequest struct {
 	// earlier stream); leases that are no longer current are ignored. At most max_in_flight
 	// per message; a malformed id or one of another queue is INVALID_ARGUMENT.
 	UnstartedLeaseIds []string `protobuf:"bytes,7,rep,name=unstarted_lease_ids,json=unstartedLeaseIds,proto3" json:"unstarted_lease_ids,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Send the jobs of one fetch together, as `deliveries` events of many jobs each, instead
+	// of a `delivery` event per job: fewer messages for workers that pay per message read
+	// (the Python client's). Read from the opening message only. A server from before this
+	// field ignores it and sends `delivery` events, so a worker that sets it handles both.
+	BatchDeliveries bool `protobuf:"varint,8,opt,name=batch_deliveries,json=batchDeliveries,proto3" json:"batch_deliveries,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ConsumeRequest) Reset() {
@@ -994,6 +999,13 @@ func (x *ConsumeRequest) GetUnstartedLeaseIds() []string {
 		return x.UnstartedLeaseIds
 	}
 	return nil
+}
+
+func (x *ConsumeRequest) GetBatchDeliveries() bool {
+	if x != nil {
+		return x.BatchDeliveries
+	}
+	return false
 }
 
 // Delivery hands one job to a worker under a lease.
@@ -1135,6 +1147,7 @@ type ConsumeResponse struct {
 	//
 	//	*ConsumeResponse_Delivery
 	//	*ConsumeResponse_Cancelled
+	//	*ConsumeResponse_Deliveries
 	Event         isConsumeResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1195,6 +1208,15 @@ func (x *ConsumeResponse) GetCancelled() *JobCancelled {
 	return nil
 }
 
+func (x *ConsumeResponse) GetDeliveries() *DeliveryBatch {
+	if x != nil {
+		if x, ok := x.Event.(*ConsumeResponse_Deliveries); ok {
+			return x.Deliveries
+		}
+	}
+	return nil
+}
+
 type isConsumeResponse_Event interface {
 	isConsumeResponse_Event()
 }
@@ -1209,9 +1231,64 @@ type ConsumeResponse_Cancelled struct {
 	Cancelled *JobCancelled `protobuf:"bytes,2,opt,name=cancelled,proto3,oneof"`
 }
 
+type ConsumeResponse_Deliveries struct {
+	// Jobs to work on, fetched together; only to streams opened with `batch_deliveries`.
+	Deliveries *DeliveryBatch `protobuf:"bytes,3,opt,name=deliveries,proto3,oneof"`
+}
+
 func (*ConsumeResponse_Delivery) isConsumeResponse_Event() {}
 
 func (*ConsumeResponse_Cancelled) isConsumeResponse_Event() {}
+
+func (*ConsumeResponse_Deliveries) isConsumeResponse_Event() {}
+
+// DeliveryBatch is jobs leased to a stream together, each as a `delivery` event would
+// carry it. A batch holds at most 1 MiB of job payloads, or one job whose payload alone is
+// larger; the jobs of one fetch may come in several batches.
+type DeliveryBatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deliveries, in the order the queue handed them out.
+	Deliveries    []*Delivery `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeliveryBatch) Reset() {
+	*x = DeliveryBatch{}
+	mi := &file_baton_v1_queue_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeliveryBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeliveryBatch) ProtoMessage() {}
+
+func (x *DeliveryBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_queue_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeliveryBatch.ProtoReflect.Descriptor instead.
+func (*DeliveryBatch) Descriptor() ([]byte, []int) {
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DeliveryBatch) GetDeliveries() []*Delivery {
+	if x != nil {
+		return x.Deliveries
+	}
+	return nil
+}
 
 // AckRequest completes a delivery.
 type AckRequest struct {
@@ -1226,7 +1303,7 @@ type AckRequest struct {
 
 func (x *AckRequest) Reset() {
 	*x = AckRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[11]
+	mi := &file_baton_v1_queue_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1315,7 @@ func (x *AckRequest) String() string {
 func (*AckRequest) ProtoMessage() {}
 
 func (x *AckRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[11]
+	mi := &file_baton_v1_queue_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1328,7 @@ func (x *AckRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
 func (*AckRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{11}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *AckRequest) GetLeaseId() string {
@@ -1277,7 +1354,7 @@ type AckResponse struct {
 
 func (x *AckResponse) Reset() {
 	*x = AckResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[12]
+	mi := &file_baton_v1_queue_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1366,7 @@ func (x *AckResponse) String() string {
 func (*AckResponse) ProtoMessage() {}
 
 func (x *AckResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[12]
+	mi := &file_baton_v1_queue_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1379,7 @@ func (x *AckResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
 func (*AckResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{12}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{13}
 }
 
 // AckBatchRequest completes many deliveries.
@@ -1316,7 +1393,7 @@ type AckBatchRequest struct {
 
 func (x *AckBatchRequest) Reset() {
 	*x = AckBatchRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[13]
+	mi := &file_baton_v1_queue_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1405,7 @@ func (x *AckBatchRequest) String() string {
 func (*AckBatchRequest) ProtoMessage() {}
 
 func (x *AckBatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[13]
+	mi := &file_baton_v1_queue_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1418,7 @@ func (x *AckBatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckBatchRequest.ProtoReflect.Descriptor instead.
 func (*AckBatchRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{13}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AckBatchRequest) GetAcks() []*AckRequest {
@@ -1362,7 +1439,7 @@ type AckBatchResponse struct {
 
 func (x *AckBatchResponse) Reset() {
 	*x = AckBatchResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[14]
+	mi := &file_baton_v1_queue_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1451,7 @@ func (x *AckBatchResponse) String() string {
 func (*AckBatchResponse) ProtoMessage() {}
 
 func (x *AckBatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[14]
+	mi := &file_baton_v1_queue_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1464,7 @@ func (x *AckBatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckBatchResponse.ProtoReflect.Descriptor instead.
 func (*AckBatchResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{14}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AckBatchResponse) GetResults() []*AckResult {
@@ -1411,7 +1488,7 @@ type AckResult struct {
 
 func (x *AckResult) Reset() {
 	*x = AckResult{}
-	mi := &file_baton_v1_queue_proto_msgTypes[15]
+	mi := &file_baton_v1_queue_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1423,7 +1500,7 @@ func (x *AckResult) String() string {
 func (*AckResult) ProtoMessage() {}
 
 func (x *AckResult) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[15]
+	mi := &file_baton_v1_queue_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1436,7 +1513,7 @@ func (x *AckResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckResult.ProtoReflect.Descriptor instead.
 func (*AckResult) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{15}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AckResult) GetAcked() bool {
@@ -1470,7 +1547,7 @@ type NackRequest struct {
 
 func (x *NackRequest) Reset() {
 	*x = NackRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[16]
+	mi := &file_baton_v1_queue_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1559,7 @@ func (x *NackRequest) String() string {
 func (*NackRequest) ProtoMessage() {}
 
 func (x *NackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[16]
+	mi := &file_baton_v1_queue_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1572,7 @@ func (x *NackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackRequest.ProtoReflect.Descriptor instead.
 func (*NackRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{16}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NackRequest) GetLeaseId() string {
@@ -1539,7 +1616,7 @@ type NackResponse struct {
 
 func (x *NackResponse) Reset() {
 	*x = NackResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[17]
+	mi := &file_baton_v1_queue_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1551,7 +1628,7 @@ func (x *NackResponse) String() string {
 func (*NackResponse) ProtoMessage() {}
 
 func (x *NackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[17]
+	mi := &file_baton_v1_queue_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1564,7 +1641,7 @@ func (x *NackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NackResponse.ProtoReflect.Descriptor instead.
 func (*NackResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{17}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NackResponse) GetState() JobState {
@@ -1594,7 +1671,7 @@ type ExtendRequest struct {
 
 func (x *ExtendRequest) Reset() {
 	*x = ExtendRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[18]
+	mi := &file_baton_v1_queue_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1606,7 +1683,7 @@ func (x *ExtendRequest) String() string {
 func (*ExtendRequest) ProtoMessage() {}
 
 func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[18]
+	mi := &file_baton_v1_queue_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1619,7 +1696,7 @@ func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendRequest.ProtoReflect.Descriptor instead.
 func (*ExtendRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{18}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExtendRequest) GetLeaseId() string {
@@ -1647,7 +1724,7 @@ type ExtendResponse struct {
 
 func (x *ExtendResponse) Reset() {
 	*x = ExtendResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[19]
+	mi := &file_baton_v1_queue_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1659,7 +1736,7 @@ func (x *ExtendResponse) String() string {
 func (*ExtendResponse) ProtoMessage() {}
 
 func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[19]
+	mi := &file_baton_v1_queue_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1672,7 +1749,7 @@ func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
 func (*ExtendResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{19}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExtendResponse) GetLeaseExpiresAt() *timestamppb.Timestamp {
@@ -1693,7 +1770,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[20]
+	mi := &file_baton_v1_queue_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1782,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[20]
+	mi := &file_baton_v1_queue_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1795,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{20}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetJobRequest) GetJobId() string {
@@ -1739,7 +1816,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[21]
+	mi := &file_baton_v1_queue_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1828,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[21]
+	mi := &file_baton_v1_queue_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +1841,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{21}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -1785,7 +1862,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[22]
+	mi := &file_baton_v1_queue_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +1874,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[22]
+	mi := &file_baton_v1_queue_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +1887,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{22}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CancelJobRequest) GetJobId() string {
@@ -1833,7 +1910,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[23]
+	mi := &file_baton_v1_queue_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +1922,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[23]
+	mi := &file_baton_v1_queue_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +1935,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{23}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CancelJobResponse) GetCancelled() bool {
@@ -1886,7 +1963,7 @@ type GetQueueStatsRequest struct {
 
 func (x *GetQueueStatsRequest) Reset() {
 	*x = GetQueueStatsRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[24]
+	mi := &file_baton_v1_queue_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1898,7 +1975,7 @@ func (x *GetQueueStatsRequest) String() string {
 func (*GetQueueStatsRequest) ProtoMessage() {}
 
 func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[24]
+	mi := &file_baton_v1_queue_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1911,7 +1988,7 @@ func (x *GetQueueStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsRequest.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{24}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetQueueStatsRequest) GetQueue() string {
@@ -1944,7 +2021,7 @@ type GetQueueStatsResponse struct {
 
 func (x *GetQueueStatsResponse) Reset() {
 	*x = GetQueueStatsResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[25]
+	mi := &file_baton_v1_queue_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1956,7 +2033,7 @@ func (x *GetQueueStatsResponse) String() string {
 func (*GetQueueStatsResponse) ProtoMessage() {}
 
 func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[25]
+	mi := &file_baton_v1_queue_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1969,7 +2046,7 @@ func (x *GetQueueStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueStatsResponse.ProtoReflect.Descriptor instead.
 func (*GetQueueStatsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{25}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetQueueStatsResponse) GetReady() uint64 {
@@ -2036,7 +2113,7 @@ type ListDeadJobsRequest struct {
 
 func (x *ListDeadJobsRequest) Reset() {
 	*x = ListDeadJobsRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[26]
+	mi := &file_baton_v1_queue_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2048,7 +2125,7 @@ func (x *ListDeadJobsRequest) String() string {
 func (*ListDeadJobsRequest) ProtoMessage() {}
 
 func (x *ListDeadJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[26]
+	mi := &file_baton_v1_queue_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2061,7 +2138,7 @@ func (x *ListDeadJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadJobsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{26}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListDeadJobsRequest) GetQueue() string {
@@ -2098,7 +2175,7 @@ type ListDeadJobsResponse struct {
 
 func (x *ListDeadJobsResponse) Reset() {
 	*x = ListDeadJobsResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[27]
+	mi := &file_baton_v1_queue_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2187,7 @@ func (x *ListDeadJobsResponse) String() string {
 func (*ListDeadJobsResponse) ProtoMessage() {}
 
 func (x *ListDeadJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[27]
+	mi := &file_baton_v1_queue_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2200,7 @@ func (x *ListDeadJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadJobsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{27}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListDeadJobsResponse) GetJobs() []*Job {
@@ -2153,7 +2230,7 @@ type RetryDeadJobsRequest struct {
 
 func (x *RetryDeadJobsRequest) Reset() {
 	*x = RetryDeadJobsRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[28]
+	mi := &file_baton_v1_queue_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2242,7 @@ func (x *RetryDeadJobsRequest) String() string {
 func (*RetryDeadJobsRequest) ProtoMessage() {}
 
 func (x *RetryDeadJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[28]
+	mi := &file_baton_v1_queue_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2255,7 @@ func (x *RetryDeadJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadJobsRequest.ProtoReflect.Descriptor instead.
 func (*RetryDeadJobsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{28}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RetryDeadJobsRequest) GetQueue() string {
@@ -2206,7 +2283,7 @@ type RetryDeadJobsResponse struct {
 
 func (x *RetryDeadJobsResponse) Reset() {
 	*x = RetryDeadJobsResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[29]
+	mi := &file_baton_v1_queue_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2218,7 +2295,7 @@ func (x *RetryDeadJobsResponse) String() string {
 func (*RetryDeadJobsResponse) ProtoMessage() {}
 
 func (x *RetryDeadJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[29]
+	mi := &file_baton_v1_queue_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2231,7 +2308,7 @@ func (x *RetryDeadJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadJobsResponse.ProtoReflect.Descriptor instead.
 func (*RetryDeadJobsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{29}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RetryDeadJobsResponse) GetRetried() uint64 {
@@ -2252,7 +2329,7 @@ type PauseQueueRequest struct {
 
 func (x *PauseQueueRequest) Reset() {
 	*x = PauseQueueRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[30]
+	mi := &file_baton_v1_queue_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2264,7 +2341,7 @@ func (x *PauseQueueRequest) String() string {
 func (*PauseQueueRequest) ProtoMessage() {}
 
 func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[30]
+	mi := &file_baton_v1_queue_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2277,7 +2354,7 @@ func (x *PauseQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueRequest.ProtoReflect.Descriptor instead.
 func (*PauseQueueRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{30}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PauseQueueRequest) GetQueue() string {
@@ -2296,7 +2373,7 @@ type PauseQueueResponse struct {
 
 func (x *PauseQueueResponse) Reset() {
 	*x = PauseQueueResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[31]
+	mi := &file_baton_v1_queue_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2308,7 +2385,7 @@ func (x *PauseQueueResponse) String() string {
 func (*PauseQueueResponse) ProtoMessage() {}
 
 func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[31]
+	mi := &file_baton_v1_queue_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2321,7 +2398,7 @@ func (x *PauseQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseQueueResponse.ProtoReflect.Descriptor instead.
 func (*PauseQueueResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{31}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{32}
 }
 
 // ResumeQueueRequest names the queue to resume.
@@ -2335,7 +2412,7 @@ type ResumeQueueRequest struct {
 
 func (x *ResumeQueueRequest) Reset() {
 	*x = ResumeQueueRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[32]
+	mi := &file_baton_v1_queue_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +2424,7 @@ func (x *ResumeQueueRequest) String() string {
 func (*ResumeQueueRequest) ProtoMessage() {}
 
 func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[32]
+	mi := &file_baton_v1_queue_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2437,7 @@ func (x *ResumeQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueRequest.ProtoReflect.Descriptor instead.
 func (*ResumeQueueRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{32}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ResumeQueueRequest) GetQueue() string {
@@ -2379,7 +2456,7 @@ type ResumeQueueResponse struct {
 
 func (x *ResumeQueueResponse) Reset() {
 	*x = ResumeQueueResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[33]
+	mi := &file_baton_v1_queue_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2391,7 +2468,7 @@ func (x *ResumeQueueResponse) String() string {
 func (*ResumeQueueResponse) ProtoMessage() {}
 
 func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[33]
+	mi := &file_baton_v1_queue_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2404,7 +2481,7 @@ func (x *ResumeQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeQueueResponse.ProtoReflect.Descriptor instead.
 func (*ResumeQueueResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{33}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{34}
 }
 
 // Schedule enqueues a job into `queue` on every tick.
@@ -2453,7 +2530,7 @@ type Schedule struct {
 
 func (x *Schedule) Reset() {
 	*x = Schedule{}
-	mi := &file_baton_v1_queue_proto_msgTypes[34]
+	mi := &file_baton_v1_queue_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2465,7 +2542,7 @@ func (x *Schedule) String() string {
 func (*Schedule) ProtoMessage() {}
 
 func (x *Schedule) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[34]
+	mi := &file_baton_v1_queue_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2478,7 +2555,7 @@ func (x *Schedule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Schedule.ProtoReflect.Descriptor instead.
 func (*Schedule) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{34}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Schedule) GetQueue() string {
@@ -2634,7 +2711,7 @@ type CreateScheduleRequest struct {
 
 func (x *CreateScheduleRequest) Reset() {
 	*x = CreateScheduleRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[35]
+	mi := &file_baton_v1_queue_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2723,7 @@ func (x *CreateScheduleRequest) String() string {
 func (*CreateScheduleRequest) ProtoMessage() {}
 
 func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[35]
+	mi := &file_baton_v1_queue_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2736,7 @@ func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateScheduleRequest.ProtoReflect.Descriptor instead.
 func (*CreateScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{35}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateScheduleRequest) GetSchedule() *Schedule {
@@ -2687,7 +2764,7 @@ type CreateScheduleResponse struct {
 
 func (x *CreateScheduleResponse) Reset() {
 	*x = CreateScheduleResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[36]
+	mi := &file_baton_v1_queue_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2699,7 +2776,7 @@ func (x *CreateScheduleResponse) String() string {
 func (*CreateScheduleResponse) ProtoMessage() {}
 
 func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[36]
+	mi := &file_baton_v1_queue_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2712,7 +2789,7 @@ func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateScheduleResponse.ProtoReflect.Descriptor instead.
 func (*CreateScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{36}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateScheduleResponse) GetSchedule() *Schedule {
@@ -2735,7 +2812,7 @@ type GetScheduleRequest struct {
 
 func (x *GetScheduleRequest) Reset() {
 	*x = GetScheduleRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[37]
+	mi := &file_baton_v1_queue_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2747,7 +2824,7 @@ func (x *GetScheduleRequest) String() string {
 func (*GetScheduleRequest) ProtoMessage() {}
 
 func (x *GetScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[37]
+	mi := &file_baton_v1_queue_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2760,7 +2837,7 @@ func (x *GetScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetScheduleRequest.ProtoReflect.Descriptor instead.
 func (*GetScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{37}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetScheduleRequest) GetQueue() string {
@@ -2788,7 +2865,7 @@ type GetScheduleResponse struct {
 
 func (x *GetScheduleResponse) Reset() {
 	*x = GetScheduleResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[38]
+	mi := &file_baton_v1_queue_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2800,7 +2877,7 @@ func (x *GetScheduleResponse) String() string {
 func (*GetScheduleResponse) ProtoMessage() {}
 
 func (x *GetScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[38]
+	mi := &file_baton_v1_queue_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2813,7 +2890,7 @@ func (x *GetScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetScheduleResponse.ProtoReflect.Descriptor instead.
 func (*GetScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{38}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetScheduleResponse) GetSchedule() *Schedule {
@@ -2838,7 +2915,7 @@ type ListSchedulesRequest struct {
 
 func (x *ListSchedulesRequest) Reset() {
 	*x = ListSchedulesRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[39]
+	mi := &file_baton_v1_queue_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2850,7 +2927,7 @@ func (x *ListSchedulesRequest) String() string {
 func (*ListSchedulesRequest) ProtoMessage() {}
 
 func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[39]
+	mi := &file_baton_v1_queue_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2863,7 +2940,7 @@ func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchedulesRequest.ProtoReflect.Descriptor instead.
 func (*ListSchedulesRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{39}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListSchedulesRequest) GetQueue() string {
@@ -2900,7 +2977,7 @@ type ListSchedulesResponse struct {
 
 func (x *ListSchedulesResponse) Reset() {
 	*x = ListSchedulesResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[40]
+	mi := &file_baton_v1_queue_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2912,7 +2989,7 @@ func (x *ListSchedulesResponse) String() string {
 func (*ListSchedulesResponse) ProtoMessage() {}
 
 func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[40]
+	mi := &file_baton_v1_queue_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2925,7 +3002,7 @@ func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchedulesResponse.ProtoReflect.Descriptor instead.
 func (*ListSchedulesResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{40}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListSchedulesResponse) GetSchedules() []*Schedule {
@@ -2955,7 +3032,7 @@ type PauseScheduleRequest struct {
 
 func (x *PauseScheduleRequest) Reset() {
 	*x = PauseScheduleRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[41]
+	mi := &file_baton_v1_queue_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2967,7 +3044,7 @@ func (x *PauseScheduleRequest) String() string {
 func (*PauseScheduleRequest) ProtoMessage() {}
 
 func (x *PauseScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[41]
+	mi := &file_baton_v1_queue_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2980,7 +3057,7 @@ func (x *PauseScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseScheduleRequest.ProtoReflect.Descriptor instead.
 func (*PauseScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{41}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *PauseScheduleRequest) GetQueue() string {
@@ -3008,7 +3085,7 @@ type PauseScheduleResponse struct {
 
 func (x *PauseScheduleResponse) Reset() {
 	*x = PauseScheduleResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[42]
+	mi := &file_baton_v1_queue_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3020,7 +3097,7 @@ func (x *PauseScheduleResponse) String() string {
 func (*PauseScheduleResponse) ProtoMessage() {}
 
 func (x *PauseScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[42]
+	mi := &file_baton_v1_queue_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3033,7 +3110,7 @@ func (x *PauseScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PauseScheduleResponse.ProtoReflect.Descriptor instead.
 func (*PauseScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{42}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PauseScheduleResponse) GetSchedule() *Schedule {
@@ -3056,7 +3133,7 @@ type ResumeScheduleRequest struct {
 
 func (x *ResumeScheduleRequest) Reset() {
 	*x = ResumeScheduleRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[43]
+	mi := &file_baton_v1_queue_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3068,7 +3145,7 @@ func (x *ResumeScheduleRequest) String() string {
 func (*ResumeScheduleRequest) ProtoMessage() {}
 
 func (x *ResumeScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[43]
+	mi := &file_baton_v1_queue_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3081,7 +3158,7 @@ func (x *ResumeScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeScheduleRequest.ProtoReflect.Descriptor instead.
 func (*ResumeScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{43}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ResumeScheduleRequest) GetQueue() string {
@@ -3109,7 +3186,7 @@ type ResumeScheduleResponse struct {
 
 func (x *ResumeScheduleResponse) Reset() {
 	*x = ResumeScheduleResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[44]
+	mi := &file_baton_v1_queue_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3121,7 +3198,7 @@ func (x *ResumeScheduleResponse) String() string {
 func (*ResumeScheduleResponse) ProtoMessage() {}
 
 func (x *ResumeScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[44]
+	mi := &file_baton_v1_queue_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3134,7 +3211,7 @@ func (x *ResumeScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeScheduleResponse.ProtoReflect.Descriptor instead.
 func (*ResumeScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{44}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ResumeScheduleResponse) GetSchedule() *Schedule {
@@ -3157,7 +3234,7 @@ type DeleteScheduleRequest struct {
 
 func (x *DeleteScheduleRequest) Reset() {
 	*x = DeleteScheduleRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[45]
+	mi := &file_baton_v1_queue_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3169,7 +3246,7 @@ func (x *DeleteScheduleRequest) String() string {
 func (*DeleteScheduleRequest) ProtoMessage() {}
 
 func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[45]
+	mi := &file_baton_v1_queue_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3182,7 +3259,7 @@ func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteScheduleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{45}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeleteScheduleRequest) GetQueue() string {
@@ -3210,7 +3287,7 @@ type DeleteScheduleResponse struct {
 
 func (x *DeleteScheduleResponse) Reset() {
 	*x = DeleteScheduleResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[46]
+	mi := &file_baton_v1_queue_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3222,7 +3299,7 @@ func (x *DeleteScheduleResponse) String() string {
 func (*DeleteScheduleResponse) ProtoMessage() {}
 
 func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[46]
+	mi := &file_baton_v1_queue_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3235,7 +3312,7 @@ func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteScheduleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{46}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeleteScheduleResponse) GetDeleted() bool {
@@ -3260,7 +3337,7 @@ type UpdateProgressRequest struct {
 
 func (x *UpdateProgressRequest) Reset() {
 	*x = UpdateProgressRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[47]
+	mi := &file_baton_v1_queue_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3272,7 +3349,7 @@ func (x *UpdateProgressRequest) String() string {
 func (*UpdateProgressRequest) ProtoMessage() {}
 
 func (x *UpdateProgressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[47]
+	mi := &file_baton_v1_queue_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3285,7 +3362,7 @@ func (x *UpdateProgressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProgressRequest.ProtoReflect.Descriptor instead.
 func (*UpdateProgressRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{47}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *UpdateProgressRequest) GetLeaseId() string {
@@ -3318,7 +3395,7 @@ type UpdateProgressResponse struct {
 
 func (x *UpdateProgressResponse) Reset() {
 	*x = UpdateProgressResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[48]
+	mi := &file_baton_v1_queue_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3330,7 +3407,7 @@ func (x *UpdateProgressResponse) String() string {
 func (*UpdateProgressResponse) ProtoMessage() {}
 
 func (x *UpdateProgressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[48]
+	mi := &file_baton_v1_queue_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3343,7 +3420,7 @@ func (x *UpdateProgressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProgressResponse.ProtoReflect.Descriptor instead.
 func (*UpdateProgressResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{48}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{49}
 }
 
 // WatchJobRequest names the job to watch.
@@ -3357,7 +3434,7 @@ type WatchJobRequest struct {
 
 func (x *WatchJobRequest) Reset() {
 	*x = WatchJobRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[49]
+	mi := &file_baton_v1_queue_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3369,7 +3446,7 @@ func (x *WatchJobRequest) String() string {
 func (*WatchJobRequest) ProtoMessage() {}
 
 func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[49]
+	mi := &file_baton_v1_queue_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3382,7 +3459,7 @@ func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{49}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *WatchJobRequest) GetJobId() string {
@@ -3403,7 +3480,7 @@ type WatchJobResponse struct {
 
 func (x *WatchJobResponse) Reset() {
 	*x = WatchJobResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[50]
+	mi := &file_baton_v1_queue_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3415,7 +3492,7 @@ func (x *WatchJobResponse) String() string {
 func (*WatchJobResponse) ProtoMessage() {}
 
 func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[50]
+	mi := &file_baton_v1_queue_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3428,7 +3505,7 @@ func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
 func (*WatchJobResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{50}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *WatchJobResponse) GetJob() *Job {
@@ -3449,7 +3526,7 @@ type WatchQueueRequest struct {
 
 func (x *WatchQueueRequest) Reset() {
 	*x = WatchQueueRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[51]
+	mi := &file_baton_v1_queue_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3461,7 +3538,7 @@ func (x *WatchQueueRequest) String() string {
 func (*WatchQueueRequest) ProtoMessage() {}
 
 func (x *WatchQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[51]
+	mi := &file_baton_v1_queue_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3474,7 +3551,7 @@ func (x *WatchQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchQueueRequest.ProtoReflect.Descriptor instead.
 func (*WatchQueueRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{51}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *WatchQueueRequest) GetQueue() string {
@@ -3511,7 +3588,7 @@ type QueueEvent struct {
 
 func (x *QueueEvent) Reset() {
 	*x = QueueEvent{}
-	mi := &file_baton_v1_queue_proto_msgTypes[52]
+	mi := &file_baton_v1_queue_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3523,7 +3600,7 @@ func (x *QueueEvent) String() string {
 func (*QueueEvent) ProtoMessage() {}
 
 func (x *QueueEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[52]
+	mi := &file_baton_v1_queue_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3536,7 +3613,7 @@ func (x *QueueEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueEvent.ProtoReflect.Descriptor instead.
 func (*QueueEvent) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{52}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *QueueEvent) GetKind() QueueEventKind {
@@ -3615,7 +3692,7 @@ type EventsMissed struct {
 
 func (x *EventsMissed) Reset() {
 	*x = EventsMissed{}
-	mi := &file_baton_v1_queue_proto_msgTypes[53]
+	mi := &file_baton_v1_queue_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3627,7 +3704,7 @@ func (x *EventsMissed) String() string {
 func (*EventsMissed) ProtoMessage() {}
 
 func (x *EventsMissed) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[53]
+	mi := &file_baton_v1_queue_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3640,7 +3717,7 @@ func (x *EventsMissed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsMissed.ProtoReflect.Descriptor instead.
 func (*EventsMissed) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{53}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *EventsMissed) GetCount() uint64 {
@@ -3666,7 +3743,7 @@ type WatchQueueResponse struct {
 
 func (x *WatchQueueResponse) Reset() {
 	*x = WatchQueueResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[54]
+	mi := &file_baton_v1_queue_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3678,7 +3755,7 @@ func (x *WatchQueueResponse) String() string {
 func (*WatchQueueResponse) ProtoMessage() {}
 
 func (x *WatchQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[54]
+	mi := &file_baton_v1_queue_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3691,7 +3768,7 @@ func (x *WatchQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchQueueResponse.ProtoReflect.Descriptor instead.
 func (*WatchQueueResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{54}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *WatchQueueResponse) GetMessage() isWatchQueueResponse_Message {
@@ -3754,7 +3831,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[55]
+	mi := &file_baton_v1_queue_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3766,7 +3843,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[55]
+	mi := &file_baton_v1_queue_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3779,7 +3856,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{55}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListJobsRequest) GetQueue() string {
@@ -3823,7 +3900,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[56]
+	mi := &file_baton_v1_queue_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3835,7 +3912,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[56]
+	mi := &file_baton_v1_queue_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3848,7 +3925,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{56}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -3890,7 +3967,7 @@ type QueueConfig struct {
 
 func (x *QueueConfig) Reset() {
 	*x = QueueConfig{}
-	mi := &file_baton_v1_queue_proto_msgTypes[57]
+	mi := &file_baton_v1_queue_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3902,7 +3979,7 @@ func (x *QueueConfig) String() string {
 func (*QueueConfig) ProtoMessage() {}
 
 func (x *QueueConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[57]
+	mi := &file_baton_v1_queue_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3915,7 +3992,7 @@ func (x *QueueConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueConfig.ProtoReflect.Descriptor instead.
 func (*QueueConfig) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{57}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *QueueConfig) GetGroupConcurrency() uint32 {
@@ -3959,7 +4036,7 @@ type ConfigureQueueRequest struct {
 
 func (x *ConfigureQueueRequest) Reset() {
 	*x = ConfigureQueueRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[58]
+	mi := &file_baton_v1_queue_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3971,7 +4048,7 @@ func (x *ConfigureQueueRequest) String() string {
 func (*ConfigureQueueRequest) ProtoMessage() {}
 
 func (x *ConfigureQueueRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[58]
+	mi := &file_baton_v1_queue_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3984,7 +4061,7 @@ func (x *ConfigureQueueRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureQueueRequest.ProtoReflect.Descriptor instead.
 func (*ConfigureQueueRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{58}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ConfigureQueueRequest) GetQueue() string {
@@ -4010,7 +4087,7 @@ type ConfigureQueueResponse struct {
 
 func (x *ConfigureQueueResponse) Reset() {
 	*x = ConfigureQueueResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[59]
+	mi := &file_baton_v1_queue_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4022,7 +4099,7 @@ func (x *ConfigureQueueResponse) String() string {
 func (*ConfigureQueueResponse) ProtoMessage() {}
 
 func (x *ConfigureQueueResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[59]
+	mi := &file_baton_v1_queue_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4035,7 +4112,7 @@ func (x *ConfigureQueueResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfigureQueueResponse.ProtoReflect.Descriptor instead.
 func (*ConfigureQueueResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{59}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{60}
 }
 
 // GetQueueConfigRequest names the queue.
@@ -4049,7 +4126,7 @@ type GetQueueConfigRequest struct {
 
 func (x *GetQueueConfigRequest) Reset() {
 	*x = GetQueueConfigRequest{}
-	mi := &file_baton_v1_queue_proto_msgTypes[60]
+	mi := &file_baton_v1_queue_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4061,7 +4138,7 @@ func (x *GetQueueConfigRequest) String() string {
 func (*GetQueueConfigRequest) ProtoMessage() {}
 
 func (x *GetQueueConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[60]
+	mi := &file_baton_v1_queue_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4074,7 +4151,7 @@ func (x *GetQueueConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueConfigRequest.ProtoReflect.Descriptor instead.
 func (*GetQueueConfigRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{60}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *GetQueueConfigRequest) GetQueue() string {
@@ -4095,7 +4172,7 @@ type GetQueueConfigResponse struct {
 
 func (x *GetQueueConfigResponse) Reset() {
 	*x = GetQueueConfigResponse{}
-	mi := &file_baton_v1_queue_proto_msgTypes[61]
+	mi := &file_baton_v1_queue_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4107,7 +4184,7 @@ func (x *GetQueueConfigResponse) String() string {
 func (*GetQueueConfigResponse) ProtoMessage() {}
 
 func (x *GetQueueConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_queue_proto_msgTypes[61]
+	mi := &file_baton_v1_queue_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4120,7 +4197,7 @@ func (x *GetQueueConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQueueConfigResponse.ProtoReflect.Descriptor instead.
 func (*GetQueueConfigResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_queue_proto_rawDescGZIP(), []int{61}
+	return file_baton_v1_queue_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *GetQueueConfigResponse) GetConfig() *QueueConfig {
@@ -4193,7 +4270,7 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x13EnqueueBatchRequest\x124\n" +
 	"\brequests\x18\x01 \x03(\v2\x18.baton.v1.EnqueueRequestR\brequests\"K\n" +
 	"\x14EnqueueBatchResponse\x123\n" +
-	"\aresults\x18\x01 \x03(\v2\x19.baton.v1.EnqueueResponseR\aresults\"\x8c\x02\n" +
+	"\aresults\x18\x01 \x03(\v2\x19.baton.v1.EnqueueResponseR\aresults\"\xb7\x02\n" +
 	"\x0eConsumeRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\"\n" +
 	"\rmax_in_flight\x18\x02 \x01(\rR\vmaxInFlight\x12H\n" +
@@ -4201,7 +4278,8 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x05types\x18\x04 \x03(\tR\x05types\x12\x1a\n" +
 	"\bconsumer\x18\x05 \x01(\tR\bconsumer\x12\x14\n" +
 	"\x05drain\x18\x06 \x01(\bR\x05drain\x12.\n" +
-	"\x13unstarted_lease_ids\x18\a \x03(\tR\x11unstartedLeaseIds\"\xa6\x01\n" +
+	"\x13unstarted_lease_ids\x18\a \x03(\tR\x11unstartedLeaseIds\x12)\n" +
+	"\x10batch_deliveries\x18\b \x01(\bR\x0fbatchDeliveries\"\xa6\x01\n" +
 	"\bDelivery\x12\x1f\n" +
 	"\x03job\x18\x01 \x01(\v2\r.baton.v1.JobR\x03job\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\tR\aleaseId\x12\x18\n" +
@@ -4209,11 +4287,18 @@ const file_baton_v1_queue_proto_rawDesc = "" +
 	"\x10lease_expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x0eleaseExpiresAt\"@\n" +
 	"\fJobCancelled\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
-	"\blease_id\x18\x02 \x01(\tR\aleaseId\"\x84\x01\n" +
+	"\blease_id\x18\x02 \x01(\tR\aleaseId\"\xbf\x01\n" +
 	"\x0fConsumeResponse\x120\n" +
 	"\bdelivery\x18\x01 \x01(\v2\x12.baton.v1.DeliveryH\x00R\bdelivery\x126\n" +
-	"\tcancelled\x18\x02 \x01(\v2\x16.baton.v1.JobCancelledH\x00R\tcancelledB\a\n" +
-	"\x05event\"?\n" +
+	"\tcancelled\x18\x02 \x01(\v2\x16.baton.v1.JobCancelledH\x00R\tcancelled\x129\n" +
+	"\n" +
+	"deliveries\x18\x03 \x01(\v2\x17.baton.v1.DeliveryBatchH\x00R\n" +
+	"deliveriesB\a\n" +
+	"\x05event\"C\n" +
+	"\rDeliveryBatch\x122\n" +
+	"\n" +
+	"deliveries\x18\x01 \x03(\v2\x12.baton.v1.DeliveryR\n" +
+	"deliveries\"?\n" +
 	"\n" +
 	"AckRequest\x12\x19\n" +
 	"\blease_id\x18\x01 \x01(\tR\aleaseId\x12\x16\n" +
@@ -4461,7 +4546,7 @@ func file_baton_v1_queue_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_queue_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
+var file_baton_v1_queue_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
 var file_baton_v1_queue_proto_goTypes = []any{
 	(JobState)(0),                  // 0: baton.v1.JobState
 	(MissedTicks)(0),               // 1: baton.v1.MissedTicks
@@ -4477,179 +4562,182 @@ var file_baton_v1_queue_proto_goTypes = []any{
 	(*Delivery)(nil),               // 11: baton.v1.Delivery
 	(*JobCancelled)(nil),           // 12: baton.v1.JobCancelled
 	(*ConsumeResponse)(nil),        // 13: baton.v1.ConsumeResponse
-	(*AckRequest)(nil),             // 14: baton.v1.AckRequest
-	(*AckResponse)(nil),            // 15: baton.v1.AckResponse
-	(*AckBatchRequest)(nil),        // 16: baton.v1.AckBatchRequest
-	(*AckBatchResponse)(nil),       // 17: baton.v1.AckBatchResponse
-	(*AckResult)(nil),              // 18: baton.v1.AckResult
-	(*NackRequest)(nil),            // 19: baton.v1.NackRequest
-	(*NackResponse)(nil),           // 20: baton.v1.NackResponse
-	(*ExtendRequest)(nil),          // 21: baton.v1.ExtendRequest
-	(*ExtendResponse)(nil),         // 22: baton.v1.ExtendResponse
-	(*GetJobRequest)(nil),          // 23: baton.v1.GetJobRequest
-	(*GetJobResponse)(nil),         // 24: baton.v1.GetJobResponse
-	(*CancelJobRequest)(nil),       // 25: baton.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),      // 26: baton.v1.CancelJobResponse
-	(*GetQueueStatsRequest)(nil),   // 27: baton.v1.GetQueueStatsRequest
-	(*GetQueueStatsResponse)(nil),  // 28: baton.v1.GetQueueStatsResponse
-	(*ListDeadJobsRequest)(nil),    // 29: baton.v1.ListDeadJobsRequest
-	(*ListDeadJobsResponse)(nil),   // 30: baton.v1.ListDeadJobsResponse
-	(*RetryDeadJobsRequest)(nil),   // 31: baton.v1.RetryDeadJobsRequest
-	(*RetryDeadJobsResponse)(nil),  // 32: baton.v1.RetryDeadJobsResponse
-	(*PauseQueueRequest)(nil),      // 33: baton.v1.PauseQueueRequest
-	(*PauseQueueResponse)(nil),     // 34: baton.v1.PauseQueueResponse
-	(*ResumeQueueRequest)(nil),     // 35: baton.v1.ResumeQueueRequest
-	(*ResumeQueueResponse)(nil),    // 36: baton.v1.ResumeQueueResponse
-	(*Schedule)(nil),               // 37: baton.v1.Schedule
-	(*CreateScheduleRequest)(nil),  // 38: baton.v1.CreateScheduleRequest
-	(*CreateScheduleResponse)(nil), // 39: baton.v1.CreateScheduleResponse
-	(*GetScheduleRequest)(nil),     // 40: baton.v1.GetScheduleRequest
-	(*GetScheduleResponse)(nil),    // 41: baton.v1.GetScheduleResponse
-	(*ListSchedulesRequest)(nil),   // 42: baton.v1.ListSchedulesRequest
-	(*ListSchedulesResponse)(nil),  // 43: baton.v1.ListSchedulesResponse
-	(*PauseScheduleRequest)(nil),   // 44: baton.v1.PauseScheduleRequest
-	(*PauseScheduleResponse)(nil),  // 45: baton.v1.PauseScheduleResponse
-	(*ResumeScheduleRequest)(nil),  // 46: baton.v1.ResumeScheduleRequest
-	(*ResumeScheduleResponse)(nil), // 47: baton.v1.ResumeScheduleResponse
-	(*DeleteScheduleRequest)(nil),  // 48: baton.v1.DeleteScheduleRequest
-	(*DeleteScheduleResponse)(nil), // 49: baton.v1.DeleteScheduleResponse
-	(*UpdateProgressRequest)(nil),  // 50: baton.v1.UpdateProgressRequest
-	(*UpdateProgressResponse)(nil), // 51: baton.v1.UpdateProgressResponse
-	(*WatchJobRequest)(nil),        // 52: baton.v1.WatchJobRequest
-	(*WatchJobResponse)(nil),       // 53: baton.v1.WatchJobResponse
-	(*WatchQueueRequest)(nil),      // 54: baton.v1.WatchQueueRequest
-	(*QueueEvent)(nil),             // 55: baton.v1.QueueEvent
-	(*EventsMissed)(nil),           // 56: baton.v1.EventsMissed
-	(*WatchQueueResponse)(nil),     // 57: baton.v1.WatchQueueResponse
-	(*ListJobsRequest)(nil),        // 58: baton.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),       // 59: baton.v1.ListJobsResponse
-	(*QueueConfig)(nil),            // 60: baton.v1.QueueConfig
-	(*ConfigureQueueRequest)(nil),  // 61: baton.v1.ConfigureQueueRequest
-	(*ConfigureQueueResponse)(nil), // 62: baton.v1.ConfigureQueueResponse
-	(*GetQueueConfigRequest)(nil),  // 63: baton.v1.GetQueueConfigRequest
-	(*GetQueueConfigResponse)(nil), // 64: baton.v1.GetQueueConfigResponse
-	nil,                            // 65: baton.v1.Job.TraceContextEntry
-	(*durationpb.Duration)(nil),    // 66: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),  // 67: google.protobuf.Timestamp
-	(*Limit)(nil),                  // 68: baton.v1.Limit
+	(*DeliveryBatch)(nil),          // 14: baton.v1.DeliveryBatch
+	(*AckRequest)(nil),             // 15: baton.v1.AckRequest
+	(*AckResponse)(nil),            // 16: baton.v1.AckResponse
+	(*AckBatchRequest)(nil),        // 17: baton.v1.AckBatchRequest
+	(*AckBatchResponse)(nil),       // 18: baton.v1.AckBatchResponse
+	(*AckResult)(nil),              // 19: baton.v1.AckResult
+	(*NackRequest)(nil),            // 20: baton.v1.NackRequest
+	(*NackResponse)(nil),           // 21: baton.v1.NackResponse
+	(*ExtendRequest)(nil),          // 22: baton.v1.ExtendRequest
+	(*ExtendResponse)(nil),         // 23: baton.v1.ExtendResponse
+	(*GetJobRequest)(nil),          // 24: baton.v1.GetJobRequest
+	(*GetJobResponse)(nil),         // 25: baton.v1.GetJobResponse
+	(*CancelJobRequest)(nil),       // 26: baton.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),      // 27: baton.v1.CancelJobResponse
+	(*GetQueueStatsRequest)(nil),   // 28: baton.v1.GetQueueStatsRequest
+	(*GetQueueStatsResponse)(nil),  // 29: baton.v1.GetQueueStatsResponse
+	(*ListDeadJobsRequest)(nil),    // 30: baton.v1.ListDeadJobsRequest
+	(*ListDeadJobsResponse)(nil),   // 31: baton.v1.ListDeadJobsResponse
+	(*RetryDeadJobsRequest)(nil),   // 32: baton.v1.RetryDeadJobsRequest
+	(*RetryDeadJobsResponse)(nil),  // 33: baton.v1.RetryDeadJobsResponse
+	(*PauseQueueRequest)(nil),      // 34: baton.v1.PauseQueueRequest
+	(*PauseQueueResponse)(nil),     // 35: baton.v1.PauseQueueResponse
+	(*ResumeQueueRequest)(nil),     // 36: baton.v1.ResumeQueueRequest
+	(*ResumeQueueResponse)(nil),    // 37: baton.v1.ResumeQueueResponse
+	(*Schedule)(nil),               // 38: baton.v1.Schedule
+	(*CreateScheduleRequest)(nil),  // 39: baton.v1.CreateScheduleRequest
+	(*CreateScheduleResponse)(nil), // 40: baton.v1.CreateScheduleResponse
+	(*GetScheduleRequest)(nil),     // 41: baton.v1.GetScheduleRequest
+	(*GetScheduleResponse)(nil),    // 42: baton.v1.GetScheduleResponse
+	(*ListSchedulesRequest)(nil),   // 43: baton.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),  // 44: baton.v1.ListSchedulesResponse
+	(*PauseScheduleRequest)(nil),   // 45: baton.v1.PauseScheduleRequest
+	(*PauseScheduleResponse)(nil),  // 46: baton.v1.PauseScheduleResponse
+	(*ResumeScheduleRequest)(nil),  // 47: baton.v1.ResumeScheduleRequest
+	(*ResumeScheduleResponse)(nil), // 48: baton.v1.ResumeScheduleResponse
+	(*DeleteScheduleRequest)(nil),  // 49: baton.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil), // 50: baton.v1.DeleteScheduleResponse
+	(*UpdateProgressRequest)(nil),  // 51: baton.v1.UpdateProgressRequest
+	(*UpdateProgressResponse)(nil), // 52: baton.v1.UpdateProgressResponse
+	(*WatchJobRequest)(nil),        // 53: baton.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),       // 54: baton.v1.WatchJobResponse
+	(*WatchQueueRequest)(nil),      // 55: baton.v1.WatchQueueRequest
+	(*QueueEvent)(nil),             // 56: baton.v1.QueueEvent
+	(*EventsMissed)(nil),           // 57: baton.v1.EventsMissed
+	(*WatchQueueResponse)(nil),     // 58: baton.v1.WatchQueueResponse
+	(*ListJobsRequest)(nil),        // 59: baton.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),       // 60: baton.v1.ListJobsResponse
+	(*QueueConfig)(nil),            // 61: baton.v1.QueueConfig
+	(*ConfigureQueueRequest)(nil),  // 62: baton.v1.ConfigureQueueRequest
+	(*ConfigureQueueResponse)(nil), // 63: baton.v1.ConfigureQueueResponse
+	(*GetQueueConfigRequest)(nil),  // 64: baton.v1.GetQueueConfigRequest
+	(*GetQueueConfigResponse)(nil), // 65: baton.v1.GetQueueConfigResponse
+	nil,                            // 66: baton.v1.Job.TraceContextEntry
+	(*durationpb.Duration)(nil),    // 67: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),  // 68: google.protobuf.Timestamp
+	(*Limit)(nil),                  // 69: baton.v1.Limit
 }
 var file_baton_v1_queue_proto_depIdxs = []int32{
-	66, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
-	66, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
+	67, // 0: baton.v1.Backoff.initial:type_name -> google.protobuf.Duration
+	67, // 1: baton.v1.Backoff.max:type_name -> google.protobuf.Duration
 	0,  // 2: baton.v1.Job.state:type_name -> baton.v1.JobState
-	67, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	67, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
+	68, // 3: baton.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	68, // 4: baton.v1.Job.run_at:type_name -> google.protobuf.Timestamp
 	3,  // 5: baton.v1.Job.backoff:type_name -> baton.v1.Backoff
-	67, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
-	65, // 7: baton.v1.Job.trace_context:type_name -> baton.v1.Job.TraceContextEntry
+	68, // 6: baton.v1.Job.finished_at:type_name -> google.protobuf.Timestamp
+	66, // 7: baton.v1.Job.trace_context:type_name -> baton.v1.Job.TraceContextEntry
 	5,  // 8: baton.v1.Job.progress:type_name -> baton.v1.Progress
-	67, // 9: baton.v1.Progress.reported_at:type_name -> google.protobuf.Timestamp
-	66, // 10: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
-	67, // 11: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
+	68, // 9: baton.v1.Progress.reported_at:type_name -> google.protobuf.Timestamp
+	67, // 10: baton.v1.EnqueueRequest.delay:type_name -> google.protobuf.Duration
+	68, // 11: baton.v1.EnqueueRequest.run_at:type_name -> google.protobuf.Timestamp
 	3,  // 12: baton.v1.EnqueueRequest.backoff:type_name -> baton.v1.Backoff
-	66, // 13: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
+	67, // 13: baton.v1.EnqueueRequest.dedup_ttl:type_name -> google.protobuf.Duration
 	6,  // 14: baton.v1.EnqueueBatchRequest.requests:type_name -> baton.v1.EnqueueRequest
 	7,  // 15: baton.v1.EnqueueBatchResponse.results:type_name -> baton.v1.EnqueueResponse
-	66, // 16: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	67, // 16: baton.v1.ConsumeRequest.visibility_timeout:type_name -> google.protobuf.Duration
 	4,  // 17: baton.v1.Delivery.job:type_name -> baton.v1.Job
-	67, // 18: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
+	68, // 18: baton.v1.Delivery.lease_expires_at:type_name -> google.protobuf.Timestamp
 	11, // 19: baton.v1.ConsumeResponse.delivery:type_name -> baton.v1.Delivery
 	12, // 20: baton.v1.ConsumeResponse.cancelled:type_name -> baton.v1.JobCancelled
-	14, // 21: baton.v1.AckBatchRequest.acks:type_name -> baton.v1.AckRequest
-	18, // 22: baton.v1.AckBatchResponse.results:type_name -> baton.v1.AckResult
-	66, // 23: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
-	0,  // 24: baton.v1.NackResponse.state:type_name -> baton.v1.JobState
-	67, // 25: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
-	66, // 26: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
-	67, // 27: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
-	4,  // 28: baton.v1.GetJobResponse.job:type_name -> baton.v1.Job
-	0,  // 29: baton.v1.CancelJobResponse.state:type_name -> baton.v1.JobState
-	66, // 30: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
-	4,  // 31: baton.v1.ListDeadJobsResponse.jobs:type_name -> baton.v1.Job
-	66, // 32: baton.v1.Schedule.every:type_name -> google.protobuf.Duration
-	6,  // 33: baton.v1.Schedule.job:type_name -> baton.v1.EnqueueRequest
-	1,  // 34: baton.v1.Schedule.missed_ticks:type_name -> baton.v1.MissedTicks
-	66, // 35: baton.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
-	66, // 36: baton.v1.Schedule.jitter:type_name -> google.protobuf.Duration
-	67, // 37: baton.v1.Schedule.created_at:type_name -> google.protobuf.Timestamp
-	67, // 38: baton.v1.Schedule.last_tick:type_name -> google.protobuf.Timestamp
-	67, // 39: baton.v1.Schedule.next_ticks:type_name -> google.protobuf.Timestamp
-	37, // 40: baton.v1.CreateScheduleRequest.schedule:type_name -> baton.v1.Schedule
-	37, // 41: baton.v1.CreateScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	37, // 42: baton.v1.GetScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	37, // 43: baton.v1.ListSchedulesResponse.schedules:type_name -> baton.v1.Schedule
-	37, // 44: baton.v1.PauseScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	37, // 45: baton.v1.ResumeScheduleResponse.schedule:type_name -> baton.v1.Schedule
-	4,  // 46: baton.v1.WatchJobResponse.job:type_name -> baton.v1.Job
-	2,  // 47: baton.v1.QueueEvent.kind:type_name -> baton.v1.QueueEventKind
-	0,  // 48: baton.v1.QueueEvent.state:type_name -> baton.v1.JobState
-	67, // 49: baton.v1.QueueEvent.at:type_name -> google.protobuf.Timestamp
-	5,  // 50: baton.v1.QueueEvent.progress:type_name -> baton.v1.Progress
-	67, // 51: baton.v1.QueueEvent.run_at:type_name -> google.protobuf.Timestamp
-	55, // 52: baton.v1.WatchQueueResponse.event:type_name -> baton.v1.QueueEvent
-	56, // 53: baton.v1.WatchQueueResponse.missed:type_name -> baton.v1.EventsMissed
-	0,  // 54: baton.v1.ListJobsRequest.state:type_name -> baton.v1.JobState
-	4,  // 55: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.Job
-	68, // 56: baton.v1.QueueConfig.start_limit:type_name -> baton.v1.Limit
-	60, // 57: baton.v1.ConfigureQueueRequest.config:type_name -> baton.v1.QueueConfig
-	60, // 58: baton.v1.GetQueueConfigResponse.config:type_name -> baton.v1.QueueConfig
-	6,  // 59: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
-	8,  // 60: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
-	10, // 61: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
-	14, // 62: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
-	16, // 63: baton.v1.JobQueueService.AckBatch:input_type -> baton.v1.AckBatchRequest
-	19, // 64: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
-	21, // 65: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
-	23, // 66: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
-	25, // 67: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
-	27, // 68: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
-	29, // 69: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
-	31, // 70: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
-	33, // 71: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
-	35, // 72: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
-	50, // 73: baton.v1.JobQueueService.UpdateProgress:input_type -> baton.v1.UpdateProgressRequest
-	52, // 74: baton.v1.JobQueueService.WatchJob:input_type -> baton.v1.WatchJobRequest
-	54, // 75: baton.v1.JobQueueService.WatchQueue:input_type -> baton.v1.WatchQueueRequest
-	58, // 76: baton.v1.JobQueueService.ListJobs:input_type -> baton.v1.ListJobsRequest
-	61, // 77: baton.v1.JobQueueService.ConfigureQueue:input_type -> baton.v1.ConfigureQueueRequest
-	63, // 78: baton.v1.JobQueueService.GetQueueConfig:input_type -> baton.v1.GetQueueConfigRequest
-	38, // 79: baton.v1.JobQueueService.CreateSchedule:input_type -> baton.v1.CreateScheduleRequest
-	40, // 80: baton.v1.JobQueueService.GetSchedule:input_type -> baton.v1.GetScheduleRequest
-	42, // 81: baton.v1.JobQueueService.ListSchedules:input_type -> baton.v1.ListSchedulesRequest
-	44, // 82: baton.v1.JobQueueService.PauseSchedule:input_type -> baton.v1.PauseScheduleRequest
-	46, // 83: baton.v1.JobQueueService.ResumeSchedule:input_type -> baton.v1.ResumeScheduleRequest
-	48, // 84: baton.v1.JobQueueService.DeleteSchedule:input_type -> baton.v1.DeleteScheduleRequest
-	7,  // 85: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
-	9,  // 86: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
-	13, // 87: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
-	15, // 88: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
-	17, // 89: baton.v1.JobQueueService.AckBatch:output_type -> baton.v1.AckBatchResponse
-	20, // 90: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
-	22, // 91: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
-	24, // 92: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
-	26, // 93: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
-	28, // 94: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
-	30, // 95: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
-	32, // 96: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
-	34, // 97: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
-	36, // 98: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
-	51, // 99: baton.v1.JobQueueService.UpdateProgress:output_type -> baton.v1.UpdateProgressResponse
-	53, // 100: baton.v1.JobQueueService.WatchJob:output_type -> baton.v1.WatchJobResponse
-	57, // 101: baton.v1.JobQueueService.WatchQueue:output_type -> baton.v1.WatchQueueResponse
-	59, // 102: baton.v1.JobQueueService.ListJobs:output_type -> baton.v1.ListJobsResponse
-	62, // 103: baton.v1.JobQueueService.ConfigureQueue:output_type -> baton.v1.ConfigureQueueResponse
-	64, // 104: baton.v1.JobQueueService.GetQueueConfig:output_type -> baton.v1.GetQueueConfigResponse
-	39, // 105: baton.v1.JobQueueService.CreateSchedule:output_type -> baton.v1.CreateScheduleResponse
-	41, // 106: baton.v1.JobQueueService.GetSchedule:output_type -> baton.v1.GetScheduleResponse
-	43, // 107: baton.v1.JobQueueService.ListSchedules:output_type -> baton.v1.ListSchedulesResponse
-	45, // 108: baton.v1.JobQueueService.PauseSchedule:output_type -> baton.v1.PauseScheduleResponse
-	47, // 109: baton.v1.JobQueueService.ResumeSchedule:output_type -> baton.v1.ResumeScheduleResponse
-	49, // 110: baton.v1.JobQueueService.DeleteSchedule:output_type -> baton.v1.DeleteScheduleResponse
-	85, // [85:111] is the sub-list for method output_type
-	59, // [59:85] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	14, // 21: baton.v1.ConsumeResponse.deliveries:type_name -> baton.v1.DeliveryBatch
+	11, // 22: baton.v1.DeliveryBatch.deliveries:type_name -> baton.v1.Delivery
+	15, // 23: baton.v1.AckBatchRequest.acks:type_name -> baton.v1.AckRequest
+	19, // 24: baton.v1.AckBatchResponse.results:type_name -> baton.v1.AckResult
+	67, // 25: baton.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
+	0,  // 26: baton.v1.NackResponse.state:type_name -> baton.v1.JobState
+	68, // 27: baton.v1.NackResponse.run_at:type_name -> google.protobuf.Timestamp
+	67, // 28: baton.v1.ExtendRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	68, // 29: baton.v1.ExtendResponse.lease_expires_at:type_name -> google.protobuf.Timestamp
+	4,  // 30: baton.v1.GetJobResponse.job:type_name -> baton.v1.Job
+	0,  // 31: baton.v1.CancelJobResponse.state:type_name -> baton.v1.JobState
+	67, // 32: baton.v1.GetQueueStatsResponse.oldest_ready_age:type_name -> google.protobuf.Duration
+	4,  // 33: baton.v1.ListDeadJobsResponse.jobs:type_name -> baton.v1.Job
+	67, // 34: baton.v1.Schedule.every:type_name -> google.protobuf.Duration
+	6,  // 35: baton.v1.Schedule.job:type_name -> baton.v1.EnqueueRequest
+	1,  // 36: baton.v1.Schedule.missed_ticks:type_name -> baton.v1.MissedTicks
+	67, // 37: baton.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
+	67, // 38: baton.v1.Schedule.jitter:type_name -> google.protobuf.Duration
+	68, // 39: baton.v1.Schedule.created_at:type_name -> google.protobuf.Timestamp
+	68, // 40: baton.v1.Schedule.last_tick:type_name -> google.protobuf.Timestamp
+	68, // 41: baton.v1.Schedule.next_ticks:type_name -> google.protobuf.Timestamp
+	38, // 42: baton.v1.CreateScheduleRequest.schedule:type_name -> baton.v1.Schedule
+	38, // 43: baton.v1.CreateScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	38, // 44: baton.v1.GetScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	38, // 45: baton.v1.ListSchedulesResponse.schedules:type_name -> baton.v1.Schedule
+	38, // 46: baton.v1.PauseScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	38, // 47: baton.v1.ResumeScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	4,  // 48: baton.v1.WatchJobResponse.job:type_name -> baton.v1.Job
+	2,  // 49: baton.v1.QueueEvent.kind:type_name -> baton.v1.QueueEventKind
+	0,  // 50: baton.v1.QueueEvent.state:type_name -> baton.v1.JobState
+	68, // 51: baton.v1.QueueEvent.at:type_name -> google.protobuf.Timestamp
+	5,  // 52: baton.v1.QueueEvent.progress:type_name -> baton.v1.Progress
+	68, // 53: baton.v1.QueueEvent.run_at:type_name -> google.protobuf.Timestamp
+	56, // 54: baton.v1.WatchQueueResponse.event:type_name -> baton.v1.QueueEvent
+	57, // 55: baton.v1.WatchQueueResponse.missed:type_name -> baton.v1.EventsMissed
+	0,  // 56: baton.v1.ListJobsRequest.state:type_name -> baton.v1.JobState
+	4,  // 57: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.Job
+	69, // 58: baton.v1.QueueConfig.start_limit:type_name -> baton.v1.Limit
+	61, // 59: baton.v1.ConfigureQueueRequest.config:type_name -> baton.v1.QueueConfig
+	61, // 60: baton.v1.GetQueueConfigResponse.config:type_name -> baton.v1.QueueConfig
+	6,  // 61: baton.v1.JobQueueService.Enqueue:input_type -> baton.v1.EnqueueRequest
+	8,  // 62: baton.v1.JobQueueService.EnqueueBatch:input_type -> baton.v1.EnqueueBatchRequest
+	10, // 63: baton.v1.JobQueueService.Consume:input_type -> baton.v1.ConsumeRequest
+	15, // 64: baton.v1.JobQueueService.Ack:input_type -> baton.v1.AckRequest
+	17, // 65: baton.v1.JobQueueService.AckBatch:input_type -> baton.v1.AckBatchRequest
+	20, // 66: baton.v1.JobQueueService.Nack:input_type -> baton.v1.NackRequest
+	22, // 67: baton.v1.JobQueueService.Extend:input_type -> baton.v1.ExtendRequest
+	24, // 68: baton.v1.JobQueueService.GetJob:input_type -> baton.v1.GetJobRequest
+	26, // 69: baton.v1.JobQueueService.CancelJob:input_type -> baton.v1.CancelJobRequest
+	28, // 70: baton.v1.JobQueueService.GetQueueStats:input_type -> baton.v1.GetQueueStatsRequest
+	30, // 71: baton.v1.JobQueueService.ListDeadJobs:input_type -> baton.v1.ListDeadJobsRequest
+	32, // 72: baton.v1.JobQueueService.RetryDeadJobs:input_type -> baton.v1.RetryDeadJobsRequest
+	34, // 73: baton.v1.JobQueueService.PauseQueue:input_type -> baton.v1.PauseQueueRequest
+	36, // 74: baton.v1.JobQueueService.ResumeQueue:input_type -> baton.v1.ResumeQueueRequest
+	51, // 75: baton.v1.JobQueueService.UpdateProgress:input_type -> baton.v1.UpdateProgressRequest
+	53, // 76: baton.v1.JobQueueService.WatchJob:input_type -> baton.v1.WatchJobRequest
+	55, // 77: baton.v1.JobQueueService.WatchQueue:input_type -> baton.v1.WatchQueueRequest
+	59, // 78: baton.v1.JobQueueService.ListJobs:input_type -> baton.v1.ListJobsRequest
+	62, // 79: baton.v1.JobQueueService.ConfigureQueue:input_type -> baton.v1.ConfigureQueueRequest
+	64, // 80: baton.v1.JobQueueService.GetQueueConfig:input_type -> baton.v1.GetQueueConfigRequest
+	39, // 81: baton.v1.JobQueueService.CreateSchedule:input_type -> baton.v1.CreateScheduleRequest
+	41, // 82: baton.v1.JobQueueService.GetSchedule:input_type -> baton.v1.GetScheduleRequest
+	43, // 83: baton.v1.JobQueueService.ListSchedules:input_type -> baton.v1.ListSchedulesRequest
+	45, // 84: baton.v1.JobQueueService.PauseSchedule:input_type -> baton.v1.PauseScheduleRequest
+	47, // 85: baton.v1.JobQueueService.ResumeSchedule:input_type -> baton.v1.ResumeScheduleRequest
+	49, // 86: baton.v1.JobQueueService.DeleteSchedule:input_type -> baton.v1.DeleteScheduleRequest
+	7,  // 87: baton.v1.JobQueueService.Enqueue:output_type -> baton.v1.EnqueueResponse
+	9,  // 88: baton.v1.JobQueueService.EnqueueBatch:output_type -> baton.v1.EnqueueBatchResponse
+	13, // 89: baton.v1.JobQueueService.Consume:output_type -> baton.v1.ConsumeResponse
+	16, // 90: baton.v1.JobQueueService.Ack:output_type -> baton.v1.AckResponse
+	18, // 91: baton.v1.JobQueueService.AckBatch:output_type -> baton.v1.AckBatchResponse
+	21, // 92: baton.v1.JobQueueService.Nack:output_type -> baton.v1.NackResponse
+	23, // 93: baton.v1.JobQueueService.Extend:output_type -> baton.v1.ExtendResponse
+	25, // 94: baton.v1.JobQueueService.GetJob:output_type -> baton.v1.GetJobResponse
+	27, // 95: baton.v1.JobQueueService.CancelJob:output_type -> baton.v1.CancelJobResponse
+	29, // 96: baton.v1.JobQueueService.GetQueueStats:output_type -> baton.v1.GetQueueStatsResponse
+	31, // 97: baton.v1.JobQueueService.ListDeadJobs:output_type -> baton.v1.ListDeadJobsResponse
+	33, // 98: baton.v1.JobQueueService.RetryDeadJobs:output_type -> baton.v1.RetryDeadJobsResponse
+	35, // 99: baton.v1.JobQueueService.PauseQueue:output_type -> baton.v1.PauseQueueResponse
+	37, // 100: baton.v1.JobQueueService.ResumeQueue:output_type -> baton.v1.ResumeQueueResponse
+	52, // 101: baton.v1.JobQueueService.UpdateProgress:output_type -> baton.v1.UpdateProgressResponse
+	54, // 102: baton.v1.JobQueueService.WatchJob:output_type -> baton.v1.WatchJobResponse
+	58, // 103: baton.v1.JobQueueService.WatchQueue:output_type -> baton.v1.WatchQueueResponse
+	60, // 104: baton.v1.JobQueueService.ListJobs:output_type -> baton.v1.ListJobsResponse
+	63, // 105: baton.v1.JobQueueService.ConfigureQueue:output_type -> baton.v1.ConfigureQueueResponse
+	65, // 106: baton.v1.JobQueueService.GetQueueConfig:output_type -> baton.v1.GetQueueConfigResponse
+	40, // 107: baton.v1.JobQueueService.CreateSchedule:output_type -> baton.v1.CreateScheduleResponse
+	42, // 108: baton.v1.JobQueueService.GetSchedule:output_type -> baton.v1.GetScheduleResponse
+	44, // 109: baton.v1.JobQueueService.ListSchedules:output_type -> baton.v1.ListSchedulesResponse
+	46, // 110: baton.v1.JobQueueService.PauseSchedule:output_type -> baton.v1.PauseScheduleResponse
+	48, // 111: baton.v1.JobQueueService.ResumeSchedule:output_type -> baton.v1.ResumeScheduleResponse
+	50, // 112: baton.v1.JobQueueService.DeleteSchedule:output_type -> baton.v1.DeleteScheduleResponse
+	87, // [87:113] is the sub-list for method output_type
+	61, // [61:87] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_queue_proto_init() }
@@ -4665,12 +4753,13 @@ func file_baton_v1_queue_proto_init() {
 	file_baton_v1_queue_proto_msgTypes[10].OneofWrappers = []any{
 		(*ConsumeResponse_Delivery)(nil),
 		(*ConsumeResponse_Cancelled)(nil),
+		(*ConsumeResponse_Deliveries)(nil),
 	}
-	file_baton_v1_queue_proto_msgTypes[34].OneofWrappers = []any{
+	file_baton_v1_queue_proto_msgTypes[35].OneofWrappers = []any{
 		(*Schedule_Cron)(nil),
 		(*Schedule_Every)(nil),
 	}
-	file_baton_v1_queue_proto_msgTypes[54].OneofWrappers = []any{
+	file_baton_v1_queue_proto_msgTypes[55].OneofWrappers = []any{
 		(*WatchQueueResponse_Event)(nil),
 		(*WatchQueueResponse_Missed)(nil),
 	}
@@ -4680,7 +4769,7 @@ func file_baton_v1_queue_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_queue_proto_rawDesc), len(file_baton_v1_queue_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   63,
+			NumMessages:   64,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -441,6 +441,13 @@ export interface ConsumeRequest {
    * per message; a malformed id or one of another queue is INVALID_ARGUMENT.
    */
   unstartedLeaseIds: string[];
+  /**
+   * Send the jobs of one fetch together, as `deliveries` events of many jobs each, instead
+   * of a `delivery` event per job: fewer messages for workers that pay per message read
+   * (the Python client's). Read from the opening message only. A server from before this
+   * field ignores it and sends `delivery` events, so a worker that sets it handles both.
+   */
+  batchDeliveries: boolean;
 }
 
 /** Delivery hands one job to a worker under a lease. */
@@ -478,7 +485,21 @@ export interface ConsumeResponse {
     | Delivery
     | undefined;
   /** A job this stream holds was cancelled. */
-  cancelled?: JobCancelled | undefined;
+  cancelled?:
+    | JobCancelled
+    | undefined;
+  /** Jobs to work on, fetched together; only to streams opened with `batch_deliveries`. */
+  deliveries?: DeliveryBatch | undefined;
+}
+
+/**
+ * DeliveryBatch is jobs leased to a stream together, each as a `delivery` event would
+ * carry it. A batch holds at most 1 MiB of job payloads, or one job whose payload alone is
+ * larger; the jobs of one fetch may come in several batches.
+ */
+export interface DeliveryBatch {
+  /** The deliveries, in the order the queue handed them out. */
+  deliveries: Delivery[];
 }
 
 /** AckRequest completes a delivery. */
@@ -2201,6 +2222,7 @@ function createBaseConsumeRequest(): ConsumeRequest {
     consumer: "",
     drain: false,
     unstartedLeaseIds: [],
+    batchDeliveries: false,
   };
 }
 
@@ -2226,6 +2248,9 @@ export const ConsumeRequest: MessageFns<ConsumeRequest> = {
     }
     for (const v of message.unstartedLeaseIds) {
       writer.uint32(58).string(v!);
+    }
+    if (message.batchDeliveries !== false) {
+      writer.uint32(64).bool(message.batchDeliveries);
     }
     return writer;
   },
@@ -2299,6 +2324,14 @@ export const ConsumeRequest: MessageFns<ConsumeRequest> = {
             message.unstartedLeaseIds.push(reader.string());
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.batchDeliveries = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2332,6 +2365,11 @@ export const ConsumeRequest: MessageFns<ConsumeRequest> = {
         : globalThis.Array.isArray(object?.unstarted_lease_ids)
         ? object.unstarted_lease_ids.map((e: any) => globalThis.String(e))
         : [],
+      batchDeliveries: isSet(object.batchDeliveries)
+        ? globalThis.Boolean(object.batchDeliveries)
+        : isSet(object.batch_deliveries)
+        ? globalThis.Boolean(object.batch_deliveries)
+        : false,
     };
   },
 
@@ -2358,6 +2396,9 @@ export const ConsumeRequest: MessageFns<ConsumeRequest> = {
     if (message.unstartedLeaseIds?.length) {
       obj.unstartedLeaseIds = message.unstartedLeaseIds;
     }
+    if (message.batchDeliveries !== false) {
+      obj.batchDeliveries = message.batchDeliveries;
+    }
     return obj;
   },
 
@@ -2375,6 +2416,7 @@ export const ConsumeRequest: MessageFns<ConsumeRequest> = {
     message.consumer = object.consumer ?? "";
     message.drain = object.drain ?? false;
     message.unstartedLeaseIds = object.unstartedLeaseIds?.map((e) => e) || [];
+    message.batchDeliveries = object.batchDeliveries ?? false;
     return message;
   },
 };
@@ -2598,7 +2640,7 @@ export const JobCancelled: MessageFns<JobCancelled> = {
 };
 
 function createBaseConsumeResponse(): ConsumeResponse {
-  return { delivery: undefined, cancelled: undefined };
+  return { delivery: undefined, cancelled: undefined, deliveries: undefined };
 }
 
 export const ConsumeResponse: MessageFns<ConsumeResponse> = {
@@ -2608,6 +2650,9 @@ export const ConsumeResponse: MessageFns<ConsumeResponse> = {
     }
     if (message.cancelled !== undefined) {
       JobCancelled.encode(message.cancelled, writer.uint32(18).fork()).join();
+    }
+    if (message.deliveries !== undefined) {
+      DeliveryBatch.encode(message.deliveries, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -2641,6 +2686,14 @@ export const ConsumeResponse: MessageFns<ConsumeResponse> = {
             message.cancelled = JobCancelled.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.deliveries = DeliveryBatch.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2657,6 +2710,7 @@ export const ConsumeResponse: MessageFns<ConsumeResponse> = {
     return {
       delivery: isSet(object.delivery) ? Delivery.fromJSON(object.delivery) : undefined,
       cancelled: isSet(object.cancelled) ? JobCancelled.fromJSON(object.cancelled) : undefined,
+      deliveries: isSet(object.deliveries) ? DeliveryBatch.fromJSON(object.deliveries) : undefined,
     };
   },
 
@@ -2667,6 +2721,9 @@ export const ConsumeResponse: MessageFns<ConsumeResponse> = {
     }
     if (message.cancelled !== undefined) {
       obj.cancelled = JobCancelled.toJSON(message.cancelled);
+    }
+    if (message.deliveries !== undefined) {
+      obj.deliveries = DeliveryBatch.toJSON(message.deliveries);
     }
     return obj;
   },
@@ -2682,6 +2739,80 @@ export const ConsumeResponse: MessageFns<ConsumeResponse> = {
     message.cancelled = (object.cancelled !== undefined && object.cancelled !== null)
       ? JobCancelled.fromPartial(object.cancelled)
       : undefined;
+    message.deliveries = (object.deliveries !== undefined && object.deliveries !== null)
+      ? DeliveryBatch.fromPartial(object.deliveries)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDeliveryBatch(): DeliveryBatch {
+  return { deliveries: [] };
+}
+
+export const DeliveryBatch: MessageFns<DeliveryBatch> = {
+  encode(message: DeliveryBatch, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.deliveries) {
+      Delivery.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DeliveryBatch {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDeliveryBatch();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.deliveries.push(Delivery.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DeliveryBatch {
+    return {
+      deliveries: globalThis.Array.isArray(object?.deliveries)
+        ? object.deliveries.map((e: any) => Delivery.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: DeliveryBatch): unknown {
+    const obj: any = {};
+    if (message.deliveries?.length) {
+      obj.deliveries = message.deliveries.map((e) => Delivery.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DeliveryBatch>): DeliveryBatch {
+    return DeliveryBatch.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DeliveryBatch>): DeliveryBatch {
+    const message = createBaseDeliveryBatch();
+    message.deliveries = object.deliveries?.map((e) => Delivery.fromPartial(e)) || [];
     return message;
   },
 };

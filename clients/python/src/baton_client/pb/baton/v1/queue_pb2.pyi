@@ -179,7 +179,7 @@ class EnqueueBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[EnqueueResponse, _Mapping]]] = ...) -> None: ...
 
 class ConsumeRequest(_message.Message):
-    __slots__ = ("queue", "max_in_flight", "visibility_timeout", "types", "consumer", "drain", "unstarted_lease_ids")
+    __slots__ = ("queue", "max_in_flight", "visibility_timeout", "types", "consumer", "drain", "unstarted_lease_ids", "batch_deliveries")
     QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     VISIBILITY_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,7 @@ class ConsumeRequest(_message.Message):
     CONSUMER_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     UNSTARTED_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     queue: str
     max_in_flight: int
     visibility_timeout: _duration_pb2.Duration
@@ -194,7 +195,8 @@ class ConsumeRequest(_message.Message):
     consumer: str
     drain: bool
     unstarted_lease_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, queue: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., types: _Optional[_Iterable[str]] = ..., consumer: _Optional[str] = ..., drain: _Optional[bool] = ..., unstarted_lease_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    batch_deliveries: bool
+    def __init__(self, queue: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., visibility_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., types: _Optional[_Iterable[str]] = ..., consumer: _Optional[str] = ..., drain: _Optional[bool] = ..., unstarted_lease_ids: _Optional[_Iterable[str]] = ..., batch_deliveries: _Optional[bool] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("job", "lease_id", "attempt", "lease_expires_at")
@@ -217,12 +219,20 @@ class JobCancelled(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., lease_id: _Optional[str] = ...) -> None: ...
 
 class ConsumeResponse(_message.Message):
-    __slots__ = ("delivery", "cancelled")
+    __slots__ = ("delivery", "cancelled", "deliveries")
     DELIVERY_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     delivery: Delivery
     cancelled: JobCancelled
-    def __init__(self, delivery: _Optional[_Union[Delivery, _Mapping]] = ..., cancelled: _Optional[_Union[JobCancelled, _Mapping]] = ...) -> None: ...
+    deliveries: DeliveryBatch
+    def __init__(self, delivery: _Optional[_Union[Delivery, _Mapping]] = ..., cancelled: _Optional[_Union[JobCancelled, _Mapping]] = ..., deliveries: _Optional[_Union[DeliveryBatch, _Mapping]] = ...) -> None: ...
+
+class DeliveryBatch(_message.Message):
+    __slots__ = ("deliveries",)
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ...) -> None: ...
 
 class AckRequest(_message.Message):
     __slots__ = ("lease_id", "result")
