@@ -402,6 +402,39 @@ async fn batched_deliveries_bring_a_fetch_in_few_messages_each_under_the_byte_bo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_deliveries_stay_under_the_message_bound_whatever_the_jobs_carry_besides_payloads() {
+    let redis = Redis::start();
+    let baton = Server::start(&redis.url(), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("errors");
+    let requests = (0..40).map(|i| job(&queue, &format!("j{i}"))).collect();
+    queues.enqueue_batch(EnqueueBatchRequest { requests }).await.unwrap();
+    // Each job fails once with a 60 KiB error: tiny payloads, 2.4 MiB of jobs in all.
+    let mut stream = consume(&mut queues, &queue, 40, Duration::from_secs(30)).await;
+    for _ in 0..40 {
+        let delivery = next_delivery(&mut stream, PATIENCE).await.expect("delivered");
+        let nack = NackRequest {
+            lease_id: delivery.lease_id,
+            error: "e".repeat(60 * 1024),
+            retry_after: Some(duration_to_proto(Duration::from_millis(1))),
+            ..Default::default()
+        };
+        queues.nack(nack).await.unwrap();
+    }
+    drop(stream);
+    let request = ConsumeRequest { queue, max_in_flight: 40, batch_deliveries: true, ..Default::default() };
+    let mut stream = queues.consume(tokio_stream::once(request)).await.unwrap().into_inner();
+    let mut received = 0;
+    while received < 40 {
+        let batch = next_batch(&mut stream).await;
+        let bytes: usize = batch.iter().map(prost::Message::encoded_len).sum();
+        assert!(batch.len() == 1 || bytes <= 1 << 20, "{} deliveries in {bytes} bytes", batch.len());
+        assert!(batch.iter().all(|delivery| delivery.job.as_ref().unwrap().last_error.len() == 60 * 1024));
+        received += batch.len();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_job_is_never_delivered_early() {
     let redis = Redis::start();
     let baton = Server::start(&redis.url(), &[]);

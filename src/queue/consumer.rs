@@ -34,10 +34,6 @@ pub struct ConsumeOptions {
     pub batch_deliveries: bool,
 }
 
-/// Most job payload bytes in one [`ConsumerEvent::DeliveredBatch`]: a batch stays far below
-/// gRPC's 4 MiB message limit, whatever the jobs carry besides their payloads.
-pub const BATCH_PAYLOAD_BYTES: usize = 1 << 20;
-
 /// A steering message from the client.
 pub struct Steering {
     /// Deliver nothing more; end once every held lease is settled.
@@ -53,7 +49,8 @@ type SteeringStream = Pin<Box<dyn Stream<Item = Result<Steering, Status>> + Send
 #[allow(clippy::large_enum_variant)]
 pub enum ConsumerEvent {
     Delivered(Delivery),
-    /// Jobs of one fetch, for a stream that asked for them together.
+    /// Jobs of one fetch, for a stream that asked for them together (the wire splits them
+    /// into messages of bounded size).
     DeliveredBatch(Vec<Delivery>),
     /// A held job was cancelled: the worker should stop it.
     Cancelled(LeaseRef),
@@ -301,17 +298,11 @@ impl Consumer {
         let (deliveries, next_event) =
             self.queues.fetch(&self.queue, &self.stream_id, credit, self.visibility, &self.types).await?;
         let filled = !deliveries.is_empty() && deliveries.len() == credit;
-        let mut deliveries = deliveries.into_iter().peekable();
+        let mut deliveries = deliveries.into_iter();
         while let Some(first) = deliveries.next() {
             let event = if self.batch_deliveries {
-                let mut payload_bytes = first.job.payload.len();
                 let mut batch = vec![self.deliver(first)];
-                while let Some(delivery) =
-                    deliveries.next_if(|next| payload_bytes + next.job.payload.len() <= BATCH_PAYLOAD_BYTES)
-                {
-                    payload_bytes += delivery.job.payload.len();
-                    batch.push(self.deliver(delivery));
-                }
+                batch.extend(deliveries.by_ref().map(|delivery| self.deliver(delivery)));
                 ConsumerEvent::DeliveredBatch(batch)
             } else {
                 ConsumerEvent::Delivered(self.deliver(first))

@@ -332,20 +332,41 @@ fn job_to_proto(job: Job) -> pb::Job {
     }
 }
 
-/// What a consumer tells its stream, on the wire.
-fn event_to_proto(event: ConsumerEvent) -> Result<ConsumeResponse, Status> {
-    let event = match event {
-        ConsumerEvent::Delivered(delivery) => consume_response::Event::Delivery(delivery_to_proto(delivery)),
-        ConsumerEvent::DeliveredBatch(deliveries) => consume_response::Event::Deliveries(pb::DeliveryBatch {
-            deliveries: deliveries.into_iter().map(delivery_to_proto).collect(),
-        }),
-        ConsumerEvent::Cancelled(lease) => consume_response::Event::Cancelled(pb::JobCancelled {
+/// Most encoded bytes in one `deliveries` message (unless one delivery alone is larger): far
+/// below gRPC's usual 4 MiB receive limit, whatever the jobs carry (payloads, errors up to
+/// MAX_ERROR_BYTES, progress details).
+const DELIVERY_BATCH_BYTES: usize = 1 << 20;
+
+/// What a consumer tells its stream, on the wire: one message per event, except a batch of
+/// deliveries, which takes as many messages as its size needs.
+fn event_to_proto(event: ConsumerEvent) -> Vec<Result<ConsumeResponse, Status>> {
+    let message = |event| Ok(ConsumeResponse { event: Some(event) });
+    match event {
+        ConsumerEvent::Delivered(delivery) => {
+            vec![message(consume_response::Event::Delivery(delivery_to_proto(delivery)))]
+        }
+        ConsumerEvent::DeliveredBatch(deliveries) => {
+            let mut messages = Vec::new();
+            let (mut batch, mut bytes) = (Vec::new(), 0);
+            for delivery in deliveries.into_iter().map(delivery_to_proto) {
+                let size = prost::Message::encoded_len(&delivery);
+                if !batch.is_empty() && bytes + size > DELIVERY_BATCH_BYTES {
+                    let deliveries = std::mem::take(&mut batch);
+                    messages.push(message(consume_response::Event::Deliveries(pb::DeliveryBatch { deliveries })));
+                    bytes = 0;
+                }
+                bytes += size;
+                batch.push(delivery);
+            }
+            messages.push(message(consume_response::Event::Deliveries(pb::DeliveryBatch { deliveries: batch })));
+            messages
+        }
+        ConsumerEvent::Cancelled(lease) => vec![message(consume_response::Event::Cancelled(pb::JobCancelled {
             job_id: lease.job_id.clone(),
             lease_id: lease.lease_id(),
-        }),
-        ConsumerEvent::Ended(err) => return Err(err.into()),
-    };
-    Ok(ConsumeResponse { event: Some(event) })
+        }))],
+        ConsumerEvent::Ended(err) => vec![Err(err.into())],
+    }
 }
 
 fn delivery_to_proto(delivery: Delivery) -> pb::Delivery {
@@ -669,7 +690,8 @@ impl JobQueueService for JobQueueGrpc {
             batch_deliveries: request.batch_deliveries,
         };
         let events = Consumer::start(self.queues.scoped(&namespace), options, opening, steering, self.shutdown.clone());
-        Ok(Response::new(Box::pin(events.map(event_to_proto))))
+        let messages = futures::StreamExt::flat_map(events, |event| futures::stream::iter(event_to_proto(event)));
+        Ok(Response::new(Box::pin(messages)))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {

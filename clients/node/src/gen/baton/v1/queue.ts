@@ -494,8 +494,8 @@ export interface ConsumeResponse {
 
 /**
  * DeliveryBatch is jobs leased to a stream together, each as a `delivery` event would
- * carry it. A batch holds at most 1 MiB of job payloads, or one job whose payload alone is
- * larger; the jobs of one fetch may come in several batches.
+ * carry it. A batch is at most 1 MiB encoded, or one delivery that alone is larger; the
+ * jobs of one fetch may come in several batches.
  */
 export interface DeliveryBatch {
   /** The deliveries, in the order the queue handed them out. */
