@@ -44,10 +44,13 @@ type ackCoalescer struct {
 	client   *Client
 	maxBatch int
 
-	mu         sync.Mutex
-	waiting    []*pendingAck
-	inFlight   int  // AckBatch calls under way
-	timerArmed bool // a timer will look at waiting's oldest ack when it is overdue
+	mu      sync.Mutex
+	waiting []*pendingAck
+	// waitingBytes is the waiting acks' results in all: whether a call is due is then known
+	// without reading every waiting ack, which each ack would otherwise do under mu.
+	waitingBytes int
+	inFlight     int  // AckBatch calls under way
+	timerArmed   bool // a timer will look at waiting's oldest ack when it is overdue
 }
 
 type pendingAck struct {
@@ -74,6 +77,7 @@ func (a *ackCoalescer) ack(ctx context.Context, leaseID string, result []byte) e
 	}
 	a.mu.Lock()
 	a.waiting = append(a.waiting, pending)
+	a.waitingBytes += len(result)
 	batches := a.takeLocked(pending.queuedAt)
 	a.mu.Unlock()
 	observeAckQueued()
@@ -87,6 +91,13 @@ func (a *ackCoalescer) ack(ctx context.Context, leaseID string, result []byte) e
 func (a *ackCoalescer) takeLocked(now time.Time) (batches [][]*pendingAck) {
 	delay := time.Duration(ackBatchDelay.Load())
 	for len(a.waiting) > 0 {
+		// Full: one call could not take every waiting ack (a lone ack over the byte bound
+		// goes in a call of its own, which is not full).
+		full := len(a.waiting) >= a.maxBatch || (len(a.waiting) > 1 && a.waitingBytes > ackBatchBytes)
+		overdue := now.Sub(a.waiting[0].queuedAt) >= delay
+		if !full && !overdue && a.inFlight > 0 {
+			break
+		}
 		n, size := 0, 0
 		for n < len(a.waiting) && n < a.maxBatch {
 			next := len(a.waiting[n].request.GetResult())
@@ -96,13 +107,9 @@ func (a *ackCoalescer) takeLocked(now time.Time) (batches [][]*pendingAck) {
 			size += next
 			n++
 		}
-		full := n == a.maxBatch || n < len(a.waiting)
-		overdue := now.Sub(a.waiting[0].queuedAt) >= delay
-		if !full && !overdue && a.inFlight > 0 {
-			break
-		}
 		batches = append(batches, a.waiting[:n:n])
 		a.waiting = a.waiting[n:]
+		a.waitingBytes -= size
 		a.inFlight++
 	}
 	if len(a.waiting) == 0 {

@@ -367,3 +367,40 @@ async def test_async_a_lost_lease_in_a_batch_is_reported_while_the_others_are_ac
         want = queue_pb2.JOB_STATE_DEAD if job_id == lost else queue_pb2.JOB_STATE_SUCCEEDED
         assert (job.state, job.attempts) == (want, 1), job
     assert served(baton, "Ack") == 0
+
+
+class _Queued:
+    """An ack as the batcher keeps it: its request, and when it was queued."""
+
+    def __init__(self, result_bytes: int, queued_at: float = 0.0) -> None:
+        self.request = queue_pb2.AckRequest(lease_id="l", result=b"r" * result_bytes)
+        self.queued_at = queued_at
+
+
+def _sizes(batches: list[list[Any]]) -> list[list[int]]:
+    return [[len(pending.request.result) for pending in batch] for batch in batches]
+
+
+def test_a_call_is_due_when_full_by_count_or_bytes_overdue_or_none_in_flight() -> None:
+    kib = 1 << 10
+    waiting = _acks._Waiting()
+    take = lambda in_flight, now=0.0: _acks._take(waiting, 4, in_flight, now, 0.010)  # noqa: E731
+    for _ in range(3):
+        waiting.push(_Queued(10))
+    assert take(in_flight=1) == []  # 3 small acks wait for the call in flight
+    assert _sizes(take(in_flight=0)) == [[10, 10, 10]]  # none in flight: they go at once
+    for _ in range(5):
+        waiting.push(_Queued(10))
+    assert _sizes(take(in_flight=1)) == [[10] * 4]  # a full call goes; one is left waiting
+    assert _sizes(take(in_flight=1, now=0.010)) == [[10]]  # overdue
+    waiting.push(_Queued(2048 * kib))
+    assert take(in_flight=1) == []  # a lone ack over the byte bound is not a full call
+    waiting.push(_Queued(10))
+    # Over the bound with two: the big one goes alone, the small one waits.
+    assert _sizes(take(in_flight=1)) == [[2048 * kib]]
+    for _ in range(2):
+        waiting.push(_Queued(600 * kib))
+    assert _sizes(take(in_flight=1)) == [[10, 600 * kib]]  # 1 MiB would be passed with three
+    assert len(waiting) == 1 and waiting.size == 600 * kib
+    assert _sizes(take(in_flight=0)) == [[600 * kib]]
+    assert len(waiting) == 0 and waiting.size == 0
