@@ -29,3 +29,10 @@ func ObserveAcksQueued(observer func()) (stop func()) {
 	ackQueuedObserver.Store(&observer)
 	return func() { ackQueuedObserver.Store(nil) }
 }
+
+// AskOneDeliveryAMessage makes Consume open its streams without batch_deliveries, as against a
+// server from before batches, until the returned function is called.
+func AskOneDeliveryAMessage() (restore func()) {
+	previous := oneDeliveryAMessage.Swap(true)
+	return func() { oneDeliveryAMessage.Store(previous) }
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -16,6 +17,10 @@ import (
 
 	batonv1 "github.com/baton-dev/baton/clients/go/gen/baton/v1"
 )
+
+// oneDeliveryAMessage makes Consume leave batch_deliveries unset, as a worker meeting a server
+// from before batches gets one job a message: set by the tests only.
+var oneDeliveryAMessage atomic.Bool
 
 var (
 	// ErrJobCancelled is the cause of a handler's context when CancelJob was called for its
@@ -361,7 +366,7 @@ func (c *Client) Consume(ctx context.Context, queue string, concurrency int, han
 		Types:             cfg.types,
 		Consumer:          cfg.consumer,
 		// A fetch's jobs in one message rather than one a message; older servers ignore it.
-		BatchDeliveries: true,
+		BatchDeliveries: !oneDeliveryAMessage.Load(),
 	}
 	err := w.run(ctx, request)
 	w.handlers.Wait()

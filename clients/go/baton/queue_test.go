@@ -636,3 +636,40 @@ func TestStopBetweenStreamsHandsBackThroughANewStream(t *testing.T) {
 	}
 	checkStartedJobsSucceededAndOthersUncharged(t, connect(t, second.Addr), ids, started)
 }
+
+// A server from before batch_deliveries sends one job a message: the worker takes every job
+// once either way.
+func TestTheWorkerTakesJobsOneOrManyToAMessage(t *testing.T) {
+	for _, oneAMessage := range []bool{false, true} {
+		t.Run(fmt.Sprintf("oneAMessage=%v", oneAMessage), func(t *testing.T) {
+			if oneAMessage {
+				t.Cleanup(baton.AskOneDeliveryAMessage())
+			}
+			client, _ := server(t)
+			queue := unique("one-or-many")
+			const jobs = 300
+			requests := make([]*batonv1.EnqueueRequest, jobs)
+			for n := range requests {
+				requests[n] = &batonv1.EnqueueRequest{Queue: queue, Payload: []byte(fmt.Sprint(n))}
+			}
+			if _, err := client.Queue.EnqueueBatch(testContext(t), &batonv1.EnqueueBatchRequest{Requests: requests}); err != nil {
+				t.Fatal(baton.FromError(err))
+			}
+			record := newSettlements()
+			consumeInBackground(t, client, queue, 32, func(context.Context, *baton.Job) ([]byte, error) {
+				return nil, nil
+			}, baton.WithOnSettled(record.record))
+			batontest.Eventually(t, 10*time.Second, "every job acked", func() bool { return record.ackedCount() == jobs })
+			record.mu.Lock()
+			defer record.mu.Unlock()
+			for id, acks := range record.acked {
+				if acks != 1 {
+					t.Errorf("job %s acked %d times, want once", id, acks)
+				}
+			}
+			if len(record.other) > 0 {
+				t.Errorf("settlements other than acks: %v", record.other)
+			}
+		})
+	}
+}

@@ -1087,6 +1087,12 @@ function wholeOrZero(count: number | undefined): number {
  * enqueue, consume, watchJob, waitForJob, watchQueue, listJobs, configureQueue and
  * getQueueConfig, for BatonClient.
  */
+/**
+ * What the tests change: `batchDeliveries` false opens Consume streams as against a server
+ * from before batches, which sends one job a message.
+ */
+export const consumeTuning = { batchDeliveries: true };
+
 export class QueueHelpers {
   constructor(
     private readonly stub: JobQueueServiceClient,
@@ -1136,7 +1142,7 @@ export class QueueHelpers {
       types: options.types ?? [],
       consumer: options.consumer ?? "",
       // A fetch's jobs in one message rather than one a message; older servers ignore it.
-      batchDeliveries: true,
+      batchDeliveries: consumeTuning.batchDeliveries,
     });
     return new Worker(this.stub, request, handler, options).run();
   }

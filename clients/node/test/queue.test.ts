@@ -6,6 +6,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 
 import { BatonClient, ConsumeOptions, InvalidArgumentError, Job, JobCancelledError, JobHandler } from "../src/index.js";
 import { CancelJobRequest, ConsumeResponse, GetJobRequest, JobState, Job as JobMessage } from "../src/gen/baton/v1/queue.js";
+import { consumeTuning } from "../src/queue.js";
 import { unary } from "../src/unary.js";
 import { Environment, eventually, unique } from "./harness.js";
 
@@ -449,3 +450,26 @@ test("a stopped worker hands back, through its current stream, unstarted jobs an
     producer.close();
   }
 });
+
+for (const batchDeliveries of [true, false]) {
+  // false: as against a server from before batch_deliveries, which sends one job a message.
+  test(`the worker takes every job once, ${batchDeliveries ? "many" : "one"} to a message`, async () => {
+    const queue = unique("one-or-many");
+    const ids = await enqueueMany(queue, 300);
+    const settlements = new Settlements();
+    consumeTuning.batchDeliveries = batchDeliveries;
+    let stop: () => Promise<void>;
+    try {
+      stop = consuming(client, queue, async () => undefined, { concurrency: 32, onSettled: settlements.record });
+    } finally {
+      consumeTuning.batchDeliveries = true;
+    }
+    try {
+      await eventually("every job acked", () => settlements.acked.size === ids.length);
+    } finally {
+      await stop();
+    }
+    assert.deepEqual([...settlements.acked.values()].filter((acks) => acks !== 1), []);
+    assert.deepEqual(settlements.other, []);
+  });
+}
