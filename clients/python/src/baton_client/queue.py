@@ -47,7 +47,6 @@ from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import grpc
-from opentelemetry.trace import Span
 
 from . import _retry, _tracing
 from ._acks import DEFAULT_ACK_BATCH_SIZE, AckBatcher, AsyncAckBatcher
@@ -567,9 +566,9 @@ def _lost(error: BatonError) -> tuple[str, Exception]:
     return reason, outcome
 
 
-def _processing(job: Job) -> contextlib.AbstractContextManager[Span]:
+def _processing(job: Job) -> _tracing.Processing:
     """The job's trace context (and span) its handler, Ack and Nack run in."""
-    return _tracing.processing(job.queue, job.id, job.attempt, job.trace_context)
+    return _tracing.Processing(job.queue, job.id, job.attempt, job.trace_context)
 
 
 SyncHandler = Callable[[Job], "bytes | None"]
