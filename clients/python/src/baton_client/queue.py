@@ -373,6 +373,11 @@ def _queue_event(event: queue_pb2.QueueEvent) -> QueueEvent | None:
     )
 
 
+# Orders a job's cancellation with the first use of its `cancelled` Event (one lock for all:
+# both are rare).
+_CANCEL_LOCK = threading.Lock()
+
+
 @dataclass(eq=False)
 class Job:
     """One delivery of a job to a handler."""
@@ -392,9 +397,6 @@ class Job:
     """Proves this delivery to Ack/Nack/Extend on the raw stub; ``consume`` does all three."""
     group: str = ""
     """The group given to ``enqueue``; empty for none."""
-    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
-    """Set when the handler should stop: the job was cancelled, its lease lost, or the
-    worker is shutting down. Its result no longer counts; long handlers should check it."""
     cancel_reason: str | None = None
     """``"cancelled"``, ``"lease_lost"`` or ``"shutdown"`` once ``cancelled`` is set."""
     trace_context: dict[str, str] = field(default_factory=dict, repr=False)
@@ -407,6 +409,22 @@ class Job:
     _stub: queue_pb2_grpc.JobQueueServiceStub | None = field(default=None, repr=False)
     # Told when Baton refuses a progress report: the lease is no longer this delivery's.
     _refused: Callable[[Job, BatonError], None] | None = field(default=None, repr=False)
+    # Made on first use: most handlers never look, and an Event costs a job ~2 µs.
+    _cancelled: threading.Event | None = field(default=None, repr=False)
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the handler should stop: the job was cancelled, its lease lost, or the
+        worker is shutting down. Its result no longer counts; long handlers should check it."""
+        event = self._cancelled
+        if event is None:
+            with _CANCEL_LOCK:  # see _cancel
+                if self._cancelled is None:
+                    self._cancelled = threading.Event()
+                    if self.cancel_reason is not None:
+                        self._cancelled.set()
+                event = self._cancelled
+        return event
 
     def progress(self, value: float, detail: bytes = b"") -> None:
         """Reports how far the handler is with the job: ``value`` (any finite number: a
@@ -441,9 +459,13 @@ class Job:
             self._refused(self, refused)
 
     def _cancel(self, reason: str) -> None:
-        if self.cancel_reason is None:
-            self.cancel_reason = reason
-        self.cancelled.set()
+        # Under the lock with `cancelled`'s first use: an Event made meanwhile is made set.
+        with _CANCEL_LOCK:
+            if self.cancel_reason is None:
+                self.cancel_reason = reason
+            event = self._cancelled
+        if event is not None:
+            event.set()
 
 
 class AsyncJob(Job):
@@ -813,7 +835,7 @@ class _Worker(_Settling):
             if self._unstarted.pop(job.lease_id, None) is None:
                 return  # handed back
         try:
-            if job.cancelled.is_set():
+            if job.cancel_reason is not None:
                 self._report_dropped(job)  # cancelled before it started
                 return
             with _processing(job) as span:
@@ -832,7 +854,7 @@ class _Worker(_Settling):
         self, job: Job, result: bytes | None, error: Exception | None
     ) -> BaseException | None:
         """Acks or nacks the job; returns what went wrong (reported), if anything."""
-        if job.cancelled.is_set():
+        if job.cancel_reason is not None:
             # Cut short by shutdown: not the job's fault, so no Nack (which would use up an
             # attempt); the stream's close hands it back at once.
             self._report_dropped(job)
@@ -901,7 +923,7 @@ class _Worker(_Settling):
                 due = [
                     job
                     for job in self._held.values()
-                    if not job.cancelled.is_set() and job.lease_id not in self._extending
+                    if job.cancel_reason is None and job.lease_id not in self._extending
                 ]
                 self._extending.update(job.lease_id for job in due)
             for job in due:
@@ -1081,7 +1103,7 @@ class _AsyncWorker(_Settling):
                     self._begin_stop()  # hands this job back and cancels this task
                     await asyncio.sleep(0)
                 self._unstarted.pop(job.lease_id, None)
-                if job.cancelled.is_set():
+                if job.cancel_reason is not None:
                     self._report_dropped(job)  # cancelled before it started
                     return
                 with _processing(job) as span:
@@ -1108,7 +1130,7 @@ class _AsyncWorker(_Settling):
     async def _settle(
         self, job: Job, result: bytes | None, error: Exception | None
     ) -> BaseException | None:
-        if job.cancelled.is_set():
+        if job.cancel_reason is not None:
             self._report_dropped(job)  # see _Worker._settle
             return None
         self._settling.add(job.lease_id)
@@ -1156,7 +1178,7 @@ class _AsyncWorker(_Settling):
             while True:
                 await asyncio.sleep(self._visibility / 3)
                 for job in list(self._held.values()):
-                    if job.cancelled.is_set() or job.lease_id in extending:
+                    if job.cancel_reason is not None or job.lease_id in extending:
                         continue
                     extending.add(job.lease_id)
                     beat = asyncio.create_task(extend(job))
