@@ -12,8 +12,7 @@ import (
 // acks' byte total stays the sum of what waits.
 func TestAnAckBatchIsDueWhenFullByCountOrBytesOverdueOrNoneInFlight(t *testing.T) {
 	const kib = 1 << 10
-	restore := ackBatchDelay.Swap(int64(10 * time.Millisecond))
-	defer ackBatchDelay.Store(restore)
+	defer SetAckBatchDelay(10 * time.Millisecond)()
 	start := time.Now()
 	// timerArmed: the test looks at the waiting acks itself, and there is no client to call.
 	a := &ackCoalescer{maxBatch: 4, timerArmed: true}

@@ -1084,15 +1084,15 @@ function wholeOrZero(count: number | undefined): number {
 }
 
 /**
- * enqueue, consume, watchJob, waitForJob, watchQueue, listJobs, configureQueue and
- * getQueueConfig, for BatonClient.
- */
-/**
  * What the tests change: `batchDeliveries` false opens Consume streams as against a server
  * from before batches, which sends one job a message.
  */
 export const consumeTuning = { batchDeliveries: true };
 
+/**
+ * enqueue, consume, watchJob, waitForJob, watchQueue, listJobs, configureQueue and
+ * getQueueConfig, for BatonClient.
+ */
 export class QueueHelpers {
   constructor(
     private readonly stub: JobQueueServiceClient,

@@ -108,10 +108,10 @@ class _Waiting:
         self.acks.append(pending)
         self.size += len(pending.request.result)
 
-    def take(self, count: int) -> list[Any]:
-        batch = [self.acks.popleft() for _ in range(count)]
-        self.size -= sum(len(pending.request.result) for pending in batch)
-        return batch
+    def take(self, count: int, size: int) -> list[Any]:
+        """The oldest ``count`` acks, whose results weigh ``size``."""
+        self.size -= size
+        return [self.acks.popleft() for _ in range(count)]
 
 
 def _take(
@@ -135,7 +135,7 @@ def _take(
             if count and size + weight > _BATCH_BYTES:
                 break
             count, size = count + 1, size + weight
-        batches.append(waiting.take(count))
+        batches.append(waiting.take(count, size))
     return batches
 
 
