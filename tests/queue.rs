@@ -802,3 +802,49 @@ async fn concurrent_single_acks_share_scripts_and_keep_their_own_outcomes() {
     let repeated = deliveries.iter().find(|d| !cancelled.contains(&d.job.as_ref().unwrap().job_id)).unwrap();
     ack(&mut queues, repeated).await.unwrap();
 }
+
+/// A job's hash holds only the fields that say something (each field costs Redis on every
+/// write and read of the job), and every field of the job reads back as enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_stored_lean_and_reads_back_whole() {
+    let redis = Redis::start();
+    let baton = Server::start(&redis.url(), &[]);
+    let mut queues = baton.queues().await;
+    let queue = unique("lean");
+    let backoff = Backoff {
+        initial: Some(duration_to_proto(Duration::from_millis(1500))),
+        max: Some(duration_to_proto(Duration::from_secs(60))),
+        multiplier: 2.5,
+    };
+    let plain = EnqueueRequest { priority: -3, max_attempts: 7, backoff: Some(backoff), ..job(&queue, "p") };
+    let plain_id = enqueue(&mut queues, plain).await;
+    let hour = Duration::from_secs(3600);
+    let delayed = EnqueueRequest {
+        r#type: "mail".into(),
+        dedup_key: "once".into(),
+        schedule: Some(enqueue_request::Schedule::Delay(duration_to_proto(hour))),
+        ..job(&queue, "d")
+    };
+    let delayed_id = enqueue(&mut queues, delayed).await;
+
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("*:job:{plain_id}")).query(&mut redis.connection()).unwrap();
+    assert_eq!(keys.len(), 1, "one hash for the job: {keys:?}");
+    let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(&keys[0]).query(&mut redis.connection()).unwrap();
+    let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["created_at", "payload", "spec", "state"]);
+
+    let get = |id: &String| GetJobRequest { job_id: id.clone() };
+    let plain = queues.get_job(get(&plain_id)).await.unwrap().into_inner().job.unwrap();
+    assert_eq!((plain.priority, plain.max_attempts, plain.attempts), (-3, 7, 0));
+    assert_eq!(plain.backoff, Some(backoff));
+    assert_eq!((plain.r#type.as_str(), plain.dedup_key.as_str()), ("", ""));
+    assert_eq!(plain.run_at, plain.created_at, "a job due at once runs at its creation");
+    assert_eq!(JobState::try_from(plain.state).unwrap(), JobState::Ready);
+
+    let delayed = queues.get_job(get(&delayed_id)).await.unwrap().into_inner().job.unwrap();
+    assert_eq!((delayed.r#type.as_str(), delayed.dedup_key.as_str()), ("mail", "once"));
+    let (created, run_at) = (delayed.created_at.unwrap(), delayed.run_at.unwrap());
+    assert_eq!(run_at.seconds - created.seconds, hour.as_secs() as i64);
+    assert_eq!(JobState::try_from(delayed.state).unwrap(), JobState::Scheduled);
+}

@@ -27,7 +27,12 @@ for i = 9, #KEYS do
       table.insert(settled, id)
       table.insert(finished, int(now))
       table.insert(finished, id)
-      redis.call('HSET', job, 'state', 'SUCCEEDED', 'result', ARGV[at + 2], 'finished_at', int(now))
+      -- Most handlers return nothing: an empty result is no field (decode_job's default).
+      if ARGV[at + 2] == '' then
+        redis.call('HSET', job, 'state', 'SUCCEEDED', 'finished_at', int(now))
+      else
+        redis.call('HSET', job, 'state', 'SUCCEEDED', 'result', ARGV[at + 2], 'finished_at', int(now))
+      end
       redis.call('PEXPIRE', job, ARGV[1])
       replies[i - 7] = 1
       release_group(group)

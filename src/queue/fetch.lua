@@ -41,13 +41,13 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', int(now), 'LIMIT', 
 for _, id in ipairs(expired) do
   local job = prefix .. id
   redis.call('ZREM', KEYS[4], id)
-  local attempts, max_attempts, was_due, group =
-    unpack(redis.call('HMGET', job, 'attempts', 'max_attempts', 'due', 'group'))
+  local attempts, spec, was_due, created, group =
+    unpack(redis.call('HMGET', job, 'attempts', 'spec', 'due', 'created_at', 'group'))
   release_group(group)
-  if tonumber(attempts) >= tonumber(max_attempts) then
+  if tonumber(attempts) >= parse_spec(spec).max_attempts then
     make_dead(KEYS[5], id, job, dead_limits, 'lease expired')
   else
-    make_ready(KEYS[1], KEYS[2], id, job, tonumber(was_due))
+    make_ready(KEYS[1], KEYS[2], id, job, tonumber(was_due or created))
     redis.call('HINCRBY', job, 'expired_leases', 1)
     reclaimed = reclaimed + 1
     became_ready = true

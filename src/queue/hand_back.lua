@@ -17,16 +17,17 @@ for i = 10, #KEYS do
   local id, token = ARGV[5 + (i - 10) * 2], ARGV[6 + (i - 10) * 2]
   if holds(job, token) then
     redis.call('ZREM', KEYS[3], id)
-    local attempts, max_attempts, due, group = unpack(redis.call('HMGET', job, 'attempts', 'max_attempts', 'due', 'group'))
+    local attempts, spec, due, created, group =
+      unpack(redis.call('HMGET', job, 'attempts', 'spec', 'due', 'created_at', 'group'))
     release_group(group)
     if unstarted then
       attempts = math.max(0, tonumber(attempts) - 1)
       redis.call('HSET', job, 'attempts', attempts)
     end
-    if not unstarted and tonumber(attempts) >= tonumber(max_attempts) then
+    if not unstarted and tonumber(attempts) >= parse_spec(spec).max_attempts then
       make_dead(KEYS[4], id, job, {ARGV[1], ARGV[4]}, 'consumer disconnected')
     else
-      make_ready(KEYS[1], KEYS[2], id, job, tonumber(due))
+      make_ready(KEYS[1], KEYS[2], id, job, tonumber(due or created))
       redis.call('HINCRBY', job, 'handed_back', 1)
       handed_back = handed_back + 1
       if unstarted then

@@ -185,8 +185,7 @@ struct EnqueueCall {
     keys: Vec<String>,
     channel: String,
     job_ids: Vec<String>,
-    /// Floats travel as text: the scripts multiply with them.
-    multipliers: Vec<String>,
+    specs: Vec<String>,
 }
 
 impl EnqueueCall {
@@ -201,14 +200,14 @@ impl EnqueueCall {
             keys,
             channel: queue_keys.channel(),
             job_ids,
-            multipliers: jobs.iter().map(|job| job.backoff.multiplier.to_string()).collect(),
+            specs: jobs.iter().map(|job| spec(job.priority, job.max_attempts, &job.backoff)).collect(),
         }
     }
 
     fn args<'a>(&'a self, jobs: &[&'a NewJob]) -> Vec<Arg<'a>> {
-        let mut args: Vec<Arg> = Vec::with_capacity(1 + jobs.len() * 14);
+        let mut args: Vec<Arg> = Vec::with_capacity(1 + jobs.len() * 10);
         args.push((&self.channel).into());
-        for ((job, job_id), multiplier) in jobs.iter().zip(&self.job_ids).zip(&self.multipliers) {
+        for ((job, job_id), spec) in jobs.iter().zip(&self.job_ids).zip(&self.specs) {
             let (dedup_key, dedup_ttl_ms) = match &job.dedup {
                 Some((key, ttl)) => (key.as_str(), (ttl.as_millis() as u64).max(1)),
                 None => ("", 1),
@@ -217,11 +216,7 @@ impl EnqueueCall {
                 Arg::from(job_id),
                 (&job.job_type).into(),
                 (&job.payload).into(),
-                i64::from(job.priority).into(),
-                job.max_attempts.into(),
-                micros(job.backoff.initial).into(),
-                micros(job.backoff.max).into(),
-                multiplier.into(),
+                spec.into(),
                 micros(job.delay).into(),
                 job.run_at_micros.into(),
                 dedup_key.into(),
@@ -232,6 +227,24 @@ impl EnqueueCall {
         }
         args
     }
+}
+
+/// The `spec` field of a job's hash: what it is given at enqueue and never changes, as the
+/// scripts read it (parse_spec in prelude.lua). Floats travel as text: the scripts multiply
+/// with the backoff's multiplier.
+fn spec(priority: i32, max_attempts: u32, backoff: &Backoff) -> String {
+    format!("{priority} {max_attempts} {} {} {}", micros(backoff.initial), micros(backoff.max), backoff.multiplier)
+}
+
+/// A `spec` field read back; None when it is not one.
+fn parse_spec(spec: &str) -> Option<(i32, u32, Backoff)> {
+    let mut parts = spec.split(' ');
+    let priority = parts.next()?.parse().ok()?;
+    let max_attempts = parts.next()?.parse().ok()?;
+    let initial = Duration::from_micros(parts.next()?.parse().ok()?);
+    let max = Duration::from_micros(parts.next()?.parse().ok()?);
+    let multiplier = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((priority, max_attempts, Backoff { initial, max, multiplier }))
 }
 
 /// enqueue.lua's reply: each job's id and whether it was a duplicate.
@@ -985,7 +998,9 @@ fn decode_job_hash(queue: &str, job_id: &str, fields: &HashMap<String, Vec<u8>>)
     decode_job(queue, job_id, fields.iter().map(|(name, value)| (name.as_bytes(), value.as_slice())))
 }
 
-/// A job from its hash's fields, in any order (those it does not know are skipped).
+/// A job from its hash's fields, in any order (those it does not know are skipped). The
+/// scripts store only the fields that say something: an absent one is empty or zero, and an
+/// absent `run_at` is `created_at` (a job due when it was enqueued).
 fn decode_job<'a>(
     queue: &str,
     job_id: &str,
@@ -1014,24 +1029,25 @@ fn decode_job<'a>(
         progress: None,
         group: String::new(),
     };
-    let mut state = None;
+    let (mut state, mut run_at) = (None, None);
     let (mut progress, mut progress_detail, mut progress_at) = (0.0, Vec::new(), None);
     for (name, value) in fields {
         match name {
             b"type" => job.job_type = text(value),
             b"payload" => job.payload = value.to_vec(),
-            b"priority" => job.priority = number(value) as i32,
+            b"spec" => {
+                let spec = std::str::from_utf8(value).ok().and_then(parse_spec);
+                let (priority, max_attempts, backoff) =
+                    spec.ok_or_else(|| Error::Internal(format!("job {job_id} has no valid spec")))?;
+                (job.priority, job.max_attempts, job.backoff) = (priority, max_attempts, backoff);
+            }
             b"state" => state = std::str::from_utf8(value).ok().and_then(JobState::parse),
             b"attempts" => job.attempts = number(value) as u32,
-            b"max_attempts" => job.max_attempts = number(value) as u32,
             b"created_at" => job.created_at_micros = number(value) as u64,
-            b"run_at" => job.run_at_micros = number(value) as u64,
+            b"run_at" => run_at = Some(number(value) as u64),
             b"last_error" => job.last_error = text(value),
             b"result" => job.result = value.to_vec(),
             b"dedup_key" => job.dedup_key = text(value),
-            b"backoff_initial" => job.backoff.initial = Duration::from_micros(number(value) as u64),
-            b"backoff_max" => job.backoff.max = Duration::from_micros(number(value) as u64),
-            b"backoff_multiplier" => job.backoff.multiplier = number(value),
             b"finished_at" => job.finished_at_micros = Some(number(value) as u64).filter(|at| *at > 0),
             b"trace" => job.trace_context = text(value),
             b"group" => job.group = text(value),
@@ -1042,7 +1058,52 @@ fn decode_job<'a>(
         }
     }
     job.state = state.ok_or_else(|| Error::Internal(format!("job {job_id} has no state")))?;
+    // A job due when it was enqueued has no run_at of its own.
+    job.run_at_micros = run_at.unwrap_or(job.created_at_micros);
     job.progress =
         progress_at.map(|reported_at_micros| Progress { value: progress, detail: progress_detail, reported_at_micros });
     Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_reads_back_as_written() {
+        let backoffs = [
+            Backoff { initial: Duration::from_micros(1), max: Duration::from_secs(86_400), multiplier: 2.5 },
+            Backoff { initial: Duration::ZERO, max: Duration::ZERO, multiplier: 1.0 },
+            Backoff { initial: Duration::from_millis(1500), max: Duration::from_secs(60), multiplier: 0.001 },
+        ];
+        for (priority, max_attempts, backoff) in
+            [(-1000, 1, &backoffs[0]), (0, u32::MAX, &backoffs[1]), (1000, 7, &backoffs[2])]
+        {
+            let written = spec(priority, max_attempts, backoff);
+            let (read_priority, read_attempts, read_backoff) = parse_spec(&written).expect(&written);
+            assert_eq!((read_priority, read_attempts), (priority, max_attempts), "{written}");
+            assert_eq!(
+                (read_backoff.initial, read_backoff.max, read_backoff.multiplier),
+                (backoff.initial, backoff.max, backoff.multiplier),
+                "{written}"
+            );
+        }
+        for broken in ["", "1 2 3 4", "1 2 3 4 x", "a 2 3 4 5", "1 2 3 4 5 6"] {
+            assert!(parse_spec(broken).is_none(), "{broken:?} is no spec");
+        }
+    }
+
+    #[test]
+    fn absent_fields_read_as_their_defaults() {
+        let fields: [(&[u8], &[u8]); 4] = [
+            (b"state", b"READY"),
+            (b"created_at", b"1700000000000000"),
+            (b"spec", b"-2 5 10 20 2"),
+            (b"payload", b"x"),
+        ];
+        let job = decode_job("q", "j", fields).unwrap();
+        assert_eq!(job.run_at_micros, 1_700_000_000_000_000, "run_at defaults to created_at");
+        assert_eq!((job.priority, job.max_attempts, job.attempts), (-2, 5, 0));
+        assert!(job.job_type.is_empty() && job.dedup_key.is_empty() && job.result.is_empty());
+    }
 }

@@ -18,9 +18,9 @@ redis.call('HSET', KEYS[1], 'last_error', ARGV[3])
 if ARGV[8] ~= '' then
   redis.call('PUBLISH', ARGV[8], 'settled')
 end
-local attempts, max_attempts, initial, cap, multiplier, group = unpack(redis.call('HMGET', KEYS[1],
-  'attempts', 'max_attempts', 'backoff_initial', 'backoff_max', 'backoff_multiplier', 'group'))
-if ARGV[5] == '1' or tonumber(attempts) >= tonumber(max_attempts) then
+local attempts, spec, group = unpack(redis.call('HMGET', KEYS[1], 'attempts', 'spec', 'group'))
+spec = parse_spec(spec)
+if ARGV[5] == '1' or tonumber(attempts) >= spec.max_attempts then
   release_group(group)
   make_dead(KEYS[4], ARGV[1], KEYS[1], {ARGV[7], ARGV[10]}, nil)
   announce_events()
@@ -28,10 +28,9 @@ if ARGV[5] == '1' or tonumber(attempts) >= tonumber(max_attempts) then
 end
 local delay = tonumber(ARGV[4])
 if delay == 0 then
-  multiplier = tonumber(multiplier)
-  delay = math.min(tonumber(cap), tonumber(initial) * multiplier ^ (tonumber(attempts) - 1))
+  delay = math.min(spec.backoff_max, spec.backoff_initial * spec.multiplier ^ (tonumber(attempts) - 1))
   -- Exponential backoff spreads retries ("equal jitter"); a fixed one stays exact.
-  if multiplier > 1 then
+  if spec.multiplier > 1 then
     delay = delay / 2 + delay / 2 * tonumber(ARGV[6])
   end
 end

@@ -19,9 +19,38 @@
 --   succeeded     sorted set: job id -> when it was acked, µs (the last ones kept)
 --   watched       hash, present while somebody watches the queue: n = events recorded
 --   events        stream of events (see `event`), only while watched
---   job:<id>      hash: the job (see decode_job in mod.rs for the fields)
+--   job:<id>      hash: the job (see decode_job in mod.rs for the fields, and parse_spec)
+-- A job's `due` (when it last became ready, µs: a job handed back keeps its place) is absent
+-- while it is its `created_at`.
 -- Scripts that choose which job to touch (fetch, reap) build job keys from ARGV's prefix,
 -- which is the queue's own `job:` prefix, so they stay in the queue's slot.
+
+-- What a job is given at enqueue and never changes (priority, max_attempts, backoff) is one
+-- field, `spec`: "priority max_attempts backoff_initial_us backoff_max_us multiplier". One
+-- field rather than five, as each costs Redis again on every write and read of the job.
+local function parse_spec(spec)
+  local priority, max_attempts, initial, cap, multiplier =
+    string.match(spec, '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+  return {priority = tonumber(priority), max_attempts = tonumber(max_attempts),
+    backoff_initial = tonumber(initial), backoff_max = tonumber(cap), multiplier = tonumber(multiplier)}
+end
+
+local function spec_priority(spec)
+  return tonumber(string.match(spec, '^%S+'))
+end
+
+-- Appends field/value pairs to an HSET's arguments, leaving out empty values (the default
+-- of every optional field).
+local function add_fields(args, ...)
+  local pairs_given = {...}
+  for i = 1, #pairs_given, 2 do
+    local value = pairs_given[i + 1]
+    if value ~= '' then
+      args[#args + 1] = pairs_given[i]
+      args[#args + 1] = value
+    end
+  end
+end
 
 -- Higher priority first, then earlier due. Priorities are -1000..=1000 and due times are ms
 -- since 2026-01-01 (2^41 ms = 69 years), so the rank stays an exact integer in a double.
@@ -92,7 +121,7 @@ local function release_group(group)
 end
 
 local function make_ready(ready, ready_since, id, job, due)
-  local priority, group, seq, holds = unpack(redis.call('HMGET', job, 'priority', 'group', 'gseq', 'holds'))
+  local spec, group, seq, holds = unpack(redis.call('HMGET', job, 'spec', 'group', 'gseq', 'holds'))
   if group and group ~= '' then
     if holds then
       -- A FIFO job held its group while it waited to retry; it is at the group's head now.
@@ -102,7 +131,7 @@ local function make_ready(ready, ready_since, id, job, due)
     redis.call('ZADD', group_ready(group), seq, id)
     offer_group(group)
   else
-    redis.call('ZADD', ready, int(rank(tonumber(priority), due)), id)
+    redis.call('ZADD', ready, int(rank(spec_priority(spec), due)), id)
   end
   redis.call('ZADD', ready_since, int(due), id)
   redis.call('HSET', job, 'state', 'READY', 'due', int(due), 'lease', '')

@@ -5,7 +5,7 @@
 -- KEYS: enqueue.lua's (ready, ready_since, scheduled, watched, events, groups, gactive,
 --       config, enqueued, then a job and a dedup key per job),
 --       then schedules, state, due
--- ARGV: enqueue.lua's (channel, then 14 values per job), then schedule id, the due tick
+-- ARGV: enqueue.lua's (channel, then 10 values per job), then schedule id, the due tick
 --       it was read at (µs), its generation (created µs), its next tick (µs, '' when none),
 --       the latest tick enqueued (µs, 0 when none)
 -- Returns enqueue.lua's reply, or {0, 'STALE'} when the schedule moved on or was replaced.
