@@ -25,13 +25,13 @@ for i = 9, #KEYS do
       replies[i - 7] = refused
     else
       table.insert(settled, id)
-      table.insert(finished, int(now))
+      table.insert(finished, now_int)
       table.insert(finished, id)
       -- Most handlers return nothing: an empty result is no field (decode_job's default).
       if ARGV[at + 2] == '' then
-        redis.call('HSET', job, 'state', 'SUCCEEDED', 'finished_at', int(now))
+        redis.call('HSET', job, 'state', 'SUCCEEDED', 'finished_at', now_int)
       else
-        redis.call('HSET', job, 'state', 'SUCCEEDED', 'result', ARGV[at + 2], 'finished_at', int(now))
+        redis.call('HSET', job, 'state', 'SUCCEEDED', 'result', ARGV[at + 2], 'finished_at', now_int)
       end
       redis.call('PEXPIRE', job, ARGV[1])
       replies[i - 7] = 1

@@ -24,7 +24,7 @@ if group and group ~= '' then
     release_group(group)
   end
 end
-redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'lease', '', 'finished_at', int(now))
+redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'lease', '', 'finished_at', now_int)
 if state == 'ACTIVE' then
   redis.call('HSET', KEYS[1], 'cancelled_lease', lease)
   redis.call('PUBLISH', ARGV[3] .. ':' .. string.sub(lease, 1, 16), 'cancelled')

@@ -46,10 +46,10 @@ for j = 0, job_count - 1 do
         table.insert(ranked, int(rank(spec_priority(spec), now)))
         table.insert(ranked, id)
       end
-      table.insert(since, int(now))
+      table.insert(since, now_int)
       table.insert(since, id)
     end
-    local record = {'payload', ARGV[a + 3], 'spec', spec, 'created_at', int(now), 'state', state}
+    local record = {'payload', ARGV[a + 3], 'spec', spec, 'created_at', now_int, 'state', state}
     if run_at ~= now then
       add_fields(record, 'run_at', int(run_at))
     end

@@ -26,7 +26,7 @@ use_groups(KEYS[1], KEYS[10], KEYS[11], KEYS[12])
 
 -- Due delayed and retrying jobs become ready, ranked by when they became due.
 local became_ready = false
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', int(now), 'WITHSCORES', 'LIMIT', 0, 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_int, 'WITHSCORES', 'LIMIT', 0, 1000)
 for i = 1, #due, 2 do
   local id = due[i]
   redis.call('ZREM', KEYS[3], id)
@@ -37,7 +37,7 @@ end
 -- Leases past their deadline (a consumer or a whole baton died) go back, keeping their
 -- place, or die once their attempts are spent.
 local reclaimed = 0
-local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', int(now), 'LIMIT', 0, 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now_int, 'LIMIT', 0, 1000)
 for _, id in ipairs(expired) do
   local job = prefix .. id
   redis.call('ZREM', KEYS[4], id)
@@ -103,17 +103,18 @@ end
 local replies = {1, -1, reclaimed}
 local delivered = 0
 local deadline = now + visibility
+local deadline_int = int(deadline)
 -- Ungrouped index moves are made at the end, one command per index for all deliveries.
 local taken, active = {}, {}
 
 local function lease(id, job)
   delivered = delivered + 1
   local token = ARGV[tokens_at + delivered]
-  table.insert(active, int(deadline))
+  table.insert(active, deadline_int)
   table.insert(active, id)
   local attempt = redis.call('HINCRBY', job, 'attempts', 1)
-  redis.call('HSET', job, 'state', 'ACTIVE', 'lease', token, 'lease_deadline', int(deadline))
-  replies[#replies + 1] = {id, attempt, token, int(deadline), cmsgpack.pack(redis.call('HGETALL', job))}
+  redis.call('HSET', job, 'state', 'ACTIVE', 'lease', token, 'lease_deadline', deadline_int)
+  replies[#replies + 1] = {id, attempt, token, deadline_int, cmsgpack.pack(redis.call('HGETALL', job))}
   event('active', id, 'ACTIVE', attempt)
 end
 

@@ -3,8 +3,8 @@
 -- KEYS[1] schedules   KEYS[2] state   KEYS[3] due   ARGV[1] at most this many
 -- Returns {1, now µs, the soonest tick not yet due (µs, or -1), then per due schedule: id,
 -- definition, state, due tick µs}.
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', int(now), 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
-local later = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. int(now), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_int, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
+local later = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now_int, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 local reply = {1, now, later[2] and tonumber(later[2]) or -1}
 for i = 1, #due, 2 do
   local id = due[i]
