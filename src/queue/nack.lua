@@ -18,8 +18,8 @@ redis.call('HSET', KEYS[1], 'last_error', ARGV[3])
 if ARGV[8] ~= '' then
   redis.call('PUBLISH', ARGV[8], 'settled')
 end
-local attempts, spec, group = unpack(redis.call('HMGET', KEYS[1], 'attempts', 'spec', 'group'))
-spec = parse_spec(spec)
+local attempts, spec_field, group = unpack(redis.call('HMGET', KEYS[1], 'attempts', 'spec', 'group'))
+local spec = parse_spec(spec_field)
 if ARGV[5] == '1' or tonumber(attempts) >= spec.max_attempts then
   release_group(group)
   make_dead(KEYS[4], ARGV[1], KEYS[1], {ARGV[7], ARGV[10]}, nil)

@@ -35,6 +35,8 @@ local function parse_spec(spec)
     backoff_initial = tonumber(initial), backoff_max = tonumber(cap), multiplier = tonumber(multiplier)}
 end
 
+-- The priority alone, without parse_spec's table: enqueue and make_ready read only it, once
+-- for every job made ready.
 local function spec_priority(spec)
   return tonumber(string.match(spec, '^%S+'))
 end
