@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -97,3 +98,19 @@ def test_default_timeout_bounds_calls(fake_limiter) -> None:
         pytest.raises(baton_client.DeadlineExceeded),
     ):
         client.allow("key", 1, 1)
+
+
+async def test_the_asyncio_client_sends_the_api_key_and_bounds_calls(fake_limiter) -> None:
+    limiter, addr = fake_limiter
+    async with baton_client.AsyncClient(addr, api_key="k-456", timeout=0.1) as client:
+        started = time.monotonic()
+        with pytest.raises(baton_client.DeadlineExceeded):
+            await client.allow("key", 1, 1)
+        assert time.monotonic() - started < 3, "the default timeout did not bound the call"
+        assert limiter.metadata.get("x-api-key") == "k-456"
+        # A timeout of the call's own outlasts the default: answered after 0.3 s.
+        limiter.unblock.set()
+        limiter.unblock.clear()
+        threading.Timer(0.3, limiter.unblock.set).start()
+        response = await client.stubs.rate_limits.Check(ratelimit_pb2.CheckRequest(), timeout=5)
+        assert response.allowed

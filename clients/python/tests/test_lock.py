@@ -340,17 +340,28 @@ def _lock_calls(baton: Baton) -> dict[str, float]:
     }
 
 
-def test_a_lock_cycle_is_one_keepalive_stream(baton: Baton, client: baton_client.Client) -> None:
+def test_a_short_hold_costs_acquire_and_release_and_a_long_one_a_stream(
+    baton: Baton, client: baton_client.Client
+) -> None:
     before = _lock_calls(baton)
     cycles = 20
     for i in range(cycles):
         with client.lock(unique(f"cycle-{i}"), ttl=5) as lease:
-            # Granted at once: the first send dates it, no heartbeat need prove it first.
+            # Granted at once: the Acquire's send dates it, no heartbeat need prove it first.
             assert lease.held_until > time.monotonic() + 4
-    eventually(
-        lambda: _lock_calls(baton)["KeepAlive"] - before["KeepAlive"] >= cycles,
-        "every stream counted",
-    )
     after = _lock_calls(baton)
     calls = {method: after[method] - before[method] for method in after}
-    assert calls == {"Acquire": 0, "KeepAlive": cycles, "Release": 0}
+    assert calls == {"Acquire": cycles, "KeepAlive": 0, "Release": cycles}
+
+    # Held past a third of its ttl, a lease is kept by a stream, which then releases it.
+    with client.lock(unique("long"), ttl=0.6) as lease:
+        granted_until = lease.held_until
+        eventually(lambda: lease.held_until > granted_until, "a renewal on the stream")
+        time.sleep(0.5)
+        assert not lease.lost, lease.loss
+    eventually(
+        lambda: _lock_calls(baton)["KeepAlive"] - after["KeepAlive"] >= 1, "the stream counted"
+    )
+    final = _lock_calls(baton)
+    calls = {method: final[method] - after[method] for method in final}
+    assert calls == {"Acquire": 1, "KeepAlive": 1, "Release": 0}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
 
-from . import _connection, _tracing
+from . import _connection
 from ._connection import DEFAULT_TIMEOUT
+from ._defaults import CallDefaults, DefaultsChannel
 from .cache import Cache
 from .election import Elections
 from .lock import Locks
@@ -30,75 +30,13 @@ class Stubs:
     """The generated stubs of every service on one channel, for RPCs the helpers do not
     cover. Their errors are raw ``grpc.RpcError``; ``baton_client.from_rpc_error`` maps them."""
 
-    def __init__(self, channel: grpc.Channel | grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.Channel | grpc.aio.Channel | DefaultsChannel) -> None:
         self.rate_limits = ratelimit_pb2_grpc.RateLimiterServiceStub(channel)
         self.locks = lock_pb2_grpc.LockServiceStub(channel)
         self.elections = election_pb2_grpc.ElectionServiceStub(channel)
         self.cache = cache_pb2_grpc.CacheServiceStub(channel)
         self.sessions = session_pb2_grpc.SessionStoreServiceStub(channel)
         self.queue = queue_pb2_grpc.JobQueueServiceStub(channel)
-
-
-class _CallDetails(
-    collections.namedtuple(
-        "_CallDetails",
-        ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"],
-    ),
-    grpc.ClientCallDetails,
-):
-    pass
-
-
-class _CallDefaults(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds the API key to every call, the default timeout to unary calls without one
-    (streams such as KeepAlive are meant to stay open) and, with ``tracing``, the current
-    OpenTelemetry trace context (the interceptor runs in the calling thread)."""
-
-    def __init__(self, api_key: str | None, default_timeout: float | None, tracing: bool) -> None:
-        self._api_key = api_key
-        self._default_timeout = default_timeout
-        self._tracing = tracing
-
-    def _details(self, details: grpc.ClientCallDetails, unary: bool) -> _CallDetails:
-        timeout = details.timeout
-        if timeout is None and unary:
-            timeout = self._default_timeout
-        metadata = _connection.with_api_key(details.metadata, self._api_key)
-        if self._tracing:
-            metadata = _tracing.with_trace_context(metadata)
-        return _CallDetails(
-            details.method,
-            timeout,
-            metadata,
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
-
-    def intercept_unary_unary(
-        self, continuation: Callable[..., Any], details: Any, request: Any
-    ) -> Any:
-        return continuation(self._details(details, unary=True), request)
-
-    def intercept_unary_stream(
-        self, continuation: Callable[..., Any], details: Any, request: Any
-    ) -> Any:
-        return continuation(self._details(details, unary=False), request)
-
-    def intercept_stream_unary(
-        self, continuation: Callable[..., Any], details: Any, requests: Any
-    ) -> Any:
-        return continuation(self._details(details, unary=False), requests)
-
-    def intercept_stream_stream(
-        self, continuation: Callable[..., Any], details: Any, requests: Any
-    ) -> Any:
-        return continuation(self._details(details, unary=False), requests)
 
 
 class Client(RateLimits, Locks, Elections, Cache, Sessions, Queue):
@@ -141,11 +79,8 @@ class Client(RateLimits, Locks, Elections, Cache, Sessions, Queue):
             raw = grpc.insecure_channel(target, options=channel_options)
         else:
             raw = grpc.secure_channel(target, credentials, options=channel_options)
-        self._raw_channel = raw
-        self.channel: grpc.Channel = grpc.intercept_channel(
-            raw, _CallDefaults(api_key, timeout, tracing)
-        )
-        self.stubs = Stubs(self.channel)
+        self.channel: grpc.Channel = raw
+        self.stubs = Stubs(DefaultsChannel(raw, CallDefaults(api_key, timeout, tracing)))
         self._default_timeout = timeout
         self._rate_limits = self.stubs.rate_limits
         self._locks = self.stubs.locks
@@ -157,7 +92,7 @@ class Client(RateLimits, Locks, Elections, Cache, Sessions, Queue):
     def close(self) -> None:
         """Closes the channel. Leases still held stop being kept alive and expire after their
         ttl; release them first to hand them over at once."""
-        self._raw_channel.close()
+        self.channel.close()
 
     def __enter__(self) -> Client:
         return self
