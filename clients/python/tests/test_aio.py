@@ -370,6 +370,19 @@ async def test_an_async_lock_cycle_opens_no_stream_and_a_late_grant_is_proven_on
     assert since(before) == {"Acquire": 2, "KeepAlive": 1, "Release": 1}
 
 
+async def test_a_holder_that_blocked_its_event_loop_past_the_deadline_is_told_on_release(
+    async_client: baton_client.AsyncClient,
+) -> None:
+    # Blocked past its deadline (4.5 s: a 0.5 s margin before the 5 s ttl) but released before
+    # Redis lets the lease go: Release succeeds, and yet, as the loop never ran the lease's
+    # timers, only the release itself can report that the lock may have changed hands.
+    with pytest.raises(baton_client.LeaseLost) as raised:
+        async with async_client.lock(unique("blocked"), ttl=5) as lease:
+            time.sleep(4.75)
+            assert not lease.lost, "the loss came from a timer the blocked loop could not run"
+    assert "no heartbeat" in str(raised.value), raised.value
+
+
 @pytest.mark.parametrize("batched", [True, False], ids=["many-a-message", "one-a-message"])
 async def test_the_worker_takes_jobs_one_or_many_to_a_message(
     async_client: baton_client.AsyncClient, monkeypatch: pytest.MonkeyPatch, batched: bool

@@ -410,6 +410,9 @@ class _KeptLease(_LeaseState):
         with self._guard:
             if self._giving_up:
                 return
+            if time.monotonic() >= self.lost_at:
+                # Past its deadline, even if the timer has not said so yet (just resumed).
+                self._lose(self._expired_loss())
             self._giving_up = True
         # Give up first: cancelling the stream also gives the lease up, and a Release or
         # Resign that came second would then answer that it was already gone.
@@ -605,13 +608,11 @@ class _AsyncKeptLease(_LeaseState):
         self._wake = asyncio.Event()
         self._proven_or_ended = asyncio.Event()
         self._readers: set[asyncio.Task[None]] = set()
-        loop = asyncio.get_running_loop()
-        # The local timer: the event loop's clock is time.monotonic().
-        self._deadline = loop.call_at(self.lost_at, self._on_deadline)
         self._keeper: asyncio.Task[None] | None = None
-        # Until its first stream is due the lease needs no keeper: most locks are released
-        # before, and then never cost one.
-        self._keeper_due = loop.call_at(self._reopen_at, self._start_keeper)
+        # Until its first stream is due the lease needs no keeper, nor a loss timer (that is
+        # before its deadline): most locks are released before, and never cost either. The
+        # event loop's clock is time.monotonic().
+        self._timer = asyncio.get_running_loop().call_at(self._reopen_at, self._start_keeper)
 
     @property
     def lost(self) -> bool:
@@ -633,6 +634,8 @@ class _AsyncKeptLease(_LeaseState):
         """See :meth:`_KeptLease._give_up`."""
         if self._giving_up:
             return
+        if time.monotonic() >= self.lost_at:
+            self._lose(self._expired_loss())  # as in the sync lease
         self._giving_up = True
         given_up, error = False, None
         answered, sent = await self._release_on_stream()
@@ -681,15 +684,16 @@ class _AsyncKeptLease(_LeaseState):
         self._end()
 
     def _start_keeper(self) -> None:
-        if not self._ended and self._keeper is None:
-            self._keeper = asyncio.get_running_loop().create_task(
-                self._keep_alive(), name=f"baton-keepalive-{self.name}"
-            )
+        if self._ended:
+            return
+        loop = asyncio.get_running_loop()
+        # From now on the local timer reports the loss at lost_at, whatever the streams do.
+        self._timer = loop.call_at(self.lost_at, self._on_deadline)
+        self._keeper = loop.create_task(self._keep_alive(), name=f"baton-keepalive-{self.name}")
 
     def _end(self) -> None:
         self._ended = True
-        self._deadline.cancel()
-        self._keeper_due.cancel()
+        self._timer.cancel()
         if self._current is not None:
             self._current.call.cancel()
             self._current.requests.put_nowait(None)
@@ -703,8 +707,8 @@ class _AsyncKeptLease(_LeaseState):
             self._rearm()
 
     def _rearm(self) -> None:
-        self._deadline.cancel()
-        self._deadline = asyncio.get_running_loop().call_at(self.lost_at, self._on_deadline)
+        self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_at(self.lost_at, self._on_deadline)
 
     async def _keep_alive(self) -> None:
         while not self._ended:
