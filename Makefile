@@ -130,11 +130,19 @@ bench-smoke: redis-server lock-peers clients-deps $(CLIENTS_NODE_DIST) $(BATON_B
 		--duration 300ms --concurrency 4 --streams 200 --locks-bench $(LOCKS_BENCH) --etcd $(ETCD) \
 		--client-lock-helpers > /dev/null
 
+# aetcd, etcd's asyncio Python client, for its lock helper beside the Python client's.
+BENCH_PEERS_VENV := bench/peers/.venv/.deps-installed
+
+$(BENCH_PEERS_VENV): bench/peers/requirements.txt
+	python3 -m venv bench/peers/.venv
+	bench/peers/.venv/bin/pip install -q --disable-pip-version-check -r bench/peers/requirements.txt
+	touch $@
+
 # The load generator is the bench/ crate. Results go to bench/results/<date>.md, the summary
 # to docs/benchmarks.md. The peers (BullMQ, node-redlock: pinned in bench/peers) run against
 # the bench's own Redis in the same run.
 # The clients' own workers (bench/workers) run from the clients' installed dependencies.
-bench: redis-server clients-deps $(CLIENTS_NODE_DIST) envoy-ratelimit lock-peers
+bench: redis-server clients-deps $(CLIENTS_NODE_DIST) envoy-ratelimit lock-peers $(BENCH_PEERS_VENV)
 	$(CARGO) build --release --locked -p baton -p baton-bench
 	npm ci --prefix bench/peers --no-fund --no-audit --loglevel=error
 	target/release/baton-bench --baton target/release/baton --peers bench/peers \

@@ -6,8 +6,9 @@
 //! either. Each server's CPU time is charged to its own cycles. With `--client-lock-helpers`,
 //! the Node and Python clients' helpers run the same cycles (`bench/locks/node.mjs`,
 //! `python.py`, from the repository root after `make clients-deps`), and with the peers'
-//! directory too, etcd's own Node lock helper beside the Node client's (etcd3's
-//! `client.lock(name).acquire()`, `bench/peers/etcd3-lock.mjs`): the same language's pair.
+//! directory too, etcd's own lock helpers beside them, the same language's pairs: etcd3's
+//! `client.lock(name).acquire()` from Node (`bench/peers/etcd3-lock.mjs`) and aetcd's from
+//! Python asyncio (`bench/peers/aetcd-lock.py`, in the venv `make bench` makes).
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,9 @@ use testkit::{PATIENCE, free_port};
 use super::Bench;
 use crate::measure::{cpu_micros, rss_mib};
 use crate::peers::json_number;
+
+/// How to start a peer's helper, from the peers' directory.
+type Program = fn(&Path) -> PathBuf;
 
 /// One system's figures at one level.
 struct Cycles {
@@ -63,8 +67,8 @@ pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path, client_helpers: b
                 ("Node client's lock + release", "node", "bench/locks/node.mjs"),
                 ("Python asyncio client's lock", "clients/python/.venv/bin/python", "bench/locks/python.py"),
             ];
-            let mut node_helper = None;
-            for (helper, program, script) in helpers {
+            let mut helped_per_sec = [None, None];
+            for ((helper, program, script), per_sec) in helpers.into_iter().zip(&mut helped_per_sec) {
                 let mut command = Command::new(program);
                 command.arg(script).args(&level);
                 let helped = cycles(command, baton.1, bench.redis_pid);
@@ -73,25 +77,38 @@ pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path, client_helpers: b
                     helped.describe(),
                     helped.per_sec / theirs.per_sec
                 ));
-                if program == "node" {
-                    node_helper = Some(helped.per_sec);
-                }
+                *per_sec = Some(helped.per_sec);
             }
-            if let (Some(dir), Some(node_helper)) = (peers, node_helper) {
-                let mut command = Command::new("node");
-                command.arg(dir.join("etcd3-lock.mjs")).args(["--target", &etcd_addr.to_string()]);
+            // etcd's own helper in the same language: the like-for-like pair for each client.
+            let etcd_helpers: [(&str, &str, Program, &str); 2] = [
+                (
+                    "etcd3's own Node helper (npm etcd3, lock(name).acquire() + release())",
+                    "Node client's lock + release",
+                    |_| PathBuf::from("node"),
+                    "etcd3-lock.mjs",
+                ),
+                (
+                    "aetcd's lock helper (PyPI aetcd, etcd's asyncio client: lock(name).acquire() + release())",
+                    "Python asyncio client's lock",
+                    |peers| peers.join(".venv/bin/python"),
+                    "aetcd-lock.py",
+                ),
+            ];
+            for ((peer, ours, program, script), helped) in etcd_helpers.into_iter().zip(helped_per_sec) {
+                let (Some(dir), Some(helped)) = (peers, helped) else { continue };
+                let mut command = Command::new(program(dir));
+                command.arg(dir.join(script)).args(["--target", &etcd_addr.to_string()]);
                 command.args(["--concurrency", &c.to_string(), "--duration", &level[2]]);
-                let node_etcd = cycles(command, etcd_server.1, bench.redis_pid);
+                let theirs = cycles(command, etcd_server.1, bench.redis_pid);
                 bench.notes.push(format!(
-                    "Lock cycles through etcd3's own Node helper (npm etcd3, lock(name).acquire() + release()) at \
-                     {c} callers: {:.0}/s (p50 {:.0} µs, p99 {:.0} µs; CPU per cycle: etcd {:.0} µs, the client \
-                     {:.0} µs): the Node client's lock + release {:.2}× it",
-                    node_etcd.per_sec,
-                    node_etcd.p50_us,
-                    node_etcd.p99_us,
-                    node_etcd.cpu_us,
-                    node_etcd.client_cpu_us,
-                    node_helper / node_etcd.per_sec,
+                    "Lock cycles through {peer} at {c} callers: {:.0}/s (p50 {:.0} µs, p99 {:.0} µs; CPU per cycle: \
+                     etcd {:.0} µs, the client {:.0} µs): the {ours} {:.2}× it",
+                    theirs.per_sec,
+                    theirs.p50_us,
+                    theirs.p99_us,
+                    theirs.cpu_us,
+                    theirs.client_cpu_us,
+                    helped / theirs.per_sec,
                 ));
             }
         }
