@@ -1,9 +1,13 @@
-"""Lock cycles through the Python client's own helper (``async with client.lock(...)`` on
-the asyncio client), as bench/locks/main.go runs the Go helper and etcd's mutex: one
-process, one channel, CONCURRENCY callers each cycling on names of their own for SECONDS.
-Prints one JSON line in main.go's shape; a failed call ends it with a traceback.
+"""Lock cycles through a Python lock helper, as bench/locks/main.go runs the Go helper and
+etcd's mutex: one process, one client, CONCURRENCY callers each cycling on names of their own
+for SECONDS. SYSTEM is ``baton`` (the default: ``async with client.lock(...)`` on the Python
+client's asyncio client, run from the client's venv) or ``aetcd`` (etcd's asyncio client,
+``lock(name).acquire()`` + ``release()``, run from the venv `make bench` makes in
+bench/peers). Prints one JSON line in main.go's shape; a failed call ends it with a
+traceback.
 
     clients/python/.venv/bin/python bench/locks/python.py ADDRESS CONCURRENCY SECONDS
+    bench/peers/.venv/bin/python bench/locks/python.py ADDRESS CONCURRENCY SECONDS aetcd
 """
 
 from __future__ import annotations
@@ -13,31 +17,70 @@ import json
 import os
 import sys
 import time
-
-import baton_client
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from importlib.metadata import version
 
 # Long enough that no renewal falls inside a cycle, as in main.go.
-TTL = 10.0
+TTL = 10
+
+# One caller's cycle on a name: take the lock, give it back.
+Cycle = Callable[[str], Awaitable[None]]
 
 
-async def main(address: str, callers: int, seconds: float) -> None:
+@asynccontextmanager
+async def baton(address: str) -> AsyncIterator[tuple[str, Cycle]]:
+    import baton_client
+
+    async with baton_client.AsyncClient(address) as client:
+
+        async def cycle(name: str) -> None:
+            async with client.lock(name, ttl=TTL):
+                pass
+
+        yield "baton-python", cycle
+
+
+@asynccontextmanager
+async def aetcd(address: str) -> AsyncIterator[tuple[str, Cycle]]:
+    import aetcd
+
+    host, port = address.rsplit(":", 1)
+    async with aetcd.Client(host=host, port=int(port)) as client:
+
+        async def cycle(name: str) -> None:
+            lock = client.lock(name.encode(), ttl=TTL)
+            # A distinct name is always free: not acquiring it is a failure.
+            if not await lock.acquire():
+                raise RuntimeError(f"{name} was not acquired")
+            await lock.release()
+
+        yield f"aetcd {version('aetcd')}", cycle
+
+
+SYSTEMS: dict[str, Callable[[str], AbstractAsyncContextManager[tuple[str, Cycle]]]] = {
+    "baton": baton,
+    "aetcd": aetcd,
+}
+
+
+async def main(address: str, callers: int, seconds: float, system: str) -> None:
     run = f"{os.getpid()}-{time.time_ns()}"
     latencies: list[float] = []
-    async with baton_client.AsyncClient(address) as client:
+    async with SYSTEMS[system](address) as (name, cycle):
         cpu_before = time.process_time()
         started = time.perf_counter()
         deadline = started + seconds
 
-        async def cycle(caller: int) -> None:
+        async def cycles(caller: int) -> None:
             i = 0
             while time.perf_counter() < deadline:
                 began = time.perf_counter()
-                async with client.lock(f"cycle-{run}-{caller}-{i}", ttl=TTL):
-                    pass
+                await cycle(f"cycle-{run}-{caller}-{i}")
                 latencies.append(time.perf_counter() - began)
                 i += 1
 
-        await asyncio.gather(*(cycle(caller) for caller in range(callers)))
+        await asyncio.gather(*(cycles(caller) for caller in range(callers)))
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu_before
     latencies.sort()
@@ -48,7 +91,7 @@ async def main(address: str, callers: int, seconds: float) -> None:
     print(
         json.dumps(
             {
-                "system": "baton-python",
+                "system": name,
                 "mode": "cycles",
                 "concurrency": callers,
                 "cycles": len(latencies),
@@ -63,6 +106,11 @@ async def main(address: str, callers: int, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        raise SystemExit("usage: python bench/locks/python.py ADDRESS CONCURRENCY SECONDS")
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
+    if len(sys.argv) not in (4, 5) or (
+        len(sys.argv) == 5 and sys.argv[4] not in SYSTEMS
+    ):
+        raise SystemExit(
+            "usage: python bench/locks/python.py ADDRESS CONCURRENCY SECONDS [baton|aetcd]"
+        )
+    system = sys.argv[4] if len(sys.argv) == 5 else "baton"
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), system))

@@ -8,7 +8,8 @@
 //! `python.py`, from the repository root after `make clients-deps`), and with the peers'
 //! directory too, etcd's own lock helpers beside them, the same language's pairs: etcd3's
 //! `client.lock(name).acquire()` from Node (`bench/peers/etcd3-lock.mjs`) and aetcd's from
-//! Python asyncio (`bench/peers/aetcd-lock.py`, in the venv `make bench` makes).
+//! Python asyncio (`bench/locks/python.py … aetcd`, from the venv `make bench` makes in
+//! `bench/peers`).
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -20,9 +21,6 @@ use testkit::{PATIENCE, free_port};
 use super::Bench;
 use crate::measure::{cpu_micros, rss_mib};
 use crate::peers::json_number;
-
-/// How to start a peer's helper, from the peers' directory.
-type Program = fn(&Path) -> PathBuf;
 
 /// One system's figures at one level.
 struct Cycles {
@@ -80,25 +78,33 @@ pub async fn run(bench: &mut Bench, locks: &Path, etcd: &Path, client_helpers: b
                 *per_sec = Some(helped.per_sec);
             }
             // etcd's own helper in the same language: the like-for-like pair for each client.
-            let etcd_helpers: [(&str, &str, Program, &str); 2] = [
+            let Some(dir) = peers else { continue };
+            let (target, callers) = (etcd_addr.to_string(), c.to_string());
+            let mut node = Command::new("node");
+            node.arg(dir.join("etcd3-lock.mjs")).args([
+                "--target",
+                &target,
+                "--concurrency",
+                &callers,
+                "--duration",
+                &level[2],
+            ]);
+            let mut python = Command::new(dir.join(".venv/bin/python"));
+            python.args(["bench/locks/python.py", &target, &callers, &level[2], "aetcd"]);
+            let etcd_helpers = [
                 (
                     "etcd3's own Node helper (npm etcd3, lock(name).acquire() + release())",
                     "Node client's lock + release",
-                    |_| PathBuf::from("node"),
-                    "etcd3-lock.mjs",
+                    node,
                 ),
                 (
                     "aetcd's lock helper (PyPI aetcd, etcd's asyncio client: lock(name).acquire() + release())",
                     "Python asyncio client's lock",
-                    |peers| peers.join(".venv/bin/python"),
-                    "aetcd-lock.py",
+                    python,
                 ),
             ];
-            for ((peer, ours, program, script), helped) in etcd_helpers.into_iter().zip(helped_per_sec) {
-                let (Some(dir), Some(helped)) = (peers, helped) else { continue };
-                let mut command = Command::new(program(dir));
-                command.arg(dir.join(script)).args(["--target", &etcd_addr.to_string()]);
-                command.args(["--concurrency", &c.to_string(), "--duration", &level[2]]);
+            for ((peer, ours, command), helped) in etcd_helpers.into_iter().zip(helped_per_sec) {
+                let Some(helped) = helped else { continue };
                 let theirs = cycles(command, etcd_server.1, bench.redis_pid);
                 bench.notes.push(format!(
                     "Lock cycles through {peer} at {c} callers: {:.0}/s (p50 {:.0} µs, p99 {:.0} µs; CPU per cycle: \
