@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from conftest import unique
 from harness import Baton, Redis, eventually, free_port
 
 import baton_client
-from baton_client.lock import _LeaseState, _Stream
+from baton_client.lock import _DueStarts, _LeaseState, _Stream
 from baton_client.pb.baton.v1 import lock_pb2
 
 
@@ -365,3 +366,30 @@ def test_a_short_hold_costs_acquire_and_release_and_a_long_one_a_stream(
     final = _lock_calls(baton)
     calls = {method: final[method] - after[method] for method in final}
     assert calls == {"Acquire": 1, "KeepAlive": 1, "Release": 0}
+
+
+def test_due_starts_run_in_time_order_and_cancelled_ones_neither_run_nor_pile_up() -> None:
+    starts = _DueStarts()
+    started: list[str] = []
+    done = threading.Event()
+
+    def start(label: str) -> Callable[[], None]:
+        def run() -> None:
+            started.append(label)
+            if label == "last":
+                done.set()
+
+        return run
+
+    now = time.monotonic()
+    starts.schedule(now + 0.2, start("second"))
+    cancelled = starts.schedule(now + 0.1, start("cancelled"))
+    starts.schedule(now + 0.05, start("first"))
+    starts.schedule(now + 0.3, start("last"))
+    starts.cancel(cancelled)
+    # Thousands of leases released long before their first stream was due.
+    for _ in range(5000):
+        starts.cancel(starts.schedule(now + 3600, start("never")))
+    assert len(starts._due) < 300, f"{len(starts._due)} entries kept for 4 live ones"
+    assert done.wait(5), started
+    assert started == ["first", "second", "last"]

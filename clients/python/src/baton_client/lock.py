@@ -45,7 +45,10 @@ import asyncio
 import collections
 import contextlib
 import datetime
+import heapq
+import itertools
 import math
+import os
 import queue
 import secrets
 import threading
@@ -369,10 +372,77 @@ def _requests(
         yield request
 
 
+class _DueStarts:
+    """Calls each sync lease's ``start`` when its first stream is due, from one thread per
+    process: a thread per lease, started at the grant, cost a lock cycle of the sync client
+    about 300 µs of CPU (888 against 577 µs for bare Acquire + Release), and most locks are
+    released before a third of their ttl. An entry cancelled before it is due is dropped
+    when it comes up, or when cancelled entries are over half of all (as asyncio does with
+    its timers), so that memory follows the leases held."""
+
+    def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        # A forked child has no copy of the thread: it starts its own when needed.
+        self._wake = threading.Condition()
+        self._due: list[list[Any]] = []  # heap of [at, sequence, start or None]
+        self._cancelled = 0
+        self._sequence = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, at: float, start: Callable[[], None]) -> list[Any]:
+        """Calls ``start`` at ``at`` (``time.monotonic()``) unless cancelled; the entry to
+        cancel it with."""
+        entry = [at, next(self._sequence), start]
+        with self._wake:
+            heapq.heappush(self._due, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="baton-keepalive-starts", daemon=True
+                )
+                self._thread.start()
+            elif self._due[0] is entry:
+                self._wake.notify()
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        with self._wake:
+            if entry[2] is None:
+                return  # started, or cancelled already
+            entry[2] = None
+            self._cancelled += 1
+            if self._cancelled > 100 and 2 * self._cancelled > len(self._due):
+                self._due = [kept for kept in self._due if kept[2] is not None]
+                heapq.heapify(self._due)
+                self._cancelled = 0
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while True:
+                    while self._due and self._due[0][2] is None:
+                        heapq.heappop(self._due)
+                        self._cancelled -= 1
+                    now = time.monotonic()
+                    if self._due and self._due[0][0] <= now:
+                        break
+                    self._wake.wait(self._due[0][0] - now if self._due else None)
+                entry = heapq.heappop(self._due)
+                start, entry[2] = entry[2], None
+            # Outside the lock: start takes the lease's guard, under which cancel is called.
+            start()
+
+
+_KEEPER_STARTS = _DueStarts()
+
+
 class _KeptLease(_LeaseState):
     """A lease kept alive by background threads (sync client) until given up: the keeper
-    thread opens streams, sends heartbeats and is the local timer; one reader thread per
-    stream applies its answers."""
+    thread, started when the first stream is due (by _KEEPER_STARTS), opens streams, sends
+    heartbeats and is the local timer; one reader thread per stream applies its answers."""
 
     def __init__(
         self,
@@ -386,10 +456,10 @@ class _KeptLease(_LeaseState):
         self.lost_event = threading.Event()
         """Set when the lease is lost."""
         self._guard = threading.Condition()
-        self._keeper = threading.Thread(
-            target=self._keep_alive, name=f"baton-keepalive-{self.name}", daemon=True
-        )
-        self._keeper.start()
+        self._keeper: threading.Thread | None = None
+        # Until its first stream is due the lease needs no thread of its own (nor a loss
+        # timer: that is before its deadline), and most locks are released before.
+        self._keeper_due = _KEEPER_STARTS.schedule(self._reopen_at, self._start_keeper)
 
     @property
     def lost(self) -> bool:
@@ -428,7 +498,9 @@ class _KeptLease(_LeaseState):
                 error = failed
         with self._guard:
             self._end()
-        self._keeper.join()
+            keeper = self._keeper
+        if keeper is not None:
+            keeper.join()
         self._give_up_outcome(given_up, error)
 
     def _release_on_stream(self) -> tuple[bool | None, bool]:
@@ -470,10 +542,21 @@ class _KeptLease(_LeaseState):
         self.lost_event.set()
         self._end()
 
+    def _start_keeper(self) -> None:
+        """Starts the keeper thread, once the first stream is due (from _KEEPER_STARTS)."""
+        with self._guard:
+            if self._ended or self._keeper is not None:
+                return
+            self._keeper = threading.Thread(
+                target=self._keep_alive, name=f"baton-keepalive-{self.name}", daemon=True
+            )
+            self._keeper.start()
+
     def _end(self) -> None:
         """Under the guard: cancels the stream (which gives the lease up on Baton, if it is
         still held) and stops the keeper."""
         self._ended = True
+        _KEEPER_STARTS.cancel(self._keeper_due)
         if self._current is not None:
             self._current.call.cancel()
             self._current.requests.put(None)
