@@ -393,3 +393,16 @@ def test_due_starts_run_in_time_order_and_cancelled_ones_neither_run_nor_pile_up
     assert len(starts._due) < 300, f"{len(starts._due)} entries kept for 4 live ones"
     assert done.wait(5), started
     assert started == ["first", "second", "last"]
+
+
+def test_a_start_that_raises_does_not_stop_the_starts_after_it() -> None:
+    starts = _DueStarts()
+    later = threading.Event()
+
+    def failing() -> None:
+        raise RuntimeError("can't start new thread")
+
+    now = time.monotonic()
+    starts.schedule(now + 0.02, failing)
+    starts.schedule(now + 0.05, later.set)
+    assert later.wait(5), "the start after a failing one never ran"

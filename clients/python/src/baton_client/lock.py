@@ -433,7 +433,9 @@ class _DueStarts:
                 entry = heapq.heappop(self._due)
                 start, entry[2] = entry[2], None
             # Outside the lock: start takes the lease's guard, under which cancel is called.
-            start()
+            # Whatever one start raises, the leases after it still need theirs.
+            with contextlib.suppress(Exception):
+                start()
 
 
 _KEEPER_STARTS = _DueStarts()
@@ -547,10 +549,18 @@ class _KeptLease(_LeaseState):
         with self._guard:
             if self._ended or self._keeper is not None:
                 return
-            self._keeper = threading.Thread(
+            keeper = threading.Thread(
                 target=self._keep_alive, name=f"baton-keepalive-{self.name}", daemon=True
             )
-            self._keeper.start()
+            try:
+                keeper.start()
+            except RuntimeError as failed:  # out of threads, or the interpreter exiting
+                # Without its keeper nothing renews the lease or reports its loss: say so now.
+                loss = LeaseLost(f"could not start the thread keeping {self.name!r}")
+                loss.__cause__ = failed
+                self._lose(loss)
+                return
+            self._keeper = keeper
 
     def _end(self) -> None:
         """Under the guard: cancels the stream (which gives the lease up on Baton, if it is
