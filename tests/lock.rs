@@ -374,6 +374,59 @@ async fn the_same_request_id_gets_the_same_lease() {
     assert!(!locks.acquire(other).await.unwrap().into_inner().acquired);
 }
 
+/// The fields of `name`'s leases hash in Redis: lease details and request-id entries.
+fn lease_hash_fields(redis: &Redis, name: &str) -> Vec<String> {
+    let mut conn = redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("*{name}*leases*")).query(&mut conn).unwrap();
+    keys.iter().flat_map(|key| redis::cmd("HKEYS").arg(key).query::<Vec<String>>(&mut conn).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphores_request_id_gets_its_lease_back_and_its_entry_leaves_with_the_lease() {
+    let redis = Redis::start();
+    let baton = Server::start(&redis.url(), &[]);
+    let mut locks = baton.locks().await;
+    let name = unique("retry-sem");
+    // Owners and request ids may hold the separator of the stored lease details.
+    let with_id = |request_id: &str, ttl| AcquireRequest {
+        request_id: format!("{request_id}|r9|"),
+        owner: "pod|r2|7".into(),
+        ..acquire_request(&name, ttl, Duration::ZERO, 3)
+    };
+    // A free permit must not tempt a retry into a second lease.
+    let first = locks.acquire(with_id("sem-1", Duration::from_secs(30))).await.unwrap().into_inner().lease.unwrap();
+    let retried = locks.acquire(with_id("sem-1", Duration::from_secs(30))).await.unwrap().into_inner().lease.unwrap();
+    assert_eq!((&first.lease_id, first.fencing_token), (&retried.lease_id, retried.fencing_token));
+    let holders = locks.describe(DescribeRequest { name: name.clone() }).await.unwrap().into_inner().holders;
+    assert_eq!(holders.len(), 1, "a retry took a second permit: {holders:?}");
+    assert_eq!(holders[0].owner, "pod|r2|7");
+
+    // Renewed, then released beside another holder (not the lone-holder path), its entry
+    // goes with it, and the same request id then gets a fresh lease.
+    let other = locks.acquire(with_id("sem-2", Duration::from_secs(30))).await.unwrap().into_inner().lease.unwrap();
+    let renew = RenewRequest { name: name.clone(), lease_id: first.lease_id.clone(), ttl: None };
+    locks.renew(renew).await.unwrap();
+    assert!(release(&mut locks, &first).await);
+    let fields = lease_hash_fields(&redis, &name);
+    assert_eq!(fields.len(), 2, "only the other lease and its request entry stay: {fields:?}");
+    assert!(fields.contains(&other.lease_id) && fields.contains(&"r:sem-2|r9|".to_owned()), "{fields:?}");
+    let again = locks.acquire(with_id("sem-1", Duration::from_secs(30))).await.unwrap().into_inner().lease.unwrap();
+    assert_ne!(again.lease_id, first.lease_id);
+    assert!(again.fencing_token > other.fencing_token);
+
+    // Leases that expire beside a held one are purged with their entries: however many
+    // come and go, the hash holds only the live ones.
+    for i in 0..20 {
+        let short = locks.acquire(with_id(&format!("short-{i}"), Duration::from_millis(100))).await.unwrap();
+        assert!(short.into_inner().acquired);
+        tokio::time::sleep(Duration::from_millis(110)).await;
+    }
+    assert!(locks.acquire(with_id("last", Duration::from_secs(30))).await.unwrap().into_inner().acquired);
+    let fields = lease_hash_fields(&redis, &name);
+    assert_eq!(fields.len(), 6, "three live leases and their request entries: {fields:?}");
+    assert!(!fields.iter().any(|field| field.starts_with("r:short-")), "{fields:?}");
+}
+
 /// A KeepAlive stream with heartbeats every ttl/3, as the clients keep one; dropping it
 /// cancels the call, as a client's cancel does.
 struct KeptAlive {

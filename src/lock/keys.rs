@@ -25,19 +25,8 @@ impl LockKeys {
         &self.common
     }
 
-    /// For acquire: the common keys, the request key, the waiters marker.
-    pub(super) fn acquire(self, keys: &KeyBuilder, name: &str, request_id: Option<&str>) -> Vec<String> {
-        let request = match request_id {
-            Some(request_id) => keys.key(Pattern::Lock, name, &format!("req:{request_id}")),
-            // Unused by the script, but every KEYS entry must share the lock's slot.
-            None => keys.key(Pattern::Lock, name, "req"),
-        };
-        let [holders, leases, fence] = self.common;
-        vec![holders, leases, fence, request, self.waiters]
-    }
-
-    /// For release: the common keys, then the waiters marker.
-    pub(super) fn release(self) -> Vec<String> {
+    /// For acquire and release: the common keys, then the waiters marker.
+    pub(super) fn with_waiters(self) -> Vec<String> {
         let [holders, leases, fence] = self.common;
         vec![holders, leases, fence, self.waiters]
     }

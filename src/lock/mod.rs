@@ -187,8 +187,7 @@ impl LockManager {
     /// One attempt; a `waiting` caller that finds the lock busy leaves its marker, so the
     /// release announces itself.
     async fn try_acquire(&self, params: &AcquireParams, lease_id: &str, waiting: bool) -> Result<TryOutcome, Error> {
-        let keys =
-            LockKeys::new(&self.keys, &params.name).acquire(&self.keys, &params.name, params.request_id.as_deref());
+        let keys = LockKeys::new(&self.keys, &params.name).with_waiters();
         let marker_ms = if waiting { WAITER_MARKER_TTL.as_millis() as u64 } else { 0 };
         let args = [
             Arg::from(lease_id),
@@ -196,7 +195,7 @@ impl LockManager {
             params.permits.into(),
             params.owner.as_str().into(),
             (self.settings.fence_idle.as_millis() as u64).into(),
-            params.request_id.is_some().into(),
+            params.request_id.as_deref().unwrap_or("").into(),
             marker_ms.into(),
         ];
         match self.run_replicated(&ACQUIRE, &keys, &args, &params.name).await?.outcome()? {
@@ -244,7 +243,7 @@ impl LockManager {
     /// Releases a lease if it is still held; a lease that is gone is `false`, not an error.
     pub async fn release(&self, name: &str, lease_id: &str) -> Result<bool, Error> {
         let channel = self.keys.channel(Pattern::Lock, name);
-        let keys = LockKeys::new(&self.keys, name).release();
+        let keys = LockKeys::new(&self.keys, name).with_waiters();
         let released = self.store.eval(&RELEASE, &keys, &[lease_id.into(), (&channel).into()]).await?.done()?.int(0)?;
         if released == 1 {
             metrics::counter!("baton_lock_released_total").increment(1);

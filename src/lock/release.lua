@@ -13,7 +13,7 @@ else
   freed = purge_expired()
   released = redis.call('ZREM', KEYS[1], ARGV[1])
   if released == 1 then
-    redis.call('HDEL', KEYS[2], ARGV[1])
+    redis.call('HDEL', KEYS[2], unpack(lease_fields({ARGV[1]})))
     expire_with_latest()
   end
 end

@@ -8,13 +8,13 @@ local info = redis.call('HGET', KEYS[2], ARGV[1])
 if not info then
   return {0, 'LEASE_NOT_HELD'}
 end
-local token, current_ttl, owner = parse_lease(info)
+local token, current_ttl, owner, request = parse_lease(info)
 local ttl = tonumber(ARGV[2])
 if ttl == 0 then
   ttl = current_ttl
 end
 local expires = now + ttl
 redis.call('ZADD', KEYS[1], 'XX', int(expires), ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], int(token) .. '|' .. int(ttl) .. '|' .. owner)
+redis.call('HSET', KEYS[2], ARGV[1], format_lease(token, ttl, owner, request))
 expire_with_latest()
 return {1, token, expires, ttl}
