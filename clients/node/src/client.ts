@@ -67,7 +67,7 @@ export class BatonClient {
     this.defaultTimeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const clientOptions: ClientOptions = {
       ...channelOptionsOf(target, options),
-      interceptors: [callDefaults(options.apiKey, this.defaultTimeoutMs, options.tracing)],
+      callInvocationTransformer: callDefaults(options.apiKey, this.defaultTimeoutMs, options.tracing),
     };
     const rateLimits = new RateLimiterServiceClient(target, credentials, clientOptions);
     // Every stub shares the first one's channel: one set of connections, one balancer.

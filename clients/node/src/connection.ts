@@ -2,11 +2,10 @@
 // backoff.
 
 import {
+  CallInvocationTransformer,
   ChannelCredentials,
   ChannelOptions,
   credentials as grpcCredentials,
-  InterceptingCall,
-  Interceptor,
 } from "@grpc/grpc-js";
 
 import { Duration } from "./gen/google/protobuf/duration.js";
@@ -91,27 +90,24 @@ export function credentialsOf(tls: ConnectionOptions["tls"]): ChannelCredentials
 /**
  * Adds the API key to every call, the default deadline to unary calls without one (streams
  * such as KeepAlive are meant to stay open) and, with `tracing`, the trace context active
- * when the call was made (the interceptor runs as the call is made; its start may not).
+ * when the call is made. A call invocation transformer rather than an interceptor: it runs
+ * once as the call is made, where an interceptor wraps every call and each of its messages
+ * in a layer of its own (about 10 µs of client CPU per unary call).
  */
-export function callDefaults(apiKey: string | undefined, timeoutMs: number, tracing = false): Interceptor {
-  return (options, nextCall) => {
-    const traceContext = tracing ? activeContext() : undefined;
-    const definition = options.method_definition;
-    const unary = !definition.requestStream && !definition.responseStream;
-    if (unary && options.deadline === undefined && timeoutMs > 0) {
-      options = { ...options, deadline: Date.now() + timeoutMs };
+export function callDefaults(apiKey: string | undefined, timeoutMs: number, tracing = false): CallInvocationTransformer {
+  return (call) => {
+    if (apiKey) {
+      call.metadata.set(API_KEY_HEADER, apiKey);
     }
-    return new InterceptingCall(nextCall(options), {
-      start(metadata, listener, next) {
-        if (apiKey) {
-          metadata.set(API_KEY_HEADER, apiKey);
-        }
-        if (traceContext !== undefined) {
-          injectInto(traceContext, metadata);
-        }
-        next(metadata, listener);
-      },
-    });
+    const traceContext = tracing ? activeContext() : undefined;
+    if (traceContext !== undefined) {
+      injectInto(traceContext, call.metadata);
+    }
+    const definition = call.methodDefinition;
+    if (!definition.requestStream && !definition.responseStream && call.callOptions.deadline === undefined && timeoutMs > 0) {
+      call.callOptions = { ...call.callOptions, deadline: Date.now() + timeoutMs };
+    }
+    return call;
   };
 }
 
