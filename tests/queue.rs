@@ -257,6 +257,8 @@ async fn a_job_that_always_fails_dies_after_max_attempts_respecting_backoff_and_
             assert!(gap >= backoff - Duration::from_millis(20), "attempt {attempt} came {gap:?} after the nack");
         }
         assert_eq!(delivery.attempt, attempt);
+        let delivered = delivery.job.as_ref().unwrap();
+        assert_eq!((delivered.attempts, delivered.state()), (attempt, JobState::Active), "the delivered job");
         let request =
             NackRequest { lease_id: delivery.lease_id, error: format!("boom {attempt}"), ..Default::default() };
         let state = queues.nack(request).await.unwrap().into_inner().state;
