@@ -77,7 +77,7 @@ fn change_to_proto(change: &Change) -> ObserveResponse {
 #[tonic::async_trait]
 impl ElectionService for ElectionGrpc {
     type ObserveStream = ReceiverStream<Result<ObserveResponse, Status>>;
-    type KeepAliveStream = ReceiverStream<Result<ElectionServiceKeepAliveResponse, Status>>;
+    type KeepAliveStream = leases::Answering<ElectionServiceKeepAliveResponse>;
 
     async fn campaign(&self, request: Request<CampaignRequest>) -> Result<Response<CampaignResponse>, Status> {
         let namespace = crate::auth::namespace(&request);

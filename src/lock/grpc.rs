@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -100,7 +99,7 @@ fn holder_to_proto(holder: Holder) -> pb::Holder {
 
 #[tonic::async_trait]
 impl LockService for LockGrpc {
-    type KeepAliveStream = ReceiverStream<Result<KeepAliveResponse, Status>>;
+    type KeepAliveStream = leases::Answering<KeepAliveResponse>;
 
     async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
         let namespace = crate::auth::namespace(&request);

@@ -2,11 +2,11 @@
 //! KeepAlive stream — one liveness contract (see `LockService.KeepAlive` in lock.proto).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use futures::StreamExt;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
@@ -141,7 +141,7 @@ pub async fn serve<L: Leases, Request: Send + 'static, Response: Send + 'static>
     draining: CancellationToken,
     open: impl FnOnce(Request) -> Opening,
     answers: Answers<Request, Response>,
-) -> Result<ReceiverStream<Result<Response, Status>>, Status> {
+) -> Result<Answering<Response>, Status> {
     let first = open(first_message(&mut requests, &draining).await?);
     let lease = renew_opening(&leases, first, limits).await?;
     Ok(keep(leases, lease, false, requests, draining, answers))
@@ -172,10 +172,8 @@ pub async fn renew_opening<L: Leases>(leases: &L, first: Opening, limits: &Limit
 }
 
 /// A stream of one answer, then the end (OK).
-pub fn answer_once<Response: Send + 'static>(answer: Response) -> ReceiverStream<Result<Response, Status>> {
-    let (sender, receiver) = mpsc::channel(1);
-    let _ = sender.try_send(Ok(answer));
-    ReceiverStream::new(receiver)
+pub fn answer_once<Response: Send + 'static>(answer: Response) -> Answering<Response> {
+    Box::pin(futures::stream::once(std::future::ready(Ok(answer))))
 }
 
 /// How a KeepAlive stream answers its messages.
@@ -195,7 +193,9 @@ pub struct ReleaseAnswer<Request, Response> {
 }
 
 /// Answers with `lease`, already held (renewed by the first message, or `granted_here`),
-/// then keeps it alive on the stream's heartbeats.
+/// then keeps it alive on the stream's heartbeats. The answers are made as tonic asks for
+/// them, in its task: no task or channel of the stream's own sits between a heartbeat and
+/// its answer (each was a hand-over, and at one caller a thread's wake-up).
 pub fn keep<L: Leases, Request: Send + 'static, Response: Send + 'static>(
     leases: L,
     lease: Lease,
@@ -203,12 +203,74 @@ pub fn keep<L: Leases, Request: Send + 'static, Response: Send + 'static>(
     requests: Streaming<Request>,
     draining: CancellationToken,
     answers: Answers<Request, Response>,
-) -> ReceiverStream<Result<Response, Status>> {
-    let (sender, receiver) = mpsc::channel(4);
-    let _ = sender.try_send(Ok((answers.heartbeat)(lease.clone(), true)));
-    let stream = Stream { trace: crate::traces::stream_context(), sender, draining, answers, granted_here };
-    tokio::spawn(answer_heartbeats(leases, lease, requests, stream));
-    ReceiverStream::new(receiver)
+) -> Answering<Response> {
+    let first = (answers.heartbeat)(lease.clone(), true);
+    // By this process's clock, the lease surely ends `ttl` after a renewal's answer.
+    let renewed_at = Instant::now();
+    // Heartbeats closer than ttl/10 to a renewal renew nothing; but a lease granted on this
+    // stream renews on the first, which lets a client whose acquire waited date the lease
+    // by its own clock.
+    let renewable_from = if granted_here { renewed_at } else { renewed_at + lease.ttl / 10 };
+    let kept = Kept {
+        held: Held { leases, lease, abandoned_releases: true },
+        heartbeats: requests,
+        trace: crate::traces::stream_context(),
+        draining,
+        answers,
+        renewed_at,
+        renewable_from,
+        sending: true,
+        ended: false,
+    };
+    Box::pin(futures::stream::once(std::future::ready(Ok(first))).chain(futures::stream::unfold(kept, next_answer)))
+}
+
+/// A KeepAlive stream's answers, produced as they are polled.
+pub type Answering<Response> = Pin<Box<dyn futures::Stream<Item = Result<Response, Status>> + Send>>;
+
+/// A KeepAlive stream's answering side, between two answers.
+struct Kept<L: Leases, Request, Response> {
+    held: Held<L>,
+    heartbeats: Streaming<Request>,
+    /// The KeepAlive call's span, which each renewal's span links to.
+    trace: Option<opentelemetry::trace::SpanContext>,
+    draining: CancellationToken,
+    answers: Answers<Request, Response>,
+    renewed_at: Instant,
+    renewable_from: Instant,
+    /// False once the client half-closed: only its heartbeats stop.
+    sending: bool,
+    /// The last answer has been given.
+    ended: bool,
+}
+
+/// The stream's lease. Dropped while `abandoned_releases` — the client went away: tonic
+/// dropped the answers, or the stream broke — it releases the lease at once rather than
+/// leave it to expire.
+struct Held<L: Leases> {
+    leases: L,
+    lease: Lease,
+    abandoned_releases: bool,
+}
+
+impl<L: Leases> Held<L> {
+    /// The lease's fate is settled (released, lost, kept elsewhere, or left for the client
+    /// to resume on another replica): the stream's end no longer releases it.
+    fn settle(&mut self) {
+        self.abandoned_releases = false;
+    }
+}
+
+impl<L: Leases> Drop for Held<L> {
+    fn drop(&mut self) {
+        if !self.abandoned_releases {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (leases, lease) = (self.leases.clone(), self.lease.clone());
+            runtime.spawn(async move { release_abandoned(&leases, &lease).await });
+        }
+    }
 }
 
 /// Renews the lease on each of the client's heartbeats, and never otherwise: a holder that
@@ -220,42 +282,39 @@ pub fn keep<L: Leases, Request: Send + 'static, Response: Send + 'static>(
 /// (FAILED_PRECONDITION, or OK when another stream keeps it alive), or when this replica
 /// drains (UNAVAILABLE; the lease stays, for the client to resume elsewhere). A half-close
 /// only stops the heartbeats.
-async fn answer_heartbeats<L: Leases, Request, Response>(
-    leases: L,
-    mut lease: Lease,
-    mut heartbeats: Streaming<Request>,
-    stream: Stream<Request, Response>,
-) {
-    let Stream { trace, sender, draining, answers, granted_here } = stream;
-    // By this process's clock, the lease surely ends `ttl` after a renewal's answer.
-    let mut renewed_at = Instant::now();
-    // Heartbeats closer than ttl/10 to a renewal renew nothing; but a lease granted on this
-    // stream renews on the first, which lets a client whose acquire waited date the lease
-    // by its own clock.
-    let mut renewable_from = if granted_here { renewed_at } else { renewed_at + lease.ttl / 10 };
-    let mut sending = true;
+async fn next_answer<L: Leases, Request, Response>(
+    mut kept: Kept<L, Request, Response>,
+) -> Option<(Result<Response, Status>, Kept<L, Request, Response>)> {
+    if kept.ended {
+        return None;
+    }
     loop {
+        let expires = kept.renewed_at + kept.held.lease.ttl;
         tokio::select! {
-            heartbeat = heartbeats.message(), if sending => match heartbeat {
-                Ok(Some(message)) if answers.release.as_ref().is_some_and(|release| (release.asks)(&message)) => {
-                    let Some(release) = answers.release else { return };
-                    let _ = match leases.release(&lease.name, &lease.lease_id).await {
-                        Ok(released) => sender.send(Ok((release.answer)(lease, released))).await,
-                        Err(err) => sender.send(Err(err.into())).await,
+            heartbeat = kept.heartbeats.message(), if kept.sending => match heartbeat {
+                Ok(Some(message)) if kept.answers.release.as_ref().is_some_and(|release| (release.asks)(&message)) => {
+                    let release = kept.answers.release.as_ref()?.answer;
+                    kept.held.settle();
+                    kept.ended = true;
+                    let lease = &kept.held.lease;
+                    let answer = match kept.held.leases.release(&lease.name, &lease.lease_id).await {
+                        Ok(released) => Ok(release(lease.clone(), released)),
+                        Err(err) => Err(err.into()),
                     };
-                    return;
+                    return Some((answer, kept));
                 }
                 Ok(Some(_)) => {
-                    let renewed = if Instant::now() < renewable_from {
+                    let renewed = if Instant::now() < kept.renewable_from {
                         false
                     } else {
+                        let lease = &kept.held.lease;
                         // A span per renewal, linked to the stream's, not one held for hours.
-                        let span = crate::traces::message_span("renew", L::PATTERN, &lease.name, trace.as_ref(), "");
-                        match leases.renew(&lease.name, &lease.lease_id, lease.ttl).instrument(span).await {
+                        let span = crate::traces::message_span("renew", L::PATTERN, &lease.name, kept.trace.as_ref(), "");
+                        match kept.held.leases.renew(&lease.name, &lease.lease_id, lease.ttl).instrument(span).await {
                             Ok(renewal) => {
-                                lease = renewal;
-                                renewed_at = Instant::now();
-                                renewable_from = renewed_at + lease.ttl / 10;
+                                kept.held.lease = renewal;
+                                kept.renewed_at = Instant::now();
+                                kept.renewable_from = kept.renewed_at + kept.held.lease.ttl / 10;
                                 true
                             }
                             // The client's own deadline runs; a later heartbeat renews if the
@@ -263,42 +322,34 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
                             Err(Error::Unavailable) => false,
                             Err(err) => {
                                 metrics::counter!(L::LOST_METRIC).increment(1);
-                                let _ = sender.send(Err(err.into())).await;
-                                return;
+                                return Some((Err(err.into()), kept.end()));
                             }
                         }
                     };
-                    if sender.send(Ok((answers.heartbeat)(lease.clone(), renewed))).await.is_err() {
-                        release_abandoned(&leases, &lease).await;
-                        return;
-                    }
+                    let answer = (kept.answers.heartbeat)(kept.held.lease.clone(), renewed);
+                    return Some((Ok(answer), kept));
                 }
-                Ok(None) => sending = false,
+                Ok(None) => kept.sending = false,
                 // Cancelled or cut off.
                 Err(_) => {
-                    release_abandoned(&leases, &lease).await;
-                    return;
+                    kept.held.settle();
+                    release_abandoned(&kept.held.leases, &kept.held.lease).await;
+                    return None;
                 }
             },
-            () = sender.closed() => {
-                release_abandoned(&leases, &lease).await;
-                return;
-            }
-            () = draining.cancelled() => {
-                let _ = sender.send(Err(Error::ShuttingDown.into())).await;
-                return;
-            }
-            () = tokio::time::sleep_until(renewed_at + lease.ttl) => {
+            () = kept.draining.cancelled() => return Some((Err(Error::ShuttingDown.into()), kept.end())),
+            () = tokio::time::sleep_until(expires) => {
                 // Another stream of the same holder (a client that resumed elsewhere, or
                 // retired this one) may be keeping the lease alive: then this one just ends.
                 // When Redis cannot say, the client is told to ask again.
-                match leases.is_held(&lease.name, &lease.lease_id).await {
-                    Ok(true) => return,
-                    Ok(false) => {}
-                    Err(err) => {
-                        let _ = sender.send(Err(err.into())).await;
-                        return;
+                let lease = &kept.held.lease;
+                match kept.held.leases.is_held(&lease.name, &lease.lease_id).await {
+                    Ok(true) => {
+                        kept.held.settle();
+                        return None;
                     }
+                    Ok(false) => {}
+                    Err(err) => return Some((Err(err.into()), kept.end())),
                 }
                 metrics::counter!(L::LOST_METRIC).increment(1);
                 tracing::info!(lease.name = %lease.name, "no heartbeat within the lease's ttl; lease lost");
@@ -306,22 +357,19 @@ async fn answer_heartbeats<L: Leases, Request, Response>(
                     name: lease.name.clone(),
                     why: format!("no heartbeat within the lease's ttl ({:?}), so it expired", lease.ttl),
                 };
-                let _ = sender.send(Err(lost.into())).await;
-                return;
+                return Some((Err(lost.into()), kept.end()));
             }
         }
     }
 }
 
-/// A KeepAlive stream's answering side.
-struct Stream<Request, Response> {
-    /// The KeepAlive call's span, which each renewal's span links to.
-    trace: Option<opentelemetry::trace::SpanContext>,
-    sender: mpsc::Sender<Result<Response, Status>>,
-    draining: CancellationToken,
-    answers: Answers<Request, Response>,
-    /// The lease was granted on this stream (rather than renewed by its first message).
-    granted_here: bool,
+impl<L: Leases, Request, Response> Kept<L, Request, Response> {
+    /// The stream's last answer is being given, and its end leaves the lease as it is.
+    fn end(mut self) -> Self {
+        self.held.settle();
+        self.ended = true;
+        self
+    }
 }
 
 /// The KeepAlive client went away: its lease is released at once rather than left to expire.
