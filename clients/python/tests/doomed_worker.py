@@ -10,8 +10,13 @@ import baton_client
 
 
 def main(target: str, queue: str) -> None:
+    # Its two handlers run at once, and print writes a line's text and its end apart: two
+    # unguarded prints could interleave into "started Astarted B".
+    printing = threading.Lock()
+
     def hang(job: baton_client.Job) -> None:
-        print(f"started {job.id}", flush=True)
+        with printing:
+            print(f"started {job.id}", flush=True)
         threading.Event().wait()
 
     with baton_client.Client(target) as client:
